@@ -1,0 +1,357 @@
+"""The store's API contract: tree, head rule, branches, errors, events (both file systems)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from conftest import FakeClock, StoreFactory
+
+import session_store as ss
+from session_store import SessionStore
+
+
+def snapshot(store: SessionStore, sid: str) -> tuple[Any, ...]:
+    return (store.get_messages(sid), store.get_branches(sid), store.get_current_branch(sid), store.get_head(sid))
+
+
+# -- sessions ----------------------------------------------------------------------
+
+
+def test_resolve_creates_once_and_returns_the_same_id(store: SessionStore) -> None:
+    sid = store.resolve("user:alice")
+    assert store.resolve("user:alice") == sid
+    assert store.has_key("user:alice") and store.has_session(sid)
+    assert store.get_all_session_ids() == [sid]
+    assert store.resolve("user:bob") != sid
+
+
+def test_has_key_never_creates(store: SessionStore) -> None:
+    assert not store.has_key("nobody")
+    assert store.get_all_session_ids() == []
+
+
+def test_metadata_counts_and_times(store: SessionStore, clock: FakeClock) -> None:
+    sid = store.resolve("k")
+    created = int(clock() * 1000)
+    clock.advance(5)
+    store.append(sid, role="user", content="a")
+    meta = store.get_metadata(sid)
+    assert meta == ss.SessionMetadata(session_id=sid, key="k", created_at=created,
+                                      updated_at=created + 5000, message_count=1)
+    assert store.get_metadata("no-such-session") is None
+
+
+def test_delete_session_removes_everything(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="a")
+    store.delete_session(sid)
+    assert not store.has_session(sid) and not store.has_key("k")
+    with pytest.raises(ss.SessionNotFound):
+        store.get_messages(sid)
+    with pytest.raises(ss.SessionNotFound):
+        store.delete_session(sid)
+    assert store.resolve("k") != sid  # the key is free again
+
+
+def test_unknown_session_is_a_key_error_carrying_its_id(store: SessionStore) -> None:
+    with pytest.raises(KeyError) as info:
+        store.append("nope", role="user", content="x")
+    assert isinstance(info.value, ss.SessionNotFound) and info.value.session_id == "nope"
+
+
+# -- append and the head rule ---------------------------------------------------------
+
+
+def test_omitted_parent_is_the_head_and_none_is_a_root(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    a = store.append(sid, role="user", content="a")
+    b = store.append(sid, role="assistant", content="b")
+    assert (a.parent_id, b.parent_id) == (None, a.id)
+    root2 = store.append(sid, role="user", content="other root", parent_id=None)
+    assert root2.parent_id is None
+    assert store.get_head(sid) == b.id  # a new root in a non-empty session leaves the head
+
+
+def test_naming_the_head_as_parent_advances_it(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    a = store.append(sid, role="user", content="a")
+    b = store.append(sid, role="assistant", content="b", parent_id=a.id)
+    assert store.get_head(sid) == b.id
+
+
+def test_sibling_leaves_the_head(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    a = store.append(sid, role="user", content="a")
+    b = store.append(sid, role="assistant", content="b")
+    sibling = store.append(sid, role="assistant", content="b2", parent_id=a.id)
+    assert store.get_head(sid) == b.id
+    assert store.get_children(sid, a.id) == [b, sibling]
+
+
+def test_type_defaults_to_role_and_timestamp_is_ms(store: SessionStore, clock: FakeClock) -> None:
+    sid = store.resolve("k")
+    m = store.append(sid, role="user", content="a")
+    assert m.type == "user" and m.timestamp == int(clock() * 1000)
+
+
+def test_extra_fields_round_trip_unchanged(open_store: StoreFactory) -> None:
+    store = open_store()
+    sid = store.resolve("k")
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    m = store.append(sid, role="assistant", content=[{"type": "text", "text": "hi"}], tool_calls=calls,
+                     metadata={"model": "x", "n": [1, 2.5, None, True]}, custom_field="kept")
+    assert m.tool_calls == calls
+    assert m.fields["metadata"] == {"model": "x", "n": [1, 2.5, None, True]}
+    assert m.fields["custom_field"] == "kept"
+    calls[0]["id"] = "mutated by caller"  # the store kept its own copy
+    assert store.get_message(sid, m.id).tool_calls[0]["id"] == "c1"
+    store.close()
+    assert open_store().get_message(sid, m.id) == m
+
+
+def test_seed_fields_are_camel_case_on_disk(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    m = store.append(sid, role="tool", content="out", tool_call_id="c1", my_field=1)
+    assert m.to_record() == {"id": m.id, "parentId": None, "type": "tool", "role": "tool", "content": "out",
+                             "timestamp": m.timestamp, "toolCallId": "c1", "my_field": 1}
+
+
+def test_given_id_is_used_and_a_duplicate_is_refused(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="a", id="m-1")
+    before = snapshot(store, sid)
+    with pytest.raises(ss.DuplicateMessage) as info:
+        store.append(sid, role="user", content="b", id="m-1")
+    assert info.value.message_id == "m-1"
+    assert snapshot(store, sid) == before
+
+
+@pytest.mark.parametrize("bad", [
+    {"content": object()},
+    {"content": math.nan},
+    {"content": "\ud800"},
+    {"content": "ok", "metadata": {1, 2}},
+    {"content": "ok", "role": ""},
+    {"content": "ok", "role": 5},
+    {"content": "ok", "type": "bad\ntype"},
+    {"content": "ok", "id": ""},
+    {"content": "ok", "id": "x" * 300},
+    {"content": "ok", "parentId": "a"},
+    {"content": "ok", "toolCalls": []},
+    {"content": "ok", "timestamp": 5},
+    {"content": "ok", "parent_id": 7},
+])
+def test_bad_message_raises_invalid_message_and_writes_nothing(store: SessionStore, bad: dict[str, Any]) -> None:
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="first")
+    before = snapshot(store, sid)
+    kwargs: dict[str, Any] = {"role": "user", **bad}
+    with pytest.raises(ss.InvalidMessage):
+        store.append(sid, **kwargs)
+    assert isinstance(ss.InvalidMessage("x"), ValueError)
+    assert snapshot(store, sid) == before
+
+
+def test_unknown_parent_raises_and_writes_nothing(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    with pytest.raises(ss.MessageNotFound) as info:
+        store.append(sid, role="user", content="x", parent_id="ghost")
+    assert (info.value.session_id, info.value.message_id) == (sid, "ghost")
+    assert store.get_messages(sid) == []
+
+
+def test_parent_must_be_in_the_same_session(store: SessionStore) -> None:
+    a, b = store.resolve("a"), store.resolve("b")
+    m = store.append(a, role="user", content="x")
+    with pytest.raises(ss.MessageNotFound):
+        store.append(b, role="user", content="y", parent_id=m.id)
+
+
+# -- reads ----------------------------------------------------------------------------
+
+
+def test_tree_is_preorder_with_siblings_in_append_order(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    r1 = store.append(sid, role="user", content="r1")
+    a = store.append(sid, role="assistant", content="a", parent_id=r1.id)
+    r2 = store.append(sid, role="user", content="r2", parent_id=None)
+    b = store.append(sid, role="assistant", content="b", parent_id=r1.id)
+    a1 = store.append(sid, role="user", content="a1", parent_id=a.id)
+    assert store.get_tree(sid) == [r1, a, a1, b, r2]
+    assert store.get_tree(sid, a.id) == [a, a1]
+    assert store.get_leaves(sid) == [r2, b, a1]
+    assert store.has_children(sid, a.id) and not store.has_children(sid, b.id)
+    with pytest.raises(ss.MessageNotFound):
+        store.get_tree(sid, "ghost")
+
+
+def test_history_of_empty_session_and_unknown_leaf(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    assert store.get_linear_history(sid) == []
+    assert store.build_context(sid) == []
+    with pytest.raises(ss.MessageNotFound):
+        store.get_linear_history(sid, "ghost")
+    with pytest.raises(ss.MessageNotFound):
+        store.get_message(sid, "ghost")
+
+
+def test_returned_lists_are_copies(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="a")
+    store.get_messages(sid).clear()
+    assert len(store.get_messages(sid)) == 1
+
+
+# -- branches ------------------------------------------------------------------------
+
+
+def test_new_session_has_an_empty_main_branch(store: SessionStore, clock: FakeClock) -> None:
+    sid = store.resolve("k")
+    now = int(clock() * 1000)
+    assert store.get_branches(sid) == [ss.Branch(name="main", head_id=None, created_at=now, updated_at=now)]
+    assert store.get_current_branch(sid) == "main" and store.get_head(sid) is None
+
+
+def test_appends_advance_only_the_current_branch(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    a = store.append(sid, role="user", content="a")
+    store.create_branch(sid, "alt", a.id)
+    b = store.append(sid, role="assistant", content="b")
+    assert store.get_branch(sid, "main").head_id == b.id  # type: ignore[union-attr]
+    assert store.get_branch(sid, "alt").head_id == a.id  # type: ignore[union-attr]
+    store.switch_to_branch(sid, "alt")
+    c = store.append(sid, role="assistant", content="c")
+    assert c.parent_id == a.id
+    assert store.get_branch(sid, "alt").head_id == c.id  # type: ignore[union-attr]
+    assert store.get_branch(sid, "main").head_id == b.id  # type: ignore[union-attr]
+    assert store.switch_to_branch(sid, "main") == b.id
+
+
+def test_branch_errors_write_nothing(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    a = store.append(sid, role="user", content="a")
+    store.create_branch(sid, "alt", a.id)
+    before = snapshot(store, sid)
+    with pytest.raises(ss.BranchExists):
+        store.create_branch(sid, "alt", a.id)
+    with pytest.raises(ss.BranchExists):
+        store.create_branch(sid, "main", a.id)
+    with pytest.raises(ss.MessageNotFound):
+        store.create_branch(sid, "new", "ghost")
+    with pytest.raises(ss.BranchNotFound) as info:
+        store.switch_to_branch(sid, "ghost")
+    assert isinstance(info.value, KeyError) and info.value.name == "ghost"
+    for bad in ("", " ", "a\nb", "x" * 257, 5):
+        with pytest.raises(ss.InvalidInput):
+            store.create_branch(sid, bad, a.id)  # type: ignore[arg-type]
+    assert snapshot(store, sid) == before
+
+
+def test_branch_names_are_data(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    a = store.append(sid, role="user", content="a")
+    for name in ("../../etc/passwd", "/abs", "ветка", "a b", "main/feature"):
+        store.create_branch(sid, name, a.id)
+    assert len(store.get_branches(sid)) == 6
+
+
+# -- events --------------------------------------------------------------------------
+
+
+def test_events_fire_after_each_change(store: SessionStore) -> None:
+    events: list[ss.Event] = []
+    unsubscribe = store.subscribe(events.append)
+    sid = store.resolve("k")
+    m = store.append(sid, role="user", content="a")
+    branch = store.create_branch(sid, "alt", m.id)
+    store.switch_to_branch(sid, "alt")
+    store.delete_session(sid)
+    assert [e.type for e in events] == ["session.created", "message.added", "branch.created",
+                                        "branch.switched", "session.deleted"]
+    assert events[1].data == m and events[2].data == branch and all(e.session_id == sid for e in events)
+    unsubscribe()
+    store.resolve("other")
+    assert len(events) == 5
+
+
+def test_a_failing_subscriber_never_breaks_the_store(store: SessionStore, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[str] = []
+
+    def bad(event: ss.Event) -> None:
+        raise RuntimeError("boom")
+
+    store.subscribe(bad)
+    store.subscribe(lambda e: seen.append(e.type))
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="a")
+    assert seen == ["session.created", "message.added"]
+    assert "boom" in caplog.text
+
+
+def test_subscriber_may_call_the_store(store: SessionStore) -> None:
+    """Callbacks run outside internal locks, so re-entering the store cannot deadlock."""
+    counts: list[int] = []
+    store.subscribe(lambda e: counts.append(len(store.get_messages(e.session_id)))
+                    if e.type == "message.added" else None)
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="a")
+    assert counts == [1]
+
+
+# -- lifecycle -----------------------------------------------------------------------
+
+
+def test_reopen_sees_everything(open_store: StoreFactory) -> None:
+    store = open_store()
+    sid = store.resolve("k")
+    a = store.append(sid, role="user", content="a")
+    store.append(sid, role="assistant", content="b")
+    store.create_branch(sid, "alt", a.id)
+    store.switch_to_branch(sid, "alt")
+    c = store.append(sid, role="assistant", content="c")
+    before = snapshot(store, sid)
+    meta = store.get_metadata(sid)
+    store.close()
+    again = open_store()
+    assert snapshot(again, sid) == before
+    assert again.get_metadata(sid) == meta
+    assert again.get_head(sid) == c.id
+
+
+def test_closed_store_refuses_work(store: SessionStore) -> None:
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(ss.StoreClosed):
+        store.resolve("k")
+
+
+def test_two_stores_on_one_storage_see_each_other(open_store: StoreFactory) -> None:
+    one, two = open_store(), open_store()
+    sid = one.resolve("k")
+    assert two.resolve("k") == sid
+    m = two.append(sid, role="user", content="from two")
+    n = one.append(sid, role="assistant", content="from one")
+    assert n.parent_id == m.id
+    assert two.get_messages(sid) == [m, n]
+    one.create_branch(sid, "alt", m.id)
+    assert two.get_branch(sid, "alt") is not None
+    two.delete_session(sid)
+    assert not one.has_session(sid)
+    with pytest.raises(ss.SessionNotFound):
+        one.append(sid, role="user", content="too late")
+
+
+def test_bad_keys_are_refused(store: SessionStore) -> None:
+    for bad in ("", 5, None, "x" * 5000, "\ud800"):
+        with pytest.raises(ss.InvalidKey):
+            store.resolve(bad)  # type: ignore[arg-type]
+    assert store.get_all_session_ids() == []
+
+
+def test_constructor_validates_settings() -> None:
+    with pytest.raises(ValueError):
+        SessionStore(ss.InMemoryFileSystem(), index_save_delay_ms=-1)
+    with pytest.raises(ValueError):
+        SessionStore(ss.InMemoryFileSystem(), lock_timeout_ms=0)
