@@ -54,6 +54,9 @@ __all__ = [
     # the store
     "SessionStore",
     "FORMAT_VERSION",
+    # command line
+    "draw_tree",
+    "main",
 ]
 
 import contextlib
@@ -64,6 +67,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -872,6 +876,12 @@ class _Problem:
     reason: str
 
 
+def _report(problems: list[_Problem], file: str, offset: int, reason: str) -> None:
+    """Record a problem line and log it: it is ignored by the tree, kept on disk."""
+    problems.append(_Problem(file, offset, reason))
+    _log.warning("%s: line at byte %d ignored (left in place): %s", file, offset, reason)
+
+
 def _parse_lines(chunk: bytes, base: int, file: str, problems: list[_Problem]
                  ) -> tuple[list[tuple[int, dict[str, Any]]], int]:
     """Parse the complete lines of ``chunk`` (read at ``base``).
@@ -890,12 +900,10 @@ def _parse_lines(chunk: bytes, base: int, file: str, problems: list[_Problem]
         try:
             rec = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
-            problems.append(_Problem(file, offset, f"not JSON: {e}"))
-            _log.warning("%s: bad line at byte %d left in place: %s", file, offset, e)
+            _report(problems, file, offset, f"not JSON: {e}")
             continue
         if not isinstance(rec, dict):
-            problems.append(_Problem(file, offset, "not a JSON object"))
-            _log.warning("%s: line at byte %d is not an object; left in place", file, offset)
+            _report(problems, file, offset, "not a JSON object")
             continue
         out.append((offset, rec))
     return out, end
@@ -1061,8 +1069,7 @@ class _Session:
             else:
                 why = self.check_message(msg)
             if why is not None:
-                self.problems.append(_Problem(self.log_path, offset, why))
-                _log.warning("%s: record at byte %d ignored (left in place): %s", self.log_path, offset, why)
+                _report(self.problems, self.log_path, offset, why)
                 continue
             self.add_message(msg)
         self._apply_events_upto(len(self.messages))
@@ -1074,8 +1081,7 @@ class _Session:
         for offset, rec in records:
             if (rec.get("op") not in ("create", "switch", "move") or not isinstance(rec.get("name"), str)
                     or not isinstance(rec.get("seq"), int) or not isinstance(rec.get("at"), int)):
-                self.problems.append(_Problem(self.branch_path, offset, "not a branch event"))
-                _log.warning("%s: record at byte %d ignored (left in place)", self.branch_path, offset)
+                _report(self.problems, self.branch_path, offset, "not a branch event")
                 continue
             self.add_event(rec)
         self.branch_offset = base + used
@@ -2069,3 +2075,93 @@ class SessionStore:
 _HOST = socket.gethostname()
 # Owner ids are at most 256 characters (up to 1 KiB of UTF-8); a lease record fits.
 _LEASE_RECORD_BYTES = 2048
+
+
+# ============================================================================
+# Command line
+# ============================================================================
+
+
+def _first_line(content: Any, width: int) -> str:
+    text = content if isinstance(content, str) else _dumps(content)
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: max(0, width - 1)] + "…"
+
+
+def draw_tree(store: SessionStore, session_id: str, *, width: int = 100) -> list[str]:
+    """The session's message tree as text lines, one per message, like ``git log --graph``.
+
+    Each line shows the role, the first 8 characters of the id and the content's
+    first line; branch names pointing at a message follow it in brackets, the
+    current branch marked ``*``.
+    """
+    current = store.get_current_branch(session_id)
+    labels: dict[str, list[str]] = {}
+    for b in store.get_branches(session_id):
+        if b.head_id is not None:
+            labels.setdefault(b.head_id, []).append(b.name + ("*" if b.name == current else ""))
+    messages = store.get_messages(session_id)
+    children: dict[str | None, list[Message]] = {}
+    for m in messages:
+        children.setdefault(m.parent_id, []).append(m)
+    out: list[str] = []
+    # (message, prefix for its line, prefix for its children); iterative: trees can be deep
+    stack = [(m, "", "") for m in reversed(children.get(None, []))]
+    while stack:
+        msg, prefix, child_prefix = stack.pop()
+        tag = f"  [{', '.join(labels[msg.id])}]" if msg.id in labels else ""
+        head = f"{prefix}{msg.role} {msg.id[:8]}  "
+        out.append(head + _first_line(msg.content, width - len(head) - len(tag)) + tag)
+        kids = children.get(msg.id, [])
+        for i in reversed(range(len(kids))):
+            last = i == len(kids) - 1
+            stack.append((kids[i], child_prefix + ("└─ " if last else "├─ "),
+                          child_prefix + ("   " if last else "│  ")))
+    return out
+
+
+def _demo(storage_dir: str) -> int:
+    with SessionStore(storage_dir=storage_dir) as store:
+        sid = store.resolve(f"demo:{uuid.uuid4().hex[:6]}")
+        q = store.append(sid, role="user", content="What's a good name for a cat?")
+        store.append(sid, role="assistant", content="How about Miso? Short, warm, and easy to call.")
+        store.append(sid, role="user", content="Something more regal, please.")
+        store.append(sid, role="assistant", content="Then: Duchess Pemberton the Third.")
+        alt = store.append(sid, role="assistant", content="Try Pixel: playful and modern.", parent_id=q.id)
+        store.create_branch(sid, "alternative", alt.id)
+        store.switch_to_branch(sid, "alternative")
+        store.append(sid, role="user", content="I like Pixel! Why that one?")
+        store.append(sid, role="assistant", content="It is short, fun to say, and suits a curious cat.")
+        print(f"session {sid}  (key {store.get_metadata(sid).key!r}, "  # type: ignore[union-attr]
+              f"{len(store.get_messages(sid))} messages, stored in {os.path.abspath(storage_dir)})")
+        for line in draw_tree(store, sid):
+            print("  " + line)
+        print("\ncurrent branch:", store.get_current_branch(sid))
+        for m in store.get_linear_history(sid):
+            print(f"  {m.role:>9}: {m.content}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point: ``python -m session_store [--dir DIR] demo``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="session-store", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--dir", default="./sessions", help="storage directory (default ./sessions)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="write a demo conversation with two branches and print its tree")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _demo(args.dir)
+    except SessionStoreError as e:
+        print(f"session-store: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from session_store import SessionStore
 
@@ -127,7 +128,7 @@ def test_tutorial_agent_loop_context(store: SessionStore) -> None:
     current = store.append(sid, role="user", content="测试状态管理").id
     for i in range(3):
         calls = [{"id": f"call-{i}", "name": "test", "params": {}}] if i < 2 else None
-        extra = {"tool_calls": calls} if calls else {}
+        extra: dict[str, Any] = {"tool_calls": calls} if calls else {}
         assistant = store.append(sid, role="assistant", content=f"这是第 {i + 1} 轮回应", parent_id=current, **extra)
         current = assistant.id
         if i < 2:
