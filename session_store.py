@@ -2049,20 +2049,23 @@ class SessionStore:
         """Hold the lease for the ``with`` block; appends in it count as ``owner_id``'s.
 
         ``LockTimeout`` when it cannot be acquired within ``timeout`` (``None``:
-        wait forever). The lease is released on exit, whatever happened.
+        wait forever). The lease is released on exit, whatever happened, including
+        ``KeyboardInterrupt``. (An interrupt landing between the acquisition and the
+        start of the block cannot be caught in Python; that lease ends when it expires.)
         """
         result = self.acquire_lock(session_id, owner_id, timeout=timeout)
         if not result.acquired:
             raise LockTimeout(session_id, owner_id, result.holder_id, timeout)
         owners: dict[str, list[str]] = self._held.__dict__.setdefault("owners", {})
         stack = owners.setdefault(session_id, [])
-        stack.append(owner_id)
         try:
+            stack.append(owner_id)
             yield result
         finally:
-            stack.pop()
+            if stack and stack[-1] == owner_id:
+                stack.pop()
             if not stack:
-                del owners[session_id]
+                owners.pop(session_id, None)
             self.release_lock(session_id, owner_id)
 
     def with_lock(self, session_id: str, owner_id: str, fn: Callable[[], _T], *,

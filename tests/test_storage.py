@@ -283,3 +283,20 @@ def test_eight_threads_appending_to_one_session_lose_nothing(tmp_path: Path, fs_
         assert len(lines(tmp_path / sid / "messages.jsonl")) == 8 * per_thread
         with SessionStore(storage_dir=directory) as again:
             assert len(again.get_linear_history(sid)) == 8 * per_thread
+
+
+def test_readers_never_cut_a_line_another_process_may_be_writing(tmp_path: Path) -> None:
+    with open_files(tmp_path) as store:
+        sid = store.resolve("k")
+        a = store.append(sid, role="user", content="a")
+        log = tmp_path / sid / "messages.jsonl"
+        partial = b'{"id":"in-flight","parentId":null,"role":"user"'
+        with open(log, "ab") as f:
+            f.write(partial)
+        with open_files(tmp_path) as reader:
+            assert reader.get_messages(sid) == [a]
+            assert reader.get_tree(sid) == [a]
+        assert log.read_bytes().endswith(partial)  # untouched by readers
+        with open(log, "ab") as f:  # the other writer finishes its line
+            f.write(b',"content":"done","timestamp":1}\n')
+        assert [m.id for m in store.get_messages(sid)] == [a.id, "in-flight"]

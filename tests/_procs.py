@@ -1,0 +1,58 @@
+"""Worker functions run in child processes by the multi-process tests (spawn-safe)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from session_store import SessionStore
+
+
+def append_many(directory: str, key: str, worker: str, count: int, use_lock: bool, durable: bool) -> None:
+    """Append ``count`` messages to ``key``'s session, each under the lease when asked."""
+    with SessionStore(storage_dir=directory, durable=durable, lock_timeout_ms=60_000) as store:
+        sid = store.resolve(key)
+        for i in range(count):
+            if use_lock:
+                with store.lock(sid, worker, timeout=60):
+                    store.append(sid, role="user", content=f"{worker}:{i}")
+            else:
+                store.append(sid, role="user", content=f"{worker}:{i}")
+
+
+def resolve_key(directory: str, key: str, out: Any) -> None:
+    with SessionStore(storage_dir=directory) as store:
+        out.put(store.resolve(key))
+
+
+def hold_lock_forever(directory: str, sid: str, ready: Any) -> None:
+    """Take the lease, say so, then hang until killed."""
+    store = SessionStore(storage_dir=directory, lock_timeout_ms=60_000)
+    result = store.acquire_lock(sid, "doomed")
+    ready.put(result.token)
+    while True:
+        time.sleep(1)
+
+
+def critical_section_counter(directory: str, sid: str, worker: str, rounds: int, errors: Any) -> None:
+    """Each round: lock, check the shared marker file is ours alone, unlock."""
+    marker = os.path.join(directory, "inside")
+    with SessionStore(storage_dir=directory, lock_timeout_ms=60_000) as store:
+        for _ in range(rounds):
+            with store.lock(sid, worker, timeout=60):
+                try:
+                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    errors.put(f"{worker}: two holders at once")
+                    continue
+                os.close(fd)
+                time.sleep(0.001)
+                os.unlink(marker)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.exit(0)
