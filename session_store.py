@@ -51,6 +51,12 @@ __all__ = [
     "FileSystem",
     "RealFileSystem",
     "InMemoryFileSystem",
+    # auto-reset
+    "AutoResetConfig",
+    "AutoResetManager",
+    "ResetResult",
+    "KEEP_STRATEGIES",
+    "default_token_counter",
     # the store
     "SessionStore",
     "FORMAT_VERSION",
@@ -306,6 +312,8 @@ class SessionMetadata:
     created_at: int
     updated_at: int
     message_count: int
+    reset_count: int = 0
+    last_reset_at: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -314,7 +322,8 @@ class Event:
 
     ``type`` is one of ``"session.created"`` (data: :class:`SessionMetadata`),
     ``"message.added"`` (:class:`Message`), ``"branch.created"`` and
-    ``"branch.switched"`` (:class:`Branch`), ``"session.deleted"`` (the session id).
+    ``"branch.switched"`` (:class:`Branch`), ``"session.reset"`` (:class:`ResetResult`),
+    ``"session.deleted"`` (the session id).
     """
 
     type: str
@@ -867,6 +876,14 @@ def _encode_line(record: Mapping[str, Any]) -> bytes:
     return (_dumps(record) + "\n").encode("utf-8")
 
 
+def _encode_message(record: Mapping[str, Any]) -> bytes:
+    """A message record as one JSON line; :class:`InvalidMessage` when it is not JSON."""
+    try:
+        return _encode_line(record)
+    except (TypeError, ValueError, UnicodeError) as e:
+        raise InvalidMessage(f"message is not JSON-serializable: {e}") from None
+
+
 @dataclasses.dataclass(slots=True)
 class _Problem:
     """A line the loader could not use: reported, left on disk, never dropped silently."""
@@ -955,6 +972,7 @@ class _Session:
         "deleted",
         "dir",
         "key",
+        "last_reset_at",
         "lease_path",
         "loaded",
         "lock",
@@ -963,15 +981,22 @@ class _Session:
         "messages",
         "pending_events",
         "problems",
+        "reset_config",
+        "reset_count",
         "roots",
+        "segments",
         "session_id",
         "sync_lock",
         "synced_offset",
         "updated_at",
     )
 
-    def __init__(self, session_id: str, key: str, created_at: int, directory: str) -> None:
+    def __init__(self, session_id: str, key: str, created_at: int, directory: str,
+                 reset_config: AutoResetConfig | None = None) -> None:
         self.session_id = session_id
+        # With auto-reset, every message carries its segment's running totals
+        # (count, tokens, start ms), derived from its parent's: the check is O(1).
+        self.reset_config = reset_config
         self.key = key
         self.created_at = created_at
         self.dir = directory
@@ -983,9 +1008,9 @@ class _Session:
         self.synced_offset = 0
         self.loaded = False
         self.deleted = False
-        self.reset()
+        self.clear()
 
-    def reset(self) -> None:
+    def clear(self) -> None:
         """Forget the cached tree (before a full reload)."""
         self.messages: list[Message] = []
         self.by_id: dict[str, Message] = {}
@@ -999,6 +1024,9 @@ class _Session:
         self.pending_events: list[dict[str, Any]] = []
         self.problems: list[_Problem] = []
         self.updated_at = self.created_at
+        self.segments: dict[str, tuple[int, int, int]] | None = {} if self.reset_config else None
+        self.reset_count = 0
+        self.last_reset_at: int | None = None
 
     # -- applying records -----------------------------------------------------
 
@@ -1020,6 +1048,19 @@ class _Session:
                 branch, head_id=msg.id, updated_at=msg.timestamp)
         if msg.timestamp > self.updated_at:
             self.updated_at = msg.timestamp
+        if msg.type == "reset":
+            self.reset_count += 1
+            self.last_reset_at = msg.timestamp
+        if self.segments is not None and self.reset_config is not None:
+            if msg.type == "reset":
+                self.segments[msg.id] = (0, 0, msg.timestamp)
+            else:
+                tokens = self.reset_config.count_tokens(msg) if self.reset_config.max_tokens is not None else 0
+                if msg.parent_id is None:
+                    self.segments[msg.id] = (1, tokens, msg.timestamp)
+                else:
+                    count, total, start = self.segments[msg.parent_id]
+                    self.segments[msg.id] = (count + 1, total + tokens, start)
 
     def check_message(self, msg: Message) -> str | None:
         """Why a loaded message cannot join the tree, or ``None``."""
@@ -1114,7 +1155,8 @@ class _Session:
 
     def metadata(self) -> SessionMetadata:
         return SessionMetadata(session_id=self.session_id, key=self.key, created_at=self.created_at,
-                               updated_at=self.updated_at, message_count=len(self.messages))
+                               updated_at=self.updated_at, message_count=len(self.messages),
+                               reset_count=self.reset_count, last_reset_at=self.last_reset_at)
 
 
 def _openai_context(path: list[Message]) -> list[dict[str, Any]]:
@@ -1196,6 +1238,192 @@ def _check_timeout(timeout: float | None) -> float | None:
 
 
 # ============================================================================
+# Auto-reset
+# ============================================================================
+#
+# A *segment* is the path from a root to a message. A reset starts a new one: it
+# appends a new root (the reset marker, or the first kept copy when markers are off),
+# moves the current branch's head there with a "move" branch event, then appends
+# copies of the kept messages (new ids, ``reset_from`` = the original id) chained
+# after it. Nothing is deleted or rewritten: the old history stays in the tree.
+#
+# Limits (each optional) apply to the current segment, a marker itself not counted:
+#   messages  reset when the segment would hold more than max_messages;
+#   tokens    reset when the sum of token_counter(message) would exceed max_tokens;
+#   age       reset when now - segment start > max_age_ms (start: the root's timestamp).
+# "Exactly at the limit" is fine; one over resets. The store checks an append onto
+# the current head *before* writing it, so a segment never goes over a limit (except
+# a single message larger than max_tokens, which starts a fresh segment alone).
+
+_TokenCounter = Callable[[Message], int]
+_KeepStrategy = Callable[[list[Message], int], list[Message]]
+
+
+def default_token_counter(message: Message) -> int:
+    """The seed's counter: characters of ``content`` (its JSON text when not a string)."""
+    content = message.content
+    if content is None:
+        return 0
+    return len(content) if isinstance(content, str) else len(_dumps(content))
+
+
+#: Keep strategies by name: ``(segment, keep_count) -> kept messages``, in order.
+KEEP_STRATEGIES: Mapping[str, _KeepStrategy] = {
+    "none": lambda messages, n: [],
+    "first": lambda messages, n: messages[:n],
+    "last": lambda messages, n: messages[len(messages) - n:] if n else [],
+    "system": lambda messages, n: [m for m in messages if m.role == "system"][:n],
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AutoResetConfig:
+    """When and how a session resets (the seed's ``AutoResetConfig``).
+
+    ``keep_strategy`` is a name in :data:`KEEP_STRATEGIES` (``"none"``, ``"first"``,
+    ``"last"``, ``"system"``) or a callable ``(segment, keep_count) -> messages``.
+    ``token_counter`` receives a :class:`Message` (default: :func:`default_token_counter`).
+    Invalid values raise ``ValueError`` here, not at the first append.
+
+    In a store, ``token_counter`` runs once per message as it is appended or loaded,
+    and ``keep_strategy`` once per reset, both while the session is locked: they must
+    be quick and must not call the store.
+    """
+
+    enabled: bool = True
+    max_messages: int | None = None
+    max_age_ms: int | None = None
+    max_tokens: int | None = None
+    token_counter: _TokenCounter | None = None
+    keep_strategy: str | _KeepStrategy = "none"
+    keep_count: int = 5
+    insert_reset_marker: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_messages", "max_age_ms", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
+        if not isinstance(self.keep_count, int) or isinstance(self.keep_count, bool) or self.keep_count < 0:
+            raise ValueError(f"keep_count must be a non-negative integer, not {self.keep_count!r}")
+        if isinstance(self.keep_strategy, str):
+            if self.keep_strategy not in KEEP_STRATEGIES:
+                raise ValueError(f"unknown keep_strategy {self.keep_strategy!r}; "
+                                 f"known: {', '.join(sorted(KEEP_STRATEGIES))}")
+        elif not callable(self.keep_strategy):
+            raise ValueError("keep_strategy must be a strategy name or a callable")
+        keeps = self.keep_strategy != "none" and self.keep_count > 0
+        if keeps and self.max_messages is not None and self.keep_count >= self.max_messages:
+            raise ValueError(f"keep_count={self.keep_count} with max_messages={self.max_messages} would "
+                             "reset again at the next message; keep_count must be < max_messages")
+        if self.token_counter is not None and not callable(self.token_counter):
+            raise ValueError("token_counter must be callable")
+
+    def count_tokens(self, message: Message) -> int:
+        """Tokens of one message by the configured counter."""
+        return (self.token_counter or default_token_counter)(message)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ResetResult:
+    """What a reset check decided.
+
+    ``reason``: ``"max_messages"``, ``"max_age"``, ``"max_tokens"``, ``"manual"`` or
+    ``None``. ``messages``: what remains, the marker (when inserted) first, then the
+    kept messages in their original order; unchanged input when ``reset`` is false.
+    """
+
+    reset: bool
+    reason: str | None
+    messages: list[Message]
+
+
+class AutoResetManager:
+    """The seed's ``AutoResetManager``: pure, no I/O; ``clock`` is ``time.time``-like."""
+
+    def __init__(self, config: AutoResetConfig, *, clock: Callable[[], float] | None = None) -> None:
+        if not isinstance(config, AutoResetConfig):
+            raise TypeError("config must be an AutoResetConfig")
+        self.config = config
+        self._clock = clock if clock is not None else time.time
+
+    def __repr__(self) -> str:
+        return f"AutoResetManager({self.config!r})"
+
+    def over_limit(self, count: int, tokens: int, start_ms: int | None, now_ms: int) -> str | None:
+        """The first limit a segment of these totals breaks, or ``None``."""
+        c = self.config
+        if c.max_messages is not None and count > c.max_messages:
+            return "max_messages"
+        if c.max_tokens is not None and tokens > c.max_tokens:
+            return "max_tokens"
+        if c.max_age_ms is not None and start_ms is not None and now_ms - start_ms > c.max_age_ms:
+            return "max_age"
+        return None
+
+    def keep(self, segment: list[Message], *, reserve: int = 0, reserve_tokens: int = 0,
+             now_ms: int | None = None) -> list[Message]:
+        """The strategy's choice, trimmed so that it (plus a reserve) fits every limit.
+
+        ``last`` drops the oldest kept messages first; the other strategies drop the
+        newest; a kept list too old (only checked with ``now_ms``, for messages that
+        keep their timestamps) drops its oldest. The result is a subsequence of ``segment``.
+        """
+        c = self.config
+        strategy = KEEP_STRATEGIES[c.keep_strategy] if isinstance(c.keep_strategy, str) else c.keep_strategy
+        chosen = {id(m) for m in strategy(list(segment), c.keep_count)}
+        kept = [m for m in segment if id(m) in chosen]  # original order, only real members
+        tokens = [c.count_tokens(m) for m in kept] if c.max_tokens is not None else [0] * len(kept)
+        while kept:
+            start = kept[0].timestamp if now_ms is not None else None
+            reason = self.over_limit(len(kept) + reserve, sum(tokens) + reserve_tokens, start, now_ms or 0)
+            if reason is None:
+                break
+            index = 0 if reason == "max_age" or c.keep_strategy == "last" else -1
+            kept.pop(index)
+            tokens.pop(index)
+        return kept
+
+    def marker(self, reason: str, now_ms: int) -> Message:
+        """A reset marker: type ``reset``, role ``system``, a root saying why and when."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000))
+        return Message(id=os.urandom(8).hex(), parent_id=None, type="reset", role="system",
+                       content=f"Session reset ({reason}) at {when}.", timestamp=now_ms,
+                       fields={"reason": reason})
+
+    def check_and_reset(self, messages: list[Message]) -> ResetResult:
+        """Reset ``messages`` (a root -> leaf history) when its segment is over a limit.
+
+        The segment is what follows the last ``reset`` marker (all of it when none).
+        Not reset: ``ResetResult(False, None, messages)``.
+        """
+        segment = _current_segment(messages)
+        c = self.config
+        now = round(self._clock() * 1000)
+        tokens = sum(c.count_tokens(m) for m in segment) if c.max_tokens is not None else 0
+        start = messages[len(messages) - len(segment) - 1].timestamp if len(segment) < len(messages) else (
+            segment[0].timestamp if segment else None)
+        reason = self.over_limit(len(segment), tokens, start, now) if c.enabled else None
+        if reason is None:
+            return ResetResult(reset=False, reason=None, messages=list(messages))
+        return self.reset(segment, reason, now)
+
+    def reset(self, segment: list[Message], reason: str, now_ms: int) -> ResetResult:
+        """Reset unconditionally: marker (if configured) then the kept messages."""
+        kept = self.keep(segment, now_ms=None if self.config.insert_reset_marker else now_ms)
+        head = [self.marker(reason, now_ms)] if self.config.insert_reset_marker else []
+        return ResetResult(reset=True, reason=reason, messages=head + kept)
+
+
+def _current_segment(messages: list[Message]) -> list[Message]:
+    """The messages after the last reset marker (all of them when there is none)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].type == "reset":
+            return messages[i + 1:]
+    return list(messages)
+
+
+# ============================================================================
 # The store
 # ============================================================================
 
@@ -1217,6 +1445,8 @@ class SessionStore:
       this long after a change, never per append. Sessions themselves are announced
       durably in ``keys.jsonl`` when created, so a crash loses no session.
     - ``lock_timeout_ms``: the lease length of :meth:`acquire_lock`.
+    - ``auto_reset``: an :class:`AutoResetConfig`; appends onto the current head that
+      would take the segment over a limit reset it first (see "Auto-reset").
     - ``clock``: a ``time.time``-like callable (seconds) for every timestamp and lease.
     - ``require_lock``: refuse an ``append`` naming no owner while another owner
       holds the session's lease (by default such appends are advisory, as in the seed).
@@ -1232,7 +1462,7 @@ class SessionStore:
         storage_dir: str | os.PathLike[str] = "./sessions",
         index_save_delay_ms: int = 100,
         lock_timeout_ms: int = 30000,
-        auto_reset: Any = None,
+        auto_reset: AutoResetConfig | None = None,
         durable: bool = True,
         clock: Callable[[], float] | None = None,
         require_lock: bool = False,
@@ -1247,7 +1477,9 @@ class SessionStore:
             self._dir = self._dir.strip("/") or "."
         self._index_delay = index_save_delay_ms / 1000.0
         self.lock_timeout_ms = lock_timeout_ms
-        self.auto_reset = auto_reset
+        if auto_reset is not None and not isinstance(auto_reset, AutoResetConfig):
+            raise TypeError("auto_reset must be an AutoResetConfig or None")
+        self.auto_reset: AutoResetConfig | None = auto_reset
         self.durable = durable
         self._clock = clock if clock is not None else time.time
         self.require_lock = require_lock
@@ -1267,6 +1499,9 @@ class SessionStore:
 
     def __repr__(self) -> str:
         return f"SessionStore({self._fs!r}, storage_dir={self._dir!r}, durable={self.durable!r})"
+
+    def _new_state(self, session_id: str, key: str, created_at: int, directory: str) -> _Session:
+        return _Session(session_id, key, created_at, directory, self.auto_reset)
 
     def __enter__(self) -> SessionStore:
         self.init()
@@ -1291,7 +1526,7 @@ class SessionStore:
         return f"{self._dir}/sessions.json"
 
     def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
+        return round(self._clock() * 1000)
 
     # -- open, flush, close -----------------------------------------------------
 
@@ -1323,7 +1558,7 @@ class SessionStore:
         if checkpoint is not None and checkpoint[2] <= journal_size:
             keys, sessions, offset = checkpoint
             for sid, (key, created) in sessions.items():
-                self._sessions[sid] = _Session(sid, key, created, f"{self._dir}/{sid}")
+                self._sessions[sid] = self._new_state(sid, key, created, f"{self._dir}/{sid}")
             self._keys.update(keys)
             self._journal_offset = offset
             self._catch_up_journal(writer=True)
@@ -1371,7 +1606,7 @@ class SessionStore:
                 _log.warning("folder %s claims key %r of session %s: left alone", name, key, self._keys[key])
                 continue
             _log.warning("session %s (key %r) recovered from its folder", name, key)
-            self._sessions[name] = _Session(name, key, created, f"{self._dir}/{name}")
+            self._sessions[name] = self._new_state(name, key, created, f"{self._dir}/{name}")
             self._keys[key] = name
 
     def _catch_up_journal(self, *, writer: bool = False) -> None:
@@ -1398,7 +1633,7 @@ class SessionStore:
                     continue
                 if rec.get("op") == "create" and isinstance(rec.get("key"), str) and sid not in self._sessions:
                     key, created = rec["key"], rec.get("createdAt")
-                    self._sessions[sid] = _Session(sid, key, created if isinstance(created, int) else 0,
+                    self._sessions[sid] = self._new_state(sid, key, created if isinstance(created, int) else 0,
                                                    f"{self._dir}/{sid}")
                     self._keys[key] = sid
                 elif rec.get("op") == "delete" and sid in self._sessions:
@@ -1538,7 +1773,7 @@ class SessionStore:
                     {"version": FORMAT_VERSION, "sessionId": sid, "key": key, "createdAt": created}))
                 self._fs.write_atomic(f"{sdir}/messages.jsonl", b"", durable=self.durable)
                 self._journal_append({"op": "create", "key": key, "sessionId": sid, "createdAt": created})
-                state = _Session(sid, key, created, sdir)
+                state = self._new_state(sid, key, created, sdir)
                 state.loaded = True
                 with self._mutex:
                     self._sessions[sid] = state
@@ -1654,7 +1889,7 @@ class SessionStore:
         if not state.loaded or size < state.log_offset:
             if state.loaded:
                 _log.warning("%s shrank: reloading", state.log_path)
-            state.reset()
+            state.clear()
             state.loaded = True
         # Branch events first: each names the message count it follows, so every event
         # read now applies within the messages read next (they only ever grow).
@@ -1768,26 +2003,111 @@ class SessionStore:
                     id = os.urandom(8).hex()
             elif id in state.by_id:
                 raise DuplicateMessage(session_id, id)
+            now = self._now_ms()
             record = {"id": id, "parentId": parent, "type": mtype, "role": role,
-                      "content": content, "timestamp": self._now_ms()}
+                      "content": content, "timestamp": now}
             for name, value in fields.items():
                 record[_SNAKE_TO_CAMEL.get(name, name)] = value
-            try:
-                line = _encode_line(record)
-            except (TypeError, ValueError, UnicodeError) as e:
-                raise InvalidMessage(f"message is not JSON-serializable: {e}") from None
+            line = _encode_message(record)  # validates before anything is written
             if isinstance(content, str) and not fields:
-                msg = Message(id=id, parent_id=parent, type=mtype, role=role, content=content,
-                              timestamp=record["timestamp"])
+                msg = Message(id=id, parent_id=parent, type=mtype, role=role, content=content, timestamp=now)
             else:  # store the JSON round trip: what a reload returns, detached from the caller
                 msg = _message_from_record(json.loads(line))
-            self._write_record(state.log_path, state.log_offset, line)
-            state.add_message(msg)
-            state.log_offset += len(line)
+            config = self.auto_reset
+            reason = self._reset_reason(state, config, msg, now) if config is not None else None
+            if config is not None and reason is not None:
+                reset = self._write_reset(state, reason, now, config, incoming=msg)
+                msg = dataclasses.replace(msg, parent_id=state.head())
+                record["parentId"] = msg.parent_id
+                line = _encode_message(record)
+            self._write_message(state, msg, line)
             end = state.log_offset
         self._sync(state, end)
+        if reason is not None:
+            self._emit("session.reset", session_id, reset)
         self._emit("message.added", session_id, msg)
         return msg
+
+    def _write_message(self, state: _Session, msg: Message, line: bytes) -> None:
+        """Write one message record and apply it (caller is in ``_writing``)."""
+        self._write_record(state.log_path, state.log_offset, line)
+        state.add_message(msg)
+        state.log_offset += len(line)
+
+    # -- auto-reset ---------------------------------------------------------------------
+
+    @staticmethod
+    def _reset_reason(state: _Session, config: AutoResetConfig, incoming: Message, now: int) -> str | None:
+        """Which limit appending ``incoming`` would break (O(1)), or ``None``.
+
+        Only appends onto the current head are checked; others never reset.
+        """
+        if (not config.enabled or state.segments is None or incoming.parent_id is None
+                or incoming.parent_id != state.head()):
+            return None
+        count, tokens, start = state.segments[incoming.parent_id]
+        if config.max_tokens is not None:
+            tokens += config.count_tokens(incoming)
+        return AutoResetManager(config).over_limit(count + 1, tokens, start, now)
+
+    def _write_reset(self, state: _Session, reason: str, now: int, config: AutoResetConfig,
+                     incoming: Message | None = None) -> ResetResult:
+        """Append a reset: new root (marker or first kept copy), head moved there, copies.
+
+        Caller is in ``_writing``. ``incoming`` (an append that triggered the reset)
+        is reserved room in the new segment; when nothing else is written it becomes
+        the new root itself, and the caller writes it.
+        """
+        manager = AutoResetManager(config)
+        head = state.head()
+        segment = _current_segment(state.path_to(head)) if head is not None else []
+        reserve_tokens = config.count_tokens(incoming) if incoming is not None and config.max_tokens else 0
+        kept = manager.keep(segment, reserve=1 if incoming is not None else 0, reserve_tokens=reserve_tokens)
+        written: list[Message] = []
+        parent: str | None = None
+        if config.insert_reset_marker:
+            marker = manager.marker(reason, now)
+            while marker.id in state.by_id:
+                marker = manager.marker(reason, now)
+            written.append(marker)
+            parent = marker.id
+        for original in kept:
+            copy_id = os.urandom(8).hex()
+            while copy_id in state.by_id:
+                copy_id = os.urandom(8).hex()
+            copy = dataclasses.replace(original, id=copy_id, parent_id=parent, timestamp=now,
+                                       fields={**original.fields, "reset_from": original.id})
+            written.append(copy)
+            parent = copy_id
+        for i, msg in enumerate(written):
+            self._write_message(state, msg, _encode_message(msg.to_record()))
+            if i == 0:  # the new root: move the current branch's head onto it
+                self._branch_event(state, {"op": "move", "name": state.current, "headId": msg.id,
+                                           "at": now, "seq": len(state.messages)})
+        if not written:  # nothing kept, no marker: the incoming message is the new root
+            self._branch_event(state, {"op": "move", "name": state.current, "headId": None,
+                                       "at": now, "seq": len(state.messages)})
+        return ResetResult(reset=True, reason=reason, messages=written)
+
+    def reset(self, session_id: str, **overrides: Any) -> ResetResult:
+        """Reset the session now, whatever its size; the result's reason is ``"manual"``.
+
+        Uses the store's ``auto_reset`` config (or the defaults) with ``overrides``
+        applied, e.g. ``reset(sid, keep_strategy="last", keep_count=2)``. The old
+        messages stay in the tree; the current branch's head moves to the new segment.
+        """
+        try:
+            config = dataclasses.replace(self.auto_reset or AutoResetConfig(), **overrides)
+        except TypeError as e:
+            raise InvalidInput(f"reset() got an unknown setting: {e}") from None
+        except ValueError as e:
+            raise InvalidInput(str(e)) from None
+        with self._writing(session_id) as state:
+            result = self._write_reset(state, "manual", self._now_ms(), config)
+            end = state.log_offset
+        self._sync(state, end)
+        self._emit("session.reset", session_id, result)
+        return result
 
     # -- reading -------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ class LeaseMachine(RuleBasedStateMachine):
             s.close()
 
     def now(self) -> int:
-        return int(self.clock() * 1000)
+        return round(self.clock() * 1000)
 
     def live(self) -> bool:
         return self.model.holder is not None and self.model.expires > self.now()

@@ -34,7 +34,7 @@ def test_has_key_never_creates(store: SessionStore) -> None:
 
 def test_metadata_counts_and_times(store: SessionStore, clock: FakeClock) -> None:
     sid = store.resolve("k")
-    created = int(clock() * 1000)
+    created = round(clock() * 1000)
     clock.advance(5)
     store.append(sid, role="user", content="a")
     meta = store.get_metadata(sid)
@@ -93,7 +93,7 @@ def test_sibling_leaves_the_head(store: SessionStore) -> None:
 def test_type_defaults_to_role_and_timestamp_is_ms(store: SessionStore, clock: FakeClock) -> None:
     sid = store.resolve("k")
     m = store.append(sid, role="user", content="a")
-    assert m.type == "user" and m.timestamp == int(clock() * 1000)
+    assert m.type == "user" and m.timestamp == round(clock() * 1000)
 
 
 def test_extra_fields_round_trip_unchanged(open_store: StoreFactory) -> None:
@@ -209,7 +209,7 @@ def test_returned_lists_are_copies(store: SessionStore) -> None:
 
 def test_new_session_has_an_empty_main_branch(store: SessionStore, clock: FakeClock) -> None:
     sid = store.resolve("k")
-    now = int(clock() * 1000)
+    now = round(clock() * 1000)
     assert store.get_branches(sid) == [ss.Branch(name="main", head_id=None, created_at=now, updated_at=now)]
     assert store.get_current_branch(sid) == "main" and store.get_head(sid) is None
 

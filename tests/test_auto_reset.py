@@ -1,0 +1,261 @@
+"""Auto-reset: the pure manager (properties, edges) and lossless resets in the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+from conftest import FakeClock, StoreFactory
+from hypothesis import given
+
+import session_store as ss
+from session_store import AutoResetConfig, AutoResetManager, Message
+
+# -- the manager --------------------------------------------------------------------
+
+
+def msg(i: int, role: str = "user", content: Any = None, ts: int = 0, type: str | None = None) -> Message:
+    return Message(id=f"m{i}", parent_id=f"m{i - 1}" if i else None, type=type or role, role=role,
+                   content=f"message {i}" if content is None else content, timestamp=ts)
+
+
+messages_st = st.lists(
+    st.tuples(st.sampled_from(["user", "assistant", "system", "tool"]), st.text(max_size=30), st.integers(0, 10_000)),
+    max_size=40,
+).map(lambda rows: [msg(i, role, content, ts) for i, (role, content, ts) in enumerate(rows)])
+
+configs_st = st.builds(
+    lambda strategy, keep, mm, mt, age, marker: AutoResetConfig(
+        max_messages=mm, max_tokens=mt, max_age_ms=age, keep_strategy=strategy,
+        keep_count=min(keep, mm - 1) if mm is not None else keep, insert_reset_marker=marker),
+    st.sampled_from(["none", "first", "last", "system"]), st.integers(0, 8),
+    st.one_of(st.none(), st.integers(1, 30)), st.one_of(st.none(), st.integers(1, 300)),
+    st.one_of(st.none(), st.integers(1, 20_000)), st.booleans())
+
+
+@given(configs_st, messages_st, st.integers(0, 30_000))
+def test_manager_properties(config: AutoResetConfig, messages: list[Message], now_ms: int) -> None:
+    manager = AutoResetManager(config, clock=lambda: now_ms / 1000)
+    result = manager.check_and_reset(messages)
+    if not result.reset:
+        assert result.reason is None and result.messages == messages
+        assert manager.over_limit(len(messages), sum(config.count_tokens(m) for m in messages),
+                                  messages[0].timestamp if messages else None, now_ms) is None
+        return
+    kept = result.messages[1:] if config.insert_reset_marker else result.messages
+    assert len(result.messages) <= len(messages) + 1
+    originals = iter(messages)
+    assert all(any(k is o for o in originals) for k in kept)  # a subsequence, in order
+    if config.keep_strategy == "none":
+        assert kept == []
+    if config.keep_strategy == "system":
+        assert all(m.role == "system" for m in kept)
+    assert len(kept) <= config.keep_count
+    if config.insert_reset_marker:
+        marker = result.messages[0]
+        assert (marker.type, marker.role, marker.parent_id) == ("reset", "system", None)
+        assert result.reason in marker.content
+    assert not manager.check_and_reset(result.messages).reset  # a reset result never resets again
+
+
+@pytest.mark.parametrize("limit,count,reset", [(3, 3, False), (3, 4, True)])
+def test_max_messages_edge(limit: int, count: int, reset: bool) -> None:
+    manager = AutoResetManager(AutoResetConfig(max_messages=limit))
+    result = manager.check_and_reset([msg(i) for i in range(count)])
+    assert result.reset is reset and result.reason == ("max_messages" if reset else None)
+
+
+@pytest.mark.parametrize("age_ms,reset", [(1000, False), (1001, True)])
+def test_max_age_edge(age_ms: int, reset: bool) -> None:
+    manager = AutoResetManager(AutoResetConfig(max_age_ms=1000), clock=lambda: age_ms / 1000)
+    assert manager.check_and_reset([msg(0, ts=0)]).reset is reset
+
+
+@pytest.mark.parametrize("chars,reset", [(10, False), (11, True)])
+def test_max_tokens_edge_with_the_default_counter(chars: int, reset: bool) -> None:
+    manager = AutoResetManager(AutoResetConfig(max_tokens=10))
+    assert manager.check_and_reset([msg(0, content="x" * chars)]).reset is reset
+
+
+def test_limits_count_only_the_segment_after_the_last_marker() -> None:
+    manager = AutoResetManager(AutoResetConfig(max_messages=2))
+    history = [msg(0), msg(1), msg(2, role="system", type="reset"), msg(3), msg(4)]
+    assert not manager.check_and_reset(history).reset
+    assert manager.check_and_reset([*history, msg(5)]).reset
+
+
+def test_strategies_keep_what_they_say() -> None:
+    history = [msg(0, "system"), msg(1), msg(2, "system"), msg(3), msg(4)]
+
+    def kept(strategy: str, n: int) -> list[str]:
+        config = AutoResetConfig(max_messages=4, keep_strategy=strategy, keep_count=n, insert_reset_marker=False)
+        return [m.id for m in AutoResetManager(config).check_and_reset(history).messages]
+
+    assert kept("none", 3) == []
+    assert kept("first", 2) == ["m0", "m1"]
+    assert kept("last", 2) == ["m3", "m4"]
+    assert kept("system", 3) == ["m0", "m2"]
+    assert kept("system", 1) == ["m0"]
+
+
+def test_kept_messages_are_trimmed_to_fit_the_token_limit() -> None:
+    history = [msg(0, content="x" * 40), msg(1, content="y" * 40), msg(2, content="z" * 40)]
+    config = AutoResetConfig(max_tokens=100, keep_strategy="last", keep_count=3)
+    result = AutoResetManager(config).check_and_reset(history)
+    assert [m.id for m in result.messages[1:]] == ["m1", "m2"]  # the oldest went first
+
+
+def test_custom_strategy_and_token_counter() -> None:
+    seen: list[Message] = []
+
+    def counter(m: Message) -> int:
+        seen.append(m)
+        return 1
+
+    config = AutoResetConfig(max_tokens=2, token_counter=counter, keep_count=1,
+                             keep_strategy=lambda ms, n: [m for m in ms if m.id == "m1"][:n])
+    result = AutoResetManager(config).check_and_reset([msg(0), msg(1), msg(2)])
+    assert result.reason == "max_tokens" and [m.id for m in result.messages[1:]] == ["m1"]
+    assert all(isinstance(m, Message) for m in seen)
+
+
+@pytest.mark.parametrize("bad", [
+    {"max_messages": -1}, {"max_messages": 0}, {"max_age_ms": -5}, {"max_tokens": -1}, {"keep_count": -1},
+    {"keep_strategy": "middle"}, {"keep_strategy": 5}, {"max_messages": 5, "keep_strategy": "last", "keep_count": 5},
+    {"max_messages": 1.5}, {"token_counter": "len"},
+])
+def test_invalid_configs_fail_at_construction(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        AutoResetConfig(**bad)
+
+
+def test_disabled_config_never_resets() -> None:
+    manager = AutoResetManager(AutoResetConfig(enabled=False, max_messages=1))
+    assert not manager.check_and_reset([msg(0), msg(1), msg(2)]).reset
+
+
+# -- in the store --------------------------------------------------------------------
+
+
+def test_reset_by_count_happens_before_the_append_that_would_overflow(open_store: StoreFactory) -> None:
+    store = open_store(auto_reset=AutoResetConfig(max_messages=3, keep_strategy="last", keep_count=1))
+    sid = store.resolve("k")
+    first = [store.append(sid, role="user", content=f"m{i}") for i in range(3)]  # exactly at the limit
+    assert store.get_metadata(sid).reset_count == 0  # type: ignore[union-attr]
+    fourth = store.append(sid, role="user", content="m3")  # one over: reset first
+    history = store.get_linear_history(sid)
+    assert [m.type for m in history] == ["reset", "user", "user"]
+    marker, copy, new = history
+    assert marker.parent_id is None and marker.role == "system" and "max_messages" in marker.content
+    assert copy.content == "m2" and copy.fields["reset_from"] == first[2].id and copy.id != first[2].id
+    assert new == fourth and fourth.parent_id == copy.id
+    assert store.get_head(sid) == fourth.id
+    # nothing lost: the old history is still in the tree
+    assert [m.id for m in store.get_messages(sid)][:3] == [m.id for m in first]
+    assert store.get_linear_history(sid, first[2].id) == first
+    assert len(store.get_tree(sid)) == 6
+
+
+def test_reset_by_age_uses_the_injected_clock(open_store: StoreFactory, clock: FakeClock) -> None:
+    store = open_store(auto_reset=AutoResetConfig(max_age_ms=60_000))
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="old")
+    clock.advance(60)
+    store.append(sid, role="user", content="exactly at the limit")
+    assert store.get_metadata(sid).reset_count == 0  # type: ignore[union-attr]
+    clock.advance(0.001)
+    new = store.append(sid, role="user", content="one ms over")
+    assert [m.content for m in store.get_linear_history(sid)][1:] == ["one ms over"]
+    meta = store.get_metadata(sid)
+    assert meta.reset_count == 1 and meta.last_reset_at == new.timestamp  # type: ignore[union-attr]
+
+
+def test_reset_by_tokens_keeps_system_messages(open_store: StoreFactory) -> None:
+    store = open_store(auto_reset=AutoResetConfig(max_tokens=20, keep_strategy="system", keep_count=2))
+    sid = store.resolve("k")
+    store.append(sid, role="system", content="be brief")  # 8
+    store.append(sid, role="user", content="0123456789")  # 18
+    store.append(sid, role="assistant", content="ok")  # 20: at the limit
+    store.append(sid, role="user", content="next")  # 24: over
+    assert [(m.type, m.content) for m in store.get_linear_history(sid)][1:] == [
+        ("system", "be brief"), ("user", "next")]
+
+
+def test_appends_off_the_head_never_reset(open_store: StoreFactory) -> None:
+    store = open_store(auto_reset=AutoResetConfig(max_messages=2))
+    sid = store.resolve("k")
+    a = store.append(sid, role="user", content="a")
+    store.append(sid, role="assistant", content="b")
+    for i in range(3):
+        store.append(sid, role="assistant", content=f"sibling {i}", parent_id=a.id)
+    store.append(sid, role="user", content="root", parent_id=None)
+    assert store.get_metadata(sid).reset_count == 0  # type: ignore[union-attr]
+
+
+def test_nothing_kept_and_no_marker_makes_the_new_message_a_root(open_store: StoreFactory) -> None:
+    store = open_store(auto_reset=AutoResetConfig(max_messages=2, insert_reset_marker=False))
+    sid = store.resolve("k")
+    for i in range(2):
+        store.append(sid, role="user", content=f"m{i}")
+    third = store.append(sid, role="user", content="fresh start")
+    assert third.parent_id is None and store.get_head(sid) == third.id
+    assert store.get_linear_history(sid) == [third]
+    fourth = store.append(sid, role="user", content="continues")
+    assert fourth.parent_id == third.id
+
+
+def test_manual_reset_and_overrides(open_store: StoreFactory) -> None:
+    store = open_store()
+    sid = store.resolve("k")
+    for i in range(4):
+        store.append(sid, role="user", content=f"m{i}")
+    events: list[ss.Event] = []
+    store.subscribe(events.append)
+    result = store.reset(sid, keep_strategy="last", keep_count=2)
+    assert result.reset and result.reason == "manual"
+    assert [m.content for m in result.messages] == [result.messages[0].content, "m2", "m3"]
+    assert store.get_linear_history(sid) == result.messages
+    assert [e.type for e in events] == ["session.reset"] and events[0].data == result
+    with pytest.raises(ss.InvalidInput):
+        store.reset(sid, keep_strategy="bogus")
+    with pytest.raises(ss.InvalidInput):
+        store.reset(sid, no_such_setting=1)
+    assert store.get_linear_history(sid) == result.messages  # refused resets wrote nothing
+
+
+def test_reset_of_an_empty_session_is_a_lone_marker(store: ss.SessionStore) -> None:
+    sid = store.resolve("k")
+    result = store.reset(sid)
+    assert [m.type for m in result.messages] == ["reset"]
+    assert store.get_head(sid) == result.messages[0].id
+
+
+def test_resets_survive_reopening(open_store: StoreFactory, clock: FakeClock) -> None:
+    config = AutoResetConfig(max_messages=3, keep_strategy="last", keep_count=2)
+    store = open_store(auto_reset=config)
+    sid = store.resolve("k")
+    for i in range(10):
+        store.append(sid, role="user", content=f"m{i}")
+        clock.advance(1)
+    before = (store.get_messages(sid), store.get_branches(sid), store.get_head(sid), store.get_metadata(sid))
+    store.close()
+    again = open_store(auto_reset=config)
+    assert (again.get_messages(sid), again.get_branches(sid), again.get_head(sid), again.get_metadata(sid)) == before
+    # and the running counts were rebuilt: the next append resets exactly when it should
+    again.append(sid, role="user", content="m10")
+    assert [m.content for m in again.get_linear_history(sid)][1:] == ["m8", "m9", "m10"]
+
+
+def test_build_context_sees_the_marker_as_a_system_summary(open_store: StoreFactory) -> None:
+    store = open_store(auto_reset=AutoResetConfig(max_messages=1))
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="a")
+    store.append(sid, role="user", content="b")
+    context = store.build_context(sid)
+    assert [c["role"] for c in context] == ["system", "user"] and "reset" in context[0]["content"].lower()
+
+
+def test_auto_reset_must_be_a_config() -> None:
+    with pytest.raises(TypeError):
+        ss.SessionStore(ss.InMemoryFileSystem(), auto_reset={"max_messages": 3})  # type: ignore[arg-type]
