@@ -971,6 +971,7 @@ class _Session:
         "current",
         "deleted",
         "dir",
+        "indexed_count",
         "key",
         "last_reset_at",
         "lease_path",
@@ -997,6 +998,7 @@ class _Session:
         # With auto-reset, every message carries its segment's running totals
         # (count, tokens, start ms), derived from its parent's: the check is O(1).
         self.reset_config = reset_config
+        self.indexed_count: int | None = None  # messageCount from the checkpoint, until loaded
         self.key = key
         self.created_at = created_at
         self.dir = directory
@@ -1557,8 +1559,9 @@ class SessionStore:
             journal_size = 0
         if checkpoint is not None and checkpoint[2] <= journal_size:
             keys, sessions, offset = checkpoint
-            for sid, (key, created) in sessions.items():
-                self._sessions[sid] = self._new_state(sid, key, created, f"{self._dir}/{sid}")
+            for sid, (key, created, updated, count) in sessions.items():
+                state = self._sessions[sid] = self._new_state(sid, key, created, f"{self._dir}/{sid}")
+                state.updated_at, state.indexed_count = updated, count
             self._keys.update(keys)
             self._journal_offset = offset
             self._catch_up_journal(writer=True)
@@ -1570,7 +1573,7 @@ class SessionStore:
         self._adopt_folders()
         self._index_dirty = True
 
-    def _read_checkpoint(self) -> tuple[dict[str, str], dict[str, tuple[str, int]], int] | None:
+    def _read_checkpoint(self) -> tuple[dict[str, str], dict[str, tuple[str, int, int, int | None]], int] | None:
         try:
             raw = self._fs.read(self._index_path)
         except FileNotFoundError:
@@ -1578,8 +1581,9 @@ class SessionStore:
         try:
             doc = json.loads(raw)
             keys = {k: v for k, v in doc["keys"].items() if isinstance(k, str) and _is_session_id(v)}
-            sessions = {sid: (str(s["key"]), int(s["createdAt"])) for sid, s in doc["sessions"].items()
-                        if _is_session_id(sid)}
+            sessions = {sid: (str(s["key"]), int(s["createdAt"]), int(s.get("updatedAt") or s["createdAt"]),
+                              s["messageCount"] if isinstance(s.get("messageCount"), int) else None)
+                        for sid, s in doc["sessions"].items() if _is_session_id(sid)}
             offset = int(doc.get("journalBytes", 0))
         except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
             return None
@@ -1686,7 +1690,7 @@ class SessionStore:
                 self._index_dirty = False
                 sessions = {}
                 for sid, s in self._sessions.items():
-                    count = len(s.messages) if s.loaded else None
+                    count = len(s.messages) if s.loaded else s.indexed_count
                     sessions[sid] = {"sessionId": sid, "key": s.key, "createdAt": s.created_at,
                                      "updatedAt": s.updated_at, "messageCount": count}
                 doc = {"version": FORMAT_VERSION, "journalBytes": self._journal_offset,

@@ -300,3 +300,12 @@ def test_readers_never_cut_a_line_another_process_may_be_writing(tmp_path: Path)
         with open(log, "ab") as f:  # the other writer finishes its line
             f.write(b',"content":"done","timestamp":1}\n')
         assert [m.id for m in store.get_messages(sid)] == [a.id, "in-flight"]
+
+
+def test_checkpoint_keeps_counts_of_sessions_it_did_not_load(tmp_path: Path) -> None:
+    with open_files(tmp_path) as store:
+        sid = store.resolve("k")
+        store.append(sid, role="user", content="a")
+    with open_files(tmp_path) as store:
+        store.resolve("other")  # dirties the index without loading "k"
+    assert json.loads((tmp_path / "sessions.json").read_text())["sessions"][sid]["messageCount"] == 1
