@@ -47,6 +47,8 @@ __all__ = [
     "Event",
     "LockResult",
     "LockInfo",
+    "Problem",
+    "CheckReport",
     # file systems
     "FileSystem",
     "RealFileSystem",
@@ -355,6 +357,37 @@ class LockInfo:
     expires_at: int
     token: int
     count: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Problem:
+    """Something :meth:`SessionStore.check` found: where (file, byte offset) and why.
+
+    ``offset`` is ``None`` for problems that are not about one line.
+    """
+
+    session_id: str | None
+    file: str
+    offset: int | None
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CheckReport:
+    """The answer of :meth:`SessionStore.check` and :meth:`SessionStore.repair`.
+
+    ``problems``: what is wrong now (after a repair: what it could not fix);
+    ``fixed``: what a repair did, one sentence each; ``sessions_checked``: how many.
+    """
+
+    problems: list[Problem]
+    fixed: list[str] = dataclasses.field(default_factory=list)
+    sessions_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing is wrong."""
+        return not self.problems
 
 
 # ============================================================================
@@ -699,15 +732,15 @@ class RealFileSystem(FileSystem):
             return b"".join(chunks)
 
     def size(self, path: str) -> int:
-        """Size via ``fstat`` of the cached descriptor; a deleted file is absent."""
+        """Size via ``fstat`` of the cached descriptor (re-opened when the file was replaced)."""
         with self._mutex:
             d = self._fds.get(path)
         if d is None:
             return os.stat(path).st_size
         st = os.fstat(d.fd)
-        if st.st_nlink == 0:  # removed by another process since we opened it
+        if st.st_nlink == 0:  # removed or replaced (repair) by another process since we opened it
             self._forget(path)
-            raise FileNotFoundError(errno.ENOENT, "file was removed", path)
+            return os.stat(path).st_size  # FileNotFoundError when it is really gone
         return st.st_size
 
     def append(self, path: str, data: bytes) -> None:
@@ -1911,6 +1944,168 @@ class SessionStore:
             if writer and state.log_offset < size:
                 _log.warning("%s: torn last line (%d bytes) cut off", state.log_path, size - state.log_offset)
                 fs.truncate(state.log_path, state.log_offset)
+
+    # -- check and repair --------------------------------------------------------------
+
+    def _scan_session(self, state: _Session) -> tuple[_Session, dict[str, bytes], list[Problem]]:
+        """Parse a session's files afresh (never touching the cache or the files).
+
+        Returns the scratch state, the raw bytes read and the problems found.
+        """
+        scratch = _Session(state.session_id, state.key, state.created_at, state.dir)
+        scratch.loaded = True
+        raw: dict[str, bytes] = {}
+        problems: list[Problem] = []
+        for path in (scratch.branch_path, scratch.log_path):
+            try:
+                raw[path] = self._fs.read(path)
+            except FileNotFoundError:
+                raw[path] = b""
+                if path == scratch.log_path:
+                    problems.append(Problem(session_id=state.session_id, file=path, offset=None,
+                                            reason="messages.jsonl is missing"))
+        scratch.ingest_branch_events(raw[scratch.branch_path], 0)
+        scratch.ingest_messages(raw[scratch.log_path], 0)
+        for path, offset in ((scratch.branch_path, scratch.branch_offset), (scratch.log_path, scratch.log_offset)):
+            if offset < len(raw[path]):
+                problems.append(Problem(session_id=state.session_id, file=path, offset=offset,
+                                        reason=f"incomplete last line ({len(raw[path]) - offset} bytes, torn write)"))
+        problems += [Problem(session_id=state.session_id, file=p.file, offset=p.offset if p.offset >= 0 else None,
+                             reason=p.reason) for p in scratch.problems]
+        problems += [Problem(session_id=state.session_id, file=scratch.branch_path, offset=None,
+                             reason=f"branch event {ev['op']!r} on {ev['name']!r} follows messages that are missing")
+                     for ev in scratch.pending_events]
+        try:
+            meta = json.loads(self._fs.read(f"{state.dir}/session.json"))
+            if meta.get("sessionId") != state.session_id or meta.get("key") != state.key:
+                raise ValueError("does not match the index")
+        except FileNotFoundError:
+            problems.append(Problem(session_id=state.session_id, file=f"{state.dir}/session.json", offset=None,
+                                    reason="session.json is missing (the index cannot be rebuilt for it)"))
+        except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            problems.append(Problem(session_id=state.session_id, file=f"{state.dir}/session.json", offset=None,
+                                    reason=f"session.json is unusable: {e}"))
+        return scratch, raw, problems
+
+    def _scan_index(self) -> list[Problem]:
+        problems: list[Problem] = []
+        if self._read_checkpoint() is None:
+            problems.append(Problem(session_id=None, file=self._index_path, offset=None,
+                                    reason="sessions.json is missing, empty or corrupt (rebuilt when a store opens)"))
+        try:
+            journal = self._fs.read(self._journal_path)
+        except FileNotFoundError:
+            journal = b""
+        found: list[_Problem] = []
+        _, used = _parse_lines(journal, 0, self._journal_path, found)
+        problems += [Problem(session_id=None, file=p.file, offset=p.offset, reason=p.reason) for p in found]
+        if used < len(journal):
+            problems.append(Problem(session_id=None, file=self._journal_path, offset=used,
+                                    reason="incomplete last line (torn write)"))
+        with self._mutex:
+            known = set(self._sessions)
+        for name in self._fs.listdir(self._dir):
+            if _is_session_id(name) and name not in known and self._fs.exists(f"{self._dir}/{name}/session.json"):
+                problems.append(Problem(session_id=name, file=f"{self._dir}/{name}", offset=None,
+                                        reason="session folder is not in the index (repair adopts it)"))
+        return problems
+
+    def check(self, session_id: str | None = None) -> CheckReport:
+        """Look for problems without changing anything: files, lines, index.
+
+        Reports bad and torn lines (file, byte offset, reason), duplicate ids,
+        messages whose parent does not precede them (a hand-written cycle, say),
+        branch events that do not apply, a damaged index and unindexed folders.
+        With ``session_id``: that session only (``SessionNotFound`` when unknown).
+        """
+        self._ready()
+        self._refresh_index()
+        if session_id is not None:
+            states = [self._state(session_id)]
+            problems: list[Problem] = []
+        else:
+            with self._mutex:
+                states = list(self._sessions.values())
+            problems = self._scan_index()
+        for state in states:
+            with state.lock:
+                problems += self._scan_session(state)[2]
+        return CheckReport(problems=problems, sessions_checked=len(states))
+
+    def repair(self, session_id: str | None = None) -> CheckReport:
+        """Fix what can be fixed without deleting data; report the rest.
+
+        - Lines that cannot join a session (not JSON, not a record, duplicate ids,
+          unknown parents, a torn tail) are moved to ``messages.jsonl.quarantine``
+          (or ``branches.jsonl.quarantine``) beside the log, byte for byte; the log
+          is then rewritten atomically without them.
+        - Without ``session_id``: folders missing from the index are adopted (their
+          creation is journaled) and ``sessions.json`` is written anew.
+
+        Run it while no other process writes to the store: a log rewritten under a
+        running reader is reloaded by it only when it noticed the file shrank.
+        """
+        self._ready()
+        fixed: list[str] = []
+        if session_id is None:
+            fixed += self._repair_index()
+            with self._mutex:
+                states = list(self._sessions.values())
+        else:
+            states = [self._state(session_id)]
+        for state in states:
+            with state.lock, self._fs.locked(state.log_path):
+                fixed += self._repair_session(state)
+        report = self.check(session_id)
+        return CheckReport(problems=report.problems, fixed=fixed, sessions_checked=report.sessions_checked)
+
+    def _repair_session(self, state: _Session) -> list[str]:
+        """Quarantine the lines that cannot be used (caller holds the session's locks)."""
+        scratch, raw, _ = self._scan_session(state)
+        fixed: list[str] = []
+        for path, used in ((scratch.branch_path, scratch.branch_offset), (scratch.log_path, scratch.log_offset)):
+            data = raw[path]
+            bad_offsets = {p.offset for p in scratch.problems if p.file == path and p.offset >= 0}
+            if not bad_offsets and used == len(data):
+                continue
+            keep: list[bytes] = []
+            quarantine: list[bytes] = []
+            pos = 0
+            for line in data[:used].split(b"\n")[:-1]:
+                (quarantine if pos in bad_offsets else keep).append(line + b"\n")
+                pos += len(line) + 1
+            if used < len(data):
+                quarantine.append(data[used:] + b"\n")
+            qpath = path + ".quarantine"
+            self._fs.append(qpath, b"".join(quarantine))
+            self._fs.sync(qpath)
+            self._fs.write_atomic(path, b"".join(keep))
+            fixed.append(f"{path}: moved {len(quarantine)} unusable line(s) to {qpath}")
+        if fixed:
+            state.clear()
+            state.loaded = False
+        return fixed
+
+    def _repair_index(self) -> list[str]:
+        """Adopt unindexed folders into the journal, then write the checkpoint anew."""
+        fixed: list[str] = []
+        with self._index_lock, self._fs.locked(self._journal_path):
+            self._catch_up_journal(writer=True)
+            with self._mutex:
+                before = set(self._sessions)
+            self._adopt_folders()
+            with self._mutex:
+                adopted = [self._sessions[sid] for sid in self._sessions if sid not in before]
+            for state in adopted:
+                self._journal_append({"op": "create", "key": state.key, "sessionId": state.session_id,
+                                      "createdAt": state.created_at})
+                fixed.append(f"{state.dir}: adopted into the index (key {state.key!r})")
+            if self._read_checkpoint() is None:
+                fixed.append(f"{self._index_path}: rewritten")
+            with self._mutex:
+                self._index_dirty = True
+        self._save_index()
+        return fixed
 
     def _forget_deleted(self, state: _Session) -> None:
         state.deleted = True

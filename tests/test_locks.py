@@ -1,4 +1,8 @@
-"""Leases: the model, threads, processes, crashes, guarded writes."""
+"""Leases: the API, threads, processes, crashes, guarded writes.
+
+The lease model itself (random acquire/renew/release/expiry on two handles) is in
+the conformance kit's state machine, run by test_conformance.py.
+"""
 
 from __future__ import annotations
 
@@ -7,129 +11,16 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import _procs
-import hypothesis.strategies as st
 import pytest
 from conftest import FakeClock, StoreFactory
-from hypothesis import settings
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import session_store as ss
-from session_store import InMemoryFileSystem, SessionStore
+from session_store import SessionStore
 
 SPAWN = multiprocessing.get_context("spawn")
-LEASE_MS = 1_000
-
-# -- the lease model, checked by hypothesis -----------------------------------------------
-
-
-@dataclass
-class Lease:
-    holder: str | None = None
-    count: int = 0
-    expires: int = 0
-    token: int = 0
-
-
-class LeaseMachine(RuleBasedStateMachine):
-    """Two store handles on one storage, an injected clock, random owners."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.clock = FakeClock()
-        self.fs = InMemoryFileSystem()
-        self.model = Lease()
-        self.tokens: list[int] = []
-
-    @initialize()
-    def start(self) -> None:
-        self.stores = [SessionStore(self.fs, storage_dir="/s", clock=self.clock, lock_timeout_ms=LEASE_MS)
-                       for _ in range(2)]
-        self.sid = self.stores[0].resolve("k")
-
-    def teardown(self) -> None:
-        for s in getattr(self, "stores", []):
-            s.close()
-
-    def now(self) -> int:
-        return round(self.clock() * 1000)
-
-    def live(self) -> bool:
-        return self.model.holder is not None and self.model.expires > self.now()
-
-    @rule(owner=st.sampled_from(["a", "b", "c"]), handle=st.integers(0, 1))
-    def acquire(self, owner: str, handle: int) -> None:
-        result = self.stores[handle].acquire_lock(self.sid, owner)
-        m = self.model
-        if self.live() and m.holder != owner:
-            assert not result.acquired and result.holder_id == m.holder and result.token is None
-            return
-        assert result.acquired and result.holder_id == owner
-        if self.live():
-            m.count += 1
-            assert result.token == m.token  # re-entry keeps the token
-        else:
-            m.holder, m.count, m.token = owner, 1, m.token + 1
-            assert result.token == m.token  # a new holder: the next token, strictly greater
-            assert all(t < m.token for t in self.tokens)
-            self.tokens.append(m.token)
-        m.expires = self.now() + LEASE_MS
-        assert result.expires_at == m.expires
-
-    @rule(owner=st.sampled_from(["a", "b", "c"]), handle=st.integers(0, 1))
-    def release(self, owner: str, handle: int) -> None:
-        released = self.stores[handle].release_lock(self.sid, owner)
-        m = self.model
-        if not (self.live() and m.holder == owner):
-            assert released is False
-            return
-        assert released is True
-        m.count -= 1
-        if m.count == 0:
-            m.holder = None
-
-    @rule(owner=st.sampled_from(["a", "b", "c"]), handle=st.integers(0, 1))
-    def renew(self, owner: str, handle: int) -> None:
-        result = self.stores[handle].renew_lock(self.sid, owner)
-        if self.live() and self.model.holder == owner:
-            assert result.acquired and result.token == self.model.token
-            self.model.expires = self.now() + LEASE_MS
-        else:
-            assert not result.acquired
-
-    @rule(ms=st.sampled_from([1, 300, 999, 1000, 1001, 5000]))
-    def advance(self, ms: int) -> None:
-        self.clock.advance(ms / 1000)
-
-    @rule(owner=st.sampled_from(["a", "b"]), handle=st.integers(0, 1))
-    def guarded_append(self, owner: str, handle: int) -> None:
-        store = self.stores[handle]
-        before = len(store.get_messages(self.sid))
-        if self.live() and self.model.holder != owner:
-            with pytest.raises(ss.SessionLocked):
-                store.append(self.sid, role="user", content="x", owner_id=owner)
-            assert len(store.get_messages(self.sid)) == before
-        else:
-            store.append(self.sid, role="user", content="x", owner_id=owner)
-
-    @invariant()
-    def matches_model(self) -> None:
-        for store in self.stores:
-            info = store.get_lock(self.sid)
-            if self.live():
-                assert info == ss.LockInfo(holder_id=self.model.holder, expires_at=self.model.expires,  # type: ignore[arg-type]
-                                           token=self.model.token, count=self.model.count)
-                assert store.is_locked(self.sid)
-            else:
-                assert info is None and not store.is_locked(self.sid)
-
-
-TestLeaseModel = LeaseMachine.TestCase
-TestLeaseModel.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)
-
 
 # -- the API on both file systems -----------------------------------------------------------
 

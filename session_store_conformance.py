@@ -1,0 +1,713 @@
+"""The executable contract of session_store: run it against any storage.
+
+A backend passes when a :class:`~session_store.SessionStore` opened on it behaves like a
+tiny in-memory model under random sequences of every public operation, and raises the
+documented errors (writing nothing) for bad input. Needs pytest and hypothesis
+(``pip install "session-store[conformance]"``).
+
+Give the kit a *storage opener*: a callable returning a context manager that yields a
+factory ``open_store(**options) -> SessionStore``. Every store the factory opens must
+see the same storage; each ``with`` block is a fresh, empty storage::
+
+    import contextlib, tempfile
+    import session_store_conformance as conformance
+    from session_store import SessionStore
+
+    @contextlib.contextmanager
+    def my_storage():
+        with tempfile.TemporaryDirectory() as directory:
+            yield lambda **options: SessionStore(MyFileSystem(), storage_dir=directory, **options)
+
+    TestMyStorage = conformance.state_machine_tests(my_storage)
+
+    class TestMyStorageContract(conformance.ContractTests):
+        storage = staticmethod(my_storage)
+
+The factory must pass every keyword option through to ``SessionStore`` (the kit
+uses ``clock``, ``lock_timeout_ms``, ``auto_reset``, ``durable``, ``require_lock``).
+:class:`FaultyFileSystem` wraps a file system to inject ENOSPC/EIO, failing fsyncs,
+short writes and crashes after N bytes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "StoreFactory",
+    "StorageOpener",
+    "FakeClock",
+    "in_memory_storage",
+    "file_storage",
+    "StoreMachine",
+    "state_machine_tests",
+    "ContractTests",
+    "FaultyFileSystem",
+    "SimulatedCrash",
+]
+
+import contextlib
+import errno
+import tempfile
+import unittest
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import session_store as ss
+from session_store import (
+    AutoResetConfig,
+    FileSystem,
+    InMemoryFileSystem,
+    RealFileSystem,
+    SessionStore,
+)
+
+StoreFactory = Callable[..., SessionStore]
+StorageOpener = Callable[[], contextlib.AbstractContextManager[StoreFactory]]
+
+# ============================================================================
+# Storages and a clock
+# ============================================================================
+
+
+class FakeClock:
+    """A ``time.time`` stand-in that tests move by hand (seconds)."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self.now += seconds
+
+
+@contextlib.contextmanager
+def in_memory_storage() -> Iterator[StoreFactory]:
+    """A fresh :class:`~session_store.InMemoryFileSystem` shared by every store opened."""
+    fs = InMemoryFileSystem()
+    yield lambda **options: SessionStore(fs, storage_dir="/sessions", **options)
+
+
+@contextlib.contextmanager
+def file_storage() -> Iterator[StoreFactory]:
+    """A fresh temporary directory; each store gets its own :class:`RealFileSystem`."""
+    with tempfile.TemporaryDirectory(prefix="session-store-") as directory:
+        yield lambda **options: SessionStore(RealFileSystem(), storage_dir=directory, **options)
+
+
+# ============================================================================
+# The model
+# ============================================================================
+
+LEASE_MS = 1_000
+RESET_CONFIGS = [
+    None,
+    AutoResetConfig(max_messages=3, keep_strategy="last", keep_count=2),
+    AutoResetConfig(max_messages=2, keep_strategy="none", insert_reset_marker=False),
+]
+
+
+@dataclass
+class _Lease:
+    holder: str | None = None
+    count: int = 0
+    expires: int = 0
+    token: int = 0
+
+
+@dataclass
+class _ModelMessage:
+    id: str
+    parent: str | None
+    type: str
+    content: Any
+
+
+@dataclass
+class _ModelSession:
+    key: str
+    messages: list[_ModelMessage] = field(default_factory=list)
+    branches: dict[str, str | None] = field(default_factory=lambda: {"main": None})
+    current: str = "main"
+    lease: _Lease = field(default_factory=_Lease)
+
+    def by_id(self) -> dict[str, _ModelMessage]:
+        return {m.id: m for m in self.messages}
+
+    def path(self, leaf: str | None) -> list[_ModelMessage]:
+        index = self.by_id()
+        out: list[_ModelMessage] = []
+        while leaf is not None:
+            out.append(index[leaf])
+            leaf = index[leaf].parent
+        return out[::-1]
+
+    def segment(self) -> list[_ModelMessage]:
+        path = self.path(self.branches[self.current])
+        for i in range(len(path) - 1, -1, -1):
+            if path[i].type == "reset":
+                return path[i + 1:]
+        return path
+
+
+_keys = st.sampled_from(["user:alice", "user:bob", "../etc/passwd", "ключ 🙂", "k" * 300])
+_branch_names = st.sampled_from(["alt", "feature/x", "ветка", "..", "main"])
+_owners = st.sampled_from(["worker-1", "worker-2", "worker-3"])
+_contents = st.one_of(st.text(max_size=20), st.just([{"type": "text", "text": "block"}]), st.none())
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Drives the whole public API against :class:`_ModelSession` models.
+
+    Set ``storage`` (a :data:`StorageOpener`) on a subclass, or use
+    :func:`state_machine_tests`. Two store handles share the storage (set
+    ``handles = 1`` for a backend that allows only one); ``reopen`` closes one and
+    opens it again, so everything must survive a restart.
+    """
+
+    storage: ClassVar[StorageOpener] = staticmethod(in_memory_storage)
+    handles: ClassVar[int] = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.model: dict[str, _ModelSession] = {}
+        self.stores: list[SessionStore] = []
+        self._storage = type(self).storage()
+        self.open_store = self._storage.__enter__()
+        self.reset_config: AutoResetConfig | None = None
+
+    def open(self) -> SessionStore:
+        store = self.open_store(clock=self.clock, lock_timeout_ms=LEASE_MS, auto_reset=self.reset_config,
+                                durable=False, index_save_delay_ms=60_000)
+        store.init()
+        return store
+
+    @initialize(config=st.sampled_from(range(len(RESET_CONFIGS))))
+    def start(self, config: int) -> None:
+        self.reset_config = RESET_CONFIGS[config]
+        self.stores = [self.open() for _ in range(self.handles)]
+
+    def teardown(self) -> None:
+        for store in self.stores:
+            store.close()
+        self._storage.__exit__(None, None, None)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def now(self) -> int:
+        return round(self.clock() * 1000)
+
+    def handle(self, data: st.DataObject) -> SessionStore:
+        return self.stores[data.draw(st.integers(0, self.handles - 1), label="handle")]
+
+    def session(self, data: st.DataObject) -> tuple[str, _ModelSession]:
+        sid = data.draw(st.sampled_from(list(self.model)), label="session")  # insertion order: reproducible
+        return sid, self.model[sid]
+
+    def lease_live(self, m: _ModelSession) -> bool:
+        return m.lease.holder is not None and m.lease.expires > self.now()
+
+    def expect_reset(self, m: _ModelSession, parent: str | None) -> bool:
+        config = self.reset_config
+        if config is None or config.max_messages is None or parent is None:
+            return False
+        return parent == m.branches[m.current] and len(m.segment()) + 1 > config.max_messages
+
+    # -- sessions -------------------------------------------------------------------
+
+    @rule(key=_keys, data=st.data())
+    def resolve(self, key: str, data: st.DataObject) -> None:
+        sid = self.handle(data).resolve(key)
+        known = [s for s, m in self.model.items() if m.key == key]
+        assert sid == known[0] if known else sid not in self.model
+        if not known:
+            self.model[sid] = _ModelSession(key)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        sid, _ = self.session(data)
+        store = self.handle(data)
+        store.delete_session(sid)
+        del self.model[sid]
+        with pytest.raises(ss.SessionNotFound):
+            store.delete_session(sid)
+
+    @rule(which=st.integers(0, 1))
+    def reopen(self, which: int) -> None:
+        which %= self.handles
+        self.stores[which].close()
+        self.stores[which] = self.open()
+
+    # -- messages ---------------------------------------------------------------------
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), how=st.sampled_from(["head", "head", "root", "random", "named-head"]), content=_contents)
+    def append(self, data: st.DataObject, how: str, content: Any) -> None:
+        sid, m = self.session(data)
+        head = m.branches[m.current]
+        kwargs: dict[str, Any] = {}
+        if how == "root":
+            kwargs["parent_id"] = None
+        elif how == "random" and m.messages:
+            kwargs["parent_id"] = data.draw(st.sampled_from([x.id for x in m.messages]), label="parent")
+        elif how == "named-head" and head is not None:
+            kwargs["parent_id"] = head
+        parent = kwargs.get("parent_id", head)
+        store = self.handle(data)
+        resets = self.expect_reset(m, parent)  # unowned appends are advisory: allowed under a lease
+        segment = m.segment() if resets else []
+        msg = store.append(sid, role="user", content=content, **kwargs)
+        assert msg.content == content
+        if resets:
+            self._apply_reset(store, sid, m, segment, msg.id)
+            return
+        assert msg.parent_id == parent
+        m.messages.append(_ModelMessage(msg.id, parent, "user", content))
+        if parent == head:
+            m.branches[m.current] = msg.id
+
+    def _apply_reset(self, store: SessionStore, sid: str, m: _ModelSession, segment: list[_ModelMessage],
+                     new_id: str) -> None:
+        """Check the store's reset against the config, then record it in the model."""
+        config = self.reset_config
+        assert config is not None
+        history = store.get_linear_history(sid)
+        assert history[-1].id == new_id and store.get_head(sid) == new_id
+        kept = segment[len(segment) - config.keep_count:] if config.keep_strategy == "last" else []
+        expected = (["reset"] if config.insert_reset_marker else []) + [k.type for k in kept] + ["user"]
+        assert [h.type for h in history] == expected
+        for copy, original in zip(history[-1 - len(kept):-1], kept, strict=True):
+            assert copy.content == original.content and copy.fields["reset_from"] == original.id
+        parent: str | None = None
+        for h in history:
+            m.messages.append(_ModelMessage(h.id, parent, h.type, h.content))
+            assert h.parent_id == parent
+            parent = h.id
+        m.branches[m.current] = new_id
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def manual_reset(self, data: st.DataObject) -> None:
+        sid, m = self.session(data)
+        segment = m.segment()
+        result = self.handle(data).reset(sid, keep_strategy="last", keep_count=1)
+        assert result.reset and result.reason == "manual"
+        marker = self.reset_config.insert_reset_marker if self.reset_config else True
+        assert [x.content for x in result.messages[1 if marker else 0:]] == [x.content for x in segment[-1:]]
+        parent: str | None = None
+        for x in result.messages:
+            assert x.parent_id == parent
+            m.messages.append(_ModelMessage(x.id, parent, x.type, x.content))
+            parent = x.id
+        if result.messages:
+            m.branches[m.current] = result.messages[-1].id
+        elif m.branches[m.current] is not None:  # nothing kept, no marker: the branch is empty again
+            m.branches[m.current] = None
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def append_refused(self, data: st.DataObject) -> None:
+        sid, _ = self.session(data)
+        store = self.handle(data)
+        with pytest.raises(ss.MessageNotFound):
+            store.append(sid, role="user", content="x", parent_id="no-such-message")
+        with pytest.raises(ss.InvalidMessage):
+            store.append(sid, role="user", content={1, 2})
+
+    # -- branches ------------------------------------------------------------------------
+
+    @precondition(lambda self: any(m.messages for m in self.model.values()))
+    @rule(data=st.data(), name=_branch_names)
+    def create_branch(self, data: st.DataObject, name: str) -> None:
+        sid = data.draw(st.sampled_from([s for s, m in self.model.items() if m.messages]), label="session")
+        m = self.model[sid]
+        leaf = data.draw(st.sampled_from([x.id for x in m.messages]), label="leaf")
+        store = self.handle(data)
+        if name in m.branches:
+            with pytest.raises(ss.BranchExists):
+                store.create_branch(sid, name, leaf)
+            return
+        assert store.create_branch(sid, name, leaf).head_id == leaf
+        m.branches[name] = leaf
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), name=_branch_names)
+    def switch(self, data: st.DataObject, name: str) -> None:
+        sid, m = self.session(data)
+        store = self.handle(data)
+        if name not in m.branches:
+            with pytest.raises(ss.BranchNotFound):
+                store.switch_to_branch(sid, name)
+            return
+        assert store.switch_to_branch(sid, name) == m.branches[name]
+        m.current = name
+
+    # -- leases ---------------------------------------------------------------------------
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), owner=_owners)
+    def acquire(self, data: st.DataObject, owner: str) -> None:
+        sid, m = self.session(data)
+        result = self.handle(data).acquire_lock(sid, owner)
+        lease = m.lease
+        if self.lease_live(m) and lease.holder != owner:
+            assert not result.acquired and result.holder_id == lease.holder
+            return
+        assert result.acquired
+        if self.lease_live(m):
+            lease.count += 1
+        else:
+            lease.holder, lease.count, lease.token = owner, 1, lease.token + 1
+        assert result.token == lease.token
+        lease.expires = self.now() + LEASE_MS
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), owner=_owners)
+    def release(self, data: st.DataObject, owner: str) -> None:
+        sid, m = self.session(data)
+        released = self.handle(data).release_lock(sid, owner)
+        if not (self.lease_live(m) and m.lease.holder == owner):
+            assert released is False
+            return
+        assert released is True
+        m.lease.count -= 1
+        if m.lease.count == 0:
+            m.lease.holder = None
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), owner=_owners)
+    def renew(self, data: st.DataObject, owner: str) -> None:
+        sid, m = self.session(data)
+        result = self.handle(data).renew_lock(sid, owner)
+        assert result.acquired == (self.lease_live(m) and m.lease.holder == owner)
+        if result.acquired:
+            m.lease.expires = self.now() + LEASE_MS
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), owner=_owners)
+    def append_as_owner(self, data: st.DataObject, owner: str) -> None:
+        sid, m = self.session(data)
+        if self.lease_live(m) and m.lease.holder != owner:
+            with pytest.raises(ss.SessionLocked):
+                self.handle(data).append(sid, role="user", content="guarded", owner_id=owner)
+
+    @rule(ms=st.sampled_from([1, 500, 999, 1000, 1001, 10_000]))
+    def advance_clock(self, ms: int) -> None:
+        self.clock.advance(ms / 1000)
+
+    # -- the invariant ------------------------------------------------------------------------
+
+    @invariant()
+    def every_handle_matches_the_model(self) -> None:
+        for store in self.stores:
+            assert sorted(store.get_all_session_ids()) == sorted(self.model)
+            for sid, m in self.model.items():
+                assert store.has_session(sid) and store.has_key(m.key)
+                assert [(x.id, x.parent_id, x.type) for x in store.get_messages(sid)] == [
+                    (x.id, x.parent, x.type) for x in m.messages]
+                assert {b.name: b.head_id for b in store.get_branches(sid)} == m.branches
+                assert store.get_current_branch(sid) == m.current
+                assert [x.id for x in store.get_linear_history(sid)] == [
+                    x.id for x in m.path(m.branches[m.current])]
+                meta = store.get_metadata(sid)
+                assert meta is not None and meta.key == m.key and meta.message_count == len(m.messages)
+                info = store.get_lock(sid)
+                if self.lease_live(m):
+                    assert info is not None and (info.holder_id, info.token, info.count, info.expires_at) == (
+                        m.lease.holder, m.lease.token, m.lease.count, m.lease.expires)
+                else:
+                    assert info is None
+
+
+def state_machine_tests(storage: StorageOpener, *, handles: int = 2, max_examples: int = 50,
+                        steps: int = 30) -> type[unittest.TestCase]:
+    """A ``TestCase`` running :class:`StoreMachine` on ``storage``; assign it to a ``Test*`` name."""
+    machine = type("StoreMachineFor_" + getattr(storage, "__name__", "storage"), (StoreMachine,),
+                   {"storage": staticmethod(storage), "handles": handles})
+    case: type[unittest.TestCase] = machine.TestCase  # type: ignore[attr-defined]
+    case.settings = settings(max_examples=max_examples, stateful_step_count=steps, deadline=None)  # type: ignore[attr-defined]
+    return case
+
+
+# ============================================================================
+# Contract tests for the error cases
+# ============================================================================
+
+
+class ContractTests:
+    """Plain pytest tests of the documented errors; subclass and set ``storage``.
+
+    Each test checks the error's type (and builtin twin) and that nothing was
+    written: the session reads the same before and after.
+    """
+
+    storage: ClassVar[StorageOpener] = staticmethod(in_memory_storage)
+
+    @pytest.fixture
+    def store(self) -> Iterator[SessionStore]:
+        with type(self).storage() as open_store:
+            store = open_store(clock=FakeClock(), lock_timeout_ms=LEASE_MS)
+            store.init()
+            try:
+                yield store
+            finally:
+                store.close()
+
+    @staticmethod
+    def snapshot(store: SessionStore, sid: str) -> tuple[Any, ...]:
+        return (store.get_messages(sid), store.get_branches(sid), store.get_current_branch(sid),
+                store.get_head(sid), store.get_lock(sid))
+
+    @pytest.fixture
+    def sid(self, store: SessionStore) -> str:
+        sid = store.resolve("contract")
+        first = store.append(sid, role="user", content="first")
+        store.create_branch(sid, "alt", first.id)
+        return sid
+
+    def test_unknown_session_everywhere(self, store: SessionStore) -> None:
+        calls: list[Callable[[], object]] = [
+            lambda: store.append("nope", role="user", content="x"),
+            lambda: store.get_messages("nope"), lambda: store.get_message("nope", "m"),
+            lambda: store.get_linear_history("nope"), lambda: store.get_children("nope", "m"),
+            lambda: store.get_tree("nope"), lambda: store.get_leaves("nope"),
+            lambda: store.get_branches("nope"), lambda: store.create_branch("nope", "b", "m"),
+            lambda: store.switch_to_branch("nope", "main"), lambda: store.get_head("nope"),
+            lambda: store.acquire_lock("nope", "o"), lambda: store.release_lock("nope", "o"),
+            lambda: store.delete_session("nope"), lambda: store.reset("nope"),
+        ]
+        for call in calls:
+            with pytest.raises(ss.SessionNotFound) as info:
+                call()
+            assert isinstance(info.value, KeyError) and info.value.session_id == "nope"
+        assert store.get_metadata("nope") is None and not store.has_session("nope")
+
+    @pytest.mark.parametrize("bad", [
+        {"content": object()}, {"content": float("nan")}, {"content": "\ud800"}, {"role": ""},
+        {"role": None}, {"type": "a\nb"}, {"id": ""}, {"id": "x" * 1000}, {"parentId": "camel"},
+        {"timestamp": 1}, {"parent_id": 5}, {"owner_id": ""},
+    ])
+    def test_invalid_messages_write_nothing(self, store: SessionStore, sid: str, bad: dict[str, Any]) -> None:
+        before = self.snapshot(store, sid)
+        with pytest.raises(ss.InvalidInput):
+            store.append(sid, **{"role": "user", "content": "x", **bad})
+        assert self.snapshot(store, sid) == before
+
+    def test_duplicate_id_and_unknown_parent_write_nothing(self, store: SessionStore, sid: str) -> None:
+        head = store.get_head(sid)
+        before = self.snapshot(store, sid)
+        with pytest.raises(ss.DuplicateMessage):
+            store.append(sid, role="user", content="x", id=head)
+        with pytest.raises(ss.MessageNotFound):
+            store.append(sid, role="user", content="x", parent_id="ghost")
+        assert self.snapshot(store, sid) == before
+
+    def test_branch_errors_write_nothing(self, store: SessionStore, sid: str) -> None:
+        head = store.get_head(sid)
+        assert head is not None
+        before = self.snapshot(store, sid)
+        with pytest.raises(ss.BranchExists):
+            store.create_branch(sid, "alt", head)
+        with pytest.raises(ss.MessageNotFound):
+            store.create_branch(sid, "new", "ghost")
+        with pytest.raises(ss.BranchNotFound):
+            store.switch_to_branch(sid, "ghost")
+        for name in ("", "a\x00b", "x" * 300):
+            with pytest.raises(ss.InvalidInput):
+                store.create_branch(sid, name, head)
+        assert self.snapshot(store, sid) == before
+
+    def test_lock_errors(self, store: SessionStore, sid: str) -> None:
+        assert store.acquire_lock(sid, "holder").acquired
+        before = self.snapshot(store, sid)
+        with pytest.raises(ValueError):
+            store.acquire_lock(sid, "other", timeout=-1)
+        with pytest.raises(ss.LockTimeout):
+            with store.lock(sid, "other", timeout=0):
+                pass  # pragma: no cover
+        with pytest.raises(ss.SessionLocked):
+            store.append(sid, role="user", content="x", owner_id="other")
+        with pytest.raises(ss.InvalidInput):
+            store.acquire_lock(sid, "")
+        assert store.release_lock(sid, "other") is False
+        assert self.snapshot(store, sid) == before
+
+    def test_bad_keys(self, store: SessionStore) -> None:
+        for key in ("", None, 42, "x" * 100_000, "\udcff"):
+            with pytest.raises(ss.InvalidKey):
+                store.resolve(key)  # type: ignore[arg-type]
+        assert store.get_all_session_ids() == []
+
+    def test_bad_reset_settings_write_nothing(self, store: SessionStore, sid: str) -> None:
+        before = self.snapshot(store, sid)
+        with pytest.raises(ss.InvalidInput):
+            store.reset(sid, keep_strategy="nope")
+        with pytest.raises(ss.InvalidInput):
+            store.reset(sid, max_messages=-1)
+        assert self.snapshot(store, sid) == before
+
+    def test_closed_store(self, store: SessionStore) -> None:
+        store.close()
+        with pytest.raises(ss.StoreClosed):
+            store.resolve("k")
+
+
+# ============================================================================
+# Fault injection
+# ============================================================================
+
+
+class SimulatedCrash(BaseException):
+    """Raised by :class:`FaultyFileSystem` at the simulated crash; the "process" is dead.
+
+    A ``BaseException`` so that no ``except Exception`` in the store can tidy up:
+    whatever was written stays exactly as a real crash would leave it.
+    """
+
+
+class FaultyFileSystem(FileSystem):
+    """Wraps a :class:`FileSystem` and injects faults into appends and syncs.
+
+    Arm one fault at a time: ``fail_next_append(errno)`` (``ENOSPC``, ``EIO``),
+    ``fail_next_sync()``, ``short_next_append(nbytes)`` (writes a prefix, then raises
+    ``EIO``), ``crash_after(nbytes)`` (writes until that many more bytes, then raises
+    :class:`SimulatedCrash` and refuses every later call). ``inner`` is the real
+    file system, for reopening after a crash.
+    """
+
+    def __init__(self, inner: FileSystem) -> None:
+        self.inner = inner
+        self._append_errno: int | None = None
+        self._fail_sync = False
+        self._short: int | None = None
+        self._crash_budget: int | None = None
+        self.crashed = False
+
+    def __repr__(self) -> str:
+        return f"FaultyFileSystem({self.inner!r})"
+
+    def fail_next_append(self, code: int = errno.ENOSPC) -> None:
+        """The next append raises ``OSError(code)`` having written nothing."""
+        self._append_errno = code
+
+    def fail_next_sync(self) -> None:
+        """The next sync raises ``OSError(EIO)``."""
+        self._fail_sync = True
+
+    def short_next_append(self, nbytes: int) -> None:
+        """The next append writes only ``nbytes`` bytes, then raises ``OSError(EIO)``."""
+        self._short = nbytes
+
+    def crash_after(self, nbytes: int) -> None:
+        """Appends write at most ``nbytes`` more bytes in all; then the simulated crash."""
+        self._crash_budget = nbytes
+
+    def _alive(self) -> None:
+        if self.crashed:
+            raise SimulatedCrash("the simulated process has crashed")
+
+    def append(self, path: str, data: bytes) -> None:
+        """Append, or inject the armed fault."""
+        self._alive()
+        if self._append_errno is not None:
+            code, self._append_errno = self._append_errno, None
+            raise OSError(code, errno.errorcode.get(code, "error"), path)
+        if self._short is not None:
+            n, self._short = self._short, None
+            self.inner.append(path, data[:n])
+            raise OSError(errno.EIO, f"short write: {n} of {len(data)} bytes", path)
+        if self._crash_budget is not None:
+            if len(data) > self._crash_budget:
+                self.inner.append(path, data[: self._crash_budget])
+                self.crashed = True
+                raise SimulatedCrash(f"crashed writing {path}")
+            self._crash_budget -= len(data)
+        self.inner.append(path, data)
+
+    def sync(self, path: str) -> None:
+        """Sync, or fail once when armed."""
+        self._alive()
+        if self._fail_sync:
+            self._fail_sync = False
+            raise OSError(errno.EIO, "fsync failed", path)
+        self.inner.sync(path)
+
+    # -- plain delegation ------------------------------------------------------------
+
+    def read(self, path: str) -> bytes:
+        """Delegated."""
+        self._alive()
+        return self.inner.read(path)
+
+    def read_from(self, path: str, offset: int) -> bytes:
+        """Delegated."""
+        self._alive()
+        return self.inner.read_from(path, offset)
+
+    def size(self, path: str) -> int:
+        """Delegated."""
+        self._alive()
+        return self.inner.size(path)
+
+    def truncate(self, path: str, size: int) -> None:
+        """Delegated."""
+        self._alive()
+        self.inner.truncate(path, size)
+
+    def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
+        """Delegated."""
+        self._alive()
+        self.inner.write_atomic(path, data, durable=durable)
+
+    def write_in_place(self, path: str, data: bytes) -> None:
+        """Delegated."""
+        self._alive()
+        self.inner.write_in_place(path, data)
+
+    def makedirs(self, path: str) -> None:
+        """Delegated."""
+        self._alive()
+        self.inner.makedirs(path)
+
+    def listdir(self, path: str) -> list[str]:
+        """Delegated."""
+        self._alive()
+        return self.inner.listdir(path)
+
+    def exists(self, path: str) -> bool:
+        """Delegated."""
+        self._alive()
+        return self.inner.exists(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Delegated."""
+        self._alive()
+        self.inner.rename(src, dst)
+
+    def remove_tree(self, path: str) -> None:
+        """Delegated."""
+        self._alive()
+        self.inner.remove_tree(path)
+
+    def locked(self, path: str) -> contextlib.AbstractContextManager[None]:
+        """Delegated."""
+        self._alive()
+        return self.inner.locked(path)
+
+    @property
+    def shared_across_processes(self) -> bool:
+        """As the wrapped file system."""
+        return self.inner.shared_across_processes
+
+    def close(self) -> None:
+        """Delegated (also after a crash: descriptors are released)."""
+        self.inner.close()

@@ -1,0 +1,16 @@
+"""The conformance kit over every backend we ship (two handles on one storage each)."""
+
+from __future__ import annotations
+
+import session_store_conformance as conformance
+
+TestMemoryMachine = conformance.state_machine_tests(conformance.in_memory_storage, max_examples=60)
+TestFilesMachine = conformance.state_machine_tests(conformance.file_storage, max_examples=30)
+
+
+class TestMemoryContract(conformance.ContractTests):
+    storage = staticmethod(conformance.in_memory_storage)
+
+
+class TestFilesContract(conformance.ContractTests):
+    storage = staticmethod(conformance.file_storage)
