@@ -485,7 +485,8 @@ class FileSystem(ABC):
 class InMemoryFileSystem(FileSystem):
     """A file system in a dict, for tests and ephemeral stores.
 
-    Stores that share one instance see the same files and exclude each other through
+    Paths are names in a dict (leading and trailing ``/`` ignored). Stores that
+    share one instance see the same files and exclude each other through
     :meth:`locked`, as two processes would on disk. The data lives in this process
     only and is gone when the object is.
     """
@@ -501,7 +502,7 @@ class InMemoryFileSystem(FileSystem):
 
     def _file(self, path: str) -> bytearray:
         try:
-            return self._files[path]
+            return self._files[path.strip("/")]
         except KeyError:
             raise FileNotFoundError(errno.ENOENT, "no such file", path) from None
 
@@ -523,7 +524,7 @@ class InMemoryFileSystem(FileSystem):
     def append(self, path: str, data: bytes) -> None:
         """Append ``data`` in one step, creating the file when absent."""
         with self._mutex:
-            self._files.setdefault(path, bytearray()).extend(data)
+            self._files.setdefault(path.strip("/"), bytearray()).extend(data)
 
     def sync(self, path: str) -> None:
         """Nothing to do: memory is as durable as this object."""
@@ -536,7 +537,7 @@ class InMemoryFileSystem(FileSystem):
     def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
         """Replace the file whole."""
         with self._mutex:
-            self._files[path] = bytearray(data)
+            self._files[path.strip("/")] = bytearray(data)
 
     def write_in_place(self, path: str, data: bytes) -> None:
         """Overwrite the file."""
@@ -1247,6 +1248,10 @@ def _check_name(what: str, value: object, error: type[InvalidInput] = InvalidInp
         raise error(f"{what} must not contain control characters: {value!r}")
     if not value.strip():
         raise error(f"{what} must not be blank")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(f"{what} is not valid unicode (lone surrogate)") from None
     return value
 
 
@@ -1508,8 +1513,6 @@ class SessionStore:
             raise ValueError("lock_timeout_ms must be > 0")
         self._fs = fs if fs is not None else RealFileSystem()
         self._dir = os.fspath(storage_dir).rstrip("/") or "/"
-        if isinstance(self._fs, InMemoryFileSystem):
-            self._dir = self._dir.strip("/") or "."
         self._index_delay = index_save_delay_ms / 1000.0
         self.lock_timeout_ms = lock_timeout_ms
         if auto_reset is not None and not isinstance(auto_reset, AutoResetConfig):
@@ -1989,9 +1992,9 @@ class SessionStore:
 
     def _scan_index(self) -> list[Problem]:
         problems: list[Problem] = []
-        if self._read_checkpoint() is None:
+        if self._fs.exists(self._index_path) and self._read_checkpoint() is None:
             problems.append(Problem(session_id=None, file=self._index_path, offset=None,
-                                    reason="sessions.json is missing, empty or corrupt (rebuilt when a store opens)"))
+                                    reason="sessions.json is empty or corrupt (rebuilt when a store opens)"))
         try:
             journal = self._fs.read(self._journal_path)
         except FileNotFoundError:

@@ -1,0 +1,271 @@
+"""Injected faults, a corruption corpus, hostile input, check() and repair()."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import session_store as ss
+from session_store import FileSystem, InMemoryFileSystem, RealFileSystem, SessionStore
+from session_store_conformance import FaultyFileSystem, SimulatedCrash
+
+
+@pytest.fixture(params=["memory", "files"])
+def inner(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[FileSystem, str]:
+    if request.param == "memory":
+        return InMemoryFileSystem(), "/s"
+    return RealFileSystem(), str(tmp_path / "s")
+
+
+def reopen(inner: tuple[FileSystem, str]) -> SessionStore:
+    fs, directory = inner
+    store = SessionStore(fs if isinstance(fs, InMemoryFileSystem) else RealFileSystem(), storage_dir=directory)
+    store.init()
+    return store
+
+
+# -- injected faults ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["enospc", "eio", "short", "sync"])
+def test_a_failed_append_raises_storage_error_and_leaves_state_equal_to_disk(
+        inner: tuple[FileSystem, str], fault: str) -> None:
+    faulty = FaultyFileSystem(inner[0])
+    store = SessionStore(faulty, storage_dir=inner[1])
+    sid = store.resolve("k")
+    acknowledged = [store.append(sid, role="user", content=f"ok {i}") for i in range(3)]
+    if fault == "enospc":
+        faulty.fail_next_append(errno.ENOSPC)
+    elif fault == "eio":
+        faulty.fail_next_append(errno.EIO)
+    elif fault == "short":
+        faulty.short_next_append(10)
+    else:
+        faulty.fail_next_sync()
+    with pytest.raises(ss.StorageError) as info:
+        store.append(sid, role="user", content="unlucky")
+    assert isinstance(info.value, OSError) and isinstance(info.value, ss.SessionStoreError)
+    in_memory = store.get_messages(sid)
+    after = store.append(sid, role="assistant", content="the store still works")
+    store.close()
+    again = reopen(inner)
+    on_disk = again.get_messages(sid)
+    assert on_disk == [*in_memory, after]  # what the failed store believed is what is on disk
+    assert on_disk[:3] == acknowledged
+    if fault != "sync":  # the record never fully reached the file: it must not appear
+        assert [m.content for m in on_disk] == ["ok 0", "ok 1", "ok 2", "the store still works"]
+    assert again.check().ok
+    again.close()
+
+
+@pytest.mark.parametrize("crash_at", [0, 1, 30, 90, 150, 333, 1000])
+def test_crash_after_n_bytes_loses_nothing_acknowledged(inner: tuple[FileSystem, str], crash_at: int) -> None:
+    faulty = FaultyFileSystem(inner[0])
+    store = SessionStore(faulty, storage_dir=inner[1])
+    store.init()
+    sid = store.resolve("k")
+    faulty.crash_after(crash_at)
+    acknowledged: list[ss.Message] = []
+    with pytest.raises(SimulatedCrash):
+        for i in range(100):
+            acknowledged.append(store.append(sid, role="user", content=f"message {i} " + "x" * i))
+            if i % 7 == 3:
+                store.create_branch(sid, f"b{i}", acknowledged[-1].id)
+    faulty.close()
+    again = reopen(inner)
+    messages = again.get_messages(sid)
+    assert messages[: len(acknowledged)] == acknowledged
+    assert len(messages) <= len(acknowledged) + 1  # at most the one in flight, complete or absent
+    again.append(sid, role="user", content="writable after the crash")
+    assert again.check().ok  # the next writer cut the torn tail
+    again.close()
+
+
+# -- corruption corpus ----------------------------------------------------------------
+
+
+def make_session(directory: Path) -> tuple[str, list[ss.Message]]:
+    with SessionStore(storage_dir=directory) as store:
+        sid = store.resolve("k")
+        msgs = [store.append(sid, role="user", content=f"m{i}") for i in range(3)]
+        store.create_branch(sid, "alt", msgs[0].id)
+    return sid, msgs
+
+
+def test_corpus_parent_cycle_written_by_hand(tmp_path: Path) -> None:
+    sid, msgs = make_session(tmp_path)
+    with open(tmp_path / sid / "messages.jsonl", "a") as f:
+        f.write(json.dumps({"id": "x", "parentId": "y", "role": "user", "content": "", "timestamp": 1}) + "\n")
+        f.write(json.dumps({"id": "y", "parentId": "x", "role": "user", "content": "", "timestamp": 1}) + "\n")
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert store.get_messages(sid) == msgs  # both records refused: their parents never precede them
+        report = store.check()
+        assert [p.reason for p in report.problems] == [
+            "parent 'y' of 'x' is not an earlier message", "parent 'x' of 'y' is not an earlier message"]
+        assert all(p.session_id == sid and p.offset is not None for p in report.problems)
+
+
+def test_corpus_garbage_in_the_branch_log(tmp_path: Path) -> None:
+    sid, msgs = make_session(tmp_path)
+    with open(tmp_path / sid / "branches.jsonl", "ab") as f:
+        f.write(b"\x00\x01garbage\n")
+        f.write(json.dumps({"op": "create", "name": "ghost", "headId": "nope", "at": 1, "seq": 1}).encode() + b"\n")
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert [b.name for b in store.get_branches(sid)] == ["main", "alt"]
+        assert store.get_head(sid) == msgs[-1].id
+        reasons = [p.reason for p in store.check(sid).problems]
+        assert len(reasons) == 2 and "not JSON" in reasons[0] and "unknown message 'nope'" in reasons[1]
+
+
+def test_corpus_garbage_in_the_key_journal(tmp_path: Path) -> None:
+    sid, _ = make_session(tmp_path)
+    (tmp_path / "sessions.json").unlink()
+    with open(tmp_path / "keys.jsonl", "ab") as f:
+        f.write(b"{broken\n")
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert store.resolve("k") == sid
+        assert any("not JSON" in p.reason for p in store.check().problems)
+
+
+def test_corpus_unusable_session_json_is_reported(tmp_path: Path) -> None:
+    sid, _ = make_session(tmp_path)
+    (tmp_path / sid / "session.json").write_text("{")
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert store.get_messages(sid)  # the index still knows it
+        assert any("session.json is unusable" in p.reason for p in store.check().problems)
+
+
+def test_corpus_corrupt_lease_is_a_free_lease(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sid, _ = make_session(tmp_path)
+    (tmp_path / sid / "lock.json").write_bytes(b"\xff\xfe")
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert store.get_lock(sid) is None
+        assert store.acquire_lock(sid, "a").acquired
+    assert "lease as free" in caplog.text
+
+
+def test_check_changes_nothing(tmp_path: Path) -> None:
+    sid, _ = make_session(tmp_path)
+    log = tmp_path / sid / "messages.jsonl"
+    with open(log, "ab") as f:
+        f.write(b"garbage\n{\"torn")
+    (tmp_path / "sessions.json").write_text("")
+    with SessionStore(storage_dir=tmp_path, index_save_delay_ms=60_000) as store:
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        report = store.check()
+        after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        assert after == before
+        assert sorted(p.reason.split(":")[0] for p in report.problems) == [
+            "incomplete last line (6 bytes, torn write)", "not JSON",
+            "sessions.json is empty or corrupt (rebuilt when a store opens)"]
+
+
+def test_check_and_repair_quarantine_bad_lines_byte_for_byte(tmp_path: Path) -> None:
+    sid, msgs = make_session(tmp_path)
+    log = tmp_path / sid / "messages.jsonl"
+    bad = [b"not json at all", b"\xff\xfe invalid utf-8", json.dumps(
+        {"id": msgs[0].id, "parentId": None, "role": "user", "content": "dup", "timestamp": 1}).encode()]
+    with open(log, "ab") as f:
+        for line in bad:
+            f.write(line + b"\n")
+        f.write(b'{"id":"torn"')
+    with SessionStore(storage_dir=tmp_path) as store:
+        report = store.check()
+        assert not report.ok and len(report.problems) == 4  # three bad lines and the torn tail
+        assert (log.read_bytes().count(b"\n")) == 6  # check wrote nothing
+        repaired = store.repair()
+        assert repaired.ok, repaired.problems
+        assert repaired.fixed == [f"{log}: moved 4 unusable line(s) to {log}.quarantine"]
+        assert store.get_messages(sid) == msgs
+        new = store.append(sid, role="user", content="after repair")
+    quarantine = (tmp_path / sid / "messages.jsonl.quarantine").read_bytes()
+    assert quarantine == b"".join(line + b"\n" for line in bad) + b'{"id":"torn"\n'  # nothing deleted
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert store.get_messages(sid) == [*msgs, new] and store.check().ok
+
+
+def test_repair_adopts_an_unindexed_folder_and_rewrites_the_index(tmp_path: Path) -> None:
+    sid, msgs = make_session(tmp_path)
+    # a session whose creation never reached the journal (crash between folder and journal)
+    (tmp_path / "keys.jsonl").write_bytes(b"")
+    (tmp_path / "sessions.json").write_text('{"version":1,"journalBytes":0,"keys":{},"sessions":{}}')
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert not store.has_session(sid)
+        assert any(p.session_id == sid for p in store.check().problems)
+        report = store.repair()
+        assert report.ok and report.fixed == [f"{tmp_path}/{sid}: adopted into the index (key 'k')"]
+        assert store.resolve("k") == sid and store.get_messages(sid) == msgs
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert store.resolve("k") == sid  # the adoption was journaled
+
+
+# -- hostile input ----------------------------------------------------------------------
+
+hostile_text = st.one_of(
+    st.sampled_from(["../", "../../etc/passwd", "/etc/passwd", "/", "..", ".", "a/../../b", "\x00", "nul\x00",
+                     "\x1b[2J", "\r\n", "~root", "sessions.json", "keys.jsonl", "C:\\Windows", "\\\\server\\share",
+                     "x" * 100_000, "\udc80", "🙂" * 50, "ключ", "main"]),
+    st.text(min_size=0, max_size=40),
+    st.builds(lambda a, b: a + "/" + b, st.text(max_size=10), st.text(max_size=10)),
+)
+
+
+def all_files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=hostile_text, message_id=hostile_text, branch=hostile_text, owner=hostile_text, other_sid=hostile_text)
+def test_hostile_strings_never_escape_the_storage_dir(key: str, message_id: str, branch: str, owner: str,
+                                                      other_sid: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        outside = Path(tmp)
+        root = outside / "store"
+        with SessionStore(storage_dir=root) as store:
+            def attempt(call: Any) -> None:
+                try:
+                    call()
+                except ss.SessionStoreError:
+                    pass  # a clear refusal is fine; anything else propagates and fails the test
+
+            sid_holder: list[str] = []
+            attempt(lambda: sid_holder.append(store.resolve(key)))
+            sid = sid_holder[0] if sid_holder else store.resolve("fallback")
+            first = store.append(sid, role="user", content="first")
+            attempt(lambda: store.append(sid, role="user", content="x", id=message_id))
+            attempt(lambda: store.append(sid, role="user", content="x", parent_id=message_id))
+            attempt(lambda: store.create_branch(sid, branch, first.id))
+            attempt(lambda: store.switch_to_branch(sid, branch))
+            attempt(lambda: store.acquire_lock(sid, owner))
+            attempt(lambda: store.append(sid, role="user", content="x", owner_id=owner))
+            attempt(lambda: store.append(other_sid, role="user", content="x"))
+            attempt(lambda: store.acquire_lock(other_sid, owner))
+            attempt(lambda: store.get_messages(other_sid))
+            attempt(lambda: store.delete_session(other_sid))
+            attempt(lambda: store.reset(other_sid))
+        files = all_files(outside)
+        assert all(p == root or root in p.parents for p in files)  # nothing outside storage_dir
+        allowed_top = {"sessions.json", "keys.jsonl", sid}
+        assert {p.name for p in root.iterdir()} <= allowed_top
+        assert {p.name for p in (root / sid).iterdir()} <= {
+            "session.json", "messages.jsonl", "branches.jsonl", "lock.json"}
+        with SessionStore(storage_dir=root) as again:
+            assert again.get_messages(sid)[0] == first
+            assert again.check().ok
+
+
+def test_symlinked_storage_dir_is_used_as_given(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    os.symlink(real, tmp_path / "link")
+    with SessionStore(storage_dir=tmp_path / "link") as store:
+        store.append(store.resolve("k"), role="user", content="x")
+    assert (real / "keys.jsonl").exists()
