@@ -70,6 +70,7 @@ __all__ = [
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -447,8 +448,8 @@ class FileSystem(ABC):
         """Overwrite a small file in place, not durably (lease records)."""
 
     @abstractmethod
-    def makedirs(self, path: str) -> None:
-        """Create the directory and its parents (no error when it exists)."""
+    def makedirs(self, path: str, *, durable: bool = True) -> None:
+        """Create the directory and its parents (no error when it exists); durable when asked."""
 
     @abstractmethod
     def listdir(self, path: str) -> list[str]:
@@ -473,6 +474,31 @@ class FileSystem(ABC):
         ``FileNotFoundError`` when the directory of ``path`` does not exist.
         """
 
+    def read_lease(self, path: str) -> dict[str, Any] | None:
+        """The lease record at ``path``; ``None`` when absent or unreadable.
+
+        Default: a JSON object in a file written by :meth:`write_lease`.
+        """
+        try:
+            lease = json.loads(self.read(path) or b"null")
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError):
+            _log.warning("%s is corrupt: treating the lease as free", path)
+            return None
+        return lease if isinstance(lease, dict) else None
+
+    def write_lease(self, path: str, lease: Mapping[str, Any]) -> None:
+        """Store a lease record (caller holds :meth:`locked` of the session's log).
+
+        Default: JSON padded to a fixed size and written in place, so that one
+        ``pwrite`` replaces it whole and no truncate is needed; a torn write (machine
+        crash) reads as corrupt, and a corrupt lease is free. Not fsync'd: leases
+        outlive a process crash (page cache); a machine crash ends every lease anyway.
+        """
+        line = _encode_line(lease).rstrip(b"\n")
+        self.write_in_place(path, line.ljust(_LEASE_RECORD_BYTES - 1) + b"\n")
+
     @property
     def shared_across_processes(self) -> bool:
         """Whether other processes can see this file system (and so hold its locks)."""
@@ -496,6 +522,7 @@ class InMemoryFileSystem(FileSystem):
         self._dirs: set[str] = {""}
         self._mutex = threading.Lock()
         self._path_locks: dict[str, threading.Lock] = {}
+        self._leases: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return "InMemoryFileSystem()"
@@ -543,7 +570,21 @@ class InMemoryFileSystem(FileSystem):
         """Overwrite the file."""
         self.write_atomic(path, data, durable=False)
 
-    def makedirs(self, path: str) -> None:
+    def read_lease(self, path: str) -> dict[str, Any] | None:
+        """Leases live here as dicts (a copy is returned), not as JSON bytes."""
+        lease = self._leases.get(path.strip("/"))
+        if lease is None:
+            return super().read_lease(path)  # a lease file written by hand, say
+        return dict(lease)
+
+    def write_lease(self, path: str, lease: Mapping[str, Any]) -> None:
+        """Keep a copy of the lease; ``lock.json`` appears as an empty marker file."""
+        path = path.strip("/")
+        with self._mutex:
+            self._leases[path] = dict(lease)
+            self._files.setdefault(path, bytearray())
+
+    def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the directory and its parents."""
         with self._mutex:
             parts = path.strip("/").split("/")
@@ -573,15 +614,13 @@ class InMemoryFileSystem(FileSystem):
                 return
             if src not in self._dirs:
                 raise FileNotFoundError(errno.ENOENT, "no such file or directory", src)
-            for table in (self._files, self._dirs):
-                moved = [p for p in table if p == src or p.startswith(src + "/")]
-                for p in moved:
-                    new = dst + p[len(src) :]
-                    if isinstance(table, dict):
-                        table[new] = table.pop(p)
-                    else:
-                        table.discard(p)
-                        table.add(new)
+            for p in [p for p in self._files if p.startswith(src + "/")]:
+                self._files[dst + p[len(src):]] = self._files.pop(p)
+            for p in [p for p in self._leases if p.startswith(src + "/")]:
+                self._leases[dst + p[len(src):]] = self._leases.pop(p)
+            for p in [p for p in self._dirs if p == src or p.startswith(src + "/")]:
+                self._dirs.discard(p)
+                self._dirs.add(dst + p[len(src):])
 
     def remove_tree(self, path: str) -> None:
         """Remove a directory and everything below it."""
@@ -589,18 +628,23 @@ class InMemoryFileSystem(FileSystem):
         with self._mutex:
             for p in [p for p in self._files if p.startswith(path + "/")]:
                 del self._files[p]
+            for p in [p for p in self._leases if p.startswith(path + "/")]:
+                del self._leases[p]
             self._dirs = {d for d in self._dirs if d != path and not d.startswith(path + "/")}
 
-    @contextlib.contextmanager
-    def locked(self, path: str) -> Iterator[None]:
-        """Hold the lock of ``path`` against every store sharing this object."""
-        with self._mutex:
-            parent = path.strip("/").rpartition("/")[0]
-            if parent and parent not in self._dirs:
-                raise FileNotFoundError(errno.ENOENT, "no such directory", parent)
-            lock = self._path_locks.setdefault(path.strip("/"), threading.Lock())
-        with lock:
-            yield
+    def locked(self, path: str) -> contextlib.AbstractContextManager[Any]:
+        """The lock of ``path``, shared by every store using this object."""
+        path = path.strip("/")
+        lock = self._path_locks.get(path)
+        if lock is None:
+            with self._mutex:
+                parent = path.rpartition("/")[0]
+                if parent and parent not in self._dirs:
+                    raise FileNotFoundError(errno.ENOENT, "no such directory", parent)
+                lock = self._path_locks.setdefault(path, threading.Lock())
+        elif path.rpartition("/")[0] not in self._dirs:
+            raise FileNotFoundError(errno.ENOENT, "no such directory", path)
+        return lock
 
 
 class _Descriptor:
@@ -715,9 +759,21 @@ class RealFileSystem(FileSystem):
     # -- FileSystem -----------------------------------------------------------
 
     def read(self, path: str) -> bytes:
-        """The whole file."""
-        with open(path, "rb") as f:
-            return f.read()
+        """The whole file (``pread`` on the cached descriptor when there is one)."""
+        with self._mutex:
+            d = self._fds.get(path)
+            if d is not None:
+                d.pins += 1
+        if d is None:
+            with open(path, "rb") as f:
+                return f.read()
+        try:
+            data = bytearray()
+            while chunk := os.pread(d.fd, 1 << 16, len(data)):
+                data += chunk
+            return bytes(data)
+        finally:
+            self._unpin(d)
 
     def read_from(self, path: str, offset: int) -> bytes:
         """The file's bytes from ``offset`` to its current end (``pread`` on the cached fd)."""
@@ -737,7 +793,8 @@ class RealFileSystem(FileSystem):
         with self._mutex:
             d = self._fds.get(path)
         if d is None:
-            return os.stat(path).st_size
+            d = self._pin(path, create=False)  # FileNotFoundError when absent
+            self._unpin(d)
         st = os.fstat(d.fd)
         if st.st_nlink == 0:  # removed or replaced (repair) by another process since we opened it
             self._forget(path)
@@ -798,12 +855,13 @@ class RealFileSystem(FileSystem):
         finally:
             self._unpin(d)
 
-    def makedirs(self, path: str) -> None:
-        """``os.makedirs``, then fsync of the parent so the new entry survives a crash."""
+    def makedirs(self, path: str, *, durable: bool = True) -> None:
+        """``os.makedirs``, then (durable) fsync of the parent so the new entry survives a crash."""
         if os.path.isdir(path):
             return
         os.makedirs(path, exist_ok=True)
-        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        if durable:
+            _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
     def listdir(self, path: str) -> list[str]:
         """``os.listdir``, sorted; ``[]`` when the directory is absent."""
@@ -829,29 +887,54 @@ class RealFileSystem(FileSystem):
         self._forget(path)
         shutil.rmtree(path, ignore_errors=True)
 
-    @contextlib.contextmanager
-    def locked(self, path: str) -> Iterator[None]:
+    def locked(self, path: str) -> contextlib.AbstractContextManager[Any]:
         """Per-path thread lock, then ``flock(LOCK_EX)`` on the file's cached descriptor."""
-        import fcntl
-
-        with self._mutex:
-            lock = self._path_locks.setdefault(path, threading.Lock())
-        with lock:
-            d = self._pin(path, create=True)
-            try:
-                fcntl.flock(d.fd, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(d.fd, fcntl.LOCK_UN)
-            finally:
-                self._unpin(d)
+        lock = self._path_locks.get(path)
+        if lock is None:
+            with self._mutex:
+                lock = self._path_locks.setdefault(path, threading.Lock())
+        return _FlockGuard(self, path, lock)
 
     def close(self) -> None:
         """Close every idle cached descriptor."""
         with self._mutex:
             for path in [p for p, d in self._fds.items() if d.pins == 0]:
                 os.close(self._fds.pop(path).fd)
+
+
+class _FlockGuard:
+    """``RealFileSystem.locked``: a class, not a generator, because it is on every write."""
+
+    __slots__ = ("_d", "_fs", "_lock", "_path")
+
+    def __init__(self, fs: RealFileSystem, path: str, lock: threading.Lock) -> None:
+        self._fs, self._path, self._lock = fs, path, lock
+        self._d: _Descriptor | None = None
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        try:
+            d = self._fs._pin(self._path, create=True)
+            try:
+                fcntl.flock(d.fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._fs._unpin(d)
+                raise
+            self._d = d
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        d, self._d = self._d, None
+        try:
+            if d is not None:
+                try:
+                    fcntl.flock(d.fd, fcntl.LOCK_UN)
+                finally:
+                    self._fs._unpin(d)
+        finally:
+            self._lock.release()
 
 
 _fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
@@ -988,6 +1071,23 @@ def _message_from_record(rec: dict[str, Any]) -> Message:
 # ============================================================================
 
 
+class _BranchState:
+    """A branch inside the cache: mutable, so that advancing a head costs nothing.
+    Handed out only as a frozen :class:`Branch`."""
+
+    __slots__ = ("created_at", "head_id", "name", "updated_at")
+
+    def __init__(self, name: str, head_id: str | None, created_at: int) -> None:
+        self.name = name
+        self.head_id = head_id
+        self.created_at = created_at
+        self.updated_at = created_at
+
+    def frozen(self) -> Branch:
+        return Branch(name=self.name, head_id=self.head_id, created_at=self.created_at,
+                      updated_at=self.updated_at)
+
+
 class _Session:
     """The cached state of one session: its tree, branches and log positions.
 
@@ -1021,8 +1121,9 @@ class _Session:
         "roots",
         "segments",
         "session_id",
-        "sync_lock",
+        "sync_cond",
         "synced_offset",
+        "syncing",
         "updated_at",
     )
 
@@ -1040,7 +1141,8 @@ class _Session:
         self.branch_path = f"{directory}/branches.jsonl"
         self.lease_path = f"{directory}/lock.json"
         self.lock = threading.Lock()
-        self.sync_lock = threading.Lock()
+        self.sync_cond = threading.Condition(threading.Lock())
+        self.syncing = False
         self.synced_offset = 0
         self.loaded = False
         self.deleted = False
@@ -1052,8 +1154,7 @@ class _Session:
         self.by_id: dict[str, Message] = {}
         self.children: dict[str, list[str]] = {}
         self.roots: list[str] = []
-        self.branches: dict[str, Branch] = {"main": Branch(
-            name="main", head_id=None, created_at=self.created_at, updated_at=self.created_at)}
+        self.branches: dict[str, _BranchState] = {"main": _BranchState("main", None, self.created_at)}
         self.current = "main"
         self.log_offset = 0
         self.branch_offset = 0
@@ -1080,8 +1181,8 @@ class _Session:
             self.children.setdefault(msg.parent_id, []).append(msg.id)
         branch = self.branches[self.current]
         if branch.head_id == msg.parent_id:
-            self.branches[self.current] = dataclasses.replace(
-                branch, head_id=msg.id, updated_at=msg.timestamp)
+            branch.head_id = msg.id
+            branch.updated_at = msg.timestamp
         if msg.timestamp > self.updated_at:
             self.updated_at = msg.timestamp
         if msg.type == "reset":
@@ -1122,11 +1223,12 @@ class _Session:
             self.problems.append(_Problem(self.branch_path, -1, f"branch {name!r} names unknown message {head!r}"))
             return
         if op == "create" and name not in self.branches:
-            self.branches[name] = Branch(name=name, head_id=head, created_at=at, updated_at=at)
+            self.branches[name] = _BranchState(name, head, at)
         elif op == "switch" and name in self.branches:
             self.current = name
         elif op == "move" and name in self.branches:
-            self.branches[name] = dataclasses.replace(self.branches[name], head_id=head, updated_at=at)
+            branch = self.branches[name]
+            branch.head_id, branch.updated_at = head, at
         else:
             self.problems.append(_Problem(self.branch_path, -1, f"event {op!r} on branch {name!r} does not apply"))
             return
@@ -1790,7 +1892,7 @@ class SessionStore:
     def resolve(self, key: str) -> str:
         """The session id of ``key``, creating the session when there is none.
 
-        Creation is durable before this returns, and unique across every store and
+        Creation is durable before this returns (with ``durable``), and unique across every store and
         process on the same storage: the key journal is re-read under its lock.
         """
         _check_key(key)
@@ -1808,9 +1910,11 @@ class SessionStore:
                 sid = str(uuid.uuid4())
                 created = self._now_ms()
                 sdir = f"{self._dir}/{sid}"
-                self._fs.makedirs(sdir)
+                self._fs.makedirs(sdir, durable=self.durable)
                 self._fs.write_atomic(f"{sdir}/session.json", _encode_line(
-                    {"version": FORMAT_VERSION, "sessionId": sid, "key": key, "createdAt": created}))
+                    {"version": FORMAT_VERSION, "sessionId": sid, "key": key, "createdAt": created}),
+                    durable=self.durable)
+                self._fs.write_atomic(f"{sdir}/branches.jsonl", b"", durable=False)
                 self._fs.write_atomic(f"{sdir}/messages.jsonl", b"", durable=self.durable)
                 self._journal_append({"op": "create", "key": key, "sessionId": sid, "createdAt": created})
                 state = self._new_state(sid, key, created, sdir)
@@ -1823,10 +1927,11 @@ class SessionStore:
         return sid
 
     def _journal_append(self, record: dict[str, Any]) -> None:
-        """Append one record to ``keys.jsonl`` durably (caller holds its lock, caught up)."""
+        """Append one record to ``keys.jsonl`` (caller holds its lock, caught up); fsync'd when durable."""
         line = _encode_line(record)
         self._write_record(self._journal_path, self._journal_offset, line)
-        self._fs.sync(self._journal_path)
+        if self.durable:
+            self._fs.sync(self._journal_path)
         self._journal_offset += len(line)
 
     def _write_record(self, path: str, offset: int, line: bytes) -> None:
@@ -2010,7 +2115,8 @@ class SessionStore:
         for name in self._fs.listdir(self._dir):
             if _is_session_id(name) and name not in known and self._fs.exists(f"{self._dir}/{name}/session.json"):
                 problems.append(Problem(session_id=name, file=f"{self._dir}/{name}", offset=None,
-                                        reason="session folder is not in the index (repair adopts it)"))
+                                        reason="session folder is not in the index: an interrupted creation "
+                                               "(repair adopts it, or sets it aside if its key is taken)"))
         return problems
 
     def check(self, session_id: str | None = None) -> CheckReport:
@@ -2103,6 +2209,13 @@ class SessionStore:
                 self._journal_append({"op": "create", "key": state.key, "sessionId": state.session_id,
                                       "createdAt": state.created_at})
                 fixed.append(f"{state.dir}: adopted into the index (key {state.key!r})")
+            with self._mutex:
+                known = set(self._sessions)
+            for name in self._fs.listdir(self._dir):  # left: folders whose key another session has
+                if _is_session_id(name) and name not in known and self._fs.exists(f"{self._dir}/{name}/session.json"):
+                    aside = f"{self._dir}/.orphan-{name}"
+                    self._fs.rename(f"{self._dir}/{name}", aside)
+                    fixed.append(f"{self._dir}/{name}: its key belongs to another session; set aside as {aside}")
             if self._read_checkpoint() is None:
                 fixed.append(f"{self._index_path}: rewritten")
             with self._mutex:
@@ -2118,36 +2231,42 @@ class SessionStore:
                 if self._keys.get(state.key) == state.session_id:
                     del self._keys[state.key]
 
-    @contextlib.contextmanager
-    def _writing(self, session_id: str) -> Iterator[_Session]:
-        """Hold the session for a write: thread lock, file lock, caught up."""
-        state = self._state(session_id)
-        with state.lock:
-            try:
-                file_lock = self._fs.locked(state.log_path)
-                file_lock.__enter__()
-            except FileNotFoundError:  # the folder was removed by another store
-                self._forget_deleted(state)
-                raise SessionNotFound(session_id) from None
-            try:
-                self._catch_up(state, writer=True)
-                yield state
-            finally:
-                file_lock.__exit__(None, None, None)
+    def _writing(self, session_id: str, *, catch_up: bool = True) -> _WriteScope:
+        """Hold the session for a write: thread lock, file lock, caught up with the logs.
+
+        ``catch_up=False`` (lease operations) only checks that the session still exists.
+        """
+        return _WriteScope(self, self._state(session_id), catch_up)
 
     def _sync(self, state: _Session, upto: int) -> None:
-        """Group commit: one fdatasync covers every record written before it started."""
+        """Group commit: one fdatasync covers every record written before it started.
+
+        The first writer to arrive becomes the leader and syncs; writers arriving
+        meanwhile wait, and are all woken at once when a sync covers their record
+        (a lock handed from thread to thread woke them one by one, halving batches).
+        """
         if not self.durable or state.synced_offset >= upto:
             return
-        with state.sync_lock:
+        cond = state.sync_cond
+        with cond:
+            while state.synced_offset < upto and state.syncing:
+                cond.wait()
             if state.synced_offset >= upto:
                 return
-            target = state.log_offset
-            try:
-                self._fs.sync(state.log_path)
-            except OSError as e:
-                raise StorageError(e.errno, f"could not sync {state.log_path}: {e.strerror or e}") from e
-            state.synced_offset = max(state.synced_offset, target)
+            state.syncing = True
+        synced = False
+        target = state.log_offset  # everything written so far is covered by this sync
+        try:
+            self._fs.sync(state.log_path)
+            synced = True
+        except OSError as e:
+            raise StorageError(e.errno, f"could not sync {state.log_path}: {e.strerror or e}") from e
+        finally:
+            with cond:
+                state.syncing = False
+                if synced and target > state.synced_offset:
+                    state.synced_offset = target
+                cond.notify_all()
 
     # -- appending --------------------------------------------------------------------
 
@@ -2400,17 +2519,20 @@ class SessionStore:
             state.require(leaf_id)
             self._branch_event(state, {"op": "create", "name": name, "headId": leaf_id,
                                        "at": self._now_ms(), "seq": len(state.messages)})
-            branch = state.branches[name]
+            branch = state.branches[name].frozen()
         self._emit("branch.created", session_id, branch)
         return branch
 
     def get_branches(self, session_id: str) -> list[Branch]:
         """Every branch, ``main`` first, then in creation order."""
-        return self._read(session_id, lambda s: list(s.branches.values()))
+        return self._read(session_id, lambda s: [b.frozen() for b in s.branches.values()])
 
     def get_branch(self, session_id: str, name: str) -> Branch | None:
         """The branch of that name, or ``None``."""
-        return self._read(session_id, lambda s: s.branches.get(name))
+        def branch(s: _Session) -> Branch | None:
+            found = s.branches.get(name)
+            return found.frozen() if found is not None else None
+        return self._read(session_id, branch)
 
     def switch_to_branch(self, session_id: str, name: str) -> str | None:
         """Make ``name`` the current branch; returns its head id (``None`` when empty)."""
@@ -2420,7 +2542,7 @@ class SessionStore:
             if state.current != name:
                 self._branch_event(state, {"op": "switch", "name": name, "at": self._now_ms(),
                                            "seq": len(state.messages)})
-            branch = state.branches[name]
+            branch = state.branches[name].frozen()
         self._emit("branch.switched", session_id, branch)
         return branch.head_id
 
@@ -2435,7 +2557,10 @@ class SessionStore:
     # -- locks ------------------------------------------------------------------------
 
     def _implied_owner(self, session_id: str) -> str | None:
-        stack = getattr(self._held, "owners", {}).get(session_id)
+        owners = self._held.__dict__.get("owners")
+        if not owners:
+            return None
+        stack = owners.get(session_id)
         return stack[-1] if stack else None
 
     def _check_lease(self, state: _Session, owner_id: str | None) -> None:
@@ -2445,28 +2570,15 @@ class SessionStore:
             raise SessionLocked(state.session_id, owner_id, lease["owner"])
 
     def _read_lease(self, state: _Session) -> dict[str, Any]:
-        """The lease record (caller holds the log's file lock)."""
-        try:
-            lease = json.loads(self._fs.read(state.lease_path) or b"null")
-        except FileNotFoundError:
-            lease = None
-        except (ValueError, UnicodeDecodeError):
-            _log.warning("%s is corrupt: treating the lease as free", state.lease_path)
-            lease = None
-        if not isinstance(lease, dict):
+        """The lease record (caller holds the log's file lock); free when absent or corrupt."""
+        lease = self._fs.read_lease(state.lease_path)
+        if lease is None or not isinstance(lease.get("token", 0), int):
             return {"owner": None, "token": 0}
         return lease
 
     def _write_lease(self, state: _Session, lease: dict[str, Any]) -> None:
-        """Overwrite the lease record in place, padded to a fixed size.
-
-        Every record has the same length, so one ``pwrite`` replaces it whole and no
-        truncate is needed; a torn write (machine crash) reads as corrupt, and a
-        corrupt lease is free. Leases are not fsync'd: they outlive a process crash
-        (page cache), and a machine crash ends every lease anyway.
-        """
-        line = _encode_line(lease)
-        self._fs.write_in_place(state.lease_path, line.rstrip(b"\n").ljust(_LEASE_RECORD_BYTES - 1) + b"\n")
+        """Store the lease record (caller holds the log's file lock)."""
+        self._fs.write_lease(state.lease_path, lease)
 
     def _lease_live(self, lease: dict[str, Any]) -> bool:
         if lease.get("owner") is None or lease.get("expiresAt", 0) <= self._now_ms():
@@ -2483,7 +2595,7 @@ class SessionStore:
         return True
 
     def _try_acquire(self, session_id: str, owner_id: str) -> LockResult:
-        with self._writing(session_id) as state:
+        with self._writing(session_id, catch_up=False) as state:
             lease = self._read_lease(state)
             now = self._now_ms()
             expires = now + self.lock_timeout_ms
@@ -2525,7 +2637,7 @@ class SessionStore:
     def renew_lock(self, session_id: str, owner_id: str) -> LockResult:
         """Extend ``owner_id``'s live lease by ``lock_timeout_ms``; not acquired when not held."""
         _check_name("owner id", owner_id)
-        with self._writing(session_id) as state:
+        with self._writing(session_id, catch_up=False) as state:
             lease = self._read_lease(state)
             if lease["owner"] != owner_id or not self._lease_live(lease):
                 holder = lease["owner"] if self._lease_live(lease) else None
@@ -2539,7 +2651,7 @@ class SessionStore:
     def release_lock(self, session_id: str, owner_id: str) -> bool:
         """Release one hold of ``owner_id``; ``False`` when that owner does not hold it."""
         _check_name("owner id", owner_id)
-        with self._writing(session_id) as state:
+        with self._writing(session_id, catch_up=False) as state:
             lease = self._read_lease(state)
             if lease["owner"] != owner_id or not self._lease_live(lease):
                 return False
@@ -2559,7 +2671,7 @@ class SessionStore:
 
     def get_lock(self, session_id: str) -> LockInfo | None:
         """The live lease (holder, expiry, token, count) or ``None``."""
-        with self._writing(session_id) as state:
+        with self._writing(session_id, catch_up=False) as state:
             lease = self._read_lease(state)
         if not self._lease_live(lease):
             return None
@@ -2600,6 +2712,54 @@ class SessionStore:
 _HOST = socket.gethostname()
 # Owner ids are at most 256 characters (up to 1 KiB of UTF-8); a lease record fits.
 _LEASE_RECORD_BYTES = 2048
+
+
+class _WriteScope:
+    """``SessionStore._writing``: a class, not a generator, because it is on every write."""
+
+    __slots__ = ("_catch_up", "_file_lock", "_state", "_store")
+
+    def __init__(self, store: SessionStore, state: _Session, catch_up: bool) -> None:
+        self._store, self._state, self._catch_up = store, state, catch_up
+        self._file_lock: contextlib.AbstractContextManager[Any] | None = None
+
+    def __enter__(self) -> _Session:
+        state, store = self._state, self._store
+        state.lock.acquire()
+        try:
+            try:
+                file_lock = store._fs.locked(state.log_path)
+                file_lock.__enter__()
+            except FileNotFoundError:  # the folder was removed by another store
+                store._forget_deleted(state)
+                raise SessionNotFound(state.session_id) from None
+            try:
+                if self._catch_up:
+                    store._catch_up(state, writer=True)
+                elif state.deleted:
+                    raise SessionNotFound(state.session_id)
+                else:
+                    try:
+                        store._fs.size(state.log_path)
+                    except FileNotFoundError:
+                        store._forget_deleted(state)
+                        raise SessionNotFound(state.session_id) from None
+            except BaseException:
+                file_lock.__exit__(None, None, None)
+                raise
+            self._file_lock = file_lock
+            return state
+        except BaseException:
+            state.lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        file_lock, self._file_lock = self._file_lock, None
+        try:
+            if file_lock is not None:
+                file_lock.__exit__(None, None, None)
+        finally:
+            self._state.lock.release()
 
 
 # ============================================================================

@@ -673,10 +673,10 @@ class FaultyFileSystem(FileSystem):
         self._alive()
         self.inner.write_in_place(path, data)
 
-    def makedirs(self, path: str) -> None:
+    def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Delegated."""
         self._alive()
-        self.inner.makedirs(path)
+        self.inner.makedirs(path, durable=durable)
 
     def listdir(self, path: str) -> list[str]:
         """Delegated."""

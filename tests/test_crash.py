@@ -58,6 +58,13 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) ->
             present = {m.id for m in store.get_messages(sid)}
             missing = [i for i in acknowledged if i not in present]
             assert not missing, f"acknowledged but lost: {missing[:5]}"
-            problems = [p for p in store.check().problems if "incomplete last line" not in p.reason]
-            assert problems == []  # every file loads; at most a torn tail, which the next writer cuts
+            # Every file loads. A kill can leave a torn tail (the next writer cuts it) or,
+            # inside resolve() of a new key, a folder the journal never announced.
+            expected = ("incomplete last line", "an interrupted creation")
+            problems = [p for p in store.check().problems if not p.reason.startswith(expected)
+                        and not any(e in p.reason for e in expected)]
+            assert problems == []
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert store.repair().ok
+        assert {m.id for m in store.get_messages(store.resolve("crash"))} >= set(acknowledged)
     assert len(acknowledged) > CYCLES

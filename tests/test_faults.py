@@ -269,3 +269,18 @@ def test_symlinked_storage_dir_is_used_as_given(tmp_path: Path) -> None:
     with SessionStore(storage_dir=tmp_path / "link") as store:
         store.append(store.resolve("k"), role="user", content="x")
     assert (real / "keys.jsonl").exists()
+
+
+def test_repair_sets_aside_an_interrupted_creation_whose_key_was_taken(tmp_path: Path) -> None:
+    sid, _ = make_session(tmp_path)
+    # simulate: creation of "k" interrupted before its journal line, then "k" created again
+    (tmp_path / "keys.jsonl").write_bytes(b"")
+    (tmp_path / "sessions.json").write_text('{"version":1,"journalBytes":0,"keys":{},"sessions":{}}')
+    with SessionStore(storage_dir=tmp_path) as store:
+        new_sid = store.resolve("k")
+        assert new_sid != sid
+        report = store.repair()
+        assert report.ok
+        assert report.fixed == [f"{tmp_path}/{sid}: its key belongs to another session; "
+                                f"set aside as {tmp_path}/.orphan-{sid}"]
+    assert (tmp_path / f".orphan-{sid}" / "messages.jsonl").exists()  # nothing deleted
