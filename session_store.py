@@ -480,7 +480,7 @@ class FileSystem(ABC):
         Default: a JSON object in a file written by :meth:`write_lease`.
         """
         try:
-            lease = json.loads(self.read(path) or b"null")
+            lease = json.loads(self.read(path).rstrip() or b"null")  # rstrip: skip the padding in C
         except FileNotFoundError:
             return None
         except (ValueError, UnicodeDecodeError):
@@ -502,6 +502,11 @@ class FileSystem(ABC):
     @property
     def shared_across_processes(self) -> bool:
         """Whether other processes can see this file system (and so hold its locks)."""
+        return False
+
+    @property
+    def sync_is_noop(self) -> bool:
+        """Whether :meth:`sync` does nothing (the store then skips its group commit)."""
         return False
 
     def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
@@ -555,6 +560,11 @@ class InMemoryFileSystem(FileSystem):
 
     def sync(self, path: str) -> None:
         """Nothing to do: memory is as durable as this object."""
+
+    @property
+    def sync_is_noop(self) -> bool:
+        """Memory has nothing to sync."""
+        return True
 
     def truncate(self, path: str, size: int) -> None:
         """Cut the file back to ``size`` bytes."""
@@ -661,14 +671,20 @@ class _Descriptor:
 class RealFileSystem(FileSystem):
     """The operating system's files: fsync'd, and safe across threads and processes.
 
-    Log files are kept open (an LRU of at most ``max_open_files`` descriptors,
-    opened ``O_APPEND``), so an append is one ``write`` and, when durable, one
-    ``fdatasync``. :meth:`locked` is an ``fcntl.flock`` on the file itself plus a
-    per-path thread lock, so it excludes other threads and other processes; the OS
-    drops the flock of a process that dies. POSIX only (``fcntl``).
+    Log files are kept open (an LRU of at most ``max_open_files`` descriptors, by
+    default a quarter of the process's limit and at most 1,024; opened ``O_APPEND``),
+    so an append is one ``write`` and, when durable, one ``fdatasync``.
+    :meth:`locked` is an ``fcntl.flock`` on the file itself plus a per-path thread
+    lock, so it excludes other threads and other processes; the OS drops the flock
+    of a process that dies. POSIX only (``fcntl``).
     """
 
-    def __init__(self, *, max_open_files: int = 256) -> None:
+    def __init__(self, *, max_open_files: int | None = None) -> None:
+        if max_open_files is None:  # a quarter of what the process may open, at most 1,024
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            max_open_files = 1024 if soft == resource.RLIM_INFINITY else max(16, min(1024, soft // 4))
         if max_open_files < 4:
             raise ValueError("max_open_files must be at least 4")
         self._max_open = max_open_files
@@ -792,9 +808,8 @@ class RealFileSystem(FileSystem):
         """Size via ``fstat`` of the cached descriptor (re-opened when the file was replaced)."""
         with self._mutex:
             d = self._fds.get(path)
-        if d is None:
-            d = self._pin(path, create=False)  # FileNotFoundError when absent
-            self._unpin(d)
+        if d is None:  # no descriptor to spend on a file we only look at
+            return os.stat(path).st_size
         st = os.fstat(d.fd)
         if st.st_nlink == 0:  # removed or replaced (repair) by another process since we opened it
             self._forget(path)
@@ -1621,6 +1636,7 @@ class SessionStore:
             raise TypeError("auto_reset must be an AutoResetConfig or None")
         self.auto_reset: AutoResetConfig | None = auto_reset
         self.durable = durable
+        self._must_sync = durable and not self._fs.sync_is_noop
         self._clock = clock if clock is not None else time.time
         self.require_lock = require_lock
 
@@ -2245,7 +2261,7 @@ class SessionStore:
         meanwhile wait, and are all woken at once when a sync covers their record
         (a lock handed from thread to thread woke them one by one, halving batches).
         """
-        if not self.durable or state.synced_offset >= upto:
+        if not self._must_sync or state.synced_offset >= upto:
             return
         cond = state.sync_cond
         with cond:
