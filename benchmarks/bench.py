@@ -255,6 +255,24 @@ def run_metrics(report: Report, n: int) -> dict[str, float]:
     return out
 
 
+def threaded_rate(work: Callable[[int], None], threads: int, ops_per_thread: int) -> float:
+    """Start ``threads`` threads running ``work(i)`` together; operations per second."""
+    barrier = threading.Barrier(threads + 1)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        work(i)
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in pool:
+        t.join()
+    return threads * ops_per_thread / (time.perf_counter() - t0)
+
+
 def raw_thread_floor(d: str, files: int, per: int) -> float:
     """Bare os.write + os.fdatasync from 8 threads on ``files`` files, as a multiple of 1 thread."""
     line = (json.dumps(RECORD) + "\n").encode()
@@ -262,26 +280,17 @@ def raw_thread_floor(d: str, files: int, per: int) -> float:
     def rate(threads: int, nfiles: int, count: int) -> float:
         fds = [os.open(os.path.join(d, f"raw-{nfiles}-{i}"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
                for i in range(nfiles)]
-        barrier = threading.Barrier(threads + 1)
 
         def work(i: int) -> None:
             fd = fds[i % nfiles]
-            barrier.wait()
             for _ in range(count):
                 os.write(fd, line)
                 os.fdatasync(fd)
 
-        pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-        for t in pool:
-            t.start()
-        barrier.wait()
-        t0 = time.perf_counter()
-        for t in pool:
-            t.join()
-        elapsed = time.perf_counter() - t0
+        rate = threaded_rate(work, threads, count)
         for fd in fds:
             os.close(fd)
-        return threads * count / elapsed
+        return rate
 
     return rate(8, files, per) / rate(1, 1, per * 2)
 
@@ -298,21 +307,11 @@ def report_threads(report: Report, d: str, n: int) -> None:
 
     for label, sessions in (("8 sessions", [store.resolve(f"t{i}") for i in range(8)]),
                             ("1 session", [store.resolve("shared")] * 8)):
-        barrier = threading.Barrier(9)
-
-        def work(sid: str, barrier: threading.Barrier = barrier) -> None:
-            barrier.wait()
+        def work(i: int, sessions: list[str] = sessions) -> None:
             for _ in range(per_thread):
-                store.append(sid, role="user", content=CONTENT)
+                store.append(sessions[i], role="user", content=CONTENT)
 
-        threads = [threading.Thread(target=work, args=(s,)) for s in sessions]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join()
-        rate = 8 * per_thread / (time.perf_counter() - t0)
+        rate = threaded_rate(work, 8, per_thread)
         raw = raw_thread_floor(d, len(set(sessions)), per_thread)
         report.add(Row(f"durable appends, 8 threads, {label}", "—", "≥ 5× one thread", None,
                        value=f"{rate:,.0f}/s",

@@ -9,21 +9,10 @@ from typing import Any
 import pytest
 
 from session_store import FileSystem, InMemoryFileSystem, RealFileSystem, SessionStore
+from session_store_conformance import FakeClock
 
 StoreFactory = Callable[..., SessionStore]
-
-
-class FakeClock:
-    """A time.time stand-in that tests move by hand."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+__all__ = ["FakeClock", "StoreFactory"]
 
 
 @pytest.fixture
