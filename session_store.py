@@ -716,14 +716,16 @@ class RealFileSystem(FileSystem):
                 d.pins += 1
                 return d
         flags = os.O_RDWR | (os.O_APPEND if append else 0) | getattr(os, "O_CLOEXEC", 0)
-        if not create:
+        try:  # the file usually exists: one open, no exception
             fd = os.open(path, flags)
-        else:
+        except FileNotFoundError:
+            if not create:
+                raise
             try:
                 fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
                 with self._mutex:
-                    self._new_files.add(path)
-            except FileExistsError:
+                    self._new_files.add(path)  # its directory entry is synced with its data
+            except FileExistsError:  # created by someone else meanwhile
                 fd = os.open(path, flags)
         with self._mutex:
             d = self._fds.get(path)
@@ -742,16 +744,21 @@ class RealFileSystem(FileSystem):
                 os.close(d.fd)
 
     def _evict(self) -> None:
-        """Close least recently used idle descriptors beyond the limit (mutex held)."""
+        """Close least recently used idle descriptors beyond the limit (mutex held).
+
+        Walks from the old end only as far as it must: O(excess), not O(cache).
+        """
         excess = len(self._fds) - self._max_open
-        for path in list(self._fds):
-            if excess <= 0:
-                break
-            d = self._fds[path]
+        if excess <= 0:
+            return
+        victims = []
+        for path, d in self._fds.items():
             if d.pins == 0:
-                del self._fds[path]
-                os.close(d.fd)
-                excess -= 1
+                victims.append(path)
+                if len(victims) == excess:
+                    break
+        for path in victims:
+            os.close(self._fds.pop(path).fd)
 
     def _forget(self, prefix: str) -> None:
         """Drop cached descriptors of ``prefix`` and below (files removed or renamed)."""

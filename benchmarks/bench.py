@@ -420,7 +420,7 @@ def run_peers(report: Report, ours: dict[str, float], n: int) -> None:
         try:
             peer(report, ours, max(50, n // 10))
         except Exception as e:
-            report.notes.append(f"{peer.__name__[5:]} failed in its own code and was not measured: "
+            report.notes.append(f"{peer.__name__[5:]} failed in its own code; rows after the failure are missing: "
                                 f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
 
 
@@ -441,6 +441,10 @@ def peer_openai_agents(report: Report, ours: dict[str, float], n: int) -> None:
                 report.peers.append((f"openai-agents SQLiteSession ({label}), append", f"{stat.median:.1f} µs",
                                      f"{stat.median / ref:.1f}× ours{goal}",
                                      verdict(stat.median / ref >= 15) if label == "file" else ""))
+                if label == "file":  # SQLite's defaults sync each commit: compare with our durable append too
+                    report.peers.append(("openai-agents SQLiteSession (file), append, vs our durable append",
+                                         f"{stat.median:.1f} µs",
+                                         f"{stat.median / ours['append_durable']:.1f}× ours (durable)", ""))
                 session.close()
         loop.close()
 
@@ -535,7 +539,10 @@ def plot(report: Report, path: Path) -> bool:
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, marker="o")
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        if _goal.startswith("O("):  # growth curves: log-log shows the slope
+            ax.set_yscale("log")
+        else:  # "should stay flat" curves: a linear axis from zero shows how flat
+            ax.set_ylim(bottom=0, top=max(ys) * 1.2)
         ax.set_title(name.split(" (")[0], fontsize=8)
         ax.set_ylabel(unit)
         ax.grid(True, which="both", alpha=0.3)
