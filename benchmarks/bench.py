@@ -82,6 +82,27 @@ def timed(op: Callable[[], object], n: int, *, setup: Callable[[], object] | Non
     return Stat(samples)
 
 
+def profile(op: Callable[[], object], n: int) -> str:
+    """cProfile of ``n`` calls: the functions with the most own time, and their share."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(n):
+        op()
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    entries = stats.stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in entries.values()) or 1.0
+    rows = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[:8]
+    lines = ["| function | calls per op | own µs per op | share |", "|---|---|---|---|"]
+    for (file, line, name), (_cc, calls, own, _cum, _callers) in rows:
+        where = f"{os.path.basename(file)}:{line} {name}" if line else name
+        lines.append(f"| `{where}` | {calls / n:.1f} | {own / n * 1e6:.2f} | {own / total:.0%} |")
+    return "\n".join(lines)
+
+
 @contextlib.contextmanager
 def scratch_dir() -> Iterator[str]:
     """A temporary directory on the same disk as the project (not tmpfs)."""
@@ -104,6 +125,7 @@ class Row:
     floor: str = ""
     ratio: str = ""
     verdict: str = ""
+    op: Callable[[], object] | None = None  # profiled when the goal is missed
 
 
 @dataclass
@@ -113,9 +135,12 @@ class Report:
     curves: list[tuple[str, list[tuple[int, float]], str, str]] = field(default_factory=list)
     peers: list[tuple[str, str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    profiles: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
+        if row.op is not None and "missed" in row.verdict:
+            self.profiles.append((row.metric, profile(row.op, 300 if self.quick else 3000)))
         s = f"{row.stat.median:.2f} µs" if row.stat else row.value
         print(f"  {row.metric}: {s} {row.verdict}", flush=True)
 
@@ -185,7 +210,8 @@ def run_metrics(report: Report, n: int) -> dict[str, float]:
         stat = timed(lambda: durable.append(sid, role="user", content=CONTENT), max(50, n // 20))
         ratio = stat.median / fsync_floor
         report.add(Row("append, disk, durable", "1–5 ms", "≤ 1.3× write+fsync", stat,
-                       floor=f"write+fsync {fsync_floor:.1f} µs", ratio=f"{ratio:.2f}×", verdict=verdict(ratio <= 1.3)))
+                       floor=f"write+fsync {fsync_floor:.1f} µs", ratio=f"{ratio:.2f}×", verdict=verdict(ratio <= 1.3),
+                       op=lambda: durable.append(sid, role="user", content=CONTENT)))
         out["append_durable"] = stat.median
         durable.close()
 
@@ -241,14 +267,14 @@ def run_metrics(report: Report, n: int) -> dict[str, float]:
     lock_floor = f["lock"].median
     report.add(Row("lock acquire+release, InMemoryFileSystem", "~10 µs", "≤ 2 µs", stat,
                    floor=f"threading.Lock {lock_floor:.2f} µs", ratio=f"{stat.median / lock_floor:.0f}×",
-                   verdict=verdict(stat.median <= 2)))
+                   verdict=verdict(stat.median <= 2), op=lock_round(store, sid)))
     with scratch_dir() as d:
         disk = SessionStore(storage_dir=d)
         lsid = disk.resolve("locks")
         stat = timed(lock_round(disk, lsid), n)
         report.add(Row("lock acquire+release, RealFileSystem (cross-process)", "~10 µs", "≤ 30 µs", stat,
                        floor=f"threading.Lock {lock_floor:.2f} µs", ratio=f"{stat.median / lock_floor:.0f}×",
-                       verdict=verdict(stat.median <= 30)))
+                       verdict=verdict(stat.median <= 30), op=lock_round(disk, lsid)))
         disk.close()
     report.notes.append(f"Floors: json.dumps+os.write {f['dumps+write'].median:.2f} µs, os.write+os.fsync "
                         f"{fsync_floor:.1f} µs, threading.Lock acquire+release {lock_floor:.3f} µs (medians).")
@@ -521,6 +547,12 @@ def render(report: Report, command: str) -> str:
         lines += ["", "## Peers (same workload, same run)", "", "| peer | median | vs ours | verdict |",
                   "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in report.peers]
+    if report.profiles:
+        lines += ["", "## Profiles of the goals not met", "",
+                  "cProfile over the same operation (its overhead inflates every entry alike); "
+                  "own time per operation, most first."]
+        for metric, table in report.profiles:
+            lines += ["", f"### {metric}", "", table]
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
     return "\n".join(lines) + "\n"
