@@ -88,6 +88,17 @@ from typing import Any, TypeVar
 _log = logging.getLogger("session_store")
 _T = TypeVar("_T")
 
+
+@contextlib.contextmanager
+def _storage_errors(action: str) -> Iterator[None]:
+    """Turn an ``OSError`` from the file system into :class:`StorageError` (ours pass through)."""
+    try:
+        yield
+    except SessionStoreError:
+        raise
+    except OSError as e:
+        raise StorageError(e.errno, f"could not {action}: {e.strerror or e}") from e
+
 # ============================================================================
 # Constants and sentinels
 # ============================================================================
@@ -1192,6 +1203,13 @@ class _Session:
     def head(self) -> str | None:
         return self.branches[self.current].head_id
 
+    def fresh_id(self) -> str:
+        """A random 16-hex message id not used in this session."""
+        new = os.urandom(8).hex()
+        while new in self.by_id:
+            new = os.urandom(8).hex()
+        return new
+
     def add_message(self, msg: Message) -> None:
         """Apply one message (already validated): tree links and the head rule."""
         self._apply_events_upto(len(self.messages))
@@ -1700,9 +1718,10 @@ class SessionStore:
                 raise StoreClosed("store is closed")
             if self._opened:
                 return
-            self._fs.makedirs(self._dir)
-            with self._fs.locked(self._journal_path):
-                self._load_index()
+            with _storage_errors(f"open the store in {self._dir}"):
+                self._fs.makedirs(self._dir)
+                with self._fs.locked(self._journal_path):
+                    self._load_index()
             self._opened = True
 
     def _ready(self) -> None:
@@ -1822,7 +1841,8 @@ class SessionStore:
     def flush(self) -> None:
         """Write the ``sessions.json`` checkpoint now (durably) if anything changed."""
         self._ready()
-        self._save_index()
+        with _storage_errors(f"write {self._index_path}"):
+            self._save_index()
 
     def _schedule_index_save(self) -> None:
         with self._mutex:
@@ -1924,7 +1944,7 @@ class SessionStore:
         sid = self._keys.get(key)
         if sid is not None:
             return sid
-        with self._index_lock:
+        with self._index_lock, _storage_errors(f"create a session for key {key[:80]!r}"):
             with self._fs.locked(self._journal_path):
                 self._catch_up_journal(writer=True)
                 sid = self._keys.get(key)
@@ -1953,9 +1973,17 @@ class SessionStore:
         """Append one record to ``keys.jsonl`` (caller holds its lock, caught up); fsync'd when durable."""
         line = _encode_line(record)
         self._write_record(self._journal_path, self._journal_offset, line)
-        if self.durable:
-            self._fs.sync(self._journal_path)
+        self._sync_file(self._journal_path)
         self._journal_offset += len(line)
+
+    def _sync_file(self, path: str) -> None:
+        """fsync ``path`` when this store syncs at all; failures become StorageError."""
+        if not self._must_sync:
+            return
+        try:
+            self._fs.sync(path)
+        except OSError as e:
+            raise StorageError(e.errno, f"could not sync {path}: {e.strerror or e}") from e
 
     def _write_record(self, path: str, offset: int, line: bytes) -> None:
         """One append at ``offset`` (the known end); on failure cut back and raise StorageError."""
@@ -2002,7 +2030,7 @@ class SessionStore:
         writer in any process can append to a session that is going away.
         """
         self._ready()
-        with self._index_lock:
+        with self._index_lock, _storage_errors(f"delete session {session_id!r}"):
             with self._fs.locked(self._journal_path):
                 self._catch_up_journal(writer=True)
                 state = self._sessions.get(session_id)
@@ -2179,15 +2207,16 @@ class SessionStore:
         """
         self._ready()
         fixed: list[str] = []
-        if session_id is None:
-            fixed += self._repair_index()
-            with self._mutex:
-                states = list(self._sessions.values())
-        else:
-            states = [self._state(session_id)]
-        for state in states:
-            with state.lock, self._fs.locked(state.log_path):
-                fixed += self._repair_session(state)
+        with _storage_errors("repair the store"):
+            if session_id is None:
+                fixed += self._repair_index()
+                with self._mutex:
+                    states = list(self._sessions.values())
+            else:
+                states = [self._state(session_id)]
+            for state in states:
+                with state.lock, self._fs.locked(state.log_path):
+                    fixed += self._repair_session(state)
         report = self.check(session_id)
         return CheckReport(problems=report.problems, fixed=fixed, sessions_checked=report.sessions_checked)
 
@@ -2210,7 +2239,7 @@ class SessionStore:
                 quarantine.append(data[used:] + b"\n")
             qpath = path + ".quarantine"
             self._fs.append(qpath, b"".join(quarantine))
-            self._fs.sync(qpath)
+            self._sync_file(qpath)
             self._fs.write_atomic(path, b"".join(keep))
             fixed.append(f"{path}: moved {len(quarantine)} unusable line(s) to {qpath}")
         if fixed:
@@ -2280,10 +2309,8 @@ class SessionStore:
         synced = False
         target = state.log_offset  # everything written so far is covered by this sync
         try:
-            self._fs.sync(state.log_path)
+            self._sync_file(state.log_path)
             synced = True
-        except OSError as e:
-            raise StorageError(e.errno, f"could not sync {state.log_path}: {e.strerror or e}") from e
         finally:
             with cond:
                 state.syncing = False
@@ -2342,9 +2369,7 @@ class SessionStore:
             if parent is not None and parent not in state.by_id:
                 raise MessageNotFound(session_id, parent)
             if id is None:
-                id = os.urandom(8).hex()
-                while id in state.by_id:
-                    id = os.urandom(8).hex()
+                id = state.fresh_id()
             elif id in state.by_id:
                 raise DuplicateMessage(session_id, id)
             now = self._now_ms()
@@ -2410,15 +2435,11 @@ class SessionStore:
         written: list[Message] = []
         parent: str | None = None
         if config.insert_reset_marker:
-            marker = manager.marker(reason, now)
-            while marker.id in state.by_id:
-                marker = manager.marker(reason, now)
+            marker = dataclasses.replace(manager.marker(reason, now), id=state.fresh_id())
             written.append(marker)
             parent = marker.id
         for original in kept:
-            copy_id = os.urandom(8).hex()
-            while copy_id in state.by_id:
-                copy_id = os.urandom(8).hex()
+            copy_id = state.fresh_id()
             copy = dataclasses.replace(original, id=copy_id, parent_id=parent, timestamp=now,
                                        fields={**original.fields, "reset_from": original.id})
             written.append(copy)
@@ -2519,11 +2540,7 @@ class SessionStore:
         """Durably append a branch event and apply it (caller is in ``_writing``)."""
         line = _encode_line(event)
         self._write_record(state.branch_path, state.branch_offset, line)
-        if self.durable:
-            try:
-                self._fs.sync(state.branch_path)
-            except OSError as e:
-                raise StorageError(e.errno, f"could not sync {state.branch_path}: {e}") from e
+        self._sync_file(state.branch_path)
         state.branch_offset += len(line)
         state.add_event(event)
 
@@ -2601,7 +2618,8 @@ class SessionStore:
 
     def _write_lease(self, state: _Session, lease: dict[str, Any]) -> None:
         """Store the lease record (caller holds the log's file lock)."""
-        self._fs.write_lease(state.lease_path, lease)
+        with _storage_errors(f"write {state.lease_path}"):
+            self._fs.write_lease(state.lease_path, lease)
 
     def _lease_live(self, lease: dict[str, Any]) -> bool:
         if lease.get("owner") is None or lease.get("expiresAt", 0) <= self._now_ms():

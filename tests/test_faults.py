@@ -285,3 +285,25 @@ def test_repair_sets_aside_an_interrupted_creation_whose_key_was_taken(tmp_path:
         assert report.fixed == [f"{tmp_path}/{sid}: its key belongs to another session; "
                                 f"set aside as {tmp_path}/.orphan-{sid}"]
     assert (tmp_path / f".orphan-{sid}" / "messages.jsonl").exists()  # nothing deleted
+
+
+@pytest.mark.parametrize("fault", ["append", "sync"])
+def test_storage_failures_outside_append_are_storage_errors(inner: tuple[FileSystem, str], fault: str) -> None:
+    """resolve, create_branch, delete and leases translate OS errors like append does."""
+    faulty = FaultyFileSystem(inner[0])
+    store = SessionStore(faulty, storage_dir=inner[1])
+    sid = store.resolve("k")
+    first = store.append(sid, role="user", content="a")
+
+    def arm() -> None:
+        if fault == "append":
+            faulty.fail_next_append(errno.ENOSPC)
+        else:
+            faulty.fail_next_sync()
+
+    for call in (lambda: store.resolve("new key"), lambda: store.create_branch(sid, "alt", first.id),
+                 lambda: store.reset(sid)):
+        arm()
+        with pytest.raises(ss.StorageError):
+            call()
+    store.close()
