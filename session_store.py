@@ -49,7 +49,12 @@ __all__ = [
     "LockInfo",
     "Problem",
     "CheckReport",
-    # file systems
+    # storage
+    "Storage",
+    "Position",
+    "IndexEntry",
+    "Records",
+    "JsonlStorage",
     "FileSystem",
     "RealFileSystem",
     "InMemoryFileSystem",
@@ -97,7 +102,12 @@ def _storage_errors(action: str) -> Iterator[None]:
     except SessionStoreError:
         raise
     except OSError as e:
-        raise StorageError(e.errno, f"could not {action}: {e.strerror or e}") from e
+        raise _storage_error(e, action) from e
+
+
+def _storage_error(e: OSError, action: str) -> StorageError:
+    """The :class:`StorageError` for ``e`` (for hot paths, where a context manager costs µs)."""
+    return StorageError(e.errno, f"could not {action}: {e.strerror or e}")
 
 # ============================================================================
 # Constants and sentinels
@@ -400,6 +410,195 @@ class CheckReport:
     def ok(self) -> bool:
         """Whether nothing is wrong."""
         return not self.problems
+
+
+# ============================================================================
+# Storage: what the store asks of a backend
+# ============================================================================
+#
+# The store keeps each session's tree in memory, validates every write and derives
+# branch heads; a Storage keeps records, in order, durably, and excludes writers.
+# JsonlStorage (files on a FileSystem, below) is one Storage; the optional backends
+# (session_store_sqlite, session_store_postgres) are others. The conformance kit in
+# session_store_conformance.py runs the same state machine over every one of them.
+
+#: Where a reader stands in a session's records: ``(branch events, messages)`` read
+#: so far, in units the storage chooses (bytes for JSONL, rows for SQL). Start: (0, 0).
+Position = tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class IndexEntry:
+    """One change of the key -> session index, as :meth:`Storage.read_index` reports it.
+
+    ``op`` is ``"create"`` (with ``key`` and ``created_at``; ``updated_at`` and
+    ``message_count`` when a checkpoint knows them) or ``"delete"``.
+    """
+
+    op: str
+    session_id: str
+    key: str = ""
+    created_at: int = 0
+    updated_at: int | None = None
+    message_count: int | None = None
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Records:
+    """What :meth:`Storage.load` found after a position.
+
+    ``events`` and ``messages`` are ``(where, record)`` pairs in write order, where
+    ``where`` locates the record for reports (a byte offset, a row number) and
+    ``record`` is the decoded JSON object. ``restart``: the storage was rewritten
+    (a repair), so the reader must drop what it has and take these records from the
+    start. ``problems``: records that could not be decoded (reported, skipped).
+    """
+
+    position: Position
+    events: list[tuple[int, dict[str, Any]]]
+    messages: list[tuple[int, dict[str, Any]]]
+    events_label: str
+    messages_label: str
+    restart: bool = False
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+
+
+class Storage(ABC):
+    """Where a :class:`SessionStore` keeps sessions: records, heads, index, leases.
+
+    Records are JSON objects encoded by the store as one UTF-8 line each
+    (``b'{...}\\n'``): *messages* (format in "Log format") and *branch events*
+    (``create``/``switch``/``move``, each naming ``seq``, the number of messages
+    before it). Branch heads are saved as these events and loaded by replaying
+    them in ``seq`` order, so an append is one record and a head never needs a
+    read-modify-write. The semantics every implementation keeps:
+
+    - **Writers are exclusive.** :meth:`writing` holds a session against every
+      other writer, in every thread and process (and machine, where the storage is
+      shared); it raises :class:`SessionNotFound` when the session is gone (at the
+      latest from the first :meth:`load` or :meth:`read_lease` inside it). Inside
+      it the store calls :meth:`load` with ``writer=True`` (to catch up), then
+      :meth:`append_message` / :meth:`append_event` / the lease methods. Leaving it
+      normally makes the writes visible (a transactional storage commits there);
+      leaving it by an exception may discard them.
+    - **Appends are ordered and atomic per record.** A failed append raises
+      :class:`StorageError` and leaves no partial record visible to a reader.
+    - **Durability.** With ``open(durable=True)`` every record is durable once
+      :meth:`sync` returns for a position at or after it (a storage that commits
+      durably in :meth:`writing` makes ``sync`` a no-op).
+    - **Positions only grow**, unless :meth:`load` says ``restart``.
+    - **The index** is a log of creations and deletions: :meth:`create_session`
+      binds a key at most once across every store; :meth:`read_index` returns the
+      entries this object has not returned yet, in order.
+
+    The store serializes, within one process, the index methods among themselves
+    and the writer calls of one session; reads may run concurrently with a writer.
+    I/O failures raise :class:`StorageError` (``OSError`` is translated by the store).
+    Methods with a default are optional.
+    """
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the data lives (a directory, a database file, a DSN without secrets)."""
+
+    def open(self, *, durable: bool) -> None:  # noqa: B027 - optional hook with a no-op default
+        """Prepare the storage (create folders or schema; idempotent)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
+        """Release connections and descriptors."""
+
+    @property
+    def shared_across_processes(self) -> bool:
+        """Whether other processes on this host may use the same data (their leases
+        then end at once when their process is gone)."""
+        return True
+
+    # -- the key -> session index --------------------------------------------------
+
+    @abstractmethod
+    def read_index(self) -> tuple[list[IndexEntry], bool]:
+        """The index entries this object has not returned yet, oldest first.
+
+        The first call returns the whole index. The flag asks the store to call
+        :meth:`save_index` soon (a checkpoint is missing or stale).
+        """
+
+    def index_changed(self) -> bool:
+        """Cheaply: whether :meth:`read_index` may have something new."""
+        return True
+
+    @abstractmethod
+    def create_session(self, key: str, session_id: str, created_at: int) -> None:
+        """Create session ``session_id`` for ``key`` unless ``key`` already has one.
+
+        Atomic across every store on the storage and durable (with ``durable``)
+        when it returns; the caller learns the winner from :meth:`read_index`.
+        """
+
+    @abstractmethod
+    def delete_session(self, session_id: str, at: int) -> None:
+        """Delete the session, its records and lease, and log the deletion.
+
+        Holds the session as :meth:`writing` does, so no writer appends to a session
+        that is going away. :class:`SessionNotFound` when it does not exist.
+        """
+
+    def save_index(self, sessions: list[SessionMetadata]) -> None:  # noqa: B027 - optional hook
+        """Checkpoint the index (the store calls it debounced, never per append)."""
+
+    # -- a session's records -------------------------------------------------------
+
+    @abstractmethod
+    def writing(self, session_id: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the session exclusively for writing; see the class docstring."""
+
+    @abstractmethod
+    def load(self, session_id: str, position: Position, *, writer: bool = False) -> Records | None:
+        """The records written after ``position``; ``None`` when there are none.
+
+        A record being written by another writer may be missing; with ``writer``
+        (inside :meth:`writing`) none can be, and a torn one is removed.
+        :class:`SessionNotFound` when the session is gone.
+        """
+
+    @abstractmethod
+    def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
+        """Append a message record at ``position`` (the end); returns the new end."""
+
+    @abstractmethod
+    def append_event(self, session_id: str, position: Position, line: bytes) -> Position:
+        """Append a branch event record at ``position`` (the end); returns the new end."""
+
+    def sync(self, session_id: str, position: Position) -> None:  # noqa: B027 - optional hook
+        """Make the records up to ``position`` durable (called after :meth:`writing`)."""
+
+    # -- leases (inside writing) -------------------------------------------------------
+
+    @abstractmethod
+    def read_lease(self, session_id: str) -> dict[str, Any] | None:
+        """The session's lease record as last written, or ``None``."""
+
+    @abstractmethod
+    def write_lease(self, session_id: str, lease: Mapping[str, Any]) -> None:
+        """Replace the session's lease record. Its meaning is the store's: owner,
+        count, fencing token, expiry, pid and host."""
+
+    # -- check and repair ----------------------------------------------------------
+
+    def check(self, sessions: Mapping[str, str], *, index: bool) -> list[Problem]:
+        """Problems below the records (torn tails, missing files; the index too when
+        ``index``) of ``sessions`` (id -> key). Changes nothing."""
+        return []
+
+    def quarantine(self, session_id: str, problems: list[Problem]) -> list[str]:
+        """Move the records ``problems`` point at (and torn tails) aside, inside
+        :meth:`writing`; returns one sentence per change. Never deletes data."""
+        return []
+
+    def repair_index(self) -> list[str]:
+        """Bring the index in line with the sessions found; one sentence per change."""
+        return []
 
 
 # ============================================================================
@@ -1034,22 +1233,13 @@ def _encode_message(record: Mapping[str, Any]) -> bytes:
         raise InvalidMessage(f"message is not JSON-serializable: {e}") from None
 
 
-@dataclasses.dataclass(slots=True)
-class _Problem:
-    """A line the loader could not use: reported, left on disk, never dropped silently."""
-
-    file: str
-    offset: int
-    reason: str
+def _report(problems: list[Problem], session_id: str | None, file: str, offset: int, reason: str) -> None:
+    """Record a problem record and log it: it is ignored by the tree, kept in storage."""
+    problems.append(Problem(session_id=session_id, file=file, offset=offset, reason=reason))
+    _log.warning("%s: record at %d ignored (left in place): %s", file, offset, reason)
 
 
-def _report(problems: list[_Problem], file: str, offset: int, reason: str) -> None:
-    """Record a problem line and log it: it is ignored by the tree, kept on disk."""
-    problems.append(_Problem(file, offset, reason))
-    _log.warning("%s: line at byte %d ignored (left in place): %s", file, offset, reason)
-
-
-def _parse_lines(chunk: bytes, base: int, file: str, problems: list[_Problem]
+def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, problems: list[Problem]
                  ) -> tuple[list[tuple[int, dict[str, Any]]], int]:
     """Parse the complete lines of ``chunk`` (read at ``base``).
 
@@ -1067,10 +1257,10 @@ def _parse_lines(chunk: bytes, base: int, file: str, problems: list[_Problem]
         try:
             rec = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
-            _report(problems, file, offset, f"not JSON: {e}")
+            _report(problems, session_id, file, offset, f"not JSON: {e}")
             continue
         if not isinstance(rec, dict):
-            _report(problems, file, offset, "not a JSON object")
+            _report(problems, session_id, file, offset, "not a JSON object")
             continue
         out.append((offset, rec))
     return out, end
@@ -1100,6 +1290,529 @@ def _message_from_record(rec: dict[str, Any]) -> Message:
 
 
 # ============================================================================
+# JSONL storage (the default)
+# ============================================================================
+
+
+class _SyncState:
+    """Group commit of one session's log (see :meth:`JsonlStorage.sync`)."""
+
+    __slots__ = ("cond", "events_dirty", "synced", "syncing", "written")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.syncing = False
+        self.synced = 0  # bytes of messages.jsonl known durable
+        self.written = 0  # bytes of messages.jsonl this object has written up to
+        self.events_dirty = False
+
+
+class _JsonlWriting:
+    """``JsonlStorage.writing``: a class, not a generator, because it is on every write."""
+
+    __slots__ = ("_lock", "_session_id", "_storage")
+
+    def __init__(self, storage: JsonlStorage, session_id: str) -> None:
+        self._storage, self._session_id = storage, session_id
+        self._lock: contextlib.AbstractContextManager[Any] | None = None
+
+    def __enter__(self) -> None:
+        storage, sid = self._storage, self._session_id
+        log = (storage._paths.get(sid) or storage._files(sid))[0]
+        try:
+            lock = storage.fs.locked(log)
+            lock.__enter__()
+        except FileNotFoundError:  # the folder was removed by another store
+            raise SessionNotFound(sid) from None
+        # A descriptor cached before a deletion still locks: load() and read_lease(),
+        # the first calls inside, stat the log and raise SessionNotFound when it is gone.
+        self._lock = lock
+
+    def __exit__(self, *exc: object) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+class JsonlStorage(Storage):
+    """Format v1 (see "Log format") on a :class:`FileSystem`: the default storage.
+
+    ``JsonlStorage(fs=None, directory="./sessions")``; ``fs`` defaults to a
+    :class:`RealFileSystem`. Writers hold the file system's lock of the session's
+    ``messages.jsonl``; the index is the ``keys.jsonl`` journal, checkpointed into
+    ``sessions.json`` and rebuilt from the journal and the folders when that is lost.
+    """
+
+    def __init__(self, fs: FileSystem | None = None, directory: str | os.PathLike[str] = "./sessions") -> None:
+        self.fs = fs if fs is not None else RealFileSystem()
+        self.directory = os.fspath(directory).rstrip("/") or "/"
+        self._must_sync = True
+        self._durable = True
+        self._journal_offset = 0
+        self._index_loaded = False
+        self._keys: dict[str, str] = {}  # key -> session id, as the journal says
+        self._live: dict[str, str] = {}  # session id -> key
+        self._pending: list[IndexEntry] = []  # read under a journal lock, not yet returned
+        self._syncs: dict[str, _SyncState] = {}
+        self._syncs_lock = threading.Lock()
+        self._paths: dict[str, tuple[str, str]] = {}
+
+    def __repr__(self) -> str:
+        return f"JsonlStorage({self.fs!r}, {self.directory!r})"
+
+    @property
+    def location(self) -> str:
+        return self.directory
+
+    @property
+    def shared_across_processes(self) -> bool:
+        return self.fs.shared_across_processes
+
+    def open(self, *, durable: bool) -> None:
+        self._durable = durable
+        self._must_sync = durable and not self.fs.sync_is_noop
+        self.fs.makedirs(self.directory)
+
+    def close(self) -> None:
+        self.fs.close()
+
+    def _dir(self, session_id: str) -> str:
+        return f"{self.directory}/{session_id}"
+
+    def _files(self, session_id: str) -> tuple[str, str]:
+        """``(messages.jsonl, branches.jsonl)`` of a session; cached, as it is on every write."""
+        files = self._paths.get(session_id)
+        if files is None:
+            if len(self._paths) > 65536:
+                self._paths.clear()
+            files = self._paths[session_id] = (f"{self.directory}/{session_id}/messages.jsonl",
+                                               f"{self.directory}/{session_id}/branches.jsonl")
+        return files
+
+    def _log(self, session_id: str) -> str:
+        return self._files(session_id)[0]
+
+    def _events(self, session_id: str) -> str:
+        return self._files(session_id)[1]
+
+    @property
+    def _journal_path(self) -> str:
+        return f"{self.directory}/keys.jsonl"
+
+    @property
+    def _index_path(self) -> str:
+        return f"{self.directory}/sessions.json"
+
+    def _sync_file(self, path: str) -> None:
+        """fsync ``path`` when this storage syncs at all; failures become StorageError."""
+        if not self._must_sync:
+            return
+        try:
+            self.fs.sync(path)
+        except OSError as e:
+            raise StorageError(e.errno, f"could not sync {path}: {e.strerror or e}") from e
+
+    def _write_record(self, path: str, offset: int, line: bytes) -> None:
+        """One append at ``offset`` (the known end); on failure cut back and raise StorageError."""
+        try:
+            self.fs.append(path, line)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                self.fs.truncate(path, offset)
+            raise StorageError(e.errno, f"could not append to {path}: {e.strerror or e}") from e
+
+    # -- the index ---------------------------------------------------------------------
+
+    def read_index(self) -> tuple[list[IndexEntry], bool]:
+        if not self._index_loaded:
+            with self.fs.locked(self._journal_path):
+                stale = self._load_index()
+            self._index_loaded = True
+        else:
+            stale = False
+            if self.index_changed():
+                self._catch_up_journal()
+        entries, self._pending = self._pending, []
+        return entries, stale or bool(entries)
+
+    def index_changed(self) -> bool:
+        if self._pending:
+            return True
+        try:
+            return self.fs.size(self._journal_path) > self._journal_offset
+        except FileNotFoundError:
+            return False
+
+    def _load_index(self) -> bool:
+        """Checkpoint + journal tail, or a full rebuild (journal + folders); True when rebuilt."""
+        checkpoint = self._read_checkpoint()
+        try:
+            journal_size = self.fs.size(self._journal_path)
+        except FileNotFoundError:
+            journal_size = 0
+        if checkpoint is not None and checkpoint[1] <= journal_size:
+            entries, self._journal_offset = checkpoint
+            for entry in entries:
+                self._note(entry)
+            self._catch_up_journal(writer=True)
+            return False
+        if self.fs.exists(self._index_path):
+            _log.warning("%s is missing, empty or corrupt: rebuilding the index", self._index_path)
+        self._journal_offset = 0
+        self._catch_up_journal(writer=True)
+        for entry in self._adoptable_folders():
+            self._note(entry)
+        return True
+
+    def _note(self, entry: IndexEntry) -> None:
+        """Track a key's owner (for create_session) and queue the entry for read_index."""
+        if entry.op == "create":
+            self._keys[entry.key] = entry.session_id
+            self._live[entry.session_id] = entry.key
+        else:
+            key = self._live.pop(entry.session_id, None)
+            if key is not None and self._keys.get(key) == entry.session_id:
+                del self._keys[key]
+        self._pending.append(entry)
+
+    def _read_checkpoint(self) -> tuple[list[IndexEntry], int] | None:
+        try:
+            raw = self.fs.read(self._index_path)
+        except FileNotFoundError:
+            return None
+        try:
+            doc = json.loads(raw)
+            keys = {k: v for k, v in doc["keys"].items() if isinstance(k, str) and _is_session_id(v)}
+            entries = [IndexEntry(op="create", session_id=sid, key=str(s["key"]), created_at=int(s["createdAt"]),
+                                  updated_at=int(s.get("updatedAt") or s["createdAt"]),
+                                  message_count=s["messageCount"] if isinstance(s.get("messageCount"), int) else None)
+                       for sid, s in doc["sessions"].items() if _is_session_id(sid)]
+            offset = int(doc.get("journalBytes", 0))
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+            return None
+        if set(keys.values()) - {e.session_id for e in entries}:
+            return None
+        return entries, offset
+
+    def _adoptable_folders(self) -> list[IndexEntry]:
+        """Folders with a valid ``session.json`` the index does not know, whose key is free."""
+        found: list[IndexEntry] = []
+        taken = dict(self._keys)
+        for name in self.fs.listdir(self.directory):
+            if name in self._live or not _is_session_id(name):
+                continue
+            try:
+                doc = json.loads(self.fs.read(f"{self._dir(name)}/session.json"))
+                key, created = _check_key(doc["key"]), int(doc["createdAt"])
+                if doc["sessionId"] != name:
+                    raise ValueError("sessionId does not match the folder")
+            except FileNotFoundError:
+                continue
+            except (ValueError, TypeError, KeyError, UnicodeDecodeError, InvalidKey) as e:
+                _log.warning("%s/session.json unreadable (%s): folder left alone", self._dir(name), e)
+                continue
+            if key in taken:
+                _log.warning("folder %s claims key %r of session %s: left alone", name, key, taken[key])
+                continue
+            _log.warning("session %s (key %r) recovered from its folder", name, key)
+            taken[key] = name
+            found.append(IndexEntry(op="create", session_id=name, key=key, created_at=created))
+        return found
+
+    def _catch_up_journal(self, *, writer: bool = False) -> None:
+        """Queue what was appended to ``keys.jsonl`` since we last looked.
+
+        With ``writer`` (holding the journal's lock) an incomplete last line is torn: cut off.
+        """
+        try:
+            size = self.fs.size(self._journal_path)
+        except FileNotFoundError:
+            return
+        if size <= self._journal_offset:
+            return
+        chunk = self.fs.read_from(self._journal_path, self._journal_offset)
+        records, used = _parse_lines(chunk, self._journal_offset, self._journal_path, None, [])
+        if writer and self._journal_offset + used < size:
+            _log.warning("%s: torn last line cut off", self._journal_path)
+            self.fs.truncate(self._journal_path, self._journal_offset + used)
+        for _, rec in records:
+            sid = rec.get("sessionId")
+            if not isinstance(sid, str) or not _is_session_id(sid):
+                continue
+            if rec.get("op") == "create" and isinstance(rec.get("key"), str) and sid not in self._live:
+                created = rec.get("createdAt")
+                self._note(IndexEntry(op="create", session_id=sid, key=rec["key"],
+                                      created_at=created if isinstance(created, int) else 0))
+            elif rec.get("op") == "delete" and sid in self._live:
+                self._note(IndexEntry(op="delete", session_id=sid))
+        self._journal_offset += used
+
+    def _journal_append(self, record: dict[str, Any]) -> None:
+        """Append one record to ``keys.jsonl`` (caller holds its lock, caught up); fsync'd when durable."""
+        line = _encode_line(record)
+        self._write_record(self._journal_path, self._journal_offset, line)
+        self._sync_file(self._journal_path)
+        self._journal_offset += len(line)
+
+    def create_session(self, key: str, session_id: str, created_at: int) -> None:
+        with self.fs.locked(self._journal_path):
+            self._catch_up_journal(writer=True)
+            if key in self._keys:
+                return
+            sdir = self._dir(session_id)
+            self.fs.makedirs(sdir, durable=self._durable)
+            self.fs.write_atomic(f"{sdir}/session.json", _encode_line(
+                {"version": FORMAT_VERSION, "sessionId": session_id, "key": key, "createdAt": created_at}),
+                durable=self._durable)
+            self.fs.write_atomic(self._events(session_id), b"", durable=False)
+            self.fs.write_atomic(self._log(session_id), b"", durable=self._durable)
+            self._journal_append({"op": "create", "key": key, "sessionId": session_id, "createdAt": created_at})
+            self._note(IndexEntry(op="create", session_id=session_id, key=key, created_at=created_at))
+
+    def delete_session(self, session_id: str, at: int) -> None:
+        # The folder is renamed away (atomically), then the deletion journaled, then
+        # the files removed, all under the session's lock.
+        with self.fs.locked(self._journal_path):
+            self._catch_up_journal(writer=True)
+            if session_id not in self._live:
+                raise SessionNotFound(session_id)
+            trash = f"{self.directory}/.deleted-{session_id}-{uuid.uuid4().hex[:8]}"
+            with self.fs.locked(self._log(session_id)):
+                self.fs.rename(self._dir(session_id), trash)
+                self._journal_append({"op": "delete", "sessionId": session_id, "at": at})
+                self._note(IndexEntry(op="delete", session_id=session_id))
+                with self._syncs_lock:
+                    self._syncs.pop(session_id, None)
+                self.fs.remove_tree(trash)
+
+    def save_index(self, sessions: list[SessionMetadata]) -> None:
+        doc = {"version": FORMAT_VERSION, "journalBytes": self._journal_offset,
+               "keys": {m.key: m.session_id for m in sessions},
+               "sessions": {m.session_id: {"sessionId": m.session_id, "key": m.key, "createdAt": m.created_at,
+                                           "updatedAt": m.updated_at, "messageCount": m.message_count}
+                            for m in sessions}}
+        self.fs.write_atomic(self._index_path, _encode_line(doc), durable=True)
+
+    # -- a session's records --------------------------------------------------------------
+
+    def writing(self, session_id: str) -> contextlib.AbstractContextManager[None]:
+        return _JsonlWriting(self, session_id)
+
+    def load(self, session_id: str, position: Position, *, writer: bool = False) -> Records | None:
+        fs = self.fs
+        log, events = self._files(session_id)
+        try:
+            size = fs.size(log)
+        except FileNotFoundError:
+            raise SessionNotFound(session_id) from None
+        epos, mpos = position
+        restart = size < mpos
+        if restart:
+            _log.warning("%s shrank: reloading", log)
+            epos = mpos = 0
+        try:
+            esize = fs.size(events)
+        except FileNotFoundError:
+            esize = 0
+        if esize <= epos and size <= mpos and not restart:
+            return None
+        # Branch events first: each names the message count it follows, so every event
+        # read now applies within the messages read next (they only ever grow).
+        found = Records(position=position, events=[], messages=[], events_label=events, messages_label=log,
+                        restart=restart)
+        if esize > epos:
+            found.events, used = _parse_lines(fs.read_from(events, epos), epos, events, session_id, found.problems)
+            epos += used
+            if writer and epos < esize:
+                _log.warning("%s: torn last line cut off", events)
+                fs.truncate(events, epos)
+        if size > mpos:
+            found.messages, used = _parse_lines(fs.read_from(log, mpos), mpos, log, session_id, found.problems)
+            mpos += used
+            if writer and mpos < size:
+                _log.warning("%s: torn last line (%d bytes) cut off", log, size - mpos)
+                fs.truncate(log, mpos)
+        found.position = (epos, mpos)
+        return found
+
+    def _sync_state(self, session_id: str) -> _SyncState:
+        st = self._syncs.get(session_id)
+        if st is None:
+            with self._syncs_lock:
+                st = self._syncs.setdefault(session_id, _SyncState())
+        return st
+
+    def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
+        end = position[1] + len(line)
+        files = self._paths.get(session_id) or self._files(session_id)
+        self._write_record(files[0], position[1], line)
+        if self._must_sync:
+            self._sync_state(session_id).written = end
+        return (position[0], end)
+
+    def append_event(self, session_id: str, position: Position, line: bytes) -> Position:
+        self._write_record(self._events(session_id), position[0], line)
+        if self._must_sync:
+            self._sync_state(session_id).events_dirty = True
+        return (position[0] + len(line), position[1])
+
+    def sync(self, session_id: str, position: Position) -> None:
+        """Group commit: one fdatasync covers every record written before it started.
+
+        The first writer to arrive becomes the leader and syncs; writers arriving
+        meanwhile wait, and are all woken at once when a sync covers their record
+        (a lock handed from thread to thread woke them one by one, halving batches).
+        Branch events (rare) are synced after the messages they may name.
+        """
+        if not self._must_sync:
+            return
+        st = self._sync_state(session_id)
+        upto = position[1]
+        cond = st.cond
+        if st.synced < upto:
+            with cond:
+                while st.synced < upto and st.syncing:
+                    cond.wait()
+                leader = st.synced < upto
+                if leader:
+                    st.syncing = True
+            if leader:
+                synced = False
+                target = st.written  # everything written so far is covered by this sync
+                try:
+                    self._sync_file(self._log(session_id))
+                    synced = True
+                finally:
+                    with cond:
+                        st.syncing = False
+                        if synced and target > st.synced:
+                            st.synced = target
+                        cond.notify_all()
+        if st.events_dirty:
+            st.events_dirty = False
+            try:
+                self._sync_file(self._events(session_id))
+            except BaseException:
+                st.events_dirty = True
+                raise
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def read_lease(self, session_id: str) -> dict[str, Any] | None:
+        try:
+            self.fs.size(self._log(session_id))
+        except FileNotFoundError:
+            raise SessionNotFound(session_id) from None
+        return self.fs.read_lease(f"{self._dir(session_id)}/lock.json")
+
+    def write_lease(self, session_id: str, lease: Mapping[str, Any]) -> None:
+        self.fs.write_lease(f"{self._dir(session_id)}/lock.json", lease)
+
+    # -- check and repair -------------------------------------------------------------------
+
+    def check(self, sessions: Mapping[str, str], *, index: bool) -> list[Problem]:
+        problems: list[Problem] = []
+        if index:
+            problems += self._check_index(sessions)
+        for sid, key in sessions.items():
+            for path in (self._events(sid), self._log(sid)):
+                try:
+                    data = self.fs.read(path)
+                except FileNotFoundError:
+                    if path == self._log(sid):
+                        problems.append(Problem(session_id=sid, file=path, offset=None,
+                                                reason="messages.jsonl is missing"))
+                    continue
+                used = data.rfind(b"\n") + 1
+                if used < len(data):
+                    problems.append(Problem(session_id=sid, file=path, offset=used,
+                                            reason=f"incomplete last line ({len(data) - used} bytes, torn write)"))
+            meta_path = f"{self._dir(sid)}/session.json"
+            try:
+                meta = json.loads(self.fs.read(meta_path))
+                if meta.get("sessionId") != sid or meta.get("key") != key:
+                    raise ValueError("does not match the index")
+            except FileNotFoundError:
+                problems.append(Problem(session_id=sid, file=meta_path, offset=None,
+                                        reason="session.json is missing (the index cannot be rebuilt for it)"))
+            except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+                problems.append(Problem(session_id=sid, file=meta_path, offset=None,
+                                        reason=f"session.json is unusable: {e}"))
+        return problems
+
+    def _check_index(self, known: Mapping[str, str]) -> list[Problem]:
+        problems: list[Problem] = []
+        if self.fs.exists(self._index_path) and self._read_checkpoint() is None:
+            problems.append(Problem(session_id=None, file=self._index_path, offset=None,
+                                    reason="sessions.json is empty or corrupt (rebuilt when a store opens)"))
+        try:
+            journal = self.fs.read(self._journal_path)
+        except FileNotFoundError:
+            journal = b""
+        _, used = _parse_lines(journal, 0, self._journal_path, None, problems)
+        if used < len(journal):
+            problems.append(Problem(session_id=None, file=self._journal_path, offset=used,
+                                    reason="incomplete last line (torn write)"))
+        for name in self.fs.listdir(self.directory):
+            if _is_session_id(name) and name not in known and self.fs.exists(f"{self._dir(name)}/session.json"):
+                problems.append(Problem(session_id=name, file=self._dir(name), offset=None,
+                                        reason="session folder is not in the index: an interrupted creation "
+                                               "(repair adopts it, or sets it aside if its key is taken)"))
+        return problems
+
+    def quarantine(self, session_id: str, problems: list[Problem]) -> list[str]:
+        """Lines that cannot join the session (and a torn tail) go to ``<log>.quarantine``
+        beside the log, byte for byte; the log is then rewritten atomically without them."""
+        fixed: list[str] = []
+        for path in (self._events(session_id), self._log(session_id)):
+            try:
+                data = self.fs.read(path)
+            except FileNotFoundError:
+                continue
+            used = data.rfind(b"\n") + 1
+            bad_offsets = {p.offset for p in problems if p.file == path and p.offset is not None}
+            if not bad_offsets and used == len(data):
+                continue
+            keep: list[bytes] = []
+            quarantine: list[bytes] = []
+            pos = 0
+            for line in data[:used].split(b"\n")[:-1]:
+                (quarantine if pos in bad_offsets else keep).append(line + b"\n")
+                pos += len(line) + 1
+            if used < len(data):
+                quarantine.append(data[used:] + b"\n")
+            qpath = path + ".quarantine"
+            self.fs.append(qpath, b"".join(quarantine))
+            self._sync_file(qpath)
+            self.fs.write_atomic(path, b"".join(keep))
+            fixed.append(f"{path}: moved {len(quarantine)} unusable line(s) to {qpath}")
+        if fixed:
+            with self._syncs_lock:
+                self._syncs.pop(session_id, None)
+        return fixed
+
+    def repair_index(self) -> list[str]:
+        """Adopt unindexed folders into the journal; set aside those whose key is taken."""
+        fixed: list[str] = []
+        with self.fs.locked(self._journal_path):
+            self._catch_up_journal(writer=True)
+            for entry in self._adoptable_folders():
+                self._journal_append({"op": "create", "key": entry.key, "sessionId": entry.session_id,
+                                      "createdAt": entry.created_at})
+                self._note(entry)
+                fixed.append(f"{self._dir(entry.session_id)}: adopted into the index (key {entry.key!r})")
+            for name in self.fs.listdir(self.directory):  # left: folders whose key another session has
+                if _is_session_id(name) and name not in self._live and self.fs.exists(
+                        f"{self._dir(name)}/session.json"):
+                    aside = f"{self.directory}/.orphan-{name}"
+                    self.fs.rename(self._dir(name), aside)
+                    fixed.append(f"{self._dir(name)}: its key belongs to another session; set aside as {aside}")
+            if self._read_checkpoint() is None:
+                fixed.append(f"{self._index_path}: rewritten")
+        return fixed
+
+
+# ============================================================================
 # Tree and branches (one session's state)
 # ============================================================================
 
@@ -1122,45 +1835,38 @@ class _BranchState:
 
 
 class _Session:
-    """The cached state of one session: its tree, branches and log positions.
+    """The cached state of one session: its tree, branches and storage position.
 
-    Guarded by ``lock`` (in this process); writers also hold the file system's lock
-    of ``log_path`` so that other stores and processes are excluded.
+    Guarded by ``lock`` (in this process); writers also hold the storage's
+    :meth:`Storage.writing` so that other stores and processes are excluded.
     """
 
     __slots__ = (
-        "branch_offset",
-        "branch_path",
         "branches",
         "by_id",
         "children",
         "created_at",
         "current",
         "deleted",
-        "dir",
+        "events_label",
         "indexed_count",
         "key",
         "last_reset_at",
-        "lease_path",
         "loaded",
         "lock",
-        "log_offset",
-        "log_path",
         "messages",
         "pending_events",
+        "position",
         "problems",
         "reset_config",
         "reset_count",
         "roots",
         "segments",
         "session_id",
-        "sync_cond",
-        "synced_offset",
-        "syncing",
         "updated_at",
     )
 
-    def __init__(self, session_id: str, key: str, created_at: int, directory: str,
+    def __init__(self, session_id: str, key: str, created_at: int,
                  reset_config: AutoResetConfig | None = None) -> None:
         self.session_id = session_id
         # With auto-reset, every message carries its segment's running totals
@@ -1169,16 +1875,10 @@ class _Session:
         self.indexed_count: int | None = None  # messageCount from the checkpoint, until loaded
         self.key = key
         self.created_at = created_at
-        self.dir = directory
-        self.log_path = f"{directory}/messages.jsonl"
-        self.branch_path = f"{directory}/branches.jsonl"
-        self.lease_path = f"{directory}/lock.json"
         self.lock = threading.Lock()
-        self.sync_cond = threading.Condition(threading.Lock())
-        self.syncing = False
-        self.synced_offset = 0
         self.loaded = False
         self.deleted = False
+        self.events_label = "branch events"
         self.clear()
 
     def clear(self) -> None:
@@ -1189,10 +1889,9 @@ class _Session:
         self.roots: list[str] = []
         self.branches: dict[str, _BranchState] = {"main": _BranchState("main", None, self.created_at)}
         self.current = "main"
-        self.log_offset = 0
-        self.branch_offset = 0
+        self.position: Position = (0, 0)
         self.pending_events: list[dict[str, Any]] = []
-        self.problems: list[_Problem] = []
+        self.problems: list[Problem] = []
         self.updated_at = self.created_at
         self.segments: dict[str, tuple[int, int, int]] | None = {} if self.reset_config else None
         self.reset_count = 0
@@ -1260,7 +1959,8 @@ class _Session:
         op, name, at = ev["op"], ev["name"], ev["at"]
         head = ev.get("headId")
         if head is not None and head not in self.by_id:
-            self.problems.append(_Problem(self.branch_path, -1, f"branch {name!r} names unknown message {head!r}"))
+            self.problems.append(Problem(session_id=self.session_id, file=self.events_label, offset=None,
+                                         reason=f"branch {name!r} names unknown message {head!r}"))
             return
         if op == "create" and name not in self.branches:
             self.branches[name] = _BranchState(name, head, at)
@@ -1270,17 +1970,28 @@ class _Session:
             branch = self.branches[name]
             branch.head_id, branch.updated_at = head, at
         else:
-            self.problems.append(_Problem(self.branch_path, -1, f"event {op!r} on branch {name!r} does not apply"))
+            self.problems.append(Problem(session_id=self.session_id, file=self.events_label, offset=None,
+                                         reason=f"event {op!r} on branch {name!r} does not apply"))
             return
         if at > self.updated_at:
             self.updated_at = at
 
     # -- reading ------------------------------------------------------------
 
-    def ingest_messages(self, chunk: bytes, base: int) -> None:
-        """Apply the complete lines of ``chunk`` (read at ``base`` of the log)."""
-        records, used = _parse_lines(chunk, base, self.log_path, self.problems)
-        for offset, rec in records:
+    def ingest(self, found: Records) -> None:
+        """Apply what :meth:`Storage.load` found: branch events first (each waits for
+        the message count it names), then messages, validated as they join the tree."""
+        if found.restart:
+            self.clear()
+        self.events_label = found.events_label
+        self.problems += found.problems
+        for where, rec in found.events:
+            if (rec.get("op") not in ("create", "switch", "move") or not isinstance(rec.get("name"), str)
+                    or not isinstance(rec.get("seq"), int) or not isinstance(rec.get("at"), int)):
+                _report(self.problems, self.session_id, found.events_label, where, "not a branch event")
+                continue
+            self.add_event(rec)
+        for where, rec in found.messages:
             try:
                 msg = _message_from_record(rec)
             except ValueError as e:
@@ -1288,22 +1999,11 @@ class _Session:
             else:
                 why = self.check_message(msg)
             if why is not None:
-                _report(self.problems, self.log_path, offset, why)
+                _report(self.problems, self.session_id, found.messages_label, where, why)
                 continue
             self.add_message(msg)
         self._apply_events_upto(len(self.messages))
-        self.log_offset = base + used
-
-    def ingest_branch_events(self, chunk: bytes, base: int) -> None:
-        """Queue the complete branch events of ``chunk`` (read at ``base``)."""
-        records, used = _parse_lines(chunk, base, self.branch_path, self.problems)
-        for offset, rec in records:
-            if (rec.get("op") not in ("create", "switch", "move") or not isinstance(rec.get("name"), str)
-                    or not isinstance(rec.get("seq"), int) or not isinstance(rec.get("at"), int)):
-                _report(self.problems, self.branch_path, offset, "not a branch event")
-                continue
-            self.add_event(rec)
-        self.branch_offset = base + used
+        self.position = found.position
 
     def require(self, message_id: str) -> Message:
         try:
@@ -1613,19 +2313,22 @@ def _current_segment(messages: list[Message]) -> list[Message]:
 class SessionStore:
     """Sessions of message trees with branches, an index by key, and leases.
 
-    ``SessionStore(fs=None, *, storage_dir="./sessions", index_save_delay_ms=100,
+    ``SessionStore(storage=None, *, storage_dir=None, index_save_delay_ms=100,
     lock_timeout_ms=30000, auto_reset=None, durable=True, clock=None,
     require_lock=False)``
 
-    - ``fs``: :class:`RealFileSystem` (default) or :class:`InMemoryFileSystem`; two
-      stores on the same storage see each other's writes (reads notice that a log
-      grew and load only its new tail).
-    - ``durable``: ``append`` returns only once its record is fsync'd. ``False``
-      skips the fsync (a machine crash may lose the last records; a process crash
-      loses nothing the OS accepted).
-    - ``index_save_delay_ms``: the ``sessions.json`` checkpoint is written at most
-      this long after a change, never per append. Sessions themselves are announced
-      durably in ``keys.jsonl`` when created, so a crash loses no session.
+    - ``storage``: a :class:`Storage` (e.g. ``session_store_sqlite.SqliteStorage``),
+      or a :class:`FileSystem` to keep :class:`JsonlStorage` files on
+      (:class:`RealFileSystem` by default, :class:`InMemoryFileSystem` for tests).
+      ``storage_dir`` (default ``"./sessions"``) is the JSONL storage's directory.
+      Two stores on the same storage see each other's writes (reads notice that a
+      session grew and load only what is new).
+    - ``durable``: ``append`` returns only once its record is on disk (fsync'd, or
+      committed by a backend's durable commit). ``False`` skips that (a machine crash
+      may lose the last records; a process crash loses nothing the OS accepted).
+    - ``index_save_delay_ms``: a storage's index checkpoint (``sessions.json``) is
+      written at most this long after a change, never per append. Sessions
+      themselves are created durably, so a crash loses no session.
     - ``lock_timeout_ms``: the lease length of :meth:`acquire_lock`.
     - ``auto_reset``: an :class:`AutoResetConfig`; appends onto the current head that
       would take the segment over a limit reset it first (see "Auto-reset").
@@ -1639,9 +2342,9 @@ class SessionStore:
 
     def __init__(
         self,
-        fs: FileSystem | None = None,
+        storage: Storage | FileSystem | None = None,
         *,
-        storage_dir: str | os.PathLike[str] = "./sessions",
+        storage_dir: str | os.PathLike[str] | None = None,
         index_save_delay_ms: int = 100,
         lock_timeout_ms: int = 30000,
         auto_reset: AutoResetConfig | None = None,
@@ -1653,15 +2356,20 @@ class SessionStore:
             raise ValueError("index_save_delay_ms must be >= 0")
         if lock_timeout_ms <= 0:
             raise ValueError("lock_timeout_ms must be > 0")
-        self._fs = fs if fs is not None else RealFileSystem()
-        self._dir = os.fspath(storage_dir).rstrip("/") or "/"
+        if isinstance(storage, Storage):
+            if storage_dir is not None:
+                raise TypeError("storage_dir is for the JSONL storage; this store was given a Storage")
+            self._storage: Storage = storage
+        elif storage is None or isinstance(storage, FileSystem):
+            self._storage = JsonlStorage(storage, "./sessions" if storage_dir is None else storage_dir)
+        else:
+            raise TypeError(f"storage must be a Storage or a FileSystem, not {type(storage).__name__}")
         self._index_delay = index_save_delay_ms / 1000.0
         self.lock_timeout_ms = lock_timeout_ms
         if auto_reset is not None and not isinstance(auto_reset, AutoResetConfig):
             raise TypeError("auto_reset must be an AutoResetConfig or None")
         self.auto_reset: AutoResetConfig | None = auto_reset
         self.durable = durable
-        self._must_sync = durable and not self._fs.sync_is_noop
         self._clock = clock if clock is not None else time.time
         self.require_lock = require_lock
 
@@ -1669,7 +2377,6 @@ class SessionStore:
         self._index_lock = threading.Lock()  # serializes index writes in this process
         self._sessions: dict[str, _Session] = {}
         self._keys: dict[str, str] = {}
-        self._journal_offset = 0
         self._index_dirty = False
         self._index_timer: threading.Timer | None = None
         self._subscribers: tuple[Callable[[Event], None], ...] = ()
@@ -1679,10 +2386,10 @@ class SessionStore:
         self._held = threading.local()  # per thread: {session_id: [owner, ...]} inside lock()
 
     def __repr__(self) -> str:
-        return f"SessionStore({self._fs!r}, storage_dir={self._dir!r}, durable={self.durable!r})"
+        return f"SessionStore({self._storage!r}, durable={self.durable!r})"
 
-    def _new_state(self, session_id: str, key: str, created_at: int, directory: str) -> _Session:
-        return _Session(session_id, key, created_at, directory, self.auto_reset)
+    def _new_state(self, session_id: str, key: str, created_at: int) -> _Session:
+        return _Session(session_id, key, created_at, self.auto_reset)
 
     def __enter__(self) -> SessionStore:
         self.init()
@@ -1691,20 +2398,17 @@ class SessionStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- paths ----------------------------------------------------------------
+    # -- storage ----------------------------------------------------------------
+
+    @property
+    def storage(self) -> Storage:
+        """The :class:`Storage` this store keeps its sessions in."""
+        return self._storage
 
     @property
     def storage_dir(self) -> str:
-        """The directory this store keeps its files in."""
-        return self._dir
-
-    @property
-    def _journal_path(self) -> str:
-        return f"{self._dir}/keys.jsonl"
-
-    @property
-    def _index_path(self) -> str:
-        return f"{self._dir}/sessions.json"
+        """Where the storage keeps its data (the JSONL directory, a database file...)."""
+        return self._storage.location
 
     def _now_ms(self) -> int:
         return round(self._clock() * 1000)
@@ -1712,16 +2416,15 @@ class SessionStore:
     # -- open, flush, close -----------------------------------------------------
 
     def init(self) -> None:
-        """Load the index (idempotent). Rebuilds a missing or corrupt ``sessions.json``."""
+        """Open the storage and load the index (idempotent)."""
         with self._index_lock:
             if self._closed:
                 raise StoreClosed("store is closed")
             if self._opened:
                 return
-            with _storage_errors(f"open the store in {self._dir}"):
-                self._fs.makedirs(self._dir)
-                with self._fs.locked(self._journal_path):
-                    self._load_index()
+            with _storage_errors(f"open the store in {self._storage.location}"):
+                self._storage.open(durable=self.durable)
+                self._catch_up_index()
             self._opened = True
 
     def _ready(self) -> None:
@@ -1730,118 +2433,36 @@ class SessionStore:
                 raise StoreClosed("store is closed")
             self.init()
 
-    def _load_index(self) -> None:
-        """Checkpoint + journal tail; falls back to a full rebuild (journal + folders)."""
-        checkpoint = self._read_checkpoint()
-        try:
-            journal_size = self._fs.size(self._journal_path)
-        except FileNotFoundError:
-            journal_size = 0
-        if checkpoint is not None and checkpoint[2] <= journal_size:
-            keys, sessions, offset = checkpoint
-            for sid, (key, created, updated, count) in sessions.items():
-                state = self._sessions[sid] = self._new_state(sid, key, created, f"{self._dir}/{sid}")
-                state.updated_at, state.indexed_count = updated, count
-            self._keys.update(keys)
-            self._journal_offset = offset
-            self._catch_up_journal(writer=True)
-            return
-        if self._fs.exists(self._index_path):
-            _log.warning("%s is missing, empty or corrupt: rebuilding the index", self._index_path)
-        self._journal_offset = 0
-        self._catch_up_journal(writer=True)
-        self._adopt_folders()
-        self._index_dirty = True
-
-    def _read_checkpoint(self) -> tuple[dict[str, str], dict[str, tuple[str, int, int, int | None]], int] | None:
-        try:
-            raw = self._fs.read(self._index_path)
-        except FileNotFoundError:
-            return None
-        try:
-            doc = json.loads(raw)
-            keys = {k: v for k, v in doc["keys"].items() if isinstance(k, str) and _is_session_id(v)}
-            sessions = {sid: (str(s["key"]), int(s["createdAt"]), int(s.get("updatedAt") or s["createdAt"]),
-                              s["messageCount"] if isinstance(s.get("messageCount"), int) else None)
-                        for sid, s in doc["sessions"].items() if _is_session_id(sid)}
-            offset = int(doc.get("journalBytes", 0))
-        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
-            return None
-        if any(sid not in sessions for sid in keys.values()):
-            return None
-        return keys, sessions, offset
-
-    def _adopt_folders(self) -> None:
-        """Rebuild: every folder with a valid ``session.json`` is a session."""
-        for name in self._fs.listdir(self._dir):
-            if name in self._sessions or not _is_session_id(name):
-                continue
-            try:
-                doc = json.loads(self._fs.read(f"{self._dir}/{name}/session.json"))
-                key, created = _check_key(doc["key"]), int(doc["createdAt"])
-                if doc["sessionId"] != name:
-                    raise ValueError("sessionId does not match the folder")
-            except FileNotFoundError:
-                continue
-            except (ValueError, TypeError, KeyError, UnicodeDecodeError, InvalidKey) as e:
-                _log.warning("%s/%s/session.json unreadable (%s): folder left alone", self._dir, name, e)
-                continue
-            if key in self._keys:
-                _log.warning("folder %s claims key %r of session %s: left alone", name, key, self._keys[key])
-                continue
-            _log.warning("session %s (key %r) recovered from its folder", name, key)
-            self._sessions[name] = self._new_state(name, key, created, f"{self._dir}/{name}")
-            self._keys[key] = name
-
-    def _catch_up_journal(self, *, writer: bool = False) -> None:
-        """Apply what other stores appended to ``keys.jsonl``.
-
-        Caller holds ``_index_lock``; with ``writer`` also the journal's file lock, so
-        that an incomplete last line is known to be torn and is cut off.
-        """
-        try:
-            size = self._fs.size(self._journal_path)
-        except FileNotFoundError:
-            return
-        if size <= self._journal_offset:
-            return
-        chunk = self._fs.read_from(self._journal_path, self._journal_offset)
-        records, used = _parse_lines(chunk, self._journal_offset, self._journal_path, [])
-        if writer and self._journal_offset + used < size:
-            _log.warning("%s: torn last line cut off", self._journal_path)
-            self._fs.truncate(self._journal_path, self._journal_offset + used)
+    def _catch_up_index(self) -> None:
+        """Apply the storage's new index entries (caller holds ``_index_lock``)."""
+        entries, stale = self._storage.read_index()
         with self._mutex:
-            for _, rec in records:
-                sid = rec.get("sessionId")
-                if not isinstance(sid, str) or not _is_session_id(sid):
-                    continue
-                if rec.get("op") == "create" and isinstance(rec.get("key"), str) and sid not in self._sessions:
-                    key, created = rec["key"], rec.get("createdAt")
-                    self._sessions[sid] = self._new_state(sid, key, created if isinstance(created, int) else 0,
-                                                   f"{self._dir}/{sid}")
-                    self._keys[key] = sid
-                elif rec.get("op") == "delete" and sid in self._sessions:
+            for entry in entries:
+                sid = entry.session_id
+                if entry.op == "create" and sid not in self._sessions:
+                    state = self._sessions[sid] = self._new_state(sid, entry.key, entry.created_at)
+                    if entry.updated_at is not None:
+                        state.updated_at = entry.updated_at
+                    state.indexed_count = entry.message_count
+                    self._keys[entry.key] = sid
+                elif entry.op == "delete" and sid in self._sessions:
                     gone = self._sessions.pop(sid)
                     gone.deleted = True
                     if self._keys.get(gone.key) == sid:
                         del self._keys[gone.key]
-            self._journal_offset += used
-            self._index_dirty = True
+            if stale:
+                self._index_dirty = True
 
     def _refresh_index(self) -> None:
-        """Cheap check (one stat) that no other store changed the index."""
-        try:
-            size = self._fs.size(self._journal_path)
-        except FileNotFoundError:
-            return
-        if size > self._journal_offset:
-            with self._index_lock:
-                self._catch_up_journal()
+        """Cheap check (one stat for JSONL) that no other store changed the index."""
+        if self._storage.index_changed():
+            with self._index_lock, _storage_errors("read the index"):
+                self._catch_up_index()
 
     def flush(self) -> None:
         """Write the ``sessions.json`` checkpoint now (durably) if anything changed."""
         self._ready()
-        with _storage_errors(f"write {self._index_path}"):
+        with _storage_errors("save the index"):
             self._save_index()
 
     def _schedule_index_save(self) -> None:
@@ -1858,7 +2479,7 @@ class SessionStore:
         try:
             self._save_index()
         except Exception:  # a failed checkpoint loses nothing: the journal has it all
-            _log.exception("saving %s failed; will retry on the next change", self._index_path)
+            _log.exception("saving the index of %s failed; will retry on the next change", self._storage.location)
 
     def _save_index(self) -> None:
         with self._index_lock:
@@ -1869,15 +2490,12 @@ class SessionStore:
                 if not self._index_dirty:
                     return
                 self._index_dirty = False
-                sessions = {}
-                for sid, s in self._sessions.items():
-                    count = len(s.messages) if s.loaded else s.indexed_count
-                    sessions[sid] = {"sessionId": sid, "key": s.key, "createdAt": s.created_at,
-                                     "updatedAt": s.updated_at, "messageCount": count}
-                doc = {"version": FORMAT_VERSION, "journalBytes": self._journal_offset,
-                       "keys": dict(self._keys), "sessions": sessions}
+                sessions = [SessionMetadata(session_id=sid, key=s.key, created_at=s.created_at,
+                                            updated_at=s.updated_at, reset_count=s.reset_count,
+                                            message_count=len(s.messages) if s.loaded else s.indexed_count or 0)
+                            for sid, s in self._sessions.items() if self._keys.get(s.key) == sid]
             try:
-                self._fs.write_atomic(self._index_path, _encode_line(doc), durable=True)
+                self._storage.save_index(sessions)
             except OSError:
                 with self._mutex:
                     self._index_dirty = True
@@ -1897,7 +2515,7 @@ class SessionStore:
                 if self._index_timer is not None:
                     self._index_timer.cancel()
                     self._index_timer = None
-            self._fs.close()
+            self._storage.close()
 
     # -- events -------------------------------------------------------------------
 
@@ -1945,54 +2563,17 @@ class SessionStore:
         if sid is not None:
             return sid
         with self._index_lock, _storage_errors(f"create a session for key {key[:80]!r}"):
-            with self._fs.locked(self._journal_path):
-                self._catch_up_journal(writer=True)
-                sid = self._keys.get(key)
-                if sid is not None:
-                    return sid
-                sid = str(uuid.uuid4())
-                created = self._now_ms()
-                sdir = f"{self._dir}/{sid}"
-                self._fs.makedirs(sdir, durable=self.durable)
-                self._fs.write_atomic(f"{sdir}/session.json", _encode_line(
-                    {"version": FORMAT_VERSION, "sessionId": sid, "key": key, "createdAt": created}),
-                    durable=self.durable)
-                self._fs.write_atomic(f"{sdir}/branches.jsonl", b"", durable=False)
-                self._fs.write_atomic(f"{sdir}/messages.jsonl", b"", durable=self.durable)
-                self._journal_append({"op": "create", "key": key, "sessionId": sid, "createdAt": created})
-                state = self._new_state(sid, key, created, sdir)
-                state.loaded = True
-                with self._mutex:
-                    self._sessions[sid] = state
-                    self._keys[key] = sid
+            self._catch_up_index()
+            sid = self._keys.get(key)
+            if sid is not None:
+                return sid
+            self._storage.create_session(key, str(uuid.uuid4()), self._now_ms())
+            self._catch_up_index()
+            sid = self._keys[key]
+            state = self._sessions[sid]
         self._schedule_index_save()
         self._emit("session.created", sid, state.metadata())
         return sid
-
-    def _journal_append(self, record: dict[str, Any]) -> None:
-        """Append one record to ``keys.jsonl`` (caller holds its lock, caught up); fsync'd when durable."""
-        line = _encode_line(record)
-        self._write_record(self._journal_path, self._journal_offset, line)
-        self._sync_file(self._journal_path)
-        self._journal_offset += len(line)
-
-    def _sync_file(self, path: str) -> None:
-        """fsync ``path`` when this store syncs at all; failures become StorageError."""
-        if not self._must_sync:
-            return
-        try:
-            self._fs.sync(path)
-        except OSError as e:
-            raise StorageError(e.errno, f"could not sync {path}: {e.strerror or e}") from e
-
-    def _write_record(self, path: str, offset: int, line: bytes) -> None:
-        """One append at ``offset`` (the known end); on failure cut back and raise StorageError."""
-        try:
-            self._fs.append(path, line)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                self._fs.truncate(path, offset)
-            raise StorageError(e.errno, f"could not append to {path}: {e.strerror or e}") from e
 
     def has_key(self, key: str) -> bool:
         """Whether a session exists for ``key`` (never creates one)."""
@@ -2023,29 +2604,18 @@ class SessionStore:
             return state.metadata()
 
     def delete_session(self, session_id: str) -> None:
-        """Delete the session and its files. ``SessionNotFound`` for an unknown id.
+        """Delete the session and its records. ``SessionNotFound`` for an unknown id.
 
-        The folder is first renamed away (atomically), then the deletion is journaled
-        durably, then the files are removed, all under the session's lock, so that no
-        writer in any process can append to a session that is going away.
+        The storage holds the session as a writer does while it deletes, so no writer
+        in any process can append to a session that is going away.
         """
-        self._ready()
+        state = self._state(session_id)
         with self._index_lock, _storage_errors(f"delete session {session_id!r}"):
-            with self._fs.locked(self._journal_path):
-                self._catch_up_journal(writer=True)
-                state = self._sessions.get(session_id)
-                if state is None:
-                    raise SessionNotFound(session_id)
-                trash = f"{self._dir}/.deleted-{session_id}-{uuid.uuid4().hex[:8]}"
-                with state.lock, self._fs.locked(state.log_path):
-                    self._fs.rename(state.dir, trash)
-                    self._journal_append({"op": "delete", "sessionId": session_id, "at": self._now_ms()})
-                    with self._mutex:
-                        del self._sessions[session_id]
-                        if self._keys.get(state.key) == session_id:
-                            del self._keys[state.key]
-                        state.deleted = True
-                    self._fs.remove_tree(trash)
+            with state.lock:
+                try:
+                    self._storage.delete_session(session_id, self._now_ms())
+                finally:
+                    self._catch_up_index()
         self._schedule_index_save()
         self._emit("session.deleted", session_id, session_id)
 
@@ -2069,138 +2639,71 @@ class SessionStore:
         return state
 
     def _catch_up(self, state: _Session, *, writer: bool = False) -> None:
-        """Load what was appended to the session's logs since we last looked.
+        """Load what was appended to the session since we last looked.
 
-        Caller holds ``state.lock`` (and, when ``writer``, the log's file lock: only
-        then is an incomplete last line known to be torn, and cut off).
+        Caller holds ``state.lock`` (and, when ``writer``, the storage's ``writing``).
         """
         if state.deleted:
             raise SessionNotFound(state.session_id)
-        fs = self._fs
-        try:
-            size = fs.size(state.log_path)
-        except FileNotFoundError:
-            self._forget_deleted(state)
-            raise SessionNotFound(state.session_id) from None
-        if not state.loaded or size < state.log_offset:
-            if state.loaded:
-                _log.warning("%s shrank: reloading", state.log_path)
+        if not state.loaded:
             state.clear()
             state.loaded = True
-        # Branch events first: each names the message count it follows, so every event
-        # read now applies within the messages read next (they only ever grow).
         try:
-            bsize = fs.size(state.branch_path)
-        except FileNotFoundError:
-            bsize = 0
-        if bsize > state.branch_offset:
-            state.ingest_branch_events(fs.read_from(state.branch_path, state.branch_offset), state.branch_offset)
-            if writer and state.branch_offset < bsize:
-                _log.warning("%s: torn last line cut off", state.branch_path)
-                fs.truncate(state.branch_path, state.branch_offset)
-        if size > state.log_offset:
-            state.ingest_messages(fs.read_from(state.log_path, state.log_offset), state.log_offset)
-            if writer and state.log_offset < size:
-                _log.warning("%s: torn last line (%d bytes) cut off", state.log_path, size - state.log_offset)
-                fs.truncate(state.log_path, state.log_offset)
+            found = self._storage.load(state.session_id, state.position, writer=writer)
+        except SessionNotFound:
+            self._forget_deleted(state)
+            raise
+        if found is not None:
+            state.ingest(found)
 
     # -- check and repair --------------------------------------------------------------
 
-    def _scan_session(self, state: _Session) -> tuple[_Session, dict[str, bytes], list[Problem]]:
-        """Parse a session's files afresh (never touching the cache or the files).
-
-        Returns the scratch state, the raw bytes read and the problems found.
-        """
-        scratch = _Session(state.session_id, state.key, state.created_at, state.dir)
-        scratch.loaded = True
-        raw: dict[str, bytes] = {}
-        problems: list[Problem] = []
-        for path in (scratch.branch_path, scratch.log_path):
-            try:
-                raw[path] = self._fs.read(path)
-            except FileNotFoundError:
-                raw[path] = b""
-                if path == scratch.log_path:
-                    problems.append(Problem(session_id=state.session_id, file=path, offset=None,
-                                            reason="messages.jsonl is missing"))
-        scratch.ingest_branch_events(raw[scratch.branch_path], 0)
-        scratch.ingest_messages(raw[scratch.log_path], 0)
-        for path, offset in ((scratch.branch_path, scratch.branch_offset), (scratch.log_path, scratch.log_offset)):
-            if offset < len(raw[path]):
-                problems.append(Problem(session_id=state.session_id, file=path, offset=offset,
-                                        reason=f"incomplete last line ({len(raw[path]) - offset} bytes, torn write)"))
-        problems += [Problem(session_id=state.session_id, file=p.file, offset=p.offset if p.offset >= 0 else None,
-                             reason=p.reason) for p in scratch.problems]
-        problems += [Problem(session_id=state.session_id, file=scratch.branch_path, offset=None,
-                             reason=f"branch event {ev['op']!r} on {ev['name']!r} follows messages that are missing")
-                     for ev in scratch.pending_events]
-        try:
-            meta = json.loads(self._fs.read(f"{state.dir}/session.json"))
-            if meta.get("sessionId") != state.session_id or meta.get("key") != state.key:
-                raise ValueError("does not match the index")
-        except FileNotFoundError:
-            problems.append(Problem(session_id=state.session_id, file=f"{state.dir}/session.json", offset=None,
-                                    reason="session.json is missing (the index cannot be rebuilt for it)"))
-        except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
-            problems.append(Problem(session_id=state.session_id, file=f"{state.dir}/session.json", offset=None,
-                                    reason=f"session.json is unusable: {e}"))
-        return scratch, raw, problems
-
-    def _scan_index(self) -> list[Problem]:
-        problems: list[Problem] = []
-        if self._fs.exists(self._index_path) and self._read_checkpoint() is None:
-            problems.append(Problem(session_id=None, file=self._index_path, offset=None,
-                                    reason="sessions.json is empty or corrupt (rebuilt when a store opens)"))
-        try:
-            journal = self._fs.read(self._journal_path)
-        except FileNotFoundError:
-            journal = b""
-        found: list[_Problem] = []
-        _, used = _parse_lines(journal, 0, self._journal_path, found)
-        problems += [Problem(session_id=None, file=p.file, offset=p.offset, reason=p.reason) for p in found]
-        if used < len(journal):
-            problems.append(Problem(session_id=None, file=self._journal_path, offset=used,
-                                    reason="incomplete last line (torn write)"))
-        with self._mutex:
-            known = set(self._sessions)
-        for name in self._fs.listdir(self._dir):
-            if _is_session_id(name) and name not in known and self._fs.exists(f"{self._dir}/{name}/session.json"):
-                problems.append(Problem(session_id=name, file=f"{self._dir}/{name}", offset=None,
-                                        reason="session folder is not in the index: an interrupted creation "
-                                               "(repair adopts it, or sets it aside if its key is taken)"))
-        return problems
+    def _scan_session(self, state: _Session) -> list[Problem]:
+        """Load a session afresh into a scratch tree (never touching the cache): what is wrong."""
+        scratch = _Session(state.session_id, state.key, state.created_at)
+        found = self._storage.load(state.session_id, (0, 0))
+        if found is not None:
+            scratch.ingest(found)
+        return scratch.problems + [
+            Problem(session_id=state.session_id, file=scratch.events_label, offset=None,
+                    reason=f"branch event {ev['op']!r} on {ev['name']!r} follows messages that are missing")
+            for ev in scratch.pending_events]
 
     def check(self, session_id: str | None = None) -> CheckReport:
-        """Look for problems without changing anything: files, lines, index.
+        """Look for problems without changing anything: records, files, index.
 
-        Reports bad and torn lines (file, byte offset, reason), duplicate ids,
+        Reports bad and torn records (file, offset, reason), duplicate ids,
         messages whose parent does not precede them (a hand-written cycle, say),
-        branch events that do not apply, a damaged index and unindexed folders.
+        branch events that do not apply, a damaged index and unindexed sessions.
         With ``session_id``: that session only (``SessionNotFound`` when unknown).
         """
         self._ready()
         self._refresh_index()
         if session_id is not None:
             states = [self._state(session_id)]
-            problems: list[Problem] = []
         else:
             with self._mutex:
                 states = list(self._sessions.values())
-            problems = self._scan_index()
-        for state in states:
-            with state.lock:
-                problems += self._scan_session(state)[2]
+        problems: list[Problem] = []
+        with _storage_errors("check the store"):
+            problems += self._storage.check({s.session_id: s.key for s in states}, index=session_id is None)
+            for state in states:
+                with state.lock:
+                    try:
+                        problems += self._scan_session(state)
+                    except SessionNotFound:
+                        continue  # deleted meanwhile
         return CheckReport(problems=problems, sessions_checked=len(states))
 
     def repair(self, session_id: str | None = None) -> CheckReport:
         """Fix what can be fixed without deleting data; report the rest.
 
-        - Lines that cannot join a session (not JSON, not a record, duplicate ids,
-          unknown parents, a torn tail) are moved to ``messages.jsonl.quarantine``
-          (or ``branches.jsonl.quarantine``) beside the log, byte for byte; the log
-          is then rewritten atomically without them.
-        - Without ``session_id``: folders missing from the index are adopted (their
-          creation is journaled) and ``sessions.json`` is written anew.
+        - Records that cannot join a session (not JSON, not a record, duplicate ids,
+          unknown parents, a torn tail) are moved aside by the storage (JSONL: to
+          ``messages.jsonl.quarantine`` beside the log, byte for byte, the log then
+          rewritten atomically without them).
+        - Without ``session_id``: sessions missing from the index are adopted (their
+          creation is journaled) and the index checkpoint is written anew.
 
         Run it while no other process writes to the store: a log rewritten under a
         running reader is reloaded by it only when it noticed the file shrank.
@@ -2209,71 +2712,25 @@ class SessionStore:
         fixed: list[str] = []
         with _storage_errors("repair the store"):
             if session_id is None:
-                fixed += self._repair_index()
+                with self._index_lock:
+                    fixed += self._storage.repair_index()
+                    self._catch_up_index()
+                    with self._mutex:
+                        self._index_dirty = True
+                self._save_index()
                 with self._mutex:
                     states = list(self._sessions.values())
             else:
                 states = [self._state(session_id)]
             for state in states:
-                with state.lock, self._fs.locked(state.log_path):
-                    fixed += self._repair_session(state)
+                with self._writing(state.session_id, catch_up=False):
+                    done = self._storage.quarantine(state.session_id, self._scan_session(state))
+                    if done:
+                        state.clear()
+                        state.loaded = False
+                    fixed += done
         report = self.check(session_id)
         return CheckReport(problems=report.problems, fixed=fixed, sessions_checked=report.sessions_checked)
-
-    def _repair_session(self, state: _Session) -> list[str]:
-        """Quarantine the lines that cannot be used (caller holds the session's locks)."""
-        scratch, raw, _ = self._scan_session(state)
-        fixed: list[str] = []
-        for path, used in ((scratch.branch_path, scratch.branch_offset), (scratch.log_path, scratch.log_offset)):
-            data = raw[path]
-            bad_offsets = {p.offset for p in scratch.problems if p.file == path and p.offset >= 0}
-            if not bad_offsets and used == len(data):
-                continue
-            keep: list[bytes] = []
-            quarantine: list[bytes] = []
-            pos = 0
-            for line in data[:used].split(b"\n")[:-1]:
-                (quarantine if pos in bad_offsets else keep).append(line + b"\n")
-                pos += len(line) + 1
-            if used < len(data):
-                quarantine.append(data[used:] + b"\n")
-            qpath = path + ".quarantine"
-            self._fs.append(qpath, b"".join(quarantine))
-            self._sync_file(qpath)
-            self._fs.write_atomic(path, b"".join(keep))
-            fixed.append(f"{path}: moved {len(quarantine)} unusable line(s) to {qpath}")
-        if fixed:
-            state.clear()
-            state.loaded = False
-        return fixed
-
-    def _repair_index(self) -> list[str]:
-        """Adopt unindexed folders into the journal, then write the checkpoint anew."""
-        fixed: list[str] = []
-        with self._index_lock, self._fs.locked(self._journal_path):
-            self._catch_up_journal(writer=True)
-            with self._mutex:
-                before = set(self._sessions)
-            self._adopt_folders()
-            with self._mutex:
-                adopted = [self._sessions[sid] for sid in self._sessions if sid not in before]
-            for state in adopted:
-                self._journal_append({"op": "create", "key": state.key, "sessionId": state.session_id,
-                                      "createdAt": state.created_at})
-                fixed.append(f"{state.dir}: adopted into the index (key {state.key!r})")
-            with self._mutex:
-                known = set(self._sessions)
-            for name in self._fs.listdir(self._dir):  # left: folders whose key another session has
-                if _is_session_id(name) and name not in known and self._fs.exists(f"{self._dir}/{name}/session.json"):
-                    aside = f"{self._dir}/.orphan-{name}"
-                    self._fs.rename(f"{self._dir}/{name}", aside)
-                    fixed.append(f"{self._dir}/{name}: its key belongs to another session; set aside as {aside}")
-            if self._read_checkpoint() is None:
-                fixed.append(f"{self._index_path}: rewritten")
-            with self._mutex:
-                self._index_dirty = True
-        self._save_index()
-        return fixed
 
     def _forget_deleted(self, state: _Session) -> None:
         state.deleted = True
@@ -2290,33 +2747,16 @@ class SessionStore:
         """
         return _WriteScope(self, self._state(session_id), catch_up)
 
-    def _sync(self, state: _Session, upto: int) -> None:
-        """Group commit: one fdatasync covers every record written before it started.
-
-        The first writer to arrive becomes the leader and syncs; writers arriving
-        meanwhile wait, and are all woken at once when a sync covers their record
-        (a lock handed from thread to thread woke them one by one, halving batches).
-        """
-        if not self._must_sync or state.synced_offset >= upto:
-            return
-        cond = state.sync_cond
-        with cond:
-            while state.synced_offset < upto and state.syncing:
-                cond.wait()
-            if state.synced_offset >= upto:
-                return
-            state.syncing = True
-        synced = False
-        target = state.log_offset  # everything written so far is covered by this sync
-        try:
-            self._sync_file(state.log_path)
-            synced = True
-        finally:
-            with cond:
-                state.syncing = False
-                if synced and target > state.synced_offset:
-                    state.synced_offset = target
-                cond.notify_all()
+    def _sync(self, session_id: str, position: Position) -> None:
+        """Make the records up to ``position`` durable (outside the writing scope, so
+        that a storage can cover many writers with one sync)."""
+        if self.durable:
+            try:
+                self._storage.sync(session_id, position)
+            except StorageError:
+                raise
+            except OSError as e:
+                raise _storage_error(e, f"sync session {session_id!r}") from e
 
     # -- appending --------------------------------------------------------------------
 
@@ -2390,8 +2830,8 @@ class SessionStore:
                 record["parentId"] = msg.parent_id
                 line = _encode_message(record)
             self._write_message(state, msg, line)
-            end = state.log_offset
-        self._sync(state, end)
+            end = state.position
+        self._sync(session_id, end)
         if reason is not None:
             self._emit("session.reset", session_id, reset)
         self._emit("message.added", session_id, msg)
@@ -2399,9 +2839,9 @@ class SessionStore:
 
     def _write_message(self, state: _Session, msg: Message, line: bytes) -> None:
         """Write one message record and apply it (caller is in ``_writing``)."""
-        self._write_record(state.log_path, state.log_offset, line)
+        position = self._storage.append_message(state.session_id, state.position, msg.id, line)
         state.add_message(msg)
-        state.log_offset += len(line)
+        state.position = position
 
     # -- auto-reset ---------------------------------------------------------------------
 
@@ -2469,8 +2909,8 @@ class SessionStore:
             raise InvalidInput(str(e)) from None
         with self._writing(session_id) as state:
             result = self._write_reset(state, "manual", self._now_ms(), config)
-            end = state.log_offset
-        self._sync(state, end)
+            end = state.position
+        self._sync(session_id, end)
         self._emit("session.reset", session_id, result)
         return result
 
@@ -2537,11 +2977,8 @@ class SessionStore:
     # -- branches ---------------------------------------------------------------------
 
     def _branch_event(self, state: _Session, event: dict[str, Any]) -> None:
-        """Durably append a branch event and apply it (caller is in ``_writing``)."""
-        line = _encode_line(event)
-        self._write_record(state.branch_path, state.branch_offset, line)
-        self._sync_file(state.branch_path)
-        state.branch_offset += len(line)
+        """Append a branch event and apply it (caller is in ``_writing``, and syncs after)."""
+        state.position = self._storage.append_event(state.session_id, state.position, _encode_line(event))
         state.add_event(event)
 
     def create_branch(self, session_id: str, name: str, leaf_id: str) -> Branch:
@@ -2560,6 +2997,8 @@ class SessionStore:
             self._branch_event(state, {"op": "create", "name": name, "headId": leaf_id,
                                        "at": self._now_ms(), "seq": len(state.messages)})
             branch = state.branches[name].frozen()
+            end = state.position
+        self._sync(session_id, end)
         self._emit("branch.created", session_id, branch)
         return branch
 
@@ -2583,6 +3022,8 @@ class SessionStore:
                 self._branch_event(state, {"op": "switch", "name": name, "at": self._now_ms(),
                                            "seq": len(state.messages)})
             branch = state.branches[name].frozen()
+            end = state.position
+        self._sync(session_id, end)
         self._emit("branch.switched", session_id, branch)
         return branch.head_id
 
@@ -2610,23 +3051,24 @@ class SessionStore:
             raise SessionLocked(state.session_id, owner_id, lease["owner"])
 
     def _read_lease(self, state: _Session) -> dict[str, Any]:
-        """The lease record (caller holds the log's file lock); free when absent or corrupt."""
-        lease = self._fs.read_lease(state.lease_path)
+        """The lease record (caller is in ``_writing``); free when absent or corrupt."""
+        with _storage_errors(f"read the lease of {state.session_id!r}"):
+            lease = self._storage.read_lease(state.session_id)
         if lease is None or not isinstance(lease.get("token", 0), int):
             return {"owner": None, "token": 0}
         return lease
 
     def _write_lease(self, state: _Session, lease: dict[str, Any]) -> None:
-        """Store the lease record (caller holds the log's file lock)."""
-        with _storage_errors(f"write {state.lease_path}"):
-            self._fs.write_lease(state.lease_path, lease)
+        """Store the lease record (caller is in ``_writing``)."""
+        with _storage_errors(f"write the lease of {state.session_id!r}"):
+            self._storage.write_lease(state.session_id, lease)
 
     def _lease_live(self, lease: dict[str, Any]) -> bool:
         if lease.get("owner") is None or lease.get("expiresAt", 0) <= self._now_ms():
             return False
         pid = lease.get("pid")
         if (isinstance(pid, int) and pid != os.getpid() and lease.get("host") == _HOST
-                and self._fs.shared_across_processes):
+                and self._storage.shared_across_processes):
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
@@ -2756,51 +3198,68 @@ _LEASE_RECORD_BYTES = 2048
 
 
 class _WriteScope:
-    """``SessionStore._writing``: a class, not a generator, because it is on every write."""
+    """``SessionStore._writing``: a class, not a generator, because it is on every write.
 
-    __slots__ = ("_catch_up", "_file_lock", "_state", "_store")
+    Holds ``state.lock`` and the storage's ``writing``. When the scope fails after
+    the cache took records the storage may have discarded (a transaction rolled
+    back), the cache is dropped and reloaded on next use.
+    """
+
+    __slots__ = ("_catch_up", "_entered_at", "_state", "_store", "_writing")
 
     def __init__(self, store: SessionStore, state: _Session, catch_up: bool) -> None:
         self._store, self._state, self._catch_up = store, state, catch_up
-        self._file_lock: contextlib.AbstractContextManager[Any] | None = None
+        self._writing: contextlib.AbstractContextManager[Any] | None = None
+        self._entered_at: Position = (0, 0)
 
     def __enter__(self) -> _Session:
         state, store = self._state, self._store
         state.lock.acquire()
         try:
+            writing = store._storage.writing(state.session_id)
             try:
-                file_lock = store._fs.locked(state.log_path)
-                file_lock.__enter__()
-            except FileNotFoundError:  # the folder was removed by another store
+                writing.__enter__()
+            except SessionNotFound:
                 store._forget_deleted(state)
-                raise SessionNotFound(state.session_id) from None
+                raise
+            except StorageError:
+                raise
+            except OSError as e:
+                raise _storage_error(e, f"write session {state.session_id!r}") from e
             try:
                 if self._catch_up:
                     store._catch_up(state, writer=True)
                 elif state.deleted:
                     raise SessionNotFound(state.session_id)
-                else:
-                    try:
-                        store._fs.size(state.log_path)
-                    except FileNotFoundError:
-                        store._forget_deleted(state)
-                        raise SessionNotFound(state.session_id) from None
-            except BaseException:
-                file_lock.__exit__(None, None, None)
+            except BaseException as e:
+                writing.__exit__(None, None, None)
+                if isinstance(e, OSError) and not isinstance(e, StorageError):
+                    raise _storage_error(e, f"read session {state.session_id!r}") from e
                 raise
-            self._file_lock = file_lock
+            self._writing = writing
+            self._entered_at = state.position
             return state
         except BaseException:
             state.lock.release()
             raise
 
-    def __exit__(self, *exc: object) -> None:
-        file_lock, self._file_lock = self._file_lock, None
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        writing, self._writing = self._writing, None
+        state = self._state
         try:
-            if file_lock is not None:
-                file_lock.__exit__(None, None, None)
+            if writing is not None:
+                try:
+                    writing.__exit__(exc_type, exc, tb)
+                except BaseException as e:
+                    exc_type = exc_type or StorageError
+                    if isinstance(e, OSError) and not isinstance(e, StorageError):
+                        raise _storage_error(e, f"write session {state.session_id!r}") from e
+                    raise
         finally:
-            self._state.lock.release()
+            if exc_type is not None and state.position != self._entered_at:
+                state.clear()
+                state.loaded = False
+            state.lock.release()
 
 
 # ============================================================================
