@@ -1601,39 +1601,50 @@ class JsonlStorage(Storage):
     def load(self, session_id: str, position: Position, *, writer: bool = False) -> Records | None:
         fs = self.fs
         log, events = self._files(session_id)
+        while True:
+            try:
+                size = fs.size(log)
+            except FileNotFoundError:
+                raise SessionNotFound(session_id) from None
+            epos, mpos = position
+            restart = size < mpos
+            if restart:
+                _log.warning("%s shrank: reloading", log)
+                epos = mpos = 0
+            try:
+                esize = fs.size(events)
+            except FileNotFoundError:
+                esize = 0
+            if esize <= epos and size <= mpos and not restart:
+                return None
+            # Branch events first: each names the message count it follows, so every
+            # event read now applies within the messages read next (they only grow).
+            found = Records(position=position, events=[], messages=[], events_label=events, messages_label=log,
+                            restart=restart)
+            if esize > epos:
+                found.events, used = _parse_lines(fs.read_from(events, epos), epos, events, session_id,
+                                                  found.problems)
+                epos += used
+                if writer and epos < esize:
+                    _log.warning("%s: torn last line cut off", events)
+                    fs.truncate(events, epos)
+            if size > mpos:
+                found.messages, used = _parse_lines(fs.read_from(log, mpos), mpos, log, session_id, found.problems)
+                mpos += used
+                if writer and mpos < size:
+                    _log.warning("%s: torn last line (%d bytes) cut off", log, size - mpos)
+                    fs.truncate(log, mpos)
+            # Without the lock, an event may have been written between the two reads,
+            # before messages we just read: then read both again.
+            if writer or not found.messages or self._size_or_zero(events) == esize:
+                found.position = (epos, mpos)
+                return found
+
+    def _size_or_zero(self, path: str) -> int:
         try:
-            size = fs.size(log)
+            return self.fs.size(path)
         except FileNotFoundError:
-            raise SessionNotFound(session_id) from None
-        epos, mpos = position
-        restart = size < mpos
-        if restart:
-            _log.warning("%s shrank: reloading", log)
-            epos = mpos = 0
-        try:
-            esize = fs.size(events)
-        except FileNotFoundError:
-            esize = 0
-        if esize <= epos and size <= mpos and not restart:
-            return None
-        # Branch events first: each names the message count it follows, so every event
-        # read now applies within the messages read next (they only ever grow).
-        found = Records(position=position, events=[], messages=[], events_label=events, messages_label=log,
-                        restart=restart)
-        if esize > epos:
-            found.events, used = _parse_lines(fs.read_from(events, epos), epos, events, session_id, found.problems)
-            epos += used
-            if writer and epos < esize:
-                _log.warning("%s: torn last line cut off", events)
-                fs.truncate(events, epos)
-        if size > mpos:
-            found.messages, used = _parse_lines(fs.read_from(log, mpos), mpos, log, session_id, found.problems)
-            mpos += used
-            if writer and mpos < size:
-                _log.warning("%s: torn last line (%d bytes) cut off", log, size - mpos)
-                fs.truncate(log, mpos)
-        found.position = (epos, mpos)
-        return found
+            return 0
 
     def _sync_state(self, session_id: str) -> _SyncState:
         st = self._syncs.get(session_id)

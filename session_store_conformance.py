@@ -37,6 +37,7 @@ __all__ = [
     "FakeClock",
     "in_memory_storage",
     "file_storage",
+    "temporary_storage",
     "StoreMachine",
     "state_machine_tests",
     "ContractTests",
@@ -64,6 +65,7 @@ from session_store import (
     InMemoryFileSystem,
     RealFileSystem,
     SessionStore,
+    Storage,
 )
 
 StoreFactory = Callable[..., SessionStore]
@@ -100,6 +102,20 @@ def file_storage() -> Iterator[StoreFactory]:
     """A fresh temporary directory; each store gets its own :class:`RealFileSystem`."""
     with tempfile.TemporaryDirectory(prefix="session-store-") as directory:
         yield lambda **options: SessionStore(RealFileSystem(), storage_dir=directory, **options)
+
+
+def temporary_storage(make_storage: Callable[[str], Storage]) -> StorageOpener:
+    """An opener for a backend kept in a directory: each ``with`` block gets a fresh
+    temporary directory, and every store opened gets ``make_storage(directory)``::
+
+        opener = temporary_storage(lambda d: SqliteStorage(f"{d}/sessions.db"))
+        TestSqlite = state_machine_tests(opener)
+    """
+    @contextlib.contextmanager
+    def opener() -> Iterator[StoreFactory]:
+        with tempfile.TemporaryDirectory(prefix="session-store-") as directory:
+            yield lambda **options: SessionStore(make_storage(directory), **options)
+    return opener
 
 
 # ============================================================================

@@ -1,4 +1,4 @@
-"""Shared fixtures: every store test runs on both file systems."""
+"""Shared fixtures: every store test runs on every backend (memory, files, SQLite)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from session_store import FileSystem, InMemoryFileSystem, RealFileSystem, SessionStore
+from session_store import InMemoryFileSystem, JsonlStorage, RealFileSystem, SessionStore, Storage
 from session_store_conformance import FakeClock
+from session_store_sqlite import SqliteStorage
 
 StoreFactory = Callable[..., SessionStore]
 __all__ = ["FakeClock", "StoreFactory"]
@@ -20,29 +21,31 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "files"])
-def fs_kind(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(params=["memory", "files", "sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-def storage(fs_kind: str, tmp_path: Any) -> tuple[FileSystem, str]:
-    """A file system and a storage_dir on it (the same pair for every store a test opens)."""
-    if fs_kind == "memory":
-        return InMemoryFileSystem(), "/sessions"
-    return RealFileSystem(), os.path.join(str(tmp_path), "sessions")
+def make_storage(backend: str, tmp_path: Any) -> Callable[[], Storage]:
+    """Makes storages on one place (the same data for every store a test opens)."""
+    if backend == "memory":
+        fs = InMemoryFileSystem()
+        return lambda: JsonlStorage(fs, "/sessions")
+    directory = os.path.join(str(tmp_path), "sessions")
+    if backend == "files":
+        return lambda: JsonlStorage(RealFileSystem(), directory)
+    return lambda: SqliteStorage(os.path.join(str(tmp_path), "sessions.db"))
 
 
 @pytest.fixture
-def open_store(storage: tuple[FileSystem, str], clock: FakeClock) -> Iterator[StoreFactory]:
+def open_store(make_storage: Callable[[], Storage], clock: FakeClock) -> Iterator[StoreFactory]:
     """Opens stores on the test's storage; all are closed at the end of the test."""
-    fs, directory = storage
     opened: list[SessionStore] = []
 
     def factory(**options: Any) -> SessionStore:
         options.setdefault("clock", clock)
-        options.setdefault("storage_dir", directory)
-        store = SessionStore(fs if isinstance(fs, InMemoryFileSystem) else RealFileSystem(), **options)
+        store = SessionStore(make_storage(), **options)
         store.init()
         opened.append(store)
         return store

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import session_store_conformance as conformance
+from session_store_sqlite import SqliteStorage
 
 TestMemoryMachine = conformance.state_machine_tests(conformance.in_memory_storage, max_examples=60)
 TestFilesMachine = conformance.state_machine_tests(conformance.file_storage, max_examples=30)
@@ -14,3 +15,11 @@ class TestMemoryContract(conformance.ContractTests):
 
 class TestFilesContract(conformance.ContractTests):
     storage = staticmethod(conformance.file_storage)
+
+
+sqlite_storage = conformance.temporary_storage(lambda directory: SqliteStorage(f"{directory}/sessions.db"))
+TestSqliteMachine = conformance.state_machine_tests(sqlite_storage, max_examples=30)
+
+
+class TestSqliteContract(conformance.ContractTests):
+    storage = staticmethod(sqlite_storage)
