@@ -1429,11 +1429,11 @@ class JsonlStorage(Storage):
                 stale = self._load_index()
             self._index_loaded = True
         else:
-            stale = False
             if self.index_changed():
                 self._catch_up_journal()
+            stale = bool(self._pending)  # the checkpoint no longer covers the journal
         entries, self._pending = self._pending, []
-        return entries, stale or bool(entries)
+        return entries, stale
 
     def index_changed(self) -> bool:
         if self._pending:
@@ -1455,7 +1455,7 @@ class JsonlStorage(Storage):
             for entry in entries:
                 self._note(entry)
             self._catch_up_journal(writer=True)
-            return False
+            return len(self._pending) > len(entries)
         if self.fs.exists(self._index_path):
             _log.warning("%s is missing, empty or corrupt: rebuilding the index", self._index_path)
         self._journal_offset = 0

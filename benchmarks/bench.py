@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "backends")]
 
-from session_store import InMemoryFileSystem, SessionStore  # noqa: E402
+from session_store import InMemoryFileSystem, SessionStore, Storage  # noqa: E402
+from session_store_sqlite import SqliteStorage  # noqa: E402
 
 CONTENT = "Hello! Could you summarise the three main points of the attached report?"
 RECORD = {"id": "5f2c0e8d9a7b6c1d", "parentId": "0a1b2c3d4e5f6071", "type": "user", "role": "user",
@@ -136,6 +137,7 @@ class Report:
     peers: list[tuple[str, str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     profiles: list[tuple[str, str]] = field(default_factory=list)
+    backends: list[tuple[str, dict[str, Stat]]] = field(default_factory=list)
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -279,6 +281,63 @@ def run_metrics(report: Report, n: int) -> dict[str, float]:
     report.notes.append(f"Floors: json.dumps+os.write {f['dumps+write'].median:.2f} µs, os.write+os.fsync "
                         f"{fsync_floor:.1f} µs, threading.Lock acquire+release {lock_floor:.3f} µs (medians).")
     return out
+
+
+# ============================================================================
+# Backends side by side
+# ============================================================================
+
+BACKEND_METRICS = ["append", "read 100, warm", "history, depth 100", "lock acquire+release", "cold open + read 100"]
+
+
+def measure_backend(report: Report, name: str, make: Callable[[], Storage | None], n: int, *,
+                    durable: bool = True) -> None:
+    """The same five operations on one backend (``make()``: a fresh storage on the same data)."""
+    def open_store() -> SessionStore:
+        storage = make()
+        return SessionStore(storage, durable=durable) if storage is not None else SessionStore(InMemoryFileSystem())
+
+    store = open_store()
+    stats: dict[str, Stat] = {}
+    sid = store.resolve("bench")
+    fill(store, sid, 20)
+    slow = durable and name != "JSONL, in memory"  # fsync per append
+    reps = max(50, n // 20) if slow else n
+    stats["append"] = timed(lambda: store.append(sid, role="user", content=CONTENT), reps)
+    rsid = store.resolve("read100")
+    ids = fill(store, rsid, 100)
+    stats["read 100, warm"] = timed(lambda: store.get_messages(rsid), n)
+    stats["history, depth 100"] = timed(lambda: store.get_linear_history(rsid, ids[-1]), n)
+
+    def lock_round() -> None:
+        store.acquire_lock(rsid, "worker-1")
+        store.release_lock(rsid, "worker-1")
+
+    stats["lock acquire+release"] = timed(lock_round, reps)
+    store.close()
+    if name != "JSONL, in memory":
+        def cold() -> None:
+            s = open_store()
+            s.get_messages(rsid)
+            s.close()
+
+        stats["cold open + read 100"] = timed(cold, max(20, n // 50))
+    report.backends.append((name, stats))
+    print(f"  {name}: " + ", ".join(f"{k} {v.median:.1f} µs" for k, v in stats.items()), flush=True)
+
+
+def run_backends(report: Report, n: int) -> None:
+    from session_store import JsonlStorage, RealFileSystem
+
+    measure_backend(report, "JSONL, in memory", lambda: None, n)
+    for durable in (True, False):
+        label = "durable" if durable else "non-durable"
+        with scratch_dir() as d:
+            measure_backend(report, f"JSONL files, {label}", lambda: JsonlStorage(RealFileSystem(), d), n,
+                            durable=durable)
+        with scratch_dir() as d:
+            measure_backend(report, f"SQLite, {label}", lambda: SqliteStorage(os.path.join(d, "s.db")), n,
+                            durable=durable)
 
 
 def threaded_rate(work: Callable[[int], None], threads: int, ops_per_thread: int) -> float:
@@ -543,6 +602,14 @@ def render(report: Report, command: str) -> str:
     for name, points, unit, goal in report.curves:
         pts = ", ".join(f"{x:,} → {y:,.2f} {unit}" for x, y in points)
         lines.append(f"| {name} | {pts} | {points[-1][1] / points[0][1]:.2f}× | {goal} |")
+    if report.backends:
+        lines += ["", "## Backends side by side", "",
+                  "Same operations on every backend: median (p99) per operation, on this machine's disk.", "",
+                  "| backend | " + " | ".join(BACKEND_METRICS) + " |", "|---" * (len(BACKEND_METRICS) + 1) + "|"]
+        for name, stats in report.backends:
+            cells = [f"{stats[m].median:,.1f} µs ({stats[m].p99:,.0f})" if m in stats else "—"
+                     for m in BACKEND_METRICS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if report.peers:
         lines += ["", "## Peers (same workload, same run)", "", "| peer | median | vs ours | verdict |",
                   "|---|---|---|---|"]
@@ -593,6 +660,8 @@ def main() -> None:
     report = Report(quick=args.quick)
     print("metrics", flush=True)
     ours = run_metrics(report, n)
+    print("backends", flush=True)
+    run_backends(report, n)
     print("scale curves", flush=True)
     run_curves(report)
     if not args.no_peers:

@@ -9,11 +9,19 @@ import time
 from typing import Any
 
 from session_store import SessionStore
+from session_store_sqlite import SqliteStorage
+
+
+def store_at(place: str, **options: Any) -> SessionStore:
+    """A store on ``place``: a SQLite database when it ends in ``.db``, else a directory."""
+    if place.endswith(".db"):
+        return SessionStore(SqliteStorage(place), **options)
+    return SessionStore(storage_dir=place, **options)
 
 
 def append_many(directory: str, key: str, worker: str, count: int, use_lock: bool, durable: bool) -> None:
     """Append ``count`` messages to ``key``'s session, each under the lease when asked."""
-    with SessionStore(storage_dir=directory, durable=durable, lock_timeout_ms=60_000) as store:
+    with store_at(directory, durable=durable, lock_timeout_ms=60_000) as store:
         sid = store.resolve(key)
         for i in range(count):
             if use_lock:
@@ -24,13 +32,13 @@ def append_many(directory: str, key: str, worker: str, count: int, use_lock: boo
 
 
 def resolve_key(directory: str, key: str, out: Any) -> None:
-    with SessionStore(storage_dir=directory) as store:
+    with store_at(directory) as store:
         out.put(store.resolve(key))
 
 
 def hold_lock_forever(directory: str, sid: str, ready: Any) -> None:
     """Take the lease, say so, then hang until killed."""
-    store = SessionStore(storage_dir=directory, lock_timeout_ms=60_000)
+    store = store_at(directory, lock_timeout_ms=60_000)
     result = store.acquire_lock(sid, "doomed")
     ready.put(result.token)
     while True:
@@ -39,8 +47,8 @@ def hold_lock_forever(directory: str, sid: str, ready: Any) -> None:
 
 def critical_section_counter(directory: str, sid: str, worker: str, rounds: int, errors: Any) -> None:
     """Each round: lock, check the shared marker file is ours alone, unlock."""
-    marker = os.path.join(directory, "inside")
-    with SessionStore(storage_dir=directory, lock_timeout_ms=60_000) as store:
+    marker = os.path.join(os.path.dirname(directory) if directory.endswith(".db") else directory, "inside")
+    with store_at(directory, lock_timeout_ms=60_000) as store:
         for _ in range(rounds):
             with store.lock(sid, worker, timeout=60):
                 try:

@@ -15,14 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-from session_store import SessionStore
+import pytest
+from _procs import store_at
 
 CYCLES = int(os.environ.get("SESSION_STORE_CRASH_CYCLES", "12"))
 
 CHILD = r"""
 import sys
-from session_store import SessionStore
-store = SessionStore(storage_dir=sys.argv[1])
+from _procs import store_at
+store = store_at(sys.argv[1])
 sid = store.resolve("crash")
 n = 0
 while True:
@@ -39,13 +40,15 @@ while True:
 """
 
 
-def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["files", "sqlite"])
+def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path, backend: str) -> None:
     rng = random.Random(os.environ.get("SESSION_STORE_CRASH_SEED", "7"))
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(root / d) for d in (".", "backends", "tests"))}
+    place = str(tmp_path / "sessions.db") if backend == "sqlite" else str(tmp_path)
     acknowledged: list[str] = []
     for _ in range(CYCLES):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, env=env)
+        child = subprocess.Popen([sys.executable, "-c", CHILD, place], stdout=subprocess.PIPE, env=env)
         assert child.stdout is not None
         first = child.stdout.readline()  # wait until it is writing
         time.sleep(rng.uniform(0.0, 0.05))
@@ -53,7 +56,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) ->
         rest = child.stdout.read()
         child.wait()
         acknowledged += [line.decode() for line in (first + rest).splitlines() if line.strip()]
-        with SessionStore(storage_dir=tmp_path) as store:
+        with store_at(place) as store:
             sid = store.resolve("crash")
             present = {m.id for m in store.get_messages(sid)}
             missing = [i for i in acknowledged if i not in present]
@@ -64,7 +67,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) ->
             problems = [p for p in store.check().problems if not p.reason.startswith(expected)
                         and not any(e in p.reason for e in expected)]
             assert problems == []
-    with SessionStore(storage_dir=tmp_path) as store:
+    with store_at(place) as store:
         assert store.repair().ok
         assert {m.id for m in store.get_messages(store.resolve("crash"))} >= set(acknowledged)
     assert len(acknowledged) > CYCLES

@@ -191,47 +191,51 @@ def run_all(procs: list[multiprocessing.process.BaseProcess], timeout: float = 1
         assert p.exitcode == 0, f"{p.name} exited with {p.exitcode}"
 
 
+@pytest.fixture(params=["files", "sqlite"])
+def place(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the processes meet: a directory of JSONL files or a SQLite database."""
+    return str(tmp_path / "sessions.db") if request.param == "sqlite" else str(tmp_path)
+
+
 @pytest.mark.parametrize("use_lock", [False, True], ids=["unlocked", "locked"])
-def test_four_processes_append_to_one_session(tmp_path: Path, use_lock: bool) -> None:
+def test_four_processes_append_to_one_session(place: str, use_lock: bool) -> None:
     n = 1000
-    run_all([SPAWN.Process(target=_procs.append_many, args=(str(tmp_path), "shared", f"p{i}", n, use_lock, True))
+    run_all([SPAWN.Process(target=_procs.append_many, args=(place, "shared", f"p{i}", n, use_lock, True))
              for i in range(4)])
-    with SessionStore(storage_dir=tmp_path) as store:
+    with _procs.store_at(place) as store:
         sid = store.resolve("shared")
         contents = [m.content for m in store.get_messages(sid)]
         history = store.get_linear_history(sid)
         assert len(store.get_all_session_ids()) == 1
+        assert store.check().ok
     assert sorted(contents) == sorted(f"p{i}:{j}" for i in range(4) for j in range(n))
     assert len(history) == 4 * n  # every append landed on the head: one chain, no forks
-    for path in (tmp_path / sid).glob("*.jsonl"):
-        data = path.read_bytes()
-        assert data == b"" or data.endswith(b"\n")
 
 
-def test_processes_resolving_one_new_key_get_one_session(tmp_path: Path) -> None:
+def test_processes_resolving_one_new_key_get_one_session(place: str) -> None:
     out = SPAWN.Queue()
-    run_all([SPAWN.Process(target=_procs.resolve_key, args=(str(tmp_path), "new:key", out)) for _ in range(6)])
+    run_all([SPAWN.Process(target=_procs.resolve_key, args=(place, "new:key", out)) for _ in range(6)])
     ids = {out.get(timeout=10) for _ in range(6)}
     assert len(ids) == 1
 
 
-def test_processes_exclude_each_other(tmp_path: Path) -> None:
-    with SessionStore(storage_dir=tmp_path) as store:
+def test_processes_exclude_each_other(place: str) -> None:
+    with _procs.store_at(place) as store:
         sid = store.resolve("k")
     errors = SPAWN.Queue()
-    run_all([SPAWN.Process(target=_procs.critical_section_counter, args=(str(tmp_path), sid, f"p{i}", 50, errors))
+    run_all([SPAWN.Process(target=_procs.critical_section_counter, args=(place, sid, f"p{i}", 50, errors))
              for i in range(4)])
     assert errors.empty()
 
 
-def test_killed_holder_does_not_block_others(tmp_path: Path) -> None:
-    with SessionStore(storage_dir=tmp_path) as store:
+def test_killed_holder_does_not_block_others(place: str) -> None:
+    with _procs.store_at(place) as store:
         sid = store.resolve("k")
     ready = SPAWN.Queue()
-    holder = SPAWN.Process(target=_procs.hold_lock_forever, args=(str(tmp_path), sid, ready))
+    holder = SPAWN.Process(target=_procs.hold_lock_forever, args=(place, sid, ready))
     holder.start()
     dead_token = ready.get(timeout=30)
-    with SessionStore(storage_dir=tmp_path, lock_timeout_ms=60_000) as store:
+    with _procs.store_at(place, lock_timeout_ms=60_000) as store:
         assert not store.acquire_lock(sid, "me").acquired  # alive: it holds
         os.kill(holder.pid, signal.SIGKILL)  # type: ignore[arg-type]
         holder.join(10)

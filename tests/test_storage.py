@@ -309,3 +309,13 @@ def test_checkpoint_keeps_counts_of_sessions_it_did_not_load(tmp_path: Path) -> 
     with open_files(tmp_path) as store:
         store.resolve("other")  # dirties the index without loading "k"
     assert json.loads((tmp_path / "sessions.json").read_text())["sessions"][sid]["messageCount"] == 1
+
+
+def test_opening_and_reading_does_not_rewrite_the_checkpoint(tmp_path: Path) -> None:
+    with SessionStore(storage_dir=tmp_path) as store:
+        sid = store.resolve("k")
+        store.append(sid, role="user", content="hi")
+    before = os.stat(tmp_path / "sessions.json").st_ino
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert len(store.get_messages(sid)) == 1
+    assert os.stat(tmp_path / "sessions.json").st_ino == before  # not replaced

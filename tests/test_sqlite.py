@@ -1,0 +1,131 @@
+"""What is particular to the SQLite backend (the shared contract is in test_conformance)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from session_store import SessionStore, StorageError
+from session_store_sqlite import SCHEMA_VERSION, SqliteStorage
+
+
+def open_db(path: Path, **options: object) -> SessionStore:
+    store = SessionStore(SqliteStorage(path), **options)  # type: ignore[arg-type]
+    store.init()
+    return store
+
+
+def test_schema_is_created_once_with_its_version(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    for _ in range(2):  # opening again changes nothing
+        with open_db(db) as store:
+            store.append(store.resolve("k"), role="user", content="hi")
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT value FROM session_store_meta WHERE name = 'schema_version'").fetchall() == [
+        (str(SCHEMA_VERSION),)]
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 2
+
+
+def test_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    with open_db(db) as store:
+        store.resolve("k")
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE session_store_meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    conn.commit()
+    before = db.read_bytes()
+    with pytest.raises(StorageError, match="schema version"):
+        open_db(db)
+    assert db.read_bytes() == before
+
+
+def test_durable_commits_with_synchronous_full(tmp_path: Path) -> None:
+    for durable, level in ((True, 2), (False, 1)):  # FULL, NORMAL
+        storage = SqliteStorage(tmp_path / f"{durable}.db")
+        with SessionStore(storage, durable=durable) as store:
+            store.append(store.resolve("k"), role="user", content="x")
+            with storage._using("test") as conn:
+                assert conn.db.execute("PRAGMA synchronous").fetchone()[0] == level
+
+
+def hold_write_lock(db: Path, seconds: float, ready: threading.Event) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    ready.set()
+    time.sleep(seconds)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_a_busy_database_is_waited_for_within_the_timeout(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    with SessionStore(SqliteStorage(db, timeout=10)) as store:
+        sid = store.resolve("k")
+        ready = threading.Event()
+        holder = threading.Thread(target=hold_write_lock, args=(db, 0.3, ready))
+        holder.start()
+        ready.wait()
+        store.append(sid, role="user", content="after the wait")
+        holder.join()
+        assert [m.content for m in store.get_messages(sid)] == ["after the wait"]
+
+
+def test_a_database_busy_past_the_timeout_is_a_storage_error_and_nothing_is_written(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    with SessionStore(SqliteStorage(db, timeout=0.1)) as store:
+        sid = store.resolve("k")
+        ready = threading.Event()
+        holder = threading.Thread(target=hold_write_lock, args=(db, 1.0, ready))
+        holder.start()
+        ready.wait()
+        with pytest.raises(StorageError, match="locked"):
+            store.append(sid, role="user", content="lost?")
+        holder.join()
+        assert store.get_messages(sid) == []
+        store.append(sid, role="user", content="later")
+        assert [m.content for m in store.get_messages(sid)] == ["later"]
+
+
+def test_bad_rows_are_reported_and_quarantined(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    with open_db(db) as store:
+        sid = store.resolve("k")
+        a = store.append(sid, role="user", content="a")
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO messages VALUES (?, 1, 'bad', 'not json')", (sid,))
+    conn.execute("INSERT INTO messages VALUES (?, 2, 'orphan', ?)",
+                 (sid, '{"id":"orphan","parentId":"nope","type":"user","role":"user","content":"o","timestamp":1}'))
+    conn.commit()
+    with open_db(db) as store:
+        assert store.get_messages(sid) == [a]  # bad rows are skipped, not fatal
+        reasons = [p.reason for p in store.check().problems]
+        assert any("not JSON" in r for r in reasons) and any("nope" in r for r in reasons)
+        report = store.repair()
+        assert report.ok and len(report.fixed) == 1
+        b = store.append(sid, role="assistant", content="b")
+        assert store.get_linear_history(sid) == [a, b]
+    assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 2
+
+
+def test_a_reader_reloads_after_another_store_repaired(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    with open_db(db) as writer, open_db(db) as reader:
+        sid = writer.resolve("k")
+        writer.append(sid, role="user", content="a")
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO messages VALUES (?, 1, 'bad', 'not json')", (sid,))
+        conn.commit()
+        assert len(reader.get_messages(sid)) == 1
+        writer.repair(sid)
+        writer.append(sid, role="user", content="b")
+        assert [m.content for m in reader.get_messages(sid)] == ["a", "b"]
+
+
+def test_a_database_in_memory_is_refused() -> None:
+    with pytest.raises(ValueError, match="database file"):
+        SqliteStorage(":memory:")
