@@ -1,0 +1,1 @@
+../../session_store_conformance.py
