@@ -1266,6 +1266,22 @@ def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, pro
     return out, end
 
 
+def _same_message(existing: Message, mtype: str, role: str, content: Any, fields: Mapping[str, Any]) -> bool:
+    """Whether an append of these values would store ``existing`` again (ids, parent and
+    time aside), comparing the JSON round trip, as stored."""
+    want = {"type": mtype, "role": role, "content": content}
+    for name, value in fields.items():
+        want[_SNAKE_TO_CAMEL.get(name, name)] = value
+    try:
+        want = json.loads(_encode_line(want))
+    except (TypeError, ValueError, UnicodeError):
+        return False
+    have = existing.to_record()
+    for k in ("id", "parentId", "timestamp"):
+        del have[k]
+    return bool(have == want)
+
+
 def _message_from_record(rec: dict[str, Any]) -> Message:
     """Build a Message from a stored record; ``ValueError`` when it is not one."""
     mid, parent, mtype, role, ts = (rec.get(k) for k in ("id", "parentId", "type", "role", "timestamp"))
@@ -2789,8 +2805,12 @@ class SessionStore:
           ``None``: a new root; an id: must exist here (``MessageNotFound``).
         - The current branch's head advances when the parent *is* that head (omitted
           or named); a sibling or a new root in a non-empty session leaves it alone.
-        - ``type`` defaults to ``role``. ``id`` defaults to a fresh random id; an
-          existing one raises :class:`DuplicateMessage`.
+        - ``type`` defaults to ``role``. ``id`` defaults to a fresh random id. An
+          existing id raises :class:`DuplicateMessage`, unless the call repeats that
+          message (same role, type, content and fields; parent omitted or the same):
+          then the stored message is returned and nothing is written. So an append
+          whose outcome is unknown (a connection lost during the commit) is retried
+          safely with the same id.
         - ``**fields`` (``tool_calls``, ``tool_call_id``, ``metadata``, any JSON) are
           stored and returned as given; content and fields must be JSON
           (:class:`InvalidMessage` otherwise).
@@ -2822,6 +2842,10 @@ class SessionStore:
             if id is None:
                 id = state.fresh_id()
             elif id in state.by_id:
+                existing = state.by_id[id]
+                if (parent_id is _HEAD or parent_id == existing.parent_id) and _same_message(
+                        existing, mtype, role, content, fields):
+                    return existing  # a retry of an append that landed: nothing is written twice
                 raise DuplicateMessage(session_id, id)
             now = self._now_ms()
             record = {"id": id, "parentId": parent, "type": mtype, "role": role,
@@ -3063,16 +3087,24 @@ class SessionStore:
 
     def _read_lease(self, state: _Session) -> dict[str, Any]:
         """The lease record (caller is in ``_writing``); free when absent or corrupt."""
-        with _storage_errors(f"read the lease of {state.session_id!r}"):
+        try:
             lease = self._storage.read_lease(state.session_id)
+        except StorageError:
+            raise
+        except OSError as e:
+            raise _storage_error(e, f"read the lease of {state.session_id!r}") from e
         if lease is None or not isinstance(lease.get("token", 0), int):
             return {"owner": None, "token": 0}
         return lease
 
     def _write_lease(self, state: _Session, lease: dict[str, Any]) -> None:
         """Store the lease record (caller is in ``_writing``)."""
-        with _storage_errors(f"write the lease of {state.session_id!r}"):
+        try:
             self._storage.write_lease(state.session_id, lease)
+        except StorageError:
+            raise
+        except OSError as e:
+            raise _storage_error(e, f"write the lease of {state.session_id!r}") from e
 
     def _lease_live(self, lease: dict[str, Any]) -> bool:
         if lease.get("owner") is None or lease.get("expiresAt", 0) <= self._now_ms():

@@ -527,6 +527,12 @@ class ContractTests:
             store.append(sid, role="user", content="x", parent_id="ghost")
         assert self.snapshot(store, sid) == before
 
+    def test_repeating_an_append_by_id_writes_nothing_twice(self, store: SessionStore, sid: str) -> None:
+        first = store.append(sid, role="user", content="retry me", id="retry-1", metadata={"n": 1})
+        before = self.snapshot(store, sid)
+        assert store.append(sid, role="user", content="retry me", id="retry-1", metadata={"n": 1}) == first
+        assert self.snapshot(store, sid) == before
+
     def test_branch_errors_write_nothing(self, store: SessionStore, sid: str) -> None:
         head = store.get_head(sid)
         assert head is not None

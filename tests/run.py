@@ -1,8 +1,13 @@
 """Install what the tests need and run every check: ``python3 tests/run.py [pytest args]``.
 
 Creates ``.venv`` (unless already inside a virtual environment), installs the
-project with its ``test`` extra, then runs ``ruff check``, ``mypy --strict`` and
-``pytest``. Exits non-zero when any of them fails.
+project with its ``test`` and ``postgres`` extras, then runs ``ruff check``,
+``mypy --strict`` and ``pytest``. Exits non-zero when any of them fails.
+
+The PostgreSQL tests use ``SESSION_STORE_POSTGRES_DSN`` when set; otherwise this
+starts a throwaway server (``tests/postgres_server.py``) when PostgreSQL is
+installed, and stops it afterwards. Without either they are skipped with a message,
+unless ``SESSION_STORE_REQUIRE_POSTGRES=1`` (CI sets it), which makes that a failure.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import subprocess
 import sys
 import venv
 from pathlib import Path
+
+import postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,11 +43,24 @@ def run(*cmd: str) -> None:
 
 def main() -> None:
     py = python()
-    extras = os.environ.get("SESSION_STORE_EXTRAS", "test")
+    extras = os.environ.get("SESSION_STORE_EXTRAS", "test,postgres")
     run(py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f".[{extras}]")
     run(py, "-m", "ruff", "check", ".")
     run(py, "-m", "mypy", "--strict")
-    run(py, "-m", "pytest", *sys.argv[1:])
+    server = None
+    if not os.environ.get("SESSION_STORE_POSTGRES_DSN"):
+        if postgres_server.find_binaries() is None:
+            print("PostgreSQL is not installed: its tests will be skipped "
+                  "(install PostgreSQL 15, or set SESSION_STORE_POSTGRES_DSN)", flush=True)
+        else:
+            server = postgres_server.start()  # a failure to start is an error, not a skip
+            os.environ["SESSION_STORE_POSTGRES_DSN"] = server.dsn
+            print(f"started PostgreSQL for the tests: {server.dsn}", flush=True)
+    try:
+        run(py, "-m", "pytest", *sys.argv[1:])
+    finally:
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

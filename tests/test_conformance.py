@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pg
+
 import session_store_conformance as conformance
 from session_store_sqlite import SqliteStorage
 
@@ -23,3 +25,10 @@ TestSqliteMachine = conformance.state_machine_tests(sqlite_storage, max_examples
 
 class TestSqliteContract(conformance.ContractTests):
     storage = staticmethod(sqlite_storage)
+
+
+if pg.DSN or pg.REQUIRED:
+    TestPostgresMachine = conformance.state_machine_tests(pg.postgres_storage, max_examples=15)
+
+    class TestPostgresContract(conformance.ContractTests):
+        storage = staticmethod(pg.postgres_storage)

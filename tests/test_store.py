@@ -355,3 +355,16 @@ def test_constructor_validates_settings() -> None:
         SessionStore(ss.InMemoryFileSystem(), index_save_delay_ms=-1)
     with pytest.raises(ValueError):
         SessionStore(ss.InMemoryFileSystem(), lock_timeout_ms=0)
+
+
+def test_repeating_an_append_with_its_id_returns_the_stored_message(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    first = store.append(sid, role="assistant", content=[{"type": "text", "text": "hi"}], id="m-1", metadata={"a": 1})
+    before = snapshot(store, sid)
+    again = store.append(sid, role="assistant", content=[{"type": "text", "text": "hi"}], id="m-1", metadata={"a": 1})
+    assert again == first
+    assert snapshot(store, sid) == before  # nothing written twice
+    store.append(sid, role="user", content="next", id="m-2")
+    with pytest.raises(ss.DuplicateMessage):  # same id, another parent: not a repeat
+        store.append(sid, role="assistant", content=[{"type": "text", "text": "hi"}], id="m-1", metadata={"a": 1},
+                     parent_id="m-2")

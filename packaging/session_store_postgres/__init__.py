@@ -1,0 +1,1 @@
+../../backends/session_store_postgres.py
