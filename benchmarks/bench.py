@@ -338,6 +338,47 @@ def run_backends(report: Report, n: int) -> None:
         with scratch_dir() as d:
             measure_backend(report, f"SQLite, {label}", lambda: SqliteStorage(os.path.join(d, "s.db")), n,
                             durable=durable)
+    with postgres_dsn(report) as dsn:
+        if dsn is not None:
+            from session_store_postgres import PostgresStorage
+
+            for durable in (True, False):
+                label = "durable" if durable else "non-durable"
+                schema = f"bench_{os.getpid()}_{int(durable)}"
+                measure_backend(report, f"PostgreSQL on loopback, {label}",
+                                lambda schema=schema: PostgresStorage(dsn, schema=schema),  # type: ignore[misc]
+                                max(200, n // 10), durable=durable)
+                import psycopg
+
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@contextlib.contextmanager
+def postgres_dsn(report: Report) -> Iterator[str | None]:
+    """``SESSION_STORE_POSTGRES_DSN``, or a throwaway server started like the tests do."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        report.notes.append("PostgreSQL not measured: psycopg is not installed (pip install -e '.[postgres]').")
+        yield None
+        return
+    dsn = os.environ.get("SESSION_STORE_POSTGRES_DSN")
+    if dsn:
+        yield dsn
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    import postgres_server
+
+    if postgres_server.find_binaries() is None:
+        report.notes.append("PostgreSQL not measured: no server (set SESSION_STORE_POSTGRES_DSN).")
+        yield None
+        return
+    server = postgres_server.start()
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
 
 
 def threaded_rate(work: Callable[[int], None], threads: int, ops_per_thread: int) -> float:
