@@ -72,6 +72,7 @@ __all__ = [
     "main",
 ]
 
+import argparse
 import contextlib
 import dataclasses
 import errno
@@ -80,6 +81,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import sys
 import threading
@@ -88,7 +90,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 _log = logging.getLogger("session_store")
 _T = TypeVar("_T")
@@ -2949,6 +2951,62 @@ class SessionStore:
         self._emit("session.reset", session_id, result)
         return result
 
+    def import_session(self, key: str, messages: list[Message], *, branches: list[Branch] | None = None,
+                       current: str = "main") -> str:
+        """Create a session for ``key`` holding ``messages`` exactly as given (ids,
+        parents, timestamps, fields), with ``branches`` and the ``current`` one.
+
+        Every parent must precede its children and ids must be unique; branch heads
+        must name given messages. All of it is checked before anything is written
+        (:class:`InvalidMessage`, :class:`InvalidInput`); a key that already has a
+        session raises :class:`InvalidKey`. Returns the new session's id.
+        """
+        _check_key(key)
+        lines: list[bytes] = []
+        seen: set[str] = set()
+        for m in messages:
+            if not isinstance(m, Message):
+                raise InvalidMessage(f"import_session takes Message records, not {type(m).__name__}")
+            _check_name("message id", m.id, InvalidMessage)
+            _check_name("role", m.role, InvalidMessage)
+            if m.id in seen:
+                raise InvalidMessage(f"message id {m.id!r} appears twice")
+            if m.parent_id is not None and m.parent_id not in seen:
+                raise InvalidMessage(f"parent {m.parent_id!r} of {m.id!r} does not precede it")
+            if not isinstance(m.timestamp, int) or isinstance(m.timestamp, bool):
+                raise InvalidMessage(f"timestamp of {m.id!r} is not an integer")
+            seen.add(m.id)
+            lines.append(_encode_message(m.to_record()))
+        heads: dict[str, str | None] = {"main": None}
+        for b in branches or []:
+            _check_name("branch name", b.name)
+            if b.head_id is not None and b.head_id not in seen:
+                raise InvalidInput(f"branch {b.name!r} points at {b.head_id!r}, which is not imported")
+            heads[b.name] = b.head_id
+        if current not in heads:
+            raise InvalidInput(f"current branch {current!r} is not among the branches")
+        if self.has_key(key):
+            raise InvalidKey(f"key {key!r} already has a session ({self._keys.get(key)})")
+        sid = self.resolve(key)
+        with self._writing(sid) as state:
+            if state.messages:
+                raise InvalidKey(f"key {key!r} already has a session ({sid})")
+            for line in lines:
+                self._write_message(state, _message_from_record(json.loads(line)), line)
+            now, seq = self._now_ms(), len(state.messages)
+            for b in branches or []:  # branch times are kept: create at created_at, move at updated_at
+                if b.name != "main":
+                    self._branch_event(state, {"op": "create", "name": b.name, "headId": b.head_id,
+                                               "at": b.created_at, "seq": seq})
+                if b.name == "main" or b.updated_at != b.created_at:
+                    self._branch_event(state, {"op": "move", "name": b.name, "headId": b.head_id,
+                                               "at": b.updated_at, "seq": seq})
+            if current != "main":
+                self._branch_event(state, {"op": "switch", "name": current, "at": now, "seq": seq})
+            end = state.position
+        self._sync(sid, end)
+        return sid
+
     # -- reading -------------------------------------------------------------------
 
     def _read(self, session_id: str, fn: Callable[[_Session], _T]) -> _T:
@@ -3370,25 +3428,244 @@ def _demo(storage_dir: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry point: ``python -m session_store [--dir DIR] demo``."""
-    import argparse
+class _UsageError(Exception):
+    """A command-line mistake: one line on stderr, exit status 2."""
 
-    parser = argparse.ArgumentParser(prog="session-store", description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--dir", default="./sessions", help="storage directory (default ./sessions)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="write a demo conversation with two branches and print its tree")
-    args = parser.parse_args(argv)
+
+_ROLE_COLOURS = {"user": "32", "assistant": "36", "system": "33", "tool": "35", "reset": "31"}
+
+
+class _Output:
+    """Where the command line writes: colour and progress only on a terminal (and
+    colour only without ``NO_COLOR``); plain text into pipes and files."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.colour = self.tty and not os.environ.get("NO_COLOR")
+        self.progress_on = sys.stderr.isatty()
+
+    def role(self, role: str) -> str:
+        code = _ROLE_COLOURS.get(role)
+        return f"\033[{code}m{role}\033[0m" if self.colour and code else role
+
+    def progress(self, done: int, total: int, what: str) -> None:
+        if self.progress_on:
+            sys.stderr.write(f"\r{what} {done}/{total}" + ("\n" if done == total else ""))
+            sys.stderr.flush()
+
+
+def _open_existing(directory: str) -> SessionStore:
+    if not os.path.isdir(directory):
+        raise _UsageError(f"no store at {directory} (use --dir)")
+    return SessionStore(storage_dir=directory)
+
+
+def _find_session(store: SessionStore, session_or_key: str) -> str:
+    """A session id, or the session of a key; never creates one."""
+    if store.has_session(session_or_key):
+        return session_or_key
+    if store.has_key(session_or_key):
+        return store.resolve(session_or_key)
+    raise _UsageError(f"no session or key {session_or_key!r}")
+
+
+def _export_lines(store: SessionStore, sid: str) -> Iterator[str]:
+    """The native export: a session line, one line per message (append order), one per branch."""
+    meta = store.get_metadata(sid)
+    assert meta is not None
+    yield _dumps({"session": {"version": FORMAT_VERSION, "sessionId": sid, "key": meta.key,
+                              "createdAt": meta.created_at, "current": store.get_current_branch(sid)}})
+    for m in store.get_messages(sid):
+        yield _dumps({"message": m.to_record()})
+    for b in store.get_branches(sid):
+        yield _dumps({"branch": {"name": b.name, "headId": b.head_id, "createdAt": b.created_at,
+                                 "updatedAt": b.updated_at}})
+
+
+def _import_file(store: SessionStore, path: str, key: str | None, out: _Output) -> str:
     try:
-        if args.command == "demo":
-            return _demo(args.dir)
-    except SessionStoreError as e:
+        with open(path, encoding="utf-8") as f:
+            raw = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise _UsageError(f"cannot read {path}: {e}") from None
+    header: dict[str, Any] | None = None
+    messages: list[Message] = []
+    branches: list[Branch] = []
+    for n, text in enumerate(raw, 1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+            if "session" in line:
+                header = line["session"]
+            elif "message" in line:
+                messages.append(_message_from_record(line["message"]))
+            elif "branch" in line:
+                b = line["branch"]
+                branches.append(Branch(name=b["name"], head_id=b["headId"], created_at=int(b["createdAt"]),
+                                       updated_at=int(b["updatedAt"])))
+            else:
+                raise ValueError("not a session, message or branch line")
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise _UsageError(f"{path}:{n}: not a session-store export line ({e})") from None
+        out.progress(n, len(raw), "reading")
+    if header is None:
+        raise _UsageError(f"{path}: no session line (is it a session-store export?)")
+    target = key if key is not None else header.get("key")
+    if not isinstance(target, str):
+        raise _UsageError(f"{path}: the session line has no key; give --key")
+    return store.import_session(target, messages, branches=branches, current=str(header.get("current", "main")))
+
+
+def _message_size(m: Message) -> int:
+    return len(_encode_line(m.to_record()))
+
+
+def _run(args: Any, out: _Output) -> int:
+    command = args.command
+    if command == "demo":
+        return _demo(args.dir)
+    if command == "import":
+        os.makedirs(args.dir, exist_ok=True)
+        with SessionStore(storage_dir=args.dir) as store:
+            sid = _import_file(store, args.file, args.key, out)
+            print(sid)
+        return 0
+    with _open_existing(args.dir) as store:
+        if command == "ls":
+            rows: list[dict[str, Any]] = []
+            for sid in store.get_all_session_ids():
+                meta = store.get_metadata(sid)
+                if meta is None:
+                    continue
+                rows.append({"sessionId": sid, "key": meta.key, "messages": meta.message_count,
+                             "branches": len(store.get_branches(sid)), "updatedAt": meta.updated_at})
+            if args.json:
+                print(json.dumps(rows, ensure_ascii=False, indent=2))
+            else:
+                for r in rows:
+                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["updatedAt"] / 1000))
+                    print(f"{r['sessionId']}  {r['messages']:>6} msgs  {r['branches']:>3} branches  {when}  {r['key']}")
+            return 0
+        if command == "check":
+            report = store.repair() if args.repair else store.check()
+            for line in report.fixed:
+                print(f"fixed: {line}")
+            for p in report.problems:
+                where = p.file + (f" @ {p.offset}" if p.offset is not None else "")
+                print(f"problem: {where}: {p.reason}")
+            print(f"{report.sessions_checked} session(s) checked: " + ("ok" if report.ok else
+                                                                       f"{len(report.problems)} problem(s)"))
+            return 0 if report.ok else 1
+        if command == "stats":
+            ids = store.get_all_session_ids()
+            total_messages = total_bytes = 0
+            for i, sid in enumerate(ids, 1):
+                messages = store.get_messages(sid)
+                size = sum(_message_size(m) for m in messages)
+                total_messages += len(messages)
+                total_bytes += size
+                print(f"{sid}  {len(messages):>7} messages  {len(store.get_branches(sid)):>4} branches  "
+                      f"{size:>10} bytes")
+                out.progress(i, len(ids), "sessions")
+            print(f"total: {len(ids)} sessions, {total_messages} messages, {total_bytes} bytes of records")
+            return 0
+        sid = _find_session(store, args.session)
+        if command == "tree":
+            width = shutil.get_terminal_size((100, 24)).columns if out.tty else 100
+            for line in draw_tree(store, sid, width=width):
+                print(re.sub(r"(^|[─ ])(user|assistant|system|tool|reset)(?= )",
+                             lambda m: m.group(1) + out.role(m.group(2)), line, count=1))
+            return 0
+        if command == "branches":
+            current = store.get_current_branch(sid)
+            for b in store.get_branches(sid):
+                mark = "*" if b.name == current else " "
+                print(f"{mark} {b.name}  {(b.head_id or '(empty)')[:8]}")
+            return 0
+        if command == "history":
+            if args.branch is not None:
+                branch = store.get_branch(sid, args.branch)
+                if branch is None:
+                    raise _UsageError(f"no branch {args.branch!r} in session {sid}")
+                leaf = branch.head_id
+                path = [] if leaf is None else store.get_linear_history(sid, leaf)
+            else:
+                path = store.get_linear_history(sid, args.leaf)
+            if args.format == "json":
+                print(json.dumps([m.to_record() for m in path], ensure_ascii=False, indent=2))
+            elif args.format == "openai":
+                print(json.dumps(_openai_context(path), ensure_ascii=False, indent=2))
+            else:
+                for m in path:
+                    text = m.content if isinstance(m.content, str) else _dumps(m.content)
+                    print(f"{out.role(m.role)}: {text}")
+            return 0
+        if command == "export":
+            lines = list(_export_lines(store, sid))
+            if args.output:
+                with open(args.output, "w", encoding="utf-8") as f:
+                    f.write("\n".join(lines) + "\n")
+            else:
+                print("\n".join(lines))
+            return 0
+    raise _UsageError(f"unknown command {command!r}")  # pragma: no cover - argparse checks
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m session_store [--dir DIR] COMMAND`` (see ``--help``).
+
+    Commands: ``demo``, ``ls``, ``tree``, ``history``, ``branches``, ``export``,
+    ``import``, ``check`` and ``stats``. Mistakes print one line on stderr and exit 2;
+    ``check`` exits 1 when it finds problems.
+    """
+    common = _Parser(add_help=False)
+    common.add_argument("--dir", default=argparse.SUPPRESS, help="storage directory (default ./sessions)")
+    parser = _Parser(prog="session-store", parents=[common],
+                     description=__doc__.splitlines()[0] if __doc__ else "")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("demo", parents=[common], help="write a demo conversation with two branches and print its tree")
+    p = sub.add_parser("ls", parents=[common], help="sessions: id, message and branch counts, updated, key")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    for name, what in (("tree", "draw the message tree"), ("branches", "list the branches, * marks the current"),
+                       ("history", "the path from a root to a leaf"), ("export", "native JSONL export")):
+        p = sub.add_parser(name, parents=[common], help=what)
+        p.add_argument("session", metavar="SESSION_OR_KEY")
+        if name == "history":
+            which = p.add_mutually_exclusive_group()
+            which.add_argument("--leaf", help="a message id (default: the current head)")
+            which.add_argument("--branch", help="a branch name")
+            p.add_argument("--format", choices=["text", "json", "openai"], default="text")
+        if name == "export":
+            p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p = sub.add_parser("import", parents=[common], help="import a native export as a new session")
+    p.add_argument("file")
+    p.add_argument("--key", help="the new session's key (default: the exported one)")
+    p = sub.add_parser("check", parents=[common], help="find problems (exit 1 when there are any)")
+    p.add_argument("--repair", action="store_true", help="fix what can be fixed, then report")
+    sub.add_parser("stats", parents=[common], help="counts and sizes per session and in total")
+    out = _Output()
+    try:
+        args = parser.parse_args(argv)
+        if not hasattr(args, "dir"):
+            args.dir = "./sessions"
+        return _run(args, out)
+    except (_UsageError, SessionStoreError) as e:
         print(f"session-store: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    except OSError as e:
+        print(f"session-store: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
