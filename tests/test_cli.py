@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from session_store import SessionStore
 
@@ -74,7 +75,9 @@ def test_export_then_import_round_trips_messages_and_branches(tmp_path: Path) ->
     body = [json.loads(line) for line in first.read_text().splitlines()[1:]]
     again = [json.loads(line) for line in second.splitlines()[1:]]
     assert [b for b in body if "message" in b] == [b for b in again if "message" in b]  # exactly, timestamps too
-    heads = lambda lines: [(b["branch"]["name"], b["branch"]["headId"]) for b in lines if "branch" in b]  # noqa: E731
+    def heads(lines: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return [(b["branch"]["name"], b["branch"]["headId"]) for b in lines if "branch" in b]
+
     assert heads(body) == heads(again)
     taken = cli("import", str(first), "--dir", str(tmp_path))  # the original key is taken
     assert taken.returncode == 2 and "already has a session" in taken.stderr
