@@ -1529,6 +1529,9 @@ class JsonlStorage(Storage):
             except (ValueError, TypeError, KeyError, UnicodeDecodeError, InvalidKey) as e:
                 _log.warning("%s/session.json unreadable (%s): folder left alone", self._dir(name), e)
                 continue
+            if not self.fs.exists(self._log(name)):  # killed inside resolve(): never announced
+                _log.warning("folder %s has no messages.jsonl (an interrupted creation): left alone", name)
+                continue
             if key in taken:
                 _log.warning("folder %s claims key %r of session %s: left alone", name, key, taken[key])
                 continue
@@ -1834,8 +1837,10 @@ class JsonlStorage(Storage):
                 if _is_session_id(name) and name not in self._live and self.fs.exists(
                         f"{self._dir(name)}/session.json"):
                     aside = f"{self.directory}/.orphan-{name}"
+                    why = ("its key belongs to another session" if self.fs.exists(self._log(name))
+                           else "an interrupted creation (no messages.jsonl)")
                     self.fs.rename(self._dir(name), aside)
-                    fixed.append(f"{self._dir(name)}: its key belongs to another session; set aside as {aside}")
+                    fixed.append(f"{self._dir(name)}: {why}; set aside as {aside}")
             if self._read_checkpoint() is None:
                 fixed.append(f"{self._index_path}: rewritten")
         return fixed

@@ -319,3 +319,19 @@ def test_opening_and_reading_does_not_rewrite_the_checkpoint(tmp_path: Path) -> 
     with SessionStore(storage_dir=tmp_path) as store:
         assert len(store.get_messages(sid)) == 1
     assert os.stat(tmp_path / "sessions.json").st_ino == before  # not replaced
+
+
+def test_a_folder_from_a_creation_killed_before_its_log_is_not_adopted(tmp_path: Path) -> None:
+    with SessionStore(storage_dir=tmp_path) as store:
+        store.resolve("kept")
+    ghost = "0f0f0f0f-0000-4000-8000-000000000000"
+    (tmp_path / ghost).mkdir()
+    (tmp_path / ghost / "session.json").write_text(
+        json.dumps({"version": 1, "sessionId": ghost, "key": "ghost", "createdAt": 1}))
+    (tmp_path / "sessions.json").unlink()  # force a rebuild from the journal and the folders
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert not store.has_key("ghost") and store.has_key("kept")
+        assert any("interrupted creation" in p.reason for p in store.check().problems)
+        fixed = store.repair().fixed
+        assert any("no messages.jsonl" in line for line in fixed)
+        assert store.check().ok
