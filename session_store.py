@@ -464,6 +464,38 @@ class Records:
     restart: bool = False
     problems: list[Problem] = dataclasses.field(default_factory=list)
 
+    @classmethod
+    def from_rows(cls, session_id: str, position: Position, rows: list[tuple[int, int, str]], *,
+                  events_label: str, messages_label: str, restart: bool = False) -> Records:
+        """Decode records kept as JSON text rows ``(table, seq, text)`` (table 1: branch
+        events, 2: messages), as a SQL storage reads them after ``position``.
+
+        The new position is one past the last ``seq`` of each table; a row that is not
+        a JSON object is reported in ``problems`` (at its ``seq``) and skipped.
+        """
+        epos, mpos = (0, 0) if restart else position
+        found = cls(position=position, events=[], messages=[], events_label=events_label,
+                    messages_label=messages_label, restart=restart)
+        for table, seq, text in rows:
+            try:
+                record = json.loads(text)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                label = events_label if table == 1 else messages_label
+                found.problems.append(Problem(session_id=session_id, file=label, offset=seq, reason=f"not JSON: {e}"))
+                record = None
+            if table == 1:
+                epos = seq + 1
+                if record is not None:
+                    found.events.append((seq, record))
+            else:
+                mpos = seq + 1
+                if record is not None:
+                    found.messages.append((seq, record))
+        found.position = (epos, mpos)
+        return found
+
 
 class Storage(ABC):
     """Where a :class:`SessionStore` keeps sessions: records, heads, index, leases.
@@ -1632,10 +1664,7 @@ class JsonlStorage(Storage):
             if restart:
                 _log.warning("%s shrank: reloading", log)
                 epos = mpos = 0
-            try:
-                esize = fs.size(events)
-            except FileNotFoundError:
-                esize = 0
+            esize = self._size_or_zero(events)
             if esize <= epos and size <= mpos and not restart:
                 return None
             # Branch events first: each names the message count it follows, so every

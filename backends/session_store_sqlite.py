@@ -327,28 +327,8 @@ class SqliteStorage(Storage):
             conn.versions[session_id] = version
         if len(rows) == 1 and not restart:
             return None
-        epos, mpos = (0, 0) if restart else position
-        found = Records(position=position, events=[], messages=[], events_label=f"{self.path}#branch_events",
-                        messages_label=f"{self.path}#messages", restart=restart)
-        for table, seq, text in rows[1:]:
-            try:
-                record = json.loads(text)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as e:
-                label = found.events_label if table == 1 else found.messages_label
-                found.problems.append(Problem(session_id=session_id, file=label, offset=seq, reason=f"not JSON: {e}"))
-                record = None
-            if table == 1:
-                epos = seq + 1
-                if record is not None:
-                    found.events.append((seq, record))
-            else:
-                mpos = seq + 1
-                if record is not None:
-                    found.messages.append((seq, record))
-        found.position = (epos, mpos)
-        return found
+        return Records.from_rows(session_id, position, rows[1:], events_label=f"{self.path}#branch_events",
+                                 messages_label=f"{self.path}#messages", restart=restart)
 
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
         with self._using("append a message") as conn:
