@@ -13,7 +13,12 @@ from session_store_sqlite import SqliteStorage
 
 
 def store_at(place: str, **options: Any) -> SessionStore:
-    """A store on ``place``: a SQLite database when it ends in ``.db``, else a directory."""
+    """A store on ``place``: ``postgres:SCHEMA`` (on ``SESSION_STORE_POSTGRES_DSN``), a
+    SQLite database when it ends in ``.db``, else a directory."""
+    if place.startswith("postgres:"):
+        from session_store_postgres import PostgresStorage
+
+        return SessionStore(PostgresStorage(os.environ["SESSION_STORE_POSTGRES_DSN"], schema=place[9:]), **options)
     if place.endswith(".db"):
         return SessionStore(SqliteStorage(place), **options)
     return SessionStore(storage_dir=place, **options)

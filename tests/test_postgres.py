@@ -10,6 +10,7 @@ import multiprocessing
 from collections.abc import Iterator
 from typing import Any
 
+import _procs
 import pg
 import pytest
 
@@ -114,20 +115,10 @@ def test_a_dropped_connection_mid_append_is_a_clear_error_and_the_retry_by_id_la
         assert store.get_linear_history(sid) == [first, second]
 
 
-def append_many(dsn: str, schema: str, worker: str, count: int, use_lock: bool) -> None:
-    with SessionStore(PostgresStorage(dsn, schema=schema), lock_timeout_ms=60_000) as store:
-        sid = store.resolve("shared")
-        for i in range(count):
-            if use_lock:
-                with store.lock(sid, worker, timeout=120):
-                    store.append(sid, role="user", content=f"{worker}:{i}")
-            else:
-                store.append(sid, role="user", content=f"{worker}:{i}")
-
-
 @pytest.mark.parametrize("use_lock", [False, True], ids=["unlocked", "locked"])
 def test_eight_processes_append_500_each_to_one_session(schema: str, use_lock: bool) -> None:
-    procs = [SPAWN.Process(target=append_many, args=(pg.DSN, schema, f"p{i}", 500, use_lock)) for i in range(8)]
+    procs = [SPAWN.Process(target=_procs.append_many, args=(f"postgres:{schema}", "shared", f"p{i}", 500, use_lock,
+                                                            True)) for i in range(8)]
     for p in procs:
         p.start()
     for p in procs:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,25 +55,34 @@ def test_durable_commits_with_synchronous_full(tmp_path: Path) -> None:
                 assert conn.db.execute("PRAGMA synchronous").fetchone()[0] == level
 
 
-def hold_write_lock(db: Path, seconds: float, ready: threading.Event) -> None:
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    ready.set()
-    time.sleep(seconds)
-    conn.execute("COMMIT")
-    conn.close()
+@contextlib.contextmanager
+def write_lock_held(db: Path, seconds: float) -> Iterator[None]:
+    """Another connection holds the database's write lock for ``seconds`` (from the block's start)."""
+    ready = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        ready.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    ready.wait()
+    try:
+        yield
+    finally:
+        holder.join()
 
 
 def test_a_busy_database_is_waited_for_within_the_timeout(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     with SessionStore(SqliteStorage(db, timeout=10)) as store:
         sid = store.resolve("k")
-        ready = threading.Event()
-        holder = threading.Thread(target=hold_write_lock, args=(db, 0.3, ready))
-        holder.start()
-        ready.wait()
-        store.append(sid, role="user", content="after the wait")
-        holder.join()
+        with write_lock_held(db, 0.3):
+            store.append(sid, role="user", content="after the wait")
         assert [m.content for m in store.get_messages(sid)] == ["after the wait"]
 
 
@@ -79,13 +90,8 @@ def test_a_database_busy_past_the_timeout_is_a_storage_error_and_nothing_is_writ
     db = tmp_path / "s.db"
     with SessionStore(SqliteStorage(db, timeout=0.1)) as store:
         sid = store.resolve("k")
-        ready = threading.Event()
-        holder = threading.Thread(target=hold_write_lock, args=(db, 1.0, ready))
-        holder.start()
-        ready.wait()
-        with pytest.raises(StorageError, match="locked"):
+        with write_lock_held(db, 1.0), pytest.raises(StorageError, match="locked"):
             store.append(sid, role="user", content="lost?")
-        holder.join()
         assert store.get_messages(sid) == []
         store.append(sid, role="user", content="later")
         assert [m.content for m in store.get_messages(sid)] == ["later"]
