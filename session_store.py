@@ -930,7 +930,7 @@ class RealFileSystem(FileSystem):
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             max_open_files = 1024 if soft == resource.RLIM_INFINITY else max(16, min(1024, soft // 4))
         if max_open_files < 4:
-            raise ValueError("max_open_files must be at least 4")
+            raise InvalidInput("max_open_files must be at least 4")
         self._max_open = max_open_files
         self._fds: OrderedDict[str, _Descriptor] = OrderedDict()
         self._mutex = threading.Lock()
@@ -2178,7 +2178,7 @@ def _is_session_id(value: object) -> bool:
 
 def _check_timeout(timeout: float | None) -> float | None:
     if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be a non-negative number or None")
+        raise InvalidInput("timeout must be a non-negative number or None")
     return timeout
 
 
@@ -2248,21 +2248,21 @@ class AutoResetConfig:
         for name in ("max_messages", "max_age_ms", "max_tokens"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
+                raise InvalidInput(f"{name} must be a positive integer or None, not {value!r}")
         if not isinstance(self.keep_count, int) or isinstance(self.keep_count, bool) or self.keep_count < 0:
-            raise ValueError(f"keep_count must be a non-negative integer, not {self.keep_count!r}")
+            raise InvalidInput(f"keep_count must be a non-negative integer, not {self.keep_count!r}")
         if isinstance(self.keep_strategy, str):
             if self.keep_strategy not in KEEP_STRATEGIES:
-                raise ValueError(f"unknown keep_strategy {self.keep_strategy!r}; "
+                raise InvalidInput(f"unknown keep_strategy {self.keep_strategy!r}; "
                                  f"known: {', '.join(sorted(KEEP_STRATEGIES))}")
         elif not callable(self.keep_strategy):
-            raise ValueError("keep_strategy must be a strategy name or a callable")
+            raise InvalidInput("keep_strategy must be a strategy name or a callable")
         keeps = self.keep_strategy != "none" and self.keep_count > 0
         if keeps and self.max_messages is not None and self.keep_count >= self.max_messages:
-            raise ValueError(f"keep_count={self.keep_count} with max_messages={self.max_messages} would "
+            raise InvalidInput(f"keep_count={self.keep_count} with max_messages={self.max_messages} would "
                              "reset again at the next message; keep_count must be < max_messages")
         if self.token_counter is not None and not callable(self.token_counter):
-            raise ValueError("token_counter must be callable")
+            raise InvalidInput("token_counter must be callable")
 
     def count_tokens(self, message: Message) -> int:
         """Tokens of one message by the configured counter."""
@@ -2416,9 +2416,9 @@ class SessionStore:
         require_lock: bool = False,
     ) -> None:
         if index_save_delay_ms < 0:
-            raise ValueError("index_save_delay_ms must be >= 0")
+            raise InvalidInput("index_save_delay_ms must be >= 0")
         if lock_timeout_ms <= 0:
-            raise ValueError("lock_timeout_ms must be > 0")
+            raise InvalidInput("lock_timeout_ms must be > 0")
         if isinstance(storage, Storage):
             if storage_dir is not None:
                 raise TypeError("storage_dir is for the JSONL storage; this store was given a Storage")
@@ -3003,6 +3003,10 @@ class SessionStore:
                 raise InvalidMessage(f"import_session takes Message records, not {type(m).__name__}")
             _check_name("message id", m.id, InvalidMessage)
             _check_name("role", m.role, InvalidMessage)
+            _check_name("type", m.type, InvalidMessage)
+            for name in m.fields:
+                if name in _RESERVED_FIELDS:
+                    raise InvalidMessage(f"field {name!r} of {m.id!r} is reserved")
             if m.id in seen:
                 raise InvalidMessage(f"message id {m.id!r} appears twice")
             if m.parent_id is not None and m.parent_id not in seen:
@@ -3014,6 +3018,8 @@ class SessionStore:
         heads: dict[str, str | None] = {"main": None}
         for b in branches or []:
             _check_name("branch name", b.name)
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in (b.created_at, b.updated_at)):
+                raise InvalidInput(f"branch {b.name!r} times must be integers (ms)")
             if b.head_id is not None and b.head_id not in seen:
                 raise InvalidInput(f"branch {b.name!r} points at {b.head_id!r}, which is not imported")
             heads[b.name] = b.head_id

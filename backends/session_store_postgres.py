@@ -49,6 +49,7 @@ from psycopg import sql
 
 from session_store import (
     IndexEntry,
+    InvalidInput,
     Position,
     Problem,
     Records,
@@ -149,11 +150,11 @@ class PostgresStorage(Storage):
     def __init__(self, conninfo: str | None = None, *, connection: psycopg.Connection[Any] | None = None,
                  pool: ConnectionPool | None = None, schema: str = "session_store", timeout: float = 30.0) -> None:
         if sum(x is not None for x in (conninfo, connection, pool)) != 1:
-            raise ValueError("give exactly one of conninfo, connection or pool")
+            raise InvalidInput("give exactly one of conninfo, connection or pool")
         if not schema or not schema.replace("_", "").isalnum():
-            raise ValueError(f"schema must be letters, digits and underscores, not {schema!r}")
+            raise InvalidInput(f"schema must be letters, digits and underscores, not {schema!r}")
         if timeout < 0:
-            raise ValueError("timeout must be >= 0")
+            raise InvalidInput("timeout must be >= 0")
         self.conninfo, self.schema, self.timeout = conninfo, schema, timeout
         self._connection, self._pool = connection, pool
         self._shared_lock = threading.RLock()  # a single given connection: one thread at a time

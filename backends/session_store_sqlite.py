@@ -34,6 +34,7 @@ from typing import Any
 
 from session_store import (
     IndexEntry,
+    InvalidInput,
     Position,
     Problem,
     Records,
@@ -143,9 +144,9 @@ class SqliteStorage(Storage):
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
         self.path = os.fspath(path)
         if self.path == ":memory:" or self.path.startswith("file:"):
-            raise ValueError("SqliteStorage needs a database file; use InMemoryFileSystem for a store in memory")
+            raise InvalidInput("SqliteStorage needs a database file; use InMemoryFileSystem for a store in memory")
         if timeout < 0:
-            raise ValueError("timeout must be >= 0")
+            raise InvalidInput("timeout must be >= 0")
         self.timeout = timeout
         self._durable = True
         self._pool: list[_Connection] = []

@@ -368,3 +368,20 @@ def test_repeating_an_append_with_its_id_returns_the_stored_message(store: Sessi
     with pytest.raises(ss.DuplicateMessage):  # same id, another parent: not a repeat
         store.append(sid, role="assistant", content=[{"type": "text", "text": "hi"}], id="m-1", metadata={"a": 1},
                      parent_id="m-2")
+
+
+@pytest.mark.parametrize("bad", [
+    {"messages": [ss.Message(id="a", parent_id="later", type="user", role="user", content="x", timestamp=1)]},
+    {"messages": [ss.Message(id="a", parent_id=None, type="user", role="user", content=object(), timestamp=1)]},
+    {"messages": [ss.Message(id="a", parent_id=None, type="", role="user", content="x", timestamp=1)]},
+    {"messages": [ss.Message(id="a", parent_id=None, type="user", role="user", content="x", timestamp=1,
+                             fields={"parentId": "b"})]},
+    {"branches": [ss.Branch(name="b", head_id="ghost", created_at=1, updated_at=1)]},
+    {"branches": [ss.Branch(name="b", head_id=None, created_at="soon", updated_at=1)]},  # type: ignore[arg-type]
+    {"current": "nowhere"},
+])
+def test_import_session_refuses_bad_input_and_writes_nothing(store: SessionStore, bad: dict[str, Any]) -> None:
+    options: dict[str, Any] = {"messages": [], **bad}
+    with pytest.raises(ss.InvalidInput):
+        store.import_session("imported", options.pop("messages"), **options)
+    assert not store.has_key("imported") and store.get_all_session_ids() == []
