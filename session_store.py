@@ -75,8 +75,10 @@ __all__ = [
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -89,8 +91,8 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, overload
 
 _log = logging.getLogger("session_store")
 _T = TypeVar("_T")
@@ -2100,42 +2102,898 @@ class _Session:
                                reset_count=self.reset_count, last_reset_at=self.last_reset_at)
 
 
-def _openai_context(path: list[Message]) -> list[dict[str, Any]]:
-    """The tutorial's ``buildContext``: a root -> leaf path as OpenAI chat messages.
+# ============================================================================
+# Interoperability: pi and Claude Code transcripts; OpenAI and Anthropic contexts
+# ============================================================================
+#
+# Imported lines are kept as they were. A pi entry or a Claude Code line becomes one
+# message: id = its id (pi "id", Claude Code "uuid"); parent = its parent when that
+# line came before it, else the pi header / a root (Claude Code); type =
+# "pi.<type>" or "claude_code.<type>"; role = the inner message's role, else the
+# line's type; content = its text (message.content, content or summary, by type);
+# timestamp = its ISO time in ms (the previous line's when it has none). The field
+# "pi" / "claude_code" holds the line minus the id and type restated above, with
+# the content replaced by null. Export puts them back: an imported line is written
+# back JSON-equal, unknown types and fields included. A line that cannot be a node
+# (no usable id, a repeated id, not an object) is kept whole in "pi_line" /
+# "claude_code_line" on a root with a made-up id, and written back as it was.
+#
+# Contexts go through one neutral form, _Turn (system, user, assistant or tool),
+# read from native records (the tutorial's shapes, OpenAI's and Anthropic's), pi
+# entries and Claude Code lines. _settle() then makes any path acceptable to both
+# APIs: consecutive assistant turns merge (one response split over several lines),
+# a tool call left without a result gets a synthetic error result before the next
+# turn, and a result that answers no open call is dropped.
 
-    - ``system``/``user``/``assistant`` roles become ``{"role", "content"}``; an
-      assistant's ``tool_calls`` are given in OpenAI's shape (``{"id", "type":
-      "function", "function": {"name", "arguments": <JSON string>}}``), converted from
-      the tutorial's ``{"id", "name", "params"}`` when needed.
-    - A ``tool_result`` message, or a ``tool``-role message, becomes ``{"role":
-      "tool", "tool_call_id", "content"}`` (content: its ``output`` field if any).
-      A ``type="tool"`` record that a later ``tool_result`` answers is the tutorial's
-      call record, already present as the assistant's tool call: skipped.
-    - A ``reset`` marker becomes a system message; other roles are skipped.
+_PI_VERSION = 3
+_ABSENT: Any = object()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Dialect:
+    """How one agent's transcript lines name things (see the banner above)."""
+
+    name: str
+    id_key: str
+    parent_key: str
+    content: Mapping[str, tuple[str, ...]]  # line type -> path of its text
+
+    def line(self, m: Message) -> Any:
+        """The line ``m`` was imported from, or ``_ABSENT`` when it was not imported."""
+        whole = m.fields.get(self.name + "_line", _ABSENT)
+        if whole is not _ABSENT:
+            return whole
+        rest = m.fields.get(self.name)
+        if not isinstance(rest, dict) or not (m.type == self.name or m.type.startswith(self.name + ".")):
+            return _ABSENT
+        line: dict[str, Any] = {}
+        kind = m.type[len(self.name) + 1:] or None
+        if kind is not None:
+            line["type"] = kind
+        line[self.id_key] = m.id
+        line.update(rest)
+        path = self.content.get(kind or "")
+        if path is not None and m.content is not None:
+            holder = line
+            for key in path[:-1]:
+                holder[key] = holder = dict(holder[key])
+            holder[path[-1]] = m.content
+        return line
+
+
+_PI = _Dialect("pi", "id", "parentId", {"message": ("message", "content"), "custom_message": ("content",),
+                                        "compaction": ("summary",), "branch_summary": ("summary",)})
+_CLAUDE = _Dialect("claude_code", "uuid", "parentUuid", {"user": ("message", "content"),
+                                                         "assistant": ("message", "content"),
+                                                         "system": ("content",), "summary": ("summary",)})
+
+
+def _is_name(value: object) -> TypeGuard[str]:
+    try:
+        _check_name("name", value)
+    except InvalidInput:
+        return False
+    return True
+
+
+def _iso_ms(value: object) -> int | None:
+    """ms since the epoch of an ISO 8601 time (``Z`` or an offset; naive = UTC), else ``None``."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return round(when.timestamp() * 1000)
+
+
+def _ms_iso(ms: int) -> str:
+    """JavaScript's ``toISOString()`` of a time in ms: what pi and Claude Code write."""
+    when = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _read_lines(source: str | os.PathLike[str] | Iterable[str], what: str) -> list[tuple[int, Any]]:
+    """The JSON values of a JSONL file (a path) or of lines, with their line numbers.
+
+    Blank lines are skipped. A line that is not JSON raises :class:`InvalidInput`,
+    except an unterminated last line of a file: what a writer killed mid-line leaves
+    (logged and skipped, as this module's own logs do).
     """
-    answered = {m.tool_call_id for m in path if m.type == "tool_result"}
-    out: list[dict[str, Any]] = []
-    for m in path:
-        if m.type == "tool" and m.tool_call_id in answered:
+    torn = False
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"cannot read {what} {os.fspath(source)!r}: {e}") from None
+        raw = text.split("\n")
+        torn = not text.endswith("\n")
+    else:
+        raw = list(source)
+        if not all(isinstance(line, str) for line in raw):
+            raise InvalidInput(f"{what}: lines must be strings")
+    out: list[tuple[int, Any]] = []
+    for n, line in enumerate(raw, 1):
+        if not line.strip():
             continue
-        if m.type == "tool_result" or m.role == "tool":
-            content = m.fields.get("output", m.content)
-            out.append({"role": "tool", "tool_call_id": m.tool_call_id,
-                        "content": content if isinstance(content, str) else _dumps(content)})
-        elif m.role in ("system", "user", "assistant"):
-            entry: dict[str, Any] = {"role": m.role, "content": m.content}
-            if m.role == "assistant" and m.tool_calls:
-                entry["tool_calls"] = [_openai_tool_call(c) for c in m.tool_calls]
+        try:
+            value = json.loads(line, parse_constant=_reject_constant)
+        except ValueError as e:
+            if torn and n == len(raw):
+                _log.warning("%s: unterminated last line %d is not JSON; skipped", what, n)
+                continue
+            raise InvalidInput(f"{what}, line {n}: not JSON ({e})") from None
+        if _SURROGATE_ESCAPE_RE.search(line):
+            value = _without_lone_surrogates(value)
+        out.append((n, value))
+    return out
+
+
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` with lone surrogates (text JavaScript can write, UTF-8 cannot hold)
+    replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE_RE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
+class _Importer:
+    """Turns a transcript's lines into messages, in order (see the banner above)."""
+
+    def __init__(self, dialect: _Dialect, lines: Iterable[Any], now_ms: int) -> None:
+        self.dialect = dialect
+        # made-up ids avoid every id the source uses, so no later line loses its own
+        self.reserved = {v.get(dialect.id_key) for v in lines if isinstance(v, dict)}
+        self.nodes: set[str] = set()
+        self.messages: list[Message] = []
+        self.last_ms = now_ms
+        self.made_up = 0
+
+    def _made_up_id(self) -> str:
+        while True:
+            self.made_up += 1
+            mid = f"{self.dialect.name}-line-{self.made_up}"
+            if mid not in self.reserved and mid not in self.nodes:
+                return mid
+
+    def add(self, line: Any, default_parent: str | None = None, **extra: Any) -> Message:
+        d = self.dialect
+        is_dict = isinstance(line, dict)
+        kind = line.get("type") if is_dict else None
+        if not (isinstance(kind, str) and _is_name(f"{d.name}.{kind}")):
+            kind = None
+        when = _iso_ms(line.get("timestamp")) if is_dict else None
+        self.last_ms = when if when is not None else self.last_ms
+        inner = line.get("message") if is_dict else None
+        role = inner.get("role") if isinstance(inner, dict) else None
+        path = d.content.get(kind or "")
+        content: Any = None
+        own_id = line.get(d.id_key) if is_dict else None
+        if is_dict and _is_name(own_id) and own_id not in self.nodes:
+            mid: str = own_id
+            parent = line.get(d.parent_key)
+            parent_id = parent if isinstance(parent, str) and parent in self.nodes else default_parent
+            rest = {k: v for k, v in line.items() if k != d.id_key and not (k == "type" and kind is not None)}
+            holder: dict[str, Any] | None = rest
+            for key in (path or ())[:-1]:
+                step = holder.get(key) if holder is not None else None
+                if not isinstance(step, dict):
+                    holder = None
+                    break
+                holder[key] = holder = dict(step)
+            if path and holder is not None and holder.get(path[-1]) is not None:
+                content, holder[path[-1]] = holder[path[-1]], None
+            fields: dict[str, Any] = {d.name: rest}
+            self.nodes.add(mid)
+        else:
+            mid, parent_id = self._made_up_id(), None
+            fields = {d.name + "_line": line}
+        fields.update(extra)
+        msg = Message(id=mid, parent_id=parent_id, type=f"{d.name}.{kind}" if kind else d.name,
+                      role=role if _is_name(role) else kind or "line", content=content,
+                      timestamp=self.last_ms, fields=fields)
+        self.messages.append(msg)
+        return msg
+
+    def is_node(self, m: Message) -> bool:
+        return self.dialect.name in m.fields
+
+
+def _pi_migrate(entries: list[dict[str, Any]]) -> None:
+    """Bring pi entries of format version 1 or 2 to version 3, as pi itself does on
+    load: v1 -> v2 gives every entry an id and chains them (``firstKeptEntryIndex``
+    becomes ``firstKeptEntryId``); v2 -> v3 renames the ``hookMessage`` role ``custom``.
+    Ids made here are derived from the session id and position: importing the same
+    file twice gives the same ids."""
+    header = entries[0]
+    version = header.get("version", 1)
+    if version < 2:
+        ids: set[str] = set()
+        previous: str | None = None
+        for n, entry in enumerate(entries[1:], 1):
+            seed = f"{header.get('id')}:{n}"
+            while (eid := hashlib.sha256(seed.encode()).hexdigest()[:8]) in ids:
+                seed += "'"
+            ids.add(eid)
+            entry["id"], entry["parentId"], previous = eid, previous, eid
+        for entry in entries[1:]:
+            index = entry.pop("firstKeptEntryIndex", None) if entry.get("type") == "compaction" else None
+            if isinstance(index, int) and 0 < index < len(entries):
+                entry["firstKeptEntryId"] = entries[index]["id"]
+    if version < 3:
+        for entry in entries[1:]:
+            message = entry.get("message")
+            if entry.get("type") == "message" and isinstance(message, dict) and message.get("role") == "hookMessage":
+                message["role"] = "custom"
+        header["version"] = _PI_VERSION
+
+
+def _pi_import(lines: list[tuple[int, Any]], now_ms: int) -> tuple[list[Message], str]:
+    """The messages of a pi session file, and the id of its leaf (its last entry)."""
+    if not lines or not isinstance(lines[0][1], dict) or lines[0][1].get("type") != "session":
+        raise InvalidInput('not a pi session: the first line must be its header {"type":"session",...}')
+    for n, value in lines:
+        if not isinstance(value, dict):
+            raise InvalidInput(f"pi session, line {n}: not a JSON object")
+    entries: list[dict[str, Any]] = [value for _, value in lines]
+    header = entries[0]
+    version = header.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InvalidInput(f"pi session header: version must be a positive integer, not {version!r}")
+    if version > _PI_VERSION:
+        raise InvalidInput(f"pi session format version {version} is newer than this module reads ({_PI_VERSION})")
+    if not _is_name(header.get("id")):
+        raise InvalidInput("pi session header: id must be a string of 1 to 256 characters")
+    _pi_migrate(entries)
+    importer = _Importer(_PI, entries, now_ms)
+    root = importer.add(header)
+    leaf = root.id
+    for entry in entries[1:]:
+        m = importer.add(entry, root.id)
+        if importer.is_node(m):
+            leaf = m.id
+    return importer.messages, leaf
+
+
+# -- neutral turns --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class _Call:
+    """A tool call: ``input`` as an object, ``arguments`` the JSON text when given so."""
+
+    id: str
+    name: str
+    input: Any
+    arguments: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class _Turn:
+    """One turn in neutral form. ``parts``: ``{"type": "text", "text"}``, ``{"type":
+    "image", "media_type", "data"}`` or ``{"type": "image", "url"}``, ``{"type":
+    "thinking", "thinking", "signature"}``, ``{"type": "redacted_thinking", "data"}``.
+    An assistant turn has ``calls``; a tool turn answers ``call_id``."""
+
+    role: str
+    parts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    calls: list[_Call] = dataclasses.field(default_factory=list)
+    call_id: str = ""
+    name: str = ""
+    is_error: bool = False
+
+    def text(self) -> str:
+        return "\n\n".join(p["text"] for p in self.parts if p["type"] == "text")
+
+
+_SYNTHETIC_RESULT = "Error: this tool call has no result (the conversation moved on before it completed)."
+_COMPACTION_PREFIX = ("The conversation history before this point was compacted into the following summary:"
+                      "\n\n<summary>\n")
+_BRANCH_PREFIX = "The following is a summary of a branch that this conversation came back from:\n\n<summary>\n"
+
+
+def _text(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def _image(block: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A neutral image from Anthropic's, pi's or OpenAI's image block."""
+    source = block.get("source")
+    if isinstance(source, dict):
+        if source.get("type") == "base64":
+            return {"type": "image", "media_type": source.get("media_type"), "data": source.get("data")}
+        if isinstance(source.get("url"), str):
+            return {"type": "image", "url": source["url"]}
+    if isinstance(block.get("data"), str):
+        return {"type": "image", "media_type": block.get("mimeType") or block.get("media_type"),
+                "data": block["data"]}
+    url = block.get("image_url")
+    url = url.get("url") if isinstance(url, dict) else url
+    if isinstance(url, str):
+        found = re.fullmatch(r"data:([^;,]+);base64,(.*)", url, re.S)
+        return ({"type": "image", "media_type": found[1], "data": found[2]} if found
+                else {"type": "image", "url": url})
+    return None
+
+
+def _call(block: Mapping[str, Any], fallback_id: str) -> _Call:
+    """A call from the tutorial's ``{id, name, params}``, OpenAI's ``{id, function:
+    {name, arguments}}``, Anthropic's ``tool_use`` or pi's ``toolCall``."""
+    function = block.get("function")
+    source = function if isinstance(function, dict) else block
+    arguments = source.get("arguments", source.get("input", source.get("params")))
+    text = arguments if isinstance(arguments, str) else None
+    if text is not None:
+        try:
+            arguments = json.loads(text)
+        except ValueError:
+            arguments = {"arguments": text}
+    call_id = block.get("id")
+    name = source.get("name")
+    return _Call(id=call_id if isinstance(call_id, str) and call_id else fallback_id,
+                 name=name if isinstance(name, str) else "unknown", input=arguments, arguments=text)
+
+
+def _read_content(content: Any, owner: str) -> tuple[list[dict[str, Any]], list[_Call], list[_Turn]]:
+    """Parts, tool calls and tool results of a message's content: a string, or a list
+    of Anthropic, pi or OpenAI blocks. ``owner`` names made-up call ids."""
+    if content is None:
+        return [], [], []
+    if isinstance(content, str):
+        return [_text(content)], [], []
+    blocks = content if isinstance(content, list) else [content]
+    parts: list[dict[str, Any]] = []
+    calls: list[_Call] = []
+    results: list[_Turn] = []
+    for i, block in enumerate(blocks):
+        if isinstance(block, str):
+            parts.append(_text(block))
+            continue
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text" and isinstance(block.get("text"), str):
+            parts.append(_text(block["text"]))
+        elif kind in ("image", "image_url"):
+            image = _image(block)
+            if image is not None:
+                parts.append(image)
+        elif kind == "thinking" and isinstance(block.get("thinking"), str):
+            signature = block.get("signature", block.get("thinkingSignature"))
+            parts.append({"type": "thinking", "thinking": block["thinking"],
+                          "signature": signature if isinstance(signature, str) else None})
+        elif kind == "redacted_thinking" and isinstance(block.get("data"), str):
+            parts.append({"type": "redacted_thinking", "data": block["data"]})
+        elif kind in ("tool_use", "toolCall"):
+            calls.append(_call(block, f"{owner}-call-{i}"))
+        elif kind == "tool_result":
+            answered = block.get("tool_use_id")
+            results.append(_Turn("tool", _read_content(block.get("content"), owner)[0],
+                                 call_id=answered if isinstance(answered, str) else "",
+                                 is_error=block.get("is_error") is True))
+    return parts, calls, results
+
+
+def _result_parts(value: Any, owner: str) -> list[dict[str, Any]]:
+    if value is None or isinstance(value, (str, list)):
+        return _read_content(value, owner)[0]
+    return [_text(_dumps(value))]
+
+
+def _native_turns(m: Message) -> list[_Turn]:
+    """A record appended through this module: the tutorial's shapes (``tool_calls`` as
+    ``{id, name, params}``, ``tool_result`` records with ``output``), OpenAI's
+    (``tool_calls`` with ``function``, ``tool`` role) or Anthropic's (content blocks)."""
+    if m.type == "reset":
+        return [_Turn("system", _result_parts(m.content, m.id))]
+    if m.type == "tool":  # the tutorial's call record: the assistant's tool_calls already say it
+        return []
+    if m.type == "tool_result" or m.role == "tool":
+        call_id = m.tool_call_id
+        return [_Turn("tool", _result_parts(m.fields.get("output", m.content), m.id),
+                      call_id=call_id if isinstance(call_id, str) else "", is_error=m.fields.get("is_error") is True)]
+    if m.role not in ("system", "user", "assistant"):
+        return []
+    parts, calls, results = _read_content(m.content, m.id)
+    if m.role == "system":
+        return [_Turn("system", [p for p in parts if p["type"] == "text"])]
+    if m.role == "user":
+        return results + ([_Turn("user", parts)] if parts or not results else [])
+    declared = m.tool_calls if isinstance(m.tool_calls, list) else []
+    calls += [_call(c, f"{m.id}-call-{i}") for i, c in enumerate(declared) if isinstance(c, dict)]
+    return [_Turn("assistant", parts, calls)]
+
+
+def _bash_text(message: Mapping[str, Any]) -> str:
+    """pi's ``bashExecution`` message as the user text pi sends for it."""
+    text = f"Ran `{message.get('command')}`\n"
+    output = message.get("output")
+    text += f"```\n{output}\n```" if output else "(no output)"
+    if message.get("cancelled"):
+        text += "\n\n(command cancelled)"
+    elif message.get("exitCode") not in (None, 0):
+        text += f"\n\nCommand exited with code {message.get('exitCode')}"
+    if message.get("truncated") and message.get("fullOutputPath"):
+        text += f"\n\n[Output truncated. Full output: {message.get('fullOutputPath')}]"
+    return text
+
+
+def _pi_turns(entry: Mapping[str, Any], owner: str) -> list[_Turn]:
+    """What pi sends the model for one entry (its ``buildSessionContext`` and
+    ``convertToLlm``); a compaction is handled on the whole path (:func:`_path_turns`)."""
+    kind = entry.get("type")
+    if kind == "custom_message":
+        return [_Turn("user", _read_content(entry.get("content"), owner)[0])]
+    if kind == "branch_summary" and isinstance(entry.get("summary"), str) and entry["summary"]:
+        return [_Turn("user", [_text(_BRANCH_PREFIX + entry["summary"] + "</summary>")])]
+    message = entry.get("message")
+    if kind != "message" or not isinstance(message, dict):
+        return []
+    role = message.get("role")
+    parts, calls, _ = _read_content(message.get("content"), owner)
+    if role in ("user", "custom", "hookMessage"):
+        return [_Turn("user", parts)]
+    if role == "assistant":
+        return [] if message.get("stopReason") in ("error", "aborted") else [_Turn("assistant", parts, calls)]
+    if role == "toolResult":
+        call_id, name = message.get("toolCallId"), message.get("toolName")
+        return [_Turn("tool", parts, call_id=call_id if isinstance(call_id, str) else "",
+                      name=name if isinstance(name, str) else "", is_error=message.get("isError") is True)]
+    if role == "bashExecution" and not message.get("excludeFromContext"):
+        return [_Turn("user", [_text(_bash_text(message))])]
+    return []
+
+
+def _claude_turns(line: Mapping[str, Any], owner: str) -> list[_Turn]:
+    """What a Claude Code line says to the model: user and assistant lines only
+    (system lines, summaries and API error notices are for the user)."""
+    message = line.get("message")
+    if line.get("type") not in ("user", "assistant") or not isinstance(message, dict):
+        return []
+    if line.get("isApiErrorMessage"):
+        return []
+    parts, calls, results = _read_content(message.get("content"), owner)
+    if line["type"] == "assistant":
+        return [_Turn("assistant", parts, calls)]
+    return results + ([_Turn("user", parts)] if parts or not results else [])
+
+
+def _message_turns(m: Message) -> list[_Turn]:
+    """The turns one stored message contributes to a context."""
+    for dialect, read in ((_PI, _pi_turns), (_CLAUDE, _claude_turns)):
+        line = dialect.line(m)
+        if line is not _ABSENT:
+            return read(line, m.id) if isinstance(line, dict) else []
+    return _native_turns(m)
+
+
+def _path_turns(path: list[Message]) -> list[_Turn]:
+    """The turns of a root -> leaf path. A pi compaction on the path stands for what
+    came before it: its summary, then the entries from its ``firstKeptEntryId`` on (pi's
+    ``buildSessionContext``). Reset markers and Claude Code compaction boundaries are
+    roots, so a path already starts there."""
+    start, summary = 0, None
+    for i in range(len(path) - 1, -1, -1):
+        entry = _PI.line(path[i]) if path[i].type == "pi.compaction" else _ABSENT
+        if isinstance(entry, dict):
+            summary = _Turn("user", [_text(_COMPACTION_PREFIX + str(entry.get("summary")) + "\n</summary>")])
+            kept = entry.get("firstKeptEntryId")
+            start = next((j for j in range(i) if path[j].id == kept), i)
+            path = path[start:i] + path[i + 1:]
+            break
+    turns = [summary] if summary is not None else []
+    for m in path:
+        turns.extend(_message_turns(m))
+    return turns
+
+
+def _settle(turns: list[_Turn]) -> list[_Turn]:
+    """Turns both APIs accept (see the banner above). Copies; the input is not changed."""
+    out: list[_Turn] = []
+    open_calls: dict[str, str] = {}  # id -> name, awaiting a result
+    seen: set[str] = set()
+
+    def close_open_calls() -> None:
+        for call_id, name in open_calls.items():
+            out.append(_Turn("tool", [_text(_SYNTHETIC_RESULT)], call_id=call_id, name=name, is_error=True))
+        open_calls.clear()
+
+    for turn in turns:
+        if turn.role == "tool":
+            if turn.call_id in open_calls:
+                name = open_calls.pop(turn.call_id)
+                out.append(dataclasses.replace(turn, name=turn.name or name))
+            continue
+        if turn.role == "assistant":
+            calls = [c for c in turn.calls if c.id not in seen]
+            seen.update(c.id for c in calls)
+            if not turn.parts and not calls:
+                continue
+            if out and out[-1].role == "assistant":  # one response over several lines
+                out[-1] = dataclasses.replace(out[-1], parts=out[-1].parts + turn.parts, calls=out[-1].calls + calls)
+            else:
+                close_open_calls()
+                out.append(dataclasses.replace(turn, calls=calls))
+            open_calls.update((c.id, c.name) for c in calls)
+            continue
+        close_open_calls()
+        out.append(turn)
+    close_open_calls()
+    return out
+
+
+# -- OpenAI and Anthropic --------------------------------------------------------------
+
+
+def _openai_content(parts: list[dict[str, Any]], *, images: bool) -> Any:
+    """A string when the parts are one text, else a list of OpenAI content parts."""
+    out: list[dict[str, Any]] = []
+    for p in parts:
+        if p["type"] == "text":
+            out.append(p)
+        elif p["type"] == "image":
+            url = p.get("url") or f"data:{p.get('media_type')};base64,{p.get('data')}"
+            out.append({"type": "image_url", "image_url": {"url": url}} if images else _text("[image]"))
+    if len(out) == 1 and out[0]["type"] == "text":
+        return out[0]["text"]
+    return out
+
+
+def _openai_messages(turns: list[_Turn]) -> list[dict[str, Any]]:
+    """OpenAI chat messages: ``tool_calls`` with JSON-text ``arguments``, one ``tool``
+    message per call; thinking is dropped (Chat Completions takes none back)."""
+    out: list[dict[str, Any]] = []
+    for t in turns:
+        if t.role == "system":
+            out.append({"role": "system", "content": t.text()})
+        elif t.role == "user":
+            out.append({"role": "user", "content": _openai_content(t.parts, images=True)})
+        elif t.role == "tool":
+            out.append({"role": "tool", "tool_call_id": t.call_id,
+                        "content": "\n\n".join(p["text"] if p["type"] == "text" else "[image]" for p in t.parts)})
+        else:
+            texts = [p for p in t.parts if p["type"] == "text"]
+            if not texts and not t.calls:
+                continue
+            entry: dict[str, Any] = {"role": "assistant", "content": _openai_content(texts, images=False)
+                                     if texts else None}
+            if t.calls:
+                entry["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                    "name": c.name, "arguments": c.arguments if c.arguments is not None else _dumps(
+                        c.input if c.input is not None else {})}} for c in t.calls]
             out.append(entry)
     return out
 
 
-def _openai_tool_call(call: Any) -> Any:
-    if not isinstance(call, dict) or "function" in call:
-        return call
-    args = call.get("arguments", call.get("params", call.get("input", {})))
-    return {"id": call.get("id"), "type": "function",
-            "function": {"name": call.get("name"), "arguments": args if isinstance(args, str) else _dumps(args)}}
+_ANTHROPIC_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _anthropic_id(call_id: str) -> str:
+    """A tool call id Anthropic accepts (``^[a-zA-Z0-9_-]+$``): unchanged when it is
+    one, else a sanitized one with a hash suffix, the same for the call and its result."""
+    if _ANTHROPIC_ID_RE.fullmatch(call_id):
+        return call_id
+    digest = hashlib.sha256(call_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", call_id)[:40] + "_" + digest
+
+
+def _anthropic_blocks(parts: list[dict[str, Any]], calls: Sequence[_Call] = (), *,
+                      ids: Callable[[str], str] = _anthropic_id) -> list[dict[str, Any]]:
+    """Anthropic content blocks; thinking only with its signature (the API refuses
+    it unsigned); empty texts dropped (refused too)."""
+    out: list[dict[str, Any]] = []
+    for p in parts:
+        if p["type"] == "text" and p["text"].strip():
+            out.append(p)
+        elif p["type"] == "image":
+            source = ({"type": "url", "url": p["url"]} if "url" in p else
+                      {"type": "base64", "media_type": p.get("media_type"), "data": p.get("data")})
+            out.append({"type": "image", "source": source})
+        elif p["type"] == "thinking" and p.get("signature"):
+            out.append({"type": "thinking", "thinking": p["thinking"], "signature": p["signature"]})
+        elif p["type"] == "redacted_thinking":
+            out.append(p)
+    for c in calls:
+        value = c.input if isinstance(c.input, dict) else {} if c.input is None else {"value": c.input}
+        out.append({"type": "tool_use", "id": ids(c.id), "name": c.name, "input": value})
+    return out
+
+
+def _anthropic_result(t: _Turn, *, ids: Callable[[str], str] = _anthropic_id) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": ids(t.call_id)}
+    content = [b for b in _anthropic_blocks(t.parts) if b["type"] in ("text", "image")]
+    if content:
+        block["content"] = content[0]["text"] if len(content) == 1 and content[0]["type"] == "text" else content
+    if t.is_error:
+        block["is_error"] = True
+    return block
+
+
+def _anthropic_request(turns: list[_Turn]) -> dict[str, Any]:
+    """``{"system": ..., "messages": [...]}`` for Anthropic's Messages API: system text
+    goes to ``system`` (absent when there is none); user and assistant alternate, the
+    first is a user turn; a user turn after tool use starts with its ``tool_result``s."""
+    system: list[str] = []
+    messages: list[dict[str, Any]] = []
+    for t in turns:
+        if t.role == "system":
+            if t.text().strip():
+                system.append(t.text())
+            continue
+        role = "assistant" if t.role == "assistant" else "user"
+        blocks = [_anthropic_result(t)] if t.role == "tool" else _anthropic_blocks(t.parts, t.calls)
+        if not blocks:
+            continue
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
+    if messages and messages[0]["role"] != "user":
+        messages.insert(0, {"role": "user", "content": [_text("(The conversation so far continues below.)")]})
+    for entry in messages:
+        blocks = entry["content"]
+        if len(blocks) == 1 and blocks[0]["type"] == "text":
+            entry["content"] = blocks[0]["text"]
+    request: dict[str, Any] = {"messages": messages}
+    if system:
+        request["system"] = "\n\n".join(system)
+    return request
+
+
+_CONTEXT_FORMATS = ("openai", "anthropic")
+
+
+def _context(path: list[Message], format: str) -> Any:
+    """A root -> leaf path as an OpenAI message list or an Anthropic request."""
+    turns = _settle(_path_turns(path))
+    return _anthropic_request(turns) if format == "anthropic" else _openai_messages(turns)
+
+
+# -- writing pi and Claude Code ---------------------------------------------------------
+
+
+def _export_order(messages: list[Message], head: str | None) -> list[Message]:
+    """Append order (parents first), with the head moved after every other node when
+    it is a leaf: pi and Claude Code resume at the last one. Kept lines that are not
+    nodes (summaries, ...) keep their place; a head with children cannot move."""
+    at = next((i for i, m in enumerate(messages) if m.id == head), None)
+    if at is None or any(m.parent_id == head for m in messages):
+        return messages
+    nodes = [i for i, m in enumerate(messages) if not any(k.endswith("_line") for k in m.fields)]
+    last = max(nodes, default=at)
+    if last <= at:
+        return messages
+    return messages[:at] + messages[at + 1:last + 1] + [messages[at]] + messages[last + 1:]
+
+
+def _chain(m: Message, bodies: list[dict[str, Any]], id_key: str, parent_key: str, parent: str | None,
+           taken: set[str]) -> list[dict[str, Any]]:
+    """Lines for the turns of one message, chained; the last carries the message's id
+    (children name it), the others ``<id>.<n>``."""
+    out: list[dict[str, Any]] = []
+    for n, body in enumerate(bodies, 1):
+        line_id = m.id
+        if n < len(bodies):
+            line_id = f"{m.id}.{n}"
+            while line_id in taken:
+                line_id += "_"
+            taken.add(line_id)
+        out.append({"type": body.pop("type"), id_key: line_id, parent_key: parent, **body})
+        parent = line_id
+    return out
+
+
+def _first_text(content: Any) -> str:
+    return content if isinstance(content, str) else _dumps(content)
+
+
+def _pi_blocks(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for p in parts:
+        if p["type"] == "text":
+            out.append(p)
+        elif p["type"] == "image":
+            out.append({"type": "image", "data": p["data"], "mimeType": p.get("media_type")} if "data" in p
+                       else _text(f"[image: {p.get('url')}]"))
+        elif p["type"] == "thinking":
+            out.append({"type": "thinking", "thinking": p["thinking"]} | (
+                {"thinkingSignature": p["signature"]} if p.get("signature") else {}))
+    return out
+
+
+_PI_NO_USAGE = {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "totalTokens": 0,
+                "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "total": 0}}
+
+
+def _pi_entries(m: Message, parent: str | None, taken: set[str], names: dict[str, str]) -> list[dict[str, Any]]:
+    """pi entries for a message that was not imported from pi: user, assistant and tool
+    turns as pi messages; system text as a ``custom_message``; a reset marker as a
+    ``compaction`` (its text the summary); anything else as a ``custom`` entry
+    (``customType`` ``"session-store"``) holding the record, so nothing is lost."""
+    ms = m.timestamp
+    bodies: list[dict[str, Any]] = []
+    if m.type == "reset":
+        bodies.append({"type": "compaction", "summary": _first_text(m.content), "firstKeptEntryId": m.id,
+                       "tokensBefore": 0})
+    for t in _message_turns(m) if not bodies else []:
+        if t.role == "system":
+            bodies.append({"type": "custom_message", "customType": "session-store.system", "content": t.text(),
+                           "display": True})
+            continue
+        blocks = _pi_blocks(t.parts)
+        if t.role == "user":
+            one_text = len(blocks) == 1 and blocks[0]["type"] == "text"
+            message = {"role": "user", "content": blocks[0]["text"] if one_text else blocks, "timestamp": ms}
+        elif t.role == "tool":
+            message = {"role": "toolResult", "toolCallId": t.call_id, "toolName": t.name or names.get(t.call_id, ""),
+                       "content": blocks, "isError": t.is_error, "timestamp": ms}
+        else:
+            names.update((c.id, c.name) for c in t.calls)
+            blocks += [{"type": "toolCall", "id": c.id, "name": c.name,
+                        "arguments": c.input if isinstance(c.input, dict) else {}} for c in t.calls]
+            message = {"role": "assistant", "content": blocks, "api": "unknown",
+                       "provider": str(m.fields.get("provider", "unknown")),
+                       "model": str(m.fields.get("model", "unknown")), "usage": _PI_NO_USAGE,
+                       "stopReason": "toolUse" if t.calls else "stop", "timestamp": ms}
+        bodies.append({"type": "message", "message": message})
+    if not bodies:
+        bodies.append({"type": "custom", "customType": "session-store", "data": m.to_record()})
+    when = _ms_iso(ms)
+    for body in bodies:
+        body["timestamp"] = when
+    return _chain(m, bodies, "id", "parentId", parent, taken)
+
+
+def _pi_export(session_id: str, created_at: int, messages: list[Message], head: str | None) -> list[Any]:
+    """The lines of a pi session file (format version 3) for a session's whole tree."""
+    headers = [m for m in messages if m.type == "pi.session" and isinstance(_PI.line(m), dict)]
+    header_ids = {m.id for m in headers}
+    lines: list[Any] = [_PI.line(headers[0]) if headers else {
+        "type": "session", "version": _PI_VERSION, "id": session_id, "timestamp": _ms_iso(created_at), "cwd": ""}]
+    taken = {m.id for m in messages}
+    names: dict[str, str] = {}
+    for m in _export_order(messages, head):
+        if headers and m is headers[0]:
+            continue
+        line = _PI.line(m)
+        if line is not _ABSENT:
+            lines.append(line)
+            continue
+        parent = None if m.parent_id is None or m.parent_id in header_ids else m.parent_id
+        lines.extend(_pi_entries(m, parent, taken, names))
+    return lines
+
+
+_SUBAGENT_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.jsonl")
+
+
+def _claude_import(path: str | os.PathLike[str], now_ms: int
+                   ) -> tuple[list[Message], str | None, dict[str, str], str | None]:
+    """Messages of a Claude Code transcript and of its subagents' files
+    (``<transcript>/subagents/*.jsonl``), the main leaf (the last line not on a
+    sidechain), the head of each sidechain by branch name, and the session id."""
+    files: list[tuple[str | None, list[tuple[int, Any]]]] = [(None, _read_lines(path, "Claude Code transcript"))]
+    subagents = os.path.join(os.path.splitext(os.fspath(path))[0], "subagents")
+    if os.path.isdir(subagents):
+        for name in sorted(os.listdir(subagents)):
+            if _SUBAGENT_FILE_RE.fullmatch(name):
+                lines = _read_lines(os.path.join(subagents, name), "Claude Code subagent transcript")
+                files.append((f"subagents/{name}", lines))
+    importer = _Importer(_CLAUDE, (value for _, lines in files for _, value in lines), now_ms)
+    main_leaf = last = session = None
+    sidechains: dict[str, str] = {}
+    for file, lines in files:
+        uuids = {v.get("uuid") for _, v in lines if isinstance(v, dict) and isinstance(v.get("uuid"), str)}
+        linked = any(isinstance(v, dict) and v.get("parentUuid") in uuids for _, v in lines)
+        previous = None  # a transcript without any links reads in file order: chain it
+        for _, value in lines:
+            m = importer.add(value, None if linked else previous, **({"claude_code_file": file} if file else {}))
+            if not importer.is_node(m):
+                continue
+            previous = m.id
+            if session is None and isinstance(value.get("sessionId"), str):
+                session = value["sessionId"]
+            if value.get("isSidechain") is True:
+                agent = value.get("agentId")
+                name = f"agent-{agent}" if isinstance(agent, str) and _is_name(f"agent-{agent}") else "sidechain"
+                sidechains[name] = m.id
+            elif file is None:
+                main_leaf = m.id
+            if file is None:
+                last = m.id
+    return importer.messages, main_leaf or last, sidechains, session
+
+
+_SUBAGENT_PATH_RE = re.compile(r"subagents/" + _SUBAGENT_FILE_RE.pattern)
+
+
+def _claude_lines(m: Message, session: str, sidechain: bool, parent: str | None, taken: set[str],
+                  ) -> list[dict[str, Any]]:
+    """Claude Code lines for a message that was not imported from Claude Code: user,
+    assistant and tool turns as user/assistant lines (Anthropic content), system text
+    and reset markers as system lines, anything else as a system line carrying the
+    record in ``sessionStoreRecord``."""
+    bodies: list[dict[str, Any]] = []
+    if m.type == "reset":
+        bodies.append({"type": "system", "subtype": "compact_boundary", "content": _first_text(m.content),
+                       "level": "info", "logicalParentUuid": None})
+    for t in _message_turns(m) if not bodies else []:
+        if t.role == "system":
+            bodies.append({"type": "system", "subtype": "informational", "content": t.text(), "level": "info"})
+        elif t.role == "assistant":
+            bodies.append({"type": "assistant", "message": {
+                "id": f"msg_{m.id}", "type": "message", "role": "assistant",
+                "model": str(m.fields.get("model", "unknown")),
+                "content": _anthropic_blocks(t.parts, t.calls, ids=str)}})
+        else:
+            blocks = [_anthropic_result(t, ids=str)] if t.role == "tool" else _anthropic_blocks(t.parts, ids=str)
+            one_text = len(blocks) == 1 and blocks[0]["type"] == "text"
+            bodies.append({"type": "user", "message": {"role": "user",
+                                                       "content": blocks[0]["text"] if one_text else blocks}})
+    if not bodies:
+        bodies.append({"type": "system", "subtype": "informational", "content": _first_text(m.content),
+                       "level": "info", "sessionStoreRecord": m.to_record()})
+    for body in bodies:
+        body.update(isSidechain=sidechain, sessionId=session, timestamp=_ms_iso(m.timestamp))
+    return _chain(m, bodies, "uuid", "parentUuid", parent, taken)
+
+
+def _claude_export(session_id: str, messages: list[Message], head: str | None) -> dict[str | None, list[Any]]:
+    """The lines of a Claude Code transcript, by file: ``None`` for the main one, else
+    ``subagents/<name>.jsonl``. Imported lines go back to the file they came from;
+    others to their parent's file."""
+    session = session_id
+    for m in messages:
+        line = _CLAUDE.line(m)
+        if isinstance(line, dict) and isinstance(line.get("sessionId"), str):
+            session = line["sessionId"]
+            break
+    files: dict[str | None, list[Any]] = {None: []}
+    file_of: dict[str, str | None] = {}
+    taken = {m.id for m in messages}
+    for m in _export_order(messages, head):
+        line = _CLAUDE.line(m)
+        if line is not _ABSENT:
+            file = m.fields.get("claude_code_file")
+            file = file if isinstance(file, str) and _SUBAGENT_PATH_RE.fullmatch(file) else None
+            lines = [line]
+        else:
+            file = file_of.get(m.parent_id) if m.parent_id is not None else None
+            lines = _claude_lines(m, session, file is not None, m.parent_id, taken)
+        file_of[m.id] = file
+        files.setdefault(file, []).extend(lines)
+    return files
+
+
+def _write_jsonl(path: str, lines: list[Any]) -> None:
+    """Write ``lines`` as a JSONL file, atomically (a reader sees the old file or the new)."""
+    with _storage_errors(f"write {path}"):
+        fs = RealFileSystem()
+        try:
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                fs.makedirs(folder)
+            fs.write_atomic(path, b"".join((_dumps(line) + "\n").encode("utf-8") for line in lines))
+        finally:
+            fs.close()
 
 
 # ============================================================================
@@ -3099,13 +3957,118 @@ class SessionStore:
         """Messages with more than one child, in append order."""
         return self._read(session_id, lambda s: [m for m in s.messages if len(s.children.get(m.id, ())) > 1])
 
-    def build_context(self, session_id: str, leaf_id: str | None = None) -> list[dict[str, Any]]:
-        """The root -> leaf path (default: current head) as OpenAI chat messages.
+    @overload
+    def build_context(self, session_id: str, leaf_id: str | None = None, *,
+                      format: Literal["openai"] = "openai") -> list[dict[str, Any]]: ...
 
-        See the tutorial's ``buildContext``; the mapping of roles and types is
-        documented at ``_openai_context`` in this file.
+    @overload
+    def build_context(self, session_id: str, leaf_id: str | None = None, *,
+                      format: Literal["anthropic"]) -> dict[str, Any]: ...
+
+    def build_context(self, session_id: str, leaf_id: str | None = None, *,
+                      format: str = "openai") -> list[dict[str, Any]] | dict[str, Any]:
+        """The root -> leaf path (default: the current head) as what a model API takes.
+
+        ``format="openai"``: a list of Chat Completions messages (assistant
+        ``tool_calls`` with ``function.arguments`` as a JSON string, one ``tool``
+        message per call). ``format="anthropic"``: ``{"system": str, "messages":
+        [...]}`` for the Messages API (``tool_use`` blocks; the next user turn starts
+        with their ``tool_result`` blocks; user and assistant alternate; ``system`` only
+        when there is system text), ready for ``client.messages.create(**context, ...)``.
+
+        Reads native records (the tutorial's ``tool_calls``/``tool_result`` shapes,
+        OpenAI's, Anthropic's content blocks), pi entries and Claude Code lines. A tool
+        call without a result (branching and resets leave them) gets a synthetic error
+        result; a result answering no call on the path is dropped; consecutive
+        assistant records (one response split over lines) merge; aborted or failed
+        responses are left out. A reset marker becomes system text; a pi compaction
+        its summary (a user turn, as pi sends it) followed by the entries it kept.
         """
-        return _openai_context(self.get_linear_history(session_id, leaf_id))
+        if format not in _CONTEXT_FORMATS:
+            raise InvalidInput(f"unknown context format {format!r}; known: {', '.join(_CONTEXT_FORMATS)}")
+        return _context(self.get_linear_history(session_id, leaf_id), format)  # type: ignore[no-any-return]
+
+    # -- pi and Claude Code -------------------------------------------------------------
+
+    def import_pi(self, path_or_lines: str | os.PathLike[str] | Iterable[str], *, key: str | None = None) -> str:
+        """Import a pi session file (``~/.pi/agent/sessions/*.jsonl``) as a new session.
+
+        ``path_or_lines``: a path, or the file's lines (an open file will do). Format
+        versions 1, 2 and 3 are read; older ones are brought to version 3 as pi does
+        (v1 entries get ids derived from the session id and chain; v2's ``hookMessage``
+        role becomes ``custom``). Every entry becomes one message (see the
+        "Interoperability" banner in this file); the header becomes the root, and pi's
+        roots its children. pi keeps no leaf: the last entry is the head of ``main``.
+
+        ``key`` defaults to ``"pi:<session id>"``. Bad input (not a pi session, a line
+        that is not JSON, a newer format) raises :class:`InvalidInput` with nothing
+        written; an unterminated last line (a crashed writer) is skipped. Lone
+        surrogates (invalid text JavaScript can write) become U+FFFD. Returns the new
+        session's id.
+        """
+        messages, leaf = _pi_import(_read_lines(path_or_lines, "pi session"), self._now_ms())
+        header, head = messages[0], next(m for m in messages if m.id == leaf)
+        main = Branch(name="main", head_id=leaf, created_at=header.timestamp, updated_at=head.timestamp)
+        return self.import_session(f"pi:{header.id}" if key is None else key, messages, branches=[main])
+
+    def export_pi(self, session_id: str, path: str | os.PathLike[str]) -> None:
+        """Write the session's whole tree as a pi session file (format version 3), atomically.
+
+        Entries imported from pi are written back as they were read (JSON-equal, unknown
+        types and fields included). Other messages become pi entries: user, assistant
+        and tool results as ``message`` entries, system text as a ``custom_message``, a
+        reset marker as a ``compaction``, anything else as a ``custom`` entry holding
+        the record. A session not imported from pi gets a header with its id. pi
+        resumes at the last line: the current head is written last when it is a leaf.
+        """
+        _write_jsonl(os.fspath(path), self._pi_lines(session_id))
+
+    def _pi_lines(self, session_id: str) -> list[Any]:
+        messages, head, created = self._read(session_id, lambda s: (list(s.messages), s.head(), s.created_at))
+        return _pi_export(session_id, created, messages, head)
+
+    def import_claude_code(self, path: str | os.PathLike[str], *, key: str | None = None) -> str:
+        """Import a Claude Code transcript (``~/.claude/projects/*/<session>.jsonl``),
+        with its subagents' transcripts (``<session>/subagents/*.jsonl``) when present.
+
+        Every line becomes one message (see the "Interoperability" banner in this file):
+        ``uuid`` / ``parentUuid`` make the tree (a parent that is not in the file makes
+        a root, like ``compact_boundary`` lines, whose ``logicalParentUuid`` is kept);
+        lines of one response split by ``message.id`` stay separate records and merge in
+        :meth:`build_context`; ``summary`` lines, lines without a uuid, repeated uuids and
+        non-object lines are kept as roots and written back. Sidechains (``isSidechain``)
+        are kept apart: each agent's last line is the head of a branch
+        ``agent-<agentId>`` (``sidechain`` without one); ``main`` ends at the last line
+        that is not on a sidechain, and is current.
+
+        ``key`` defaults to ``"claude-code:<sessionId>"``. Errors as :meth:`import_pi`.
+        """
+        messages, leaf, sidechains, session = _claude_import(path, self._now_ms())
+        at = {m.id: m.timestamp for m in messages}
+        start = messages[0].timestamp if messages else self._now_ms()
+        branches = [Branch(name=name, head_id=head, created_at=start if head is None else at[head],
+                           updated_at=start if head is None else at[head])
+                    for name, head in [("main", leaf), *sidechains.items()]]
+        if key is None:
+            key = f"claude-code:{session or os.path.splitext(os.path.basename(os.fspath(path)))[0]}"
+        return self.import_session(key, messages, branches=branches)
+
+    def export_claude_code(self, session_id: str, path: str | os.PathLike[str]) -> list[str]:
+        """Write the session as a Claude Code transcript at ``path``, and its subagents'
+        lines under ``<path without .jsonl>/subagents/``, each file atomically.
+
+        Imported lines are written back as they were read, to the file they came from;
+        other messages become user / assistant / system lines with Anthropic content,
+        in their parent's file. Returns the paths written, the transcript first.
+        """
+        messages, head = self._read(session_id, lambda s: (list(s.messages), s.head()))
+        target = os.fspath(path)
+        written = []
+        for file, lines in _claude_export(session_id, messages, head).items():
+            where = target if file is None else os.path.join(os.path.splitext(target)[0], *file.split("/"))
+            _write_jsonl(where, lines)
+            written.append(where)
+        return written
 
     # -- branches ---------------------------------------------------------------------
 
@@ -3568,7 +4531,12 @@ def _run(args: Any, out: _Output) -> int:
     if command == "import":
         os.makedirs(args.dir, exist_ok=True)
         with SessionStore(storage_dir=args.dir) as store:
-            sid = _import_file(store, args.file, args.key, out)
+            if args.format == "pi":
+                sid = store.import_pi(args.file, key=args.key)
+            elif args.format == "claude-code":
+                sid = store.import_claude_code(args.file, key=args.key)
+            else:
+                sid = _import_file(store, args.file, args.key, out)
             print(sid)
         return 0
     with _open_existing(args.dir) as store:
@@ -3634,15 +4602,27 @@ def _run(args: Any, out: _Output) -> int:
                 path = store.get_linear_history(sid, args.leaf)
             if args.format == "json":
                 print(json.dumps([m.to_record() for m in path], ensure_ascii=False, indent=2))
-            elif args.format == "openai":
-                print(json.dumps(_openai_context(path), ensure_ascii=False, indent=2))
+            elif args.format in _CONTEXT_FORMATS:
+                print(json.dumps(_context(path, args.format), ensure_ascii=False, indent=2))
             else:
                 for m in path:
                     text = m.content if isinstance(m.content, str) else _dumps(m.content)
                     print(f"{out.role(m.role)}: {text}")
             return 0
         if command == "export":
-            lines = list(_export_lines(store, sid))
+            if args.format == "claude-code":
+                if not args.output:
+                    raise _UsageError("export --format claude-code writes files: give -o FILE")
+                for written in store.export_claude_code(sid, args.output):
+                    print(written)
+                return 0
+            if args.format == "pi":
+                if args.output:
+                    store.export_pi(sid, args.output)
+                    return 0
+                lines = [_dumps(line) for line in store._pi_lines(sid)]
+            else:
+                lines = list(_export_lines(store, sid))
             if args.output:
                 with open(args.output, "w", encoding="utf-8") as f:
                     f.write("\n".join(lines) + "\n")
@@ -3673,19 +4653,24 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ls", parents=[common], help="sessions: id, message and branch counts, updated, key")
     p.add_argument("--json", action="store_true", help="as JSON")
     for name, what in (("tree", "draw the message tree"), ("branches", "list the branches, * marks the current"),
-                       ("history", "the path from a root to a leaf"), ("export", "native JSONL export")):
+                       ("history", "the path from a root to a leaf"), ("export", "write a session as JSONL")):
         p = sub.add_parser(name, parents=[common], help=what)
         p.add_argument("session", metavar="SESSION_OR_KEY")
         if name == "history":
             which = p.add_mutually_exclusive_group()
             which.add_argument("--leaf", help="a message id (default: the current head)")
             which.add_argument("--branch", help="a branch name")
-            p.add_argument("--format", choices=["text", "json", "openai"], default="text")
+            p.add_argument("--format", choices=["text", "json", *_CONTEXT_FORMATS], default="text",
+                           help="text, the stored records as json, or an openai / anthropic context")
         if name == "export":
             p.add_argument("-o", "--output", help="file to write (default: stdout)")
-    p = sub.add_parser("import", parents=[common], help="import a native export as a new session")
+            p.add_argument("--format", choices=["native", "pi", "claude-code"], default="native",
+                           help="native (re-importable here), a pi session file, or a Claude Code transcript")
+    p = sub.add_parser("import", parents=[common], help="import a session file as a new session")
     p.add_argument("file")
-    p.add_argument("--key", help="the new session's key (default: the exported one)")
+    p.add_argument("--key", help="the new session's key (default: the exported one, pi:<id>, claude-code:<id>)")
+    p.add_argument("--format", choices=["native", "pi", "claude-code"], default="native",
+                   help="native export (default), pi session file, or Claude Code transcript")
     p = sub.add_parser("check", parents=[common], help="find problems (exit 1 when there are any)")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed, then report")
     sub.add_parser("stats", parents=[common], help="counts and sizes per session and in total")
