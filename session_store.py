@@ -2306,6 +2306,10 @@ class _Importer:
         else:
             mid, parent_id = self._made_up_id(), None
             fields = {d.name + "_line": line}
+            content = line
+            for key in path or ():  # shown by history and tree; the line itself is written back
+                content = content.get(key) if isinstance(content, dict) else None
+            content = None if path is None else content
         fields.update(extra)
         msg = Message(id=mid, parent_id=parent_id, type=f"{d.name}.{kind}" if kind else d.name,
                       role=role if _is_name(role) else kind or "line", content=content,
@@ -2504,7 +2508,7 @@ def _native_turns(m: Message) -> list[_Turn]:
     (``tool_calls`` with ``function``, ``tool`` role) or Anthropic's (content blocks)."""
     if m.type == "reset":
         return [_Turn("system", _result_parts(m.content, m.id))]
-    if m.type == "tool":  # the tutorial's call record: the assistant's tool_calls already say it
+    if m.type == "tool" and m.role != "tool":  # the tutorial's call record: the assistant's tool_calls say it
         return []
     if m.type == "tool_result" or m.role == "tool":
         call_id = m.tool_call_id

@@ -115,3 +115,29 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
 def test_demo_is_the_readme_command(tmp_path: Path) -> None:
     result = cli("--dir", str(tmp_path), "demo")
     assert result.returncode == 0 and "[alternative*]" in result.stdout
+
+
+def test_pi_and_claude_code_files_in_and_out(tmp_path: Path) -> None:
+    from test_interop import claude_session, pi_v3_session
+    pi_file = tmp_path / "pi.jsonl"
+    pi_file.write_text("".join(json.dumps(line) + "\n" for line in pi_v3_session()), encoding="utf-8")
+    store_dir = str(tmp_path / "store")
+    imported = cli("import", str(pi_file), "--format", "pi", "--key", "from-pi", "--dir", store_dir)
+    assert imported.returncode == 0, imported.stderr
+    sid = imported.stdout.strip()
+    exported = cli("export", "from-pi", "--format", "pi", "--dir", store_dir)
+    assert [json.loads(line) for line in exported.stdout.splitlines()] == pi_v3_session()
+    request = json.loads(cli("history", sid, "--format", "anthropic", "--dir", store_dir).stdout)
+    assert request["messages"][0] == {"role": "user", "content": "List the files."}
+
+    cc_file = tmp_path / "cc.jsonl"
+    cc_file.write_text("".join(json.dumps(line) + "\n" for line in claude_session()), encoding="utf-8")
+    assert cli("import", str(cc_file), "--format", "claude-code", "--dir", store_dir).returncode == 0
+    refused = cli("export", "claude-code:cc-1", "--format", "claude-code", "--dir", store_dir)
+    assert refused.returncode == 2 and "-o" in refused.stderr
+    out = tmp_path / "back.jsonl"
+    written = cli("export", "claude-code:cc-1", "--format", "claude-code", "-o", str(out), "--dir", store_dir)
+    assert written.stdout.split() == [str(out)]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == claude_session()
+    bad = cli("import", str(cc_file), "--format", "pi", "--dir", store_dir)
+    assert bad.returncode == 2 and "not a pi session" in bad.stderr
