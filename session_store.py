@@ -2382,12 +2382,26 @@ def _pi_import(lines: list[tuple[int, Any]], now_ms: int) -> tuple[list[Message]
 
 @dataclasses.dataclass(slots=True)
 class _Call:
-    """A tool call: ``input`` as an object, ``arguments`` the JSON text when given so."""
+    """A tool call: its arguments as JSON text (``arguments``, as OpenAI has them) or
+    as a value (``given``, as Anthropic and pi have them); each made from the other
+    only when asked for."""
 
     id: str
     name: str
-    input: Any
+    given: Any
     arguments: str | None = None
+
+    @property
+    def input(self) -> Any:
+        if self.arguments is None:
+            return self.given
+        try:
+            return json.loads(self.arguments)
+        except ValueError:
+            return {"arguments": self.arguments}
+
+    def arguments_text(self) -> str:
+        return self.arguments if self.arguments is not None else _dumps({} if self.given is None else self.given)
 
 
 @dataclasses.dataclass(slots=True)
@@ -2444,16 +2458,11 @@ def _call(block: Mapping[str, Any], fallback_id: str) -> _Call:
     function = block.get("function")
     source = function if isinstance(function, dict) else block
     arguments = source.get("arguments", source.get("input", source.get("params")))
-    text = arguments if isinstance(arguments, str) else None
-    if text is not None:
-        try:
-            arguments = json.loads(text)
-        except ValueError:
-            arguments = {"arguments": text}
     call_id = block.get("id")
     name = source.get("name")
     return _Call(id=call_id if isinstance(call_id, str) and call_id else fallback_id,
-                 name=name if isinstance(name, str) else "unknown", input=arguments, arguments=text)
+                 name=name if isinstance(name, str) else "unknown", given=arguments,
+                 arguments=arguments if isinstance(arguments, str) else None)
 
 
 def _read_content(content: Any, owner: str) -> tuple[list[dict[str, Any]], list[_Call], list[_Turn]]:
@@ -2516,6 +2525,8 @@ def _native_turns(m: Message) -> list[_Turn]:
                       call_id=call_id if isinstance(call_id, str) else "", is_error=m.fields.get("is_error") is True)]
     if m.role not in ("system", "user", "assistant"):
         return []
+    if isinstance(m.content, str) and not m.fields:  # the common case, quickly
+        return [_Turn(m.role, [{"type": "text", "text": m.content}])]
     parts, calls, results = _read_content(m.content, m.id)
     if m.role == "system":
         return [_Turn("system", [p for p in parts if p["type"] == "text"])]
@@ -2582,6 +2593,8 @@ def _claude_turns(line: Mapping[str, Any], owner: str) -> list[_Turn]:
 
 def _message_turns(m: Message) -> list[_Turn]:
     """The turns one stored message contributes to a context."""
+    if not m.type.startswith(("pi", "claude_code")):  # most records: not imported
+        return _native_turns(m)
     for dialect, read in ((_PI, _pi_turns), (_CLAUDE, _claude_turns)):
         line = dialect.line(m)
         if line is not _ABSENT:
@@ -2595,7 +2608,7 @@ def _path_turns(path: list[Message]) -> list[_Turn]:
     ``buildSessionContext``). Reset markers and Claude Code compaction boundaries are
     roots, so a path already starts there."""
     start, summary = 0, None
-    for i in range(len(path) - 1, -1, -1):
+    for i in range(len(path) - 1, -1, -1) if "pi.compaction" in {m.type for m in path} else ():
         entry = _PI.line(path[i]) if path[i].type == "pi.compaction" else _ABSENT
         if isinstance(entry, dict):
             summary = _Turn("user", [_text(_COMPACTION_PREFIX + str(entry.get("summary")) + "\n</summary>")])
@@ -2610,7 +2623,8 @@ def _path_turns(path: list[Message]) -> list[_Turn]:
 
 
 def _settle(turns: list[_Turn]) -> list[_Turn]:
-    """Turns both APIs accept (see the banner above). Copies; the input is not changed."""
+    """Turns both APIs accept (see the banner above). Changes the turns it is given:
+    they are made fresh for each context."""
     out: list[_Turn] = []
     open_calls: dict[str, str] = {}  # id -> name, awaiting a result
     seen: set[str] = set()
@@ -2624,19 +2638,22 @@ def _settle(turns: list[_Turn]) -> list[_Turn]:
         if turn.role == "tool":
             if turn.call_id in open_calls:
                 name = open_calls.pop(turn.call_id)
-                out.append(dataclasses.replace(turn, name=turn.name or name))
+                turn.name = turn.name or name
+                out.append(turn)
             continue
         if turn.role == "assistant":
-            calls = [c for c in turn.calls if c.id not in seen]
-            seen.update(c.id for c in calls)
-            if not turn.parts and not calls:
+            if turn.calls:
+                turn.calls = [c for c in turn.calls if c.id not in seen]
+                seen.update(c.id for c in turn.calls)
+            if not turn.parts and not turn.calls:
                 continue
             if out and out[-1].role == "assistant":  # one response over several lines
-                out[-1] = dataclasses.replace(out[-1], parts=out[-1].parts + turn.parts, calls=out[-1].calls + calls)
+                out[-1].parts += turn.parts
+                out[-1].calls += turn.calls
             else:
                 close_open_calls()
-                out.append(dataclasses.replace(turn, calls=calls))
-            open_calls.update((c.id, c.name) for c in calls)
+                out.append(turn)
+            open_calls.update((c.id, c.name) for c in turn.calls)
             continue
         close_open_calls()
         out.append(turn)
@@ -2681,8 +2698,7 @@ def _openai_messages(turns: list[_Turn]) -> list[dict[str, Any]]:
                                      if texts else None}
             if t.calls:
                 entry["tool_calls"] = [{"id": c.id, "type": "function", "function": {
-                    "name": c.name, "arguments": c.arguments if c.arguments is not None else _dumps(
-                        c.input if c.input is not None else {})}} for c in t.calls]
+                    "name": c.name, "arguments": c.arguments_text()}} for c in t.calls]
             out.append(entry)
     return out
 
@@ -2716,7 +2732,8 @@ def _anthropic_blocks(parts: list[dict[str, Any]], calls: Sequence[_Call] = (), 
         elif p["type"] == "redacted_thinking":
             out.append(p)
     for c in calls:
-        value = c.input if isinstance(c.input, dict) else {} if c.input is None else {"value": c.input}
+        value = c.input
+        value = value if isinstance(value, dict) else {} if value is None else {"value": value}
         out.append({"type": "tool_use", "id": ids(c.id), "name": c.name, "input": value})
     return out
 
@@ -4375,8 +4392,22 @@ class _WriteScope:
 # ============================================================================
 
 
+def _shown(content: Any) -> str:
+    """Content as a person reads it: text blocks as text, tool calls and results by
+    name, images as ``[image]``; other values as JSON."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        return _dumps(content)
+    parts, calls, results = _read_content(content, "")
+    shown = [p["text"] if p["type"] == "text" else f"[{p['type']}]" for p in parts if p["type"] != "thinking"]
+    shown += [f"[call {c.name} {_dumps(c.input)}]" for c in calls]
+    shown += [f"[result {r.call_id}: {r.text()}]" for r in results]
+    return "\n".join(shown) if shown or not content else _dumps(content)
+
+
 def _first_line(content: Any, width: int) -> str:
-    text = content if isinstance(content, str) else _dumps(content)
+    text = _shown(content)
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= width else line[: max(0, width - 1)] + "…"
 
@@ -4610,7 +4641,7 @@ def _run(args: Any, out: _Output) -> int:
                 print(json.dumps(_context(path, args.format), ensure_ascii=False, indent=2))
             else:
                 for m in path:
-                    text = m.content if isinstance(m.content, str) else _dumps(m.content)
+                    text = _shown(m.content)
                     print(f"{out.role(m.role)}: {text}")
             return 0
         if command == "export":
