@@ -16,6 +16,11 @@ Quick start::
         a = store.append(sid, role="assistant", content="Hi there!")
         store.get_linear_history(sid)          # [q, a]
 
+pi and Claude Code transcripts come in and go back out line for line
+(:meth:`SessionStore.import_pi`, :meth:`SessionStore.import_claude_code` and the
+exports), and :meth:`SessionStore.build_context` hands any path to OpenAI's or
+Anthropic's API.
+
 Storage is append-only JSONL on a :class:`FileSystem`: :class:`RealFileSystem` (the
 default; fsync'd, safe across threads and processes) or :class:`InMemoryFileSystem`
 (for tests; per process). Standard library only, Python >= 3.10. Vendor this one file.
