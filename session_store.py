@@ -2516,10 +2516,15 @@ def _result_parts(value: Any, owner: str) -> list[dict[str, Any]]:
     return [_text(_dumps(value))]
 
 
+_CHAT_ROLES = frozenset({"system", "user", "assistant"})
+
+
 def _native_turns(m: Message) -> list[_Turn]:
     """A record appended through this module: the tutorial's shapes (``tool_calls`` as
     ``{id, name, params}``, ``tool_result`` records with ``output``), OpenAI's
     (``tool_calls`` with ``function``, ``tool`` role) or Anthropic's (content blocks)."""
+    if m.type == m.role and not m.fields and isinstance(m.content, str) and m.role in _CHAT_ROLES:
+        return [_Turn(m.role, [{"type": "text", "text": m.content}])]  # the common case, quickly
     if m.type == "reset":
         return [_Turn("system", _result_parts(m.content, m.id))]
     if m.type == "tool" and m.role != "tool":  # the tutorial's call record: the assistant's tool_calls say it
@@ -2530,8 +2535,6 @@ def _native_turns(m: Message) -> list[_Turn]:
                       call_id=call_id if isinstance(call_id, str) else "", is_error=m.fields.get("is_error") is True)]
     if m.role not in ("system", "user", "assistant"):
         return []
-    if isinstance(m.content, str) and not m.fields:  # the common case, quickly
-        return [_Turn(m.role, [{"type": "text", "text": m.content}])]
     parts, calls, results = _read_content(m.content, m.id)
     if m.role == "system":
         return [_Turn("system", [p for p in parts if p["type"] == "text"])]
@@ -2641,7 +2644,7 @@ def _settle(turns: list[_Turn]) -> list[_Turn]:
 
     for turn in turns:
         if turn.role == "tool":
-            if turn.call_id in open_calls:
+            if open_calls and turn.call_id in open_calls:
                 name = open_calls.pop(turn.call_id)
                 turn.name = turn.name or name
                 out.append(turn)
@@ -2656,11 +2659,14 @@ def _settle(turns: list[_Turn]) -> list[_Turn]:
                 out[-1].parts += turn.parts
                 out[-1].calls += turn.calls
             else:
-                close_open_calls()
+                if open_calls:
+                    close_open_calls()
                 out.append(turn)
-            open_calls.update((c.id, c.name) for c in turn.calls)
+            if turn.calls:
+                open_calls.update((c.id, c.name) for c in turn.calls)
             continue
-        close_open_calls()
+        if open_calls:
+            close_open_calls()
         out.append(turn)
     close_open_calls()
     return out
@@ -2688,7 +2694,9 @@ def _openai_messages(turns: list[_Turn]) -> list[dict[str, Any]]:
     message per call; thinking is dropped (Chat Completions takes none back)."""
     out: list[dict[str, Any]] = []
     for t in turns:
-        if t.role == "system":
+        if len(t.parts) == 1 and not t.calls and t.role != "tool" and t.parts[0]["type"] == "text":
+            out.append({"role": t.role, "content": t.parts[0]["text"]})  # the common case, quickly
+        elif t.role == "system":
             out.append({"role": "system", "content": t.text()})
         elif t.role == "user":
             out.append({"role": "user", "content": _openai_content(t.parts, images=True)})

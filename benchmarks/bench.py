@@ -257,6 +257,9 @@ def run_metrics(report: Report, n: int) -> dict[str, float]:
     report.add(Row(f"linear history, depth {deep:,}", "—", "≤ 5 ms", stat, verdict=verdict(stat.median <= 5000)))
     stat = timed(lambda: store.build_context(sid, ids[99]), max(100, n // 10))
     report.add(Row("build_context, depth 100", "—", "—", stat, verdict="n/a"))
+    stat = timed(lambda: store.build_context(sid, ids[99], format="anthropic"), max(100, n // 10))
+    report.add(Row("build_context anthropic, depth 100", "—", "—", stat, verdict="n/a"))
+    report_interop(report, n)
 
     # locks
     def lock_round(s: SessionStore, lsid: str) -> Callable[[], None]:
@@ -689,6 +692,30 @@ def plot(report: Report, path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
+
+
+def report_interop(report: Report, n: int) -> None:
+    """Contexts of tool-heavy paths, and importing a pi session of 1,000 entries."""
+    store = SessionStore(InMemoryFileSystem(), storage_dir="/interop")
+    sid = store.resolve("tools")
+    for i in range(50):
+        store.append(sid, role="user", content=f"question {i}")
+        store.append(sid, role="assistant", content="Looking.", tool_calls=[
+            {"id": f"call_{i}", "type": "function", "function": {"name": "read", "arguments": '{"path":"a"}'}}])
+        store.append(sid, role="tool", content="result", tool_call_id=f"call_{i}")
+    for fmt in ("openai", "anthropic"):
+        stat = timed(lambda fmt=fmt: store.build_context(sid, format=fmt), max(50, n // 50))  # type: ignore[misc]
+        report.add(Row(f"build_context {fmt}, 50 tool rounds (150 msgs)", "—", "—", stat, verdict="n/a"))
+    lines = [json.dumps({"type": "session", "version": 3, "id": "bench", "timestamp": "2026-01-01T00:00:00.000Z",
+                         "cwd": "/"})]
+    for i in range(1000):
+        role = ("user", "assistant", "toolResult")[i % 3]
+        message = {"role": role, "content": [{"type": "text", "text": f"entry {i} " * 20}], "timestamp": i}
+        lines.append(json.dumps({"type": "message", "id": f"{i:08x}", "parentId": f"{i - 1:08x}" if i else None,
+                                 "timestamp": "2026-01-01T00:00:01.000Z", "message": message}))
+    count = iter(range(10**9))
+    stat = timed(lambda: store.import_pi(lines, key=f"pi-{next(count)}"), 5 if report.quick else 20)
+    report.add(Row("import_pi, 1,000 entries, in memory", "—", "—", stat, verdict="n/a"))
 
 
 def main() -> None:
