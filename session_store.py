@@ -4093,12 +4093,18 @@ class SessionStore:
 
         Imported lines are written back as they were read, to the file they came from;
         other messages become user / assistant / system lines with Anthropic content,
-        in their parent's file. Returns the paths written, the transcript first.
+        in their parent's file. Returns the paths written, the transcript first. With
+        subagent transcripts, ``path`` must end in ``.jsonl`` (:class:`InvalidInput`,
+        nothing written).
         """
         messages, head = self._read(session_id, lambda s: (list(s.messages), s.head()))
         target = os.fspath(path)
+        files = _claude_export(session_id, messages, head)
+        if len(files) > 1 and not target.endswith(".jsonl"):
+            raise InvalidInput(f"{target!r}: the session has subagent transcripts, which go in a folder named "
+                               "like the transcript without .jsonl; give a path ending in .jsonl")
         written = []
-        for file, lines in _claude_export(session_id, messages, head).items():
+        for file, lines in files.items():
             where = target if file is None else os.path.join(os.path.splitext(target)[0], *file.split("/"))
             _write_jsonl(where, lines)
             written.append(where)

@@ -559,3 +559,12 @@ def test_a_reset_marker_is_system_text_in_both_formats(mem: SessionStore) -> Non
 def test_unknown_context_format_is_refused(mem: SessionStore) -> None:
     with pytest.raises(InvalidInput, match="gemini"):
         mem.build_context(mem.resolve("k"), format="gemini")  # type: ignore[call-overload]
+
+
+@needs_fixtures
+def test_claude_code_export_with_subagents_needs_a_jsonl_path(tmp_path: Path, mem: SessionStore) -> None:
+    path = FIXTURES / "claude-code" / "minimal_showcase" / "55550000-0000-4000-8000-000000000001.jsonl"
+    sid = mem.import_claude_code(path)
+    with pytest.raises(InvalidInput, match=r"ending in \.jsonl"):
+        mem.export_claude_code(sid, tmp_path / "transcript")
+    assert list(tmp_path.iterdir()) == []
