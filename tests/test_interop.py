@@ -1,8 +1,8 @@
 """pi and Claude Code transcripts in and out; contexts for OpenAI and Anthropic.
 
-The real files are in ../shared/fixtures (public transcripts, see its README); pi's
-current format (version 3) is built here from its description, since no small
-public v3 file exists.
+The real files are in tests/fixtures (public transcripts, MIT; sources and licences in
+its README); pi's current format (version 3) is built here from its description, since
+no small public v3 file exists.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import pytest
 import session_store as ss
 from session_store import InvalidInput, InvalidKey, SessionStore
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PI_V1 = FIXTURES / "pi" / "large-session.v1.jsonl"
 CLAUDE_FILES = sorted((FIXTURES / "claude-code").glob("*.jsonl")) + sorted(
     (FIXTURES / "claude-code" / "minimal_showcase").glob("*.jsonl"))
-needs_fixtures = pytest.mark.skipif(not PI_V1.exists(), reason=f"no fixtures at {FIXTURES}")
 
 
 @pytest.fixture
@@ -99,7 +98,6 @@ def assert_every_leaf_gives_valid_contexts(store: SessionStore, sid: str) -> Non
 # -- pi: the real version-1 file -----------------------------------------------------------
 
 
-@needs_fixtures
 def test_pi_v1_file_imports_every_line_on_every_backend(store: SessionStore) -> None:
     lines = read_jsonl(PI_V1)
     sid = store.import_pi(PI_V1)
@@ -112,7 +110,6 @@ def test_pi_v1_file_imports_every_line_on_every_backend(store: SessionStore) -> 
     assert history[1].content == [{"type": "text", "text": "/mode"}]
 
 
-@needs_fixtures
 def test_pi_v1_exports_as_version_3_with_ids_and_every_field_kept(tmp_path: Path, mem: SessionStore) -> None:
     lines = read_jsonl(PI_V1)
     sid = mem.import_pi(PI_V1)
@@ -132,7 +129,6 @@ def test_pi_v1_exports_as_version_3_with_ids_and_every_field_kept(tmp_path: Path
     assert read_jsonl(third) == back
 
 
-@needs_fixtures
 def test_pi_v1_contexts_are_valid_for_both_apis(mem: SessionStore) -> None:
     sid = mem.import_pi(PI_V1)
     openai = mem.build_context(sid)
@@ -373,7 +369,6 @@ def test_lone_surrogates_become_replacement_characters(tmp_path: Path, mem: Sess
 # -- Claude Code ----------------------------------------------------------------------------
 
 
-@needs_fixtures
 @pytest.mark.parametrize("path", CLAUDE_FILES, ids=lambda p: p.name)
 def test_claude_code_files_round_trip_line_by_line(tmp_path: Path, store: SessionStore, path: Path) -> None:
     sid = store.import_claude_code(path)
@@ -387,14 +382,12 @@ def test_claude_code_files_round_trip_line_by_line(tmp_path: Path, store: Sessio
         assert read_jsonl(Path(copy)) == read_jsonl(source)
 
 
-@needs_fixtures
 @pytest.mark.parametrize("path", CLAUDE_FILES, ids=lambda p: p.name)
 def test_claude_code_contexts_are_valid_for_both_apis_at_every_leaf(mem: SessionStore, path: Path) -> None:
     sid = mem.import_claude_code(path)
     assert_every_leaf_gives_valid_contexts(mem, sid)
 
 
-@needs_fixtures
 def test_claude_code_subagent_sidechain_is_kept_apart_on_its_own_branch(mem: SessionStore) -> None:
     path = FIXTURES / "claude-code" / "minimal_showcase" / "55550000-0000-4000-8000-000000000001.jsonl"
     sid = mem.import_claude_code(path)
@@ -408,7 +401,6 @@ def test_claude_code_subagent_sidechain_is_kept_apart_on_its_own_branch(mem: Ses
     assert side[0] == {"role": "user", "content": "Survey src/jobs and list its scheduled jobs."}
 
 
-@needs_fixtures
 def test_claude_code_odd_lines_are_kept_and_written_back(mem: SessionStore) -> None:
     sid = mem.import_claude_code(FIXTURES / "claude-code" / "edge_cases.jsonl")
     messages = mem.get_messages(sid)
@@ -561,7 +553,6 @@ def test_unknown_context_format_is_refused(mem: SessionStore) -> None:
         mem.build_context(mem.resolve("k"), format="gemini")  # type: ignore[call-overload]
 
 
-@needs_fixtures
 def test_claude_code_export_with_subagents_needs_a_jsonl_path(tmp_path: Path, mem: SessionStore) -> None:
     path = FIXTURES / "claude-code" / "minimal_showcase" / "55550000-0000-4000-8000-000000000001.jsonl"
     sid = mem.import_claude_code(path)
