@@ -2643,6 +2643,12 @@ def _settle(turns: list[_Turn]) -> list[_Turn]:
         open_calls.clear()
 
     for turn in turns:
+        parts = turn.parts
+        if len(parts) == 1:  # empty text: the APIs refuse it
+            if parts[0]["type"] == "text" and not parts[0]["text"].strip() and turn.role != "tool":
+                turn.parts = []
+        elif parts and turn.role != "tool":
+            turn.parts = [p for p in parts if p["type"] != "text" or p["text"].strip()]
         if turn.role == "tool":
             if open_calls and turn.call_id in open_calls:
                 name = open_calls.pop(turn.call_id)
@@ -2651,8 +2657,7 @@ def _settle(turns: list[_Turn]) -> list[_Turn]:
             continue
         if turn.role == "assistant":
             if turn.calls:
-                turn.calls = [c for c in turn.calls if c.id not in seen]
-                seen.update(c.id for c in turn.calls)
+                turn.calls = [c for c in turn.calls if c.id not in seen and not seen.add(c.id)]  # type: ignore[func-returns-value]
             if not turn.parts and not turn.calls:
                 continue
             if out and out[-1].role == "assistant":  # one response over several lines
@@ -2664,6 +2669,8 @@ def _settle(turns: list[_Turn]) -> list[_Turn]:
                 out.append(turn)
             if turn.calls:
                 open_calls.update((c.id, c.name) for c in turn.calls)
+            continue
+        if not turn.parts:
             continue
         if open_calls:
             close_open_calls()
