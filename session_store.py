@@ -2266,10 +2266,15 @@ class _Importer:
     def __init__(self, dialect: _Dialect, lines: Iterable[Any], now_ms: int) -> None:
         self.dialect = dialect
         # made-up ids avoid every id the source uses, so no later line loses its own
-        self.reserved = {v.get(dialect.id_key) for v in lines if isinstance(v, dict)}
+        self.reserved: set[Any] = set()
+        first_ms = None  # the time of lines without one: the previous line's, else the first found
+        for v in lines:
+            if isinstance(v, dict):
+                self.reserved.add(v.get(dialect.id_key))
+                first_ms = first_ms if first_ms is not None else _iso_ms(v.get("timestamp"))
         self.nodes: set[str] = set()
         self.messages: list[Message] = []
-        self.last_ms = now_ms
+        self.last_ms = now_ms if first_ms is None else first_ms
         self.made_up = 0
 
     def _made_up_id(self) -> str:
@@ -2811,14 +2816,14 @@ def _context(path: list[Message], format: str) -> Any:
 # -- writing pi and Claude Code ---------------------------------------------------------
 
 
-def _export_order(messages: list[Message], head: str | None) -> list[Message]:
+def _export_order(messages: list[Message], head: str | None, dialect: _Dialect) -> list[Message]:
     """Append order (parents first), with the head moved after every other node when
-    it is a leaf: pi and Claude Code resume at the last one. Kept lines that are not
-    nodes (summaries, ...) keep their place; a head with children cannot move."""
+    it is a leaf: pi and Claude Code resume at the last one. Lines of the dialect kept
+    whole (summaries, ...) keep their place; a head with children cannot move."""
     at = next((i for i, m in enumerate(messages) if m.id == head), None)
     if at is None or any(m.parent_id == head for m in messages):
         return messages
-    nodes = [i for i, m in enumerate(messages) if not any(k.endswith("_line") for k in m.fields)]
+    nodes = [i for i, m in enumerate(messages) if dialect.name + "_line" not in m.fields]
     last = max(nodes, default=at)
     if last <= at:
         return messages
@@ -2911,7 +2916,7 @@ def _pi_export(session_id: str, created_at: int, messages: list[Message], head: 
         "type": "session", "version": _PI_VERSION, "id": session_id, "timestamp": _ms_iso(created_at), "cwd": ""}]
     taken = {m.id for m in messages}
     names: dict[str, str] = {}
-    for m in _export_order(messages, head):
+    for m in _export_order(messages, head, _PI):
         if headers and m is headers[0]:
             continue
         line = _PI.line(m)
@@ -3010,7 +3015,7 @@ def _claude_export(session_id: str, messages: list[Message], head: str | None) -
     files: dict[str | None, list[Any]] = {None: []}
     file_of: dict[str, str | None] = {}
     taken = {m.id for m in messages}
-    for m in _export_order(messages, head):
+    for m in _export_order(messages, head, _CLAUDE):
         line = _CLAUDE.line(m)
         if line is not _ABSENT:
             file = m.fields.get("claude_code_file")

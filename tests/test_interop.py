@@ -603,3 +603,17 @@ def test_every_leaf_of_any_tree_gives_contexts_both_apis_accept(steps: list[tupl
                 m = store.append(sid, role=kind, content=value, parent_id=parent)
             ids.append(m.id)
         assert_every_leaf_gives_valid_contexts(store, sid)
+
+
+@pytest.mark.parametrize("path", [*CLAUDE_FILES, PI_V1], ids=lambda p: p.name)
+def test_contexts_survive_conversion_between_formats(tmp_path: Path, mem: SessionStore, path: Path) -> None:
+    """pi -> Claude Code and Claude Code -> pi: what a model is sent does not change."""
+    sid = mem.import_pi(path) if path == PI_V1 else mem.import_claude_code(path)
+    mem.export_pi(sid, tmp_path / "as-pi.jsonl")
+    via_pi = mem.import_pi(tmp_path / "as-pi.jsonl", key="via pi")
+    mem.export_claude_code(via_pi, tmp_path / "as-claude.jsonl")
+    via_both = mem.import_claude_code(tmp_path / "as-claude.jsonl", key="via both")
+    for fmt in ("openai", "anthropic"):
+        expected = mem.build_context(sid, format=fmt)  # type: ignore[call-overload]
+        assert mem.build_context(via_pi, format=fmt) == expected  # type: ignore[call-overload]
+        assert mem.build_context(via_both, format=fmt) == expected  # type: ignore[call-overload]
