@@ -614,6 +614,6 @@ def test_contexts_survive_conversion_between_formats(tmp_path: Path, mem: Sessio
     mem.export_claude_code(via_pi, tmp_path / "as-claude.jsonl")
     via_both = mem.import_claude_code(tmp_path / "as-claude.jsonl", key="via both")
     for fmt in ("openai", "anthropic"):
-        expected = mem.build_context(sid, format=fmt)  # type: ignore[call-overload]
-        assert mem.build_context(via_pi, format=fmt) == expected  # type: ignore[call-overload]
-        assert mem.build_context(via_both, format=fmt) == expected  # type: ignore[call-overload]
+        expected = mem.build_context(sid, format=fmt)
+        assert mem.build_context(via_pi, format=fmt) == expected
+        assert mem.build_context(via_both, format=fmt) == expected
