@@ -2316,10 +2316,9 @@ class _Importer:
         else:
             mid, parent_id = self._made_up_id(), None
             fields = {d.name + "_line": line}
-            content = line
-            for key in path or ():  # shown by history and tree; the line itself is written back
+            content = line if path else None  # shown by history and tree; the line itself is written back
+            for key in path or ():
                 content = content.get(key) if isinstance(content, dict) else None
-            content = None if path is None else content
         fields.update(extra)
         msg = Message(id=mid, parent_id=parent_id, type=f"{d.name}.{kind}" if kind else d.name,
                       role=role if _is_name(role) else kind or "line", content=content,
@@ -2331,14 +2330,13 @@ class _Importer:
         return self.dialect.name in m.fields
 
 
-def _pi_migrate(entries: list[dict[str, Any]]) -> None:
+def _pi_migrate(entries: list[dict[str, Any]], version: int) -> None:
     """Bring pi entries of format version 1 or 2 to version 3, as pi itself does on
     load: v1 -> v2 gives every entry an id and chains them (``firstKeptEntryIndex``
     becomes ``firstKeptEntryId``); v2 -> v3 renames the ``hookMessage`` role ``custom``.
     Ids made here are derived from the session id and position: importing the same
     file twice gives the same ids."""
     header = entries[0]
-    version = header.get("version", 1)
     if version < 2:
         ids: set[str] = set()
         previous: str | None = None
@@ -2376,7 +2374,7 @@ def _pi_import(lines: list[tuple[int, Any]], now_ms: int) -> tuple[list[Message]
         raise InvalidInput(f"pi session format version {version} is newer than this module reads ({_PI_VERSION})")
     if not _is_name(header.get("id")):
         raise InvalidInput("pi session header: id must be a string of 1 to 256 characters")
-    _pi_migrate(entries)
+    _pi_migrate(entries, version)
     importer = _Importer(_PI, entries, now_ms)
     root = importer.add(header)
     leaf = root.id
@@ -2620,9 +2618,9 @@ def _path_turns(path: list[Message]) -> list[_Turn]:
     came before it: its summary, then the entries from its ``firstKeptEntryId`` on (pi's
     ``buildSessionContext``). Reset markers and Claude Code compaction boundaries are
     roots, so a path already starts there."""
-    start, summary = 0, None
-    for i in range(len(path) - 1, -1, -1) if "pi.compaction" in {m.type for m in path} else ():
-        entry = _PI.line(path[i]) if path[i].type == "pi.compaction" else _ABSENT
+    summary = None
+    for i in reversed([i for i, m in enumerate(path) if m.type == "pi.compaction"]):
+        entry = _PI.line(path[i])
         if isinstance(entry, dict):
             summary = _Turn("user", [_text(_COMPACTION_PREFIX + str(entry.get("summary")) + "\n</summary>")])
             kept = entry.get("firstKeptEntryId")
