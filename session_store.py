@@ -2224,7 +2224,10 @@ def _read_lines(source: str | os.PathLike[str] | Iterable[str], what: str) -> li
         raw = text.split("\n")
         torn = not text.endswith("\n")
     else:
-        raw = list(source)
+        try:
+            raw = list(source)
+        except TypeError:
+            raise InvalidInput(f"{what}: give a path or lines, not {type(source).__name__}") from None
         if not all(isinstance(line, str) for line in raw):
             raise InvalidInput(f"{what}: lines must be strings")
     out: list[tuple[int, Any]] = []
@@ -2934,6 +2937,8 @@ def _claude_import(path: str | os.PathLike[str], now_ms: int
     """Messages of a Claude Code transcript and of its subagents' files
     (``<transcript>/subagents/*.jsonl``), the main leaf (the last line not on a
     sidechain), the head of each sidechain by branch name, and the session id."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInput(f"Claude Code transcript: give a path, not {type(path).__name__}")
     files: list[tuple[str | None, list[tuple[int, Any]]]] = [(None, _read_lines(path, "Claude Code transcript"))]
     subagents = os.path.join(os.path.splitext(os.fspath(path))[0], "subagents")
     if os.path.isdir(subagents):

@@ -341,6 +341,15 @@ def test_bad_pi_input_raises_and_writes_nothing(mem: SessionStore, lines: list[s
     assert mem.get_all_session_ids() == [] and not mem.has_key("k")
 
 
+@pytest.mark.parametrize("source", [42, None, [b"{}"], ["{}", 7]])
+def test_importers_refuse_what_is_neither_a_path_nor_lines(mem: SessionStore, source: Any) -> None:
+    with pytest.raises(InvalidInput):
+        mem.import_pi(source)
+    with pytest.raises(InvalidInput, match="give a path"):
+        mem.import_claude_code(source)
+    assert mem.get_all_session_ids() == []
+
+
 def test_pi_import_of_a_missing_file_or_a_taken_key(tmp_path: Path, mem: SessionStore) -> None:
     with pytest.raises(InvalidInput, match="cannot read"):
         mem.import_pi(tmp_path / "missing.jsonl")
