@@ -3083,6 +3083,40 @@ def _is_session_id(value: object) -> bool:
     return isinstance(value, str) and _SESSION_ID_RE.fullmatch(value) is not None
 
 
+def _import_lines(messages: Sequence[Message], seen: set[str]) -> list[bytes]:
+    """The records of imported ``messages``, validated: ids, roles, types, fields,
+    integer timestamps, and parents in ``seen`` (ids already there, grown as messages
+    are taken). :class:`InvalidMessage` for the first that is wrong."""
+    lines: list[bytes] = []
+    for m in messages:
+        if not isinstance(m, Message):
+            raise InvalidMessage(f"imports take Message records, not {type(m).__name__}")
+        _check_name("message id", m.id, InvalidMessage)
+        _check_name("role", m.role, InvalidMessage)
+        _check_name("type", m.type, InvalidMessage)
+        for name in m.fields:
+            if name in _RESERVED_FIELDS:
+                raise InvalidMessage(f"field {name!r} of {m.id!r} is reserved")
+        if m.id in seen:
+            raise InvalidMessage(f"message id {m.id!r} appears twice")
+        if m.parent_id is not None and m.parent_id not in seen:
+            raise InvalidMessage(f"parent {m.parent_id!r} of {m.id!r} does not precede it")
+        if not isinstance(m.timestamp, int) or isinstance(m.timestamp, bool):
+            raise InvalidMessage(f"timestamp of {m.id!r} is not an integer")
+        seen.add(m.id)
+        lines.append(_encode_message(m.to_record()))
+    return lines
+
+
+def _check_import_branch(b: Branch, seen: set[str]) -> None:
+    """An imported branch: a valid name, integer times, a head among ``seen``."""
+    _check_name("branch name", b.name)
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in (b.created_at, b.updated_at)):
+        raise InvalidInput(f"branch {b.name!r} times must be integers (ms)")
+    if b.head_id is not None and b.head_id not in seen:
+        raise InvalidInput(f"branch {b.name!r} points at {b.head_id!r}, which is not imported")
+
+
 def _check_timeout(timeout: float | None) -> float | None:
     if timeout is not None and timeout < 0:
         raise InvalidInput("timeout must be a non-negative number or None")
@@ -3903,32 +3937,11 @@ class SessionStore:
         session raises :class:`InvalidKey`. Returns the new session's id.
         """
         _check_key(key)
-        lines: list[bytes] = []
         seen: set[str] = set()
-        for m in messages:
-            if not isinstance(m, Message):
-                raise InvalidMessage(f"import_session takes Message records, not {type(m).__name__}")
-            _check_name("message id", m.id, InvalidMessage)
-            _check_name("role", m.role, InvalidMessage)
-            _check_name("type", m.type, InvalidMessage)
-            for name in m.fields:
-                if name in _RESERVED_FIELDS:
-                    raise InvalidMessage(f"field {name!r} of {m.id!r} is reserved")
-            if m.id in seen:
-                raise InvalidMessage(f"message id {m.id!r} appears twice")
-            if m.parent_id is not None and m.parent_id not in seen:
-                raise InvalidMessage(f"parent {m.parent_id!r} of {m.id!r} does not precede it")
-            if not isinstance(m.timestamp, int) or isinstance(m.timestamp, bool):
-                raise InvalidMessage(f"timestamp of {m.id!r} is not an integer")
-            seen.add(m.id)
-            lines.append(_encode_message(m.to_record()))
+        lines = _import_lines(messages, seen)
         heads: dict[str, str | None] = {"main": None}
         for b in branches or []:
-            _check_name("branch name", b.name)
-            if not all(isinstance(t, int) and not isinstance(t, bool) for t in (b.created_at, b.updated_at)):
-                raise InvalidInput(f"branch {b.name!r} times must be integers (ms)")
-            if b.head_id is not None and b.head_id not in seen:
-                raise InvalidInput(f"branch {b.name!r} points at {b.head_id!r}, which is not imported")
+            _check_import_branch(b, seen)
             heads[b.name] = b.head_id
         if current not in heads:
             raise InvalidInput(f"current branch {current!r} is not among the branches")
@@ -3953,6 +3966,55 @@ class SessionStore:
             end = state.position
         self._sync(sid, end)
         return sid
+
+    def import_messages(self, session_id: str, messages: Sequence[Message], *,
+                        branches: Sequence[Branch] = ()) -> list[Message]:
+        """Add ``messages`` to an existing session exactly as given (ids, parents,
+        timestamps, fields), then create or move ``branches`` to the heads they name.
+
+        For mirroring a source that grows (a transcript that was imported before): a
+        message whose id the session already has is skipped when it is the same record
+        (parent, type, role, content, fields and timestamp), and raises
+        :class:`DuplicateMessage` when it differs. Every parent must be in the session
+        or precede its child in ``messages``; the head rule applies as for
+        :meth:`append` (a message whose parent is the current head advances it); no
+        auto-reset. Everything is checked before anything is written. Returns the
+        messages written (the skipped ones left out).
+        """
+        given = list(messages) if isinstance(messages, (list, tuple)) else None
+        if given is None:
+            raise InvalidInput(f"import_messages takes a list of Message records, not {type(messages).__name__}")
+        for b in branches:
+            if not isinstance(b, Branch):
+                raise InvalidInput(f"branches must be Branch records, not {type(b).__name__}")
+        with self._writing(session_id) as state:
+            seen = set(state.by_id)
+            existing = {m.id: m for m in given if isinstance(m, Message) and m.id in state.by_id}
+            for mid, m in existing.items():
+                if state.by_id[mid].to_record() != json.loads(_encode_message(m.to_record())):
+                    raise DuplicateMessage(session_id, mid)
+            fresh = [m for m in given if not (isinstance(m, Message) and m.id in existing)]
+            lines = _import_lines(fresh, seen)
+            for b in branches:
+                _check_import_branch(b, seen)
+            written: list[Message] = []
+            for line in lines:
+                msg = _message_from_record(json.loads(line))
+                self._write_message(state, msg, line)
+                written.append(msg)
+            for b in branches:
+                current = state.branches.get(b.name)
+                if current is None:
+                    self._branch_event(state, {"op": "create", "name": b.name, "headId": b.head_id,
+                                               "at": b.created_at, "seq": len(state.messages)})
+                elif current.head_id != b.head_id:
+                    self._branch_event(state, {"op": "move", "name": b.name, "headId": b.head_id,
+                                               "at": b.updated_at, "seq": len(state.messages)})
+            end = state.position
+        self._sync(session_id, end)
+        for msg in written:
+            self._emit("message.added", session_id, msg)
+        return written
 
     # -- reading -------------------------------------------------------------------
 
