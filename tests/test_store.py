@@ -387,10 +387,10 @@ def test_import_session_refuses_bad_input_and_writes_nothing(store: SessionStore
     assert not store.has_key("imported") and store.get_all_session_ids() == []
 
 
-from session_store import Message, Branch
 def test_import_messages_adds_new_records_and_skips_identical_ones(store: SessionStore) -> None:
     m1 = ss.Message(id="a", parent_id=None, type="user", role="user", content="hi", timestamp=5)
-    m2 = ss.Message(id="b", parent_id="a", type="assistant", role="assistant", content=[{"type":"text","text":"yo"}], timestamp=6)
+    m2 = ss.Message(id="b", parent_id="a", type="assistant", role="assistant",
+                    content=[{"type": "text", "text": "yo"}], timestamp=6)
     sid = store.import_session("k", [m1])
     assert [m.id for m in store.import_messages(sid, [m1, m2])] == ["b"]
     assert store.get_head(sid) == "b"
@@ -399,7 +399,9 @@ def test_import_messages_adds_new_records_and_skips_identical_ones(store: Sessio
     with pytest.raises(ss.DuplicateMessage):
         store.import_messages(sid, [changed])
     m3 = ss.Message(id="c", parent_id="a", type="user", role="user", content="x", timestamp=7)
-    store.import_messages(sid, [m3], branches=[ss.Branch(name="main", head_id="c", created_at=1, updated_at=7), ss.Branch(name="alt", head_id="b", created_at=1, updated_at=1)])
-    assert store.get_head(sid) == "c" and store.get_branch(sid, "alt").head_id  # type: ignore[union-attr] == "b"
+    store.import_messages(sid, [m3], branches=[ss.Branch(name="main", head_id="c", created_at=1, updated_at=7),
+                                               ss.Branch(name="alt", head_id="b", created_at=1, updated_at=1)])
+    alt = store.get_branch(sid, "alt")
+    assert store.get_head(sid) == "c" and alt is not None and alt.head_id == "b"
     with pytest.raises(ss.InvalidMessage):
         store.import_messages(sid, [ss.Message(id="d", parent_id="zz", type="u", role="u", content=1, timestamp=1)])
