@@ -6229,6 +6229,19 @@ def _run(args: Any, out: _Output) -> int:
                 sid = _import_file(store, args.file, args.key, out)
             print(sid)
         return 0
+    if command in ("view", "serve"):  # an optional file, imported only for these commands
+        import importlib
+        sys.modules.setdefault("session_store", sys.modules[__name__])  # run as a script: one module, not two
+        sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations"))  # a checkout
+        try:
+            view = importlib.import_module("session_store_view")
+        except ModuleNotFoundError as e:
+            if e.name != "session_store_view":
+                raise
+            raise _UsageError(f"{command} needs session_store_view.py (integrations/ in the source) installed or "
+                              "beside session_store.py") from None
+        with _open_existing(args.dir) as store:
+            return int(view.cli(store, args, _find_session(store, args.session) if command == "view" else None))
     with _open_existing(args.dir) as store:
         if command == "ls":
             rows: list[dict[str, Any]] = []
@@ -6331,8 +6344,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m session_store [--dir DIR] COMMAND`` (see ``--help``).
 
     Commands: ``demo``, ``ls``, ``tree``, ``history``, ``branches``, ``export``,
-    ``import``, ``check`` and ``stats``. Mistakes print one line on stderr and exit 2;
-    ``check`` exits 1 when it finds problems.
+    ``import``, ``check``, ``stats``, ``view`` and ``serve`` (the last two import the
+    optional ``session_store_view`` when they run). Mistakes print one line on stderr
+    and exit 2; ``check`` exits 1 when it finds problems.
     """
     common = _Parser(add_help=False)
     common.add_argument("--dir", default=argparse.SUPPRESS, help="storage directory (default ./sessions)")
@@ -6364,6 +6378,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check", parents=[common], help="find problems (exit 1 when there are any)")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed, then report")
     sub.add_parser("stats", parents=[common], help="counts and sizes per session and in total")
+    p = sub.add_parser("view", parents=[common], help="write a session as one self-contained HTML page")
+    p.add_argument("session", metavar="SESSION_OR_KEY")
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p = sub.add_parser("serve", parents=[common], help="browse the store in a web browser, read-only")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     out = _Output()
     try:
         args = parser.parse_args(argv)
