@@ -1758,16 +1758,21 @@ class _FlockGuard:
         fs = self._fs
         entry = fs._locks.acquire(self._path)
         try:
-            d = fs._pin(self._path, create=self._create)
-            try:
-                _flock(d.fd, "LOCK_EX")
-                if not self._create and os.fstat(d.fd).st_nlink == 0:  # removed while we waited
+            while True:
+                d = fs._pin(self._path, create=self._create)
+                try:
+                    _flock(d.fd, "LOCK_EX")
+                    if os.fstat(d.fd).st_nlink:
+                        break
+                    # The file was replaced (a repair renamed a new one over it) or removed
+                    # while cached or while we waited: a lock on the old one excludes
+                    # nobody. Open the path again (gone: FileNotFoundError, if not create).
                     _flock(d.fd, "LOCK_UN")
                     fs._forget(self._path)
-                    raise FileNotFoundError(errno.ENOENT, "removed while waiting for its lock", self._path)
-            except BaseException:
+                except BaseException:
+                    fs._unpin(d)
+                    raise
                 fs._unpin(d)
-                raise
         except BaseException:
             fs._locks.release(self._path, entry)
             raise
