@@ -962,8 +962,8 @@ def _encode_lease(lease: Mapping[str, Any]) -> bytes:
 
 def _decode_lease(raw: bytes) -> dict[str, Any] | None:
     text = raw.rstrip()
-    if not text:
-        return None
+    if not text:  # the file exists: a record was written, and is lost
+        return dict(_CORRUPT)
     body, tab, crc = text.rpartition(b"\t")
     if tab:
         if f"{zlib.crc32(body):08x}".encode() != crc:
@@ -1268,10 +1268,13 @@ class RealFileSystem(FileSystem):
 
     def __init__(self, *, max_open_files: int | None = None) -> None:
         if max_open_files is None:  # a quarter of what the process may open, at most 1,024
-            import resource
-
-            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            max_open_files = 1024 if soft == resource.RLIM_INFINITY else max(16, min(1024, soft // 4))
+            try:
+                import resource
+            except ImportError:  # not POSIX
+                max_open_files = 256
+            else:
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                max_open_files = 1024 if soft == resource.RLIM_INFINITY else max(16, min(1024, soft // 4))
         if not isinstance(max_open_files, int) or max_open_files < 4:
             raise InvalidInput("max_open_files must be an integer of at least 4")
         self._max_open = max_open_files
@@ -1794,9 +1797,13 @@ class _FlockGuard:
 
 def _flock(fd: int, op: str, *, blocking: bool = True) -> None:
     """``fcntl.flock``; ``fcntl`` is imported here, so that a platform without it can
-    still import this module for the in-memory and SQL storages."""
-    import fcntl
-
+    still import this module for the in-memory and SQL storages (the file storage then
+    raises :class:`StorageError` at its first lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        raise OSError(errno.ENOSYS, "the file storage needs fcntl.flock (POSIX); use InMemoryFileSystem, "
+                                    "SqliteStorage or PostgresStorage on this platform") from None
     fcntl.flock(fd, getattr(fcntl, op) | (0 if blocking else fcntl.LOCK_NB))
 
 
