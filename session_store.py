@@ -82,6 +82,7 @@ __all__ = [
 import argparse
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import datetime
 import errno
@@ -714,7 +715,13 @@ class Storage(ABC):
 
     def sync(self, session_id: str) -> None:  # noqa: B027 - optional hook
         """Make every record this process wrote to the session durable (called after
-        :meth:`writing`); :class:`StorageError` when that cannot be promised."""
+        :meth:`writing`); :class:`StorageError` when that cannot be promised, and then
+        the records that sync covered are not part of the session any more."""
+
+    def rollback(self, session_id: str, position: Position) -> None:  # noqa: B027 - optional hook
+        """Inside :meth:`writing`, after a failed write: remove the records written
+        after ``position`` (a storage that discards them when :meth:`writing` is left
+        by an exception, as a transaction does, needs nothing here)."""
 
     # -- counts without loading a session ------------------------------------------------
 
@@ -2059,40 +2066,52 @@ def _message_from_record(rec: dict[str, Any], by_id: Mapping[str, Message] | Non
 
 
 class _SyncState:
-    """Group commit of one session's log in this process (see :meth:`JsonlStorage.sync`).
+    """Group commit of one session's files in this process (see :meth:`JsonlStorage.sync`).
 
     Counted in *tickets* (one per record written here), not byte offsets: a log
-    rewritten under us (a repair) cannot make an unsynced record look synced.
+    rewritten under us (a repair) cannot make an unsynced record look synced. For
+    each file (0: branch events, 1: messages) it also knows where this process's
+    unsynced records begin and end, and whether another writer's record lies among
+    them: what a failed sync may cut off.
     """
 
-    __slots__ = ("cond", "end", "events_dirty", "failed", "foreign", "poisoned", "synced", "syncing",
-                 "unsynced_from", "written")
+    __slots__ = ("cond", "dirty", "end", "failed", "foreign", "poisoned", "synced", "syncing", "unsynced_from",
+                 "written")
 
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.Lock())
         self.syncing = False
-        self.written = 0  # tickets issued: records this process wrote to the log
+        self.written = 0  # tickets issued: records this process wrote
         self.synced = 0  # every ticket up to this one is durable
         self.failed = 0  # every ticket up to this one was lost to a failed sync
-        self.unsynced_from: int | None = None  # log offset where our unsynced records begin
-        self.end = 0  # log offset after our last record
-        self.foreign = False  # another writer's record lies among our unsynced ones
-        self.events_dirty = False
+        self.unsynced_from: list[int | None] = [None, None]  # per file: where our unsynced records begin
+        self.end = [0, 0]  # per file: the offset after our last record
+        self.foreign = [False, False]  # per file: another writer's record lies among our unsynced ones
+        self.dirty = [False, False]
         self.poisoned: str | None = None
 
-    def note_write(self, start: int, end: int) -> None:
-        """A record of ours now spans ``[start, end)`` (caller holds the log's lock)."""
+    def note_write(self, file: int, start: int, end: int) -> None:
+        """A record of ours now spans ``[start, end)`` of ``file`` (caller holds the lock)."""
         with self.cond:
-            if self.unsynced_from is None:
-                self.unsynced_from, self.foreign = start, False
-            elif start != self.end:
-                self.foreign = True
-            self.end = end
+            if self.unsynced_from[file] is None:
+                self.unsynced_from[file], self.foreign[file] = start, False
+            elif start != self.end[file]:
+                self.foreign[file] = True
+            self.end[file] = end
+            self.dirty[file] = True
             self.written += 1
+
+    def rolled_back(self, file: int, offset: int) -> None:
+        """Our records from ``offset`` on were removed (a failed write scope, under the lock)."""
+        with self.cond:
+            start = self.unsynced_from[file]
+            if start is not None and start >= offset:
+                self.unsynced_from[file], self.foreign[file] = None, False
+            self.end[file] = min(self.end[file], offset)
 
     @property
     def idle(self) -> bool:
-        return not self.syncing and self.synced >= self.written and not self.events_dirty and not self.poisoned
+        return not self.syncing and self.synced >= self.written and not any(self.dirty) and not self.poisoned
 
 
 class _JsonlWriting:
@@ -2344,7 +2363,10 @@ class JsonlStorage(Storage):
                     return winner
                 self._remove_stale_link(key)  # an interrupted deletion left the link
         except BaseException:
+            # Not acknowledged (the link's sync may have failed after it was made): undo it.
             with contextlib.suppress(OSError):
+                if fs.readlink(link) == session_id:
+                    fs.remove(link)
                 fs.remove_tree(final)
             raise
         return session_id
@@ -2502,28 +2524,39 @@ class JsonlStorage(Storage):
         return st
 
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
-        end = position[1] + len(line)
+        return self._append(session_id, 1, position, line)
+
+    def append_event(self, session_id: str, position: Position, line: bytes) -> Position:
+        return self._append(session_id, 0, position, line)
+
+    def _append(self, session_id: str, file: int, position: Position, line: bytes) -> Position:
+        """One record at the end of a session's file (0: branch events, 1: messages)."""
+        path = self._log(session_id) if file else self._events(session_id)
+        start = position[file]
+        new = (position[0], start + len(line)) if file else (start + len(line), position[1])
         if not self._must_sync:
-            self._write_record(self._log(session_id), position[1], line)
-            return (position[0], end)
+            self._write_record(path, start, line)
+            return new
         st = self._sync_state(session_id)
         if st.poisoned:
             raise StorageError(errno.EIO, st.poisoned)
-        self._write_record(self._log(session_id), position[1], line)
-        st.note_write(position[1], end)
-        return (position[0], end)
+        self._write_record(path, start, line)
+        st.note_write(file, start, start + len(line))
+        return new
 
-    def append_event(self, session_id: str, position: Position, line: bytes) -> Position:
-        if self._must_sync:
-            st = self._sync_state(session_id)
-            if st.poisoned:
-                raise StorageError(errno.EIO, st.poisoned)
-        self._write_record(self._events(session_id), position[0], line)
-        if self._must_sync:
-            with st.cond:
-                st.events_dirty = True
-                st.written += 1
-        return (position[0] + len(line), position[1])
+    def rollback(self, session_id: str, position: Position) -> None:
+        """Cut both files back to ``position`` (the records after it are this writer's,
+        not acknowledged: their write scope failed)."""
+        for file, path in ((0, self._events(session_id)), (1, self._log(session_id))):
+            try:
+                if self.fs.size(path) > position[file]:
+                    self.fs.truncate(path, position[file])
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StorageError(e.errno, f"could not undo a failed write to {path}: {e.strerror or e}") from e
+            if self._must_sync:
+                self._sync_state(session_id).rolled_back(file, position[file])
 
     def sync(self, session_id: str) -> None:
         """Group commit: one fdatasync covers every record written before it started.
@@ -2533,8 +2566,8 @@ class JsonlStorage(Storage):
         A failed sync fails every record it covered, and later syncs never cover them
         (the fsyncgate lesson: after a failed fsync the kernel may have dropped the
         pages, so a second fsync "succeeding" proves nothing). The failed records are
-        cut off the log when they are all this process's own and last in it;
-        otherwise the log refuses writes from this storage until it is reopened.
+        cut off their files when they are all this process's own and last there;
+        otherwise this storage refuses further writes to the session until reopened.
         """
         if not self._must_sync:
             return
@@ -2543,19 +2576,20 @@ class JsonlStorage(Storage):
             want = st.written
             while st.synced < want:
                 if st.failed >= want or st.poisoned:
-                    raise StorageError(errno.EIO, st.poisoned or f"could not sync {self._log(session_id)}: "
-                                       "an earlier sync covering this record failed")
+                    raise StorageError(errno.EIO, st.poisoned or f"could not sync session {session_id}: an "
+                                       "earlier sync covering this record failed, and the record was removed")
                 if not st.syncing:
                     break
                 st.cond.wait()
             else:
                 return
             st.syncing = True
-            target, target_end, events = st.written, st.end, st.events_dirty
-            st.events_dirty = False
+            target, target_end, dirty = st.written, list(st.end), list(st.dirty)
+            st.dirty = [False, False]
         try:
-            self.fs.sync(self._log(session_id))
-            if events:
+            if dirty[1]:
+                self.fs.sync(self._log(session_id))
+            if dirty[0]:  # branch events after the messages they may name
                 self.fs.sync(self._events(session_id))
         except OSError as e:
             with st.cond:
@@ -2564,30 +2598,33 @@ class JsonlStorage(Storage):
         with st.cond:
             st.syncing = False
             st.synced = max(st.synced, target)
-            if st.end == target_end:
-                st.unsynced_from = None
-            else:
-                st.unsynced_from = target_end
+            for file in (0, 1):
+                st.unsynced_from[file] = None if st.end[file] == target_end[file] else target_end[file]
             st.cond.notify_all()
 
     def _after_failed_sync(self, session_id: str, st: _SyncState, error: OSError) -> NoReturn:
-        log = self._log(session_id)
-        why = f"could not sync {log}: {error.strerror or error}"
+        files = (self._events(session_id), self._log(session_id))
+        why = f"could not sync session {session_id}: {error.strerror or error}"
         try:
-            with self.fs.locked(log, create=False):
+            with self.fs.locked(files[1], create=False):
                 with st.cond:
                     st.failed = st.written  # every record written so far is in doubt
-                    cut = st.unsynced_from
-                    own = cut is not None and not st.foreign and self.fs.size(log) == st.end
-                    if own and cut is not None:
-                        self.fs.truncate(log, cut)
-                        self.fs.sync(log)
-                        st.unsynced_from, st.end = None, cut
+                    sizes = [self._stat_events(session_id)[0], self.fs.size(files[1])]
+                    ours = all(st.unsynced_from[f] is None or (not st.foreign[f] and sizes[f] == st.end[f])
+                               for f in (0, 1))
+                    if ours:
+                        for f in (0, 1):
+                            cut = st.unsynced_from[f]
+                            if cut is not None:
+                                self.fs.truncate(files[f], cut)
+                                self.fs.sync(files[f])
+                                st.unsynced_from[f], st.end[f] = None, cut
+                        st.dirty = [False, False]
                         self._idents.pop(session_id, None)
-                        why += "; the records written since the last good sync were removed from the log"
+                        why += "; the records written since the last good sync were removed"
                     else:
                         st.poisoned = why + ("; records of other writers follow them, so this storage refuses "
-                                             "further writes to the log until the store is reopened (run check())")
+                                             "further writes to the session until the store is reopened")
                     st.cond.notify_all()
         except OSError as e:
             with st.cond:
@@ -3013,7 +3050,8 @@ class _Session:
         elif op == "delete" and name in self.branches and name != self.current:
             del self.branches[name]
         elif op == "rename" and name in self.branches and _is_name(to) and to not in self.branches:
-            branch = self.branches[to] = self.branches.pop(name)
+            self.branches = {(to if k == name else k): v for k, v in self.branches.items()}  # keeps its place
+            branch = self.branches[to]
             branch.name, branch.updated_at = to, at
             if self.current == name:
                 self.current = to
@@ -5723,6 +5761,7 @@ class SessionStore:
         waiter in the queue; others (and attempts that do not wait) queue behind."""
         with self._writing(session_id, catch_up=False, fence=False) as state:
             lease = self._read_lease(state)
+            before = copy.deepcopy(lease)
             now = self._now_ms()
             queue = [w for w in lease["queue"] if w[1] > now]
             mine = next((i for i, w in enumerate(queue) if w[0] == waiter), -1)
@@ -5754,7 +5793,14 @@ class SessionStore:
                          "process": _PROCESS, "queue": queue}
                 durable = True  # a new token: never issued twice, whatever crashes
             self._mark(session_id)
-            self._write_lease(state, lease, durable=durable)
+            try:
+                self._write_lease(state, lease, durable=durable)
+            except StorageError:  # not acquired: put the record back as it was (best effort)
+                with contextlib.suppress(SessionStoreError, OSError):
+                    self._storage.write_lease(session_id, before, durable=False)
+                if before.get("process") != _PROCESS or before.get("owner") is None:
+                    self._unmark(session_id)
+                raise
             return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id, expires_at=expires,
                               token=lease["token"]), -1
 
@@ -6026,6 +6072,11 @@ class _WriteScope:
         state = self._state
         try:
             if writing is not None:
+                if exc_type is not None and state.position != self._entered_at:
+                    try:  # a failed write leaves no trace: its records are cut off again
+                        self._store._storage.rollback(state.session_id, self._entered_at)
+                    except (SessionStoreError, OSError) as e:
+                        _log.error("could not undo a failed write to session %s: %s", state.session_id, e)
                 if exc_type is None and state.untallied >= _TALLY_EVERY and state.loaded:
                     with contextlib.suppress(SessionStoreError, OSError):
                         self._store._storage.write_tally(state.session_id, state.position, state.tally())

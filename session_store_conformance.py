@@ -47,7 +47,9 @@ __all__ = [
 ]
 
 import contextlib
+import copy
 import errno
+import json
 import tempfile
 import unittest
 from collections.abc import Callable, Iterator, Mapping
@@ -72,6 +74,11 @@ from session_store import (
 StoreFactory = Callable[..., SessionStore]
 StorageOpener = Callable[[], contextlib.AbstractContextManager[StoreFactory]]
 
+#: The operations of a :class:`~session_store.FileSystem` that change something: the
+#: places :class:`FaultyFileSystem` can fail or crash at.
+WRITE_OPS = ("append", "sync", "truncate", "write_atomic", "write_in_place", "makedirs", "rename", "remove",
+             "remove_tree", "symlink", "hold")
+
 # ============================================================================
 # Storages and a clock
 # ============================================================================
@@ -93,16 +100,18 @@ class FakeClock:
 
 @contextlib.contextmanager
 def in_memory_storage() -> Iterator[StoreFactory]:
-    """A fresh :class:`~session_store.InMemoryFileSystem` shared by every store opened."""
+    """A fresh :class:`~session_store.InMemoryFileSystem` shared by every store opened,
+    behind a :class:`FaultyFileSystem` per store (the state machine injects faults)."""
     fs = InMemoryFileSystem()
-    yield lambda **options: SessionStore(fs, storage_dir="/sessions", **options)
+    yield lambda **options: SessionStore(FaultyFileSystem(fs), storage_dir="/sessions", **options)
 
 
 @contextlib.contextmanager
 def file_storage() -> Iterator[StoreFactory]:
-    """A fresh temporary directory; each store gets its own :class:`RealFileSystem`."""
+    """A fresh temporary directory; each store gets its own :class:`RealFileSystem`
+    (as another process would), behind a :class:`FaultyFileSystem`."""
     with tempfile.TemporaryDirectory(prefix="session-store-") as directory:
-        yield lambda **options: SessionStore(RealFileSystem(), storage_dir=directory, **options)
+        yield lambda **options: SessionStore(FaultyFileSystem(RealFileSystem()), storage_dir=directory, **options)
 
 
 def temporary_storage(make_storage: Callable[[str], Storage]) -> StorageOpener:
@@ -140,44 +149,86 @@ class _Lease:
 
 
 @dataclass
-class _ModelMessage:
-    id: str
-    parent: str | None
-    type: str
-    content: Any
+class _ModelBranch:
+    head: str | None
+    created_at: int
+    updated_at: int
 
 
 @dataclass
 class _ModelSession:
     key: str
-    messages: list[_ModelMessage] = field(default_factory=list)
-    branches: dict[str, str | None] = field(default_factory=lambda: {"main": None})
+    created_at: int
+    messages: list[ss.Message] = field(default_factory=list)
+    branches: dict[str, _ModelBranch] = field(default_factory=dict)
     current: str = "main"
     lease: _Lease = field(default_factory=_Lease)
+    updated_at: int = 0
+    forked_from: tuple[str, str | None] | None = None
 
-    def by_id(self) -> dict[str, _ModelMessage]:
+    def __post_init__(self) -> None:
+        self.branches = self.branches or {"main": _ModelBranch(None, self.created_at, self.created_at)}
+        self.updated_at = self.updated_at or self.created_at
+
+    def by_id(self) -> dict[str, ss.Message]:
         return {m.id: m for m in self.messages}
 
-    def path(self, leaf: str | None) -> list[_ModelMessage]:
+    def head(self) -> str | None:
+        return self.branches[self.current].head
+
+    def path(self, leaf: str | None) -> list[ss.Message]:
         index = self.by_id()
-        out: list[_ModelMessage] = []
+        out: list[ss.Message] = []
         while leaf is not None:
             out.append(index[leaf])
-            leaf = index[leaf].parent
+            leaf = index[leaf].parent_id
         return out[::-1]
 
-    def segment(self) -> list[_ModelMessage]:
-        path = self.path(self.branches[self.current])
+    def segment(self) -> list[ss.Message]:
+        path = self.path(self.head())
         for i in range(len(path) - 1, -1, -1):
             if path[i].type == "reset":
                 return path[i + 1:]
         return path
 
+    def add(self, msg: ss.Message) -> None:
+        """A message as the store applies it: the head rule, and the update time."""
+        self.messages.append(msg)
+        current = self.branches[self.current]
+        if current.head == msg.parent_id:
+            current.head, current.updated_at = msg.id, msg.timestamp
+        self.updated_at = max(self.updated_at, msg.timestamp)
+
+    def event(self, at: int) -> None:
+        self.updated_at = max(self.updated_at, at)
+
+
+def _json(value: Any) -> Any:
+    """What the store keeps of a value: its JSON round trip."""
+    return json.loads(json.dumps(value))
+
 
 _keys = st.sampled_from(["user:alice", "user:bob", "../etc/passwd", "ключ 🙂", "k" * 300])
 _branch_names = st.sampled_from(["alt", "feature/x", "ветка", "..", "main"])
 _owners = st.sampled_from(["worker-1", "worker-2", "worker-3"])
-_contents = st.one_of(st.text(max_size=20), st.just([{"type": "text", "text": "block"}]), st.none())
+_contents = st.one_of(st.text(max_size=20), st.just([{"type": "text", "text": "block"}]), st.none(),
+                      st.just({"nested": {"list": [1, 2.5, None, True, "x"]}}))
+_fields = st.sampled_from([{}, {"metadata": {"n": 1}}, {"tool_call_id": "call_1"},
+                           {"tool_calls": [{"id": "c", "type": "function", "function": {"name": "f",
+                                                                                        "arguments": "{}"}}]}])
+
+
+# The calls the fault rule makes fail, with the arguments each rule draws.
+_CALLS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+    "append": {"how": st.sampled_from(["head", "root", "random", "named-head"]), "content": _contents,
+               "fields": _fields},
+    "resolve": {"key": _keys}, "delete": {}, "manual_reset": {}, "import_session": {"n": st.integers(0, 3)},
+    "fork": {"at_head": st.booleans()}, "create_branch": {"name": _branch_names},
+    "switch": {"name": _branch_names}, "move_head": {"name": _branch_names, "to_none": st.booleans()},
+    "delete_branch": {"name": _branch_names}, "rename_branch": {"old": _branch_names, "new": _branch_names},
+    "acquire": {"owner": _owners}, "release": {"owner": _owners},
+    "lock_block": {"owner": _owners, "thief": _owners, "stall": st.booleans()},
+}
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -186,7 +237,10 @@ class StoreMachine(RuleBasedStateMachine):
     Set ``storage`` (a :data:`StorageOpener`) on a subclass, or use
     :func:`state_machine_tests`. Two store handles share the storage (set
     ``handles = 1`` for a backend that allows only one); ``reopen`` closes one and
-    opens it again, so everything must survive a restart.
+    opens it again, so everything must survive a restart. After every step, every
+    field of every message, branch, lease and session is compared with the model.
+    Stores on a :class:`FaultyFileSystem` also get faults injected into every write
+    path: a call that fails must leave no trace, and nothing acknowledged is lost.
     """
 
     storage: ClassVar[StorageOpener] = staticmethod(in_memory_storage)
@@ -200,16 +254,18 @@ class StoreMachine(RuleBasedStateMachine):
         self._storage = type(self).storage()
         self.open_store = self._storage.__enter__()
         self.reset_config: AutoResetConfig | None = None
+        self.durable = False
 
     def open(self) -> SessionStore:
         store = self.open_store(clock=self.clock, lock_timeout_ms=LEASE_MS, auto_reset=self.reset_config,
-                                durable=False, index_save_delay_ms=60_000)
+                                durable=self.durable)
         store.init()
         return store
 
-    @initialize(config=st.sampled_from(range(len(RESET_CONFIGS))))
-    def start(self, config: int) -> None:
+    @initialize(config=st.sampled_from(range(len(RESET_CONFIGS))), durable=st.booleans())
+    def start(self, config: int, durable: bool) -> None:
         self.reset_config = RESET_CONFIGS[config]
+        self.durable = durable
         self.stores = [self.open() for _ in range(self.handles)]
 
     def teardown(self) -> None:
@@ -236,7 +292,15 @@ class StoreMachine(RuleBasedStateMachine):
         config = self.reset_config
         if config is None or config.max_messages is None or parent is None:
             return False
-        return parent == m.branches[m.current] and len(m.segment()) + 1 > config.max_messages
+        return parent == m.head() and len(m.segment()) + 1 > config.max_messages
+
+    def message(self, msg: ss.Message, parent: str | None, content: Any, fields: dict[str, Any],
+                role: str = "user") -> ss.Message:
+        """The message the model expects, checked against what the store returned."""
+        expected = ss.Message(id=msg.id, parent_id=parent, type=role, role=role, content=_json(content),
+                              timestamp=self.now(), fields=_json(fields))
+        assert msg == expected
+        return expected
 
     # -- sessions -------------------------------------------------------------------
 
@@ -246,7 +310,7 @@ class StoreMachine(RuleBasedStateMachine):
         known = [s for s, m in self.model.items() if m.key == key]
         assert sid == known[0] if known else sid not in self.model
         if not known:
-            self.model[sid] = _ModelSession(key)
+            self.model[sid] = _ModelSession(key, self.now())
 
     @precondition(lambda self: self.model)
     @rule(data=st.data())
@@ -264,13 +328,55 @@ class StoreMachine(RuleBasedStateMachine):
         self.stores[which].close()
         self.stores[which] = self.open()
 
-    # -- messages ---------------------------------------------------------------------
+    @rule(data=st.data(), n=st.integers(0, 3))
+    def import_session(self, data: st.DataObject, n: int) -> None:
+        key = f"import-{len(self.model)}-{n}"
+        if any(m.key == key for m in self.model.values()):
+            return
+        messages = [ss.Message(id=f"i{i}", parent_id=f"i{i - 1}" if i else None, type="user", role="user",
+                               content=f"imported {i}", timestamp=1_000 + i, fields={"n": i} if i % 2 else {})
+                    for i in range(n)]
+        head = messages[-1].id if messages else None
+        branches = [ss.Branch(name="main", head_id=head, created_at=500, updated_at=2_000)]
+        sid = self.handle(data).import_session(key, messages, branches=branches)
+        m = self.model[sid] = _ModelSession(key, self.now())
+        m.messages = list(messages)
+        m.branches["main"] = _ModelBranch(head, m.created_at, 2_000)
+        m.updated_at = max(m.created_at, 2_000)
 
     @precondition(lambda self: self.model)
-    @rule(data=st.data(), how=st.sampled_from(["head", "head", "root", "random", "named-head"]), content=_contents)
-    def append(self, data: st.DataObject, how: str, content: Any) -> None:
+    @rule(data=st.data(), at_head=st.booleans())
+    def fork(self, data: st.DataObject, at_head: bool) -> None:
         sid, m = self.session(data)
-        head = m.branches[m.current]
+        leaf = m.head() if at_head or not m.messages else data.draw(st.sampled_from([x.id for x in m.messages]))
+        new = self.handle(data).fork_session(sid, None if at_head else leaf)
+        assert new not in self.model
+        f = self.model[new] = _ModelSession(f"fork:{new}", self.now(), forked_from=(sid, leaf))
+        f.messages = m.path(leaf)
+        f.branches["main"] = _ModelBranch(leaf, f.created_at, self.now())
+
+    # -- messages ---------------------------------------------------------------------
+
+    def _append(self, store: SessionStore, sid: str, m: _ModelSession, content: Any, fields: dict[str, Any],
+                **kwargs: Any) -> ss.Message:
+        """Append through ``store`` and apply it to the model (an auto-reset included)."""
+        head = m.head()
+        parent = kwargs.get("parent_id", head)
+        resets = self.expect_reset(m, parent)
+        segment = m.segment() if resets else []
+        msg = store.append(sid, role="user", content=content, **kwargs, **fields)
+        if resets:
+            self._apply_reset(store, sid, m, segment, msg)
+        else:
+            m.add(self.message(msg, parent, content, fields))
+        return msg
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), how=st.sampled_from(["head", "head", "root", "random", "named-head"]), content=_contents,
+          fields=_fields)
+    def append(self, data: st.DataObject, how: str, content: Any, fields: dict[str, Any]) -> None:
+        sid, m = self.session(data)
+        head = m.head()
         kwargs: dict[str, Any] = {}
         if how == "root":
             kwargs["parent_id"] = None
@@ -278,57 +384,48 @@ class StoreMachine(RuleBasedStateMachine):
             kwargs["parent_id"] = data.draw(st.sampled_from([x.id for x in m.messages]), label="parent")
         elif how == "named-head" and head is not None:
             kwargs["parent_id"] = head
-        parent = kwargs.get("parent_id", head)
-        store = self.handle(data)
-        resets = self.expect_reset(m, parent)  # unowned appends are advisory: allowed under a lease
-        segment = m.segment() if resets else []
-        msg = store.append(sid, role="user", content=content, **kwargs)
-        assert msg.content == content
-        if resets:
-            self._apply_reset(store, sid, m, segment, msg.id)
-            return
-        assert msg.parent_id == parent
-        m.messages.append(_ModelMessage(msg.id, parent, "user", content))
-        if parent == head:
-            m.branches[m.current] = msg.id
+        self._append(self.handle(data), sid, m, content, fields, **kwargs)  # unowned: advisory under a lease
 
-    def _apply_reset(self, store: SessionStore, sid: str, m: _ModelSession, segment: list[_ModelMessage],
-                     new_id: str) -> None:
-        """Check the store's reset against the config, then record it in the model."""
+    def _apply_reset(self, store: SessionStore, sid: str, m: _ModelSession, segment: list[ss.Message],
+                     incoming: ss.Message) -> None:
+        """Check the store's auto-reset against the config, then record it in the model."""
         config = self.reset_config
         assert config is not None
         history = store.get_linear_history(sid)
-        assert history[-1].id == new_id and store.get_head(sid) == new_id
+        assert history[-1].id == incoming.id and store.get_head(sid) == incoming.id
         kept = segment[len(segment) - config.keep_count:] if config.keep_strategy == "last" else []
         expected = (["reset"] if config.insert_reset_marker else []) + [k.type for k in kept] + ["user"]
         assert [h.type for h in history] == expected
-        for copy, original in zip(history[-1 - len(kept):-1], kept, strict=True):
-            assert copy.content == original.content and copy.fields["reset_from"] == original.id
+        for kept_copy, original in zip(history[-1 - len(kept):-1], kept, strict=True):
+            assert kept_copy.content == original.content
+            assert kept_copy.fields == {**original.fields, "reset_from": original.id}
+            assert kept_copy.timestamp == self.now()
+        self._record_reset(m, history)
+
+    def _record_reset(self, m: _ModelSession, written: list[ss.Message]) -> None:
         parent: str | None = None
-        for h in history:
-            m.messages.append(_ModelMessage(h.id, parent, h.type, h.content))
+        for h in written:
             assert h.parent_id == parent
+            m.messages.append(h)  # a new root chain: the head rule moves nothing...
+            m.updated_at = max(m.updated_at, h.timestamp)
             parent = h.id
-        m.branches[m.current] = new_id
+        current = m.branches[m.current]  # ...the head moves once, to the end of the new segment
+        current.head, current.updated_at = parent, self.now()
+        m.event(self.now())
 
     @precondition(lambda self: self.model)
     @rule(data=st.data())
     def manual_reset(self, data: st.DataObject) -> None:
         sid, m = self.session(data)
         segment = m.segment()
+        was_empty = m.head() is None
         result = self.handle(data).reset(sid, keep_strategy="last", keep_count=1)
         assert result.reset and result.reason == "manual"
         marker = self.reset_config.insert_reset_marker if self.reset_config else True
         assert [x.content for x in result.messages[1 if marker else 0:]] == [x.content for x in segment[-1:]]
-        parent: str | None = None
-        for x in result.messages:
-            assert x.parent_id == parent
-            m.messages.append(_ModelMessage(x.id, parent, x.type, x.content))
-            parent = x.id
-        if result.messages:
-            m.branches[m.current] = result.messages[-1].id
-        elif m.branches[m.current] is not None:  # nothing kept, no marker: the branch is empty again
-            m.branches[m.current] = None
+        if was_empty and result.messages:  # an empty branch takes its new root by the head rule
+            m.branches[m.current].updated_at = result.messages[0].timestamp
+        self._record_reset(m, result.messages)
 
     @precondition(lambda self: self.model)
     @rule(data=st.data())
@@ -339,6 +436,8 @@ class StoreMachine(RuleBasedStateMachine):
             store.append(sid, role="user", content="x", parent_id="no-such-message")
         with pytest.raises(ss.InvalidMessage):
             store.append(sid, role="user", content={1, 2})
+        with pytest.raises(ss.InvalidMessage):
+            store.append(sid, role="user", content={1: "a", "1": "b"})
 
     # -- branches ------------------------------------------------------------------------
 
@@ -353,8 +452,10 @@ class StoreMachine(RuleBasedStateMachine):
             with pytest.raises(ss.BranchExists):
                 store.create_branch(sid, name, leaf)
             return
-        assert store.create_branch(sid, name, leaf).head_id == leaf
-        m.branches[name] = leaf
+        assert store.create_branch(sid, name, leaf) == ss.Branch(name=name, head_id=leaf, created_at=self.now(),
+                                                                  updated_at=self.now())
+        m.branches[name] = _ModelBranch(leaf, self.now(), self.now())
+        m.event(self.now())
 
     @precondition(lambda self: self.model)
     @rule(data=st.data(), name=_branch_names)
@@ -365,8 +466,62 @@ class StoreMachine(RuleBasedStateMachine):
             with pytest.raises(ss.BranchNotFound):
                 store.switch_to_branch(sid, name)
             return
-        assert store.switch_to_branch(sid, name) == m.branches[name]
-        m.current = name
+        assert store.switch_to_branch(sid, name) == m.branches[name].head
+        if m.current != name:
+            m.current = name
+            m.event(self.now())
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), name=_branch_names, to_none=st.booleans())
+    def move_head(self, data: st.DataObject, name: str, to_none: bool) -> None:
+        sid, m = self.session(data)
+        target = None if to_none or not m.messages else data.draw(st.sampled_from([x.id for x in m.messages]))
+        store = self.handle(data)
+        if name not in m.branches:
+            with pytest.raises(ss.BranchNotFound):
+                store.move_head(sid, target, branch=name)
+            return
+        moved = store.move_head(sid, target, branch=name)
+        branch = m.branches[name]
+        if branch.head != target:
+            branch.head, branch.updated_at = target, self.now()
+            m.event(self.now())
+        assert moved == ss.Branch(name=name, head_id=branch.head, created_at=branch.created_at,
+                                  updated_at=branch.updated_at)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), name=_branch_names)
+    def delete_branch(self, data: st.DataObject, name: str) -> None:
+        sid, m = self.session(data)
+        store = self.handle(data)
+        if name not in m.branches:
+            with pytest.raises(ss.BranchNotFound):
+                store.delete_branch(sid, name)
+        elif name == m.current:
+            with pytest.raises(ss.InvalidInput):
+                store.delete_branch(sid, name)
+        else:
+            store.delete_branch(sid, name)
+            del m.branches[name]
+            m.event(self.now())
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), old=_branch_names, new=_branch_names)
+    def rename_branch(self, data: st.DataObject, old: str, new: str) -> None:
+        sid, m = self.session(data)
+        store = self.handle(data)
+        if old not in m.branches:
+            with pytest.raises(ss.BranchNotFound):
+                store.rename_branch(sid, old, new)
+        elif new in m.branches:
+            with pytest.raises(ss.BranchExists):
+                store.rename_branch(sid, old, new)
+        else:
+            store.rename_branch(sid, old, new)
+            m.branches = {(new if k == old else k): v for k, v in m.branches.items()}  # keeps its place
+            m.branches[new].updated_at = self.now()
+            m.current = new if m.current == old else m.current
+            m.event(self.now())
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -391,8 +546,11 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), owner=_owners)
     def release(self, data: st.DataObject, owner: str) -> None:
         sid, m = self.session(data)
+        holder = m.lease.holder if self.lease_live(m) else None
+        if holder is not None and data.draw(st.booleans(), label="release the holder"):
+            owner = holder  # mostly release what is held: the successful path must run often
         released = self.handle(data).release_lock(sid, owner)
-        if not (self.lease_live(m) and m.lease.holder == owner):
+        if holder != owner:
             assert released is False
             return
         assert released is True
@@ -410,6 +568,52 @@ class StoreMachine(RuleBasedStateMachine):
             m.lease.expires = self.now() + LEASE_MS
 
     @precondition(lambda self: self.model)
+    @rule(data=st.data(), owner=_owners, stale=st.booleans())
+    def fenced_append(self, data: st.DataObject, owner: str, stale: bool) -> None:
+        """An append naming an owner and a fencing token: refused unless that lease is live and current."""
+        sid, m = self.session(data)
+        store = self.handle(data)
+        token = max(0, m.lease.token - (1 if stale else 0))
+        if self.lease_live(m) and m.lease.holder == owner and token == m.lease.token:
+            self._append(store, sid, m, "fenced", {}, owner_id=owner, fencing_token=token)
+        else:
+            with pytest.raises(ss.SessionLocked):  # LeaseLost is a SessionLocked
+                store.append(sid, role="user", content="refused", owner_id=owner, fencing_token=token)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), owner=_owners, thief=_owners, stall=st.booleans())
+    def lock_block(self, data: st.DataObject, owner: str, thief: str, stall: bool) -> None:
+        """Writes inside ``lock()`` are the holder's; after its lease expired and another
+        owner took it, the block's next write is refused with ``LeaseLost``."""
+        sid, m = self.session(data)
+        store = self.handle(data)
+        if self.lease_live(m) and m.lease.holder != owner:
+            with pytest.raises(ss.LockTimeout):
+                with store.lock(sid, owner, timeout=0):
+                    pass  # pragma: no cover
+            return
+        with store.lock(sid, owner, timeout=0) as held:
+            if self.lease_live(m):
+                m.lease.count += 1
+            else:
+                m.lease.holder, m.lease.count, m.lease.token = owner, 1, m.lease.token + 1
+            m.lease.expires = self.now() + LEASE_MS
+            assert held.token == m.lease.token
+            self._append(store, sid, m, "inside", {})
+            if stall and thief != owner:
+                self.clock.advance(LEASE_MS / 1000)  # the holder stalls past its lease
+                taken = self.stores[-1].acquire_lock(sid, thief)
+                assert taken.acquired and taken.token == m.lease.token + 1
+                m.lease.holder, m.lease.count, m.lease.token = thief, 1, m.lease.token + 1
+                m.lease.expires = self.now() + LEASE_MS
+                with pytest.raises(ss.LeaseLost):
+                    store.append(sid, role="user", content="zombie")
+                return  # the block's release finds the lease not its own: the thief keeps it
+        m.lease.count -= 1
+        if m.lease.count == 0:
+            m.lease.holder = None
+
+    @precondition(lambda self: self.model)
     @rule(data=st.data(), owner=_owners)
     def append_as_owner(self, data: st.DataObject, owner: str) -> None:
         sid, m = self.session(data)
@@ -421,6 +625,34 @@ class StoreMachine(RuleBasedStateMachine):
     def advance_clock(self, ms: int) -> None:
         self.clock.advance(ms / 1000)
 
+    # -- faults ---------------------------------------------------------------------------
+
+    @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
+                                                         FaultyFileSystem))
+    @rule(data=st.data(), op=st.sampled_from(WRITE_OPS), after=st.integers(0, 4), call=st.sampled_from(sorted(_CALLS)))
+    def fault(self, data: st.DataObject, op: str, after: int, call: str) -> None:
+        """A write path fails (``ENOSPC``/``EIO``) somewhere inside a call: the call raises
+        :class:`StorageError` and leaves no trace, or succeeds as if nothing happened."""
+        if call == "create_branch" and not any(m.messages for m in self.model.values()):
+            return
+        store = self.handle(data)
+        faulty = store.storage.fs  # type: ignore[attr-defined]
+        before = copy.deepcopy((self.model, self.clock.now))
+        faulty.fail_next(op, data.draw(st.sampled_from([errno.ENOSPC, errno.EIO]), label="errno"), after=after)
+        kwargs = {name: data.draw(strategy, label=name) for name, strategy in _CALLS[call].items()}
+        try:
+            getattr(self, call)(data=data, **kwargs)
+        except ss.StorageError:
+            if call == "delete":  # past its commit, a deletion's sync may fail: then it is done, not undone
+                gone = [sid for sid in before[0] if sid not in self.model and not self.stores[0].has_session(sid)]
+                self.model, self.clock.now = before
+                for sid in gone:
+                    del self.model[sid]
+            else:
+                self.model, self.clock.now = before
+        finally:
+            faulty._failures.clear()
+
     # -- the invariant ------------------------------------------------------------------------
 
     @invariant()
@@ -428,15 +660,17 @@ class StoreMachine(RuleBasedStateMachine):
         for store in self.stores:
             assert sorted(store.get_all_session_ids()) == sorted(self.model)
             for sid, m in self.model.items():
-                assert store.has_session(sid) and store.has_key(m.key)
-                assert [(x.id, x.parent_id, x.type) for x in store.get_messages(sid)] == [
-                    (x.id, x.parent, x.type) for x in m.messages]
-                assert {b.name: b.head_id for b in store.get_branches(sid)} == m.branches
-                assert store.get_current_branch(sid) == m.current
-                assert [x.id for x in store.get_linear_history(sid)] == [
-                    x.id for x in m.path(m.branches[m.current])]
-                meta = store.get_metadata(sid)
-                assert meta is not None and meta.key == m.key and meta.message_count == len(m.messages)
+                assert store.has_session(sid) and store.has_key(m.key) and store.resolve(m.key) == sid
+                assert store.get_messages(sid) == m.messages  # every field of every message
+                assert store.get_branches(sid) == [ss.Branch(name=n, head_id=b.head, created_at=b.created_at,
+                                                              updated_at=b.updated_at) for n, b in m.branches.items()]
+                assert store.get_current_branch(sid) == m.current and store.get_head(sid) == m.head()
+                assert store.get_linear_history(sid) == m.path(m.head())
+                assert store.get_metadata(sid) == ss.SessionMetadata(
+                    session_id=sid, key=m.key, created_at=m.created_at, updated_at=m.updated_at,
+                    message_count=len(m.messages), reset_count=sum(x.type == "reset" for x in m.messages),
+                    last_reset_at=max((x.timestamp for x in m.messages if x.type == "reset"), default=None),
+                    forked_from=m.forked_from, branch_count=len(m.branches))
                 info = store.get_lock(sid)
                 if self.lease_live(m):
                     assert info is not None and (info.holder_id, info.token, info.count, info.expires_at) == (
@@ -595,12 +829,6 @@ class SimulatedCrash(BaseException):
     A ``BaseException`` so that no ``except Exception`` in the store can tidy up:
     whatever was written stays exactly as a real crash would leave it.
     """
-
-
-#: The operations of a :class:`~session_store.FileSystem` that change something: the
-#: places :class:`FaultyFileSystem` can fail or crash at.
-WRITE_OPS = ("append", "sync", "truncate", "write_atomic", "write_in_place", "makedirs", "rename", "remove",
-             "remove_tree", "symlink", "hold")
 
 
 class FaultyFileSystem(FileSystem):
