@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +149,9 @@ def test_a_new_token_is_on_disk_before_it_is_handed_out(tmp_path: Path) -> None:
     assert [t for t, durable in issued if durable] == [1, 2, 3]  # each new token synced when written
 
 
-@pytest.mark.parametrize("damage", [b"", b"\xff\xfe", b'{"owner":"a","token":"soon"}', b'{"owner":"a","token":3,'
-                                    b'"count":1,"expiresAt":"soon"}\n', b"[1]", b'{"owner": "a", "token": 7}\tdeadbeef'])
+@pytest.mark.parametrize("damage", [b"", b"\xff\xfe", b'{"owner":"a","token":"soon"}',
+                                    b'{"owner":"a","token":3,"count":1,"expiresAt":"soon"}\n', b"[1]",
+                                    b'{"owner": "a", "token": 7}\tdeadbeef'])
 def test_a_lost_or_corrupt_lease_record_never_restarts_the_tokens(tmp_path: Path, damage: bytes) -> None:
     clock = FakeClock()
     with SessionStore(storage_dir=tmp_path, clock=clock) as store:
@@ -177,10 +179,11 @@ def test_a_lost_or_corrupt_lease_record_never_restarts_the_tokens(tmp_path: Path
 def test_a_branch_name_that_is_not_a_string_is_refused(store: SessionStore, name: Any) -> None:
     sid = store.resolve("k")
     head = store.append(sid, role="user", content="x")
-    for call in (lambda: store.switch_to_branch(sid, name), lambda: store.get_branch(sid, name),
+    calls: list[Callable[[], object]] = [lambda: store.switch_to_branch(sid, name), lambda: store.get_branch(sid, name),
                  lambda: store.create_branch(sid, name, head.id), lambda: store.delete_branch(sid, name),
                  lambda: store.rename_branch(sid, "main", name),
-                 *([lambda: store.move_head(sid, head.id, branch=name)] if name is not None else [])):
+                 *([lambda: store.move_head(sid, head.id, branch=name)] if name is not None else [])]
+    for call in calls:
         with pytest.raises(ss.InvalidInput):
             call()
     assert [b.name for b in store.get_branches(sid)] == ["main"]
@@ -234,7 +237,7 @@ def test_closing_on_a_failing_disk_raises_only_the_store_s_errors(tmp_path: Path
 
 def test_auto_reset_is_read_only_after_the_store_is_made(store: SessionStore) -> None:
     with pytest.raises(AttributeError, match="fixed when the store is made"):
-        store.auto_reset = ss.AutoResetConfig(max_messages=2)  # type: ignore[misc]
+        store.auto_reset = ss.AutoResetConfig(max_messages=2)
     assert store.auto_reset is None
 
 
@@ -314,10 +317,13 @@ def test_what_the_store_returns_can_never_change_what_it_holds(store: SessionSto
     sid = store.resolve("k")
     m = store.append(sid, role="assistant", content=[{"type": "text", "text": "hi"}],
                      tool_calls=[{"id": "c1", "function": {"name": "f", "arguments": "{}"}}], metadata={"n": 1})
-    for mutate in (lambda: m.content.append({}), lambda: m.content[0].update(text="changed"),
-                   lambda: m.content[0].__setitem__("text", "changed"), lambda: m.fields["metadata"].clear(),
-                   lambda: m.tool_calls[0]["function"].pop("name"), lambda: m.fields.__setitem__("x", 1),
-                   lambda: m.content.sort(), lambda: m.content.__delitem__(0)):
+    fields: Any = m.fields
+    mutations: list[Callable[[], object]] = [
+        lambda: m.content.append({}), lambda: m.content[0].update(text="changed"),
+        lambda: m.content[0].__setitem__("text", "changed"), lambda: fields["metadata"].clear(),
+        lambda: m.tool_calls[0]["function"].pop("name"), lambda: fields.__setitem__("x", 1),
+        lambda: m.content.sort(), lambda: m.content.__delitem__(0)]
+    for mutate in mutations:
         with pytest.raises(TypeError, match="read-only"):
             mutate()
     again = store.get_messages(sid)[0]

@@ -6,7 +6,6 @@ leave behind. Each test is named for the scenario it covers."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 import session_store as ss
 from session_store import FileSystem, InMemoryFileSystem, RealFileSystem, SessionStore
-from session_store_conformance import WRITE_OPS, FakeClock, FaultyFileSystem, SimulatedCrash
+from session_store_conformance import FakeClock, FaultyFileSystem, SimulatedCrash
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +70,7 @@ def at_every_step(inner: tuple[FileSystem, str], setup: Callable[[SessionStore],
         assert step < 200, "the operation never completed"
 
 
-class contextlib_closing:  # noqa: N801 - a tiny stand-in that mypy understands for SessionStore
+class contextlib_closing:
     def __init__(self, store: SessionStore) -> None:
         self.store = store
 
@@ -136,7 +135,7 @@ def test_a_store_made_before_fork_serves_forked_children_without_losing_or_cutti
     store.append(sid, role="user", content="the parent still works")
     store.close()
     make = type(storage)
-    again = SessionStore(make(pg.DSN, schema=storage.schema) if backend == "postgres" else  # type: ignore[call-arg]
+    again = SessionStore(make(pg.DSN, schema=storage.schema) if backend == "postgres" else
                          make(*( [tmp_path / "s.db"] if backend == "sqlite" else [RealFileSystem(), tmp_path / "s"])))
     with again:
         messages = again.get_messages(sid)
@@ -259,8 +258,10 @@ def test_a_record_nested_deeper_than_any_reader_can_decode_is_never_fatal_to_its
     with SessionStore(storage_dir=tmp_path) as store:
         sid = store.resolve("k")
         a = store.append(sid, role="user", content="before")
-    deep = ('{"id":"deep","parentId":"%s","type":"user","role":"user","content":%s"leaf"%s,"timestamp":1}'
-            % (a.id, "[" * 100_000, "]" * 100_000))
+    opening, closing = "[" * 100_000, "]" * 100_000
+    deep = f'{{"id":"deep","parentId":"{a.id}","type":"user","role":"user","content":{opening}"leaf"{closing},' \
+           '"timestamp":1}'
+
     with open(tmp_path / sid / "messages.jsonl", "a") as f:  # written by an older version, or by hand
         f.write(deep + "\n")
     with SessionStore(storage_dir=tmp_path) as store:
