@@ -213,12 +213,30 @@ def _without_lone_surrogates(value: Any) -> Any:
     return value
 
 
+def _split_values(line: str) -> list[Any] | None:
+    """The JSON values of a line that holds several back to back (``{...}{...}``: what
+    a writer leaves when it appends to a file whose last line had no newline), else
+    ``None``."""
+    decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    values: list[Any] = []
+    at = len(line) - len(line.lstrip())
+    try:
+        while at < len(line):
+            value, at = decoder.raw_decode(line, at)
+            values.append(value)
+            at += len(line[at:]) - len(line[at:].lstrip())
+    except ValueError:
+        return None
+    return values if len(values) > 1 else None
+
+
 def _read_lines(source: str | os.PathLike[str] | Iterable[str], what: str) -> list[tuple[int, Any]]:
     """The JSON values of a JSONL file (a path) or of lines, with their line numbers.
 
-    Blank lines are skipped. A line that is not JSON raises :class:`InvalidInput`,
-    except an unterminated last line of a file: what a writer killed mid-line (or
-    still writing) leaves, logged and skipped.
+    Blank lines are skipped; a line holding several JSON values back to back gives
+    each of them. A line that is not JSON raises :class:`InvalidInput`, except an
+    unterminated last line of a file: what a writer killed mid-line (or still writing)
+    leaves, logged and skipped.
     """
     torn = False
     if isinstance(source, (str, os.PathLike)):
@@ -246,7 +264,13 @@ def _read_lines(source: str | os.PathLike[str] | Iterable[str], what: str) -> li
             if torn and n == len(raw):
                 _log.warning("%s: unterminated last line %d is not JSON; skipped", what, n)
                 continue
-            raise InvalidInput(f"{what}, line {n}: not JSON ({e})") from None
+            values = _split_values(line)
+            if values is None:
+                raise InvalidInput(f"{what}, line {n}: not JSON ({e})") from None
+            if _SURROGATE_ESCAPE_RE.search(line):
+                values = [_without_lone_surrogates(v) for v in values]
+            out += [(n, v) for v in values]
+            continue
         except RecursionError:
             raise InvalidInput(f"{what}, line {n}: nested too deeply") from None
         if _SURROGATE_ESCAPE_RE.search(line):
@@ -638,10 +662,11 @@ def _bash_text(message: Mapping[str, Any]) -> str:
 
 
 def _from_anthropic(message: Mapping[str, Any]) -> bool:
-    """Whether pi recorded this assistant message from Anthropic's API, whose thinking
-    signatures only Anthropic accepts back."""
-    api = message.get("api")
-    return api == "anthropic-messages" or (api is None and message.get("provider") == "anthropic")
+    """Whether pi recorded this assistant message from Anthropic itself: only Anthropic
+    accepts its thinking signatures back. Other providers behind the same API shape
+    (``api`` ``"anthropic-messages"`` with a provider such as a Kimi or GLM endpoint)
+    sign with their own keys."""
+    return message.get("provider") == "anthropic" and message.get("api") in ("anthropic-messages", None)
 
 
 def _pi_assistant_blocks(content: Any, signed: bool) -> Any:

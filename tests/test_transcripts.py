@@ -205,13 +205,19 @@ def test_5_thinking_signed_by_another_provider_is_not_sent_to_anthropic(mem: Ses
              pi_message("c0000004", "c0000003", "assistant", [
                  {"type": "thinking", "thinking": "Think.", "thinkingSignature": "EqQBCkYIBxgCKkD"},
                  {"type": "text", "text": "Also."}], api="anthropic-messages", provider="anthropic",
-                 model="claude-opus-4-6", stopReason="stop")]
+                 model="claude-opus-4-6", stopReason="stop"),
+             pi_message("c0000005", "c0000004", "user", "And Kimi?"),
+             pi_message("c0000006", "c0000005", "assistant", [  # Anthropic's API shape, another provider's key
+                 {"type": "thinking", "thinking": "Hmm.", "thinkingSignature": "Ke645z2q35BwXCi+oEt"},
+                 {"type": "text", "text": "Likewise."}], api="anthropic-messages", provider="damoxing-kimi",
+                 model="K2.6-code-preview", stopReason="stop")]
     sid = tt.import_pi(mem, [json.dumps(line) for line in lines])
     request = mem.build_context(sid, format="anthropic")
     assert_anthropic_accepts(request)
     assert request["messages"][1]["content"] == "Because it is."  # OpenAI's encrypted reasoning left out
     assert request["messages"][3]["content"][0] == {"type": "thinking", "thinking": "Think.",
                                                     "signature": "EqQBCkYIBxgCKkD"}
+    assert request["messages"][5]["content"] == "Likewise."
 
 
 # -- 6. Claude Code 2.1.2xx ------------------------------------------------------------------
@@ -344,6 +350,18 @@ def test_8_a_key_holding_another_session_is_refused(tmp_path: Path, mem: Session
     assert len(mem.get_messages(sid)) == len(other)
 
 
+def test_a_line_holding_two_entries_back_to_back_reads_as_both(tmp_path: Path, mem: SessionStore) -> None:
+    """Real pi files hold such lines (a writer appended after a line without its newline);
+    pi itself skips them, losing both entries."""
+    lines = pi_compacted()
+    text = "".join(json.dumps(line) + ("" if n == 3 else "\n") for n, line in enumerate(lines))
+    (tmp_path / "joined.jsonl").write_text(text, encoding="utf-8")
+    sid = tt.import_pi(mem, tmp_path / "joined.jsonl")
+    assert [m.id for m in mem.get_messages(sid)][1:] == [line["id"] for line in lines[1:]]
+    tt.export_pi(mem, sid, tmp_path / "out.jsonl")
+    assert read_jsonl(tmp_path / "out.jsonl") == lines  # one entry per line again
+
+
 # -- the context reader hook -------------------------------------------------------------------
 
 
@@ -389,3 +407,14 @@ def test_readers_see_the_whole_path_and_the_tree(mem: SessionStore) -> None:
     assert seen == [([q.id, mem.get_leaves(sid)[0].id], [m.id for m in mem.get_children(sid, q.id)])]
     with pytest.raises(ss.InvalidInput):
         ss.register_context_reader("demo.x", reader)
+
+
+def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("import json, os, tempfile\nimport session_store_transcripts")
+    code = readme[start:readme.index("```", start)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "integrations")])}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "'content': 'One: a.py.'" in run.stdout
