@@ -40,10 +40,11 @@ def read_jsonl(path: Path) -> list[Any]:
 
 def assert_openai_accepts(messages: list[dict[str, Any]]) -> None:
     """Chat Completions' rules: every assistant tool call is answered by exactly one
-    ``tool`` message right after it, and no ``tool`` message answers anything else."""
+    ``tool`` message right after it, and no ``tool`` message answers anything else;
+    call ids of at most 40 characters."""
     open_calls: set[str] = set()
     for i, m in enumerate(messages):
-        assert m["role"] in ("system", "user", "assistant", "tool"), m
+        assert m["role"] in ("system", "developer", "user", "assistant", "tool"), m
         if m["role"] == "tool":
             assert m["tool_call_id"] in open_calls, f"message {i} answers no open call"
             open_calls.remove(m["tool_call_id"])
@@ -55,6 +56,7 @@ def assert_openai_accepts(messages: list[dict[str, Any]]) -> None:
             for call in m.get("tool_calls", []):
                 assert call["type"] == "function" and isinstance(call["function"]["name"], str)
                 assert isinstance(json.loads(call["function"]["arguments"]), dict)
+                assert 0 < len(call["id"]) <= 40, call["id"]
                 open_calls.add(call["id"])
     assert not open_calls
 

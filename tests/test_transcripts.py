@@ -265,6 +265,17 @@ def test_6_rewinds_are_named_branches(tmp_path: Path, mem: SessionStore) -> None
                                                          ("assistant", "Fixed the parser.")]
 
 
+def test_6_a_head_moved_here_is_where_the_exported_transcript_resumes(tmp_path: Path, mem: SessionStore) -> None:
+    sid = tt.import_claude_code(mem, write_jsonl(tmp_path / "s-21.jsonl", claude_21()))
+    mem.switch_to_branch(sid, "rewind-u2")
+    tt.export_claude_code(mem, sid, tmp_path / "out.jsonl")
+    written = read_jsonl(tmp_path / "out.jsonl")
+    assert written[:-1] == claude_21()  # every line in place, and one more last-prompt row
+    assert written[-1] == {"type": "last-prompt", "lastPrompt": "The parser one.", "leafUuid": "a2",
+                           "sessionId": "s-21"}
+    assert mem.get_head(tt.import_claude_code(mem, tmp_path / "out.jsonl", key="again")) == "a2"
+
+
 def test_6_old_layout_subagent_files_beside_the_transcript_attach_and_go_back(tmp_path: Path,
                                                                              mem: SessionStore) -> None:
     main = stamp([cc("user", "u1", None, "Survey src."), answer("a1", "u1", "Asking an agent.", "msg_1")])
