@@ -2146,7 +2146,8 @@ def register_context_reader(format_name: str, reader: ContextReader) -> None:
     starts with ``format_name + "."``. Whenever a root -> leaf path holds such a
     record, ``reader(path, children)`` is called first, outside the store's locks, with
     the path (a fresh list) and ``children(message_id)``: that message's children in the
-    session, in append order (``[]`` for an id the session does not hold). It returns
+    session, in append order (``[]`` for an id the session does not hold; read from one
+    snapshot of the session, taken at the first call). It returns
     the path with its format's records replaced by native ones, in any shape
     ``build_context`` reads (for instance ``Message(role="assistant", content=[...])``
     with Anthropic content blocks; a tool result as ``role="tool"`` with a
@@ -2455,6 +2456,7 @@ def _path_turns(path: list[Message], children: Callable[[str], list[Message]], p
 # Sessions whose left-out records were logged: once per session (the most recent ones).
 _REPORTED: OrderedDict[str, None] = OrderedDict()
 _REPORTED_MAX = 10_000
+_REPORTED_LOCK = threading.Lock()
 
 
 def _left_out(session_id: str, problems: list[str], strict: bool) -> None:
@@ -2469,9 +2471,6 @@ def _left_out(session_id: str, problems: list[str], strict: bool) -> None:
             _REPORTED.popitem(last=False)
     _log.warning("session %s: a context left out %d thing(s) the APIs cannot express (reported once per "
                  "session; strict=True raises instead): %s", session_id, len(problems), "; ".join(problems[:5]))
-
-
-_REPORTED_LOCK = threading.Lock()
 
 
 def _settle(turns: list[_Turn]) -> list[_Turn]:
@@ -3733,11 +3732,15 @@ class SessionStore:
         if format not in _CONTEXT_FORMATS:
             raise InvalidInput(f"unknown context format {format!r}; known: {', '.join(_CONTEXT_FORMATS)}")
 
-        def children(message_id: str) -> list[Message]:
-            try:
-                return self.get_children(session_id, message_id)
-            except MessageNotFound:
-                return []
+        tree: dict[str | None, list[Message]] | None = None
+
+        def children(message_id: str) -> list[Message]:  # for readers: one snapshot, taken when first asked
+            nonlocal tree
+            if tree is None:
+                tree = {}
+                for m in self.get_messages(session_id):
+                    tree.setdefault(m.parent_id, []).append(m)
+            return list(tree.get(message_id, ()))
 
         problems: list[str] = []
         turns = _path_turns(self.get_linear_history(session_id, leaf_id), children, problems)
@@ -4126,9 +4129,7 @@ def draw_tree(store: SessionStore, session_id: str, *, width: int = 100) -> list
         size[m.id] = 1 + sum(size[c.id] for c in children.get(m.id, ()))
     out: list[str] = []
     # (message, prefix for its line, prefix for the lines under it); iterative: trees can be deep
-    stack: list[tuple[Message, str, str]] = []
-    for root in reversed(sorted(children.get(None, []), key=lambda r: -size[r.id])):
-        stack.append((root, "", ""))
+    stack: list[tuple[Message, str, str]] = [(root, "", "") for root in reversed(children.get(None, []))]
     while stack:
         msg, prefix, rail = stack.pop()
         tag = f"  [{', '.join(labels[msg.id])}]" if msg.id in labels else ""

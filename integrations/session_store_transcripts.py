@@ -572,6 +572,7 @@ def _claude_messages(path: str, progress: Progress | None,
     importer = _Importer(_CLAUDE, [lines for _, lines in files], progress)
     session: str | None = None
     main_file: list[Message] = []
+    sidechains: list[tuple[Message, str | None]] = []
     branches: dict[str, str] = {}
     resume: str | None = None
     for file, lines in files:
@@ -590,11 +591,17 @@ def _claude_messages(path: str, progress: Progress | None,
                 continue
             if line.get("isSidechain") is True:
                 agent = line.get("agentId")
-                branches["agent-" + agent if isinstance(agent, str) and _is_name("agent-" + agent)
-                         else "sidechain"] = m.id
+                sidechains.append((m, "agent-" + agent if isinstance(agent, str) and _is_name("agent-" + agent)
+                                   else None))
             elif file is None:
                 main_file.append(m)
     by_id = {m.id: m for m in importer.messages}
+    on_side = {m.id for m, _ in sidechains}
+    for m, name in sidechains:  # each agent's last line; without an agentId, each sidechain's (by its first line)
+        first = m
+        while first.parent_id in on_side:
+            first = by_id[first.parent_id]
+        branches[name or ("sidechain-" + first.id[:8])] = m.id
     head = resume if resume in {m.id for m in main_file} else (main_file[-1].id if main_file else None)
     if head is None:
         head = next((m.id for m in reversed(importer.messages) if _CLAUDE.name in m.fields), None)
@@ -1224,9 +1231,10 @@ def import_claude_code(store: SessionStore, path: str | os.PathLike[str], *, key
     ...), lines without a uuid, repeated uuids and non-object lines are kept as roots
     and written back. Branches: ``main`` ends where Claude Code resumes (the last
     ``last-prompt`` row's ``leafUuid``, else the last line not on a sidechain) and is
-    current; each agent's last line heads ``agent-<agentId>`` (``sidechain`` without
-    one); each user turn re-sent from an earlier point (a rewind) that ``main`` left
-    heads ``rewind-<its uuid's first 8 characters>`` at the newest line under it.
+    current; each agent's last line heads ``agent-<agentId>`` (without one, each
+    sidechain's last line heads ``sidechain-<its first line's first 8 characters>``);
+    each user turn re-sent from an earlier point (a rewind) that ``main`` left heads
+    ``rewind-<its uuid's first 8 characters>`` at the newest line under it.
 
     ``key`` defaults to ``"claude-code:<sessionId>"``. Importing again under the same
     key writes only the lines added since and moves the branches. Errors as

@@ -489,7 +489,7 @@ def test_claude_code_compaction_boundary_starts_the_context(tmp_path: Path, mem:
     assert mem.get_branch(sid, "main").head_id == "a4"  # type: ignore[union-attr]
     assert mem.build_context(sid) == [{"role": "user", "content": "Summary: the user asked to fix a bug."},
                                       {"role": "assistant", "content": "Continuing."}]
-    assert {b.name for b in mem.get_branches(sid)} == {"main", "sidechain"}
+    assert {b.name for b in mem.get_branches(sid)} == {"main", "sidechain-sc1"}
     out = tmp_path / "back.jsonl"
     tt.export_claude_code(mem, sid, out)
     assert read_jsonl(out) == claude_session()
