@@ -43,13 +43,14 @@ __all__ = [
     "ContractTests",
     "FaultyFileSystem",
     "SimulatedCrash",
+    "WRITE_OPS",
 ]
 
 import contextlib
 import errno
 import tempfile
 import unittest
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -596,34 +597,58 @@ class SimulatedCrash(BaseException):
     """
 
 
-class FaultyFileSystem(FileSystem):
-    """Wraps a :class:`FileSystem` and injects faults into appends and syncs.
+#: The operations of a :class:`~session_store.FileSystem` that change something: the
+#: places :class:`FaultyFileSystem` can fail or crash at.
+WRITE_OPS = ("append", "sync", "truncate", "write_atomic", "write_in_place", "makedirs", "rename", "remove",
+             "remove_tree", "symlink", "hold")
 
-    Arm one fault at a time: ``fail_next_append(errno)`` (``ENOSPC``, ``EIO``),
-    ``fail_next_sync()``, ``short_next_append(nbytes)`` (writes a prefix, then raises
-    ``EIO``), ``crash_after(nbytes)`` (writes until that many more bytes, then raises
-    :class:`SimulatedCrash` and refuses every later call). ``inner`` is the real
-    file system, for reopening after a crash.
+
+class FaultyFileSystem(FileSystem):
+    """Wraps a :class:`~session_store.FileSystem` and injects faults into every write path.
+
+    Arm faults with:
+
+    - ``fail_next(op, code=ENOSPC, *, after=0)``: the next call of ``op`` (one of
+      :data:`WRITE_OPS`; ``after`` skips that many first) raises ``OSError(code)``
+      having done nothing (for ``append``: written nothing).
+    - ``fail_next_append(code)``, ``fail_next_sync()``: the same for those two.
+    - ``short_next_append(nbytes)``: the next append writes a prefix, then raises ``EIO``.
+    - ``crash_after(nbytes)``: appends write at most ``nbytes`` more bytes in all, then
+      :class:`SimulatedCrash` is raised and every later call refused.
+    - ``crash_at(n)``: the ``n``-th write operation from now (0: the next one) crashes
+      instead of running (an append first writes half of its data): with it, a test
+      can crash a store between any two steps of any operation (creations,
+      deletions, resets, imports, leases, repairs).
+
+    ``ops`` counts the write operations done so far; ``inner`` is the real file
+    system, for reopening after a crash.
     """
 
     def __init__(self, inner: FileSystem) -> None:
         self.inner = inner
-        self._append_errno: int | None = None
-        self._fail_sync = False
+        self._failures: dict[str, list[tuple[int, int]]] = {}  # op -> [(skip, errno)]
         self._short: int | None = None
         self._crash_budget: int | None = None
+        self._crash_op: int | None = None
+        self.ops = 0
         self.crashed = False
 
     def __repr__(self) -> str:
         return f"FaultyFileSystem({self.inner!r})"
 
+    def fail_next(self, op: str, code: int = errno.ENOSPC, *, after: int = 0) -> None:
+        """The next call of ``op`` (after ``after`` more) raises ``OSError(code)``."""
+        if op not in WRITE_OPS:
+            raise ValueError(f"unknown write operation {op!r}; known: {', '.join(WRITE_OPS)}")
+        self._failures.setdefault(op, []).append((after, code))
+
     def fail_next_append(self, code: int = errno.ENOSPC) -> None:
         """The next append raises ``OSError(code)`` having written nothing."""
-        self._append_errno = code
+        self.fail_next("append", code)
 
     def fail_next_sync(self) -> None:
         """The next sync raises ``OSError(EIO)``."""
-        self._fail_sync = True
+        self.fail_next("sync", errno.EIO)
 
     def short_next_append(self, nbytes: int) -> None:
         """The next append writes only ``nbytes`` bytes, then raises ``OSError(EIO)``."""
@@ -633,16 +658,38 @@ class FaultyFileSystem(FileSystem):
         """Appends write at most ``nbytes`` more bytes in all; then the simulated crash."""
         self._crash_budget = nbytes
 
+    def crash_at(self, n: int) -> None:
+        """The ``n``-th write operation from now crashes (0: the next)."""
+        self._crash_op = self.ops + n
+
     def _alive(self) -> None:
         if self.crashed:
             raise SimulatedCrash("the simulated process has crashed")
 
+    def _step(self, op: str, path: str) -> None:
+        """Count a write operation; raise the fault armed for it."""
+        self._alive()
+        if self._crash_op is not None and self.ops >= self._crash_op:
+            self.crashed = True
+            raise SimulatedCrash(f"crashed at {op} {path}")
+        self.ops += 1
+        armed = self._failures.get(op)
+        if armed:
+            skip, code = armed[0]
+            if skip:
+                armed[0] = (skip - 1, code)
+                return
+            armed.pop(0)
+            raise OSError(code, errno.errorcode.get(code, "error"), path)
+
     def append(self, path: str, data: bytes) -> None:
         """Append, or inject the armed fault."""
         self._alive()
-        if self._append_errno is not None:
-            code, self._append_errno = self._append_errno, None
-            raise OSError(code, errno.errorcode.get(code, "error"), path)
+        if self._crash_op is not None and self.ops >= self._crash_op:
+            self.inner.append(path, data[: len(data) // 2])  # a torn write, as a kill mid-write leaves
+            self.crashed = True
+            raise SimulatedCrash(f"crashed writing {path}")
+        self._step("append", path)
         if self._short is not None:
             n, self._short = self._short, None
             self.inner.append(path, data[:n])
@@ -656,12 +703,54 @@ class FaultyFileSystem(FileSystem):
         self.inner.append(path, data)
 
     def sync(self, path: str) -> None:
-        """Sync, or fail once when armed."""
-        self._alive()
-        if self._fail_sync:
-            self._fail_sync = False
-            raise OSError(errno.EIO, "fsync failed", path)
+        """Sync, or fail when armed."""
+        self._step("sync", path)
         self.inner.sync(path)
+
+    def truncate(self, path: str, size: int) -> None:
+        """Truncate, or fail when armed."""
+        self._step("truncate", path)
+        self.inner.truncate(path, size)
+
+    def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
+        """Replace a file, or fail when armed (leaving the old one)."""
+        self._step("write_atomic", path)
+        self.inner.write_atomic(path, data, durable=durable)
+
+    def write_in_place(self, path: str, data: bytes, *, durable: bool = False) -> None:
+        """Overwrite a small file, or fail when armed."""
+        self._step("write_in_place", path)
+        self.inner.write_in_place(path, data, durable=durable)
+
+    def makedirs(self, path: str, *, durable: bool = True) -> None:
+        """Create directories, or fail when armed."""
+        self._step("makedirs", path)
+        self.inner.makedirs(path, durable=durable)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename, or fail when armed."""
+        self._step("rename", src)
+        self.inner.rename(src, dst)
+
+    def remove(self, path: str, *, durable: bool = False) -> None:
+        """Remove a file, or fail when armed."""
+        self._step("remove", path)
+        self.inner.remove(path, durable=durable)
+
+    def remove_tree(self, path: str) -> None:
+        """Remove a tree, or fail when armed."""
+        self._step("remove_tree", path)
+        self.inner.remove_tree(path)
+
+    def symlink(self, target: str, path: str, *, durable: bool = True) -> bool:
+        """Make a link, or fail when armed."""
+        self._step("symlink", path)
+        return self.inner.symlink(target, path, durable=durable)
+
+    def hold(self, path: str) -> None:
+        """Keep a proof of life, or fail when armed."""
+        self._step("hold", path)
+        self.inner.hold(path)
 
     # -- plain delegation ------------------------------------------------------------
 
@@ -675,30 +764,10 @@ class FaultyFileSystem(FileSystem):
         self._alive()
         return self.inner.read_from(path, offset)
 
-    def size(self, path: str) -> int:
+    def stat(self, path: str) -> tuple[int, Any]:
         """Delegated."""
         self._alive()
-        return self.inner.size(path)
-
-    def truncate(self, path: str, size: int) -> None:
-        """Delegated."""
-        self._alive()
-        self.inner.truncate(path, size)
-
-    def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
-        """Delegated."""
-        self._alive()
-        self.inner.write_atomic(path, data, durable=durable)
-
-    def write_in_place(self, path: str, data: bytes) -> None:
-        """Delegated."""
-        self._alive()
-        self.inner.write_in_place(path, data)
-
-    def makedirs(self, path: str, *, durable: bool = True) -> None:
-        """Delegated."""
-        self._alive()
-        self.inner.makedirs(path, durable=durable)
+        return self.inner.stat(path)
 
     def listdir(self, path: str) -> list[str]:
         """Delegated."""
@@ -710,25 +779,52 @@ class FaultyFileSystem(FileSystem):
         self._alive()
         return self.inner.exists(path)
 
-    def rename(self, src: str, dst: str) -> None:
+    def is_dir(self, path: str) -> bool:
         """Delegated."""
         self._alive()
-        self.inner.rename(src, dst)
+        return self.inner.is_dir(path)
 
-    def remove_tree(self, path: str) -> None:
+    def readlink(self, path: str) -> str | None:
         """Delegated."""
         self._alive()
-        self.inner.remove_tree(path)
+        return self.inner.readlink(path)
 
-    def locked(self, path: str) -> contextlib.AbstractContextManager[None]:
+    def locked(self, path: str, *, create: bool = True) -> contextlib.AbstractContextManager[None]:
         """Delegated."""
         self._alive()
-        return self.inner.locked(path)
+        return self.inner.locked(path, create=create)
+
+    def release(self, path: str) -> None:
+        """Delegated (also after a crash: a dead process's marks are gone)."""
+        self.inner.release(path)
+
+    def is_held(self, path: str) -> bool | None:
+        """Delegated."""
+        self._alive()
+        return self.inner.is_held(path)
+
+    def anchor(self, directory: str) -> None:
+        """Delegated."""
+        self.inner.anchor(directory)
+
+    def read_lease(self, path: str) -> dict[str, Any] | None:
+        """Delegated."""
+        self._alive()
+        return self.inner.read_lease(path)
+
+    def write_lease(self, path: str, lease: Mapping[str, Any], *, durable: bool = False) -> None:
+        """Written through :meth:`write_in_place` (where faults are injected)."""
+        FileSystem.write_lease(self, path, lease, durable=durable)
 
     @property
     def shared_across_processes(self) -> bool:
         """As the wrapped file system."""
         return self.inner.shared_across_processes
+
+    @property
+    def sync_is_noop(self) -> bool:
+        """Never: syncs are where faults are injected."""
+        return False
 
     def close(self) -> None:
         """Delegated (also after a crash: descriptors are released)."""

@@ -216,7 +216,8 @@ def test_manual_reset_and_overrides(open_store: StoreFactory) -> None:
     assert result.reset and result.reason == "manual"
     assert [m.content for m in result.messages] == [result.messages[0].content, "m2", "m3"]
     assert store.get_linear_history(sid) == result.messages
-    assert [e.type for e in events] == ["session.reset"] and events[0].data == result
+    assert [e.type for e in events] == ["session.reset"] + ["message.added"] * 3 and events[0].data == result
+    assert [e.data for e in events[1:]] == result.messages  # a subscriber mirroring the session misses nothing
     with pytest.raises(ss.InvalidInput):
         store.reset(sid, keep_strategy="bogus")
     with pytest.raises(ss.InvalidInput):
@@ -257,5 +258,5 @@ def test_build_context_sees_the_marker_as_a_system_summary(open_store: StoreFact
 
 
 def test_auto_reset_must_be_a_config() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(ss.InvalidInput):
         ss.SessionStore(ss.InMemoryFileSystem(), auto_reset={"max_messages": 3})  # type: ignore[arg-type]

@@ -36,10 +36,12 @@ def test_the_wheel_holds_the_single_files_byte_for_byte_with_py_typed(tmp_path: 
         assert wheel.read("session_store/__init__.py") == (ROOT / "session_store.py").read_bytes()
         sqlite = (ROOT / "backends" / "session_store_sqlite.py").read_bytes()
         assert wheel.read("session_store_sqlite/__init__.py") == sqlite
+        view = (ROOT / "integrations" / "session_store_view.py").read_bytes()
+        assert wheel.read("session_store_view/__init__.py") == view
         transcripts = (ROOT / "integrations" / "session_store_transcripts.py").read_bytes()
         assert wheel.read("session_store_transcripts/__init__.py") == transcripts
     assert {"session_store/py.typed", "session_store_sqlite/py.typed", "session_store_conformance/py.typed",
-            "session_store_transcripts/py.typed"} <= names
+            "session_store_view/py.typed", "session_store_transcripts/py.typed"} <= names
 
 
 def test_mypy_sees_real_types_in_an_installed_wheel(tmp_path: Path) -> None:
