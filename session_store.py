@@ -16,10 +16,11 @@ Quick start::
         a = store.append(sid, role="assistant", content="Hi there!")
         store.get_linear_history(sid)          # [q, a]
 
-pi and Claude Code transcripts come in and go back out line for line
-(:meth:`SessionStore.import_pi`, :meth:`SessionStore.import_claude_code` and the
-exports), and :meth:`SessionStore.build_context` hands any path to OpenAI's or
-Anthropic's API.
+:meth:`SessionStore.build_context` hands any path to OpenAI's or Anthropic's API,
+whatever shape the records came in (OpenAI Chat or Responses, Anthropic, the
+tutorial's); other formats plug in through :func:`register_context_reader` (the
+optional ``session_store_transcripts`` module brings pi and Claude Code transcripts
+in and out line for line).
 
 Storage is append-only JSONL on a :class:`FileSystem`: :class:`RealFileSystem` (the
 default; fsync'd, safe across threads and processes) or :class:`InMemoryFileSystem`
@@ -70,6 +71,10 @@ __all__ = [
     "ResetResult",
     "KEEP_STRATEGIES",
     "default_token_counter",
+    # contexts
+    "ContextReader",
+    "register_context_reader",
+    "read_turns",
     # the store
     "SessionStore",
     "FORMAT_VERSION",
@@ -84,9 +89,10 @@ import contextlib
 import contextvars
 import copy
 import dataclasses
-import datetime
 import errno
 import hashlib
+import importlib
+import importlib.util
 import itertools
 import json
 import logging
@@ -3168,284 +3174,92 @@ def _tally_records(tally: dict[str, Any], found: Records) -> None:
 
 
 # ============================================================================
-# Interoperability: pi and Claude Code transcripts; OpenAI and Anthropic contexts
+# Contexts: OpenAI and Anthropic
 # ============================================================================
 #
-# Imported lines are kept as they were. A pi entry or a Claude Code line becomes one
-# message: id = its id (pi "id", Claude Code "uuid"); parent = its parent when that
-# line came before it, else the pi header / a root (Claude Code); type =
-# "pi.<type>" or "claude_code.<type>"; role = the inner message's role, else the
-# line's type; content = its text (message.content, content or summary, by type);
-# timestamp = its ISO time in ms (the previous line's when it has none). The field
-# "pi" / "claude_code" holds the line minus the id and type restated above, with
-# the content replaced by null. Export puts them back: an imported line is written
-# back JSON-equal, unknown types and fields included. A line that cannot be a node
-# (no usable id, a repeated id, not an object) is kept whole in "pi_line" /
-# "claude_code_line" on a root with a made-up id, and written back as it was.
-#
-# Contexts go through one neutral form, _Turn (system, user, assistant or tool),
-# read from native records (the tutorial's shapes, OpenAI's and Anthropic's), pi
-# entries and Claude Code lines. _settle() then makes any path acceptable to both
-# APIs: consecutive assistant turns merge (one response split over several lines),
-# a tool call left without a result gets a synthetic error result before the next
-# turn, and a result that answers no open call is dropped.
+# build_context goes through one neutral form, _Turn (system, developer, user,
+# assistant or tool), read from native records: the tutorial's shapes, OpenAI Chat
+# Completions' (tool_calls, tool role), OpenAI Responses' items and content parts (what
+# the OpenAI Agents SDK stores: input_text/output_text, function_call,
+# function_call_output, reasoning), Anthropic's content blocks, and any of these held
+# whole as a record's content. Records of another format (the transcripts
+# session_store_transcripts imports) are first turned into native records by the
+# reader registered for that format (register_context_reader). _settle() then makes
+# any path acceptable to both APIs: consecutive assistant turns merge (one response
+# split over several records), a tool call left without a result gets a synthetic
+# error result before the next turn, and a result that answers no open call is
+# dropped. What has no equivalent in the APIs (an unknown role, a hosted-tool item, a
+# content block of an unknown type) is left out and reported: logged once per session,
+# or raised with strict=True.
 
-_PI_VERSION = 3
-_ABSENT: Any = object()
+ContextReader = Callable[[list[Message], Callable[[str], list[Message]]], list[Message]]
+"""The type of a reader given to :func:`register_context_reader`."""
+
+_CONTEXT_READERS: dict[str, ContextReader] = {}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Dialect:
-    """How one agent's transcript lines name things (see the banner above)."""
+def register_context_reader(format_name: str, reader: ContextReader) -> None:
+    """Let :meth:`SessionStore.build_context` read the records of another format.
 
-    name: str
-    id_key: str
-    parent_key: str
-    content: Mapping[str, tuple[str, ...]]  # line type -> path of its text
+    A record belongs to format ``format_name`` when its type is ``format_name`` or
+    starts with ``format_name + "."``. Whenever a root -> leaf path holds such a
+    record, ``reader(path, children)`` is called first, outside the store's locks, with
+    the path (a fresh list) and ``children(message_id)``: that message's children in the
+    session, in append order (``[]`` for an id the session does not hold; read from one
+    snapshot of the session, taken at the first call). It returns
+    the path with its format's records replaced by native ones, in any shape
+    ``build_context`` reads (for instance ``Message(role="assistant", content=[...])``
+    with Anthropic content blocks; a tool result as ``role="tool"`` with a
+    ``tool_call_id`` field): it may leave records out (what the model is not sent),
+    merge, reorder or add them (including records found through ``children``), and
+    returns every record of other formats unchanged. It must not write to the store.
 
-    def line(self, m: Message) -> Any:
-        """The line ``m`` was imported from, or ``_ABSENT`` when it was not imported."""
-        whole = m.fields.get(self.name + "_line", _ABSENT)
-        if whole is not _ABSENT:
-            return whole
-        rest = m.fields.get(self.name)
-        if not isinstance(rest, dict) or not (m.type == self.name or m.type.startswith(self.name + ".")):
-            return _ABSENT
-        line: dict[str, Any] = {}
-        kind = m.type[len(self.name) + 1:] or None
-        if kind is not None:
-            line["type"] = kind
-        line[self.id_key] = m.id
-        line.update(rest)
-        path = self.content.get(kind or "")
-        if path is not None and m.content is not None:
-            holder = line
-            for key in path[:-1]:
-                holder[key] = holder = dict(holder[key])
-            holder[path[-1]] = m.content
-        return line
-
-
-_PI = _Dialect("pi", "id", "parentId", {"message": ("message", "content"), "custom_message": ("content",),
-                                        "compaction": ("summary",), "branch_summary": ("summary",)})
-_CLAUDE = _Dialect("claude_code", "uuid", "parentUuid", {"user": ("message", "content"),
-                                                         "assistant": ("message", "content"),
-                                                         "system": ("content",), "summary": ("summary",)})
-
-
-def _is_name(value: object) -> TypeGuard[str]:
-    try:
-        _check_name("name", value)
-    except InvalidInput:
-        return False
-    return True
-
-
-def _iso_ms(value: object) -> int | None:
-    """ms since the epoch of an ISO 8601 time (``Z`` or an offset; naive = UTC), else ``None``."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return round(when.timestamp() * 1000)
-
-
-def _ms_iso(ms: int) -> str:
-    """JavaScript's ``toISOString()`` of a time in ms: what pi and Claude Code write."""
-    when = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _read_lines(source: str | os.PathLike[str] | Iterable[str], what: str) -> list[tuple[int, Any]]:
-    """The JSON values of a JSONL file (a path) or of lines, with their line numbers.
-
-    Blank lines are skipped. A line that is not JSON raises :class:`InvalidInput`,
-    except an unterminated last line of a file: what a writer killed mid-line leaves
-    (logged and skipped, as this module's own logs do).
+    Registering a name again replaces its reader. A path holding records of a format
+    with no reader, records that also carry their line in the field named
+    ``format_name`` or ``format_name + "_line"`` (as session_store_transcripts writes
+    them), makes ``build_context`` raise :class:`SessionStoreError` naming the module to
+    import; other records of unknown formats are read as native records.
+    ``session_store_transcripts`` registers its readers when it is imported.
     """
-    torn = False
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise InvalidInput(f"cannot read {what} {os.fspath(source)!r}: {e}") from None
-        raw = text.split("\n")
-        torn = not text.endswith("\n")
-    else:
-        try:
-            raw = list(source)
-        except TypeError:
-            raise InvalidInput(f"{what}: give a path or lines, not {type(source).__name__}") from None
-        if not all(isinstance(line, str) for line in raw):
-            raise InvalidInput(f"{what}: lines must be strings")
-    out: list[tuple[int, Any]] = []
-    for n, line in enumerate(raw, 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line, parse_constant=_reject_constant)
-        except ValueError as e:
-            if torn and n == len(raw):
-                _log.warning("%s: unterminated last line %d is not JSON; skipped", what, n)
-                continue
-            raise InvalidInput(f"{what}, line {n}: not JSON ({e})") from None
-        if _SURROGATE_ESCAPE_RE.search(line):
-            value = _without_lone_surrogates(value)
-        out.append((n, value))
-    return out
+    _check_name("format name", format_name)
+    if "." in format_name:
+        raise InvalidInput(f"format name {format_name!r} must not contain a dot")
+    if not callable(reader):
+        raise InvalidInput(f"reader must be callable, not {type(reader).__name__}")
+    _CONTEXT_READERS[format_name] = reader
 
 
-_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
-_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+def read_turns(message: Message, *, strict: bool = False) -> list[Message]:
+    """What :meth:`SessionStore.build_context` reads from one record, as records of one
+    canonical shape (for writing a session in another format).
 
-
-def _without_lone_surrogates(value: Any) -> Any:
-    """``value`` with lone surrogates (text JavaScript can write, UTF-8 cannot hold)
-    replaced by U+FFFD."""
-    if isinstance(value, str):
-        return _LONE_SURROGATE_RE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_without_lone_surrogates(v) for v in value]
-    if isinstance(value, dict):
-        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
-    return value
-
-
-class _Importer:
-    """Turns a transcript's lines into messages, in order (see the banner above)."""
-
-    def __init__(self, dialect: _Dialect, lines: Iterable[Any], now_ms: int) -> None:
-        self.dialect = dialect
-        # made-up ids avoid every id the source uses, so no later line loses its own
-        self.reserved: set[Any] = set()
-        first_ms = None  # the time of lines without one: the previous line's, else the first found
-        for v in lines:
-            if isinstance(v, dict):
-                self.reserved.add(v.get(dialect.id_key))
-                first_ms = first_ms if first_ms is not None else _iso_ms(v.get("timestamp"))
-        self.nodes: set[str] = set()
-        self.messages: list[Message] = []
-        self.last_ms = now_ms if first_ms is None else first_ms
-        self.made_up = 0
-
-    def _made_up_id(self) -> str:
-        while True:
-            self.made_up += 1
-            mid = f"{self.dialect.name}-line-{self.made_up}"
-            if mid not in self.reserved and mid not in self.nodes:
-                return mid
-
-    def add(self, line: Any, default_parent: str | None = None, **extra: Any) -> Message:
-        d = self.dialect
-        is_dict = isinstance(line, dict)
-        kind = line.get("type") if is_dict else None
-        if not (isinstance(kind, str) and _is_name(f"{d.name}.{kind}")):
-            kind = None
-        when = _iso_ms(line.get("timestamp")) if is_dict else None
-        self.last_ms = when if when is not None else self.last_ms
-        inner = line.get("message") if is_dict else None
-        role = inner.get("role") if isinstance(inner, dict) else None
-        path = d.content.get(kind or "")
-        content: Any = None
-        own_id = line.get(d.id_key) if is_dict else None
-        if is_dict and _is_name(own_id) and own_id not in self.nodes:
-            mid: str = own_id
-            parent = line.get(d.parent_key)
-            parent_id = parent if isinstance(parent, str) and parent in self.nodes else default_parent
-            rest = {k: v for k, v in line.items() if k != d.id_key and not (k == "type" and kind is not None)}
-            holder: dict[str, Any] | None = rest
-            for key in (path or ())[:-1]:
-                step = holder.get(key) if holder is not None else None
-                if not isinstance(step, dict):
-                    holder = None
-                    break
-                holder[key] = holder = dict(step)
-            if path and holder is not None and holder.get(path[-1]) is not None:
-                content, holder[path[-1]] = holder[path[-1]], None
-            fields: dict[str, Any] = {d.name: rest}
-            self.nodes.add(mid)
+    Each returned record keeps ``message``'s id, parent and timestamp; its type is its
+    role: ``"system"`` or ``"developer"`` (content: text), ``"user"`` (content: a list of
+    ``text`` and ``image`` blocks), ``"assistant"`` (``text``, ``thinking``,
+    ``redacted_thinking`` and ``tool_use`` blocks) or ``"tool"`` (content: ``text`` and
+    ``image`` blocks; fields ``tool_call_id``, ``is_error`` and ``name``), all blocks in
+    Anthropic's shapes. A record of another format goes through its registered reader
+    (see :func:`register_context_reader`; it sees the record alone). What has no
+    equivalent is left out, or raises :class:`InvalidMessage` with ``strict=True``.
+    Nothing is settled: a call and its result stay in the records they came in.
+    """
+    problems: list[str] = []
+    turns = _path_turns([message], lambda _: [], problems)
+    if problems and strict:
+        raise InvalidMessage(f"message {message.id!r}: " + "; ".join(problems))
+    out: list[Message] = []
+    for t in turns:
+        fields: dict[str, Any] = {}
+        if t.role == "tool":
+            content: Any = [b for b in _anthropic_blocks(t.parts) if b["type"] in ("text", "image")]
+            fields = {"tool_call_id": t.call_id, "is_error": t.is_error, "name": t.name}
+        elif t.role in ("system", "developer"):
+            content = t.text()
         else:
-            mid, parent_id = self._made_up_id(), None
-            fields = {d.name + "_line": line}
-            content = line if path else None  # shown by history and tree; the line itself is written back
-            for key in path or ():
-                content = content.get(key) if isinstance(content, dict) else None
-        fields.update(extra)
-        msg = Message(id=mid, parent_id=parent_id, type=f"{d.name}.{kind}" if kind else d.name,
-                      role=role if _is_name(role) else kind or "line", content=content,
-                      timestamp=self.last_ms, fields=fields)
-        self.messages.append(msg)
-        return msg
-
-    def is_node(self, m: Message) -> bool:
-        return self.dialect.name in m.fields
-
-
-def _pi_migrate(entries: list[dict[str, Any]], version: int) -> None:
-    """Bring pi entries of format version 1 or 2 to version 3, as pi itself does on
-    load: v1 -> v2 gives every entry an id and chains them (``firstKeptEntryIndex``
-    becomes ``firstKeptEntryId``); v2 -> v3 renames the ``hookMessage`` role ``custom``.
-    Ids made here are derived from the session id and position: importing the same
-    file twice gives the same ids."""
-    header = entries[0]
-    if version < 2:
-        ids: set[str] = set()
-        previous: str | None = None
-        for n, entry in enumerate(entries[1:], 1):
-            seed = f"{header.get('id')}:{n}"
-            while (eid := hashlib.sha256(seed.encode()).hexdigest()[:8]) in ids:
-                seed += "'"
-            ids.add(eid)
-            entry["id"], entry["parentId"], previous = eid, previous, eid
-        for entry in entries[1:]:
-            index = entry.pop("firstKeptEntryIndex", None) if entry.get("type") == "compaction" else None
-            if isinstance(index, int) and 0 < index < len(entries):
-                entry["firstKeptEntryId"] = entries[index]["id"]
-    if version < 3:
-        for entry in entries[1:]:
-            message = entry.get("message")
-            if entry.get("type") == "message" and isinstance(message, dict) and message.get("role") == "hookMessage":
-                message["role"] = "custom"
-        header["version"] = _PI_VERSION
-
-
-def _pi_import(lines: list[tuple[int, Any]], now_ms: int) -> tuple[list[Message], str]:
-    """The messages of a pi session file, and the id of its leaf (its last entry)."""
-    if not lines or not isinstance(lines[0][1], dict) or lines[0][1].get("type") != "session":
-        raise InvalidInput('not a pi session: the first line must be its header {"type":"session",...}')
-    for n, value in lines:
-        if not isinstance(value, dict):
-            raise InvalidInput(f"pi session, line {n}: not a JSON object")
-    entries: list[dict[str, Any]] = [value for _, value in lines]
-    header = entries[0]
-    version = header.get("version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise InvalidInput(f"pi session header: version must be a positive integer, not {version!r}")
-    if version > _PI_VERSION:
-        raise InvalidInput(f"pi session format version {version} is newer than this module reads ({_PI_VERSION})")
-    if not _is_name(header.get("id")):
-        raise InvalidInput("pi session header: id must be a string of 1 to 256 characters")
-    _pi_migrate(entries, version)
-    importer = _Importer(_PI, entries, now_ms)
-    root = importer.add(header)
-    leaf = root.id
-    for entry in entries[1:]:
-        m = importer.add(entry, root.id)
-        if importer.is_node(m):
-            leaf = m.id
-    return importer.messages, leaf
+            content = _anthropic_blocks(t.parts, t.calls, ids=str, thinking=True)
+        out.append(Message(id=message.id, parent_id=message.parent_id, type=t.role, role=t.role, content=content,
+                           timestamp=message.timestamp, fields=fields))
+    return out
 
 
 # -- neutral turns --------------------------------------------------------------------
@@ -3454,8 +3268,8 @@ def _pi_import(lines: list[tuple[int, Any]], now_ms: int) -> tuple[list[Message]
 @dataclasses.dataclass(slots=True)
 class _Call:
     """A tool call: its arguments as JSON text (``arguments``, as OpenAI has them) or
-    as a value (``given``, as Anthropic and pi have them); each made from the other
-    only when asked for."""
+    as a value (``given``, as Anthropic has them); each made from the other only when
+    asked for."""
 
     id: str
     name: str
@@ -3494,9 +3308,6 @@ class _Turn:
 
 
 _SYNTHETIC_RESULT = "Error: this tool call has no result (the conversation moved on before it completed)."
-_COMPACTION_PREFIX = ("The conversation history before this point was compacted into the following summary:"
-                      "\n\n<summary>\n")
-_BRANCH_PREFIX = "The following is a summary of a branch that this conversation came back from:\n\n<summary>\n"
 
 
 def _text(text: str) -> dict[str, Any]:
@@ -3504,7 +3315,7 @@ def _text(text: str) -> dict[str, Any]:
 
 
 def _image(block: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A neutral image from Anthropic's, pi's or OpenAI's image block."""
+    """A neutral image from Anthropic's, pi's, OpenAI Chat's or OpenAI Responses' image block."""
     source = block.get("source")
     if isinstance(source, dict):
         if source.get("type") == "base64":
@@ -3524,21 +3335,37 @@ def _image(block: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _call(block: Mapping[str, Any], fallback_id: str) -> _Call:
-    """A call from the tutorial's ``{id, name, params}``, OpenAI's ``{id, function:
-    {name, arguments}}``, Anthropic's ``tool_use`` or pi's ``toolCall``."""
+    """A call from the tutorial's ``{id, name, params}``, OpenAI Chat's ``{id, function:
+    {name, arguments}}``, OpenAI Responses' ``function_call`` (``call_id``, ``arguments``)
+    or ``custom_tool_call`` (``input`` text), Anthropic's ``tool_use`` or pi's ``toolCall``."""
     function = block.get("function")
     source = function if isinstance(function, dict) else block
     arguments = source.get("arguments", source.get("input", source.get("params")))
-    call_id = block.get("id")
+    call_id = block.get("call_id", block.get("id")) if block.get("type") in _RESPONSES_CALLS else block.get("id")
     name = source.get("name")
     return _Call(id=call_id if isinstance(call_id, str) and call_id else fallback_id,
                  name=name if isinstance(name, str) else "unknown", given=arguments,
                  arguments=arguments if isinstance(arguments, str) else None)
 
 
-def _read_content(content: Any, owner: str) -> tuple[list[dict[str, Any]], list[_Call], list[_Turn]]:
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+_RESPONSES_CALLS = frozenset({"function_call", "custom_tool_call"})
+_RESPONSES_RESULTS = frozenset({"function_call_output", "custom_tool_call_output"})
+# Responses items that exist only on OpenAI's side (hosted tools, references to stored
+# items): no equivalent in a request built from scratch.
+_RESPONSES_HOSTED = frozenset({
+    "item_reference", "web_search_call", "file_search_call", "computer_call", "computer_call_output",
+    "code_interpreter_call", "image_generation_call", "local_shell_call", "local_shell_call_output",
+    "shell_call", "shell_call_output", "apply_patch_call", "apply_patch_call_output", "mcp_call",
+    "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "compaction"})
+_RESPONSES_ITEMS = _RESPONSES_CALLS | _RESPONSES_RESULTS | _RESPONSES_HOSTED | {"message", "reasoning"}
+
+
+def _read_content(content: Any, owner: str, problems: list[str] | None = None,
+                  ) -> tuple[list[dict[str, Any]], list[_Call], list[_Turn]]:
     """Parts, tool calls and tool results of a message's content: a string, or a list
-    of Anthropic, pi or OpenAI blocks. ``owner`` names made-up call ids."""
+    of Anthropic, pi, OpenAI Chat or OpenAI Responses blocks. ``owner`` names made-up
+    call ids; a block of no known type is left out and described in ``problems``."""
     if content is None:
         return [], [], []
     if isinstance(content, str):
@@ -3552,148 +3379,157 @@ def _read_content(content: Any, owner: str) -> tuple[list[dict[str, Any]], list[
             parts.append(_text(block))
             continue
         if not isinstance(block, dict):
+            if problems is not None:
+                problems.append(f"a content block that is not an object in {owner!r}")
             continue
         kind = block.get("type")
-        if kind == "text" and isinstance(block.get("text"), str):
+        if kind in _TEXT_PARTS and isinstance(block.get("text"), str):
             parts.append(_text(block["text"]))
-        elif kind in ("image", "image_url"):
-            image = _image(block)
-            if image is not None:
-                parts.append(image)
+        elif kind == "refusal" and isinstance(block.get("refusal"), str):
+            parts.append(_text(block["refusal"]))
+        elif kind in ("image", "image_url", "input_image") and (image := _image(block)) is not None:
+            parts.append(image)
         elif kind == "thinking" and isinstance(block.get("thinking"), str):
             signature = block.get("signature", block.get("thinkingSignature"))
             parts.append({"type": "thinking", "thinking": block["thinking"],
                           "signature": signature if isinstance(signature, str) else None})
         elif kind == "redacted_thinking" and isinstance(block.get("data"), str):
             parts.append({"type": "redacted_thinking", "data": block["data"]})
-        elif kind in ("tool_use", "toolCall"):
+        elif kind in ("tool_use", "toolCall") or kind in _RESPONSES_CALLS:
             calls.append(_call(block, f"{owner}-call-{i}"))
         elif kind == "tool_result":
             answered = block.get("tool_use_id")
-            results.append(_Turn("tool", _read_content(block.get("content"), owner)[0],
+            results.append(_Turn("tool", _result_parts(block.get("content"), owner, problems),
                                  call_id=answered if isinstance(answered, str) else "",
                                  is_error=block.get("is_error") is True))
+        elif problems is not None:
+            problems.append(f"a content block of type {kind!r} in {owner!r}" if isinstance(kind, str)
+                            else f"a content block without a type in {owner!r}")
     return parts, calls, results
 
 
-def _result_parts(value: Any, owner: str) -> list[dict[str, Any]]:
+def _result_parts(value: Any, owner: str, problems: list[str] | None = None) -> list[dict[str, Any]]:
     if value is None or isinstance(value, (str, list)):
-        return _read_content(value, owner)[0]
+        return _read_content(value, owner, problems)[0]
     return [_text(_dumps(value))]
 
 
 _CHAT_ROLES = frozenset({"system", "user", "assistant"})
+# Roles other software writes for the ones the APIs know: LangChain's message types,
+# Gemini's "model", OpenAI's legacy "function" (a tool result).
+_ROLE_ALIASES = {"system": "system", "developer": "developer", "user": "user", "human": "user",
+                 "assistant": "assistant", "ai": "assistant", "model": "assistant", "tool": "tool",
+                 "function": "tool"}
 
 
-def _native_turns(m: Message) -> list[_Turn]:
-    """A record appended through this module: the tutorial's shapes (``tool_calls`` as
-    ``{id, name, params}``, ``tool_result`` records with ``output``), OpenAI's
-    (``tool_calls`` with ``function``, ``tool`` role) or Anthropic's (content blocks)."""
+def _native_turns(m: Message, problems: list[str]) -> list[_Turn]:
+    """A native record: the tutorial's shapes (``tool_calls`` as ``{id, name, params}``,
+    ``tool_result`` records with ``output``), OpenAI Chat's (``tool_calls`` with
+    ``function``, ``tool`` role), OpenAI Responses' items and parts, Anthropic's
+    content blocks; or any of these held whole as the content."""
     if m.type == m.role and not m.fields and isinstance(m.content, str) and m.role in _CHAT_ROLES:
         return [_Turn(m.role, [{"type": "text", "text": m.content}])]  # the common case, quickly
     if m.type == "reset":
-        return [_Turn("system", _result_parts(m.content, m.id))]
+        return [_Turn("system", _result_parts(m.content, m.id, problems))]
     if m.type == "tool" and m.role != "tool":  # the tutorial's call record: the assistant's tool_calls say it
         return []
-    if m.type == "tool_result" or m.role == "tool":
-        call_id = m.tool_call_id
-        return [_Turn("tool", _result_parts(m.fields.get("output", m.content), m.id),
-                      call_id=call_id if isinstance(call_id, str) else "", is_error=m.fields.get("is_error") is True)]
-    if m.role not in ("system", "user", "assistant"):
+    content = m.content
+    if isinstance(content, dict) and ("role" in content or content.get("type") in _RESPONSES_ITEMS):
+        return _item_turns(content, m.id, problems)  # a whole message or Responses item as the content
+    if m.type in _RESPONSES_ITEMS and m.type != "message":  # a Responses item spread over the record
+        return _item_turns({**m.fields, "type": m.type, "content": content}, m.id, problems)
+    return _message_turns(m.role, content, m.fields, m.type == "tool_result", m.id, problems)
+
+
+def _item_turns(item: Mapping[str, Any], owner: str, problems: list[str]) -> list[_Turn]:
+    """A Responses item, or a chat message held as one dict (``{"role", "content", ...}``)."""
+    kind = item.get("type")
+    if kind in _RESPONSES_CALLS:
+        return [_Turn("assistant", calls=[_call(item, f"{owner}-call")])]
+    if kind in _RESPONSES_RESULTS:
+        call_id = item.get("call_id")
+        return [_Turn("tool", _result_parts(item.get("output"), owner, problems),
+                      call_id=call_id if isinstance(call_id, str) else "")]
+    if kind == "reasoning":  # OpenAI's own reasoning: neither API takes it back from a request built here
+        summary = item.get("summary")
+        texts = [s["text"] for s in summary if isinstance(s, dict) and isinstance(s.get("text"), str)] \
+            if isinstance(summary, list) else []
+        return [_Turn("assistant", [{"type": "thinking", "thinking": t, "signature": None} for t in texts])]
+    if kind in _RESPONSES_HOSTED:
+        problems.append(f"a Responses {kind!r} item in {owner!r}")
         return []
-    parts, calls, results = _read_content(m.content, m.id)
-    if m.role == "system":
-        return [_Turn("system", [p for p in parts if p["type"] == "text"])]
-    if m.role == "user":
+    role = item.get("role")
+    rest = {k: v for k, v in item.items() if k not in ("role", "content", "type")}
+    return _message_turns(role if isinstance(role, str) else "", item.get("content"), rest, False, owner, problems)
+
+
+def _message_turns(role: str, content: Any, fields: Mapping[str, Any], is_result: bool, owner: str,
+                   problems: list[str]) -> list[_Turn]:
+    """The turns of one chat message: a role, content, and fields such as ``tool_calls``."""
+    role = _ROLE_ALIASES.get(role, "")
+    if not role and not is_result:
+        problems.append(f"role of {owner!r} has no equivalent in the APIs")
+        return []
+    if is_result or role == "tool":
+        call_id = fields.get("tool_call_id", fields.get("call_id"))
+        name = fields.get("name")
+        return [_Turn("tool", _result_parts(fields.get("output", content), owner, problems),
+                      call_id=call_id if isinstance(call_id, str) else "", name=name if isinstance(name, str) else "",
+                      is_error=fields.get("is_error") is True)]
+    parts, calls, results = _read_content(content, owner, problems)
+    if role in ("system", "developer"):
+        return [_Turn(role, [p for p in parts if p["type"] == "text"])]
+    if role == "user":
         return results + ([_Turn("user", parts)] if parts or not results else [])
-    declared = m.tool_calls if isinstance(m.tool_calls, list) else []
-    calls += [_call(c, f"{m.id}-call-{i}") for i, c in enumerate(declared) if isinstance(c, dict)]
+    declared = fields.get("tool_calls")
+    if isinstance(declared, list):
+        calls += [_call(c, f"{owner}-call-{i}") for i, c in enumerate(declared) if isinstance(c, dict)]
     return [_Turn("assistant", parts, calls)]
 
 
-def _bash_text(message: Mapping[str, Any]) -> str:
-    """pi's ``bashExecution`` message as the user text pi sends for it."""
-    text = f"Ran `{message.get('command')}`\n"
-    output = message.get("output")
-    text += f"```\n{output}\n```" if output else "(no output)"
-    if message.get("cancelled"):
-        text += "\n\n(command cancelled)"
-    elif message.get("exitCode") not in (None, 0):
-        text += f"\n\nCommand exited with code {message.get('exitCode')}"
-    if message.get("truncated") and message.get("fullOutputPath"):
-        text += f"\n\n[Output truncated. Full output: {message.get('fullOutputPath')}]"
-    return text
-
-
-def _pi_turns(entry: Mapping[str, Any], owner: str) -> list[_Turn]:
-    """What pi sends the model for one entry (its ``buildSessionContext`` and
-    ``convertToLlm``); a compaction is handled on the whole path (:func:`_path_turns`)."""
-    kind = entry.get("type")
-    if kind == "custom_message":
-        return [_Turn("user", _read_content(entry.get("content"), owner)[0])]
-    if kind == "branch_summary" and isinstance(entry.get("summary"), str) and entry["summary"]:
-        return [_Turn("user", [_text(_BRANCH_PREFIX + entry["summary"] + "</summary>")])]
-    message = entry.get("message")
-    if kind != "message" or not isinstance(message, dict):
-        return []
-    role = message.get("role")
-    parts, calls, _ = _read_content(message.get("content"), owner)
-    if role in ("user", "custom", "hookMessage"):
-        return [_Turn("user", parts)]
-    if role == "assistant":
-        return [] if message.get("stopReason") in ("error", "aborted") else [_Turn("assistant", parts, calls)]
-    if role == "toolResult":
-        call_id, name = message.get("toolCallId"), message.get("toolName")
-        return [_Turn("tool", parts, call_id=call_id if isinstance(call_id, str) else "",
-                      name=name if isinstance(name, str) else "", is_error=message.get("isError") is True)]
-    if role == "bashExecution" and not message.get("excludeFromContext"):
-        return [_Turn("user", [_text(_bash_text(message))])]
-    return []
-
-
-def _claude_turns(line: Mapping[str, Any], owner: str) -> list[_Turn]:
-    """What a Claude Code line says to the model: user and assistant lines only
-    (system lines, summaries and API error notices are for the user)."""
-    message = line.get("message")
-    if line.get("type") not in ("user", "assistant") or not isinstance(message, dict):
-        return []
-    if line.get("isApiErrorMessage"):
-        return []
-    parts, calls, results = _read_content(message.get("content"), owner)
-    if line["type"] == "assistant":
-        return [_Turn("assistant", parts, calls)]
-    return results + ([_Turn("user", parts)] if parts or not results else [])
-
-
-def _message_turns(m: Message) -> list[_Turn]:
-    """The turns one stored message contributes to a context."""
-    if not m.type.startswith(("pi", "claude_code")):  # most records: not imported
-        return _native_turns(m)
-    for dialect, read in ((_PI, _pi_turns), (_CLAUDE, _claude_turns)):
-        line = dialect.line(m)
-        if line is not _ABSENT:
-            return read(line, m.id) if isinstance(line, dict) else []
-    return _native_turns(m)
-
-
-def _path_turns(path: list[Message]) -> list[_Turn]:
-    """The turns of a root -> leaf path. A pi compaction on the path stands for what
-    came before it: its summary, then the entries from its ``firstKeptEntryId`` on (pi's
-    ``buildSessionContext``). Reset markers and Claude Code compaction boundaries are
-    roots, so a path already starts there."""
-    summary = None
-    for i in reversed([i for i, m in enumerate(path) if m.type == "pi.compaction"]):
-        entry = _PI.line(path[i])
-        if isinstance(entry, dict):
-            summary = _Turn("user", [_text(_COMPACTION_PREFIX + str(entry.get("summary")) + "\n</summary>")])
-            kept = entry.get("firstKeptEntryId")
-            start = next((j for j in range(i) if path[j].id == kept), i)
-            path = path[start:i] + path[i + 1:]
-            break
-    turns = [summary] if summary is not None else []
+def _path_turns(path: list[Message], children: Callable[[str], list[Message]], problems: list[str]) -> list[_Turn]:
+    """The turns of a root -> leaf path, records of other formats read by their readers."""
+    readers: dict[str, ContextReader] | None = None
     for m in path:
-        turns.extend(_message_turns(m))
+        if m.type != m.role:  # a plain record's type is its role: it skips this
+            name = m.type.partition(".")[0]
+            reader = _CONTEXT_READERS.get(name)
+            if reader is not None:
+                readers = readers or {}
+                readers[name] = reader
+            elif name in m.fields or name + "_line" in m.fields:
+                raise SessionStoreError(
+                    f"message {m.id!r} holds a {name!r} transcript line, and no context reader for {name!r} is "
+                    "registered: import session_store_transcripts (integrations/session_store_transcripts.py) first")
+    if readers:
+        for name, reader in readers.items():
+            path = reader(list(path), children)
+            if not isinstance(path, list) or not all(isinstance(m, Message) for m in path):
+                raise SessionStoreError(f"the context reader for {name!r} returned something else than Messages")
+    turns: list[_Turn] = []
+    for m in path:
+        turns.extend(_native_turns(m, problems))
     return turns
+
+
+# Sessions whose left-out records were logged: once per session (the most recent ones).
+_REPORTED: OrderedDict[str, None] = OrderedDict()
+_REPORTED_MAX = 10_000
+_REPORTED_LOCK = threading.Lock()
+
+
+def _left_out(session_id: str, problems: list[str], strict: bool) -> None:
+    """Raise (``strict``) or log once per session what a context had to leave out."""
+    if strict:
+        raise InvalidMessage(f"session {session_id!r}: cannot express in the API: " + "; ".join(problems))
+    with _REPORTED_LOCK:
+        if session_id in _REPORTED:
+            return
+        _REPORTED[session_id] = None
+        if len(_REPORTED) > _REPORTED_MAX:
+            _REPORTED.popitem(last=False)
+    _log.warning("session %s: a context left out %d thing(s) the APIs cannot express (reported once per "
+                 "session; strict=True raises instead): %s", session_id, len(problems), "; ".join(problems[:5]))
 
 
 def _settle(turns: list[_Turn]) -> list[_Turn]:
@@ -3726,7 +3562,7 @@ def _settle(turns: list[_Turn]) -> list[_Turn]:
                 turn.calls = [c for c in turn.calls if c.id not in seen and not seen.add(c.id)]  # type: ignore[func-returns-value]
             if not turn.parts and not turn.calls:
                 continue
-            if out and out[-1].role == "assistant":  # one response over several lines
+            if out and out[-1].role == "assistant":  # one response over several records
                 out[-1].parts += turn.parts
                 out[-1].calls += turn.calls
             else:
@@ -3762,6 +3598,20 @@ def _openai_content(parts: list[dict[str, Any]], *, images: bool) -> Any:
     return out
 
 
+# OpenAI refuses tool call ids longer than 40 characters ("string too long. Expected a
+# string with maximum length 40"); OpenAI Responses ids ("call_...|fc_...") are longer.
+_OPENAI_ID_MAX = 40
+
+
+def _openai_id(call_id: str) -> str:
+    """A tool call id OpenAI accepts: unchanged when short enough, else a prefix and a
+    hash of the whole id, the same for the call and its result."""
+    if len(call_id) <= _OPENAI_ID_MAX:
+        return call_id
+    digest = hashlib.sha256(call_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return call_id[:_OPENAI_ID_MAX - 13] + "_" + digest
+
+
 def _openai_messages(turns: list[_Turn]) -> list[dict[str, Any]]:
     """OpenAI chat messages: ``tool_calls`` with JSON-text ``arguments``, one ``tool``
     message per call; thinking is dropped (Chat Completions takes none back)."""
@@ -3769,12 +3619,12 @@ def _openai_messages(turns: list[_Turn]) -> list[dict[str, Any]]:
     for t in turns:
         if len(t.parts) == 1 and not t.calls and t.role != "tool" and t.parts[0]["type"] == "text":
             out.append({"role": t.role, "content": t.parts[0]["text"]})  # the common case, quickly
-        elif t.role == "system":
-            out.append({"role": "system", "content": t.text()})
+        elif t.role in ("system", "developer"):
+            out.append({"role": t.role, "content": t.text()})
         elif t.role == "user":
             out.append({"role": "user", "content": _openai_content(t.parts, images=True)})
         elif t.role == "tool":
-            out.append({"role": "tool", "tool_call_id": t.call_id,
+            out.append({"role": "tool", "tool_call_id": _openai_id(t.call_id),
                         "content": "\n\n".join(p["text"] if p["type"] == "text" else "[image]" for p in t.parts)})
         else:
             texts = [p for p in t.parts if p["type"] == "text"]
@@ -3783,7 +3633,7 @@ def _openai_messages(turns: list[_Turn]) -> list[dict[str, Any]]:
             entry: dict[str, Any] = {"role": "assistant", "content": _openai_content(texts, images=False)
                                      if texts else None}
             if t.calls:
-                entry["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                entry["tool_calls"] = [{"id": _openai_id(c.id), "type": "function", "function": {
                     "name": c.name, "arguments": c.arguments_text()}} for c in t.calls]
             out.append(entry)
     return out
@@ -3802,9 +3652,10 @@ def _anthropic_id(call_id: str) -> str:
 
 
 def _anthropic_blocks(parts: list[dict[str, Any]], calls: Sequence[_Call] = (), *,
-                      ids: Callable[[str], str] = _anthropic_id) -> list[dict[str, Any]]:
+                      ids: Callable[[str], str] = _anthropic_id, thinking: bool = False) -> list[dict[str, Any]]:
     """Anthropic content blocks; thinking only with its signature (the API refuses
-    it unsigned); empty texts dropped (refused too)."""
+    it unsigned; ``thinking=True`` keeps it unsigned, for transcripts); empty texts
+    dropped (refused too)."""
     out: list[dict[str, Any]] = []
     for p in parts:
         if p["type"] == "text" and p["text"].strip():
@@ -3815,6 +3666,8 @@ def _anthropic_blocks(parts: list[dict[str, Any]], calls: Sequence[_Call] = (), 
             out.append({"type": "image", "source": source})
         elif p["type"] == "thinking" and p.get("signature"):
             out.append({"type": "thinking", "thinking": p["thinking"], "signature": p["signature"]})
+        elif p["type"] == "thinking" and thinking:
+            out.append({"type": "thinking", "thinking": p["thinking"]})
         elif p["type"] == "redacted_thinking":
             out.append(p)
     for c in calls:
@@ -3835,13 +3688,14 @@ def _anthropic_result(t: _Turn, *, ids: Callable[[str], str] = _anthropic_id) ->
 
 
 def _anthropic_request(turns: list[_Turn]) -> dict[str, Any]:
-    """``{"system": ..., "messages": [...]}`` for Anthropic's Messages API: system text
-    goes to ``system`` (absent when there is none); user and assistant alternate, the
-    first is a user turn; a user turn after tool use starts with its ``tool_result``s."""
+    """``{"system": ..., "messages": [...]}`` for Anthropic's Messages API: system and
+    developer text goes to ``system`` (absent when there is none); user and assistant
+    alternate, the first is a user turn; a user turn after tool use starts with its
+    ``tool_result``s."""
     system: list[str] = []
     messages: list[dict[str, Any]] = []
     for t in turns:
-        if t.role == "system":
+        if t.role in ("system", "developer"):
             if t.text().strip():
                 system.append(t.text())
             continue
@@ -3868,241 +3722,10 @@ def _anthropic_request(turns: list[_Turn]) -> dict[str, Any]:
 _CONTEXT_FORMATS = ("openai", "anthropic")
 
 
-def _context(path: list[Message], format: str) -> Any:
-    """A root -> leaf path as an OpenAI message list or an Anthropic request."""
-    turns = _settle(_path_turns(path))
+def _context(turns: list[_Turn], format: str) -> Any:
+    """Turns as an OpenAI message list or an Anthropic request."""
+    turns = _settle(turns)
     return _anthropic_request(turns) if format == "anthropic" else _openai_messages(turns)
-
-
-# -- writing pi and Claude Code ---------------------------------------------------------
-
-
-def _export_order(messages: list[Message], head: str | None, dialect: _Dialect) -> list[Message]:
-    """Append order (parents first), with the head moved after every other node when
-    it is a leaf: pi and Claude Code resume at the last one. Lines of the dialect kept
-    whole (summaries, ...) keep their place; a head with children cannot move."""
-    at = next((i for i, m in enumerate(messages) if m.id == head), None)
-    if at is None or any(m.parent_id == head for m in messages):
-        return messages
-    nodes = [i for i, m in enumerate(messages) if dialect.name + "_line" not in m.fields]
-    last = max(nodes, default=at)
-    if last <= at:
-        return messages
-    return messages[:at] + messages[at + 1:last + 1] + [messages[at]] + messages[last + 1:]
-
-
-def _chain(m: Message, bodies: list[dict[str, Any]], id_key: str, parent_key: str, parent: str | None,
-           taken: set[str]) -> list[dict[str, Any]]:
-    """Lines for the turns of one message, chained; the last carries the message's id
-    (children name it), the others ``<id>.<n>``."""
-    out: list[dict[str, Any]] = []
-    for n, body in enumerate(bodies, 1):
-        line_id = m.id
-        if n < len(bodies):
-            line_id = f"{m.id}.{n}"
-            while line_id in taken:
-                line_id += "_"
-            taken.add(line_id)
-        out.append({"type": body.pop("type"), id_key: line_id, parent_key: parent, **body})
-        parent = line_id
-    return out
-
-
-def _first_text(content: Any) -> str:
-    return content if isinstance(content, str) else _dumps(content)
-
-
-def _pi_blocks(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for p in parts:
-        if p["type"] == "text":
-            out.append(p)
-        elif p["type"] == "image":
-            out.append({"type": "image", "data": p["data"], "mimeType": p.get("media_type")} if "data" in p
-                       else _text(f"[image: {p.get('url')}]"))
-        elif p["type"] == "thinking":
-            out.append({"type": "thinking", "thinking": p["thinking"]} | (
-                {"thinkingSignature": p["signature"]} if p.get("signature") else {}))
-    return out
-
-
-_PI_NO_USAGE = {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "totalTokens": 0,
-                "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "total": 0}}
-
-
-def _pi_entries(m: Message, parent: str | None, taken: set[str], names: dict[str, str]) -> list[dict[str, Any]]:
-    """pi entries for a message that was not imported from pi: user, assistant and tool
-    turns as pi messages; system text as a ``custom_message``; a reset marker as a
-    ``compaction`` (its text the summary); anything else as a ``custom`` entry
-    (``customType`` ``"session-store"``) holding the record, so nothing is lost."""
-    ms = m.timestamp
-    bodies: list[dict[str, Any]] = []
-    if m.type == "reset":
-        bodies.append({"type": "compaction", "summary": _first_text(m.content), "firstKeptEntryId": m.id,
-                       "tokensBefore": 0})
-    for t in _message_turns(m) if not bodies else []:
-        if t.role == "system":
-            bodies.append({"type": "custom_message", "customType": "session-store.system", "content": t.text(),
-                           "display": True})
-            continue
-        blocks = _pi_blocks(t.parts)
-        if t.role == "user":
-            one_text = len(blocks) == 1 and blocks[0]["type"] == "text"
-            message = {"role": "user", "content": blocks[0]["text"] if one_text else blocks, "timestamp": ms}
-        elif t.role == "tool":
-            message = {"role": "toolResult", "toolCallId": t.call_id, "toolName": t.name or names.get(t.call_id, ""),
-                       "content": blocks, "isError": t.is_error, "timestamp": ms}
-        else:
-            names.update((c.id, c.name) for c in t.calls)
-            blocks += [{"type": "toolCall", "id": c.id, "name": c.name,
-                        "arguments": c.input if isinstance(c.input, dict) else {}} for c in t.calls]
-            message = {"role": "assistant", "content": blocks, "api": "unknown",
-                       "provider": str(m.fields.get("provider", "unknown")),
-                       "model": str(m.fields.get("model", "unknown")), "usage": _PI_NO_USAGE,
-                       "stopReason": "toolUse" if t.calls else "stop", "timestamp": ms}
-        bodies.append({"type": "message", "message": message})
-    if not bodies:
-        bodies.append({"type": "custom", "customType": "session-store", "data": m.to_record()})
-    when = _ms_iso(ms)
-    for body in bodies:
-        body["timestamp"] = when
-    return _chain(m, bodies, "id", "parentId", parent, taken)
-
-
-def _pi_export(session_id: str, created_at: int, messages: list[Message], head: str | None) -> list[Any]:
-    """The lines of a pi session file (format version 3) for a session's whole tree."""
-    headers = [m for m in messages if m.type == "pi.session" and isinstance(_PI.line(m), dict)]
-    header_ids = {m.id for m in headers}
-    lines: list[Any] = [_PI.line(headers[0]) if headers else {
-        "type": "session", "version": _PI_VERSION, "id": session_id, "timestamp": _ms_iso(created_at), "cwd": ""}]
-    taken = {m.id for m in messages}
-    names: dict[str, str] = {}
-    for m in _export_order(messages, head, _PI):
-        if headers and m is headers[0]:
-            continue
-        line = _PI.line(m)
-        if line is not _ABSENT:
-            lines.append(line)
-            continue
-        parent = None if m.parent_id is None or m.parent_id in header_ids else m.parent_id
-        lines.extend(_pi_entries(m, parent, taken, names))
-    return lines
-
-
-_SUBAGENT_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.jsonl")
-
-
-def _claude_import(path: str | os.PathLike[str], now_ms: int
-                   ) -> tuple[list[Message], str | None, dict[str, str], str | None]:
-    """Messages of a Claude Code transcript and of its subagents' files
-    (``<transcript>/subagents/*.jsonl``), the main leaf (the last line not on a
-    sidechain), the head of each sidechain by branch name, and the session id."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidInput(f"Claude Code transcript: give a path, not {type(path).__name__}")
-    files: list[tuple[str | None, list[tuple[int, Any]]]] = [(None, _read_lines(path, "Claude Code transcript"))]
-    subagents = os.path.join(os.path.splitext(os.fspath(path))[0], "subagents")
-    if os.path.isdir(subagents):
-        for name in sorted(os.listdir(subagents)):
-            if _SUBAGENT_FILE_RE.fullmatch(name):
-                lines = _read_lines(os.path.join(subagents, name), "Claude Code subagent transcript")
-                files.append((f"subagents/{name}", lines))
-    importer = _Importer(_CLAUDE, (value for _, lines in files for _, value in lines), now_ms)
-    main_leaf = last = session = None
-    sidechains: dict[str, str] = {}
-    for file, lines in files:
-        uuids = {v.get("uuid") for _, v in lines if isinstance(v, dict) and isinstance(v.get("uuid"), str)}
-        linked = any(isinstance(v, dict) and v.get("parentUuid") in uuids for _, v in lines)
-        previous = None  # a transcript without any links reads in file order: chain it
-        for _, value in lines:
-            m = importer.add(value, None if linked else previous, **({"claude_code_file": file} if file else {}))
-            if not importer.is_node(m):
-                continue
-            previous = m.id
-            if session is None and isinstance(value.get("sessionId"), str):
-                session = value["sessionId"]
-            if value.get("isSidechain") is True:
-                agent = value.get("agentId")
-                name = f"agent-{agent}" if isinstance(agent, str) and _is_name(f"agent-{agent}") else "sidechain"
-                sidechains[name] = m.id
-            elif file is None:
-                main_leaf = m.id
-            if file is None:
-                last = m.id
-    return importer.messages, main_leaf or last, sidechains, session
-
-
-_SUBAGENT_PATH_RE = re.compile(r"subagents/" + _SUBAGENT_FILE_RE.pattern)
-
-
-def _claude_lines(m: Message, session: str, sidechain: bool, parent: str | None, taken: set[str],
-                  ) -> list[dict[str, Any]]:
-    """Claude Code lines for a message that was not imported from Claude Code: user,
-    assistant and tool turns as user/assistant lines (Anthropic content), system text
-    and reset markers as system lines, anything else as a system line carrying the
-    record in ``sessionStoreRecord``."""
-    bodies: list[dict[str, Any]] = []
-    if m.type == "reset":
-        bodies.append({"type": "system", "subtype": "compact_boundary", "content": _first_text(m.content),
-                       "level": "info", "logicalParentUuid": None})
-    for t in _message_turns(m) if not bodies else []:
-        if t.role == "system":
-            bodies.append({"type": "system", "subtype": "informational", "content": t.text(), "level": "info"})
-        elif t.role == "assistant":
-            bodies.append({"type": "assistant", "message": {
-                "id": f"msg_{m.id}", "type": "message", "role": "assistant",
-                "model": str(m.fields.get("model", "unknown")),
-                "content": _anthropic_blocks(t.parts, t.calls, ids=str)}})
-        else:
-            blocks = [_anthropic_result(t, ids=str)] if t.role == "tool" else _anthropic_blocks(t.parts, ids=str)
-            one_text = len(blocks) == 1 and blocks[0]["type"] == "text"
-            bodies.append({"type": "user", "message": {"role": "user",
-                                                       "content": blocks[0]["text"] if one_text else blocks}})
-    if not bodies:
-        bodies.append({"type": "system", "subtype": "informational", "content": _first_text(m.content),
-                       "level": "info", "sessionStoreRecord": m.to_record()})
-    for body in bodies:
-        body.update(isSidechain=sidechain, sessionId=session, timestamp=_ms_iso(m.timestamp))
-    return _chain(m, bodies, "uuid", "parentUuid", parent, taken)
-
-
-def _claude_export(session_id: str, messages: list[Message], head: str | None) -> dict[str | None, list[Any]]:
-    """The lines of a Claude Code transcript, by file: ``None`` for the main one, else
-    ``subagents/<name>.jsonl``. Imported lines go back to the file they came from;
-    others to their parent's file."""
-    session = session_id
-    for m in messages:
-        line = _CLAUDE.line(m)
-        if isinstance(line, dict) and isinstance(line.get("sessionId"), str):
-            session = line["sessionId"]
-            break
-    files: dict[str | None, list[Any]] = {None: []}
-    file_of: dict[str, str | None] = {}
-    taken = {m.id for m in messages}
-    for m in _export_order(messages, head, _CLAUDE):
-        line = _CLAUDE.line(m)
-        if line is not _ABSENT:
-            file = m.fields.get("claude_code_file")
-            file = file if isinstance(file, str) and _SUBAGENT_PATH_RE.fullmatch(file) else None
-            lines = [line]
-        else:
-            file = file_of.get(m.parent_id) if m.parent_id is not None else None
-            lines = _claude_lines(m, session, file is not None, m.parent_id, taken)
-        file_of[m.id] = file
-        files.setdefault(file, []).extend(lines)
-    return files
-
-
-def _write_jsonl(path: str, lines: list[Any]) -> None:
-    """Write ``lines`` as a JSONL file, atomically (a reader sees the old file or the new)."""
-    with _storage_errors(f"write {path}"):
-        fs = RealFileSystem()
-        try:
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                fs.makedirs(folder)
-            fs.write_atomic(path, b"".join((_dumps(line) + "\n").encode("utf-8") for line in lines))
-        finally:
-            fs.close()
 
 
 # ============================================================================
@@ -4125,6 +3748,15 @@ def _check_name(what: str, value: object, error: type[InvalidInput] = InvalidInp
     except UnicodeEncodeError:
         raise error(f"{what} is not valid unicode (lone surrogate)") from None
     return value
+
+
+def _is_name(value: object) -> TypeGuard[str]:
+    """Whether :func:`_check_name` accepts ``value``."""
+    try:
+        _check_name("name", value)
+    except InvalidInput:
+        return False
+    return True
 
 
 def _check_key(key: object) -> str:
@@ -5370,122 +5002,59 @@ class SessionStore:
 
     @overload
     def build_context(self, session_id: str, leaf_id: str | None = None, *,
-                      format: Literal["openai"] = "openai") -> list[dict[str, Any]]: ...
+                      format: Literal["openai"] = "openai", strict: bool = False) -> list[dict[str, Any]]: ...
 
     @overload
     def build_context(self, session_id: str, leaf_id: str | None = None, *,
-                      format: Literal["anthropic"]) -> dict[str, Any]: ...
+                      format: Literal["anthropic"], strict: bool = False) -> dict[str, Any]: ...
 
     def build_context(self, session_id: str, leaf_id: str | None = None, *,
-                      format: str = "openai") -> list[dict[str, Any]] | dict[str, Any]:
+                      format: str = "openai", strict: bool = False) -> list[dict[str, Any]] | dict[str, Any]:
         """The root -> leaf path (default: the current head) as what a model API takes.
 
         ``format="openai"``: a list of Chat Completions messages (assistant
         ``tool_calls`` with ``function.arguments`` as a JSON string, one ``tool``
-        message per call). ``format="anthropic"``: ``{"system": str, "messages":
-        [...]}`` for the Messages API (``tool_use`` blocks; the next user turn starts
-        with their ``tool_result`` blocks; user and assistant alternate; ``system`` only
-        when there is system text), ready for ``client.messages.create(**context, ...)``.
+        message per call, call ids of at most 40 characters). ``format="anthropic"``:
+        ``{"system": str, "messages": [...]}`` for the Messages API (``tool_use`` blocks;
+        the next user turn starts with their ``tool_result`` blocks; user and assistant
+        alternate; ``system`` only when there is system or developer text), ready for
+        ``client.messages.create(**context, ...)``.
 
-        Reads native records (the tutorial's ``tool_calls``/``tool_result`` shapes,
-        OpenAI's, Anthropic's content blocks), pi entries and Claude Code lines. A tool
-        call without a result (branching and resets leave them) gets a synthetic error
-        result; a result answering no call on the path is dropped; consecutive
-        assistant records (one response split over lines) merge; aborted or failed
-        responses are left out. A reset marker becomes system text; a pi compaction
-        its summary (a user turn, as pi sends it) followed by the entries it kept.
+        Reads native records: the tutorial's ``tool_calls``/``tool_result`` shapes,
+        OpenAI Chat's (``developer`` stays a developer message for OpenAI and becomes
+        system text for Anthropic), OpenAI Responses' items and parts (``input_text``,
+        ``output_text``, ``function_call``, ``function_call_output``, as the OpenAI
+        Agents SDK stores them), Anthropic's content blocks, also when a record's content
+        is such a message or item whole; records of other formats through their
+        registered reader (:func:`register_context_reader`; session_store_transcripts
+        reads pi and Claude Code transcripts). A tool call without a result (branching
+        and resets leave them) gets a synthetic error result; a result answering no call
+        on the path is dropped; consecutive assistant records (one response split over
+        records) merge; thinking goes to Anthropic only with its signature, to OpenAI
+        never. A reset marker becomes system text.
+
+        What neither API can express (an unknown role, a block of an unknown type, an
+        item of OpenAI's hosted tools) is left out and logged once per session; with
+        ``strict=True`` it raises :class:`InvalidMessage` instead.
         """
         if format not in _CONTEXT_FORMATS:
             raise InvalidInput(f"unknown context format {format!r}; known: {', '.join(_CONTEXT_FORMATS)}")
-        return _context(self.get_linear_history(session_id, leaf_id), format)  # type: ignore[no-any-return]
 
-    # -- pi and Claude Code -------------------------------------------------------------
+        tree: dict[str | None, list[Message]] | None = None
 
-    def import_pi(self, path_or_lines: str | os.PathLike[str] | Iterable[str], *, key: str | None = None) -> str:
-        """Import a pi session file (``~/.pi/agent/sessions/*.jsonl``) as a new session.
+        def children(message_id: str) -> list[Message]:  # for readers: one snapshot, taken when first asked
+            nonlocal tree
+            if tree is None:
+                tree = {}
+                for m in self.get_messages(session_id):
+                    tree.setdefault(m.parent_id, []).append(m)
+            return list(tree.get(message_id, ()))
 
-        ``path_or_lines``: a path, or the file's lines (an open file will do). Format
-        versions 1, 2 and 3 are read; older ones are brought to version 3 as pi does
-        (v1 entries get ids derived from the session id and chain; v2's ``hookMessage``
-        role becomes ``custom``). Every entry becomes one message (see the
-        "Interoperability" banner in this file); the header becomes the root, and pi's
-        roots its children. pi keeps no leaf: the last entry is the head of ``main``.
-
-        ``key`` defaults to ``"pi:<session id>"``. Bad input (not a pi session, a line
-        that is not JSON, a newer format) raises :class:`InvalidInput` with nothing
-        written; an unterminated last line (a crashed writer) is skipped. Lone
-        surrogates (invalid text JavaScript can write) become U+FFFD. Returns the new
-        session's id.
-        """
-        messages, leaf = _pi_import(_read_lines(path_or_lines, "pi session"), self._now_ms())
-        header, head = messages[0], next(m for m in messages if m.id == leaf)
-        main = Branch(name="main", head_id=leaf, created_at=header.timestamp, updated_at=head.timestamp)
-        return self.import_session(f"pi:{header.id}" if key is None else key, messages, branches=[main])
-
-    def export_pi(self, session_id: str, path: str | os.PathLike[str]) -> None:
-        """Write the session's whole tree as a pi session file (format version 3), atomically.
-
-        Entries imported from pi are written back as they were read (JSON-equal, unknown
-        types and fields included). Other messages become pi entries: user, assistant
-        and tool results as ``message`` entries, system text as a ``custom_message``, a
-        reset marker as a ``compaction``, anything else as a ``custom`` entry holding
-        the record. A session not imported from pi gets a header with its id. pi
-        resumes at the last line: the current head is written last when it is a leaf.
-        """
-        _write_jsonl(os.fspath(path), self._pi_lines(session_id))
-
-    def _pi_lines(self, session_id: str) -> list[Any]:
-        messages, head, created = self._read(session_id, lambda s: (list(s.messages), s.head(), s.created_at))
-        return _pi_export(session_id, created, messages, head)
-
-    def import_claude_code(self, path: str | os.PathLike[str], *, key: str | None = None) -> str:
-        """Import a Claude Code transcript (``~/.claude/projects/*/<session>.jsonl``),
-        with its subagents' transcripts (``<session>/subagents/*.jsonl``) when present.
-
-        Every line becomes one message (see the "Interoperability" banner in this file):
-        ``uuid`` / ``parentUuid`` make the tree (a parent that is not in the file makes
-        a root, like ``compact_boundary`` lines, whose ``logicalParentUuid`` is kept);
-        lines of one response split by ``message.id`` stay separate records and merge in
-        :meth:`build_context`; ``summary`` lines, lines without a uuid, repeated uuids and
-        non-object lines are kept as roots and written back. Sidechains (``isSidechain``)
-        are kept apart: each agent's last line is the head of a branch
-        ``agent-<agentId>`` (``sidechain`` without one); ``main`` ends at the last line
-        that is not on a sidechain, and is current.
-
-        ``key`` defaults to ``"claude-code:<sessionId>"``. Errors as :meth:`import_pi`.
-        """
-        messages, leaf, sidechains, session = _claude_import(path, self._now_ms())
-        at = {m.id: m.timestamp for m in messages}
-        start = messages[0].timestamp if messages else self._now_ms()
-        branches = [Branch(name=name, head_id=head, created_at=start if head is None else at[head],
-                           updated_at=start if head is None else at[head])
-                    for name, head in [("main", leaf), *sidechains.items()]]
-        if key is None:
-            key = f"claude-code:{session or os.path.splitext(os.path.basename(os.fspath(path)))[0]}"
-        return self.import_session(key, messages, branches=branches)
-
-    def export_claude_code(self, session_id: str, path: str | os.PathLike[str]) -> list[str]:
-        """Write the session as a Claude Code transcript at ``path``, and its subagents'
-        lines under ``<path without .jsonl>/subagents/``, each file atomically.
-
-        Imported lines are written back as they were read, to the file they came from;
-        other messages become user / assistant / system lines with Anthropic content,
-        in their parent's file. Returns the paths written, the transcript first. With
-        subagent transcripts, ``path`` must end in ``.jsonl`` (:class:`InvalidInput`,
-        nothing written).
-        """
-        messages, head = self._read(session_id, lambda s: (list(s.messages), s.head()))
-        target = os.fspath(path)
-        files = _claude_export(session_id, messages, head)
-        if len(files) > 1 and not target.endswith(".jsonl"):
-            raise InvalidInput(f"{target!r}: the session has subagent transcripts, which go in a folder named "
-                               "like the transcript without .jsonl; give a path ending in .jsonl")
-        written = []
-        for file, lines in files.items():
-            where = target if file is None else os.path.join(os.path.splitext(target)[0], *file.split("/"))
-            _write_jsonl(where, lines)
-            written.append(where)
-        return written
+        problems: list[str] = []
+        turns = _path_turns(self.get_linear_history(session_id, leaf_id), children, problems)
+        if problems:
+            _left_out(session_id, problems, strict)
+        return _context(turns, format)  # type: ignore[no-any-return]
 
 
     # -- branches ---------------------------------------------------------------------
@@ -6124,12 +5693,50 @@ def _first_line(content: Any, width: int) -> str:
     return line if len(line) <= width else line[: max(0, width - 1)] + "…"
 
 
+_SHORT_ID = 8  # characters of an id that tree and branches show, at least
+
+
+def _short_ids(ids: Iterable[str]) -> dict[str, str]:
+    """Each id's shortest prefix of at least 8 characters that no other id starts with
+    (the whole id when it is a prefix of another), as ``git log --abbrev-commit``."""
+    ordered = sorted(set(ids))
+    short: dict[str, str] = {}
+    for i, mid in enumerate(ordered):
+        common = 0  # the longest prefix shared with a neighbour in sorted order: with any other id
+        for other in (ordered[i - 1] if i else "", ordered[i + 1] if i + 1 < len(ordered) else ""):
+            n = 0
+            while n < min(len(mid), len(other)) and mid[n] == other[n]:
+                n += 1
+            common = max(common, n)
+        short[mid] = mid[:max(_SHORT_ID, common + 1)]
+    return short
+
+
+def _by_prefix(what: str, given: str, ids: Iterable[str]) -> str | None:
+    """The one id that is ``given`` or starts with it (at least 4 characters, as git
+    takes); ``None`` when none does; :class:`_UsageError` when several do."""
+    matches = []
+    for candidate in ids:
+        if candidate == given:
+            return candidate
+        if len(given) >= 4 and candidate.startswith(given):
+            matches.append(candidate)
+    if len(matches) > 1:
+        shown = ", ".join(sorted(matches)[:5]) + (", ..." if len(matches) > 5 else "")
+        raise _UsageError(f"{what} {given!r} is ambiguous: it starts {len(matches)} ids ({shown}); give more of it")
+    return matches[0] if matches else None
+
+
 def draw_tree(store: SessionStore, session_id: str, *, width: int = 100) -> list[str]:
     """The session's message tree as text lines, one per message, like ``git log --graph``.
 
-    Each line shows the role, the first 8 characters of the id and the content's
-    first line; branch names pointing at a message follow it in brackets, the
-    current branch marked ``*``.
+    Each line shows the role, the message's short id (its shortest unique prefix of at
+    least 8 characters, which every command accepts) and the content's first line;
+    branch names pointing at a message follow it in brackets, the current branch marked
+    ``*``. A chain of messages stays in one column: at a fork the smaller subtrees are
+    drawn first, each one column to the right behind ``├─`` while the line it left
+    runs on (``│``), and the largest continues in the fork's own column, so the width
+    grows with the log of the tree's size, not its depth. Lines are cut to ``width``.
     """
     current = store.get_current_branch(session_id)
     labels: dict[str, list[str]] = {}
@@ -6137,22 +5744,31 @@ def draw_tree(store: SessionStore, session_id: str, *, width: int = 100) -> list
         if b.head_id is not None:
             labels.setdefault(b.head_id, []).append(b.name + ("*" if b.name == current else ""))
     messages = store.get_messages(session_id)
+    short = _short_ids(m.id for m in messages)
     children: dict[str | None, list[Message]] = {}
     for m in messages:
         children.setdefault(m.parent_id, []).append(m)
+    size: dict[str, int] = {}
+    for m in reversed(messages):  # children come after their parent: sizes bottom up
+        size[m.id] = 1 + sum(size[c.id] for c in children.get(m.id, ()))
     out: list[str] = []
-    # (message, prefix for its line, prefix for its children); iterative: trees can be deep
-    stack = [(m, "", "") for m in reversed(children.get(None, []))]
+    # (message, prefix for its line, prefix for the lines under it); iterative: trees can be deep
+    stack: list[tuple[Message, str, str]] = [(root, "", "") for root in reversed(children.get(None, []))]
     while stack:
-        msg, prefix, child_prefix = stack.pop()
+        msg, prefix, rail = stack.pop()
         tag = f"  [{', '.join(labels[msg.id])}]" if msg.id in labels else ""
-        head = f"{prefix}{msg.role} {msg.id[:8]}  "
-        out.append(head + _first_line(msg.content, width - len(head) - len(tag)) + tag)
+        head = f"{prefix}{msg.role} {short[msg.id]}  "
+        if len(head) + len(tag) > width:
+            tag = tag[:max(0, width - len(head))]
+        out.append((head + _first_line(msg.content, width - len(head) - len(tag)) + tag)[:width])
         kids = children.get(msg.id, [])
-        for i in reversed(range(len(kids))):
-            last = i == len(kids) - 1
-            stack.append((kids[i], child_prefix + ("└─ " if last else "├─ "),
-                          child_prefix + ("   " if last else "│  ")))
+        if not kids:
+            continue
+        heaviest = max(range(len(kids)), key=lambda i: (size[kids[i].id], i))  # ties: the newest
+        stack.append((kids[heaviest], rail, rail))  # drawn after the others, in this column
+        sides = [k for i, k in enumerate(kids) if i != heaviest]
+        for side in reversed(sides):
+            stack.append((side, rail + "├─ ", rail + "│  "))
     return out
 
 
@@ -6199,9 +5815,17 @@ class _Output:
         return f"\033[{code}m{role}\033[0m" if self.colour and code else role
 
     def progress(self, done: int, total: int, what: str) -> None:
+        """``what done/total`` on stderr's last line (a terminal only), erased when done."""
         if self.progress_on:
-            sys.stderr.write(f"\r{what} {done}/{total}" + ("\n" if done == total else ""))
+            sys.stderr.write(f"\r{what} {done}/{total}\033[K" if done < total else "\r\033[K")
             sys.stderr.flush()
+
+    def row(self, text: str) -> None:
+        """A line of output, on a line of its own even while progress is shown."""
+        if self.progress_on:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+        print(text, flush=self.progress_on)
 
 
 def _open_existing(directory: str) -> SessionStore:
@@ -6217,12 +5841,81 @@ def _open_existing(directory: str) -> SessionStore:
 
 
 def _find_session(store: SessionStore, session_or_key: str) -> str:
-    """A session id, or the session of a key; never creates one."""
+    """A session id, the session of a key, or the session whose id starts with the
+    given text (at least 4 characters); never creates one."""
     if store.has_session(session_or_key):
         return session_or_key
     if store.has_key(session_or_key):
         return store.resolve(session_or_key)
-    raise _UsageError(f"no session or key {session_or_key!r}")
+    found = _by_prefix("session id", session_or_key, store.get_all_session_ids())
+    if found is None:
+        raise _UsageError(f"no session or key {session_or_key!r}")
+    return found
+
+
+def _find_message(store: SessionStore, session_id: str, message_id: str) -> str:
+    """A message id of the session, or the one that starts with the given text."""
+    found = _by_prefix("message id", message_id, (m.id for m in store.get_messages(session_id)))
+    if found is None:
+        raise _UsageError(f"no message {message_id!r} in session {session_id}")
+    return found
+
+
+_TRANSCRIPTS = "session_store_transcripts"
+
+
+def _transcripts(*, needed: bool = True) -> Any:
+    """The optional module for pi and Claude Code transcripts, imported when a command
+    needs it: installed, beside this file, or in ``integrations/`` beside it (a
+    checkout). :class:`_UsageError` naming the file when it is missing and ``needed``."""
+    try:
+        return importlib.import_module(_TRANSCRIPTS)
+    except ImportError as e:
+        if e.name != _TRANSCRIPTS:
+            raise
+    where = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations", _TRANSCRIPTS + ".py")
+    if os.path.isfile(where):
+        spec = importlib.util.spec_from_file_location(_TRANSCRIPTS, where)
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[_TRANSCRIPTS] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[_TRANSCRIPTS]
+                raise
+            return module
+    if needed:
+        raise _UsageError(f"pi and Claude Code transcripts need {_TRANSCRIPTS}.py (integrations/ in session-store) "
+                          "beside session_store.py or installed")
+    return None
+
+
+def _first_lines(path: str, count: int = 20) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return list(itertools.islice(f, count))
+    except (OSError, UnicodeDecodeError) as e:
+        raise _UsageError(f"cannot read {path}: {e}") from None
+
+
+def _detect_format(path: str) -> str:
+    """``native``, ``pi`` or ``claude-code`` from a file's first lines."""
+    lines = _first_lines(path)
+    first = next((line for line in lines if line.strip()), "")
+    try:
+        value = json.loads(first)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("session"), dict):
+        return "native"
+    detected = _transcripts(needed=False)
+    found = detected.detect_format(lines) if detected is not None else None
+    if found is None:
+        raise _UsageError(f"{path} is neither a session-store export, a pi session nor a Claude Code transcript"
+                          + ("" if detected is not None else f" (or {_TRANSCRIPTS}.py is missing)")
+                          + "; give --format")
+    return str(found)
 
 
 def _export_lines(store: SessionStore, sid: str) -> Iterator[str]:
@@ -6282,14 +5975,16 @@ def _run(args: Any, out: _Output) -> int:
     if command == "demo":
         return _demo(args.dir)
     if command == "import":
+        fmt = args.format or _detect_format(args.file)
+        transcripts = _transcripts() if fmt != "native" else None
         os.makedirs(args.dir, exist_ok=True)
         with SessionStore(storage_dir=args.dir) as store:
-            if args.format == "pi":
-                sid = store.import_pi(args.file, key=args.key)
-            elif args.format == "claude-code":
-                sid = store.import_claude_code(args.file, key=args.key)
-            else:
+            if transcripts is None:
                 sid = _import_file(store, args.file, args.key, out)
+            else:
+                read = transcripts.import_pi if fmt == "pi" else transcripts.import_claude_code
+                sid = read(store, args.file, key=args.key,
+                           progress=lambda done, total: out.progress(done, total, f"reading {fmt}"))
             print(sid)
         return 0
     if command in ("view", "serve"):  # an optional file, imported only for these commands
@@ -6339,54 +6034,61 @@ def _run(args: Any, out: _Output) -> int:
                 size = sum(_message_size(m) for m in messages)
                 total_messages += len(messages)
                 total_bytes += size
-                print(f"{sid}  {len(messages):>7} messages  {len(store.get_branches(sid)):>4} branches  "
-                      f"{size:>10} bytes")
+                out.row(f"{sid}  {len(messages):>7} messages  {len(store.get_branches(sid)):>4} branches  "
+                        f"{size:>10} bytes")
                 out.progress(i, len(ids), "sessions")
-            print(f"total: {len(ids)} sessions, {total_messages} messages, {total_bytes} bytes of records")
+            out.row(f"total: {len(ids)} sessions, {total_messages} messages, {total_bytes} bytes of records")
             return 0
         sid = _find_session(store, args.session)
         if command == "tree":
-            width = shutil.get_terminal_size((100, 24)).columns if out.tty else 100
+            width = min(shutil.get_terminal_size((100, 24)).columns, 120) if out.tty else 100
             for line in draw_tree(store, sid, width=width):
                 print(re.sub(r"(^|[─ ])(user|assistant|system|tool|reset)(?= )",
                              lambda m: m.group(1) + out.role(m.group(2)), line, count=1))
             return 0
         if command == "branches":
             current = store.get_current_branch(sid)
-            for b in store.get_branches(sid):
+            branches = store.get_branches(sid)
+            short = _short_ids(m.id for m in store.get_messages(sid))
+            for b in branches:
                 mark = "*" if b.name == current else " "
-                print(f"{mark} {b.name}  {(b.head_id or '(empty)')[:8]}")
+                print(f"{mark} {b.name}  {short.get(b.head_id, '(empty)') if b.head_id else '(empty)'}")
             return 0
         if command == "history":
+            leaf: str | None
             if args.branch is not None:
                 branch = store.get_branch(sid, args.branch)
                 if branch is None:
                     raise _UsageError(f"no branch {args.branch!r} in session {sid}")
                 leaf = branch.head_id
-                path = [] if leaf is None else store.get_linear_history(sid, leaf)
             else:
-                path = store.get_linear_history(sid, args.leaf)
+                leaf = _find_message(store, sid, args.leaf) if args.leaf is not None else store.get_head(sid)
+            if args.format in _CONTEXT_FORMATS:
+                _transcripts(needed=False)  # reads the transcripts it imported, when it is there
+                empty: Any = [] if args.format == "openai" else {"messages": []}
+                context = empty if leaf is None else store.build_context(sid, leaf, format=args.format)
+                print(json.dumps(context, ensure_ascii=False, indent=2))
+                return 0
+            path = [] if leaf is None else store.get_linear_history(sid, leaf)
             if args.format == "json":
                 print(json.dumps([m.to_record() for m in path], ensure_ascii=False, indent=2))
-            elif args.format in _CONTEXT_FORMATS:
-                print(json.dumps(_context(path, args.format), ensure_ascii=False, indent=2))
             else:
                 for m in path:
-                    text = _shown(m.content)
-                    print(f"{out.role(m.role)}: {text}")
+                    print(f"{out.role(m.role)}: {_shown(m.content)}")
             return 0
         if command == "export":
-            if args.format == "claude-code":
-                if not args.output:
-                    raise _UsageError("export --format claude-code writes files: give -o FILE")
-                for written in store.export_claude_code(sid, args.output):
-                    print(written)
-                return 0
-            if args.format == "pi":
-                if args.output:
-                    store.export_pi(sid, args.output)
+            if args.format in ("pi", "claude-code"):
+                transcripts = _transcripts()
+                if args.format == "claude-code":
+                    if not args.output:
+                        raise _UsageError("export --format claude-code writes files: give -o FILE")
+                    for written in transcripts.export_claude_code(store, sid, args.output):
+                        print(written)
                     return 0
-                lines = [_dumps(line) for line in store._pi_lines(sid)]
+                if args.output:
+                    transcripts.export_pi(store, sid, args.output)
+                    return 0
+                lines = [_dumps(line) for line in transcripts.pi_lines(store, sid)]
             else:
                 lines = list(_export_lines(store, sid))
             if args.output:
@@ -6422,10 +6124,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, what in (("tree", "draw the message tree"), ("branches", "list the branches, * marks the current"),
                        ("history", "the path from a root to a leaf"), ("export", "write a session as JSONL")):
         p = sub.add_parser(name, parents=[common], help=what)
-        p.add_argument("session", metavar="SESSION_OR_KEY")
+        p.add_argument("session", metavar="SESSION_OR_KEY", help="a key, a session id or its first characters")
         if name == "history":
             which = p.add_mutually_exclusive_group()
-            which.add_argument("--leaf", help="a message id (default: the current head)")
+            which.add_argument("--leaf", help="a message id or its first characters (default: the current head)")
             which.add_argument("--branch", help="a branch name")
             p.add_argument("--format", choices=["text", "json", *_CONTEXT_FORMATS], default="text",
                            help="text, the stored records as json, or an openai / anthropic context")
@@ -6433,11 +6135,11 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("-o", "--output", help="file to write (default: stdout)")
             p.add_argument("--format", choices=["native", "pi", "claude-code"], default="native",
                            help="native (re-importable here), a pi session file, or a Claude Code transcript")
-    p = sub.add_parser("import", parents=[common], help="import a session file as a new session")
+    p = sub.add_parser("import", parents=[common], help="import a session file (again: what a transcript gained)")
     p.add_argument("file")
-    p.add_argument("--key", help="the new session's key (default: the exported one, pi:<id>, claude-code:<id>)")
-    p.add_argument("--format", choices=["native", "pi", "claude-code"], default="native",
-                   help="native export (default), pi session file, or Claude Code transcript")
+    p.add_argument("--key", help="the session's key (default: the exported one, pi:<id>, claude-code:<id>)")
+    p.add_argument("--format", choices=["native", "pi", "claude-code"], default=None,
+                   help="native export, pi session file, or Claude Code transcript (default: found from the file)")
     p = sub.add_parser("check", parents=[common], help="find problems (exit 1 when there are any)")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed, then report")
     sub.add_parser("stats", parents=[common], help="counts and sizes per session and in total")
@@ -6467,4 +6169,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Optional modules import "session_store": this very module, not a second copy of it.
+    sys.modules.setdefault("session_store", sys.modules[__name__])
     raise SystemExit(main())

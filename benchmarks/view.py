@@ -60,11 +60,8 @@ def chromium(width: int = 1400, height: int = 900) -> Iterator[WebDriver]:
 
 def pi_session(store: SessionStore) -> str:
     """The public pi fixture: 1,019 entries, one path, 391 tool calls."""
-    try:  # where the importers are moving
-        from session_store_transcripts import import_pi  # type: ignore[import-not-found, unused-ignore]
-    except ModuleNotFoundError:
-        return store.import_pi(PI_LARGE)
-    return str(import_pi(store, PI_LARGE))
+    from session_store_transcripts import import_pi
+    return import_pi(store, PI_LARGE)
 
 
 def branched_native_session(store: SessionStore) -> str:
