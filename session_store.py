@@ -5864,31 +5864,37 @@ def _find_message(store: SessionStore, session_id: str, message_id: str) -> str:
 _TRANSCRIPTS = "session_store_transcripts"
 
 
-def _transcripts(*, needed: bool = True) -> Any:
-    """The optional module for pi and Claude Code transcripts, imported when a command
-    needs it: installed, beside this file, or in ``integrations/`` beside it (a
-    checkout). :class:`_UsageError` naming the file when it is missing and ``needed``."""
+def _optional(name: str, what: str, *, needed: bool = True) -> Any:
+    """An optional module (``integrations/<name>.py``), imported when a command needs
+    it: installed, beside this file, or in ``integrations/`` beside it (a checkout).
+    :class:`_UsageError` naming the file when it is missing and ``needed``."""
+    sys.modules.setdefault("session_store", sys.modules[__name__])  # run as a script: one module, not two
     try:
-        return importlib.import_module(_TRANSCRIPTS)
+        return importlib.import_module(name)
     except ImportError as e:
-        if e.name != _TRANSCRIPTS:
+        if e.name != name:
             raise
-    where = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations", _TRANSCRIPTS + ".py")
+    where = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations", name + ".py")
     if os.path.isfile(where):
-        spec = importlib.util.spec_from_file_location(_TRANSCRIPTS, where)
+        spec = importlib.util.spec_from_file_location(name, where)
         if spec is not None and spec.loader is not None:
             module = importlib.util.module_from_spec(spec)
-            sys.modules[_TRANSCRIPTS] = module
+            sys.modules[name] = module
             try:
                 spec.loader.exec_module(module)
             except BaseException:
-                del sys.modules[_TRANSCRIPTS]
+                del sys.modules[name]
                 raise
             return module
     if needed:
-        raise _UsageError(f"pi and Claude Code transcripts need {_TRANSCRIPTS}.py (integrations/ in session-store) "
-                          "beside session_store.py or installed")
+        raise _UsageError(f"{what} need{'s' if not what.endswith('s') else ''} {name}.py (integrations/ in "
+                          "session-store) installed or beside session_store.py")
     return None
+
+
+def _transcripts(*, needed: bool = True) -> Any:
+    """The optional module for pi and Claude Code transcripts (see :func:`_optional`)."""
+    return _optional(_TRANSCRIPTS, "pi and Claude Code transcripts", needed=needed)
 
 
 def _first_lines(path: str, count: int = 20) -> list[str]:
@@ -5988,16 +5994,7 @@ def _run(args: Any, out: _Output) -> int:
             print(sid)
         return 0
     if command in ("view", "serve"):  # an optional file, imported only for these commands
-        import importlib
-        sys.modules.setdefault("session_store", sys.modules[__name__])  # run as a script: one module, not two
-        sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations"))  # a checkout
-        try:
-            view = importlib.import_module("session_store_view")
-        except ModuleNotFoundError as e:
-            if e.name != "session_store_view":
-                raise
-            raise _UsageError(f"{command} needs session_store_view.py (integrations/ in the source) installed or "
-                              "beside session_store.py") from None
+        view = _optional("session_store_view", f"session-store {command}")
         with _open_existing(args.dir) as store:
             return int(view.cli(store, args, _find_session(store, args.session) if command == "view" else None))
     with _open_existing(args.dir) as store:
