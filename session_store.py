@@ -500,12 +500,22 @@ _NO_FIELDS: Mapping[str, Any] = _FrozenDict()
 
 
 def _freeze(value: Any) -> Any:
-    """``value`` (decoded JSON) with every dict and list made read-only, recursively."""
+    """``value`` (decoded JSON) with every dict and list made read-only, recursively.
+
+    Object keys and short string values are interned: JSON decoding makes each
+    record's strings afresh, and a session repeats the same few (``type``, ``text``,
+    ``function``, tool names...) in every message, so a cached message holds one
+    shared copy of each. (Interned strings are freed like others once unused.)"""
     if type(value) is dict:
-        return _FrozenDict({k: _freeze(v) if type(v) in (dict, list) else v for k, v in value.items()})
+        intern = sys.intern
+        return _FrozenDict({intern(k): _freeze(v) if type(v) in (dict, list) else intern(v) if type(v) is str and len(
+            v) <= _INTERNED_MAX else v for k, v in value.items()})
     if type(value) is list:
         return _FrozenList([_freeze(v) if type(v) in (dict, list) else v for v in value])
     return value
+
+
+_INTERNED_MAX = 24  # longer strings are seldom repeated
 
 
 def _thaw(value: Any) -> Any:
@@ -711,6 +721,15 @@ class Storage(ABC):
         :class:`SessionNotFound` when the session is gone.
         """
 
+    def load_parts(self, session_id: str, position: Position, *, writer: bool = False) -> Iterator[Records]:
+        """What :meth:`load` returns, in parts, so that a reader never holds every
+        decoded record of a long session at once: each part reads on from the one
+        before (its ``position``); only the first may say ``restart``. By default one
+        part, :meth:`load`'s (none when it finds nothing)."""
+        found = self.load(session_id, position, writer=writer)
+        if found is not None:
+            yield found
+
     @abstractmethod
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
         """Append a message record at ``position`` (the end); returns the new end."""
@@ -833,6 +852,10 @@ class FileSystem(ABC):
     @abstractmethod
     def read_from(self, path: str, offset: int) -> bytes:
         """The file's bytes from ``offset`` to its current end."""
+
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """At most ``size`` bytes of the file from ``offset``."""
+        return self.read_from(path, offset)[:size]
 
     @abstractmethod
     def stat(self, path: str) -> tuple[int, Any]:
@@ -1070,6 +1093,11 @@ class InMemoryFileSystem(FileSystem):
         """The file's bytes from ``offset`` to its current end."""
         with self._mutex:
             return bytes(self._file(path)[offset:])
+
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """At most ``size`` bytes of the file from ``offset``."""
+        with self._mutex:
+            return bytes(self._file(path)[offset:offset + size])
 
     def stat(self, path: str) -> tuple[int, Any]:
         """Size, and the identity of the buffer (a new one when the file is replaced)."""
@@ -1457,16 +1485,32 @@ class RealFileSystem(FileSystem):
         with self._open(path) as fd:
             return _read_fd(fd, offset)
 
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """At most ``size`` bytes of the file from ``offset`` (``pread`` on the cached fd)."""
+        with self._open(path) as fd:
+            return _read_fd(fd, offset, offset + size)
+
     def stat(self, path: str) -> tuple[int, Any]:
-        """Size and ``(st_dev, st_ino)``, by ``fstat`` of the cached descriptor when it
-        still names the file (re-opened when the file was replaced or removed)."""
-        with self._mutex:
-            d = self._fds.get(path)
-        if d is not None:
-            st = os.fstat(d.fd)
-            if st.st_nlink:
+        """Size and ``(st_dev, st_ino)``, by ``fstat`` of the file's cached descriptor
+        (opened and cached when there is none: every read of a session stats its
+        files, and walking the path costs ten times more), re-opened when the file
+        was replaced or removed."""
+        for _ in range(2):
+            try:
+                d = self._pin(path, create=False)
+            except (FileNotFoundError, NotADirectoryError):
+                raise
+            except OSError:  # not a file that opens read-write (a directory, a read-only store)
+                break
+            try:
+                st = os.fstat(d.fd)
+            finally:
+                self._unpin(d)
+            if st.st_nlink and S_ISREG(st.st_mode):
                 return st.st_size, (st.st_dev, st.st_ino)
             self._forget(path)  # removed or replaced (a repair) since we opened it
+            if st.st_nlink:
+                break
         dfd, name = self._dir_fd(path)
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -1478,8 +1522,11 @@ class RealFileSystem(FileSystem):
 
     def append(self, path: str, data: bytes) -> None:
         """One ``write`` on an ``O_APPEND`` descriptor; a short write raises ``OSError``."""
-        with self._open(path, create=True) as fd:
-            written = os.write(fd, data)
+        d = self._pin(path, create=True)
+        try:
+            written = os.write(d.fd, data)
+        finally:
+            self._unpin(d)
         if written != len(data):
             raise OSError(errno.EIO, f"short write: {written} of {len(data)} bytes", path)
 
@@ -1820,9 +1867,11 @@ def _flock(fd: int, op: str, *, blocking: bool = True) -> None:
     fcntl.flock(fd, getattr(fcntl, op) | (0 if blocking else fcntl.LOCK_NB))
 
 
-def _read_fd(fd: int, offset: int) -> bytes:
-    """The bytes of ``fd`` from ``offset`` to its end as ``fstat`` saw it."""
-    end = os.fstat(fd).st_size
+def _read_fd(fd: int, offset: int, end: int | None = None) -> bytes:
+    """The bytes of ``fd`` from ``offset`` to its end as ``fstat`` saw it (or to ``end``,
+    when sooner)."""
+    size = os.fstat(fd).st_size
+    end = size if end is None else min(end, size)
     chunks = []
     while offset < end:
         chunk = os.pread(fd, end - offset, offset)
@@ -1984,6 +2033,12 @@ def _decode_record(raw: bytes, where: int, file: str, session_id: str | None, pr
     return _damaged_record(raw, where, why) if message else None
 
 
+# json.loads(line) is decode + detect_encoding + two regex matches + this scanner: a
+# cold load calls the scanner directly (the same values; anything it does not take
+# whole, such as a line with surrounding whitespace or bad UTF-8, goes the slow way).
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
 def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, problems: list[Problem], *,
                  message: bool = False) -> tuple[list[tuple[int, dict[str, Any]]], int]:
     """Parse the complete lines of ``chunk`` (read at ``base``).
@@ -1991,26 +2046,66 @@ def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, pro
     Returns ``(records with their offsets, bytes consumed)``; an incomplete last line
     is not consumed. Bad lines are appended to ``problems`` (see :func:`_decode_record`).
     """
-    end = chunk.rfind(b"\n") + 1
+    if chunk.isascii():  # one str for the whole chunk: its offsets are the bytes'
+        return _parse_ascii(chunk, base, file, session_id, problems, message)
+    lines = chunk.split(b"\n")
+    lines.pop()  # what follows the last newline: an incomplete line, or nothing
     out: list[tuple[int, dict[str, Any]]] = []
-    pos = 0
-    loads = json.loads
-    for raw in chunk[:end].split(b"\n")[:-1]:
-        offset = base + pos
-        pos += len(raw) + 1
+    offset = base
+    scan = _scan_json
+    for raw in lines:
+        where = offset
+        offset += len(raw) + 1
         try:
-            rec = loads(raw)
-            if type(rec) is dict:  # the common case, quickly
-                out.append((offset, rec))
+            text = raw.decode()
+            rec, stop = scan(text, 0)
+            if stop == len(text) and type(rec) is dict:  # the common case, quickly
+                out.append((where, rec))
                 continue
-        except (ValueError, UnicodeDecodeError, RecursionError):
+        except (ValueError, StopIteration, RecursionError):
             pass
-        if not raw.strip():
-            continue
-        found = _decode_record(raw, offset, file, session_id, problems, message=message)
-        if found is not None:
-            out.append((offset, found))
+        _parse_line(raw, where, out, file, session_id, problems, message)
+    return out, offset - base
+
+
+def _parse_ascii(chunk: bytes, base: int, file: str, session_id: str | None, problems: list[Problem],
+                 message: bool) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """:func:`_parse_lines` of an ASCII chunk: the scanner runs along one string, and a
+    record is taken when a newline follows it."""
+    text = chunk.decode("ascii")
+    end = text.rfind("\n") + 1
+    out: list[tuple[int, dict[str, Any]]] = []
+    append, scan, pos = out.append, _scan_json, 0
+    while pos < end:
+        try:
+            rec, stop = scan(text, pos)
+            if text[stop] == "\n" and type(rec) is dict and text.find("\n", pos, stop) < 0:  # the common case
+                append((base + pos, rec))
+                pos = stop + 1
+                continue
+        except (ValueError, StopIteration, RecursionError, IndexError):
+            pass
+        stop = text.index("\n", pos)
+        _parse_line(chunk[pos:stop], base + pos, out, file, session_id, problems, message)
+        pos = stop + 1
     return out, end
+
+
+def _parse_line(raw: bytes, where: int, out: list[tuple[int, dict[str, Any]]], file: str, session_id: str | None,
+                problems: list[Problem], message: bool) -> None:
+    """A line the scanner did not take whole: exactly what ``json.loads`` makes of it."""
+    try:
+        rec = json.loads(raw)
+        if type(rec) is dict:
+            out.append((where, rec))
+            return
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        pass
+    if not raw.strip():
+        return
+    found = _decode_record(raw, where, file, session_id, problems, message=message)
+    if found is not None:
+        out.append((where, found))
 
 
 def _same_message(existing: Message, mtype: str, role: str, content: Any, fields: Mapping[str, Any]) -> bool:
@@ -2029,13 +2124,51 @@ def _same_message(existing: Message, mtype: str, role: str, content: Any, fields
     return bool(have == want)
 
 
+class _NewMessage:
+    """A :class:`Message` being built: the same slots, filled by plain attribute stores,
+    then turned into a Message by assigning ``__class__`` (see :func:`_new_message`).
+
+    Why: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, 1.8 µs a message on the reference machine, most of a cold
+    load; this costs 0.35 µs. ``__class__`` may be assigned between classes of the same
+    slot layout; tests hold the two layouts equal."""
+
+    __slots__ = ("content", "fields", "id", "parent_id", "role", "timestamp", "type")
+    id: str
+    parent_id: str | None
+    type: str
+    role: str
+    content: Any
+    timestamp: int
+    fields: Mapping[str, Any]
+
+
+def _new_message(mid: str, parent: str | None, mtype: str, role: str, content: Any, timestamp: int,
+                 fields: Mapping[str, Any]) -> Message:
+    """``Message(id=mid, parent_id=parent, ...)`` without the frozen ``__init__`` (the
+    values are taken as given: the caller has validated them)."""
+    m = _NewMessage()
+    m.id, m.parent_id, m.type, m.role, m.content, m.timestamp, m.fields = (
+        mid, parent, mtype, role, content, timestamp, fields)
+    m.__class__ = Message  # type: ignore[assignment]
+    return m  # type: ignore[return-value]
+
+
+def _fields_of(rec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The extra fields of a message record (every key but the core ones), read-only,
+    under their Python names."""
+    fields = {_CAMEL_TO_SNAKE.get(k, sys.intern(k)): _freeze(v) for k, v in rec.items() if k not in _CORE_KEYS}
+    return _FrozenDict(fields) if fields else _NO_FIELDS
+
+
 def _message_from_record(rec: dict[str, Any], by_id: Mapping[str, Message] | None = None) -> Message:
     """Build a read-only Message from a stored record; ``ValueError`` when it is not one.
 
     Role and type are interned and a parent's id is the parent's own string object
     (``by_id``): a cached message costs little more than its bytes on disk.
     """
-    mid, parent, mtype, role, ts = (rec.get(k) for k in ("id", "parentId", "type", "role", "timestamp"))
+    mid, parent, mtype, role, ts = rec.get("id"), rec.get("parentId"), rec.get("type"), rec.get("role"), rec.get(
+        "timestamp")
     if not isinstance(mid, str) or not mid:
         raise ValueError("record has no string id")
     if parent is not None:
@@ -2049,21 +2182,11 @@ def _message_from_record(rec: dict[str, Any], by_id: Mapping[str, Message] | Non
         raise ValueError("record has no string role")
     if not isinstance(ts, int) or isinstance(ts, bool):
         raise ValueError("timestamp is not an integer")
-    fields = _NO_FIELDS
-    if not rec.keys() <= _CORE_KEYS:
-        fields = _FrozenDict({_CAMEL_TO_SNAKE.get(k, k): _freeze(v) for k, v in rec.items() if k not in _CORE_KEYS})
     content = rec.get("content")
     if type(content) is dict or type(content) is list:
         content = _freeze(content)
-    return Message(
-        id=mid,
-        parent_id=parent,
-        type=sys.intern(mtype) if isinstance(mtype, str) else sys.intern(role),
-        role=sys.intern(role),
-        content=content,
-        timestamp=ts,
-        fields=fields,
-    )
+    return _new_message(mid, parent, sys.intern(mtype) if isinstance(mtype, str) else sys.intern(role),
+                        sys.intern(role), content, ts, _NO_FIELDS if rec.keys() <= _CORE_KEYS else _fields_of(rec))
 
 
 # ============================================================================
@@ -2475,47 +2598,64 @@ class JsonlStorage(Storage):
             return 0, None
 
     def load(self, session_id: str, position: Position, *, writer: bool = False) -> Records | None:
+        return next(self._load(session_id, position, writer, None), None)
+
+    def load_parts(self, session_id: str, position: Position, *, writer: bool = False) -> Iterator[Records]:
+        return self._load(session_id, position, writer, _LOAD_PART)
+
+    def _load(self, session_id: str, position: Position, writer: bool, part: int | None) -> Iterator[Records]:
+        """The records after ``position``, in parts of about ``part`` bytes of message
+        records (``None``: one part).
+
+        Both files are read only up to the sizes seen before reading: every branch
+        event that a message read names (by its ``seq``) was written before that
+        message, so before the log was measured, and is read with it (events are read
+        whole, first; one that follows the messages read waits for them)."""
         fs = self.fs
         log, events = self._log(session_id), self._events(session_id)
+        try:
+            size, ident = fs.stat(log)
+        except (FileNotFoundError, NotADirectoryError):
+            raise SessionNotFound(session_id) from None
+        esize, eident = self._stat_events(session_id)
+        epos, mpos = position
+        restart = position != (0, 0) and (self._idents.get(session_id) != (eident, ident)
+                                          or size < mpos or esize < epos)
+        if restart:  # rewritten (a repair) or cut back (a failed sync) under us
+            _log.warning("%s was rewritten: reloading", log)
+            epos = mpos = 0
+        self._idents[session_id] = (eident, ident)
+        if esize <= epos and size <= mpos and not restart:
+            return
+        found = Records(position=position, events=[], messages=[], events_label=events, messages_label=log,
+                        restart=restart)
+        if esize > epos:
+            found.events, used = _parse_lines(fs.read_range(events, epos, esize - epos), epos, events, session_id,
+                                              found.problems)
+            epos += used
+            if writer and epos < esize:
+                _log.warning("%s: torn last line cut off", events)
+                fs.truncate(events, epos)
         while True:
-            try:
-                size, ident = fs.stat(log)
-            except (FileNotFoundError, NotADirectoryError):
-                raise SessionNotFound(session_id) from None
-            esize, eident = self._stat_events(session_id)
-            epos, mpos = position
-            restart = position != (0, 0) and (self._idents.get(session_id) != (eident, ident)
-                                              or size < mpos or esize < epos)
-            if restart:  # rewritten (a repair) or cut back (a failed sync) under us
-                _log.warning("%s was rewritten: reloading", log)
-                epos = mpos = 0
-            self._idents[session_id] = (eident, ident)
-            if esize <= epos and size <= mpos and not restart:
-                return None
-            # Branch events first: each names the message count it follows, so every
-            # event read now applies within the messages read next (they only grow).
-            found = Records(position=position, events=[], messages=[], events_label=events, messages_label=log,
-                            restart=restart)
-            if esize > epos:
-                found.events, used = _parse_lines(fs.read_from(events, epos), epos, events, session_id,
-                                                  found.problems)
-                epos += used
-                if writer and epos < esize:
-                    _log.warning("%s: torn last line cut off", events)
-                    fs.truncate(events, epos)
             if size > mpos:
-                found.messages, used = _parse_lines(fs.read_from(log, mpos), mpos, log, session_id,
-                                                    found.problems, message=True)
+                want = size - mpos if part is None else min(size - mpos, part)
+                chunk = fs.read_range(log, mpos, want)
+                if want < size - mpos and b"\n" not in chunk:  # a record longer than a part
+                    chunk = fs.read_range(log, mpos, size - mpos)
+                found.messages, used = _parse_lines(chunk, mpos, log, session_id, found.problems, message=True)
+                del chunk
                 found.nbytes = used
                 mpos += used
-                if writer and mpos < size:
-                    _log.warning("%s: torn last line (%d bytes) cut off", log, size - mpos)
-                    fs.truncate(log, mpos)
-            # Without the lock, an event may have been written between the two reads,
-            # before messages we just read: then read both again.
-            if writer or not found.messages or self._stat_events(session_id)[0] == esize:
-                found.position = (epos, mpos)
-                return found
+            found.position = (epos, mpos)
+            done = size <= mpos or not found.nbytes
+            if done and writer and mpos < size:
+                _log.warning("%s: torn last line (%d bytes) cut off", log, size - mpos)
+                fs.truncate(log, mpos)
+            yield found
+            if done:
+                return
+            found = Records(position=(epos, mpos), events=[], messages=[], events_label=events,
+                            messages_label=log)
 
     def _sync_state(self, session_id: str) -> _SyncState:
         st = self._syncs.get(session_id)
@@ -2875,6 +3015,8 @@ class JsonlStorage(Storage):
         return fixed
 
 
+_LOAD_PART = 4 * 2**20  # bytes of log a part of a load decodes: what a long session's load holds at once
+
 _SESSION_FILES = frozenset({"messages.jsonl", "branches.jsonl", "lock.json", "lease.lock", "stats.json",
                             "messages.jsonl.quarantine", "branches.jsonl.quarantine"})
 
@@ -2928,7 +3070,6 @@ class _Session:
         "last_reset_at",
         "loaded",
         "lock",
-        "messages",
         "nbytes",
         "pending_events",
         "position",
@@ -2962,9 +3103,12 @@ class _Session:
 
     def clear(self) -> None:
         """Forget the cached tree (before a full reload)."""
-        self.messages: list[Message] = []
-        self.by_id: dict[str, Message] = {}
-        self.children: dict[str, list[str]] = {}
+        self.by_id: dict[str, Message] = {}  # every message, in append order
+        # A parent's children: its only child's id, or a list of two or more (most
+        # messages have one child, and a list each would cost ~100 bytes a message).
+        # Built when tree navigation first needs it (see child_map): reading histories
+        # and contexts never does, and a cached message then costs ~20 bytes less.
+        self.children: dict[str, str | list[str]] | None = None
         self.roots: list[str] = []
         self.detached: set[str] = set()  # roots whose parent is missing: a path ends at them
         self.branches: dict[str, _BranchState] = {"main": _BranchState("main", None, self.created_at)}
@@ -3001,16 +3145,15 @@ class _Session:
         written by hand cannot make a path or a walk loop)."""
         self._apply_events_upto(self.record_count)
         self.record_count += 1
-        self.messages.append(msg)
-        self.by_id[msg.id] = msg
         parent = msg.parent_id
         if parent is None:
             self.roots.append(msg.id)
         elif parent not in self.by_id or parent == msg.id:
             self.roots.append(msg.id)
             self.detached.add(msg.id)
-        else:
-            self.children.setdefault(parent, []).append(msg.id)
+        elif self.children is not None:
+            _add_child(self.children, parent, msg.id)
+        self.by_id[msg.id] = msg
         branch = self.branches[self.current]
         if branch.head_id == parent:
             branch.head_id = msg.id
@@ -3028,6 +3171,22 @@ class _Session:
                 count, total, start = self.segments.get(parent, (0, 0, msg.timestamp)) if parent else (
                     0, 0, msg.timestamp)
                 self.segments[msg.id] = (count + 1, total + tokens, start)
+
+    def child_map(self) -> dict[str, str | list[str]]:
+        """The children of every parent (see ``children``), built on first use."""
+        if self.children is None:
+            children: dict[str, str | list[str]] = {}
+            detached = self.detached
+            for m in self.by_id.values():
+                if m.parent_id is not None and m.id not in detached:
+                    _add_child(children, m.parent_id, m.id)
+            self.children = children
+        return self.children
+
+    def child_ids(self, message_id: str) -> Sequence[str]:
+        """The ids of the message's children, in append order."""
+        found = self.child_map().get(message_id)
+        return () if found is None else (found,) if type(found) is str else found
 
     def add_event(self, event: dict[str, Any]) -> None:
         """Queue a branch event; it applies once ``seq`` message records are applied."""
@@ -3084,29 +3243,96 @@ class _Session:
                 _report(self.problems, self.session_id, found.events_label, where, "not a branch event")
                 continue
             self.add_event(rec)
-        by_id = self.by_id
-        for where, rec in found.messages:
-            try:
-                msg = _message_from_record(rec, by_id)
-            except (ValueError, RecursionError) as e:  # a JSON object that is no message: damaged too
-                why = str(e) if isinstance(e, ValueError) else "nested too deeply to read"
-                _report(self.problems, self.session_id, found.messages_label, where, why)
-                placeholder = _damaged_record(b"", where, why)
-                for name in ("id", "parentId"):
-                    if _is_name(rec.get(name)):
-                        placeholder[name] = rec[name]
-                msg = _message_from_record(placeholder, by_id)
-            if msg.id in by_id:
-                _report(self.problems, self.session_id, found.messages_label, where, f"duplicate id {msg.id!r}")
-                self._apply_events_upto(self.record_count)
-                self.record_count += 1
-                continue
-            if msg.parent_id is not None and msg.parent_id not in by_id:
-                _report(self.problems, self.session_id, found.messages_label, where,
-                        f"parent {msg.parent_id!r} of {msg.id!r} is missing (its record was lost): {_KEPT}")
-            self.add_message(msg)
+        if self.segments is None:
+            self._take_records(found.messages, found.messages_label)
+        else:
+            for where, rec in found.messages:
+                self._take_record(where, rec, found.messages_label)
         self._apply_events_upto(self.record_count)
         self.position = found.position
+
+    def _take_record(self, where: int, rec: dict[str, Any], label: str) -> None:
+        """Apply one message record, whatever it holds: a record that is no message
+        becomes a placeholder, a duplicate id is skipped, and each is reported."""
+        by_id = self.by_id
+        try:
+            msg = _message_from_record(rec, by_id)
+        except (ValueError, RecursionError) as e:  # a JSON object that is no message: damaged too
+            why = str(e) if isinstance(e, ValueError) else "nested too deeply to read"
+            _report(self.problems, self.session_id, label, where, why)
+            placeholder = _damaged_record(b"", where, why)
+            for name in ("id", "parentId"):
+                if _is_name(rec.get(name)):
+                    placeholder[name] = rec[name]
+            msg = _message_from_record(placeholder, by_id)
+        if msg.id in by_id:
+            _report(self.problems, self.session_id, label, where, f"duplicate id {msg.id!r}")
+            self._apply_events_upto(self.record_count)
+            self.record_count += 1
+            return
+        if msg.parent_id is not None and msg.parent_id not in by_id:
+            _report(self.problems, self.session_id, label, where,
+                    f"parent {msg.parent_id!r} of {msg.id!r} is missing (its record was lost): {_KEPT}")
+        self.add_message(msg)
+
+    def _take_records(self, records: list[tuple[int, dict[str, Any]]], label: str) -> None:
+        """Apply message records in order (no auto-reset totals to keep): what
+        :meth:`_take_record` and :meth:`add_message` do, inlined for the common record
+        (well formed, its parent known, no branch event due before it, not a reset),
+        which is most of a cold load; any other goes through :meth:`_take_record`."""
+        by_id, children, roots = self.by_id, self.children, self.roots
+        pending = self.pending_events
+        branch = self.branches[self.current]
+        count, updated = self.record_count, self.updated_at  # kept in locals, stored back below
+        intern, new, known = sys.intern, _NewMessage, by_id.get
+        str_, int_, dict_, list_ = str, int, dict, list  # x.__class__ is str_: the quickest exact-type test
+        for where, rec in records:
+            try:  # the keys every record written here has (any other: the general way)
+                mid = rec["id"]
+                parent = rec["parentId"]
+                mtype = rec["type"]
+                role = rec["role"]
+                ts = rec["timestamp"]
+                content = rec["content"]
+            except KeyError:
+                mid = parent = None
+            up = known(parent) if parent.__class__ is str_ else None
+            if (mid.__class__ is not str_ or not mid or role.__class__ is not str_ or mtype.__class__ is not str_
+                    or ts.__class__ is not int_ or (up is None and parent is not None) or mid in by_id
+                    or mtype == "reset" or (pending and pending[0]["seq"] <= count)):
+                self.record_count, self.updated_at = count, updated
+                self._take_record(where, rec, label)
+                count, updated = self.record_count, self.updated_at
+                branch = self.branches[self.current]
+                continue
+            m = new()
+            if mtype == role:
+                m.type = m.role = intern(role)
+            else:
+                m.type = intern(mtype)
+                m.role = intern(role)
+            if content.__class__ is dict_ or content.__class__ is list_:
+                content = _freeze(content)
+            m.id = mid
+            m.content = content
+            m.timestamp = ts
+            m.fields = _NO_FIELDS if len(rec) == 6 else _fields_of(rec)  # six: the core keys alone
+            if up is None:
+                m.parent_id = None
+                roots.append(mid)
+            else:
+                parent = m.parent_id = up.id  # the parent's own string: one copy in memory
+                if children is not None:
+                    _add_child(children, parent, mid)
+            m.__class__ = Message  # type: ignore[assignment]
+            by_id[mid] = m  # type: ignore[assignment]
+            count += 1
+            if branch.head_id == parent:
+                branch.head_id = mid
+                branch.updated_at = ts
+            if ts > updated:
+                updated = ts
+        self.record_count, self.updated_at = count, updated
 
     def require(self, message_id: str) -> Message:
         try:
@@ -3132,7 +3358,7 @@ class _Session:
         while stack:
             mid = stack.pop()
             out.append(self.by_id[mid])
-            stack.extend(reversed(self.children.get(mid, ())))
+            stack.extend(reversed(self.child_ids(mid)))
         return out
 
     def tally(self) -> dict[str, Any]:
@@ -3145,6 +3371,17 @@ class _Session:
                                updated_at=self.updated_at, message_count=self.record_count,
                                reset_count=self.reset_count, last_reset_at=self.last_reset_at,
                                forked_from=self.forked_from, branch_count=len(self.branches))
+
+
+def _add_child(children: dict[str, str | list[str]], parent: str, child: str) -> None:
+    """Add ``child`` to the children of ``parent`` in a :attr:`_Session.children` map."""
+    siblings = children.get(parent)
+    if siblings is None:
+        children[parent] = child
+    elif type(siblings) is str:
+        children[parent] = [siblings, child]
+    else:
+        siblings.append(child)  # type: ignore[union-attr]
 
 
 _KEPT = "kept as a root"  # the end of the reason of a record whose parent is missing: repair keeps it
@@ -3735,6 +3972,8 @@ def _context(turns: list[_Turn], format: str) -> Any:
 
 def _check_name(what: str, value: object, error: type[InvalidInput] = InvalidInput) -> str:
     """A non-empty id/name of at most 256 characters without control characters."""
+    if value.__class__ is str and value in _GOOD_NAMES:  # a role, type or owner seen before
+        return value
     if not isinstance(value, str):
         raise error(f"{what} must be a string, not {type(value).__name__}")
     if not value or len(value) > _MAX_NAME_CHARS:
@@ -3747,7 +3986,15 @@ def _check_name(what: str, value: object, error: type[InvalidInput] = InvalidInp
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise error(f"{what} is not valid unicode (lone surrogate)") from None
+    if value.__class__ is str and len(value) <= 32:
+        if len(_GOOD_NAMES) >= 1024:  # bounded: ids pass here too
+            _GOOD_NAMES.clear()
+        _GOOD_NAMES[value] = None
     return value
+
+
+# Short names _check_name accepted (roles, types, owners): checked again in one lookup.
+_GOOD_NAMES: dict[str, None] = {}
 
 
 def _is_name(value: object) -> TypeGuard[str]:
@@ -4101,6 +4348,10 @@ class SessionStore:
       first use and kept in a least-recently-used cache of at most this many bytes
       of records (as stored) and this many sessions; sessions being read or written,
       or whose lease this store holds, are never evicted (nor the one used last).
+      A cached message takes about 1.5 times its record's bytes of memory for chat
+      turns of a few hundred characters (the record's text plus ~300 bytes: the
+      :class:`Message`, its id, time and place in the tree); a long session is
+      decoded a few MiB at a time, so loading it needs little more.
       ``close()`` releases everything. Opening a store loads nothing: the key index
       is read one key at a time.
     - ``index_save_delay_ms``: accepted for compatibility and ignored (the key index
@@ -4395,13 +4646,12 @@ class SessionStore:
             if saved is not None and _valid_tally(saved[1]):
                 position, tally = saved[0], dict(saved[1])
             try:
-                found = self._storage.load(session_id, position)
+                for found in self._storage.load_parts(session_id, position):
+                    if found.restart:
+                        tally = dict(fresh)
+                    _tally_records(tally, found)
             except SessionNotFound:
                 return None
-        if found is not None:
-            if found.restart:
-                tally = fresh
-            _tally_records(tally, found)
         return SessionMetadata(session_id=session_id, key=info.key, created_at=info.created_at,
                                updated_at=tally["updatedAt"], message_count=tally["messages"],
                                reset_count=tally["resets"], last_reset_at=tally["lastResetAt"],
@@ -4469,6 +4719,14 @@ class SessionStore:
             self._save_tally(state)
             self._storage.forget(state.session_id)
 
+    def _drop_tree(self, state: _Session) -> None:
+        """Forget the session's cached tree (reloaded on next use) and its bytes in the budget."""
+        with self._mutex:
+            if self._sessions.get(state.session_id) is state:
+                self._cached_bytes -= state.nbytes
+        state.clear()
+        state.loaded = False
+
     def _forget_deleted(self, state: _Session) -> None:
         state.deleted = True
         with self._mutex:
@@ -4480,35 +4738,31 @@ class SessionStore:
         self._storage.forget(state.session_id)
 
     def _catch_up(self, state: _Session, *, writer: bool = False) -> None:
-        """Load what was appended to the session since we last looked.
+        """Load what was appended to the session since we last looked, a part at a time
+        (see :meth:`Storage.load_parts`).
 
         Caller holds ``state.lock`` (and, when ``writer``, the storage's ``writing``).
         """
         if state.deleted:
             raise SessionNotFound(state.session_id)
+        before = state.nbytes
         if not state.loaded:
             state.clear()
             state.loaded = True
-        before = state.nbytes
         try:
-            found = self._storage.load(state.session_id, state.position, writer=writer)
+            for found in self._storage.load_parts(state.session_id, state.position, writer=writer):
+                state.ingest(found)
         except SessionNotFound:
             self._forget_deleted(state)
             raise
         except BaseException:
             state.loaded = False  # half-applied records must not linger
             raise
-        if found is not None:
-            if found.restart:
-                before = 0
-            try:
-                state.ingest(found)
-            except BaseException:
-                state.loaded = False
-                raise
+        finally:
             if state.nbytes != before:
                 with self._mutex:
-                    self._cached_bytes += state.nbytes - before
+                    if self._sessions.get(state.session_id) is state:
+                        self._cached_bytes += state.nbytes - before
 
     # -- check and repair --------------------------------------------------------------
 
@@ -4620,8 +4874,7 @@ class SessionStore:
                         bad = [p for p in scratch.problems if not p.reason.endswith(_KEPT)]
                         done = self._storage.quarantine(entry.session_id, bad, placeholders)
                         if done:
-                            state.clear()
-                            state.loaded = False
+                            self._drop_tree(state)
                         fixed += done
                         if self._lease_problems(entry):
                             floor = self._normal_lease(self._storage.read_lease(entry.session_id))["token"]
@@ -4656,8 +4909,7 @@ class SessionStore:
                 state = self._sessions.get(session_id)
             if state is not None:
                 with state.lock:
-                    state.clear()
-                    state.loaded = False
+                    self._drop_tree(state)
             if isinstance(e, OSError) and not isinstance(e, StorageError):
                 raise _storage_error(e, f"sync session {session_id!r}") from e
             raise
@@ -4737,8 +4989,8 @@ class SessionStore:
                 record[_SNAKE_TO_CAMEL.get(name, name)] = value
             line = _encode_message(record)  # validates before anything is written
             if isinstance(content, str) and not fields:
-                msg = Message(id=id, parent_id=state.by_id[parent].id if parent is not None else None,
-                              type=sys.intern(mtype), role=sys.intern(role), content=content, timestamp=now)
+                msg = _new_message(id, state.by_id[parent].id if parent is not None else None, sys.intern(mtype),
+                                   sys.intern(role), content, now, _NO_FIELDS)
             else:  # store the JSON round trip: what a reload returns, detached from the caller
                 msg = _message_from_record(json.loads(line), state.by_id)
             config = self._auto_reset
@@ -4762,7 +5014,7 @@ class SessionStore:
         position = self._storage.append_message(state.session_id, state.position, msg.id, line)
         state.add_message(msg)
         state.position = position
-        state.nbytes += len(line)
+        self._grow(state, len(line))
         state.untallied += 1
 
     def _move(self, state: _Session, head_id: str | None, now: int, branch: str | None = None) -> None:
@@ -4958,7 +5210,7 @@ class SessionStore:
 
     def get_messages(self, session_id: str) -> list[Message]:
         """Every message, in append order."""
-        return self._read(session_id, lambda s: list(s.messages))
+        return self._read(session_id, lambda s: list(s.by_id.values()))
 
     def get_message(self, session_id: str, message_id: str) -> Message:
         """One message; ``MessageNotFound`` when absent."""
@@ -4975,14 +5227,14 @@ class SessionStore:
         """The message's children in append order. O(children)."""
         def children(s: _Session) -> list[Message]:
             s.require(message_id)
-            return [s.by_id[c] for c in s.children.get(message_id, ())]
+            return [s.by_id[c] for c in s.child_ids(message_id)]
         return self._read(session_id, children)
 
     def has_children(self, session_id: str, message_id: str) -> bool:
         """Whether the message has at least one child."""
         def has(s: _Session) -> bool:
             s.require(message_id)
-            return bool(s.children.get(message_id))
+            return message_id in s.child_map()
         return self._read(session_id, has)
 
     def get_tree(self, session_id: str, root_id: str | None = None) -> list[Message]:
@@ -4994,11 +5246,17 @@ class SessionStore:
 
     def get_leaves(self, session_id: str) -> list[Message]:
         """Messages without children, in append order."""
-        return self._read(session_id, lambda s: [m for m in s.messages if m.id not in s.children])
+        def leaves(s: _Session) -> list[Message]:
+            children = s.child_map()
+            return [m for m in s.by_id.values() if m.id not in children]
+        return self._read(session_id, leaves)
 
     def get_branch_points(self, session_id: str) -> list[Message]:
         """Messages with more than one child, in append order."""
-        return self._read(session_id, lambda s: [m for m in s.messages if len(s.children.get(m.id, ())) > 1])
+        def branch_points(s: _Session) -> list[Message]:
+            children = s.child_map()
+            return [m for m in s.by_id.values() if type(children.get(m.id)) is list]
+        return self._read(session_id, branch_points)
 
     @overload
     def build_context(self, session_id: str, leaf_id: str | None = None, *,
@@ -5056,6 +5314,14 @@ class SessionStore:
             _left_out(session_id, problems, strict)
         return _context(turns, format)  # type: ignore[no-any-return]
 
+    def _grow(self, state: _Session, nbytes: int) -> None:
+        """Count ``nbytes`` more of the session's cached state into the cache budget
+        (caller holds ``state.lock``)."""
+        state.nbytes += nbytes
+        with self._mutex:
+            if self._sessions.get(state.session_id) is state:
+                self._cached_bytes += nbytes
+
 
     # -- branches ---------------------------------------------------------------------
 
@@ -5064,7 +5330,7 @@ class SessionStore:
         line = _encode_line(event)
         state.position = self._storage.append_event(state.session_id, state.position, line)
         state.add_event(event)
-        state.nbytes += len(line)
+        self._grow(state, len(line))
         state.untallied += 1
 
     def create_branch(self, session_id: str, name: str, leaf_id: str) -> Branch:
@@ -5659,8 +5925,7 @@ class _WriteScope:
                     raise
         finally:
             if exc_type is not None and state.position != self._entered_at:
-                state.clear()
-                state.loaded = False
+                self._store._drop_tree(state)
             state.lock.release()
         self._store._trim()
 

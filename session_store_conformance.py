@@ -992,6 +992,11 @@ class FaultyFileSystem(FileSystem):
         self._alive()
         return self.inner.read_from(path, offset)
 
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """Delegated."""
+        self._alive()
+        return self.inner.read_range(path, offset, size)
+
     def stat(self, path: str) -> tuple[int, Any]:
         """Delegated."""
         self._alive()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
+import hypothesis.strategies as st
 import pytest
 from conftest import FakeClock
+from hypothesis import given, settings
 
 import session_store as ss
 from session_store import InMemoryFileSystem, RealFileSystem, SessionStore
@@ -361,6 +366,10 @@ def test_metadata_of_a_session_not_loaded_reads_no_log(tmp_path: Path) -> None:
             reads.append((os.path.basename(path), offset))
             return super().read_from(path, offset)
 
+        def read_range(self, path: str, offset: int, size: int) -> bytes:
+            reads.append((os.path.basename(path), offset))
+            return super().read_range(path, offset, size)
+
     with SessionStore(Spy(), storage_dir=tmp_path) as store:
         meta = store.get_metadata(sid)
     assert meta is not None and meta.message_count == 301 and meta.branch_count == 2
@@ -403,3 +412,121 @@ def test_remains_of_interrupted_creations_and_deletions_are_garbage_repair_remov
         assert store.check().ok
         kept = store.resolve("kept")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != kept) == ["keys", "notes", "session-store.json"]
+
+
+# -- reading fast, and in parts -------------------------------------------------------------
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8)
+
+
+@st.composite
+def log_lines(draw: st.DrawFn) -> list[bytes]:
+    """Lines as a log may hold them: a JSON value as written (or with whitespace, a BOM,
+    a CR, \\u escapes, or over several lines), or any bytes."""
+    value = draw(JSON_VALUES)
+    text = json.dumps(value, ensure_ascii=draw(st.booleans()), separators=draw(st.sampled_from([(",", ":"), None])),
+                      indent=draw(st.sampled_from([None, None, None, 1])))
+    line = draw(st.sampled_from(["{}", " {} ", "\ufeff{}", "{}\r", "{}"])).replace("{}", text).encode(
+        "utf-8", "surrogatepass")
+    return draw(st.sampled_from([line, line, draw(st.binary(max_size=12)).replace(b"\n", b"")])).split(b"\n")
+
+
+@given(st.lists(log_lines(), max_size=12).map(lambda groups: [line for group in groups for line in group]))
+@settings(max_examples=300)
+def test_each_log_line_reads_as_json_loads_reads_it(raw_lines: list[bytes]) -> None:
+    chunk = b"".join(line + b"\n" for line in raw_lines) + b'{"id":"torn'
+    problems: list[ss.Problem] = []
+    found, used = ss._parse_lines(chunk, 7, "log", "s", problems, message=True)
+    assert used == len(chunk) - len(b'{"id":"torn')
+    expected: list[tuple[int, Any]] = []
+    offset = 7
+    for line in raw_lines:
+        try:
+            value = json.loads(line)
+        except (ValueError, RecursionError):
+            value = None
+        if isinstance(value, dict):
+            expected.append((offset, value))
+        elif line.strip():
+            expected.append((offset, "damaged"))
+        offset += len(line) + 1
+    got = [(where, rec if rec.get("type") != "damaged" or "damaged" not in rec else "damaged") for where, rec in found]
+    assert repr(got) == repr(expected)  # repr: 1 and 1.0 and True differ
+    assert len(problems) == sum(1 for _, rec in expected if rec == "damaged")
+
+
+def test_a_message_is_built_with_the_layout_of_message() -> None:
+    assert sorted(ss._NewMessage.__slots__) == sorted(ss.Message.__slots__)
+    built = ss._new_message("b", "a", "user", "user", ss._freeze({"k": [1]}), 5, ss._FrozenDict(x=1))
+    made = ss.Message(id="b", parent_id="a", type="user", role="user", content={"k": [1]}, timestamp=5,
+                      fields={"x": 1})
+    assert type(built) is ss.Message and built == made and hash(built.id) == hash(made.id)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.id = "c"  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(built)) == made and copy.deepcopy(built) == made
+    assert dataclasses.replace(built, id="c").id == "c"
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ss, "_LOAD_PART", 64)  # a record or two per part
+
+
+def test_a_session_read_in_parts_is_the_session_read_whole(tmp_path: Path, small_parts: None) -> None:
+    with open_files(tmp_path) as store:
+        sid = store.resolve("k")
+        ids = [store.append(sid, role="user", content=f"message {i}").id for i in range(12)]
+        store.create_branch(sid, "alt", ids[3])
+        store.switch_to_branch(sid, "alt")
+        ids.append(store.append(sid, role="assistant", content="x" * 300).id)  # longer than a part
+        store.switch_to_branch(sid, "main")
+        store.move_head(sid, ids[7])
+        ids.append(store.append(sid, role="assistant", content="on 7").id)
+    with open_files(tmp_path) as parts:
+        assert [m.id for m in parts.get_messages(sid)] == ids
+        assert (parts.get_head(sid), parts.get_branch(sid, "alt").head_id) == (ids[-1], ids[-2])  # type: ignore[union-attr]
+        meta = parts.get_metadata(sid)
+        assert meta is not None and meta.message_count == len(ids) and meta.branch_count == 2
+    with open(tmp_path / sid / "messages.jsonl", "ab") as f:
+        f.write(b'{"id":"torn","parentId":null,"ty')
+    with open_files(tmp_path) as parts:
+        assert len(parts.get_messages(sid)) == len(ids)
+        parts.append(sid, role="user", content="after the torn line")  # the writer cuts it off
+        assert len(parts.get_messages(sid)) == len(ids) + 1
+    assert b"\"torn\"" not in (tmp_path / sid / "messages.jsonl").read_bytes()
+
+
+def test_the_cache_budget_counts_each_cached_session_once(tmp_path: Path) -> None:
+    fs = InMemoryFileSystem()
+    with SessionStore(fs) as one, SessionStore(fs) as other:
+        sid = one.resolve("k")
+        for i in range(5):
+            one.append(sid, role="user", content=f"m{i}")
+        one.build_context(sid)
+        fs.append(f"{one.storage_dir}/{sid}/messages.jsonl", b"damaged\n")
+        assert other.repair().fixed  # the log is rewritten: `one` reloads it whole
+        one.get_messages(sid)
+        with pytest.raises(ss.MessageNotFound):
+            one.append(sid, role="user", content="x", parent_id="nowhere")
+        one.build_context(sid)
+        assert one._cached_bytes == sum(s.nbytes for s in one._sessions.values()) > 0
+
+
+def test_records_missing_core_keys_or_with_extra_ones_load_as_before(tmp_path: Path) -> None:
+    with open_files(tmp_path) as store:
+        sid = store.resolve("k")
+    log = tmp_path / sid / "messages.jsonl"
+    records = [{"id": "a", "role": "user", "timestamp": 1},  # no parentId, type, content
+               {"id": "b", "parentId": "a", "role": "assistant", "content": "x", "timestamp": 2, "note": 1},
+               {"id": "c", "parentId": "b", "type": "tool", "role": "tool", "timestamp": 3, "toolCallId": "t"},
+               {"id": "d", "parentId": "c", "type": "user", "role": "user", "content": None, "timestamp": 4}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    with open_files(tmp_path) as store:
+        got = store.get_messages(sid)
+    assert [(m.id, m.parent_id, m.type, m.role, m.content, dict(m.fields)) for m in got] == [
+        ("a", None, "user", "user", None, {}), ("b", "a", "assistant", "assistant", "x", {"note": 1}),
+        ("c", "b", "tool", "tool", None, {"tool_call_id": "t"}), ("d", "c", "user", "user", None, {})]
