@@ -721,14 +721,13 @@ class Storage(ABC):
         :class:`SessionNotFound` when the session is gone.
         """
 
-    def load_parts(self, session_id: str, position: Position, *, writer: bool = False) -> Iterator[Records]:
+    def load_parts(self, session_id: str, position: Position, *, writer: bool = False) -> Iterable[Records]:
         """What :meth:`load` returns, in parts, so that a reader never holds every
         decoded record of a long session at once: each part reads on from the one
         before (its ``position``); only the first may say ``restart``. By default one
         part, :meth:`load`'s (none when it finds nothing)."""
         found = self.load(session_id, position, writer=writer)
-        if found is not None:
-            yield found
+        return () if found is None else (found,)
 
     @abstractmethod
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
@@ -1495,6 +1494,11 @@ class RealFileSystem(FileSystem):
         (opened and cached when there is none: every read of a session stats its
         files, and walking the path costs ten times more), re-opened when the file
         was replaced or removed."""
+        with self._mutex:  # a cached descriptor: fstat it under the mutex, so no eviction closes it meanwhile
+            d = self._fds.get(path)
+            st = os.fstat(d.fd) if d is not None else None
+        if st is not None and st.st_nlink and S_ISREG(st.st_mode):
+            return st.st_size, (st.st_dev, st.st_ino)
         for _ in range(2):
             try:
                 d = self._pin(path, create=False)
@@ -2598,14 +2602,15 @@ class JsonlStorage(Storage):
             return 0, None
 
     def load(self, session_id: str, position: Position, *, writer: bool = False) -> Records | None:
-        return next(self._load(session_id, position, writer, None), None)
+        return next(iter(self._load(session_id, position, writer, None)), None)
 
-    def load_parts(self, session_id: str, position: Position, *, writer: bool = False) -> Iterator[Records]:
+    def load_parts(self, session_id: str, position: Position, *, writer: bool = False) -> Iterable[Records]:
         return self._load(session_id, position, writer, _LOAD_PART)
 
-    def _load(self, session_id: str, position: Position, writer: bool, part: int | None) -> Iterator[Records]:
+    def _load(self, session_id: str, position: Position, writer: bool, part: int | None) -> Iterable[Records]:
         """The records after ``position``, in parts of about ``part`` bytes of message
-        records (``None``: one part).
+        records (``None``: one part); ``()`` when there are none (the common case of a
+        read: two ``fstat`` calls, nothing else).
 
         Both files are read only up to the sizes seen before reading: every branch
         event that a message read names (by its ``seq``) was written before that
@@ -2617,16 +2622,30 @@ class JsonlStorage(Storage):
             size, ident = fs.stat(log)
         except (FileNotFoundError, NotADirectoryError):
             raise SessionNotFound(session_id) from None
-        esize, eident = self._stat_events(session_id)
+        try:
+            esize, eident = fs.stat(events)
+        except FileNotFoundError:
+            esize, eident = 0, None
         epos, mpos = position
-        restart = position != (0, 0) and (self._idents.get(session_id) != (eident, ident)
-                                          or size < mpos or esize < epos)
+        idents = eident, ident
+        same = self._idents.get(session_id) == idents
+        if same and esize == epos and size == mpos:  # nothing new
+            return ()
+        restart = position != (0, 0) and (not same or size < mpos or esize < epos)
         if restart:  # rewritten (a repair) or cut back (a failed sync) under us
             _log.warning("%s was rewritten: reloading", log)
             epos = mpos = 0
-        self._idents[session_id] = (eident, ident)
+        self._idents[session_id] = idents
         if esize <= epos and size <= mpos and not restart:
-            return
+            return ()
+        return self._parts(session_id, position, writer, part, (epos, mpos), (esize, size), restart)
+
+    def _parts(self, session_id: str, position: Position, writer: bool, part: int | None, start: Position,
+               sizes: tuple[int, int], restart: bool) -> Iterator[Records]:
+        """The parts :meth:`_load` found, read from ``start`` up to ``sizes``."""
+        fs = self.fs
+        log, events = self._log(session_id), self._events(session_id)
+        (epos, mpos), (esize, size) = start, sizes
         found = Records(position=position, events=[], messages=[], events_label=events, messages_label=log,
                         restart=restart)
         if esize > epos:
