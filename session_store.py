@@ -3452,6 +3452,7 @@ ContextReader = Callable[[list[Message], Callable[[str], list[Message]]], list[M
 """The type of a reader given to :func:`register_context_reader`."""
 
 _CONTEXT_READERS: dict[str, ContextReader] = {}
+_CONTEXT_READERS_VERSION = [0]  # bumped by every registration: contexts folded before are rebuilt
 
 
 def register_context_reader(format_name: str, reader: ContextReader) -> None:
@@ -3483,6 +3484,7 @@ def register_context_reader(format_name: str, reader: ContextReader) -> None:
     if not callable(reader):
         raise InvalidInput(f"reader must be callable, not {type(reader).__name__}")
     _CONTEXT_READERS[format_name] = reader
+    _CONTEXT_READERS_VERSION[0] += 1
 
 
 def read_turns(message: Message, *, strict: bool = False) -> list[Message]:
@@ -3788,19 +3790,39 @@ def _left_out(session_id: str, problems: list[str], strict: bool) -> None:
                  "session; strict=True raises instead): %s", session_id, len(problems), "; ".join(problems[:5]))
 
 
-def _settle(turns: list[_Turn]) -> list[_Turn]:
-    """Turns both APIs accept (see the banner above). Changes the turns it is given:
-    they are made fresh for each context."""
-    out: list[_Turn] = []
-    open_calls: dict[str, str] = {}  # id -> name, awaiting a result
-    seen: set[str] = set()
+class _Settler:
+    """What makes turns acceptable to both APIs (see the banner above), as a fold:
+    :meth:`push` takes one turn at a time and hands each settled turn to ``emit`` as
+    soon as nothing that follows can change it; :meth:`tail` is what the end of the
+    path adds (the last assistant turn, which a next assistant record would merge
+    into, and synthetic results for the calls still open). Changes the turns it is
+    given: they are made fresh for each fold."""
 
-    def close_open_calls() -> None:
-        for call_id, name in open_calls.items():
-            out.append(_Turn("tool", [_text(_SYNTHETIC_RESULT)], call_id=call_id, name=name, is_error=True))
-        open_calls.clear()
+    __slots__ = ("emit", "last", "open_calls", "seen", "seen_order")
 
-    for turn in turns:
+    def __init__(self, emit: Callable[[_Turn], None]) -> None:
+        self.emit = emit
+        self.last: _Turn | None = None  # the last settled turn, when it is an assistant's
+        self.open_calls: dict[str, str] = {}  # id -> name, awaiting a result
+        self.seen: set[str] = set()  # call ids so far: a repeated call is dropped
+        self.seen_order: list[str] = []
+
+    @property
+    def clean(self) -> bool:
+        """Whether nothing pending: the state is the emitted turns and ``seen`` alone."""
+        return self.last is None and not self.open_calls
+
+    def _flush(self) -> None:
+        if self.last is not None:
+            self.emit(self.last)
+            self.last = None
+
+    def _close_open_calls(self) -> None:
+        for call_id, name in self.open_calls.items():
+            self.emit(_synthetic_result(call_id, name))
+        self.open_calls.clear()
+
+    def push(self, turn: _Turn) -> None:
         parts = turn.parts
         if len(parts) == 1:  # empty text: the APIs refuse it
             if parts[0]["type"] == "text" and not parts[0]["text"].strip() and turn.role != "tool":
@@ -3808,33 +3830,53 @@ def _settle(turns: list[_Turn]) -> list[_Turn]:
         elif parts and turn.role != "tool":
             turn.parts = [p for p in parts if p["type"] != "text" or p["text"].strip()]
         if turn.role == "tool":
-            if open_calls and turn.call_id in open_calls:
-                name = open_calls.pop(turn.call_id)
+            if self.open_calls and turn.call_id in self.open_calls:
+                name = self.open_calls.pop(turn.call_id)
                 turn.name = turn.name or name
-                out.append(turn)
-            continue
+                self._flush()
+                self.emit(turn)
+            return
         if turn.role == "assistant":
             if turn.calls:
+                seen, order = self.seen, self.seen_order
                 turn.calls = [c for c in turn.calls if c.id not in seen and not seen.add(c.id)]  # type: ignore[func-returns-value]
+                order += (c.id for c in turn.calls)
             if not turn.parts and not turn.calls:
-                continue
-            if out and out[-1].role == "assistant":  # one response over several records
-                out[-1].parts += turn.parts
-                out[-1].calls += turn.calls
+                return
+            if self.last is not None:  # one response over several records
+                self.last.parts += turn.parts
+                self.last.calls += turn.calls
             else:
-                if open_calls:
-                    close_open_calls()
-                out.append(turn)
+                if self.open_calls:
+                    self._close_open_calls()
+                self.last = turn
             if turn.calls:
-                open_calls.update((c.id, c.name) for c in turn.calls)
-            continue
+                self.open_calls.update((c.id, c.name) for c in turn.calls)
+            return
         if not turn.parts:
-            continue
-        if open_calls:
-            close_open_calls()
-        out.append(turn)
-    close_open_calls()
-    return out
+            return
+        self._flush()
+        if self.open_calls:
+            self._close_open_calls()
+        self.emit(turn)
+
+    def tail(self) -> list[_Turn]:
+        """The turns the end of the path adds; changes nothing."""
+        out = [] if self.last is None else [self.last]
+        out += (_synthetic_result(call_id, name) for call_id, name in self.open_calls.items())
+        return out
+
+    def rewind(self, seen: int) -> None:
+        """Back to a clean state whose ``seen`` held its first ``seen`` call ids."""
+        self.last = None
+        self.open_calls.clear()
+        for call_id in self.seen_order[seen:]:
+            self.seen.discard(call_id)
+        del self.seen_order[seen:]
+
+
+def _synthetic_result(call_id: str, name: str) -> _Turn:
+    return _Turn("tool", [_text(_SYNTHETIC_RESULT)], call_id=call_id, name=name, is_error=True)
 
 
 # -- OpenAI and Anthropic --------------------------------------------------------------
@@ -3868,31 +3910,34 @@ def _openai_id(call_id: str) -> str:
     return call_id[:_OPENAI_ID_MAX - 13] + "_" + digest
 
 
-def _openai_messages(turns: list[_Turn]) -> list[dict[str, Any]]:
-    """OpenAI chat messages: ``tool_calls`` with JSON-text ``arguments``, one ``tool``
-    message per call; thinking is dropped (Chat Completions takes none back)."""
-    out: list[dict[str, Any]] = []
-    for t in turns:
-        if len(t.parts) == 1 and not t.calls and t.role != "tool" and t.parts[0]["type"] == "text":
-            out.append({"role": t.role, "content": t.parts[0]["text"]})  # the common case, quickly
-        elif t.role in ("system", "developer"):
-            out.append({"role": t.role, "content": t.text()})
-        elif t.role == "user":
-            out.append({"role": "user", "content": _openai_content(t.parts, images=True)})
-        elif t.role == "tool":
-            out.append({"role": "tool", "tool_call_id": _openai_id(t.call_id),
-                        "content": "\n\n".join(p["text"] if p["type"] == "text" else "[image]" for p in t.parts)})
-        else:
-            texts = [p for p in t.parts if p["type"] == "text"]
-            if not texts and not t.calls:
-                continue
-            entry: dict[str, Any] = {"role": "assistant", "content": _openai_content(texts, images=False)
-                                     if texts else None}
-            if t.calls:
-                entry["tool_calls"] = [{"id": _openai_id(c.id), "type": "function", "function": {
-                    "name": c.name, "arguments": c.arguments_text()}} for c in t.calls]
-            out.append(entry)
-    return out
+def _openai_message(t: _Turn) -> dict[str, Any] | None:
+    """An OpenAI chat message, read-only: ``tool_calls`` with JSON-text ``arguments``,
+    one ``tool`` message per call; thinking is dropped (Chat Completions takes none
+    back). ``None`` when nothing is left."""
+    if len(t.parts) == 1 and not t.calls and t.role != "tool" and t.parts[0]["type"] == "text":
+        return _FrozenDict(role=t.role, content=t.parts[0]["text"])  # the common case, quickly
+    entry = _openai_entry(t)
+    return None if entry is None else _freeze(entry)
+
+
+def _openai_entry(t: _Turn) -> dict[str, Any] | None:
+    """:func:`_openai_message` of a turn that is not one text."""
+    if t.role in ("system", "developer"):
+        return {"role": t.role, "content": t.text()}
+    if t.role == "user":
+        return {"role": "user", "content": _openai_content(t.parts, images=True)}
+    if t.role == "tool":
+        return {"role": "tool", "tool_call_id": _openai_id(t.call_id),
+                "content": "\n\n".join(p["text"] if p["type"] == "text" else "[image]" for p in t.parts)}
+    texts = [p for p in t.parts if p["type"] == "text"]
+    if not texts and not t.calls:
+        return None
+    entry: dict[str, Any] = {"role": "assistant", "content": _openai_content(texts, images=False)
+                             if texts else None}
+    if t.calls:
+        entry["tool_calls"] = [{"id": _openai_id(c.id), "type": "function", "function": {
+            "name": c.name, "arguments": c.arguments_text()}} for c in t.calls]
+    return entry
 
 
 _ANTHROPIC_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -3943,45 +3988,238 @@ def _anthropic_result(t: _Turn, *, ids: Callable[[str], str] = _anthropic_id) ->
     return block
 
 
-def _anthropic_request(turns: list[_Turn]) -> dict[str, Any]:
+def _anthropic_message(role: str, blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """An Anthropic message, read-only: one text block is sent as a string."""
+    if len(blocks) == 1 and blocks[0]["type"] == "text":
+        return _FrozenDict({"role": role, "content": blocks[0]["text"]})
+    return _FrozenDict({"role": role, "content": _freeze(blocks)})
+
+
+_CONTINUES = _anthropic_message("user", [_text("(The conversation so far continues below.)")])
+
+
+# -- contexts as folds ---------------------------------------------------------------
+#
+# A context is a fold over the path's turns: _Settler settles them, and an output
+# (_OpenAIOutput, _AnthropicOutput) turns each settled turn into the API's shape as
+# soon as it is final. The outputs' entries are read-only and shared between the
+# contexts a fold returns (copying 2,000 dicts costs more than building a context
+# from a cache), so building a context again costs the list, not the path. The
+# store keeps one fold per session and format (_ContextCache) and extends it along
+# the path; see SessionStore._context.
+
+
+class _OpenAIOutput:
+    """OpenAI chat messages of the settled turns: one message per turn at most."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def take(self, turn: _Turn) -> None:
+        entry = _openai_message(turn)
+        if entry is not None:
+            self.entries.append(entry)
+
+    def mark(self) -> Any:
+        return len(self.entries)
+
+    def rewind(self, mark: Any) -> None:
+        del self.entries[mark:]
+
+    def finish(self, tail: list[_Turn]) -> Any:
+        """What the turns after the settled ones add (kept until the fold changes)."""
+        return [entry for entry in map(_openai_message, tail) if entry is not None]
+
+    def result(self, finished: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.entries + finished
+
+
+class _AnthropicOutput:
     """``{"system": ..., "messages": [...]}`` for Anthropic's Messages API: system and
     developer text goes to ``system`` (absent when there is none); user and assistant
     alternate, the first is a user turn; a user turn after tool use starts with its
-    ``tool_result``s."""
-    system: list[str] = []
-    messages: list[dict[str, Any]] = []
-    for t in turns:
-        if t.role in ("system", "developer"):
-            if t.text().strip():
-                system.append(t.text())
-            continue
-        role = "assistant" if t.role == "assistant" else "user"
-        blocks = [_anthropic_result(t)] if t.role == "tool" else _anthropic_blocks(t.parts, t.calls)
+    ``tool_result`` blocks. The last message stays open while turns of its role follow."""
+
+    __slots__ = ("blocks", "done", "role", "system")
+
+    def __init__(self) -> None:
+        self.system: list[str] = []
+        self.done: list[dict[str, Any]] = []  # messages a turn of the other role followed
+        self.role: str | None = None  # the open message's role and blocks
+        self.blocks: list[dict[str, Any]] = []
+
+    def take(self, turn: _Turn) -> None:
+        if turn.role in ("system", "developer"):
+            if turn.text().strip():
+                self.system.append(turn.text())
+            return
+        role = "assistant" if turn.role == "assistant" else "user"
+        blocks = [_anthropic_result(turn)] if turn.role == "tool" else _anthropic_blocks(turn.parts, turn.calls)
         if not blocks:
-            continue
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
-    if messages and messages[0]["role"] != "user":
-        messages.insert(0, {"role": "user", "content": [_text("(The conversation so far continues below.)")]})
-    for entry in messages:
-        blocks = entry["content"]
-        if len(blocks) == 1 and blocks[0]["type"] == "text":
-            entry["content"] = blocks[0]["text"]
-    request: dict[str, Any] = {"messages": messages}
-    if system:
-        request["system"] = "\n\n".join(system)
-    return request
+            return
+        if role == self.role:
+            self.blocks += blocks
+            return
+        if self.role is not None:
+            self.done.append(_anthropic_message(self.role, self.blocks))
+        self.role, self.blocks = role, blocks
+
+    def mark(self) -> Any:
+        return len(self.done), self.role, tuple(self.blocks), len(self.system)
+
+    def rewind(self, mark: Any) -> None:
+        done, self.role, blocks, system = mark
+        del self.done[done:]
+        del self.system[system:]
+        self.blocks = list(blocks)
+
+    def finish(self, tail: list[_Turn]) -> Any:
+        """What the open message and the turns after the settled ones add (kept until
+        the fold changes): ``(messages, the first message is not a user's, system)``."""
+        scratch = _AnthropicOutput()  # the tail: assistant turns and tool results, no system text
+        scratch.role, scratch.blocks = self.role, self.blocks.copy()
+        for turn in tail:
+            scratch.take(turn)
+        after = scratch.done
+        if scratch.role is not None:
+            after.append(_anthropic_message(scratch.role, scratch.blocks))
+        first = self.done[0] if self.done else after[0] if after else None
+        return after, first is not None and first["role"] != "user", "\n\n".join(self.system)
+
+    def result(self, finished: Any) -> dict[str, Any]:
+        after, continues, system = finished
+        request: dict[str, Any] = {"messages": [_CONTINUES, *self.done, *after] if continues else self.done + after}
+        if system:
+            request["system"] = system
+        return request
 
 
 _CONTEXT_FORMATS = ("openai", "anthropic")
 
 
-def _context(turns: list[_Turn], format: str) -> Any:
+class _ContextFold:
+    """The context of one root -> leaf path in one format, built one message at a time.
+
+    ``ids`` is the path folded so far. After each message that leaves nothing
+    pending (no assistant turn open to a merge, no call awaiting its result) a
+    *mark* records where every part of the fold stood, for the last
+    ``_CONTEXT_MARKS`` such messages: a path that leaves this one near its end (a
+    sibling of the leaf, an ancestor) rewinds to the mark before the fork and folds
+    on from there."""
+
+    __slots__ = ("finished", "ids", "index", "marks", "output", "problems", "readers", "settler")
+
+    def __init__(self, format: str) -> None:
+        self.output: _OpenAIOutput | _AnthropicOutput = (
+            _AnthropicOutput() if format == "anthropic" else _OpenAIOutput())
+        self.settler = _Settler(self.output.take)
+        self.problems: list[str] = []  # what the path's records hold that the APIs cannot express
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}  # where each id of the path is in it
+        # (path length, call ids seen, problems, output mark), the first for the empty path
+        self.marks: list[tuple[int, int, int, Any]] = [(0, 0, 0, self.output.mark())]
+        self.readers = _CONTEXT_READERS_VERSION[0]  # the readers registered when the fold began
+        self.finished: Any = None  # the output's finish() of the tail, until the fold changes
+
+    def fold(self, path: Sequence[Message]) -> None:
+        """Fold messages (plain records: none of another format's) onto the path."""
+        settler, ids, index, problems, marks = self.settler, self.ids, self.index, self.problems, self.marks
+        self.finished = None
+        marked_from = len(ids) + len(path) - _CONTEXT_MARKS  # marks further back would be dropped below
+        for m in path:
+            for turn in _native_turns(m, problems):
+                settler.push(turn)
+            index[m.id] = len(ids)
+            ids.append(m.id)
+            if settler.clean and len(ids) >= marked_from:
+                marks.append((len(ids), len(settler.seen_order), len(problems), self.output.mark()))
+        if len(marks) > 2 * _CONTEXT_MARKS:
+            del marks[:-_CONTEXT_MARKS]
+
+    def fold_turns(self, turns: Iterable[_Turn]) -> None:
+        """Fold turns read some other way (by a registered reader): no marks."""
+        self.finished = None
+        for turn in turns:
+            self.settler.push(turn)
+
+    def rewind(self, length: int) -> list[str] | None:
+        """Back to the state after the first ``length`` messages of the path: to the
+        last mark at or before it; returns the ids to fold again from there to
+        ``length``, or ``None`` when no mark is that far back."""
+        ids = self.ids
+        if length >= len(ids):
+            return []
+        marks = self.marks
+        i = len(marks)
+        while i and marks[i - 1][0] > length:
+            i -= 1
+        if not i:
+            return None
+        at, seen, problems, output = marks[i - 1]
+        self.finished = None
+        again = ids[at:length]
+        index = self.index
+        for mid in ids[at:]:
+            del index[mid]
+        del marks[i:]
+        del ids[at:]
+        del self.problems[problems:]
+        self.settler.rewind(seen)
+        self.output.rewind(output)
+        return again
+
+    def result(self) -> Any:
+        """The context of the path folded so far: fresh lists (and request dict) of
+        read-only entries."""
+        if self.finished is None:
+            self.finished = self.output.finish(self.settler.tail())
+        return self.output.result(self.finished)
+
+
+_CONTEXT_MARKS = 256  # how far back (in messages that leave nothing pending) a fold can rewind
+
+
+_CONTEXT_BYTES = 240  # what a folded message costs (its entry, its place in the fold), for the cache budget
+
+
+def _context(turns: Iterable[_Turn], format: str) -> Any:
     """Turns as an OpenAI message list or an Anthropic request."""
-    turns = _settle(turns)
-    return _anthropic_request(turns) if format == "anthropic" else _openai_messages(turns)
+    fold = _ContextFold(format)
+    fold.fold_turns(turns)
+    return fold.result()
+
+
+def _to_fold(state: _Session, fold: _ContextFold, leaf: Message) -> list[Message] | None:
+    """Rewind ``fold`` to where the path to ``leaf`` leaves it and return the messages
+    to fold from there; ``None`` when that is too far back (fold afresh)."""
+    ids, index = fold.ids, fold.index
+    if ids and ids[-1] == leaf.id:
+        return []
+    walk: list[Message] = []
+    by_id, detached = state.by_id, state.detached
+    m: Message | None = leaf
+    while m is not None:
+        at = index.get(m.id)
+        if at is not None:
+            again = fold.rewind(at + 1)
+            if again is None:
+                return None
+            walk.reverse()
+            return [by_id[mid] for mid in again] + walk
+        if len(walk) >= _CONTEXT_MARKS:
+            return None
+        walk.append(m)
+        m = by_id.get(m.parent_id) if m.parent_id is not None and m.id not in detached else None
+    return None  # a path of its own (another root)
+
+
+def _reader_of(m: Message) -> bool:
+    """Whether a record of another format is on a path: a registered reader reads it
+    (or, without one, the context is refused): see :func:`_path_turns`."""
+    name = m.type.partition(".")[0]
+    return name in _CONTEXT_READERS or name in m.fields or name + "_line" in m.fields
 
 
 # ============================================================================
@@ -4365,7 +4603,8 @@ class SessionStore:
       holds the session's lease (by default such appends are advisory, as in the seed).
     - ``cache_bytes``, ``cache_sessions``: the memory budget. Sessions are loaded on
       first use and kept in a least-recently-used cache of at most this many bytes
-      of records (as stored) and this many sessions; sessions being read or written,
+      of records (as stored, plus 240 bytes per message of a kept context: see
+      :meth:`build_context`) and this many sessions; sessions being read or written,
       or whose lease this store holds, are never evicted (nor the one used last).
       A cached message takes about 1.5 times its record's bytes of memory for chat
       turns of a few hundred characters (the record's text plus ~300 bytes: the
@@ -5313,25 +5552,73 @@ class SessionStore:
         What neither API can express (an unknown role, a block of an unknown type, an
         item of OpenAI's hosted tools) is left out and logged once per session; with
         ``strict=True`` it raises :class:`InvalidMessage` instead.
+
+        The list (and the Anthropic request dict and its ``messages`` list) is the
+        caller's; the messages in it are read-only dicts shared with the store's cache,
+        like a :class:`Message`'s content (``copy.deepcopy`` gives mutable ones: do that
+        before handing them to a library that edits messages in place). The store keeps
+        each session's last context per format and builds on it: the context of a
+        descendant of the last leaf (the head after appends) costs O(new messages),
+        one of a path that leaves it within its last few hundred messages (a sibling,
+        an ancestor) O(the messages after the fork), anything else O(path).
         """
         if format not in _CONTEXT_FORMATS:
             raise InvalidInput(f"unknown context format {format!r}; known: {', '.join(_CONTEXT_FORMATS)}")
+        state = self._state(session_id)
+        with state.lock:
+            self._catch_up(state)
+            leaf = state.head() if leaf_id is None else state.require(leaf_id).id
+            found = None if leaf is None else self._context(state, state.by_id[leaf], format)
+            path = [] if found is not None or leaf is None else state.path_to(leaf)
+        self._trim()
+        if found is not None:
+            context, problems = found
+        else:  # records of another format: their readers see the path, outside the store's locks
+            tree: dict[str | None, list[Message]] | None = None
 
-        tree: dict[str | None, list[Message]] | None = None
+            def children(message_id: str) -> list[Message]:  # for readers: one snapshot, taken when first asked
+                nonlocal tree
+                if tree is None:
+                    tree = {}
+                    for m in self.get_messages(session_id):
+                        tree.setdefault(m.parent_id, []).append(m)
+                return list(tree.get(message_id, ()))
 
-        def children(message_id: str) -> list[Message]:  # for readers: one snapshot, taken when first asked
-            nonlocal tree
-            if tree is None:
-                tree = {}
-                for m in self.get_messages(session_id):
-                    tree.setdefault(m.parent_id, []).append(m)
-            return list(tree.get(message_id, ()))
-
-        problems: list[str] = []
-        turns = _path_turns(self.get_linear_history(session_id, leaf_id), children, problems)
+            problems = []
+            context = _context(_path_turns(path, children, problems), format)
         if problems:
             _left_out(session_id, problems, strict)
-        return _context(turns, format)  # type: ignore[no-any-return]
+        return context  # type: ignore[no-any-return]
+
+    def _context(self, state: _Session, leaf: Message, format: str) -> tuple[Any, list[str]] | None:
+        """The context of the path to ``leaf`` and what it left out, from the session's
+        fold for ``format`` (see "Contexts"), extended or rewound to reach ``leaf``:
+        O(new messages) for the leaf folded last, a descendant of it, or a path that
+        leaves it near its end; anything else is folded afresh. ``None`` when a record
+        on the path needs a registered reader. Caller holds ``state.lock``.
+
+        A path never changes once its leaf exists (messages are immutable and appends
+        only add leaves; moving a head changes no path), so a fold stays right until
+        the tree is reloaded (:meth:`_Session.clear` drops the folds) or a reader is
+        registered (the fold is then begun again)."""
+        folds = state.context_cache
+        if folds is None:
+            folds = state.context_cache = {}
+        fold: _ContextFold | None = folds.get(format)
+        before = 0 if fold is None else len(fold.ids)
+        todo = None if fold is None or fold.readers != _CONTEXT_READERS_VERSION[0] else _to_fold(state, fold, leaf)
+        if fold is None or todo is None:
+            fold = folds[format] = _ContextFold(format)
+            todo = state.path_to(leaf.id)
+        if todo and any(m.type != m.role and _reader_of(m) for m in todo):
+            del folds[format]
+            self._grow(state, -before * _CONTEXT_BYTES)
+            return None
+        if todo:
+            fold.fold(todo)
+        if len(fold.ids) != before:
+            self._grow(state, (len(fold.ids) - before) * _CONTEXT_BYTES)
+        return fold.result(), (fold.problems.copy() if fold.problems else [])
 
     def _grow(self, state: _Session, nbytes: int) -> None:
         """Count ``nbytes`` more of the session's cached state into the cache budget

@@ -4,10 +4,14 @@ what has no equivalent raises with strict=True and is logged once per session ot
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 from typing import Any
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 from test_interop import assert_anthropic_accepts, assert_openai_accepts
 
 import session_store as ss
@@ -134,3 +138,155 @@ def test_read_turns_gives_one_canonical_shape(mem: SessionStore) -> None:
         "tool", [{"type": "text", "text": "ok"}], {"tool_call_id": "c1", "is_error": False, "name": ""})
     with pytest.raises(InvalidMessage):
         ss.read_turns(mem.append(sid, role="narrator", content="?"), strict=True)
+
+
+# -- contexts built on from the last one -------------------------------------------------
+#
+# The store keeps, per session and format, the context of the path it built last and
+# extends it (or rewinds it a little) for the next one. Whatever happened in between,
+# a context must equal the one a fresh store builds from scratch.
+
+CALL_IDS = ["c1", "c2", "call_" + "x" * 40]
+
+
+def record_of(kind: int, text: str, call: str) -> dict[str, Any]:
+    """One record of the shapes contexts read, picked by ``kind``."""
+    shapes: list[dict[str, Any]] = [
+        {"role": "user", "content": text},
+        {"role": "assistant", "content": text},
+        {"role": "assistant", "content": text, "tool_calls": [
+            {"id": call, "type": "function", "function": {"name": "f", "arguments": '{"q":1}'}}]},
+        {"role": "tool", "content": text, "tool_call_id": call},
+        {"role": "assistant", "content": [{"type": "text", "text": text},
+                                          {"type": "tool_use", "id": call, "name": "g", "input": {"q": text}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call, "content": text},
+                                     {"type": "text", "text": text}]},
+        {"role": "system", "content": text},
+        {"role": "developer", "content": text},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": text, "signature": "sig"}]},
+        {"role": "narrator", "content": text},  # no equivalent: left out and reported
+    ]
+    return shapes[kind % len(shapes)]
+
+
+def built(store: SessionStore, sid: str, leaf: str | None, fmt: str) -> tuple[Any, str]:
+    """The context, and what ``strict=True`` says was left out ("" when nothing)."""
+    try:
+        store.build_context(sid, leaf, format=fmt, strict=True)  # type: ignore[call-overload]
+        left_out = ""
+    except InvalidMessage as e:
+        left_out = str(e)
+    return store.build_context(sid, leaf, format=fmt), left_out  # type: ignore[call-overload]
+
+
+def fresh_context(fs: ss.InMemoryFileSystem, sid: str, leaf: str | None, fmt: str) -> tuple[Any, str]:
+    with SessionStore(fs) as fresh:
+        return built(fresh, sid, leaf, fmt)
+
+
+# (operation, a number picking a message and a record shape, a text, a call id)
+OPS = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 30), st.sampled_from(["", " ", "a", "ab"]),
+                         st.integers(0, 2)), max_size=40)
+
+
+@given(OPS, st.sampled_from([256, 2]))
+@settings(max_examples=200, deadline=None)
+def test_a_context_built_on_from_the_last_one_equals_one_built_from_scratch(ops: list[Any], marks: int) -> None:
+    kept, ss._CONTEXT_MARKS = ss._CONTEXT_MARKS, marks  # 2: how far back a fold rewinds is short
+    try:
+        check_contexts_along(ops)
+    finally:
+        ss._CONTEXT_MARKS = kept
+
+
+def check_contexts_along(ops: list[Any]) -> None:
+    fs = ss.InMemoryFileSystem()
+    with SessionStore(fs) as mem:
+        sid = mem.resolve("k")
+        ids: list[str] = []
+        for op, n, text, call in ops:
+            pick = ids[n % len(ids)] if ids else None
+            if op <= 2:  # append on the head, or a sibling somewhere
+                parent = ss._HEAD if op < 2 or pick is None else pick
+                ids.append(mem.append(sid, parent_id=parent, **record_of(n, text, CALL_IDS[call])).id)
+            elif op == 3 and pick is not None:
+                mem.move_head(sid, pick)
+            elif op == 4 and pick is not None:
+                name = f"b{n}"
+                if mem.get_branch(sid, name) is None:
+                    mem.create_branch(sid, name, pick)
+                mem.switch_to_branch(sid, name)
+            else:  # build a context: of the head, or of any message
+                leaf = None if op < 6 or pick is None else pick
+                for fmt in ("openai", "anthropic"):
+                    assert built(mem, sid, leaf, fmt) == fresh_context(fs, sid, leaf, fmt)
+
+
+def test_a_context_after_another_store_appended_equals_one_built_from_scratch(open_store: Any) -> None:
+    one, other = open_store(), open_store()
+    sid = one.resolve("k")
+    for i in range(6):
+        one.append(sid, **record_of(i, f"t{i}", "c1"))
+    before = one.build_context(sid)
+    one.build_context(sid, format="anthropic")
+    other.append(sid, role="assistant", content="more", tool_calls=[
+        {"id": "c2", "type": "function", "function": {"name": "f", "arguments": "{}"}}])
+    other.append(sid, role="tool", content="done", tool_call_id="c2")
+    third = open_store()
+    assert one.build_context(sid) == third.build_context(sid) != before
+    assert one.build_context(sid, format="anthropic") == third.build_context(sid, format="anthropic")
+
+
+def test_a_context_after_a_repair_equals_one_built_from_scratch() -> None:
+    fs = ss.InMemoryFileSystem()
+    with SessionStore(fs) as one, SessionStore(fs) as other:
+        sid = one.resolve("k")
+        for i in range(5):
+            one.append(sid, role="user" if i % 2 == 0 else "assistant", content=f"t{i}")
+        one.build_context(sid)
+        fs.append(f"{one.storage_dir}/{sid}/messages.jsonl", b'{"id":"broken",\n')  # a damaged record
+        one.append(sid, role="user", content="after")
+        assert other.repair().fixed
+        one.append(sid, role="assistant", content="again")
+        for fmt in ("openai", "anthropic"):
+            assert built(one, sid, None, fmt) == fresh_context(fs, sid, None, fmt)
+
+
+def test_registering_a_reader_rebuilds_contexts_built_before() -> None:
+    with SessionStore(ss.InMemoryFileSystem()) as mem:
+        sid = mem.resolve("k")
+        mem.append(sid, role="user", content="Hi")
+        mem.append(sid, role="assistant", type="ctxtest.note", content="native until read")
+        assert mem.build_context(sid)[-1] == {"role": "assistant", "content": "native until read"}
+
+        def reader(path: list[ss.Message], children: Any) -> list[ss.Message]:
+            return [m for m in path if not m.type.startswith("ctxtest")]
+        ss.register_context_reader("ctxtest", reader)
+        try:
+            assert mem.build_context(sid) == [{"role": "user", "content": "Hi"}]
+        finally:
+            del ss._CONTEXT_READERS["ctxtest"]
+
+
+def test_contexts_are_fresh_lists_of_read_only_entries(mem: SessionStore) -> None:
+    sid = mem.resolve("k")
+    mem.append(sid, role="user", content=[{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}])
+    mem.append(sid, role="assistant", content="Calling.", tool_calls=[
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}])
+    openai = mem.build_context(sid)
+    openai.append({"role": "user", "content": "mine"})  # the list is the caller's
+    with pytest.raises(TypeError):
+        openai[0]["content"][0]["text"] = "changed"
+    with pytest.raises(TypeError):
+        openai[1]["tool_calls"].append({})
+    assert json.loads(json.dumps(openai)) == openai
+    mutable = copy.deepcopy(openai)
+    mutable[0]["content"][0]["text"] = "changed"
+    anthropic = mem.build_context(sid, format="anthropic")
+    anthropic["messages"].append({"role": "user", "content": "mine"})
+    anthropic["system"] = "mine"
+    with pytest.raises(TypeError):
+        anthropic["messages"][0]["content"].clear()
+    assert mem.build_context(sid) == openai[:-1] and openai[0]["content"][0]["text"] == "Hi"
+    assert "system" not in mem.build_context(sid, format="anthropic")
+    assert len(mem.build_context(sid, format="anthropic")["messages"]) == 3
