@@ -506,12 +506,13 @@ def _freeze(value: Any) -> Any:
     record's strings afresh, and a session repeats the same few (``type``, ``text``,
     ``function``, tool names...) in every message, so a cached message holds one
     shared copy of each. (Interned strings are freed like others once unused.)"""
-    if type(value) is dict:
+    cls = value.__class__
+    if cls is dict:
         intern = sys.intern
-        return _FrozenDict({intern(k): _freeze(v) if type(v) in (dict, list) else intern(v) if type(v) is str and len(
-            v) <= _INTERNED_MAX else v for k, v in value.items()})
-    if type(value) is list:
-        return _FrozenList([_freeze(v) if type(v) in (dict, list) else v for v in value])
+        return _FrozenDict({intern(k): _freeze(v) if v.__class__ is dict or v.__class__ is list else intern(v) if (
+            v.__class__ is str and len(v) <= _INTERNED_MAX) else v for k, v in value.items()})
+    if cls is list:
+        return _FrozenList([_freeze(v) if v.__class__ is dict or v.__class__ is list else v for v in value])
     return value
 
 
@@ -2037,9 +2038,10 @@ def _decode_record(raw: bytes, where: int, file: str, session_id: str | None, pr
     return _damaged_record(raw, where, why) if message else None
 
 
-# json.loads(line) is decode + detect_encoding + two regex matches + this scanner: a
-# cold load calls the scanner directly (the same values; anything it does not take
-# whole, such as a line with surrounding whitespace or bad UTF-8, goes the slow way).
+# json.loads(line) is decode + detect_encoding + two regex matches + this scanner. A
+# load decodes all the lines of a part as one JSON array, in one call of the scanner
+# (which also makes the records' keys one string each); anything that does not read
+# exactly as json.loads reads each line goes line by line, the way json.loads does.
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
@@ -2050,10 +2052,21 @@ def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, pro
     Returns ``(records with their offsets, bytes consumed)``; an incomplete last line
     is not consumed. Bad lines are appended to ``problems`` (see :func:`_decode_record`).
     """
-    if chunk.isascii():  # one str for the whole chunk: its offsets are the bytes'
-        return _parse_ascii(chunk, base, file, session_id, problems, message)
     lines = chunk.split(b"\n")
     lines.pop()  # what follows the last newline: an incomplete line, or nothing
+    if not lines:
+        return [], 0
+    end = chunk.rfind(b"\n") + 1
+    try:
+        # One line, one value: a line holding two values or none (blank) makes the count
+        # differ or the array invalid; a value over two lines makes it invalid ("\n" is
+        # JSON whitespace, "," is not); bad UTF-8 does not decode. All go line by line.
+        records = _scan_json("[" + str(memoryview(chunk)[:end - 1], "utf-8").replace("\n", ",") + "]", 0)[0]
+        if len(records) == len(lines) and set(map(type, records)) == {dict}:
+            offsets = itertools.accumulate([len(raw) + 1 for raw in lines], initial=base)  # one more than lines
+            return list(zip(offsets, records, strict=False)), end
+    except (ValueError, StopIteration, RecursionError):
+        pass
     out: list[tuple[int, dict[str, Any]]] = []
     offset = base
     scan = _scan_json
@@ -2069,29 +2082,6 @@ def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, pro
         except (ValueError, StopIteration, RecursionError):
             pass
         _parse_line(raw, where, out, file, session_id, problems, message)
-    return out, offset - base
-
-
-def _parse_ascii(chunk: bytes, base: int, file: str, session_id: str | None, problems: list[Problem],
-                 message: bool) -> tuple[list[tuple[int, dict[str, Any]]], int]:
-    """:func:`_parse_lines` of an ASCII chunk: the scanner runs along one string, and a
-    record is taken when a newline follows it."""
-    text = chunk.decode("ascii")
-    end = text.rfind("\n") + 1
-    out: list[tuple[int, dict[str, Any]]] = []
-    append, scan, pos = out.append, _scan_json, 0
-    while pos < end:
-        try:
-            rec, stop = scan(text, pos)
-            if text[stop] == "\n" and type(rec) is dict and text.find("\n", pos, stop) < 0:  # the common case
-                append((base + pos, rec))
-                pos = stop + 1
-                continue
-        except (ValueError, StopIteration, RecursionError, IndexError):
-            pass
-        stop = text.index("\n", pos)
-        _parse_line(chunk[pos:stop], base + pos, out, file, session_id, problems, message)
-        pos = stop + 1
     return out, end
 
 
@@ -2161,7 +2151,7 @@ def _new_message(mid: str, parent: str | None, mtype: str, role: str, content: A
 def _fields_of(rec: Mapping[str, Any]) -> Mapping[str, Any]:
     """The extra fields of a message record (every key but the core ones), read-only,
     under their Python names."""
-    fields = {_CAMEL_TO_SNAKE.get(k, sys.intern(k)): _freeze(v) for k, v in rec.items() if k not in _CORE_KEYS}
+    fields = {_CAMEL_TO_SNAKE.get(k) or sys.intern(k): _freeze(v) for k, v in rec.items() if k not in _CORE_KEYS}
     return _FrozenDict(fields) if fields else _NO_FIELDS
 
 
@@ -4181,7 +4171,7 @@ class _ContextFold:
 _CONTEXT_MARKS = 256  # how far back (in messages that leave nothing pending) a fold can rewind
 
 
-_CONTEXT_BYTES = 240  # what a folded message costs (its entry, its place in the fold), for the cache budget
+_CONTEXT_BYTES = 300  # what a folded message costs (its entry, its place in the fold: 290-330 B), for the cache budget
 
 
 def _context(turns: Iterable[_Turn], format: str) -> Any:
@@ -4603,7 +4593,7 @@ class SessionStore:
       holds the session's lease (by default such appends are advisory, as in the seed).
     - ``cache_bytes``, ``cache_sessions``: the memory budget. Sessions are loaded on
       first use and kept in a least-recently-used cache of at most this many bytes
-      of records (as stored, plus 240 bytes per message of a kept context: see
+      of records (as stored, plus 300 bytes per message of a kept context: see
       :meth:`build_context`) and this many sessions; sessions being read or written,
       or whose lease this store holds, are never evicted (nor the one used last).
       A cached message takes about 1.5 times its record's bytes of memory for chat

@@ -426,11 +426,11 @@ JSON_VALUES = st.recursive(
 @st.composite
 def log_lines(draw: st.DrawFn) -> list[bytes]:
     """Lines as a log may hold them: a JSON value as written (or with whitespace, a BOM,
-    a CR, \\u escapes, or over several lines), or any bytes."""
+    a CR, \\u escapes, over several lines, or twice on a line), or any bytes."""
     value = draw(JSON_VALUES)
     text = json.dumps(value, ensure_ascii=draw(st.booleans()), separators=draw(st.sampled_from([(",", ":"), None])),
                       indent=draw(st.sampled_from([None, None, None, 1])))
-    line = draw(st.sampled_from(["{}", " {} ", "\ufeff{}", "{}\r", "{}"])).replace("{}", text).encode(
+    line = draw(st.sampled_from(["{}", " {} ", "\ufeff{}", "{}\r", "{}", "{},{}", "{} {}"])).replace("{}", text).encode(
         "utf-8", "surrogatepass")
     return draw(st.sampled_from([line, line, draw(st.binary(max_size=12)).replace(b"\n", b"")])).split(b"\n")
 
