@@ -3442,7 +3442,8 @@ ContextReader = Callable[[list[Message], Callable[[str], list[Message]]], list[M
 """The type of a reader given to :func:`register_context_reader`."""
 
 _CONTEXT_READERS: dict[str, ContextReader] = {}
-_CONTEXT_READERS_VERSION = [0]  # bumped by every registration: contexts folded before are rebuilt
+_CONTEXT_READERS_VERSION = [0]  # changed by every registration: contexts folded before are rebuilt
+_REGISTRATIONS = itertools.count(1)  # next() of a count is atomic: two registrations never share a version
 
 
 def register_context_reader(format_name: str, reader: ContextReader) -> None:
@@ -3474,7 +3475,7 @@ def register_context_reader(format_name: str, reader: ContextReader) -> None:
     if not callable(reader):
         raise InvalidInput(f"reader must be callable, not {type(reader).__name__}")
     _CONTEXT_READERS[format_name] = reader
-    _CONTEXT_READERS_VERSION[0] += 1
+    _CONTEXT_READERS_VERSION[0] = next(_REGISTRATIONS)
 
 
 def read_turns(message: Message, *, strict: bool = False) -> list[Message]:
