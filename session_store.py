@@ -497,26 +497,25 @@ class _FrozenList(list):  # type: ignore[type-arg]
 
 
 _NO_FIELDS: Mapping[str, Any] = _FrozenDict()
+_VOCABULARY_KEYS = frozenset({"type", "role", "name"})  # their values come from a small vocabulary
 
 
 def _freeze(value: Any) -> Any:
     """``value`` (decoded JSON) with every dict and list made read-only, recursively.
 
-    Object keys and short string values are interned: JSON decoding makes each
-    record's strings afresh, and a session repeats the same few (``type``, ``text``,
-    ``function``, tool names...) in every message, so a cached message holds one
-    shared copy of each. (Interned strings are freed like others once unused.)"""
+    Object keys are interned, and so are the values of ``type``, ``role`` and ``name``
+    (a block's or a call's type, a tool's name): a session repeats the same few in
+    every message, so a cached message holds one shared copy of each. (Other values
+    are not: they are the user's, and would grow the interpreter's table of interned
+    strings, which never shrinks.)"""
     cls = value.__class__
     if cls is dict:
         intern = sys.intern
         return _FrozenDict({intern(k): _freeze(v) if v.__class__ is dict or v.__class__ is list else intern(v) if (
-            v.__class__ is str and len(v) <= _INTERNED_MAX) else v for k, v in value.items()})
+            k in _VOCABULARY_KEYS and v.__class__ is str and len(v) <= 64) else v for k, v in value.items()})
     if cls is list:
         return _FrozenList([_freeze(v) if v.__class__ is dict or v.__class__ is list else v for v in value])
     return value
-
-
-_INTERNED_MAX = 24  # longer strings are seldom repeated
 
 
 def _thaw(value: Any) -> Any:
