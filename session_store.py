@@ -77,6 +77,7 @@ __all__ = [
     "read_turns",
     # the store
     "SessionStore",
+    "AsyncSessionStore",
     "FORMAT_VERSION",
     "MAX_NESTING",
     # command line
@@ -84,15 +85,16 @@ __all__ = [
     "main",
 ]
 
-import argparse
 import contextlib
 import contextvars
 import copy
 import dataclasses
 import errno
+import functools
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import itertools
 import json
 import logging
@@ -107,9 +109,14 @@ import weakref
 import zlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from stat import S_ISDIR, S_ISREG
-from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeGuard, TypeVar, overload
+
+if TYPE_CHECKING:  # imported where they are used: a store that needs neither does not pay for them
+    import argparse
+    import asyncio
+    import concurrent.futures
 
 _log = logging.getLogger("session_store")
 _T = TypeVar("_T")
@@ -1293,7 +1300,7 @@ class RealFileSystem(FileSystem):
         self._max_open = max_open_files
         self._anchors: tuple[str, ...] = ()
         self._reset()
-        _after_fork_hooks.add(self)
+        _after_fork_hooks.add(self.after_fork)
 
     def _reset(self) -> None:
         self._fds: OrderedDict[str, _Descriptor] = OrderedDict()
@@ -1855,24 +1862,31 @@ def _fsync_dir(path: str) -> None:
 
 
 class _WeakHooks:
-    """Objects whose ``after_fork()`` runs in a child process (held weakly)."""
+    """Methods to run in a child process after ``fork()``, their objects held weakly."""
 
     def __init__(self) -> None:
-        self._objects: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._methods: list[weakref.WeakMethod[Callable[[], None]]] = []
+        self._lock = threading.Lock()
         self._registered = False
 
-    def add(self, obj: Any) -> None:
-        if not self._registered and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._run)
-            self._registered = True
-        self._objects.add(obj)
+    def add(self, method: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._registered and hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=self._run)
+                self._registered = True
+            self._methods = [m for m in self._methods if m() is not None]
+            self._methods.append(weakref.WeakMethod(method))
 
     def _run(self) -> None:
-        for obj in list(self._objects):
+        self._lock = threading.Lock()  # it may have been held by another thread of the parent
+        for ref in self._methods:
+            method = ref()
+            if method is None:
+                continue
             try:
-                obj.after_fork()
+                method()
             except Exception:  # a child must come up; the object reports on first use
-                _log.exception("after_fork of %r failed", obj)
+                _log.exception("after fork: %r failed", method)
 
 
 _after_fork_hooks = _WeakHooks()
@@ -2169,7 +2183,7 @@ class JsonlStorage(Storage):
         self._durable = True
         self._must_sync = True
         self._reset()
-        _after_fork_hooks.add(self)
+        _after_fork_hooks.add(self.after_fork)
 
     def _reset(self) -> None:
         self._syncs: dict[str, _SyncState] = {}
@@ -4029,7 +4043,8 @@ _HELD: contextvars.ContextVar[tuple[tuple[int, str, str, str, int], ...]] = cont
     "session_store_held", default=())
 
 _QUEUE_MS = 2_000  # a waiter's place in a lease's queue lasts this long unless renewed
-_POLL = 0.005  # seconds between a waiter's looks at a held lease
+_POLL = 0.001  # seconds between the first waiter's looks at a held lease (a read of its record)
+_POLL_BEHIND = 0.005  # the same for waiters behind it (their turn cannot come first)
 _WAITER_IDS = itertools.count(1)
 
 
@@ -4154,7 +4169,7 @@ class SessionStore:
         self._opened = False
         self._closed = False
         self._reset_process_state()
-        _after_fork_hooks.add(self)
+        _after_fork_hooks.add(self._after_fork)
 
     def _reset_process_state(self) -> None:
         self._mutex = threading.RLock()  # guards the dicts below; never held across I/O
@@ -4163,8 +4178,9 @@ class SessionStore:
         self._cached_bytes = 0
         self._marks: set[str] = set()  # sessions whose lease this store holds (a proof of life kept)
         self._lease_changed = threading.Condition(threading.Lock())
+        self._lease_listeners: tuple[Callable[[str], None], ...] = ()  # AsyncSessionStore's waiters
 
-    def after_fork(self) -> None:
+    def _after_fork(self) -> None:
         """In a child process after ``fork()`` (called by ``os.register_at_fork``):
         start with an empty cache and fresh locks. Leases and their proofs of life
         stay the parent's; the storage reopens its own descriptors or connections."""
@@ -4495,8 +4511,10 @@ class SessionStore:
         except SessionNotFound:
             self._forget_deleted(state)
             raise
-        except BaseException:
+        except BaseException as e:
             state.loaded = False  # half-applied records must not linger
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
+                raise _storage_error(e, f"read session {state.session_id!r}") from e
             raise
         if found is not None:
             if found.restart:
@@ -5002,14 +5020,17 @@ class SessionStore:
 
     @overload
     def build_context(self, session_id: str, leaf_id: str | None = None, *,
-                      format: Literal["openai"] = "openai", strict: bool = False) -> list[dict[str, Any]]: ...
+                      format: Literal["openai"] = "openai", strict: bool = False,
+                      include_reset_markers: bool = False) -> list[dict[str, Any]]: ...
 
     @overload
     def build_context(self, session_id: str, leaf_id: str | None = None, *,
-                      format: Literal["anthropic"], strict: bool = False) -> dict[str, Any]: ...
+                      format: Literal["anthropic"], strict: bool = False,
+                      include_reset_markers: bool = False) -> dict[str, Any]: ...
 
-    def build_context(self, session_id: str, leaf_id: str | None = None, *,
-                      format: str = "openai", strict: bool = False) -> list[dict[str, Any]] | dict[str, Any]:
+    def build_context(self, session_id: str, leaf_id: str | None = None, *, format: str = "openai",
+                      strict: bool = False, include_reset_markers: bool = False
+                      ) -> list[dict[str, Any]] | dict[str, Any]:
         """The root -> leaf path (default: the current head) as what a model API takes.
 
         ``format="openai"``: a list of Chat Completions messages (assistant
@@ -5031,7 +5052,9 @@ class SessionStore:
         and resets leave them) gets a synthetic error result; a result answering no call
         on the path is dropped; consecutive assistant records (one response split over
         records) merge; thinking goes to Anthropic only with its signature, to OpenAI
-        never. A reset marker becomes system text.
+        never. A reset marker ("Session reset (max_messages) at ...") stays out of the
+        context (the kept messages after it are in); ``include_reset_markers=True``
+        sends it as system text.
 
         What neither API can express (an unknown role, a block of an unknown type, an
         item of OpenAI's hosted tools) is left out and logged once per session; with
@@ -5051,7 +5074,10 @@ class SessionStore:
             return list(tree.get(message_id, ()))
 
         problems: list[str] = []
-        turns = _path_turns(self.get_linear_history(session_id, leaf_id), children, problems)
+        path = self.get_linear_history(session_id, leaf_id)
+        if not include_reset_markers:
+            path = [m for m in path if m.type != "reset"]
+        turns = _path_turns(path, children, problems)
         if problems:
             _left_out(session_id, problems, strict)
         return _context(turns, format)  # type: ignore[no-any-return]
@@ -5312,7 +5338,8 @@ class SessionStore:
         with self._mutex:
             if session_id in self._marks:
                 return
-        self._storage.hold_lease(session_id)
+        with _storage_errors(f"keep a proof of life for the lease of {session_id!r}"):
+            self._storage.hold_lease(session_id)
         with self._mutex:
             self._marks.add(session_id)
 
@@ -5381,21 +5408,30 @@ class SessionStore:
                 queue = [w for w in lease["queue"] if w[0] != waiter]
                 if len(queue) != len(lease["queue"]):
                     self._write_lease(state, {**lease, "queue": queue})
+        self._lease_freed(session_id)
+
+    def _lease_freed(self, session_id: str) -> None:
+        """Wake this process's waiters for the session's lease (threads and event loops);
+        waiters in other processes look again after a short pause."""
         with self._lease_changed:
             self._lease_changed.notify_all()
+        for listener in self._lease_listeners:
+            listener(session_id)
 
-    def _looks_takeable(self, session_id: str, waiter: str) -> bool:
+    def _looks_takeable(self, session_id: str, waiter: str) -> tuple[bool, int]:
         """Between attempts: whether the lease looks free for this waiter, read without
-        the storage's lock (``True`` when the storage cannot tell cheaply)."""
+        the storage's lock (``True`` when the storage cannot tell cheaply), and the
+        waiter's place in the queue (``-1``: not in it)."""
         raw = self._storage.peek_lease(session_id)
         if raw is None:
-            return True
+            return True, -1
         lease = self._normal_lease(raw, quiet=True)  # a torn read (a write under way) just means: look again
         now = self._now_ms()
         queue = [w for w in lease["queue"] if w[1] > now]
-        if queue and queue[0][0] != waiter:
-            return any(w[0] == waiter and w[1] - now < _QUEUE_MS // 2 for w in queue)  # time to renew our place
-        return not self._live(session_id, lease, now)
+        place = next((i for i, w in enumerate(queue) if w[0] == waiter), -1)
+        if place != 0 and queue:
+            return place > 0 and queue[place][1] - now < _QUEUE_MS // 2, place  # time to renew our place
+        return not self._live(session_id, lease, now), place
 
     def acquire_lock(self, session_id: str, owner_id: str, *, timeout: float | None = 0) -> LockResult:
         """Take the session's lease for ``owner_id``.
@@ -5463,8 +5499,7 @@ class SessionStore:
             self._write_lease(state, lease)
             if count <= 0:
                 self._unmark(session_id)
-        with self._lease_changed:
-            self._lease_changed.notify_all()
+        self._lease_freed(session_id)
         return True
 
     def is_locked(self, session_id: str) -> bool:
@@ -5554,30 +5589,35 @@ class _LeaseWait:
     :meth:`SessionStore.acquire_lock` blocks a thread and the asyncio facade awaits
     without one."""
 
-    __slots__ = ("deadline", "owner", "session_id", "store", "waiter")
+    __slots__ = ("deadline", "owner", "place", "session_id", "store", "waiter")
 
     def __init__(self, store: SessionStore, session_id: str, owner_id: str, timeout: float | None) -> None:
         self.store, self.session_id, self.owner = store, session_id, owner_id
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.waiter: str | None = None if timeout == 0 else f"{_PROCESS}:{next(_WAITER_IDS)}"
+        self.place = -1
 
     def attempt(self) -> LockResult:
-        return self.store._try_acquire(self.session_id, self.owner, self.waiter)[0]
+        result, self.place = self.store._try_acquire(self.session_id, self.owner, self.waiter)
+        return result
 
-    def pause(self) -> float | None:
-        """Seconds until the next look, ``None`` when the time is up."""
+    def pause(self, behind: float = _POLL_BEHIND) -> float | None:
+        """Seconds until the next look, ``None`` when the time is up. The first in the
+        queue looks often; the others (``behind``), whose turn cannot come first, less."""
+        pause = _POLL if self.place <= 0 else behind
         if self.deadline is None:
-            return _POLL
+            return pause
         remaining = self.deadline - time.monotonic()
-        return None if remaining <= 0 else min(_POLL, remaining)
+        return None if remaining <= 0 else min(pause, remaining)
 
     def takeable(self) -> bool:
         if self.waiter is None:
             return True
         try:
-            return self.store._looks_takeable(self.session_id, self.waiter)
+            takeable, self.place = self.store._looks_takeable(self.session_id, self.waiter)
         except (SessionStoreError, OSError):
             return True  # let the attempt raise it
+        return takeable
 
     def done(self) -> None:
         if self.waiter is not None:
@@ -5666,6 +5706,393 @@ class _WriteScope:
 
 
 _TALLY_EVERY = 256  # records written between two saves of a session's tally
+
+
+# ============================================================================
+# asyncio
+# ============================================================================
+#
+# AsyncSessionStore runs the store's blocking calls on a bounded executor of its own
+# (never the loop's default one), copying the caller's context into the worker
+# thread, so that a lock() block's holds (a ContextVar) follow the task into its
+# calls. Waiting for a lease is the one call that is not just "run it on the
+# executor": the attempts are (short, each under the storage's lock), the waiting
+# between them is an asyncio sleep, woken early when a lease of this process is
+# released. So a thousand tasks waiting for leases occupy no thread.
+
+
+class AsyncSessionStore:
+    """Every public method of :class:`SessionStore` as a coroutine, with the same
+    names, arguments, results and errors, for asyncio programs.
+
+    ``AsyncSessionStore(storage=None, *, max_workers=8, **options)``: wraps a ready
+    :class:`SessionStore` (``AsyncSessionStore(store)``) or builds one from the same
+    arguments as :class:`SessionStore` (a :class:`Storage`, a :class:`FileSystem`,
+    ``storage_dir=``, ``durable=``...). Blocking I/O runs on a thread pool of at most
+    ``max_workers`` threads of its own; waiting for a lease runs on the event loop and
+    occupies no thread, however long it lasts and however many tasks wait.
+
+    Use it as an async context manager (``async with AsyncSessionStore(...) as
+    store:``) or call :meth:`close`. Safe to share between tasks and between event
+    loops in several threads. ``async with store.lock(sid, owner):`` holds a lease for
+    the block: every write of the task inside it is fenced, as with the sync store.
+    Cancelling a task that waits for a lease leaves no lease and no place in the
+    queue behind. :attr:`sync` is the wrapped :class:`SessionStore`.
+    """
+
+    def __init__(self, storage: SessionStore | Storage | FileSystem | None = None, *, max_workers: int = 8,
+                 **options: Any) -> None:
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+            raise InvalidInput(f"max_workers must be an integer >= 1, not {max_workers!r}")
+        if isinstance(storage, SessionStore):
+            if options:
+                raise InvalidInput("give AsyncSessionStore a SessionStore, or the arguments to make one, not both")
+            self._store = storage
+        else:
+            self._store = SessionStore(storage, **options)
+        import concurrent.futures  # here: importing asyncio and its kin costs every other user ~50 ms
+
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="session-store")
+        self._closed = False
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters_lock = threading.Lock()
+        self._store._lease_listeners = (*self._store._lease_listeners, self._wake)
+
+    def __repr__(self) -> str:
+        return f"AsyncSessionStore({self._store!r})"
+
+    @property
+    def sync(self) -> SessionStore:
+        """The :class:`SessionStore` this wraps."""
+        return self._store
+
+    @property
+    def storage(self) -> Storage:
+        """The :class:`Storage` the store keeps its sessions in."""
+        return self._store.storage
+
+    async def __aenter__(self) -> AsyncSessionStore:
+        await self.init()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)`` on the executor, in a copy of the caller's context."""
+        import asyncio
+
+        context = contextvars.copy_context()
+        try:
+            future = self._executor.submit(context.run, functools.partial(fn, *args, **kwargs))
+        except RuntimeError:  # the executor is shut down: the store was closed
+            raise StoreClosed("store is closed") from None
+        return await asyncio.wrap_future(future)
+
+    # -- open and close ------------------------------------------------------------
+
+    async def init(self) -> None:
+        """See :meth:`SessionStore.init`."""
+        await self._run(self._store.init)
+
+    async def flush(self) -> None:
+        """See :meth:`SessionStore.flush`."""
+        await self._run(self._store.flush)
+
+    async def close(self) -> None:
+        """See :meth:`SessionStore.close`; then the executor's threads end. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._run(self._store.close)
+        finally:
+            self._store._lease_listeners = tuple(x for x in self._store._lease_listeners if x != self._wake)
+            self._executor.shutdown(wait=False)
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """See :meth:`SessionStore.subscribe` (not a coroutine: it does no I/O). The
+        callback runs in the executor thread that made the change."""
+        return self._store.subscribe(callback)
+
+    # -- sessions ------------------------------------------------------------------
+
+    async def resolve(self, key: str) -> str:
+        """See :meth:`SessionStore.resolve`."""
+        return await self._run(self._store.resolve, key)
+
+    async def has_key(self, key: str) -> bool:
+        """See :meth:`SessionStore.has_key`."""
+        return await self._run(self._store.has_key, key)
+
+    async def has_session(self, session_id: str) -> bool:
+        """See :meth:`SessionStore.has_session`."""
+        return await self._run(self._store.has_session, session_id)
+
+    async def get_all_session_ids(self) -> list[str]:
+        """See :meth:`SessionStore.get_all_session_ids`."""
+        return await self._run(self._store.get_all_session_ids)
+
+    async def get_metadata(self, session_id: str) -> SessionMetadata | None:
+        """See :meth:`SessionStore.get_metadata`."""
+        return await self._run(self._store.get_metadata, session_id)
+
+    async def delete_session(self, session_id: str) -> None:
+        """See :meth:`SessionStore.delete_session`."""
+        await self._run(self._store.delete_session, session_id)
+
+    async def fork_session(self, session_id: str, message_id: str | None = None, *, key: str | None = None) -> str:
+        """See :meth:`SessionStore.fork_session`."""
+        return await self._run(self._store.fork_session, session_id, message_id, key=key)
+
+    async def import_session(self, key: str, messages: list[Message], *, branches: list[Branch] | None = None,
+                             current: str = "main") -> str:
+        """See :meth:`SessionStore.import_session`."""
+        return await self._run(self._store.import_session, key, messages, branches=branches, current=current)
+
+    async def import_messages(self, session_id: str, messages: Sequence[Message], *,
+                              branches: Sequence[Branch] = ()) -> list[Message]:
+        """See :meth:`SessionStore.import_messages`."""
+        return await self._run(self._store.import_messages, session_id, messages, branches=branches)
+
+    async def check(self, session_id: str | None = None) -> CheckReport:
+        """See :meth:`SessionStore.check`."""
+        return await self._run(self._store.check, session_id)
+
+    async def repair(self, session_id: str | None = None) -> CheckReport:
+        """See :meth:`SessionStore.repair`."""
+        return await self._run(self._store.repair, session_id)
+
+    # -- messages ------------------------------------------------------------------
+
+    async def append(self, session_id: str, *, role: str, content: Any, type: str | None = None,
+                     parent_id: str | None = _HEAD, id: str | None = None, owner_id: str | None = None,
+                     fencing_token: int | None = None, **fields: Any) -> Message:
+        """See :meth:`SessionStore.append`; inside ``async with store.lock(...)`` the
+        owner and token are implied for the task."""
+        return await self._run(self._store.append, session_id, role=role, content=content, type=type,
+                               parent_id=parent_id, id=id, owner_id=owner_id, fencing_token=fencing_token, **fields)
+
+    async def reset(self, session_id: str, **overrides: Any) -> ResetResult:
+        """See :meth:`SessionStore.reset`."""
+        return await self._run(self._store.reset, session_id, **overrides)
+
+    async def get_messages(self, session_id: str) -> list[Message]:
+        """See :meth:`SessionStore.get_messages`."""
+        return await self._run(self._store.get_messages, session_id)
+
+    async def get_message(self, session_id: str, message_id: str) -> Message:
+        """See :meth:`SessionStore.get_message`."""
+        return await self._run(self._store.get_message, session_id, message_id)
+
+    async def get_linear_history(self, session_id: str, leaf_id: str | None = None) -> list[Message]:
+        """See :meth:`SessionStore.get_linear_history`."""
+        return await self._run(self._store.get_linear_history, session_id, leaf_id)
+
+    async def get_children(self, session_id: str, message_id: str) -> list[Message]:
+        """See :meth:`SessionStore.get_children`."""
+        return await self._run(self._store.get_children, session_id, message_id)
+
+    async def has_children(self, session_id: str, message_id: str) -> bool:
+        """See :meth:`SessionStore.has_children`."""
+        return await self._run(self._store.has_children, session_id, message_id)
+
+    async def get_tree(self, session_id: str, root_id: str | None = None) -> list[Message]:
+        """See :meth:`SessionStore.get_tree`."""
+        return await self._run(self._store.get_tree, session_id, root_id)
+
+    async def get_leaves(self, session_id: str) -> list[Message]:
+        """See :meth:`SessionStore.get_leaves`."""
+        return await self._run(self._store.get_leaves, session_id)
+
+    async def get_branch_points(self, session_id: str) -> list[Message]:
+        """See :meth:`SessionStore.get_branch_points`."""
+        return await self._run(self._store.get_branch_points, session_id)
+
+    @overload
+    async def build_context(self, session_id: str, leaf_id: str | None = None, *,
+                            format: Literal["openai"] = "openai", strict: bool = False,
+                            include_reset_markers: bool = False) -> list[dict[str, Any]]: ...
+
+    @overload
+    async def build_context(self, session_id: str, leaf_id: str | None = None, *,
+                            format: Literal["anthropic"], strict: bool = False,
+                            include_reset_markers: bool = False) -> dict[str, Any]: ...
+
+    async def build_context(self, session_id: str, leaf_id: str | None = None, *, format: str = "openai",
+                            strict: bool = False, include_reset_markers: bool = False
+                            ) -> list[dict[str, Any]] | dict[str, Any]:
+        """See :meth:`SessionStore.build_context`."""
+        return await self._run(self._store.build_context, session_id, leaf_id, format=format,
+                               strict=strict, include_reset_markers=include_reset_markers)
+
+    # -- branches ------------------------------------------------------------------
+
+    async def create_branch(self, session_id: str, name: str, leaf_id: str) -> Branch:
+        """See :meth:`SessionStore.create_branch`."""
+        return await self._run(self._store.create_branch, session_id, name, leaf_id)
+
+    async def get_branches(self, session_id: str) -> list[Branch]:
+        """See :meth:`SessionStore.get_branches`."""
+        return await self._run(self._store.get_branches, session_id)
+
+    async def get_branch(self, session_id: str, name: str) -> Branch | None:
+        """See :meth:`SessionStore.get_branch`."""
+        return await self._run(self._store.get_branch, session_id, name)
+
+    async def switch_to_branch(self, session_id: str, name: str) -> str | None:
+        """See :meth:`SessionStore.switch_to_branch`."""
+        return await self._run(self._store.switch_to_branch, session_id, name)
+
+    async def get_head(self, session_id: str) -> str | None:
+        """See :meth:`SessionStore.get_head`."""
+        return await self._run(self._store.get_head, session_id)
+
+    async def get_current_branch(self, session_id: str) -> str:
+        """See :meth:`SessionStore.get_current_branch`."""
+        return await self._run(self._store.get_current_branch, session_id)
+
+    async def move_head(self, session_id: str, message_id: str | None, *, branch: str | None = None) -> Branch:
+        """See :meth:`SessionStore.move_head`."""
+        return await self._run(self._store.move_head, session_id, message_id, branch=branch)
+
+    async def delete_branch(self, session_id: str, name: str) -> Branch:
+        """See :meth:`SessionStore.delete_branch`."""
+        return await self._run(self._store.delete_branch, session_id, name)
+
+    async def rename_branch(self, session_id: str, old: str, new: str) -> Branch:
+        """See :meth:`SessionStore.rename_branch`."""
+        return await self._run(self._store.rename_branch, session_id, old, new)
+
+    # -- leases ---------------------------------------------------------------------
+
+    def _wake(self, session_id: str) -> None:
+        """A lease of this process was released (any thread): wake this store's waiters
+        for it on their own loops."""
+        with self._waiters_lock:
+            futures = list(self._waiters.get(session_id, ()))
+        for future in futures:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                future.get_loop().call_soon_threadsafe(_resolve, future)
+
+    async def _pause(self, session_id: str, seconds: float) -> None:
+        """Sleep up to ``seconds``, or until a lease of this session is released here."""
+        import asyncio
+
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._waiters_lock:
+            self._waiters.setdefault(session_id, set()).add(future)
+        try:
+            await asyncio.wait_for(future, seconds)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            with self._waiters_lock:
+                waiting = self._waiters.get(session_id)
+                if waiting is not None:
+                    waiting.discard(future)
+                    if not waiting:
+                        del self._waiters[session_id]
+
+    async def _attempt(self, wait: _LeaseWait) -> LockResult:
+        """One attempt on the executor. If the task is cancelled meanwhile, an attempt
+        that succeeds anyway gives its lease back: a cancelled waiter keeps nothing."""
+        import asyncio
+
+        context = contextvars.copy_context()
+        future = self._executor.submit(context.run, wait.attempt)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            store, sid, owner = self._store, wait.session_id, wait.owner
+
+            def give_back(done: concurrent.futures.Future[LockResult]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result().acquired:
+                    with contextlib.suppress(SessionStoreError, OSError, RuntimeError):
+                        self._executor.submit(store.release_lock, sid, owner)
+            future.add_done_callback(give_back)
+            raise
+
+    async def acquire_lock(self, session_id: str, owner_id: str, *, timeout: float | None = 0) -> LockResult:
+        """See :meth:`SessionStore.acquire_lock`. Waiting runs on the event loop: it
+        occupies no thread, and other tasks run meanwhile."""
+        _check_name("owner id", owner_id)
+        _check_timeout(timeout)
+        wait = _LeaseWait(self._store, session_id, owner_id, timeout)
+        try:
+            while True:
+                result = await self._attempt(wait)
+                if result.acquired:
+                    return result
+                pause = wait.pause(_POLL_BEHIND * 10)  # waiters here are woken by releases here
+                if pause is None:
+                    return result
+                while True:
+                    await self._pause(session_id, pause)
+                    pause = wait.pause(_POLL_BEHIND * 10)
+                    if pause is None or await self._run(wait.takeable):
+                        break
+        finally:
+            if wait.waiter is not None:  # leave the queue, even when cancelled: never awaited
+                with contextlib.suppress(RuntimeError):
+                    self._executor.submit(contextvars.copy_context().run, wait.done)
+
+    async def renew_lock(self, session_id: str, owner_id: str) -> LockResult:
+        """See :meth:`SessionStore.renew_lock`."""
+        return await self._run(self._store.renew_lock, session_id, owner_id)
+
+    async def release_lock(self, session_id: str, owner_id: str) -> bool:
+        """See :meth:`SessionStore.release_lock`."""
+        return await self._run(self._store.release_lock, session_id, owner_id)
+
+    async def is_locked(self, session_id: str) -> bool:
+        """See :meth:`SessionStore.is_locked`."""
+        return await self._run(self._store.is_locked, session_id)
+
+    async def get_lock(self, session_id: str) -> LockInfo | None:
+        """See :meth:`SessionStore.get_lock`."""
+        return await self._run(self._store.get_lock, session_id)
+
+    @contextlib.asynccontextmanager
+    async def lock(self, session_id: str, owner_id: str, *, timeout: float | None = None
+                   ) -> AsyncIterator[LockResult]:
+        """See :meth:`SessionStore.lock`: ``async with store.lock(sid, owner):``. The
+        holds are the task's (a ContextVar): writes of this task in the block are
+        fenced, and so are those of tasks it creates inside the block (they start with
+        a copy of its context); other tasks are not the holder. Released on exit,
+        cancellation included."""
+        import asyncio
+
+        result = await self.acquire_lock(session_id, owner_id, timeout=timeout)
+        if not result.acquired:
+            raise LockTimeout(session_id, owner_id, result.holder_id, timeout)
+        assert result.token is not None
+        entry = (id(self._store), _PROCESS, session_id, owner_id, result.token)
+        reset = _HELD.set((*_HELD.get(), entry))
+        try:
+            yield result
+        finally:
+            try:
+                _HELD.reset(reset)
+            except ValueError:
+                _HELD.set(tuple(e for e in _HELD.get() if e is not entry))
+            release = self._executor.submit(self._store.release_lock, session_id, owner_id)
+            await asyncio.shield(asyncio.wrap_future(release))  # cancelled meanwhile: it still runs
+
+    async def with_lock(self, session_id: str, owner_id: str, fn: Callable[[], Any], *,
+                        timeout: float | None = None) -> Any:
+        """See :meth:`SessionStore.with_lock`: ``fn()`` runs on the event loop holding
+        the lease (awaited when it returns an awaitable) and its result is returned."""
+        async with self.lock(session_id, owner_id, timeout=timeout):
+            result = fn()
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # ============================================================================
@@ -6097,9 +6524,15 @@ def _run(args: Any, out: _Output) -> int:
     raise _UsageError(f"unknown command {command!r}")  # pragma: no cover - argparse checks
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
-        raise _UsageError(f"{message} (see {self.prog} --help)")
+def _parser_class() -> type[argparse.ArgumentParser]:
+    """argparse, imported when the command line runs (not by every user of the store)."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+            raise _UsageError(f"{message} (see {self.prog} --help)")
+
+    return Parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -6110,6 +6543,9 @@ def main(argv: list[str] | None = None) -> int:
     optional ``session_store_view`` when they run). Mistakes print one line on stderr
     and exit 2; ``check`` exits 1 when it finds problems.
     """
+    import argparse
+
+    _Parser = _parser_class()
     common = _Parser(add_help=False)
     common.add_argument("--dir", default=argparse.SUPPRESS, help="storage directory (default ./sessions)")
     parser = _Parser(prog="session-store", parents=[common],

@@ -38,6 +38,8 @@ __all__ = [
     "in_memory_storage",
     "file_storage",
     "temporary_storage",
+    "AsyncDriver",
+    "through_async",
     "StoreMachine",
     "state_machine_tests",
     "ContractTests",
@@ -46,15 +48,21 @@ __all__ = [
     "WRITE_OPS",
 ]
 
+import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import copy
 import errno
+import inspect
 import json
 import tempfile
+import threading
 import unittest
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import hypothesis.strategies as st
 import pytest
@@ -125,6 +133,70 @@ def temporary_storage(make_storage: Callable[[str], Storage]) -> StorageOpener:
     def opener() -> Iterator[StoreFactory]:
         with tempfile.TemporaryDirectory(prefix="session-store-") as directory:
             yield lambda **options: SessionStore(make_storage(directory), **options)
+    return opener
+
+
+class AsyncDriver:
+    """A synchronous, :class:`~session_store.SessionStore`-shaped driver over an
+    :class:`~session_store.AsyncSessionStore` on an event loop of its own (a thread),
+    so that the state machine and the contract tests run through the async facade.
+
+    Every coroutine runs as a task in one shared context, as a program's own task
+    would, so that ``with driver.lock(...)`` holds what the block's calls see.
+    Needs Python 3.11 (``create_task(context=...)``).
+    """
+
+    def __init__(self, store: ss.AsyncSessionStore) -> None:
+        self._async = store
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="async-driver", daemon=True)
+        self._thread.start()
+        self._context = contextvars.copy_context()
+        weakref.finalize(self, self._loop.call_soon_threadsafe, self._loop.stop)
+
+    def _call(self, coroutine: Any) -> Any:
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def start() -> None:
+            task = self._loop.create_task(coroutine, context=self._context)
+            task.add_done_callback(lambda t: done.set_exception(t.exception()) if t.exception() is not None
+                                   else done.set_result(t.result()))
+        self._loop.call_soon_threadsafe(start)
+        return done.result()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._async, name)
+        if inspect.iscoroutinefunction(attr):
+            return lambda *args, **kwargs: self._call(attr(*args, **kwargs))
+        return attr
+
+    @contextlib.contextmanager
+    def lock(self, session_id: str, owner_id: str, *, timeout: float | None = None) -> Iterator[ss.LockResult]:
+        """``with driver.lock(...)``: the async ``lock`` entered and left on the loop."""
+        block = self._async.lock(session_id, owner_id, timeout=timeout)
+        result = self._call(block.__aenter__())
+        try:
+            yield result
+        except BaseException as e:
+            if not self._call(block.__aexit__(type(e), e, e.__traceback__)):
+                raise
+        else:
+            self._call(block.__aexit__(None, None, None))
+
+    def close(self) -> None:
+        """Close the store (the loop runs on, for calls that must now raise StoreClosed,
+        until the driver is collected)."""
+        self._call(self._async.close())
+
+
+def through_async(storage: StorageOpener) -> StorageOpener:
+    """The same storage, with every store reached through :class:`AsyncDriver` over an
+    :class:`~session_store.AsyncSessionStore`: the contract is the same."""
+    @contextlib.contextmanager
+    def opener() -> Iterator[StoreFactory]:
+        with storage() as open_store:
+            yield lambda **options: cast(SessionStore, AsyncDriver(ss.AsyncSessionStore(open_store(**options))))
+    opener.__name__ = f"async_{getattr(storage, '__name__', 'storage')}"
     return opener
 
 

@@ -248,13 +248,16 @@ def test_resets_survive_reopening(open_store: StoreFactory, clock: FakeClock) ->
     assert [m.content for m in again.get_linear_history(sid)][1:] == ["m8", "m9", "m10"]
 
 
-def test_build_context_sees_the_marker_as_a_system_summary(open_store: StoreFactory) -> None:
-    store = open_store(auto_reset=AutoResetConfig(max_messages=1))
+def test_contexts_leave_the_reset_marker_out_unless_asked(open_store: StoreFactory) -> None:
+    store = open_store(auto_reset=AutoResetConfig(max_messages=2, keep_strategy="system", keep_count=1))
     sid = store.resolve("k")
+    store.append(sid, role="system", content="Be kind.")
     store.append(sid, role="user", content="a")
-    store.append(sid, role="user", content="b")
-    context = store.build_context(sid)
-    assert [c["role"] for c in context] == ["system", "user"] and "reset" in context[0]["content"].lower()
+    store.append(sid, role="user", content="b")  # over the limit: reset, the system prompt kept
+    assert store.get_linear_history(sid)[0].type == "reset"  # the marker stays in the tree
+    assert store.build_context(sid) == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "b"}]
+    context = store.build_context(sid, include_reset_markers=True)
+    assert [c["role"] for c in context] == ["system", "system", "user"] and "reset" in context[0]["content"].lower()
 
 
 def test_auto_reset_must_be_a_config() -> None:
