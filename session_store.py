@@ -3928,13 +3928,16 @@ class ResetResult:
     """What a reset check decided.
 
     ``reason``: ``"max_messages"``, ``"max_age"``, ``"max_tokens"``, ``"manual"`` or
-    ``None``. ``messages``: what remains, the marker (when inserted) first, then the
-    kept messages in their original order; unchanged input when ``reset`` is false.
+    ``None``. ``messages``: the new segment, the marker (when inserted) first, then
+    copies of the kept messages in their original order (new ids, chained after the
+    marker, ``reset_from`` naming the original): what a store writes. Unchanged input
+    when ``reset`` is false. (Dicts when :meth:`AutoResetManager.check_and_reset` was
+    given dicts.)
     """
 
     reset: bool
     reason: str | None
-    messages: list[Message]
+    messages: list[Any]
 
 
 class AutoResetManager:
@@ -3990,28 +3993,65 @@ class AutoResetManager:
                        content=f"Session reset ({reason}) at {when}.", timestamp=now_ms,
                        fields={"reason": reason})
 
-    def check_and_reset(self, messages: list[Message]) -> ResetResult:
+    def check_and_reset(self, messages: Sequence[Message | Mapping[str, Any]]) -> ResetResult:
         """Reset ``messages`` (a root -> leaf history) when its segment is over a limit.
 
         The segment is what follows the last ``reset`` marker (all of it when none).
-        Not reset: ``ResetResult(False, None, messages)``.
+        Not reset: ``ResetResult(False, None, messages)``. Reset: what a store writes
+        (see :meth:`reset`). Messages may be :class:`Message` records or, as the seed
+        passes them, dicts (``id``, ``parentId``, ``type``, ``role``, ``content``,
+        ``timestamp``, extra fields; ``parent_id`` is read too): then the result holds
+        dicts of the same shape. :class:`InvalidMessage` for one that is neither.
         """
-        segment = _current_segment(messages)
+        history = [_as_message(m) for m in messages]
+        segment = _current_segment(history)
         c = self.config
         now = round(self._clock() * 1000)
         tokens = sum(c.count_tokens(m) for m in segment) if c.max_tokens is not None else 0
-        start = messages[len(messages) - len(segment) - 1].timestamp if len(segment) < len(messages) else (
+        start = history[len(history) - len(segment) - 1].timestamp if len(segment) < len(history) else (
             segment[0].timestamp if segment else None)
         reason = self.over_limit(len(segment), tokens, start, now) if c.enabled else None
         if reason is None:
             return ResetResult(reset=False, reason=None, messages=list(messages))
-        return self.reset(segment, reason, now)
+        result = self.reset(segment, reason, now)
+        if messages and not isinstance(messages[0], Message):
+            return ResetResult(reset=True, reason=reason, messages=[_thaw(m.to_record()) for m in result.messages])
+        return result
 
-    def reset(self, segment: list[Message], reason: str, now_ms: int) -> ResetResult:
-        """Reset unconditionally: marker (if configured) then the kept messages."""
-        kept = self.keep(segment, now_ms=None if self.config.insert_reset_marker else now_ms)
-        head = [self.marker(reason, now_ms)] if self.config.insert_reset_marker else []
-        return ResetResult(reset=True, reason=reason, messages=head + kept)
+    def reset(self, segment: list[Message], reason: str, now_ms: int, *, reserve: int = 0, reserve_tokens: int = 0,
+              new_id: Callable[[], str] | None = None) -> ResetResult:
+        """Reset unconditionally, exactly as a store writes it: the marker (if
+        configured; a new root), then a copy of each kept message chained after it
+        (a new id, ``reset_from`` = the original's id, the time ``now_ms``). ``reserve``
+        / ``reserve_tokens``: room kept for a message about to be appended."""
+        kept = self.keep(segment, reserve=reserve, reserve_tokens=reserve_tokens)
+        new_id = new_id if new_id is not None else (lambda: os.urandom(8).hex())
+        written: list[Message] = []
+        parent: str | None = None
+        if self.config.insert_reset_marker:
+            marker = dataclasses.replace(self.marker(reason, now_ms), id=new_id())
+            written.append(marker)
+            parent = marker.id
+        for original in kept:
+            copy = dataclasses.replace(original, id=new_id(), parent_id=parent, timestamp=now_ms,
+                                       fields=_FrozenDict({**original.fields, "reset_from": original.id}))
+            written.append(copy)
+            parent = copy.id
+        return ResetResult(reset=True, reason=reason, messages=written)
+
+
+def _as_message(message: Message | Mapping[str, Any]) -> Message:
+    """A record as given to :meth:`AutoResetManager.check_and_reset`: a Message, or a dict."""
+    if isinstance(message, Message):
+        return message
+    if not isinstance(message, Mapping):
+        raise InvalidMessage(f"messages must be Message records or dicts, not {type(message).__name__}")
+    record = {_SNAKE_TO_CAMEL.get(k, k): v for k, v in message.items()}
+    record.setdefault("type", record.get("role"))
+    try:
+        return _message_from_record(json.loads(_encode_message(record)))
+    except ValueError as e:
+        raise InvalidMessage(f"not a message record: {e}") from None
 
 
 def _current_segment(messages: list[Message]) -> list[Message]:
@@ -4820,22 +4860,11 @@ class SessionStore:
         head = state.head()
         segment = _current_segment(state.path_to(head)) if head is not None else []
         reserve_tokens = config.count_tokens(incoming) if incoming is not None and config.max_tokens else 0
-        kept = manager.keep(segment, reserve=1 if incoming is not None else 0, reserve_tokens=reserve_tokens)
-        written: list[Message] = []
-        parent: str | None = None
-        if config.insert_reset_marker:
-            marker = dataclasses.replace(manager.marker(reason, now), id=state.fresh_id())
-            written.append(marker)
-            parent = marker.id
-        for original in kept:
-            copy_id = state.fresh_id()
-            copy = dataclasses.replace(original, id=copy_id, parent_id=parent, timestamp=now,
-                                       fields=_FrozenDict({**original.fields, "reset_from": original.id}))
-            written.append(copy)
-            parent = copy_id
-        for msg in written:
+        result = manager.reset(segment, reason, now, reserve=1 if incoming is not None else 0,
+                               reserve_tokens=reserve_tokens, new_id=state.fresh_id)
+        for msg in result.messages:
             self._write_message(state, msg, _encode_message(msg.to_record()))
-        return ResetResult(reset=True, reason=reason, messages=written), parent
+        return result, result.messages[-1].id if result.messages else None
 
     def _emit_reset(self, session_id: str, result: ResetResult) -> None:
         self._emit("session.reset", session_id, result)
@@ -6403,6 +6432,30 @@ def _message_size(m: Message) -> int:
     return len(_encode_line(m.to_record()))
 
 
+def _branch_command(store: SessionStore, sid: str, args: Any) -> int:
+    """``branch move|create|switch|delete|rename``: one line saying what was done."""
+    action = args.action
+    if action == "move":
+        if args.message is None and not args.empty:
+            raise _UsageError("branch move needs a MESSAGE (a message id or its first characters), or --empty")
+        target = None if args.empty else _find_message(store, sid, args.message)
+        moved = store.move_head(sid, target, branch=args.branch)
+        print(f"{moved.name}: head {moved.head_id or '(empty)'}")
+    elif action == "create":
+        made = store.create_branch(sid, args.name, _find_message(store, sid, args.message))
+        print(f"{made.name}: head {made.head_id}")
+    elif action == "switch":
+        head = store.switch_to_branch(sid, args.name)
+        print(f"{args.name}: current, head {head or '(empty)'}")
+    elif action == "delete":
+        gone = store.delete_branch(sid, args.name)
+        print(f"{gone.name}: deleted (its messages stay)")
+    else:
+        renamed = store.rename_branch(sid, args.old, args.new)
+        print(f"{args.old} -> {renamed.name}")
+    return 0
+
+
 def _run(args: Any, out: _Output) -> int:
     command = args.command
     if command == "demo":
@@ -6464,6 +6517,12 @@ def _run(args: Any, out: _Output) -> int:
             out.row(f"total: {len(ids)} sessions, {total_messages} messages, {total_bytes} bytes of records")
             return 0
         sid = _find_session(store, args.session)
+        if command == "branch":
+            return _branch_command(store, sid, args)
+        if command == "fork":
+            at = _find_message(store, sid, args.at) if args.at else None
+            print(store.fork_session(sid, at, key=args.key))
+            return 0
         if command == "tree":
             width = min(shutil.get_terminal_size((100, 24)).columns, 120) if out.tty else 100
             for line in draw_tree(store, sid, width=width):
@@ -6538,10 +6597,11 @@ def _parser_class() -> type[argparse.ArgumentParser]:
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m session_store [--dir DIR] COMMAND`` (see ``--help``).
 
-    Commands: ``demo``, ``ls``, ``tree``, ``history``, ``branches``, ``export``,
-    ``import``, ``check``, ``stats``, ``view`` and ``serve`` (the last two import the
-    optional ``session_store_view`` when they run). Mistakes print one line on stderr
-    and exit 2; ``check`` exits 1 when it finds problems.
+    Commands: ``demo``, ``ls``, ``tree``, ``history``, ``branches``, ``branch`` (move,
+    create, switch, delete, rename), ``fork``, ``export``, ``import``, ``check``,
+    ``stats``, ``view`` and ``serve`` (the last two import the optional
+    ``session_store_view`` when they run). Mistakes print one line on stderr and exit
+    2; ``check`` exits 1 when it finds problems.
     """
     import argparse
 
@@ -6568,6 +6628,30 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("-o", "--output", help="file to write (default: stdout)")
             p.add_argument("--format", choices=["native", "pi", "claude-code"], default="native",
                            help="native (re-importable here), a pi session file, or a Claude Code transcript")
+    p = sub.add_parser("branch", parents=[common], help="move a head (undo, rewind, redo), create, switch, delete "
+                                                         "or rename a branch; messages are never deleted")
+    actions = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    a = actions.add_parser("move", parents=[common], help="move the head of the current branch (or --branch)")
+    a.add_argument("session", metavar="SESSION_OR_KEY")
+    a.add_argument("message", nargs="?", help="the message id (or its first characters) to move the head to")
+    a.add_argument("--empty", action="store_true", help="make the branch empty instead")
+    a.add_argument("--branch", help="the branch to move (default: the current one)")
+    a = actions.add_parser("create", parents=[common], help="a new branch at a message")
+    a.add_argument("session", metavar="SESSION_OR_KEY")
+    a.add_argument("name")
+    a.add_argument("message", help="the message id (or its first characters) it points at")
+    for action, what in (("switch", "make a branch the current one"), ("delete", "delete a branch, not its messages")):
+        a = actions.add_parser(action, parents=[common], help=what)
+        a.add_argument("session", metavar="SESSION_OR_KEY")
+        a.add_argument("name")
+    a = actions.add_parser("rename", parents=[common], help="rename a branch")
+    a.add_argument("session", metavar="SESSION_OR_KEY")
+    a.add_argument("old")
+    a.add_argument("new")
+    p = sub.add_parser("fork", parents=[common], help="a new session holding the path to a message; prints its id")
+    p.add_argument("session", metavar="SESSION_OR_KEY")
+    p.add_argument("--at", help="the message (id or first characters; default: the current head)")
+    p.add_argument("--key", help="the new session's key (default: fork:<its id>)")
     p = sub.add_parser("import", parents=[common], help="import a session file (again: what a transcript gained)")
     p.add_argument("file")
     p.add_argument("--key", help="the session's key (default: the exported one, pi:<id>, claude-code:<id>)")
