@@ -63,6 +63,24 @@ def peer_api(module: str) -> Any:
     return importlib.import_module(module)
 
 
+def versions() -> str:
+    """The peers' installed versions, as RESULTS.md records them."""
+    from importlib import metadata
+
+    found = []
+    for name in ("openai-agents", "langgraph", "langgraph-checkpoint-sqlite", "langchain-community",
+                 "llama-index-core"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} not installed")
+    node = shutil.which("node")
+    if node:
+        version = subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+        found.append(f"{PI_PACKAGE} {PI_VERSION} under node {version}")
+    return ", ".join(found)
+
+
 def ratio(peer: Stat | float, ours: Stat | float) -> str:
     p = peer.median if isinstance(peer, Stat) else peer
     o = ours.median if isinstance(ours, Stat) else ours
