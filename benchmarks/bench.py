@@ -690,10 +690,12 @@ def touch_worker(place: str, keys: list[str], marks: list[int]) -> dict[str, Any
     seconds = time.perf_counter() - t0
     peak = rss_bytes()
     store.close()
+    gc.collect()
+    after_close = rss_bytes()  # the store is still referenced, as a long-lived process may keep it
     del store
     gc.collect()
-    return {"before": before, "marks": rss, "peak": peak, "after_close": rss_bytes(), "messages": read,
-            "seconds": seconds}
+    return {"before": before, "marks": rss, "peak": peak, "after_close": after_close, "dropped": rss_bytes(),
+            "messages": read, "seconds": seconds}
 
 
 def cached_bytes_worker(place: str, keys: list[str]) -> dict[str, Any]:
@@ -745,9 +747,10 @@ def report_goal_3(report: Report, sizes: Sizes, found: dict[str, Any]) -> None:
                          compared="second half vs first", ratio=f"{growth:.2f}×",
                          target="flat ± 10% (≤ 1.10×)", verdict=verdict(growth <= 1.10)))
         released = (m["peak"] - m["after_close"]) / max(1, m["peak"] - m["before"])
-        report.goal(Goal(goal="3", metric=f"RSS after close(), {name}",
+        report.goal(Goal(goal="3", metric=f"RSS after close(), the store still referenced, {name}",
                          measured=f"{m['after_close'] / MB:,.0f} MB (peak {m['peak'] / MB:,.0f} MB, "
-                         f"before open {m['before'] / MB:,.0f} MB)", compared="share of the growth released",
+                         f"before open {m['before'] / MB:,.0f} MB; once the store is dropped too: "
+                         f"{m['dropped'] / MB:,.0f} MB)", compared="share of the growth close() released",
                          ratio=f"{released:.0%}", target="close() releases everything (≥ 90%)",
                          verdict=verdict(released >= 0.9)))
         c = m["cached"]
