@@ -407,6 +407,8 @@ def run_backends(report: Report, sizes: Sizes) -> None:
         with scratch_dir() as d:
             measure_backend(report, f"SQLite, {label}", lambda: SqliteStorage(os.path.join(d, "s.db")), n,
                             durable=durable)
+    if report.quick:  # no server to start for a smoke run
+        return
     with postgres_dsn(report) as dsn:
         if dsn is None:
             return
