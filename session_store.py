@@ -16,10 +16,11 @@ Quick start::
         a = store.append(sid, role="assistant", content="Hi there!")
         store.get_linear_history(sid)          # [q, a]
 
-pi and Claude Code transcripts come in and go back out line for line
-(:meth:`SessionStore.import_pi`, :meth:`SessionStore.import_claude_code` and the
-exports), and :meth:`SessionStore.build_context` hands any path to OpenAI's or
-Anthropic's API.
+:meth:`SessionStore.build_context` hands any path to OpenAI's or Anthropic's API,
+whatever shape the records came in (OpenAI Chat or Responses, Anthropic, the
+tutorial's); other formats plug in through :func:`register_context_reader` (the
+optional ``session_store_transcripts`` module brings pi and Claude Code transcripts
+in and out line for line).
 
 Storage is append-only JSONL on a :class:`FileSystem`: :class:`RealFileSystem` (the
 default; fsync'd, safe across threads and processes) or :class:`InMemoryFileSystem`
@@ -42,6 +43,7 @@ __all__ = [
     "BranchExists",
     "DuplicateMessage",
     "SessionLocked",
+    "LeaseLost",
     "LockTimeout",
     "StorageError",
     "StoreClosed",
@@ -69,35 +71,52 @@ __all__ = [
     "ResetResult",
     "KEEP_STRATEGIES",
     "default_token_counter",
+    # contexts
+    "ContextReader",
+    "register_context_reader",
+    "read_turns",
     # the store
     "SessionStore",
+    "AsyncSessionStore",
     "FORMAT_VERSION",
+    "MAX_NESTING",
     # command line
     "draw_tree",
     "main",
 ]
 
-import argparse
 import contextlib
+import contextvars
+import copy
 import dataclasses
-import datetime
 import errno
-import fcntl
+import functools
 import hashlib
+import importlib
+import importlib.util
+import inspect
+import itertools
 import json
 import logging
 import os
 import re
 import shutil
-import socket
 import sys
 import threading
 import time
 import uuid
+import weakref
+import zlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, overload
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from stat import S_ISDIR, S_ISREG
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeGuard, TypeVar, overload
+
+if TYPE_CHECKING:  # imported where they are used: a store that needs neither does not pay for them
+    import argparse
+    import asyncio
+    import concurrent.futures
 
 _log = logging.getLogger("session_store")
 _T = TypeVar("_T")
@@ -123,7 +142,7 @@ def _storage_error(e: OSError, action: str) -> StorageError:
 # ============================================================================
 
 #: Version of the on-disk format written by this module (see "Log format").
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class _HeadType:
@@ -252,6 +271,20 @@ class SessionLocked(SessionStoreError, RuntimeError):
         self.holder_id = holder_id
 
 
+class LeaseLost(SessionLocked):
+    """A write under a lease was refused: the lease is no longer the writer's (it
+    expired, was released, or another owner took it, so its fencing token is not the
+    current one). Carries ``session_id``, ``owner_id``, ``holder_id`` (the current
+    holder, or ``None``) and ``token`` (the writer's stale token)."""
+
+    def __init__(self, session_id: str, owner_id: str | None, holder_id: str | None, token: int | None) -> None:
+        super().__init__(session_id, owner_id, holder_id)
+        self.args = (f"the lease of session {session_id!r} held by {owner_id!r} with token {token} is lost: "
+                     + (f"{holder_id!r} holds it now" if holder_id is not None else "it expired or was released")
+                     + "; the write was refused",)
+        self.token = token
+
+
 class LockTimeout(SessionStoreError, TimeoutError):
     """The lease could not be acquired in time. Carries ``session_id``, ``owner_id``,
     ``holder_id`` and ``timeout``."""
@@ -289,8 +322,9 @@ class Message:
     ``fields`` holds every extra field given to :meth:`SessionStore.append`
     (``tool_calls``, ``tool_call_id``, ``metadata``, ...) under its Python name.
     ``content`` and ``fields`` are exactly what a reload returns (the JSON round
-    trip of what was appended); treat them as read-only: they are shared with the
-    store's cache, which is why the store never hands out its own mutable state.
+    trip of what was appended), and read-only in a message the store returns: its
+    dicts and lists refuse changes (they are shared with the store's cache, which
+    they can never alter); ``copy.deepcopy`` gives plain, mutable ones.
     """
 
     id: str
@@ -299,7 +333,7 @@ class Message:
     role: str
     content: Any
     timestamp: int
-    fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    fields: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _NO_FIELDS)
 
     @property
     def tool_calls(self) -> Any:
@@ -338,7 +372,9 @@ class Branch:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SessionMetadata:
-    """What the index knows of a session. Times are ms since the epoch."""
+    """What the index knows of a session (read without loading its messages). Times
+    are ms since the epoch; ``forked_from`` is ``(session id, message id)`` for a
+    session made by :meth:`SessionStore.fork_session`."""
 
     session_id: str
     key: str
@@ -347,16 +383,20 @@ class SessionMetadata:
     message_count: int
     reset_count: int = 0
     last_reset_at: int | None = None
+    forked_from: tuple[str, str | None] | None = None
+    branch_count: int = 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """A change notification passed to :meth:`SessionStore.subscribe` callbacks.
 
-    ``type`` is one of ``"session.created"`` (data: :class:`SessionMetadata`),
-    ``"message.added"`` (:class:`Message`), ``"branch.created"`` and
-    ``"branch.switched"`` (:class:`Branch`), ``"session.reset"`` (:class:`ResetResult`),
-    ``"session.deleted"`` (the session id).
+    ``type`` is one of ``"session.created"`` and ``"session.forked"`` (data: the new
+    session's :class:`SessionMetadata`), ``"message.added"`` (:class:`Message`),
+    ``"branch.created"``, ``"branch.switched"``, ``"branch.moved"`` and
+    ``"branch.deleted"`` (:class:`Branch`), ``"branch.renamed"`` (``(old name,
+    Branch)``), ``"session.reset"`` (:class:`ResetResult`; its marker and kept copies
+    then come as ``message.added`` too), ``"session.deleted"`` (the session id).
     """
 
     type: str
@@ -421,14 +461,78 @@ class CheckReport:
         return not self.problems
 
 
+class _FrozenDict(dict):  # type: ignore[type-arg]
+    """A ``dict`` that refuses changes: what the store returns can never change what
+    it holds. ``copy.copy``/``copy.deepcopy``/pickling give plain, mutable copies."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("records returned by session_store are read-only; copy.deepcopy() gives a mutable copy")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+    def __copy__(self) -> dict[Any, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return _thaw(self)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+
+class _FrozenList(list):  # type: ignore[type-arg]
+    """A ``list`` that refuses changes (see :class:`_FrozenDict`)."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("records returned by session_store are read-only; copy.deepcopy() gives a mutable copy")
+
+    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+    __iadd__ = __imul__ = _refuse
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return _thaw(self)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (list, (list(self),))
+
+
+_NO_FIELDS: Mapping[str, Any] = _FrozenDict()
+
+
+def _freeze(value: Any) -> Any:
+    """``value`` (decoded JSON) with every dict and list made read-only, recursively."""
+    if type(value) is dict:
+        return _FrozenDict({k: _freeze(v) if type(v) in (dict, list) else v for k, v in value.items()})
+    if type(value) is list:
+        return _FrozenList([_freeze(v) if type(v) in (dict, list) else v for v in value])
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """A plain, mutable deep copy of a (frozen) JSON value."""
+    if isinstance(value, dict):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_thaw(v) for v in value]
+    return value
+
+
 # ============================================================================
 # Storage: what the store asks of a backend
 # ============================================================================
 #
-# The store keeps each session's tree in memory, validates every write and derives
-# branch heads; a Storage keeps records, in order, durably, and excludes writers.
-# JsonlStorage (files on a FileSystem, below) is one Storage; the optional backends
-# (session_store_sqlite, session_store_postgres) are others. The conformance kit in
+# The store keeps sessions' trees in memory (a bounded cache), validates every write
+# and derives branch heads; a Storage keeps the key index, records in order, durably,
+# and the lease record, and excludes writers. JsonlStorage (files on a FileSystem,
+# below) is one Storage; the optional backends (session_store_sqlite,
+# session_store_postgres) are others. The conformance kit in
 # session_store_conformance.py runs the same state machine over every one of them.
 
 #: Where a reader stands in a session's records: ``(branch events, messages)`` read
@@ -438,18 +542,13 @@ Position = tuple[int, int]
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class IndexEntry:
-    """One change of the key -> session index, as :meth:`Storage.read_index` reports it.
+    """A live session as the key index knows it: its id, key and creation time (ms),
+    and what it was forked from (:meth:`SessionStore.fork_session`)."""
 
-    ``op`` is ``"create"`` (with ``key`` and ``created_at``; ``updated_at`` and
-    ``message_count`` when a checkpoint knows them) or ``"delete"``.
-    """
-
-    op: str
     session_id: str
-    key: str = ""
-    created_at: int = 0
-    updated_at: int | None = None
-    message_count: int | None = None
+    key: str
+    created_at: int
+    forked_from: tuple[str, str | None] | None = None
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -458,9 +557,12 @@ class Records:
 
     ``events`` and ``messages`` are ``(where, record)`` pairs in write order, where
     ``where`` locates the record for reports (a byte offset, a row number) and
-    ``record`` is the decoded JSON object. ``restart``: the storage was rewritten
-    (a repair), so the reader must drop what it has and take these records from the
-    start. ``problems``: records that could not be decoded (reported, skipped).
+    ``record`` is the decoded JSON object. A message record that cannot be decoded
+    is still there, as a *placeholder* (type ``damaged``, made by
+    :func:`_damaged_record`: its id and parent when they can be read, so the tree
+    and the records after it stay whole), and it is reported in ``problems``.
+    ``restart``: the storage was rewritten (a repair), so the reader must drop what
+    it has and take these records from the start.
     """
 
     position: Position
@@ -470,6 +572,7 @@ class Records:
     messages_label: str
     restart: bool = False
     problems: list[Problem] = dataclasses.field(default_factory=list)
+    nbytes: int = 0  # bytes of message records read (what the store's cache budget counts)
 
     @classmethod
     def from_rows(cls, session_id: str, position: Position, rows: list[tuple[int, int, str]], *,
@@ -478,20 +581,17 @@ class Records:
         events, 2: messages), as a SQL storage reads them after ``position``.
 
         The new position is one past the last ``seq`` of each table; a row that is not
-        a JSON object is reported in ``problems`` (at its ``seq``) and skipped.
+        a JSON object is reported in ``problems`` (at its ``seq``): an event is skipped,
+        a message becomes a placeholder.
         """
         epos, mpos = (0, 0) if restart else position
         found = cls(position=position, events=[], messages=[], events_label=events_label,
                     messages_label=messages_label, restart=restart)
         for table, seq, text in rows:
-            try:
-                record = json.loads(text)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as e:
-                label = events_label if table == 1 else messages_label
-                found.problems.append(Problem(session_id=session_id, file=label, offset=seq, reason=f"not JSON: {e}"))
-                record = None
+            label = events_label if table == 1 else messages_label
+            found.nbytes += len(text)
+            record = _decode_record(text.encode("utf-8", "surrogatepass"), seq, label, session_id,
+                                    found.problems, message=table != 1)
             if table == 1:
                 epos = seq + 1
                 if record is not None:
@@ -505,37 +605,45 @@ class Records:
 
 
 class Storage(ABC):
-    """Where a :class:`SessionStore` keeps sessions: records, heads, index, leases.
+    """Where a :class:`SessionStore` keeps sessions: a key index, records, leases.
 
     Records are JSON objects encoded by the store as one UTF-8 line each
     (``b'{...}\\n'``): *messages* (format in "Log format") and *branch events*
-    (``create``/``switch``/``move``, each naming ``seq``, the number of messages
-    before it). Branch heads are saved as these events and loaded by replaying
-    them in ``seq`` order, so an append is one record and a head never needs a
-    read-modify-write. The semantics every implementation keeps:
+    (``create``/``switch``/``move``/``delete``/``rename``, each naming ``seq``, the
+    number of message records before it). Branch heads are saved as these events and
+    loaded by replaying them in ``seq`` order, so an append is one record and a head
+    never needs a read-modify-write. The semantics every implementation keeps:
 
+    - **The index** maps each key to at most one live session, across every store
+      on the storage: :meth:`create_session` is atomic and exclusive, and a session
+      it creates with records (an import, a fork) appears whole or not at all.
+      :meth:`lookup`, :meth:`session_info` and :meth:`list_sessions` read it without
+      loading any session; :meth:`delete_session` is atomic: the session is fully
+      there or fully gone, whatever fails or crashes.
     - **Writers are exclusive.** :meth:`writing` holds a session against every
       other writer, in every thread and process (and machine, where the storage is
-      shared); it raises :class:`SessionNotFound` when the session is gone (at the
-      latest from the first :meth:`load` or :meth:`read_lease` inside it). Inside
-      it the store calls :meth:`load` with ``writer=True`` (to catch up), then
-      :meth:`append_message` / :meth:`append_event` / the lease methods. Leaving it
-      normally makes the writes visible (a transactional storage commits there);
-      leaving it by an exception may discard them.
+      shared); it raises :class:`SessionNotFound` when the session is gone, also when
+      it went while the writer waited. Inside it the store calls :meth:`load` with
+      ``writer=True`` (to catch up), then :meth:`append_message` /
+      :meth:`append_event` / the lease methods. Leaving it normally makes the writes
+      visible (a transactional storage commits there); leaving it by an exception
+      may discard them.
     - **Appends are ordered and atomic per record.** A failed append raises
       :class:`StorageError` and leaves no partial record visible to a reader.
     - **Durability.** With ``open(durable=True)`` every record is durable once
-      :meth:`sync` returns for a position at or after it (a storage that commits
-      durably in :meth:`writing` makes ``sync`` a no-op).
-    - **Positions only grow**, unless :meth:`load` says ``restart``.
-    - **The index** is a log of creations and deletions: :meth:`create_session`
-      binds a key at most once across every store; :meth:`read_index` returns the
-      entries this object has not returned yet, in order.
+      :meth:`sync` returns after it, by a sync that started after it was written; a
+      sync that fails never lets a later one acknowledge the records it covered.
+    - **Positions only grow**, unless :meth:`load` says ``restart``: a storage that
+      rewrites a session (a repair) makes every reader start again.
+    - **Opening reads and writes nothing** the store did not ask for; the first
+      write creates what is needed.
+    - **After fork()**, :meth:`after_fork` runs in the child: nothing the parent
+      owns (descriptors, locks, connections) is used or closed by the child.
 
-    The store serializes, within one process, the index methods among themselves
-    and the writer calls of one session; reads may run concurrently with a writer.
-    I/O failures raise :class:`StorageError` (``OSError`` is translated by the store).
-    Methods with a default are optional.
+    The store serializes, within one process, the writer calls of one session;
+    reads may run concurrently with a writer. I/O failures raise
+    :class:`StorageError` (``OSError`` is translated by the store). Methods with a
+    default are optional.
     """
 
     @property
@@ -544,49 +652,56 @@ class Storage(ABC):
         """Where the data lives (a directory, a database file, a DSN without secrets)."""
 
     def open(self, *, durable: bool) -> None:  # noqa: B027 - optional hook with a no-op default
-        """Prepare the storage (create folders or schema; idempotent)."""
+        """Prepare to be used (connect; check a schema version). Writes nothing."""
 
     def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Release connections and descriptors."""
 
+    def after_fork(self) -> None:  # noqa: B027 - optional hook with a no-op default
+        """In a child process after ``fork()``: forget what the parent owns."""
+
+    def forget(self, session_id: str) -> None:  # noqa: B027 - optional hook with a no-op default
+        """The store dropped its cached state of this session: per-session caches may go."""
+
     @property
     def shared_across_processes(self) -> bool:
-        """Whether other processes on this host may use the same data (their leases
-        then end at once when their process is gone)."""
+        """Whether other processes may use the same data."""
         return True
 
-    # -- the key -> session index --------------------------------------------------
+    # -- the key index ----------------------------------------------------------------
 
     @abstractmethod
-    def read_index(self) -> tuple[list[IndexEntry], bool]:
-        """The index entries this object has not returned yet, oldest first.
-
-        The first call returns the whole index. The flag asks the store to call
-        :meth:`save_index` soon (a checkpoint is missing or stale).
-        """
-
-    def index_changed(self) -> bool:
-        """Cheaply: whether :meth:`read_index` may have something new."""
-        return True
+    def lookup(self, key: str) -> str | None:
+        """The live session of ``key``, or ``None``. Never loads a session."""
 
     @abstractmethod
-    def create_session(self, key: str, session_id: str, created_at: int) -> None:
-        """Create session ``session_id`` for ``key`` unless ``key`` already has one.
+    def session_info(self, session_id: str) -> IndexEntry | None:
+        """The live session ``session_id`` (its key and creation time), or ``None``."""
 
-        Atomic across every store on the storage and durable (with ``durable``)
-        when it returns; the caller learns the winner from :meth:`read_index`.
+    @abstractmethod
+    def list_sessions(self) -> list[IndexEntry]:
+        """Every live session, oldest first."""
+
+    @abstractmethod
+    def create_session(self, key: str, session_id: str, created_at: int, *,
+                       messages: Sequence[bytes] = (), events: Sequence[bytes] = (),
+                       forked_from: tuple[str, str | None] | None = None) -> str:
+        """Create session ``session_id`` for ``key`` with these records (and what it was
+        forked from, kept in its :class:`IndexEntry`), unless ``key`` already has a live
+        session; returns the key's session id either way.
+
+        Atomic and exclusive across every store on the storage, and durable (with
+        ``durable``) when it returns: a failure or a crash leaves no session that a
+        reader can find, and a retry starts afresh.
         """
 
     @abstractmethod
     def delete_session(self, session_id: str, at: int) -> None:
-        """Delete the session, its records and lease, and log the deletion.
+        """Delete the session, its records and lease: atomically, and durably.
 
         Holds the session as :meth:`writing` does, so no writer appends to a session
         that is going away. :class:`SessionNotFound` when it does not exist.
         """
-
-    def save_index(self, sessions: list[SessionMetadata]) -> None:  # noqa: B027 - optional hook
-        """Checkpoint the index (the store calls it debounced, never per append)."""
 
     # -- a session's records -------------------------------------------------------
 
@@ -611,19 +726,58 @@ class Storage(ABC):
     def append_event(self, session_id: str, position: Position, line: bytes) -> Position:
         """Append a branch event record at ``position`` (the end); returns the new end."""
 
-    def sync(self, session_id: str, position: Position) -> None:  # noqa: B027 - optional hook
-        """Make the records up to ``position`` durable (called after :meth:`writing`)."""
+    def sync(self, session_id: str) -> None:  # noqa: B027 - optional hook
+        """Make every record this process wrote to the session durable (called after
+        :meth:`writing`); :class:`StorageError` when that cannot be promised, and then
+        the records that sync covered are not part of the session any more."""
+
+    def rollback(self, session_id: str, position: Position) -> None:  # noqa: B027 - optional hook
+        """Inside :meth:`writing`, after a failed write: remove the records written
+        after ``position`` (a storage that discards them when :meth:`writing` is left
+        by an exception, as a transaction does, needs nothing here)."""
+
+    # -- counts without loading a session ------------------------------------------------
+
+    def read_tally(self, session_id: str) -> tuple[Position, dict[str, Any]] | None:
+        """A saved tally of the session's records up to a position (see
+        :meth:`write_tally`), if one is still valid; the store reads on from there."""
+        return None
+
+    def write_tally(self, session_id: str, position: Position, tally: Mapping[str, Any]) -> None:  # noqa: B027
+        """Save the store's tally (counts and times) of the records up to ``position``
+        (inside :meth:`writing`); a cache, so it need not be durable."""
 
     # -- leases (inside writing) -------------------------------------------------------
 
     @abstractmethod
     def read_lease(self, session_id: str) -> dict[str, Any] | None:
-        """The session's lease record as last written, or ``None``."""
+        """The session's lease record as last written, or ``None``; a record that
+        cannot be read back whole is returned as ``{"corrupt": True}``."""
 
     @abstractmethod
-    def write_lease(self, session_id: str, lease: Mapping[str, Any]) -> None:
-        """Replace the session's lease record. Its meaning is the store's: owner,
-        count, fencing token, expiry, pid and host."""
+    def write_lease(self, session_id: str, lease: Mapping[str, Any], *, durable: bool) -> None:
+        """Replace the session's lease record (its meaning is the store's: owner,
+        count, fencing token, expiry, holder process, waiters). ``durable``: on disk
+        when this returns (a new fencing token must never be issued twice)."""
+
+    def peek_lease(self, session_id: str) -> dict[str, Any] | None:
+        """The lease record read without holding the session (for waiters polling a
+        held lease); ``None`` when that cannot be done cheaply (the store then tries
+        to acquire)."""
+        return None
+
+    def hold_lease(self, session_id: str) -> None:  # noqa: B027 - optional: no proof of life
+        """This process holds the session's lease: keep a proof of life that other
+        processes can test with :meth:`holder_gone` (counted; see :meth:`drop_lease`)."""
+
+    def drop_lease(self, session_id: str) -> None:  # noqa: B027 - optional
+        """Undo one :meth:`hold_lease`."""
+
+    def holder_gone(self, session_id: str, lease: Mapping[str, Any]) -> bool:
+        """``True`` only on proof that no process holds the session's lease any more
+        (its holder died); ``False`` when alive or unknown: the lease then ends only
+        when it expires."""
+        return False
 
     # -- check and repair ----------------------------------------------------------
 
@@ -632,14 +786,19 @@ class Storage(ABC):
         ``index``) of ``sessions`` (id -> key). Changes nothing."""
         return []
 
-    def quarantine(self, session_id: str, problems: list[Problem]) -> list[str]:
-        """Move the records ``problems`` point at (and torn tails) aside, inside
-        :meth:`writing`; returns one sentence per change. Never deletes data."""
+    def quarantine(self, session_id: str, problems: list[Problem], placeholders: Mapping[int, bytes]) -> list[str]:
+        """Inside :meth:`writing`: move the records ``problems`` point at (and torn
+        tails) aside, never deleting them; a damaged message record is replaced by
+        its placeholder from ``placeholders`` (by its ``where``), so that the records
+        after it keep their place. Returns one sentence per change."""
         return []
 
     def repair_index(self) -> list[str]:
-        """Bring the index in line with the sessions found; one sentence per change."""
+        """Bring the index in line with the sessions found and clear what is provably
+        garbage (interrupted creations and deletions, temp files); one sentence per
+        change."""
         return []
+
 
 
 # ============================================================================
@@ -648,22 +807,30 @@ class Storage(ABC):
 
 
 class FileSystem(ABC):
-    """Where a :class:`SessionStore` keeps its files; paths are ``/``-joined strings.
+    """Where a :class:`JsonlStorage` keeps its files; paths are ``/``-joined strings.
 
-    The store needs few primitives, each with exact semantics:
+    The storage needs few primitives, each with exact semantics:
 
     - :meth:`append` writes ``data`` at the end of a file with *one* write call
       (creating the file), or raises and leaves at most a partial tail, which the
-      store cuts back with :meth:`truncate` while it still holds :meth:`locked`.
+      storage cuts back with :meth:`truncate` while it still holds :meth:`locked`.
     - :meth:`sync` makes everything appended so far durable, including the directory
       entry of a file that :meth:`append` created.
     - :meth:`write_atomic` replaces a file whole: a reader sees the old or the new
       content, never a mix; with ``durable`` it is on disk when the call returns.
+    - :meth:`stat` gives a file's size and an *identity* that changes when the file
+      is replaced (a repair rewrites a log by renaming a new file over it).
+    - :meth:`symlink` creates a name exclusively and atomically (the key index is
+      made of them); :meth:`readlink` reads one back without following it.
     - :meth:`locked` excludes every other holder of the same path, across threads
       and, where the file system is shared, across processes. Not re-entrant.
+    - :meth:`hold` / :meth:`is_held`: a holder proves it is alive; :meth:`is_held`
+      answers ``False`` only when no live holder (in any process) holds ``path``.
 
-    Subclass it to wrap another file system (for fault injection, say): composition,
-    not inheritance, of the real one is the intended pattern.
+    Paths inside a store are data-derived (session ids, key hashes), so a file
+    system must never follow a symbolic link it did not create below a directory
+    the storage :meth:`anchor`\\ s. Subclass it to wrap another file system (for fault
+    injection, say): composition, not inheritance, of the real one is the pattern.
     """
 
     @abstractmethod
@@ -675,8 +842,13 @@ class FileSystem(ABC):
         """The file's bytes from ``offset`` to its current end."""
 
     @abstractmethod
+    def stat(self, path: str) -> tuple[int, Any]:
+        """``(size, identity)``; the identity changes when the file is replaced.
+        ``FileNotFoundError`` when absent or deleted."""
+
     def size(self, path: str) -> int:
-        """The file's size in bytes. ``FileNotFoundError`` when absent or deleted."""
+        """The file's size in bytes (``FileNotFoundError`` when absent)."""
+        return self.stat(path)[0]
 
     @abstractmethod
     def append(self, path: str, data: bytes) -> None:
@@ -692,11 +864,12 @@ class FileSystem(ABC):
 
     @abstractmethod
     def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
-        """Replace the file whole (temp file, rename); durable when asked."""
+        """Replace the file whole (temp file, rename); durable when asked. A failure
+        leaves no temp file behind (a killed process may: :meth:`collect_garbage`)."""
 
     @abstractmethod
-    def write_in_place(self, path: str, data: bytes) -> None:
-        """Overwrite a small file in place, not durably (lease records)."""
+    def write_in_place(self, path: str, data: bytes, *, durable: bool = False) -> None:
+        """Overwrite a small file in place (one write at offset 0); ``durable``: synced."""
 
     @abstractmethod
     def makedirs(self, path: str, *, durable: bool = True) -> None:
@@ -708,47 +881,78 @@ class FileSystem(ABC):
 
     @abstractmethod
     def exists(self, path: str) -> bool:
-        """Whether a file or directory exists at ``path``."""
+        """Whether a file or directory exists at ``path`` (a link is not followed)."""
+
+    @abstractmethod
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory (not a link to one)."""
 
     @abstractmethod
     def rename(self, src: str, dst: str) -> None:
-        """Rename a file or directory atomically."""
+        """Rename a file or directory atomically (durably: the parent is synced)."""
+
+    @abstractmethod
+    def remove(self, path: str, *, durable: bool = False) -> None:
+        """Remove a file or a link (no error when absent); ``durable``: the directory is synced."""
 
     @abstractmethod
     def remove_tree(self, path: str) -> None:
         """Remove a directory and everything below it (no error when absent)."""
 
     @abstractmethod
-    def locked(self, path: str) -> contextlib.AbstractContextManager[None]:
-        """Context manager holding the exclusive lock of ``path``.
+    def symlink(self, target: str, path: str, *, durable: bool = True) -> bool:
+        """Create the link ``path`` -> ``target`` unless ``path`` exists (then ``False``);
+        atomic and exclusive across every user of the file system."""
 
-        ``FileNotFoundError`` when the directory of ``path`` does not exist.
+    @abstractmethod
+    def readlink(self, path: str) -> str | None:
+        """The target of the link ``path``; ``None`` when there is none."""
+
+    @abstractmethod
+    def locked(self, path: str, *, create: bool = True) -> contextlib.AbstractContextManager[None]:
+        """Context manager holding the exclusive lock of the file ``path``.
+
+        ``create``: the file is created when absent; otherwise ``FileNotFoundError``
+        when it is absent, or was removed while this waited for the lock (so a writer
+        can never bring back a file another removed). ``FileNotFoundError`` too when
+        the directory of ``path`` does not exist.
         """
+
+    def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default
+        """Mark this process alive on ``path`` until :meth:`release` (counted per path)."""
+
+    def release(self, path: str) -> None:  # noqa: B027 - optional
+        """Undo one :meth:`hold`."""
+
+    def is_held(self, path: str) -> bool | None:
+        """Whether any live process holds ``path`` (by :meth:`hold`, :meth:`locked` or an
+        atomic write in progress); ``None`` when this file system cannot tell."""
+        return None
+
+    def anchor(self, directory: str) -> None:  # noqa: B027 - optional
+        """Declare a storage's directory: links below it are never followed."""
+
+    def after_fork(self) -> None:  # noqa: B027 - optional
+        """In a child process after ``fork()``: drop the parent's descriptors and
+        thread locks without releasing anything the parent holds."""
 
     def read_lease(self, path: str) -> dict[str, Any] | None:
-        """The lease record at ``path``; ``None`` when absent or unreadable.
-
-        Default: a JSON object in a file written by :meth:`write_lease`.
-        """
+        """The lease record at ``path``; ``None`` when absent; :data:`_CORRUPT` when
+        unreadable. Default: the format :meth:`write_lease` writes."""
         try:
-            lease = json.loads(self.read(path).rstrip() or b"null")  # rstrip: skip the padding in C
+            return _decode_lease(self.read(path))
         except FileNotFoundError:
             return None
-        except (ValueError, UnicodeDecodeError):
-            _log.warning("%s is corrupt: treating the lease as free", path)
-            return None
-        return lease if isinstance(lease, dict) else None
 
-    def write_lease(self, path: str, lease: Mapping[str, Any]) -> None:
-        """Store a lease record (caller holds :meth:`locked` of the session's log).
+    def write_lease(self, path: str, lease: Mapping[str, Any], *, durable: bool = False) -> None:
+        """Store a lease record (the caller holds :meth:`locked` of the session's log).
 
-        Default: JSON padded to a fixed size and written in place, so that one
-        ``pwrite`` replaces it whole and no truncate is needed; a torn write (machine
-        crash) reads as corrupt, and a corrupt lease is free. Not fsync'd: leases
-        outlive a process crash (page cache); a machine crash ends every lease anyway.
+        Default: one JSON line and its CRC-32, padded to a fixed size and written in
+        place, so that one ``pwrite`` replaces it whole; a torn write (a machine crash
+        during it) fails the checksum and reads as corrupt. ``durable``: synced before
+        returning (the store asks for it whenever a new fencing token is issued).
         """
-        line = _encode_line(lease).rstrip(b"\n")
-        self.write_in_place(path, line.ljust(_LEASE_RECORD_BYTES - 1) + b"\n")
+        self.write_in_place(path, _encode_lease(lease), durable=durable)
 
     @property
     def shared_across_processes(self) -> bool:
@@ -764,6 +968,75 @@ class FileSystem(ABC):
         """Release cached resources (open descriptors). The object stays usable."""
 
 
+# Lease records on a FileSystem: "<json>\t<crc32 hex>\n", padded with spaces to a fixed
+# size. Records written before the checksum (format v1: bare JSON) still read.
+_LEASE_RECORD_BYTES = 2048
+_CORRUPT: Any = {"corrupt": True}
+
+
+def _encode_lease(lease: Mapping[str, Any]) -> bytes:
+    body = _dumps(lease).encode("utf-8")
+    line = body + b"\t" + f"{zlib.crc32(body):08x}".encode() + b"\n"
+    return line.ljust(_LEASE_RECORD_BYTES) if len(line) < _LEASE_RECORD_BYTES else line
+
+
+def _decode_lease(raw: bytes) -> dict[str, Any] | None:
+    text = raw.rstrip()
+    if not text:  # the file exists: a record was written, and is lost
+        return dict(_CORRUPT)
+    body, tab, crc = text.rpartition(b"\t")
+    if tab:
+        if f"{zlib.crc32(body):08x}".encode() != crc:
+            return dict(_CORRUPT)
+        text = body
+    try:
+        lease = json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return dict(_CORRUPT)
+    return lease if isinstance(lease, dict) else dict(_CORRUPT)
+
+
+class _LockTable:
+    """Per-path thread locks that exist only while someone holds or waits for them
+    (a table that grew by one lock per session ever touched is what it replaced)."""
+
+    __slots__ = ("_entries", "_mutex")
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._entries: dict[str, list[Any]] = {}  # path -> [lock, users]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def acquire(self, path: str) -> list[Any]:
+        with self._mutex:
+            entry = self._entries.get(path)
+            if entry is None:
+                entry = self._entries[path] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            entry[0].acquire()
+        except BaseException:
+            self._forget(path, entry)
+            raise
+        return entry
+
+    def release(self, path: str, entry: list[Any]) -> None:
+        entry[0].release()
+        self._forget(path, entry)
+
+    def _forget(self, path: str, entry: list[Any]) -> None:
+        with self._mutex:
+            entry[1] -= 1
+            if entry[1] == 0 and self._entries.get(path) is entry:
+                del self._entries[path]
+
+    def busy(self, path: str) -> bool:
+        with self._mutex:
+            return path in self._entries
+
+
 class InMemoryFileSystem(FileSystem):
     """A file system in a dict, for tests and ephemeral stores.
 
@@ -775,10 +1048,11 @@ class InMemoryFileSystem(FileSystem):
 
     def __init__(self) -> None:
         self._files: dict[str, bytearray] = {}
+        self._links: dict[str, str] = {}
         self._dirs: set[str] = {""}
         self._mutex = threading.Lock()
-        self._path_locks: dict[str, threading.Lock] = {}
-        self._leases: dict[str, dict[str, Any]] = {}
+        self._locks = _LockTable()
+        self._holds: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return "InMemoryFileSystem()"
@@ -788,6 +1062,11 @@ class InMemoryFileSystem(FileSystem):
             return self._files[path.strip("/")]
         except KeyError:
             raise FileNotFoundError(errno.ENOENT, "no such file", path) from None
+
+    def _parent_exists(self, path: str) -> None:
+        parent = path.strip("/").rpartition("/")[0]
+        if parent not in self._dirs:
+            raise FileNotFoundError(errno.ENOENT, "no such directory", parent)
 
     def read(self, path: str) -> bytes:
         """The whole file. ``FileNotFoundError`` when absent."""
@@ -799,14 +1078,16 @@ class InMemoryFileSystem(FileSystem):
         with self._mutex:
             return bytes(self._file(path)[offset:])
 
-    def size(self, path: str) -> int:
-        """The file's size in bytes."""
+    def stat(self, path: str) -> tuple[int, Any]:
+        """Size, and the identity of the buffer (a new one when the file is replaced)."""
         with self._mutex:
-            return len(self._file(path))
+            f = self._file(path)
+            return len(f), id(f)
 
     def append(self, path: str, data: bytes) -> None:
         """Append ``data`` in one step, creating the file when absent."""
         with self._mutex:
+            self._parent_exists(path)
             self._files.setdefault(path.strip("/"), bytearray()).extend(data)
 
     def sync(self, path: str) -> None:
@@ -825,25 +1106,16 @@ class InMemoryFileSystem(FileSystem):
     def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
         """Replace the file whole."""
         with self._mutex:
+            self._parent_exists(path)
             self._files[path.strip("/")] = bytearray(data)
 
-    def write_in_place(self, path: str, data: bytes) -> None:
+    def write_in_place(self, path: str, data: bytes, *, durable: bool = False) -> None:
         """Overwrite the file."""
-        self.write_atomic(path, data, durable=False)
-
-    def read_lease(self, path: str) -> dict[str, Any] | None:
-        """Leases live here as dicts (a copy is returned), not as JSON bytes."""
-        lease = self._leases.get(path.strip("/"))
-        if lease is None:
-            return super().read_lease(path)  # a lease file written by hand, say
-        return dict(lease)
-
-    def write_lease(self, path: str, lease: Mapping[str, Any]) -> None:
-        """Keep a copy of the lease; ``lock.json`` appears as an empty marker file."""
-        path = path.strip("/")
         with self._mutex:
-            self._leases[path] = dict(lease)
-            self._files.setdefault(path, bytearray())
+            self._parent_exists(path)
+            f = self._files.setdefault(path.strip("/"), bytearray())
+            f[:len(data)] = data
+            del f[len(data):]
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the directory and its parents."""
@@ -854,17 +1126,22 @@ class InMemoryFileSystem(FileSystem):
 
     def listdir(self, path: str) -> list[str]:
         """Names directly below ``path``."""
-        prefix = path.strip("/") + "/"
+        prefix = path.strip("/") + "/" if path.strip("/") else ""
         with self._mutex:
-            names = {p[len(prefix) :].split("/", 1)[0] for p in (*self._files, *self._dirs)
+            names = {p[len(prefix):].split("/", 1)[0] for p in (*self._files, *self._dirs, *self._links)
                      if p.startswith(prefix) and len(p) > len(prefix)}
         return sorted(names)
 
     def exists(self, path: str) -> bool:
-        """Whether a file or directory exists."""
+        """Whether a file, link or directory exists."""
         path = path.strip("/")
         with self._mutex:
-            return path in self._files or path in self._dirs
+            return path in self._files or path in self._dirs or path in self._links
+
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory."""
+        with self._mutex:
+            return path.strip("/") in self._dirs
 
     def rename(self, src: str, dst: str) -> None:
         """Rename a file or a directory with everything below it."""
@@ -875,41 +1152,108 @@ class InMemoryFileSystem(FileSystem):
                 return
             if src not in self._dirs:
                 raise FileNotFoundError(errno.ENOENT, "no such file or directory", src)
-            for p in [p for p in self._files if p.startswith(src + "/")]:
-                self._files[dst + p[len(src):]] = self._files.pop(p)
-            for p in [p for p in self._leases if p.startswith(src + "/")]:
-                self._leases[dst + p[len(src):]] = self._leases.pop(p)
+            if dst in self._dirs or dst in self._files:
+                raise FileExistsError(errno.EEXIST, "exists", dst)
+            for table in (self._files, self._links):
+                for p in [p for p in table if p.startswith(src + "/")]:
+                    table[dst + p[len(src):]] = table.pop(p)  # type: ignore[assignment]
             for p in [p for p in self._dirs if p == src or p.startswith(src + "/")]:
                 self._dirs.discard(p)
                 self._dirs.add(dst + p[len(src):])
+
+    def remove(self, path: str, *, durable: bool = False) -> None:
+        """Remove a file or a link."""
+        path = path.strip("/")
+        with self._mutex:
+            self._files.pop(path, None)
+            self._links.pop(path, None)
 
     def remove_tree(self, path: str) -> None:
         """Remove a directory and everything below it."""
         path = path.strip("/")
         with self._mutex:
-            for p in [p for p in self._files if p.startswith(path + "/")]:
-                del self._files[p]
-            for p in [p for p in self._leases if p.startswith(path + "/")]:
-                del self._leases[p]
+            for table in (self._files, self._links):
+                for p in [p for p in table if p.startswith(path + "/")]:
+                    del table[p]
             self._dirs = {d for d in self._dirs if d != path and not d.startswith(path + "/")}
 
-    def locked(self, path: str) -> contextlib.AbstractContextManager[Any]:
+    def symlink(self, target: str, path: str, *, durable: bool = True) -> bool:
+        """Create the link unless the name is taken."""
+        path = path.strip("/")
+        with self._mutex:
+            self._parent_exists(path)
+            if path in self._links or path in self._files or path in self._dirs:
+                return False
+            self._links[path] = target
+            return True
+
+    def readlink(self, path: str) -> str | None:
+        """The link's target, or ``None``."""
+        with self._mutex:
+            return self._links.get(path.strip("/"))
+
+    def locked(self, path: str, *, create: bool = True) -> contextlib.AbstractContextManager[None]:
         """The lock of ``path``, shared by every store using this object."""
         path = path.strip("/")
-        lock = self._path_locks.get(path)
-        if lock is None:
-            with self._mutex:
-                parent = path.rpartition("/")[0]
-                if parent and parent not in self._dirs:
-                    raise FileNotFoundError(errno.ENOENT, "no such directory", parent)
-                lock = self._path_locks.setdefault(path, threading.Lock())
-        elif path.rpartition("/")[0] not in self._dirs:
-            raise FileNotFoundError(errno.ENOENT, "no such directory", path)
-        return lock
+        with self._mutex:
+            self._parent_exists(path)
+            if create:
+                self._files.setdefault(path, bytearray())
+            elif path not in self._files:
+                raise FileNotFoundError(errno.ENOENT, "no such file", path)
+        return _TableGuard(self, path, create)
+
+    def hold(self, path: str) -> None:
+        """Count a hold (memory never dies while this object lives)."""
+        with self._mutex:
+            self._holds[path] = self._holds.get(path, 0) + 1
+
+    def release(self, path: str) -> None:
+        """Undo one hold."""
+        with self._mutex:
+            n = self._holds.get(path, 0) - 1
+            if n > 0:
+                self._holds[path] = n
+            else:
+                self._holds.pop(path, None)
+
+    def is_held(self, path: str) -> bool | None:
+        """Whether a hold or a lock is on ``path``."""
+        with self._mutex:
+            return path in self._holds or self._locks.busy(path.strip("/"))
+
+    def after_fork(self) -> None:
+        """A child keeps the data (it is a copy) with fresh locks."""
+        self._mutex = threading.Lock()
+        self._locks = _LockTable()
+        self._holds = {}
+
+
+class _TableGuard:
+    """``InMemoryFileSystem.locked``: one entry of its :class:`_LockTable`."""
+
+    __slots__ = ("_create", "_entry", "_fs", "_path")
+
+    def __init__(self, fs: InMemoryFileSystem, path: str, create: bool) -> None:
+        self._fs, self._path, self._create = fs, path, create
+        self._entry: list[Any] | None = None
+
+    def __enter__(self) -> None:
+        fs = self._fs
+        entry = fs._locks.acquire(self._path)
+        if not self._create and not fs.exists(self._path):  # removed while we waited
+            fs._locks.release(self._path, entry)
+            raise FileNotFoundError(errno.ENOENT, "removed while waiting for its lock", self._path)
+        self._entry = entry
+
+    def __exit__(self, *exc: object) -> None:
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            self._fs._locks.release(self._path, entry)
 
 
 class _Descriptor:
-    """An open descriptor in :class:`RealFileSystem`'s cache (pinned while locked)."""
+    """An open descriptor in :class:`RealFileSystem`'s cache (pinned while in use)."""
 
     __slots__ = ("fd", "pins", "stale")
 
@@ -917,6 +1261,11 @@ class _Descriptor:
         self.fd = fd
         self.pins = 0
         self.stale = False
+
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
 class RealFileSystem(FileSystem):
@@ -927,22 +1276,38 @@ class RealFileSystem(FileSystem):
     so an append is one ``write`` and, when durable, one ``fdatasync``.
     :meth:`locked` is an ``fcntl.flock`` on the file itself plus a per-path thread
     lock, so it excludes other threads and other processes; the OS drops the flock
-    of a process that dies. POSIX only (``fcntl``).
+    of a process that dies. Below an anchored directory every path is walked one
+    component at a time with ``O_NOFOLLOW`` (``openat``): a link planted inside a
+    store is refused, never followed. Temp files of atomic writes have unpredictable
+    names, are created ``O_EXCL`` and are removed on any failure.
+
+    After ``fork()`` a child drops the cached descriptors (a ``flock`` belongs to the
+    open file description, which parent and child would share) and starts afresh.
+    POSIX only (``fcntl``, imported when the first lock is taken).
     """
 
     def __init__(self, *, max_open_files: int | None = None) -> None:
         if max_open_files is None:  # a quarter of what the process may open, at most 1,024
-            import resource
-
-            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            max_open_files = 1024 if soft == resource.RLIM_INFINITY else max(16, min(1024, soft // 4))
-        if max_open_files < 4:
-            raise InvalidInput("max_open_files must be at least 4")
+            try:
+                import resource
+            except ImportError:  # not POSIX
+                max_open_files = 256
+            else:
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                max_open_files = 1024 if soft == resource.RLIM_INFINITY else max(16, min(1024, soft // 4))
+        if not isinstance(max_open_files, int) or max_open_files < 4:
+            raise InvalidInput("max_open_files must be an integer of at least 4")
         self._max_open = max_open_files
+        self._anchors: tuple[str, ...] = ()
+        self._reset()
+        _after_fork_hooks.add(self.after_fork)
+
+    def _reset(self) -> None:
         self._fds: OrderedDict[str, _Descriptor] = OrderedDict()
         self._mutex = threading.Lock()
-        self._path_locks: dict[str, threading.Lock] = {}
+        self._locks = _LockTable()
         self._new_files: set[str] = set()  # created by append, directory entry not yet synced
+        self._holds: dict[str, list[int]] = {}  # path -> [fd, count]
 
     def __repr__(self) -> str:
         return f"RealFileSystem(max_open_files={self._max_open})"
@@ -951,6 +1316,51 @@ class RealFileSystem(FileSystem):
     def shared_across_processes(self) -> bool:
         """Files on disk are seen by every process on the machine."""
         return True
+
+    def anchor(self, directory: str) -> None:
+        """Below ``directory``, links are never followed."""
+        directory = directory.rstrip("/") or "/"
+        if directory not in self._anchors:
+            self._anchors = (*self._anchors, directory)
+
+    def after_fork(self) -> None:
+        """Forget the parent's descriptors (closing our copies releases no flock of
+        the parent's) and its thread locks; marks of life were the parent's."""
+        fds = [d.fd for d in self._fds.values()] + [h[0] for h in self._holds.values()]
+        self._reset()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- walking below an anchor ------------------------------------------------
+
+    def _dir_fd(self, path: str) -> tuple[int, str]:
+        """A descriptor of ``path``'s directory and its last component, opened one
+        component at a time with ``O_NOFOLLOW`` below an anchor. Caller closes it."""
+        directory, _, name = path.rpartition("/")
+        if not name:
+            raise FileNotFoundError(errno.ENOENT, "not a file name", path)
+        base = next((a for a in self._anchors if directory == a or directory.startswith(a + "/")), None)
+        if base is None:
+            return os.open(directory or "/", os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC), name
+        fd = os.open(base, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        try:
+            for part in directory[len(base):].split("/"):
+                if part:
+                    sub = os.open(part, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=fd)
+                    os.close(fd)
+                    fd = sub
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, name
+
+    def _open_file(self, path: str, flags: int, mode: int = 0o644) -> int:
+        dfd, name = self._dir_fd(path)
+        try:
+            return os.open(name, flags | _O_NOFOLLOW | _O_CLOEXEC, mode, dir_fd=dfd)
+        finally:
+            os.close(dfd)
 
     # -- descriptor cache ---------------------------------------------------
 
@@ -966,18 +1376,18 @@ class RealFileSystem(FileSystem):
                 self._fds.move_to_end(path)
                 d.pins += 1
                 return d
-        flags = os.O_RDWR | (os.O_APPEND if append else 0) | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_RDWR | (os.O_APPEND if append else 0)
         try:  # the file usually exists: one open, no exception
-            fd = os.open(path, flags)
+            fd = self._open_file(path, flags)
         except FileNotFoundError:
             if not create:
                 raise
             try:
-                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = self._open_file(path, flags | os.O_CREAT | os.O_EXCL)
                 with self._mutex:
                     self._new_files.add(path)  # its directory entry is synced with its data
             except FileExistsError:  # created by someone else meanwhile
-                fd = os.open(path, flags)
+                fd = self._open_file(path, flags)
         with self._mutex:
             d = self._fds.get(path)
             if d is not None:  # another thread opened it meanwhile
@@ -1020,7 +1430,7 @@ class RealFileSystem(FileSystem):
                     d.stale = True
                 else:
                     os.close(d.fd)
-            self._new_files = {p for p in self._new_files if not p.startswith(prefix + "/")}
+            self._new_files = {p for p in self._new_files if p != prefix and not p.startswith(prefix + "/")}
 
     @contextlib.contextmanager
     def _open(self, path: str, *, create: bool = False) -> Iterator[int]:
@@ -1039,40 +1449,39 @@ class RealFileSystem(FileSystem):
             if d is not None:
                 d.pins += 1
         if d is None:
-            with open(path, "rb") as f:
-                return f.read()
+            fd = self._open_file(path, os.O_RDONLY)
+            try:
+                return _read_fd(fd, 0)
+            finally:
+                os.close(fd)
         try:
-            data = bytearray()
-            while chunk := os.pread(d.fd, 1 << 16, len(data)):
-                data += chunk
-            return bytes(data)
+            return _read_fd(d.fd, 0)
         finally:
             self._unpin(d)
 
     def read_from(self, path: str, offset: int) -> bytes:
         """The file's bytes from ``offset`` to its current end (``pread`` on the cached fd)."""
         with self._open(path) as fd:
-            end = os.fstat(fd).st_size
-            chunks = []
-            while offset < end:
-                chunk = os.pread(fd, end - offset, offset)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                offset += len(chunk)
-            return b"".join(chunks)
+            return _read_fd(fd, offset)
 
-    def size(self, path: str) -> int:
-        """Size via ``fstat`` of the cached descriptor (re-opened when the file was replaced)."""
+    def stat(self, path: str) -> tuple[int, Any]:
+        """Size and ``(st_dev, st_ino)``, by ``fstat`` of the cached descriptor when it
+        still names the file (re-opened when the file was replaced or removed)."""
         with self._mutex:
             d = self._fds.get(path)
-        if d is None:  # no descriptor to spend on a file we only look at
-            return os.stat(path).st_size
-        st = os.fstat(d.fd)
-        if st.st_nlink == 0:  # removed or replaced (repair) by another process since we opened it
-            self._forget(path)
-            return os.stat(path).st_size  # FileNotFoundError when it is really gone
-        return st.st_size
+        if d is not None:
+            st = os.fstat(d.fd)
+            if st.st_nlink:
+                return st.st_size, (st.st_dev, st.st_ino)
+            self._forget(path)  # removed or replaced (a repair) since we opened it
+        dfd, name = self._dir_fd(path)
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        finally:
+            os.close(dfd)
+        if not S_ISREG(st.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", path)
+        return st.st_size, (st.st_dev, st.st_ino)
 
     def append(self, path: str, data: bytes) -> None:
         """One ``write`` on an ``O_APPEND`` descriptor; a short write raises ``OSError``."""
@@ -1089,7 +1498,7 @@ class RealFileSystem(FileSystem):
             created = path in self._new_files
             self._new_files.discard(path)
         if created:
-            _fsync_dir(os.path.dirname(path) or ".")
+            self._sync_dir(path.rpartition("/")[0] or "/")
 
     def truncate(self, path: str, size: int) -> None:
         """Cut the file back to ``size`` bytes."""
@@ -1097,76 +1506,248 @@ class RealFileSystem(FileSystem):
             os.ftruncate(fd, size)
 
     def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
-        """Temp file, (fsync), rename over ``path``, (fsync of the directory)."""
-        tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        """Temp file (``O_EXCL``, a random name, ``flock``'ed while written so that a
+        repair can tell it from garbage), (fsync), rename over ``path``, (fsync of the
+        directory). The temp file is removed on any failure, ``ENOSPC`` included."""
+        dfd, name = self._dir_fd(path)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            tmp = f".{name[:64]}.tmp-{os.urandom(8).hex()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644, dir_fd=dfd)
+            try:
+                try:
+                    _flock(fd, "LOCK_EX")
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    if durable:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+            self._forget(path)
             if durable:
-                os.fsync(fd)
+                _fsync_fd(dfd)
         finally:
-            os.close(fd)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self._forget(path)
-        if durable:
-            _fsync_dir(os.path.dirname(path) or ".")
+            os.close(dfd)
 
-    def write_in_place(self, path: str, data: bytes) -> None:
-        """One ``pwrite`` at offset 0 (then a truncate if shorter): not durable."""
+    def write_in_place(self, path: str, data: bytes, *, durable: bool = False) -> None:
+        """One ``pwrite`` at offset 0 (then a truncate if shorter); ``durable``: fdatasync."""
         d = self._pin(path, create=True, append=False)
         try:
             os.pwrite(d.fd, data, 0)
             if os.fstat(d.fd).st_size > len(data):
                 os.ftruncate(d.fd, len(data))
+            if durable:
+                _fdatasync(d.fd)
         finally:
             self._unpin(d)
+        if durable:
+            with self._mutex:
+                created = path in self._new_files
+                self._new_files.discard(path)
+            if created:
+                self._sync_dir(path.rpartition("/")[0] or "/")
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
-        """``os.makedirs``, then (durable) fsync of the parent so the new entry survives a crash."""
-        if os.path.isdir(path):
+        """Create the missing directories, one at a time below an anchor (a link where a
+        directory should be is an error), then (durable) fsync each new entry's parent."""
+        path = path.rstrip("/") or "/"
+        base = next((a for a in self._anchors if path == a or path.startswith(a + "/")), None)
+        if base is None or path == base:
+            if not os.path.isdir(path):
+                os.makedirs(path, exist_ok=True)
+                if durable:
+                    _fsync_dir(os.path.dirname(os.path.abspath(path)))
             return
-        os.makedirs(path, exist_ok=True)
-        if durable:
-            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        self.makedirs(base, durable=durable)
+        fd = os.open(base, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        try:
+            for part in path[len(base):].split("/"):
+                if not part:
+                    continue
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    if durable:
+                        _fsync_fd(fd)
+                except FileExistsError:
+                    pass
+                sub = os.open(part, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+        finally:
+            os.close(fd)
 
     def listdir(self, path: str) -> list[str]:
         """``os.listdir``, sorted; ``[]`` when the directory is absent."""
         try:
-            return sorted(os.listdir(path))
-        except FileNotFoundError:
+            if path.rstrip("/") in self._anchors:
+                return sorted(os.listdir(path))
+            dfd, name = self._dir_fd(path.rstrip("/"))
+            try:
+                fd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+            try:
+                return sorted(os.listdir(fd))
+            finally:
+                os.close(fd)
+        except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return []
+            raise
+
+    def _lstat(self, path: str) -> os.stat_result | None:
+        try:
+            dfd, name = self._dir_fd(path.rstrip("/"))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        finally:
+            os.close(dfd)
 
     def exists(self, path: str) -> bool:
-        """``os.path.exists``."""
-        return os.path.exists(path)
+        """Whether a file, directory or link is at ``path`` (not following it)."""
+        return self._lstat(path) is not None
+
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory, not a link to one."""
+        st = self._lstat(path)
+        return st is not None and S_ISDIR(st.st_mode)
 
     def rename(self, src: str, dst: str) -> None:
-        """``os.rename`` plus a directory fsync; descriptors below ``src`` are dropped."""
-        os.rename(src, dst)
-        self._forget(src)
-        _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+        """``rename`` between two directories, then an fsync of the destination's."""
+        sfd, sname = self._dir_fd(src)
+        try:
+            dfd, dname = self._dir_fd(dst)
+            try:
+                os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+                self._forget(src)
+                _fsync_fd(dfd)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+
+    def remove(self, path: str, *, durable: bool = False) -> None:
+        """``unlink`` (no error when absent); ``durable``: fsync of the directory."""
+        self._forget(path)
+        try:
+            dfd, name = self._dir_fd(path)
+        except FileNotFoundError:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dfd)
+            if durable:
+                _fsync_fd(dfd)
+        finally:
+            os.close(dfd)
 
     def remove_tree(self, path: str) -> None:
-        """``shutil.rmtree`` (no error when absent)."""
-        import shutil
-
+        """Remove a directory tree (``shutil.rmtree``, which never follows links); a
+        link in the directory's place is removed itself."""
         self._forget(path)
+        st = self._lstat(path)
+        if st is None:
+            return
+        if not S_ISDIR(st.st_mode):
+            self.remove(path)
+            return
         shutil.rmtree(path, ignore_errors=True)
 
-    def locked(self, path: str) -> contextlib.AbstractContextManager[Any]:
+    def symlink(self, target: str, path: str, *, durable: bool = True) -> bool:
+        """``symlink`` (atomic, fails when the name exists); durable: fsync of the directory."""
+        dfd, name = self._dir_fd(path)
+        try:
+            try:
+                os.symlink(target, name, dir_fd=dfd)
+            except FileExistsError:
+                return False
+            if durable:
+                _fsync_fd(dfd)
+            return True
+        finally:
+            os.close(dfd)
+
+    def readlink(self, path: str) -> str | None:
+        """``readlink``; ``None`` when there is no link (or no directory) there."""
+        try:
+            dfd, name = self._dir_fd(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return os.readlink(name, dir_fd=dfd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # not a link
+                return None
+            raise
+        finally:
+            os.close(dfd)
+
+    def locked(self, path: str, *, create: bool = True) -> contextlib.AbstractContextManager[Any]:
         """Per-path thread lock, then ``flock(LOCK_EX)`` on the file's cached descriptor."""
-        lock = self._path_locks.get(path)
-        if lock is None:
-            with self._mutex:
-                lock = self._path_locks.setdefault(path, threading.Lock())
-        return _FlockGuard(self, path, lock)
+        return _FlockGuard(self, path, create)
+
+    def hold(self, path: str) -> None:
+        """A ``flock(LOCK_SH)`` on ``path`` kept until the last :meth:`release`; the OS
+        drops it when this process dies, whatever its PID namespace."""
+        with self._mutex:
+            held = self._holds.get(path)
+            if held is not None:
+                held[1] += 1
+                return
+        fd = self._open_file(path, os.O_RDWR | os.O_CREAT)
+        try:
+            _flock(fd, "LOCK_SH")
+        except BaseException:
+            os.close(fd)
+            raise
+        with self._mutex:
+            held = self._holds.get(path)
+            if held is None:
+                self._holds[path] = [fd, 1]
+                return
+            held[1] += 1
+        os.close(fd)
+
+    def release(self, path: str) -> None:
+        """Undo one :meth:`hold`; the last one closes the descriptor (dropping the flock)."""
+        with self._mutex:
+            held = self._holds.get(path)
+            if held is None:
+                return
+            held[1] -= 1
+            if held[1] > 0:
+                return
+            del self._holds[path]
+        os.close(held[0])
+
+    def is_held(self, path: str) -> bool | None:
+        """Whether any process holds a ``flock`` on ``path``: a non-blocking
+        ``LOCK_EX`` on a fresh descriptor fails exactly then. A missing file is not held."""
+        try:
+            fd = self._open_file(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                _flock(fd, "LOCK_EX", blocking=False)
+            except BlockingIOError:
+                return True
+            return False
+        finally:
+            os.close(fd)  # closing drops the probe's own lock
 
     def close(self) -> None:
         """Close every idle cached descriptor."""
@@ -1174,72 +1755,158 @@ class RealFileSystem(FileSystem):
             for path in [p for p, d in self._fds.items() if d.pins == 0]:
                 os.close(self._fds.pop(path).fd)
 
+    def _sync_dir(self, path: str) -> None:
+        """fsync a directory: every entry created in it so far is then durable."""
+        dfd, _ = self._dir_fd(path.rstrip("/") + "/.")
+        try:
+            _fsync_fd(dfd)
+        finally:
+            os.close(dfd)
+        prefix = path.rstrip("/") + "/"
+        with self._mutex:
+            self._new_files = {p for p in self._new_files if not (p.startswith(prefix) and "/" not in p[len(prefix):])}
+
 
 class _FlockGuard:
     """``RealFileSystem.locked``: a class, not a generator, because it is on every write."""
 
-    __slots__ = ("_d", "_fs", "_lock", "_path")
+    __slots__ = ("_create", "_d", "_entry", "_fs", "_path")
 
-    def __init__(self, fs: RealFileSystem, path: str, lock: threading.Lock) -> None:
-        self._fs, self._path, self._lock = fs, path, lock
+    def __init__(self, fs: RealFileSystem, path: str, create: bool) -> None:
+        self._fs, self._path, self._create = fs, path, create
         self._d: _Descriptor | None = None
+        self._entry: list[Any] | None = None
 
     def __enter__(self) -> None:
-        self._lock.acquire()
+        fs = self._fs
+        entry = fs._locks.acquire(self._path)
         try:
-            d = self._fs._pin(self._path, create=True)
-            try:
-                fcntl.flock(d.fd, fcntl.LOCK_EX)
-            except BaseException:
-                self._fs._unpin(d)
-                raise
-            self._d = d
+            while True:
+                d = fs._pin(self._path, create=self._create)
+                try:
+                    _flock(d.fd, "LOCK_EX")
+                    if os.fstat(d.fd).st_nlink:
+                        break
+                    # The file was replaced (a repair renamed a new one over it) or removed
+                    # while cached or while we waited: a lock on the old one excludes
+                    # nobody. Open the path again (gone: FileNotFoundError, if not create).
+                    _flock(d.fd, "LOCK_UN")
+                    fs._forget(self._path)
+                except BaseException:
+                    fs._unpin(d)
+                    raise
+                fs._unpin(d)
         except BaseException:
-            self._lock.release()
+            fs._locks.release(self._path, entry)
             raise
+        self._d, self._entry = d, entry
 
     def __exit__(self, *exc: object) -> None:
         d, self._d = self._d, None
+        entry, self._entry = self._entry, None
         try:
             if d is not None:
                 try:
-                    fcntl.flock(d.fd, fcntl.LOCK_UN)
+                    _flock(d.fd, "LOCK_UN")
                 finally:
                     self._fs._unpin(d)
         finally:
-            self._lock.release()
+            if entry is not None:
+                self._fs._locks.release(self._path, entry)
+
+
+def _flock(fd: int, op: str, *, blocking: bool = True) -> None:
+    """``fcntl.flock``; ``fcntl`` is imported here, so that a platform without it can
+    still import this module for the in-memory and SQL storages (the file storage then
+    raises :class:`StorageError` at its first lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        raise OSError(errno.ENOSYS, "the file storage needs fcntl.flock (POSIX); use InMemoryFileSystem, "
+                                    "SqliteStorage or PostgresStorage on this platform") from None
+    fcntl.flock(fd, getattr(fcntl, op) | (0 if blocking else fcntl.LOCK_NB))
+
+
+def _read_fd(fd: int, offset: int) -> bytes:
+    """The bytes of ``fd`` from ``offset`` to its end as ``fstat`` saw it."""
+    end = os.fstat(fd).st_size
+    chunks = []
+    while offset < end:
+        chunk = os.pread(fd, end - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 _fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
 
-def _fsync_dir(path: str) -> None:
-    """fsync a directory so that entries created or renamed in it survive a crash."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+def _fsync_fd(fd: int) -> None:
+    """fsync a directory descriptor (entries created or renamed in it survive a crash)."""
     try:
         os.fsync(fd)
     except OSError as e:  # some file systems cannot fsync a directory
         if e.errno not in (errno.EINVAL, errno.EBADF):
             raise
+
+
+def _fsync_dir(path: str) -> None:
+    """fsync a directory by path."""
+    fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+    try:
+        _fsync_fd(fd)
     finally:
         os.close(fd)
+
+
+class _WeakHooks:
+    """Methods to run in a child process after ``fork()``, their objects held weakly."""
+
+    def __init__(self) -> None:
+        self._methods: list[weakref.WeakMethod[Callable[[], None]]] = []
+        self._lock = threading.Lock()
+        self._registered = False
+
+    def add(self, method: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._registered and hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=self._run)
+                self._registered = True
+            self._methods = [m for m in self._methods if m() is not None]
+            self._methods.append(weakref.WeakMethod(method))
+
+    def _run(self) -> None:
+        self._lock = threading.Lock()  # it may have been held by another thread of the parent
+        for ref in self._methods:
+            method = ref()
+            if method is None:
+                continue
+            try:
+                method()
+            except Exception:  # a child must come up; the object reports on first use
+                _log.exception("after fork: %r failed", method)
+
+
+_after_fork_hooks = _WeakHooks()
 
 
 # ============================================================================
 # Log format
 # ============================================================================
 #
-# Format version 1. Everything is UTF-8 JSON, one object per line, "\n"-terminated.
+# Format version 2. Everything is UTF-8 JSON, one object per line, "\n"-terminated.
 #
-#   <storage_dir>/keys.jsonl             append-only journal of the index:
-#       {"op":"create","key":K,"sessionId":S,"createdAt":ms}
-#       {"op":"delete","sessionId":S,"at":ms}
-#   <storage_dir>/sessions.json          checkpoint of the index (the seed's format plus
-#       "version", "journalBytes" = how much of keys.jsonl it covers, and each
-#       session's "key"); written debounced, atomically. A cache: when it is missing,
-#       empty or corrupt the index is rebuilt from keys.jsonl and the folders.
-#   <storage_dir>/<session-id>/session.json   {"version":1,"sessionId","key","createdAt"},
-#       written once, atomically, before the session is announced in keys.jsonl.
+#   <storage_dir>/session-store.json   {"format": 2}: marks the folder as a store;
+#       written with its first session. Opening a store writes nothing.
+#   <storage_dir>/keys/<hh>/<sha256(key)>   the key index: a symbolic link whose
+#       target is the session id (<hh>: the hash's first two hex digits). Created with
+#       symlink(), which is atomic and exclusive: two processes resolving one new key
+#       cannot both win. Read with readlink(), never followed. Rebuildable from the
+#       session folders (each names its key), which repair() does when links are lost.
+#   <storage_dir>/<session-id>/session.json   {"version","sessionId","key","createdAt"}
+#       (+ "forkedFrom": [session id, message id] for a fork)
 #   <storage_dir>/<session-id>/messages.jsonl one message per line, in append order:
 #       {"id","parentId","type","role","content","timestamp", ...extra fields}
 #       The seed's fields keep its camelCase names (parentId, toolCalls, toolCallId,
@@ -1247,11 +1914,22 @@ def _fsync_dir(path: str) -> None:
 #       parent always precedes it, so the file is a topological order of the tree.
 #   <storage_dir>/<session-id>/branches.jsonl  branch events:
 #       {"op":"create","name","headId","at","seq"}   {"op":"switch","name","at","seq"}
-#       {"op":"move","name","headId","at","seq"}
+#       {"op":"move","name","headId","at","seq"}     {"op":"delete","name","at","seq"}
+#       {"op":"rename","name","to","at","seq"}
 #       "seq" is the number of message records that preceded the event. Heads are
 #       never written per append: replaying messages and branch events in seq order
 #       advances the current branch's head whenever a message's parent is that head.
-#   <storage_dir>/<session-id>/lock.json  the session's lease (not durable, see Locks).
+#   <storage_dir>/<session-id>/lock.json   the lease (JSON, a tab, its CRC-32; padded)
+#   <storage_dir>/<session-id>/lease.lock  flock'ed (shared) by processes holding the lease
+#   <storage_dir>/<session-id>/stats.json  a tally of the log up to a position (a cache)
+#
+# A session is created whole before it is announced: its folder is written as
+# ".new-<id>" (its log flock'ed meanwhile), renamed into place, then its key link
+# made: the link is the commit. A deletion's commit is the removal of messages.jsonl
+# (under the log's lock); the key link and the folder are then garbage, which
+# readers ignore and repair() removes. Format 1 (a keys.jsonl journal and a
+# sessions.json checkpoint instead of key links) is read, and migrated to format 2
+# by the first write.
 #
 # Each log record is written with one write() while holding the log's lock; with
 # durable=True the call returns after fdatasync. A crash can leave only a torn last
@@ -1270,7 +1948,7 @@ def _encode_message(record: Mapping[str, Any]) -> bytes:
     """A message record as one JSON line; :class:`InvalidMessage` when it is not JSON."""
     try:
         return _encode_line(record)
-    except (TypeError, ValueError, UnicodeError) as e:
+    except (TypeError, ValueError, UnicodeError, RecursionError) as e:
         raise InvalidMessage(f"message is not JSON-serializable: {e}") from None
 
 
@@ -1280,30 +1958,72 @@ def _report(problems: list[Problem], session_id: str | None, file: str, offset: 
     _log.warning("%s: record at %d ignored (left in place): %s", file, offset, reason)
 
 
-def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, problems: list[Problem]
-                 ) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+# The id and parent of a record this module wrote come first, in this order, so they
+# can be read back from a line damaged further on (one flipped bit in its content).
+_SALVAGE_RE = re.compile(rb'\{"id":("(?:[^"\\\n]|\\.){1,2000}"),"parentId":(null|"(?:[^"\\\n]|\\.){1,2000}"),')
+
+
+def _damaged_record(raw: bytes, where: int, reason: str) -> dict[str, Any]:
+    """The placeholder of a message record that cannot be decoded: type ``damaged``,
+    its own id and parent when they can be read (so its children stay attached),
+    else ``damaged-<where>`` as a root; ``damaged`` says why."""
+    record: dict[str, Any] = {"id": f"damaged-{where}", "parentId": None, "type": "damaged", "role": "system",
+                              "content": None, "timestamp": 0, "damaged": reason}
+    found = _SALVAGE_RE.match(raw)
+    if found:
+        try:
+            mid, parent = json.loads(found[1]), json.loads(found[2])
+            _check_name("id", mid)
+            if parent is not None:
+                _check_name("parentId", parent)
+        except (ValueError, InvalidInput):
+            return record
+        record["id"], record["parentId"] = mid, parent
+    return record
+
+
+def _decode_record(raw: bytes, where: int, file: str, session_id: str | None, problems: list[Problem], *,
+                   message: bool) -> dict[str, Any] | None:
+    """One record: the JSON object, or (reported) ``None`` for a bad event line and a
+    placeholder for a bad message line. A record too deeply nested to decode
+    (``RecursionError``) is damaged like any other: never fatal to its session."""
+    try:
+        rec = json.loads(raw)
+        why = None if isinstance(rec, dict) else "not a JSON object"
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        why = f"not JSON: {e}" if not isinstance(e, RecursionError) else "nested too deeply to read"
+    if why is None:
+        return rec  # type: ignore[no-any-return]
+    _report(problems, session_id, file, where, why)
+    return _damaged_record(raw, where, why) if message else None
+
+
+def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, problems: list[Problem], *,
+                 message: bool = False) -> tuple[list[tuple[int, dict[str, Any]]], int]:
     """Parse the complete lines of ``chunk`` (read at ``base``).
 
     Returns ``(records with their offsets, bytes consumed)``; an incomplete last line
-    is not consumed. Bad lines are appended to ``problems``.
+    is not consumed. Bad lines are appended to ``problems`` (see :func:`_decode_record`).
     """
     end = chunk.rfind(b"\n") + 1
     out: list[tuple[int, dict[str, Any]]] = []
     pos = 0
+    loads = json.loads
     for raw in chunk[:end].split(b"\n")[:-1]:
         offset = base + pos
         pos += len(raw) + 1
+        try:
+            rec = loads(raw)
+            if type(rec) is dict:  # the common case, quickly
+                out.append((offset, rec))
+                continue
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            pass
         if not raw.strip():
             continue
-        try:
-            rec = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            _report(problems, session_id, file, offset, f"not JSON: {e}")
-            continue
-        if not isinstance(rec, dict):
-            _report(problems, session_id, file, offset, "not a JSON object")
-            continue
-        out.append((offset, rec))
+        found = _decode_record(raw, offset, file, session_id, problems, message=message)
+        if found is not None:
+            out.append((offset, found))
     return out, end
 
 
@@ -1323,26 +2043,40 @@ def _same_message(existing: Message, mtype: str, role: str, content: Any, fields
     return bool(have == want)
 
 
-def _message_from_record(rec: dict[str, Any]) -> Message:
-    """Build a Message from a stored record; ``ValueError`` when it is not one."""
+def _message_from_record(rec: dict[str, Any], by_id: Mapping[str, Message] | None = None) -> Message:
+    """Build a read-only Message from a stored record; ``ValueError`` when it is not one.
+
+    Role and type are interned and a parent's id is the parent's own string object
+    (``by_id``): a cached message costs little more than its bytes on disk.
+    """
     mid, parent, mtype, role, ts = (rec.get(k) for k in ("id", "parentId", "type", "role", "timestamp"))
     if not isinstance(mid, str) or not mid:
         raise ValueError("record has no string id")
-    if parent is not None and not isinstance(parent, str):
-        raise ValueError("parentId is not a string")
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ValueError("parentId is not a string")
+        if by_id is not None:
+            known = by_id.get(parent)
+            if known is not None:
+                parent = known.id
     if not isinstance(role, str):
         raise ValueError("record has no string role")
     if not isinstance(ts, int) or isinstance(ts, bool):
         raise ValueError("timestamp is not an integer")
-    extra = {_CAMEL_TO_SNAKE.get(k, k): v for k, v in rec.items() if k not in _CORE_KEYS}
+    fields = _NO_FIELDS
+    if not rec.keys() <= _CORE_KEYS:
+        fields = _FrozenDict({_CAMEL_TO_SNAKE.get(k, k): _freeze(v) for k, v in rec.items() if k not in _CORE_KEYS})
+    content = rec.get("content")
+    if type(content) is dict or type(content) is list:
+        content = _freeze(content)
     return Message(
         id=mid,
         parent_id=parent,
-        type=mtype if isinstance(mtype, str) else role,
-        role=role,
-        content=rec.get("content"),
+        type=sys.intern(mtype) if isinstance(mtype, str) else sys.intern(role),
+        role=sys.intern(role),
+        content=content,
         timestamp=ts,
-        fields=extra,
+        fields=fields,
     )
 
 
@@ -1352,16 +2086,52 @@ def _message_from_record(rec: dict[str, Any]) -> Message:
 
 
 class _SyncState:
-    """Group commit of one session's log (see :meth:`JsonlStorage.sync`)."""
+    """Group commit of one session's files in this process (see :meth:`JsonlStorage.sync`).
 
-    __slots__ = ("cond", "events_dirty", "synced", "syncing", "written")
+    Counted in *tickets* (one per record written here), not byte offsets: a log
+    rewritten under us (a repair) cannot make an unsynced record look synced. For
+    each file (0: branch events, 1: messages) it also knows where this process's
+    unsynced records begin and end, and whether another writer's record lies among
+    them: what a failed sync may cut off.
+    """
+
+    __slots__ = ("cond", "dirty", "end", "failed", "foreign", "poisoned", "synced", "syncing", "unsynced_from",
+                 "written")
 
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.Lock())
         self.syncing = False
-        self.synced = 0  # bytes of messages.jsonl known durable
-        self.written = 0  # bytes of messages.jsonl this object has written up to
-        self.events_dirty = False
+        self.written = 0  # tickets issued: records this process wrote
+        self.synced = 0  # every ticket up to this one is durable
+        self.failed = 0  # every ticket up to this one was lost to a failed sync
+        self.unsynced_from: list[int | None] = [None, None]  # per file: where our unsynced records begin
+        self.end = [0, 0]  # per file: the offset after our last record
+        self.foreign = [False, False]  # per file: another writer's record lies among our unsynced ones
+        self.dirty = [False, False]
+        self.poisoned: str | None = None
+
+    def note_write(self, file: int, start: int, end: int) -> None:
+        """A record of ours now spans ``[start, end)`` of ``file`` (caller holds the lock)."""
+        with self.cond:
+            if self.unsynced_from[file] is None:
+                self.unsynced_from[file], self.foreign[file] = start, False
+            elif start != self.end[file]:
+                self.foreign[file] = True
+            self.end[file] = end
+            self.dirty[file] = True
+            self.written += 1
+
+    def rolled_back(self, file: int, offset: int) -> None:
+        """Our records from ``offset`` on were removed (a failed write scope, under the lock)."""
+        with self.cond:
+            start = self.unsynced_from[file]
+            if start is not None and start >= offset:
+                self.unsynced_from[file], self.foreign[file] = None, False
+            self.end[file] = min(self.end[file], offset)
+
+    @property
+    def idle(self) -> bool:
+        return not self.syncing and self.synced >= self.written and not any(self.dirty) and not self.poisoned
 
 
 class _JsonlWriting:
@@ -1375,14 +2145,11 @@ class _JsonlWriting:
 
     def __enter__(self) -> None:
         storage, sid = self._storage, self._session_id
-        log = (storage._paths.get(sid) or storage._files(sid))[0]
         try:
-            lock = storage.fs.locked(log)
+            lock = storage.fs.locked(storage._log(sid), create=False)
             lock.__enter__()
-        except FileNotFoundError:  # the folder was removed by another store
+        except (FileNotFoundError, NotADirectoryError):  # deleted, now or while we waited
             raise SessionNotFound(sid) from None
-        # A descriptor cached before a deletion still locks: load() and read_lease(),
-        # the first calls inside, stat the log and raise SessionNotFound when it is gone.
         self._lock = lock
 
     def __exit__(self, *exc: object) -> None:
@@ -1392,27 +2159,37 @@ class _JsonlWriting:
 
 
 class JsonlStorage(Storage):
-    """Format v1 (see "Log format") on a :class:`FileSystem`: the default storage.
+    """Format v2 (see "Log format") on a :class:`FileSystem`: the default storage.
 
     ``JsonlStorage(fs=None, directory="./sessions")``; ``fs`` defaults to a
     :class:`RealFileSystem`. Writers hold the file system's lock of the session's
-    ``messages.jsonl``; the index is the ``keys.jsonl`` journal, checkpointed into
-    ``sessions.json`` and rebuilt from the journal and the folders when that is lost.
+    ``messages.jsonl``; the key index is one symbolic link per key, so a lookup is
+    one ``readlink`` whatever the store holds, and the index is rebuilt from the
+    session folders when links are lost. A store of format 1 is read as it is and
+    migrated by the first write.
     """
 
     def __init__(self, fs: FileSystem | None = None, directory: str | os.PathLike[str] = "./sessions") -> None:
+        if fs is not None and not isinstance(fs, FileSystem):
+            raise InvalidInput(f"fs must be a FileSystem, not {type(fs).__name__}")
+        try:
+            path = os.fspath(directory)
+        except TypeError:
+            raise InvalidInput(f"directory must be a path, not {type(directory).__name__}") from None
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise InvalidInput(f"directory must be a non-empty str path, not {directory!r}")
         self.fs = fs if fs is not None else RealFileSystem()
-        self.directory = os.fspath(directory).rstrip("/") or "/"
-        self._must_sync = True
+        self.directory = path.rstrip("/") or "/"
         self._durable = True
-        self._journal_offset = 0
-        self._index_loaded = False
-        self._keys: dict[str, str] = {}  # key -> session id, as the journal says
-        self._live: dict[str, str] = {}  # session id -> key
-        self._pending: list[IndexEntry] = []  # read under a journal lock, not yet returned
+        self._must_sync = True
+        self._reset()
+        _after_fork_hooks.add(self.after_fork)
+
+    def _reset(self) -> None:
         self._syncs: dict[str, _SyncState] = {}
         self._syncs_lock = threading.Lock()
-        self._paths: dict[str, tuple[str, str]] = {}
+        self._idents: dict[str, tuple[Any, Any]] = {}  # session id -> (events, log) identity at last load
+        self._legacy: tuple[int, dict[str, IndexEntry]] | None = None  # format 1: (journal size, key -> entry)
 
     def __repr__(self) -> str:
         return f"JsonlStorage({self.fs!r}, {self.directory!r})"
@@ -1428,37 +2205,58 @@ class JsonlStorage(Storage):
     def open(self, *, durable: bool) -> None:
         self._durable = durable
         self._must_sync = durable and not self.fs.sync_is_noop
-        self.fs.makedirs(self.directory)
+        if isinstance(self.fs, RealFileSystem):
+            self.fs.anchor(os.path.realpath(self.directory))
+            self.fs.anchor(os.path.abspath(self.directory))
+        self.fs.anchor(self.directory)
 
     def close(self) -> None:
         self.fs.close()
 
+    def after_fork(self) -> None:
+        self._reset()
+
+    def forget(self, session_id: str) -> None:
+        self._idents.pop(session_id, None)
+        with self._syncs_lock:
+            st = self._syncs.get(session_id)
+            if st is not None and st.idle:
+                del self._syncs[session_id]
+
+    # -- paths ----------------------------------------------------------------------------
+
     def _dir(self, session_id: str) -> str:
         return f"{self.directory}/{session_id}"
 
-    def _files(self, session_id: str) -> tuple[str, str]:
-        """``(messages.jsonl, branches.jsonl)`` of a session; cached, as it is on every write."""
-        files = self._paths.get(session_id)
-        if files is None:
-            if len(self._paths) > 65536:
-                self._paths.clear()
-            files = self._paths[session_id] = (f"{self.directory}/{session_id}/messages.jsonl",
-                                               f"{self.directory}/{session_id}/branches.jsonl")
-        return files
-
     def _log(self, session_id: str) -> str:
-        return self._files(session_id)[0]
+        return f"{self.directory}/{session_id}/messages.jsonl"
 
     def _events(self, session_id: str) -> str:
-        return self._files(session_id)[1]
+        return f"{self.directory}/{session_id}/branches.jsonl"
+
+    def _key_link(self, key: str) -> str:
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        return f"{self.directory}/keys/{digest[:2]}/{digest}"
 
     @property
-    def _journal_path(self) -> str:
+    def _marker(self) -> str:
+        return f"{self.directory}/session-store.json"
+
+    @property
+    def _journal_path(self) -> str:  # format 1
         return f"{self.directory}/keys.jsonl"
 
-    @property
-    def _index_path(self) -> str:
-        return f"{self.directory}/sessions.json"
+    def _format(self) -> int:
+        """2 (key links), 1 (a keys.jsonl journal, not migrated yet) or 0 (no store yet)."""
+        if self.fs.exists(self._marker):
+            return 2
+        if self.fs.exists(self._journal_path) or self.fs.exists(f"{self.directory}/sessions.json"):
+            return 1
+        return 0
+
+    def is_store(self) -> bool:
+        """Whether the directory holds a session store (of any format) or is empty."""
+        return self._format() > 0 or not self.fs.listdir(self.directory)
 
     def _sync_file(self, path: str) -> None:
         """fsync ``path`` when this storage syncs at all; failures become StorageError."""
@@ -1478,200 +2276,234 @@ class JsonlStorage(Storage):
                 self.fs.truncate(path, offset)
             raise StorageError(e.errno, f"could not append to {path}: {e.strerror or e}") from e
 
-    # -- the index ---------------------------------------------------------------------
+    # -- the key index -----------------------------------------------------------------------
 
-    def read_index(self) -> tuple[list[IndexEntry], bool]:
-        if not self._index_loaded:
-            with self.fs.locked(self._journal_path):
-                stale = self._load_index()
-            self._index_loaded = True
+    def _live_target(self, key: str) -> str | None:
+        """The session id the key's link names, if that session's log exists."""
+        sid = self.fs.readlink(self._key_link(key))
+        if sid is None or not _is_session_id(sid) or not self.fs.exists(self._log(sid)):
+            return None
+        return sid
+
+    def lookup(self, key: str) -> str | None:
+        if self._format() == 1:
+            entry = self._legacy_index().get(key)
+            return entry.session_id if entry is not None else None
+        return self._live_target(key)
+
+    def _read_meta(self, session_id: str) -> IndexEntry | None:
+        """``session.json`` of a folder, validated; ``None`` when absent or unusable."""
+        if not _is_session_id(session_id):
+            return None
+        try:
+            doc = json.loads(self.fs.read(f"{self._dir(session_id)}/session.json"))
+            key, created = _check_key(doc["key"]), doc["createdAt"]
+            if doc["sessionId"] != session_id or not isinstance(created, int) or isinstance(created, bool):
+                raise ValueError("session.json does not match its folder")
+        except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError, InvalidKey):
+            return None
+        fork = doc.get("forkedFrom")
+        forked_from = (fork[0], fork[1]) if (isinstance(fork, list) and len(fork) == 2 and _is_session_id(fork[0])
+                                             and (fork[1] is None or isinstance(fork[1], str))) else None
+        return IndexEntry(session_id=session_id, key=key, created_at=created, forked_from=forked_from)
+
+    def session_info(self, session_id: str) -> IndexEntry | None:
+        entry = self._read_meta(session_id)
+        if entry is None:
+            # session.json unreadable (damaged by hand or by the disk): the session is
+            # still reachable by its id while its log exists; its key is unknown ("").
+            if not _is_session_id(session_id) or not self.fs.exists(self._log(session_id)):
+                return None
+            return IndexEntry(session_id=session_id, key="", created_at=0)
+        if self.lookup(entry.key) != session_id:
+            return None
+        return entry
+
+    def list_sessions(self) -> list[IndexEntry]:
+        if self._format() == 1:
+            found = list(self._legacy_index().values())
         else:
-            if self.index_changed():
-                self._catch_up_journal()
-            stale = bool(self._pending)  # the checkpoint no longer covers the journal
-        entries, self._pending = self._pending, []
-        return entries, stale
-
-    def index_changed(self) -> bool:
-        if self._pending:
-            return True
-        try:
-            return self.fs.size(self._journal_path) > self._journal_offset
-        except FileNotFoundError:
-            return False
-
-    def _load_index(self) -> bool:
-        """Checkpoint + journal tail, or a full rebuild (journal + folders); True when rebuilt."""
-        checkpoint = self._read_checkpoint()
-        try:
-            journal_size = self.fs.size(self._journal_path)
-        except FileNotFoundError:
-            journal_size = 0
-        if checkpoint is not None and checkpoint[1] <= journal_size:
-            entries, self._journal_offset = checkpoint
-            for entry in entries:
-                self._note(entry)
-            self._catch_up_journal(writer=True)
-            return len(self._pending) > len(entries)
-        if self.fs.exists(self._index_path):
-            _log.warning("%s is missing, empty or corrupt: rebuilding the index", self._index_path)
-        self._journal_offset = 0
-        self._catch_up_journal(writer=True)
-        for entry in self._adoptable_folders():
-            self._note(entry)
-        return True
-
-    def _note(self, entry: IndexEntry) -> None:
-        """Track a key's owner (for create_session) and queue the entry for read_index."""
-        if entry.op == "create":
-            self._keys[entry.key] = entry.session_id
-            self._live[entry.session_id] = entry.key
-        else:
-            key = self._live.pop(entry.session_id, None)
-            if key is not None and self._keys.get(key) == entry.session_id:
-                del self._keys[key]
-        self._pending.append(entry)
-
-    def _read_checkpoint(self) -> tuple[list[IndexEntry], int] | None:
-        try:
-            raw = self.fs.read(self._index_path)
-        except FileNotFoundError:
-            return None
-        try:
-            doc = json.loads(raw)
-            keys = {k: v for k, v in doc["keys"].items() if isinstance(k, str) and _is_session_id(v)}
-            entries = [IndexEntry(op="create", session_id=sid, key=str(s["key"]), created_at=int(s["createdAt"]),
-                                  updated_at=int(s.get("updatedAt") or s["createdAt"]),
-                                  message_count=s["messageCount"] if isinstance(s.get("messageCount"), int) else None)
-                       for sid, s in doc["sessions"].items() if _is_session_id(sid)]
-            offset = int(doc.get("journalBytes", 0))
-        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
-            return None
-        if set(keys.values()) - {e.session_id for e in entries}:
-            return None
-        return entries, offset
-
-    def _adoptable_folders(self) -> list[IndexEntry]:
-        """Folders with a valid ``session.json`` the index does not know, whose key is free."""
-        found: list[IndexEntry] = []
-        taken = dict(self._keys)
-        for name in self.fs.listdir(self.directory):
-            if name in self._live or not _is_session_id(name):
-                continue
-            try:
-                doc = json.loads(self.fs.read(f"{self._dir(name)}/session.json"))
-                key, created = _check_key(doc["key"]), int(doc["createdAt"])
-                if doc["sessionId"] != name:
-                    raise ValueError("sessionId does not match the folder")
-            except FileNotFoundError:
-                continue
-            except (ValueError, TypeError, KeyError, UnicodeDecodeError, InvalidKey) as e:
-                _log.warning("%s/session.json unreadable (%s): folder left alone", self._dir(name), e)
-                continue
-            if not self.fs.exists(self._log(name)):  # killed inside resolve(): never announced
-                _log.warning("folder %s has no messages.jsonl (an interrupted creation): left alone", name)
-                continue
-            if key in taken:
-                _log.warning("folder %s claims key %r of session %s: left alone", name, key, taken[key])
-                continue
-            _log.warning("session %s (key %r) recovered from its folder", name, key)
-            taken[key] = name
-            found.append(IndexEntry(op="create", session_id=name, key=key, created_at=created))
+            found = []
+            keys = f"{self.directory}/keys"
+            for shard in self.fs.listdir(keys):
+                if len(shard) != 2:
+                    continue
+                for name in self.fs.listdir(f"{keys}/{shard}"):
+                    sid = self.fs.readlink(f"{keys}/{shard}/{name}")
+                    if sid is None or not _is_session_id(sid) or not self.fs.exists(self._log(sid)):
+                        continue
+                    entry = self._read_meta(sid)
+                    if entry is None:  # session.json unreadable: listed, its key unknown
+                        found.append(IndexEntry(session_id=sid, key="", created_at=0))
+                    elif self._key_link(entry.key) == f"{keys}/{shard}/{name}":
+                        found.append(entry)
+        found.sort(key=lambda e: (e.created_at, e.session_id))
         return found
 
-    def _catch_up_journal(self, *, writer: bool = False) -> None:
-        """Queue what was appended to ``keys.jsonl`` since we last looked.
+    def create_session(self, key: str, session_id: str, created_at: int, *,
+                       messages: Sequence[bytes] = (), events: Sequence[bytes] = (),
+                       forked_from: tuple[str, str | None] | None = None) -> str:
+        if not _is_session_id(session_id):
+            raise InvalidInput(f"not a session id: {session_id!r}")
+        self._ensure_format()
+        existing = self._live_target(key)
+        if existing is not None:
+            return existing
+        fs, durable = self.fs, self._durable
+        link = self._key_link(key)
+        fs.makedirs(link.rpartition("/")[0], durable=durable)
+        # The folder is written whole under a temporary name (its log locked, so that a
+        # repair can tell a creation in progress from the remains of a killed one)...
+        staging, final = f"{self.directory}/.new-{session_id}", self._dir(session_id)
+        fs.makedirs(staging, durable=False)
+        try:
+            with fs.locked(f"{staging}/messages.jsonl"):
+                meta: dict[str, Any] = {"version": FORMAT_VERSION, "sessionId": session_id, "key": key,
+                                        "createdAt": created_at}
+                if forked_from is not None:
+                    meta["forkedFrom"] = list(forked_from)
+                fs.append(f"{staging}/session.json", _encode_line(meta))
+                fs.append(f"{staging}/branches.jsonl", b"".join(events))
+                if messages:
+                    fs.append(f"{staging}/messages.jsonl", b"".join(messages))
+                if durable:
+                    for name in ("session.json", "messages.jsonl", "branches.jsonl"):
+                        fs.sync(f"{staging}/{name}")
+                # ...then renamed into place, then announced: the key link is the commit.
+                fs.rename(staging, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fs.remove_tree(staging)
+            raise
+        try:
+            while not fs.symlink(session_id, link, durable=durable):
+                winner = self._live_target(key)
+                if winner is not None:  # another store created the key's session first
+                    fs.remove_tree(final)
+                    return winner
+                self._remove_stale_link(key)  # an interrupted deletion left the link
+        except BaseException:
+            # Not acknowledged (the link's sync may have failed after it was made): undo it.
+            with contextlib.suppress(OSError):
+                if fs.readlink(link) == session_id:
+                    fs.remove(link)
+                fs.remove_tree(final)
+            raise
+        return session_id
 
-        With ``writer`` (holding the journal's lock) an incomplete last line is torn: cut off.
-        """
+    def _remove_stale_link(self, key: str) -> None:
+        """Remove the key's link if it names no live session (under the shard's lock:
+        two processes replacing one stale link must not remove each other's new one)."""
+        link = self._key_link(key)
+        with self.fs.locked(f"{link.rpartition('/')[0]}/.lock"):
+            if self.fs.readlink(link) is not None and self._live_target(key) is None:
+                self.fs.remove(link, durable=self._durable)
+
+    def delete_session(self, session_id: str, at: int) -> None:
+        entry = self.session_info(session_id)
+        if entry is None:
+            raise SessionNotFound(session_id)
+        link = self._key_link(entry.key)
+        fs = self.fs
+        with fs.locked(f"{link.rpartition('/')[0]}/.lock"):
+            with _JsonlWriting(self, session_id):
+                # The commit: without its log, a folder is no session (lookups check it).
+                fs.remove(self._log(session_id), durable=self._durable)
+            if fs.readlink(link) == session_id:
+                fs.remove(link, durable=self._durable)
+        with self._syncs_lock:
+            self._syncs.pop(session_id, None)
+        self._idents.pop(session_id, None)
+        with contextlib.suppress(OSError):  # garbage now; repair() clears what a crash leaves
+            fs.remove_tree(self._dir(session_id))
+
+    def _ensure_format(self) -> None:
+        """Before the first write: mark a new store, or migrate a format-1 store."""
+        version = self._format()
+        if version == 2:
+            return
+        self.fs.makedirs(self.directory)
+        if version == 0:
+            self.fs.write_atomic(self._marker, _encode_line({"format": FORMAT_VERSION}), durable=self._durable)
+            return
+        with self.fs.locked(self._journal_path):  # format-1 writers take this lock too
+            if self.fs.exists(self._marker):
+                return
+            for entry in self._legacy_index(fresh=True).values():
+                link = self._key_link(entry.key)
+                self.fs.makedirs(link.rpartition("/")[0], durable=self._durable)
+                self.fs.symlink(entry.session_id, link, durable=self._durable)
+            self.fs.write_atomic(self._marker, _encode_line({"format": FORMAT_VERSION}), durable=self._durable)
+            _log.warning("%s: migrated from format 1 to %d", self.directory, FORMAT_VERSION)
+        for name in ("keys.jsonl", "sessions.json"):
+            with contextlib.suppress(OSError):
+                self.fs.rename(f"{self.directory}/{name}", f"{self.directory}/{name}.format-1")
+        self._legacy = None
+
+    def _legacy_index(self, *, fresh: bool = False) -> dict[str, IndexEntry]:
+        """Format 1's index: the journal's live sessions, then folders it missed whose key
+        is free (what format 1 itself rebuilt from). Cached by the journal's size."""
         try:
             size = self.fs.size(self._journal_path)
         except FileNotFoundError:
-            return
-        if size <= self._journal_offset:
-            return
-        chunk = self.fs.read_from(self._journal_path, self._journal_offset)
-        records, used = _parse_lines(chunk, self._journal_offset, self._journal_path, None, [])
-        if writer and self._journal_offset + used < size:
-            _log.warning("%s: torn last line cut off", self._journal_path)
-            self.fs.truncate(self._journal_path, self._journal_offset + used)
-        for _, rec in records:
+            size = -1
+        if self._legacy is not None and self._legacy[0] == size and not fresh:
+            return self._legacy[1]
+        live: dict[str, IndexEntry] = {}
+        by_id: dict[str, str] = {}
+        journal = b""
+        with contextlib.suppress(FileNotFoundError):
+            journal = self.fs.read(self._journal_path)
+        for _, rec in _parse_lines(journal, 0, self._journal_path, None, [])[0]:
             sid = rec.get("sessionId")
-            if not isinstance(sid, str) or not _is_session_id(sid):
+            if not _is_session_id(sid):
                 continue
-            if rec.get("op") == "create" and isinstance(rec.get("key"), str) and sid not in self._live:
+            if rec.get("op") == "create" and isinstance(rec.get("key"), str) and sid not in by_id:
                 created = rec.get("createdAt")
-                self._note(IndexEntry(op="create", session_id=sid, key=rec["key"],
-                                      created_at=created if isinstance(created, int) else 0))
-            elif rec.get("op") == "delete" and sid in self._live:
-                self._note(IndexEntry(op="delete", session_id=sid))
-        self._journal_offset += used
-
-    def _journal_append(self, record: dict[str, Any]) -> None:
-        """Append one record to ``keys.jsonl`` (caller holds its lock, caught up); fsync'd when durable."""
-        line = _encode_line(record)
-        self._write_record(self._journal_path, self._journal_offset, line)
-        self._sync_file(self._journal_path)
-        self._journal_offset += len(line)
-
-    def create_session(self, key: str, session_id: str, created_at: int) -> None:
-        with self.fs.locked(self._journal_path):
-            self._catch_up_journal(writer=True)
-            if key in self._keys:
-                return
-            sdir = self._dir(session_id)
-            self.fs.makedirs(sdir, durable=self._durable)
-            self.fs.write_atomic(f"{sdir}/session.json", _encode_line(
-                {"version": FORMAT_VERSION, "sessionId": session_id, "key": key, "createdAt": created_at}),
-                durable=self._durable)
-            self.fs.write_atomic(self._events(session_id), b"", durable=False)
-            self.fs.write_atomic(self._log(session_id), b"", durable=self._durable)
-            self._journal_append({"op": "create", "key": key, "sessionId": session_id, "createdAt": created_at})
-            self._note(IndexEntry(op="create", session_id=session_id, key=key, created_at=created_at))
-
-    def delete_session(self, session_id: str, at: int) -> None:
-        # The folder is renamed away (atomically), then the deletion journaled, then
-        # the files removed, all under the session's lock.
-        with self.fs.locked(self._journal_path):
-            self._catch_up_journal(writer=True)
-            if session_id not in self._live:
-                raise SessionNotFound(session_id)
-            trash = f"{self.directory}/.deleted-{session_id}-{uuid.uuid4().hex[:8]}"
-            with self.fs.locked(self._log(session_id)):
-                self.fs.rename(self._dir(session_id), trash)
-                self._journal_append({"op": "delete", "sessionId": session_id, "at": at})
-                self._note(IndexEntry(op="delete", session_id=session_id))
-                with self._syncs_lock:
-                    self._syncs.pop(session_id, None)
-                self.fs.remove_tree(trash)
-
-    def save_index(self, sessions: list[SessionMetadata]) -> None:
-        doc = {"version": FORMAT_VERSION, "journalBytes": self._journal_offset,
-               "keys": {m.key: m.session_id for m in sessions},
-               "sessions": {m.session_id: {"sessionId": m.session_id, "key": m.key, "createdAt": m.created_at,
-                                           "updatedAt": m.updated_at, "messageCount": m.message_count}
-                            for m in sessions}}
-        self.fs.write_atomic(self._index_path, _encode_line(doc), durable=True)
+                live[rec["key"]] = IndexEntry(session_id=sid, key=rec["key"],
+                                              created_at=created if isinstance(created, int) else 0)
+                by_id[sid] = rec["key"]
+            elif rec.get("op") == "delete" and sid in by_id:
+                key = by_id.pop(sid)
+                if live.get(key) is not None and live[key].session_id == sid:
+                    del live[key]
+        for name in self.fs.listdir(self.directory):
+            entry = self._read_meta(name) if name not in by_id else None
+            if entry is not None and entry.key not in live and self.fs.exists(self._log(name)):
+                live[entry.key] = entry
+        for key, entry in list(live.items()):
+            if not self.fs.exists(self._log(entry.session_id)):
+                del live[key]
+        self._legacy = (size, live)
+        return live
 
     # -- a session's records --------------------------------------------------------------
 
     def writing(self, session_id: str) -> contextlib.AbstractContextManager[None]:
         return _JsonlWriting(self, session_id)
 
+    def _stat_events(self, session_id: str) -> tuple[int, Any]:
+        try:
+            return self.fs.stat(self._events(session_id))
+        except FileNotFoundError:
+            return 0, None
+
     def load(self, session_id: str, position: Position, *, writer: bool = False) -> Records | None:
         fs = self.fs
-        log, events = self._files(session_id)
+        log, events = self._log(session_id), self._events(session_id)
         while True:
             try:
-                size = fs.size(log)
-            except FileNotFoundError:
+                size, ident = fs.stat(log)
+            except (FileNotFoundError, NotADirectoryError):
                 raise SessionNotFound(session_id) from None
+            esize, eident = self._stat_events(session_id)
             epos, mpos = position
-            restart = size < mpos
-            if restart:
-                _log.warning("%s shrank: reloading", log)
+            restart = position != (0, 0) and (self._idents.get(session_id) != (eident, ident)
+                                              or size < mpos or esize < epos)
+            if restart:  # rewritten (a repair) or cut back (a failed sync) under us
+                _log.warning("%s was rewritten: reloading", log)
                 epos = mpos = 0
-            esize = self._size_or_zero(events)
+            self._idents[session_id] = (eident, ident)
             if esize <= epos and size <= mpos and not restart:
                 return None
             # Branch events first: each names the message count it follows, so every
@@ -1686,151 +2518,285 @@ class JsonlStorage(Storage):
                     _log.warning("%s: torn last line cut off", events)
                     fs.truncate(events, epos)
             if size > mpos:
-                found.messages, used = _parse_lines(fs.read_from(log, mpos), mpos, log, session_id, found.problems)
+                found.messages, used = _parse_lines(fs.read_from(log, mpos), mpos, log, session_id,
+                                                    found.problems, message=True)
+                found.nbytes = used
                 mpos += used
                 if writer and mpos < size:
                     _log.warning("%s: torn last line (%d bytes) cut off", log, size - mpos)
                     fs.truncate(log, mpos)
             # Without the lock, an event may have been written between the two reads,
             # before messages we just read: then read both again.
-            if writer or not found.messages or self._size_or_zero(events) == esize:
+            if writer or not found.messages or self._stat_events(session_id)[0] == esize:
                 found.position = (epos, mpos)
                 return found
-
-    def _size_or_zero(self, path: str) -> int:
-        try:
-            return self.fs.size(path)
-        except FileNotFoundError:
-            return 0
 
     def _sync_state(self, session_id: str) -> _SyncState:
         st = self._syncs.get(session_id)
         if st is None:
             with self._syncs_lock:
-                st = self._syncs.setdefault(session_id, _SyncState())
+                st = self._syncs.get(session_id)
+                if st is None:
+                    if len(self._syncs) >= 4096:  # bounded: idle states are recreated on demand
+                        for sid in [s for s, x in self._syncs.items() if x.idle]:
+                            del self._syncs[sid]
+                    st = self._syncs[session_id] = _SyncState()
         return st
 
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
-        end = position[1] + len(line)
-        files = self._paths.get(session_id) or self._files(session_id)
-        self._write_record(files[0], position[1], line)
-        if self._must_sync:
-            self._sync_state(session_id).written = end
-        return (position[0], end)
+        return self._append(session_id, 1, position, line)
 
     def append_event(self, session_id: str, position: Position, line: bytes) -> Position:
-        self._write_record(self._events(session_id), position[0], line)
-        if self._must_sync:
-            self._sync_state(session_id).events_dirty = True
-        return (position[0] + len(line), position[1])
+        return self._append(session_id, 0, position, line)
 
-    def sync(self, session_id: str, position: Position) -> None:
+    def _append(self, session_id: str, file: int, position: Position, line: bytes) -> Position:
+        """One record at the end of a session's file (0: branch events, 1: messages)."""
+        path = self._log(session_id) if file else self._events(session_id)
+        start = position[file]
+        new = (position[0], start + len(line)) if file else (start + len(line), position[1])
+        if not self._must_sync:
+            self._write_record(path, start, line)
+            return new
+        st = self._sync_state(session_id)
+        if st.poisoned:
+            raise StorageError(errno.EIO, st.poisoned)
+        self._write_record(path, start, line)
+        st.note_write(file, start, start + len(line))
+        return new
+
+    def rollback(self, session_id: str, position: Position) -> None:
+        """Cut both files back to ``position`` (the records after it are this writer's,
+        not acknowledged: their write scope failed)."""
+        for file, path in ((0, self._events(session_id)), (1, self._log(session_id))):
+            try:
+                if self.fs.size(path) > position[file]:
+                    self.fs.truncate(path, position[file])
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StorageError(e.errno, f"could not undo a failed write to {path}: {e.strerror or e}") from e
+            if self._must_sync:
+                self._sync_state(session_id).rolled_back(file, position[file])
+
+    def sync(self, session_id: str) -> None:
         """Group commit: one fdatasync covers every record written before it started.
 
         The first writer to arrive becomes the leader and syncs; writers arriving
-        meanwhile wait, and are all woken at once when a sync covers their record
-        (a lock handed from thread to thread woke them one by one, halving batches).
-        Branch events (rare) are synced after the messages they may name.
+        meanwhile wait, and are all woken at once when a sync covers their record.
+        A failed sync fails every record it covered, and later syncs never cover them
+        (the fsyncgate lesson: after a failed fsync the kernel may have dropped the
+        pages, so a second fsync "succeeding" proves nothing). The failed records are
+        cut off their files when they are all this process's own and last there;
+        otherwise this storage refuses further writes to the session until reopened.
         """
         if not self._must_sync:
             return
         st = self._sync_state(session_id)
-        upto = position[1]
-        cond = st.cond
-        if st.synced < upto:
-            with cond:
-                while st.synced < upto and st.syncing:
-                    cond.wait()
-                leader = st.synced < upto
-                if leader:
-                    st.syncing = True
-            if leader:
-                synced = False
-                target = st.written  # everything written so far is covered by this sync
-                try:
-                    self._sync_file(self._log(session_id))
-                    synced = True
-                finally:
-                    with cond:
-                        st.syncing = False
-                        if synced and target > st.synced:
-                            st.synced = target
-                        cond.notify_all()
-        if st.events_dirty:
-            st.events_dirty = False
-            try:
-                self._sync_file(self._events(session_id))
-            except BaseException:
-                st.events_dirty = True
-                raise
+        with st.cond:
+            want = st.written
+            while st.synced < want:
+                if st.failed >= want or st.poisoned:
+                    raise StorageError(errno.EIO, st.poisoned or f"could not sync session {session_id}: an "
+                                       "earlier sync covering this record failed, and the record was removed")
+                if not st.syncing:
+                    break
+                st.cond.wait()
+            else:
+                return
+            st.syncing = True
+            target, target_end, dirty = st.written, list(st.end), list(st.dirty)
+            st.dirty = [False, False]
+        try:
+            if dirty[1]:
+                self.fs.sync(self._log(session_id))
+            if dirty[0]:  # branch events after the messages they may name
+                self.fs.sync(self._events(session_id))
+        except OSError as e:
+            with st.cond:
+                st.syncing = False
+            self._after_failed_sync(session_id, st, e)  # raises
+        with st.cond:
+            st.syncing = False
+            st.synced = max(st.synced, target)
+            for file in (0, 1):
+                st.unsynced_from[file] = None if st.end[file] == target_end[file] else target_end[file]
+            st.cond.notify_all()
+
+    def _after_failed_sync(self, session_id: str, st: _SyncState, error: OSError) -> NoReturn:
+        files = (self._events(session_id), self._log(session_id))
+        why = f"could not sync session {session_id}: {error.strerror or error}"
+        try:
+            with self.fs.locked(files[1], create=False):
+                with st.cond:
+                    st.failed = st.written  # every record written so far is in doubt
+                    sizes = [self._stat_events(session_id)[0], self.fs.size(files[1])]
+                    ours = all(st.unsynced_from[f] is None or (not st.foreign[f] and sizes[f] == st.end[f])
+                               for f in (0, 1))
+                    if ours:
+                        for f in (0, 1):
+                            cut = st.unsynced_from[f]
+                            if cut is not None:
+                                self.fs.truncate(files[f], cut)
+                                self.fs.sync(files[f])
+                                st.unsynced_from[f], st.end[f] = None, cut
+                        st.dirty = [False, False]
+                        self._idents.pop(session_id, None)
+                        why += "; the records written since the last good sync were removed"
+                    else:
+                        st.poisoned = why + ("; records of other writers follow them, so this storage refuses "
+                                             "further writes to the session until the store is reopened")
+                    st.cond.notify_all()
+        except OSError as e:
+            with st.cond:
+                st.poisoned = f"{why}; then {e.strerror or e}: writes refused until the store is reopened"
+                st.cond.notify_all()
+        _log.error("%s", st.poisoned or why)
+        raise StorageError(error.errno or errno.EIO, st.poisoned or why) from error
+
+    # -- counts ------------------------------------------------------------------------------
+
+    def read_tally(self, session_id: str) -> tuple[Position, dict[str, Any]] | None:
+        try:
+            doc = json.loads(self.fs.read(f"{self._dir(session_id)}/stats.json"))
+            size, ident = self.fs.stat(self._log(session_id))
+            esize, eident = self._stat_events(session_id)
+            epos, mpos = doc["position"]
+            if ([_jsonable(eident), _jsonable(ident)] != doc["identity"] or not isinstance(mpos, int)
+                    or not isinstance(epos, int) or mpos > size or epos > esize or not isinstance(doc["tally"], dict)):
+                return None
+        except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError):
+            return None
+        self._idents[session_id] = (eident, ident)  # the position is in these very files: load() reads on
+        return (epos, mpos), doc["tally"]
+
+    def write_tally(self, session_id: str, position: Position, tally: Mapping[str, Any]) -> None:
+        idents = self._idents.get(session_id)
+        if idents is None:
+            return
+        doc = {"position": list(position), "identity": [_jsonable(i) for i in idents], "tally": dict(tally)}
+        with contextlib.suppress(OSError):  # a cache: a failure only costs a longer read later
+            self.fs.write_atomic(f"{self._dir(session_id)}/stats.json", _encode_line(doc), durable=False)
 
     # -- leases ---------------------------------------------------------------------------
 
     def read_lease(self, session_id: str) -> dict[str, Any] | None:
-        try:
-            self.fs.size(self._log(session_id))
-        except FileNotFoundError:
-            raise SessionNotFound(session_id) from None
         return self.fs.read_lease(f"{self._dir(session_id)}/lock.json")
 
-    def write_lease(self, session_id: str, lease: Mapping[str, Any]) -> None:
-        self.fs.write_lease(f"{self._dir(session_id)}/lock.json", lease)
+    def write_lease(self, session_id: str, lease: Mapping[str, Any], *, durable: bool) -> None:
+        self.fs.write_lease(f"{self._dir(session_id)}/lock.json", lease, durable=durable and self._durable)
+
+    def peek_lease(self, session_id: str) -> dict[str, Any] | None:
+        try:
+            return self.fs.read_lease(f"{self._dir(session_id)}/lock.json")
+        except OSError:
+            return None
+
+    def hold_lease(self, session_id: str) -> None:
+        self.fs.hold(f"{self._dir(session_id)}/lease.lock")
+
+    def drop_lease(self, session_id: str) -> None:
+        self.fs.release(f"{self._dir(session_id)}/lease.lock")
+
+    def holder_gone(self, session_id: str, lease: Mapping[str, Any]) -> bool:
+        try:
+            return self.fs.is_held(f"{self._dir(session_id)}/lease.lock") is False
+        except OSError:
+            return False
 
     # -- check and repair -------------------------------------------------------------------
 
     def check(self, sessions: Mapping[str, str], *, index: bool) -> list[Problem]:
         problems: list[Problem] = []
         if index:
-            problems += self._check_index(sessions)
+            problems += self._check_index()
         for sid, key in sessions.items():
             for path in (self._events(sid), self._log(sid)):
                 try:
                     data = self.fs.read(path)
                 except FileNotFoundError:
-                    if path == self._log(sid):
-                        problems.append(Problem(session_id=sid, file=path, offset=None,
-                                                reason="messages.jsonl is missing"))
                     continue
                 used = data.rfind(b"\n") + 1
                 if used < len(data):
                     problems.append(Problem(session_id=sid, file=path, offset=used,
                                             reason=f"incomplete last line ({len(data) - used} bytes, torn write)"))
-            meta_path = f"{self._dir(sid)}/session.json"
-            try:
-                meta = json.loads(self.fs.read(meta_path))
-                if meta.get("sessionId") != sid or meta.get("key") != key:
-                    raise ValueError("does not match the index")
-            except FileNotFoundError:
-                problems.append(Problem(session_id=sid, file=meta_path, offset=None,
-                                        reason="session.json is missing (the index cannot be rebuilt for it)"))
-            except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
-                problems.append(Problem(session_id=sid, file=meta_path, offset=None,
-                                        reason=f"session.json is unusable: {e}"))
+            entry = self._read_meta(sid)
+            if entry is None or entry.key != key:
+                problems.append(Problem(session_id=sid, file=f"{self._dir(sid)}/session.json", offset=None,
+                                        reason="session.json is unusable: the session's key is unknown (it is "
+                                               "still reachable by its id)"))
         return problems
 
-    def _check_index(self, known: Mapping[str, str]) -> list[Problem]:
-        problems: list[Problem] = []
-        if self.fs.exists(self._index_path) and self._read_checkpoint() is None:
-            problems.append(Problem(session_id=None, file=self._index_path, offset=None,
-                                    reason="sessions.json is empty or corrupt (rebuilt when a store opens)"))
-        try:
-            journal = self.fs.read(self._journal_path)
-        except FileNotFoundError:
-            journal = b""
-        _, used = _parse_lines(journal, 0, self._journal_path, None, problems)
-        if used < len(journal):
-            problems.append(Problem(session_id=None, file=self._journal_path, offset=used,
-                                    reason="incomplete last line (torn write)"))
+    def _garbage(self) -> list[tuple[str, str, bool]]:
+        """What a killed or failed operation left: ``(path, why, is a directory)``.
+
+        A folder being created holds its log's lock and a temp file being written its
+        own, so a live writer's work is never taken for garbage."""
+        fs, found = self.fs, []
+        keys = f"{self.directory}/keys"
+        shards = [f"{keys}/{s}" for s in fs.listdir(keys) if len(s) == 2]
+        scanned = [self.directory, *shards]
+        for name in fs.listdir(self.directory):
+            path = f"{self.directory}/{name}"
+            if name.startswith(".new-") and fs.is_dir(path) and fs.is_held(f"{path}/messages.jsonl") is False:
+                found.append((path, "an interrupted creation, never announced", True))
+            elif name.startswith(".deleted-") and fs.is_dir(path):
+                found.append((path, "the remains of a deleted session (format 1)", True))
+            elif _is_session_id(name) and fs.is_dir(path):
+                if fs.exists(self._log(name)):
+                    scanned.append(path)
+                elif self._only_ours(path):
+                    found.append((path, "the remains of a deleted session (or of a creation killed in format 1)",
+                                  True))
+        for directory in scanned:
+            for name in fs.listdir(directory):
+                path = f"{directory}/{name}"
+                if name.startswith(".") and ".tmp-" in name and fs.is_held(path) is False:
+                    found.append((path, "the temp file of an interrupted write", False))
+        for shard in shards:
+            for name in fs.listdir(shard):
+                if name.startswith("."):
+                    continue
+                target = fs.readlink(f"{shard}/{name}")
+                if target is None or not _is_session_id(target) or not fs.exists(self._log(target)):
+                    found.append((f"{shard}/{name}", "a key link to no session (an interrupted deletion)", False))
+        return found
+
+    def _only_ours(self, folder: str) -> bool:
+        """Whether a folder without a log is provably a session's remains: it names its
+        session in ``session.json``, or holds nothing but files a session folder has.
+        (A store folder may hold unrelated folders: they are never taken for garbage.)"""
+        names = self.fs.listdir(folder)
+        if "session.json" in names:
+            return self._read_meta(folder.rpartition("/")[2]) is not None
+        return bool(names) and all(n in _SESSION_FILES or (n.startswith(".") and ".tmp-" in n) for n in names)
+
+    def _unindexed(self) -> list[IndexEntry]:
+        """Complete session folders that no key link names."""
+        found = []
         for name in self.fs.listdir(self.directory):
-            if _is_session_id(name) and name not in known and self.fs.exists(f"{self._dir(name)}/session.json"):
-                problems.append(Problem(session_id=name, file=self._dir(name), offset=None,
-                                        reason="session folder is not in the index: an interrupted creation "
-                                               "(repair adopts it, or sets it aside if its key is taken)"))
+            if _is_session_id(name) and self.fs.exists(self._log(name)):
+                entry = self._read_meta(name)
+                if entry is not None and self.lookup(entry.key) != name:
+                    found.append(entry)
+        return found
+
+    def _check_index(self) -> list[Problem]:
+        if self._format() == 1:
+            return [Problem(session_id=None, file=self._journal_path, offset=None,
+                            reason="format 1 (a keys.jsonl journal): the first write or repair() migrates it")]
+        problems = [Problem(session_id=None, file=path, offset=None, reason=f"{why} (repair removes it)")
+                    for path, why, _ in self._garbage()]
+        for entry in self._unindexed():
+            problems.append(Problem(session_id=entry.session_id, file=self._dir(entry.session_id), offset=None,
+                                    reason="session folder is not in the index (repair adopts it, or sets it "
+                                           "aside if its key belongs to another session)"))
         return problems
 
-    def quarantine(self, session_id: str, problems: list[Problem]) -> list[str]:
+    def quarantine(self, session_id: str, problems: list[Problem], placeholders: Mapping[int, bytes]) -> list[str]:
         """Lines that cannot join the session (and a torn tail) go to ``<log>.quarantine``
-        beside the log, byte for byte; the log is then rewritten atomically without them."""
+        beside the log, byte for byte; damaged message lines are replaced by their
+        placeholders; the log is then rewritten atomically (a new file: every reader
+        notices and reloads)."""
         fixed: list[str] = []
         for path in (self._events(session_id), self._log(session_id)):
             try:
@@ -1838,48 +2804,98 @@ class JsonlStorage(Storage):
             except FileNotFoundError:
                 continue
             used = data.rfind(b"\n") + 1
-            bad_offsets = {p.offset for p in problems if p.file == path and p.offset is not None}
-            if not bad_offsets and used == len(data):
+            bad = {p.offset for p in problems if p.file == path and p.offset is not None}
+            if not bad and used == len(data):
                 continue
             keep: list[bytes] = []
-            quarantine: list[bytes] = []
+            aside: list[bytes] = []
+            replaced = 0
             pos = 0
             for line in data[:used].split(b"\n")[:-1]:
-                (quarantine if pos in bad_offsets else keep).append(line + b"\n")
+                if pos in bad:
+                    aside.append(line + b"\n")
+                    if path == self._log(session_id) and pos in placeholders:
+                        keep.append(placeholders[pos])
+                        replaced += 1
+                else:
+                    keep.append(line + b"\n")
                 pos += len(line) + 1
             if used < len(data):
-                quarantine.append(data[used:] + b"\n")
+                aside.append(data[used:] + b"\n")
             qpath = path + ".quarantine"
-            self.fs.append(qpath, b"".join(quarantine))
+            self.fs.append(qpath, b"".join(aside))
             self._sync_file(qpath)
             self.fs.write_atomic(path, b"".join(keep))
-            fixed.append(f"{path}: moved {len(quarantine)} unusable line(s) to {qpath}")
+            fixed.append(f"{path}: moved {len(aside)} unusable line(s) to {qpath}"
+                         + (f", {replaced} of them replaced by a placeholder keeping its place in the tree"
+                            if replaced else ""))
         if fixed:
             with self._syncs_lock:
                 self._syncs.pop(session_id, None)
+            self._idents.pop(session_id, None)
         return fixed
 
     def repair_index(self) -> list[str]:
-        """Adopt unindexed folders into the journal; set aside those whose key is taken."""
+        """Migrate format 1; adopt unindexed folders; clear garbage (see :meth:`_garbage`)."""
         fixed: list[str] = []
-        with self.fs.locked(self._journal_path):
-            self._catch_up_journal(writer=True)
-            for entry in self._adoptable_folders():
-                self._journal_append({"op": "create", "key": entry.key, "sessionId": entry.session_id,
-                                      "createdAt": entry.created_at})
-                self._note(entry)
-                fixed.append(f"{self._dir(entry.session_id)}: adopted into the index (key {entry.key!r})")
-            for name in self.fs.listdir(self.directory):  # left: folders whose key another session has
-                if _is_session_id(name) and name not in self._live and self.fs.exists(
-                        f"{self._dir(name)}/session.json"):
-                    aside = f"{self.directory}/.orphan-{name}"
-                    why = ("its key belongs to another session" if self.fs.exists(self._log(name))
-                           else "an interrupted creation (no messages.jsonl)")
-                    self.fs.rename(self._dir(name), aside)
-                    fixed.append(f"{self._dir(name)}: {why}; set aside as {aside}")
-            if self._read_checkpoint() is None:
-                fixed.append(f"{self._index_path}: rewritten")
+        if self._format() == 1:
+            self._ensure_format()
+            fixed.append(f"{self.directory}: migrated to format {FORMAT_VERSION}")
+        if not self.fs.exists(self.directory):
+            return fixed
+        for path, why, is_dir in self._garbage():
+            if is_dir:
+                self.fs.remove_tree(path)
+            elif "/keys/" in path:
+                with self.fs.locked(f"{path.rpartition('/')[0]}/.lock"):
+                    target = self.fs.readlink(path)
+                    if target is None or not _is_session_id(target) or not self.fs.exists(self._log(target)):
+                        self.fs.remove(path, durable=self._durable)
+            else:
+                self.fs.remove(path)
+            fixed.append(f"{path}: {why}; removed")
+        set_aside: set[str] = set()
+        for entry in self._unindexed():
+            sid = entry.session_id
+            if self.lookup(entry.key) is None:
+                self._ensure_format()
+                link = self._key_link(entry.key)
+                self.fs.makedirs(link.rpartition("/")[0], durable=self._durable)
+                self._remove_stale_link(entry.key)
+                if self.fs.symlink(sid, link, durable=self._durable):
+                    fixed.append(f"{self._dir(sid)}: adopted into the index (key {entry.key!r})")
+                    continue
+            if self.fs.size(self._log(sid)) == 0:
+                self.fs.remove_tree(self._dir(sid))
+                fixed.append(f"{self._dir(sid)}: an empty session whose key belongs to another; removed")
+            else:
+                aside = f"{self.directory}/.orphan-{sid}"
+                self.fs.rename(self._dir(sid), aside)
+                set_aside.add(aside)
+                fixed.append(f"{self._dir(sid)}: its key {entry.key!r} belongs to another session; "
+                             f"kept aside as {aside}")
+        for name in self.fs.listdir(self.directory):
+            orphan = f"{self.directory}/{name}"
+            if name.startswith(".orphan-") and self.fs.is_dir(orphan) and orphan not in set_aside:
+                try:
+                    empty = self.fs.size(f"{orphan}/messages.jsonl") == 0
+                except FileNotFoundError:
+                    empty = True
+                if empty:
+                    self.fs.remove_tree(orphan)
+                    fixed.append(f"{orphan}: set aside earlier and holds no message; removed")
+                else:
+                    fixed.append(f"{orphan}: kept (messages of a session whose key another session has)")
         return fixed
+
+
+_SESSION_FILES = frozenset({"messages.jsonl", "branches.jsonl", "lock.json", "lease.lock", "stats.json",
+                            "messages.jsonl.quarantine", "branches.jsonl.quarantine"})
+
+
+def _jsonable(identity: Any) -> Any:
+    """A file identity as JSON (a ``(dev, ino)`` pair becomes a list)."""
+    return list(identity) if isinstance(identity, tuple) else identity
 
 
 # ============================================================================
@@ -1915,40 +2931,47 @@ class _Session:
         "branches",
         "by_id",
         "children",
+        "context_cache",
         "created_at",
         "current",
         "deleted",
+        "detached",
         "events_label",
-        "indexed_count",
+        "forked_from",
         "key",
         "last_reset_at",
         "loaded",
         "lock",
         "messages",
+        "nbytes",
         "pending_events",
         "position",
         "problems",
+        "record_count",
         "reset_config",
         "reset_count",
         "roots",
         "segments",
         "session_id",
+        "untallied",
         "updated_at",
     )
 
     def __init__(self, session_id: str, key: str, created_at: int,
-                 reset_config: AutoResetConfig | None = None) -> None:
+                 reset_config: AutoResetConfig | None = None,
+                 forked_from: tuple[str, str | None] | None = None) -> None:
         self.session_id = session_id
+        self.forked_from = forked_from
         # With auto-reset, every message carries its segment's running totals
         # (count, tokens, start ms), derived from its parent's: the check is O(1).
         self.reset_config = reset_config
-        self.indexed_count: int | None = None  # messageCount from the checkpoint, until loaded
         self.key = key
         self.created_at = created_at
         self.lock = threading.Lock()
         self.loaded = False
         self.deleted = False
         self.events_label = "branch events"
+        self.untallied = 0  # records this store wrote since the storage's tally was saved
         self.clear()
 
     def clear(self) -> None:
@@ -1957,6 +2980,7 @@ class _Session:
         self.by_id: dict[str, Message] = {}
         self.children: dict[str, list[str]] = {}
         self.roots: list[str] = []
+        self.detached: set[str] = set()  # roots whose parent is missing: a path ends at them
         self.branches: dict[str, _BranchState] = {"main": _BranchState("main", None, self.created_at)}
         self.current = "main"
         self.position: Position = (0, 0)
@@ -1966,6 +2990,9 @@ class _Session:
         self.segments: dict[str, tuple[int, int, int]] | None = {} if self.reset_config else None
         self.reset_count = 0
         self.last_reset_at: int | None = None
+        self.record_count = 0  # message records applied or skipped: what an event's "seq" counts
+        self.nbytes = 0  # bytes of the records read (the cache's measure of this session)
+        self.context_cache: Any = None
 
     # -- applying records -----------------------------------------------------
 
@@ -1980,16 +3007,26 @@ class _Session:
         return new
 
     def add_message(self, msg: Message) -> None:
-        """Apply one message (already validated): tree links and the head rule."""
-        self._apply_events_upto(len(self.messages))
+        """Apply one message (already validated): tree links and the head rule.
+
+        A message whose parent is missing (its record was lost, or written by hand
+        after it) joins as a *detached* root: it keeps ``parent_id`` as stored, but no
+        path goes above it and it is nobody's child, whatever comes later (so a cycle
+        written by hand cannot make a path or a walk loop)."""
+        self._apply_events_upto(self.record_count)
+        self.record_count += 1
         self.messages.append(msg)
         self.by_id[msg.id] = msg
-        if msg.parent_id is None:
+        parent = msg.parent_id
+        if parent is None:
             self.roots.append(msg.id)
+        elif parent not in self.by_id or parent == msg.id:
+            self.roots.append(msg.id)
+            self.detached.add(msg.id)
         else:
-            self.children.setdefault(msg.parent_id, []).append(msg.id)
+            self.children.setdefault(parent, []).append(msg.id)
         branch = self.branches[self.current]
-        if branch.head_id == msg.parent_id:
+        if branch.head_id == parent:
             branch.head_id = msg.id
             branch.updated_at = msg.timestamp
         if msg.timestamp > self.updated_at:
@@ -2002,24 +3039,14 @@ class _Session:
                 self.segments[msg.id] = (0, 0, msg.timestamp)
             else:
                 tokens = self.reset_config.count_tokens(msg) if self.reset_config.max_tokens is not None else 0
-                if msg.parent_id is None:
-                    self.segments[msg.id] = (1, tokens, msg.timestamp)
-                else:
-                    count, total, start = self.segments[msg.parent_id]
-                    self.segments[msg.id] = (count + 1, total + tokens, start)
-
-    def check_message(self, msg: Message) -> str | None:
-        """Why a loaded message cannot join the tree, or ``None``."""
-        if msg.id in self.by_id:
-            return f"duplicate id {msg.id!r}"
-        if msg.parent_id is not None and msg.parent_id not in self.by_id:
-            return f"parent {msg.parent_id!r} of {msg.id!r} is not an earlier message"
-        return None
+                count, total, start = self.segments.get(parent, (0, 0, msg.timestamp)) if parent else (
+                    0, 0, msg.timestamp)
+                self.segments[msg.id] = (count + 1, total + tokens, start)
 
     def add_event(self, event: dict[str, Any]) -> None:
-        """Queue a branch event; it applies once ``seq`` messages are applied."""
+        """Queue a branch event; it applies once ``seq`` message records are applied."""
         self.pending_events.append(event)
-        self._apply_events_upto(len(self.messages))
+        self._apply_events_upto(self.record_count)
 
     def _apply_events_upto(self, count: int) -> None:
         while self.pending_events and self.pending_events[0]["seq"] <= count:
@@ -2032,6 +3059,7 @@ class _Session:
             self.problems.append(Problem(session_id=self.session_id, file=self.events_label, offset=None,
                                          reason=f"branch {name!r} names unknown message {head!r}"))
             return
+        to = ev.get("to")
         if op == "create" and name not in self.branches:
             self.branches[name] = _BranchState(name, head, at)
         elif op == "switch" and name in self.branches:
@@ -2039,6 +3067,14 @@ class _Session:
         elif op == "move" and name in self.branches:
             branch = self.branches[name]
             branch.head_id, branch.updated_at = head, at
+        elif op == "delete" and name in self.branches and name != self.current:
+            del self.branches[name]
+        elif op == "rename" and name in self.branches and _is_name(to) and to not in self.branches:
+            self.branches = {(to if k == name else k): v for k, v in self.branches.items()}  # keeps its place
+            branch = self.branches[to]
+            branch.name, branch.updated_at = to, at
+            if self.current == name:
+                self.current = to
         else:
             self.problems.append(Problem(session_id=self.session_id, file=self.events_label, offset=None,
                                          reason=f"event {op!r} on branch {name!r} does not apply"))
@@ -2050,29 +3086,40 @@ class _Session:
 
     def ingest(self, found: Records) -> None:
         """Apply what :meth:`Storage.load` found: branch events first (each waits for
-        the message count it names), then messages, validated as they join the tree."""
+        the record count it names), then messages, validated as they join the tree."""
         if found.restart:
             self.clear()
         self.events_label = found.events_label
         self.problems += found.problems
+        self.nbytes += found.nbytes
         for where, rec in found.events:
-            if (rec.get("op") not in ("create", "switch", "move") or not isinstance(rec.get("name"), str)
+            if (rec.get("op") not in _EVENT_OPS or not isinstance(rec.get("name"), str)
                     or not isinstance(rec.get("seq"), int) or not isinstance(rec.get("at"), int)):
                 _report(self.problems, self.session_id, found.events_label, where, "not a branch event")
                 continue
             self.add_event(rec)
+        by_id = self.by_id
         for where, rec in found.messages:
             try:
-                msg = _message_from_record(rec)
-            except ValueError as e:
-                why: str | None = str(e)
-            else:
-                why = self.check_message(msg)
-            if why is not None:
+                msg = _message_from_record(rec, by_id)
+            except (ValueError, RecursionError) as e:  # a JSON object that is no message: damaged too
+                why = str(e) if isinstance(e, ValueError) else "nested too deeply to read"
                 _report(self.problems, self.session_id, found.messages_label, where, why)
+                placeholder = _damaged_record(b"", where, why)
+                for name in ("id", "parentId"):
+                    if _is_name(rec.get(name)):
+                        placeholder[name] = rec[name]
+                msg = _message_from_record(placeholder, by_id)
+            if msg.id in by_id:
+                _report(self.problems, self.session_id, found.messages_label, where, f"duplicate id {msg.id!r}")
+                self._apply_events_upto(self.record_count)
+                self.record_count += 1
                 continue
+            if msg.parent_id is not None and msg.parent_id not in by_id:
+                _report(self.problems, self.session_id, found.messages_label, where,
+                        f"parent {msg.parent_id!r} of {msg.id!r} is missing (its record was lost): {_KEPT}")
             self.add_message(msg)
-        self._apply_events_upto(len(self.messages))
+        self._apply_events_upto(self.record_count)
         self.position = found.position
 
     def require(self, message_id: str) -> Message:
@@ -2085,9 +3132,10 @@ class _Session:
         """Root -> leaf, O(depth)."""
         out: list[Message] = []
         msg: Message | None = self.require(leaf_id)
+        by_id, detached = self.by_id, self.detached
         while msg is not None:
             out.append(msg)
-            msg = self.by_id.get(msg.parent_id) if msg.parent_id is not None else None
+            msg = by_id.get(msg.parent_id) if msg.parent_id is not None and msg.id not in detached else None
         out.reverse()
         return out
 
@@ -2101,291 +3149,131 @@ class _Session:
             stack.extend(reversed(self.children.get(mid, ())))
         return out
 
+    def tally(self) -> dict[str, Any]:
+        """What :func:`_tally_records` would count for the records read so far."""
+        return {"messages": self.record_count, "updatedAt": self.updated_at, "resets": self.reset_count,
+                "lastResetAt": self.last_reset_at, "branches": len(self.branches)}
+
     def metadata(self) -> SessionMetadata:
         return SessionMetadata(session_id=self.session_id, key=self.key, created_at=self.created_at,
-                               updated_at=self.updated_at, message_count=len(self.messages),
-                               reset_count=self.reset_count, last_reset_at=self.last_reset_at)
+                               updated_at=self.updated_at, message_count=self.record_count,
+                               reset_count=self.reset_count, last_reset_at=self.last_reset_at,
+                               forked_from=self.forked_from, branch_count=len(self.branches))
+
+
+_KEPT = "kept as a root"  # the end of the reason of a record whose parent is missing: repair keeps it
+_EVENT_OPS = frozenset({"create", "switch", "move", "delete", "rename"})
+
+
+def _tally_records(tally: dict[str, Any], found: Records) -> None:
+    """Count records into a tally (messages, last update, resets) without building a
+    tree: what :meth:`SessionStore.get_metadata` reads on from a saved tally."""
+    updated = tally["updatedAt"]
+    for _, rec in found.events:
+        at = rec.get("at")
+        if isinstance(at, int) and not isinstance(at, bool) and at > updated:
+            updated = at
+        op = rec.get("op")
+        tally["branches"] = tally.get("branches", 1) + (op == "create") - (op == "delete")
+    count = tally["messages"]
+    for _, rec in found.messages:
+        count += 1
+        ts = rec.get("timestamp")
+        if isinstance(ts, int) and not isinstance(ts, bool):
+            updated = max(updated, ts)
+            if rec.get("type") == "reset":
+                tally["resets"] += 1
+                tally["lastResetAt"] = ts
+    tally["messages"], tally["updatedAt"] = count, updated
 
 
 # ============================================================================
-# Interoperability: pi and Claude Code transcripts; OpenAI and Anthropic contexts
+# Contexts: OpenAI and Anthropic
 # ============================================================================
 #
-# Imported lines are kept as they were. A pi entry or a Claude Code line becomes one
-# message: id = its id (pi "id", Claude Code "uuid"); parent = its parent when that
-# line came before it, else the pi header / a root (Claude Code); type =
-# "pi.<type>" or "claude_code.<type>"; role = the inner message's role, else the
-# line's type; content = its text (message.content, content or summary, by type);
-# timestamp = its ISO time in ms (the previous line's when it has none). The field
-# "pi" / "claude_code" holds the line minus the id and type restated above, with
-# the content replaced by null. Export puts them back: an imported line is written
-# back JSON-equal, unknown types and fields included. A line that cannot be a node
-# (no usable id, a repeated id, not an object) is kept whole in "pi_line" /
-# "claude_code_line" on a root with a made-up id, and written back as it was.
-#
-# Contexts go through one neutral form, _Turn (system, user, assistant or tool),
-# read from native records (the tutorial's shapes, OpenAI's and Anthropic's), pi
-# entries and Claude Code lines. _settle() then makes any path acceptable to both
-# APIs: consecutive assistant turns merge (one response split over several lines),
-# a tool call left without a result gets a synthetic error result before the next
-# turn, and a result that answers no open call is dropped.
+# build_context goes through one neutral form, _Turn (system, developer, user,
+# assistant or tool), read from native records: the tutorial's shapes, OpenAI Chat
+# Completions' (tool_calls, tool role), OpenAI Responses' items and content parts (what
+# the OpenAI Agents SDK stores: input_text/output_text, function_call,
+# function_call_output, reasoning), Anthropic's content blocks, and any of these held
+# whole as a record's content. Records of another format (the transcripts
+# session_store_transcripts imports) are first turned into native records by the
+# reader registered for that format (register_context_reader). _settle() then makes
+# any path acceptable to both APIs: consecutive assistant turns merge (one response
+# split over several records), a tool call left without a result gets a synthetic
+# error result before the next turn, and a result that answers no open call is
+# dropped. What has no equivalent in the APIs (an unknown role, a hosted-tool item, a
+# content block of an unknown type) is left out and reported: logged once per session,
+# or raised with strict=True.
 
-_PI_VERSION = 3
-_ABSENT: Any = object()
+ContextReader = Callable[[list[Message], Callable[[str], list[Message]]], list[Message]]
+"""The type of a reader given to :func:`register_context_reader`."""
+
+_CONTEXT_READERS: dict[str, ContextReader] = {}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Dialect:
-    """How one agent's transcript lines name things (see the banner above)."""
+def register_context_reader(format_name: str, reader: ContextReader) -> None:
+    """Let :meth:`SessionStore.build_context` read the records of another format.
 
-    name: str
-    id_key: str
-    parent_key: str
-    content: Mapping[str, tuple[str, ...]]  # line type -> path of its text
+    A record belongs to format ``format_name`` when its type is ``format_name`` or
+    starts with ``format_name + "."``. Whenever a root -> leaf path holds such a
+    record, ``reader(path, children)`` is called first, outside the store's locks, with
+    the path (a fresh list) and ``children(message_id)``: that message's children in the
+    session, in append order (``[]`` for an id the session does not hold; read from one
+    snapshot of the session, taken at the first call). It returns
+    the path with its format's records replaced by native ones, in any shape
+    ``build_context`` reads (for instance ``Message(role="assistant", content=[...])``
+    with Anthropic content blocks; a tool result as ``role="tool"`` with a
+    ``tool_call_id`` field): it may leave records out (what the model is not sent),
+    merge, reorder or add them (including records found through ``children``), and
+    returns every record of other formats unchanged. It must not write to the store.
 
-    def line(self, m: Message) -> Any:
-        """The line ``m`` was imported from, or ``_ABSENT`` when it was not imported."""
-        whole = m.fields.get(self.name + "_line", _ABSENT)
-        if whole is not _ABSENT:
-            return whole
-        rest = m.fields.get(self.name)
-        if not isinstance(rest, dict) or not (m.type == self.name or m.type.startswith(self.name + ".")):
-            return _ABSENT
-        line: dict[str, Any] = {}
-        kind = m.type[len(self.name) + 1:] or None
-        if kind is not None:
-            line["type"] = kind
-        line[self.id_key] = m.id
-        line.update(rest)
-        path = self.content.get(kind or "")
-        if path is not None and m.content is not None:
-            holder = line
-            for key in path[:-1]:
-                holder[key] = holder = dict(holder[key])
-            holder[path[-1]] = m.content
-        return line
-
-
-_PI = _Dialect("pi", "id", "parentId", {"message": ("message", "content"), "custom_message": ("content",),
-                                        "compaction": ("summary",), "branch_summary": ("summary",)})
-_CLAUDE = _Dialect("claude_code", "uuid", "parentUuid", {"user": ("message", "content"),
-                                                         "assistant": ("message", "content"),
-                                                         "system": ("content",), "summary": ("summary",)})
-
-
-def _is_name(value: object) -> TypeGuard[str]:
-    try:
-        _check_name("name", value)
-    except InvalidInput:
-        return False
-    return True
-
-
-def _iso_ms(value: object) -> int | None:
-    """ms since the epoch of an ISO 8601 time (``Z`` or an offset; naive = UTC), else ``None``."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return round(when.timestamp() * 1000)
-
-
-def _ms_iso(ms: int) -> str:
-    """JavaScript's ``toISOString()`` of a time in ms: what pi and Claude Code write."""
-    when = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _read_lines(source: str | os.PathLike[str] | Iterable[str], what: str) -> list[tuple[int, Any]]:
-    """The JSON values of a JSONL file (a path) or of lines, with their line numbers.
-
-    Blank lines are skipped. A line that is not JSON raises :class:`InvalidInput`,
-    except an unterminated last line of a file: what a writer killed mid-line leaves
-    (logged and skipped, as this module's own logs do).
+    Registering a name again replaces its reader. A path holding records of a format
+    with no reader, records that also carry their line in the field named
+    ``format_name`` or ``format_name + "_line"`` (as session_store_transcripts writes
+    them), makes ``build_context`` raise :class:`SessionStoreError` naming the module to
+    import; other records of unknown formats are read as native records.
+    ``session_store_transcripts`` registers its readers when it is imported.
     """
-    torn = False
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise InvalidInput(f"cannot read {what} {os.fspath(source)!r}: {e}") from None
-        raw = text.split("\n")
-        torn = not text.endswith("\n")
-    else:
-        try:
-            raw = list(source)
-        except TypeError:
-            raise InvalidInput(f"{what}: give a path or lines, not {type(source).__name__}") from None
-        if not all(isinstance(line, str) for line in raw):
-            raise InvalidInput(f"{what}: lines must be strings")
-    out: list[tuple[int, Any]] = []
-    for n, line in enumerate(raw, 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line, parse_constant=_reject_constant)
-        except ValueError as e:
-            if torn and n == len(raw):
-                _log.warning("%s: unterminated last line %d is not JSON; skipped", what, n)
-                continue
-            raise InvalidInput(f"{what}, line {n}: not JSON ({e})") from None
-        if _SURROGATE_ESCAPE_RE.search(line):
-            value = _without_lone_surrogates(value)
-        out.append((n, value))
-    return out
+    _check_name("format name", format_name)
+    if "." in format_name:
+        raise InvalidInput(f"format name {format_name!r} must not contain a dot")
+    if not callable(reader):
+        raise InvalidInput(f"reader must be callable, not {type(reader).__name__}")
+    _CONTEXT_READERS[format_name] = reader
 
 
-_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
-_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+def read_turns(message: Message, *, strict: bool = False) -> list[Message]:
+    """What :meth:`SessionStore.build_context` reads from one record, as records of one
+    canonical shape (for writing a session in another format).
 
-
-def _without_lone_surrogates(value: Any) -> Any:
-    """``value`` with lone surrogates (text JavaScript can write, UTF-8 cannot hold)
-    replaced by U+FFFD."""
-    if isinstance(value, str):
-        return _LONE_SURROGATE_RE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_without_lone_surrogates(v) for v in value]
-    if isinstance(value, dict):
-        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
-    return value
-
-
-class _Importer:
-    """Turns a transcript's lines into messages, in order (see the banner above)."""
-
-    def __init__(self, dialect: _Dialect, lines: Iterable[Any], now_ms: int) -> None:
-        self.dialect = dialect
-        # made-up ids avoid every id the source uses, so no later line loses its own
-        self.reserved: set[Any] = set()
-        first_ms = None  # the time of lines without one: the previous line's, else the first found
-        for v in lines:
-            if isinstance(v, dict):
-                self.reserved.add(v.get(dialect.id_key))
-                first_ms = first_ms if first_ms is not None else _iso_ms(v.get("timestamp"))
-        self.nodes: set[str] = set()
-        self.messages: list[Message] = []
-        self.last_ms = now_ms if first_ms is None else first_ms
-        self.made_up = 0
-
-    def _made_up_id(self) -> str:
-        while True:
-            self.made_up += 1
-            mid = f"{self.dialect.name}-line-{self.made_up}"
-            if mid not in self.reserved and mid not in self.nodes:
-                return mid
-
-    def add(self, line: Any, default_parent: str | None = None, **extra: Any) -> Message:
-        d = self.dialect
-        is_dict = isinstance(line, dict)
-        kind = line.get("type") if is_dict else None
-        if not (isinstance(kind, str) and _is_name(f"{d.name}.{kind}")):
-            kind = None
-        when = _iso_ms(line.get("timestamp")) if is_dict else None
-        self.last_ms = when if when is not None else self.last_ms
-        inner = line.get("message") if is_dict else None
-        role = inner.get("role") if isinstance(inner, dict) else None
-        path = d.content.get(kind or "")
-        content: Any = None
-        own_id = line.get(d.id_key) if is_dict else None
-        if is_dict and _is_name(own_id) and own_id not in self.nodes:
-            mid: str = own_id
-            parent = line.get(d.parent_key)
-            parent_id = parent if isinstance(parent, str) and parent in self.nodes else default_parent
-            rest = {k: v for k, v in line.items() if k != d.id_key and not (k == "type" and kind is not None)}
-            holder: dict[str, Any] | None = rest
-            for key in (path or ())[:-1]:
-                step = holder.get(key) if holder is not None else None
-                if not isinstance(step, dict):
-                    holder = None
-                    break
-                holder[key] = holder = dict(step)
-            if path and holder is not None and holder.get(path[-1]) is not None:
-                content, holder[path[-1]] = holder[path[-1]], None
-            fields: dict[str, Any] = {d.name: rest}
-            self.nodes.add(mid)
+    Each returned record keeps ``message``'s id, parent and timestamp; its type is its
+    role: ``"system"`` or ``"developer"`` (content: text), ``"user"`` (content: a list of
+    ``text`` and ``image`` blocks), ``"assistant"`` (``text``, ``thinking``,
+    ``redacted_thinking`` and ``tool_use`` blocks) or ``"tool"`` (content: ``text`` and
+    ``image`` blocks; fields ``tool_call_id``, ``is_error`` and ``name``), all blocks in
+    Anthropic's shapes. A record of another format goes through its registered reader
+    (see :func:`register_context_reader`; it sees the record alone). What has no
+    equivalent is left out, or raises :class:`InvalidMessage` with ``strict=True``.
+    Nothing is settled: a call and its result stay in the records they came in.
+    """
+    problems: list[str] = []
+    turns = _path_turns([message], lambda _: [], problems)
+    if problems and strict:
+        raise InvalidMessage(f"message {message.id!r}: " + "; ".join(problems))
+    out: list[Message] = []
+    for t in turns:
+        fields: dict[str, Any] = {}
+        if t.role == "tool":
+            content: Any = [b for b in _anthropic_blocks(t.parts) if b["type"] in ("text", "image")]
+            fields = {"tool_call_id": t.call_id, "is_error": t.is_error, "name": t.name}
+        elif t.role in ("system", "developer"):
+            content = t.text()
         else:
-            mid, parent_id = self._made_up_id(), None
-            fields = {d.name + "_line": line}
-            content = line if path else None  # shown by history and tree; the line itself is written back
-            for key in path or ():
-                content = content.get(key) if isinstance(content, dict) else None
-        fields.update(extra)
-        msg = Message(id=mid, parent_id=parent_id, type=f"{d.name}.{kind}" if kind else d.name,
-                      role=role if _is_name(role) else kind or "line", content=content,
-                      timestamp=self.last_ms, fields=fields)
-        self.messages.append(msg)
-        return msg
-
-    def is_node(self, m: Message) -> bool:
-        return self.dialect.name in m.fields
-
-
-def _pi_migrate(entries: list[dict[str, Any]], version: int) -> None:
-    """Bring pi entries of format version 1 or 2 to version 3, as pi itself does on
-    load: v1 -> v2 gives every entry an id and chains them (``firstKeptEntryIndex``
-    becomes ``firstKeptEntryId``); v2 -> v3 renames the ``hookMessage`` role ``custom``.
-    Ids made here are derived from the session id and position: importing the same
-    file twice gives the same ids."""
-    header = entries[0]
-    if version < 2:
-        ids: set[str] = set()
-        previous: str | None = None
-        for n, entry in enumerate(entries[1:], 1):
-            seed = f"{header.get('id')}:{n}"
-            while (eid := hashlib.sha256(seed.encode()).hexdigest()[:8]) in ids:
-                seed += "'"
-            ids.add(eid)
-            entry["id"], entry["parentId"], previous = eid, previous, eid
-        for entry in entries[1:]:
-            index = entry.pop("firstKeptEntryIndex", None) if entry.get("type") == "compaction" else None
-            if isinstance(index, int) and 0 < index < len(entries):
-                entry["firstKeptEntryId"] = entries[index]["id"]
-    if version < 3:
-        for entry in entries[1:]:
-            message = entry.get("message")
-            if entry.get("type") == "message" and isinstance(message, dict) and message.get("role") == "hookMessage":
-                message["role"] = "custom"
-        header["version"] = _PI_VERSION
-
-
-def _pi_import(lines: list[tuple[int, Any]], now_ms: int) -> tuple[list[Message], str]:
-    """The messages of a pi session file, and the id of its leaf (its last entry)."""
-    if not lines or not isinstance(lines[0][1], dict) or lines[0][1].get("type") != "session":
-        raise InvalidInput('not a pi session: the first line must be its header {"type":"session",...}')
-    for n, value in lines:
-        if not isinstance(value, dict):
-            raise InvalidInput(f"pi session, line {n}: not a JSON object")
-    entries: list[dict[str, Any]] = [value for _, value in lines]
-    header = entries[0]
-    version = header.get("version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise InvalidInput(f"pi session header: version must be a positive integer, not {version!r}")
-    if version > _PI_VERSION:
-        raise InvalidInput(f"pi session format version {version} is newer than this module reads ({_PI_VERSION})")
-    if not _is_name(header.get("id")):
-        raise InvalidInput("pi session header: id must be a string of 1 to 256 characters")
-    _pi_migrate(entries, version)
-    importer = _Importer(_PI, entries, now_ms)
-    root = importer.add(header)
-    leaf = root.id
-    for entry in entries[1:]:
-        m = importer.add(entry, root.id)
-        if importer.is_node(m):
-            leaf = m.id
-    return importer.messages, leaf
+            content = _anthropic_blocks(t.parts, t.calls, ids=str, thinking=True)
+        out.append(Message(id=message.id, parent_id=message.parent_id, type=t.role, role=t.role, content=content,
+                           timestamp=message.timestamp, fields=fields))
+    return out
 
 
 # -- neutral turns --------------------------------------------------------------------
@@ -2394,8 +3282,8 @@ def _pi_import(lines: list[tuple[int, Any]], now_ms: int) -> tuple[list[Message]
 @dataclasses.dataclass(slots=True)
 class _Call:
     """A tool call: its arguments as JSON text (``arguments``, as OpenAI has them) or
-    as a value (``given``, as Anthropic and pi have them); each made from the other
-    only when asked for."""
+    as a value (``given``, as Anthropic has them); each made from the other only when
+    asked for."""
 
     id: str
     name: str
@@ -2434,9 +3322,6 @@ class _Turn:
 
 
 _SYNTHETIC_RESULT = "Error: this tool call has no result (the conversation moved on before it completed)."
-_COMPACTION_PREFIX = ("The conversation history before this point was compacted into the following summary:"
-                      "\n\n<summary>\n")
-_BRANCH_PREFIX = "The following is a summary of a branch that this conversation came back from:\n\n<summary>\n"
 
 
 def _text(text: str) -> dict[str, Any]:
@@ -2444,7 +3329,7 @@ def _text(text: str) -> dict[str, Any]:
 
 
 def _image(block: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A neutral image from Anthropic's, pi's or OpenAI's image block."""
+    """A neutral image from Anthropic's, pi's, OpenAI Chat's or OpenAI Responses' image block."""
     source = block.get("source")
     if isinstance(source, dict):
         if source.get("type") == "base64":
@@ -2464,21 +3349,37 @@ def _image(block: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _call(block: Mapping[str, Any], fallback_id: str) -> _Call:
-    """A call from the tutorial's ``{id, name, params}``, OpenAI's ``{id, function:
-    {name, arguments}}``, Anthropic's ``tool_use`` or pi's ``toolCall``."""
+    """A call from the tutorial's ``{id, name, params}``, OpenAI Chat's ``{id, function:
+    {name, arguments}}``, OpenAI Responses' ``function_call`` (``call_id``, ``arguments``)
+    or ``custom_tool_call`` (``input`` text), Anthropic's ``tool_use`` or pi's ``toolCall``."""
     function = block.get("function")
     source = function if isinstance(function, dict) else block
     arguments = source.get("arguments", source.get("input", source.get("params")))
-    call_id = block.get("id")
+    call_id = block.get("call_id", block.get("id")) if block.get("type") in _RESPONSES_CALLS else block.get("id")
     name = source.get("name")
     return _Call(id=call_id if isinstance(call_id, str) and call_id else fallback_id,
                  name=name if isinstance(name, str) else "unknown", given=arguments,
                  arguments=arguments if isinstance(arguments, str) else None)
 
 
-def _read_content(content: Any, owner: str) -> tuple[list[dict[str, Any]], list[_Call], list[_Turn]]:
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+_RESPONSES_CALLS = frozenset({"function_call", "custom_tool_call"})
+_RESPONSES_RESULTS = frozenset({"function_call_output", "custom_tool_call_output"})
+# Responses items that exist only on OpenAI's side (hosted tools, references to stored
+# items): no equivalent in a request built from scratch.
+_RESPONSES_HOSTED = frozenset({
+    "item_reference", "web_search_call", "file_search_call", "computer_call", "computer_call_output",
+    "code_interpreter_call", "image_generation_call", "local_shell_call", "local_shell_call_output",
+    "shell_call", "shell_call_output", "apply_patch_call", "apply_patch_call_output", "mcp_call",
+    "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "compaction"})
+_RESPONSES_ITEMS = _RESPONSES_CALLS | _RESPONSES_RESULTS | _RESPONSES_HOSTED | {"message", "reasoning"}
+
+
+def _read_content(content: Any, owner: str, problems: list[str] | None = None,
+                  ) -> tuple[list[dict[str, Any]], list[_Call], list[_Turn]]:
     """Parts, tool calls and tool results of a message's content: a string, or a list
-    of Anthropic, pi or OpenAI blocks. ``owner`` names made-up call ids."""
+    of Anthropic, pi, OpenAI Chat or OpenAI Responses blocks. ``owner`` names made-up
+    call ids; a block of no known type is left out and described in ``problems``."""
     if content is None:
         return [], [], []
     if isinstance(content, str):
@@ -2492,148 +3393,157 @@ def _read_content(content: Any, owner: str) -> tuple[list[dict[str, Any]], list[
             parts.append(_text(block))
             continue
         if not isinstance(block, dict):
+            if problems is not None:
+                problems.append(f"a content block that is not an object in {owner!r}")
             continue
         kind = block.get("type")
-        if kind == "text" and isinstance(block.get("text"), str):
+        if kind in _TEXT_PARTS and isinstance(block.get("text"), str):
             parts.append(_text(block["text"]))
-        elif kind in ("image", "image_url"):
-            image = _image(block)
-            if image is not None:
-                parts.append(image)
+        elif kind == "refusal" and isinstance(block.get("refusal"), str):
+            parts.append(_text(block["refusal"]))
+        elif kind in ("image", "image_url", "input_image") and (image := _image(block)) is not None:
+            parts.append(image)
         elif kind == "thinking" and isinstance(block.get("thinking"), str):
             signature = block.get("signature", block.get("thinkingSignature"))
             parts.append({"type": "thinking", "thinking": block["thinking"],
                           "signature": signature if isinstance(signature, str) else None})
         elif kind == "redacted_thinking" and isinstance(block.get("data"), str):
             parts.append({"type": "redacted_thinking", "data": block["data"]})
-        elif kind in ("tool_use", "toolCall"):
+        elif kind in ("tool_use", "toolCall") or kind in _RESPONSES_CALLS:
             calls.append(_call(block, f"{owner}-call-{i}"))
         elif kind == "tool_result":
             answered = block.get("tool_use_id")
-            results.append(_Turn("tool", _read_content(block.get("content"), owner)[0],
+            results.append(_Turn("tool", _result_parts(block.get("content"), owner, problems),
                                  call_id=answered if isinstance(answered, str) else "",
                                  is_error=block.get("is_error") is True))
+        elif problems is not None:
+            problems.append(f"a content block of type {kind!r} in {owner!r}" if isinstance(kind, str)
+                            else f"a content block without a type in {owner!r}")
     return parts, calls, results
 
 
-def _result_parts(value: Any, owner: str) -> list[dict[str, Any]]:
+def _result_parts(value: Any, owner: str, problems: list[str] | None = None) -> list[dict[str, Any]]:
     if value is None or isinstance(value, (str, list)):
-        return _read_content(value, owner)[0]
+        return _read_content(value, owner, problems)[0]
     return [_text(_dumps(value))]
 
 
 _CHAT_ROLES = frozenset({"system", "user", "assistant"})
+# Roles other software writes for the ones the APIs know: LangChain's message types,
+# Gemini's "model", OpenAI's legacy "function" (a tool result).
+_ROLE_ALIASES = {"system": "system", "developer": "developer", "user": "user", "human": "user",
+                 "assistant": "assistant", "ai": "assistant", "model": "assistant", "tool": "tool",
+                 "function": "tool"}
 
 
-def _native_turns(m: Message) -> list[_Turn]:
-    """A record appended through this module: the tutorial's shapes (``tool_calls`` as
-    ``{id, name, params}``, ``tool_result`` records with ``output``), OpenAI's
-    (``tool_calls`` with ``function``, ``tool`` role) or Anthropic's (content blocks)."""
+def _native_turns(m: Message, problems: list[str]) -> list[_Turn]:
+    """A native record: the tutorial's shapes (``tool_calls`` as ``{id, name, params}``,
+    ``tool_result`` records with ``output``), OpenAI Chat's (``tool_calls`` with
+    ``function``, ``tool`` role), OpenAI Responses' items and parts, Anthropic's
+    content blocks; or any of these held whole as the content."""
     if m.type == m.role and not m.fields and isinstance(m.content, str) and m.role in _CHAT_ROLES:
         return [_Turn(m.role, [{"type": "text", "text": m.content}])]  # the common case, quickly
     if m.type == "reset":
-        return [_Turn("system", _result_parts(m.content, m.id))]
+        return [_Turn("system", _result_parts(m.content, m.id, problems))]
     if m.type == "tool" and m.role != "tool":  # the tutorial's call record: the assistant's tool_calls say it
         return []
-    if m.type == "tool_result" or m.role == "tool":
-        call_id = m.tool_call_id
-        return [_Turn("tool", _result_parts(m.fields.get("output", m.content), m.id),
-                      call_id=call_id if isinstance(call_id, str) else "", is_error=m.fields.get("is_error") is True)]
-    if m.role not in ("system", "user", "assistant"):
+    content = m.content
+    if isinstance(content, dict) and ("role" in content or content.get("type") in _RESPONSES_ITEMS):
+        return _item_turns(content, m.id, problems)  # a whole message or Responses item as the content
+    if m.type in _RESPONSES_ITEMS and m.type != "message":  # a Responses item spread over the record
+        return _item_turns({**m.fields, "type": m.type, "content": content}, m.id, problems)
+    return _message_turns(m.role, content, m.fields, m.type == "tool_result", m.id, problems)
+
+
+def _item_turns(item: Mapping[str, Any], owner: str, problems: list[str]) -> list[_Turn]:
+    """A Responses item, or a chat message held as one dict (``{"role", "content", ...}``)."""
+    kind = item.get("type")
+    if kind in _RESPONSES_CALLS:
+        return [_Turn("assistant", calls=[_call(item, f"{owner}-call")])]
+    if kind in _RESPONSES_RESULTS:
+        call_id = item.get("call_id")
+        return [_Turn("tool", _result_parts(item.get("output"), owner, problems),
+                      call_id=call_id if isinstance(call_id, str) else "")]
+    if kind == "reasoning":  # OpenAI's own reasoning: neither API takes it back from a request built here
+        summary = item.get("summary")
+        texts = [s["text"] for s in summary if isinstance(s, dict) and isinstance(s.get("text"), str)] \
+            if isinstance(summary, list) else []
+        return [_Turn("assistant", [{"type": "thinking", "thinking": t, "signature": None} for t in texts])]
+    if kind in _RESPONSES_HOSTED:
+        problems.append(f"a Responses {kind!r} item in {owner!r}")
         return []
-    parts, calls, results = _read_content(m.content, m.id)
-    if m.role == "system":
-        return [_Turn("system", [p for p in parts if p["type"] == "text"])]
-    if m.role == "user":
+    role = item.get("role")
+    rest = {k: v for k, v in item.items() if k not in ("role", "content", "type")}
+    return _message_turns(role if isinstance(role, str) else "", item.get("content"), rest, False, owner, problems)
+
+
+def _message_turns(role: str, content: Any, fields: Mapping[str, Any], is_result: bool, owner: str,
+                   problems: list[str]) -> list[_Turn]:
+    """The turns of one chat message: a role, content, and fields such as ``tool_calls``."""
+    role = _ROLE_ALIASES.get(role, "")
+    if not role and not is_result:
+        problems.append(f"role of {owner!r} has no equivalent in the APIs")
+        return []
+    if is_result or role == "tool":
+        call_id = fields.get("tool_call_id", fields.get("call_id"))
+        name = fields.get("name")
+        return [_Turn("tool", _result_parts(fields.get("output", content), owner, problems),
+                      call_id=call_id if isinstance(call_id, str) else "", name=name if isinstance(name, str) else "",
+                      is_error=fields.get("is_error") is True)]
+    parts, calls, results = _read_content(content, owner, problems)
+    if role in ("system", "developer"):
+        return [_Turn(role, [p for p in parts if p["type"] == "text"])]
+    if role == "user":
         return results + ([_Turn("user", parts)] if parts or not results else [])
-    declared = m.tool_calls if isinstance(m.tool_calls, list) else []
-    calls += [_call(c, f"{m.id}-call-{i}") for i, c in enumerate(declared) if isinstance(c, dict)]
+    declared = fields.get("tool_calls")
+    if isinstance(declared, list):
+        calls += [_call(c, f"{owner}-call-{i}") for i, c in enumerate(declared) if isinstance(c, dict)]
     return [_Turn("assistant", parts, calls)]
 
 
-def _bash_text(message: Mapping[str, Any]) -> str:
-    """pi's ``bashExecution`` message as the user text pi sends for it."""
-    text = f"Ran `{message.get('command')}`\n"
-    output = message.get("output")
-    text += f"```\n{output}\n```" if output else "(no output)"
-    if message.get("cancelled"):
-        text += "\n\n(command cancelled)"
-    elif message.get("exitCode") not in (None, 0):
-        text += f"\n\nCommand exited with code {message.get('exitCode')}"
-    if message.get("truncated") and message.get("fullOutputPath"):
-        text += f"\n\n[Output truncated. Full output: {message.get('fullOutputPath')}]"
-    return text
-
-
-def _pi_turns(entry: Mapping[str, Any], owner: str) -> list[_Turn]:
-    """What pi sends the model for one entry (its ``buildSessionContext`` and
-    ``convertToLlm``); a compaction is handled on the whole path (:func:`_path_turns`)."""
-    kind = entry.get("type")
-    if kind == "custom_message":
-        return [_Turn("user", _read_content(entry.get("content"), owner)[0])]
-    if kind == "branch_summary" and isinstance(entry.get("summary"), str) and entry["summary"]:
-        return [_Turn("user", [_text(_BRANCH_PREFIX + entry["summary"] + "</summary>")])]
-    message = entry.get("message")
-    if kind != "message" or not isinstance(message, dict):
-        return []
-    role = message.get("role")
-    parts, calls, _ = _read_content(message.get("content"), owner)
-    if role in ("user", "custom", "hookMessage"):
-        return [_Turn("user", parts)]
-    if role == "assistant":
-        return [] if message.get("stopReason") in ("error", "aborted") else [_Turn("assistant", parts, calls)]
-    if role == "toolResult":
-        call_id, name = message.get("toolCallId"), message.get("toolName")
-        return [_Turn("tool", parts, call_id=call_id if isinstance(call_id, str) else "",
-                      name=name if isinstance(name, str) else "", is_error=message.get("isError") is True)]
-    if role == "bashExecution" and not message.get("excludeFromContext"):
-        return [_Turn("user", [_text(_bash_text(message))])]
-    return []
-
-
-def _claude_turns(line: Mapping[str, Any], owner: str) -> list[_Turn]:
-    """What a Claude Code line says to the model: user and assistant lines only
-    (system lines, summaries and API error notices are for the user)."""
-    message = line.get("message")
-    if line.get("type") not in ("user", "assistant") or not isinstance(message, dict):
-        return []
-    if line.get("isApiErrorMessage"):
-        return []
-    parts, calls, results = _read_content(message.get("content"), owner)
-    if line["type"] == "assistant":
-        return [_Turn("assistant", parts, calls)]
-    return results + ([_Turn("user", parts)] if parts or not results else [])
-
-
-def _message_turns(m: Message) -> list[_Turn]:
-    """The turns one stored message contributes to a context."""
-    if not m.type.startswith(("pi", "claude_code")):  # most records: not imported
-        return _native_turns(m)
-    for dialect, read in ((_PI, _pi_turns), (_CLAUDE, _claude_turns)):
-        line = dialect.line(m)
-        if line is not _ABSENT:
-            return read(line, m.id) if isinstance(line, dict) else []
-    return _native_turns(m)
-
-
-def _path_turns(path: list[Message]) -> list[_Turn]:
-    """The turns of a root -> leaf path. A pi compaction on the path stands for what
-    came before it: its summary, then the entries from its ``firstKeptEntryId`` on (pi's
-    ``buildSessionContext``). Reset markers and Claude Code compaction boundaries are
-    roots, so a path already starts there."""
-    summary = None
-    for i in reversed([i for i, m in enumerate(path) if m.type == "pi.compaction"]):
-        entry = _PI.line(path[i])
-        if isinstance(entry, dict):
-            summary = _Turn("user", [_text(_COMPACTION_PREFIX + str(entry.get("summary")) + "\n</summary>")])
-            kept = entry.get("firstKeptEntryId")
-            start = next((j for j in range(i) if path[j].id == kept), i)
-            path = path[start:i] + path[i + 1:]
-            break
-    turns = [summary] if summary is not None else []
+def _path_turns(path: list[Message], children: Callable[[str], list[Message]], problems: list[str]) -> list[_Turn]:
+    """The turns of a root -> leaf path, records of other formats read by their readers."""
+    readers: dict[str, ContextReader] | None = None
     for m in path:
-        turns.extend(_message_turns(m))
+        if m.type != m.role:  # a plain record's type is its role: it skips this
+            name = m.type.partition(".")[0]
+            reader = _CONTEXT_READERS.get(name)
+            if reader is not None:
+                readers = readers or {}
+                readers[name] = reader
+            elif name in m.fields or name + "_line" in m.fields:
+                raise SessionStoreError(
+                    f"message {m.id!r} holds a {name!r} transcript line, and no context reader for {name!r} is "
+                    "registered: import session_store_transcripts (integrations/session_store_transcripts.py) first")
+    if readers:
+        for name, reader in readers.items():
+            path = reader(list(path), children)
+            if not isinstance(path, list) or not all(isinstance(m, Message) for m in path):
+                raise SessionStoreError(f"the context reader for {name!r} returned something else than Messages")
+    turns: list[_Turn] = []
+    for m in path:
+        turns.extend(_native_turns(m, problems))
     return turns
+
+
+# Sessions whose left-out records were logged: once per session (the most recent ones).
+_REPORTED: OrderedDict[str, None] = OrderedDict()
+_REPORTED_MAX = 10_000
+_REPORTED_LOCK = threading.Lock()
+
+
+def _left_out(session_id: str, problems: list[str], strict: bool) -> None:
+    """Raise (``strict``) or log once per session what a context had to leave out."""
+    if strict:
+        raise InvalidMessage(f"session {session_id!r}: cannot express in the API: " + "; ".join(problems))
+    with _REPORTED_LOCK:
+        if session_id in _REPORTED:
+            return
+        _REPORTED[session_id] = None
+        if len(_REPORTED) > _REPORTED_MAX:
+            _REPORTED.popitem(last=False)
+    _log.warning("session %s: a context left out %d thing(s) the APIs cannot express (reported once per "
+                 "session; strict=True raises instead): %s", session_id, len(problems), "; ".join(problems[:5]))
 
 
 def _settle(turns: list[_Turn]) -> list[_Turn]:
@@ -2666,7 +3576,7 @@ def _settle(turns: list[_Turn]) -> list[_Turn]:
                 turn.calls = [c for c in turn.calls if c.id not in seen and not seen.add(c.id)]  # type: ignore[func-returns-value]
             if not turn.parts and not turn.calls:
                 continue
-            if out and out[-1].role == "assistant":  # one response over several lines
+            if out and out[-1].role == "assistant":  # one response over several records
                 out[-1].parts += turn.parts
                 out[-1].calls += turn.calls
             else:
@@ -2702,6 +3612,20 @@ def _openai_content(parts: list[dict[str, Any]], *, images: bool) -> Any:
     return out
 
 
+# OpenAI refuses tool call ids longer than 40 characters ("string too long. Expected a
+# string with maximum length 40"); OpenAI Responses ids ("call_...|fc_...") are longer.
+_OPENAI_ID_MAX = 40
+
+
+def _openai_id(call_id: str) -> str:
+    """A tool call id OpenAI accepts: unchanged when short enough, else a prefix and a
+    hash of the whole id, the same for the call and its result."""
+    if len(call_id) <= _OPENAI_ID_MAX:
+        return call_id
+    digest = hashlib.sha256(call_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return call_id[:_OPENAI_ID_MAX - 13] + "_" + digest
+
+
 def _openai_messages(turns: list[_Turn]) -> list[dict[str, Any]]:
     """OpenAI chat messages: ``tool_calls`` with JSON-text ``arguments``, one ``tool``
     message per call; thinking is dropped (Chat Completions takes none back)."""
@@ -2709,12 +3633,12 @@ def _openai_messages(turns: list[_Turn]) -> list[dict[str, Any]]:
     for t in turns:
         if len(t.parts) == 1 and not t.calls and t.role != "tool" and t.parts[0]["type"] == "text":
             out.append({"role": t.role, "content": t.parts[0]["text"]})  # the common case, quickly
-        elif t.role == "system":
-            out.append({"role": "system", "content": t.text()})
+        elif t.role in ("system", "developer"):
+            out.append({"role": t.role, "content": t.text()})
         elif t.role == "user":
             out.append({"role": "user", "content": _openai_content(t.parts, images=True)})
         elif t.role == "tool":
-            out.append({"role": "tool", "tool_call_id": t.call_id,
+            out.append({"role": "tool", "tool_call_id": _openai_id(t.call_id),
                         "content": "\n\n".join(p["text"] if p["type"] == "text" else "[image]" for p in t.parts)})
         else:
             texts = [p for p in t.parts if p["type"] == "text"]
@@ -2723,7 +3647,7 @@ def _openai_messages(turns: list[_Turn]) -> list[dict[str, Any]]:
             entry: dict[str, Any] = {"role": "assistant", "content": _openai_content(texts, images=False)
                                      if texts else None}
             if t.calls:
-                entry["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                entry["tool_calls"] = [{"id": _openai_id(c.id), "type": "function", "function": {
                     "name": c.name, "arguments": c.arguments_text()}} for c in t.calls]
             out.append(entry)
     return out
@@ -2742,9 +3666,10 @@ def _anthropic_id(call_id: str) -> str:
 
 
 def _anthropic_blocks(parts: list[dict[str, Any]], calls: Sequence[_Call] = (), *,
-                      ids: Callable[[str], str] = _anthropic_id) -> list[dict[str, Any]]:
+                      ids: Callable[[str], str] = _anthropic_id, thinking: bool = False) -> list[dict[str, Any]]:
     """Anthropic content blocks; thinking only with its signature (the API refuses
-    it unsigned); empty texts dropped (refused too)."""
+    it unsigned; ``thinking=True`` keeps it unsigned, for transcripts); empty texts
+    dropped (refused too)."""
     out: list[dict[str, Any]] = []
     for p in parts:
         if p["type"] == "text" and p["text"].strip():
@@ -2755,6 +3680,8 @@ def _anthropic_blocks(parts: list[dict[str, Any]], calls: Sequence[_Call] = (), 
             out.append({"type": "image", "source": source})
         elif p["type"] == "thinking" and p.get("signature"):
             out.append({"type": "thinking", "thinking": p["thinking"], "signature": p["signature"]})
+        elif p["type"] == "thinking" and thinking:
+            out.append({"type": "thinking", "thinking": p["thinking"]})
         elif p["type"] == "redacted_thinking":
             out.append(p)
     for c in calls:
@@ -2775,13 +3702,14 @@ def _anthropic_result(t: _Turn, *, ids: Callable[[str], str] = _anthropic_id) ->
 
 
 def _anthropic_request(turns: list[_Turn]) -> dict[str, Any]:
-    """``{"system": ..., "messages": [...]}`` for Anthropic's Messages API: system text
-    goes to ``system`` (absent when there is none); user and assistant alternate, the
-    first is a user turn; a user turn after tool use starts with its ``tool_result``s."""
+    """``{"system": ..., "messages": [...]}`` for Anthropic's Messages API: system and
+    developer text goes to ``system`` (absent when there is none); user and assistant
+    alternate, the first is a user turn; a user turn after tool use starts with its
+    ``tool_result``s."""
     system: list[str] = []
     messages: list[dict[str, Any]] = []
     for t in turns:
-        if t.role == "system":
+        if t.role in ("system", "developer"):
             if t.text().strip():
                 system.append(t.text())
             continue
@@ -2808,241 +3736,10 @@ def _anthropic_request(turns: list[_Turn]) -> dict[str, Any]:
 _CONTEXT_FORMATS = ("openai", "anthropic")
 
 
-def _context(path: list[Message], format: str) -> Any:
-    """A root -> leaf path as an OpenAI message list or an Anthropic request."""
-    turns = _settle(_path_turns(path))
+def _context(turns: list[_Turn], format: str) -> Any:
+    """Turns as an OpenAI message list or an Anthropic request."""
+    turns = _settle(turns)
     return _anthropic_request(turns) if format == "anthropic" else _openai_messages(turns)
-
-
-# -- writing pi and Claude Code ---------------------------------------------------------
-
-
-def _export_order(messages: list[Message], head: str | None, dialect: _Dialect) -> list[Message]:
-    """Append order (parents first), with the head moved after every other node when
-    it is a leaf: pi and Claude Code resume at the last one. Lines of the dialect kept
-    whole (summaries, ...) keep their place; a head with children cannot move."""
-    at = next((i for i, m in enumerate(messages) if m.id == head), None)
-    if at is None or any(m.parent_id == head for m in messages):
-        return messages
-    nodes = [i for i, m in enumerate(messages) if dialect.name + "_line" not in m.fields]
-    last = max(nodes, default=at)
-    if last <= at:
-        return messages
-    return messages[:at] + messages[at + 1:last + 1] + [messages[at]] + messages[last + 1:]
-
-
-def _chain(m: Message, bodies: list[dict[str, Any]], id_key: str, parent_key: str, parent: str | None,
-           taken: set[str]) -> list[dict[str, Any]]:
-    """Lines for the turns of one message, chained; the last carries the message's id
-    (children name it), the others ``<id>.<n>``."""
-    out: list[dict[str, Any]] = []
-    for n, body in enumerate(bodies, 1):
-        line_id = m.id
-        if n < len(bodies):
-            line_id = f"{m.id}.{n}"
-            while line_id in taken:
-                line_id += "_"
-            taken.add(line_id)
-        out.append({"type": body.pop("type"), id_key: line_id, parent_key: parent, **body})
-        parent = line_id
-    return out
-
-
-def _first_text(content: Any) -> str:
-    return content if isinstance(content, str) else _dumps(content)
-
-
-def _pi_blocks(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for p in parts:
-        if p["type"] == "text":
-            out.append(p)
-        elif p["type"] == "image":
-            out.append({"type": "image", "data": p["data"], "mimeType": p.get("media_type")} if "data" in p
-                       else _text(f"[image: {p.get('url')}]"))
-        elif p["type"] == "thinking":
-            out.append({"type": "thinking", "thinking": p["thinking"]} | (
-                {"thinkingSignature": p["signature"]} if p.get("signature") else {}))
-    return out
-
-
-_PI_NO_USAGE = {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "totalTokens": 0,
-                "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "total": 0}}
-
-
-def _pi_entries(m: Message, parent: str | None, taken: set[str], names: dict[str, str]) -> list[dict[str, Any]]:
-    """pi entries for a message that was not imported from pi: user, assistant and tool
-    turns as pi messages; system text as a ``custom_message``; a reset marker as a
-    ``compaction`` (its text the summary); anything else as a ``custom`` entry
-    (``customType`` ``"session-store"``) holding the record, so nothing is lost."""
-    ms = m.timestamp
-    bodies: list[dict[str, Any]] = []
-    if m.type == "reset":
-        bodies.append({"type": "compaction", "summary": _first_text(m.content), "firstKeptEntryId": m.id,
-                       "tokensBefore": 0})
-    for t in _message_turns(m) if not bodies else []:
-        if t.role == "system":
-            bodies.append({"type": "custom_message", "customType": "session-store.system", "content": t.text(),
-                           "display": True})
-            continue
-        blocks = _pi_blocks(t.parts)
-        if t.role == "user":
-            one_text = len(blocks) == 1 and blocks[0]["type"] == "text"
-            message = {"role": "user", "content": blocks[0]["text"] if one_text else blocks, "timestamp": ms}
-        elif t.role == "tool":
-            message = {"role": "toolResult", "toolCallId": t.call_id, "toolName": t.name or names.get(t.call_id, ""),
-                       "content": blocks, "isError": t.is_error, "timestamp": ms}
-        else:
-            names.update((c.id, c.name) for c in t.calls)
-            blocks += [{"type": "toolCall", "id": c.id, "name": c.name,
-                        "arguments": c.input if isinstance(c.input, dict) else {}} for c in t.calls]
-            message = {"role": "assistant", "content": blocks, "api": "unknown",
-                       "provider": str(m.fields.get("provider", "unknown")),
-                       "model": str(m.fields.get("model", "unknown")), "usage": _PI_NO_USAGE,
-                       "stopReason": "toolUse" if t.calls else "stop", "timestamp": ms}
-        bodies.append({"type": "message", "message": message})
-    if not bodies:
-        bodies.append({"type": "custom", "customType": "session-store", "data": m.to_record()})
-    when = _ms_iso(ms)
-    for body in bodies:
-        body["timestamp"] = when
-    return _chain(m, bodies, "id", "parentId", parent, taken)
-
-
-def _pi_export(session_id: str, created_at: int, messages: list[Message], head: str | None) -> list[Any]:
-    """The lines of a pi session file (format version 3) for a session's whole tree."""
-    headers = [m for m in messages if m.type == "pi.session" and isinstance(_PI.line(m), dict)]
-    header_ids = {m.id for m in headers}
-    lines: list[Any] = [_PI.line(headers[0]) if headers else {
-        "type": "session", "version": _PI_VERSION, "id": session_id, "timestamp": _ms_iso(created_at), "cwd": ""}]
-    taken = {m.id for m in messages}
-    names: dict[str, str] = {}
-    for m in _export_order(messages, head, _PI):
-        if headers and m is headers[0]:
-            continue
-        line = _PI.line(m)
-        if line is not _ABSENT:
-            lines.append(line)
-            continue
-        parent = None if m.parent_id is None or m.parent_id in header_ids else m.parent_id
-        lines.extend(_pi_entries(m, parent, taken, names))
-    return lines
-
-
-_SUBAGENT_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.jsonl")
-
-
-def _claude_import(path: str | os.PathLike[str], now_ms: int
-                   ) -> tuple[list[Message], str | None, dict[str, str], str | None]:
-    """Messages of a Claude Code transcript and of its subagents' files
-    (``<transcript>/subagents/*.jsonl``), the main leaf (the last line not on a
-    sidechain), the head of each sidechain by branch name, and the session id."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidInput(f"Claude Code transcript: give a path, not {type(path).__name__}")
-    files: list[tuple[str | None, list[tuple[int, Any]]]] = [(None, _read_lines(path, "Claude Code transcript"))]
-    subagents = os.path.join(os.path.splitext(os.fspath(path))[0], "subagents")
-    if os.path.isdir(subagents):
-        for name in sorted(os.listdir(subagents)):
-            if _SUBAGENT_FILE_RE.fullmatch(name):
-                lines = _read_lines(os.path.join(subagents, name), "Claude Code subagent transcript")
-                files.append((f"subagents/{name}", lines))
-    importer = _Importer(_CLAUDE, (value for _, lines in files for _, value in lines), now_ms)
-    main_leaf = last = session = None
-    sidechains: dict[str, str] = {}
-    for file, lines in files:
-        uuids = {v.get("uuid") for _, v in lines if isinstance(v, dict) and isinstance(v.get("uuid"), str)}
-        linked = any(isinstance(v, dict) and v.get("parentUuid") in uuids for _, v in lines)
-        previous = None  # a transcript without any links reads in file order: chain it
-        for _, value in lines:
-            m = importer.add(value, None if linked else previous, **({"claude_code_file": file} if file else {}))
-            if not importer.is_node(m):
-                continue
-            previous = m.id
-            if session is None and isinstance(value.get("sessionId"), str):
-                session = value["sessionId"]
-            if value.get("isSidechain") is True:
-                agent = value.get("agentId")
-                name = f"agent-{agent}" if isinstance(agent, str) and _is_name(f"agent-{agent}") else "sidechain"
-                sidechains[name] = m.id
-            elif file is None:
-                main_leaf = m.id
-            if file is None:
-                last = m.id
-    return importer.messages, main_leaf or last, sidechains, session
-
-
-_SUBAGENT_PATH_RE = re.compile(r"subagents/" + _SUBAGENT_FILE_RE.pattern)
-
-
-def _claude_lines(m: Message, session: str, sidechain: bool, parent: str | None, taken: set[str],
-                  ) -> list[dict[str, Any]]:
-    """Claude Code lines for a message that was not imported from Claude Code: user,
-    assistant and tool turns as user/assistant lines (Anthropic content), system text
-    and reset markers as system lines, anything else as a system line carrying the
-    record in ``sessionStoreRecord``."""
-    bodies: list[dict[str, Any]] = []
-    if m.type == "reset":
-        bodies.append({"type": "system", "subtype": "compact_boundary", "content": _first_text(m.content),
-                       "level": "info", "logicalParentUuid": None})
-    for t in _message_turns(m) if not bodies else []:
-        if t.role == "system":
-            bodies.append({"type": "system", "subtype": "informational", "content": t.text(), "level": "info"})
-        elif t.role == "assistant":
-            bodies.append({"type": "assistant", "message": {
-                "id": f"msg_{m.id}", "type": "message", "role": "assistant",
-                "model": str(m.fields.get("model", "unknown")),
-                "content": _anthropic_blocks(t.parts, t.calls, ids=str)}})
-        else:
-            blocks = [_anthropic_result(t, ids=str)] if t.role == "tool" else _anthropic_blocks(t.parts, ids=str)
-            one_text = len(blocks) == 1 and blocks[0]["type"] == "text"
-            bodies.append({"type": "user", "message": {"role": "user",
-                                                       "content": blocks[0]["text"] if one_text else blocks}})
-    if not bodies:
-        bodies.append({"type": "system", "subtype": "informational", "content": _first_text(m.content),
-                       "level": "info", "sessionStoreRecord": m.to_record()})
-    for body in bodies:
-        body.update(isSidechain=sidechain, sessionId=session, timestamp=_ms_iso(m.timestamp))
-    return _chain(m, bodies, "uuid", "parentUuid", parent, taken)
-
-
-def _claude_export(session_id: str, messages: list[Message], head: str | None) -> dict[str | None, list[Any]]:
-    """The lines of a Claude Code transcript, by file: ``None`` for the main one, else
-    ``subagents/<name>.jsonl``. Imported lines go back to the file they came from;
-    others to their parent's file."""
-    session = session_id
-    for m in messages:
-        line = _CLAUDE.line(m)
-        if isinstance(line, dict) and isinstance(line.get("sessionId"), str):
-            session = line["sessionId"]
-            break
-    files: dict[str | None, list[Any]] = {None: []}
-    file_of: dict[str, str | None] = {}
-    taken = {m.id for m in messages}
-    for m in _export_order(messages, head, _CLAUDE):
-        line = _CLAUDE.line(m)
-        if line is not _ABSENT:
-            file = m.fields.get("claude_code_file")
-            file = file if isinstance(file, str) and _SUBAGENT_PATH_RE.fullmatch(file) else None
-            lines = [line]
-        else:
-            file = file_of.get(m.parent_id) if m.parent_id is not None else None
-            lines = _claude_lines(m, session, file is not None, m.parent_id, taken)
-        file_of[m.id] = file
-        files.setdefault(file, []).extend(lines)
-    return files
-
-
-def _write_jsonl(path: str, lines: list[Any]) -> None:
-    """Write ``lines`` as a JSONL file, atomically (a reader sees the old file or the new)."""
-    with _storage_errors(f"write {path}"):
-        fs = RealFileSystem()
-        try:
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                fs.makedirs(folder)
-            fs.write_atomic(path, b"".join((_dumps(line) + "\n").encode("utf-8") for line in lines))
-        finally:
-            fs.close()
 
 
 # ============================================================================
@@ -3067,6 +3764,15 @@ def _check_name(what: str, value: object, error: type[InvalidInput] = InvalidInp
     return value
 
 
+def _is_name(value: object) -> TypeGuard[str]:
+    """Whether :func:`_check_name` accepts ``value``."""
+    try:
+        _check_name("name", value)
+    except InvalidInput:
+        return False
+    return True
+
+
 def _check_key(key: object) -> str:
     if not isinstance(key, str):
         raise InvalidKey(f"session key must be a string, not {type(key).__name__}")
@@ -3079,7 +3785,7 @@ def _check_key(key: object) -> str:
     return key
 
 
-def _is_session_id(value: object) -> bool:
+def _is_session_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and _SESSION_ID_RE.fullmatch(value) is not None
 
 
@@ -3101,8 +3807,15 @@ def _import_lines(messages: Sequence[Message], seen: set[str]) -> list[bytes]:
             raise InvalidMessage(f"message id {m.id!r} appears twice")
         if m.parent_id is not None and m.parent_id not in seen:
             raise InvalidMessage(f"parent {m.parent_id!r} of {m.id!r} does not precede it")
-        if not isinstance(m.timestamp, int) or isinstance(m.timestamp, bool):
-            raise InvalidMessage(f"timestamp of {m.id!r} is not an integer")
+        try:
+            _check_time(f"timestamp of {m.id!r}", m.timestamp)
+        except InvalidInput as e:
+            raise InvalidMessage(str(e)) from None
+        if isinstance(m.content, (dict, list, tuple)):
+            _check_json_shape(m.content, f"content of {m.id!r}")
+        for name, value in m.fields.items():
+            if isinstance(value, (dict, list, tuple)):
+                _check_json_shape(value, f"field {name!r} of {m.id!r}")
         seen.add(m.id)
         lines.append(_encode_message(m.to_record()))
     return lines
@@ -3111,8 +3824,8 @@ def _import_lines(messages: Sequence[Message], seen: set[str]) -> list[bytes]:
 def _check_import_branch(b: Branch, seen: set[str]) -> None:
     """An imported branch: a valid name, integer times, a head among ``seen``."""
     _check_name("branch name", b.name)
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in (b.created_at, b.updated_at)):
-        raise InvalidInput(f"branch {b.name!r} times must be integers (ms)")
+    _check_time(f"created_at of branch {b.name!r}", b.created_at)
+    _check_time(f"updated_at of branch {b.name!r}", b.updated_at)
     if b.head_id is not None and b.head_id not in seen:
         raise InvalidInput(f"branch {b.name!r} points at {b.head_id!r}, which is not imported")
 
@@ -3215,13 +3928,16 @@ class ResetResult:
     """What a reset check decided.
 
     ``reason``: ``"max_messages"``, ``"max_age"``, ``"max_tokens"``, ``"manual"`` or
-    ``None``. ``messages``: what remains, the marker (when inserted) first, then the
-    kept messages in their original order; unchanged input when ``reset`` is false.
+    ``None``. ``messages``: the new segment, the marker (when inserted) first, then
+    copies of the kept messages in their original order (new ids, chained after the
+    marker, ``reset_from`` naming the original): what a store writes. Unchanged input
+    when ``reset`` is false. (Dicts when :meth:`AutoResetManager.check_and_reset` was
+    given dicts.)
     """
 
     reset: bool
     reason: str | None
-    messages: list[Message]
+    messages: list[Any]
 
 
 class AutoResetManager:
@@ -3277,28 +3993,65 @@ class AutoResetManager:
                        content=f"Session reset ({reason}) at {when}.", timestamp=now_ms,
                        fields={"reason": reason})
 
-    def check_and_reset(self, messages: list[Message]) -> ResetResult:
+    def check_and_reset(self, messages: Sequence[Message | Mapping[str, Any]]) -> ResetResult:
         """Reset ``messages`` (a root -> leaf history) when its segment is over a limit.
 
         The segment is what follows the last ``reset`` marker (all of it when none).
-        Not reset: ``ResetResult(False, None, messages)``.
+        Not reset: ``ResetResult(False, None, messages)``. Reset: what a store writes
+        (see :meth:`reset`). Messages may be :class:`Message` records or, as the seed
+        passes them, dicts (``id``, ``parentId``, ``type``, ``role``, ``content``,
+        ``timestamp``, extra fields; ``parent_id`` is read too): then the result holds
+        dicts of the same shape. :class:`InvalidMessage` for one that is neither.
         """
-        segment = _current_segment(messages)
+        history = [_as_message(m) for m in messages]
+        segment = _current_segment(history)
         c = self.config
         now = round(self._clock() * 1000)
         tokens = sum(c.count_tokens(m) for m in segment) if c.max_tokens is not None else 0
-        start = messages[len(messages) - len(segment) - 1].timestamp if len(segment) < len(messages) else (
+        start = history[len(history) - len(segment) - 1].timestamp if len(segment) < len(history) else (
             segment[0].timestamp if segment else None)
         reason = self.over_limit(len(segment), tokens, start, now) if c.enabled else None
         if reason is None:
             return ResetResult(reset=False, reason=None, messages=list(messages))
-        return self.reset(segment, reason, now)
+        result = self.reset(segment, reason, now)
+        if messages and not isinstance(messages[0], Message):
+            return ResetResult(reset=True, reason=reason, messages=[_thaw(m.to_record()) for m in result.messages])
+        return result
 
-    def reset(self, segment: list[Message], reason: str, now_ms: int) -> ResetResult:
-        """Reset unconditionally: marker (if configured) then the kept messages."""
-        kept = self.keep(segment, now_ms=None if self.config.insert_reset_marker else now_ms)
-        head = [self.marker(reason, now_ms)] if self.config.insert_reset_marker else []
-        return ResetResult(reset=True, reason=reason, messages=head + kept)
+    def reset(self, segment: list[Message], reason: str, now_ms: int, *, reserve: int = 0, reserve_tokens: int = 0,
+              new_id: Callable[[], str] | None = None) -> ResetResult:
+        """Reset unconditionally, exactly as a store writes it: the marker (if
+        configured; a new root), then a copy of each kept message chained after it
+        (a new id, ``reset_from`` = the original's id, the time ``now_ms``). ``reserve``
+        / ``reserve_tokens``: room kept for a message about to be appended."""
+        kept = self.keep(segment, reserve=reserve, reserve_tokens=reserve_tokens)
+        new_id = new_id if new_id is not None else (lambda: os.urandom(8).hex())
+        written: list[Message] = []
+        parent: str | None = None
+        if self.config.insert_reset_marker:
+            marker = dataclasses.replace(self.marker(reason, now_ms), id=new_id())
+            written.append(marker)
+            parent = marker.id
+        for original in kept:
+            copy = dataclasses.replace(original, id=new_id(), parent_id=parent, timestamp=now_ms,
+                                       fields=_FrozenDict({**original.fields, "reset_from": original.id}))
+            written.append(copy)
+            parent = copy.id
+        return ResetResult(reset=True, reason=reason, messages=written)
+
+
+def _as_message(message: Message | Mapping[str, Any]) -> Message:
+    """A record as given to :meth:`AutoResetManager.check_and_reset`: a Message, or a dict."""
+    if isinstance(message, Message):
+        return message
+    if not isinstance(message, Mapping):
+        raise InvalidMessage(f"messages must be Message records or dicts, not {type(message).__name__}")
+    record = {_SNAKE_TO_CAMEL.get(k, k): v for k, v in message.items()}
+    record.setdefault("type", record.get("role"))
+    try:
+        return _message_from_record(json.loads(_encode_message(record)))
+    except ValueError as e:
+        raise InvalidMessage(f"not a message record: {e}") from None
 
 
 def _current_segment(messages: list[Message]) -> list[Message]:
@@ -3313,35 +4066,105 @@ def _current_segment(messages: list[Message]) -> list[Message]:
 # The store
 # ============================================================================
 
+#: Content and extra fields may nest at most this many arrays and objects deep. A
+#: deeper append is refused with :class:`InvalidMessage` and nothing is written, so
+#: every reader can decode what was written, even from the bottom of a deep stack.
+MAX_NESTING = 100
+
+_MAX_TIME_MS = 253_402_300_799_999  # timestamps the store accepts: up to the end of year 9999
+
+# This process, as lease records name it; a forked child gets a new one.
+_PROCESS = os.urandom(8).hex()
+
+# The lock() blocks entered in this context: (store, process, session id, owner,
+# token). A ContextVar, not a thread-local, so that asyncio tasks (and the executor
+# threads AsyncSessionStore runs their calls in) see their own holds.
+_HELD: contextvars.ContextVar[tuple[tuple[int, str, str, str, int], ...]] = contextvars.ContextVar(
+    "session_store_held", default=())
+
+_QUEUE_MS = 2_000  # a waiter's place in a lease's queue lasts this long unless renewed
+_POLL = 0.001  # seconds between the first waiter's looks at a held lease (a read of its record)
+_POLL_BEHIND = 0.005  # the same for waiters behind it (their turn cannot come first)
+_WAITER_IDS = itertools.count(1)
+
+
+def _new_process() -> None:
+    global _PROCESS
+    _PROCESS = os.urandom(8).hex()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_process)
+
+_CLAIMED: weakref.WeakKeyDictionary[Storage, Any] = weakref.WeakKeyDictionary()
+
+
+def _check_json_shape(value: Any, what: str) -> None:
+    """Refuse what JSON would change or a reader could not read back: nesting deeper
+    than :data:`MAX_NESTING` (a cycle included) and object keys that are not strings
+    (``{1: "a", "1": "b"}`` would silently become ``{"1": "b"}``). Iterative: a
+    hostile value cannot exhaust the stack here."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise InvalidMessage(f"{what} nests deeper than {MAX_NESTING} arrays and objects")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    raise InvalidMessage(f"{what}: JSON object keys must be strings, not {type(k).__name__} {k!r}")
+                if isinstance(v, (dict, list, tuple)):
+                    stack.append((v, depth + 1))
+        else:
+            for v in node:
+                if isinstance(v, (dict, list, tuple)):
+                    stack.append((v, depth + 1))
+
+
+def _check_time(what: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_TIME_MS:
+        raise InvalidInput(f"{what} must be an integer of ms between 0 and {_MAX_TIME_MS} (year 9999), "
+                           f"not {value!r}")
+    return value
+
 
 class SessionStore:
     """Sessions of message trees with branches, an index by key, and leases.
 
-    ``SessionStore(storage=None, *, storage_dir=None, index_save_delay_ms=100,
-    lock_timeout_ms=30000, auto_reset=None, durable=True, clock=None,
-    require_lock=False)``
+    ``SessionStore(storage=None, *, storage_dir=None, lock_timeout_ms=30000,
+    auto_reset=None, durable=True, clock=None, require_lock=False,
+    cache_bytes=64 MiB, cache_sessions=4096)``
 
     - ``storage``: a :class:`Storage` (e.g. ``session_store_sqlite.SqliteStorage``),
       or a :class:`FileSystem` to keep :class:`JsonlStorage` files on
       (:class:`RealFileSystem` by default, :class:`InMemoryFileSystem` for tests).
       ``storage_dir`` (default ``"./sessions"``) is the JSONL storage's directory.
       Two stores on the same storage see each other's writes (reads notice that a
-      session grew and load only what is new).
+      session grew and load only what is new). A :class:`Storage` object serves one
+      store at a time.
     - ``durable``: ``append`` returns only once its record is on disk (fsync'd, or
-      committed by a backend's durable commit). ``False`` skips that (a machine crash
-      may lose the last records; a process crash loses nothing the OS accepted).
-    - ``index_save_delay_ms``: a storage's index checkpoint (``sessions.json``) is
-      written at most this long after a change, never per append. Sessions
-      themselves are created durably, so a crash loses no session.
+      committed by a backend's durable commit), and so does every creation,
+      deletion and new lease. ``False`` skips that (a machine crash may lose the last
+      records; a process crash loses nothing the OS accepted).
     - ``lock_timeout_ms``: the lease length of :meth:`acquire_lock`.
     - ``auto_reset``: an :class:`AutoResetConfig`; appends onto the current head that
       would take the segment over a limit reset it first (see "Auto-reset").
     - ``clock``: a ``time.time``-like callable (seconds) for every timestamp and lease.
     - ``require_lock``: refuse an ``append`` naming no owner while another owner
       holds the session's lease (by default such appends are advisory, as in the seed).
+    - ``cache_bytes``, ``cache_sessions``: the memory budget. Sessions are loaded on
+      first use and kept in a least-recently-used cache of at most this many bytes
+      of records (as stored) and this many sessions; sessions being read or written,
+      or whose lease this store holds, are never evicted (nor the one used last).
+      ``close()`` releases everything. Opening a store loads nothing: the key index
+      is read one key at a time.
+    - ``index_save_delay_ms``: accepted for compatibility and ignored (the key index
+      has had no checkpoint to save since format 2).
 
-    Safe to share between threads. Methods open the store on first use; :meth:`init`
-    does it explicitly. Use it as a context manager, or call :meth:`close`.
+    Safe to share between threads, and usable across ``fork()``: a child process
+    reopens what must be its own (descriptors, locks, connections) and never uses
+    or releases what the parent holds. Methods open the store on first use;
+    :meth:`init` does it explicitly. Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(
@@ -3355,45 +4178,59 @@ class SessionStore:
         durable: bool = True,
         clock: Callable[[], float] | None = None,
         require_lock: bool = False,
+        cache_bytes: int = 64 * 2**20,
+        cache_sessions: int = 4096,
     ) -> None:
-        if index_save_delay_ms < 0:
-            raise InvalidInput("index_save_delay_ms must be >= 0")
-        if lock_timeout_ms <= 0:
-            raise InvalidInput("lock_timeout_ms must be > 0")
+        for name, value, low in (("index_save_delay_ms", index_save_delay_ms, 0),
+                                 ("lock_timeout_ms", lock_timeout_ms, 1),
+                                 ("cache_bytes", cache_bytes, 0), ("cache_sessions", cache_sessions, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidInput(f"{name} must be an integer >= {low}, not {value!r}")
         if isinstance(storage, Storage):
             if storage_dir is not None:
-                raise TypeError("storage_dir is for the JSONL storage; this store was given a Storage")
+                raise InvalidInput("storage_dir is for the JSONL storage; this store was given a Storage")
             self._storage: Storage = storage
         elif storage is None or isinstance(storage, FileSystem):
             self._storage = JsonlStorage(storage, "./sessions" if storage_dir is None else storage_dir)
         else:
-            raise TypeError(f"storage must be a Storage or a FileSystem, not {type(storage).__name__}")
-        self._index_delay = index_save_delay_ms / 1000.0
-        self.lock_timeout_ms = lock_timeout_ms
+            raise InvalidInput(f"storage must be a Storage or a FileSystem, not {type(storage).__name__}")
         if auto_reset is not None and not isinstance(auto_reset, AutoResetConfig):
-            raise TypeError("auto_reset must be an AutoResetConfig or None")
-        self.auto_reset: AutoResetConfig | None = auto_reset
-        self.durable = durable
+            raise InvalidInput("auto_reset must be an AutoResetConfig or None")
+        if clock is not None and not callable(clock):
+            raise InvalidInput("clock must be a callable returning seconds, like time.time")
+        self._auto_reset = auto_reset
+        self._durable = bool(durable)
         self._clock = clock if clock is not None else time.time
-        self.require_lock = require_lock
-
-        self._mutex = threading.RLock()  # guards the dicts below; never held across I/O
-        self._index_lock = threading.Lock()  # serializes index writes in this process
-        self._sessions: dict[str, _Session] = {}
-        self._keys: dict[str, str] = {}
-        self._index_dirty = False
-        self._index_timer: threading.Timer | None = None
+        self._require_lock = bool(require_lock)
+        self.lock_timeout_ms = lock_timeout_ms
+        self._cache_bytes = cache_bytes
+        self._cache_sessions = cache_sessions
         self._subscribers: tuple[Callable[[Event], None], ...] = ()
         self._opened = False
         self._closed = False
+        self._reset_process_state()
+        _after_fork_hooks.add(self._after_fork)
+
+    def _reset_process_state(self) -> None:
+        self._mutex = threading.RLock()  # guards the dicts below; never held across I/O
+        self._open_lock = threading.Lock()
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # the cache, least recently used first
+        self._cached_bytes = 0
+        self._marks: set[str] = set()  # sessions whose lease this store holds (a proof of life kept)
         self._lease_changed = threading.Condition(threading.Lock())
-        self._held = threading.local()  # per thread: {session_id: [owner, ...]} inside lock()
+        self._lease_listeners: tuple[Callable[[str], None], ...] = ()  # AsyncSessionStore's waiters
+
+    def _after_fork(self) -> None:
+        """In a child process after ``fork()`` (called by ``os.register_at_fork``):
+        start with an empty cache and fresh locks. Leases and their proofs of life
+        stay the parent's; the storage reopens its own descriptors or connections."""
+        self._reset_process_state()
 
     def __repr__(self) -> str:
-        return f"SessionStore({self._storage!r}, durable={self.durable!r})"
+        return f"SessionStore({self._storage!r}, durable={self._durable!r})"
 
-    def _new_state(self, session_id: str, key: str, created_at: int) -> _Session:
-        return _Session(session_id, key, created_at, self.auto_reset)
+    def _new_state(self, info: IndexEntry) -> _Session:
+        return _Session(info.session_id, info.key, info.created_at, self._auto_reset, info.forked_from)
 
     def __enter__(self) -> SessionStore:
         self.init()
@@ -3402,7 +4239,7 @@ class SessionStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- storage ----------------------------------------------------------------
+    # -- settings ---------------------------------------------------------------
 
     @property
     def storage(self) -> Storage:
@@ -3414,21 +4251,47 @@ class SessionStore:
         """Where the storage keeps its data (the JSONL directory, a database file...)."""
         return self._storage.location
 
+    @property
+    def auto_reset(self) -> AutoResetConfig | None:
+        """The auto-reset config, fixed when the store is made (read-only: sessions
+        already loaded carry their segments' totals for it)."""
+        return self._auto_reset
+
+    @auto_reset.setter
+    def auto_reset(self, value: Any) -> None:
+        raise AttributeError("auto_reset is fixed when the store is made: open a new SessionStore(auto_reset=...)")
+
+    @property
+    def durable(self) -> bool:
+        """Whether writes return only once on disk (read-only)."""
+        return self._durable
+
+    @property
+    def require_lock(self) -> bool:
+        """Whether appends naming no owner are refused while a lease is held (read-only)."""
+        return self._require_lock
+
     def _now_ms(self) -> int:
         return round(self._clock() * 1000)
 
     # -- open, flush, close -----------------------------------------------------
 
     def init(self) -> None:
-        """Open the storage and load the index (idempotent)."""
-        with self._index_lock:
+        """Open the storage (idempotent). Reads and writes nothing but what the
+        storage needs to connect; the first write creates what is missing."""
+        with self._open_lock:
             if self._closed:
                 raise StoreClosed("store is closed")
             if self._opened:
                 return
+            claimant = _CLAIMED.get(self._storage) if _weakrefable(self._storage) else None
+            if claimant is not None and claimant() not in (None, self):
+                raise InvalidInput(f"{self._storage!r} is already used by another SessionStore; give each store "
+                                   "its own Storage object (they may share the data it points at)")
             with _storage_errors(f"open the store in {self._storage.location}"):
-                self._storage.open(durable=self.durable)
-                self._catch_up_index()
+                self._storage.open(durable=self._durable)
+            if _weakrefable(self._storage):
+                _CLAIMED[self._storage] = weakref.ref(self)
             self._opened = True
 
     def _ready(self) -> None:
@@ -3437,89 +4300,49 @@ class SessionStore:
                 raise StoreClosed("store is closed")
             self.init()
 
-    def _catch_up_index(self) -> None:
-        """Apply the storage's new index entries (caller holds ``_index_lock``)."""
-        entries, stale = self._storage.read_index()
-        with self._mutex:
-            for entry in entries:
-                sid = entry.session_id
-                if entry.op == "create" and sid not in self._sessions:
-                    state = self._sessions[sid] = self._new_state(sid, entry.key, entry.created_at)
-                    if entry.updated_at is not None:
-                        state.updated_at = entry.updated_at
-                    state.indexed_count = entry.message_count
-                    self._keys[entry.key] = sid
-                elif entry.op == "delete" and sid in self._sessions:
-                    gone = self._sessions.pop(sid)
-                    gone.deleted = True
-                    if self._keys.get(gone.key) == sid:
-                        del self._keys[gone.key]
-            if stale:
-                self._index_dirty = True
-
-    def _refresh_index(self) -> None:
-        """Cheap check (one stat for JSONL) that no other store changed the index."""
-        if self._storage.index_changed():
-            with self._index_lock, _storage_errors("read the index"):
-                self._catch_up_index()
-
     def flush(self) -> None:
-        """Write the ``sessions.json`` checkpoint now (durably) if anything changed."""
+        """Save what this store keeps only in memory: the tallies of the sessions it
+        wrote (a cache that lets :meth:`get_metadata` read little). Nothing else needs
+        it: every write is in storage (and durable, with ``durable``) when it returns."""
         self._ready()
-        with _storage_errors("save the index"):
-            self._save_index()
-
-    def _schedule_index_save(self) -> None:
         with self._mutex:
-            self._index_dirty = True
-            if self._index_timer is not None or self._closed:
+            states = [s for s in self._sessions.values() if s.untallied]
+        for state in states:
+            self._save_tally(state)
+
+    def _save_tally(self, state: _Session) -> None:
+        """Write the session's tally if this store wrote records since the last one
+        (a cache: a failure is logged, never raised)."""
+        with state.lock:
+            if not state.untallied or state.deleted or not state.loaded:
                 return
-            timer = threading.Timer(self._index_delay, self._save_index_from_timer)
-            timer.daemon = True
-            self._index_timer = timer
-        timer.start()
-
-    def _save_index_from_timer(self) -> None:
-        try:
-            self._save_index()
-        except Exception:  # a failed checkpoint loses nothing: the journal has it all
-            _log.exception("saving the index of %s failed; will retry on the next change", self._storage.location)
-
-    def _save_index(self) -> None:
-        with self._index_lock:
-            with self._mutex:
-                if self._index_timer is not None:
-                    self._index_timer.cancel()
-                    self._index_timer = None
-                if not self._index_dirty:
-                    return
-                self._index_dirty = False
-                sessions = [SessionMetadata(session_id=sid, key=s.key, created_at=s.created_at,
-                                            updated_at=s.updated_at, reset_count=s.reset_count,
-                                            message_count=len(s.messages) if s.loaded else s.indexed_count or 0)
-                            for sid, s in self._sessions.items() if self._keys.get(s.key) == sid]
             try:
-                self._storage.save_index(sessions)
-            except OSError:
-                with self._mutex:
-                    self._index_dirty = True
-                raise
+                self._storage.write_tally(state.session_id, state.position, state.tally())
+                state.untallied = 0
+            except (SessionStoreError, OSError) as e:
+                _log.warning("could not save the tally of session %s: %s", state.session_id, e)
 
     def close(self) -> None:
-        """Save the index checkpoint, stop the timer and release descriptors. Idempotent."""
+        """Save the tallies, give up this store's proofs of life, release descriptors
+        and connections and drop the cache. Idempotent."""
         if self._closed:
             return
         try:
             if self._opened:
-                self._save_index()
+                self.flush()
+                for sid in list(self._marks):
+                    self._unmark(sid)
         finally:
             with self._mutex:
                 self._closed = True
                 self._opened = False
-                if self._index_timer is not None:
-                    self._index_timer.cancel()
-                    self._index_timer = None
-            self._storage.close()
+                self._sessions.clear()
+                self._cached_bytes = 0
+            if _weakrefable(self._storage) and _CLAIMED.get(self._storage) is not None:
+                with contextlib.suppress(KeyError):
+                    del _CLAIMED[self._storage]
+            with _storage_errors(f"close the store in {self._storage.location}"):
+                self._storage.close()
 
     # -- events -------------------------------------------------------------------
 
@@ -3529,6 +4352,8 @@ class SessionStore:
         Callbacks run in the writing thread, after the write and outside every
         internal lock; one that raises is logged and ignored.
         """
+        if not callable(callback):
+            raise InvalidInput("subscribe() takes a callable")
         with self._mutex:
             self._subscribers = (*self._subscribers, callback)
 
@@ -3557,90 +4382,158 @@ class SessionStore:
     def resolve(self, key: str) -> str:
         """The session id of ``key``, creating the session when there is none.
 
-        Creation is durable before this returns (with ``durable``), and unique across every store and
-        process on the same storage: the key journal is re-read under its lock.
+        A lookup reads one key of the index (never the whole index), so it costs the
+        same whatever the store holds. Creation is durable before this returns (with
+        ``durable``), and unique across every store and process on the same storage.
         """
         _check_key(key)
         self._ready()
-        self._refresh_index()
-        sid = self._keys.get(key)
-        if sid is not None:
-            return sid
-        with self._index_lock, _storage_errors(f"create a session for key {key[:80]!r}"):
-            self._catch_up_index()
-            sid = self._keys.get(key)
+        with _storage_errors(f"resolve key {key[:80]!r}"):
+            sid = self._storage.lookup(key)
             if sid is not None:
                 return sid
-            self._storage.create_session(key, str(uuid.uuid4()), self._now_ms())
-            self._catch_up_index()
-            sid = self._keys[key]
-            state = self._sessions[sid]
-        self._schedule_index_save()
-        self._emit("session.created", sid, state.metadata())
+            new, now = str(uuid.uuid4()), self._now_ms()
+            sid = self._storage.create_session(key, new, now)
+        if sid == new:
+            self._emit("session.created", sid, SessionMetadata(session_id=sid, key=key, created_at=now,
+                                                                 updated_at=now, message_count=0))
         return sid
 
     def has_key(self, key: str) -> bool:
         """Whether a session exists for ``key`` (never creates one)."""
+        _check_key(key)
         self._ready()
-        self._refresh_index()
-        return key in self._keys
+        with _storage_errors("read the index"):
+            return self._storage.lookup(key) is not None
 
     def has_session(self, session_id: str) -> bool:
         """Whether a session with this id exists."""
         self._ready()
-        self._refresh_index()
-        return session_id in self._sessions
+        if not isinstance(session_id, str):
+            return False
+        with _storage_errors("read the index"):
+            return self._storage.session_info(session_id) is not None
 
     def get_all_session_ids(self) -> list[str]:
-        """Every session id, in creation order as far as this store saw it."""
+        """Every session id, oldest first. Reads the index, never a session's records."""
         self._ready()
-        self._refresh_index()
-        with self._mutex:
-            return list(self._sessions)
+        with _storage_errors("list the sessions"):
+            return [e.session_id for e in self._storage.list_sessions()]
 
     def get_metadata(self, session_id: str) -> SessionMetadata | None:
-        """The session's metadata, or ``None`` for an unknown id."""
-        try:
-            state = self._loaded(session_id)
-        except SessionNotFound:
+        """The session's metadata, or ``None`` for an unknown id.
+
+        Never loads a session that is not cached: counts come from the storage's
+        saved tally and the records written after it. ``message_count`` counts the
+        message records in storage (a damaged log's duplicate records included,
+        until :meth:`repair`).
+        """
+        self._ready()
+        if not isinstance(session_id, str):
             return None
-        with state.lock:
-            return state.metadata()
+        with self._mutex:
+            state = self._sessions.get(session_id)
+        if state is not None and state.loaded:
+            try:
+                with state.lock:
+                    self._catch_up(state)
+                    return state.metadata()
+            except SessionNotFound:
+                return None
+        with _storage_errors(f"read session {session_id!r}"):
+            info = self._storage.session_info(session_id)
+            if info is None:
+                return None
+            fresh: dict[str, Any] = {"messages": 0, "updatedAt": info.created_at, "resets": 0, "lastResetAt": None,
+                                     "branches": 1}
+            saved = self._storage.read_tally(session_id)
+            position, tally = (0, 0), dict(fresh)
+            if saved is not None and _valid_tally(saved[1]):
+                position, tally = saved[0], dict(saved[1])
+            try:
+                found = self._storage.load(session_id, position)
+            except SessionNotFound:
+                return None
+        if found is not None:
+            if found.restart:
+                tally = fresh
+            _tally_records(tally, found)
+        return SessionMetadata(session_id=session_id, key=info.key, created_at=info.created_at,
+                               updated_at=tally["updatedAt"], message_count=tally["messages"],
+                               reset_count=tally["resets"], last_reset_at=tally["lastResetAt"],
+                               forked_from=info.forked_from, branch_count=tally.get("branches", 1))
 
     def delete_session(self, session_id: str) -> None:
         """Delete the session and its records. ``SessionNotFound`` for an unknown id.
 
+        Atomic: whatever fails or crashes, the session is fully there or fully gone.
         The storage holds the session as a writer does while it deletes, so no writer
         in any process can append to a session that is going away.
         """
         state = self._state(session_id)
-        with self._index_lock, _storage_errors(f"delete session {session_id!r}"):
+        with _storage_errors(f"delete session {session_id!r}"):
             with state.lock:
                 try:
                     self._storage.delete_session(session_id, self._now_ms())
-                finally:
-                    self._catch_up_index()
-        self._schedule_index_save()
+                except SessionNotFound:
+                    self._forget_deleted(state)
+                    raise
+                self._forget_deleted(state)
         self._emit("session.deleted", session_id, session_id)
 
-    # -- loading a session ----------------------------------------------------------
+    # -- the cache ----------------------------------------------------------------
 
     def _state(self, session_id: str) -> _Session:
+        """The session's cached state (made on first use: the index is asked once)."""
         self._ready()
-        state = self._sessions.get(session_id) if isinstance(session_id, str) else None
-        if state is None:
-            self._refresh_index()
-            state = self._sessions.get(session_id) if isinstance(session_id, str) else None
-            if state is None:
-                raise SessionNotFound(session_id)
+        if not isinstance(session_id, str):
+            raise SessionNotFound(session_id)
+        with self._mutex:
+            state = self._sessions.get(session_id)
+            if state is not None and not state.deleted:
+                self._sessions.move_to_end(session_id)
+                return state
+        with _storage_errors(f"read session {session_id!r}"):
+            info = self._storage.session_info(session_id)
+        if info is None:
+            raise SessionNotFound(session_id)
+        with self._mutex:
+            state = self._sessions.get(session_id)
+            if state is None or state.deleted:
+                state = self._sessions[session_id] = self._new_state(info)
+            self._sessions.move_to_end(session_id)
+        self._trim()
         return state
 
-    def _loaded(self, session_id: str) -> _Session:
-        """The session's state, loaded and caught up with its files."""
-        state = self._state(session_id)
-        with state.lock:
-            self._catch_up(state)
-        return state
+    def _trim(self) -> None:
+        """Evict least recently used idle sessions beyond the budget (their tallies are
+        saved first, outside the store's lock). Busy, leased and the last used stay."""
+        evicted: list[_Session] = []
+        with self._mutex:
+            if len(self._sessions) <= self._cache_sessions and self._cached_bytes <= self._cache_bytes:
+                return
+            last = next(reversed(self._sessions))
+            for sid, state in list(self._sessions.items()):
+                if len(self._sessions) <= self._cache_sessions and self._cached_bytes <= self._cache_bytes:
+                    break
+                if sid == last or sid in self._marks or state.lock.locked():
+                    continue
+                del self._sessions[sid]
+                self._cached_bytes -= state.nbytes
+                evicted.append(state)
+        for state in evicted:
+            self._save_tally(state)
+            self._storage.forget(state.session_id)
+
+    def _forget_deleted(self, state: _Session) -> None:
+        state.deleted = True
+        with self._mutex:
+            if self._sessions.get(state.session_id) is state:
+                del self._sessions[state.session_id]
+                self._cached_bytes -= state.nbytes
+        if state.session_id in self._marks:
+            self._unmark(state.session_id)
+        self._storage.forget(state.session_id)
 
     def _catch_up(self, state: _Session, *, writer: bool = False) -> None:
         """Load what was appended to the session since we last looked.
@@ -3652,115 +4545,180 @@ class SessionStore:
         if not state.loaded:
             state.clear()
             state.loaded = True
+        before = state.nbytes
         try:
             found = self._storage.load(state.session_id, state.position, writer=writer)
         except SessionNotFound:
             self._forget_deleted(state)
             raise
+        except BaseException as e:
+            state.loaded = False  # half-applied records must not linger
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
+                raise _storage_error(e, f"read session {state.session_id!r}") from e
+            raise
         if found is not None:
-            state.ingest(found)
+            if found.restart:
+                before = 0
+            try:
+                state.ingest(found)
+            except BaseException:
+                state.loaded = False
+                raise
+            if state.nbytes != before:
+                with self._mutex:
+                    self._cached_bytes += state.nbytes - before
 
     # -- check and repair --------------------------------------------------------------
 
-    def _scan_session(self, state: _Session) -> list[Problem]:
-        """Load a session afresh into a scratch tree (never touching the cache): what is wrong."""
-        scratch = _Session(state.session_id, state.key, state.created_at)
-        found = self._storage.load(state.session_id, (0, 0))
+    def _scan_session(self, entry: IndexEntry) -> tuple[_Session, dict[int, bytes]]:
+        """Load a session afresh into a scratch tree (never touching the cache): the
+        tree (its ``problems``), and a placeholder for each message record a repair
+        moves aside (damaged, or a duplicate id), by where the record is."""
+        scratch = _Session(entry.session_id, entry.key, entry.created_at)
+        found = self._storage.load(entry.session_id, (0, 0))
+        placeholders: dict[int, bytes] = {}
         if found is not None:
             scratch.ingest(found)
-        return scratch.problems + [
-            Problem(session_id=state.session_id, file=scratch.events_label, offset=None,
+            reason_of = {p.offset: p.reason for p in scratch.problems
+                         if p.file == found.messages_label and p.offset is not None and not p.reason.endswith(_KEPT)}
+            last = 0
+            for where, rec in found.messages:
+                ts = rec.get("timestamp")
+                if where not in reason_of:
+                    last = ts if isinstance(ts, int) and not isinstance(ts, bool) else last
+                    continue
+                why = reason_of[where]
+                if why.startswith("duplicate id"):
+                    placeholder = _damaged_record(b"", where, why)
+                elif rec.get("type") == "damaged" and "damaged" in rec:
+                    placeholder = dict(rec)  # decoded as a placeholder already (its id salvaged if it could be)
+                else:  # a JSON object that is no message: keep its id and parent if they are usable
+                    placeholder = _damaged_record(b"", where, why)
+                    for name in ("id", "parentId"):
+                        if _is_name(rec.get(name)):
+                            placeholder[name] = rec[name]
+                placeholder["timestamp"] = last
+                placeholders[where] = _encode_line(placeholder)
+        scratch.problems += [
+            Problem(session_id=entry.session_id, file=scratch.events_label, offset=None,
                     reason=f"branch event {ev['op']!r} on {ev['name']!r} follows messages that are missing")
             for ev in scratch.pending_events]
+        return scratch, placeholders
+
+    def _lease_problems(self, entry: IndexEntry) -> list[Problem]:
+        raw = self._storage.read_lease(entry.session_id)
+        if raw is None or _lease_fields_ok(raw):
+            return []
+        return [Problem(session_id=entry.session_id, file=f"{self._storage.location} (lease of {entry.session_id})",
+                        offset=None, reason="the lease record is corrupt (repair resets it; fencing tokens keep "
+                                            "growing)")]
 
     def check(self, session_id: str | None = None) -> CheckReport:
-        """Look for problems without changing anything: records, files, index.
+        """Look for problems without changing anything: records, files, index, leases.
 
-        Reports bad and torn records (file, offset, reason), duplicate ids,
-        messages whose parent does not precede them (a hand-written cycle, say),
-        branch events that do not apply, a damaged index and unindexed sessions.
-        With ``session_id``: that session only (``SessionNotFound`` when unknown).
+        Reports damaged and torn records (file, offset, reason: a damaged message
+        record reads as a placeholder that keeps its place in the tree), duplicate
+        ids, records whose parent is missing (kept as roots), branch events that do
+        not apply, corrupt lease records, and what interrupted operations left
+        (unindexed sessions, remains of deletions, temp files). With ``session_id``:
+        that session only (``SessionNotFound`` when unknown).
         """
         self._ready()
-        self._refresh_index()
-        if session_id is not None:
-            states = [self._state(session_id)]
-        else:
-            with self._mutex:
-                states = list(self._sessions.values())
-        problems: list[Problem] = []
         with _storage_errors("check the store"):
-            problems += self._storage.check({s.session_id: s.key for s in states}, index=session_id is None)
-            for state in states:
-                with state.lock:
-                    try:
-                        problems += self._scan_session(state)
-                    except SessionNotFound:
-                        continue  # deleted meanwhile
-        return CheckReport(problems=problems, sessions_checked=len(states))
+            if session_id is not None:
+                info = self._storage.session_info(session_id) if isinstance(session_id, str) else None
+                if info is None:
+                    raise SessionNotFound(session_id)
+                entries = [info]
+            else:
+                entries = self._storage.list_sessions()
+            problems = self._storage.check({e.session_id: e.key for e in entries}, index=session_id is None)
+            for entry in entries:
+                try:
+                    problems += self._scan_session(entry)[0].problems
+                    problems += self._lease_problems(entry)
+                except SessionNotFound:
+                    continue  # deleted meanwhile
+        return CheckReport(problems=problems, sessions_checked=len(entries))
 
     def repair(self, session_id: str | None = None) -> CheckReport:
         """Fix what can be fixed without deleting data; report the rest.
 
-        - Records that cannot join a session (not JSON, not a record, duplicate ids,
-          unknown parents, a torn tail) are moved aside by the storage (JSONL: to
-          ``messages.jsonl.quarantine`` beside the log, byte for byte, the log then
-          rewritten atomically without them).
-        - Without ``session_id``: sessions missing from the index are adopted (their
-          creation is journaled) and the index checkpoint is written anew.
+        - Records that cannot join a session (damaged lines, duplicate ids, a torn
+          tail) are moved aside by the storage (JSONL: to ``messages.jsonl.quarantine``
+          beside the log, byte for byte, the log then rewritten atomically); each
+          damaged or duplicate message record leaves a placeholder of type
+          ``damaged`` in its place, which keeps the records after it where they were:
+          an intact record is never moved aside. Records whose parent is missing stay,
+          as roots.
+        - A corrupt lease record is reset (free, its fencing token above any issued).
+        - Without ``session_id``: sessions missing from the index are adopted, and
+          what interrupted operations left is removed when it is provably garbage
+          (remains of deletions, creations never announced, temp files no process is
+          writing); a session whose key another session took is kept aside and
+          reported.
 
-        Run it while no other process writes to the store: a log rewritten under a
-        running reader is reloaded by it only when it noticed the file shrank.
+        Every other store and process notices a rewritten log and reloads it.
         """
         self._ready()
         fixed: list[str] = []
         with _storage_errors("repair the store"):
             if session_id is None:
-                with self._index_lock:
-                    fixed += self._storage.repair_index()
-                    self._catch_up_index()
-                    with self._mutex:
-                        self._index_dirty = True
-                self._save_index()
-                with self._mutex:
-                    states = list(self._sessions.values())
+                fixed += self._storage.repair_index()
+                entries = self._storage.list_sessions()
             else:
-                states = [self._state(session_id)]
-            for state in states:
-                with self._writing(state.session_id, catch_up=False):
-                    done = self._storage.quarantine(state.session_id, self._scan_session(state))
-                    if done:
-                        state.clear()
-                        state.loaded = False
-                    fixed += done
+                info = self._storage.session_info(session_id) if isinstance(session_id, str) else None
+                if info is None:
+                    raise SessionNotFound(session_id)
+                entries = [info]
+            for entry in entries:
+                try:
+                    with self._writing(entry.session_id, catch_up=False, fence=False) as state:
+                        scratch, placeholders = self._scan_session(entry)
+                        bad = [p for p in scratch.problems if not p.reason.endswith(_KEPT)]
+                        done = self._storage.quarantine(entry.session_id, bad, placeholders)
+                        if done:
+                            state.clear()
+                            state.loaded = False
+                        fixed += done
+                        if self._lease_problems(entry):
+                            floor = self._normal_lease(self._storage.read_lease(entry.session_id))["token"]
+                            self._storage.write_lease(entry.session_id, {"owner": None, "token": floor, "queue": []},
+                                                      durable=True)
+                            fixed.append(f"the lease record of {entry.session_id}: reset (next token > {floor})")
+                except SessionNotFound:
+                    continue
         report = self.check(session_id)
         return CheckReport(problems=report.problems, fixed=fixed, sessions_checked=report.sessions_checked)
 
-    def _forget_deleted(self, state: _Session) -> None:
-        state.deleted = True
-        with self._mutex:
-            if self._sessions.get(state.session_id) is state:
-                del self._sessions[state.session_id]
-                if self._keys.get(state.key) == state.session_id:
-                    del self._keys[state.key]
+    # -- writing ------------------------------------------------------------------------
 
-    def _writing(self, session_id: str, *, catch_up: bool = True) -> _WriteScope:
-        """Hold the session for a write: thread lock, file lock, caught up with the logs.
+    def _writing(self, session_id: str, *, catch_up: bool = True, fence: bool = True) -> _WriteScope:
+        """Hold the session for a write: thread lock, storage lock, caught up with the
+        records. ``catch_up=False`` (lease operations) only checks that the session
+        still exists. ``fence``: inside a :meth:`lock` block, the lease must still be
+        the block's (:class:`LeaseLost` otherwise)."""
+        return _WriteScope(self, self._state(session_id), catch_up, fence)
 
-        ``catch_up=False`` (lease operations) only checks that the session still exists.
-        """
-        return _WriteScope(self, self._state(session_id), catch_up)
-
-    def _sync(self, session_id: str, position: Position) -> None:
-        """Make the records up to ``position`` durable (outside the writing scope, so
-        that a storage can cover many writers with one sync)."""
-        if self.durable:
-            try:
-                self._storage.sync(session_id, position)
-            except StorageError:
-                raise
-            except OSError as e:
+    def _sync(self, session_id: str) -> None:
+        """Make this process's records of the session durable (outside the writing
+        scope, so that a storage can cover many writers with one sync). A failed sync
+        drops the cached tree: what is in storage is reloaded, without the records
+        the storage removed."""
+        if not self._durable:
+            return
+        try:
+            self._storage.sync(session_id)
+        except BaseException as e:
+            with self._mutex:
+                state = self._sessions.get(session_id)
+            if state is not None:
+                with state.lock:
+                    state.clear()
+                    state.loaded = False
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
                 raise _storage_error(e, f"sync session {session_id!r}") from e
+            raise
 
     # -- appending --------------------------------------------------------------------
 
@@ -3774,6 +4732,7 @@ class SessionStore:
         parent_id: str | None = _HEAD,
         id: str | None = None,
         owner_id: str | None = None,
+        fencing_token: int | None = None,
         **fields: Any,
     ) -> Message:
         """Append a message and return it as stored.
@@ -3789,10 +4748,14 @@ class SessionStore:
           whose outcome is unknown (a connection lost during the commit) is retried
           safely with the same id.
         - ``**fields`` (``tool_calls``, ``tool_call_id``, ``metadata``, any JSON) are
-          stored and returned as given; content and fields must be JSON
-          (:class:`InvalidMessage` otherwise).
+          stored and returned as given; content and fields must be JSON, with string
+          object keys and at most :data:`MAX_NESTING` levels (:class:`InvalidMessage`
+          otherwise). What is returned is read-only (lists and dicts refuse changes).
         - ``owner_id``: refused with :class:`SessionLocked` while another owner holds
-          the lease. Inside :meth:`lock`/:meth:`with_lock` the holder is implied.
+          the lease. ``fencing_token`` (from :meth:`acquire_lock`): refused with
+          :class:`LeaseLost` unless that lease is still live and current; the check
+          runs in the storage's exclusive section, together with the write. Inside
+          :meth:`lock`/:meth:`with_lock` both are implied.
 
         Returns once the record is written (and fsync'd when ``durable``). Any error
         leaves storage untouched.
@@ -3803,16 +4766,17 @@ class SessionStore:
             _check_name("message id", id, InvalidMessage)
         if parent_id is not _HEAD and parent_id is not None and not isinstance(parent_id, str):
             raise InvalidMessage(f"parent_id must be a string or None, not {parent_id!r}")
-        for name in fields:
+        for name, value in fields.items():
             if name in _RESERVED_FIELDS:
                 raise InvalidMessage(f"field {name!r} is reserved; pass it as the keyword it maps to")
-        if owner_id is not None:
-            _check_name("owner id", owner_id)
-        else:
-            owner_id = self._implied_owner(session_id)
-        with self._writing(session_id) as state:
-            if owner_id is not None or self.require_lock:
-                self._check_lease(state, owner_id)
+            if isinstance(value, (dict, list, tuple)):
+                _check_json_shape(value, f"field {name!r}")
+        if isinstance(content, (dict, list, tuple)):
+            _check_json_shape(content, "content")
+        owner_id, fencing_token = self._fence_of(session_id, owner_id, fencing_token)
+        with self._writing(session_id, fence=False) as state:
+            if owner_id is not None or fencing_token is not None or self._require_lock:
+                self._check_lease(state, owner_id, fencing_token)
             parent = state.head() if parent_id is _HEAD else parent_id
             if parent is not None and parent not in state.by_id:
                 raise MessageNotFound(session_id, parent)
@@ -3831,21 +4795,23 @@ class SessionStore:
                 record[_SNAKE_TO_CAMEL.get(name, name)] = value
             line = _encode_message(record)  # validates before anything is written
             if isinstance(content, str) and not fields:
-                msg = Message(id=id, parent_id=parent, type=mtype, role=role, content=content, timestamp=now)
+                msg = Message(id=id, parent_id=state.by_id[parent].id if parent is not None else None,
+                              type=sys.intern(mtype), role=sys.intern(role), content=content, timestamp=now)
             else:  # store the JSON round trip: what a reload returns, detached from the caller
-                msg = _message_from_record(json.loads(line))
-            config = self.auto_reset
+                msg = _message_from_record(json.loads(line), state.by_id)
+            config = self._auto_reset
             reason = self._reset_reason(state, config, msg, now) if config is not None else None
             if config is not None and reason is not None:
-                reset = self._write_reset(state, reason, now, config, incoming=msg)
-                msg = dataclasses.replace(msg, parent_id=state.head())
-                record["parentId"] = msg.parent_id
+                reset, new_parent = self._write_reset(state, reason, now, config, incoming=msg)
+                msg = dataclasses.replace(msg, parent_id=new_parent)
+                record["parentId"] = new_parent
                 line = _encode_message(record)
             self._write_message(state, msg, line)
-            end = state.position
-        self._sync(session_id, end)
+            if reason is not None:  # the head moves last, once the whole new segment is written
+                self._move(state, msg.id, now)
+        self._sync(session_id)
         if reason is not None:
-            self._emit("session.reset", session_id, reset)
+            self._emit_reset(session_id, reset)
         self._emit("message.added", session_id, msg)
         return msg
 
@@ -3854,6 +4820,13 @@ class SessionStore:
         position = self._storage.append_message(state.session_id, state.position, msg.id, line)
         state.add_message(msg)
         state.position = position
+        state.nbytes += len(line)
+        state.untallied += 1
+
+    def _move(self, state: _Session, head_id: str | None, now: int, branch: str | None = None) -> None:
+        """Write a ``move`` event: the branch's (default: the current one's) head is now ``head_id``."""
+        self._branch_event(state, {"op": "move", "name": state.current if branch is None else branch,
+                                   "headId": head_id, "at": now, "seq": state.record_count})
 
     # -- auto-reset ---------------------------------------------------------------------
 
@@ -3872,59 +4845,56 @@ class SessionStore:
         return AutoResetManager(config).over_limit(count + 1, tokens, start, now)
 
     def _write_reset(self, state: _Session, reason: str, now: int, config: AutoResetConfig,
-                     incoming: Message | None = None) -> ResetResult:
-        """Append a reset: new root (marker or first kept copy), head moved there, copies.
+                     incoming: Message | None = None) -> tuple[ResetResult, str | None]:
+        """Write a reset's new segment: a root (the marker, or the first kept copy) and
+        the copies chained after it. Returns the result and the id the head moves to
+        (the segment's last message, ``None`` when nothing was written).
 
-        Caller is in ``_writing``. ``incoming`` (an append that triggered the reset)
-        is reserved room in the new segment; when nothing else is written it becomes
-        the new root itself, and the caller writes it.
+        Caller is in ``_writing`` and writes the head's ``move`` itself, after
+        everything else: a crash in between leaves a stray chain of copies the head
+        never moved to, never a head on a marker without its kept messages.
+        ``incoming`` (an append that triggered the reset) is reserved room in the new
+        segment; the caller writes it after the copies, before the move.
         """
         manager = AutoResetManager(config)
         head = state.head()
         segment = _current_segment(state.path_to(head)) if head is not None else []
         reserve_tokens = config.count_tokens(incoming) if incoming is not None and config.max_tokens else 0
-        kept = manager.keep(segment, reserve=1 if incoming is not None else 0, reserve_tokens=reserve_tokens)
-        written: list[Message] = []
-        parent: str | None = None
-        if config.insert_reset_marker:
-            marker = dataclasses.replace(manager.marker(reason, now), id=state.fresh_id())
-            written.append(marker)
-            parent = marker.id
-        for original in kept:
-            copy_id = state.fresh_id()
-            copy = dataclasses.replace(original, id=copy_id, parent_id=parent, timestamp=now,
-                                       fields={**original.fields, "reset_from": original.id})
-            written.append(copy)
-            parent = copy_id
-        for i, msg in enumerate(written):
+        result = manager.reset(segment, reason, now, reserve=1 if incoming is not None else 0,
+                               reserve_tokens=reserve_tokens, new_id=state.fresh_id)
+        for msg in result.messages:
             self._write_message(state, msg, _encode_message(msg.to_record()))
-            if i == 0:  # the new root: move the current branch's head onto it
-                self._branch_event(state, {"op": "move", "name": state.current, "headId": msg.id,
-                                           "at": now, "seq": len(state.messages)})
-        if not written:  # nothing kept, no marker: the incoming message is the new root
-            self._branch_event(state, {"op": "move", "name": state.current, "headId": None,
-                                       "at": now, "seq": len(state.messages)})
-        return ResetResult(reset=True, reason=reason, messages=written)
+        return result, result.messages[-1].id if result.messages else None
+
+    def _emit_reset(self, session_id: str, result: ResetResult) -> None:
+        self._emit("session.reset", session_id, result)
+        for msg in result.messages:
+            self._emit("message.added", session_id, msg)
 
     def reset(self, session_id: str, **overrides: Any) -> ResetResult:
         """Reset the session now, whatever its size; the result's reason is ``"manual"``.
 
         Uses the store's ``auto_reset`` config (or the defaults) with ``overrides``
         applied, e.g. ``reset(sid, keep_strategy="last", keep_count=2)``. The old
-        messages stay in the tree; the current branch's head moves to the new segment.
+        messages stay in the tree; the current branch's head moves to the new segment
+        once it is written. Subscribers get ``session.reset``, then ``message.added``
+        for the marker and each kept copy.
         """
         try:
-            config = dataclasses.replace(self.auto_reset or AutoResetConfig(), **overrides)
+            config = dataclasses.replace(self._auto_reset or AutoResetConfig(), **overrides)
         except TypeError as e:
             raise InvalidInput(f"reset() got an unknown setting: {e}") from None
         except ValueError as e:
             raise InvalidInput(str(e)) from None
         with self._writing(session_id) as state:
-            result = self._write_reset(state, "manual", self._now_ms(), config)
-            end = state.position
-        self._sync(session_id, end)
-        self._emit("session.reset", session_id, result)
+            now = self._now_ms()
+            result, new_head = self._write_reset(state, "manual", now, config)
+            self._move(state, new_head, now)
+        self._sync(session_id)
+        self._emit_reset(session_id, result)
         return result
+
+    # -- imports ---------------------------------------------------------------------
 
     def import_session(self, key: str, messages: list[Message], *, branches: list[Branch] | None = None,
                        current: str = "main") -> str:
@@ -3934,38 +4904,46 @@ class SessionStore:
         Every parent must precede its children and ids must be unique; branch heads
         must name given messages. All of it is checked before anything is written
         (:class:`InvalidMessage`, :class:`InvalidInput`); a key that already has a
-        session raises :class:`InvalidKey`. Returns the new session's id.
+        session raises :class:`InvalidKey`. All or nothing: the session appears under
+        its key whole (with every message and branch) or, when anything fails or the
+        process is killed, not at all; a retry then starts afresh. Returns the new
+        session's id.
         """
         _check_key(key)
+        if not isinstance(messages, (list, tuple)):
+            raise InvalidInput(f"import_session takes a list of Message records, not {type(messages).__name__}")
         seen: set[str] = set()
         lines = _import_lines(messages, seen)
         heads: dict[str, str | None] = {"main": None}
         for b in branches or []:
+            if not isinstance(b, Branch):
+                raise InvalidInput(f"branches must be Branch records, not {type(b).__name__}")
             _check_import_branch(b, seen)
             heads[b.name] = b.head_id
-        if current not in heads:
+        if not isinstance(current, str) or current not in heads:
             raise InvalidInput(f"current branch {current!r} is not among the branches")
-        if self.has_key(key):
-            raise InvalidKey(f"key {key!r} already has a session ({self._keys.get(key)})")
-        sid = self.resolve(key)
-        with self._writing(sid) as state:
-            if state.messages:
-                raise InvalidKey(f"key {key!r} already has a session ({sid})")
-            for line in lines:
-                self._write_message(state, _message_from_record(json.loads(line)), line)
-            now, seq = self._now_ms(), len(state.messages)
-            for b in branches or []:  # branch times are kept: create at created_at, move at updated_at
-                if b.name != "main":
-                    self._branch_event(state, {"op": "create", "name": b.name, "headId": b.head_id,
-                                               "at": b.created_at, "seq": seq})
-                if b.name == "main" or b.updated_at != b.created_at:
-                    self._branch_event(state, {"op": "move", "name": b.name, "headId": b.head_id,
-                                               "at": b.updated_at, "seq": seq})
-            if current != "main":
-                self._branch_event(state, {"op": "switch", "name": current, "at": now, "seq": seq})
-            end = state.position
-        self._sync(sid, end)
-        return sid
+        self._ready()
+        now, seq = self._now_ms(), len(lines)
+        events: list[bytes] = []
+        for b in branches or []:  # branch times are kept: create at created_at, move at updated_at
+            if b.name != "main":
+                events.append(_encode_line({"op": "create", "name": b.name, "headId": b.head_id,
+                                            "at": b.created_at, "seq": seq}))
+            if b.name == "main" or b.updated_at != b.created_at:
+                events.append(_encode_line({"op": "move", "name": b.name, "headId": b.head_id,
+                                            "at": b.updated_at, "seq": seq}))
+        if current != "main":
+            events.append(_encode_line({"op": "switch", "name": current, "at": now, "seq": seq}))
+        new = str(uuid.uuid4())
+        with _storage_errors(f"import a session for key {key[:80]!r}"):
+            existing = self._storage.lookup(key)
+            if existing is None:
+                existing = self._storage.create_session(key, new, now, messages=lines, events=events)
+        if existing != new:
+            raise InvalidKey(f"key {key!r} already has a session ({existing})")
+        self._emit("session.created", new, SessionMetadata(session_id=new, key=key, created_at=now, updated_at=now,
+                                                             message_count=len(lines)))
+        return new
 
     def import_messages(self, session_id: str, messages: Sequence[Message], *,
                         branches: Sequence[Branch] = ()) -> list[Message]:
@@ -3979,11 +4957,12 @@ class SessionStore:
         or precede its child in ``messages``; the head rule applies as for
         :meth:`append` (a message whose parent is the current head advances it); no
         auto-reset. Everything is checked before anything is written. Returns the
-        messages written (the skipped ones left out).
+        messages written (the skipped ones left out). A crash part way leaves a prefix
+        of them (each whole); repeating the call completes it.
         """
-        given = list(messages) if isinstance(messages, (list, tuple)) else None
-        if given is None:
+        if not isinstance(messages, (list, tuple)):
             raise InvalidInput(f"import_messages takes a list of Message records, not {type(messages).__name__}")
+        given = list(messages)
         for b in branches:
             if not isinstance(b, Branch):
                 raise InvalidInput(f"branches must be Branch records, not {type(b).__name__}")
@@ -3999,19 +4978,17 @@ class SessionStore:
                 _check_import_branch(b, seen)
             written: list[Message] = []
             for line in lines:
-                msg = _message_from_record(json.loads(line))
+                msg = _message_from_record(json.loads(line), state.by_id)
                 self._write_message(state, msg, line)
                 written.append(msg)
             for b in branches:
                 current = state.branches.get(b.name)
                 if current is None:
                     self._branch_event(state, {"op": "create", "name": b.name, "headId": b.head_id,
-                                               "at": b.created_at, "seq": len(state.messages)})
+                                               "at": b.created_at, "seq": state.record_count})
                 elif current.head_id != b.head_id:
-                    self._branch_event(state, {"op": "move", "name": b.name, "headId": b.head_id,
-                                               "at": b.updated_at, "seq": len(state.messages)})
-            end = state.position
-        self._sync(session_id, end)
+                    self._move(state, b.head_id, b.updated_at, b.name)
+        self._sync(session_id)
         for msg in written:
             self._emit("message.added", session_id, msg)
         return written
@@ -4022,7 +4999,9 @@ class SessionStore:
         state = self._state(session_id)
         with state.lock:
             self._catch_up(state)
-            return fn(state)
+            result = fn(state)
+        self._trim()
+        return result
 
     def get_messages(self, session_id: str) -> list[Message]:
         """Every message, in append order."""
@@ -4070,129 +5049,78 @@ class SessionStore:
 
     @overload
     def build_context(self, session_id: str, leaf_id: str | None = None, *,
-                      format: Literal["openai"] = "openai") -> list[dict[str, Any]]: ...
+                      format: Literal["openai"] = "openai", strict: bool = False,
+                      include_reset_markers: bool = False) -> list[dict[str, Any]]: ...
 
     @overload
     def build_context(self, session_id: str, leaf_id: str | None = None, *,
-                      format: Literal["anthropic"]) -> dict[str, Any]: ...
+                      format: Literal["anthropic"], strict: bool = False,
+                      include_reset_markers: bool = False) -> dict[str, Any]: ...
 
-    def build_context(self, session_id: str, leaf_id: str | None = None, *,
-                      format: str = "openai") -> list[dict[str, Any]] | dict[str, Any]:
+    def build_context(self, session_id: str, leaf_id: str | None = None, *, format: str = "openai",
+                      strict: bool = False, include_reset_markers: bool = False
+                      ) -> list[dict[str, Any]] | dict[str, Any]:
         """The root -> leaf path (default: the current head) as what a model API takes.
 
         ``format="openai"``: a list of Chat Completions messages (assistant
         ``tool_calls`` with ``function.arguments`` as a JSON string, one ``tool``
-        message per call). ``format="anthropic"``: ``{"system": str, "messages":
-        [...]}`` for the Messages API (``tool_use`` blocks; the next user turn starts
-        with their ``tool_result`` blocks; user and assistant alternate; ``system`` only
-        when there is system text), ready for ``client.messages.create(**context, ...)``.
+        message per call, call ids of at most 40 characters). ``format="anthropic"``:
+        ``{"system": str, "messages": [...]}`` for the Messages API (``tool_use`` blocks;
+        the next user turn starts with their ``tool_result`` blocks; user and assistant
+        alternate; ``system`` only when there is system or developer text), ready for
+        ``client.messages.create(**context, ...)``.
 
-        Reads native records (the tutorial's ``tool_calls``/``tool_result`` shapes,
-        OpenAI's, Anthropic's content blocks), pi entries and Claude Code lines. A tool
-        call without a result (branching and resets leave them) gets a synthetic error
-        result; a result answering no call on the path is dropped; consecutive
-        assistant records (one response split over lines) merge; aborted or failed
-        responses are left out. A reset marker becomes system text; a pi compaction
-        its summary (a user turn, as pi sends it) followed by the entries it kept.
+        Reads native records: the tutorial's ``tool_calls``/``tool_result`` shapes,
+        OpenAI Chat's (``developer`` stays a developer message for OpenAI and becomes
+        system text for Anthropic), OpenAI Responses' items and parts (``input_text``,
+        ``output_text``, ``function_call``, ``function_call_output``, as the OpenAI
+        Agents SDK stores them), Anthropic's content blocks, also when a record's content
+        is such a message or item whole; records of other formats through their
+        registered reader (:func:`register_context_reader`; session_store_transcripts
+        reads pi and Claude Code transcripts). A tool call without a result (branching
+        and resets leave them) gets a synthetic error result; a result answering no call
+        on the path is dropped; consecutive assistant records (one response split over
+        records) merge; thinking goes to Anthropic only with its signature, to OpenAI
+        never. A reset marker ("Session reset (max_messages) at ...") stays out of the
+        context (the kept messages after it are in); ``include_reset_markers=True``
+        sends it as system text.
+
+        What neither API can express (an unknown role, a block of an unknown type, an
+        item of OpenAI's hosted tools) is left out and logged once per session; with
+        ``strict=True`` it raises :class:`InvalidMessage` instead.
         """
         if format not in _CONTEXT_FORMATS:
             raise InvalidInput(f"unknown context format {format!r}; known: {', '.join(_CONTEXT_FORMATS)}")
-        return _context(self.get_linear_history(session_id, leaf_id), format)  # type: ignore[no-any-return]
 
-    # -- pi and Claude Code -------------------------------------------------------------
+        tree: dict[str | None, list[Message]] | None = None
 
-    def import_pi(self, path_or_lines: str | os.PathLike[str] | Iterable[str], *, key: str | None = None) -> str:
-        """Import a pi session file (``~/.pi/agent/sessions/*.jsonl``) as a new session.
+        def children(message_id: str) -> list[Message]:  # for readers: one snapshot, taken when first asked
+            nonlocal tree
+            if tree is None:
+                tree = {}
+                for m in self.get_messages(session_id):
+                    tree.setdefault(m.parent_id, []).append(m)
+            return list(tree.get(message_id, ()))
 
-        ``path_or_lines``: a path, or the file's lines (an open file will do). Format
-        versions 1, 2 and 3 are read; older ones are brought to version 3 as pi does
-        (v1 entries get ids derived from the session id and chain; v2's ``hookMessage``
-        role becomes ``custom``). Every entry becomes one message (see the
-        "Interoperability" banner in this file); the header becomes the root, and pi's
-        roots its children. pi keeps no leaf: the last entry is the head of ``main``.
+        problems: list[str] = []
+        path = self.get_linear_history(session_id, leaf_id)
+        if not include_reset_markers:
+            path = [m for m in path if m.type != "reset"]
+        turns = _path_turns(path, children, problems)
+        if problems:
+            _left_out(session_id, problems, strict)
+        return _context(turns, format)  # type: ignore[no-any-return]
 
-        ``key`` defaults to ``"pi:<session id>"``. Bad input (not a pi session, a line
-        that is not JSON, a newer format) raises :class:`InvalidInput` with nothing
-        written; an unterminated last line (a crashed writer) is skipped. Lone
-        surrogates (invalid text JavaScript can write) become U+FFFD. Returns the new
-        session's id.
-        """
-        messages, leaf = _pi_import(_read_lines(path_or_lines, "pi session"), self._now_ms())
-        header, head = messages[0], next(m for m in messages if m.id == leaf)
-        main = Branch(name="main", head_id=leaf, created_at=header.timestamp, updated_at=head.timestamp)
-        return self.import_session(f"pi:{header.id}" if key is None else key, messages, branches=[main])
-
-    def export_pi(self, session_id: str, path: str | os.PathLike[str]) -> None:
-        """Write the session's whole tree as a pi session file (format version 3), atomically.
-
-        Entries imported from pi are written back as they were read (JSON-equal, unknown
-        types and fields included). Other messages become pi entries: user, assistant
-        and tool results as ``message`` entries, system text as a ``custom_message``, a
-        reset marker as a ``compaction``, anything else as a ``custom`` entry holding
-        the record. A session not imported from pi gets a header with its id. pi
-        resumes at the last line: the current head is written last when it is a leaf.
-        """
-        _write_jsonl(os.fspath(path), self._pi_lines(session_id))
-
-    def _pi_lines(self, session_id: str) -> list[Any]:
-        messages, head, created = self._read(session_id, lambda s: (list(s.messages), s.head(), s.created_at))
-        return _pi_export(session_id, created, messages, head)
-
-    def import_claude_code(self, path: str | os.PathLike[str], *, key: str | None = None) -> str:
-        """Import a Claude Code transcript (``~/.claude/projects/*/<session>.jsonl``),
-        with its subagents' transcripts (``<session>/subagents/*.jsonl``) when present.
-
-        Every line becomes one message (see the "Interoperability" banner in this file):
-        ``uuid`` / ``parentUuid`` make the tree (a parent that is not in the file makes
-        a root, like ``compact_boundary`` lines, whose ``logicalParentUuid`` is kept);
-        lines of one response split by ``message.id`` stay separate records and merge in
-        :meth:`build_context`; ``summary`` lines, lines without a uuid, repeated uuids and
-        non-object lines are kept as roots and written back. Sidechains (``isSidechain``)
-        are kept apart: each agent's last line is the head of a branch
-        ``agent-<agentId>`` (``sidechain`` without one); ``main`` ends at the last line
-        that is not on a sidechain, and is current.
-
-        ``key`` defaults to ``"claude-code:<sessionId>"``. Errors as :meth:`import_pi`.
-        """
-        messages, leaf, sidechains, session = _claude_import(path, self._now_ms())
-        at = {m.id: m.timestamp for m in messages}
-        start = messages[0].timestamp if messages else self._now_ms()
-        branches = [Branch(name=name, head_id=head, created_at=start if head is None else at[head],
-                           updated_at=start if head is None else at[head])
-                    for name, head in [("main", leaf), *sidechains.items()]]
-        if key is None:
-            key = f"claude-code:{session or os.path.splitext(os.path.basename(os.fspath(path)))[0]}"
-        return self.import_session(key, messages, branches=branches)
-
-    def export_claude_code(self, session_id: str, path: str | os.PathLike[str]) -> list[str]:
-        """Write the session as a Claude Code transcript at ``path``, and its subagents'
-        lines under ``<path without .jsonl>/subagents/``, each file atomically.
-
-        Imported lines are written back as they were read, to the file they came from;
-        other messages become user / assistant / system lines with Anthropic content,
-        in their parent's file. Returns the paths written, the transcript first. With
-        subagent transcripts, ``path`` must end in ``.jsonl`` (:class:`InvalidInput`,
-        nothing written).
-        """
-        messages, head = self._read(session_id, lambda s: (list(s.messages), s.head()))
-        target = os.fspath(path)
-        files = _claude_export(session_id, messages, head)
-        if len(files) > 1 and not target.endswith(".jsonl"):
-            raise InvalidInput(f"{target!r}: the session has subagent transcripts, which go in a folder named "
-                               "like the transcript without .jsonl; give a path ending in .jsonl")
-        written = []
-        for file, lines in files.items():
-            where = target if file is None else os.path.join(os.path.splitext(target)[0], *file.split("/"))
-            _write_jsonl(where, lines)
-            written.append(where)
-        return written
 
     # -- branches ---------------------------------------------------------------------
 
     def _branch_event(self, state: _Session, event: dict[str, Any]) -> None:
         """Append a branch event and apply it (caller is in ``_writing``, and syncs after)."""
-        state.position = self._storage.append_event(state.session_id, state.position, _encode_line(event))
+        line = _encode_line(event)
+        state.position = self._storage.append_event(state.session_id, state.position, line)
         state.add_event(event)
+        state.nbytes += len(line)
+        state.untallied += 1
 
     def create_branch(self, session_id: str, name: str, leaf_id: str) -> Branch:
         """Create branch ``name`` pointing at message ``leaf_id`` (any message).
@@ -4208,19 +5136,20 @@ class SessionStore:
                 raise BranchExists(session_id, name)
             state.require(leaf_id)
             self._branch_event(state, {"op": "create", "name": name, "headId": leaf_id,
-                                       "at": self._now_ms(), "seq": len(state.messages)})
+                                       "at": self._now_ms(), "seq": state.record_count})
             branch = state.branches[name].frozen()
-            end = state.position
-        self._sync(session_id, end)
+        self._sync(session_id)
         self._emit("branch.created", session_id, branch)
         return branch
 
     def get_branches(self, session_id: str) -> list[Branch]:
-        """Every branch, ``main`` first, then in creation order."""
+        """Every branch, ``main`` first (while it exists), then in creation order."""
         return self._read(session_id, lambda s: [b.frozen() for b in s.branches.values()])
 
     def get_branch(self, session_id: str, name: str) -> Branch | None:
         """The branch of that name, or ``None``."""
+        _check_name("branch name", name)
+
         def branch(s: _Session) -> Branch | None:
             found = s.branches.get(name)
             return found.frozen() if found is not None else None
@@ -4228,15 +5157,15 @@ class SessionStore:
 
     def switch_to_branch(self, session_id: str, name: str) -> str | None:
         """Make ``name`` the current branch; returns its head id (``None`` when empty)."""
+        _check_name("branch name", name)
         with self._writing(session_id) as state:
             if name not in state.branches:
                 raise BranchNotFound(session_id, name)
             if state.current != name:
                 self._branch_event(state, {"op": "switch", "name": name, "at": self._now_ms(),
-                                           "seq": len(state.messages)})
+                                           "seq": state.record_count})
             branch = state.branches[name].frozen()
-            end = state.position
-        self._sync(session_id, end)
+        self._sync(session_id)
         self._emit("branch.switched", session_id, branch)
         return branch.head_id
 
@@ -4248,73 +5177,290 @@ class SessionStore:
         """The current branch's name."""
         return self._read(session_id, lambda s: s.current)
 
+    def move_head(self, session_id: str, message_id: str | None, *, branch: str | None = None) -> Branch:
+        """Move the head of the current branch (or of ``branch``) to any message of the
+        session, or to ``None`` (the branch is then empty). Nothing is deleted: the
+        next append on that branch continues from there, and the messages after the
+        old head stay in the tree (move back to one of them to redo). This is undo
+        (move to the head's parent), rewind and redo. Returns the branch as moved;
+        subscribers get ``branch.moved``.
+        """
+        if branch is not None:
+            _check_name("branch name", branch)
+        if message_id is not None and not isinstance(message_id, str):
+            raise InvalidInput(f"message_id must be a message id or None, not {message_id!r}")
+        with self._writing(session_id) as state:
+            name = state.current if branch is None else branch
+            if name not in state.branches:
+                raise BranchNotFound(session_id, name)
+            if message_id is not None:
+                state.require(message_id)
+            if state.branches[name].head_id != message_id:
+                self._move(state, message_id, self._now_ms(), name)
+            moved = state.branches[name].frozen()
+        self._sync(session_id)
+        self._emit("branch.moved", session_id, moved)
+        return moved
+
+    def delete_branch(self, session_id: str, name: str) -> Branch:
+        """Delete branch ``name`` (the pointer, never its messages); returns it as it
+        was. The current branch cannot be deleted (:class:`InvalidInput`: switch
+        first). Subscribers get ``branch.deleted``."""
+        _check_name("branch name", name)
+        with self._writing(session_id) as state:
+            if name not in state.branches:
+                raise BranchNotFound(session_id, name)
+            if name == state.current:
+                raise InvalidInput(f"branch {name!r} is the current branch of session {session_id!r}: "
+                                   "switch to another branch before deleting it")
+            gone = state.branches[name].frozen()
+            self._branch_event(state, {"op": "delete", "name": name, "at": self._now_ms(),
+                                       "seq": state.record_count})
+        self._sync(session_id)
+        self._emit("branch.deleted", session_id, gone)
+        return gone
+
+    def rename_branch(self, session_id: str, old: str, new: str) -> Branch:
+        """Rename branch ``old`` to ``new`` (the current branch too: it stays current).
+        :class:`BranchNotFound` / :class:`BranchExists` as expected; messages are
+        untouched. Subscribers get ``branch.renamed`` with ``(old, branch)``."""
+        _check_name("branch name", old)
+        _check_name("branch name", new)
+        with self._writing(session_id) as state:
+            if old not in state.branches:
+                raise BranchNotFound(session_id, old)
+            if new in state.branches:
+                raise BranchExists(session_id, new)
+            self._branch_event(state, {"op": "rename", "name": old, "to": new, "at": self._now_ms(),
+                                       "seq": state.record_count})
+            renamed = state.branches[new].frozen()
+        self._sync(session_id)
+        self._emit("branch.renamed", session_id, (old, renamed))
+        return renamed
+
+    def fork_session(self, session_id: str, message_id: str | None = None, *, key: str | None = None) -> str:
+        """A new session whose history is the path root -> ``message_id`` (default: the
+        current head) of this one: the same messages (ids, parents, timestamps,
+        fields), its ``main`` at the last. Its metadata's ``forked_from`` is
+        ``(session_id, message_id)``, kept across reopen. The source is untouched.
+
+        Costs O(depth) writes (and one load of the source when it is not cached).
+        ``key`` defaults to ``"fork:<new session id>"``; a taken key raises
+        :class:`InvalidKey`. All or nothing, like :meth:`import_session`.
+        Subscribers get ``session.forked`` with the new session's metadata.
+        """
+        if key is not None:
+            _check_key(key)
+        if message_id is not None and not isinstance(message_id, str):
+            raise InvalidInput(f"message_id must be a message id or None, not {message_id!r}")
+
+        def path(s: _Session) -> tuple[str | None, list[Message]]:
+            leaf = s.head() if message_id is None else message_id
+            return leaf, ([] if leaf is None else s.path_to(leaf))
+        leaf, messages = self._read(session_id, path)
+        new, now = str(uuid.uuid4()), self._now_ms()
+        key = f"fork:{new}" if key is None else key
+        lines = [_encode_message(m.to_record()) for m in messages]
+        events = [_encode_line({"op": "move", "name": "main", "headId": leaf, "at": now, "seq": len(lines)})]
+        with _storage_errors(f"fork session {session_id!r}"):
+            created = self._storage.create_session(key, new, now, messages=lines, events=events,
+                                                   forked_from=(session_id, leaf))
+        if created != new:
+            raise InvalidKey(f"key {key!r} already has a session ({created})")
+        meta = SessionMetadata(session_id=new, key=key, created_at=now, updated_at=max([now, *(
+            m.timestamp for m in messages)]), message_count=len(lines), forked_from=(session_id, leaf))
+        self._emit("session.forked", new, meta)
+        return new
+
     # -- locks ------------------------------------------------------------------------
 
-    def _implied_owner(self, session_id: str) -> str | None:
-        owners = self._held.__dict__.get("owners")
-        if not owners:
-            return None
-        stack = owners.get(session_id)
-        return stack[-1] if stack else None
+    def _implied(self, session_id: str) -> tuple[str, int] | None:
+        """The owner and token of the innermost :meth:`lock` block on this session in
+        this context (thread or asyncio task), if any."""
+        me, process = id(self), _PROCESS
+        for store, proc, sid, owner, token in reversed(_HELD.get()):
+            if store == me and sid == session_id and proc == process:
+                return owner, token
+        return None
 
-    def _check_lease(self, state: _Session, owner_id: str | None) -> None:
-        """Raise SessionLocked unless the lease is free or held by ``owner_id``."""
+    def _fence_of(self, session_id: str, owner_id: str | None, fencing_token: int | None
+                  ) -> tuple[str | None, int | None]:
+        """The owner and token a write is checked against: as given, else implied."""
+        if owner_id is not None:
+            _check_name("owner id", owner_id)
+        if fencing_token is not None and (not isinstance(fencing_token, int) or isinstance(fencing_token, bool)
+                                          or fencing_token < 0):
+            raise InvalidInput(f"fencing_token must be a non-negative integer, not {fencing_token!r}")
+        implied = self._implied(session_id)
+        if implied is not None and fencing_token is None and owner_id in (None, implied[0]):
+            return implied
+        return owner_id, fencing_token
+
+    def _check_lease(self, state: _Session, owner_id: str | None, token: int | None) -> None:
+        """Raise :class:`LeaseLost` unless the lease of ``token`` (and ``owner_id``) is
+        live and current; else :class:`SessionLocked` when another owner holds it."""
         lease = self._read_lease(state)
-        if lease["owner"] is not None and lease["owner"] != owner_id and self._lease_live(lease):
-            raise SessionLocked(state.session_id, owner_id, lease["owner"])
+        now = self._now_ms()
+        holder = lease["owner"] if self._live(state.session_id, lease, now) else None
+        if token is not None:
+            if holder is None or lease["token"] != token or (owner_id is not None and holder != owner_id):
+                raise LeaseLost(state.session_id, owner_id, holder, token)
+        elif holder is not None and holder != owner_id:
+            raise SessionLocked(state.session_id, owner_id, holder)
 
     def _read_lease(self, state: _Session) -> dict[str, Any]:
-        """The lease record (caller is in ``_writing``); free when absent or corrupt."""
+        """The lease record (caller is in ``_writing``), normalized by :meth:`_normal_lease`."""
         try:
-            lease = self._storage.read_lease(state.session_id)
+            raw = self._storage.read_lease(state.session_id)
         except StorageError:
             raise
         except OSError as e:
             raise _storage_error(e, f"read the lease of {state.session_id!r}") from e
-        if lease is None or not isinstance(lease.get("token", 0), int):
-            return {"owner": None, "token": 0}
+        return self._normal_lease(raw)
+
+    def _normal_lease(self, raw: Mapping[str, Any] | None, *, quiet: bool = False) -> dict[str, Any]:
+        """A lease record with every field checked: ``owner`` (or ``None``), ``count``,
+        ``token``, ``expiresAt``, ``process`` and ``queue`` (waiters, oldest first). A
+        corrupt or malformed record is free, and its token the current time in ms:
+        above every token issued before it (they count up from 1), so fencing tokens
+        keep growing even when their record is lost."""
+        if raw is None:
+            return {"owner": None, "token": 0, "queue": []}
+        if not _lease_fields_ok(raw):
+            token = raw.get("token")
+            token = token if isinstance(token, int) and not isinstance(token, bool) and token >= 0 else 0
+            if not quiet:
+                _log.warning("a lease record is corrupt (%r): treating it as free; tokens continue above %d",
+                             dict(raw), max(token, self._now_ms()))
+            return {"owner": None, "token": max(token, self._now_ms()), "queue": []}
+        lease = dict(raw)
+        lease.setdefault("queue", [])
+        lease["queue"] = [list(w) for w in lease["queue"]]
         return lease
 
-    def _write_lease(self, state: _Session, lease: dict[str, Any]) -> None:
+    def _write_lease(self, state: _Session, lease: dict[str, Any], *, durable: bool = False) -> None:
         """Store the lease record (caller is in ``_writing``)."""
         try:
-            self._storage.write_lease(state.session_id, lease)
+            self._storage.write_lease(state.session_id, lease, durable=durable)
         except StorageError:
             raise
         except OSError as e:
             raise _storage_error(e, f"write the lease of {state.session_id!r}") from e
 
-    def _lease_live(self, lease: dict[str, Any]) -> bool:
-        if lease.get("owner") is None or lease.get("expiresAt", 0) <= self._now_ms():
-            return False
-        pid = lease.get("pid")
-        if (isinstance(pid, int) and pid != os.getpid() and lease.get("host") == _HOST
-                and self._storage.shared_across_processes):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False  # the holder's process died: its lease is free at once
-            except OSError:
-                pass
-        return True
+    def _live(self, session_id: str, lease: Mapping[str, Any], now: int) -> bool:
+        """Whether the lease is held: an owner, not expired, and its holder not proven dead.
 
-    def _try_acquire(self, session_id: str, owner_id: str) -> LockResult:
-        with self._writing(session_id, catch_up=False) as state:
+        Only proof frees a lease early: the holder's own mark of life (a ``flock`` on
+        files and SQLite, an advisory lock on PostgreSQL), which the operating system
+        or the server drops when the holder dies, in whatever PID namespace, container
+        or host. A process id is never compared: another namespace may reuse it.
+        """
+        if lease.get("owner") is None or lease.get("expiresAt", 0) <= now:
+            return False
+        process = lease.get("process")
+        if process == _PROCESS or not isinstance(process, str):
+            return True  # ours; or written before marks of life existed: only expiry frees it
+        return not self._storage.holder_gone(session_id, lease)
+
+    def _mark(self, session_id: str) -> None:
+        """Keep a proof of life for a lease this store holds (inside ``_writing``)."""
+        with self._mutex:
+            if session_id in self._marks:
+                return
+        with _storage_errors(f"keep a proof of life for the lease of {session_id!r}"):
+            self._storage.hold_lease(session_id)
+        with self._mutex:
+            self._marks.add(session_id)
+
+    def _unmark(self, session_id: str) -> None:
+        with self._mutex:
+            if session_id not in self._marks:
+                return
+            self._marks.discard(session_id)
+        with contextlib.suppress(SessionStoreError, OSError):
+            self._storage.drop_lease(session_id)
+
+    def _try_acquire(self, session_id: str, owner_id: str, waiter: str | None) -> tuple[LockResult, int]:
+        """One attempt, under the storage's lock: the result, and the waiter's place in
+        the lease's queue (``-1`` when not queued). A free lease goes to the first
+        waiter in the queue; others (and attempts that do not wait) queue behind."""
+        with self._writing(session_id, catch_up=False, fence=False) as state:
             lease = self._read_lease(state)
+            before = copy.deepcopy(lease)
             now = self._now_ms()
+            queue = [w for w in lease["queue"] if w[1] > now]
+            mine = next((i for i, w in enumerate(queue) if w[0] == waiter), -1)
+            live = self._live(session_id, lease, now)
             expires = now + self.lock_timeout_ms
-            token = int(lease.get("token") or 0)
-            if lease["owner"] == owner_id and self._lease_live(lease):
-                count = int(lease.get("count", 1)) + 1
-            elif lease["owner"] is None or not self._lease_live(lease):
-                count, token = 1, token + 1
+            if live and lease["owner"] == owner_id:
+                if mine >= 0:
+                    del queue[mine]
+                lease.update(count=int(lease["count"]) + 1, expiresAt=expires, queue=queue)
+                durable = False
+            elif live or (queue and mine != 0):
+                if waiter is not None:
+                    if mine < 0:
+                        queue.append([waiter, now + _QUEUE_MS])
+                        mine = len(queue) - 1
+                    elif queue[mine][1] - now < _QUEUE_MS // 2:
+                        queue[mine][1] = now + _QUEUE_MS
+                    else:
+                        waiter = None  # nothing to write
+                    if waiter is not None or len(queue) != len(lease["queue"]):
+                        self._write_lease(state, {**lease, "queue": queue})
+                holder = lease["owner"] if live else None
+                return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
+                                  expires_at=lease["expiresAt"] if live else None, token=None), mine
             else:
-                return LockResult(acquired=False, owner_id=owner_id, holder_id=lease["owner"],
-                                  expires_at=lease.get("expiresAt"), token=None)
-            self._write_lease(state, {"owner": owner_id, "count": count, "token": token,
-                                      "expiresAt": expires, "pid": os.getpid(), "host": _HOST})
-            return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id,
-                              expires_at=expires, token=token)
+                if mine >= 0:
+                    del queue[mine]
+                lease = {"owner": owner_id, "count": 1, "token": int(lease["token"]) + 1, "expiresAt": expires,
+                         "process": _PROCESS, "queue": queue}
+                durable = True  # a new token: never issued twice, whatever crashes
+            self._mark(session_id)
+            try:
+                self._write_lease(state, lease, durable=durable)
+            except StorageError:  # not acquired: put the record back as it was (best effort)
+                with contextlib.suppress(SessionStoreError, OSError):
+                    self._storage.write_lease(session_id, before, durable=False)
+                if before.get("process") != _PROCESS or before.get("owner") is None:
+                    self._unmark(session_id)
+                raise
+            return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id, expires_at=expires,
+                              token=lease["token"]), -1
+
+    def _leave_queue(self, session_id: str, waiter: str) -> None:
+        """A waiter that gives up (timeout, cancellation) leaves the queue."""
+        with contextlib.suppress(SessionStoreError, OSError):
+            with self._writing(session_id, catch_up=False, fence=False) as state:
+                lease = self._read_lease(state)
+                queue = [w for w in lease["queue"] if w[0] != waiter]
+                if len(queue) != len(lease["queue"]):
+                    self._write_lease(state, {**lease, "queue": queue})
+        self._lease_freed(session_id)
+
+    def _lease_freed(self, session_id: str) -> None:
+        """Wake this process's waiters for the session's lease (threads and event loops);
+        waiters in other processes look again after a short pause."""
+        with self._lease_changed:
+            self._lease_changed.notify_all()
+        for listener in self._lease_listeners:
+            listener(session_id)
+
+    def _looks_takeable(self, session_id: str, waiter: str) -> tuple[bool, int]:
+        """Between attempts: whether the lease looks free for this waiter, read without
+        the storage's lock (``True`` when the storage cannot tell cheaply), and the
+        waiter's place in the queue (``-1``: not in it)."""
+        raw = self._storage.peek_lease(session_id)
+        if raw is None:
+            return True, -1
+        lease = self._normal_lease(raw, quiet=True)  # a torn read (a write under way) just means: look again
+        now = self._now_ms()
+        queue = [w for w in lease["queue"] if w[1] > now]
+        place = next((i for i, w in enumerate(queue) if w[0] == waiter), -1)
+        if place != 0 and queue:
+            return place > 0 and queue[place][1] - now < _QUEUE_MS // 2, place  # time to renew our place
+        return not self._live(session_id, lease, now), place
 
     def acquire_lock(self, session_id: str, owner_id: str, *, timeout: float | None = 0) -> LockResult:
         """Take the session's lease for ``owner_id``.
@@ -4323,31 +5469,44 @@ class SessionStore:
         waits forever; negative raises ``ValueError``. The lease lasts
         ``lock_timeout_ms`` unless renewed. The same owner acquiring again is
         re-entrant: it counts, extends the lease and keeps its token; a new holder
-        gets a token strictly greater than every earlier one of this session.
+        gets a token strictly greater than every earlier one of this session, also
+        across crashes (the record is synced first). Waiters are served in the order
+        they came, across threads and processes: each takes a place in the lease's
+        queue, and a free lease goes to the first (an attempt that does not wait
+        never jumps the queue).
         """
         _check_name("owner id", owner_id)
         _check_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            result = self._try_acquire(session_id, owner_id)
-            if result.acquired:
-                return result
-            wait = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
-            if wait <= 0:
-                return result
-            with self._lease_changed:
-                self._lease_changed.wait(wait)
+        wait = _LeaseWait(self, session_id, owner_id, timeout)
+        try:
+            while True:
+                result = wait.attempt()
+                if result.acquired:
+                    return result
+                pause = wait.pause()
+                if pause is None:
+                    return result
+                while True:
+                    with self._lease_changed:
+                        self._lease_changed.wait(pause)
+                    pause = wait.pause()
+                    if pause is None or wait.takeable():
+                        break
+        finally:
+            wait.done()
 
     def renew_lock(self, session_id: str, owner_id: str) -> LockResult:
         """Extend ``owner_id``'s live lease by ``lock_timeout_ms``; not acquired when not held."""
         _check_name("owner id", owner_id)
-        with self._writing(session_id, catch_up=False) as state:
+        with self._writing(session_id, catch_up=False, fence=False) as state:
             lease = self._read_lease(state)
-            if lease["owner"] != owner_id or not self._lease_live(lease):
-                holder = lease["owner"] if self._lease_live(lease) else None
+            now = self._now_ms()
+            live = self._live(session_id, lease, now)
+            if lease["owner"] != owner_id or not live:
+                holder = lease["owner"] if live else None
                 return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
                                   expires_at=lease.get("expiresAt") if holder else None, token=None)
-            lease["expiresAt"] = self._now_ms() + self.lock_timeout_ms
+            lease["expiresAt"] = now + self.lock_timeout_ms
             self._write_lease(state, lease)
             return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id,
                               expires_at=lease["expiresAt"], token=lease["token"])
@@ -4355,18 +5514,21 @@ class SessionStore:
     def release_lock(self, session_id: str, owner_id: str) -> bool:
         """Release one hold of ``owner_id``; ``False`` when that owner does not hold it."""
         _check_name("owner id", owner_id)
-        with self._writing(session_id, catch_up=False) as state:
+        with self._writing(session_id, catch_up=False, fence=False) as state:
             lease = self._read_lease(state)
-            if lease["owner"] != owner_id or not self._lease_live(lease):
+            if lease["owner"] != owner_id or not self._live(session_id, lease, self._now_ms()):
+                if lease.get("process") != _PROCESS or lease["owner"] is None:
+                    self._unmark(session_id)
                 return False
-            count = int(lease.get("count", 1)) - 1
+            count = int(lease["count"]) - 1
             if count > 0:
                 lease["count"] = count
             else:
-                lease = {"owner": None, "token": lease["token"]}
+                lease = {"owner": None, "token": lease["token"], "queue": lease["queue"]}
             self._write_lease(state, lease)
-        with self._lease_changed:
-            self._lease_changed.notify_all()
+            if count <= 0:
+                self._unmark(session_id)
+        self._lease_freed(session_id)
         return True
 
     def is_locked(self, session_id: str) -> bool:
@@ -4375,35 +5537,39 @@ class SessionStore:
 
     def get_lock(self, session_id: str) -> LockInfo | None:
         """The live lease (holder, expiry, token, count) or ``None``."""
-        with self._writing(session_id, catch_up=False) as state:
+        with self._writing(session_id, catch_up=False, fence=False) as state:
             lease = self._read_lease(state)
-        if not self._lease_live(lease):
+            live = self._live(session_id, lease, self._now_ms())
+        if not live:
             return None
         return LockInfo(holder_id=lease["owner"], expires_at=lease["expiresAt"], token=lease["token"],
-                        count=int(lease.get("count", 1)))
+                        count=int(lease["count"]))
 
     @contextlib.contextmanager
     def lock(self, session_id: str, owner_id: str, *, timeout: float | None = None) -> Iterator[LockResult]:
-        """Hold the lease for the ``with`` block; appends in it count as ``owner_id``'s.
+        """Hold the lease for the ``with`` block; writes in it count as ``owner_id``'s.
 
         ``LockTimeout`` when it cannot be acquired within ``timeout`` (``None``:
-        wait forever). The lease is released on exit, whatever happened, including
-        ``KeyboardInterrupt``. (An interrupt landing between the acquisition and the
-        start of the block cannot be caught in Python; that lease ends when it expires.)
+        wait forever). Every write in the block (in this thread or asyncio task) is
+        fenced: it carries the lease's token, and the storage refuses it with
+        :class:`LeaseLost` once the lease expired or another owner took it. The lease
+        is released on exit, whatever happened, including ``KeyboardInterrupt``. (An
+        interrupt landing between the acquisition and the start of the block cannot be
+        caught in Python; that lease ends when it expires.)
         """
         result = self.acquire_lock(session_id, owner_id, timeout=timeout)
         if not result.acquired:
             raise LockTimeout(session_id, owner_id, result.holder_id, timeout)
-        owners: dict[str, list[str]] = self._held.__dict__.setdefault("owners", {})
-        stack = owners.setdefault(session_id, [])
+        assert result.token is not None
+        entry = (id(self), _PROCESS, session_id, owner_id, result.token)
+        reset = _HELD.set((*_HELD.get(), entry))
         try:
-            stack.append(owner_id)
             yield result
         finally:
-            if stack and stack[-1] == owner_id:
-                stack.pop()
-            if not stack:
-                owners.pop(session_id, None)
+            try:
+                _HELD.reset(reset)
+            except ValueError:  # left in another context than entered: remove our entry only
+                _HELD.set(tuple(e for e in _HELD.get() if e is not entry))
             self.release_lock(session_id, owner_id)
 
     def with_lock(self, session_id: str, owner_id: str, fn: Callable[[], _T], *,
@@ -4413,9 +5579,79 @@ class SessionStore:
             return fn()
 
 
-_HOST = socket.gethostname()
-# Owner ids are at most 256 characters (up to 1 KiB of UTF-8); a lease record fits.
-_LEASE_RECORD_BYTES = 2048
+def _weakrefable(obj: object) -> bool:
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def _valid_tally(tally: Any) -> bool:
+    def whole(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return (isinstance(tally, dict) and whole(tally.get("messages")) and whole(tally.get("updatedAt"))
+            and whole(tally.get("resets")) and whole(tally.get("branches", 1))
+            and (tally.get("lastResetAt") is None or whole(tally.get("lastResetAt"))))
+
+
+def _lease_fields_ok(lease: Mapping[str, Any]) -> bool:
+    """Whether a lease record is whole and well-formed (see :meth:`SessionStore._normal_lease`)."""
+    def whole(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if lease.get("corrupt") or not whole(lease.get("token")):
+        return False
+    queue = lease.get("queue", [])
+    if not isinstance(queue, list) or not all(
+            isinstance(w, list) and len(w) == 2 and isinstance(w[0], str) and whole(w[1]) for w in queue):
+        return False
+    owner = lease.get("owner")
+    if owner is None:
+        return True
+    return (isinstance(owner, str) and whole(lease.get("count")) and lease["count"] >= 1
+            and whole(lease.get("expiresAt")) and isinstance(lease.get("process", ""), str))
+
+
+class _LeaseWait:
+    """One owner waiting for a session's lease: its attempts, its place in the queue,
+    and the pause between attempts. The waiting itself is the caller's, so that
+    :meth:`SessionStore.acquire_lock` blocks a thread and the asyncio facade awaits
+    without one."""
+
+    __slots__ = ("deadline", "owner", "place", "session_id", "store", "waiter")
+
+    def __init__(self, store: SessionStore, session_id: str, owner_id: str, timeout: float | None) -> None:
+        self.store, self.session_id, self.owner = store, session_id, owner_id
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.waiter: str | None = None if timeout == 0 else f"{_PROCESS}:{next(_WAITER_IDS)}"
+        self.place = -1
+
+    def attempt(self) -> LockResult:
+        result, self.place = self.store._try_acquire(self.session_id, self.owner, self.waiter)
+        return result
+
+    def pause(self, behind: float = _POLL_BEHIND) -> float | None:
+        """Seconds until the next look, ``None`` when the time is up. The first in the
+        queue looks often; the others (``behind``), whose turn cannot come first, less."""
+        pause = _POLL if self.place <= 0 else behind
+        if self.deadline is None:
+            return pause
+        remaining = self.deadline - time.monotonic()
+        return None if remaining <= 0 else min(pause, remaining)
+
+    def takeable(self) -> bool:
+        if self.waiter is None:
+            return True
+        try:
+            takeable, self.place = self.store._looks_takeable(self.session_id, self.waiter)
+        except (SessionStoreError, OSError):
+            return True  # let the attempt raise it
+        return takeable
+
+    def done(self) -> None:
+        if self.waiter is not None:
+            self.store._leave_queue(self.session_id, self.waiter)
+            self.waiter = None
 
 
 class _WriteScope:
@@ -4423,13 +5659,14 @@ class _WriteScope:
 
     Holds ``state.lock`` and the storage's ``writing``. When the scope fails after
     the cache took records the storage may have discarded (a transaction rolled
-    back), the cache is dropped and reloaded on next use.
+    back), the cache is dropped and reloaded on next use. Leaving it saves the
+    storage's tally every few hundred records written, so that counts stay cheap.
     """
 
-    __slots__ = ("_catch_up", "_entered_at", "_state", "_store", "_writing")
+    __slots__ = ("_catch_up", "_entered_at", "_fence", "_state", "_store", "_writing")
 
-    def __init__(self, store: SessionStore, state: _Session, catch_up: bool) -> None:
-        self._store, self._state, self._catch_up = store, state, catch_up
+    def __init__(self, store: SessionStore, state: _Session, catch_up: bool, fence: bool) -> None:
+        self._store, self._state, self._catch_up, self._fence = store, state, catch_up, fence
         self._writing: contextlib.AbstractContextManager[Any] | None = None
         self._entered_at: Position = (0, 0)
 
@@ -4452,8 +5689,12 @@ class _WriteScope:
                     store._catch_up(state, writer=True)
                 elif state.deleted:
                     raise SessionNotFound(state.session_id)
+                if self._fence:
+                    implied = store._implied(state.session_id)
+                    if implied is not None:
+                        store._check_lease(state, *implied)
             except BaseException as e:
-                writing.__exit__(None, None, None)
+                writing.__exit__(type(e), e, e.__traceback__)
                 if isinstance(e, OSError) and not isinstance(e, StorageError):
                     raise _storage_error(e, f"read session {state.session_id!r}") from e
                 raise
@@ -4469,6 +5710,15 @@ class _WriteScope:
         state = self._state
         try:
             if writing is not None:
+                if exc_type is not None and state.position != self._entered_at:
+                    try:  # a failed write leaves no trace: its records are cut off again
+                        self._store._storage.rollback(state.session_id, self._entered_at)
+                    except (SessionStoreError, OSError) as e:
+                        _log.error("could not undo a failed write to session %s: %s", state.session_id, e)
+                if exc_type is None and state.untallied >= _TALLY_EVERY and state.loaded:
+                    with contextlib.suppress(SessionStoreError, OSError):
+                        self._store._storage.write_tally(state.session_id, state.position, state.tally())
+                        state.untallied = 0
                 try:
                     writing.__exit__(exc_type, exc, tb)
                 except BaseException as e:
@@ -4481,6 +5731,397 @@ class _WriteScope:
                 state.clear()
                 state.loaded = False
             state.lock.release()
+        self._store._trim()
+
+
+_TALLY_EVERY = 256  # records written between two saves of a session's tally
+
+
+# ============================================================================
+# asyncio
+# ============================================================================
+#
+# AsyncSessionStore runs the store's blocking calls on a bounded executor of its own
+# (never the loop's default one), copying the caller's context into the worker
+# thread, so that a lock() block's holds (a ContextVar) follow the task into its
+# calls. Waiting for a lease is the one call that is not just "run it on the
+# executor": the attempts are (short, each under the storage's lock), the waiting
+# between them is an asyncio sleep, woken early when a lease of this process is
+# released. So a thousand tasks waiting for leases occupy no thread.
+
+
+class AsyncSessionStore:
+    """Every public method of :class:`SessionStore` as a coroutine, with the same
+    names, arguments, results and errors, for asyncio programs.
+
+    ``AsyncSessionStore(storage=None, *, max_workers=8, **options)``: wraps a ready
+    :class:`SessionStore` (``AsyncSessionStore(store)``) or builds one from the same
+    arguments as :class:`SessionStore` (a :class:`Storage`, a :class:`FileSystem`,
+    ``storage_dir=``, ``durable=``...). Blocking I/O runs on a thread pool of at most
+    ``max_workers`` threads of its own; waiting for a lease runs on the event loop and
+    occupies no thread, however long it lasts and however many tasks wait.
+
+    Use it as an async context manager (``async with AsyncSessionStore(...) as
+    store:``) or call :meth:`close`. Safe to share between tasks and between event
+    loops in several threads. ``async with store.lock(sid, owner):`` holds a lease for
+    the block: every write of the task inside it is fenced, as with the sync store.
+    Cancelling a task that waits for a lease leaves no lease and no place in the
+    queue behind. :attr:`sync` is the wrapped :class:`SessionStore`.
+    """
+
+    def __init__(self, storage: SessionStore | Storage | FileSystem | None = None, *, max_workers: int = 8,
+                 **options: Any) -> None:
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+            raise InvalidInput(f"max_workers must be an integer >= 1, not {max_workers!r}")
+        if isinstance(storage, SessionStore):
+            if options:
+                raise InvalidInput("give AsyncSessionStore a SessionStore, or the arguments to make one, not both")
+            self._store = storage
+        else:
+            self._store = SessionStore(storage, **options)
+        import concurrent.futures  # here: importing asyncio and its kin costs every other user ~50 ms
+
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="session-store")
+        self._closed = False
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters_lock = threading.Lock()
+        self._store._lease_listeners = (*self._store._lease_listeners, self._wake)
+
+    def __repr__(self) -> str:
+        return f"AsyncSessionStore({self._store!r})"
+
+    @property
+    def sync(self) -> SessionStore:
+        """The :class:`SessionStore` this wraps."""
+        return self._store
+
+    @property
+    def storage(self) -> Storage:
+        """The :class:`Storage` the store keeps its sessions in."""
+        return self._store.storage
+
+    async def __aenter__(self) -> AsyncSessionStore:
+        await self.init()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)`` on the executor, in a copy of the caller's context."""
+        import asyncio
+
+        context = contextvars.copy_context()
+        try:
+            future = self._executor.submit(context.run, functools.partial(fn, *args, **kwargs))
+        except RuntimeError:  # the executor is shut down: the store was closed
+            raise StoreClosed("store is closed") from None
+        return await asyncio.wrap_future(future)
+
+    # -- open and close ------------------------------------------------------------
+
+    async def init(self) -> None:
+        """See :meth:`SessionStore.init`."""
+        await self._run(self._store.init)
+
+    async def flush(self) -> None:
+        """See :meth:`SessionStore.flush`."""
+        await self._run(self._store.flush)
+
+    async def close(self) -> None:
+        """See :meth:`SessionStore.close`; then the executor's threads end. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._run(self._store.close)
+        finally:
+            self._store._lease_listeners = tuple(x for x in self._store._lease_listeners if x != self._wake)
+            self._executor.shutdown(wait=False)
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """See :meth:`SessionStore.subscribe` (not a coroutine: it does no I/O). The
+        callback runs in the executor thread that made the change."""
+        return self._store.subscribe(callback)
+
+    # -- sessions ------------------------------------------------------------------
+
+    async def resolve(self, key: str) -> str:
+        """See :meth:`SessionStore.resolve`."""
+        return await self._run(self._store.resolve, key)
+
+    async def has_key(self, key: str) -> bool:
+        """See :meth:`SessionStore.has_key`."""
+        return await self._run(self._store.has_key, key)
+
+    async def has_session(self, session_id: str) -> bool:
+        """See :meth:`SessionStore.has_session`."""
+        return await self._run(self._store.has_session, session_id)
+
+    async def get_all_session_ids(self) -> list[str]:
+        """See :meth:`SessionStore.get_all_session_ids`."""
+        return await self._run(self._store.get_all_session_ids)
+
+    async def get_metadata(self, session_id: str) -> SessionMetadata | None:
+        """See :meth:`SessionStore.get_metadata`."""
+        return await self._run(self._store.get_metadata, session_id)
+
+    async def delete_session(self, session_id: str) -> None:
+        """See :meth:`SessionStore.delete_session`."""
+        await self._run(self._store.delete_session, session_id)
+
+    async def fork_session(self, session_id: str, message_id: str | None = None, *, key: str | None = None) -> str:
+        """See :meth:`SessionStore.fork_session`."""
+        return await self._run(self._store.fork_session, session_id, message_id, key=key)
+
+    async def import_session(self, key: str, messages: list[Message], *, branches: list[Branch] | None = None,
+                             current: str = "main") -> str:
+        """See :meth:`SessionStore.import_session`."""
+        return await self._run(self._store.import_session, key, messages, branches=branches, current=current)
+
+    async def import_messages(self, session_id: str, messages: Sequence[Message], *,
+                              branches: Sequence[Branch] = ()) -> list[Message]:
+        """See :meth:`SessionStore.import_messages`."""
+        return await self._run(self._store.import_messages, session_id, messages, branches=branches)
+
+    async def check(self, session_id: str | None = None) -> CheckReport:
+        """See :meth:`SessionStore.check`."""
+        return await self._run(self._store.check, session_id)
+
+    async def repair(self, session_id: str | None = None) -> CheckReport:
+        """See :meth:`SessionStore.repair`."""
+        return await self._run(self._store.repair, session_id)
+
+    # -- messages ------------------------------------------------------------------
+
+    async def append(self, session_id: str, *, role: str, content: Any, type: str | None = None,
+                     parent_id: str | None = _HEAD, id: str | None = None, owner_id: str | None = None,
+                     fencing_token: int | None = None, **fields: Any) -> Message:
+        """See :meth:`SessionStore.append`; inside ``async with store.lock(...)`` the
+        owner and token are implied for the task."""
+        return await self._run(self._store.append, session_id, role=role, content=content, type=type,
+                               parent_id=parent_id, id=id, owner_id=owner_id, fencing_token=fencing_token, **fields)
+
+    async def reset(self, session_id: str, **overrides: Any) -> ResetResult:
+        """See :meth:`SessionStore.reset`."""
+        return await self._run(self._store.reset, session_id, **overrides)
+
+    async def get_messages(self, session_id: str) -> list[Message]:
+        """See :meth:`SessionStore.get_messages`."""
+        return await self._run(self._store.get_messages, session_id)
+
+    async def get_message(self, session_id: str, message_id: str) -> Message:
+        """See :meth:`SessionStore.get_message`."""
+        return await self._run(self._store.get_message, session_id, message_id)
+
+    async def get_linear_history(self, session_id: str, leaf_id: str | None = None) -> list[Message]:
+        """See :meth:`SessionStore.get_linear_history`."""
+        return await self._run(self._store.get_linear_history, session_id, leaf_id)
+
+    async def get_children(self, session_id: str, message_id: str) -> list[Message]:
+        """See :meth:`SessionStore.get_children`."""
+        return await self._run(self._store.get_children, session_id, message_id)
+
+    async def has_children(self, session_id: str, message_id: str) -> bool:
+        """See :meth:`SessionStore.has_children`."""
+        return await self._run(self._store.has_children, session_id, message_id)
+
+    async def get_tree(self, session_id: str, root_id: str | None = None) -> list[Message]:
+        """See :meth:`SessionStore.get_tree`."""
+        return await self._run(self._store.get_tree, session_id, root_id)
+
+    async def get_leaves(self, session_id: str) -> list[Message]:
+        """See :meth:`SessionStore.get_leaves`."""
+        return await self._run(self._store.get_leaves, session_id)
+
+    async def get_branch_points(self, session_id: str) -> list[Message]:
+        """See :meth:`SessionStore.get_branch_points`."""
+        return await self._run(self._store.get_branch_points, session_id)
+
+    @overload
+    async def build_context(self, session_id: str, leaf_id: str | None = None, *,
+                            format: Literal["openai"] = "openai", strict: bool = False,
+                            include_reset_markers: bool = False) -> list[dict[str, Any]]: ...
+
+    @overload
+    async def build_context(self, session_id: str, leaf_id: str | None = None, *,
+                            format: Literal["anthropic"], strict: bool = False,
+                            include_reset_markers: bool = False) -> dict[str, Any]: ...
+
+    async def build_context(self, session_id: str, leaf_id: str | None = None, *, format: str = "openai",
+                            strict: bool = False, include_reset_markers: bool = False
+                            ) -> list[dict[str, Any]] | dict[str, Any]:
+        """See :meth:`SessionStore.build_context`."""
+        return await self._run(self._store.build_context, session_id, leaf_id, format=format,
+                               strict=strict, include_reset_markers=include_reset_markers)
+
+    # -- branches ------------------------------------------------------------------
+
+    async def create_branch(self, session_id: str, name: str, leaf_id: str) -> Branch:
+        """See :meth:`SessionStore.create_branch`."""
+        return await self._run(self._store.create_branch, session_id, name, leaf_id)
+
+    async def get_branches(self, session_id: str) -> list[Branch]:
+        """See :meth:`SessionStore.get_branches`."""
+        return await self._run(self._store.get_branches, session_id)
+
+    async def get_branch(self, session_id: str, name: str) -> Branch | None:
+        """See :meth:`SessionStore.get_branch`."""
+        return await self._run(self._store.get_branch, session_id, name)
+
+    async def switch_to_branch(self, session_id: str, name: str) -> str | None:
+        """See :meth:`SessionStore.switch_to_branch`."""
+        return await self._run(self._store.switch_to_branch, session_id, name)
+
+    async def get_head(self, session_id: str) -> str | None:
+        """See :meth:`SessionStore.get_head`."""
+        return await self._run(self._store.get_head, session_id)
+
+    async def get_current_branch(self, session_id: str) -> str:
+        """See :meth:`SessionStore.get_current_branch`."""
+        return await self._run(self._store.get_current_branch, session_id)
+
+    async def move_head(self, session_id: str, message_id: str | None, *, branch: str | None = None) -> Branch:
+        """See :meth:`SessionStore.move_head`."""
+        return await self._run(self._store.move_head, session_id, message_id, branch=branch)
+
+    async def delete_branch(self, session_id: str, name: str) -> Branch:
+        """See :meth:`SessionStore.delete_branch`."""
+        return await self._run(self._store.delete_branch, session_id, name)
+
+    async def rename_branch(self, session_id: str, old: str, new: str) -> Branch:
+        """See :meth:`SessionStore.rename_branch`."""
+        return await self._run(self._store.rename_branch, session_id, old, new)
+
+    # -- leases ---------------------------------------------------------------------
+
+    def _wake(self, session_id: str) -> None:
+        """A lease of this process was released (any thread): wake this store's waiters
+        for it on their own loops."""
+        with self._waiters_lock:
+            futures = list(self._waiters.get(session_id, ()))
+        for future in futures:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                future.get_loop().call_soon_threadsafe(_resolve, future)
+
+    async def _pause(self, session_id: str, seconds: float) -> None:
+        """Sleep up to ``seconds``, or until a lease of this session is released here."""
+        import asyncio
+
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._waiters_lock:
+            self._waiters.setdefault(session_id, set()).add(future)
+        try:
+            await asyncio.wait_for(future, seconds)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            with self._waiters_lock:
+                waiting = self._waiters.get(session_id)
+                if waiting is not None:
+                    waiting.discard(future)
+                    if not waiting:
+                        del self._waiters[session_id]
+
+    async def _attempt(self, wait: _LeaseWait) -> LockResult:
+        """One attempt on the executor. If the task is cancelled meanwhile, an attempt
+        that succeeds anyway gives its lease back: a cancelled waiter keeps nothing."""
+        import asyncio
+
+        context = contextvars.copy_context()
+        future = self._executor.submit(context.run, wait.attempt)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            store, sid, owner = self._store, wait.session_id, wait.owner
+
+            def give_back(done: concurrent.futures.Future[LockResult]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result().acquired:
+                    with contextlib.suppress(SessionStoreError, OSError, RuntimeError):
+                        self._executor.submit(store.release_lock, sid, owner)
+            future.add_done_callback(give_back)
+            raise
+
+    async def acquire_lock(self, session_id: str, owner_id: str, *, timeout: float | None = 0) -> LockResult:
+        """See :meth:`SessionStore.acquire_lock`. Waiting runs on the event loop: it
+        occupies no thread, and other tasks run meanwhile."""
+        _check_name("owner id", owner_id)
+        _check_timeout(timeout)
+        wait = _LeaseWait(self._store, session_id, owner_id, timeout)
+        try:
+            while True:
+                result = await self._attempt(wait)
+                if result.acquired:
+                    return result
+                pause = wait.pause(_POLL_BEHIND * 10)  # waiters here are woken by releases here
+                if pause is None:
+                    return result
+                while True:
+                    await self._pause(session_id, pause)
+                    pause = wait.pause(_POLL_BEHIND * 10)
+                    if pause is None or await self._run(wait.takeable):
+                        break
+        finally:
+            if wait.waiter is not None:  # leave the queue, even when cancelled: never awaited
+                with contextlib.suppress(RuntimeError):
+                    self._executor.submit(contextvars.copy_context().run, wait.done)
+
+    async def renew_lock(self, session_id: str, owner_id: str) -> LockResult:
+        """See :meth:`SessionStore.renew_lock`."""
+        return await self._run(self._store.renew_lock, session_id, owner_id)
+
+    async def release_lock(self, session_id: str, owner_id: str) -> bool:
+        """See :meth:`SessionStore.release_lock`."""
+        return await self._run(self._store.release_lock, session_id, owner_id)
+
+    async def is_locked(self, session_id: str) -> bool:
+        """See :meth:`SessionStore.is_locked`."""
+        return await self._run(self._store.is_locked, session_id)
+
+    async def get_lock(self, session_id: str) -> LockInfo | None:
+        """See :meth:`SessionStore.get_lock`."""
+        return await self._run(self._store.get_lock, session_id)
+
+    @contextlib.asynccontextmanager
+    async def lock(self, session_id: str, owner_id: str, *, timeout: float | None = None
+                   ) -> AsyncIterator[LockResult]:
+        """See :meth:`SessionStore.lock`: ``async with store.lock(sid, owner):``. The
+        holds are the task's (a ContextVar): writes of this task in the block are
+        fenced, and so are those of tasks it creates inside the block (they start with
+        a copy of its context); other tasks are not the holder. Released on exit,
+        cancellation included."""
+        import asyncio
+
+        result = await self.acquire_lock(session_id, owner_id, timeout=timeout)
+        if not result.acquired:
+            raise LockTimeout(session_id, owner_id, result.holder_id, timeout)
+        assert result.token is not None
+        entry = (id(self._store), _PROCESS, session_id, owner_id, result.token)
+        reset = _HELD.set((*_HELD.get(), entry))
+        try:
+            yield result
+        finally:
+            try:
+                _HELD.reset(reset)
+            except ValueError:
+                _HELD.set(tuple(e for e in _HELD.get() if e is not entry))
+            release = self._executor.submit(self._store.release_lock, session_id, owner_id)
+            await asyncio.shield(asyncio.wrap_future(release))  # cancelled meanwhile: it still runs
+
+    async def with_lock(self, session_id: str, owner_id: str, fn: Callable[[], Any], *,
+                        timeout: float | None = None) -> Any:
+        """See :meth:`SessionStore.with_lock`: ``fn()`` runs on the event loop holding
+        the lease (awaited when it returns an awaitable) and its result is returned."""
+        async with self.lock(session_id, owner_id, timeout=timeout):
+            result = fn()
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # ============================================================================
@@ -4508,12 +6149,50 @@ def _first_line(content: Any, width: int) -> str:
     return line if len(line) <= width else line[: max(0, width - 1)] + "…"
 
 
+_SHORT_ID = 8  # characters of an id that tree and branches show, at least
+
+
+def _short_ids(ids: Iterable[str]) -> dict[str, str]:
+    """Each id's shortest prefix of at least 8 characters that no other id starts with
+    (the whole id when it is a prefix of another), as ``git log --abbrev-commit``."""
+    ordered = sorted(set(ids))
+    short: dict[str, str] = {}
+    for i, mid in enumerate(ordered):
+        common = 0  # the longest prefix shared with a neighbour in sorted order: with any other id
+        for other in (ordered[i - 1] if i else "", ordered[i + 1] if i + 1 < len(ordered) else ""):
+            n = 0
+            while n < min(len(mid), len(other)) and mid[n] == other[n]:
+                n += 1
+            common = max(common, n)
+        short[mid] = mid[:max(_SHORT_ID, common + 1)]
+    return short
+
+
+def _by_prefix(what: str, given: str, ids: Iterable[str]) -> str | None:
+    """The one id that is ``given`` or starts with it (at least 4 characters, as git
+    takes); ``None`` when none does; :class:`_UsageError` when several do."""
+    matches = []
+    for candidate in ids:
+        if candidate == given:
+            return candidate
+        if len(given) >= 4 and candidate.startswith(given):
+            matches.append(candidate)
+    if len(matches) > 1:
+        shown = ", ".join(sorted(matches)[:5]) + (", ..." if len(matches) > 5 else "")
+        raise _UsageError(f"{what} {given!r} is ambiguous: it starts {len(matches)} ids ({shown}); give more of it")
+    return matches[0] if matches else None
+
+
 def draw_tree(store: SessionStore, session_id: str, *, width: int = 100) -> list[str]:
     """The session's message tree as text lines, one per message, like ``git log --graph``.
 
-    Each line shows the role, the first 8 characters of the id and the content's
-    first line; branch names pointing at a message follow it in brackets, the
-    current branch marked ``*``.
+    Each line shows the role, the message's short id (its shortest unique prefix of at
+    least 8 characters, which every command accepts) and the content's first line;
+    branch names pointing at a message follow it in brackets, the current branch marked
+    ``*``. A chain of messages stays in one column: at a fork the smaller subtrees are
+    drawn first, each one column to the right behind ``├─`` while the line it left
+    runs on (``│``), and the largest continues in the fork's own column, so the width
+    grows with the log of the tree's size, not its depth. Lines are cut to ``width``.
     """
     current = store.get_current_branch(session_id)
     labels: dict[str, list[str]] = {}
@@ -4521,22 +6200,31 @@ def draw_tree(store: SessionStore, session_id: str, *, width: int = 100) -> list
         if b.head_id is not None:
             labels.setdefault(b.head_id, []).append(b.name + ("*" if b.name == current else ""))
     messages = store.get_messages(session_id)
+    short = _short_ids(m.id for m in messages)
     children: dict[str | None, list[Message]] = {}
     for m in messages:
         children.setdefault(m.parent_id, []).append(m)
+    size: dict[str, int] = {}
+    for m in reversed(messages):  # children come after their parent: sizes bottom up
+        size[m.id] = 1 + sum(size[c.id] for c in children.get(m.id, ()))
     out: list[str] = []
-    # (message, prefix for its line, prefix for its children); iterative: trees can be deep
-    stack = [(m, "", "") for m in reversed(children.get(None, []))]
+    # (message, prefix for its line, prefix for the lines under it); iterative: trees can be deep
+    stack: list[tuple[Message, str, str]] = [(root, "", "") for root in reversed(children.get(None, []))]
     while stack:
-        msg, prefix, child_prefix = stack.pop()
+        msg, prefix, rail = stack.pop()
         tag = f"  [{', '.join(labels[msg.id])}]" if msg.id in labels else ""
-        head = f"{prefix}{msg.role} {msg.id[:8]}  "
-        out.append(head + _first_line(msg.content, width - len(head) - len(tag)) + tag)
+        head = f"{prefix}{msg.role} {short[msg.id]}  "
+        if len(head) + len(tag) > width:
+            tag = tag[:max(0, width - len(head))]
+        out.append((head + _first_line(msg.content, width - len(head) - len(tag)) + tag)[:width])
         kids = children.get(msg.id, [])
-        for i in reversed(range(len(kids))):
-            last = i == len(kids) - 1
-            stack.append((kids[i], child_prefix + ("└─ " if last else "├─ "),
-                          child_prefix + ("   " if last else "│  ")))
+        if not kids:
+            continue
+        heaviest = max(range(len(kids)), key=lambda i: (size[kids[i].id], i))  # ties: the newest
+        stack.append((kids[heaviest], rail, rail))  # drawn after the others, in this column
+        sides = [k for i, k in enumerate(kids) if i != heaviest]
+        for side in reversed(sides):
+            stack.append((side, rail + "├─ ", rail + "│  "))
     return out
 
 
@@ -4583,24 +6271,113 @@ class _Output:
         return f"\033[{code}m{role}\033[0m" if self.colour and code else role
 
     def progress(self, done: int, total: int, what: str) -> None:
+        """``what done/total`` on stderr's last line (a terminal only), erased when done."""
         if self.progress_on:
-            sys.stderr.write(f"\r{what} {done}/{total}" + ("\n" if done == total else ""))
+            sys.stderr.write(f"\r{what} {done}/{total}\033[K" if done < total else "\r\033[K")
             sys.stderr.flush()
+
+    def row(self, text: str) -> None:
+        """A line of output, on a line of its own even while progress is shown."""
+        if self.progress_on:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+        print(text, flush=self.progress_on)
 
 
 def _open_existing(directory: str) -> SessionStore:
+    """A store on ``directory`` for a reading command: it must exist and be a store
+    (or be empty); nothing is written to open it."""
     if not os.path.isdir(directory):
         raise _UsageError(f"no store at {directory} (use --dir)")
-    return SessionStore(storage_dir=directory)
+    storage = JsonlStorage(RealFileSystem(), directory)
+    if not storage.is_store():
+        raise _UsageError(f"{directory} is not a session store (no session-store.json, keys/ or keys.jsonl); "
+                          "use --dir")
+    return SessionStore(storage)
 
 
 def _find_session(store: SessionStore, session_or_key: str) -> str:
-    """A session id, or the session of a key; never creates one."""
+    """A session id, the session of a key, or the session whose id starts with the
+    given text (at least 4 characters); never creates one."""
     if store.has_session(session_or_key):
         return session_or_key
     if store.has_key(session_or_key):
         return store.resolve(session_or_key)
-    raise _UsageError(f"no session or key {session_or_key!r}")
+    found = _by_prefix("session id", session_or_key, store.get_all_session_ids())
+    if found is None:
+        raise _UsageError(f"no session or key {session_or_key!r}")
+    return found
+
+
+def _find_message(store: SessionStore, session_id: str, message_id: str) -> str:
+    """A message id of the session, or the one that starts with the given text."""
+    found = _by_prefix("message id", message_id, (m.id for m in store.get_messages(session_id)))
+    if found is None:
+        raise _UsageError(f"no message {message_id!r} in session {session_id}")
+    return found
+
+
+_TRANSCRIPTS = "session_store_transcripts"
+
+
+def _optional(name: str, what: str, *, needed: bool = True) -> Any:
+    """An optional module (``integrations/<name>.py``), imported when a command needs
+    it: installed, beside this file, or in ``integrations/`` beside it (a checkout).
+    :class:`_UsageError` naming the file when it is missing and ``needed``."""
+    sys.modules.setdefault("session_store", sys.modules[__name__])  # run as a script: one module, not two
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        if e.name != name:
+            raise
+    where = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations", name + ".py")
+    if os.path.isfile(where):
+        spec = importlib.util.spec_from_file_location(name, where)
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+            return module
+    if needed:
+        raise _UsageError(f"{what} need{'s' if not what.endswith('s') else ''} {name}.py (integrations/ in "
+                          "session-store) installed or beside session_store.py")
+    return None
+
+
+def _transcripts(*, needed: bool = True) -> Any:
+    """The optional module for pi and Claude Code transcripts (see :func:`_optional`)."""
+    return _optional(_TRANSCRIPTS, "pi and Claude Code transcripts", needed=needed)
+
+
+def _first_lines(path: str, count: int = 20) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return list(itertools.islice(f, count))
+    except (OSError, UnicodeDecodeError) as e:
+        raise _UsageError(f"cannot read {path}: {e}") from None
+
+
+def _detect_format(path: str) -> str:
+    """``native``, ``pi`` or ``claude-code`` from a file's first lines."""
+    lines = _first_lines(path)
+    first = next((line for line in lines if line.strip()), "")
+    try:
+        value = json.loads(first)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("session"), dict):
+        return "native"
+    detected = _transcripts(needed=False)
+    found = detected.detect_format(lines) if detected is not None else None
+    if found is None:
+        raise _UsageError(f"{path} is neither a session-store export, a pi session nor a Claude Code transcript"
+                          + ("" if detected is not None else f" (or {_TRANSCRIPTS}.py is missing)")
+                          + "; give --format")
+    return str(found)
 
 
 def _export_lines(store: SessionStore, sid: str) -> Iterator[str]:
@@ -4655,21 +6432,51 @@ def _message_size(m: Message) -> int:
     return len(_encode_line(m.to_record()))
 
 
+def _branch_command(store: SessionStore, sid: str, args: Any) -> int:
+    """``branch move|create|switch|delete|rename``: one line saying what was done."""
+    action = args.action
+    if action == "move":
+        if args.message is None and not args.empty:
+            raise _UsageError("branch move needs a MESSAGE (a message id or its first characters), or --empty")
+        target = None if args.empty else _find_message(store, sid, args.message)
+        moved = store.move_head(sid, target, branch=args.branch)
+        print(f"{moved.name}: head {moved.head_id or '(empty)'}")
+    elif action == "create":
+        made = store.create_branch(sid, args.name, _find_message(store, sid, args.message))
+        print(f"{made.name}: head {made.head_id}")
+    elif action == "switch":
+        head = store.switch_to_branch(sid, args.name)
+        print(f"{args.name}: current, head {head or '(empty)'}")
+    elif action == "delete":
+        gone = store.delete_branch(sid, args.name)
+        print(f"{gone.name}: deleted (its messages stay)")
+    else:
+        renamed = store.rename_branch(sid, args.old, args.new)
+        print(f"{args.old} -> {renamed.name}")
+    return 0
+
+
 def _run(args: Any, out: _Output) -> int:
     command = args.command
     if command == "demo":
         return _demo(args.dir)
     if command == "import":
+        fmt = args.format or _detect_format(args.file)
+        transcripts = _transcripts() if fmt != "native" else None
         os.makedirs(args.dir, exist_ok=True)
         with SessionStore(storage_dir=args.dir) as store:
-            if args.format == "pi":
-                sid = store.import_pi(args.file, key=args.key)
-            elif args.format == "claude-code":
-                sid = store.import_claude_code(args.file, key=args.key)
-            else:
+            if transcripts is None:
                 sid = _import_file(store, args.file, args.key, out)
+            else:
+                read = transcripts.import_pi if fmt == "pi" else transcripts.import_claude_code
+                sid = read(store, args.file, key=args.key,
+                           progress=lambda done, total: out.progress(done, total, f"reading {fmt}"))
             print(sid)
         return 0
+    if command in ("view", "serve"):  # an optional file, imported only for these commands
+        view = _optional("session_store_view", f"session-store {command}")
+        with _open_existing(args.dir) as store:
+            return int(view.cli(store, args, _find_session(store, args.session) if command == "view" else None))
     with _open_existing(args.dir) as store:
         if command == "ls":
             rows: list[dict[str, Any]] = []
@@ -4678,7 +6485,7 @@ def _run(args: Any, out: _Output) -> int:
                 if meta is None:
                     continue
                 rows.append({"sessionId": sid, "key": meta.key, "messages": meta.message_count,
-                             "branches": len(store.get_branches(sid)), "updatedAt": meta.updated_at})
+                             "branches": meta.branch_count, "updatedAt": meta.updated_at})
             if args.json:
                 print(json.dumps(rows, ensure_ascii=False, indent=2))
             else:
@@ -4704,54 +6511,67 @@ def _run(args: Any, out: _Output) -> int:
                 size = sum(_message_size(m) for m in messages)
                 total_messages += len(messages)
                 total_bytes += size
-                print(f"{sid}  {len(messages):>7} messages  {len(store.get_branches(sid)):>4} branches  "
-                      f"{size:>10} bytes")
+                out.row(f"{sid}  {len(messages):>7} messages  {len(store.get_branches(sid)):>4} branches  "
+                        f"{size:>10} bytes")
                 out.progress(i, len(ids), "sessions")
-            print(f"total: {len(ids)} sessions, {total_messages} messages, {total_bytes} bytes of records")
+            out.row(f"total: {len(ids)} sessions, {total_messages} messages, {total_bytes} bytes of records")
             return 0
         sid = _find_session(store, args.session)
+        if command == "branch":
+            return _branch_command(store, sid, args)
+        if command == "fork":
+            at = _find_message(store, sid, args.at) if args.at else None
+            print(store.fork_session(sid, at, key=args.key))
+            return 0
         if command == "tree":
-            width = shutil.get_terminal_size((100, 24)).columns if out.tty else 100
+            width = min(shutil.get_terminal_size((100, 24)).columns, 120) if out.tty else 100
             for line in draw_tree(store, sid, width=width):
                 print(re.sub(r"(^|[─ ])(user|assistant|system|tool|reset)(?= )",
                              lambda m: m.group(1) + out.role(m.group(2)), line, count=1))
             return 0
         if command == "branches":
             current = store.get_current_branch(sid)
-            for b in store.get_branches(sid):
+            branches = store.get_branches(sid)
+            short = _short_ids(m.id for m in store.get_messages(sid))
+            for b in branches:
                 mark = "*" if b.name == current else " "
-                print(f"{mark} {b.name}  {(b.head_id or '(empty)')[:8]}")
+                print(f"{mark} {b.name}  {short.get(b.head_id, '(empty)') if b.head_id else '(empty)'}")
             return 0
         if command == "history":
+            leaf: str | None
             if args.branch is not None:
                 branch = store.get_branch(sid, args.branch)
                 if branch is None:
                     raise _UsageError(f"no branch {args.branch!r} in session {sid}")
                 leaf = branch.head_id
-                path = [] if leaf is None else store.get_linear_history(sid, leaf)
             else:
-                path = store.get_linear_history(sid, args.leaf)
+                leaf = _find_message(store, sid, args.leaf) if args.leaf is not None else store.get_head(sid)
+            if args.format in _CONTEXT_FORMATS:
+                _transcripts(needed=False)  # reads the transcripts it imported, when it is there
+                empty: Any = [] if args.format == "openai" else {"messages": []}
+                context = empty if leaf is None else store.build_context(sid, leaf, format=args.format)
+                print(json.dumps(context, ensure_ascii=False, indent=2))
+                return 0
+            path = [] if leaf is None else store.get_linear_history(sid, leaf)
             if args.format == "json":
                 print(json.dumps([m.to_record() for m in path], ensure_ascii=False, indent=2))
-            elif args.format in _CONTEXT_FORMATS:
-                print(json.dumps(_context(path, args.format), ensure_ascii=False, indent=2))
             else:
                 for m in path:
-                    text = _shown(m.content)
-                    print(f"{out.role(m.role)}: {text}")
+                    print(f"{out.role(m.role)}: {_shown(m.content)}")
             return 0
         if command == "export":
-            if args.format == "claude-code":
-                if not args.output:
-                    raise _UsageError("export --format claude-code writes files: give -o FILE")
-                for written in store.export_claude_code(sid, args.output):
-                    print(written)
-                return 0
-            if args.format == "pi":
-                if args.output:
-                    store.export_pi(sid, args.output)
+            if args.format in ("pi", "claude-code"):
+                transcripts = _transcripts()
+                if args.format == "claude-code":
+                    if not args.output:
+                        raise _UsageError("export --format claude-code writes files: give -o FILE")
+                    for written in transcripts.export_claude_code(store, sid, args.output):
+                        print(written)
                     return 0
-                lines = [_dumps(line) for line in store._pi_lines(sid)]
+                if args.output:
+                    transcripts.export_pi(store, sid, args.output)
+                    return 0
+                lines = [_dumps(line) for line in transcripts.pi_lines(store, sid)]
             else:
                 lines = list(_export_lines(store, sid))
             if args.output:
@@ -4763,18 +6583,29 @@ def _run(args: Any, out: _Output) -> int:
     raise _UsageError(f"unknown command {command!r}")  # pragma: no cover - argparse checks
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
-        raise _UsageError(f"{message} (see {self.prog} --help)")
+def _parser_class() -> type[argparse.ArgumentParser]:
+    """argparse, imported when the command line runs (not by every user of the store)."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+            raise _UsageError(f"{message} (see {self.prog} --help)")
+
+    return Parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m session_store [--dir DIR] COMMAND`` (see ``--help``).
 
-    Commands: ``demo``, ``ls``, ``tree``, ``history``, ``branches``, ``export``,
-    ``import``, ``check`` and ``stats``. Mistakes print one line on stderr and exit 2;
-    ``check`` exits 1 when it finds problems.
+    Commands: ``demo``, ``ls``, ``tree``, ``history``, ``branches``, ``branch`` (move,
+    create, switch, delete, rename), ``fork``, ``export``, ``import``, ``check``,
+    ``stats``, ``view`` and ``serve`` (the last two import the optional
+    ``session_store_view`` when they run). Mistakes print one line on stderr and exit
+    2; ``check`` exits 1 when it finds problems.
     """
+    import argparse
+
+    _Parser = _parser_class()
     common = _Parser(add_help=False)
     common.add_argument("--dir", default=argparse.SUPPRESS, help="storage directory (default ./sessions)")
     parser = _Parser(prog="session-store", parents=[common],
@@ -4786,10 +6617,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, what in (("tree", "draw the message tree"), ("branches", "list the branches, * marks the current"),
                        ("history", "the path from a root to a leaf"), ("export", "write a session as JSONL")):
         p = sub.add_parser(name, parents=[common], help=what)
-        p.add_argument("session", metavar="SESSION_OR_KEY")
+        p.add_argument("session", metavar="SESSION_OR_KEY", help="a key, a session id or its first characters")
         if name == "history":
             which = p.add_mutually_exclusive_group()
-            which.add_argument("--leaf", help="a message id (default: the current head)")
+            which.add_argument("--leaf", help="a message id or its first characters (default: the current head)")
             which.add_argument("--branch", help="a branch name")
             p.add_argument("--format", choices=["text", "json", *_CONTEXT_FORMATS], default="text",
                            help="text, the stored records as json, or an openai / anthropic context")
@@ -4797,14 +6628,44 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("-o", "--output", help="file to write (default: stdout)")
             p.add_argument("--format", choices=["native", "pi", "claude-code"], default="native",
                            help="native (re-importable here), a pi session file, or a Claude Code transcript")
-    p = sub.add_parser("import", parents=[common], help="import a session file as a new session")
+    p = sub.add_parser("branch", parents=[common], help="move a head (undo, rewind, redo), create, switch, delete "
+                                                         "or rename a branch; messages are never deleted")
+    actions = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    a = actions.add_parser("move", parents=[common], help="move the head of the current branch (or --branch)")
+    a.add_argument("session", metavar="SESSION_OR_KEY")
+    a.add_argument("message", nargs="?", help="the message id (or its first characters) to move the head to")
+    a.add_argument("--empty", action="store_true", help="make the branch empty instead")
+    a.add_argument("--branch", help="the branch to move (default: the current one)")
+    a = actions.add_parser("create", parents=[common], help="a new branch at a message")
+    a.add_argument("session", metavar="SESSION_OR_KEY")
+    a.add_argument("name")
+    a.add_argument("message", help="the message id (or its first characters) it points at")
+    for action, what in (("switch", "make a branch the current one"), ("delete", "delete a branch, not its messages")):
+        a = actions.add_parser(action, parents=[common], help=what)
+        a.add_argument("session", metavar="SESSION_OR_KEY")
+        a.add_argument("name")
+    a = actions.add_parser("rename", parents=[common], help="rename a branch")
+    a.add_argument("session", metavar="SESSION_OR_KEY")
+    a.add_argument("old")
+    a.add_argument("new")
+    p = sub.add_parser("fork", parents=[common], help="a new session holding the path to a message; prints its id")
+    p.add_argument("session", metavar="SESSION_OR_KEY")
+    p.add_argument("--at", help="the message (id or first characters; default: the current head)")
+    p.add_argument("--key", help="the new session's key (default: fork:<its id>)")
+    p = sub.add_parser("import", parents=[common], help="import a session file (again: what a transcript gained)")
     p.add_argument("file")
-    p.add_argument("--key", help="the new session's key (default: the exported one, pi:<id>, claude-code:<id>)")
-    p.add_argument("--format", choices=["native", "pi", "claude-code"], default="native",
-                   help="native export (default), pi session file, or Claude Code transcript")
+    p.add_argument("--key", help="the session's key (default: the exported one, pi:<id>, claude-code:<id>)")
+    p.add_argument("--format", choices=["native", "pi", "claude-code"], default=None,
+                   help="native export, pi session file, or Claude Code transcript (default: found from the file)")
     p = sub.add_parser("check", parents=[common], help="find problems (exit 1 when there are any)")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed, then report")
     sub.add_parser("stats", parents=[common], help="counts and sizes per session and in total")
+    p = sub.add_parser("view", parents=[common], help="write a session as one self-contained HTML page")
+    p.add_argument("session", metavar="SESSION_OR_KEY")
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p = sub.add_parser("serve", parents=[common], help="browse the store in a web browser, read-only")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     out = _Output()
     try:
         args = parser.parse_args(argv)
@@ -4825,4 +6686,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Optional modules import "session_store": this very module, not a second copy of it.
+    sys.modules.setdefault("session_store", sys.modules[__name__])
     raise SystemExit(main())

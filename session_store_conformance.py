@@ -38,20 +38,31 @@ __all__ = [
     "in_memory_storage",
     "file_storage",
     "temporary_storage",
+    "AsyncDriver",
+    "through_async",
     "StoreMachine",
     "state_machine_tests",
     "ContractTests",
     "FaultyFileSystem",
     "SimulatedCrash",
+    "WRITE_OPS",
 ]
 
+import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
+import copy
 import errno
+import inspect
+import json
 import tempfile
+import threading
 import unittest
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import hypothesis.strategies as st
 import pytest
@@ -70,6 +81,11 @@ from session_store import (
 
 StoreFactory = Callable[..., SessionStore]
 StorageOpener = Callable[[], contextlib.AbstractContextManager[StoreFactory]]
+
+#: The operations of a :class:`~session_store.FileSystem` that change something: the
+#: places :class:`FaultyFileSystem` can fail or crash at.
+WRITE_OPS = ("append", "sync", "truncate", "write_atomic", "write_in_place", "makedirs", "rename", "remove",
+             "remove_tree", "symlink", "hold")
 
 # ============================================================================
 # Storages and a clock
@@ -92,16 +108,18 @@ class FakeClock:
 
 @contextlib.contextmanager
 def in_memory_storage() -> Iterator[StoreFactory]:
-    """A fresh :class:`~session_store.InMemoryFileSystem` shared by every store opened."""
+    """A fresh :class:`~session_store.InMemoryFileSystem` shared by every store opened,
+    behind a :class:`FaultyFileSystem` per store (the state machine injects faults)."""
     fs = InMemoryFileSystem()
-    yield lambda **options: SessionStore(fs, storage_dir="/sessions", **options)
+    yield lambda **options: SessionStore(FaultyFileSystem(fs), storage_dir="/sessions", **options)
 
 
 @contextlib.contextmanager
 def file_storage() -> Iterator[StoreFactory]:
-    """A fresh temporary directory; each store gets its own :class:`RealFileSystem`."""
+    """A fresh temporary directory; each store gets its own :class:`RealFileSystem`
+    (as another process would), behind a :class:`FaultyFileSystem`."""
     with tempfile.TemporaryDirectory(prefix="session-store-") as directory:
-        yield lambda **options: SessionStore(RealFileSystem(), storage_dir=directory, **options)
+        yield lambda **options: SessionStore(FaultyFileSystem(RealFileSystem()), storage_dir=directory, **options)
 
 
 def temporary_storage(make_storage: Callable[[str], Storage]) -> StorageOpener:
@@ -115,6 +133,70 @@ def temporary_storage(make_storage: Callable[[str], Storage]) -> StorageOpener:
     def opener() -> Iterator[StoreFactory]:
         with tempfile.TemporaryDirectory(prefix="session-store-") as directory:
             yield lambda **options: SessionStore(make_storage(directory), **options)
+    return opener
+
+
+class AsyncDriver:
+    """A synchronous, :class:`~session_store.SessionStore`-shaped driver over an
+    :class:`~session_store.AsyncSessionStore` on an event loop of its own (a thread),
+    so that the state machine and the contract tests run through the async facade.
+
+    Every coroutine runs as a task in one shared context, as a program's own task
+    would, so that ``with driver.lock(...)`` holds what the block's calls see.
+    Needs Python 3.11 (``create_task(context=...)``).
+    """
+
+    def __init__(self, store: ss.AsyncSessionStore) -> None:
+        self._async = store
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="async-driver", daemon=True)
+        self._thread.start()
+        self._context = contextvars.copy_context()
+        weakref.finalize(self, self._loop.call_soon_threadsafe, self._loop.stop)
+
+    def _call(self, coroutine: Any) -> Any:
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def start() -> None:
+            task = self._loop.create_task(coroutine, context=self._context)
+            task.add_done_callback(lambda t: done.set_exception(t.exception()) if t.exception() is not None
+                                   else done.set_result(t.result()))
+        self._loop.call_soon_threadsafe(start)
+        return done.result()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._async, name)
+        if inspect.iscoroutinefunction(attr):
+            return lambda *args, **kwargs: self._call(attr(*args, **kwargs))
+        return attr
+
+    @contextlib.contextmanager
+    def lock(self, session_id: str, owner_id: str, *, timeout: float | None = None) -> Iterator[ss.LockResult]:
+        """``with driver.lock(...)``: the async ``lock`` entered and left on the loop."""
+        block = self._async.lock(session_id, owner_id, timeout=timeout)
+        result = self._call(block.__aenter__())
+        try:
+            yield result
+        except BaseException as e:
+            if not self._call(block.__aexit__(type(e), e, e.__traceback__)):
+                raise
+        else:
+            self._call(block.__aexit__(None, None, None))
+
+    def close(self) -> None:
+        """Close the store (the loop runs on, for calls that must now raise StoreClosed,
+        until the driver is collected)."""
+        self._call(self._async.close())
+
+
+def through_async(storage: StorageOpener) -> StorageOpener:
+    """The same storage, with every store reached through :class:`AsyncDriver` over an
+    :class:`~session_store.AsyncSessionStore`: the contract is the same."""
+    @contextlib.contextmanager
+    def opener() -> Iterator[StoreFactory]:
+        with storage() as open_store:
+            yield lambda **options: cast(SessionStore, AsyncDriver(ss.AsyncSessionStore(open_store(**options))))
+    opener.__name__ = f"async_{getattr(storage, '__name__', 'storage')}"
     return opener
 
 
@@ -139,44 +221,86 @@ class _Lease:
 
 
 @dataclass
-class _ModelMessage:
-    id: str
-    parent: str | None
-    type: str
-    content: Any
+class _ModelBranch:
+    head: str | None
+    created_at: int
+    updated_at: int
 
 
 @dataclass
 class _ModelSession:
     key: str
-    messages: list[_ModelMessage] = field(default_factory=list)
-    branches: dict[str, str | None] = field(default_factory=lambda: {"main": None})
+    created_at: int
+    messages: list[ss.Message] = field(default_factory=list)
+    branches: dict[str, _ModelBranch] = field(default_factory=dict)
     current: str = "main"
     lease: _Lease = field(default_factory=_Lease)
+    updated_at: int = 0
+    forked_from: tuple[str, str | None] | None = None
 
-    def by_id(self) -> dict[str, _ModelMessage]:
+    def __post_init__(self) -> None:
+        self.branches = self.branches or {"main": _ModelBranch(None, self.created_at, self.created_at)}
+        self.updated_at = self.updated_at or self.created_at
+
+    def by_id(self) -> dict[str, ss.Message]:
         return {m.id: m for m in self.messages}
 
-    def path(self, leaf: str | None) -> list[_ModelMessage]:
+    def head(self) -> str | None:
+        return self.branches[self.current].head
+
+    def path(self, leaf: str | None) -> list[ss.Message]:
         index = self.by_id()
-        out: list[_ModelMessage] = []
+        out: list[ss.Message] = []
         while leaf is not None:
             out.append(index[leaf])
-            leaf = index[leaf].parent
+            leaf = index[leaf].parent_id
         return out[::-1]
 
-    def segment(self) -> list[_ModelMessage]:
-        path = self.path(self.branches[self.current])
+    def segment(self) -> list[ss.Message]:
+        path = self.path(self.head())
         for i in range(len(path) - 1, -1, -1):
             if path[i].type == "reset":
                 return path[i + 1:]
         return path
 
+    def add(self, msg: ss.Message) -> None:
+        """A message as the store applies it: the head rule, and the update time."""
+        self.messages.append(msg)
+        current = self.branches[self.current]
+        if current.head == msg.parent_id:
+            current.head, current.updated_at = msg.id, msg.timestamp
+        self.updated_at = max(self.updated_at, msg.timestamp)
+
+    def event(self, at: int) -> None:
+        self.updated_at = max(self.updated_at, at)
+
+
+def _json(value: Any) -> Any:
+    """What the store keeps of a value: its JSON round trip."""
+    return json.loads(json.dumps(value))
+
 
 _keys = st.sampled_from(["user:alice", "user:bob", "../etc/passwd", "ключ 🙂", "k" * 300])
 _branch_names = st.sampled_from(["alt", "feature/x", "ветка", "..", "main"])
 _owners = st.sampled_from(["worker-1", "worker-2", "worker-3"])
-_contents = st.one_of(st.text(max_size=20), st.just([{"type": "text", "text": "block"}]), st.none())
+_contents = st.one_of(st.text(max_size=20), st.just([{"type": "text", "text": "block"}]), st.none(),
+                      st.just({"nested": {"list": [1, 2.5, None, True, "x"]}}))
+_fields = st.sampled_from([{}, {"metadata": {"n": 1}}, {"tool_call_id": "call_1"},
+                           {"tool_calls": [{"id": "c", "type": "function", "function": {"name": "f",
+                                                                                        "arguments": "{}"}}]}])
+
+
+# The calls the fault rule makes fail, with the arguments each rule draws.
+_CALLS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+    "append": {"how": st.sampled_from(["head", "root", "random", "named-head"]), "content": _contents,
+               "fields": _fields},
+    "resolve": {"key": _keys}, "delete": {}, "manual_reset": {}, "import_session": {"n": st.integers(0, 3)},
+    "fork": {"at_head": st.booleans()}, "create_branch": {"name": _branch_names},
+    "switch": {"name": _branch_names}, "move_head": {"name": _branch_names, "to_none": st.booleans()},
+    "delete_branch": {"name": _branch_names}, "rename_branch": {"old": _branch_names, "new": _branch_names},
+    "acquire": {"owner": _owners}, "release": {"owner": _owners},
+    "lock_block": {"owner": _owners, "thief": _owners, "stall": st.booleans()},
+}
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -185,7 +309,10 @@ class StoreMachine(RuleBasedStateMachine):
     Set ``storage`` (a :data:`StorageOpener`) on a subclass, or use
     :func:`state_machine_tests`. Two store handles share the storage (set
     ``handles = 1`` for a backend that allows only one); ``reopen`` closes one and
-    opens it again, so everything must survive a restart.
+    opens it again, so everything must survive a restart. After every step, every
+    field of every message, branch, lease and session is compared with the model.
+    Stores on a :class:`FaultyFileSystem` also get faults injected into every write
+    path: a call that fails must leave no trace, and nothing acknowledged is lost.
     """
 
     storage: ClassVar[StorageOpener] = staticmethod(in_memory_storage)
@@ -199,16 +326,18 @@ class StoreMachine(RuleBasedStateMachine):
         self._storage = type(self).storage()
         self.open_store = self._storage.__enter__()
         self.reset_config: AutoResetConfig | None = None
+        self.durable = False
 
     def open(self) -> SessionStore:
         store = self.open_store(clock=self.clock, lock_timeout_ms=LEASE_MS, auto_reset=self.reset_config,
-                                durable=False, index_save_delay_ms=60_000)
+                                durable=self.durable)
         store.init()
         return store
 
-    @initialize(config=st.sampled_from(range(len(RESET_CONFIGS))))
-    def start(self, config: int) -> None:
+    @initialize(config=st.sampled_from(range(len(RESET_CONFIGS))), durable=st.booleans())
+    def start(self, config: int, durable: bool) -> None:
         self.reset_config = RESET_CONFIGS[config]
+        self.durable = durable
         self.stores = [self.open() for _ in range(self.handles)]
 
     def teardown(self) -> None:
@@ -235,7 +364,15 @@ class StoreMachine(RuleBasedStateMachine):
         config = self.reset_config
         if config is None or config.max_messages is None or parent is None:
             return False
-        return parent == m.branches[m.current] and len(m.segment()) + 1 > config.max_messages
+        return parent == m.head() and len(m.segment()) + 1 > config.max_messages
+
+    def message(self, msg: ss.Message, parent: str | None, content: Any, fields: dict[str, Any],
+                role: str = "user") -> ss.Message:
+        """The message the model expects, checked against what the store returned."""
+        expected = ss.Message(id=msg.id, parent_id=parent, type=role, role=role, content=_json(content),
+                              timestamp=self.now(), fields=_json(fields))
+        assert msg == expected
+        return expected
 
     # -- sessions -------------------------------------------------------------------
 
@@ -245,7 +382,7 @@ class StoreMachine(RuleBasedStateMachine):
         known = [s for s, m in self.model.items() if m.key == key]
         assert sid == known[0] if known else sid not in self.model
         if not known:
-            self.model[sid] = _ModelSession(key)
+            self.model[sid] = _ModelSession(key, self.now())
 
     @precondition(lambda self: self.model)
     @rule(data=st.data())
@@ -263,13 +400,55 @@ class StoreMachine(RuleBasedStateMachine):
         self.stores[which].close()
         self.stores[which] = self.open()
 
-    # -- messages ---------------------------------------------------------------------
+    @rule(data=st.data(), n=st.integers(0, 3))
+    def import_session(self, data: st.DataObject, n: int) -> None:
+        key = f"import-{len(self.model)}-{n}"
+        if any(m.key == key for m in self.model.values()):
+            return
+        messages = [ss.Message(id=f"i{i}", parent_id=f"i{i - 1}" if i else None, type="user", role="user",
+                               content=f"imported {i}", timestamp=1_000 + i, fields={"n": i} if i % 2 else {})
+                    for i in range(n)]
+        head = messages[-1].id if messages else None
+        branches = [ss.Branch(name="main", head_id=head, created_at=500, updated_at=2_000)]
+        sid = self.handle(data).import_session(key, messages, branches=branches)
+        m = self.model[sid] = _ModelSession(key, self.now())
+        m.messages = list(messages)
+        m.branches["main"] = _ModelBranch(head, m.created_at, 2_000)
+        m.updated_at = max(m.created_at, 2_000)
 
     @precondition(lambda self: self.model)
-    @rule(data=st.data(), how=st.sampled_from(["head", "head", "root", "random", "named-head"]), content=_contents)
-    def append(self, data: st.DataObject, how: str, content: Any) -> None:
+    @rule(data=st.data(), at_head=st.booleans())
+    def fork(self, data: st.DataObject, at_head: bool) -> None:
         sid, m = self.session(data)
-        head = m.branches[m.current]
+        leaf = m.head() if at_head or not m.messages else data.draw(st.sampled_from([x.id for x in m.messages]))
+        new = self.handle(data).fork_session(sid, None if at_head else leaf)
+        assert new not in self.model
+        f = self.model[new] = _ModelSession(f"fork:{new}", self.now(), forked_from=(sid, leaf))
+        f.messages = m.path(leaf)
+        f.branches["main"] = _ModelBranch(leaf, f.created_at, self.now())
+
+    # -- messages ---------------------------------------------------------------------
+
+    def _append(self, store: SessionStore, sid: str, m: _ModelSession, content: Any, fields: dict[str, Any],
+                **kwargs: Any) -> ss.Message:
+        """Append through ``store`` and apply it to the model (an auto-reset included)."""
+        head = m.head()
+        parent = kwargs.get("parent_id", head)
+        resets = self.expect_reset(m, parent)
+        segment = m.segment() if resets else []
+        msg = store.append(sid, role="user", content=content, **kwargs, **fields)
+        if resets:
+            self._apply_reset(store, sid, m, segment, msg)
+        else:
+            m.add(self.message(msg, parent, content, fields))
+        return msg
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), how=st.sampled_from(["head", "head", "root", "random", "named-head"]), content=_contents,
+          fields=_fields)
+    def append(self, data: st.DataObject, how: str, content: Any, fields: dict[str, Any]) -> None:
+        sid, m = self.session(data)
+        head = m.head()
         kwargs: dict[str, Any] = {}
         if how == "root":
             kwargs["parent_id"] = None
@@ -277,57 +456,48 @@ class StoreMachine(RuleBasedStateMachine):
             kwargs["parent_id"] = data.draw(st.sampled_from([x.id for x in m.messages]), label="parent")
         elif how == "named-head" and head is not None:
             kwargs["parent_id"] = head
-        parent = kwargs.get("parent_id", head)
-        store = self.handle(data)
-        resets = self.expect_reset(m, parent)  # unowned appends are advisory: allowed under a lease
-        segment = m.segment() if resets else []
-        msg = store.append(sid, role="user", content=content, **kwargs)
-        assert msg.content == content
-        if resets:
-            self._apply_reset(store, sid, m, segment, msg.id)
-            return
-        assert msg.parent_id == parent
-        m.messages.append(_ModelMessage(msg.id, parent, "user", content))
-        if parent == head:
-            m.branches[m.current] = msg.id
+        self._append(self.handle(data), sid, m, content, fields, **kwargs)  # unowned: advisory under a lease
 
-    def _apply_reset(self, store: SessionStore, sid: str, m: _ModelSession, segment: list[_ModelMessage],
-                     new_id: str) -> None:
-        """Check the store's reset against the config, then record it in the model."""
+    def _apply_reset(self, store: SessionStore, sid: str, m: _ModelSession, segment: list[ss.Message],
+                     incoming: ss.Message) -> None:
+        """Check the store's auto-reset against the config, then record it in the model."""
         config = self.reset_config
         assert config is not None
         history = store.get_linear_history(sid)
-        assert history[-1].id == new_id and store.get_head(sid) == new_id
+        assert history[-1].id == incoming.id and store.get_head(sid) == incoming.id
         kept = segment[len(segment) - config.keep_count:] if config.keep_strategy == "last" else []
         expected = (["reset"] if config.insert_reset_marker else []) + [k.type for k in kept] + ["user"]
         assert [h.type for h in history] == expected
-        for copy, original in zip(history[-1 - len(kept):-1], kept, strict=True):
-            assert copy.content == original.content and copy.fields["reset_from"] == original.id
+        for kept_copy, original in zip(history[-1 - len(kept):-1], kept, strict=True):
+            assert kept_copy.content == original.content
+            assert kept_copy.fields == {**original.fields, "reset_from": original.id}
+            assert kept_copy.timestamp == self.now()
+        self._record_reset(m, history)
+
+    def _record_reset(self, m: _ModelSession, written: list[ss.Message]) -> None:
         parent: str | None = None
-        for h in history:
-            m.messages.append(_ModelMessage(h.id, parent, h.type, h.content))
+        for h in written:
             assert h.parent_id == parent
+            m.messages.append(h)  # a new root chain: the head rule moves nothing...
+            m.updated_at = max(m.updated_at, h.timestamp)
             parent = h.id
-        m.branches[m.current] = new_id
+        current = m.branches[m.current]  # ...the head moves once, to the end of the new segment
+        current.head, current.updated_at = parent, self.now()
+        m.event(self.now())
 
     @precondition(lambda self: self.model)
     @rule(data=st.data())
     def manual_reset(self, data: st.DataObject) -> None:
         sid, m = self.session(data)
         segment = m.segment()
+        was_empty = m.head() is None
         result = self.handle(data).reset(sid, keep_strategy="last", keep_count=1)
         assert result.reset and result.reason == "manual"
         marker = self.reset_config.insert_reset_marker if self.reset_config else True
         assert [x.content for x in result.messages[1 if marker else 0:]] == [x.content for x in segment[-1:]]
-        parent: str | None = None
-        for x in result.messages:
-            assert x.parent_id == parent
-            m.messages.append(_ModelMessage(x.id, parent, x.type, x.content))
-            parent = x.id
-        if result.messages:
-            m.branches[m.current] = result.messages[-1].id
-        elif m.branches[m.current] is not None:  # nothing kept, no marker: the branch is empty again
-            m.branches[m.current] = None
+        if was_empty and result.messages:  # an empty branch takes its new root by the head rule
+            m.branches[m.current].updated_at = result.messages[0].timestamp
+        self._record_reset(m, result.messages)
 
     @precondition(lambda self: self.model)
     @rule(data=st.data())
@@ -338,6 +508,8 @@ class StoreMachine(RuleBasedStateMachine):
             store.append(sid, role="user", content="x", parent_id="no-such-message")
         with pytest.raises(ss.InvalidMessage):
             store.append(sid, role="user", content={1, 2})
+        with pytest.raises(ss.InvalidMessage):
+            store.append(sid, role="user", content={1: "a", "1": "b"})
 
     # -- branches ------------------------------------------------------------------------
 
@@ -352,8 +524,10 @@ class StoreMachine(RuleBasedStateMachine):
             with pytest.raises(ss.BranchExists):
                 store.create_branch(sid, name, leaf)
             return
-        assert store.create_branch(sid, name, leaf).head_id == leaf
-        m.branches[name] = leaf
+        assert store.create_branch(sid, name, leaf) == ss.Branch(name=name, head_id=leaf, created_at=self.now(),
+                                                                  updated_at=self.now())
+        m.branches[name] = _ModelBranch(leaf, self.now(), self.now())
+        m.event(self.now())
 
     @precondition(lambda self: self.model)
     @rule(data=st.data(), name=_branch_names)
@@ -364,8 +538,62 @@ class StoreMachine(RuleBasedStateMachine):
             with pytest.raises(ss.BranchNotFound):
                 store.switch_to_branch(sid, name)
             return
-        assert store.switch_to_branch(sid, name) == m.branches[name]
-        m.current = name
+        assert store.switch_to_branch(sid, name) == m.branches[name].head
+        if m.current != name:
+            m.current = name
+            m.event(self.now())
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), name=_branch_names, to_none=st.booleans())
+    def move_head(self, data: st.DataObject, name: str, to_none: bool) -> None:
+        sid, m = self.session(data)
+        target = None if to_none or not m.messages else data.draw(st.sampled_from([x.id for x in m.messages]))
+        store = self.handle(data)
+        if name not in m.branches:
+            with pytest.raises(ss.BranchNotFound):
+                store.move_head(sid, target, branch=name)
+            return
+        moved = store.move_head(sid, target, branch=name)
+        branch = m.branches[name]
+        if branch.head != target:
+            branch.head, branch.updated_at = target, self.now()
+            m.event(self.now())
+        assert moved == ss.Branch(name=name, head_id=branch.head, created_at=branch.created_at,
+                                  updated_at=branch.updated_at)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), name=_branch_names)
+    def delete_branch(self, data: st.DataObject, name: str) -> None:
+        sid, m = self.session(data)
+        store = self.handle(data)
+        if name not in m.branches:
+            with pytest.raises(ss.BranchNotFound):
+                store.delete_branch(sid, name)
+        elif name == m.current:
+            with pytest.raises(ss.InvalidInput):
+                store.delete_branch(sid, name)
+        else:
+            store.delete_branch(sid, name)
+            del m.branches[name]
+            m.event(self.now())
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), old=_branch_names, new=_branch_names)
+    def rename_branch(self, data: st.DataObject, old: str, new: str) -> None:
+        sid, m = self.session(data)
+        store = self.handle(data)
+        if old not in m.branches:
+            with pytest.raises(ss.BranchNotFound):
+                store.rename_branch(sid, old, new)
+        elif new in m.branches:
+            with pytest.raises(ss.BranchExists):
+                store.rename_branch(sid, old, new)
+        else:
+            store.rename_branch(sid, old, new)
+            m.branches = {(new if k == old else k): v for k, v in m.branches.items()}  # keeps its place
+            m.branches[new].updated_at = self.now()
+            m.current = new if m.current == old else m.current
+            m.event(self.now())
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -390,8 +618,11 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), owner=_owners)
     def release(self, data: st.DataObject, owner: str) -> None:
         sid, m = self.session(data)
+        holder = m.lease.holder if self.lease_live(m) else None
+        if holder is not None and data.draw(st.booleans(), label="release the holder"):
+            owner = holder  # mostly release what is held: the successful path must run often
         released = self.handle(data).release_lock(sid, owner)
-        if not (self.lease_live(m) and m.lease.holder == owner):
+        if holder != owner:
             assert released is False
             return
         assert released is True
@@ -409,6 +640,52 @@ class StoreMachine(RuleBasedStateMachine):
             m.lease.expires = self.now() + LEASE_MS
 
     @precondition(lambda self: self.model)
+    @rule(data=st.data(), owner=_owners, stale=st.booleans())
+    def fenced_append(self, data: st.DataObject, owner: str, stale: bool) -> None:
+        """An append naming an owner and a fencing token: refused unless that lease is live and current."""
+        sid, m = self.session(data)
+        store = self.handle(data)
+        token = max(0, m.lease.token - (1 if stale else 0))
+        if self.lease_live(m) and m.lease.holder == owner and token == m.lease.token:
+            self._append(store, sid, m, "fenced", {}, owner_id=owner, fencing_token=token)
+        else:
+            with pytest.raises(ss.SessionLocked):  # LeaseLost is a SessionLocked
+                store.append(sid, role="user", content="refused", owner_id=owner, fencing_token=token)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), owner=_owners, thief=_owners, stall=st.booleans())
+    def lock_block(self, data: st.DataObject, owner: str, thief: str, stall: bool) -> None:
+        """Writes inside ``lock()`` are the holder's; after its lease expired and another
+        owner took it, the block's next write is refused with ``LeaseLost``."""
+        sid, m = self.session(data)
+        store = self.handle(data)
+        if self.lease_live(m) and m.lease.holder != owner:
+            with pytest.raises(ss.LockTimeout):
+                with store.lock(sid, owner, timeout=0):
+                    pass  # pragma: no cover
+            return
+        with store.lock(sid, owner, timeout=0) as held:
+            if self.lease_live(m):
+                m.lease.count += 1
+            else:
+                m.lease.holder, m.lease.count, m.lease.token = owner, 1, m.lease.token + 1
+            m.lease.expires = self.now() + LEASE_MS
+            assert held.token == m.lease.token
+            self._append(store, sid, m, "inside", {})
+            if stall and thief != owner:
+                self.clock.advance(LEASE_MS / 1000)  # the holder stalls past its lease
+                taken = self.stores[-1].acquire_lock(sid, thief)
+                assert taken.acquired and taken.token == m.lease.token + 1
+                m.lease.holder, m.lease.count, m.lease.token = thief, 1, m.lease.token + 1
+                m.lease.expires = self.now() + LEASE_MS
+                with pytest.raises(ss.LeaseLost):
+                    store.append(sid, role="user", content="zombie")
+                return  # the block's release finds the lease not its own: the thief keeps it
+        m.lease.count -= 1
+        if m.lease.count == 0:
+            m.lease.holder = None
+
+    @precondition(lambda self: self.model)
     @rule(data=st.data(), owner=_owners)
     def append_as_owner(self, data: st.DataObject, owner: str) -> None:
         sid, m = self.session(data)
@@ -420,6 +697,34 @@ class StoreMachine(RuleBasedStateMachine):
     def advance_clock(self, ms: int) -> None:
         self.clock.advance(ms / 1000)
 
+    # -- faults ---------------------------------------------------------------------------
+
+    @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
+                                                         FaultyFileSystem))
+    @rule(data=st.data(), op=st.sampled_from(WRITE_OPS), after=st.integers(0, 4), call=st.sampled_from(sorted(_CALLS)))
+    def fault(self, data: st.DataObject, op: str, after: int, call: str) -> None:
+        """A write path fails (``ENOSPC``/``EIO``) somewhere inside a call: the call raises
+        :class:`StorageError` and leaves no trace, or succeeds as if nothing happened."""
+        if call == "create_branch" and not any(m.messages for m in self.model.values()):
+            return
+        store = self.handle(data)
+        faulty = store.storage.fs  # type: ignore[attr-defined]
+        before = copy.deepcopy((self.model, self.clock.now))
+        faulty.fail_next(op, data.draw(st.sampled_from([errno.ENOSPC, errno.EIO]), label="errno"), after=after)
+        kwargs = {name: data.draw(strategy, label=name) for name, strategy in _CALLS[call].items()}
+        try:
+            getattr(self, call)(data=data, **kwargs)
+        except ss.StorageError:
+            if call == "delete":  # past its commit, a deletion's sync may fail: then it is done, not undone
+                gone = [sid for sid in before[0] if sid not in self.model and not self.stores[0].has_session(sid)]
+                self.model, self.clock.now = before
+                for sid in gone:
+                    del self.model[sid]
+            else:
+                self.model, self.clock.now = before
+        finally:
+            faulty._failures.clear()
+
     # -- the invariant ------------------------------------------------------------------------
 
     @invariant()
@@ -427,15 +732,17 @@ class StoreMachine(RuleBasedStateMachine):
         for store in self.stores:
             assert sorted(store.get_all_session_ids()) == sorted(self.model)
             for sid, m in self.model.items():
-                assert store.has_session(sid) and store.has_key(m.key)
-                assert [(x.id, x.parent_id, x.type) for x in store.get_messages(sid)] == [
-                    (x.id, x.parent, x.type) for x in m.messages]
-                assert {b.name: b.head_id for b in store.get_branches(sid)} == m.branches
-                assert store.get_current_branch(sid) == m.current
-                assert [x.id for x in store.get_linear_history(sid)] == [
-                    x.id for x in m.path(m.branches[m.current])]
-                meta = store.get_metadata(sid)
-                assert meta is not None and meta.key == m.key and meta.message_count == len(m.messages)
+                assert store.has_session(sid) and store.has_key(m.key) and store.resolve(m.key) == sid
+                assert store.get_messages(sid) == m.messages  # every field of every message
+                assert store.get_branches(sid) == [ss.Branch(name=n, head_id=b.head, created_at=b.created_at,
+                                                              updated_at=b.updated_at) for n, b in m.branches.items()]
+                assert store.get_current_branch(sid) == m.current and store.get_head(sid) == m.head()
+                assert store.get_linear_history(sid) == m.path(m.head())
+                assert store.get_metadata(sid) == ss.SessionMetadata(
+                    session_id=sid, key=m.key, created_at=m.created_at, updated_at=m.updated_at,
+                    message_count=len(m.messages), reset_count=sum(x.type == "reset" for x in m.messages),
+                    last_reset_at=max((x.timestamp for x in m.messages if x.type == "reset"), default=None),
+                    forked_from=m.forked_from, branch_count=len(m.branches))
                 info = store.get_lock(sid)
                 if self.lease_live(m):
                     assert info is not None and (info.holder_id, info.token, info.count, info.expires_at) == (
@@ -597,33 +904,51 @@ class SimulatedCrash(BaseException):
 
 
 class FaultyFileSystem(FileSystem):
-    """Wraps a :class:`FileSystem` and injects faults into appends and syncs.
+    """Wraps a :class:`~session_store.FileSystem` and injects faults into every write path.
 
-    Arm one fault at a time: ``fail_next_append(errno)`` (``ENOSPC``, ``EIO``),
-    ``fail_next_sync()``, ``short_next_append(nbytes)`` (writes a prefix, then raises
-    ``EIO``), ``crash_after(nbytes)`` (writes until that many more bytes, then raises
-    :class:`SimulatedCrash` and refuses every later call). ``inner`` is the real
-    file system, for reopening after a crash.
+    Arm faults with:
+
+    - ``fail_next(op, code=ENOSPC, *, after=0)``: the next call of ``op`` (one of
+      :data:`WRITE_OPS`; ``after`` skips that many first) raises ``OSError(code)``
+      having done nothing (for ``append``: written nothing).
+    - ``fail_next_append(code)``, ``fail_next_sync()``: the same for those two.
+    - ``short_next_append(nbytes)``: the next append writes a prefix, then raises ``EIO``.
+    - ``crash_after(nbytes)``: appends write at most ``nbytes`` more bytes in all, then
+      :class:`SimulatedCrash` is raised and every later call refused.
+    - ``crash_at(n)``: the ``n``-th write operation from now (0: the next one) crashes
+      instead of running (an append first writes half of its data): with it, a test
+      can crash a store between any two steps of any operation (creations,
+      deletions, resets, imports, leases, repairs).
+
+    ``ops`` counts the write operations done so far; ``inner`` is the real file
+    system, for reopening after a crash.
     """
 
     def __init__(self, inner: FileSystem) -> None:
         self.inner = inner
-        self._append_errno: int | None = None
-        self._fail_sync = False
+        self._failures: dict[str, list[tuple[int, int]]] = {}  # op -> [(skip, errno)]
         self._short: int | None = None
         self._crash_budget: int | None = None
+        self._crash_op: int | None = None
+        self.ops = 0
         self.crashed = False
 
     def __repr__(self) -> str:
         return f"FaultyFileSystem({self.inner!r})"
 
+    def fail_next(self, op: str, code: int = errno.ENOSPC, *, after: int = 0) -> None:
+        """The next call of ``op`` (after ``after`` more) raises ``OSError(code)``."""
+        if op not in WRITE_OPS:
+            raise ValueError(f"unknown write operation {op!r}; known: {', '.join(WRITE_OPS)}")
+        self._failures.setdefault(op, []).append((after, code))
+
     def fail_next_append(self, code: int = errno.ENOSPC) -> None:
         """The next append raises ``OSError(code)`` having written nothing."""
-        self._append_errno = code
+        self.fail_next("append", code)
 
     def fail_next_sync(self) -> None:
         """The next sync raises ``OSError(EIO)``."""
-        self._fail_sync = True
+        self.fail_next("sync", errno.EIO)
 
     def short_next_append(self, nbytes: int) -> None:
         """The next append writes only ``nbytes`` bytes, then raises ``OSError(EIO)``."""
@@ -633,16 +958,38 @@ class FaultyFileSystem(FileSystem):
         """Appends write at most ``nbytes`` more bytes in all; then the simulated crash."""
         self._crash_budget = nbytes
 
+    def crash_at(self, n: int) -> None:
+        """The ``n``-th write operation from now crashes (0: the next)."""
+        self._crash_op = self.ops + n
+
     def _alive(self) -> None:
         if self.crashed:
             raise SimulatedCrash("the simulated process has crashed")
 
+    def _step(self, op: str, path: str) -> None:
+        """Count a write operation; raise the fault armed for it."""
+        self._alive()
+        if self._crash_op is not None and self.ops >= self._crash_op:
+            self.crashed = True
+            raise SimulatedCrash(f"crashed at {op} {path}")
+        self.ops += 1
+        armed = self._failures.get(op)
+        if armed:
+            skip, code = armed[0]
+            if skip:
+                armed[0] = (skip - 1, code)
+                return
+            armed.pop(0)
+            raise OSError(code, errno.errorcode.get(code, "error"), path)
+
     def append(self, path: str, data: bytes) -> None:
         """Append, or inject the armed fault."""
         self._alive()
-        if self._append_errno is not None:
-            code, self._append_errno = self._append_errno, None
-            raise OSError(code, errno.errorcode.get(code, "error"), path)
+        if self._crash_op is not None and self.ops >= self._crash_op:
+            self.inner.append(path, data[: len(data) // 2])  # a torn write, as a kill mid-write leaves
+            self.crashed = True
+            raise SimulatedCrash(f"crashed writing {path}")
+        self._step("append", path)
         if self._short is not None:
             n, self._short = self._short, None
             self.inner.append(path, data[:n])
@@ -656,12 +1003,54 @@ class FaultyFileSystem(FileSystem):
         self.inner.append(path, data)
 
     def sync(self, path: str) -> None:
-        """Sync, or fail once when armed."""
-        self._alive()
-        if self._fail_sync:
-            self._fail_sync = False
-            raise OSError(errno.EIO, "fsync failed", path)
+        """Sync, or fail when armed."""
+        self._step("sync", path)
         self.inner.sync(path)
+
+    def truncate(self, path: str, size: int) -> None:
+        """Truncate, or fail when armed."""
+        self._step("truncate", path)
+        self.inner.truncate(path, size)
+
+    def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
+        """Replace a file, or fail when armed (leaving the old one)."""
+        self._step("write_atomic", path)
+        self.inner.write_atomic(path, data, durable=durable)
+
+    def write_in_place(self, path: str, data: bytes, *, durable: bool = False) -> None:
+        """Overwrite a small file, or fail when armed."""
+        self._step("write_in_place", path)
+        self.inner.write_in_place(path, data, durable=durable)
+
+    def makedirs(self, path: str, *, durable: bool = True) -> None:
+        """Create directories, or fail when armed."""
+        self._step("makedirs", path)
+        self.inner.makedirs(path, durable=durable)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename, or fail when armed."""
+        self._step("rename", src)
+        self.inner.rename(src, dst)
+
+    def remove(self, path: str, *, durable: bool = False) -> None:
+        """Remove a file, or fail when armed."""
+        self._step("remove", path)
+        self.inner.remove(path, durable=durable)
+
+    def remove_tree(self, path: str) -> None:
+        """Remove a tree, or fail when armed."""
+        self._step("remove_tree", path)
+        self.inner.remove_tree(path)
+
+    def symlink(self, target: str, path: str, *, durable: bool = True) -> bool:
+        """Make a link, or fail when armed."""
+        self._step("symlink", path)
+        return self.inner.symlink(target, path, durable=durable)
+
+    def hold(self, path: str) -> None:
+        """Keep a proof of life, or fail when armed."""
+        self._step("hold", path)
+        self.inner.hold(path)
 
     # -- plain delegation ------------------------------------------------------------
 
@@ -675,30 +1064,10 @@ class FaultyFileSystem(FileSystem):
         self._alive()
         return self.inner.read_from(path, offset)
 
-    def size(self, path: str) -> int:
+    def stat(self, path: str) -> tuple[int, Any]:
         """Delegated."""
         self._alive()
-        return self.inner.size(path)
-
-    def truncate(self, path: str, size: int) -> None:
-        """Delegated."""
-        self._alive()
-        self.inner.truncate(path, size)
-
-    def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
-        """Delegated."""
-        self._alive()
-        self.inner.write_atomic(path, data, durable=durable)
-
-    def write_in_place(self, path: str, data: bytes) -> None:
-        """Delegated."""
-        self._alive()
-        self.inner.write_in_place(path, data)
-
-    def makedirs(self, path: str, *, durable: bool = True) -> None:
-        """Delegated."""
-        self._alive()
-        self.inner.makedirs(path, durable=durable)
+        return self.inner.stat(path)
 
     def listdir(self, path: str) -> list[str]:
         """Delegated."""
@@ -710,25 +1079,52 @@ class FaultyFileSystem(FileSystem):
         self._alive()
         return self.inner.exists(path)
 
-    def rename(self, src: str, dst: str) -> None:
+    def is_dir(self, path: str) -> bool:
         """Delegated."""
         self._alive()
-        self.inner.rename(src, dst)
+        return self.inner.is_dir(path)
 
-    def remove_tree(self, path: str) -> None:
+    def readlink(self, path: str) -> str | None:
         """Delegated."""
         self._alive()
-        self.inner.remove_tree(path)
+        return self.inner.readlink(path)
 
-    def locked(self, path: str) -> contextlib.AbstractContextManager[None]:
+    def locked(self, path: str, *, create: bool = True) -> contextlib.AbstractContextManager[None]:
         """Delegated."""
         self._alive()
-        return self.inner.locked(path)
+        return self.inner.locked(path, create=create)
+
+    def release(self, path: str) -> None:
+        """Delegated (also after a crash: a dead process's marks are gone)."""
+        self.inner.release(path)
+
+    def is_held(self, path: str) -> bool | None:
+        """Delegated."""
+        self._alive()
+        return self.inner.is_held(path)
+
+    def anchor(self, directory: str) -> None:
+        """Delegated."""
+        self.inner.anchor(directory)
+
+    def read_lease(self, path: str) -> dict[str, Any] | None:
+        """Delegated."""
+        self._alive()
+        return self.inner.read_lease(path)
+
+    def write_lease(self, path: str, lease: Mapping[str, Any], *, durable: bool = False) -> None:
+        """Written through :meth:`write_in_place` (where faults are injected)."""
+        FileSystem.write_lease(self, path, lease, durable=durable)
 
     @property
     def shared_across_processes(self) -> bool:
         """As the wrapped file system."""
         return self.inner.shared_across_processes
+
+    @property
+    def sync_is_noop(self) -> bool:
+        """Never: syncs are where faults are injected."""
+        return False
 
     def close(self) -> None:
         """Delegated (also after a crash: descriptors are released)."""

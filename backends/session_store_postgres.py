@@ -27,9 +27,17 @@ How it keeps the contract across machines:
   existing id with the same content returns the stored message instead of writing it
   twice.
 - Leases are rows with fencing tokens, written in those transactions: the same expiry,
-  renewal, re-entrancy and owner rules as the file store. Expiry uses the clients'
-  clocks (``SessionStore(clock=...)``): keep hosts in sync with NTP.
+  renewal, re-entrancy, fencing and owner rules as the file store. Expiry uses the
+  clients' clocks (``SessionStore(clock=...)``): keep hosts in sync with NTP. A
+  process holding a lease keeps a shared advisory lock on a connection of its own
+  (opened from the DSN or the pool) as its proof of life; the lease is freed before
+  it expires only when the server dropped that lock (the holder's connection ended),
+  never because of a host name or a process id. With a single given connection there
+  is no such connection: leases then end only when they expire.
 - ``durable=False`` sets ``synchronous_commit = off`` for the store's connections.
+- After ``fork()``, a store made from a DSN opens its own connections in the child
+  (the parent's are never used nor closed there); a given connection or pool belongs
+  to the process that made it, and the child gets a clear :class:`StorageError`.
 """
 
 from __future__ import annotations
@@ -39,9 +47,10 @@ __all__ = ["SCHEMA_VERSION", "PostgresStorage"]
 import contextlib
 import errno
 import json
+import os
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import psycopg
@@ -62,13 +71,14 @@ from session_store import (
 # Schema
 # ============================================================================
 #
-# Version 1, in the configured schema. The same JSON records as the other storages,
+# Version 2, in the configured schema. The same JSON records as the other storages,
 # one per row; ``seq`` numbers a session's messages (and, separately, its branch
 # events) in append order. ``index_log`` is written under a transaction-scoped
-# advisory lock, so its ``seq`` order is its commit order and readers never skip one.
+# advisory lock, so its ``seq`` order is its commit order. Version 1 had no
+# ``forked_from`` and no ``tallies``; it is migrated when a store opens it.
 
 #: The schema version this module creates and reads.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = [
     "CREATE TABLE {s}.meta (name text PRIMARY KEY, value text NOT NULL)",
@@ -105,7 +115,15 @@ _SCHEMA = [
 ]
 
 # Migrations from version N to N + 1, applied in order inside one transaction.
-_MIGRATIONS: dict[int, list[str]] = {}
+_MIGRATIONS: dict[int, list[str]] = {
+    1: ["ALTER TABLE {s}.sessions ADD COLUMN forked_from text",
+        """CREATE TABLE {s}.tallies (
+            session_id text PRIMARY KEY,
+            generation bigint NOT NULL,
+            events bigint NOT NULL,
+            messages bigint NOT NULL,
+            record text NOT NULL)"""],
+}
 
 _LOAD = """
     SELECT 0, generation, NULL FROM {s}.sessions WHERE id = %(sid)s
@@ -115,6 +133,7 @@ _LOAD = """
 """
 
 _INDEX_LOCK = 0x5E5510  # advisory lock key (with the schema's hash) serializing index changes
+_abandoned: list[Any] = []  # connections a forked child inherited: never used, never closed
 
 
 class ConnectionPool(Protocol):
@@ -130,6 +149,16 @@ def _storage_error(e: psycopg.Error, action: str) -> StorageError:
     lost = isinstance(e, psycopg.OperationalError)
     return StorageError(errno.ECONNRESET if lost else errno.EIO,
                         f"could not {action}: {'connection lost: ' if lost else ''}{str(e).strip()}")
+
+
+def _entry(row: tuple[Any, ...]) -> IndexEntry:
+    sid, key, created, fork = row
+    forked_from = None
+    if fork:
+        with contextlib.suppress(ValueError, TypeError):
+            source, message = json.loads(fork)
+            forked_from = (str(source), message if isinstance(message, str) else None)
+    return IndexEntry(session_id=sid, key=key, created_at=created, forked_from=forked_from)
 
 
 # ============================================================================
@@ -151,21 +180,17 @@ class PostgresStorage(Storage):
                  pool: ConnectionPool | None = None, schema: str = "session_store", timeout: float = 30.0) -> None:
         if sum(x is not None for x in (conninfo, connection, pool)) != 1:
             raise InvalidInput("give exactly one of conninfo, connection or pool")
-        if not schema or not schema.replace("_", "").isalnum():
-            raise InvalidInput(f"schema must be letters, digits and underscores, not {schema!r}")
-        if timeout < 0:
-            raise InvalidInput("timeout must be >= 0")
+        if conninfo is not None and not isinstance(conninfo, str):
+            raise InvalidInput(f"conninfo must be a str, not {type(conninfo).__name__}")
+        if not isinstance(schema, str) or not schema or not schema.replace("_", "").isalnum() or not schema.isascii():
+            raise InvalidInput(f"schema must be ASCII letters, digits and underscores, not {schema!r}")
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
+            raise InvalidInput("timeout must be a number >= 0")
         self.conninfo, self.schema, self.timeout = conninfo, schema, timeout
         self._connection, self._pool = connection, pool
-        self._shared_lock = threading.RLock()  # a single given connection: one thread at a time
-        self._own: list[psycopg.Connection[Any]] = []  # idle connections opened from conninfo
-        self._own_lock = threading.Lock()
-        self._local = threading.local()  # .conn: this thread's writing-scope connection
+        self._pid = os.getpid()
         self._durable = True
-        self._index_seq = 0
-        self._index_loaded = False
-        self._generations: dict[str, int] = {}
-        self._configured: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+        self._reset()
         s = sql.Identifier(schema)
         self._sql = {name: sql.SQL(text).format(s=s) for name, text in {
             "load": _LOAD,
@@ -175,7 +200,36 @@ class PostgresStorage(Storage):
             "read_lease": "SELECT record FROM {s}.leases WHERE session_id = %s",
             "write_lease": "INSERT INTO {s}.leases (session_id, record) VALUES (%s, %s) "
                            "ON CONFLICT (session_id) DO UPDATE SET record = excluded.record",
+            "lookup": "SELECT id FROM {s}.sessions WHERE key = %s",
+            "info": "SELECT id, key, created_at, forked_from FROM {s}.sessions WHERE id = %s",
+            "mark": "SELECT pg_advisory_lock_shared(hashtext(%s), hashtext(%s))",
+            "unmark": "SELECT pg_advisory_unlock_shared(hashtext(%s), hashtext(%s))",
+            "probe": "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))",
+            "unprobe": "SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))",
         }.items()}
+        _children.add(self)
+
+    def _reset(self) -> None:
+        self._shared_lock = threading.RLock()  # a single given connection: one thread at a time
+        self._own: list[psycopg.Connection[Any]] = []  # idle connections opened from conninfo
+        self._own_lock = threading.Lock()
+        self._local = threading.local()  # .conn: this thread's writing-scope connection
+        self._generations: dict[str, int] = {}
+        self._configured: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+        self._life: psycopg.Connection[Any] | None = None  # holds this process's proofs of life
+        self._life_lock = threading.Lock()
+        self._holds: dict[str, int] = {}
+
+    def after_fork(self) -> None:
+        """A child never uses or closes its parent's connections (closing one would end
+        the parent's session on the server); it opens its own from the DSN."""
+        _abandoned.extend(self._own)
+        if self._life is not None:
+            _abandoned.append(self._life)
+        self._reset()
+
+    def forget(self, session_id: str) -> None:
+        self._generations.pop(session_id, None)
 
     def __repr__(self) -> str:
         return f"PostgresStorage({self.location!r}, schema={self.schema!r})"
@@ -200,7 +254,14 @@ class PostgresStorage(Storage):
         conn.execute(f"SET synchronous_commit = {'on' if self._durable else 'off'}")
         self._configured.add(conn)
 
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.conninfo or "", connect_timeout=max(1, int(self.timeout)))
+
     def _checkout(self) -> psycopg.Connection[Any]:
+        if os.getpid() != self._pid and self.conninfo is None:
+            raise StorageError(errno.EINVAL, "a psycopg connection or pool made before fork() cannot be used in "
+                                             "the child process: give PostgresStorage a conninfo, or make the "
+                                             "pool after the fork")
         if self._connection is not None:
             self._shared_lock.acquire()
             return self._connection
@@ -209,8 +270,7 @@ class PostgresStorage(Storage):
         else:
             with self._own_lock:
                 idle = self._own.pop() if self._own else None
-            conn = idle if idle is not None else psycopg.connect(self.conninfo or "",
-                                                                 connect_timeout=max(1, int(self.timeout)))
+            conn = idle if idle is not None else self._connect()
         try:
             self._configure(conn)
         except BaseException:
@@ -256,20 +316,21 @@ class PostgresStorage(Storage):
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_INDEX_LOCK, self.schema))
 
     def open(self, *, durable: bool) -> None:
+        self._pid = os.getpid() if self.conninfo is not None else self._pid
         self._durable = durable
         s = sql.Identifier(self.schema)
+        with self._using("open the database") as conn:
+            if self._schema_version(conn) == SCHEMA_VERSION:
+                return
         with self._transaction("create the schema") as conn:
             self._lock_index(conn)  # concurrent first opens create the schema once
-            exists = conn.execute("SELECT to_regclass(%s)", (f"{self.schema}.meta",)).fetchone()
-            if exists is None or exists[0] is None:
+            version = self._schema_version(conn)
+            if version == 0:
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {s}").format(s=s))
                 for statement in _SCHEMA:
                     conn.execute(sql.SQL(statement).format(s=s))
-                conn.execute(sql.SQL("INSERT INTO {s}.meta VALUES ('schema_version', %s)").format(s=s),
-                             (str(SCHEMA_VERSION),))
-            row = conn.execute(sql.SQL("SELECT value FROM {s}.meta WHERE name = 'schema_version'").format(s=s)
-                               ).fetchone()
-            version = int(row[0]) if row else 0
+                conn.execute(sql.SQL("INSERT INTO {s}.meta VALUES ('schema_version', '1')").format(s=s))
+                version = 1
             if version > SCHEMA_VERSION:
                 raise StorageError(errno.EPROTO, f"schema {self.schema} has version {version}; this "
                                                  f"session_store_postgres reads up to {SCHEMA_VERSION}: upgrade it")
@@ -280,46 +341,75 @@ class PostgresStorage(Storage):
                 conn.execute(sql.SQL("UPDATE {s}.meta SET value = %s WHERE name = 'schema_version'").format(s=s),
                              (str(version),))
 
+    def _schema_version(self, conn: psycopg.Connection[Any]) -> int:
+        # A query of pg_class, not to_regclass(): the latter answers from the backend's
+        # catalog cache, which a wait for an advisory lock does not refresh (so a second
+        # first-open saw no table that the first had just committed).
+        exists = conn.execute("SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                              "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'meta'",
+                              (self.schema,)).fetchone()
+        if exists is None:
+            return 0
+        row = conn.execute(sql.SQL("SELECT value FROM {s}.meta WHERE name = 'schema_version'").format(
+            s=sql.Identifier(self.schema))).fetchone()
+        return int(row[0]) if row else 0
+
     def close(self) -> None:
         with self._own_lock:
             conns, self._own = self._own, []
-        for conn in conns:
+        with self._life_lock:
+            life, self._life, self._holds = self._life, None, {}
+        for conn in [*conns, *([life] if life is not None else [])]:
+            if life is not None and conn is life and self._pool is not None:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock_all()")
+                self._pool.putconn(conn)
+                continue
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
     # -- the index -------------------------------------------------------------------
 
-    def read_index(self) -> tuple[list[IndexEntry], bool]:
-        s = sql.Identifier(self.schema)
+    def lookup(self, key: str) -> str | None:
         with self._using("read the index") as conn:
-            if not self._index_loaded:
-                with conn.transaction():
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot
-                    rows = conn.execute(sql.SQL("SELECT id, key, created_at FROM {s}.sessions ORDER BY created_at, id"
-                                                ).format(s=s)).fetchall()
-                    top = conn.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {s}.index_log").format(s=s)
-                                       ).fetchone()
-                self._index_seq = int(top[0]) if top else 0
-                self._index_loaded = True
-                return [IndexEntry(op="create", session_id=sid, key=key, created_at=created)
-                        for sid, key, created in rows], False
-            rows = conn.execute(sql.SQL("SELECT seq, op, session_id, key, created_at FROM {s}.index_log "
-                                        "WHERE seq > %s ORDER BY seq").format(s=s), (self._index_seq,)).fetchall()
-        if rows:
-            self._index_seq = rows[-1][0]
-        return [IndexEntry(op=op, session_id=sid, key=key or "", created_at=created or 0)
-                for _, op, sid, key, created in rows], False
+            row = conn.execute(self._sql["lookup"], (key,)).fetchone()
+        return str(row[0]) if row else None
 
-    def create_session(self, key: str, session_id: str, created_at: int) -> None:
+    def session_info(self, session_id: str) -> IndexEntry | None:
+        with self._using("read the index") as conn:
+            row = conn.execute(self._sql["info"], (session_id,)).fetchone()
+        return _entry(row) if row else None
+
+    def list_sessions(self) -> list[IndexEntry]:
         s = sql.Identifier(self.schema)
-        with self._transaction("create a session") as conn:
+        with self._using("list the sessions") as conn:
+            rows = conn.execute(sql.SQL("SELECT id, key, created_at, forked_from FROM {s}.sessions "
+                                        "ORDER BY created_at, id").format(s=s)).fetchall()
+        return [_entry(row) for row in rows]
+
+    def create_session(self, key: str, session_id: str, created_at: int, *,
+                       messages: Sequence[bytes] = (), events: Sequence[bytes] = (),
+                       forked_from: tuple[str, str | None] | None = None) -> str:
+        s = sql.Identifier(self.schema)
+        with self._transaction("create a session") as conn:  # one transaction: whole or nothing
             self._lock_index(conn)
-            if conn.execute(sql.SQL("SELECT 1 FROM {s}.sessions WHERE key = %s").format(s=s), (key,)).fetchone():
-                return
-            conn.execute(sql.SQL("INSERT INTO {s}.sessions (id, key, created_at) VALUES (%s, %s, %s)").format(s=s),
-                         (session_id, key, created_at))
+            row = conn.execute(self._sql["lookup"], (key,)).fetchone()
+            if row:
+                return str(row[0])
+            conn.execute(sql.SQL("INSERT INTO {s}.sessions (id, key, created_at, forked_from) "
+                                 "VALUES (%s, %s, %s, %s)").format(s=s),
+                         (session_id, key, created_at, json.dumps(list(forked_from)) if forked_from else None))
             conn.execute(sql.SQL("INSERT INTO {s}.index_log (op, session_id, key, created_at) "
                                  "VALUES ('create', %s, %s, %s)").format(s=s), (session_id, key, created_at))
+            with conn.cursor() as cur:
+                if messages:
+                    cur.executemany(self._sql["insert_message"],
+                                    [(session_id, seq, json.loads(line)["id"], line[:-1].decode())
+                                     for seq, line in enumerate(messages)])
+                if events:
+                    cur.executemany(self._sql["insert_event"],
+                                    [(session_id, seq, line[:-1].decode()) for seq, line in enumerate(events)])
+        return session_id
 
     def delete_session(self, session_id: str, at: int) -> None:
         s = sql.Identifier(self.schema)
@@ -327,7 +417,7 @@ class PostgresStorage(Storage):
             self._lock_index(conn)
             if conn.execute(self._sql["lock_session"], (session_id,)).fetchone() is None:
                 raise SessionNotFound(session_id)
-            for table in ("messages", "branch_events", "leases", "quarantine"):
+            for table in ("messages", "branch_events", "leases", "quarantine", "tallies"):
                 conn.execute(sql.SQL("DELETE FROM {s}.{t} WHERE session_id = %s").format(s=s, t=sql.Identifier(table)),
                              (session_id,))
             conn.execute(sql.SQL("DELETE FROM {s}.sessions WHERE id = %s").format(s=s), (session_id,))
@@ -349,7 +439,7 @@ class PostgresStorage(Storage):
                 raise SessionNotFound(session_id)
             restart = False
             generation = rows[0][1]
-            if self._generations.get(session_id, generation) != generation:
+            if position != (0, 0) and self._generations.get(session_id, generation) != generation:
                 rows = conn.execute(query, {"sid": session_id, "events": 0, "messages": 0}).fetchall()
                 if not rows or rows[0][0] != 0:
                     raise SessionNotFound(session_id)
@@ -370,6 +460,31 @@ class PostgresStorage(Storage):
             conn.execute(self._sql["insert_event"], (session_id, position[0], line[:-1].decode()))
         return (position[0] + 1, position[1])
 
+    # -- counts ------------------------------------------------------------------------------
+
+    def read_tally(self, session_id: str) -> tuple[Position, dict[str, Any]] | None:
+        s = sql.Identifier(self.schema)
+        with self._using("read a tally") as conn:
+            row = conn.execute(sql.SQL("SELECT t.events, t.messages, t.record FROM {s}.tallies t JOIN {s}.sessions x "
+                                       "ON x.id = t.session_id AND x.generation = t.generation "
+                                       "WHERE t.session_id = %s").format(s=s), (session_id,)).fetchone()
+        if row is None:
+            return None
+        try:
+            tally = json.loads(row[2])
+        except ValueError:
+            return None
+        return ((int(row[0]), int(row[1])), tally) if isinstance(tally, dict) else None
+
+    def write_tally(self, session_id: str, position: Position, tally: Mapping[str, Any]) -> None:
+        s = sql.Identifier(self.schema)
+        with self._using("save a tally") as conn:
+            conn.execute(sql.SQL("INSERT INTO {s}.tallies SELECT id, generation, %s, %s, %s FROM {s}.sessions "
+                                 "WHERE id = %s ON CONFLICT (session_id) DO UPDATE SET generation = "
+                                 "excluded.generation, events = excluded.events, messages = excluded.messages, "
+                                 "record = excluded.record").format(s=s),
+                         (position[0], position[1], json.dumps(dict(tally)), session_id))
+
     # -- leases ---------------------------------------------------------------------------
 
     def read_lease(self, session_id: str) -> dict[str, Any] | None:
@@ -379,18 +494,68 @@ class PostgresStorage(Storage):
             return None
         try:
             lease = json.loads(row[0])
-        except ValueError:
-            return None
-        return lease if isinstance(lease, dict) else None
+        except (ValueError, RecursionError):
+            return {"corrupt": True}
+        return lease if isinstance(lease, dict) else {"corrupt": True}
 
-    def write_lease(self, session_id: str, lease: Mapping[str, Any]) -> None:
+    def write_lease(self, session_id: str, lease: Mapping[str, Any], *, durable: bool) -> None:
+        # Inside writing(): committed with its transaction (synchronous_commit=on when durable).
         with self._using("write a lease") as conn:
             conn.execute(self._sql["write_lease"], (session_id, json.dumps(dict(lease), separators=(",", ":"))))
 
+    def peek_lease(self, session_id: str) -> dict[str, Any] | None:
+        return self.read_lease(session_id)
+
+    def hold_lease(self, session_id: str) -> None:
+        if self._connection is not None:
+            return  # one given connection: no connection of our own to keep a lock on
+        with self._life_lock:
+            if self._holds.get(session_id):
+                self._holds[session_id] += 1
+                return
+            try:
+                if self._life is None or self._life.closed or self._life.broken:
+                    self._life = self._pool.getconn() if self._pool is not None else self._connect()
+                    self._life.autocommit = True
+                self._life.execute(self._sql["mark"], (self.schema + ":lease", session_id))
+            except psycopg.Error as e:
+                self._life = None
+                self._holds = {}
+                raise _storage_error(e, f"keep the lease's proof of life ({self.location})") from e
+            self._holds[session_id] = 1
+
+    def drop_lease(self, session_id: str) -> None:
+        with self._life_lock:
+            count = self._holds.get(session_id, 0) - 1
+            if count > 0:
+                self._holds[session_id] = count
+                return
+            self._holds.pop(session_id, None)
+            if self._life is not None and count == 0:
+                with contextlib.suppress(psycopg.Error):
+                    self._life.execute(self._sql["unmark"], (self.schema + ":lease", session_id))
+
+    def holder_gone(self, session_id: str, lease: Mapping[str, Any]) -> bool:
+        if self._connection is not None:
+            return False
+        with self._life_lock:
+            if self._holds.get(session_id):
+                return False  # we hold a mark: the probe would only find our own
+        try:
+            with self._using("test a lease holder") as conn:
+                row = conn.execute(self._sql["probe"], (self.schema + ":lease", session_id)).fetchone()
+                if row and row[0]:
+                    conn.execute(self._sql["unprobe"], (self.schema + ":lease", session_id))
+                    return True
+        except StorageError:
+            return False
+        return False
+
     # -- repair -----------------------------------------------------------------------------
 
-    def quarantine(self, session_id: str, problems: list[Problem]) -> list[str]:
-        """Rows the store cannot use move to the ``quarantine`` table (never deleted)."""
+    def quarantine(self, session_id: str, problems: list[Problem], placeholders: Mapping[int, bytes]) -> list[str]:
+        """Rows the store cannot use are copied to the ``quarantine`` table (never
+        deleted); a message row is then replaced by its placeholder, an event row removed."""
         s = sql.Identifier(self.schema)
         fixed: list[str] = []
         with self._using("quarantine records") as conn:
@@ -403,14 +568,39 @@ class PostgresStorage(Storage):
                                          "SELECT session_id, %s, seq, record FROM {s}.{t} "
                                          "WHERE session_id = %s AND seq = %s").format(s=s, t=t),
                                  (table, session_id, seq))
-                    conn.execute(sql.SQL("DELETE FROM {s}.{t} WHERE session_id = %s AND seq = %s").format(s=s, t=t),
-                                 (session_id, seq))
+                    if table == "messages" and seq in placeholders:
+                        text = placeholders[seq][:-1].decode()
+                        conn.execute(sql.SQL("UPDATE {s}.messages SET record = %s, id = %s "
+                                             "WHERE session_id = %s AND seq = %s").format(s=s),
+                                     (text, json.loads(text)["id"], session_id, seq))
+                    else:
+                        conn.execute(sql.SQL("DELETE FROM {s}.{t} WHERE session_id = %s AND seq = %s"
+                                             ).format(s=s, t=t), (session_id, seq))
                 if seqs:
                     fixed.append(f"{label}: moved {len(seqs)} unusable record(s) of {session_id} to quarantine")
             if fixed:
                 conn.execute(sql.SQL("UPDATE {s}.sessions SET generation = generation + 1 WHERE id = %s").format(s=s),
                              (session_id,))
         return fixed
+
+
+class _Children:
+    """Storages to reset in a child process after ``fork()`` (held weakly)."""
+
+    def __init__(self) -> None:
+        self._storages: weakref.WeakSet[PostgresStorage] = weakref.WeakSet()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._run)
+
+    def add(self, storage: PostgresStorage) -> None:
+        self._storages.add(storage)
+
+    def _run(self) -> None:
+        for storage in list(self._storages):
+            storage.after_fork()
+
+
+_children = _Children()
 
 
 class _PostgresWriting:

@@ -17,6 +17,11 @@ busy waits up to ``timeout`` seconds and then raises :class:`StorageError`.
 
 Do not put the file on a network file system: SQLite's locks are not reliable there
 (use PostgreSQL to share sessions between machines).
+
+A process that holds a lease keeps a ``flock`` on a small file in ``<path>-leases/``
+as its proof of life: the lease is freed before it expires only when that lock is
+gone (its holder died), whatever PID namespace or container it ran in. After
+``fork()`` a child opens its own connections and never touches its parent's.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ import contextlib
 import errno
 import json
 import os
+import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from session_store import (
@@ -37,6 +44,7 @@ from session_store import (
     InvalidInput,
     Position,
     Problem,
+    RealFileSystem,
     Records,
     SessionNotFound,
     Storage,
@@ -47,13 +55,15 @@ from session_store import (
 # Schema
 # ============================================================================
 #
-# Version 1. Records are the same JSON objects the JSONL storage writes, one per row;
+# Version 2. Records are the same JSON objects the JSONL storage writes, one per row;
 # ``seq`` numbers a session's messages (and, separately, its branch events) from 0 in
 # append order, so a reader's position is the next seq it has not read. ``generation``
-# grows when a repair removes rows, which tells readers to reload from the start.
+# grows when a repair rewrites rows, which tells readers to reload from the start.
+# ``tallies`` caches counts per session (see Storage.write_tally). Version 1 had no
+# ``forked_from`` and no ``tallies``; it is migrated when a store opens it.
 
 #: The schema version this module creates and reads.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = [
     """CREATE TABLE session_store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -90,7 +100,15 @@ _SCHEMA = [
 ]
 
 # Migrations from version N to N + 1, applied in order inside one transaction.
-_MIGRATIONS: dict[int, list[str]] = {}
+_MIGRATIONS: dict[int, list[str]] = {
+    1: ["ALTER TABLE sessions ADD COLUMN forked_from TEXT",
+        """CREATE TABLE tallies (
+            session_id TEXT PRIMARY KEY,
+            generation INTEGER NOT NULL,
+            events INTEGER NOT NULL,
+            messages INTEGER NOT NULL,
+            record TEXT NOT NULL) WITHOUT ROWID"""],
+}
 
 # One statement, one snapshot: the session's generation, then its new events and messages.
 _LOAD = """
@@ -100,11 +118,24 @@ _LOAD = """
     ORDER BY 1, 2
 """
 
+_SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_abandoned: list[Any] = []  # connections a forked child inherited: never used, never closed
+
 
 def _storage_error(e: sqlite3.Error, action: str) -> StorageError:
     """The store's error for a ``sqlite3`` one (busy and locked databases say so)."""
     busy = isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
     return StorageError(errno.EBUSY if busy else errno.EIO, f"could not {action}: {e}")
+
+
+def _entry(row: tuple[Any, ...]) -> IndexEntry:
+    sid, key, created, fork = row
+    forked_from = None
+    if fork:
+        with contextlib.suppress(ValueError, TypeError):
+            source, message = json.loads(fork)
+            forked_from = (str(source), message if isinstance(message, str) else None)
+    return IndexEntry(session_id=sid, key=key, created_at=created, forked_from=forked_from)
 
 
 # ============================================================================
@@ -113,14 +144,14 @@ def _storage_error(e: sqlite3.Error, action: str) -> StorageError:
 
 
 class _Connection:
-    """A pooled connection and what it has seen (``PRAGMA data_version`` per session)."""
+    """A pooled connection and what it has seen: per session, ``PRAGMA data_version``
+    and the position a load brought its reader to."""
 
-    __slots__ = ("db", "index_version", "versions")
+    __slots__ = ("db", "versions")
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
-        self.versions: dict[str, int] = {}
-        self.index_version = -1
+        self.versions: dict[str, tuple[int, Position]] = {}
 
     def data_version(self) -> int:
         """Changes whenever *another* connection committed to the database."""
@@ -142,20 +173,40 @@ class SqliteStorage(Storage):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
-        self.path = os.fspath(path)
+        try:
+            self.path = os.fspath(path)
+        except TypeError:
+            raise InvalidInput(f"path must be a path, not {type(path).__name__}") from None
+        if not isinstance(self.path, str) or not self.path or "\x00" in self.path:
+            raise InvalidInput(f"path must be a non-empty str path, not {path!r}")
         if self.path == ":memory:" or self.path.startswith("file:"):
             raise InvalidInput("SqliteStorage needs a database file; use InMemoryFileSystem for a store in memory")
-        if timeout < 0:
-            raise InvalidInput("timeout must be >= 0")
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
+            raise InvalidInput("timeout must be a number >= 0")
         self.timeout = timeout
         self._durable = True
+        self._marks = RealFileSystem(max_open_files=16)
+        self._reset()
+        _children.add(self)
+
+    def _reset(self) -> None:
         self._pool: list[_Connection] = []
         self._all: list[_Connection] = []
         self._pool_lock = threading.Lock()
         self._local = threading.local()  # .conn: the connection of this thread's writing scope
-        self._index_seq = 0
-        self._index_loaded = False
         self._generations: dict[str, int] = {}
+
+    def after_fork(self) -> None:
+        """A child never uses (nor closes: that could disturb the parent's locks) the
+        parent's connections; it opens its own."""
+        _abandoned.extend(self._all)
+        self._reset()
+
+    def forget(self, session_id: str) -> None:
+        self._generations.pop(session_id, None)
+        with self._pool_lock:
+            for conn in self._all:
+                conn.versions.pop(session_id, None)
 
     def __repr__(self) -> str:
         return f"SqliteStorage({self.path!r}, timeout={self.timeout!r})"
@@ -203,33 +254,47 @@ class SqliteStorage(Storage):
         except sqlite3.Error as e:
             raise _storage_error(e, f"{action} ({self.path})") from e
 
-    def open(self, *, durable: bool) -> None:
-        self._durable = durable
-        with self._using("open the database") as conn:
+    @contextlib.contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any exception)."""
+        with self._using(action) as conn:
             db = conn.db
             db.execute("BEGIN IMMEDIATE")
             try:
-                exists = db.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'session_store_meta'").fetchone()
-                if not exists:
-                    for statement in _SCHEMA:
-                        db.execute(statement)
-                    db.execute("INSERT INTO session_store_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                version = int(db.execute(
-                    "SELECT value FROM session_store_meta WHERE name = 'schema_version'").fetchone()[0])
-                if version > SCHEMA_VERSION:
-                    raise StorageError(errno.EPROTO, f"{self.path} has schema version {version}; this "
-                                                     f"session_store_sqlite reads up to {SCHEMA_VERSION}: upgrade it")
-                while version < SCHEMA_VERSION:
-                    for statement in _MIGRATIONS[version]:
-                        db.execute(statement)
-                    version += 1
-                    db.execute("UPDATE session_store_meta SET value = ? WHERE name = 'schema_version'",
-                               (str(version),))
+                yield db
                 db.execute("COMMIT")
             except BaseException:
                 db.rollback()
                 raise
+
+    def open(self, *, durable: bool) -> None:
+        self._durable = durable
+        with self._using("open the database") as conn:
+            if self._schema_version(conn.db) == SCHEMA_VERSION:
+                return  # the usual case: no write lock taken
+        with self._transaction("create the schema") as db:
+            version = self._schema_version(db)
+            if version == 0:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute("INSERT INTO session_store_meta VALUES ('schema_version', '1')")
+                version = 1
+            if version > SCHEMA_VERSION:
+                raise StorageError(errno.EPROTO, f"{self.path} has schema version {version}; this "
+                                                 f"session_store_sqlite reads up to {SCHEMA_VERSION}: upgrade it")
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
+                version += 1
+                db.execute("UPDATE session_store_meta SET value = ? WHERE name = 'schema_version'", (str(version),))
+
+    def _schema_version(self, db: sqlite3.Connection) -> int:
+        exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'session_store_meta'"
+                            ).fetchone()
+        if not exists:
+            return 0
+        row = db.execute("SELECT value FROM session_store_meta WHERE name = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
         with self._pool_lock:
@@ -237,69 +302,58 @@ class SqliteStorage(Storage):
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
                 conn.db.close()
+        self._marks.close()
 
     # -- the index -------------------------------------------------------------------
 
-    def read_index(self) -> tuple[list[IndexEntry], bool]:
+    def lookup(self, key: str) -> str | None:
         with self._using("read the index") as conn:
-            db = conn.db
-            version = conn.data_version()
-            if not self._index_loaded:
-                db.execute("BEGIN")  # one snapshot for both reads
-                try:
-                    rows = db.execute("SELECT id, key, created_at FROM sessions ORDER BY rowid").fetchall()
-                    self._index_seq = db.execute("SELECT coalesce(max(seq), 0) FROM index_log").fetchone()[0]
-                finally:
-                    db.execute("COMMIT")
-                self._index_loaded = True
-                entries = [IndexEntry(op="create", session_id=sid, key=key, created_at=created)
-                           for sid, key, created in rows]
-            else:
-                rows = db.execute("SELECT seq, op, session_id, key, created_at FROM index_log WHERE seq > ? "
-                                  "ORDER BY seq", (self._index_seq,)).fetchall()
-                entries = [IndexEntry(op=op, session_id=sid, key=key or "", created_at=created or 0)
-                           for _, op, sid, key, created in rows]
-                if rows:
-                    self._index_seq = rows[-1][0]
-            conn.index_version = version
-            return entries, False
+            row = conn.db.execute("SELECT id FROM sessions WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
-    def index_changed(self) -> bool:
+    def session_info(self, session_id: str) -> IndexEntry | None:
         with self._using("read the index") as conn:
-            return conn.data_version() != conn.index_version
+            row = conn.db.execute("SELECT id, key, created_at, forked_from FROM sessions WHERE id = ?",
+                                  (session_id,)).fetchone()
+        return _entry(row) if row else None
 
-    def create_session(self, key: str, session_id: str, created_at: int) -> None:
-        with self._using("create a session") as conn:
-            db = conn.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if db.execute("SELECT 1 FROM sessions WHERE key = ?", (key,)).fetchone() is None:
-                    db.execute("INSERT INTO sessions (id, key, created_at) VALUES (?, ?, ?)",
-                               (session_id, key, created_at))
-                    db.execute("INSERT INTO index_log (op, session_id, key, created_at) VALUES ('create', ?, ?, ?)",
-                               (session_id, key, created_at))
-                db.execute("COMMIT")
-            except BaseException:
-                db.rollback()
-                raise
+    def list_sessions(self) -> list[IndexEntry]:
+        with self._using("list the sessions") as conn:
+            rows = conn.db.execute("SELECT id, key, created_at, forked_from FROM sessions "
+                                   "ORDER BY created_at, id").fetchall()
+        return [_entry(row) for row in rows]
+
+    def create_session(self, key: str, session_id: str, created_at: int, *,
+                       messages: Sequence[bytes] = (), events: Sequence[bytes] = (),
+                       forked_from: tuple[str, str | None] | None = None) -> str:
+        with self._transaction("create a session") as db:  # one transaction: whole or nothing
+            row = db.execute("SELECT id FROM sessions WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                return str(row[0])
+            db.execute("INSERT INTO sessions (id, key, created_at, forked_from) VALUES (?, ?, ?, ?)",
+                       (session_id, key, created_at, json.dumps(list(forked_from)) if forked_from else None))
+            db.execute("INSERT INTO index_log (op, session_id, key, created_at) VALUES ('create', ?, ?, ?)",
+                       (session_id, key, created_at))
+            db.executemany("INSERT INTO messages (session_id, seq, id, record) VALUES (?, ?, ?, ?)",
+                           [(session_id, seq, json.loads(line)["id"], line[:-1].decode("utf-8"))
+                            for seq, line in enumerate(messages)])
+            db.executemany("INSERT INTO branch_events (session_id, seq, record) VALUES (?, ?, ?)",
+                           [(session_id, seq, line[:-1].decode("utf-8")) for seq, line in enumerate(events)])
+        return session_id
 
     def delete_session(self, session_id: str, at: int) -> None:
-        with self._using("delete a session") as conn:
-            db = conn.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
-                    raise SessionNotFound(session_id)
-                for table in ("messages", "branch_events", "leases", "quarantine"):
-                    db.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
-                db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
-                db.execute("INSERT INTO index_log (op, session_id, created_at) VALUES ('delete', ?, ?)",
-                           (session_id, at))
-                db.execute("COMMIT")
-            except BaseException:
-                db.rollback()
-                raise
-        self._generations.pop(session_id, None)
+        with self._transaction("delete a session") as db:
+            if db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
+                raise SessionNotFound(session_id)
+            for table in ("messages", "branch_events", "leases", "quarantine", "tallies"):
+                db.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
+            db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            db.execute("INSERT INTO index_log (op, session_id, created_at) VALUES ('delete', ?, ?)",
+                       (session_id, at))
+        self.forget(session_id)
+        if _SESSION_ID_RE.fullmatch(session_id):
+            with contextlib.suppress(OSError):
+                os.unlink(f"{self.path}-leases/{session_id}")
 
     # -- a session's records --------------------------------------------------------------
 
@@ -309,9 +363,9 @@ class SqliteStorage(Storage):
     def load(self, session_id: str, position: Position, *, writer: bool = False) -> Records | None:
         with self._using("read a session") as conn:
             version = conn.data_version()
-            # Nothing was committed by another connection since this one last read the
-            # session, and the store applied this connection's own writes: nothing new.
-            if position != (0, 0) and conn.versions.get(session_id) == version:
+            # Nothing was committed by another connection since this one brought a reader
+            # of this session to this very position: nothing new.
+            if position != (0, 0) and conn.versions.get(session_id) == (version, position):
                 return None
             rows = conn.db.execute(_LOAD, {"sid": session_id, "events": position[0],
                                            "messages": position[1]}).fetchall()
@@ -319,17 +373,19 @@ class SqliteStorage(Storage):
                 raise SessionNotFound(session_id)
             restart = False
             generation = rows[0][1]
-            if self._generations.get(session_id, generation) != generation:
+            if position != (0, 0) and self._generations.get(session_id, generation) != generation:
                 rows = conn.db.execute(_LOAD, {"sid": session_id, "events": 0, "messages": 0}).fetchall()
                 if not rows or rows[0][0] != 0:
                     raise SessionNotFound(session_id)
                 restart, generation = True, rows[0][1]
             self._generations[session_id] = generation
-            conn.versions[session_id] = version
+            found = Records.from_rows(session_id, position, rows[1:], events_label=f"{self.path}#branch_events",
+                                      messages_label=f"{self.path}#messages", restart=restart)
+            if not writer:  # a writer's own appends move it on; its next load must look
+                conn.versions[session_id] = (version, found.position)
         if len(rows) == 1 and not restart:
             return None
-        return Records.from_rows(session_id, position, rows[1:], events_label=f"{self.path}#branch_events",
-                                 messages_label=f"{self.path}#messages", restart=restart)
+        return found
 
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
         with self._using("append a message") as conn:
@@ -343,6 +399,26 @@ class SqliteStorage(Storage):
                             (session_id, position[0], line[:-1].decode("utf-8")))
         return (position[0] + 1, position[1])
 
+    # -- counts ------------------------------------------------------------------------------
+
+    def read_tally(self, session_id: str) -> tuple[Position, dict[str, Any]] | None:
+        with self._using("read a tally") as conn:
+            row = conn.db.execute("SELECT t.events, t.messages, t.record FROM tallies t JOIN sessions s "
+                                  "ON s.id = t.session_id AND s.generation = t.generation WHERE t.session_id = ?",
+                                  (session_id,)).fetchone()
+        if row is None:
+            return None
+        try:
+            tally = json.loads(row[2])
+        except ValueError:
+            return None
+        return ((row[0], row[1]), tally) if isinstance(tally, dict) else None
+
+    def write_tally(self, session_id: str, position: Position, tally: Mapping[str, Any]) -> None:
+        with self._using("save a tally") as conn:
+            conn.db.execute("INSERT OR REPLACE INTO tallies SELECT id, generation, ?, ?, ? FROM sessions WHERE id = ?",
+                            (position[0], position[1], json.dumps(dict(tally)), session_id))
+
     # -- leases ---------------------------------------------------------------------------
 
     def read_lease(self, session_id: str) -> dict[str, Any] | None:
@@ -352,14 +428,40 @@ class SqliteStorage(Storage):
             return None
         try:
             lease = json.loads(row[0])
-        except ValueError:
-            return None
-        return lease if isinstance(lease, dict) else None
+        except (ValueError, RecursionError):
+            return {"corrupt": True}
+        return lease if isinstance(lease, dict) else {"corrupt": True}
 
-    def write_lease(self, session_id: str, lease: Mapping[str, Any]) -> None:
+    def write_lease(self, session_id: str, lease: Mapping[str, Any], *, durable: bool) -> None:
+        # Inside writing(): committed with its transaction, synchronous=FULL when durable.
         with self._using("write a lease") as conn:
             conn.db.execute("INSERT OR REPLACE INTO leases (session_id, record) VALUES (?, ?)",
                             (session_id, json.dumps(dict(lease), separators=(",", ":"))))
+
+    def peek_lease(self, session_id: str) -> dict[str, Any] | None:
+        return self.read_lease(session_id)  # a plain read: WAL readers never wait for the writer
+
+    def _mark_path(self, session_id: str) -> str:
+        if not _SESSION_ID_RE.fullmatch(session_id):
+            raise InvalidInput(f"not a session id: {session_id!r}")
+        return f"{self.path}-leases/{session_id}"
+
+    def hold_lease(self, session_id: str) -> None:
+        path = self._mark_path(session_id)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._marks.hold(path)
+        except OSError as e:
+            raise StorageError(e.errno, f"could not keep the lease's proof of life {path}: {e.strerror}") from e
+
+    def drop_lease(self, session_id: str) -> None:
+        self._marks.release(self._mark_path(session_id))
+
+    def holder_gone(self, session_id: str, lease: Mapping[str, Any]) -> bool:
+        try:
+            return self._marks.is_held(self._mark_path(session_id)) is False
+        except (OSError, InvalidInput):
+            return False
 
     # -- check and repair -------------------------------------------------------------------
 
@@ -371,8 +473,9 @@ class SqliteStorage(Storage):
         return [Problem(session_id=None, file=self.path, offset=None, reason=f"quick_check: {row[0]}")
                 for row in rows if row[0] != "ok"]
 
-    def quarantine(self, session_id: str, problems: list[Problem]) -> list[str]:
-        """Rows the store cannot use move to the ``quarantine`` table (never deleted)."""
+    def quarantine(self, session_id: str, problems: list[Problem], placeholders: Mapping[int, bytes]) -> list[str]:
+        """Rows the store cannot use are copied to the ``quarantine`` table (never
+        deleted); a message row is then replaced by its placeholder, an event row removed."""
         fixed: list[str] = []
         with self._using("quarantine records") as conn:
             db = conn.db
@@ -383,13 +486,36 @@ class SqliteStorage(Storage):
                     db.execute(f"INSERT INTO quarantine (session_id, kind, seq, record) "
                                f"SELECT session_id, '{table}', seq, record FROM {table} "
                                f"WHERE session_id = ? AND seq = ?", (session_id, seq))
-                    db.execute(f"DELETE FROM {table} WHERE session_id = ? AND seq = ?",
-                               (session_id, seq))
+                    if table == "messages" and seq in placeholders:
+                        text = placeholders[seq][:-1].decode("utf-8")
+                        db.execute("UPDATE messages SET record = ?, id = ? WHERE session_id = ? AND seq = ?",
+                                   (text, json.loads(text)["id"], session_id, seq))
+                    else:
+                        db.execute(f"DELETE FROM {table} WHERE session_id = ? AND seq = ?", (session_id, seq))
                 if seqs:
                     fixed.append(f"{label}: moved {len(seqs)} unusable record(s) of {session_id} to quarantine")
             if fixed:
                 db.execute("UPDATE sessions SET generation = generation + 1 WHERE id = ?", (session_id,))
         return fixed
+
+
+class _Children:
+    """Storages to reset in a child process after ``fork()`` (held weakly)."""
+
+    def __init__(self) -> None:
+        self._storages: weakref.WeakSet[SqliteStorage] = weakref.WeakSet()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._run)
+
+    def add(self, storage: SqliteStorage) -> None:
+        self._storages.add(storage)
+
+    def _run(self) -> None:
+        for storage in list(self._storages):
+            storage.after_fork()
+
+
+_children = _Children()
 
 
 class _SqliteWriting:

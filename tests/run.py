@@ -8,6 +8,8 @@ The PostgreSQL tests use ``SESSION_STORE_POSTGRES_DSN`` when set; otherwise this
 starts a throwaway server (``tests/postgres_server.py``) when PostgreSQL is
 installed, and stops it afterwards. Without either they are skipped with a message,
 unless ``SESSION_STORE_REQUIRE_POSTGRES=1`` (CI sets it), which makes that a failure.
+The browser tests (tests/test_view.py) likewise need Debian's ``chromium`` and
+``chromium-driver``, and skip without them unless ``SESSION_STORE_REQUIRE_BROWSER=1``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ def main() -> None:
             server = postgres_server.start()  # a failure to start is an error, not a skip
             os.environ["SESSION_STORE_POSTGRES_DSN"] = server.dsn
             print(f"started PostgreSQL for the tests: {server.dsn}", flush=True)
+    if not all(os.path.exists(f"/usr/bin/{exe}") for exe in ("chromium", "chromedriver")):
+        print("Chromium is not installed: the browser tests will be skipped "
+              "(apt-get install chromium chromium-driver)", flush=True)
     try:
         run(py, "-m", "pytest", *sys.argv[1:])
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -107,10 +108,13 @@ def test_corpus_parent_cycle_written_by_hand(tmp_path: Path) -> None:
         f.write(json.dumps({"id": "x", "parentId": "y", "role": "user", "content": "", "timestamp": 1}) + "\n")
         f.write(json.dumps({"id": "y", "parentId": "x", "role": "user", "content": "", "timestamp": 1}) + "\n")
     with SessionStore(storage_dir=tmp_path) as store:
-        assert store.get_messages(sid) == msgs  # both records refused: their parents never precede them
+        got = store.get_messages(sid)
+        assert got[:3] == msgs and [m.id for m in got[3:]] == ["x", "y"]  # kept: nothing is hidden
+        assert store.get_linear_history(sid, "y") == got[3:]  # x is a root: no path loops
+        assert [m.id for m in store.get_tree(sid, "x")] == ["x", "y"]
         report = store.check()
         assert [p.reason for p in report.problems] == [
-            "parent 'y' of 'x' is not an earlier message", "parent 'x' of 'y' is not an earlier message"]
+            "parent 'y' of 'x' is missing (its record was lost): kept as a root"]
         assert all(p.session_id == sid and p.offset is not None for p in report.problems)
 
 
@@ -126,21 +130,25 @@ def test_corpus_garbage_in_the_branch_log(tmp_path: Path) -> None:
         assert len(reasons) == 2 and "not JSON" in reasons[0] and "unknown message 'nope'" in reasons[1]
 
 
-def test_corpus_garbage_in_the_key_journal(tmp_path: Path) -> None:
+def test_corpus_garbage_in_the_key_index(tmp_path: Path) -> None:
     sid, _ = make_session(tmp_path)
-    (tmp_path / "sessions.json").unlink()
-    with open(tmp_path / "keys.jsonl", "ab") as f:
-        f.write(b"{broken\n")
+    (tmp_path / "keys" / "00").mkdir(exist_ok=True)
+    (tmp_path / "keys" / "00" / "not-a-link").write_text("{broken")
+    os.symlink("../../../etc", tmp_path / "keys" / "00" / ("0" * 64))
     with SessionStore(storage_dir=tmp_path) as store:
-        assert store.resolve("k") == sid
-        assert any("not JSON" in p.reason for p in store.check().problems)
+        assert store.resolve("k") == sid and store.get_all_session_ids() == [sid]
+        reasons = [p.reason for p in store.check().problems]
+        assert len(reasons) == 2 and all("a key link to no session" in r for r in reasons)
+        assert store.repair().ok
+    assert [n for n in os.listdir(tmp_path / "keys" / "00") if n != ".lock"] == []  # .lock: the shard's lock
 
 
 def test_corpus_unusable_session_json_is_reported(tmp_path: Path) -> None:
     sid, _ = make_session(tmp_path)
     (tmp_path / sid / "session.json").write_text("{")
     with SessionStore(storage_dir=tmp_path) as store:
-        assert store.get_messages(sid)  # the index still knows it
+        assert store.get_messages(sid)  # still reachable by its id and its key
+        assert store.resolve("k") == sid and store.get_all_session_ids() == [sid]
         assert any("session.json is unusable" in p.reason for p in store.check().problems)
 
 
@@ -150,7 +158,7 @@ def test_corpus_corrupt_lease_is_a_free_lease(tmp_path: Path, caplog: pytest.Log
     with SessionStore(storage_dir=tmp_path) as store:
         assert store.get_lock(sid) is None
         assert store.acquire_lock(sid, "a").acquired
-    assert "lease as free" in caplog.text
+    assert "corrupt" in caplog.text and "as free" in caplog.text
 
 
 def test_check_changes_nothing(tmp_path: Path) -> None:
@@ -158,15 +166,19 @@ def test_check_changes_nothing(tmp_path: Path) -> None:
     log = tmp_path / sid / "messages.jsonl"
     with open(log, "ab") as f:
         f.write(b"garbage\n{\"torn")
-    (tmp_path / "sessions.json").write_text("")
-    with SessionStore(storage_dir=tmp_path, index_save_delay_ms=60_000) as store:
-        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    lost, _ = make_session(tmp_path / "other")
+    os.rename(tmp_path / "other" / lost, tmp_path / lost)  # a session the index does not know
+    before = {p: (p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
+    with SessionStore(storage_dir=tmp_path) as store:
         report = store.check()
-        after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-        assert after == before
-        assert sorted(p.reason.split(":")[0] for p in report.problems) == [
-            "incomplete last line (6 bytes, torn write)", "not JSON",
-            "sessions.json is empty or corrupt (rebuilt when a store opens)"]
+        store.get_metadata(sid)
+        store.get_all_session_ids()
+    after = {p: (p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
+    assert after == before  # opening, checking and reading wrote nothing, not even at close
+    assert sorted(p.reason.split(":")[0] for p in report.problems) == [
+        "incomplete last line (6 bytes, torn write)", "not JSON",
+        "session folder is not in the index (repair adopts it, or sets it aside if its key belongs to another "
+        "session)"]
 
 
 def test_check_and_repair_quarantine_bad_lines_byte_for_byte(tmp_path: Path) -> None:
@@ -184,28 +196,33 @@ def test_check_and_repair_quarantine_bad_lines_byte_for_byte(tmp_path: Path) -> 
         assert (log.read_bytes().count(b"\n")) == 6  # check wrote nothing
         repaired = store.repair()
         assert repaired.ok, repaired.problems
-        assert repaired.fixed == [f"{log}: moved 4 unusable line(s) to {log}.quarantine"]
-        assert store.get_messages(sid) == msgs
+        assert repaired.fixed == [f"{log}: moved 4 unusable line(s) to {log}.quarantine, 3 of them replaced by a "
+                                  "placeholder keeping its place in the tree"]
+        got = store.get_messages(sid)
+        assert got[:3] == msgs and [m.type for m in got[3:]] == ["damaged"] * 3  # each record's place is kept
         new = store.append(sid, role="user", content="after repair")
     quarantine = (tmp_path / sid / "messages.jsonl.quarantine").read_bytes()
     assert quarantine == b"".join(line + b"\n" for line in bad) + b'{"id":"torn"\n'  # nothing deleted
     with SessionStore(storage_dir=tmp_path) as store:
-        assert store.get_messages(sid) == [*msgs, new] and store.check().ok
+        assert store.get_messages(sid) == [*got, new] and store.check().ok
+
+
+def _link_of(root: Path, key: str) -> tuple[str, str]:
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return digest[:2], digest
 
 
 def test_repair_adopts_an_unindexed_folder_and_rewrites_the_index(tmp_path: Path) -> None:
     sid, msgs = make_session(tmp_path)
-    # a session whose creation never reached the journal (crash between folder and journal)
-    (tmp_path / "keys.jsonl").write_bytes(b"")
-    (tmp_path / "sessions.json").write_text('{"version":1,"journalBytes":0,"keys":{},"sessions":{}}')
+    os.unlink(os.path.join(tmp_path, "keys", *_link_of(tmp_path, "k")))  # the key index lost it
     with SessionStore(storage_dir=tmp_path) as store:
-        assert not store.has_session(sid)
+        assert not store.has_key("k") and store.get_all_session_ids() == []
         assert any(p.session_id == sid for p in store.check().problems)
         report = store.repair()
         assert report.ok and report.fixed == [f"{tmp_path}/{sid}: adopted into the index (key 'k')"]
         assert store.resolve("k") == sid and store.get_messages(sid) == msgs
     with SessionStore(storage_dir=tmp_path) as store:
-        assert store.resolve("k") == sid  # the adoption was journaled
+        assert store.resolve("k") == sid  # the adoption is durable
 
 
 # -- hostile input ----------------------------------------------------------------------
@@ -254,10 +271,10 @@ def test_hostile_strings_never_escape_the_storage_dir(key: str, message_id: str,
             attempt(lambda: store.reset(other_sid))
         files = all_files(outside)
         assert all(p == root or root in p.parents for p in files)  # nothing outside storage_dir
-        allowed_top = {"sessions.json", "keys.jsonl", sid}
+        allowed_top = {"session-store.json", "keys", sid}
         assert {p.name for p in root.iterdir()} <= allowed_top
         assert {p.name for p in (root / sid).iterdir()} <= {
-            "session.json", "messages.jsonl", "branches.jsonl", "lock.json"}
+            "session.json", "messages.jsonl", "branches.jsonl", "lock.json", "lease.lock", "stats.json"}
         with SessionStore(storage_dir=root) as again:
             assert again.get_messages(sid)[0] == first
             assert again.check().ok
@@ -269,21 +286,21 @@ def test_symlinked_storage_dir_is_used_as_given(tmp_path: Path) -> None:
     os.symlink(real, tmp_path / "link")
     with SessionStore(storage_dir=tmp_path / "link") as store:
         store.append(store.resolve("k"), role="user", content="x")
-    assert (real / "keys.jsonl").exists()
+    assert (real / "session-store.json").exists() and (real / "keys").is_dir()
 
 
-def test_repair_sets_aside_an_interrupted_creation_whose_key_was_taken(tmp_path: Path) -> None:
+def test_repair_sets_aside_a_session_whose_key_was_taken(tmp_path: Path) -> None:
     sid, _ = make_session(tmp_path)
-    # simulate: creation of "k" interrupted before its journal line, then "k" created again
-    (tmp_path / "keys.jsonl").write_bytes(b"")
-    (tmp_path / "sessions.json").write_text('{"version":1,"journalBytes":0,"keys":{},"sessions":{}}')
+    os.unlink(os.path.join(tmp_path, "keys", *_link_of(tmp_path, "k")))  # the index lost it...
     with SessionStore(storage_dir=tmp_path) as store:
-        new_sid = store.resolve("k")
+        new_sid = store.resolve("k")  # ...and "k" was resolved again before a repair
         assert new_sid != sid
         report = store.repair()
         assert report.ok
-        assert report.fixed == [f"{tmp_path}/{sid}: its key belongs to another session; "
-                                f"set aside as {tmp_path}/.orphan-{sid}"]
+        assert report.fixed == [f"{tmp_path}/{sid}: its key 'k' belongs to another session; "
+                                f"kept aside as {tmp_path}/.orphan-{sid}"]
+        assert store.repair().fixed == [f"{tmp_path}/.orphan-{sid}: kept (messages of a session whose key another "
+                                        "session has)"]
     assert (tmp_path / f".orphan-{sid}" / "messages.jsonl").exists()  # nothing deleted
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import session_store as ss
+import session_store_transcripts as tt
 from session_store import InvalidInput, InvalidKey, SessionStore
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -39,10 +40,11 @@ def read_jsonl(path: Path) -> list[Any]:
 
 def assert_openai_accepts(messages: list[dict[str, Any]]) -> None:
     """Chat Completions' rules: every assistant tool call is answered by exactly one
-    ``tool`` message right after it, and no ``tool`` message answers anything else."""
+    ``tool`` message right after it, and no ``tool`` message answers anything else;
+    call ids of at most 40 characters."""
     open_calls: set[str] = set()
     for i, m in enumerate(messages):
-        assert m["role"] in ("system", "user", "assistant", "tool"), m
+        assert m["role"] in ("system", "developer", "user", "assistant", "tool"), m
         if m["role"] == "tool":
             assert m["tool_call_id"] in open_calls, f"message {i} answers no open call"
             open_calls.remove(m["tool_call_id"])
@@ -54,6 +56,7 @@ def assert_openai_accepts(messages: list[dict[str, Any]]) -> None:
             for call in m.get("tool_calls", []):
                 assert call["type"] == "function" and isinstance(call["function"]["name"], str)
                 assert isinstance(json.loads(call["function"]["arguments"]), dict)
+                assert 0 < len(call["id"]) <= 40, call["id"]
                 open_calls.add(call["id"])
     assert not open_calls
 
@@ -100,7 +103,7 @@ def assert_every_leaf_gives_valid_contexts(store: SessionStore, sid: str) -> Non
 
 def test_pi_v1_file_imports_every_line_on_every_backend(store: SessionStore) -> None:
     lines = read_jsonl(PI_V1)
-    sid = store.import_pi(PI_V1)
+    sid = tt.import_pi(store, PI_V1)
     messages = store.get_messages(sid)
     assert len(messages) == len(lines)  # header + 1,018 entries, one message each
     assert store.get_metadata(sid).key == f"pi:{lines[0]['id']}"  # type: ignore[union-attr]
@@ -112,9 +115,9 @@ def test_pi_v1_file_imports_every_line_on_every_backend(store: SessionStore) -> 
 
 def test_pi_v1_exports_as_version_3_with_ids_and_every_field_kept(tmp_path: Path, mem: SessionStore) -> None:
     lines = read_jsonl(PI_V1)
-    sid = mem.import_pi(PI_V1)
+    sid = tt.import_pi(mem, PI_V1)
     out = tmp_path / "out.jsonl"
-    mem.export_pi(sid, out)
+    tt.export_pi(mem, sid, out)
     back = read_jsonl(out)
     assert back[0] == {**lines[0], "version": 3}
     for before, after in zip(lines[1:], back[1:], strict=True):
@@ -123,14 +126,14 @@ def test_pi_v1_exports_as_version_3_with_ids_and_every_field_kept(tmp_path: Path
     assert [e["parentId"] for e in back[1:]] == [None] + [e["id"] for e in back[1:-1]]
     # importing the same file again gives the same ids; the v3 file round-trips exactly
     again = SessionStore(ss.InMemoryFileSystem())
-    assert [m.id for m in again.get_messages(again.import_pi(PI_V1))] == [m.id for m in mem.get_messages(sid)]
+    assert [m.id for m in again.get_messages(tt.import_pi(again, PI_V1))] == [m.id for m in mem.get_messages(sid)]
     third = tmp_path / "again.jsonl"
-    again.export_pi(again.import_pi(out, key="v3"), third)
+    tt.export_pi(again, tt.import_pi(again, out, key="v3"), third)
     assert read_jsonl(third) == back
 
 
 def test_pi_v1_contexts_are_valid_for_both_apis(mem: SessionStore) -> None:
-    sid = mem.import_pi(PI_V1)
+    sid = tt.import_pi(mem, PI_V1)
     openai = mem.build_context(sid)
     assert_openai_accepts(openai)
     anthropic = mem.build_context(sid, format="anthropic")
@@ -201,16 +204,16 @@ def pi_v3_session() -> list[dict[str, Any]]:
 
 def test_pi_v3_round_trip_is_exact_line_by_line(tmp_path: Path, store: SessionStore) -> None:
     lines = pi_v3_session()
-    sid = store.import_pi([json.dumps(line) for line in lines])
+    sid = tt.import_pi(store, [json.dumps(line) for line in lines])
     assert store.get_linear_history(sid)[-1].id == "a0000011"  # the last line is the leaf
     assert [m.id for m in store.get_children(sid, "a0000006")] == ["a0000007", "a000000e"]
     out = tmp_path / "pi.jsonl"
-    store.export_pi(sid, out)
+    tt.export_pi(store, sid, out)
     assert read_jsonl(out) == lines
 
 
 def test_pi_v3_records_read_naturally(mem: SessionStore) -> None:
-    sid = mem.import_pi([json.dumps(line) for line in pi_v3_session()])
+    sid = tt.import_pi(mem, [json.dumps(line) for line in pi_v3_session()])
     by_id = {m.id: m for m in mem.get_messages(sid)}
     header = mem.get_messages(sid)[0]
     assert (header.type, header.parent_id, by_id["a0000001"].parent_id) == ("pi.session", None, header.id)
@@ -221,7 +224,7 @@ def test_pi_v3_records_read_naturally(mem: SessionStore) -> None:
 
 
 def test_pi_compaction_context_is_summary_then_kept_entries_then_the_rest(mem: SessionStore) -> None:
-    sid = mem.import_pi([json.dumps(line) for line in pi_v3_session()])
+    sid = tt.import_pi(mem, [json.dumps(line) for line in pi_v3_session()])
     context = mem.build_context(sid, "a000000d")
     assert_openai_accepts(context)
     assert [m["role"] for m in context] == ["user", "user", "user", "user"]
@@ -236,7 +239,7 @@ def test_pi_compaction_context_is_summary_then_kept_entries_then_the_rest(mem: S
 
 
 def test_pi_branch_context_has_the_branch_summary_and_answers_the_open_call(mem: SessionStore) -> None:
-    sid = mem.import_pi([json.dumps(line) for line in pi_v3_session()])
+    sid = tt.import_pi(mem, [json.dumps(line) for line in pi_v3_session()])
     openai = mem.build_context(sid)
     assert_openai_accepts(openai)
     assert [m["role"] for m in openai] == ["user", "assistant", "tool", "assistant", "user", "user",
@@ -261,9 +264,9 @@ def test_pi_v2_hook_messages_become_custom_and_export_as_v3(tmp_path: Path, mem:
              {"type": "message", "id": "b1", "parentId": None, "timestamp": "2025-12-01T00:00:01.000Z",
               "message": {"role": "hookMessage", "customType": "hook", "content": "from a hook", "display": True,
                           "timestamp": 1}}]
-    sid = mem.import_pi([json.dumps(line) for line in lines])
+    sid = tt.import_pi(mem, [json.dumps(line) for line in lines])
     assert mem.build_context(sid) == [{"role": "user", "content": "from a hook"}]
-    mem.export_pi(sid, tmp_path / "v3.jsonl")
+    tt.export_pi(mem, sid, tmp_path / "v3.jsonl")
     header, entry = read_jsonl(tmp_path / "v3.jsonl")
     assert header["version"] == 3 and entry["message"]["role"] == "custom"
 
@@ -274,7 +277,7 @@ def test_pi_v1_compaction_index_becomes_an_entry_id(mem: SessionStore) -> None:
              {"type": "message", "timestamp": "2025-10-01T00:00:02.000Z", "message": {"role": "user", "content": "b"}},
              {"type": "compaction", "timestamp": "2025-10-01T00:00:03.000Z", "summary": "S", "firstKeptEntryIndex": 2,
               "tokensBefore": 9}]
-    sid = mem.import_pi([json.dumps(line) for line in lines])
+    sid = tt.import_pi(mem, [json.dumps(line) for line in lines])
     messages = mem.get_messages(sid)
     compaction = messages[-1].fields["pi"]
     assert compaction["firstKeptEntryId"] == messages[2].id and "firstKeptEntryIndex" not in compaction
@@ -282,14 +285,14 @@ def test_pi_v1_compaction_index_becomes_an_entry_id(mem: SessionStore) -> None:
 
 
 def test_native_messages_added_after_a_pi_import_export_as_pi_entries(tmp_path: Path, mem: SessionStore) -> None:
-    sid = mem.import_pi([json.dumps(line) for line in pi_v3_session()[:7]])
+    sid = tt.import_pi(mem, [json.dumps(line) for line in pi_v3_session()[:7]])
     mem.append(sid, role="user", content="Read it.")
     mem.append(sid, role="assistant", content="Reading.", tool_calls=[
         {"id": "c9", "type": "function", "function": {"name": "read", "arguments": '{"path":"a.py"}'}}])
     mem.append(sid, role="tool", content="print(1)", tool_call_id="c9")
     mem.append(sid, role="system", content="Be brief.")
     out = tmp_path / "more.jsonl"
-    mem.export_pi(sid, out)
+    tt.export_pi(mem, sid, out)
     lines = read_jsonl(out)
     assert lines[:7] == pi_v3_session()[:7]
     added = lines[7:]
@@ -301,7 +304,7 @@ def test_native_messages_added_after_a_pi_import_export_as_pi_entries(tmp_path: 
         "isError": False, "timestamp": 0}
     assert added[3]["type"] == "custom_message" and added[3]["content"] == "Be brief."
     # pi reads it back to the same conversation
-    again = mem.import_pi(out, key="again")
+    again = tt.import_pi(mem, out, key="again")
     assert mem.build_context(again) == [*mem.build_context(sid)[:-1], {"role": "user", "content": "Be brief."}]
 
 
@@ -313,11 +316,11 @@ def test_export_pi_of_a_native_session_writes_a_header_and_resumes_at_the_head(t
     alt = mem.append(sid, role="assistant", content="Hey", parent_id=q.id)
     mem.create_branch(sid, "alt", alt.id)
     mem.switch_to_branch(sid, "main")  # main's head was appended before alt: it must still come last
-    mem.export_pi(sid, tmp_path / "n.jsonl")
+    tt.export_pi(mem, sid, tmp_path / "n.jsonl")
     lines = read_jsonl(tmp_path / "n.jsonl")
     assert lines[0] | {"timestamp": ""} == {"type": "session", "version": 3, "id": sid, "timestamp": "", "cwd": ""}
     assert lines[-1]["message"]["content"] == [{"type": "text", "text": "Hello"}]
-    again = mem.import_pi(tmp_path / "n.jsonl", key="copy")
+    again = tt.import_pi(mem, tmp_path / "n.jsonl", key="copy")
     assert mem.build_context(again) == mem.build_context(sid)
 
 
@@ -337,41 +340,41 @@ def test_export_pi_of_a_native_session_writes_a_header_and_resumes_at_the_head(t
 ])
 def test_bad_pi_input_raises_and_writes_nothing(mem: SessionStore, lines: list[str], error: str) -> None:
     with pytest.raises(InvalidInput, match=error):
-        mem.import_pi(lines, key="k")
+        tt.import_pi(mem, lines, key="k")
     assert mem.get_all_session_ids() == [] and not mem.has_key("k")
 
 
 @pytest.mark.parametrize("source", [42, None, [b"{}"], ["{}", 7]])
 def test_importers_refuse_what_is_neither_a_path_nor_lines(mem: SessionStore, source: Any) -> None:
     with pytest.raises(InvalidInput):
-        mem.import_pi(source)
+        tt.import_pi(mem, source)
     with pytest.raises(InvalidInput, match="give a path"):
-        mem.import_claude_code(source)
+        tt.import_claude_code(mem, source)
     assert mem.get_all_session_ids() == []
 
 
 def test_pi_import_of_a_missing_file_or_a_taken_key(tmp_path: Path, mem: SessionStore) -> None:
     with pytest.raises(InvalidInput, match="cannot read"):
-        mem.import_pi(tmp_path / "missing.jsonl")
+        tt.import_pi(mem, tmp_path / "missing.jsonl")
     mem.resolve("taken")
     with pytest.raises(InvalidKey):
-        mem.import_pi([json.dumps(line) for line in pi_v3_session()], key="taken")
+        tt.import_pi(mem, [json.dumps(line) for line in pi_v3_session()], key="taken")
 
 
 def test_a_torn_last_line_is_skipped_but_only_at_the_end_of_a_file(tmp_path: Path, mem: SessionStore) -> None:
     text = "\n".join(json.dumps(line) for line in pi_v3_session()[:4])
     (tmp_path / "torn.jsonl").write_text(text + '\n{"type":"message","id":"a00', encoding="utf-8")
-    sid = mem.import_pi(tmp_path / "torn.jsonl")
+    sid = tt.import_pi(mem, tmp_path / "torn.jsonl")
     assert len(mem.get_messages(sid)) == 4
     (tmp_path / "bad.jsonl").write_text('{"type":"message","id":"a00\n' + text + "\n", encoding="utf-8")
     with pytest.raises(InvalidInput, match="line 1"):
-        mem.import_pi(tmp_path / "bad.jsonl")
+        tt.import_pi(mem, tmp_path / "bad.jsonl")
 
 
 def test_lone_surrogates_become_replacement_characters(tmp_path: Path, mem: SessionStore) -> None:
     lines = pi_v3_session()[:4]
     text = "\n".join(json.dumps(line) for line in lines).replace("List the files.", "List \\ud83d the files.")
-    sid = mem.import_pi(text.splitlines())
+    sid = tt.import_pi(mem, text.splitlines())
     assert mem.get_messages(sid)[-1].content == "List \ufffd the files."
 
 
@@ -380,9 +383,9 @@ def test_lone_surrogates_become_replacement_characters(tmp_path: Path, mem: Sess
 
 @pytest.mark.parametrize("path", CLAUDE_FILES, ids=lambda p: p.name)
 def test_claude_code_files_round_trip_line_by_line(tmp_path: Path, store: SessionStore, path: Path) -> None:
-    sid = store.import_claude_code(path)
+    sid = tt.import_claude_code(store, path)
     out = tmp_path / "out.jsonl"
-    written = store.export_claude_code(sid, out)
+    written = tt.export_claude_code(store, sid, out)
     assert written[0] == str(out)
     assert read_jsonl(out) == read_jsonl(path)
     subagents = sorted((path.parent / path.stem / "subagents").glob("*.jsonl"))
@@ -393,13 +396,13 @@ def test_claude_code_files_round_trip_line_by_line(tmp_path: Path, store: Sessio
 
 @pytest.mark.parametrize("path", CLAUDE_FILES, ids=lambda p: p.name)
 def test_claude_code_contexts_are_valid_for_both_apis_at_every_leaf(mem: SessionStore, path: Path) -> None:
-    sid = mem.import_claude_code(path)
+    sid = tt.import_claude_code(mem, path)
     assert_every_leaf_gives_valid_contexts(mem, sid)
 
 
 def test_claude_code_subagent_sidechain_is_kept_apart_on_its_own_branch(mem: SessionStore) -> None:
     path = FIXTURES / "claude-code" / "minimal_showcase" / "55550000-0000-4000-8000-000000000001.jsonl"
-    sid = mem.import_claude_code(path)
+    sid = tt.import_claude_code(mem, path)
     assert mem.get_metadata(sid).key == "claude-code:55550000-0000-4000-8000-000000000001"  # type: ignore[union-attr]
     assert {b.name: b.head_id for b in mem.get_branches(sid)} == {"main": "sc-a5", "agent-showcol2": "showcol2-a2"}
     assert mem.get_current_branch(sid) == "main"
@@ -411,7 +414,7 @@ def test_claude_code_subagent_sidechain_is_kept_apart_on_its_own_branch(mem: Ses
 
 
 def test_claude_code_odd_lines_are_kept_and_written_back(mem: SessionStore) -> None:
-    sid = mem.import_claude_code(FIXTURES / "claude-code" / "edge_cases.jsonl")
+    sid = tt.import_claude_code(mem, FIXTURES / "claude-code" / "edge_cases.jsonl")
     messages = mem.get_messages(sid)
     kept = [m for m in messages if "claude_code_line" in m.fields]
     assert [m.fields["claude_code_line"] for m in kept if not isinstance(m.fields["claude_code_line"], dict)] == [
@@ -465,7 +468,7 @@ def write_claude(tmp_path: Path, lines: list[Any]) -> Path:
 
 
 def test_claude_code_split_response_merges_into_one_assistant_turn(tmp_path: Path, mem: SessionStore) -> None:
-    sid = mem.import_claude_code(write_claude(tmp_path, claude_session()))
+    sid = tt.import_claude_code(mem, write_claude(tmp_path, claude_session()))
     assert len(mem.get_messages(sid)) == 11  # one message per line
     request = mem.build_context(sid, "r1", format="anthropic")
     assert_anthropic_accepts(request)
@@ -480,29 +483,29 @@ def test_claude_code_split_response_merges_into_one_assistant_turn(tmp_path: Pat
 
 
 def test_claude_code_compaction_boundary_starts_the_context(tmp_path: Path, mem: SessionStore) -> None:
-    sid = mem.import_claude_code(write_claude(tmp_path, claude_session()))
+    sid = tt.import_claude_code(mem, write_claude(tmp_path, claude_session()))
     boundary = mem.get_message(sid, "b1")
     assert boundary.parent_id is None and boundary.fields["claude_code"]["logicalParentUuid"] == "e1"
     assert mem.get_branch(sid, "main").head_id == "a4"  # type: ignore[union-attr]
     assert mem.build_context(sid) == [{"role": "user", "content": "Summary: the user asked to fix a bug."},
                                       {"role": "assistant", "content": "Continuing."}]
-    assert {b.name for b in mem.get_branches(sid)} == {"main", "sidechain"}
+    assert {b.name for b in mem.get_branches(sid)} == {"main", "sidechain-sc1"}
     out = tmp_path / "back.jsonl"
-    mem.export_claude_code(sid, out)
+    tt.export_claude_code(mem, sid, out)
     assert read_jsonl(out) == claude_session()
 
 
 def test_claude_code_export_of_native_messages_is_anthropic_shaped(tmp_path: Path, mem: SessionStore) -> None:
-    sid = mem.import_claude_code(write_claude(tmp_path, claude_session()))
+    sid = tt.import_claude_code(mem, write_claude(tmp_path, claude_session()))
     mem.append(sid, role="user", content="Thanks")
     out = tmp_path / "more" / "x.jsonl"
-    mem.export_claude_code(sid, out)
+    tt.export_claude_code(mem, sid, out)
     lines = read_jsonl(out)
     assert lines[:-1] == claude_session()
     assert lines[-1] | {"uuid": "", "timestamp": ""} == {
         "type": "user", "uuid": "", "parentUuid": "a4", "isSidechain": False, "sessionId": "cc-1", "timestamp": "",
         "message": {"role": "user", "content": "Thanks"}}
-    again = mem.import_claude_code(out, key="again")
+    again = tt.import_claude_code(mem, out, key="again")
     assert mem.build_context(again) == mem.build_context(sid)
 
 
@@ -510,7 +513,7 @@ def test_claude_code_import_errors_write_nothing(tmp_path: Path, mem: SessionSto
     path = tmp_path / "bad.jsonl"
     path.write_text('{"type":"user","uuid":"u"}\nnot json\n{"type":"user","uuid":"v"}\n', encoding="utf-8")
     with pytest.raises(InvalidInput, match="line 2"):
-        mem.import_claude_code(path)
+        tt.import_claude_code(mem, path)
     assert mem.get_all_session_ids() == []
 
 
@@ -547,14 +550,15 @@ def test_anthropic_contexts_start_with_a_user_turn(mem: SessionStore) -> None:
     assert request["messages"][1] == {"role": "assistant", "content": "Welcome back."}
 
 
-def test_a_reset_marker_is_system_text_in_both_formats(mem: SessionStore) -> None:
+def test_a_reset_marker_asked_for_is_system_text_in_both_formats(mem: SessionStore) -> None:
     sid = mem.resolve("k")
     mem.append(sid, role="user", content="a")
     mem.reset(sid)
     mem.append(sid, role="user", content="b")
-    assert [m["role"] for m in mem.build_context(sid)] == ["system", "user"]
-    request = mem.build_context(sid, format="anthropic")
+    assert [m["role"] for m in mem.build_context(sid, include_reset_markers=True)] == ["system", "user"]
+    request = mem.build_context(sid, format="anthropic", include_reset_markers=True)
     assert "reset" in request["system"].lower() and request["messages"] == [{"role": "user", "content": "b"}]
+    assert mem.build_context(sid) == [{"role": "user", "content": "b"}]  # by default: not sent
 
 
 def test_unknown_context_format_is_refused(mem: SessionStore) -> None:
@@ -564,9 +568,9 @@ def test_unknown_context_format_is_refused(mem: SessionStore) -> None:
 
 def test_claude_code_export_with_subagents_needs_a_jsonl_path(tmp_path: Path, mem: SessionStore) -> None:
     path = FIXTURES / "claude-code" / "minimal_showcase" / "55550000-0000-4000-8000-000000000001.jsonl"
-    sid = mem.import_claude_code(path)
+    sid = tt.import_claude_code(mem, path)
     with pytest.raises(InvalidInput, match=r"ending in \.jsonl"):
-        mem.export_claude_code(sid, tmp_path / "transcript")
+        tt.export_claude_code(mem, sid, tmp_path / "transcript")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -617,11 +621,11 @@ def test_every_leaf_of_any_tree_gives_contexts_both_apis_accept(steps: list[tupl
 @pytest.mark.parametrize("path", [*CLAUDE_FILES, PI_V1], ids=lambda p: p.name)
 def test_contexts_survive_conversion_between_formats(tmp_path: Path, mem: SessionStore, path: Path) -> None:
     """pi -> Claude Code and Claude Code -> pi: what a model is sent does not change."""
-    sid = mem.import_pi(path) if path == PI_V1 else mem.import_claude_code(path)
-    mem.export_pi(sid, tmp_path / "as-pi.jsonl")
-    via_pi = mem.import_pi(tmp_path / "as-pi.jsonl", key="via pi")
-    mem.export_claude_code(via_pi, tmp_path / "as-claude.jsonl")
-    via_both = mem.import_claude_code(tmp_path / "as-claude.jsonl", key="via both")
+    sid = tt.import_pi(mem, path) if path == PI_V1 else tt.import_claude_code(mem, path)
+    tt.export_pi(mem, sid, tmp_path / "as-pi.jsonl")
+    via_pi = tt.import_pi(mem, tmp_path / "as-pi.jsonl", key="via pi")
+    tt.export_claude_code(mem, via_pi, tmp_path / "as-claude.jsonl")
+    via_both = tt.import_claude_code(mem, tmp_path / "as-claude.jsonl", key="via both")
     for fmt in ("openai", "anthropic"):
         expected = mem.build_context(sid, format=fmt)
         assert mem.build_context(via_pi, format=fmt) == expected

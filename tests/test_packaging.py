@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,11 +13,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 USER_CODE = '''
+import session_store_transcripts
 from session_store import SessionStore
 from session_store_sqlite import SqliteStorage
 
 store = SessionStore(SqliteStorage("sessions.db"))
 count: int = store.resolve("user:alice")
+copy: str = session_store_transcripts.import_pi(store, ["{}"], key="pi:copy")
 '''
 
 
@@ -33,7 +36,12 @@ def test_the_wheel_holds_the_single_files_byte_for_byte_with_py_typed(tmp_path: 
         assert wheel.read("session_store/__init__.py") == (ROOT / "session_store.py").read_bytes()
         sqlite = (ROOT / "backends" / "session_store_sqlite.py").read_bytes()
         assert wheel.read("session_store_sqlite/__init__.py") == sqlite
-    assert {"session_store/py.typed", "session_store_sqlite/py.typed", "session_store_conformance/py.typed"} <= names
+        view = (ROOT / "integrations" / "session_store_view.py").read_bytes()
+        assert wheel.read("session_store_view/__init__.py") == view
+        transcripts = (ROOT / "integrations" / "session_store_transcripts.py").read_bytes()
+        assert wheel.read("session_store_transcripts/__init__.py") == transcripts
+    assert {"session_store/py.typed", "session_store_sqlite/py.typed", "session_store_conformance/py.typed",
+            "session_store_view/py.typed", "session_store_transcripts/py.typed"} <= names
 
 
 def test_mypy_sees_real_types_in_an_installed_wheel(tmp_path: Path) -> None:
@@ -60,3 +68,33 @@ def test_mypy_sees_real_types_in_an_installed_wheel(tmp_path: Path) -> None:
     run = subprocess.run([str(python), "-m", "session_store", "--dir", str(tmp_path / "demo"), "demo"],
                          capture_output=True, text=True, env=env, cwd=user)
     assert run.returncode == 0, run.stderr
+
+
+VENDORED_APP = '''
+import json, sys
+import session_store, session_store_transcripts
+lines = [json.dumps({"type": "session", "version": 3, "id": "p1", "timestamp": "2026-01-01T00:00:00.000Z", "cwd": "/"}),
+         json.dumps({"type": "message", "id": "e1", "parentId": None, "timestamp": "2026-01-01T00:00:01.000Z",
+                     "message": {"role": "user", "content": "Hello from pi"}})]
+with session_store.SessionStore(session_store.InMemoryFileSystem()) as store:
+    sid = session_store_transcripts.import_pi(store, lines)
+    print(json.dumps(store.build_context(sid)))
+'''
+
+
+def test_vendoring_the_two_files_is_enough_for_transcripts(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    for source in (ROOT / "session_store.py", ROOT / "integrations" / "session_store_transcripts.py"):
+        (app / source.name).write_bytes(source.read_bytes())
+    (app / "main.py").write_text(VENDORED_APP)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    run = subprocess.run([sys.executable, "-S", "main.py"], cwd=app, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [{"role": "user", "content": "Hello from pi"}]
+    pi = tmp_path / "pi.jsonl"
+    pi.write_text(json.dumps({"type": "session", "version": 3, "id": "p1", "timestamp": "2026-01-01T00:00:00Z",
+                              "cwd": "/"}) + "\n")
+    cli = subprocess.run([sys.executable, "-S", str(app / "session_store.py"), "import", str(pi), "--dir",
+                          str(tmp_path / "store")], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert cli.returncode == 0, cli.stderr  # the command line found the module beside it and the format

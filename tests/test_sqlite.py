@@ -108,14 +108,18 @@ def test_bad_rows_are_reported_and_quarantined(tmp_path: Path) -> None:
                  (sid, '{"id":"orphan","parentId":"nope","type":"user","role":"user","content":"o","timestamp":1}'))
     conn.commit()
     with open_db(db) as store:
-        assert store.get_messages(sid) == [a]  # bad rows are skipped, not fatal
+        got = store.get_messages(sid)  # bad rows are never fatal: a placeholder keeps a damaged one's place
+        assert got[0] == a and (got[1].id, got[1].type) == ("damaged-1", "damaged") and got[2].id == "orphan"
         reasons = [p.reason for p in store.check().problems]
         assert any("not JSON" in r for r in reasons) and any("nope" in r for r in reasons)
         report = store.repair()
-        assert report.ok and len(report.fixed) == 1
+        assert len(report.fixed) == 1  # the damaged row: copied aside, its placeholder written in its place
+        assert [p.reason for p in report.problems] == [  # the intact orphan is kept (as a root), and said
+            "parent 'nope' of 'orphan' is missing (its record was lost): kept as a root"]
         b = store.append(sid, role="assistant", content="b")
         assert store.get_linear_history(sid) == [a, b]
-    assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 2
+        assert [m.id for m in store.get_messages(sid)] == [a.id, "damaged-1", "orphan", b.id]
+    assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 1
 
 
 def test_a_reader_reloads_after_another_store_repaired(tmp_path: Path) -> None:
@@ -126,10 +130,11 @@ def test_a_reader_reloads_after_another_store_repaired(tmp_path: Path) -> None:
         conn = sqlite3.connect(db)
         conn.execute("INSERT INTO messages VALUES (?, 1, 'bad', 'not json')", (sid,))
         conn.commit()
-        assert len(reader.get_messages(sid)) == 1
+        assert len(reader.get_messages(sid)) == 2  # the bad row: a placeholder
         writer.repair(sid)
         writer.append(sid, role="user", content="b")
-        assert [m.content for m in reader.get_messages(sid)] == ["a", "b"]
+        assert [(m.type, m.content) for m in reader.get_messages(sid)] == [
+            ("user", "a"), ("damaged", None), ("user", "b")]
 
 
 def test_a_database_in_memory_is_refused() -> None:

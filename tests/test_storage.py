@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,8 @@ def test_layout_and_records_follow_the_documented_format(tmp_path: Path) -> None
         b = store.append(sid, role="assistant", content="Hi", tool_calls=[{"id": "c"}])
         store.create_branch(sid, "alt", a.id)
     folder = tmp_path / sid
-    assert sorted(p.name for p in folder.iterdir()) == ["branches.jsonl", "messages.jsonl", "session.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["branches.jsonl", "messages.jsonl", "session.json",
+                                                        "stats.json"]
     assert lines(folder / "messages.jsonl") == [
         {"id": a.id, "parentId": None, "type": "user", "role": "user", "content": "Hello", "timestamp": a.timestamp},
         {"id": b.id, "parentId": a.id, "type": "assistant", "role": "assistant", "content": "Hi",
@@ -62,12 +65,11 @@ def test_layout_and_records_follow_the_documented_format(tmp_path: Path) -> None
     assert lines(folder / "branches.jsonl") == [
         {"op": "create", "name": "alt", "headId": a.id, "at": a.timestamp, "seq": 2}]
     meta = json.loads((folder / "session.json").read_text())
-    assert meta == {"version": 1, "sessionId": sid, "key": "user:alice", "createdAt": a.timestamp}
-    index = json.loads((tmp_path / "sessions.json").read_text())
-    assert index["keys"] == {"user:alice": sid}
-    assert index["sessions"][sid]["messageCount"] == 2
-    assert lines(tmp_path / "keys.jsonl") == [
-        {"op": "create", "key": "user:alice", "sessionId": sid, "createdAt": a.timestamp}]
+    assert meta == {"version": 2, "sessionId": sid, "key": "user:alice", "createdAt": a.timestamp}
+    assert json.loads((tmp_path / "session-store.json").read_text()) == {"format": 2}
+    digest = hashlib.sha256(b"user:alice").hexdigest()
+    assert os.readlink(tmp_path / "keys" / digest[:2] / digest) == sid  # the key index: one link per key
+    assert {p.name for p in tmp_path.iterdir()} == {"keys", "session-store.json", sid}
 
 
 def test_seed_written_messages_file_loads(tmp_path: Path) -> None:
@@ -86,15 +88,15 @@ def test_seed_written_messages_file_loads(tmp_path: Path) -> None:
 
 def test_durable_append_syncs_before_returning_and_never_rewrites_the_index(tmp_path: Path) -> None:
     fs = CountingFS()
-    with SessionStore(fs, storage_dir=tmp_path, index_save_delay_ms=60_000) as store:
+    with SessionStore(fs, storage_dir=tmp_path) as store:
         sid = store.resolve("k")
         fs.syncs.clear()
         fs.atomic_writes.clear()
         for i in range(50):
             store.append(sid, role="user", content=str(i))
         assert fs.syncs == ["messages.jsonl"] * 50
-        assert fs.atomic_writes == []  # the index is debounced, never written per append
-    assert fs.atomic_writes == ["sessions.json"]  # once, at close
+        assert fs.atomic_writes == []  # nothing but the record is written per append
+    assert fs.atomic_writes == ["stats.json"]  # the session's tally, once, at close
 
 
 def test_non_durable_append_never_syncs(tmp_path: Path) -> None:
@@ -106,27 +108,24 @@ def test_non_durable_append_never_syncs(tmp_path: Path) -> None:
         assert fs.syncs == []
 
 
-def test_index_checkpoint_is_debounced(tmp_path: Path) -> None:
+def test_creating_sessions_writes_only_what_each_creation_needs(tmp_path: Path) -> None:
+    """Index upkeep is O(changes): a creation writes its own folder and one link,
+    never a file that grows with the store (no checkpoint rewritten whole)."""
     fs = CountingFS()
-    store = SessionStore(fs, storage_dir=tmp_path, index_save_delay_ms=50)
-    store.init()
-    for i in range(20):
-        store.resolve(f"k{i}")
-    deadline = threading.Event()
-    for _ in range(100):
-        if "sessions.json" in fs.atomic_writes:
-            break
-        deadline.wait(0.02)
-    assert 1 <= fs.atomic_writes.count("sessions.json") <= 2
-    store.close()
+    with SessionStore(fs, storage_dir=tmp_path) as store:
+        store.resolve("first")
+        fs.atomic_writes.clear()
+        for i in range(20):
+            store.resolve(f"k{i}")
+        assert fs.atomic_writes == []
+    assert fs.atomic_writes == []  # nothing to save at close: no session was written to
 
 
 def test_crash_before_the_checkpoint_loses_no_session(tmp_path: Path) -> None:
     store = open_files(tmp_path, index_save_delay_ms=60_000)
     sid = store.resolve("user:alice")
     m = store.append(sid, role="user", content="acknowledged")
-    # simulate a crash: no close(), no checkpoint written
-    assert not (tmp_path / "sessions.json").exists()
+    # simulate a crash: no close()
     again = open_files(tmp_path)
     assert again.resolve("user:alice") == sid
     assert again.get_messages(sid) == [m]
@@ -134,37 +133,72 @@ def test_crash_before_the_checkpoint_loses_no_session(tmp_path: Path) -> None:
     again.close()
 
 
-@pytest.mark.parametrize("damage", ["missing", "empty", "garbage", "truncated", "wrong-shape"])
-def test_damaged_index_is_rebuilt_with_nothing_lost(tmp_path: Path, damage: str,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("damage", ["missing", "wrong-target", "not-a-link", "all-links-lost"])
+def test_damaged_index_is_rebuilt_with_nothing_lost(tmp_path: Path, damage: str) -> None:
     with open_files(tmp_path) as store:
         ids = {k: store.resolve(k) for k in ("a", "b", "c")}
         store.append(ids["b"], role="user", content="kept")
-    index = tmp_path / "sessions.json"
-    text = index.read_text()
+    digest = hashlib.sha256(b"b").hexdigest()
+    link = tmp_path / "keys" / digest[:2] / digest
     if damage == "missing":
-        index.unlink()
-    elif damage == "empty":
-        index.write_bytes(b"")
-    elif damage == "garbage":
-        index.write_bytes(b"\x00\xffnot json")
-    elif damage == "truncated":
-        index.write_text(text[: len(text) // 2])
+        link.unlink()
+    elif damage == "wrong-target":
+        link.unlink()
+        os.symlink("../../not-a-session", link)
+    elif damage == "not-a-link":
+        link.unlink()
+        link.write_text("garbage")
     else:
-        index.write_text('{"keys": [1, 2]}')
+        shutil.rmtree(tmp_path / "keys")
     with open_files(tmp_path) as store:
+        assert not store.check().ok
+        assert store.repair().ok  # rebuilt from the session folders, which name their keys
         assert {k: store.resolve(k) for k in ("a", "b", "c")} == ids
         assert [m.content for m in store.get_messages(ids["b"])] == ["kept"]
-    assert json.loads(index.read_text())["keys"] == ids
 
 
-def test_index_is_rebuilt_from_folders_when_journal_is_lost_too(tmp_path: Path) -> None:
-    with open_files(tmp_path) as store:
-        ids = {k: store.resolve(k) for k in ("a", "b")}
-    (tmp_path / "sessions.json").unlink()
-    (tmp_path / "keys.jsonl").unlink()
-    with open_files(tmp_path) as store:
+def write_format_1_store(root: Path, sessions: dict[str, list[str]]) -> dict[str, str]:
+    """A store as format 1 wrote it (a keys.jsonl journal, a sessions.json checkpoint)."""
+    root.mkdir()
+    ids: dict[str, str] = {}
+    journal = []
+    for n, (key, contents) in enumerate(sessions.items()):
+        sid = f"0000000{n}-0000-4000-8000-000000000000"
+        ids[key] = sid
+        (root / sid).mkdir()
+        (root / sid / "session.json").write_text(json.dumps(
+            {"version": 1, "sessionId": sid, "key": key, "createdAt": 1000 + n}) + "\n")
+        (root / sid / "branches.jsonl").write_text("")
+        parent = None
+        with open(root / sid / "messages.jsonl", "w") as f:
+            for i, content in enumerate(contents):
+                mid = f"{n}-{i}"
+                f.write(json.dumps({"id": mid, "parentId": parent, "type": "user", "role": "user",
+                                    "content": content, "timestamp": 2000 + i}) + "\n")
+                parent = mid
+        journal.append(json.dumps({"op": "create", "key": key, "sessionId": sid, "createdAt": 1000 + n}))
+    (root / "keys.jsonl").write_text("\n".join(journal) + "\n")
+    (root / "sessions.json").write_text(json.dumps({"version": 1, "journalBytes": 0, "keys": {}, "sessions": {}}))
+    return ids
+
+
+def test_a_format_1_store_is_read_as_is_and_migrated_by_the_first_write(tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    ids = write_format_1_store(root, {"a": ["one", "two"], "b": ["three"]})
+    before = sorted(str(p) for p in root.rglob("*"))
+    with open_files(root) as store:
         assert {k: store.resolve(k) for k in ("a", "b")} == ids
+        assert [m.content for m in store.get_linear_history(ids["a"])] == ["one", "two"]
+        assert store.get_metadata(ids["b"]).message_count == 1  # type: ignore[union-attr]
+    assert sorted(str(p) for p in root.rglob("*")) == before  # reading wrote nothing
+    with open_files(root) as store:
+        store.append(ids["a"], role="user", content="three")  # the first write migrates
+        assert store.resolve("c") not in ids.values()
+    assert (root / "session-store.json").exists() and not (root / "keys.jsonl").exists()
+    with open_files(root) as store:
+        assert {k: store.resolve(k) for k in ("a", "b")} == ids
+        assert [m.content for m in store.get_linear_history(ids["a"])] == ["one", "two", "three"]
+        assert store.check().ok
 
 
 def test_torn_last_line_is_ignored_then_cut_by_the_next_writer(tmp_path: Path,
@@ -183,7 +217,8 @@ def test_torn_last_line_is_ignored_then_cut_by_the_next_writer(tmp_path: Path,
     assert "torn last line" in caplog.text
 
 
-def test_bad_lines_mid_file_are_reported_kept_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_lines_mid_file_are_reported_kept_and_kept_in_place(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     with open_files(tmp_path) as store:
         sid = store.resolve("k")
         a = store.append(sid, role="user", content="a")
@@ -198,11 +233,14 @@ def test_bad_lines_mid_file_are_reported_kept_and_skipped(tmp_path: Path, caplog
                             "timestamp": 1}).encode() + b"\n")
     garbage = log.read_bytes()
     with caplog.at_level(logging.WARNING), open_files(tmp_path) as store:
-        assert store.get_messages(sid) == [a]
+        got = store.get_messages(sid)
+        assert got[0] == a and [m.type for m in got[1:4]] == ["damaged"] * 3  # placeholders keep their places
+        assert got[4].id == "orphan" and got[4] in store.get_leaves(sid)  # intact: kept, as a root
+        assert store.get_head(sid) == a.id
         b = store.append(sid, role="assistant", content="b")
         assert b.parent_id == a.id
     assert log.read_bytes().startswith(garbage)  # nothing dropped from disk
-    for reason in ("not JSON", "not a JSON object", "duplicate id", "not an earlier message"):
+    for reason in ("not JSON", "not a JSON object", "duplicate id", "kept as a root"):
         assert reason in caplog.text
 
 
@@ -235,7 +273,8 @@ def test_keys_are_data_never_paths(tmp_path: Path, key: str) -> None:
         assert store.resolve(key) == sid
     outside = [p for p in tmp_path.rglob("*") if root not in p.parents and p != root]
     assert outside == []
-    assert {p.name for p in root.iterdir()} == {"sessions.json", "keys.jsonl", sid}
+    assert {p.name for p in root.iterdir()} == {"session-store.json", "keys", sid}
+    assert {p.name for p in (root / "keys").iterdir()} == {hashlib.sha256(key.encode()).hexdigest()[:2]}
 
 
 def test_hostile_session_ids_never_reach_the_file_system(tmp_path: Path) -> None:
@@ -247,7 +286,8 @@ def test_hostile_session_ids_never_reach_the_file_system(tmp_path: Path) -> None
             with pytest.raises(ss.SessionNotFound):
                 store.get_messages(sid)
             assert store.get_metadata(sid) is None
-    assert {p.name for p in root.iterdir()} <= {"keys.jsonl", "sessions.json"}
+            assert not store.has_session(sid)
+    assert not root.exists()  # a store that was only read holds nothing, not even its folder
 
 
 # -- threads ------------------------------------------------------------------------
@@ -302,36 +342,64 @@ def test_readers_never_cut_a_line_another_process_may_be_writing(tmp_path: Path)
         assert [m.id for m in store.get_messages(sid)] == [a.id, "in-flight"]
 
 
-def test_checkpoint_keeps_counts_of_sessions_it_did_not_load(tmp_path: Path) -> None:
+def test_metadata_of_a_session_not_loaded_reads_no_log(tmp_path: Path) -> None:
+    """Counts come from the saved tally plus what was written after it."""
     with open_files(tmp_path) as store:
         sid = store.resolve("k")
-        store.append(sid, role="user", content="a")
-    with open_files(tmp_path) as store:
-        store.resolve("other")  # dirties the index without loading "k"
-    assert json.loads((tmp_path / "sessions.json").read_text())["sessions"][sid]["messageCount"] == 1
+        for i in range(300):  # a tally is saved every 256 records, and at close
+            store.append(sid, role="user", content=f"m{i}")
+        store.create_branch(sid, "alt", store.get_head(sid))  # type: ignore[arg-type]
+    with open_files(tmp_path) as other:
+        other.append(sid, role="user", content="after the tally")
+        stale = json.loads((tmp_path / sid / "stats.json").read_text())
+        assert stale["tally"]["messages"] == 300
+        other._sessions.clear()  # forget the cached tree: the next read must not build one
+    reads: list[tuple[str, int]] = []
+
+    class Spy(RealFileSystem):
+        def read_from(self, path: str, offset: int) -> bytes:
+            reads.append((os.path.basename(path), offset))
+            return super().read_from(path, offset)
+
+    with SessionStore(Spy(), storage_dir=tmp_path) as store:
+        meta = store.get_metadata(sid)
+    assert meta is not None and meta.message_count == 301 and meta.branch_count == 2
+    size = os.path.getsize(tmp_path / sid / "messages.jsonl")
+    assert reads == [("messages.jsonl", stale["position"][1])] and stale["position"][1] < size
 
 
-def test_opening_and_reading_does_not_rewrite_the_checkpoint(tmp_path: Path) -> None:
+def test_opening_and_reading_writes_nothing(tmp_path: Path) -> None:
     with SessionStore(storage_dir=tmp_path) as store:
         sid = store.resolve("k")
         store.append(sid, role="user", content="hi")
-    before = os.stat(tmp_path / "sessions.json").st_ino
+    before = {p: (p.lstat().st_ino, p.lstat().st_mtime_ns) for p in tmp_path.rglob("*")}
     with SessionStore(storage_dir=tmp_path) as store:
         assert len(store.get_messages(sid)) == 1
-    assert os.stat(tmp_path / "sessions.json").st_ino == before  # not replaced
+        store.get_metadata(sid)
+        store.get_all_session_ids()
+        store.check()
+    assert {p: (p.lstat().st_ino, p.lstat().st_mtime_ns) for p in tmp_path.rglob("*")} == before
 
 
-def test_a_folder_from_a_creation_killed_before_its_log_is_not_adopted(tmp_path: Path) -> None:
+def test_remains_of_interrupted_creations_and_deletions_are_garbage_repair_removes(tmp_path: Path) -> None:
     with SessionStore(storage_dir=tmp_path) as store:
         store.resolve("kept")
-    ghost = "0f0f0f0f-0000-4000-8000-000000000000"
+    ghost = "0f0f0f0f-0000-4000-8000-000000000000"  # a format-1 creation killed before its log
     (tmp_path / ghost).mkdir()
     (tmp_path / ghost / "session.json").write_text(
         json.dumps({"version": 1, "sessionId": ghost, "key": "ghost", "createdAt": 1}))
-    (tmp_path / "sessions.json").unlink()  # force a rebuild from the journal and the folders
+    staged = tmp_path / ".new-1f1f1f1f-0000-4000-8000-000000000000"  # a creation killed before its rename
+    staged.mkdir()
+    (staged / "messages.jsonl").write_text("")
+    (tmp_path / ".session-store.json.tmp-0011223344556677").write_text("{")  # a killed atomic write
+    (tmp_path / "notes").mkdir()  # the user's: never taken for garbage
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
     with SessionStore(storage_dir=tmp_path) as store:
         assert not store.has_key("ghost") and store.has_key("kept")
-        assert any("interrupted creation" in p.reason for p in store.check().problems)
+        reasons = sorted(p.reason for p in store.check().problems)
+        assert len(reasons) == 3 and "interrupted creation" in reasons[0] and "temp file" in reasons[2]
         fixed = store.repair().fixed
-        assert any("no messages.jsonl" in line for line in fixed)
+        assert len(fixed) == 3 and all(line.endswith("removed") for line in fixed)
         assert store.check().ok
+        kept = store.resolve("kept")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != kept) == ["keys", "notes", "session-store.json"]

@@ -1,0 +1,355 @@
+"""Leases that cannot be stolen, fencing that is enforced, hostile input and hostile
+storage refused, returned records that cannot change the store (issue 16)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FakeClock, StoreFactory
+
+import session_store as ss
+from session_store import InMemoryFileSystem, RealFileSystem, SessionStore
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in (".", "backends", "tests"))}
+
+
+# -- 1. a live holder in another PID namespace --------------------------------------------
+
+HOLDER = r"""
+import os, sys, time
+from _procs import store_at
+store = store_at(sys.argv[1], lock_timeout_ms=60_000)
+result = store.acquire_lock(sys.argv[2], "holder")
+print(result.token, os.getpid(), flush=True)
+time.sleep(3600)
+"""
+
+
+def _place(backend: str, tmp_path: Path) -> str:
+    if backend == "postgres":
+        import pg
+
+        pg.require_server()
+        return f"postgres:{pg.new_schema()}"
+    return str(tmp_path / "s.db") if backend == "sqlite" else str(tmp_path / "s")
+
+
+@pytest.mark.parametrize("backend", ["files", "sqlite", "postgres"])
+def test_a_live_holder_in_another_pid_namespace_keeps_its_lease_until_it_dies(tmp_path: Path, backend: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("unshare --pid needs root")
+    from _procs import store_at
+
+    place = _place(backend, tmp_path)
+    with store_at(place) as store:
+        sid = store.resolve("k")
+    # The holder runs in its own PID namespace, after a few processes, so its pid there
+    # names nobody (or somebody else) here: "is pid alive?" cannot tell it is alive.
+    holder = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sh", "-c",
+                               "/bin/true; /bin/true; /bin/true; exec \"$0\" -c \"$1\" \"$2\" \"$3\"",
+                               sys.executable, HOLDER, place, sid], stdout=subprocess.PIPE, env=ENV)
+    try:
+        assert holder.stdout is not None
+        line = holder.stdout.readline().split()
+        if not line:
+            pytest.skip("unshare --pid could not start a namespace here")
+        token, inner_pid = int(line[0]), int(line[1])
+        assert inner_pid != holder.pid
+        with store_at(place, lock_timeout_ms=60_000) as store:
+            assert not store.acquire_lock(sid, "thief").acquired  # alive: never stolen
+            assert store.get_lock(sid).holder_id == "holder"  # type: ignore[union-attr]
+            holder.send_signal(signal.SIGKILL)  # unshare --kill-child takes the holder down with it
+            holder.wait(30)
+            result = store.acquire_lock(sid, "next", timeout=30)  # proof of death: free before expiry
+            assert result.acquired and result.token is not None and result.token > token
+    finally:
+        holder.kill()
+        holder.wait(30)
+
+
+# -- 2. fencing -----------------------------------------------------------------------------
+
+
+def test_an_append_inside_a_lock_block_whose_lease_expired_and_was_taken_is_refused(
+        store: SessionStore, clock: FakeClock) -> None:
+    sid = store.resolve("k")
+    with store.lock(sid, "A"):
+        store.append(sid, role="user", content="A-1")
+        clock.advance(store.lock_timeout_ms / 1000 + 1)  # A stalls past its lease (a GC pause, a slow call)
+        b = store.acquire_lock(sid, "B")
+        assert b.acquired
+        store.append(sid, role="user", content="B-1", owner_id="B")
+        assert store.release_lock(sid, "B")
+        with pytest.raises(ss.LeaseLost) as lost:
+            store.append(sid, role="user", content="A-2")
+        assert isinstance(lost.value, ss.SessionLocked) and lost.value.token == 1
+        with pytest.raises(ss.LeaseLost):  # every write in the block is fenced, not only appends
+            store.create_branch(sid, "a-branch", store.get_head(sid))  # type: ignore[arg-type]
+    assert [m.content for m in store.get_messages(sid)] == ["A-1", "B-1"]
+
+
+def test_an_explicit_fencing_token_is_checked_with_the_write(store: SessionStore, clock: FakeClock) -> None:
+    sid = store.resolve("k")
+    first = store.acquire_lock(sid, "A")
+    store.append(sid, role="user", content="ok", owner_id="A", fencing_token=first.token)
+    clock.advance(store.lock_timeout_ms / 1000 + 1)
+    with pytest.raises(ss.LeaseLost):  # expired: refused even before anybody else took it
+        store.append(sid, role="user", content="late", owner_id="A", fencing_token=first.token)
+    second = store.acquire_lock(sid, "A")
+    assert second.token is not None and first.token is not None and second.token > first.token
+    with pytest.raises(ss.LeaseLost):  # the same owner, an old token: a zombie of an earlier hold
+        store.append(sid, role="user", content="zombie", fencing_token=first.token)
+    store.append(sid, role="user", content="fresh", fencing_token=second.token)
+    store.release_lock(sid, "A")
+    with pytest.raises(ss.LeaseLost):  # released: the token is spent
+        store.append(sid, role="user", content="after release", fencing_token=second.token)
+    for bad in (-1, "1", 1.5, True):
+        with pytest.raises(ss.InvalidInput):
+            store.append(sid, role="user", content="x", fencing_token=bad)  # type: ignore[arg-type]
+    assert [m.content for m in store.get_messages(sid)] == ["ok", "fresh"]
+
+
+# -- 3. tokens across crashes ------------------------------------------------------------------
+
+
+class SyncedLeases(RealFileSystem):
+    """Records which lease writes were synced before the call returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lease_writes: list[tuple[int, bool]] = []
+
+    def write_lease(self, path: str, lease: Any, *, durable: bool = False) -> None:
+        super().write_lease(path, lease, durable=durable)
+        self.lease_writes.append((int(lease["token"]), durable))
+
+
+def test_a_new_token_is_on_disk_before_it_is_handed_out(tmp_path: Path) -> None:
+    fs = SyncedLeases()
+    with SessionStore(fs, storage_dir=tmp_path) as store:
+        sid = store.resolve("k")
+        for owner in ("a", "b", "a"):
+            assert store.acquire_lock(sid, owner).acquired
+            store.acquire_lock(sid, owner)  # re-entrant: same token, need not be synced
+            store.release_lock(sid, owner)
+            store.release_lock(sid, owner)
+    issued = [(token, durable) for token, durable in fs.lease_writes]
+    assert [t for t, durable in issued if durable] == [1, 2, 3]  # each new token synced when written
+
+
+@pytest.mark.parametrize("damage", [b"", b"\xff\xfe", b'{"owner":"a","token":"soon"}',
+                                    b'{"owner":"a","token":3,"count":1,"expiresAt":"soon"}\n', b"[1]",
+                                    b'{"owner": "a", "token": 7}\tdeadbeef'])
+def test_a_lost_or_corrupt_lease_record_never_restarts_the_tokens(tmp_path: Path, damage: bytes) -> None:
+    clock = FakeClock()
+    with SessionStore(storage_dir=tmp_path, clock=clock) as store:
+        sid = store.resolve("k")
+        tokens = []
+        for owner in "abcdefghij":
+            tokens.append(store.acquire_lock(sid, owner).token)
+            store.release_lock(sid, owner)
+    (tmp_path / sid / "lock.json").write_bytes(damage)  # a rollback, a bit flip, a crafted record
+    with SessionStore(storage_dir=tmp_path, clock=clock) as store:
+        assert store.get_lock(sid) is None  # unreadable: free (fencing keeps a former holder out)
+        if damage:
+            assert not store.check().ok
+        result = store.acquire_lock(sid, "new")
+        assert result.acquired and result.token is not None and result.token > max(t or 0 for t in tokens)
+        store.release_lock(sid, "new")
+        assert store.repair().ok and store.check().ok
+        assert (store.acquire_lock(sid, "later").token or 0) > result.token
+
+
+# -- 4. hostile input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [[], {}, ["main"], None, 3, ("a",)])
+def test_a_branch_name_that_is_not_a_string_is_refused(store: SessionStore, name: Any) -> None:
+    sid = store.resolve("k")
+    head = store.append(sid, role="user", content="x")
+    calls: list[Callable[[], object]] = [lambda: store.switch_to_branch(sid, name), lambda: store.get_branch(sid, name),
+                 lambda: store.create_branch(sid, name, head.id), lambda: store.delete_branch(sid, name),
+                 lambda: store.rename_branch(sid, "main", name),
+                 *([lambda: store.move_head(sid, head.id, branch=name)] if name is not None else [])]
+    for call in calls:
+        with pytest.raises(ss.InvalidInput):
+            call()
+    assert [b.name for b in store.get_branches(sid)] == ["main"]
+
+
+def test_json_that_would_silently_change_is_refused(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    for content in ({1: "a", "1": "b"}, {(1, 2): "x"}, [{"ok": {None: 1}}]):
+        with pytest.raises(ss.InvalidMessage, match="keys must be strings"):
+            store.append(sid, role="user", content=content)
+    assert store.get_messages(sid) == []
+
+
+@pytest.mark.parametrize("timestamp", [10**20, 10**30, -1, 2**63])
+def test_an_import_with_a_timestamp_out_of_range_is_refused(open_store: StoreFactory, timestamp: int) -> None:
+    store = open_store()
+    m = ss.Message(id="a", parent_id=None, type="user", role="user", content="x", timestamp=timestamp)
+    with pytest.raises(ss.InvalidMessage, match="year 9999"):
+        store.import_session("k", [m])
+    assert store.get_all_session_ids() == []
+
+
+def test_one_storage_object_serves_one_store_at_a_time(tmp_path: Path) -> None:
+    storage = ss.JsonlStorage(RealFileSystem(), tmp_path)
+    first = SessionStore(storage)
+    first.resolve("k")
+    second = SessionStore(storage)
+    with pytest.raises(ss.InvalidInput, match="already used by another SessionStore"):
+        second.resolve("k")
+    first.close()
+    with SessionStore(storage) as third:  # free again once the first is closed
+        assert third.has_key("k")
+
+
+def test_closing_on_a_failing_disk_raises_only_the_store_s_errors(tmp_path: Path) -> None:
+    class FailingClose(RealFileSystem):
+        def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
+            if path.endswith("stats.json"):  # the tally close saves: the disk is full by now
+                raise OSError(28, "No space left on device", path)
+            super().write_atomic(path, data, durable=durable)
+
+        def close(self) -> None:
+            raise OSError(5, "Input/output error")
+
+    store = SessionStore(FailingClose(), storage_dir=tmp_path)
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="x")
+    with pytest.raises(ss.StorageError):
+        store.close()
+
+
+def test_auto_reset_is_read_only_after_the_store_is_made(store: SessionStore) -> None:
+    with pytest.raises(AttributeError, match="fixed when the store is made"):
+        store.auto_reset = ss.AutoResetConfig(max_messages=2)
+    assert store.auto_reset is None
+
+
+# -- 5. planted links -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("planted", ["lock.json", "messages.jsonl", "branches.jsonl", "stats.json", "session-dir",
+                                     "keys-shard"])
+def test_a_link_planted_inside_the_store_is_never_followed(tmp_path: Path, planted: str) -> None:
+    root, outside = tmp_path / "store", tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim"
+    victim.write_text("precious")
+    with SessionStore(storage_dir=root) as store:
+        sid = store.resolve("k")
+        store.append(sid, role="user", content="x")
+    if planted == "session-dir":
+        (root / sid).rename(tmp_path / "moved")
+        os.symlink(tmp_path / "moved", root / sid)
+    elif planted == "keys-shard":
+        digest_dir = next((root / "keys").iterdir())
+        os.rename(digest_dir, tmp_path / "shard")
+        os.symlink(outside, digest_dir)
+    else:
+        target = root / sid / planted
+        if target.exists():
+            target.unlink()
+        os.symlink(victim, target)
+    with SessionStore(storage_dir=root) as store:
+        for call in (lambda: store.append(sid, role="user", content="y"), lambda: store.acquire_lock(sid, "o"),
+                     lambda: store.create_branch(sid, "b", store.get_head(sid) or ""), lambda: store.repair(),
+                     lambda: store.resolve("k"), lambda: store.resolve("new"), lambda: store.get_metadata(sid)):
+            try:
+                call()
+            except ss.SessionStoreError:
+                pass  # refused: fine; followed: not
+    assert victim.read_text() == "precious" and sorted(p.name for p in outside.iterdir()) == ["victim"]
+
+
+def test_temp_files_have_unpredictable_names_and_a_planted_one_is_not_used(tmp_path: Path) -> None:
+    outside = tmp_path / "victim"
+    outside.write_text("precious")
+    with SessionStore(storage_dir=tmp_path / "s") as store:
+        sid = store.resolve("k")
+        for pid_tid in (f"{os.getpid()}-0", f"{os.getpid()}"):  # the old, predictable names
+            os.symlink(outside, tmp_path / "s" / sid / f"stats.json.tmp-{pid_tid}")
+        for i in range(300):
+            store.append(sid, role="user", content=str(i))  # saves the tally (an atomic write)
+    assert outside.read_text() == "precious"
+    assert json.loads((tmp_path / "s" / sid / "stats.json").read_text())["tally"]["messages"] == 300
+
+
+# -- 6. no fcntl (Windows) ----------------------------------------------------------------------
+
+
+def test_the_module_imports_and_works_in_memory_without_fcntl() -> None:
+    code = ("import sys; sys.modules['fcntl'] = None; sys.modules['resource'] = None\n"
+            "import session_store as ss\n"
+            "s = ss.SessionStore(ss.InMemoryFileSystem())\n"
+            "sid = s.resolve('k'); s.append(sid, role='user', content='hi')\n"
+            "with s.lock(sid, 'me'): s.append(sid, role='user', content='locked')\n"
+            "import tempfile\n"
+            "try:\n"
+            "    ss.SessionStore(storage_dir=tempfile.mkdtemp()).append(\n"
+            "        ss.SessionStore(storage_dir=tempfile.mkdtemp()).resolve('k'), role='user', content='x')\n"
+            "except ss.StorageError as e: print('refused:', e)\n"
+            "print(len(s.get_messages(sid)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "2" and "fcntl" in done.stdout
+
+
+# -- 7. returned records ------------------------------------------------------------------------
+
+
+def test_what_the_store_returns_can_never_change_what_it_holds(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    m = store.append(sid, role="assistant", content=[{"type": "text", "text": "hi"}],
+                     tool_calls=[{"id": "c1", "function": {"name": "f", "arguments": "{}"}}], metadata={"n": 1})
+    fields: Any = m.fields
+    mutations: list[Callable[[], object]] = [
+        lambda: m.content.append({}), lambda: m.content[0].update(text="changed"),
+        lambda: m.content[0].__setitem__("text", "changed"), lambda: fields["metadata"].clear(),
+        lambda: m.tool_calls[0]["function"].pop("name"), lambda: fields.__setitem__("x", 1),
+        lambda: m.content.sort(), lambda: m.content.__delitem__(0)]
+    for mutate in mutations:
+        with pytest.raises(TypeError, match="read-only"):
+            mutate()
+    again = store.get_messages(sid)[0]
+    assert again == m and again.content == [{"type": "text", "text": "hi"}] and again.fields["metadata"] == {"n": 1}
+    mine = copy.deepcopy(m.content)  # a plain, mutable copy when one is wanted
+    mine[0]["text"] = "mine"
+    assert type(mine) is list and type(mine[0]) is dict and store.get_message(sid, m.id).content[0]["text"] == "hi"
+    assert pickle.loads(pickle.dumps(m.content)) == m.content
+    assert json.loads(json.dumps(m.content)) == [{"type": "text", "text": "hi"}]
+    given = [{"type": "text", "text": "caller's"}]
+    stored = store.append(sid, role="user", content=given)
+    given[0]["text"] = "changed by the caller later"  # the caller's object is not the store's
+    assert store.get_message(sid, stored.id).content[0]["text"] == "caller's"
+
+
+def test_a_read_only_copy_costs_nothing_for_plain_text(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    m = store.append(sid, role="user", content="plain text")
+    assert type(m.content) is str and m.fields == {}
+    assert time.monotonic() > 0  # (the measured cost of freezing lives in benchmarks/)
+
+
+def test_in_memory_store_rejects_writes_to_a_removed_folder() -> None:
+    fs = InMemoryFileSystem()
+    store = SessionStore(fs, storage_dir="/s")
+    sid = store.resolve("k")
+    fs.remove_tree(f"/s/{sid}")
+    with pytest.raises(ss.SessionNotFound):
+        store.append(sid, role="user", content="x")

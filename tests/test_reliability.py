@@ -1,0 +1,683 @@
+"""Nothing acknowledged is ever lost, at the edges too (issue 15): fork, interrupted and
+failing deletes, creations and imports, failed syncs, damaged and deeply nested records,
+interrupted resets, logs rewritten under a running handle, and what killed operations
+leave behind. Each test is named for the scenario it covers."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import session_store as ss
+from session_store import FileSystem, InMemoryFileSystem, RealFileSystem, SessionStore
+from session_store_conformance import FakeClock, FaultyFileSystem, SimulatedCrash
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["memory", "files"])
+def inner(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[FileSystem, str]:
+    if request.param == "memory":
+        return InMemoryFileSystem(), "/s"
+    return RealFileSystem(), str(tmp_path / "s")
+
+
+def reopen(inner: tuple[FileSystem, str], **options: Any) -> SessionStore:
+    """A fresh store (a new process, as far as the store can tell) on the same data."""
+    fs, directory = inner
+    store = SessionStore(fs if isinstance(fs, InMemoryFileSystem) else RealFileSystem(), storage_dir=directory,
+                         clock=FakeClock(), **options)
+    store.init()
+    return store
+
+
+def at_every_step(inner: tuple[FileSystem, str], setup: Callable[[SessionStore], Any],
+                  operation: Callable[[SessionStore, Any], Any],
+                  verify: Callable[[SessionStore, Any, bool], None]) -> int:
+    """Crash ``operation`` at its first write, then at its second, ... until it runs
+    through; after each crash, ``verify(fresh store, setup's result, completed=False)``.
+    Each round starts from a fresh copy of the data. Returns the number of steps."""
+    step = 0
+    while True:
+        fs, directory = inner
+        if isinstance(fs, InMemoryFileSystem):
+            fs = InMemoryFileSystem()
+        round_dir = directory if isinstance(fs, InMemoryFileSystem) else f"{directory}-{step}"
+        data = (fs, round_dir)
+        faulty = FaultyFileSystem(fs)
+        store = SessionStore(faulty, storage_dir=round_dir, clock=FakeClock())
+        state = setup(store)
+        faulty.crash_at(step)
+        try:
+            operation(store, state)
+        except SimulatedCrash:
+            completed = False
+        else:
+            completed = True
+        with contextlib_closing(reopen(data)) as fresh:
+            verify(fresh, state, completed)
+        if completed:
+            return step
+        step += 1
+        assert step < 200, "the operation never completed"
+
+
+class contextlib_closing:
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> SessionStore:
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
+
+
+# -- 1. fork --------------------------------------------------------------------------------
+
+CHILDREN, APPENDS, BIG = 4, 45, 1_000_000
+
+
+def _fork_workers(store: SessionStore, sid: str, out: Path) -> list[int]:
+    pids = []
+    for c in range(CHILDREN):
+        pid = os.fork()
+        if pid == 0:  # the child uses the parent's store object, as gunicorn --preload or celery prefork do
+            code = 0
+            try:
+                with open(out / f"acked-{c}", "w") as acked:
+                    for i in range(APPENDS):
+                        content = f"c{c}-{i}" + ("x" * BIG if i % 3 == 0 else "")
+                        m = store.append(sid, role="user", content=content)
+                        acked.write(m.id + "\n")
+                        acked.flush()
+            except BaseException:  # pragma: no cover - reported through the exit code
+                import traceback
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    return pids
+
+
+@pytest.mark.parametrize("backend", ["files", "sqlite", "postgres"])
+def test_a_store_made_before_fork_serves_forked_children_without_losing_or_cutting_appends(
+        tmp_path: Path, backend: str) -> None:
+    if backend == "postgres":
+        import pg
+
+        pg.require_server()
+        from session_store_postgres import PostgresStorage
+        storage: Any = PostgresStorage(pg.DSN, schema=pg.new_schema())
+    elif backend == "sqlite":
+        from session_store_sqlite import SqliteStorage
+        storage = SqliteStorage(tmp_path / "s.db")
+    else:
+        storage = ss.JsonlStorage(RealFileSystem(), tmp_path / "s")
+    store = SessionStore(storage, lock_timeout_ms=60_000)
+    sid = store.resolve("shared")
+    first = store.append(sid, role="user", content="before the fork")  # descriptors and connections are open
+    pids = _fork_workers(store, sid, tmp_path)
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    acked = {line for c in range(CHILDREN) for line in (tmp_path / f"acked-{c}").read_text().split()}
+    assert len(acked) == CHILDREN * APPENDS
+    store.append(sid, role="user", content="the parent still works")
+    store.close()
+    make = type(storage)
+    again = SessionStore(make(pg.DSN, schema=storage.schema) if backend == "postgres" else
+                         make(*( [tmp_path / "s.db"] if backend == "sqlite" else [RealFileSystem(), tmp_path / "s"])))
+    with again:
+        messages = again.get_messages(sid)
+        assert acked <= {m.id for m in messages}  # nothing acknowledged lost
+        assert len(messages) == 2 + CHILDREN * APPENDS and messages[0] == first
+        assert len(again.get_linear_history(sid)) == len(messages)  # one chain: writers never interleaved
+        assert again.check().ok
+
+
+# -- 2. delete -----------------------------------------------------------------------------
+
+
+def test_a_delete_crashing_at_any_step_leaves_the_session_whole_or_gone(inner: tuple[FileSystem, str]) -> None:
+    def setup(store: SessionStore) -> tuple[str, list[str]]:
+        sid = store.resolve("doomed")
+        return sid, [store.append(sid, role="user", content=f"m{i}").id for i in range(3)]
+
+    def verify(fresh: SessionStore, state: tuple[str, list[str]], completed: bool) -> None:
+        sid, ids = state
+        if fresh.has_session(sid):
+            assert not completed
+            assert fresh.resolve("doomed") == sid and [m.id for m in fresh.get_messages(sid)] == ids
+        else:
+            assert not fresh.has_key("doomed") and fresh.get_metadata(sid) is None
+            with pytest.raises(ss.SessionNotFound):
+                fresh.append(sid, role="user", content="x")
+            assert fresh.resolve("doomed") != sid  # the key works again: a new session
+        assert fresh.repair().ok and fresh.check().ok
+
+    steps = at_every_step(inner, setup, lambda store, state: store.delete_session(state[0]), verify)
+    assert steps >= 2
+
+
+@pytest.mark.parametrize("op", ["remove", "remove_tree", "symlink"])
+def test_a_delete_failing_with_enospc_or_eio_leaves_the_session_whole_or_gone(
+        inner: tuple[FileSystem, str], op: str) -> None:
+    faulty = FaultyFileSystem(inner[0])
+    store = SessionStore(faulty, storage_dir=inner[1])
+    sid = store.resolve("doomed")
+    m = store.append(sid, role="user", content="m")
+    faulty.fail_next(op, errno.EIO)
+    try:
+        store.delete_session(sid)
+    except ss.StorageError:
+        assert store.has_session(sid) and store.get_messages(sid) == [m]
+    else:
+        assert not store.has_session(sid)
+    with contextlib_closing(reopen(inner)) as fresh:
+        assert fresh.has_session(sid) == store.has_session(sid)
+        assert fresh.repair().ok
+        sid2 = fresh.resolve("doomed")
+        assert (sid2 == sid) == store.has_session(sid)
+
+
+# -- 3. creation -------------------------------------------------------------------------------
+
+
+def test_a_creation_crashing_at_any_step_is_invisible_or_whole_and_never_hides_another(
+        inner: tuple[FileSystem, str]) -> None:
+    def setup(store: SessionStore) -> str:
+        other = store.resolve("someone else's")
+        store.append(other, role="user", content="acknowledged")
+        return other
+
+    def verify(fresh: SessionStore, other: str, completed: bool) -> None:
+        assert fresh.resolve("someone else's") == other and len(fresh.get_messages(other)) == 1
+        assert fresh.has_key("new") == completed or not completed
+        assert fresh.repair().ok
+        assert fresh.resolve("someone else's") == other  # repair never sets aside an acknowledged session
+        fresh.resolve("new")  # a retry works
+        assert fresh.check().ok
+
+    at_every_step(inner, setup, lambda store, _: store.resolve("new"), verify)
+
+
+def test_a_failed_creation_never_makes_another_stores_session_forgotten(inner: tuple[FileSystem, str]) -> None:
+    faulty = FaultyFileSystem(inner[0])
+    a = SessionStore(faulty, storage_dir=inner[1])
+    b = SessionStore(faulty, storage_dir=inner[1])
+    theirs = a.resolve("theirs")
+    faulty.fail_next("symlink", errno.ENOSPC)
+    with pytest.raises(ss.StorageError):
+        b.resolve("mine")
+    b.close()
+    a.close()
+    with contextlib_closing(reopen(inner)) as fresh:
+        assert fresh.resolve("theirs") == theirs
+        report = fresh.repair()
+        assert report.ok and fresh.resolve("theirs") == theirs
+
+
+# -- 4. deep JSON --------------------------------------------------------------------------
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_content_nested_past_the_bound_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    with SessionStore(storage_dir=tmp_path) as store:
+        sid = store.resolve("k")
+        store.append(sid, role="user", content=nested(ss.MAX_NESTING))  # at the bound: fine
+        before = (tmp_path / sid / "messages.jsonl").read_bytes()
+        for bad in (nested(ss.MAX_NESTING + 1), nested(5000)):
+            with pytest.raises(ss.InvalidMessage, match="nests deeper"):
+                store.append(sid, role="user", content=bad)
+            with pytest.raises(ss.InvalidMessage, match="nests deeper"):
+                store.append(sid, role="user", content="x", metadata={"deep": bad})
+        cycle: list[Any] = []
+        cycle.append(cycle)
+        with pytest.raises(ss.InvalidMessage):
+            store.append(sid, role="user", content=cycle)
+        assert (tmp_path / sid / "messages.jsonl").read_bytes() == before
+
+
+def test_a_record_nested_deeper_than_any_reader_can_decode_is_never_fatal_to_its_session(tmp_path: Path) -> None:
+    with SessionStore(storage_dir=tmp_path) as store:
+        sid = store.resolve("k")
+        a = store.append(sid, role="user", content="before")
+    opening, closing = "[" * 100_000, "]" * 100_000
+    deep = f'{{"id":"deep","parentId":"{a.id}","type":"user","role":"user","content":{opening}"leaf"{closing},' \
+           '"timestamp":1}'
+
+    with open(tmp_path / sid / "messages.jsonl", "a") as f:  # written by an older version, or by hand
+        f.write(deep + "\n")
+    with SessionStore(storage_dir=tmp_path) as store:
+        def from_a_deep_stack(n: int) -> list[ss.Message]:  # as in any web framework
+            return from_a_deep_stack(n - 1) if n else store.get_messages(sid)
+
+        got = from_a_deep_stack(sys.getrecursionlimit() - 150)
+        assert got[0] == a and (got[1].id, got[1].type) == ("deep", "damaged")
+        after = store.append(sid, role="user", content="after")
+        assert after.parent_id == "deep"  # the chain goes on through the placeholder
+        assert any("too deeply" in p.reason for p in store.check().problems)
+        assert store.repair().ok
+    result = subprocess.run([sys.executable, str(ROOT / "session_store.py"), "--dir", str(tmp_path), "history", "k"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "after" in result.stdout
+
+
+def test_a_reload_from_a_deep_stack_reads_content_at_the_nesting_bound(tmp_path: Path) -> None:
+    with SessionStore(storage_dir=tmp_path) as store:
+        sid = store.resolve("k")
+        store.append(sid, role="user", content=nested(ss.MAX_NESTING))
+    with SessionStore(storage_dir=tmp_path) as store:
+        def deep_call(n: int) -> list[ss.Message]:
+            return deep_call(n - 1) if n else store.get_messages(sid)
+
+        assert deep_call(sys.getrecursionlimit() - 3 * ss.MAX_NESTING)[0].content == nested(ss.MAX_NESTING)
+
+
+# -- 5. one damaged record -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["files", "sqlite"])
+def test_one_flipped_bit_in_one_record_keeps_every_later_message_of_its_chain(tmp_path: Path, backend: str) -> None:
+    if backend == "sqlite":
+        from session_store_sqlite import SqliteStorage
+
+        def make() -> SessionStore:
+            return SessionStore(SqliteStorage(tmp_path / "s.db"), durable=False)
+    else:
+        def make() -> SessionStore:
+            return SessionStore(storage_dir=tmp_path / "s", durable=False)
+    with make() as store:
+        sid = store.resolve("k")
+        ids = [store.append(sid, role="user", content=f"message number {i} " + "y" * 40).id for i in range(1000)]
+    if backend == "files":
+        log = tmp_path / "s" / sid / "messages.jsonl"
+        data = bytearray(log.read_bytes())
+        start = data.index(b"message number 5 ")  # record 6
+        data[start + 3] ^= 0x80  # one bit: invalid UTF-8 in its content
+        log.write_bytes(bytes(data))
+    else:
+        import sqlite3
+
+        conn = sqlite3.connect(tmp_path / "s.db")
+        record = conn.execute("SELECT record FROM messages WHERE seq = 5").fetchone()[0]
+        conn.execute("UPDATE messages SET record = ? WHERE seq = 5", (record[:-1],))  # a byte lost
+        conn.commit()
+    with make() as store:
+        history = store.get_linear_history(sid)
+        assert [m.id for m in history] == ids  # the damaged one's id is read back: the chain is whole
+        assert history[5].type == "damaged" and all(m.type == "user" for m in history[6:])
+        assert store.get_head(sid) == ids[-1]
+        report = store.check()
+        assert len(report.problems) == 1 and report.problems[0].offset is not None
+        repaired = store.repair()
+        assert repaired.ok and len(repaired.fixed) == 1
+        assert [m.id for m in store.get_linear_history(sid)] == ids  # no intact record moved aside
+        store.append(sid, role="user", content="after the repair")
+    with make() as store:
+        assert len(store.get_linear_history(sid)) == 1001 and store.check().ok
+
+
+# -- 6. reset ---------------------------------------------------------------------------------
+
+
+def test_a_reset_crashing_at_any_step_never_moves_the_head_onto_a_marker_without_its_kept_messages(
+        inner: tuple[FileSystem, str]) -> None:
+    def setup(store: SessionStore) -> tuple[str, str]:
+        sid = store.resolve("k")
+        store.append(sid, role="system", content="You are kind.")
+        for i in range(4):
+            store.append(sid, role="user", content=f"m{i}")
+        return sid, store.get_head(sid) or ""
+
+    def verify(fresh: SessionStore, state: tuple[str, str], completed: bool) -> None:
+        sid, old_head = state
+        history = fresh.get_linear_history(sid)
+        if fresh.get_head(sid) == old_head:
+            assert not completed
+            return
+        assert [m.type for m in history] == ["reset", "system"]  # the marker and its kept system prompt
+        assert history[1].content == "You are kind."
+
+    at_every_step(inner, setup, lambda store, state: store.reset(state[0], keep_strategy="system", keep_count=1),
+                  verify)
+
+
+def test_an_auto_reset_crashing_at_any_step_acknowledges_nothing_half_done(inner: tuple[FileSystem, str]) -> None:
+    config = ss.AutoResetConfig(max_messages=3, keep_strategy="last", keep_count=1)
+
+    def setup(store: SessionStore) -> tuple[str, list[str]]:
+        store = SessionStore(store.storage, clock=FakeClock(), auto_reset=config)  # the same faulty storage
+        sid = store.resolve("k")
+        return sid, [store.append(sid, role="user", content=f"m{i}").content for i in range(3)]
+
+    def operation(store: SessionStore, state: tuple[str, list[str]]) -> None:
+        again = SessionStore(store.storage, clock=FakeClock(), auto_reset=config)
+        again.append(state[0], role="user", content="over the limit")
+
+    def verify(fresh: SessionStore, state: tuple[str, list[str]], completed: bool) -> None:
+        contents = [m.content for m in fresh.get_linear_history(state[0])]
+        if completed or contents[-1] == "over the limit":
+            assert [c for c in contents if c is not None and not str(c).startswith("Session reset")] == [
+                "m2", "over the limit"]
+        else:
+            assert contents == state[1]
+
+    at_every_step(inner, setup, operation, verify)
+
+
+# -- 7. imports ----------------------------------------------------------------------------------
+
+
+def test_an_import_crashing_at_any_step_is_invisible_and_a_retry_succeeds(inner: tuple[FileSystem, str]) -> None:
+    messages = [ss.Message(id=f"m{i}", parent_id=f"m{i - 1}" if i else None, type="user", role="user",
+                           content=f"line {i}", timestamp=1000 + i) for i in range(20)]
+    branches = [ss.Branch(name="main", head_id="m19", created_at=1, updated_at=2),
+                ss.Branch(name="alt", head_id="m3", created_at=1, updated_at=1)]
+
+    def verify(fresh: SessionStore, _: Any, completed: bool) -> None:
+        if fresh.has_key("imported"):
+            sid = fresh.resolve("imported")
+            assert fresh.get_messages(sid) == messages and fresh.get_head(sid) == "m19"
+            assert fresh.get_branch(sid, "alt") is not None
+        else:
+            assert not completed
+            sid = fresh.import_session("imported", messages, branches=branches)  # the retry
+            assert len(fresh.get_messages(sid)) == 20
+        assert fresh.repair().ok
+
+    at_every_step(inner, lambda store: None,
+                  lambda store, _: store.import_session("imported", messages, branches=branches), verify)
+
+
+# -- 8. a failed fdatasync ---------------------------------------------------------------------------
+
+
+def test_after_a_failed_sync_its_record_is_not_in_the_tree_and_no_later_sync_acknowledges_it(
+        inner: tuple[FileSystem, str]) -> None:
+    faulty = FaultyFileSystem(inner[0])
+    store = SessionStore(faulty, storage_dir=inner[1])
+    sid = store.resolve("k")
+    ok = store.append(sid, role="user", content="synced")
+    faulty.fail_next_sync()
+    with pytest.raises(ss.StorageError, match="were removed"):
+        store.append(sid, role="user", content="lost to the disk")
+    assert store.get_messages(sid) == [ok]  # the failed record is not silently part of the tree
+    after = store.append(sid, role="user", content="after")
+    assert after.parent_id == ok.id
+    store.close()
+    with contextlib_closing(reopen(inner)) as fresh:
+        assert [m.content for m in fresh.get_messages(sid)] == ["synced", "after"]
+
+
+class _WriterBetween(FaultyFileSystem):
+    """Before the armed sync fails, another store appends: records of another writer
+    then follow the failed ones, so they cannot be cut off."""
+
+    other: SessionStore | None = None
+    sid = ""
+
+    def sync(self, path: str) -> None:
+        if self._failures.get("sync") and self.other is not None and path.endswith("messages.jsonl"):
+            other, self.other = self.other, None
+            other.append(self.sid, role="user", content="another writer's")
+        super().sync(path)
+
+
+def test_after_a_failed_sync_that_cannot_be_undone_the_log_refuses_writes_until_reopened(
+        inner: tuple[FileSystem, str]) -> None:
+    faulty = _WriterBetween(inner[0])
+    store = SessionStore(faulty, storage_dir=inner[1])
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="synced")
+    faulty.sid, faulty.other = sid, SessionStore(faulty, storage_dir=inner[1], durable=False)
+    faulty.fail_next_sync()
+    with pytest.raises(ss.StorageError, match="refuses"):
+        store.append(sid, role="user", content="in doubt")
+    with pytest.raises(ss.StorageError, match="refuses"):
+        store.append(sid, role="user", content="refused")
+    store.close()
+    with contextlib_closing(reopen(inner)) as fresh:
+        fresh.append(sid, role="user", content="a reopened store writes again")
+        assert "refused" not in [m.content for m in fresh.get_messages(sid)]
+
+
+def test_concurrent_appends_waiting_on_a_failed_group_sync_all_fail(tmp_path: Path) -> None:
+    class SlowFailingSync(RealFileSystem):
+        armed = False
+        started = threading.Event()
+
+        def sync(self, path: str) -> None:
+            if self.armed and path.endswith("messages.jsonl"):
+                self.armed = False
+                self.started.set()
+                threading.Event().wait(0.2)  # others write and queue behind this sync meanwhile
+                raise OSError(errno.EIO, "injected")
+            super().sync(path)
+
+    fs = SlowFailingSync()
+    store = SessionStore(fs, storage_dir=tmp_path)
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="before")
+    fs.armed = True
+    outcomes: list[str] = []
+
+    def append(i: int) -> None:
+        try:
+            store.append(sid, role="user", content=f"t{i}")
+            outcomes.append("ok")
+        except ss.StorageError:
+            outcomes.append("failed")
+
+    first = threading.Thread(target=append, args=(0,))
+    first.start()
+    fs.started.wait(10)
+    others = [threading.Thread(target=append, args=(i,)) for i in range(1, 4)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join()
+    acknowledged = outcomes.count("ok")
+    store.close()
+    with SessionStore(storage_dir=tmp_path) as fresh:
+        assert len(fresh.get_messages(sid)) == 1 + acknowledged  # nothing acknowledged over the failed sync
+
+
+# -- 9 and 10. a log rewritten under a running handle ------------------------------------------------
+
+
+class _CountingSyncs(RealFileSystem):
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs = 0
+
+    def sync(self, path: str) -> None:
+        if path.endswith("messages.jsonl"):
+            self.syncs += 1
+        super().sync(path)
+
+
+def _damage_a_line(log: Path) -> None:
+    with open(log, "ab") as f:
+        f.write(b"damaged line\n")
+
+
+def test_every_durable_append_is_synced_after_another_handle_repaired_the_log(tmp_path: Path) -> None:
+    fs = _CountingSyncs()
+    a = SessionStore(fs, storage_dir=tmp_path)
+    sid = a.resolve("k")
+    for i in range(40):
+        a.append(sid, role="user", content=f"before {i}")
+    _damage_a_line(tmp_path / sid / "messages.jsonl")
+    with SessionStore(storage_dir=tmp_path) as b:
+        assert b.repair().ok  # rewrites the log: a new, shorter file
+    fs.syncs = 0
+    for i in range(40):
+        a.append(sid, role="user", content=f"after {i}")
+    assert fs.syncs == 40
+    a.close()
+
+
+def test_a_running_handle_notices_a_log_another_handle_rewrote_and_never_forks_the_chain(tmp_path: Path) -> None:
+    a = SessionStore(storage_dir=tmp_path)
+    sid = a.resolve("k")
+    for i in range(5):
+        a.append(sid, role="user", content=f"m{i}")
+    _damage_a_line(tmp_path / sid / "messages.jsonl")
+    a.get_messages(sid)  # a has read the damaged line too
+    with SessionStore(storage_dir=tmp_path) as b:
+        assert b.repair().ok  # same size or larger: "the file shrank" cannot tell
+        for i in range(5):
+            b.append(sid, role="user", content=f"b{i}")
+        expected, history = b.get_messages(sid), b.get_linear_history(sid)
+    assert a.get_messages(sid) == expected
+    last = a.append(sid, role="user", content="a again")
+    assert last.parent_id == expected[-1].id
+    assert a.get_linear_history(sid) == [*history, last]
+    a.close()
+
+
+# -- 11. opening -----------------------------------------------------------------------------------
+
+
+def test_a_store_folder_may_hold_unrelated_files_and_folders(tmp_path: Path) -> None:
+    (tmp_path / "README").write_text("notes")
+    (tmp_path / "Makefile").write_text("all:")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "0123abcd").mkdir()  # named like a session id, but not one of ours
+    (tmp_path / "0123abcd" / "mine.txt").write_text("keep me")
+    with SessionStore(storage_dir=tmp_path) as store:
+        sid = store.resolve("k")
+        store.append(sid, role="user", content="x")
+        assert store.get_all_session_ids() == [sid]
+        assert store.check().ok and store.repair().ok
+    assert (tmp_path / "0123abcd" / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["ls", "check", "stats", "tree k", "history k"])
+def test_reading_commands_refuse_a_folder_that_is_not_a_store_and_write_nothing(tmp_path: Path, command: str) -> None:
+    (tmp_path / "README").write_text("not a store")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    result = subprocess.run([sys.executable, str(ROOT / "session_store.py"), "--dir", str(tmp_path), *command.split()],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "is not a session store" in result.stderr
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_reading_an_empty_or_missing_folder_creates_nothing(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder in (empty, tmp_path / "missing"):
+        with SessionStore(storage_dir=folder) as store:
+            assert store.get_all_session_ids() == [] and not store.has_key("k") and store.check().ok
+    assert list(empty.iterdir()) == [] and not (tmp_path / "missing").exists()
+
+
+# -- 12. leftovers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs, for real ENOSPC (needs root; skipped with a message otherwise)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a real full disk needs root to mount a small tmpfs")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_real_full_disk_loses_nothing_acknowledged_and_leaves_no_temp_file(tiny_disk: Path) -> None:
+    store = SessionStore(storage_dir=tiny_disk / "s")
+    acknowledged: dict[str, list[str]] = {}
+    failures = 0
+    for n in range(400):
+        try:
+            sid = store.resolve(f"k{n % 7}")
+            acknowledged.setdefault(sid, []).append(store.append(sid, role="user", content="x" * 20_000).id)
+            if n % 5 == 0:
+                store.create_branch(sid, f"b{n}", acknowledged[sid][-1])
+            if n % 11 == 0:
+                store.acquire_lock(sid, "w")
+                store.release_lock(sid, "w")
+        except ss.StorageError as e:
+            assert e.errno in (errno.ENOSPC, errno.EIO), e
+            failures += 1
+            if failures > 30:
+                break
+    assert failures > 0, "the disk never filled"
+    try:
+        store.close()
+    except ss.StorageError:
+        pass  # closing on a full disk may fail to save a cache: never a raw OSError
+    leftovers = [p for p in (tiny_disk / "s").rglob("*") if ".tmp-" in p.name]
+    assert leftovers == []  # a failed atomic write removes its temp file, even on ENOSPC
+    with SessionStore(storage_dir=tiny_disk / "s") as fresh:
+        for sid, ids in acknowledged.items():
+            assert set(ids) <= {m.id for m in fresh.get_messages(sid)}
+        assert fresh.repair().ok
+
+
+def test_a_killed_atomic_write_leaves_a_temp_file_repair_removes_but_not_one_being_written(tmp_path: Path) -> None:
+    with SessionStore(storage_dir=tmp_path) as store:
+        sid = store.resolve("k")
+    killed = tmp_path / sid / ".stats.json.tmp-00112233aabbccdd"
+    killed.write_text("{")
+    live = tmp_path / sid / ".lock.json.tmp-0f0f0f0f0f0f0f0f"
+    live.write_text("")
+    import fcntl
+    with open(live, "rb") as held:  # another process writing it right now holds its flock
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with SessionStore(storage_dir=tmp_path) as store:
+            fixed = store.repair().fixed
+    assert fixed == [f"{killed}: the temp file of an interrupted write; removed"]
+    assert not killed.exists() and live.exists()
+
+
+def test_the_lock_table_holds_only_locks_in_use(inner: tuple[FileSystem, str]) -> None:
+    fs, directory = inner
+    with SessionStore(fs, storage_dir=directory, durable=False) as store:
+        for i in range(300):
+            sid = store.resolve(f"k{i}")
+            store.append(sid, role="user", content="x")
+            store.acquire_lock(sid, "o")
+            store.release_lock(sid, "o")
+            store.delete_session(sid)
+        assert len(fs._locks) == 0  # type: ignore[attr-defined]
+        assert len(store._sessions) == 0
+
+
+def test_the_cache_keeps_to_its_budget_and_close_releases_everything(tmp_path: Path) -> None:
+    with SessionStore(storage_dir=tmp_path, durable=False, cache_sessions=10, cache_bytes=10_000) as store:
+        ids = [store.resolve(f"k{i}") for i in range(50)]
+        for sid in ids:
+            store.append(sid, role="user", content="x" * 500)
+            store.get_messages(sid)
+            assert len(store._sessions) <= 10 and store._cached_bytes <= 10_000 + 1_000
+        with store.lock(ids[0], "me"):  # a leased session stays cached while others come and go
+            for sid in ids[1:]:
+                store.get_messages(sid)
+            assert ids[0] in store._sessions
+        assert [len(store.get_messages(sid)) for sid in ids] == [1] * 50  # evicted ones reload
+    assert len(store._sessions) == 0 and store._cached_bytes == 0
