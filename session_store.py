@@ -5710,15 +5710,19 @@ class _WriteScope:
         state = self._state
         try:
             if writing is not None:
-                if exc_type is not None and state.position != self._entered_at:
-                    try:  # a failed write leaves no trace: its records are cut off again
-                        self._store._storage.rollback(state.session_id, self._entered_at)
-                    except (SessionStoreError, OSError) as e:
-                        _log.error("could not undo a failed write to session %s: %s", state.session_id, e)
-                if exc_type is None and state.untallied >= _TALLY_EVERY and state.loaded:
-                    with contextlib.suppress(SessionStoreError, OSError):
-                        self._store._storage.write_tally(state.session_id, state.position, state.tally())
-                        state.untallied = 0
+                try:
+                    if exc_type is not None and state.position != self._entered_at:
+                        try:  # a failed write leaves no trace: its records are cut off again
+                            self._store._storage.rollback(state.session_id, self._entered_at)
+                        except (SessionStoreError, OSError) as e:
+                            _log.error("could not undo a failed write to session %s: %s", state.session_id, e)
+                    if exc_type is None and state.untallied >= _TALLY_EVERY and state.loaded:
+                        with contextlib.suppress(SessionStoreError, OSError):
+                            self._store._storage.write_tally(state.session_id, state.position, state.tally())
+                            state.untallied = 0
+                except BaseException:  # whatever happens, the storage's lock is let go
+                    writing.__exit__(exc_type, exc, tb)
+                    raise
                 try:
                     writing.__exit__(exc_type, exc, tb)
                 except BaseException as e:

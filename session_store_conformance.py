@@ -327,6 +327,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.open_store = self._storage.__enter__()
         self.reset_config: AutoResetConfig | None = None
         self.durable = False
+        self.crashes = 0
 
     def open(self) -> SessionStore:
         store = self.open_store(clock=self.clock, lock_timeout_ms=LEASE_MS, auto_reset=self.reset_config,
@@ -724,6 +725,105 @@ class StoreMachine(RuleBasedStateMachine):
                 self.model, self.clock.now = before
         finally:
             faulty._failures.clear()
+
+    @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
+                                                         FaultyFileSystem))
+    @rule(data=st.data(), after=st.integers(0, 3))
+    def failing_reset(self, data: st.DataObject, after: int) -> None:
+        """A reset writes several records: one of them fails; the reset leaves no trace."""
+        store = self.handle(data)
+        faulty = store.storage.fs  # type: ignore[attr-defined]
+        before = copy.deepcopy((self.model, self.clock.now))
+        faulty.fail_next("append", errno.ENOSPC, after=after)
+        try:
+            self.manual_reset(data=data)
+        except ss.StorageError:
+            self.model, self.clock.now = before
+        finally:
+            faulty._failures.clear()
+
+    @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
+                                                         FaultyFileSystem))
+    @rule(data=st.data(), step=st.integers(0, 12),
+          call=st.sampled_from(["manual_reset", "delete", "import_session", "resolve"]))
+    def crash(self, data: st.DataObject, step: int, call: str) -> None:
+        """The process dies at a write step inside a call. A new process (a reopened
+        handle) finds the call done whole or not at all, and nothing acknowledged lost;
+        a reset's head is on the old segment or on the whole new one."""
+        which = data.draw(st.integers(0, self.handles - 1), label="handle")
+        store = self.stores[which]
+        faulty = store.storage.fs  # type: ignore[attr-defined]
+        before = copy.deepcopy((self.model, self.clock.now))
+        sid = data.draw(st.sampled_from(list(self.model)), label="session")
+        faulty.crash_at(step)
+        try:
+            if call == "manual_reset":
+                result = store.reset(sid, keep_strategy="last", keep_count=1)
+            elif call == "delete":
+                store.delete_session(sid)
+            elif call == "import_session":
+                chain = [ss.Message(id=f"c{i}", parent_id=f"c{i - 1}" if i else None, type="user", role="user",
+                                    content=f"c{i}", timestamp=1_000) for i in range(3)]
+                store.import_session(f"crash-import-{self.crashes}", chain)
+            else:
+                store.resolve(f"crash-new-{self.crashes}")
+        except SimulatedCrash:
+            crashed = True
+        else:
+            crashed = False
+        faulty.crashed, faulty._crash_op = False, None
+        self.stores[which] = self.open()  # the dead process's handle is gone; a new one starts
+        fresh = self.stores[which]
+        if not crashed:  # it ran through: the model learns it as the plain rule would
+            self.model, self.clock.now = before
+            self._crash_outcome(fresh, call, sid, done=True, result=result if call == "manual_reset" else None)
+            return
+        self.model, self.clock.now = before
+        self._crash_outcome(fresh, call, sid, done=None, result=None)
+
+    def _crash_outcome(self, fresh: SessionStore, call: str, sid: str, *, done: bool | None, result: Any) -> None:
+        """Fold what a (maybe crashed) call left into the model, checking it is allowed."""
+        m = self.model[sid]
+        if call == "delete":
+            if not fresh.has_session(sid):
+                assert not fresh.has_key(m.key)
+                del self.model[sid]
+            else:
+                assert done is not True
+            return
+        if call in ("import_session", "resolve"):
+            key = f"crash-import-{self.crashes}" if call == "import_session" else f"crash-new-{self.crashes}"
+            self.crashes += 1
+            if not fresh.has_key(key):
+                assert done is not True
+                return
+            new = fresh.resolve(key)
+            created = self.model[new] = _ModelSession(key, fresh.get_metadata(new).created_at)  # type: ignore[union-attr]
+            if call == "import_session":
+                created.messages = fresh.get_messages(new)
+                assert [x.id for x in created.messages] == ["c0", "c1", "c2"]  # whole or absent
+                created.branches["main"] = _ModelBranch("c2", created.created_at, 1_000)  # by the head rule
+            return
+        # a reset: extra records may remain (a stray chain), and the head is on the old
+        # segment, or on the end of the whole new one: never on a marker without its copies
+        stored = fresh.get_messages(sid)
+        assert stored[:len(m.messages)] == m.messages  # nothing acknowledged lost or changed
+        extra = stored[len(m.messages):]
+        segment = m.segment()
+        expected = (["reset"] if not self.reset_config or self.reset_config.insert_reset_marker else []) + [
+            x.type for x in segment[-1:]]
+        assert [x.type for x in extra] == expected[:len(extra)]
+        head = fresh.get_head(sid)
+        for x in extra:
+            m.messages.append(x)
+            m.updated_at = max(m.updated_at, x.timestamp)
+        current = m.branches[m.current]
+        if head != current.head:  # the move landed: it was the last write, so the new segment is whole
+            assert len(extra) == len(expected) and extra and head == extra[-1].id
+        branch = fresh.get_branch(sid, m.current)
+        assert branch is not None
+        current.head, current.updated_at = head, branch.updated_at  # (a move to the same head may have landed)
+        m.event(branch.updated_at)
 
     # -- the invariant ------------------------------------------------------------------------
 
