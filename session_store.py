@@ -3128,12 +3128,12 @@ class _Session:
         except (KeyError, TypeError):
             raise MessageNotFound(self.session_id, message_id) from None
 
-    def path_to(self, leaf_id: str) -> list[Message]:
-        """Root -> leaf, O(depth)."""
+    def path_to(self, leaf_id: str, limit: int | None = None) -> list[Message]:
+        """Root -> leaf, O(depth); only its last ``limit`` messages, O(limit), when given."""
         out: list[Message] = []
         msg: Message | None = self.require(leaf_id)
         by_id, detached = self.by_id, self.detached
-        while msg is not None:
+        while msg is not None and (limit is None or len(out) < limit):
             out.append(msg)
             msg = by_id.get(msg.parent_id) if msg.parent_id is not None and msg.id not in detached else None
         out.reverse()
@@ -4982,11 +4982,20 @@ class SessionStore:
         """One message; ``MessageNotFound`` when absent."""
         return self._read(session_id, lambda s: s.require(message_id))
 
-    def get_linear_history(self, session_id: str, leaf_id: str | None = None) -> list[Message]:
-        """Root -> ``leaf_id`` (default: the current head; ``[]`` when empty). O(depth)."""
+    def get_linear_history(self, session_id: str, leaf_id: str | None = None, *,
+                           limit: int | None = None) -> list[Message]:
+        """Root -> ``leaf_id`` (default: the current head; ``[]`` when empty). O(depth).
+
+        ``limit``: only the last ``limit`` messages of that path, still root-first,
+        found by walking back from the leaf: O(limit), whatever the depth (``0`` gives
+        ``[]``; negative raises :class:`InvalidInput`). Head and path are read together.
+        """
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise InvalidInput(f"limit must be an integer >= 0 or None, not {limit!r}")
+
         def history(s: _Session) -> list[Message]:
             leaf = s.head() if leaf_id is None else leaf_id
-            return [] if leaf is None else s.path_to(leaf)
+            return [] if leaf is None else s.path_to(leaf, limit)
         return self._read(session_id, history)
 
     def get_children(self, session_id: str, message_id: str) -> list[Message]:
@@ -5885,9 +5894,10 @@ class AsyncSessionStore:
         """See :meth:`SessionStore.get_message`."""
         return await self._run(self._store.get_message, session_id, message_id)
 
-    async def get_linear_history(self, session_id: str, leaf_id: str | None = None) -> list[Message]:
+    async def get_linear_history(self, session_id: str, leaf_id: str | None = None, *,
+                                 limit: int | None = None) -> list[Message]:
         """See :meth:`SessionStore.get_linear_history`."""
-        return await self._run(self._store.get_linear_history, session_id, leaf_id)
+        return await self._run(self._store.get_linear_history, session_id, leaf_id, limit=limit)
 
     async def get_children(self, session_id: str, message_id: str) -> list[Message]:
         """See :meth:`SessionStore.get_children`."""
