@@ -206,6 +206,7 @@ def test_history_limit_gives_the_last_messages_root_first(store: SessionStore) -
     assert store.get_linear_history(sid, limit=0) == []
     with pytest.raises(ss.MessageNotFound):
         store.get_linear_history(sid, "nope", limit=0)
+    bad: Any
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ss.InvalidInput):
             store.get_linear_history(sid, limit=bad)
