@@ -3196,8 +3196,9 @@ def _tally_records(tally: dict[str, Any], found: Records) -> None:
 # Completions' (tool_calls, tool role), OpenAI Responses' items and content parts (what
 # the OpenAI Agents SDK stores: input_text/output_text, function_call,
 # function_call_output, reasoning), Anthropic's content blocks, and any of these held
-# whole as a record's content, as are a LangChain message (messages_to_dict) and a
-# pydantic-ai ModelMessage (ModelMessagesTypeAdapter, JSON mode). Records of another format (the transcripts
+# whole as a record's content, as are a LangChain message (messages_to_dict), a
+# pydantic-ai ModelMessage (ModelMessagesTypeAdapter, JSON mode) and a LlamaIndex
+# ChatMessage (model_dump). Records of another format (the transcripts
 # session_store_transcripts imports) are first turned into native records by the
 # reader registered for that format (register_context_reader). _settle() then makes
 # any path acceptable to both APIs: consecutive assistant turns merge (one response
@@ -3439,10 +3440,10 @@ def _result_parts(value: Any, owner: str, problems: list[str] | None = None) -> 
 
 _CHAT_ROLES = frozenset({"system", "user", "assistant"})
 # Roles other software writes for the ones the APIs know: LangChain's message types,
-# Gemini's "model", OpenAI's legacy "function" (a tool result).
+# Gemini's "model", Cohere's "chatbot", OpenAI's legacy "function" (a tool result).
 _ROLE_ALIASES = {"system": "system", "developer": "developer", "user": "user", "human": "user",
-                 "assistant": "assistant", "ai": "assistant", "model": "assistant", "tool": "tool",
-                 "function": "tool"}
+                 "assistant": "assistant", "ai": "assistant", "model": "assistant", "chatbot": "assistant",
+                 "tool": "tool", "function": "tool"}
 
 
 def _native_turns(m: Message, problems: list[str]) -> list[_Turn]:
@@ -3488,8 +3489,32 @@ def _item_turns(item: Mapping[str, Any], owner: str, problems: list[str]) -> lis
         problems.append(f"a Responses {kind!r} item in {owner!r}")
         return []
     role = item.get("role")
+    blocks, extra = item.get("blocks"), item.get("additional_kwargs")
+    if "content" not in item and isinstance(blocks, list):  # a LlamaIndex ChatMessage, as model_dump() gives it
+        return _message_turns(role if isinstance(role, str) else "", _llama_index_content(blocks),
+                              extra if isinstance(extra, dict) else {}, False, owner, problems)
     rest = {k: v for k, v in item.items() if k not in ("role", "content", "type")}
     return _message_turns(role if isinstance(role, str) else "", item.get("content"), rest, False, owner, problems)
+
+
+def _llama_index_content(blocks: list[Any]) -> list[Any]:
+    """LlamaIndex content blocks (``block_type``) as the blocks :func:`_read_content` reads;
+    a block of another type keeps its type, to be reported."""
+    out: list[Any] = []
+    for b in blocks:
+        kind = b.get("block_type") if isinstance(b, dict) else None
+        if not isinstance(b, dict) or (kind == "text" and not b.get("text")):
+            continue
+        if kind == "image" and isinstance(b.get("image"), str):
+            out.append({"type": "image", "data": b["image"], "media_type": b.get("image_mimetype")})
+        elif kind == "thinking":
+            out.append({"type": "thinking", "thinking": b.get("content")})
+        elif kind == "tool_call":
+            out.append({"type": "tool_use", "id": b.get("tool_call_id"), "name": b.get("tool_name"),
+                        "input": b.get("tool_kwargs")})
+        else:
+            out.append({**b, "type": kind})
+    return out
 
 
 def _message_turns(role: str, content: Any, fields: Mapping[str, Any], is_result: bool, owner: str,
@@ -5166,9 +5191,10 @@ class SessionStore:
         ``output_text``, ``function_call``, ``function_call_output``, as the OpenAI
         Agents SDK stores them), Anthropic's content blocks, also when a record's content
         is such a message or item whole, or a LangChain message as ``messages_to_dict``
-        writes it, or a pydantic-ai ``ModelMessage`` as ``ModelMessagesTypeAdapter``
+        writes it, a pydantic-ai ``ModelMessage`` as ``ModelMessagesTypeAdapter``
         dumps it to JSON (its ``instructions`` left out: the caller sends its own, as
-        pydantic-ai does); records of other formats through their
+        pydantic-ai does), a LlamaIndex ``ChatMessage`` as ``model_dump`` gives it
+        (``blocks``, ``additional_kwargs``); records of other formats through their
         registered reader (:func:`register_context_reader`; session_store_transcripts
         reads pi and Claude Code transcripts). A tool call without a result (branching
         and resets leave them) gets a synthetic error result; a result answering no call
