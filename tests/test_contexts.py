@@ -250,7 +250,7 @@ def test_a_type_that_is_not_a_string_names_no_format(mem: SessionStore) -> None:
 
 def test_llama_index_chat_messages_as_model_dump_gives_them(mem: SessionStore) -> None:
     sid = mem.resolve("llama-index")
-    for message in [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "additional_kwargs": {}, "blocks": [
             {"block_type": "text", "text": "Weather?"},
             {"block_type": "image", "image": "iVBORw==", "image_mimetype": "image/png", "url": None}]},
@@ -264,7 +264,8 @@ def test_llama_index_chat_messages_as_model_dump_gives_them(mem: SessionStore) -
             {"block_type": "tool_call", "tool_call_id": "call_2", "tool_name": "weather", "tool_kwargs": {"c": 1}}]},
         {"role": "tool", "additional_kwargs": {"tool_call_id": "call_2"}, "blocks": [{"block_type": "text",
                                                                                        "text": "Rain"}]},
-    ]:
+    ]
+    for message in messages:
         mem.append(sid, role=message["role"], content=message)
     openai = mem.build_context(sid, strict=True)
     assert_openai_accepts(openai)
