@@ -3128,12 +3128,12 @@ class _Session:
         except (KeyError, TypeError):
             raise MessageNotFound(self.session_id, message_id) from None
 
-    def path_to(self, leaf_id: str) -> list[Message]:
-        """Root -> leaf, O(depth)."""
+    def path_to(self, leaf_id: str, limit: int | None = None) -> list[Message]:
+        """Root -> leaf, O(depth); only its last ``limit`` messages, O(limit), when given."""
         out: list[Message] = []
         msg: Message | None = self.require(leaf_id)
         by_id, detached = self.by_id, self.detached
-        while msg is not None:
+        while msg is not None and (limit is None or len(out) < limit):
             out.append(msg)
             msg = by_id.get(msg.parent_id) if msg.parent_id is not None and msg.id not in detached else None
         out.reverse()
@@ -3196,7 +3196,9 @@ def _tally_records(tally: dict[str, Any], found: Records) -> None:
 # Completions' (tool_calls, tool role), OpenAI Responses' items and content parts (what
 # the OpenAI Agents SDK stores: input_text/output_text, function_call,
 # function_call_output, reasoning), Anthropic's content blocks, and any of these held
-# whole as a record's content. Records of another format (the transcripts
+# whole as a record's content, as are a LangChain message (messages_to_dict), a
+# pydantic-ai ModelMessage (ModelMessagesTypeAdapter, JSON mode) and a LlamaIndex
+# ChatMessage (model_dump). Records of another format (the transcripts
 # session_store_transcripts imports) are first turned into native records by the
 # reader registered for that format (register_context_reader). _settle() then makes
 # any path acceptable to both APIs: consecutive assistant turns merge (one response
@@ -3339,7 +3341,9 @@ def _image(block: Mapping[str, Any]) -> dict[str, Any] | None:
     if isinstance(block.get("data"), str):
         return {"type": "image", "media_type": block.get("mimeType") or block.get("media_type"),
                 "data": block["data"]}
-    url = block.get("image_url")
+    if isinstance(block.get("base64"), str):  # LangChain's standard image block
+        return {"type": "image", "media_type": block.get("mime_type"), "data": block["base64"]}
+    url = block.get("image_url", block.get("url"))
     url = url.get("url") if isinstance(url, dict) else url
     if isinstance(url, str):
         found = re.fullmatch(r"data:([^;,]+);base64,(.*)", url, re.S)
@@ -3375,6 +3379,12 @@ _RESPONSES_HOSTED = frozenset({
 _RESPONSES_ITEMS = _RESPONSES_CALLS | _RESPONSES_RESULTS | _RESPONSES_HOSTED | {"message", "reasoning"}
 
 
+def _kind(block: Mapping[str, Any]) -> str | None:
+    """A block's or item's ``type`` when it is a string (anything else names no type)."""
+    kind = block.get("type")
+    return kind if isinstance(kind, str) else None
+
+
 def _read_content(content: Any, owner: str, problems: list[str] | None = None,
                   ) -> tuple[list[dict[str, Any]], list[_Call], list[_Turn]]:
     """Parts, tool calls and tool results of a message's content: a string, or a list
@@ -3396,7 +3406,7 @@ def _read_content(content: Any, owner: str, problems: list[str] | None = None,
             if problems is not None:
                 problems.append(f"a content block that is not an object in {owner!r}")
             continue
-        kind = block.get("type")
+        kind = _kind(block)
         if kind in _TEXT_PARTS and isinstance(block.get("text"), str):
             parts.append(_text(block["text"]))
         elif kind == "refusal" and isinstance(block.get("refusal"), str):
@@ -3430,10 +3440,10 @@ def _result_parts(value: Any, owner: str, problems: list[str] | None = None) -> 
 
 _CHAT_ROLES = frozenset({"system", "user", "assistant"})
 # Roles other software writes for the ones the APIs know: LangChain's message types,
-# Gemini's "model", OpenAI's legacy "function" (a tool result).
+# Gemini's "model", Cohere's "chatbot", OpenAI's legacy "function" (a tool result).
 _ROLE_ALIASES = {"system": "system", "developer": "developer", "user": "user", "human": "user",
-                 "assistant": "assistant", "ai": "assistant", "model": "assistant", "tool": "tool",
-                 "function": "tool"}
+                 "assistant": "assistant", "ai": "assistant", "model": "assistant", "chatbot": "assistant",
+                 "tool": "tool", "function": "tool"}
 
 
 def _native_turns(m: Message, problems: list[str]) -> list[_Turn]:
@@ -3448,7 +3458,13 @@ def _native_turns(m: Message, problems: list[str]) -> list[_Turn]:
     if m.type == "tool" and m.role != "tool":  # the tutorial's call record: the assistant's tool_calls say it
         return []
     content = m.content
-    if isinstance(content, dict) and ("role" in content or content.get("type") in _RESPONSES_ITEMS):
+    if isinstance(content, dict) and isinstance(content.get("type"), str) and content["type"] in _LANGCHAIN \
+            and isinstance(content.get("data"), dict):
+        return _langchain_turns(content, m.id, problems)  # langchain_core.messages.message_to_dict()
+    if isinstance(content, dict) and content.get("kind") in ("request", "response") \
+            and isinstance(content.get("parts"), list):
+        return _pydantic_ai_turns(content, m.id, problems)  # a pydantic-ai ModelMessage as JSON
+    if isinstance(content, dict) and ("role" in content or _kind(content) in _RESPONSES_ITEMS):
         return _item_turns(content, m.id, problems)  # a whole message or Responses item as the content
     if m.type in _RESPONSES_ITEMS and m.type != "message":  # a Responses item spread over the record
         return _item_turns({**m.fields, "type": m.type, "content": content}, m.id, problems)
@@ -3457,7 +3473,7 @@ def _native_turns(m: Message, problems: list[str]) -> list[_Turn]:
 
 def _item_turns(item: Mapping[str, Any], owner: str, problems: list[str]) -> list[_Turn]:
     """A Responses item, or a chat message held as one dict (``{"role", "content", ...}``)."""
-    kind = item.get("type")
+    kind = _kind(item)
     if kind in _RESPONSES_CALLS:
         return [_Turn("assistant", calls=[_call(item, f"{owner}-call")])]
     if kind in _RESPONSES_RESULTS:
@@ -3473,8 +3489,32 @@ def _item_turns(item: Mapping[str, Any], owner: str, problems: list[str]) -> lis
         problems.append(f"a Responses {kind!r} item in {owner!r}")
         return []
     role = item.get("role")
+    blocks, extra = item.get("blocks"), item.get("additional_kwargs")
+    if "content" not in item and isinstance(blocks, list):  # a LlamaIndex ChatMessage, as model_dump() gives it
+        return _message_turns(role if isinstance(role, str) else "", _llama_index_content(blocks),
+                              extra if isinstance(extra, dict) else {}, False, owner, problems)
     rest = {k: v for k, v in item.items() if k not in ("role", "content", "type")}
     return _message_turns(role if isinstance(role, str) else "", item.get("content"), rest, False, owner, problems)
+
+
+def _llama_index_content(blocks: list[Any]) -> list[Any]:
+    """LlamaIndex content blocks (``block_type``) as the blocks :func:`_read_content` reads;
+    a block of another type keeps its type, to be reported."""
+    out: list[Any] = []
+    for b in blocks:
+        kind = b.get("block_type") if isinstance(b, dict) else None
+        if not isinstance(b, dict) or (kind == "text" and not b.get("text")):
+            continue
+        if kind == "image" and isinstance(b.get("image"), str):
+            out.append({"type": "image", "data": b["image"], "media_type": b.get("image_mimetype")})
+        elif kind == "thinking":
+            out.append({"type": "thinking", "thinking": b.get("content")})
+        elif kind == "tool_call":
+            out.append({"type": "tool_use", "id": b.get("tool_call_id"), "name": b.get("tool_name"),
+                        "input": b.get("tool_kwargs")})
+        else:
+            out.append({**b, "type": kind})
+    return out
 
 
 def _message_turns(role: str, content: Any, fields: Mapping[str, Any], is_result: bool, owner: str,
@@ -3499,6 +3539,101 @@ def _message_turns(role: str, content: Any, fields: Mapping[str, Any], is_result
     if isinstance(declared, list):
         calls += [_call(c, f"{owner}-call-{i}") for i, c in enumerate(declared) if isinstance(c, dict)]
     return [_Turn("assistant", parts, calls)]
+
+
+# LangChain's message types (``message_to_dict()["type"]``) and the roles they play.
+_LANGCHAIN = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool",
+              "chat": "", "HumanMessageChunk": "user", "AIMessageChunk": "assistant",
+              "SystemMessageChunk": "system", "ToolMessageChunk": "tool", "FunctionMessageChunk": "tool",
+              "ChatMessageChunk": ""}
+
+
+def _langchain_turns(message: Mapping[str, Any], owner: str, problems: list[str]) -> list[_Turn]:
+    """A LangChain message as ``langchain_core.messages.message_to_dict`` writes it:
+    ``{"type": "ai", "data": {"content", "tool_calls": [{"id", "name", "args"}], ...}}``
+    (a chat message's role is ``data["role"]``; a tool message's ``status`` may be
+    ``"error"``). Content blocks of the ``tool_call`` type repeat ``tool_calls``."""
+    data = message["data"]
+    role = _LANGCHAIN[message["type"]] or data.get("role")
+    content = data.get("content")
+    if isinstance(content, list):
+        content = [{"type": "thinking", "thinking": b["reasoning"]}
+                   if isinstance(b, dict) and b.get("type") == "reasoning" and isinstance(b.get("reasoning"), str)
+                   else b for b in content
+                   if not (isinstance(b, dict) and b.get("type") in ("tool_call", "tool_call_chunk"))]
+    calls = data.get("tool_calls")
+    fields = {"tool_call_id": data.get("tool_call_id"), "name": data.get("name"),
+              "is_error": data.get("status") == "error",
+              "tool_calls": [{"id": c.get("id"), "name": c.get("name"), "input": c.get("args")}
+                             for c in calls if isinstance(c, dict)] if isinstance(calls, list) else None}
+    return _message_turns(role if isinstance(role, str) else "", content, fields, False, owner, problems)
+
+
+# pydantic-ai parts that configure a run (instructions, tools, settings): the caller
+# sends its own with each request, as pydantic-ai does; they are not conversation.
+_PYDANTIC_AI_SETTINGS = frozenset({"instruction", "instruction-delta", "instruction-digest", "instruction-baseline",
+                                   "tool-availability-delta", "capability-load-delta", "model-settings-delta"})
+_PYDANTIC_AI_CALLS = frozenset({"tool-call", "tool-search-call", "capability-load-call"})
+_PYDANTIC_AI_RESULTS = frozenset({"tool-return", "tool-search-return", "capability-load-return", "retry-prompt"})
+
+
+def _pydantic_ai_turns(message: Mapping[str, Any], owner: str, problems: list[str]) -> list[_Turn]:
+    """A pydantic-ai ``ModelRequest`` or ``ModelResponse`` as JSON
+    (``ModelMessagesTypeAdapter.dump_python(..., mode="json")``): one turn per part.
+    A request's ``instructions`` are left out (pydantic-ai itself sends the current
+    agent's, never those of the history); thinking keeps its signature only when
+    Anthropic made it; parts of hosted tools have no equivalent."""
+    turns: list[_Turn] = []
+    response = message["kind"] == "response"
+    for i, part in enumerate(message["parts"]):
+        kind = part.get("part_kind") if isinstance(part, dict) else None
+        if not isinstance(part, dict) or kind in _PYDANTIC_AI_SETTINGS:
+            continue
+        content, call_id = part.get("content"), part.get("tool_call_id")
+        text = content if isinstance(content, str) else _dumps(content)
+        if kind == "system-prompt":
+            turns.append(_Turn("system", [_text(text)]))
+        elif kind == "user-prompt":
+            turns.append(_Turn("user", _pydantic_ai_user_parts(content, owner, problems)))
+        elif kind == "retry-feedback" or (kind == "retry-prompt" and not isinstance(call_id, str)):
+            turns.append(_Turn("user", [_text(text)]))
+        elif kind in _PYDANTIC_AI_RESULTS and not response and isinstance(call_id, str):
+            name = part.get("tool_name")
+            turns.append(_Turn("tool", [_text(text)], call_id=call_id, name=name if isinstance(name, str) else "",
+                               is_error=kind == "retry-prompt" or part.get("outcome") in ("failed", "retried")))
+        elif kind == "text" and response:
+            turns.append(_Turn("assistant", [_text(text)]))
+        elif kind == "thinking" and response:
+            signature = part.get("signature") if part.get("provider_name") == "anthropic" else None
+            turns.append(_Turn("assistant", [{"type": "thinking", "thinking": text,
+                                              "signature": signature if isinstance(signature, str) else None}]))
+        elif kind in _PYDANTIC_AI_CALLS and response:
+            args = part.get("args")
+            turns.append(_Turn("assistant", calls=[_Call(
+                id=call_id if isinstance(call_id, str) and call_id else f"{owner}-call-{i}",
+                name=str(part.get("tool_name")), given=args, arguments=args if isinstance(args, str) else None)]))
+        else:
+            problems.append(f"a pydantic-ai {kind!r} part in {owner!r}")
+    return turns
+
+
+def _pydantic_ai_user_parts(content: Any, owner: str, problems: list[str]) -> list[dict[str, Any]]:
+    """A ``UserPromptPart``'s content: text, and images by URL or as binary content."""
+    parts: list[dict[str, Any]] = []
+    for item in content if isinstance(content, list) else [content]:
+        kind = item.get("kind") if isinstance(item, dict) else None
+        if isinstance(item, str):
+            parts.append(_text(item))
+        elif kind == "image-url" and isinstance(item.get("url"), str):
+            parts.append({"type": "image", "url": item["url"]})
+        elif kind == "binary" and str(item.get("media_type")).startswith("image/") \
+                and isinstance(item.get("data"), str):
+            parts.append({"type": "image", "media_type": item["media_type"], "data": item["data"]})
+        elif kind == "text-content" and isinstance(item.get("content"), str):
+            parts.append(_text(item["content"]))
+        elif kind != "cache-point":
+            problems.append(f"pydantic-ai user content of kind {kind!r} in {owner!r}")
+    return parts
 
 
 def _path_turns(path: list[Message], children: Callable[[str], list[Message]], problems: list[str]) -> list[_Turn]:
@@ -5011,11 +5146,20 @@ class SessionStore:
         """One message; ``MessageNotFound`` when absent."""
         return self._read(session_id, lambda s: s.require(message_id))
 
-    def get_linear_history(self, session_id: str, leaf_id: str | None = None) -> list[Message]:
-        """Root -> ``leaf_id`` (default: the current head; ``[]`` when empty). O(depth)."""
+    def get_linear_history(self, session_id: str, leaf_id: str | None = None, *,
+                           limit: int | None = None) -> list[Message]:
+        """Root -> ``leaf_id`` (default: the current head; ``[]`` when empty). O(depth).
+
+        ``limit``: only the last ``limit`` messages of that path, still root-first,
+        found by walking back from the leaf: O(limit), whatever the depth (``0`` gives
+        ``[]``; negative raises :class:`InvalidInput`). Head and path are read together.
+        """
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise InvalidInput(f"limit must be an integer >= 0 or None, not {limit!r}")
+
         def history(s: _Session) -> list[Message]:
             leaf = s.head() if leaf_id is None else leaf_id
-            return [] if leaf is None else s.path_to(leaf)
+            return [] if leaf is None else s.path_to(leaf, limit)
         return self._read(session_id, history)
 
     def get_children(self, session_id: str, message_id: str) -> list[Message]:
@@ -5075,7 +5219,11 @@ class SessionStore:
         system text for Anthropic), OpenAI Responses' items and parts (``input_text``,
         ``output_text``, ``function_call``, ``function_call_output``, as the OpenAI
         Agents SDK stores them), Anthropic's content blocks, also when a record's content
-        is such a message or item whole; records of other formats through their
+        is such a message or item whole, or a LangChain message as ``messages_to_dict``
+        writes it, a pydantic-ai ``ModelMessage`` as ``ModelMessagesTypeAdapter``
+        dumps it to JSON (its ``instructions`` left out: the caller sends its own, as
+        pydantic-ai does), a LlamaIndex ``ChatMessage`` as ``model_dump`` gives it
+        (``blocks``, ``additional_kwargs``); records of other formats through their
         registered reader (:func:`register_context_reader`; session_store_transcripts
         reads pi and Claude Code transcripts). A tool call without a result (branching
         and resets leave them) gets a synthetic error result; a result answering no call
@@ -5918,9 +6066,10 @@ class AsyncSessionStore:
         """See :meth:`SessionStore.get_message`."""
         return await self._run(self._store.get_message, session_id, message_id)
 
-    async def get_linear_history(self, session_id: str, leaf_id: str | None = None) -> list[Message]:
+    async def get_linear_history(self, session_id: str, leaf_id: str | None = None, *,
+                                 limit: int | None = None) -> list[Message]:
         """See :meth:`SessionStore.get_linear_history`."""
-        return await self._run(self._store.get_linear_history, session_id, leaf_id)
+        return await self._run(self._store.get_linear_history, session_id, leaf_id, limit=limit)
 
     async def get_children(self, session_id: str, message_id: str) -> list[Message]:
         """See :meth:`SessionStore.get_children`."""
