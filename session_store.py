@@ -2409,8 +2409,11 @@ class JsonlStorage(Storage):
             with _JsonlWriting(self, session_id):
                 # The commit: without its log, a folder is no session (lookups check it).
                 fs.remove(self._log(session_id), durable=self._durable)
-            if fs.readlink(link) == session_id:
-                fs.remove(link, durable=self._durable)
+            try:  # past the commit the session is gone whatever fails: a dangling link is
+                if fs.readlink(link) == session_id:  # no session (lookups check the log), repair() clears it
+                    fs.remove(link, durable=self._durable)
+            except OSError as exc:
+                _log.warning("session %s deleted; its key link stays until repair(): %s", session_id, exc)
         with self._syncs_lock:
             self._syncs.pop(session_id, None)
         self._idents.pop(session_id, None)

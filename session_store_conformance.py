@@ -717,7 +717,7 @@ class StoreMachine(RuleBasedStateMachine):
             getattr(self, call)(data=data, **kwargs)
         except ss.StorageError:
             if call == "delete":  # past its commit, a deletion's sync may fail: then it is done, not undone
-                gone = [sid for sid in before[0] if sid not in self.model and not self.stores[0].has_session(sid)]
+                gone = [sid for sid in before[0] if not self.stores[0].has_session(sid)]
                 self.model, self.clock.now = before
                 for sid in gone:
                     del self.model[sid]
