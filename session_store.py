@@ -77,6 +77,7 @@ __all__ = [
     "read_turns",
     # the store
     "SessionStore",
+    "AsyncSessionStore",
     "FORMAT_VERSION",
     "MAX_NESTING",
     # command line
@@ -84,15 +85,16 @@ __all__ = [
     "main",
 ]
 
-import argparse
 import contextlib
 import contextvars
 import copy
 import dataclasses
 import errno
+import functools
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import itertools
 import json
 import logging
@@ -107,9 +109,14 @@ import weakref
 import zlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from stat import S_ISDIR, S_ISREG
-from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeGuard, TypeVar, overload
+
+if TYPE_CHECKING:  # imported where they are used: a store that needs neither does not pay for them
+    import argparse
+    import asyncio
+    import concurrent.futures
 
 _log = logging.getLogger("session_store")
 _T = TypeVar("_T")
@@ -1320,7 +1327,7 @@ class RealFileSystem(FileSystem):
         self._max_open = max_open_files
         self._anchors: tuple[str, ...] = ()
         self._reset()
-        _after_fork_hooks.add(self)
+        _after_fork_hooks.add(self.after_fork)
 
     def _reset(self) -> None:
         self._fds: OrderedDict[str, _Descriptor] = OrderedDict()
@@ -1908,24 +1915,31 @@ def _fsync_dir(path: str) -> None:
 
 
 class _WeakHooks:
-    """Objects whose ``after_fork()`` runs in a child process (held weakly)."""
+    """Methods to run in a child process after ``fork()``, their objects held weakly."""
 
     def __init__(self) -> None:
-        self._objects: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._methods: list[weakref.WeakMethod[Callable[[], None]]] = []
+        self._lock = threading.Lock()
         self._registered = False
 
-    def add(self, obj: Any) -> None:
-        if not self._registered and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._run)
-            self._registered = True
-        self._objects.add(obj)
+    def add(self, method: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._registered and hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=self._run)
+                self._registered = True
+            self._methods = [m for m in self._methods if m() is not None]
+            self._methods.append(weakref.WeakMethod(method))
 
     def _run(self) -> None:
-        for obj in list(self._objects):
+        self._lock = threading.Lock()  # it may have been held by another thread of the parent
+        for ref in self._methods:
+            method = ref()
+            if method is None:
+                continue
             try:
-                obj.after_fork()
+                method()
             except Exception:  # a child must come up; the object reports on first use
-                _log.exception("after_fork of %r failed", obj)
+                _log.exception("after fork: %r failed", method)
 
 
 _after_fork_hooks = _WeakHooks()
@@ -2285,7 +2299,7 @@ class JsonlStorage(Storage):
         self._durable = True
         self._must_sync = True
         self._reset()
-        _after_fork_hooks.add(self)
+        _after_fork_hooks.add(self.after_fork)
 
     def _reset(self) -> None:
         self._syncs: dict[str, _SyncState] = {}
@@ -2511,8 +2525,11 @@ class JsonlStorage(Storage):
             with _JsonlWriting(self, session_id):
                 # The commit: without its log, a folder is no session (lookups check it).
                 fs.remove(self._log(session_id), durable=self._durable)
-            if fs.readlink(link) == session_id:
-                fs.remove(link, durable=self._durable)
+            try:  # past the commit the session is gone whatever fails: a dangling link is
+                if fs.readlink(link) == session_id:  # no session (lookups check the log), repair() clears it
+                    fs.remove(link, durable=self._durable)
+            except OSError as exc:
+                _log.warning("session %s deleted; its key link stays until repair(): %s", session_id, exc)
         with self._syncs_lock:
             self._syncs.pop(session_id, None)
         self._idents.pop(session_id, None)
@@ -3348,12 +3365,12 @@ class _Session:
         except (KeyError, TypeError):
             raise MessageNotFound(self.session_id, message_id) from None
 
-    def path_to(self, leaf_id: str) -> list[Message]:
-        """Root -> leaf, O(depth)."""
+    def path_to(self, leaf_id: str, limit: int | None = None) -> list[Message]:
+        """Root -> leaf, O(depth); only its last ``limit`` messages, O(limit), when given."""
         out: list[Message] = []
         msg: Message | None = self.require(leaf_id)
         by_id, detached = self.by_id, self.detached
-        while msg is not None:
+        while msg is not None and (limit is None or len(out) < limit):
             out.append(msg)
             msg = by_id.get(msg.parent_id) if msg.parent_id is not None and msg.id not in detached else None
         out.reverse()
@@ -3427,7 +3444,9 @@ def _tally_records(tally: dict[str, Any], found: Records) -> None:
 # Completions' (tool_calls, tool role), OpenAI Responses' items and content parts (what
 # the OpenAI Agents SDK stores: input_text/output_text, function_call,
 # function_call_output, reasoning), Anthropic's content blocks, and any of these held
-# whole as a record's content. Records of another format (the transcripts
+# whole as a record's content, as are a LangChain message (messages_to_dict), a
+# pydantic-ai ModelMessage (ModelMessagesTypeAdapter, JSON mode) and a LlamaIndex
+# ChatMessage (model_dump). Records of another format (the transcripts
 # session_store_transcripts imports) are first turned into native records by the
 # reader registered for that format (register_context_reader). _settle() then makes
 # any path acceptable to both APIs: consecutive assistant turns merge (one response
@@ -3573,7 +3592,9 @@ def _image(block: Mapping[str, Any]) -> dict[str, Any] | None:
     if isinstance(block.get("data"), str):
         return {"type": "image", "media_type": block.get("mimeType") or block.get("media_type"),
                 "data": block["data"]}
-    url = block.get("image_url")
+    if isinstance(block.get("base64"), str):  # LangChain's standard image block
+        return {"type": "image", "media_type": block.get("mime_type"), "data": block["base64"]}
+    url = block.get("image_url", block.get("url"))
     url = url.get("url") if isinstance(url, dict) else url
     if isinstance(url, str):
         found = re.fullmatch(r"data:([^;,]+);base64,(.*)", url, re.S)
@@ -3609,6 +3630,12 @@ _RESPONSES_HOSTED = frozenset({
 _RESPONSES_ITEMS = _RESPONSES_CALLS | _RESPONSES_RESULTS | _RESPONSES_HOSTED | {"message", "reasoning"}
 
 
+def _kind(block: Mapping[str, Any]) -> str | None:
+    """A block's or item's ``type`` when it is a string (anything else names no type)."""
+    kind = block.get("type")
+    return kind if isinstance(kind, str) else None
+
+
 def _read_content(content: Any, owner: str, problems: list[str] | None = None,
                   ) -> tuple[list[dict[str, Any]], list[_Call], list[_Turn]]:
     """Parts, tool calls and tool results of a message's content: a string, or a list
@@ -3630,7 +3657,7 @@ def _read_content(content: Any, owner: str, problems: list[str] | None = None,
             if problems is not None:
                 problems.append(f"a content block that is not an object in {owner!r}")
             continue
-        kind = block.get("type")
+        kind = _kind(block)
         if kind in _TEXT_PARTS and isinstance(block.get("text"), str):
             parts.append(_text(block["text"]))
         elif kind == "refusal" and isinstance(block.get("refusal"), str):
@@ -3664,10 +3691,10 @@ def _result_parts(value: Any, owner: str, problems: list[str] | None = None) -> 
 
 _CHAT_ROLES = frozenset({"system", "user", "assistant"})
 # Roles other software writes for the ones the APIs know: LangChain's message types,
-# Gemini's "model", OpenAI's legacy "function" (a tool result).
+# Gemini's "model", Cohere's "chatbot", OpenAI's legacy "function" (a tool result).
 _ROLE_ALIASES = {"system": "system", "developer": "developer", "user": "user", "human": "user",
-                 "assistant": "assistant", "ai": "assistant", "model": "assistant", "tool": "tool",
-                 "function": "tool"}
+                 "assistant": "assistant", "ai": "assistant", "model": "assistant", "chatbot": "assistant",
+                 "tool": "tool", "function": "tool"}
 
 
 def _native_turns(m: Message, problems: list[str]) -> list[_Turn]:
@@ -3682,7 +3709,13 @@ def _native_turns(m: Message, problems: list[str]) -> list[_Turn]:
     if m.type == "tool" and m.role != "tool":  # the tutorial's call record: the assistant's tool_calls say it
         return []
     content = m.content
-    if isinstance(content, dict) and ("role" in content or content.get("type") in _RESPONSES_ITEMS):
+    if isinstance(content, dict) and isinstance(content.get("type"), str) and content["type"] in _LANGCHAIN \
+            and isinstance(content.get("data"), dict):
+        return _langchain_turns(content, m.id, problems)  # langchain_core.messages.message_to_dict()
+    if isinstance(content, dict) and content.get("kind") in ("request", "response") \
+            and isinstance(content.get("parts"), list):
+        return _pydantic_ai_turns(content, m.id, problems)  # a pydantic-ai ModelMessage as JSON
+    if isinstance(content, dict) and ("role" in content or _kind(content) in _RESPONSES_ITEMS):
         return _item_turns(content, m.id, problems)  # a whole message or Responses item as the content
     if m.type in _RESPONSES_ITEMS and m.type != "message":  # a Responses item spread over the record
         return _item_turns({**m.fields, "type": m.type, "content": content}, m.id, problems)
@@ -3691,7 +3724,7 @@ def _native_turns(m: Message, problems: list[str]) -> list[_Turn]:
 
 def _item_turns(item: Mapping[str, Any], owner: str, problems: list[str]) -> list[_Turn]:
     """A Responses item, or a chat message held as one dict (``{"role", "content", ...}``)."""
-    kind = item.get("type")
+    kind = _kind(item)
     if kind in _RESPONSES_CALLS:
         return [_Turn("assistant", calls=[_call(item, f"{owner}-call")])]
     if kind in _RESPONSES_RESULTS:
@@ -3707,8 +3740,32 @@ def _item_turns(item: Mapping[str, Any], owner: str, problems: list[str]) -> lis
         problems.append(f"a Responses {kind!r} item in {owner!r}")
         return []
     role = item.get("role")
+    blocks, extra = item.get("blocks"), item.get("additional_kwargs")
+    if "content" not in item and isinstance(blocks, list):  # a LlamaIndex ChatMessage, as model_dump() gives it
+        return _message_turns(role if isinstance(role, str) else "", _llama_index_content(blocks),
+                              extra if isinstance(extra, dict) else {}, False, owner, problems)
     rest = {k: v for k, v in item.items() if k not in ("role", "content", "type")}
     return _message_turns(role if isinstance(role, str) else "", item.get("content"), rest, False, owner, problems)
+
+
+def _llama_index_content(blocks: list[Any]) -> list[Any]:
+    """LlamaIndex content blocks (``block_type``) as the blocks :func:`_read_content` reads;
+    a block of another type keeps its type, to be reported."""
+    out: list[Any] = []
+    for b in blocks:
+        kind = b.get("block_type") if isinstance(b, dict) else None
+        if not isinstance(b, dict) or (kind == "text" and not b.get("text")):
+            continue
+        if kind == "image" and isinstance(b.get("image"), str):
+            out.append({"type": "image", "data": b["image"], "media_type": b.get("image_mimetype")})
+        elif kind == "thinking":
+            out.append({"type": "thinking", "thinking": b.get("content")})
+        elif kind == "tool_call":
+            out.append({"type": "tool_use", "id": b.get("tool_call_id"), "name": b.get("tool_name"),
+                        "input": b.get("tool_kwargs")})
+        else:
+            out.append({**b, "type": kind})
+    return out
 
 
 def _message_turns(role: str, content: Any, fields: Mapping[str, Any], is_result: bool, owner: str,
@@ -3733,6 +3790,101 @@ def _message_turns(role: str, content: Any, fields: Mapping[str, Any], is_result
     if isinstance(declared, list):
         calls += [_call(c, f"{owner}-call-{i}") for i, c in enumerate(declared) if isinstance(c, dict)]
     return [_Turn("assistant", parts, calls)]
+
+
+# LangChain's message types (``message_to_dict()["type"]``) and the roles they play.
+_LANGCHAIN = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool",
+              "chat": "", "HumanMessageChunk": "user", "AIMessageChunk": "assistant",
+              "SystemMessageChunk": "system", "ToolMessageChunk": "tool", "FunctionMessageChunk": "tool",
+              "ChatMessageChunk": ""}
+
+
+def _langchain_turns(message: Mapping[str, Any], owner: str, problems: list[str]) -> list[_Turn]:
+    """A LangChain message as ``langchain_core.messages.message_to_dict`` writes it:
+    ``{"type": "ai", "data": {"content", "tool_calls": [{"id", "name", "args"}], ...}}``
+    (a chat message's role is ``data["role"]``; a tool message's ``status`` may be
+    ``"error"``). Content blocks of the ``tool_call`` type repeat ``tool_calls``."""
+    data = message["data"]
+    role = _LANGCHAIN[message["type"]] or data.get("role")
+    content = data.get("content")
+    if isinstance(content, list):
+        content = [{"type": "thinking", "thinking": b["reasoning"]}
+                   if isinstance(b, dict) and b.get("type") == "reasoning" and isinstance(b.get("reasoning"), str)
+                   else b for b in content
+                   if not (isinstance(b, dict) and b.get("type") in ("tool_call", "tool_call_chunk"))]
+    calls = data.get("tool_calls")
+    fields = {"tool_call_id": data.get("tool_call_id"), "name": data.get("name"),
+              "is_error": data.get("status") == "error",
+              "tool_calls": [{"id": c.get("id"), "name": c.get("name"), "input": c.get("args")}
+                             for c in calls if isinstance(c, dict)] if isinstance(calls, list) else None}
+    return _message_turns(role if isinstance(role, str) else "", content, fields, False, owner, problems)
+
+
+# pydantic-ai parts that configure a run (instructions, tools, settings): the caller
+# sends its own with each request, as pydantic-ai does; they are not conversation.
+_PYDANTIC_AI_SETTINGS = frozenset({"instruction", "instruction-delta", "instruction-digest", "instruction-baseline",
+                                   "tool-availability-delta", "capability-load-delta", "model-settings-delta"})
+_PYDANTIC_AI_CALLS = frozenset({"tool-call", "tool-search-call", "capability-load-call"})
+_PYDANTIC_AI_RESULTS = frozenset({"tool-return", "tool-search-return", "capability-load-return", "retry-prompt"})
+
+
+def _pydantic_ai_turns(message: Mapping[str, Any], owner: str, problems: list[str]) -> list[_Turn]:
+    """A pydantic-ai ``ModelRequest`` or ``ModelResponse`` as JSON
+    (``ModelMessagesTypeAdapter.dump_python(..., mode="json")``): one turn per part.
+    A request's ``instructions`` are left out (pydantic-ai itself sends the current
+    agent's, never those of the history); thinking keeps its signature only when
+    Anthropic made it; parts of hosted tools have no equivalent."""
+    turns: list[_Turn] = []
+    response = message["kind"] == "response"
+    for i, part in enumerate(message["parts"]):
+        kind = part.get("part_kind") if isinstance(part, dict) else None
+        if not isinstance(part, dict) or kind in _PYDANTIC_AI_SETTINGS:
+            continue
+        content, call_id = part.get("content"), part.get("tool_call_id")
+        text = content if isinstance(content, str) else _dumps(content)
+        if kind == "system-prompt":
+            turns.append(_Turn("system", [_text(text)]))
+        elif kind == "user-prompt":
+            turns.append(_Turn("user", _pydantic_ai_user_parts(content, owner, problems)))
+        elif kind == "retry-feedback" or (kind == "retry-prompt" and not isinstance(call_id, str)):
+            turns.append(_Turn("user", [_text(text)]))
+        elif kind in _PYDANTIC_AI_RESULTS and not response and isinstance(call_id, str):
+            name = part.get("tool_name")
+            turns.append(_Turn("tool", [_text(text)], call_id=call_id, name=name if isinstance(name, str) else "",
+                               is_error=kind == "retry-prompt" or part.get("outcome") in ("failed", "retried")))
+        elif kind == "text" and response:
+            turns.append(_Turn("assistant", [_text(text)]))
+        elif kind == "thinking" and response:
+            signature = part.get("signature") if part.get("provider_name") == "anthropic" else None
+            turns.append(_Turn("assistant", [{"type": "thinking", "thinking": text,
+                                              "signature": signature if isinstance(signature, str) else None}]))
+        elif kind in _PYDANTIC_AI_CALLS and response:
+            args = part.get("args")
+            turns.append(_Turn("assistant", calls=[_Call(
+                id=call_id if isinstance(call_id, str) and call_id else f"{owner}-call-{i}",
+                name=str(part.get("tool_name")), given=args, arguments=args if isinstance(args, str) else None)]))
+        else:
+            problems.append(f"a pydantic-ai {kind!r} part in {owner!r}")
+    return turns
+
+
+def _pydantic_ai_user_parts(content: Any, owner: str, problems: list[str]) -> list[dict[str, Any]]:
+    """A ``UserPromptPart``'s content: text, and images by URL or as binary content."""
+    parts: list[dict[str, Any]] = []
+    for item in content if isinstance(content, list) else [content]:
+        kind = item.get("kind") if isinstance(item, dict) else None
+        if isinstance(item, str):
+            parts.append(_text(item))
+        elif kind == "image-url" and isinstance(item.get("url"), str):
+            parts.append({"type": "image", "url": item["url"]})
+        elif kind == "binary" and str(item.get("media_type")).startswith("image/") \
+                and isinstance(item.get("data"), str):
+            parts.append({"type": "image", "media_type": item["media_type"], "data": item["data"]})
+        elif kind == "text-content" and isinstance(item.get("content"), str):
+            parts.append(_text(item["content"]))
+        elif kind != "cache-point":
+            problems.append(f"pydantic-ai user content of kind {kind!r} in {owner!r}")
+    return parts
 
 
 def _path_turns(path: list[Message], children: Callable[[str], list[Message]], problems: list[str]) -> list[_Turn]:
@@ -4099,9 +4251,10 @@ class _ContextFold:
     sibling of the leaf, an ancestor) rewinds to the mark before the fork and folds
     on from there."""
 
-    __slots__ = ("finished", "ids", "index", "marks", "output", "problems", "readers", "settler")
+    __slots__ = ("finished", "ids", "index", "markers", "marks", "output", "problems", "readers", "settler")
 
-    def __init__(self, format: str) -> None:
+    def __init__(self, format: str, markers: bool = True) -> None:
+        self.markers = markers  # reset markers go in as system text (else they are left out)
         self.output: _OpenAIOutput | _AnthropicOutput = (
             _AnthropicOutput() if format == "anthropic" else _OpenAIOutput())
         self.settler = _Settler(self.output.take)
@@ -4118,9 +4271,11 @@ class _ContextFold:
         settler, ids, index, problems, marks = self.settler, self.ids, self.index, self.problems, self.marks
         self.finished = None
         marked_from = len(ids) + len(path) - _CONTEXT_MARKS  # marks further back would be dropped below
+        markers = self.markers
         for m in path:
-            for turn in _native_turns(m, problems):
-                settler.push(turn)
+            if markers or m.type != "reset":
+                for turn in _native_turns(m, problems):
+                    settler.push(turn)
             index[m.id] = len(ids)
             ids.append(m.id)
             if settler.clean and len(ids) >= marked_from:
@@ -4408,13 +4563,16 @@ class ResetResult:
     """What a reset check decided.
 
     ``reason``: ``"max_messages"``, ``"max_age"``, ``"max_tokens"``, ``"manual"`` or
-    ``None``. ``messages``: what remains, the marker (when inserted) first, then the
-    kept messages in their original order; unchanged input when ``reset`` is false.
+    ``None``. ``messages``: the new segment, the marker (when inserted) first, then
+    copies of the kept messages in their original order (new ids, chained after the
+    marker, ``reset_from`` naming the original): what a store writes. Unchanged input
+    when ``reset`` is false. (Dicts when :meth:`AutoResetManager.check_and_reset` was
+    given dicts.)
     """
 
     reset: bool
     reason: str | None
-    messages: list[Message]
+    messages: list[Any]
 
 
 class AutoResetManager:
@@ -4470,28 +4628,65 @@ class AutoResetManager:
                        content=f"Session reset ({reason}) at {when}.", timestamp=now_ms,
                        fields={"reason": reason})
 
-    def check_and_reset(self, messages: list[Message]) -> ResetResult:
+    def check_and_reset(self, messages: Sequence[Message | Mapping[str, Any]]) -> ResetResult:
         """Reset ``messages`` (a root -> leaf history) when its segment is over a limit.
 
         The segment is what follows the last ``reset`` marker (all of it when none).
-        Not reset: ``ResetResult(False, None, messages)``.
+        Not reset: ``ResetResult(False, None, messages)``. Reset: what a store writes
+        (see :meth:`reset`). Messages may be :class:`Message` records or, as the seed
+        passes them, dicts (``id``, ``parentId``, ``type``, ``role``, ``content``,
+        ``timestamp``, extra fields; ``parent_id`` is read too): then the result holds
+        dicts of the same shape. :class:`InvalidMessage` for one that is neither.
         """
-        segment = _current_segment(messages)
+        history = [_as_message(m) for m in messages]
+        segment = _current_segment(history)
         c = self.config
         now = round(self._clock() * 1000)
         tokens = sum(c.count_tokens(m) for m in segment) if c.max_tokens is not None else 0
-        start = messages[len(messages) - len(segment) - 1].timestamp if len(segment) < len(messages) else (
+        start = history[len(history) - len(segment) - 1].timestamp if len(segment) < len(history) else (
             segment[0].timestamp if segment else None)
         reason = self.over_limit(len(segment), tokens, start, now) if c.enabled else None
         if reason is None:
             return ResetResult(reset=False, reason=None, messages=list(messages))
-        return self.reset(segment, reason, now)
+        result = self.reset(segment, reason, now)
+        if messages and not isinstance(messages[0], Message):
+            return ResetResult(reset=True, reason=reason, messages=[_thaw(m.to_record()) for m in result.messages])
+        return result
 
-    def reset(self, segment: list[Message], reason: str, now_ms: int) -> ResetResult:
-        """Reset unconditionally: marker (if configured) then the kept messages."""
-        kept = self.keep(segment, now_ms=None if self.config.insert_reset_marker else now_ms)
-        head = [self.marker(reason, now_ms)] if self.config.insert_reset_marker else []
-        return ResetResult(reset=True, reason=reason, messages=head + kept)
+    def reset(self, segment: list[Message], reason: str, now_ms: int, *, reserve: int = 0, reserve_tokens: int = 0,
+              new_id: Callable[[], str] | None = None) -> ResetResult:
+        """Reset unconditionally, exactly as a store writes it: the marker (if
+        configured; a new root), then a copy of each kept message chained after it
+        (a new id, ``reset_from`` = the original's id, the time ``now_ms``). ``reserve``
+        / ``reserve_tokens``: room kept for a message about to be appended."""
+        kept = self.keep(segment, reserve=reserve, reserve_tokens=reserve_tokens)
+        new_id = new_id if new_id is not None else (lambda: os.urandom(8).hex())
+        written: list[Message] = []
+        parent: str | None = None
+        if self.config.insert_reset_marker:
+            marker = dataclasses.replace(self.marker(reason, now_ms), id=new_id())
+            written.append(marker)
+            parent = marker.id
+        for original in kept:
+            copy = dataclasses.replace(original, id=new_id(), parent_id=parent, timestamp=now_ms,
+                                       fields=_FrozenDict({**original.fields, "reset_from": original.id}))
+            written.append(copy)
+            parent = copy.id
+        return ResetResult(reset=True, reason=reason, messages=written)
+
+
+def _as_message(message: Message | Mapping[str, Any]) -> Message:
+    """A record as given to :meth:`AutoResetManager.check_and_reset`: a Message, or a dict."""
+    if isinstance(message, Message):
+        return message
+    if not isinstance(message, Mapping):
+        raise InvalidMessage(f"messages must be Message records or dicts, not {type(message).__name__}")
+    record = {_SNAKE_TO_CAMEL.get(k, k): v for k, v in message.items()}
+    record.setdefault("type", record.get("role"))
+    try:
+        return _message_from_record(json.loads(_encode_message(record)))
+    except ValueError as e:
+        raise InvalidMessage(f"not a message record: {e}") from None
 
 
 def _current_segment(messages: list[Message]) -> list[Message]:
@@ -4523,7 +4718,8 @@ _HELD: contextvars.ContextVar[tuple[tuple[int, str, str, str, int], ...]] = cont
     "session_store_held", default=())
 
 _QUEUE_MS = 2_000  # a waiter's place in a lease's queue lasts this long unless renewed
-_POLL = 0.005  # seconds between a waiter's looks at a held lease
+_POLL = 0.001  # seconds between the first waiter's looks at a held lease (a read of its record)
+_POLL_BEHIND = 0.005  # the same for waiters behind it (their turn cannot come first)
 _WAITER_IDS = itertools.count(1)
 
 
@@ -4653,7 +4849,7 @@ class SessionStore:
         self._opened = False
         self._closed = False
         self._reset_process_state()
-        _after_fork_hooks.add(self)
+        _after_fork_hooks.add(self._after_fork)
 
     def _reset_process_state(self) -> None:
         self._mutex = threading.RLock()  # guards the dicts below; never held across I/O
@@ -4662,8 +4858,9 @@ class SessionStore:
         self._cached_bytes = 0
         self._marks: set[str] = set()  # sessions whose lease this store holds (a proof of life kept)
         self._lease_changed = threading.Condition(threading.Lock())
+        self._lease_listeners: tuple[Callable[[str], None], ...] = ()  # AsyncSessionStore's waiters
 
-    def after_fork(self) -> None:
+    def _after_fork(self) -> None:
         """In a child process after ``fork()`` (called by ``os.register_at_fork``):
         start with an empty cache and fresh locks. Leases and their proofs of life
         stay the parent's; the storage reopens its own descriptors or connections."""
@@ -5003,8 +5200,10 @@ class SessionStore:
         except SessionNotFound:
             self._forget_deleted(state)
             raise
-        except BaseException:
+        except BaseException as e:
             state.loaded = False  # half-applied records must not linger
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
+                raise _storage_error(e, f"read session {state.session_id!r}") from e
             raise
         finally:
             if state.nbytes != before:
@@ -5302,22 +5501,11 @@ class SessionStore:
         head = state.head()
         segment = _current_segment(state.path_to(head)) if head is not None else []
         reserve_tokens = config.count_tokens(incoming) if incoming is not None and config.max_tokens else 0
-        kept = manager.keep(segment, reserve=1 if incoming is not None else 0, reserve_tokens=reserve_tokens)
-        written: list[Message] = []
-        parent: str | None = None
-        if config.insert_reset_marker:
-            marker = dataclasses.replace(manager.marker(reason, now), id=state.fresh_id())
-            written.append(marker)
-            parent = marker.id
-        for original in kept:
-            copy_id = state.fresh_id()
-            copy = dataclasses.replace(original, id=copy_id, parent_id=parent, timestamp=now,
-                                       fields=_FrozenDict({**original.fields, "reset_from": original.id}))
-            written.append(copy)
-            parent = copy_id
-        for msg in written:
+        result = manager.reset(segment, reason, now, reserve=1 if incoming is not None else 0,
+                               reserve_tokens=reserve_tokens, new_id=state.fresh_id)
+        for msg in result.messages:
             self._write_message(state, msg, _encode_message(msg.to_record()))
-        return ResetResult(reset=True, reason=reason, messages=written), parent
+        return result, result.messages[-1].id if result.messages else None
 
     def _emit_reset(self, session_id: str, result: ResetResult) -> None:
         self._emit("session.reset", session_id, result)
@@ -5464,11 +5652,20 @@ class SessionStore:
         """One message; ``MessageNotFound`` when absent."""
         return self._read(session_id, lambda s: s.require(message_id))
 
-    def get_linear_history(self, session_id: str, leaf_id: str | None = None) -> list[Message]:
-        """Root -> ``leaf_id`` (default: the current head; ``[]`` when empty). O(depth)."""
+    def get_linear_history(self, session_id: str, leaf_id: str | None = None, *,
+                           limit: int | None = None) -> list[Message]:
+        """Root -> ``leaf_id`` (default: the current head; ``[]`` when empty). O(depth).
+
+        ``limit``: only the last ``limit`` messages of that path, still root-first,
+        found by walking back from the leaf: O(limit), whatever the depth (``0`` gives
+        ``[]``; negative raises :class:`InvalidInput`). Head and path are read together.
+        """
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise InvalidInput(f"limit must be an integer >= 0 or None, not {limit!r}")
+
         def history(s: _Session) -> list[Message]:
             leaf = s.head() if leaf_id is None else leaf_id
-            return [] if leaf is None else s.path_to(leaf)
+            return [] if leaf is None else s.path_to(leaf, limit)
         return self._read(session_id, history)
 
     def get_children(self, session_id: str, message_id: str) -> list[Message]:
@@ -5508,14 +5705,17 @@ class SessionStore:
 
     @overload
     def build_context(self, session_id: str, leaf_id: str | None = None, *,
-                      format: Literal["openai"] = "openai", strict: bool = False) -> list[dict[str, Any]]: ...
+                      format: Literal["openai"] = "openai", strict: bool = False,
+                      include_reset_markers: bool = False) -> list[dict[str, Any]]: ...
 
     @overload
     def build_context(self, session_id: str, leaf_id: str | None = None, *,
-                      format: Literal["anthropic"], strict: bool = False) -> dict[str, Any]: ...
+                      format: Literal["anthropic"], strict: bool = False,
+                      include_reset_markers: bool = False) -> dict[str, Any]: ...
 
-    def build_context(self, session_id: str, leaf_id: str | None = None, *,
-                      format: str = "openai", strict: bool = False) -> list[dict[str, Any]] | dict[str, Any]:
+    def build_context(self, session_id: str, leaf_id: str | None = None, *, format: str = "openai",
+                      strict: bool = False, include_reset_markers: bool = False
+                      ) -> list[dict[str, Any]] | dict[str, Any]:
         """The root -> leaf path (default: the current head) as what a model API takes.
 
         ``format="openai"``: a list of Chat Completions messages (assistant
@@ -5531,13 +5731,19 @@ class SessionStore:
         system text for Anthropic), OpenAI Responses' items and parts (``input_text``,
         ``output_text``, ``function_call``, ``function_call_output``, as the OpenAI
         Agents SDK stores them), Anthropic's content blocks, also when a record's content
-        is such a message or item whole; records of other formats through their
+        is such a message or item whole, or a LangChain message as ``messages_to_dict``
+        writes it, a pydantic-ai ``ModelMessage`` as ``ModelMessagesTypeAdapter``
+        dumps it to JSON (its ``instructions`` left out: the caller sends its own, as
+        pydantic-ai does), a LlamaIndex ``ChatMessage`` as ``model_dump`` gives it
+        (``blocks``, ``additional_kwargs``); records of other formats through their
         registered reader (:func:`register_context_reader`; session_store_transcripts
         reads pi and Claude Code transcripts). A tool call without a result (branching
         and resets leave them) gets a synthetic error result; a result answering no call
         on the path is dropped; consecutive assistant records (one response split over
         records) merge; thinking goes to Anthropic only with its signature, to OpenAI
-        never. A reset marker becomes system text.
+        never. A reset marker ("Session reset (max_messages) at ...") stays out of the
+        context (the kept messages after it are in); ``include_reset_markers=True``
+        sends it as system text.
 
         What neither API can express (an unknown role, a block of an unknown type, an
         item of OpenAI's hosted tools) is left out and logged once per session; with
@@ -5558,7 +5764,7 @@ class SessionStore:
         with state.lock:
             self._catch_up(state)
             leaf = state.head() if leaf_id is None else state.require(leaf_id).id
-            found = None if leaf is None else self._context(state, state.by_id[leaf], format)
+            found = None if leaf is None else self._context(state, state.by_id[leaf], format, include_reset_markers)
             path = [] if found is not None or leaf is None else state.path_to(leaf)
         self._trim()
         if found is not None:
@@ -5575,12 +5781,15 @@ class SessionStore:
                 return list(tree.get(message_id, ()))
 
             problems = []
+            if not include_reset_markers:
+                path = [m for m in path if m.type != "reset"]
             context = _context(_path_turns(path, children, problems), format)
         if problems:
             _left_out(session_id, problems, strict)
         return context  # type: ignore[no-any-return]
 
-    def _context(self, state: _Session, leaf: Message, format: str) -> tuple[Any, list[str]] | None:
+    def _context(self, state: _Session, leaf: Message, format: str, markers: bool
+                 ) -> tuple[Any, list[str]] | None:
         """The context of the path to ``leaf`` and what it left out, from the session's
         fold for ``format`` (see "Contexts"), extended or rewound to reach ``leaf``:
         O(new messages) for the leaf folded last, a descendant of it, or a path that
@@ -5594,14 +5803,15 @@ class SessionStore:
         folds = state.context_cache
         if folds is None:
             folds = state.context_cache = {}
-        fold: _ContextFold | None = folds.get(format)
+        which = (format, markers)
+        fold: _ContextFold | None = folds.get(which)
         before = 0 if fold is None else len(fold.ids)
         todo = None if fold is None or fold.readers != _CONTEXT_READERS_VERSION[0] else _to_fold(state, fold, leaf)
         if fold is None or todo is None:
-            fold = folds[format] = _ContextFold(format)
+            fold = folds[which] = _ContextFold(format, markers)
             todo = state.path_to(leaf.id)
         if todo and any(m.type != m.role and _reader_of(m) for m in todo):
-            del folds[format]
+            del folds[which]
             self._grow(state, -before * _CONTEXT_BYTES)
             return None
         if todo:
@@ -5874,7 +6084,8 @@ class SessionStore:
         with self._mutex:
             if session_id in self._marks:
                 return
-        self._storage.hold_lease(session_id)
+        with _storage_errors(f"keep a proof of life for the lease of {session_id!r}"):
+            self._storage.hold_lease(session_id)
         with self._mutex:
             self._marks.add(session_id)
 
@@ -5943,21 +6154,30 @@ class SessionStore:
                 queue = [w for w in lease["queue"] if w[0] != waiter]
                 if len(queue) != len(lease["queue"]):
                     self._write_lease(state, {**lease, "queue": queue})
+        self._lease_freed(session_id)
+
+    def _lease_freed(self, session_id: str) -> None:
+        """Wake this process's waiters for the session's lease (threads and event loops);
+        waiters in other processes look again after a short pause."""
         with self._lease_changed:
             self._lease_changed.notify_all()
+        for listener in self._lease_listeners:
+            listener(session_id)
 
-    def _looks_takeable(self, session_id: str, waiter: str) -> bool:
+    def _looks_takeable(self, session_id: str, waiter: str) -> tuple[bool, int]:
         """Between attempts: whether the lease looks free for this waiter, read without
-        the storage's lock (``True`` when the storage cannot tell cheaply)."""
+        the storage's lock (``True`` when the storage cannot tell cheaply), and the
+        waiter's place in the queue (``-1``: not in it)."""
         raw = self._storage.peek_lease(session_id)
         if raw is None:
-            return True
+            return True, -1
         lease = self._normal_lease(raw, quiet=True)  # a torn read (a write under way) just means: look again
         now = self._now_ms()
         queue = [w for w in lease["queue"] if w[1] > now]
-        if queue and queue[0][0] != waiter:
-            return any(w[0] == waiter and w[1] - now < _QUEUE_MS // 2 for w in queue)  # time to renew our place
-        return not self._live(session_id, lease, now)
+        place = next((i for i, w in enumerate(queue) if w[0] == waiter), -1)
+        if place != 0 and queue:
+            return place > 0 and queue[place][1] - now < _QUEUE_MS // 2, place  # time to renew our place
+        return not self._live(session_id, lease, now), place
 
     def acquire_lock(self, session_id: str, owner_id: str, *, timeout: float | None = 0) -> LockResult:
         """Take the session's lease for ``owner_id``.
@@ -6025,8 +6245,7 @@ class SessionStore:
             self._write_lease(state, lease)
             if count <= 0:
                 self._unmark(session_id)
-        with self._lease_changed:
-            self._lease_changed.notify_all()
+        self._lease_freed(session_id)
         return True
 
     def is_locked(self, session_id: str) -> bool:
@@ -6116,30 +6335,35 @@ class _LeaseWait:
     :meth:`SessionStore.acquire_lock` blocks a thread and the asyncio facade awaits
     without one."""
 
-    __slots__ = ("deadline", "owner", "session_id", "store", "waiter")
+    __slots__ = ("deadline", "owner", "place", "session_id", "store", "waiter")
 
     def __init__(self, store: SessionStore, session_id: str, owner_id: str, timeout: float | None) -> None:
         self.store, self.session_id, self.owner = store, session_id, owner_id
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.waiter: str | None = None if timeout == 0 else f"{_PROCESS}:{next(_WAITER_IDS)}"
+        self.place = -1
 
     def attempt(self) -> LockResult:
-        return self.store._try_acquire(self.session_id, self.owner, self.waiter)[0]
+        result, self.place = self.store._try_acquire(self.session_id, self.owner, self.waiter)
+        return result
 
-    def pause(self) -> float | None:
-        """Seconds until the next look, ``None`` when the time is up."""
+    def pause(self, behind: float = _POLL_BEHIND) -> float | None:
+        """Seconds until the next look, ``None`` when the time is up. The first in the
+        queue looks often; the others (``behind``), whose turn cannot come first, less."""
+        pause = _POLL if self.place <= 0 else behind
         if self.deadline is None:
-            return _POLL
+            return pause
         remaining = self.deadline - time.monotonic()
-        return None if remaining <= 0 else min(_POLL, remaining)
+        return None if remaining <= 0 else min(pause, remaining)
 
     def takeable(self) -> bool:
         if self.waiter is None:
             return True
         try:
-            return self.store._looks_takeable(self.session_id, self.waiter)
+            takeable, self.place = self.store._looks_takeable(self.session_id, self.waiter)
         except (SessionStoreError, OSError):
             return True  # let the attempt raise it
+        return takeable
 
     def done(self) -> None:
         if self.waiter is not None:
@@ -6203,15 +6427,19 @@ class _WriteScope:
         state = self._state
         try:
             if writing is not None:
-                if exc_type is not None and state.position != self._entered_at:
-                    try:  # a failed write leaves no trace: its records are cut off again
-                        self._store._storage.rollback(state.session_id, self._entered_at)
-                    except (SessionStoreError, OSError) as e:
-                        _log.error("could not undo a failed write to session %s: %s", state.session_id, e)
-                if exc_type is None and state.untallied >= _TALLY_EVERY and state.loaded:
-                    with contextlib.suppress(SessionStoreError, OSError):
-                        self._store._storage.write_tally(state.session_id, state.position, state.tally())
-                        state.untallied = 0
+                try:
+                    if exc_type is not None and state.position != self._entered_at:
+                        try:  # a failed write leaves no trace: its records are cut off again
+                            self._store._storage.rollback(state.session_id, self._entered_at)
+                        except (SessionStoreError, OSError) as e:
+                            _log.error("could not undo a failed write to session %s: %s", state.session_id, e)
+                    if exc_type is None and state.untallied >= _TALLY_EVERY and state.loaded:
+                        with contextlib.suppress(SessionStoreError, OSError):
+                            self._store._storage.write_tally(state.session_id, state.position, state.tally())
+                            state.untallied = 0
+                except BaseException:  # whatever happens, the storage's lock is let go
+                    writing.__exit__(exc_type, exc, tb)
+                    raise
                 try:
                     writing.__exit__(exc_type, exc, tb)
                 except BaseException as e:
@@ -6227,6 +6455,394 @@ class _WriteScope:
 
 
 _TALLY_EVERY = 256  # records written between two saves of a session's tally
+
+
+# ============================================================================
+# asyncio
+# ============================================================================
+#
+# AsyncSessionStore runs the store's blocking calls on a bounded executor of its own
+# (never the loop's default one), copying the caller's context into the worker
+# thread, so that a lock() block's holds (a ContextVar) follow the task into its
+# calls. Waiting for a lease is the one call that is not just "run it on the
+# executor": the attempts are (short, each under the storage's lock), the waiting
+# between them is an asyncio sleep, woken early when a lease of this process is
+# released. So a thousand tasks waiting for leases occupy no thread.
+
+
+class AsyncSessionStore:
+    """Every public method of :class:`SessionStore` as a coroutine, with the same
+    names, arguments, results and errors, for asyncio programs.
+
+    ``AsyncSessionStore(storage=None, *, max_workers=8, **options)``: wraps a ready
+    :class:`SessionStore` (``AsyncSessionStore(store)``) or builds one from the same
+    arguments as :class:`SessionStore` (a :class:`Storage`, a :class:`FileSystem`,
+    ``storage_dir=``, ``durable=``...). Blocking I/O runs on a thread pool of at most
+    ``max_workers`` threads of its own; waiting for a lease runs on the event loop and
+    occupies no thread, however long it lasts and however many tasks wait.
+
+    Use it as an async context manager (``async with AsyncSessionStore(...) as
+    store:``) or call :meth:`close`. Safe to share between tasks and between event
+    loops in several threads. ``async with store.lock(sid, owner):`` holds a lease for
+    the block: every write of the task inside it is fenced, as with the sync store.
+    Cancelling a task that waits for a lease leaves no lease and no place in the
+    queue behind. :attr:`sync` is the wrapped :class:`SessionStore`.
+    """
+
+    def __init__(self, storage: SessionStore | Storage | FileSystem | None = None, *, max_workers: int = 8,
+                 **options: Any) -> None:
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+            raise InvalidInput(f"max_workers must be an integer >= 1, not {max_workers!r}")
+        if isinstance(storage, SessionStore):
+            if options:
+                raise InvalidInput("give AsyncSessionStore a SessionStore, or the arguments to make one, not both")
+            self._store = storage
+        else:
+            self._store = SessionStore(storage, **options)
+        import concurrent.futures  # here: importing asyncio and its kin costs every other user ~50 ms
+
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="session-store")
+        self._closed = False
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters_lock = threading.Lock()
+        self._store._lease_listeners = (*self._store._lease_listeners, self._wake)
+
+    def __repr__(self) -> str:
+        return f"AsyncSessionStore({self._store!r})"
+
+    @property
+    def sync(self) -> SessionStore:
+        """The :class:`SessionStore` this wraps."""
+        return self._store
+
+    @property
+    def storage(self) -> Storage:
+        """The :class:`Storage` the store keeps its sessions in."""
+        return self._store.storage
+
+    async def __aenter__(self) -> AsyncSessionStore:
+        await self.init()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)`` on the executor, in a copy of the caller's context."""
+        import asyncio
+
+        context = contextvars.copy_context()
+        try:
+            future = self._executor.submit(context.run, functools.partial(fn, *args, **kwargs))
+        except RuntimeError:  # the executor is shut down: the store was closed
+            raise StoreClosed("store is closed") from None
+        return await asyncio.wrap_future(future)
+
+    # -- open and close ------------------------------------------------------------
+
+    async def init(self) -> None:
+        """See :meth:`SessionStore.init`."""
+        await self._run(self._store.init)
+
+    async def flush(self) -> None:
+        """See :meth:`SessionStore.flush`."""
+        await self._run(self._store.flush)
+
+    async def close(self) -> None:
+        """See :meth:`SessionStore.close`; then the executor's threads end. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._run(self._store.close)
+        finally:
+            self._store._lease_listeners = tuple(x for x in self._store._lease_listeners if x != self._wake)
+            self._executor.shutdown(wait=False)
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """See :meth:`SessionStore.subscribe` (not a coroutine: it does no I/O). The
+        callback runs in the executor thread that made the change."""
+        return self._store.subscribe(callback)
+
+    # -- sessions ------------------------------------------------------------------
+
+    async def resolve(self, key: str) -> str:
+        """See :meth:`SessionStore.resolve`."""
+        return await self._run(self._store.resolve, key)
+
+    async def has_key(self, key: str) -> bool:
+        """See :meth:`SessionStore.has_key`."""
+        return await self._run(self._store.has_key, key)
+
+    async def has_session(self, session_id: str) -> bool:
+        """See :meth:`SessionStore.has_session`."""
+        return await self._run(self._store.has_session, session_id)
+
+    async def get_all_session_ids(self) -> list[str]:
+        """See :meth:`SessionStore.get_all_session_ids`."""
+        return await self._run(self._store.get_all_session_ids)
+
+    async def get_metadata(self, session_id: str) -> SessionMetadata | None:
+        """See :meth:`SessionStore.get_metadata`."""
+        return await self._run(self._store.get_metadata, session_id)
+
+    async def delete_session(self, session_id: str) -> None:
+        """See :meth:`SessionStore.delete_session`."""
+        await self._run(self._store.delete_session, session_id)
+
+    async def fork_session(self, session_id: str, message_id: str | None = None, *, key: str | None = None) -> str:
+        """See :meth:`SessionStore.fork_session`."""
+        return await self._run(self._store.fork_session, session_id, message_id, key=key)
+
+    async def import_session(self, key: str, messages: list[Message], *, branches: list[Branch] | None = None,
+                             current: str = "main") -> str:
+        """See :meth:`SessionStore.import_session`."""
+        return await self._run(self._store.import_session, key, messages, branches=branches, current=current)
+
+    async def import_messages(self, session_id: str, messages: Sequence[Message], *,
+                              branches: Sequence[Branch] = ()) -> list[Message]:
+        """See :meth:`SessionStore.import_messages`."""
+        return await self._run(self._store.import_messages, session_id, messages, branches=branches)
+
+    async def check(self, session_id: str | None = None) -> CheckReport:
+        """See :meth:`SessionStore.check`."""
+        return await self._run(self._store.check, session_id)
+
+    async def repair(self, session_id: str | None = None) -> CheckReport:
+        """See :meth:`SessionStore.repair`."""
+        return await self._run(self._store.repair, session_id)
+
+    # -- messages ------------------------------------------------------------------
+
+    async def append(self, session_id: str, *, role: str, content: Any, type: str | None = None,
+                     parent_id: str | None = _HEAD, id: str | None = None, owner_id: str | None = None,
+                     fencing_token: int | None = None, **fields: Any) -> Message:
+        """See :meth:`SessionStore.append`; inside ``async with store.lock(...)`` the
+        owner and token are implied for the task."""
+        return await self._run(self._store.append, session_id, role=role, content=content, type=type,
+                               parent_id=parent_id, id=id, owner_id=owner_id, fencing_token=fencing_token, **fields)
+
+    async def reset(self, session_id: str, **overrides: Any) -> ResetResult:
+        """See :meth:`SessionStore.reset`."""
+        return await self._run(self._store.reset, session_id, **overrides)
+
+    async def get_messages(self, session_id: str) -> list[Message]:
+        """See :meth:`SessionStore.get_messages`."""
+        return await self._run(self._store.get_messages, session_id)
+
+    async def get_message(self, session_id: str, message_id: str) -> Message:
+        """See :meth:`SessionStore.get_message`."""
+        return await self._run(self._store.get_message, session_id, message_id)
+
+    async def get_linear_history(self, session_id: str, leaf_id: str | None = None, *,
+                                 limit: int | None = None) -> list[Message]:
+        """See :meth:`SessionStore.get_linear_history`."""
+        return await self._run(self._store.get_linear_history, session_id, leaf_id, limit=limit)
+
+    async def get_children(self, session_id: str, message_id: str) -> list[Message]:
+        """See :meth:`SessionStore.get_children`."""
+        return await self._run(self._store.get_children, session_id, message_id)
+
+    async def has_children(self, session_id: str, message_id: str) -> bool:
+        """See :meth:`SessionStore.has_children`."""
+        return await self._run(self._store.has_children, session_id, message_id)
+
+    async def get_tree(self, session_id: str, root_id: str | None = None) -> list[Message]:
+        """See :meth:`SessionStore.get_tree`."""
+        return await self._run(self._store.get_tree, session_id, root_id)
+
+    async def get_leaves(self, session_id: str) -> list[Message]:
+        """See :meth:`SessionStore.get_leaves`."""
+        return await self._run(self._store.get_leaves, session_id)
+
+    async def get_branch_points(self, session_id: str) -> list[Message]:
+        """See :meth:`SessionStore.get_branch_points`."""
+        return await self._run(self._store.get_branch_points, session_id)
+
+    @overload
+    async def build_context(self, session_id: str, leaf_id: str | None = None, *,
+                            format: Literal["openai"] = "openai", strict: bool = False,
+                            include_reset_markers: bool = False) -> list[dict[str, Any]]: ...
+
+    @overload
+    async def build_context(self, session_id: str, leaf_id: str | None = None, *,
+                            format: Literal["anthropic"], strict: bool = False,
+                            include_reset_markers: bool = False) -> dict[str, Any]: ...
+
+    async def build_context(self, session_id: str, leaf_id: str | None = None, *, format: str = "openai",
+                            strict: bool = False, include_reset_markers: bool = False
+                            ) -> list[dict[str, Any]] | dict[str, Any]:
+        """See :meth:`SessionStore.build_context`."""
+        return await self._run(self._store.build_context, session_id, leaf_id, format=format,
+                               strict=strict, include_reset_markers=include_reset_markers)
+
+    # -- branches ------------------------------------------------------------------
+
+    async def create_branch(self, session_id: str, name: str, leaf_id: str) -> Branch:
+        """See :meth:`SessionStore.create_branch`."""
+        return await self._run(self._store.create_branch, session_id, name, leaf_id)
+
+    async def get_branches(self, session_id: str) -> list[Branch]:
+        """See :meth:`SessionStore.get_branches`."""
+        return await self._run(self._store.get_branches, session_id)
+
+    async def get_branch(self, session_id: str, name: str) -> Branch | None:
+        """See :meth:`SessionStore.get_branch`."""
+        return await self._run(self._store.get_branch, session_id, name)
+
+    async def switch_to_branch(self, session_id: str, name: str) -> str | None:
+        """See :meth:`SessionStore.switch_to_branch`."""
+        return await self._run(self._store.switch_to_branch, session_id, name)
+
+    async def get_head(self, session_id: str) -> str | None:
+        """See :meth:`SessionStore.get_head`."""
+        return await self._run(self._store.get_head, session_id)
+
+    async def get_current_branch(self, session_id: str) -> str:
+        """See :meth:`SessionStore.get_current_branch`."""
+        return await self._run(self._store.get_current_branch, session_id)
+
+    async def move_head(self, session_id: str, message_id: str | None, *, branch: str | None = None) -> Branch:
+        """See :meth:`SessionStore.move_head`."""
+        return await self._run(self._store.move_head, session_id, message_id, branch=branch)
+
+    async def delete_branch(self, session_id: str, name: str) -> Branch:
+        """See :meth:`SessionStore.delete_branch`."""
+        return await self._run(self._store.delete_branch, session_id, name)
+
+    async def rename_branch(self, session_id: str, old: str, new: str) -> Branch:
+        """See :meth:`SessionStore.rename_branch`."""
+        return await self._run(self._store.rename_branch, session_id, old, new)
+
+    # -- leases ---------------------------------------------------------------------
+
+    def _wake(self, session_id: str) -> None:
+        """A lease of this process was released (any thread): wake this store's waiters
+        for it on their own loops."""
+        with self._waiters_lock:
+            futures = list(self._waiters.get(session_id, ()))
+        for future in futures:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                future.get_loop().call_soon_threadsafe(_resolve, future)
+
+    async def _pause(self, session_id: str, seconds: float) -> None:
+        """Sleep up to ``seconds``, or until a lease of this session is released here."""
+        import asyncio
+
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._waiters_lock:
+            self._waiters.setdefault(session_id, set()).add(future)
+        try:
+            await asyncio.wait_for(future, seconds)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            with self._waiters_lock:
+                waiting = self._waiters.get(session_id)
+                if waiting is not None:
+                    waiting.discard(future)
+                    if not waiting:
+                        del self._waiters[session_id]
+
+    async def _attempt(self, wait: _LeaseWait) -> LockResult:
+        """One attempt on the executor. If the task is cancelled meanwhile, an attempt
+        that succeeds anyway gives its lease back: a cancelled waiter keeps nothing."""
+        import asyncio
+
+        context = contextvars.copy_context()
+        future = self._executor.submit(context.run, wait.attempt)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            store, sid, owner = self._store, wait.session_id, wait.owner
+
+            def give_back(done: concurrent.futures.Future[LockResult]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result().acquired:
+                    with contextlib.suppress(SessionStoreError, OSError, RuntimeError):
+                        self._executor.submit(store.release_lock, sid, owner)
+            future.add_done_callback(give_back)
+            raise
+
+    async def acquire_lock(self, session_id: str, owner_id: str, *, timeout: float | None = 0) -> LockResult:
+        """See :meth:`SessionStore.acquire_lock`. Waiting runs on the event loop: it
+        occupies no thread, and other tasks run meanwhile."""
+        _check_name("owner id", owner_id)
+        _check_timeout(timeout)
+        wait = _LeaseWait(self._store, session_id, owner_id, timeout)
+        try:
+            while True:
+                result = await self._attempt(wait)
+                if result.acquired:
+                    return result
+                pause = wait.pause(_POLL_BEHIND * 10)  # waiters here are woken by releases here
+                if pause is None:
+                    return result
+                while True:
+                    await self._pause(session_id, pause)
+                    pause = wait.pause(_POLL_BEHIND * 10)
+                    if pause is None or await self._run(wait.takeable):
+                        break
+        finally:
+            if wait.waiter is not None:  # leave the queue, even when cancelled: never awaited
+                with contextlib.suppress(RuntimeError):
+                    self._executor.submit(contextvars.copy_context().run, wait.done)
+
+    async def renew_lock(self, session_id: str, owner_id: str) -> LockResult:
+        """See :meth:`SessionStore.renew_lock`."""
+        return await self._run(self._store.renew_lock, session_id, owner_id)
+
+    async def release_lock(self, session_id: str, owner_id: str) -> bool:
+        """See :meth:`SessionStore.release_lock`."""
+        return await self._run(self._store.release_lock, session_id, owner_id)
+
+    async def is_locked(self, session_id: str) -> bool:
+        """See :meth:`SessionStore.is_locked`."""
+        return await self._run(self._store.is_locked, session_id)
+
+    async def get_lock(self, session_id: str) -> LockInfo | None:
+        """See :meth:`SessionStore.get_lock`."""
+        return await self._run(self._store.get_lock, session_id)
+
+    @contextlib.asynccontextmanager
+    async def lock(self, session_id: str, owner_id: str, *, timeout: float | None = None
+                   ) -> AsyncIterator[LockResult]:
+        """See :meth:`SessionStore.lock`: ``async with store.lock(sid, owner):``. The
+        holds are the task's (a ContextVar): writes of this task in the block are
+        fenced, and so are those of tasks it creates inside the block (they start with
+        a copy of its context); other tasks are not the holder. Released on exit,
+        cancellation included."""
+        import asyncio
+
+        result = await self.acquire_lock(session_id, owner_id, timeout=timeout)
+        if not result.acquired:
+            raise LockTimeout(session_id, owner_id, result.holder_id, timeout)
+        assert result.token is not None
+        entry = (id(self._store), _PROCESS, session_id, owner_id, result.token)
+        reset = _HELD.set((*_HELD.get(), entry))
+        try:
+            yield result
+        finally:
+            try:
+                _HELD.reset(reset)
+            except ValueError:
+                _HELD.set(tuple(e for e in _HELD.get() if e is not entry))
+            release = self._executor.submit(self._store.release_lock, session_id, owner_id)
+            await asyncio.shield(asyncio.wrap_future(release))  # cancelled meanwhile: it still runs
+
+    async def with_lock(self, session_id: str, owner_id: str, fn: Callable[[], Any], *,
+                        timeout: float | None = None) -> Any:
+        """See :meth:`SessionStore.with_lock`: ``fn()`` runs on the event loop holding
+        the lease (awaited when it returns an awaitable) and its result is returned."""
+        async with self.lock(session_id, owner_id, timeout=timeout):
+            result = fn()
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # ============================================================================
@@ -6537,6 +7153,30 @@ def _message_size(m: Message) -> int:
     return len(_encode_line(m.to_record()))
 
 
+def _branch_command(store: SessionStore, sid: str, args: Any) -> int:
+    """``branch move|create|switch|delete|rename``: one line saying what was done."""
+    action = args.action
+    if action == "move":
+        if args.message is None and not args.empty:
+            raise _UsageError("branch move needs a MESSAGE (a message id or its first characters), or --empty")
+        target = None if args.empty else _find_message(store, sid, args.message)
+        moved = store.move_head(sid, target, branch=args.branch)
+        print(f"{moved.name}: head {moved.head_id or '(empty)'}")
+    elif action == "create":
+        made = store.create_branch(sid, args.name, _find_message(store, sid, args.message))
+        print(f"{made.name}: head {made.head_id}")
+    elif action == "switch":
+        head = store.switch_to_branch(sid, args.name)
+        print(f"{args.name}: current, head {head or '(empty)'}")
+    elif action == "delete":
+        gone = store.delete_branch(sid, args.name)
+        print(f"{gone.name}: deleted (its messages stay)")
+    else:
+        renamed = store.rename_branch(sid, args.old, args.new)
+        print(f"{args.old} -> {renamed.name}")
+    return 0
+
+
 def _run(args: Any, out: _Output) -> int:
     command = args.command
     if command == "demo":
@@ -6598,6 +7238,12 @@ def _run(args: Any, out: _Output) -> int:
             out.row(f"total: {len(ids)} sessions, {total_messages} messages, {total_bytes} bytes of records")
             return 0
         sid = _find_session(store, args.session)
+        if command == "branch":
+            return _branch_command(store, sid, args)
+        if command == "fork":
+            at = _find_message(store, sid, args.at) if args.at else None
+            print(store.fork_session(sid, at, key=args.key))
+            return 0
         if command == "tree":
             width = min(shutil.get_terminal_size((100, 24)).columns, 120) if out.tty else 100
             for line in draw_tree(store, sid, width=width):
@@ -6658,19 +7304,29 @@ def _run(args: Any, out: _Output) -> int:
     raise _UsageError(f"unknown command {command!r}")  # pragma: no cover - argparse checks
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
-        raise _UsageError(f"{message} (see {self.prog} --help)")
+def _parser_class() -> type[argparse.ArgumentParser]:
+    """argparse, imported when the command line runs (not by every user of the store)."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+            raise _UsageError(f"{message} (see {self.prog} --help)")
+
+    return Parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m session_store [--dir DIR] COMMAND`` (see ``--help``).
 
-    Commands: ``demo``, ``ls``, ``tree``, ``history``, ``branches``, ``export``,
-    ``import``, ``check``, ``stats``, ``view`` and ``serve`` (the last two import the
-    optional ``session_store_view`` when they run). Mistakes print one line on stderr
-    and exit 2; ``check`` exits 1 when it finds problems.
+    Commands: ``demo``, ``ls``, ``tree``, ``history``, ``branches``, ``branch`` (move,
+    create, switch, delete, rename), ``fork``, ``export``, ``import``, ``check``,
+    ``stats``, ``view`` and ``serve`` (the last two import the optional
+    ``session_store_view`` when they run). Mistakes print one line on stderr and exit
+    2; ``check`` exits 1 when it finds problems.
     """
+    import argparse
+
+    _Parser = _parser_class()
     common = _Parser(add_help=False)
     common.add_argument("--dir", default=argparse.SUPPRESS, help="storage directory (default ./sessions)")
     parser = _Parser(prog="session-store", parents=[common],
@@ -6693,6 +7349,30 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("-o", "--output", help="file to write (default: stdout)")
             p.add_argument("--format", choices=["native", "pi", "claude-code"], default="native",
                            help="native (re-importable here), a pi session file, or a Claude Code transcript")
+    p = sub.add_parser("branch", parents=[common], help="move a head (undo, rewind, redo), create, switch, delete "
+                                                         "or rename a branch; messages are never deleted")
+    actions = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    a = actions.add_parser("move", parents=[common], help="move the head of the current branch (or --branch)")
+    a.add_argument("session", metavar="SESSION_OR_KEY")
+    a.add_argument("message", nargs="?", help="the message id (or its first characters) to move the head to")
+    a.add_argument("--empty", action="store_true", help="make the branch empty instead")
+    a.add_argument("--branch", help="the branch to move (default: the current one)")
+    a = actions.add_parser("create", parents=[common], help="a new branch at a message")
+    a.add_argument("session", metavar="SESSION_OR_KEY")
+    a.add_argument("name")
+    a.add_argument("message", help="the message id (or its first characters) it points at")
+    for action, what in (("switch", "make a branch the current one"), ("delete", "delete a branch, not its messages")):
+        a = actions.add_parser(action, parents=[common], help=what)
+        a.add_argument("session", metavar="SESSION_OR_KEY")
+        a.add_argument("name")
+    a = actions.add_parser("rename", parents=[common], help="rename a branch")
+    a.add_argument("session", metavar="SESSION_OR_KEY")
+    a.add_argument("old")
+    a.add_argument("new")
+    p = sub.add_parser("fork", parents=[common], help="a new session holding the path to a message; prints its id")
+    p.add_argument("session", metavar="SESSION_OR_KEY")
+    p.add_argument("--at", help="the message (id or first characters; default: the current head)")
+    p.add_argument("--key", help="the new session's key (default: fork:<its id>)")
     p = sub.add_parser("import", parents=[common], help="import a session file (again: what a transcript gained)")
     p.add_argument("file")
     p.add_argument("--key", help="the session's key (default: the exported one, pi:<id>, claude-code:<id>)")

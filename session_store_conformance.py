@@ -38,6 +38,8 @@ __all__ = [
     "in_memory_storage",
     "file_storage",
     "temporary_storage",
+    "AsyncDriver",
+    "through_async",
     "StoreMachine",
     "state_machine_tests",
     "ContractTests",
@@ -46,15 +48,21 @@ __all__ = [
     "WRITE_OPS",
 ]
 
+import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import copy
 import errno
+import inspect
 import json
 import tempfile
+import threading
 import unittest
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import hypothesis.strategies as st
 import pytest
@@ -125,6 +133,70 @@ def temporary_storage(make_storage: Callable[[str], Storage]) -> StorageOpener:
     def opener() -> Iterator[StoreFactory]:
         with tempfile.TemporaryDirectory(prefix="session-store-") as directory:
             yield lambda **options: SessionStore(make_storage(directory), **options)
+    return opener
+
+
+class AsyncDriver:
+    """A synchronous, :class:`~session_store.SessionStore`-shaped driver over an
+    :class:`~session_store.AsyncSessionStore` on an event loop of its own (a thread),
+    so that the state machine and the contract tests run through the async facade.
+
+    Every coroutine runs as a task in one shared context, as a program's own task
+    would, so that ``with driver.lock(...)`` holds what the block's calls see.
+    Needs Python 3.11 (``create_task(context=...)``).
+    """
+
+    def __init__(self, store: ss.AsyncSessionStore) -> None:
+        self._async = store
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="async-driver", daemon=True)
+        self._thread.start()
+        self._context = contextvars.copy_context()
+        weakref.finalize(self, self._loop.call_soon_threadsafe, self._loop.stop)
+
+    def _call(self, coroutine: Any) -> Any:
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def start() -> None:
+            task = self._loop.create_task(coroutine, context=self._context)
+            task.add_done_callback(lambda t: done.set_exception(t.exception()) if t.exception() is not None
+                                   else done.set_result(t.result()))
+        self._loop.call_soon_threadsafe(start)
+        return done.result()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._async, name)
+        if inspect.iscoroutinefunction(attr):
+            return lambda *args, **kwargs: self._call(attr(*args, **kwargs))
+        return attr
+
+    @contextlib.contextmanager
+    def lock(self, session_id: str, owner_id: str, *, timeout: float | None = None) -> Iterator[ss.LockResult]:
+        """``with driver.lock(...)``: the async ``lock`` entered and left on the loop."""
+        block = self._async.lock(session_id, owner_id, timeout=timeout)
+        result = self._call(block.__aenter__())
+        try:
+            yield result
+        except BaseException as e:
+            if not self._call(block.__aexit__(type(e), e, e.__traceback__)):
+                raise
+        else:
+            self._call(block.__aexit__(None, None, None))
+
+    def close(self) -> None:
+        """Close the store (the loop runs on, for calls that must now raise StoreClosed,
+        until the driver is collected)."""
+        self._call(self._async.close())
+
+
+def through_async(storage: StorageOpener) -> StorageOpener:
+    """The same storage, with every store reached through :class:`AsyncDriver` over an
+    :class:`~session_store.AsyncSessionStore`: the contract is the same."""
+    @contextlib.contextmanager
+    def opener() -> Iterator[StoreFactory]:
+        with storage() as open_store:
+            yield lambda **options: cast(SessionStore, AsyncDriver(ss.AsyncSessionStore(open_store(**options))))
+    opener.__name__ = f"async_{getattr(storage, '__name__', 'storage')}"
     return opener
 
 
@@ -255,6 +327,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.open_store = self._storage.__enter__()
         self.reset_config: AutoResetConfig | None = None
         self.durable = False
+        self.crashes = 0
 
     def open(self) -> SessionStore:
         store = self.open_store(clock=self.clock, lock_timeout_ms=LEASE_MS, auto_reset=self.reset_config,
@@ -644,7 +717,7 @@ class StoreMachine(RuleBasedStateMachine):
             getattr(self, call)(data=data, **kwargs)
         except ss.StorageError:
             if call == "delete":  # past its commit, a deletion's sync may fail: then it is done, not undone
-                gone = [sid for sid in before[0] if sid not in self.model and not self.stores[0].has_session(sid)]
+                gone = [sid for sid in before[0] if not self.stores[0].has_session(sid)]
                 self.model, self.clock.now = before
                 for sid in gone:
                     del self.model[sid]
@@ -652,6 +725,105 @@ class StoreMachine(RuleBasedStateMachine):
                 self.model, self.clock.now = before
         finally:
             faulty._failures.clear()
+
+    @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
+                                                         FaultyFileSystem))
+    @rule(data=st.data(), after=st.integers(0, 3))
+    def failing_reset(self, data: st.DataObject, after: int) -> None:
+        """A reset writes several records: one of them fails; the reset leaves no trace."""
+        store = self.handle(data)
+        faulty = store.storage.fs  # type: ignore[attr-defined]
+        before = copy.deepcopy((self.model, self.clock.now))
+        faulty.fail_next("append", errno.ENOSPC, after=after)
+        try:
+            self.manual_reset(data=data)
+        except ss.StorageError:
+            self.model, self.clock.now = before
+        finally:
+            faulty._failures.clear()
+
+    @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
+                                                         FaultyFileSystem))
+    @rule(data=st.data(), step=st.integers(0, 12),
+          call=st.sampled_from(["manual_reset", "delete", "import_session", "resolve"]))
+    def crash(self, data: st.DataObject, step: int, call: str) -> None:
+        """The process dies at a write step inside a call. A new process (a reopened
+        handle) finds the call done whole or not at all, and nothing acknowledged lost;
+        a reset's head is on the old segment or on the whole new one."""
+        which = data.draw(st.integers(0, self.handles - 1), label="handle")
+        store = self.stores[which]
+        faulty = store.storage.fs  # type: ignore[attr-defined]
+        before = copy.deepcopy((self.model, self.clock.now))
+        sid = data.draw(st.sampled_from(list(self.model)), label="session")
+        faulty.crash_at(step)
+        try:
+            if call == "manual_reset":
+                result = store.reset(sid, keep_strategy="last", keep_count=1)
+            elif call == "delete":
+                store.delete_session(sid)
+            elif call == "import_session":
+                chain = [ss.Message(id=f"c{i}", parent_id=f"c{i - 1}" if i else None, type="user", role="user",
+                                    content=f"c{i}", timestamp=1_000) for i in range(3)]
+                store.import_session(f"crash-import-{self.crashes}", chain)
+            else:
+                store.resolve(f"crash-new-{self.crashes}")
+        except SimulatedCrash:
+            crashed = True
+        else:
+            crashed = False
+        faulty.crashed, faulty._crash_op = False, None
+        self.stores[which] = self.open()  # the dead process's handle is gone; a new one starts
+        fresh = self.stores[which]
+        if not crashed:  # it ran through: the model learns it as the plain rule would
+            self.model, self.clock.now = before
+            self._crash_outcome(fresh, call, sid, done=True, result=result if call == "manual_reset" else None)
+            return
+        self.model, self.clock.now = before
+        self._crash_outcome(fresh, call, sid, done=None, result=None)
+
+    def _crash_outcome(self, fresh: SessionStore, call: str, sid: str, *, done: bool | None, result: Any) -> None:
+        """Fold what a (maybe crashed) call left into the model, checking it is allowed."""
+        m = self.model[sid]
+        if call == "delete":
+            if not fresh.has_session(sid):
+                assert not fresh.has_key(m.key)
+                del self.model[sid]
+            else:
+                assert done is not True
+            return
+        if call in ("import_session", "resolve"):
+            key = f"crash-import-{self.crashes}" if call == "import_session" else f"crash-new-{self.crashes}"
+            self.crashes += 1
+            if not fresh.has_key(key):
+                assert done is not True
+                return
+            new = fresh.resolve(key)
+            created = self.model[new] = _ModelSession(key, fresh.get_metadata(new).created_at)  # type: ignore[union-attr]
+            if call == "import_session":
+                created.messages = fresh.get_messages(new)
+                assert [x.id for x in created.messages] == ["c0", "c1", "c2"]  # whole or absent
+                created.branches["main"] = _ModelBranch("c2", created.created_at, 1_000)  # by the head rule
+            return
+        # a reset: extra records may remain (a stray chain), and the head is on the old
+        # segment, or on the end of the whole new one: never on a marker without its copies
+        stored = fresh.get_messages(sid)
+        assert stored[:len(m.messages)] == m.messages  # nothing acknowledged lost or changed
+        extra = stored[len(m.messages):]
+        segment = m.segment()
+        expected = (["reset"] if not self.reset_config or self.reset_config.insert_reset_marker else []) + [
+            x.type for x in segment[-1:]]
+        assert [x.type for x in extra] == expected[:len(extra)]
+        head = fresh.get_head(sid)
+        for x in extra:
+            m.messages.append(x)
+            m.updated_at = max(m.updated_at, x.timestamp)
+        current = m.branches[m.current]
+        if head != current.head:  # the move landed: it was the last write, so the new segment is whole
+            assert len(extra) == len(expected) and extra and head == extra[-1].id
+        branch = fresh.get_branch(sid, m.current)
+        assert branch is not None
+        current.head, current.updated_at = head, branch.updated_at  # (a move to the same head may have landed)
+        m.event(branch.updated_at)
 
     # -- the invariant ------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """Install what the tests need and run every check: ``python3 tests/run.py [pytest args]``.
 
 Creates ``.venv`` (unless already inside a virtual environment), installs the
-project with its ``test`` and ``postgres`` extras, then runs ``ruff check``,
+project with its ``test`` and ``postgres`` extras and those of the agent frameworks
+(``openai-agents``, ``langchain``, ``pydantic-ai``, ``llama-index``; the
+``SESSION_STORE_EXTRAS`` variable replaces the list), then runs ``ruff check``,
 ``mypy --strict`` and ``pytest``. Exits non-zero when any of them fails.
 
 The PostgreSQL tests use ``SESSION_STORE_POSTGRES_DSN`` when set; otherwise this
@@ -9,7 +11,8 @@ starts a throwaway server (``tests/postgres_server.py``) when PostgreSQL is
 installed, and stops it afterwards. Without either they are skipped with a message,
 unless ``SESSION_STORE_REQUIRE_POSTGRES=1`` (CI sets it), which makes that a failure.
 The browser tests (tests/test_view.py) likewise need Debian's ``chromium`` and
-``chromium-driver``, and skip without them unless ``SESSION_STORE_REQUIRE_BROWSER=1``.
+``chromium-driver``, and skip without them unless ``SESSION_STORE_REQUIRE_BROWSER=1``;
+the framework tests skip without their package unless ``SESSION_STORE_REQUIRE_FRAMEWORKS=1``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 import postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
+# The extras of the integrations with agent frameworks, whose tests need their packages.
+FRAMEWORKS = "openai-agents,langchain,pydantic-ai,llama-index"
 
 
 def python() -> str:
@@ -45,7 +50,7 @@ def run(*cmd: str) -> None:
 
 def main() -> None:
     py = python()
-    extras = os.environ.get("SESSION_STORE_EXTRAS", "test,postgres")
+    extras = os.environ.get("SESSION_STORE_EXTRAS", "test,postgres," + FRAMEWORKS)
     run(py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f".[{extras}]")
     run(py, "-m", "ruff", "check", ".")
     run(py, "-m", "mypy", "--strict")

@@ -46,7 +46,11 @@ def test_manager_properties(config: AutoResetConfig, messages: list[Message], no
     kept = result.messages[1:] if config.insert_reset_marker else result.messages
     assert len(result.messages) <= len(messages) + 1
     originals = iter(messages)
-    assert all(any(k is o for o in originals) for k in kept)  # a subsequence, in order
+    for copy in kept:  # copies of a subsequence, in order, chained after the marker: what a store writes
+        original = next(o for o in originals if o.id == copy.fields["reset_from"])
+        assert (copy.role, copy.type, copy.content) == (original.role, original.type, original.content)
+        assert copy.id != original.id and copy.timestamp == now_ms
+    assert [m.parent_id for m in result.messages] == [None, *[m.id for m in result.messages]][:len(result.messages)]
     if config.keep_strategy == "none":
         assert kept == []
     if config.keep_strategy == "system":
@@ -90,7 +94,7 @@ def test_strategies_keep_what_they_say() -> None:
 
     def kept(strategy: str, n: int) -> list[str]:
         config = AutoResetConfig(max_messages=4, keep_strategy=strategy, keep_count=n, insert_reset_marker=False)
-        return [m.id for m in AutoResetManager(config).check_and_reset(history).messages]
+        return [m.fields["reset_from"] for m in AutoResetManager(config).check_and_reset(history).messages]
 
     assert kept("none", 3) == []
     assert kept("first", 2) == ["m0", "m1"]
@@ -103,7 +107,7 @@ def test_kept_messages_are_trimmed_to_fit_the_token_limit() -> None:
     history = [msg(0, content="x" * 40), msg(1, content="y" * 40), msg(2, content="z" * 40)]
     config = AutoResetConfig(max_tokens=100, keep_strategy="last", keep_count=3)
     result = AutoResetManager(config).check_and_reset(history)
-    assert [m.id for m in result.messages[1:]] == ["m1", "m2"]  # the oldest went first
+    assert [m.fields["reset_from"] for m in result.messages[1:]] == ["m1", "m2"]  # the oldest went first
 
 
 def test_custom_strategy_and_token_counter() -> None:
@@ -116,7 +120,7 @@ def test_custom_strategy_and_token_counter() -> None:
     config = AutoResetConfig(max_tokens=2, token_counter=counter, keep_count=1,
                              keep_strategy=lambda ms, n: [m for m in ms if m.id == "m1"][:n])
     result = AutoResetManager(config).check_and_reset([msg(0), msg(1), msg(2)])
-    assert result.reason == "max_tokens" and [m.id for m in result.messages[1:]] == ["m1"]
+    assert result.reason == "max_tokens" and [m.fields["reset_from"] for m in result.messages[1:]] == ["m1"]
     assert all(isinstance(m, Message) for m in seen)
 
 
@@ -248,15 +252,50 @@ def test_resets_survive_reopening(open_store: StoreFactory, clock: FakeClock) ->
     assert [m.content for m in again.get_linear_history(sid)][1:] == ["m8", "m9", "m10"]
 
 
-def test_build_context_sees_the_marker_as_a_system_summary(open_store: StoreFactory) -> None:
-    store = open_store(auto_reset=AutoResetConfig(max_messages=1))
+def test_contexts_leave_the_reset_marker_out_unless_asked(open_store: StoreFactory) -> None:
+    store = open_store(auto_reset=AutoResetConfig(max_messages=2, keep_strategy="system", keep_count=1))
     sid = store.resolve("k")
+    store.append(sid, role="system", content="Be kind.")
     store.append(sid, role="user", content="a")
-    store.append(sid, role="user", content="b")
-    context = store.build_context(sid)
-    assert [c["role"] for c in context] == ["system", "user"] and "reset" in context[0]["content"].lower()
+    store.append(sid, role="user", content="b")  # over the limit: reset, the system prompt kept
+    assert store.get_linear_history(sid)[0].type == "reset"  # the marker stays in the tree
+    assert store.build_context(sid) == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "b"}]
+    context = store.build_context(sid, include_reset_markers=True)
+    assert [c["role"] for c in context] == ["system", "system", "user"] and "reset" in context[0]["content"].lower()
 
 
 def test_auto_reset_must_be_a_config() -> None:
     with pytest.raises(ss.InvalidInput):
         ss.SessionStore(ss.InMemoryFileSystem(), auto_reset={"max_messages": 3})  # type: ignore[arg-type]
+
+
+def test_the_pure_manager_and_the_store_reset_alike(open_store: StoreFactory, clock: FakeClock) -> None:
+    config = AutoResetConfig(keep_strategy="last", keep_count=2)
+    store = open_store(auto_reset=config)
+    sid = store.resolve("k")
+    for i in range(4):
+        store.append(sid, role="user", content=f"m{i}", metadata={"i": i})
+    before = store.get_linear_history(sid)
+    predicted = AutoResetManager(config, clock=clock).reset(before, "manual", round(clock() * 1000))
+    written = store.reset(sid).messages
+    assert written == store.get_linear_history(sid)
+
+    def shape(m: Message) -> tuple[Any, ...]:
+        return m.type, m.role, m.content, m.timestamp, dict(m.fields)
+    assert [shape(m) for m in written] == [shape(m) for m in predicted.messages]  # the same segment, ids aside
+    assert [m.fields["reset_from"] for m in written[1:]] == [m.id for m in before[-2:]]
+
+
+def test_the_seed_s_dict_messages_are_accepted_and_given_back_as_dicts() -> None:
+    manager = AutoResetManager(AutoResetConfig(max_messages=2, keep_strategy="first", keep_count=1,
+                                               token_counter=lambda m: len(m.content or "")))
+    messages = [{"id": f"msg-{i}", "parentId": f"msg-{i - 1}" if i else None, "type": "user", "role": "user",
+                 "content": f"hello {i}", "timestamp": 1234567890 + i} for i in range(3)]
+    result = manager.check_and_reset(messages)
+    assert result.reset and result.reason == "max_messages"
+    marker, kept = result.messages
+    assert isinstance(marker, dict) and marker["type"] == "reset" and marker["parentId"] is None
+    assert kept["content"] == "hello 0" and kept["resetFrom"] == "msg-0" and kept["parentId"] == marker["id"]
+    assert manager.check_and_reset(messages[:2]) == ss.ResetResult(reset=False, reason=None, messages=messages[:2])
+    with pytest.raises(ss.InvalidMessage):
+        manager.check_and_reset([{"role": "user"}])

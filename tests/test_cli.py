@@ -301,3 +301,37 @@ def test_a_transcript_import_shows_progress_on_a_terminal(tmp_path: Path) -> Non
     assert "reading pi 256/601" in received
     shown = [line for line in screen(received) if line]
     assert len(shown) == 1 and len(shown[0]) == 36  # the session id alone: progress erased
+
+
+def test_branch_commands_move_create_switch_rename_and_delete_losing_no_message(tmp_path: Path) -> None:
+    sid, (q, a, t, alt) = make_store(tmp_path)
+    d = str(tmp_path)
+    assert cli("--dir", d, "branch", "move", "user:alice", q[:8]).stdout.strip() == f"main: head {q}"  # undo
+    assert cli("--dir", d, "branch", "move", "user:alice", t[:8]).returncode == 0  # redo
+    assert cli("--dir", d, "branch", "move", "user:alice", "--empty", "--branch", "alt").stdout.strip() == \
+        "alt: head (empty)"
+    assert cli("--dir", d, "branch", "create", "user:alice", "again", a[:8]).returncode == 0
+    assert cli("--dir", d, "branch", "rename", "user:alice", "again", "second").stdout.strip() == "again -> second"
+    assert cli("--dir", d, "branch", "switch", "user:alice", "second").returncode == 0
+    refused = cli("--dir", d, "branch", "delete", "user:alice", "second")
+    assert refused.returncode == 2 and "current branch" in refused.stderr
+    assert cli("--dir", d, "branch", "delete", "user:alice", "alt").stdout.strip() == "alt: deleted (its messages stay)"
+    unknown = cli("--dir", d, "branch", "move", "user:alice", "zzzzzz")
+    assert unknown.returncode == 2 and "zzzzzz" in unknown.stderr
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert [b.name for b in store.get_branches(sid)] == ["main", "second"]
+        assert store.get_current_branch(sid) == "second" and store.get_head(sid) == a
+        assert {m.id for m in store.get_messages(sid)} == {q, a, t, alt}  # nothing deleted
+
+
+def test_fork_makes_a_session_of_the_path_and_prints_its_id(tmp_path: Path) -> None:
+    sid, (q, a, _, _) = make_store(tmp_path)
+    done = cli("--dir", str(tmp_path), "fork", "user:alice", "--at", a[:8], "--key", "copy")
+    assert done.returncode == 0
+    new = done.stdout.strip()
+    with SessionStore(storage_dir=tmp_path) as store:
+        assert store.resolve("copy") == new and [m.id for m in store.get_linear_history(new)] == [q, a]
+        meta = store.get_metadata(new)
+        assert meta is not None and meta.forked_from == (sid, a)
+    taken = cli("--dir", str(tmp_path), "fork", "user:alice", "--key", "copy")
+    assert taken.returncode == 2 and "already has a session" in taken.stderr

@@ -8,6 +8,10 @@ import session_store_conformance as conformance
 from session_store_sqlite import SqliteStorage
 
 TestMemoryMachine = conformance.state_machine_tests(conformance.in_memory_storage, max_examples=60)
+TestAsyncMemoryMachine = conformance.state_machine_tests(conformance.through_async(conformance.in_memory_storage),
+                                                         max_examples=20)
+TestAsyncFilesMachine = conformance.state_machine_tests(conformance.through_async(conformance.file_storage),
+                                                        max_examples=10)
 TestFilesMachine = conformance.state_machine_tests(conformance.file_storage, max_examples=30)
 
 
@@ -17,6 +21,10 @@ class TestMemoryContract(conformance.ContractTests):
 
 class TestFilesContract(conformance.ContractTests):
     storage = staticmethod(conformance.file_storage)
+
+
+class TestAsyncContract(conformance.ContractTests):
+    storage = staticmethod(conformance.through_async(conformance.in_memory_storage))
 
 
 sqlite_storage = conformance.temporary_storage(lambda directory: SqliteStorage(f"{directory}/sessions.db"))

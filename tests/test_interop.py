@@ -550,14 +550,15 @@ def test_anthropic_contexts_start_with_a_user_turn(mem: SessionStore) -> None:
     assert request["messages"][1] == {"role": "assistant", "content": "Welcome back."}
 
 
-def test_a_reset_marker_is_system_text_in_both_formats(mem: SessionStore) -> None:
+def test_a_reset_marker_asked_for_is_system_text_in_both_formats(mem: SessionStore) -> None:
     sid = mem.resolve("k")
     mem.append(sid, role="user", content="a")
     mem.reset(sid)
     mem.append(sid, role="user", content="b")
-    assert [m["role"] for m in mem.build_context(sid)] == ["system", "user"]
-    request = mem.build_context(sid, format="anthropic")
+    assert [m["role"] for m in mem.build_context(sid, include_reset_markers=True)] == ["system", "user"]
+    request = mem.build_context(sid, format="anthropic", include_reset_markers=True)
     assert "reset" in request["system"].lower() and request["messages"] == [{"role": "user", "content": "b"}]
+    assert mem.build_context(sid) == [{"role": "user", "content": "b"}]  # by default: not sent
 
 
 def test_unknown_context_format_is_refused(mem: SessionStore) -> None:

@@ -169,14 +169,16 @@ def test_a_delete_crashing_at_any_step_leaves_the_session_whole_or_gone(inner: t
     assert steps >= 2
 
 
-@pytest.mark.parametrize("op", ["remove", "remove_tree", "symlink"])
-def test_a_delete_failing_with_enospc_or_eio_leaves_the_session_whole_or_gone(
-        inner: tuple[FileSystem, str], op: str) -> None:
+@pytest.mark.parametrize(("op", "after"), [("remove", 0), ("remove", 1), ("remove_tree", 0), ("symlink", 0)])
+def test_a_delete_failing_with_enospc_or_eio_leaves_the_session_whole_or_gone_and_says_which(
+        inner: tuple[FileSystem, str], op: str, after: int) -> None:
+    # ("remove", 1) fails removing the key link, after the commit: the delete is done,
+    # so it must not raise (it did: the caller was told "failed" of a deleted session).
     faulty = FaultyFileSystem(inner[0])
     store = SessionStore(faulty, storage_dir=inner[1])
     sid = store.resolve("doomed")
     m = store.append(sid, role="user", content="m")
-    faulty.fail_next(op, errno.EIO)
+    faulty.fail_next(op, errno.EIO, after=after)
     try:
         store.delete_session(sid)
     except ss.StorageError:
@@ -523,14 +525,18 @@ def test_every_durable_append_is_synced_after_another_handle_repaired_the_log(tm
     a = SessionStore(fs, storage_dir=tmp_path)
     sid = a.resolve("k")
     for i in range(40):
-        a.append(sid, role="user", content=f"before {i}")
-    _damage_a_line(tmp_path / sid / "messages.jsonl")
+        a.append(sid, role="user", content=f"before {i} " + "x" * 2000)
+    log = tmp_path / sid / "messages.jsonl"
+    data = bytearray(log.read_bytes())
+    for line_start in [0, *[i + 1 for i, c in enumerate(data) if c == 10][:-1]][5:]:
+        data[line_start + 1] = ord("X")  # 35 records damaged: the repair shrinks the log a lot
+    log.write_bytes(bytes(data))
     with SessionStore(storage_dir=tmp_path) as b:
-        assert b.repair().ok  # rewrites the log: a new, shorter file
+        assert b.repair().ok  # rewrites the log: a new, much shorter file
     fs.syncs = 0
     for i in range(40):
-        a.append(sid, role="user", content=f"after {i}")
-    assert fs.syncs == 40
+        a.append(sid, role="user", content=f"after {i}")  # ends below where a's last sync reached
+    assert fs.syncs == 40  # each one synced: a stale "synced up to byte N" would skip them
     a.close()
 
 

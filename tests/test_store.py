@@ -197,6 +197,31 @@ def test_history_of_empty_session_and_unknown_leaf(store: SessionStore) -> None:
         store.get_message(sid, "ghost")
 
 
+def test_history_limit_gives_the_last_messages_root_first(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    chain = [store.append(sid, role="user", content=str(i)) for i in range(5)]
+    assert store.get_linear_history(sid, limit=2) == chain[3:]
+    assert store.get_linear_history(sid, limit=9) == chain
+    assert store.get_linear_history(sid, chain[2].id, limit=2) == chain[1:3]
+    assert store.get_linear_history(sid, limit=0) == []
+    with pytest.raises(ss.MessageNotFound):
+        store.get_linear_history(sid, "nope", limit=0)
+    bad: Any
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ss.InvalidInput):
+            store.get_linear_history(sid, limit=bad)
+
+
+def test_history_limit_stops_at_the_root_of_a_reset_segment(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="old")
+    store.reset(sid, keep_count=0)
+    new = store.append(sid, role="user", content="new")
+    assert [m.content for m in store.get_linear_history(sid, limit=5)][-1] == "new"
+    assert store.get_linear_history(sid, limit=5) == store.get_linear_history(sid)
+    assert new in store.get_linear_history(sid, limit=1)
+
+
 def test_returned_lists_are_copies(store: SessionStore) -> None:
     sid = store.resolve("k")
     store.append(sid, role="user", content="a")

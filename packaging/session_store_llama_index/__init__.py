@@ -1,0 +1,1 @@
+../../integrations/session_store_llama_index.py

@@ -1,0 +1,203 @@
+"""session_store_langchain with the real langchain-core: exact round trips of every
+message type, RunnableWithMessageHistory over a fake chat model, clear, async twins."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import FakeClock
+from frameworks import require
+
+require("langchain_core", "langchain")
+
+from langchain_core.chat_history import BaseChatMessageHistory, InMemoryChatMessageHistory  # noqa: E402
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
+from langchain_core.messages import (  # noqa: E402
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    messages_from_dict,
+    messages_to_dict,
+)
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder  # noqa: E402
+from langchain_core.runnables.history import RunnableWithMessageHistory  # noqa: E402
+from test_interop import assert_anthropic_accepts, assert_openai_accepts  # noqa: E402
+
+from session_store import AsyncSessionStore, InMemoryFileSystem, InvalidInput, InvalidMessage, SessionStore  # noqa: E402
+from session_store_langchain import SessionStoreChatMessageHistory  # noqa: E402
+
+CONVERSATION: list[BaseMessage] = [
+    SystemMessage("You are terse.", id="sys-1"),
+    HumanMessage("Weather in Paris?", id="h-1", additional_kwargs={"client": {"lang": "en"}}),
+    AIMessage("", id="a-1", tool_calls=[{"name": "weather", "args": {"city": "Paris"}, "id": "call_1"}],
+              additional_kwargs={"refusal": None}, response_metadata={"model_name": "fake", "finish_reason": "tool"},
+              usage_metadata={"input_tokens": 10, "output_tokens": 3, "total_tokens": 13}),
+    ToolMessage("Sunny, 21°C", tool_call_id="call_1", name="weather", id="t-1"),
+    AIMessage([{"type": "text", "text": "Sunny in Paris."}], id="a-2", name="assistant"),
+    ChatMessage(role="developer", content="Keep it short."),
+    FunctionMessage(name="legacy", content="42"),
+    AIMessageChunk(content="streamed", id="a-3"),
+]
+
+
+@pytest.fixture
+def mem() -> Iterator[SessionStore]:
+    with SessionStore(InMemoryFileSystem(), clock=FakeClock()) as store:
+        yield store
+
+
+def test_every_message_type_comes_back_equal(store: SessionStore) -> None:
+    history = SessionStoreChatMessageHistory("user:alice", store)
+    history.add_messages(CONVERSATION)
+    again = SessionStoreChatMessageHistory("user:alice", store).messages
+    assert again == CONVERSATION
+    assert [type(m) for m in again] == [type(m) for m in CONVERSATION]
+    assert messages_to_dict(again) == messages_to_dict(CONVERSATION)
+    ai = again[2]
+    assert isinstance(ai, AIMessage) and ai.tool_calls[0]["args"] == {"city": "Paris"}
+    assert isinstance(again[3], ToolMessage) and again[3].tool_call_id == "call_1"
+    assert [m.content for m in store.get_linear_history(history.session_id)] == messages_to_dict(CONVERSATION)
+
+
+def test_what_langchain_wrote_gives_valid_requests_for_both_apis(mem: SessionStore) -> None:
+    history = SessionStoreChatMessageHistory("k", mem)
+    history.add_messages(CONVERSATION)
+    sid = history.session_id
+    openai = mem.build_context(sid, strict=True)
+    assert_openai_accepts(openai)
+    # the legacy FunctionMessage answers no call: the APIs have no place for it, so it is dropped
+    assert [m["role"] for m in openai] == ["system", "user", "assistant", "tool", "assistant", "developer", "assistant"]
+    assert openai[2]["tool_calls"][0]["function"] == {"name": "weather", "arguments": '{"city":"Paris"}'}
+    anthropic = mem.build_context(sid, format="anthropic", strict=True)
+    assert_anthropic_accepts(anthropic)
+    assert anthropic["system"] == "You are terse.\n\nKeep it short."
+
+
+def test_records_are_one_per_message_with_the_roles_of_the_apis(mem: SessionStore) -> None:
+    history = SessionStoreChatMessageHistory("k", mem)
+    history.add_messages(CONVERSATION)
+    assert [m.role for m in mem.get_linear_history(history.session_id)] == [
+        "system", "user", "assistant", "tool", "assistant", "chat", "tool", "assistant"]
+
+
+def test_clear_empties_the_history_and_keeps_every_message(mem: SessionStore) -> None:
+    history = SessionStoreChatMessageHistory("k", mem)
+    history.add_messages(CONVERSATION[:2])
+    history.clear()
+    assert history.messages == [] and mem.build_context(history.session_id) == []
+    history.add_user_message("again")
+    assert [m.content for m in history.messages] == ["again"]
+    assert len(mem.get_messages(history.session_id)) == 3
+    mem.move_head(history.session_id, mem.get_messages(history.session_id)[1].id)
+    assert history.messages == CONVERSATION[:2]  # undo the clear
+
+
+def test_assigning_messages_replaces_the_branch(mem: SessionStore) -> None:
+    history = SessionStoreChatMessageHistory("k", mem)
+    history.add_messages(CONVERSATION[:2])
+    history.messages = CONVERSATION[2:4]
+    assert history.messages == CONVERSATION[2:4]
+
+
+def test_what_is_not_json_is_refused_and_nothing_is_written(mem: SessionStore) -> None:
+    history = SessionStoreChatMessageHistory("k", mem)
+    with pytest.raises(InvalidMessage):
+        history.add_messages([HumanMessage("fine"), ToolMessage("x", tool_call_id="c", artifact=object())])
+    with pytest.raises(InvalidMessage):
+        history.add_messages(["not a message"])  # type: ignore[list-item]
+    assert mem.get_messages(history.session_id) == []
+    with pytest.raises(InvalidInput):
+        SessionStoreChatMessageHistory("", mem)
+
+
+def test_records_other_software_wrote_read_as_messages(mem: SessionStore) -> None:
+    sid = mem.resolve("k")
+    mem.append(sid, role="user", content="plain text")
+    mem.append(sid, role="assistant", content=[{"type": "text", "text": "blocks"}])
+    mem.append(sid, role="critic", content={"score": 3})
+    got = SessionStoreChatMessageHistory("k", mem).messages
+    assert [type(m) for m in got] == [HumanMessage, AIMessage, ChatMessage]
+    assert got[2].content == '{"score": 3}'
+
+
+def test_async_twins(mem: SessionStore) -> None:
+    async def twins() -> list[BaseMessage]:
+        history = SessionStoreChatMessageHistory("k", AsyncSessionStore(mem))
+        await history.aadd_messages(CONVERSATION[:3])
+        assert await history.aget_messages() == CONVERSATION[:3]
+        await history.aclear()
+        return await history.aget_messages()
+    assert asyncio.run(twins()) == []
+
+
+# ============================================================================
+# LangChain's documented use: RunnableWithMessageHistory
+# ============================================================================
+
+
+def chain_with_history(store: SessionStore, answers: list[str]) -> tuple[Any, GenericFakeChatModel]:
+    model = GenericFakeChatModel(messages=iter(AIMessage(a) for a in answers))
+    prompt = ChatPromptTemplate.from_messages([("system", "You're an assistant who's good at {ability}."),
+                                               MessagesPlaceholder(variable_name="history"), ("human", "{question}")])
+
+    def get_session_history(session_id: str) -> BaseChatMessageHistory:
+        return SessionStoreChatMessageHistory(session_id, store)
+    return RunnableWithMessageHistory(prompt | model, get_session_history, input_messages_key="question",
+                                      history_messages_key="history"), model
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # LangChain 1.x points to LangGraph; this still works
+def test_runnable_with_message_history_keeps_the_conversation(store: SessionStore) -> None:
+    chain, _ = chain_with_history(store, ["Cosine is adjacent over hypotenuse.", "Sine is opposite over hypotenuse."])
+    config: Any = {"configurable": {"session_id": "abc123"}}
+    chain.invoke({"ability": "math", "question": "What does cosine mean?"}, config=config)
+    second = chain.invoke({"ability": "math", "question": "What's its inverse?"}, config=config)
+    assert second.content == "Sine is opposite over hypotenuse."
+    history = SessionStoreChatMessageHistory("abc123", store).messages
+    assert [type(m) for m in history] == [HumanMessage, AIMessage, HumanMessage, AIMessage]
+    assert [m.content for m in history] == ["What does cosine mean?", "Cosine is adjacent over hypotenuse.",
+                                            "What's its inverse?", "Sine is opposite over hypotenuse."]
+    sid = store.resolve("abc123")
+    assert_openai_accepts(store.build_context(sid, strict=True))
+    assert_anthropic_accepts(store.build_context(sid, format="anthropic", strict=True))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_model_sees_the_history_the_store_kept(mem: SessionStore) -> None:
+    seen: list[list[BaseMessage]] = []
+    chain, model = chain_with_history(mem, ["one", "two"])
+    original = model._generate
+
+    def recording(messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+        seen.append(list(messages))
+        return original(messages, *args, **kwargs)
+    object.__setattr__(model, "_generate", recording)
+    config: Any = {"configurable": {"session_id": "s"}}
+    chain.invoke({"ability": "x", "question": "first"}, config=config)
+    asyncio.run(chain.ainvoke({"ability": "x", "question": "second"}, config=config))
+    assert [m.content for m in seen[-1]][1:] == ["first", "one", "second"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_langchains_own_clear_deletes_where_ours_keeps(mem: SessionStore) -> None:
+    theirs, ours = InMemoryChatMessageHistory(), SessionStoreChatMessageHistory("k", mem)
+    for history in (theirs, ours):
+        history.add_messages(CONVERSATION[:2])
+        history.clear()
+        assert history.messages == []
+    assert len(mem.get_messages(ours.session_id)) == 2
+
+
+def test_messages_from_dict_reads_what_the_store_holds(mem: SessionStore) -> None:
+    history = SessionStoreChatMessageHistory("k", mem)
+    history.add_messages(CONVERSATION)
+    stored = [m.content for m in mem.get_linear_history(history.session_id)]
+    assert messages_from_dict(stored) == CONVERSATION

@@ -1,0 +1,172 @@
+"""session_store_llama_index with the real llama-index-core: every BaseChatStore method,
+deletions that lose nothing, ChatMemoryBuffer and a chat engine over MockLLM."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from conftest import FakeClock
+from frameworks import require
+
+require("llama_index.core", "llama-index")
+
+from llama_index.core.base.llms.types import (  # noqa: E402
+    ChatMessage,
+    ImageBlock,
+    TextBlock,
+    ThinkingBlock,
+    ToolCallBlock,
+)
+from llama_index.core.chat_engine import SimpleChatEngine  # noqa: E402
+from llama_index.core.llms import MockLLM  # noqa: E402
+from llama_index.core.memory import ChatMemoryBuffer  # noqa: E402
+from llama_index.core.storage.chat_store import SimpleChatStore  # noqa: E402
+from test_interop import assert_anthropic_accepts, assert_openai_accepts  # noqa: E402
+
+from session_store import AsyncSessionStore, InMemoryFileSystem, InvalidInput, InvalidMessage, SessionStore  # noqa: E402
+from session_store_llama_index import SessionStoreChatStore  # noqa: E402
+
+CONVERSATION = [
+    ChatMessage(role="system", content="Be brief."),
+    ChatMessage(role="user", blocks=[TextBlock(text="Weather here?"), ImageBlock(url="https://example.com/sky.png")]),
+    ChatMessage(role="assistant", content="", additional_kwargs={"tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Paris"}'}}]}),
+    ChatMessage(role="tool", content="Sunny", additional_kwargs={"tool_call_id": "call_1", "name": "weather"}),
+    ChatMessage(role="assistant", blocks=[ThinkingBlock(content="Also Lyon."), TextBlock(text="Sunny."),
+                                          ToolCallBlock(tool_call_id="call_2", tool_name="weather",
+                                                        tool_kwargs={"city": "Lyon"})]),
+    ChatMessage(role="tool", content="Rain", additional_kwargs={"tool_call_id": "call_2"}),
+    ChatMessage(role="assistant", content="Sunny in Paris, rain in Lyon."),
+]
+
+
+@pytest.fixture
+def mem() -> Iterator[SessionStore]:
+    with SessionStore(InMemoryFileSystem(), clock=FakeClock()) as store:
+        yield store
+
+
+def texts(messages: list[ChatMessage]) -> list[str | None]:
+    return [m.content for m in messages]
+
+
+def test_messages_come_back_equal(store: SessionStore) -> None:
+    chat_store = SessionStoreChatStore(store)
+    for message in CONVERSATION:
+        chat_store.add_message("user:alice", message)
+    assert SessionStoreChatStore(store).get_messages("user:alice") == CONVERSATION
+    assert chat_store.get_keys() == ["user:alice"]
+
+
+def test_what_llama_index_wrote_gives_valid_requests_for_both_apis(mem: SessionStore) -> None:
+    chat_store = SessionStoreChatStore(mem)
+    chat_store.set_messages("k", CONVERSATION)
+    sid = mem.resolve("k")
+    openai = mem.build_context(sid, strict=True)
+    assert_openai_accepts(openai)
+    assert [m["role"] for m in openai] == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert openai[4]["tool_calls"][0]["id"] == "call_2"
+    anthropic = mem.build_context(sid, format="anthropic", strict=True)
+    assert_anthropic_accepts(anthropic)
+
+
+def test_unknown_keys_read_empty_and_create_nothing(mem: SessionStore) -> None:
+    chat_store = SessionStoreChatStore(mem)
+    assert chat_store.get_messages("nobody") == []
+    assert chat_store.delete_messages("nobody") is None
+    assert chat_store.delete_last_message("nobody") is None
+    assert chat_store.delete_message("nobody", 0) is None
+    assert chat_store.get_keys() == [] and mem.get_all_session_ids() == []
+
+
+def test_delete_last_message_moves_the_head_back(mem: SessionStore) -> None:
+    chat_store = SessionStoreChatStore(mem)
+    chat_store.set_messages("k", CONVERSATION[:3])
+    assert chat_store.delete_last_message("k") == CONVERSATION[2]
+    assert chat_store.get_messages("k") == CONVERSATION[:2]
+    assert len(mem.get_messages(mem.resolve("k"))) == 3
+
+
+def test_delete_messages_empties_the_key_and_keeps_every_message(mem: SessionStore) -> None:
+    chat_store = SessionStoreChatStore(mem)
+    chat_store.set_messages("k", CONVERSATION[:2])
+    assert chat_store.delete_messages("k") == CONVERSATION[:2]
+    assert chat_store.get_messages("k") == [] and chat_store.get_keys() == []
+    assert mem.build_context(mem.resolve("k")) == []
+    assert len(mem.get_messages(mem.resolve("k"))) == 2
+
+
+def test_delete_message_in_the_middle_writes_the_rest_again(mem: SessionStore) -> None:
+    chat_store = SessionStoreChatStore(mem)
+    chat_store.set_messages("k", [ChatMessage(role="user", content=t) for t in "abcd"])
+    assert texts([m for m in [chat_store.delete_message("k", 1)] if m is not None]) == ["b"]
+    assert texts(chat_store.get_messages("k")) == ["a", "c", "d"]
+    assert texts([m for m in [chat_store.delete_message("k", -1)] if m is not None]) == ["d"]
+    assert texts([m for m in [chat_store.delete_message("k", 0)] if m is not None]) == ["a"]
+    assert texts(chat_store.get_messages("k")) == ["c"]
+    assert chat_store.delete_message("k", 5) is None
+    assert sorted(m.content["blocks"][0]["text"] for m in mem.get_messages(mem.resolve("k"))) == [
+        "a", "b", "c", "c", "c", "d", "d"]  # every version is kept
+
+
+def test_set_messages_replaces_the_branch_and_keeps_the_old_one(mem: SessionStore) -> None:
+    chat_store = SessionStoreChatStore(mem)
+    chat_store.set_messages("k", CONVERSATION[:2])
+    chat_store.set_messages("k", CONVERSATION[5:])
+    assert chat_store.get_messages("k") == CONVERSATION[5:]
+    chat_store.set_messages("k", [])
+    assert chat_store.get_messages("k") == []
+    assert len(mem.get_messages(mem.resolve("k"))) == 4
+
+
+def test_add_message_at_an_index_inserts(mem: SessionStore) -> None:
+    chat_store = SessionStoreChatStore(mem)
+    chat_store.set_messages("k", [ChatMessage(role="user", content=t) for t in "ac"])
+    chat_store.add_message("k", ChatMessage(role="user", content="b"), idx=1)
+    chat_store.add_message("k", ChatMessage(role="user", content="0"), idx=0)
+    assert texts(chat_store.get_messages("k")) == ["0", "a", "b", "c"]
+
+
+def test_bad_input_raises_and_writes_nothing(mem: SessionStore) -> None:
+    chat_store = SessionStoreChatStore(mem)
+    with pytest.raises(InvalidMessage):
+        chat_store.set_messages("k", [ChatMessage(role="user", content="fine"), "no"])  # type: ignore[list-item]
+    assert mem.get_messages(mem.resolve("k")) == []
+    with pytest.raises(InvalidInput):
+        SessionStoreChatStore("not a store")  # type: ignore[arg-type]
+
+
+def test_async_twins(mem: SessionStore) -> None:
+    async def twins() -> list[ChatMessage]:
+        chat_store = SessionStoreChatStore(AsyncSessionStore(mem))
+        await chat_store.aset_messages("k", CONVERSATION[:2])
+        await chat_store.async_add_message("k", CONVERSATION[2])
+        assert await chat_store.adelete_last_message("k") == CONVERSATION[2]
+        assert await chat_store.aget_keys() == ["k"]
+        return await chat_store.aget_messages("k")
+    assert asyncio.run(twins()) == CONVERSATION[:2]
+
+
+def test_llama_indexs_documented_memory_and_chat_engine_keep_the_chat(mem: SessionStore) -> None:
+    chat_store = SessionStoreChatStore(mem)
+    chat_memory = ChatMemoryBuffer.from_defaults(token_limit=3000, chat_store=chat_store, chat_store_key="user1")
+    chat_engine = SimpleChatEngine.from_defaults(llm=MockLLM(max_tokens=5), memory=chat_memory)
+    chat_engine.chat("Hello!")
+    chat_engine.chat("And again?")
+    stored = chat_store.get_messages("user1")
+    assert [m.role.value for m in stored] == ["user", "assistant", "user", "assistant"]
+    assert [stored[0].content, stored[2].content] == ["Hello!", "And again?"]
+    chat_engine.reset()  # the engine's "forget": our chat store keeps it in the tree
+    assert chat_store.get_messages("user1") == [] and len(mem.get_messages(mem.resolve("user1"))) == 4
+    assert_openai_accepts(mem.build_context(mem.resolve("user1")))
+
+
+def test_simple_chat_store_deletes_where_ours_keeps(mem: SessionStore) -> None:
+    theirs, ours = SimpleChatStore(), SessionStoreChatStore(mem)
+    for chat_store in (theirs, ours):
+        chat_store.set_messages("k", CONVERSATION[:2])
+        assert chat_store.delete_messages("k") == CONVERSATION[:2]
+        assert chat_store.get_messages("k") == []
+    assert theirs.store == {} and len(mem.get_messages(mem.resolve("k"))) == 2

@@ -1,0 +1,153 @@
+"""session_store_pydantic_ai with the real pydantic-ai: an Agent over TestModel and
+FunctionModel for several runs, message_history loaded from the store each time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import FakeClock
+from frameworks import require
+
+require("pydantic_ai", "pydantic-ai")
+
+from pydantic_ai import Agent  # noqa: E402
+from pydantic_ai.messages import (  # noqa: E402
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    UserPromptPart,
+)
+from pydantic_ai.models.function import AgentInfo, FunctionModel  # noqa: E402
+from pydantic_ai.models.test import TestModel  # noqa: E402
+from test_interop import assert_anthropic_accepts, assert_openai_accepts  # noqa: E402
+
+from session_store import AsyncSessionStore, InMemoryFileSystem, InvalidInput, InvalidMessage, SessionStore  # noqa: E402
+from session_store_pydantic_ai import aload_messages, asave_messages, load_messages, save_messages  # noqa: E402
+
+
+@pytest.fixture
+def mem() -> Iterator[SessionStore]:
+    with SessionStore(InMemoryFileSystem(), clock=FakeClock()) as store:
+        yield store
+
+
+def weather_agent() -> Agent[None, str]:
+    agent = Agent(TestModel(), system_prompt="Be brief.", instructions="Answer in English.")
+
+    @agent.tool_plain
+    def weather(city: str) -> str:
+        """The weather in a city."""
+        return f"Sunny in {city}"
+    return agent
+
+
+def test_runs_continue_from_the_history_the_store_kept(store: SessionStore) -> None:
+    agent = weather_agent()
+    first = agent.run_sync("Weather in Paris?", message_history=load_messages(store, "user:alice"))
+    save_messages(store, "user:alice", first.new_messages())
+    second = agent.run_sync("And tomorrow?", message_history=load_messages(store, "user:alice"))
+    save_messages(store, "user:alice", second.new_messages())
+    loaded = load_messages(store, "user:alice")
+    assert loaded == second.all_messages()  # equal, part for part, timestamps included
+    assert [m.kind for m in loaded] == ["request", "response", "request", "response", "request", "response"]
+    sid = store.resolve("user:alice")
+    assert [m.role for m in store.get_linear_history(sid)] == ["user", "assistant"] * 3
+    assert [m.content for m in store.get_linear_history(sid)] == ModelMessagesTypeAdapter.dump_python(
+        loaded, mode="json")
+
+
+def test_the_model_sees_every_earlier_run(mem: SessionStore) -> None:
+    seen: list[list[ModelMessage]] = []
+
+    def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        seen.append(list(messages))
+        return ModelResponse(parts=[TextPart(f"answer {len(seen)}")])
+    agent = Agent(FunctionModel(answer))
+    for question in ("one", "two", "three"):
+        result = agent.run_sync(question, message_history=load_messages(mem, "k"))
+        save_messages(mem, "k", result.new_messages())
+    prompts = [p.content for m in seen[-1] if isinstance(m, ModelRequest) for p in m.parts
+               if isinstance(p, UserPromptPart)]
+    assert prompts == ["one", "two", "three"]
+    assert load_messages(mem, "k", limit=2)[-1].parts[0] == TextPart("answer 3")
+
+
+def test_what_pydantic_ai_wrote_gives_valid_requests_for_both_apis(mem: SessionStore) -> None:
+    agent = weather_agent()
+    for question in ("Weather in Paris?", "And Lyon?"):
+        result = agent.run_sync(question, message_history=load_messages(mem, "k"))
+        save_messages(mem, "k", result.new_messages())
+    sid = mem.resolve("k")
+    openai = mem.build_context(sid, strict=True)
+    assert_openai_accepts(openai)
+    assert openai[0] == {"role": "system", "content": "Be brief."}
+    assert any(m.get("tool_calls") for m in openai) and any(m["role"] == "tool" for m in openai)
+    anthropic = mem.build_context(sid, format="anthropic", strict=True)
+    assert_anthropic_accepts(anthropic)
+    assert anthropic["system"] == "Be brief."
+
+
+def test_limit_loads_the_last_messages(mem: SessionStore) -> None:
+    agent = Agent(TestModel(custom_output_text="ok"))
+    for question in ("a", "b", "c"):
+        save_messages(mem, "k", agent.run_sync(question, message_history=load_messages(mem, "k")).new_messages())
+    assert load_messages(mem, "k", limit=2) == load_messages(mem, "k")[-2:]
+    assert load_messages(mem, "k", limit=0) == []
+
+
+def test_pydantic_ais_documented_json_round_trip_holds_through_the_store(mem: SessionStore) -> None:
+    agent = Agent(TestModel(custom_output_text="a joke"), system_prompt="Be a helpful assistant.")
+    result1 = agent.run_sync("Tell me a joke.")
+    history_step_1 = result1.all_messages()
+    save_messages(mem, "jokes", history_step_1)
+    same_history_as_step_1 = load_messages(mem, "jokes")
+    assert same_history_as_step_1 == history_step_1
+    result2 = agent.run_sync("Tell me a different joke.", message_history=same_history_as_step_1)
+    save_messages(mem, "jokes", result2.new_messages())
+    assert load_messages(mem, "jokes") == result2.all_messages()
+
+
+def test_bad_input_raises_and_writes_nothing(mem: SessionStore) -> None:
+    with pytest.raises(InvalidMessage):
+        save_messages(mem, "k", [ModelRequest(parts=[UserPromptPart("fine")]), "not a message"])  # type: ignore[list-item]
+    with pytest.raises(InvalidInput):
+        save_messages(mem, "k", "text")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        load_messages("not a store", "k")  # type: ignore[arg-type]
+    assert mem.get_messages(mem.resolve("k")) == []
+
+
+def test_plain_records_other_software_wrote_load_as_messages(mem: SessionStore) -> None:
+    sid = mem.resolve("k")
+    mem.append(sid, role="system", content="Be brief.")
+    mem.append(sid, role="user", content="hi")
+    mem.append(sid, role="assistant", content="hello")
+    mem.append(sid, role="critic", content={"score": 3})  # not a message pydantic-ai has
+    loaded = load_messages(mem, "k")
+    assert [m.kind for m in loaded] == ["request", "request", "response"]
+    reply = Agent(TestModel(custom_output_text="again")).run_sync("more", message_history=loaded)
+    assert reply.output == "again"
+
+
+def test_async_twins_around_agent_run(mem: SessionStore) -> None:
+    async def runs() -> list[ModelMessage]:
+        store: Any = AsyncSessionStore(mem)
+        agent = Agent(TestModel(custom_output_text="ok"))
+        for question in ("one", "two"):
+            result = await agent.run(question, message_history=await aload_messages(store, "k"))
+            await asave_messages(store, "k", result.new_messages())
+        return await aload_messages(store, "k")
+    assert len(asyncio.run(runs())) == 4
+
+
+def test_undo_a_run_by_moving_the_head_back(mem: SessionStore) -> None:
+    agent = Agent(TestModel(custom_output_text="ok"))
+    ids = save_messages(mem, "k", agent.run_sync("keep").new_messages())
+    save_messages(mem, "k", agent.run_sync("regret", message_history=load_messages(mem, "k")).new_messages())
+    mem.move_head(mem.resolve("k"), ids[-1])
+    assert len(load_messages(mem, "k")) == 2
