@@ -87,8 +87,19 @@ def write_page(store: SessionStore, sid: str, tmp_path: Path) -> str:
 
 
 def conversation(browser: WebDriver) -> str:
-    """The conversation's visible text."""
-    return str(browser.execute_script("return document.getElementById('conversation').innerText"))
+    """The conversation's visible text, every row of the shown path included.
+
+    Rows are ``content-visibility: auto``: Chromium skips rendering those off screen,
+    and innerText then leaves them out depending on when it last laid out the page
+    (a race: a row above the one scrolled to was sometimes missing). The rows are
+    made visible for the read, then put back."""
+    return str(browser.execute_script("""
+        const c = document.getElementById('conversation'), rows = [...c.children];
+        const kept = rows.map(r => r.style.contentVisibility);
+        rows.forEach(r => { r.style.contentVisibility = 'visible'; });
+        const text = c.innerText;
+        rows.forEach((r, k) => { r.style.contentVisibility = kept[k]; });
+        return text;"""))
 
 
 def button(scope: WebDriver | WebElement, text: str) -> WebElement:
