@@ -461,6 +461,10 @@ class CheckReport:
         return not self.problems
 
 
+# The base classes' own constructors and fillers (the frozen classes refuse the fillers).
+_NEW_DICT, _FILL_DICT, _NEW_LIST, _FILL_LIST = dict.__new__, dict.update, list.__new__, list.extend
+
+
 class _FrozenDict(dict):  # type: ignore[type-arg]
     """A ``dict`` that refuses changes: what the store returns can never change what
     it holds. ``copy.copy``/``copy.deepcopy``/pickling give plain, mutable copies."""
@@ -471,6 +475,15 @@ class _FrozenDict(dict):  # type: ignore[type-arg]
         raise TypeError("records returned by session_store are read-only; copy.deepcopy() gives a mutable copy")
 
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _FrozenDict:
+        made = _NEW_DICT(cls)
+        _FILL_DICT(made, *args, **kwargs)
+        return made
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Filled by ``__new__``: called again on a built dict (dict's would refill it),
+        this changes nothing. (``type(x)(items)``, as pydantic validates a list, builds.)"""
 
     def __copy__(self) -> dict[Any, Any]:
         return dict(self)
@@ -492,6 +505,14 @@ class _FrozenList(list):  # type: ignore[type-arg]
 
     __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _refuse
     __iadd__ = __imul__ = _refuse
+
+    def __new__(cls, *args: Any) -> _FrozenList:
+        made = _NEW_LIST(cls)
+        _FILL_LIST(made, *args)
+        return made
+
+    def __init__(self, *args: Any) -> None:
+        """Filled by ``__new__``; called again, this changes nothing (see :class:`_FrozenDict`)."""
 
     def __copy__(self) -> list[Any]:
         return list(self)
@@ -518,10 +539,14 @@ def _freeze(value: Any) -> Any:
     cls = value.__class__
     if cls is dict:
         intern = sys.intern
-        return _FrozenDict({intern(k): _freeze(v) if v.__class__ is dict or v.__class__ is list else intern(v) if (
+        made = _NEW_DICT(_FrozenDict)
+        _FILL_DICT(made, {intern(k): _freeze(v) if v.__class__ is dict or v.__class__ is list else intern(v) if (
             k in _VOCABULARY_KEYS and v.__class__ is str and len(v) <= 64) else v for k, v in value.items()})
+        return made
     if cls is list:
-        return _FrozenList([_freeze(v) if v.__class__ is dict or v.__class__ is list else v for v in value])
+        items = _NEW_LIST(_FrozenList)  # (not through __new__ and __init__: the quickest way, for loads)
+        _FILL_LIST(items, [_freeze(v) if v.__class__ is dict or v.__class__ is list else v for v in value])
+        return items
     return value
 
 
@@ -2070,16 +2095,10 @@ def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, pro
     if not lines:
         return [], 0
     end = chunk.rfind(b"\n") + 1
-    try:
-        # One line, one value: a line holding two values or none (blank) makes the count
-        # differ or the array invalid; a value over two lines makes it invalid ("\n" is
-        # JSON whitespace, "," is not); bad UTF-8 does not decode. All go line by line.
-        records = _scan_json("[" + str(memoryview(chunk)[:end - 1], "utf-8").replace("\n", ",") + "]", 0)[0]
-        if len(records) == len(lines) and set(map(type, records)) == {dict}:
-            offsets = itertools.accumulate([len(raw) + 1 for raw in lines], initial=base)  # one more than lines
-            return list(zip(offsets, records, strict=False)), end
-    except (ValueError, StopIteration, RecursionError):
-        pass
+    # Line by line: each line is read exactly as json.loads reads it alone. (Decoding a
+    # part's lines joined into one JSON array is faster, but no count or shape check
+    # makes it sound: a value split where a comma belongs and a line holding two values
+    # read as two records together, a damaged log read as made-up records.)
     out: list[tuple[int, dict[str, Any]]] = []
     offset = base
     scan = _scan_json
@@ -3322,9 +3341,17 @@ class _Session:
             except KeyError:
                 mid = parent = None
             up = known(parent) if parent.__class__ is str_ else None
-            if (mid.__class__ is not str_ or not mid or role.__class__ is not str_ or mtype.__class__ is not str_
+            fields: Any = None
+            if not (mid.__class__ is not str_ or not mid or role.__class__ is not str_ or mtype.__class__ is not str_
                     or ts.__class__ is not int_ or (up is None and parent is not None) or mid in by_id
                     or mtype == "reset" or (pending and pending[0]["seq"] <= count)):
+                try:  # nested too deeply to freeze: damaged, as the general way says
+                    if content.__class__ is dict_ or content.__class__ is list_:
+                        content = _freeze(content)
+                    fields = _NO_FIELDS if len(rec) == 6 else _fields_of(rec)  # six: the core keys alone
+                except RecursionError:
+                    fields = None
+            if fields is None:
                 self.record_count, self.updated_at = count, updated
                 self._take_record(where, rec, label)
                 count, updated = self.record_count, self.updated_at
@@ -3336,12 +3363,10 @@ class _Session:
             else:
                 m.type = intern(mtype)
                 m.role = intern(role)
-            if content.__class__ is dict_ or content.__class__ is list_:
-                content = _freeze(content)
             m.id = mid
             m.content = content
             m.timestamp = ts
-            m.fields = _NO_FIELDS if len(rec) == 6 else _fields_of(rec)  # six: the core keys alone
+            m.fields = fields
             if up is None:
                 m.parent_id = None
                 roots.append(mid)

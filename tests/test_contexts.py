@@ -293,6 +293,8 @@ def test_contexts_are_fresh_lists_of_read_only_entries(mem: SessionStore) -> Non
         openai[0]["content"][0]["text"] = "changed"
     with pytest.raises(TypeError):
         openai[1]["tool_calls"].append({})
+    openai[0].__init__(content="changed")  # type: ignore[misc]  # entries are shared with the kept context:
+    openai[0]["content"].__init__(["changed"])  # a second __init__ (dict's and list's refill) changes nothing
     assert json.loads(json.dumps(openai)) == openai
     mutable = copy.deepcopy(openai)
     mutable[0]["content"][0]["text"] = "changed"

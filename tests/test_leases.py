@@ -325,6 +325,10 @@ def test_what_the_store_returns_can_never_change_what_it_holds(store: SessionSto
     for mutate in mutations:
         with pytest.raises(TypeError, match="read-only"):
             mutate()
+    m.content.__init__([])  # a second __init__ (list's and dict's refill) changes nothing
+    m.content[0].__init__(text="changed")
+    fields.__init__(x=1)
+    assert type(m.content)(m.content) == m.content  # type(x)(items) builds, as pydantic does
     again = store.get_messages(sid)[0]
     assert again == m and again.content == [{"type": "text", "text": "hi"}] and again.fields["metadata"] == {"n": 1}
     mine = copy.deepcopy(m.content)  # a plain, mutable copy when one is wanted

@@ -256,11 +256,15 @@ def test_content_nested_past_the_bound_is_refused_and_nothing_is_written(tmp_pat
         assert (tmp_path / sid / "messages.jsonl").read_bytes() == before
 
 
-def test_a_record_nested_deeper_than_any_reader_can_decode_is_never_fatal_to_its_session(tmp_path: Path) -> None:
+# 100,000: past what json decodes; 600: json decodes it, freezing it for the cache does
+# not (the fast way of a cold load let that RecursionError out: the session unreadable).
+@pytest.mark.parametrize("depth", [100_000, 600])
+def test_a_record_nested_deeper_than_any_reader_can_decode_is_never_fatal_to_its_session(
+        tmp_path: Path, depth: int) -> None:
     with SessionStore(storage_dir=tmp_path) as store:
         sid = store.resolve("k")
         a = store.append(sid, role="user", content="before")
-    opening, closing = "[" * 100_000, "]" * 100_000
+    opening, closing = "[" * depth, "]" * depth
     deep = f'{{"id":"deep","parentId":"{a.id}","type":"user","role":"user","content":{opening}"leaf"{closing},' \
            '"timestamp":1}'
 
