@@ -2134,6 +2134,27 @@ def _parse_line(raw: bytes, where: int, out: list[tuple[int, dict[str, Any]]], f
         out.append((where, found))
 
 
+# An append's checked arguments: role, type, content, id (or None), fields.
+_AppendSpec = tuple[str, str, Any, "str | None", dict[str, Any]]
+
+
+def _checked_append(role: Any, content: Any, type: Any, id: Any, fields: dict[str, Any]) -> _AppendSpec:
+    """Check an append's arguments as :meth:`SessionStore.append` documents
+    (:class:`InvalidMessage`); what needs the session is checked when it is written."""
+    _check_name("role", role, InvalidMessage)
+    mtype = role if type is None else _check_name("type", type, InvalidMessage)
+    if id is not None:
+        _check_name("message id", id, InvalidMessage)
+    for name, value in fields.items():
+        if name in _RESERVED_FIELDS:
+            raise InvalidMessage(f"field {name!r} is reserved; pass it as the keyword it maps to")
+        if isinstance(value, (dict, list, tuple)):
+            _check_json_shape(value, f"field {name!r}")
+    if isinstance(content, (dict, list, tuple)):
+        _check_json_shape(content, "content")
+    return role, mtype, content, id, fields
+
+
 def _same_message(existing: Message, mtype: str, role: str, content: Any, fields: Mapping[str, Any]) -> bool:
     """Whether an append of these values would store ``existing`` again (ids, parent and
     time aside), comparing the JSON round trip, as stored."""
@@ -5426,60 +5447,104 @@ class SessionStore:
         Returns once the record is written (and fsync'd when ``durable``). Any error
         leaves storage untouched.
         """
-        _check_name("role", role, InvalidMessage)
-        mtype = role if type is None else _check_name("type", type, InvalidMessage)
-        if id is not None:
-            _check_name("message id", id, InvalidMessage)
+        spec = _checked_append(role, content, type, id, fields)
         if parent_id is not _HEAD and parent_id is not None and not isinstance(parent_id, str):
             raise InvalidMessage(f"parent_id must be a string or None, not {parent_id!r}")
-        for name, value in fields.items():
-            if name in _RESERVED_FIELDS:
-                raise InvalidMessage(f"field {name!r} is reserved; pass it as the keyword it maps to")
-            if isinstance(value, (dict, list, tuple)):
-                _check_json_shape(value, f"field {name!r}")
-        if isinstance(content, (dict, list, tuple)):
-            _check_json_shape(content, "content")
         owner_id, fencing_token = self._fence_of(session_id, owner_id, fencing_token)
         with self._writing(session_id, fence=False) as state:
             if owner_id is not None or fencing_token is not None or self._require_lock:
                 self._check_lease(state, owner_id, fencing_token)
-            parent = state.head() if parent_id is _HEAD else parent_id
-            if parent is not None and parent not in state.by_id:
-                raise MessageNotFound(session_id, parent)
-            if id is None:
-                id = state.fresh_id()
-            elif id in state.by_id:
-                existing = state.by_id[id]
-                if (parent_id is _HEAD or parent_id == existing.parent_id) and _same_message(
-                        existing, mtype, role, content, fields):
-                    return existing  # a retry of an append that landed: nothing is written twice
-                raise DuplicateMessage(session_id, id)
-            now = self._now_ms()
-            record = {"id": id, "parentId": parent, "type": mtype, "role": role,
-                      "content": content, "timestamp": now}
-            for name, value in fields.items():
-                record[_SNAKE_TO_CAMEL.get(name, name)] = value
-            line = _encode_message(record)  # validates before anything is written
-            if isinstance(content, str) and not fields:
-                msg = _new_message(id, state.by_id[parent].id if parent is not None else None, sys.intern(mtype),
-                                   sys.intern(role), content, now, _NO_FIELDS)
-            else:  # store the JSON round trip: what a reload returns, detached from the caller
-                msg = _message_from_record(json.loads(line), state.by_id)
-            config = self._auto_reset
-            reason = self._reset_reason(state, config, msg, now) if config is not None else None
-            if config is not None and reason is not None:
-                reset, new_parent = self._write_reset(state, reason, now, config, incoming=msg)
-                msg = dataclasses.replace(msg, parent_id=new_parent)
-                record["parentId"] = new_parent
-                line = _encode_message(record)
-            self._write_message(state, msg, line)
-            if reason is not None:  # the head moves last, once the whole new segment is written
-                self._move(state, msg.id, now)
+            msg, reset = self._append_in(state, spec, parent_id)
         self._sync(session_id)
-        if reason is not None:
+        if reset is not None:
             self._emit_reset(session_id, reset)
         self._emit("message.added", session_id, msg)
         return msg
+
+    def append_many(self, session_id: str, messages: Sequence[Mapping[str, Any]], *,
+                    parent_id: str | None = _HEAD, owner_id: str | None = None,
+                    fencing_token: int | None = None) -> list[Message]:
+        """Append a chain of messages at once: all of them or none, with one sync.
+
+        Each of ``messages`` is a mapping of :meth:`append`'s keywords: ``role`` and
+        ``content``, optionally ``type``, ``id`` and any fields. The first goes under
+        ``parent_id`` (as for :meth:`append`: omitted, the current head), each next one
+        under the one before; the head rules, auto-reset and retries (an ``id`` that
+        repeats a stored message returns it) are those of as many :meth:`append` calls.
+        Everything is checked before anything is written; an error part way (a write,
+        a full disk) undoes the records written, so none of them is in the session.
+        A crash part way: on SQLite and PostgreSQL the chain is one transaction (all or
+        none); on the JSONL files the first messages of the chain may remain (each
+        whole, in order), as after that many appends, but nothing else. Returns the
+        messages as stored; durable when it returns (with ``durable``), at the cost of
+        one sync for the chain, where as many appends cost one each.
+        """
+        specs = []
+        for i, given in enumerate(messages):
+            if not isinstance(given, Mapping) or not isinstance(given.get("role"), str) or "content" not in given:
+                raise InvalidMessage(f"messages[{i}] must be a mapping with a string 'role' and a 'content'")
+            fields = {k: v for k, v in given.items() if k not in ("role", "content", "type", "id")}
+            specs.append(_checked_append(given["role"], given["content"], given.get("type"), given.get("id"), fields))
+        if parent_id is not _HEAD and parent_id is not None and not isinstance(parent_id, str):
+            raise InvalidMessage(f"parent_id must be a string or None, not {parent_id!r}")
+        owner_id, fencing_token = self._fence_of(session_id, owner_id, fencing_token)
+        written: list[tuple[Message, ResetResult | None]] = []
+        with self._writing(session_id, fence=False) as state:
+            if owner_id is not None or fencing_token is not None or self._require_lock:
+                self._check_lease(state, owner_id, fencing_token)
+            parent: str | None = parent_id
+            for spec in specs:
+                msg, reset = self._append_in(state, spec, parent)
+                written.append((msg, reset))
+                parent = msg.id
+        if specs:
+            self._sync(session_id)
+        for msg, reset in written:
+            if reset is not None:
+                self._emit_reset(session_id, reset)
+            self._emit("message.added", session_id, msg)
+        return [msg for msg, _ in written]
+
+    def _append_in(self, state: _Session, spec: _AppendSpec, parent_id: str | None
+                   ) -> tuple[Message, ResetResult | None]:
+        """Write one checked message under ``parent_id`` (``_HEAD``: the head), with its
+        auto-reset; caller is in ``_writing``. Returns it and the reset it caused."""
+        role, mtype, content, id, fields = spec
+        session_id = state.session_id
+        parent = state.head() if parent_id is _HEAD else parent_id
+        if parent is not None and parent not in state.by_id:
+            raise MessageNotFound(session_id, parent)
+        if id is None:
+            id = state.fresh_id()
+        elif id in state.by_id:
+            existing = state.by_id[id]
+            if (parent_id is _HEAD or parent_id == existing.parent_id) and _same_message(
+                    existing, mtype, role, content, fields):
+                return existing, None  # a retry of an append that landed: nothing is written twice
+            raise DuplicateMessage(session_id, id)
+        now = self._now_ms()
+        record = {"id": id, "parentId": parent, "type": mtype, "role": role,
+                  "content": content, "timestamp": now}
+        for name, value in fields.items():
+            record[_SNAKE_TO_CAMEL.get(name, name)] = value
+        line = _encode_message(record)  # validates before anything is written
+        if isinstance(content, str) and not fields:
+            msg = _new_message(id, state.by_id[parent].id if parent is not None else None, sys.intern(mtype),
+                               sys.intern(role), content, now, _NO_FIELDS)
+        else:  # store the JSON round trip: what a reload returns, detached from the caller
+            msg = _message_from_record(json.loads(line), state.by_id)
+        config = self._auto_reset
+        reason = self._reset_reason(state, config, msg, now) if config is not None else None
+        reset = None
+        if config is not None and reason is not None:
+            reset, new_parent = self._write_reset(state, reason, now, config, incoming=msg)
+            msg = dataclasses.replace(msg, parent_id=new_parent)
+            record["parentId"] = new_parent
+            line = _encode_message(record)
+        self._write_message(state, msg, line)
+        if reason is not None:  # the head moves last, once the whole new segment is written
+            self._move(state, msg.id, now)
+        return msg, reset
 
     def _write_message(self, state: _Session, msg: Message, line: bytes) -> None:
         """Write one message record and apply it (caller is in ``_writing``)."""
@@ -6646,6 +6711,13 @@ class AsyncSessionStore:
         owner and token are implied for the task."""
         return await self._run(self._store.append, session_id, role=role, content=content, type=type,
                                parent_id=parent_id, id=id, owner_id=owner_id, fencing_token=fencing_token, **fields)
+
+    async def append_many(self, session_id: str, messages: Sequence[Mapping[str, Any]], *,
+                          parent_id: str | None = _HEAD, owner_id: str | None = None,
+                          fencing_token: int | None = None) -> list[Message]:
+        """See :meth:`SessionStore.append_many`."""
+        return await self._run(self._store.append_many, session_id, messages, parent_id=parent_id,
+                               owner_id=owner_id, fencing_token=fencing_token)
 
     async def reset(self, session_id: str, **overrides: Any) -> ResetResult:
         """See :meth:`SessionStore.reset`."""

@@ -294,6 +294,7 @@ _fields = st.sampled_from([{}, {"metadata": {"n": 1}}, {"tool_call_id": "call_1"
 _CALLS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "append": {"how": st.sampled_from(["head", "root", "random", "named-head"]), "content": _contents,
                "fields": _fields},
+    "append_many": {"root": st.booleans(), "contents": st.lists(_contents, min_size=1, max_size=3), "fields": _fields},
     "resolve": {"key": _keys}, "delete": {}, "manual_reset": {}, "import_session": {"n": st.integers(0, 3)},
     "fork": {"at_head": st.booleans()}, "create_branch": {"name": _branch_names},
     "switch": {"name": _branch_names}, "move_head": {"name": _branch_names, "to_none": st.booleans()},
@@ -458,6 +459,22 @@ class StoreMachine(RuleBasedStateMachine):
         elif how == "named-head" and head is not None:
             kwargs["parent_id"] = head
         self._append(self.handle(data), sid, m, content, fields, **kwargs)  # unowned: advisory under a lease
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), root=st.booleans(), contents=st.lists(_contents, max_size=3), fields=_fields)
+    def append_many(self, data: st.DataObject, root: bool, contents: list[Any], fields: dict[str, Any]) -> None:
+        """A chain in one call: as many appends, or (when anything fails) none of them.
+        (Without auto-reset: the model checks a reset against the store one append at a time.)"""
+        if self.reset_config is not None:
+            return
+        sid, m = self.session(data)
+        parent = None if root else m.head()
+        written = self.handle(data).append_many(
+            sid, [{"role": "user", "content": c, **fields} for c in contents], **({"parent_id": None} if root else {}))
+        assert len(written) == len(contents)
+        for msg, content in zip(written, contents, strict=True):
+            m.add(self.message(msg, parent, content, fields))
+            parent = msg.id
 
     def _apply_reset(self, store: SessionStore, sid: str, m: _ModelSession, segment: list[ss.Message],
                      incoming: ss.Message) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 __all__ = ["SessionStoreChatMessageHistory"]
 
 import asyncio
-import contextlib
 import copy
 import json
 from collections.abc import Sequence
@@ -46,7 +45,6 @@ from session_store import (
     Message,
     SessionNotFound,
     SessionStore,
-    SessionStoreError,
 )
 
 # The role of the record holding each LangChain message type (a chat message's own role
@@ -156,24 +154,13 @@ class SessionStoreChatMessageHistory(BaseChatMessageHistory):
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Append ``messages`` in order after the head, one record each, durable when
-        this returns (with the store's ``durable``). A message that is not JSON (an
-        ``artifact`` object, say) raises :class:`~session_store.InvalidMessage` before
-        anything is written; a write that fails part way moves the head back, so the
-        branch holds all of them or none (those written stay in the tree)."""
-        records = [_record_of(m) for m in messages]
-
-        def write(sid: str) -> None:
-            written: list[Message] = []
-            try:
-                for role, content in records:
-                    written.append(self.store.append(sid, role=role, content=content))
-            except BaseException:
-                if written:
-                    with contextlib.suppress(SessionStoreError, OSError):
-                        self.store.move_head(sid, written[0].parent_id)
-                raise
+        this returns (with the store's ``durable``: one sync for them all). A message
+        that is not JSON (an ``artifact`` object, say) raises
+        :class:`~session_store.InvalidMessage` before anything is written; they are
+        written all or none (:meth:`~session_store.SessionStore.append_many`)."""
+        records = [{"role": role, "content": content} for role, content in (_record_of(m) for m in messages)]
         if records:
-            self._retrying(write)
+            self._retrying(lambda sid: self.store.append_many(sid, records))
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         """See :meth:`add_messages`."""

@@ -94,9 +94,8 @@ class SessionStoreChatStore(BaseChatStore):
         return sid, [m for m in self._store.get_linear_history(sid) if m.type != "reset"]
 
     def _append(self, sid: str, messages: list[ChatMessage], parent_id: str | None) -> None:
-        """Append ``messages`` as a chain from ``parent_id``, then move the head to its end.
-        The head moves once, after every record is written: the branch shows all of
-        them or none."""
+        """Append ``messages`` as a chain from ``parent_id`` (all or none, one sync),
+        then move the head to its end unless the chain already advanced it."""
         records = []
         for message in messages:
             if not isinstance(message, ChatMessage):
@@ -105,11 +104,10 @@ class SessionStoreChatStore(BaseChatStore):
                 records.append((str(message.role.value), message.model_dump(mode="json")))
             except (TypeError, ValueError) as e:
                 raise InvalidMessage(f"cannot store {message!r:.200}: {e}") from None
-        head = parent_id
-        for role, content in records:
-            head = self._store.append(sid, role=role, content=content, parent_id=head).id
-        if head != parent_id:
-            self._store.move_head(sid, head)
+        written = self._store.append_many(sid, [{"role": role, "content": content} for role, content in records],
+                                          parent_id=parent_id)
+        if written and self._store.get_head(sid) != written[-1].id:
+            self._store.move_head(sid, written[-1].id)
 
     # -- BaseChatStore ------------------------------------------------------------
 

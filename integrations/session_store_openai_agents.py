@@ -48,7 +48,6 @@ from session_store import (
     Message,
     SessionNotFound,
     SessionStore,
-    SessionStoreError,
 )
 
 _T = TypeVar("_T")
@@ -241,23 +240,16 @@ class SessionStoreSession:
 
     async def add_items(self, items: list[TResponseInputItem], *, wrapper: Any = None) -> None:
         """Append ``items`` in order, one message each, after the head (durable when
-        this returns, with the store's ``durable``). A bad item (not a dict, not JSON)
-        raises :class:`~session_store.InvalidMessage` before anything is written; a
-        write that fails part way moves the head back to where it was, so the branch
-        holds all of the items or none (the ones written stay in the tree)."""
-        records = [_record_of(item) for item in items]
+        this returns, with the store's ``durable``: one sync for them all). A bad item
+        (not a dict, not JSON) raises :class:`~session_store.InvalidMessage` before
+        anything is written; the items are written all or none
+        (:meth:`~session_store.SessionStore.append_many`)."""
+        records = [{"role": role, "type": kind, "content": item}
+                   for item, (role, kind) in zip(items, [_record_of(item) for item in items], strict=True)]
 
         async def write(sid: str) -> None:
             async with self._write_scope():
-                written: list[Message] = []
-                try:
-                    for item, (role, kind) in zip(items, records, strict=True):
-                        written.append(await self.store.append(sid, role=role, type=kind, content=item))
-                except BaseException:
-                    if written:  # all or nothing on the branch: the head goes back (the records stay in the tree)
-                        with contextlib.suppress(SessionStoreError, OSError):
-                            await self.store.move_head(sid, written[0].parent_id)
-                    raise
+                await self.store.append_many(sid, records)
         if items:
             await self._on_session(write)
 

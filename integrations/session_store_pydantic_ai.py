@@ -22,7 +22,6 @@ from __future__ import annotations
 __all__ = ["load_messages", "save_messages", "aload_messages", "asave_messages"]
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +41,6 @@ from session_store import (
     InvalidMessage,
     Message,
     SessionStore,
-    SessionStoreError,
 )
 
 
@@ -89,10 +87,9 @@ def load_messages(store: SessionStore | AsyncSessionStore, key: str, *, limit: i
 def save_messages(store: SessionStore | AsyncSessionStore, key: str, messages: Sequence[ModelMessage]) -> list[str]:
     """Append ``messages`` (``result.new_messages()``) in order after the key's head,
     one record each; returns their ids. Durable when this returns (with the store's
-    ``durable``). What pydantic-ai cannot dump to JSON raises
-    :class:`~session_store.InvalidMessage` before anything is written; a write that
-    fails part way moves the head back, so the branch holds all of them or none
-    (those written stay in the tree).
+    ``durable``: one sync for them all). What pydantic-ai cannot dump to JSON raises
+    :class:`~session_store.InvalidMessage` before anything is written; they are
+    written all or none (:meth:`~session_store.SessionStore.append_many`).
 
     Save only what a run added: ``result.all_messages()`` would store the history a
     second time.
@@ -108,16 +105,8 @@ def save_messages(store: SessionStore | AsyncSessionStore, key: str, messages: S
     except Exception as e:  # pydantic's errors for what is not a ModelMessage or not serializable
         raise InvalidMessage(f"cannot store these messages: {e}") from None
     sid = store.resolve(key)
-    written: list[Message] = []
-    try:
-        for content in dumped:
-            written.append(store.append(sid, role="user" if content["kind"] == "request" else "assistant",
-                                        content=content))
-    except BaseException:
-        if written:
-            with contextlib.suppress(SessionStoreError, OSError):
-                store.move_head(sid, written[0].parent_id)
-        raise
+    written = store.append_many(sid, [{"role": "user" if content["kind"] == "request" else "assistant",
+                                       "content": content} for content in dumped])
     return [m.id for m in written]
 
 

@@ -691,3 +691,87 @@ def test_the_cache_keeps_to_its_budget_and_close_releases_everything(tmp_path: P
             assert ids[0] in store._sessions
         assert [len(store.get_messages(sid)) for sid in ids] == [1] * 50  # evicted ones reload
     assert len(store._sessions) == 0 and store._cached_bytes == 0
+
+
+# -- append_many: a chain in one call, all or none, one sync --------------------------------
+
+CHAIN: list[dict[str, Any]] = [{"role": "user", "content": "question"}, {"role": "assistant", "content": "answer", "metadata": {"n": 1}},
+         {"role": "tool", "content": "result", "tool_call_id": "c1"}]
+
+
+def test_a_chain_appended_crashing_at_any_step_leaves_a_prefix_of_it_and_nothing_else(
+        inner: tuple[FileSystem, str]) -> None:
+    # (files: the records are separate writes; SQLite and PostgreSQL commit the chain at once)
+    def setup(store: SessionStore) -> tuple[str, list[ss.Message]]:
+        sid = store.resolve("k")
+        store.append(sid, role="system", content="first")
+        return sid, store.get_messages(sid)
+
+    def verify(fresh: SessionStore, state: tuple[str, list[ss.Message]], completed: bool) -> None:
+        sid, before = state
+        assert fresh.repair().ok and fresh.check().ok  # (a torn last line is cut)
+        history = fresh.get_linear_history(sid)
+        assert history[:1] == before and fresh.get_messages(sid) == history
+        chain = [(x["role"], x["content"]) for x in CHAIN]
+        assert [(m.role, m.content) for m in history[1:]] == chain[:len(history) - 1]
+        assert len(history) == 1 + len(CHAIN) or not completed
+
+    assert at_every_step(inner, setup, lambda store, state: store.append_many(state[0], CHAIN), verify) >= 1
+
+
+@pytest.mark.parametrize("after", [0, 1, 2])
+def test_a_chain_whose_write_fails_part_way_leaves_nothing(inner: tuple[FileSystem, str], after: int) -> None:
+    faulty = FaultyFileSystem(inner[0])
+    store = SessionStore(faulty, storage_dir=inner[1], clock=FakeClock())
+    sid = store.resolve("k")
+    first = store.append(sid, role="system", content="first")
+    faulty.fail_next("append", errno.ENOSPC, after=after)
+    with pytest.raises(ss.StorageError):
+        store.append_many(sid, CHAIN)
+    assert store.get_messages(sid) == [first] and store.get_head(sid) == first.id
+    with contextlib_closing(reopen(inner)) as fresh:
+        assert fresh.get_messages(sid) == [first] and fresh.check().ok
+    written = store.append_many(sid, CHAIN)  # and the store goes on
+    assert [m.parent_id for m in written] == [first.id, written[0].id, written[1].id]
+    assert store.get_head(sid) == written[-1].id and written[1].fields == {"metadata": {"n": 1}}
+
+
+def test_a_bad_message_anywhere_in_a_chain_writes_nothing(inner: tuple[FileSystem, str]) -> None:
+    with SessionStore(inner[0], storage_dir=inner[1]) as store:
+        sid = store.resolve("k")
+        for bad in ([*CHAIN, {"role": "user"}], [*CHAIN, {"role": 3, "content": "x"}], [*CHAIN, "text"],
+                    [*CHAIN, {"role": "user", "content": {1: "non-str key"}}],
+                    [*CHAIN, {"role": "user", "content": "x", "parent_id": None}]):
+            with pytest.raises(ss.InvalidMessage):
+                store.append_many(sid, bad)  # type: ignore[arg-type]
+        with pytest.raises(ss.MessageNotFound):
+            store.append_many(sid, CHAIN, parent_id="nowhere")
+        assert store.get_messages(sid) == [] and store.append_many(sid, []) == []
+
+
+@pytest.mark.parametrize("backend", ["memory", "files", "sqlite", "postgres"])
+def test_a_chain_refused_part_way_leaves_nothing_on_every_backend(tmp_path: Path, backend: str) -> None:
+    # The third message's id is taken (checked as it is written): the two before it go too.
+    if backend == "postgres":
+        import pg
+
+        pg.require_server()
+        from session_store_postgres import PostgresStorage
+        storage: Any = PostgresStorage(pg.DSN, schema=pg.new_schema())
+    elif backend == "sqlite":
+        from session_store_sqlite import SqliteStorage
+        storage = SqliteStorage(tmp_path / "s.db")
+    else:
+        storage = ss.JsonlStorage(InMemoryFileSystem() if backend == "memory" else RealFileSystem(), tmp_path / "s")
+    with SessionStore(storage) as store:
+        sid = store.resolve("k")
+        taken = store.append(sid, role="user", content="taken", id="taken")
+        events: list[Any] = []
+        store.subscribe(lambda event: events.append(event.data) if event.type == "message.added" else None)
+        with pytest.raises(ss.DuplicateMessage):
+            store.append_many(sid, [*CHAIN[:2], {"role": "user", "content": "other", "id": "taken"}])
+        assert store.get_messages(sid) == [taken] and store.get_head(sid) == "taken" and events == []
+        assert store.get_metadata(sid).message_count == 1  # type: ignore[union-attr]
+        written = store.append_many(sid, CHAIN[:2])
+        assert [m.content for m in store.get_linear_history(sid)] == ["taken", "question", "answer"]
+        assert events == written and store.check().ok

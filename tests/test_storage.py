@@ -548,3 +548,13 @@ def test_records_missing_core_keys_or_with_extra_ones_load_as_before(tmp_path: P
     assert [(m.id, m.parent_id, m.type, m.role, m.content, dict(m.fields)) for m in got] == [
         ("a", None, "user", "user", None, {}), ("b", "a", "assistant", "assistant", "x", {"note": 1}),
         ("c", "b", "tool", "tool", None, {"tool_call_id": "t"}), ("d", "c", "user", "user", None, {})]
+
+
+def test_a_durable_chain_is_synced_once(tmp_path: Path) -> None:
+    fs = CountingFS()
+    with SessionStore(fs, storage_dir=tmp_path) as store:
+        sid = store.resolve("k")
+        fs.syncs.clear()
+        store.append_many(sid, [{"role": "user", "content": str(i)} for i in range(5)])
+        assert fs.syncs == ["messages.jsonl"]
+        assert [m.content for m in store.get_linear_history(sid)] == ["0", "1", "2", "3", "4"]
