@@ -43,6 +43,7 @@ __all__ = [
     "StoreMachine",
     "state_machine_tests",
     "ContractTests",
+    "CrashTests",
     "FaultyFileSystem",
     "SimulatedCrash",
     "WRITE_OPS",
@@ -876,6 +877,126 @@ def state_machine_tests(storage: StorageOpener, *, handles: int = 2, max_example
     case: type[unittest.TestCase] = machine.TestCase  # type: ignore[attr-defined]
     case.settings = settings(max_examples=max_examples, stateful_step_count=steps, deadline=None)  # type: ignore[attr-defined]
     return case
+
+
+# ============================================================================
+# Crash sweeps: every write step of every call that writes more than once
+# ============================================================================
+
+
+class CrashTests:
+    """Crash each call that writes several times at its first write step, then at its
+    second, ... until it runs through; after each crash a new handle (a new process,
+    as far as the store can tell) finds the call done whole or not at all, and
+    nothing acknowledged lost. Where the state machine's ``crash`` rule samples
+    steps at random, this tries every one, so a store that writes in the wrong order
+    (a key link removed before its log, a head moved before a reset's copies) fails
+    here every run.
+
+    Needs a storage on a :class:`FaultyFileSystem` (``in_memory_storage`` and
+    ``file_storage`` are); subclass and set ``storage``.
+    """
+
+    storage: ClassVar[StorageOpener] = staticmethod(in_memory_storage)
+
+    def sweep(self, setup: Callable[[SessionStore], Any], call: Callable[[SessionStore, Any], Any],
+              verify: Callable[[SessionStore, Any, bool], None]) -> int:
+        """Crash ``call`` at each step in turn, each time on fresh data; returns the steps."""
+        step = 0
+        while True:
+            with type(self).storage() as open_store:
+                store = open_store(clock=FakeClock(), lock_timeout_ms=LEASE_MS)
+                store.init()
+                faulty = store.storage.fs  # type: ignore[attr-defined]
+                assert isinstance(faulty, FaultyFileSystem), "CrashTests needs a storage on a FaultyFileSystem"
+                state = setup(store)
+                faulty.crash_at(step)
+                try:
+                    call(store, state)
+                except SimulatedCrash:
+                    done = False
+                else:
+                    done = True
+                faulty.crashed, faulty._crash_op = False, None  # the dead handle is left as it was
+                fresh = open_store(clock=FakeClock(), lock_timeout_ms=LEASE_MS)
+                fresh.init()
+                try:
+                    verify(fresh, state, done)
+                    assert fresh.repair().ok and fresh.check().ok
+                finally:
+                    fresh.close()
+            if done:
+                return step
+            step += 1
+            assert step < 200, "the call never ran through"
+
+    @staticmethod
+    def chat(store: SessionStore, key: str = "k") -> tuple[str, list[ss.Message]]:
+        sid = store.resolve(key)
+        for role in ("system", "user", "assistant"):
+            store.append(sid, role=role, content=f"{role} text")
+        return sid, store.get_messages(sid)
+
+    def test_a_delete_is_whole_or_absent_at_every_step(self) -> None:
+        def verify(fresh: SessionStore, state: tuple[str, list[ss.Message]], done: bool) -> None:
+            sid, before = state
+            if fresh.has_session(sid):
+                assert not done
+                assert fresh.has_key("k") and fresh.resolve("k") == sid and fresh.get_messages(sid) == before
+            else:
+                assert not fresh.has_key("k") and fresh.get_metadata(sid) is None
+                assert fresh.resolve("k") != sid  # the key works again: a new session
+        assert self.sweep(self.chat, lambda store, state: store.delete_session(state[0]), verify) >= 2
+
+    def test_a_reset_never_moves_the_head_onto_a_marker_without_its_copies(self) -> None:
+        def verify(fresh: SessionStore, state: tuple[str, list[ss.Message]], done: bool) -> None:
+            sid, before = state
+            stored = fresh.get_messages(sid)
+            assert stored[:len(before)] == before  # nothing acknowledged lost or changed
+            extra = stored[len(before):]
+            assert [m.type for m in extra] == ["reset", "assistant"][:len(extra)]
+            head = fresh.get_head(sid)
+            if head != before[-1].id:  # the move landed: the whole new segment is there
+                assert len(extra) == 2 and head == extra[-1].id and extra[-1].content == before[-1].content
+            assert head != before[-1].id or not done
+        steps = self.sweep(self.chat, lambda store, state: store.reset(state[0], keep_strategy="last", keep_count=1),
+                           verify)
+        assert steps >= 3
+
+    def test_an_import_is_whole_or_absent_at_every_step(self) -> None:
+        chain = [ss.Message(id=f"c{i}", parent_id=f"c{i - 1}" if i else None, type="user", role="user",
+                            content=f"c{i}", timestamp=1_000) for i in range(3)]
+
+        def verify(fresh: SessionStore, state: tuple[str, list[ss.Message]], done: bool) -> None:
+            sid, before = state
+            assert fresh.resolve("k") == sid and fresh.get_messages(sid) == before
+            if fresh.has_key("imported"):
+                new = fresh.resolve("imported")
+                assert fresh.get_messages(new) == chain and fresh.get_head(new) == "c2"
+            else:
+                assert not done
+        self.sweep(self.chat, lambda store, state: store.import_session("imported", chain), verify)
+
+    def test_a_creation_is_whole_or_absent_and_never_hides_another_at_every_step(self) -> None:
+        def verify(fresh: SessionStore, state: tuple[str, list[ss.Message]], done: bool) -> None:
+            sid, before = state
+            assert fresh.resolve("k") == sid and fresh.get_messages(sid) == before
+            assert sorted(fresh.get_all_session_ids()) == sorted(
+                [sid] + ([fresh.resolve("new")] if fresh.has_key("new") else []))
+            assert fresh.has_key("new") or not done
+        self.sweep(self.chat, lambda store, state: store.resolve("new"), verify)
+
+    def test_a_chain_leaves_a_prefix_of_itself_at_every_step(self) -> None:
+        chain = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "metadata": {"n": 1}}]
+
+        def verify(fresh: SessionStore, state: tuple[str, list[ss.Message]], done: bool) -> None:
+            sid, before = state
+            history = fresh.get_linear_history(sid)
+            assert history[:len(before)] == before and fresh.get_messages(sid) == history
+            assert [(m.role, m.content) for m in history[len(before):]] == [
+                (x["role"], x["content"]) for x in chain][:len(history) - len(before)]
+            assert len(history) == len(before) + len(chain) or not done
+        self.sweep(self.chat, lambda store, state: store.append_many(state[0], chain), verify)
 
 
 # ============================================================================

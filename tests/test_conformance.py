@@ -23,6 +23,14 @@ class TestFilesContract(conformance.ContractTests):
     storage = staticmethod(conformance.file_storage)
 
 
+class TestMemoryCrashes(conformance.CrashTests):
+    storage = staticmethod(conformance.in_memory_storage)
+
+
+class TestFilesCrashes(conformance.CrashTests):
+    storage = staticmethod(conformance.file_storage)
+
+
 class TestAsyncContract(conformance.ContractTests):
     storage = staticmethod(conformance.through_async(conformance.in_memory_storage))
 
