@@ -987,7 +987,7 @@ class CrashTests:
         self.sweep(self.chat, lambda store, state: store.resolve("new"), verify)
 
     def test_a_chain_leaves_a_prefix_of_itself_at_every_step(self) -> None:
-        chain = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "metadata": {"n": 1}}]
+        chain: list[dict[str, Any]] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
 
         def verify(fresh: SessionStore, state: tuple[str, list[ss.Message]], done: bool) -> None:
             sid, before = state

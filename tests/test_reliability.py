@@ -695,8 +695,9 @@ def test_the_cache_keeps_to_its_budget_and_close_releases_everything(tmp_path: P
 
 # -- append_many: a chain in one call, all or none, one sync --------------------------------
 
-CHAIN: list[dict[str, Any]] = [{"role": "user", "content": "question"}, {"role": "assistant", "content": "answer", "metadata": {"n": 1}},
-         {"role": "tool", "content": "result", "tool_call_id": "c1"}]
+CHAIN: list[dict[str, Any]] = [
+    {"role": "user", "content": "question"}, {"role": "assistant", "content": "answer", "metadata": {"n": 1}},
+    {"role": "tool", "content": "result", "tool_call_id": "c1"}]
 
 
 def test_a_chain_appended_crashing_at_any_step_leaves_a_prefix_of_it_and_nothing_else(
