@@ -2038,7 +2038,11 @@ def _report(problems: list[Problem], session_id: str | None, file: str, offset: 
 
 # The id and parent of a record this module wrote come first, in this order, so they
 # can be read back from a line damaged further on (one flipped bit in its content).
-_SALVAGE_RE = re.compile(rb'\{"id":("(?:[^"\\\n]|\\.){1,2000}"),"parentId":(null|"(?:[^"\\\n]|\\.){1,2000}"),')
+# A damaged line's id and parent, as this store writes them first: a few bytes of any
+# kind before the first '":' and any 8-character key for the parent, so that a flipped
+# bit in "{", a quote or a key still leaves the record's children attached.
+_SALVAGE_RE = re.compile(
+    rb'[^\n]{0,8}?":("(?:[^"\\\n]|\\.){1,2000}"),"[^"\n]{8}":(null|"(?:[^"\\\n]|\\.){1,2000}"),')
 
 
 def _damaged_record(raw: bytes, where: int, reason: str) -> dict[str, Any]:
@@ -2060,6 +2064,19 @@ def _damaged_record(raw: bytes, where: int, reason: str) -> dict[str, Any]:
     return record
 
 
+def _placeholder_of(rec: dict[str, Any], where: int, reason: str) -> dict[str, Any]:
+    """The placeholder of a JSON object that is no message: its id and parent kept
+    where usable, read by name or else from the first two values (this store writes
+    them first), so that a flipped bit in a key leaves the record's children attached."""
+    placeholder = _damaged_record(b"", where, reason)
+    firsts = list(itertools.islice(rec.values(), 2))
+    for i, name in enumerate(("id", "parentId")):
+        value = rec[name] if name in rec else firsts[i] if len(firsts) > i else None
+        if _is_name(value):
+            placeholder[name] = value
+    return placeholder
+
+
 def _decode_record(raw: bytes, where: int, file: str, session_id: str | None, problems: list[Problem], *,
                    message: bool) -> dict[str, Any] | None:
     """One record: the JSON object, or (reported) ``None`` for a bad event line and a
@@ -2076,10 +2093,8 @@ def _decode_record(raw: bytes, where: int, file: str, session_id: str | None, pr
     return _damaged_record(raw, where, why) if message else None
 
 
-# json.loads(line) is decode + detect_encoding + two regex matches + this scanner. A
-# load decodes all the lines of a part as one JSON array, in one call of the scanner
-# (which also makes the records' keys one string each); anything that does not read
-# exactly as json.loads reads each line goes line by line, the way json.loads does.
+# json.loads(line) is decode + detect_encoding + two regex matches + this scanner: the
+# common line goes through the scanner directly, anything else through json.loads.
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
@@ -3325,11 +3340,7 @@ class _Session:
         except (ValueError, RecursionError) as e:  # a JSON object that is no message: damaged too
             why = str(e) if isinstance(e, ValueError) else "nested too deeply to read"
             _report(self.problems, self.session_id, label, where, why)
-            placeholder = _damaged_record(b"", where, why)
-            for name in ("id", "parentId"):
-                if _is_name(rec.get(name)):
-                    placeholder[name] = rec[name]
-            msg = _message_from_record(placeholder, by_id)
+            msg = _message_from_record(_placeholder_of(rec, where, why), by_id)
         if msg.id in by_id:
             _report(self.problems, self.session_id, label, where, f"duplicate id {msg.id!r}")
             self._apply_events_upto(self.record_count)
@@ -3752,6 +3763,9 @@ def _native_turns(m: Message, problems: list[str]) -> list[_Turn]:
         return [_Turn(m.role, [{"type": "text", "text": m.content}])]  # the common case, quickly
     if m.type == "reset":
         return [_Turn("system", _result_parts(m.content, m.id, problems))]
+    if m.type == "damaged":  # a record the store could not read: nothing to send, and said
+        problems.append(f"the damaged record {m.id!r}")
+        return []
     if m.type == "tool" and m.role != "tool":  # the tutorial's call record: the assistant's tool_calls say it
         return []
     content = m.content
@@ -3937,7 +3951,7 @@ def _path_turns(path: list[Message], children: Callable[[str], list[Message]], p
     """The turns of a root -> leaf path, records of other formats read by their readers."""
     readers: dict[str, ContextReader] | None = None
     for m in path:
-        if m.type != m.role:  # a plain record's type is its role: it skips this
+        if m.type != m.role and m.type != "damaged":  # a plain record's type is its role: it skips this
             name = m.type.partition(".")[0]
             reader = _CONTEXT_READERS.get(name)
             if reader is not None:
@@ -4409,6 +4423,8 @@ def _to_fold(state: _Session, fold: _ContextFold, leaf: Message) -> list[Message
 def _reader_of(m: Message) -> bool:
     """Whether a record of another format is on a path: a registered reader reads it
     (or, without one, the context is refused): see :func:`_path_turns`."""
+    if m.type == "damaged":  # a placeholder (see _damaged_record): left out, never read
+        return False
     name = m.type.partition(".")[0]
     return name in _CONTEXT_READERS or name in m.fields or name + "_line" in m.fields
 
@@ -5281,11 +5297,8 @@ class SessionStore:
                     placeholder = _damaged_record(b"", where, why)
                 elif rec.get("type") == "damaged" and "damaged" in rec:
                     placeholder = dict(rec)  # decoded as a placeholder already (its id salvaged if it could be)
-                else:  # a JSON object that is no message: keep its id and parent if they are usable
-                    placeholder = _damaged_record(b"", where, why)
-                    for name in ("id", "parentId"):
-                        if _is_name(rec.get(name)):
-                            placeholder[name] = rec[name]
+                else:
+                    placeholder = _placeholder_of(rec, where, why)
                 placeholder["timestamp"] = last
                 placeholders[where] = _encode_line(placeholder)
         scratch.problems += [

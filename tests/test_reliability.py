@@ -278,6 +278,10 @@ def test_a_record_nested_deeper_than_any_reader_can_decode_is_never_fatal_to_its
         assert got[0] == a and (got[1].id, got[1].type) == ("deep", "damaged")
         after = store.append(sid, role="user", content="after")
         assert after.parent_id == "deep"  # the chain goes on through the placeholder
+        # a context leaves the placeholder out (it raised "no context reader for 'damaged'")
+        assert [m["content"] for m in store.build_context(sid)] == ["before", "after"]
+        with pytest.raises(ss.InvalidMessage, match="damaged"):
+            store.build_context(sid, strict=True)
         assert any("too deeply" in p.reason for p in store.check().problems)
         assert store.repair().ok
     result = subprocess.run([sys.executable, str(ROOT / "session_store.py"), "--dir", str(tmp_path), "history", "k"],
@@ -299,8 +303,16 @@ def test_a_reload_from_a_deep_stack_reads_content_at_the_nesting_bound(tmp_path:
 # -- 5. one damaged record -----------------------------------------------------------------
 
 
+# where: in the content; in the record's first byte ("{"); in the "id" key ("kd": still
+# JSON, no id). The last two detached the 994 records after it (the head stayed at 5).
+@pytest.mark.parametrize("where", ["content", "brace", "key"])
 @pytest.mark.parametrize("backend", ["files", "sqlite"])
-def test_one_flipped_bit_in_one_record_keeps_every_later_message_of_its_chain(tmp_path: Path, backend: str) -> None:
+def test_one_flipped_bit_in_one_record_keeps_every_later_message_of_its_chain(
+        tmp_path: Path, backend: str, where: str) -> None:
+    def flip(record: bytearray) -> None:
+        at = {"content": record.index(b"message number 5 ") + 3, "brace": 0, "key": 2}[where]
+        record[at] ^= {"content": 0x80, "brace": 0x02, "key": 0x02}[where]
+
     if backend == "sqlite":
         from session_store_sqlite import SqliteStorage
 
@@ -314,16 +326,23 @@ def test_one_flipped_bit_in_one_record_keeps_every_later_message_of_its_chain(tm
         ids = [store.append(sid, role="user", content=f"message number {i} " + "y" * 40).id for i in range(1000)]
     if backend == "files":
         log = tmp_path / "s" / sid / "messages.jsonl"
-        data = bytearray(log.read_bytes())
-        start = data.index(b"message number 5 ")  # record 6
-        data[start + 3] ^= 0x80  # one bit: invalid UTF-8 in its content
-        log.write_bytes(bytes(data))
+        lines = log.read_bytes().split(b"\n")
+        record = bytearray(lines[5])  # record 6
+        flip(record)
+        lines[5] = bytes(record)
+        log.write_bytes(b"\n".join(lines))
     else:
         import sqlite3
 
         conn = sqlite3.connect(tmp_path / "s.db")
-        record = conn.execute("SELECT record FROM messages WHERE seq = 5").fetchone()[0]
-        conn.execute("UPDATE messages SET record = ? WHERE seq = 5", (record[:-1],))  # a byte lost
+        text = conn.execute("SELECT record FROM messages WHERE seq = 5").fetchone()[0]
+        if where == "content":
+            damaged = text[:-1]  # a byte lost
+        else:
+            record = bytearray(text.encode())
+            flip(record)
+            damaged = record.decode()
+        conn.execute("UPDATE messages SET record = ? WHERE seq = 5", (damaged,))
         conn.commit()
     with make() as store:
         history = store.get_linear_history(sid)
