@@ -70,6 +70,20 @@ def at_every_step(inner: tuple[FileSystem, str], setup: Callable[[SessionStore],
         assert step < 200, "the operation never completed"
 
 
+def storage_of(backend: str, tmp_path: Path) -> Any:
+    """A fresh storage of ``backend`` (memory, files, sqlite, postgres) under ``tmp_path``."""
+    if backend == "postgres":
+        import pg
+
+        pg.require_server()
+        from session_store_postgres import PostgresStorage
+        return PostgresStorage(pg.DSN, schema=pg.new_schema())
+    if backend == "sqlite":
+        from session_store_sqlite import SqliteStorage
+        return SqliteStorage(tmp_path / "s.db")
+    return ss.JsonlStorage(InMemoryFileSystem() if backend == "memory" else RealFileSystem(), tmp_path / "s")
+
+
 class contextlib_closing:
     def __init__(self, store: SessionStore) -> None:
         self.store = store
@@ -112,17 +126,7 @@ def _fork_workers(store: SessionStore, sid: str, out: Path) -> list[int]:
 @pytest.mark.parametrize("backend", ["files", "sqlite", "postgres"])
 def test_a_store_made_before_fork_serves_forked_children_without_losing_or_cutting_appends(
         tmp_path: Path, backend: str) -> None:
-    if backend == "postgres":
-        import pg
-
-        pg.require_server()
-        from session_store_postgres import PostgresStorage
-        storage: Any = PostgresStorage(pg.DSN, schema=pg.new_schema())
-    elif backend == "sqlite":
-        from session_store_sqlite import SqliteStorage
-        storage = SqliteStorage(tmp_path / "s.db")
-    else:
-        storage = ss.JsonlStorage(RealFileSystem(), tmp_path / "s")
+    storage = storage_of(backend, tmp_path)
     store = SessionStore(storage, lock_timeout_ms=60_000)
     sid = store.resolve("shared")
     first = store.append(sid, role="user", content="before the fork")  # descriptors and connections are open
@@ -134,9 +138,12 @@ def test_a_store_made_before_fork_serves_forked_children_without_losing_or_cutti
     assert len(acked) == CHILDREN * APPENDS
     store.append(sid, role="user", content="the parent still works")
     store.close()
-    make = type(storage)
-    again = SessionStore(make(pg.DSN, schema=storage.schema) if backend == "postgres" else
-                         make(*( [tmp_path / "s.db"] if backend == "sqlite" else [RealFileSystem(), tmp_path / "s"])))
+    if backend == "postgres":  # the same schema again
+        import pg
+
+        again = SessionStore(type(storage)(pg.DSN, schema=storage.schema))
+    else:  # the same path again
+        again = SessionStore(storage_of(backend, tmp_path))
     with again:
         messages = again.get_messages(sid)
         assert acked <= {m.id for m in messages}  # nothing acknowledged lost
@@ -772,18 +779,7 @@ def test_a_bad_message_anywhere_in_a_chain_writes_nothing(inner: tuple[FileSyste
 @pytest.mark.parametrize("backend", ["memory", "files", "sqlite", "postgres"])
 def test_a_chain_refused_part_way_leaves_nothing_on_every_backend(tmp_path: Path, backend: str) -> None:
     # The third message's id is taken (checked as it is written): the two before it go too.
-    if backend == "postgres":
-        import pg
-
-        pg.require_server()
-        from session_store_postgres import PostgresStorage
-        storage: Any = PostgresStorage(pg.DSN, schema=pg.new_schema())
-    elif backend == "sqlite":
-        from session_store_sqlite import SqliteStorage
-        storage = SqliteStorage(tmp_path / "s.db")
-    else:
-        storage = ss.JsonlStorage(InMemoryFileSystem() if backend == "memory" else RealFileSystem(), tmp_path / "s")
-    with SessionStore(storage) as store:
+    with SessionStore(storage_of(backend, tmp_path)) as store:
         sid = store.resolve("k")
         taken = store.append(sid, role="user", content="taken", id="taken")
         events: list[Any] = []
