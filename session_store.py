@@ -897,6 +897,13 @@ class FileSystem(ABC):
         """The file's size in bytes (``FileNotFoundError`` when absent)."""
         return self.stat(path)[0]
 
+    def _size_as_open(self, path: str) -> int:
+        """The size of the file as last opened here, which may be one replaced or
+        removed since: only for a file whose replacement always comes with another's
+        that the caller checks by :meth:`stat` (a session's branch events, with its
+        log). Real files answer by ``lseek``, a quarter of an ``fstat``'s cost."""
+        return self.size(path)
+
     @abstractmethod
     def append(self, path: str, data: bytes) -> None:
         """Append ``data`` with one write call, creating the file when absent."""
@@ -1555,6 +1562,13 @@ class RealFileSystem(FileSystem):
         if not S_ISREG(st.st_mode):
             raise FileNotFoundError(errno.ENOENT, "not a regular file", path)
         return st.st_size, (st.st_dev, st.st_ino)
+
+    def _size_as_open(self, path: str) -> int:
+        with self._mutex:
+            d = self._fds.get(path)
+            if d is not None:
+                return os.lseek(d.fd, 0, os.SEEK_END)
+        return self.stat(path)[0]
 
     def append(self, path: str, data: bytes) -> None:
         """One ``write`` on an ``O_APPEND`` descriptor; a short write raises ``OSError``."""
@@ -2683,13 +2697,24 @@ class JsonlStorage(Storage):
             size, ident = fs.stat(log)
         except (FileNotFoundError, NotADirectoryError):
             raise SessionNotFound(session_id) from None
+        epos, mpos = position
+        known = self._idents.get(session_id)
+        if known is not None and known[1] == ident and size == mpos:
+            # The log is the one read before, with nothing new: the events file, never
+            # replaced without the log (see quarantine; a delete removes the log first),
+            # needs only its size. This is the common read: one fstat and one lseek.
+            try:
+                if fs._size_as_open(events) == epos:
+                    return ()
+            except FileNotFoundError:
+                if epos == 0 and known[0] is None:
+                    return ()
         try:
             esize, eident = fs.stat(events)
         except FileNotFoundError:
             esize, eident = 0, None
-        epos, mpos = position
         idents = eident, ident
-        same = self._idents.get(session_id) == idents
+        same = known == idents
         if same and esize == epos and size == mpos:  # nothing new
             return ()
         restart = position != (0, 0) and (not same or size < mpos or esize < epos)
@@ -3012,6 +3037,8 @@ class JsonlStorage(Storage):
             used = data.rfind(b"\n") + 1
             bad = {p.offset for p in problems if p.file == path and p.offset is not None}
             if not bad and used == len(data):
+                if fixed:  # the events were rewritten: so is the log, a new file that readers notice (see _load)
+                    self.fs.write_atomic(path, data)
                 continue
             keep: list[bytes] = []
             aside: list[bytes] = []
@@ -5209,6 +5236,8 @@ class SessionStore:
     def _trim(self) -> None:
         """Evict least recently used idle sessions beyond the budget (their tallies are
         saved first, outside the store's lock). Busy, leased and the last used stay."""
+        if len(self._sessions) <= self._cache_sessions and self._cached_bytes <= self._cache_bytes:
+            return  # the common case, read without the lock: a trim that races is only late by one call
         evicted: list[_Session] = []
         with self._mutex:
             if len(self._sessions) <= self._cache_sessions and self._cached_bytes <= self._cache_bytes:

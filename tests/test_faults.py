@@ -324,3 +324,23 @@ def test_storage_failures_outside_append_are_storage_errors(inner: tuple[FileSys
         with pytest.raises(ss.StorageError):
             call()
     store.close()
+
+
+def test_a_reader_sees_branch_events_written_after_another_store_repaired_only_the_events(tmp_path: Path) -> None:
+    """A reader's unchanged check is an fstat of the log and the events' size by lseek on
+    its open descriptor: a repair that rewrote only the events file would leave that
+    size unchanged, and the reader would miss every later branch event."""
+    sid, msgs = make_session(tmp_path)
+    reader = SessionStore(storage_dir=tmp_path)
+    with SessionStore(storage_dir=tmp_path) as writer:
+        writer.create_branch(sid, "side", msgs[0].id)
+        assert reader.get_head(sid) == msgs[-1].id  # the reader holds both files open
+        with open(tmp_path / sid / "branches.jsonl", "ab") as f:
+            f.write(b"not an event\n")
+        assert reader.get_branch(sid, "side") is not None  # read past the damaged line too
+        repaired = writer.repair()
+        assert any("branches.jsonl" in line for line in repaired.fixed), repaired.fixed
+        writer.switch_to_branch(sid, "side")
+        assert reader.get_head(sid) == msgs[0].id
+        assert reader.get_messages(sid) == writer.get_messages(sid)
+    reader.close()
