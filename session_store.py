@@ -1844,6 +1844,8 @@ class RealFileSystem(FileSystem):
         with self._mutex:
             for path in [p for p, d in self._fds.items() if d.pins == 0]:
                 os.close(self._fds.pop(path).fd)
+            if not self._fds:  # an emptied dict keeps its grown table
+                self._fds = OrderedDict()
 
     def _sync_dir(self, path: str) -> None:
         """fsync a directory: every entry created in it so far is then durable."""
@@ -2396,7 +2398,13 @@ class JsonlStorage(Storage):
         self.fs.anchor(self.directory)
 
     def close(self) -> None:
+        """Close the file system's descriptors and drop the per-session caches (what
+        was last read of each file: a later load of a session reads it whole)."""
         self.fs.close()
+        self._idents.clear()
+        with self._syncs_lock:
+            for sid in [s for s, x in self._syncs.items() if x.idle]:
+                del self._syncs[sid]
 
     def after_fork(self) -> None:
         self._reset()
