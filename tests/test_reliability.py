@@ -722,14 +722,16 @@ def test_the_cache_keeps_to_its_budget_and_close_releases_everything(tmp_path: P
 
 
 
-def test_close_releases_what_the_store_and_its_storage_held_per_session(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["files", "sqlite", "postgres"])
+def test_close_releases_what_the_store_and_its_storage_held_per_session(backend: str, tmp_path: Path) -> None:
     # (RSS only falls when whole allocator arenas empty: a few bytes kept per session,
-    # scattered among the freed ones, keep them all. The storage kept two file
-    # identities per session read until the process ended.)
-    with SessionStore(storage_dir=tmp_path, durable=False) as store:
+    # scattered among the freed ones, keep them all. The storages kept what they had
+    # last read of each session, file identities or generations, until the process ended.)
+    storage = storage_of(backend, tmp_path)
+    with SessionStore(storage, durable=False) as store:
         for i in range(300):
             store.append(store.resolve(f"k{i}"), role="user", content=f"message {i}")
-    store = SessionStore(storage_dir=tmp_path, durable=False)
+    store = SessionStore(storage, durable=False)
     ids = [store.resolve(f"k{i}") for i in range(300)]
     gc.collect()
     tracemalloc.start()
