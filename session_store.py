@@ -91,6 +91,7 @@ import copy
 import dataclasses
 import errno
 import functools
+import gc
 import hashlib
 import importlib
 import importlib.util
@@ -3132,6 +3133,51 @@ class JsonlStorage(Storage):
 
 _LOAD_PART = 4 * 2**20  # bytes of log a part of a load decodes: what a long session's load holds at once
 
+
+class _GcPause:
+    """Automatic garbage collection paused while a large part of a session loads.
+
+    Every :class:`Message` is an object the collector tracks, and its generational
+    heuristic walks the whole growing set again and again while a million of them are
+    built (a quarter of a 200,000-message load; more the larger). A load makes no
+    reference cycles, so nothing is lost by collecting afterwards. Nested and
+    concurrent loads count: the last to finish re-enables collection, and only when a
+    load disabled it (a program that turned it off keeps it off). A child forked
+    mid-load starts with collection as the parent had it before the load.
+    """
+
+    BYTES = 256 * 1024  # parts smaller than this load as they are
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loads = 0
+        self._was_enabled = False
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def pause(self) -> None:
+        with self._lock:
+            if self._loads == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._loads += 1
+
+    def resume(self) -> None:
+        with self._lock:
+            self._loads -= 1
+            if self._loads == 0 and self._was_enabled:
+                gc.enable()
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        if self._loads:
+            self._loads = 0
+            if self._was_enabled:
+                gc.enable()
+
+
+_GC_PAUSE = _GcPause()
+
 _SESSION_FILES = frozenset({"messages.jsonl", "branches.jsonl", "lock.json", "lease.lock", "stats.json",
                             "messages.jsonl.quarantine", "branches.jsonl.quarantine"})
 
@@ -5293,8 +5339,12 @@ class SessionStore:
         if not state.loaded:
             state.clear()
             state.loaded = True
+        paused = False
         try:
             for found in self._storage.load_parts(state.session_id, state.position, writer=writer):
+                if not paused and found.nbytes >= _GcPause.BYTES:
+                    _GC_PAUSE.pause()
+                    paused = True
                 state.ingest(found)
         except SessionNotFound:
             self._forget_deleted(state)
@@ -5305,6 +5355,8 @@ class SessionStore:
                 raise _storage_error(e, f"read session {state.session_id!r}") from e
             raise
         finally:
+            if paused:
+                _GC_PAUSE.resume()
             if state.nbytes != before:
                 with self._mutex:
                     if self._sessions.get(state.session_id) is state:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -558,3 +559,61 @@ def test_a_durable_chain_is_synced_once(tmp_path: Path) -> None:
         store.append_many(sid, [{"role": "user", "content": str(i)} for i in range(5)])
         assert fs.syncs == ["messages.jsonl"]
         assert [m.content for m in store.get_linear_history(sid)] == ["0", "1", "2", "3", "4"]
+
+
+# -- collection paused during large loads -------------------------------------------------
+
+
+def _big_session(tmp_path: Path) -> str:
+    with SessionStore(storage_dir=tmp_path, durable=False) as store:
+        sid = store.resolve("big")
+        store.append_many(sid, [{"role": "user", "content": "x" * 200} for _ in range(2_000)])  # > 256 KiB
+    return sid
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_large_load_pauses_collection_and_leaves_it_as_it_found_it(tmp_path: Path, enabled: bool) -> None:
+    sid = _big_session(tmp_path)
+    seen: list[bool] = []
+    real_ingest = ss._Session.ingest
+
+    def ingest(self: Any, found: Any) -> None:
+        seen.append(gc.isenabled())
+        real_ingest(self, found)
+
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        ss._Session.ingest = ingest  # type: ignore[method-assign]
+        with SessionStore(storage_dir=tmp_path) as store:
+            assert len(store.get_messages(sid)) == 2_000
+        assert seen and not any(seen)  # paused while the messages were built
+        assert gc.isenabled() is enabled
+    finally:
+        ss._Session.ingest = real_ingest  # type: ignore[method-assign]
+        (gc.enable if was else gc.disable)()
+
+
+def test_concurrent_large_loads_reenable_collection_only_when_the_last_ends(tmp_path: Path) -> None:
+    pause = ss._GcPause()
+    assert gc.isenabled()
+    pause.pause()
+    pause.pause()
+    pause.resume()
+    assert not gc.isenabled()
+    pause.resume()
+    assert gc.isenabled()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_during_a_large_load_has_collection_enabled() -> None:
+    assert gc.isenabled()
+    ss._GC_PAUSE.pause()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the loading thread does not exist in the child: nobody would resume
+            os._exit(0 if gc.isenabled() else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        ss._GC_PAUSE.resume()
+    assert os.waitstatus_to_exitcode(status) == 0 and gc.isenabled()
