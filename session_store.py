@@ -5704,7 +5704,8 @@ class SessionStore:
         for msg in result.messages:
             self._emit("message.added", session_id, msg)
 
-    def reset(self, session_id: str, **overrides: Any) -> ResetResult:
+    def reset(self, session_id: str, *, owner_id: str | None = None, fencing_token: int | None = None,
+              **overrides: Any) -> ResetResult:
         """Reset the session now, whatever its size; the result's reason is ``"manual"``.
 
         Uses the store's ``auto_reset`` config (or the defaults) with ``overrides``
@@ -5712,6 +5713,10 @@ class SessionStore:
         messages stay in the tree; the current branch's head moves to the new segment
         once it is written. Subscribers get ``session.reset``, then ``message.added``
         for the marker and each kept copy.
+
+        ``owner_id`` and ``fencing_token`` are checked as :meth:`append` checks them
+        (:class:`SessionLocked`, :class:`LeaseLost`, nothing written); inside
+        :meth:`lock`/:meth:`with_lock` both are implied.
         """
         try:
             config = dataclasses.replace(self._auto_reset or AutoResetConfig(), **overrides)
@@ -5719,7 +5724,10 @@ class SessionStore:
             raise InvalidInput(f"reset() got an unknown setting: {e}") from None
         except ValueError as e:
             raise InvalidInput(str(e)) from None
-        with self._writing(session_id) as state:
+        owner_id, fencing_token = self._fence_of(session_id, owner_id, fencing_token)
+        with self._writing(session_id, fence=False) as state:
+            if owner_id is not None or fencing_token is not None or self._require_lock:
+                self._check_lease(state, owner_id, fencing_token)
             now = self._now_ms()
             result, new_head = self._write_reset(state, "manual", now, config)
             self._move(state, new_head, now)
@@ -6821,9 +6829,11 @@ class AsyncSessionStore:
         return await self._run(self._store.append_many, session_id, messages, parent_id=parent_id,
                                owner_id=owner_id, fencing_token=fencing_token)
 
-    async def reset(self, session_id: str, **overrides: Any) -> ResetResult:
+    async def reset(self, session_id: str, *, owner_id: str | None = None, fencing_token: int | None = None,
+                    **overrides: Any) -> ResetResult:
         """See :meth:`SessionStore.reset`."""
-        return await self._run(self._store.reset, session_id, **overrides)
+        return await self._run(self._store.reset, session_id, owner_id=owner_id, fencing_token=fencing_token,
+                               **overrides)
 
     async def get_messages(self, session_id: str) -> list[Message]:
         """See :meth:`SessionStore.get_messages`."""

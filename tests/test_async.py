@@ -224,3 +224,16 @@ def test_with_lock_awaits_an_async_function(tmp_path: Any) -> None:
             assert await store.with_lock(sid, "me", lambda: 42) == 42
             assert await store.get_lock(sid) is None
     asyncio.run(main())
+
+
+def test_an_async_reset_passes_its_fencing_token_on(make_storage: Callable[[], Storage], clock: FakeClock) -> None:
+    async def main() -> None:
+        async with AsyncSessionStore(SessionStore(make_storage(), clock=clock)) as store:
+            sid = await store.resolve("k")
+            lease = await store.acquire_lock(sid, "A")
+            await store.append(sid, role="user", content="one", fencing_token=lease.token)
+            with pytest.raises(ss.LeaseLost):
+                await store.reset(sid, owner_id="A", fencing_token=(lease.token or 0) + 1)
+            assert (await store.reset(sid, owner_id="A", fencing_token=lease.token)).reset
+
+    asyncio.run(main())

@@ -120,6 +120,29 @@ def test_an_explicit_fencing_token_is_checked_with_the_write(store: SessionStore
     assert [m.content for m in store.get_messages(sid)] == ["ok", "fresh"]
 
 
+
+def test_a_reset_is_fenced_like_an_append(store: SessionStore, clock: FakeClock) -> None:
+    # (reset() took no owner or token: outside a lock block, a worker whose lease was
+    # lost could still reset the session under the new holder)
+    sid = store.resolve("k")
+    first = store.acquire_lock(sid, "A")
+    store.append(sid, role="user", content="one", fencing_token=first.token)
+    clock.advance(store.lock_timeout_ms / 1000 + 1)
+    assert store.acquire_lock(sid, "B").acquired
+    before = store.get_messages(sid)
+    with pytest.raises(ss.LeaseLost):
+        store.reset(sid, owner_id="A", fencing_token=first.token)
+    with pytest.raises(ss.SessionLocked):
+        store.reset(sid, owner_id="A")
+    with pytest.raises(ss.InvalidInput):
+        store.reset(sid, fencing_token=-1)
+    assert store.get_messages(sid) == before  # nothing written
+    second = store.get_lock(sid)
+    assert second is not None
+    result = store.reset(sid, owner_id="B", fencing_token=second.token, keep_strategy="last", keep_count=1)
+    assert result.reset and store.get_linear_history(sid)[-1].content == "one"
+
+
 # -- 3. tokens across crashes ------------------------------------------------------------------
 
 
