@@ -746,6 +746,29 @@ class StoreMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
                                                          FaultyFileSystem))
+    @rule(data=st.data(), op=st.sampled_from(["append", "write_in_place"]), after=st.integers(0, 3),
+          call=st.sampled_from(["append", "append_many", "create_branch", "switch", "manual_reset", "acquire",
+                                "release", "lock_block"]))
+    def landed_fault(self, data: st.DataObject, op: str, after: int, call: str) -> None:
+        """A record write (a log record, a lease) lands and then reports failure, as a
+        write whose fsync fails does: the call raises :class:`StorageError` and leaves no
+        trace (the store takes back what landed), or succeeds as if nothing happened."""
+        if call == "create_branch" and not any(m.messages for m in self.model.values()):
+            return
+        store = self.handle(data)
+        faulty = store.storage.fs  # type: ignore[attr-defined]
+        before = copy.deepcopy((self.model, self.clock.now))
+        faulty.fail_next(op, errno.EIO, after=after, landed=True)
+        kwargs = {name: data.draw(strategy, label=name) for name, strategy in _CALLS[call].items()}
+        try:
+            getattr(self, call)(data=data, **kwargs)
+        except ss.StorageError:
+            self.model, self.clock.now = before
+        finally:
+            faulty._failures.clear()
+
+    @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
+                                                         FaultyFileSystem))
     @rule(data=st.data(), after=st.integers(0, 3))
     def failing_reset(self, data: st.DataObject, after: int) -> None:
         """A reset writes several records: one of them fails; the reset leaves no trace."""
@@ -998,6 +1021,31 @@ class CrashTests:
             assert len(history) == len(before) + len(chain) or not done
         self.sweep(self.chat, lambda store, state: store.append_many(state[0], chain), verify)
 
+    def test_a_write_that_landed_but_reported_failure_is_taken_back(self) -> None:
+        """A log record or a lease record lands and its call then fails (an ``fsync``
+        error after the write): the call raises and leaves nothing, so no lease is
+        held by an owner who was told it failed, and no message outlives its error."""
+        for op, after in (("write_in_place", 0), ("append", 0), ("sync", 0)):
+            with type(self).storage() as open_store:
+                store = open_store(clock=FakeClock(), lock_timeout_ms=LEASE_MS)
+                store.init()
+                faulty = store.storage.fs  # type: ignore[attr-defined]
+                assert isinstance(faulty, FaultyFileSystem), "CrashTests needs a storage on a FaultyFileSystem"
+                sid, before = self.chat(store)
+                faulty.fail_next(op, errno.EIO, after=after, landed=True)
+                with pytest.raises(ss.StorageError):
+                    if op == "write_in_place":
+                        store.acquire_lock(sid, "told-it-failed")
+                    else:
+                        store.append(sid, role="user", content="told it failed")
+                fresh = open_store(clock=FakeClock(), lock_timeout_ms=LEASE_MS)
+                fresh.init()
+                try:
+                    assert fresh.get_messages(sid) == before and fresh.get_lock(sid) is None
+                    assert fresh.acquire_lock(sid, "next", timeout=0).acquired
+                finally:
+                    fresh.close()
+
 
 # ============================================================================
 # Contract tests for the error cases
@@ -1148,7 +1196,9 @@ class FaultyFileSystem(FileSystem):
 
     - ``fail_next(op, code=ENOSPC, *, after=0)``: the next call of ``op`` (one of
       :data:`WRITE_OPS`; ``after`` skips that many first) raises ``OSError(code)``
-      having done nothing (for ``append``: written nothing).
+      having done nothing (for ``append``: written nothing). With ``landed=True`` the
+      call does its work first and then raises, as an ``fsync`` failing after a
+      ``pwrite`` or a rename does: the caller must undo what it cannot vouch for.
     - ``fail_next_append(code)``, ``fail_next_sync()``: the same for those two.
     - ``short_next_append(nbytes)``: the next append writes a prefix, then raises ``EIO``.
     - ``crash_after(nbytes)``: appends write at most ``nbytes`` more bytes in all, then
@@ -1164,7 +1214,7 @@ class FaultyFileSystem(FileSystem):
 
     def __init__(self, inner: FileSystem) -> None:
         self.inner = inner
-        self._failures: dict[str, list[tuple[int, int]]] = {}  # op -> [(skip, errno)]
+        self._failures: dict[str, list[tuple[int, int, bool]]] = {}  # op -> [(skip, errno, landed)]
         self._short: int | None = None
         self._crash_budget: int | None = None
         self._crash_op: int | None = None
@@ -1174,11 +1224,12 @@ class FaultyFileSystem(FileSystem):
     def __repr__(self) -> str:
         return f"FaultyFileSystem({self.inner!r})"
 
-    def fail_next(self, op: str, code: int = errno.ENOSPC, *, after: int = 0) -> None:
-        """The next call of ``op`` (after ``after`` more) raises ``OSError(code)``."""
+    def fail_next(self, op: str, code: int = errno.ENOSPC, *, after: int = 0, landed: bool = False) -> None:
+        """The next call of ``op`` (after ``after`` more) raises ``OSError(code)``:
+        before doing anything, or with ``landed`` after doing its work."""
         if op not in WRITE_OPS:
             raise ValueError(f"unknown write operation {op!r}; known: {', '.join(WRITE_OPS)}")
-        self._failures.setdefault(op, []).append((after, code))
+        self._failures.setdefault(op, []).append((after, code, landed))
 
     def fail_next_append(self, code: int = errno.ENOSPC) -> None:
         """The next append raises ``OSError(code)`` having written nothing."""
@@ -1204,8 +1255,9 @@ class FaultyFileSystem(FileSystem):
         if self.crashed:
             raise SimulatedCrash("the simulated process has crashed")
 
-    def _step(self, op: str, path: str) -> None:
-        """Count a write operation; raise the fault armed for it."""
+    def _step(self, op: str, path: str) -> OSError | None:
+        """Count a write operation; raise the fault armed for it, or return it when
+        it is to be raised once the operation has landed (see :meth:`_landed`)."""
         self._alive()
         if self._crash_op is not None and self.ops >= self._crash_op:
             self.crashed = True
@@ -1213,12 +1265,22 @@ class FaultyFileSystem(FileSystem):
         self.ops += 1
         armed = self._failures.get(op)
         if armed:
-            skip, code = armed[0]
+            skip, code, landed = armed[0]
             if skip:
-                armed[0] = (skip - 1, code)
-                return
+                armed[0] = (skip - 1, code, landed)
+                return None
             armed.pop(0)
-            raise OSError(code, errno.errorcode.get(code, "error"), path)
+            error = OSError(code, errno.errorcode.get(code, "error"), path)
+            if not landed:
+                raise error
+            return error
+        return None
+
+    @staticmethod
+    def _landed(error: OSError | None) -> None:
+        """Raise the fault of an operation that has done its work."""
+        if error is not None:
+            raise error
 
     def append(self, path: str, data: bytes) -> None:
         """Append, or inject the armed fault."""
@@ -1227,7 +1289,7 @@ class FaultyFileSystem(FileSystem):
             self.inner.append(path, data[: len(data) // 2])  # a torn write, as a kill mid-write leaves
             self.crashed = True
             raise SimulatedCrash(f"crashed writing {path}")
-        self._step("append", path)
+        landed = self._step("append", path)
         if self._short is not None:
             n, self._short = self._short, None
             self.inner.append(path, data[:n])
@@ -1239,56 +1301,68 @@ class FaultyFileSystem(FileSystem):
                 raise SimulatedCrash(f"crashed writing {path}")
             self._crash_budget -= len(data)
         self.inner.append(path, data)
+        self._landed(landed)
 
     def sync(self, path: str) -> None:
         """Sync, or fail when armed."""
-        self._step("sync", path)
+        landed = self._step("sync", path)
         self.inner.sync(path)
+        self._landed(landed)
 
     def truncate(self, path: str, size: int) -> None:
         """Truncate, or fail when armed."""
-        self._step("truncate", path)
+        landed = self._step("truncate", path)
         self.inner.truncate(path, size)
+        self._landed(landed)
 
     def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
         """Replace a file, or fail when armed (leaving the old one)."""
-        self._step("write_atomic", path)
+        landed = self._step("write_atomic", path)
         self.inner.write_atomic(path, data, durable=durable)
+        self._landed(landed)
 
     def write_in_place(self, path: str, data: bytes, *, durable: bool = False) -> None:
         """Overwrite a small file, or fail when armed."""
-        self._step("write_in_place", path)
+        landed = self._step("write_in_place", path)
         self.inner.write_in_place(path, data, durable=durable)
+        self._landed(landed)
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create directories, or fail when armed."""
-        self._step("makedirs", path)
+        landed = self._step("makedirs", path)
         self.inner.makedirs(path, durable=durable)
+        self._landed(landed)
 
     def rename(self, src: str, dst: str) -> None:
         """Rename, or fail when armed."""
-        self._step("rename", src)
+        landed = self._step("rename", src)
         self.inner.rename(src, dst)
+        self._landed(landed)
 
     def remove(self, path: str, *, durable: bool = False) -> None:
         """Remove a file, or fail when armed."""
-        self._step("remove", path)
+        landed = self._step("remove", path)
         self.inner.remove(path, durable=durable)
+        self._landed(landed)
 
     def remove_tree(self, path: str) -> None:
         """Remove a tree, or fail when armed."""
-        self._step("remove_tree", path)
+        landed = self._step("remove_tree", path)
         self.inner.remove_tree(path)
+        self._landed(landed)
 
     def symlink(self, target: str, path: str, *, durable: bool = True) -> bool:
         """Make a link, or fail when armed."""
-        self._step("symlink", path)
-        return self.inner.symlink(target, path, durable=durable)
+        landed = self._step("symlink", path)
+        result = self.inner.symlink(target, path, durable=durable)
+        self._landed(landed)
+        return result
 
     def hold(self, path: str) -> None:
         """Keep a proof of life, or fail when armed."""
-        self._step("hold", path)
+        landed = self._step("hold", path)
         self.inner.hold(path)
+        self._landed(landed)
 
     # -- plain delegation ------------------------------------------------------------
 
