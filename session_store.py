@@ -623,11 +623,19 @@ class Records:
         epos, mpos = (0, 0) if restart else position
         found = cls(position=position, events=[], messages=[], events_label=events_label,
                     messages_label=messages_label, restart=restart)
+        scan = _scan_json
         for table, seq, text in rows:
             label = events_label if table == 1 else messages_label
             found.nbytes += len(text)
-            record = _decode_record(text.encode("utf-8", "surrogatepass"), seq, label, session_id,
-                                    found.problems, message=table != 1)
+            try:  # the common row, read by the scanner exactly as json.loads reads it (see _parse_lines)
+                record, stop = scan(text, 0)
+                if stop != len(text) or type(record) is not dict:
+                    record = None
+            except (ValueError, StopIteration, RecursionError):
+                record = None
+            if record is None:
+                record = _decode_record(text.encode("utf-8", "surrogatepass"), seq, label, session_id,
+                                        found.problems, message=table != 1)
             if table == 1:
                 epos = seq + 1
                 if record is not None:

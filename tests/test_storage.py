@@ -617,3 +617,24 @@ def test_a_child_forked_during_a_large_load_has_collection_enabled() -> None:
     finally:
         ss._GC_PAUSE.resume()
     assert os.waitstatus_to_exitcode(status) == 0 and gc.isenabled()
+
+
+_json_texts = st.one_of(
+    st.text(max_size=40),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                 lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                 max_leaves=8).map(json.dumps),
+).flatmap(lambda text: st.sampled_from([text, f" {text}", f"{text}\n", f"{text} x", text[:-1]]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(_json_texts, min_size=1, max_size=6))
+def test_sql_rows_decode_exactly_as_json_loads_reads_each(texts: list[str]) -> None:
+    # (rows go through the JSON scanner directly, json.loads only when it refuses one)
+    rows = [(2, seq, text) for seq, text in enumerate(texts)]
+    found = ss.Records.from_rows("s", (0, 0), rows, events_label="e", messages_label="m")
+    expected_problems: list[ss.Problem] = []
+    expected = [(seq, ss._decode_record(text.encode("utf-8", "surrogatepass"), seq, "m", "s", expected_problems,
+                                        message=True)) for seq, text in enumerate(texts)]
+    assert found.messages == expected
+    assert found.problems == expected_problems
