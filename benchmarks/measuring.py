@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,20 +88,30 @@ def paired(first: Callable[[], object], second: Callable[[], object], n: int, *,
     The order alternates (first-second, second-first, ...) so neither always runs on the
     other's warm caches.
     """
+    a, b = interleaved([first, second], n, warmup=warmup)
+    return a, b
+
+
+def interleaved(ops: Sequence[Callable[[], object]], n: int, *, warmup: int | None = None) -> list[Stat]:
+    """Time several operations with their samples interleaved, so that a ratio between any
+    two of them is not the machine's speed changing between them. Each round runs every
+    op once; the order rotates and alternates direction, so no op always follows another."""
     for _ in range(warmups(n) if warmup is None else warmup):
-        first()
-        second()
-    gc.collect()
-    a: list[float] = []
-    b: list[float] = []
-    clock = time.perf_counter_ns
-    for i in range(n):
-        order = ((first, a), (second, b)) if i % 2 == 0 else ((second, b), (first, a))
-        for op, samples in order:
-            t0 = clock()
+        for op in ops:
             op()
-            samples.append((clock() - t0) / 1000)
-    return Stat(samples=tuple(a)), Stat(samples=tuple(b))
+    gc.collect()
+    samples: list[list[float]] = [[] for _ in ops]
+    clock = time.perf_counter_ns
+    k = len(ops)
+    for i in range(n):
+        order = [(i // 2 + j) % k for j in range(k)]
+        if i % 2:
+            order.reverse()
+        for j in order:
+            t0 = clock()
+            ops[j]()
+            samples[j].append((clock() - t0) / 1000)
+    return [Stat(samples=tuple(s)) for s in samples]
 
 
 def rss_bytes() -> int:

@@ -160,8 +160,10 @@ class AgentsStore:
         pass
 
 
-def agents_cold_get_items(items: list[dict[str, Any]]) -> Stat:
-    """A fresh SQLiteSession + get_items of ``items`` (goal 6)."""
+@contextlib.contextmanager
+def agents_cold_reader(items: list[dict[str, Any]]) -> Iterator[Callable[[], None]]:
+    """Goal 6: ``items`` stored by an openai-agents SQLiteSession; yields the operation
+    timed against ours (a fresh SQLiteSession + get_items), so the bench can interleave it."""
     SQLiteSession = peer_api("agents").SQLiteSession
 
     with scratch_dir() as d:
@@ -175,7 +177,7 @@ def agents_cold_get_items(items: list[dict[str, Any]]) -> Stat:
             run(s.get_items())
             s.close()
 
-        return timed(op, 100)
+        yield op
 
 
 def agents_huge_worker(path: str) -> dict[str, float]:
