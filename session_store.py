@@ -111,6 +111,7 @@ import zlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from stat import S_ISDIR, S_ISREG
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeGuard, TypeVar, overload
 
@@ -3279,7 +3280,9 @@ class _Session:
         # and contexts never does, and a cached message then costs ~20 bytes less.
         self.children: dict[str, str | list[str]] | None = None
         self.roots: list[str] = []
-        self.detached: set[str] = set()  # roots whose parent is missing: a path ends at them
+        # Roots whose parent is missing: a path ends at them. Rare (damage, hand-written
+        # logs), so a session has the shared empty set until it has one (a set is 216 bytes).
+        self.detached: AbstractSet[str] = _NONE_DETACHED
         self.branches: dict[str, _BranchState] = {"main": _BranchState("main", None, self.created_at)}
         self.current = "main"
         self.position: Position = (0, 0)
@@ -3319,7 +3322,10 @@ class _Session:
             self.roots.append(msg.id)
         elif parent not in self.by_id or parent == msg.id:
             self.roots.append(msg.id)
-            self.detached.add(msg.id)
+            detached = self.detached
+            if not isinstance(detached, set):
+                detached = self.detached = set()
+            detached.add(msg.id)
         elif self.children is not None:
             _add_child(self.children, parent, msg.id)
         self.by_id[msg.id] = msg
@@ -3555,6 +3561,7 @@ def _add_child(children: dict[str, str | list[str]], parent: str, child: str) ->
         siblings.append(child)  # type: ignore[union-attr]
 
 
+_NONE_DETACHED: frozenset[str] = frozenset()  # a session's detached roots until it has one
 _KEPT = "kept as a root"  # the end of the reason of a record whose parent is missing: repair keeps it
 _EVENT_OPS = frozenset({"create", "switch", "move", "delete", "rename"})
 
