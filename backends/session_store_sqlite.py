@@ -289,11 +289,14 @@ class SqliteStorage(Storage):
                 db.execute("UPDATE session_store_meta SET value = ? WHERE name = 'schema_version'", (str(version),))
 
     def _schema_version(self, db: sqlite3.Connection) -> int:
-        exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'session_store_meta'"
-                            ).fetchone()
-        if not exists:
-            return 0
-        row = db.execute("SELECT value FROM session_store_meta WHERE name = 'schema_version'").fetchone()
+        """The schema's version; 0 for a database without one (a new file). One statement:
+        every fresh store runs it, so it is not preceded by a look into sqlite_master."""
+        try:
+            row = db.execute("SELECT value FROM session_store_meta WHERE name = 'schema_version'").fetchone()
+        except sqlite3.OperationalError as e:
+            if str(e).startswith("no such table"):
+                return 0
+            raise
         return int(row[0]) if row else 0
 
     def close(self) -> None:
