@@ -1025,7 +1025,8 @@ class CrashTests:
     def test_a_write_that_landed_but_reported_failure_is_taken_back(self) -> None:
         """A log record or a lease record lands and its call then fails (an ``fsync``
         error after the write): the call raises and leaves nothing, so no lease is
-        held by an owner who was told it failed, and no message outlives its error."""
+        held by an owner who was told it failed, and no message outlives its error; the
+        next fencing token is still above every one issued before."""
         for op, after in (("write_in_place", 0), ("append", 0), ("sync", 0)):
             with type(self).storage() as open_store:
                 store = open_store(clock=FakeClock(), lock_timeout_ms=LEASE_MS)
@@ -1033,6 +1034,8 @@ class CrashTests:
                 faulty = store.storage.fs  # type: ignore[attr-defined]
                 assert isinstance(faulty, FaultyFileSystem), "CrashTests needs a storage on a FaultyFileSystem"
                 sid, before = self.chat(store)
+                first = store.acquire_lock(sid, "earlier", timeout=0)
+                assert first.acquired and first.token is not None and store.release_lock(sid, "earlier")
                 faulty.fail_next(op, errno.EIO, after=after, landed=True)
                 with pytest.raises(ss.StorageError):
                     if op == "write_in_place":
@@ -1043,7 +1046,9 @@ class CrashTests:
                 fresh.init()
                 try:
                     assert fresh.get_messages(sid) == before and fresh.get_lock(sid) is None
-                    assert fresh.acquire_lock(sid, "next", timeout=0).acquired
+                    assert fresh.check().ok, fresh.check()
+                    taken = fresh.acquire_lock(sid, "next", timeout=0)
+                    assert taken.acquired and taken.token is not None and taken.token > first.token
                 finally:
                     fresh.close()
 
