@@ -6270,13 +6270,22 @@ class SessionStore:
         lease["queue"] = [list(w) for w in lease["queue"]]
         return lease
 
-    def _write_lease(self, state: _Session, lease: dict[str, Any], *, durable: bool = False) -> None:
-        """Store the lease record (caller is in ``_writing``)."""
+    def _write_lease(self, state: _Session, lease: dict[str, Any], *, durable: bool = False,
+                     undo: Mapping[str, Any] | None = None) -> None:
+        """Store the lease record (caller is in ``_writing``).
+
+        ``undo``: the record this one replaces, put back (best effort) when the write
+        fails. A write can land and then report failure (its fsync fails); the caller is
+        told the call failed, so what landed must not stand: an acquire must not leave
+        an owner who was told no, a release or renewal must not take effect unseen."""
         try:
             self._storage.write_lease(state.session_id, lease, durable=durable)
-        except StorageError:
-            raise
-        except OSError as e:
+        except (StorageError, OSError) as e:
+            if undo is not None:
+                with contextlib.suppress(SessionStoreError, OSError):
+                    self._storage.write_lease(state.session_id, undo, durable=False)
+            if isinstance(e, StorageError):
+                raise
             raise _storage_error(e, f"write the lease of {state.session_id!r}") from e
 
     def _live(self, session_id: str, lease: Mapping[str, Any], now: int) -> bool:
@@ -6351,10 +6360,8 @@ class SessionStore:
                 durable = True  # a new token: never issued twice, whatever crashes
             self._mark(session_id)
             try:
-                self._write_lease(state, lease, durable=durable)
-            except StorageError:  # not acquired: put the record back as it was (best effort)
-                with contextlib.suppress(SessionStoreError, OSError):
-                    self._storage.write_lease(session_id, before, durable=False)
+                self._write_lease(state, lease, durable=durable, undo=before)
+            except StorageError:  # not acquired: the record is as it was (best effort)
                 if before.get("process") != _PROCESS or before.get("owner") is None:
                     self._unmark(session_id)
                 raise
@@ -6438,8 +6445,9 @@ class SessionStore:
                 holder = lease["owner"] if live else None
                 return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
                                   expires_at=lease.get("expiresAt") if holder else None, token=None)
+            before = dict(lease)
             lease["expiresAt"] = now + self.lock_timeout_ms
-            self._write_lease(state, lease)
+            self._write_lease(state, lease, undo=before)
             return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id,
                               expires_at=lease["expiresAt"], token=lease["token"])
 
@@ -6452,12 +6460,12 @@ class SessionStore:
                 if lease.get("process") != _PROCESS or lease["owner"] is None:
                     self._unmark(session_id)
                 return False
-            count = int(lease["count"]) - 1
+            before, count = dict(lease), int(lease["count"]) - 1
             if count > 0:
                 lease["count"] = count
             else:
                 lease = {"owner": None, "token": lease["token"], "queue": lease["queue"]}
-            self._write_lease(state, lease)
+            self._write_lease(state, lease, undo=before)  # failed: still held, as it was
             if count <= 0:
                 self._unmark(session_id)
         self._lease_freed(session_id)

@@ -747,13 +747,13 @@ class StoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
                                                          FaultyFileSystem))
     @rule(data=st.data(), op=st.sampled_from(["append", "write_in_place"]), after=st.integers(0, 3),
-          call=st.sampled_from(["append", "append_many", "create_branch", "switch", "manual_reset", "acquire"]))
+          call=st.sampled_from(["append", "append_many", "create_branch", "switch", "manual_reset", "acquire",
+                               "release"]))
     def landed_fault(self, data: st.DataObject, op: str, after: int, call: str) -> None:
         """A record write (a log record, a lease) lands and then reports failure, as a
         write whose fsync fails does: the call raises :class:`StorageError` and leaves no
         trace (the store takes back what landed), or succeeds as if nothing happened.
-        (Not ``release``: a release whose record landed stays released although it
-        raised; nor a ``lock()`` block, whose writes inside stand when its release fails.)"""
+        (Not a ``lock()`` block: the writes inside it stand when its release fails.)"""
         if call == "create_branch" and not any(m.messages for m in self.model.values()):
             return
         store = self.handle(data)
@@ -1024,10 +1024,12 @@ class CrashTests:
 
     def test_a_write_that_landed_but_reported_failure_is_taken_back(self) -> None:
         """A log record or a lease record lands and its call then fails (an ``fsync``
-        error after the write): the call raises and leaves nothing, so no lease is
-        held by an owner who was told it failed, and no message outlives its error; the
-        next fencing token is still above every one issued before."""
-        for op, after in (("write_in_place", 0), ("append", 0), ("sync", 0)):
+        error after the write): the call raises and leaves nothing, so no lease is held
+        by an owner who was told it failed, a lease whose release or renewal failed is
+        held as before, no message outlives its error, and the next fencing token is
+        still above every one issued before."""
+        for op, call in (("write_in_place", "acquire"), ("write_in_place", "release"),
+                         ("write_in_place", "renew"), ("append", "append"), ("sync", "append")):
             with type(self).storage() as open_store:
                 store = open_store(clock=FakeClock(), lock_timeout_ms=LEASE_MS)
                 store.init()
@@ -1035,18 +1037,27 @@ class CrashTests:
                 assert isinstance(faulty, FaultyFileSystem), "CrashTests needs a storage on a FaultyFileSystem"
                 sid, before = self.chat(store)
                 first = store.acquire_lock(sid, "earlier", timeout=0)
-                assert first.acquired and first.token is not None and store.release_lock(sid, "earlier")
-                faulty.fail_next(op, errno.EIO, after=after, landed=True)
+                assert first.acquired and first.token is not None
+                if call in ("acquire", "append"):
+                    assert store.release_lock(sid, "earlier")
+                held = store.get_lock(sid)
+                faulty.fail_next(op, errno.EIO, landed=True)
                 with pytest.raises(ss.StorageError):
-                    if op == "write_in_place":
+                    if call == "acquire":
                         store.acquire_lock(sid, "told-it-failed")
+                    elif call == "release":
+                        store.release_lock(sid, "earlier")
+                    elif call == "renew":
+                        store.renew_lock(sid, "earlier")
                     else:
                         store.append(sid, role="user", content="told it failed")
                 fresh = open_store(clock=FakeClock(), lock_timeout_ms=LEASE_MS)
                 fresh.init()
                 try:
-                    assert fresh.get_messages(sid) == before and fresh.get_lock(sid) is None
+                    assert fresh.get_messages(sid) == before and fresh.get_lock(sid) == held, (call, held)
                     assert fresh.check().ok, fresh.check()
+                    if held is not None:
+                        assert fresh.release_lock(sid, "earlier")
                     taken = fresh.acquire_lock(sid, "next", timeout=0)
                     assert taken.acquired and taken.token is not None and taken.token > first.token
                 finally:
