@@ -3197,7 +3197,7 @@ def _give_back_freed_memory() -> None:
     Dropping a cache frees its objects, but glibc keeps freed heap memory for reuse: only
     the top of its heap goes back, so one live block above thousands of freed session
     tables keeps them all resident. ``malloc_trim`` releases the free pages wherever
-    they are (measured: a process that read 100,000 sessions × 20 messages kept 38% of
+    they are (measured: a process that read 100,000 sessions of 20 messages kept 38% of
     the growth after close() without it, 5% with it). It costs 0.04-0.5 ms, so close()
     calls it only after reading at least :data:`_TRIM_AFTER` bytes of records (a store
     opened per request never pays it). Memory that CPython's own allocator holds goes
