@@ -355,6 +355,7 @@ class PostgresStorage(Storage):
         return int(row[0]) if row else 0
 
     def close(self) -> None:
+        self._generations = {}  # what it knew of each session read: kept, it would pin the freed memory around it
         with self._own_lock:
             conns, self._own = self._own, []
         with self._life_lock:

@@ -306,6 +306,7 @@ class SqliteStorage(Storage):
             with contextlib.suppress(sqlite3.Error):
                 conn.db.close()
         self._marks.close()
+        self._generations = {}  # what it knew of each session read: kept, it would pin the freed memory around it
 
     # -- the index -------------------------------------------------------------------
 
