@@ -3225,8 +3225,8 @@ def _find_malloc_trim() -> bool:
                 import ctypes
 
                 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", False)
-            except (ImportError, OSError):
-                pass
+            except Exception:  # an optimization: whatever fails, the store does without it
+                _malloc_trim = False
     return bool(_malloc_trim)
 
 
@@ -5362,6 +5362,7 @@ class SessionStore:
         if len(self._sessions) <= self._cache_sessions and self._cached_bytes <= self._cache_bytes:
             return  # the common case, read without the lock: a trim that races is only late by one call
         evicted: list[_Session] = []
+        victims: list[str] = []  # their keys in the cache
         with self._mutex:
             sessions = self._sessions
             excess, over = len(sessions) - self._cache_sessions, self._cached_bytes - self._cache_bytes
@@ -5376,10 +5377,11 @@ class SessionStore:
                 if sid == last or sid in self._marks or state.lock.locked():
                     continue
                 evicted.append(state)
+                victims.append(sid)
                 excess -= 1
                 over -= state.nbytes
-            for state in evicted:
-                del sessions[state.session_id]
+            for sid, state in zip(victims, evicted, strict=True):
+                del sessions[sid]
                 self._cached_bytes -= state.nbytes
         for state in evicted:
             self._save_tally(state)
@@ -6557,7 +6559,8 @@ class SessionStore:
         :class:`LeaseLost` once the lease expired or another owner took it. The lease
         is released on exit, whatever happened, including ``KeyboardInterrupt``. (An
         interrupt landing between the acquisition and the start of the block cannot be
-        caught in Python; that lease ends when it expires.)
+        caught in Python; that lease ends when it expires. A release that fails raises
+        from the ``with`` and leaves the lease held, as it was: it ends when it expires.)
         """
         result = self.acquire_lock(session_id, owner_id, timeout=timeout)
         if not result.acquired:

@@ -1031,7 +1031,8 @@ class CrashTests:
         for op, call in (("write_in_place", "acquire"), ("write_in_place", "release"),
                          ("write_in_place", "renew"), ("append", "append"), ("sync", "append")):
             with type(self).storage() as open_store:
-                store = open_store(clock=FakeClock(), lock_timeout_ms=LEASE_MS)
+                clock = FakeClock()
+                store = open_store(clock=clock, lock_timeout_ms=LEASE_MS)
                 store.init()
                 faulty = store.storage.fs  # type: ignore[attr-defined]
                 assert isinstance(faulty, FaultyFileSystem), "CrashTests needs a storage on a FaultyFileSystem"
@@ -1041,6 +1042,7 @@ class CrashTests:
                 if call in ("acquire", "append"):
                     assert store.release_lock(sid, "earlier")
                 held = store.get_lock(sid)
+                clock.advance(LEASE_MS / 4000)  # a renewal that lands moves the expiry
                 faulty.fail_next(op, errno.EIO, landed=True)
                 with pytest.raises(ss.StorageError):
                     if call == "acquire":
@@ -1051,7 +1053,7 @@ class CrashTests:
                         store.renew_lock(sid, "earlier")
                     else:
                         store.append(sid, role="user", content="told it failed")
-                fresh = open_store(clock=FakeClock(), lock_timeout_ms=LEASE_MS)
+                fresh = open_store(clock=clock, lock_timeout_ms=LEASE_MS)
                 fresh.init()
                 try:
                     assert fresh.get_messages(sid) == before and fresh.get_lock(sid) == held, (call, held)

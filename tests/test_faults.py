@@ -346,4 +346,4 @@ def test_a_reader_sees_branch_events_written_after_another_store_repaired_only_t
     reader.close()
 
 
-# (Writes that land and then report failure: CrashTests in the conformance kit, on every storage.)
+# (Writes that land and then report failure: CrashTests in the conformance kit, on the memory and file storages.)
