@@ -610,10 +610,17 @@ def test_without_the_view_file_the_command_says_which_file_is_missing(tmp_path: 
     assert done.returncode == 2 and "session_store_view.py" in done.stderr and "Traceback" not in done.stderr
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def serve_and_ask(directory: Path, sid: str) -> None:
     """Run ``session-store serve`` on ``directory``, ask it everything, stop it with Ctrl-C."""
+    # (Ctrl-C must reach it even when the tests run as a background job, whose children
+    # inherit SIGINT ignored: then Python installs no KeyboardInterrupt and serve never ends.)
     server = subprocess.Popen([sys.executable, "-m", "session_store", "serve", "--port", "0", "--dir", str(directory)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+                              preexec_fn=_default_sigint)
     try:
         assert server.stdout is not None
         url = re.search(r"http://\S+/", server.stdout.readline())
