@@ -3221,12 +3221,10 @@ def _find_malloc_trim() -> bool:
             glibc = False
         _malloc_trim = False
         if glibc:
-            try:
+            with contextlib.suppress(Exception):  # an optimization: whatever fails, the store does without it
                 import ctypes
 
                 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", False)
-            except Exception:  # an optimization: whatever fails, the store does without it
-                _malloc_trim = False
     return bool(_malloc_trim)
 
 
@@ -5361,8 +5359,7 @@ class SessionStore:
         saved first, outside the store's lock). Busy, leased and the last used stay."""
         if len(self._sessions) <= self._cache_sessions and self._cached_bytes <= self._cache_bytes:
             return  # the common case, read without the lock: a trim that races is only late by one call
-        evicted: list[_Session] = []
-        victims: list[str] = []  # their keys in the cache
+        evicted: list[tuple[str, _Session]] = []  # (its key in the cache, the session)
         with self._mutex:
             sessions = self._sessions
             excess, over = len(sessions) - self._cache_sessions, self._cached_bytes - self._cache_bytes
@@ -5376,14 +5373,13 @@ class SessionStore:
                     break
                 if sid == last or sid in self._marks or state.lock.locked():
                     continue
-                evicted.append(state)
-                victims.append(sid)
+                evicted.append((sid, state))
                 excess -= 1
                 over -= state.nbytes
-            for sid, state in zip(victims, evicted, strict=True):
+            for sid, state in evicted:
                 del sessions[sid]
                 self._cached_bytes -= state.nbytes
-        for state in evicted:
+        for _, state in evicted:
             self._save_tally(state)
             self._storage.forget(state.session_id)
 

@@ -772,7 +772,6 @@ def test_a_full_cache_evicts_without_walking_everything_it_holds() -> None:
         assert _CountingSessions.visited <= 5 * 200, _CountingSessions.visited  # 100,200 before
 
 
-
 @pytest.mark.parametrize("backend", ["files", "sqlite", "postgres"])
 def test_close_releases_what_the_store_and_its_storage_held_per_session(backend: str, tmp_path: Path) -> None:
     # (RSS only falls when whole allocator arenas empty: a few bytes kept per session,
@@ -809,6 +808,7 @@ def _same_place(storage: Any) -> Any:
     import pg
 
     return type(storage)(pg.DSN, schema=storage.schema)
+
 
 # -- append_many: a chain in one call, all or none, one sync --------------------------------
 
