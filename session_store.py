@@ -614,8 +614,19 @@ class Records:
     @classmethod
     def from_rows(cls, session_id: str, position: Position, rows: list[tuple[int, int, str]], *,
                   events_label: str, messages_label: str, restart: bool = False) -> Records:
-        """Decode records kept as JSON text rows ``(table, seq, text)`` (table 1: branch
-        events, 2: messages), as a SQL storage reads them after ``position``.
+        """:meth:`from_tables` of rows ``(table, seq, text)`` read by one statement
+        (table 1: branch events, 2: messages), each table's rows in ``seq`` order."""
+        return cls.from_tables(session_id, position, [(seq, text) for table, seq, text in rows if table == 1],
+                               [(seq, text) for table, seq, text in rows if table != 1],
+                               events_label=events_label, messages_label=messages_label, restart=restart)
+
+    @classmethod
+    def from_tables(cls, session_id: str, position: Position, events: Iterable[tuple[int, str]],
+                    messages: Iterable[tuple[int, str]], *, events_label: str, messages_label: str,
+                    restart: bool = False) -> Records:
+        """Decode records kept as JSON text rows, as a SQL storage reads them after
+        ``position``: ``(seq, text)`` pairs of branch events and of messages, each in
+        ``seq`` order.
 
         The new position is one past the last ``seq`` of each table; a row that is not
         a JSON object is reported in ``problems`` (at its ``seq``): an event is skipped,
@@ -624,28 +635,28 @@ class Records:
         epos, mpos = (0, 0) if restart else position
         found = cls(position=position, events=[], messages=[], events_label=events_label,
                     messages_label=messages_label, restart=restart)
-        scan = _scan_json
-        for table, seq, text in rows:
-            label = events_label if table == 1 else messages_label
-            found.nbytes += len(text)
-            try:  # the common row, read by the scanner exactly as json.loads reads it (see _parse_lines)
-                record, stop = scan(text, 0)
-                if stop != len(text) or type(record) is not dict:
-                    record = None
-            except (ValueError, StopIteration, RecursionError):
-                record = None
-            if record is None:
+        scan, nbytes = _scan_json, 0
+        for rows, label, out, message in ((events, events_label, found.events, False),
+                                          (messages, messages_label, found.messages, True)):
+            seq = -1
+            for seq, text in rows:
+                nbytes += len(text)
+                try:  # the common row, read by the scanner exactly as json.loads reads it (see _parse_lines)
+                    record, stop = scan(text, 0)
+                    if stop == len(text) and type(record) is dict:
+                        out.append((seq, record))
+                        continue
+                except (ValueError, StopIteration, RecursionError):
+                    pass
                 record = _decode_record(text.encode("utf-8", "surrogatepass"), seq, label, session_id,
-                                        found.problems, message=table != 1)
-            if table == 1:
-                epos = seq + 1
+                                        found.problems, message=message)
                 if record is not None:
-                    found.events.append((seq, record))
-            else:
+                    out.append((seq, record))
+            if seq >= 0 and message:
                 mpos = seq + 1
-                if record is not None:
-                    found.messages.append((seq, record))
-        found.position = (epos, mpos)
+            elif seq >= 0:
+                epos = seq + 1
+        found.position, found.nbytes = (epos, mpos), nbytes
         return found
 
 

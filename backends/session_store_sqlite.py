@@ -30,13 +30,15 @@ __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
 
 import contextlib
 import errno
+import itertools
 import json
+import operator
 import os
 import re
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from session_store import (
@@ -110,13 +112,18 @@ _MIGRATIONS: dict[int, list[str]] = {
             record TEXT NOT NULL) WITHOUT ROWID"""],
 }
 
-# One statement, one snapshot: the session's generation, then its new events and messages.
-_LOAD = """
-    SELECT 0, generation, NULL FROM sessions WHERE id = :sid
-    UNION ALL SELECT 1, seq, record FROM branch_events WHERE session_id = :sid AND seq >= :events
-    UNION ALL SELECT 2, seq, record FROM messages WHERE session_id = :sid AND seq >= :messages
-    ORDER BY 1, 2
-"""
+# A load: three statements in one read transaction (one snapshot). The session's
+# generation and the end of its messages; its new branch events; its new messages,
+# without their seq when those run on without a gap from the reader's position (as
+# appends make them; quarantine replaces a row in place). One UNION ALL statement
+# costs twice as much: its ORDER BY sorts what the primary key already orders, and
+# every row carries a table number and a seq that Python must build.
+_LOAD_HEAD = ("SELECT generation, (SELECT max(seq) + 1 FROM messages WHERE session_id = :sid) "
+              "FROM sessions WHERE id = :sid")
+_LOAD_EVENTS = "SELECT seq, record FROM branch_events WHERE session_id = ? AND seq >= ? ORDER BY seq"
+_LOAD_MESSAGES = "SELECT record FROM messages WHERE session_id = ? AND seq >= ? ORDER BY seq"
+_LOAD_NUMBERED = "SELECT seq, record FROM messages WHERE session_id = ? AND seq >= ? ORDER BY seq"
+_first = operator.itemgetter(0)
 
 _SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _abandoned: list[Any] = []  # connections a forked child inherited: never used, never closed
@@ -371,23 +378,31 @@ class SqliteStorage(Storage):
             # of this session to this very position: nothing new.
             if position != (0, 0) and conn.versions.get(session_id) == (version, position):
                 return None
-            rows = conn.db.execute(_LOAD, {"sid": session_id, "events": position[0],
-                                           "messages": position[1]}).fetchall()
-            if not rows or rows[0][0] != 0:
+            db = conn.db
+            own = not db.in_transaction  # a writer's load runs in its write transaction
+            if own:  # (an error leaves it to _using to roll back)
+                db.execute("BEGIN")
+            head = db.execute(_LOAD_HEAD, {"sid": session_id}).fetchone()
+            if head is None:
                 raise SessionNotFound(session_id)
-            restart = False
-            generation = rows[0][1]
-            if position != (0, 0) and self._generations.get(session_id, generation) != generation:
-                rows = conn.db.execute(_LOAD, {"sid": session_id, "events": 0, "messages": 0}).fetchall()
-                if not rows or rows[0][0] != 0:
-                    raise SessionNotFound(session_id)
-                restart, generation = True, rows[0][1]
+            generation, end = head[0], head[1] or 0
+            restart = position != (0, 0) and self._generations.get(session_id, generation) != generation
+            start = (0, 0) if restart else position
+            events = db.execute(_LOAD_EVENTS, (session_id, start[0])).fetchall()
+            texts = db.execute(_LOAD_MESSAGES, (session_id, start[1])).fetchall()
+            if len(texts) == end - start[1]:  # seq start, start + 1, ..., end - 1
+                messages: Iterable[tuple[int, str]] = zip(itertools.count(start[1]), map(_first, texts))
+            else:
+                messages = db.execute(_LOAD_NUMBERED, (session_id, start[1])).fetchall()
+            if own:
+                db.execute("COMMIT")
             self._generations[session_id] = generation
-            found = Records.from_rows(session_id, position, rows[1:], events_label=f"{self.path}#branch_events",
-                                      messages_label=f"{self.path}#messages", restart=restart)
+            found = Records.from_tables(session_id, position, events, messages, restart=restart,
+                                        events_label=f"{self.path}#branch_events",
+                                        messages_label=f"{self.path}#messages")
             if not writer:  # a writer's own appends move it on; its next load must look
                 conn.versions[session_id] = (version, found.position)
-        if len(rows) == 1 and not restart:
+        if not events and not texts and not restart:
             return None
         return found
 

@@ -137,6 +137,26 @@ def test_a_reader_reloads_after_another_store_repaired(tmp_path: Path) -> None:
             ("user", "a"), ("damaged", None), ("user", "b")]
 
 
+
+def test_message_rows_with_a_gap_keep_their_seq_and_appends_go_after_the_last(tmp_path: Path) -> None:
+    # A load reads messages without their seq when they run on without a gap; a row
+    # removed by hand must not shift the seqs after it (reports, the append position).
+    db = tmp_path / "s.db"
+    with open_db(db) as store:
+        sid = store.resolve("k")
+        ids = [store.append(sid, role="user", content=str(i)).id for i in range(4)]
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM messages WHERE session_id = ? AND seq = 1", (sid,))
+    conn.commit()
+    with open_db(db) as store:
+        assert [m.id for m in store.get_messages(sid)] == [ids[0], ids[2], ids[3]]
+        [problem] = store.check().problems
+        assert problem.offset == 2 and ids[1] in problem.reason  # the orphan's own row
+        e = store.append(sid, role="user", content="e", parent_id=ids[0])
+        assert store.get_linear_history(sid) == [store.get_messages(sid)[0], e]
+    rows = conn.execute("SELECT seq, id FROM messages WHERE session_id = ? ORDER BY seq", (sid,)).fetchall()
+    assert rows == [(0, ids[0]), (2, ids[2]), (3, ids[3]), (4, e.id)]
+
 def test_a_database_in_memory_is_refused() -> None:
     with pytest.raises(ValueError, match="database file"):
         SqliteStorage(":memory:")
