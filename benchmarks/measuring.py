@@ -114,10 +114,22 @@ def interleaved(ops: Sequence[Callable[[], object]], n: int, *, warmup: int | No
     return [Stat(samples=tuple(s)) for s in samples]
 
 
+_STATM: tuple[int, int] | None = None  # (pid, descriptor of its /proc/self/statm)
+
+
 def rss_bytes() -> int:
-    """This process's resident set size now (``/proc/self/statm``)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    """This process's resident set size now (``/proc/self/statm``), read through a
+    descriptor opened once per process. Opening a file per sample allocates buffers
+    among the memory being measured: with twenty samples taken while a cache grew,
+    the C heap kept 15 MB of the freed cache from the OS after close() (54% of the
+    growth released instead of 90%)."""
+    global _STATM
+    if _STATM is None or _STATM[0] != os.getpid():  # (a forked child reads its own)
+        _STATM = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+    return int(os.pread(_STATM[1], 128, 0).split()[1]) * _PAGE
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def tree_bytes(path: str) -> int:
