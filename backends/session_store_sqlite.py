@@ -13,7 +13,9 @@ Standard library only (``sqlite3``); vendor it next to ``session_store.py``. The
 database runs in WAL mode; with ``durable=True`` (the store's default) every append
 is committed with ``synchronous=FULL`` before it returns. Writers take the database's
 write lock (``BEGIN IMMEDIATE``) for one short transaction; a writer that finds it
-busy waits up to ``timeout`` seconds and then raises :class:`StorageError`.
+busy looks again every half millisecond (not SQLite's backing-off busy handler, which
+let a writer working back to back starve the others) for up to ``timeout`` seconds,
+and then raises :class:`StorageError`.
 
 Do not put the file on a network file system: SQLite's locks are not reliable there
 (use PostgreSQL to share sessions between machines).
@@ -37,6 +39,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -266,7 +269,7 @@ class SqliteStorage(Storage):
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any exception)."""
         with self._using(action) as conn:
             db = conn.db
-            db.execute("BEGIN IMMEDIATE")
+            _begin_immediate(db, self.timeout)
             try:
                 yield db
                 db.execute("COMMIT")
@@ -537,6 +540,35 @@ class _Children:
 _children = _Children()
 
 
+def _begin_immediate(db: sqlite3.Connection, timeout: float) -> None:
+    """``BEGIN IMMEDIATE``, retried every :data:`_RETRY` seconds while another
+    connection writes, for at most ``timeout`` seconds (then the busy error).
+
+    SQLite's own busy handler sleeps longer each time it finds the database busy (up
+    to 100 ms), so a process that writes back to back (a lease taken, a message, the
+    lease released, taken again) gets the write lock again and again while the others
+    sleep: they never reach the lease's queue. Measured with 4 processes taking turns
+    on one session's lease: the busiest took 75-88% of the turns. Retrying at a short,
+    fixed interval lets a waiter in at the next gap between two transactions.
+    """
+    deadline = time.monotonic() + timeout
+    db.execute("PRAGMA busy_timeout = 0")
+    try:
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise  # (the extended codes of a busy database share the primary code's low byte)
+            time.sleep(_RETRY)
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+
+
+_RETRY = 0.0005  # seconds between two attempts to begin a write transaction
+
+
 class _SqliteWriting:
     """``SqliteStorage.writing``: one ``BEGIN IMMEDIATE`` transaction, committed on exit."""
 
@@ -555,7 +587,7 @@ class _SqliteWriting:
         try:
             if conn is None:
                 conn = storage._connect()
-            conn.db.execute("BEGIN IMMEDIATE")
+            _begin_immediate(conn.db, storage.timeout)
             try:
                 if conn.db.execute("SELECT 1 FROM sessions WHERE id = ?", (self._session_id,)).fetchone() is None:
                     raise SessionNotFound(self._session_id)

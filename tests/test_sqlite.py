@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from session_store import SessionStore, StorageError
-from session_store_sqlite import SCHEMA_VERSION, SqliteStorage
+from session_store_sqlite import _RETRY, SCHEMA_VERSION, SqliteStorage
 
 
 def open_db(path: Path, **options: object) -> SessionStore:
@@ -95,6 +95,30 @@ def test_a_database_busy_past_the_timeout_is_a_storage_error_and_nothing_is_writ
         assert store.get_messages(sid) == []
         store.append(sid, role="user", content="later")
         assert [m.content for m in store.get_messages(sid)] == ["later"]
+
+
+def test_a_writer_waiting_for_the_database_looks_again_at_a_short_fixed_interval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite's busy handler backs off to 100 ms sleeps, so a process writing back to
+    # back kept the write lock (and its session's lease) while the others slept: 75-88%
+    # of the turns among 4 processes. A waiter now looks again every _RETRY seconds.
+    db = tmp_path / "s.db"
+    with SessionStore(SqliteStorage(db, timeout=2)) as store:
+        sid = store.resolve("k")
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another connection writes
+        naps: list[float] = []
+
+        def nap(seconds: float) -> None:
+            naps.append(seconds)
+            if len(naps) == 50:
+                other.execute("COMMIT")  # ... and is done: the waiter gets in at its next look
+
+        monkeypatch.setattr(time, "sleep", nap)
+        store.append(sid, role="user", content="after 50 looks")
+        other.close()
+        assert naps == [_RETRY] * 50
+        assert [m.content for m in store.get_messages(sid)] == ["after 50 looks"]
 
 
 def test_bad_rows_are_reported_and_quarantined(tmp_path: Path) -> None:
