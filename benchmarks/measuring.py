@@ -115,6 +115,7 @@ def interleaved(ops: Sequence[Callable[[], object]], n: int, *, warmup: int | No
 
 
 _STATM: tuple[int, int] | None = None  # (pid, descriptor of its /proc/self/statm)
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def rss_bytes() -> int:
@@ -127,9 +128,6 @@ def rss_bytes() -> int:
     if _STATM is None or _STATM[0] != os.getpid():  # (a forked child reads its own)
         _STATM = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
     return int(os.pread(_STATM[1], 128, 0).split()[1]) * _PAGE
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def tree_bytes(path: str) -> int:

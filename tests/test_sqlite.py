@@ -161,7 +161,6 @@ def test_a_reader_reloads_after_another_store_repaired(tmp_path: Path) -> None:
             ("user", "a"), ("damaged", None), ("user", "b")]
 
 
-
 def test_message_rows_with_a_gap_keep_their_seq_and_appends_go_after_the_last(tmp_path: Path) -> None:
     # A load reads messages without their seq when they run on without a gap; a row
     # removed by hand must not shift the seqs after it (reports, the append position).
@@ -180,6 +179,8 @@ def test_message_rows_with_a_gap_keep_their_seq_and_appends_go_after_the_last(tm
         assert store.get_linear_history(sid) == [store.get_messages(sid)[0], e]
     rows = conn.execute("SELECT seq, id FROM messages WHERE session_id = ? ORDER BY seq", (sid,)).fetchall()
     assert rows == [(0, ids[0]), (2, ids[2]), (3, ids[3]), (4, e.id)]
+    conn.close()
+
 
 def test_a_database_in_memory_is_refused() -> None:
     with pytest.raises(ValueError, match="database file"):
