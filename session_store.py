@@ -782,6 +782,16 @@ class Storage(ABC):
         found = self.load(session_id, position, writer=writer)
         return () if found is None else (found,)
 
+    def load_backwards(self, session_id: str, position: Position) -> Iterable[Records] | None:
+        """The message records written before ``position``, in parts, the newest part
+        first (a part's records in write order); ``None`` (the default) when this
+        storage cannot read backwards. What lets a read of a path's last messages skip
+        loading the session (:meth:`SessionStore.get_linear_history` with ``limit``).
+        A part with ``restart`` set says the storage was rewritten meanwhile: the
+        reader must not trust what it read. :class:`SessionNotFound` when the session
+        is gone."""
+        return None
+
     @abstractmethod
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
         """Append a message record at ``position`` (the end); returns the new end."""
@@ -2036,7 +2046,8 @@ _after_fork_hooks = _WeakHooks()
 #       advances the current branch's head whenever a message's parent is that head.
 #   <storage_dir>/<session-id>/lock.json   the lease (JSON, a tab, its CRC-32; padded)
 #   <storage_dir>/<session-id>/lease.lock  flock'ed (shared) by processes holding the lease
-#   <storage_dir>/<session-id>/stats.json  a tally of the log up to a position (a cache)
+#   <storage_dir>/<session-id>/stats.json  a tally of the log up to a position (a cache:
+#       counts, and the current branch's head when every record up to it was sound)
 #
 # A session is created whole before it is announced: its folder is written as
 # ".new-<id>" (its log flock'ed meanwhile), renamed into place, then its key link
@@ -2791,6 +2802,44 @@ class JsonlStorage(Storage):
             found = Records(position=(epos, mpos), events=[], messages=[], events_label=events,
                             messages_label=log)
 
+    def load_backwards(self, session_id: str, position: Position) -> Iterator[Records]:
+        return self._backwards(session_id, position[1])
+
+    def _backwards(self, session_id: str, end: int) -> Iterator[Records]:
+        """The log's records before ``end`` (a line boundary), read ``_BACK_PART`` bytes
+        at a time from there towards the start: the lines a part begins inside are
+        decoded with the part before them. Each part is read from the log this
+        storage last saw (:meth:`read_tally` or a load set it), else ``restart``."""
+        fs, log = self.fs, self._log(session_id)
+        known = self._idents.get(session_id)
+        carry = b""
+        while end > 0:
+            try:
+                ident = fs.stat(log)[1]
+            except (FileNotFoundError, NotADirectoryError):
+                raise SessionNotFound(session_id) from None
+            found = Records(position=(0, end), events=[], messages=[], events_label=self._events(session_id),
+                            messages_label=log, restart=known is None or ident != known[1])
+            if found.restart:
+                yield found
+                return
+            start = max(0, end - _BACK_PART)
+            chunk = fs.read_range(log, start, end - start) + carry
+            cut = chunk.find(b"\n") + 1 if start else 0
+            end = start
+            if start and not cut:  # a line longer than a part: read on to its start
+                carry = chunk
+                continue
+            carry = chunk[:cut]
+            found.messages, used = _parse_lines(chunk[cut:], start + cut, log, session_id, found.problems,
+                                                message=True)
+            found.position = (0, start + cut)
+            if used != len(chunk) - cut:  # ``end`` was not a line boundary: not a log we know
+                found.restart = True
+            yield found
+            if found.restart:
+                return
+
     def _sync_state(self, session_id: str) -> _SyncState:
         st = self._syncs.get(session_id)
         if st is None:
@@ -3152,6 +3201,8 @@ class JsonlStorage(Storage):
 
 
 _LOAD_PART = 4 * 2**20  # bytes of log a part of a load decodes: what a long session's load holds at once
+_BACK_MOST = 50_000  # records a read of a path's end looks through before it loads the session instead
+_BACK_PART = 2**16  # bytes of log a part of a backwards read decodes (a path's last messages: a few hundred)
 
 
 class _GcPause:
@@ -3593,15 +3644,34 @@ class _Session:
         return out
 
     def tally(self) -> dict[str, Any]:
-        """What :func:`_tally_records` would count for the records read so far."""
-        return {"messages": self.record_count, "updatedAt": self.updated_at, "resets": self.reset_count,
-                "lastResetAt": self.last_reset_at, "branches": len(self.branches)}
+        """What :func:`_tally_records` would count for the records read so far; and,
+        when every record read was sound (no problem, no branch event waiting), the
+        current branch's ``head``: where a read of the path's end starts without
+        loading the session (see :meth:`SessionStore.get_linear_history`)."""
+        tally: dict[str, Any] = {"messages": self.record_count, "updatedAt": self.updated_at,
+                                 "resets": self.reset_count, "lastResetAt": self.last_reset_at,
+                                 "branches": len(self.branches)}
+        if not self.problems and not self.pending_events and not self.detached:
+            tally["head"] = self.head()
+        return tally
 
     def metadata(self) -> SessionMetadata:
         return SessionMetadata(session_id=self.session_id, key=self.key, created_at=self.created_at,
                                updated_at=self.updated_at, message_count=self.record_count,
                                reset_count=self.reset_count, last_reset_at=self.last_reset_at,
                                forked_from=self.forked_from, branch_count=len(self.branches))
+
+
+def _newest_first(parts: Iterable[Records]) -> Iterator[dict[str, Any] | None]:
+    """The message records of :meth:`Storage.load_backwards`' parts, the newest first;
+    ``None`` for a part that cannot be trusted (rewritten, or holding a damaged
+    record), and nothing after it."""
+    for found in parts:
+        if found.restart or found.problems:
+            yield None
+            return
+        for _, rec in reversed(found.messages):
+            yield rec
 
 
 def _add_child(children: dict[str, str | list[str]], parent: str, child: str) -> None:
@@ -5945,14 +6015,105 @@ class SessionStore:
         ``limit``: only the last ``limit`` messages of that path, still root-first,
         found by walking back from the leaf: O(limit), whatever the depth (``0`` gives
         ``[]``; negative raises :class:`InvalidInput`). Head and path are read together.
+        A session not in the cache is then not loaded: its records are read backwards
+        from their end (see :meth:`_history_from_the_end`), unless that read cannot be
+        sure to give what a load gives.
         """
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
             raise InvalidInput(f"limit must be an integer >= 0 or None, not {limit!r}")
+        state = self._state(session_id)
+        with state.lock:
+            found: list[Message] | None = None
+            if limit == 0 and leaf_id is None:
+                found = []
+            elif limit and not state.loaded and (leaf_id is None or isinstance(leaf_id, str)):
+                found = self._history_from_the_end(state, leaf_id, limit)
+            if found is None:
+                self._catch_up(state)
+                leaf = state.head() if leaf_id is None else leaf_id
+                found = [] if leaf is None else state.path_to(leaf, limit)
+        self._trim()
+        return found
 
-        def history(s: _Session) -> list[Message]:
-            leaf = s.head() if leaf_id is None else leaf_id
-            return [] if leaf is None else s.path_to(leaf, limit)
-        return self._read(session_id, history)
+    def _history_from_the_end(self, state: _Session, leaf_id: str | None, limit: int) -> list[Message] | None:
+        """The last ``limit`` messages of the path to ``leaf_id`` (default: the current
+        head) of a session not in the cache, read from the end of its log without
+        loading it: O(the records after the path's first message read), in memory
+        O(limit + a part). ``None`` when that read cannot be sure to give what a load
+        would: the caller loads the session instead.
+
+        The head comes from the storage's tally, saved with the head only by a store
+        that read every record up to it sound (see :meth:`_Session.tally`), moved on by
+        the records after it as a load moves it (a message whose parent is the head
+        becomes the head). Then the path is walked back from its leaf, reading the log
+        backwards: a record's parent always precedes it, so one pass finds them all.
+        Whatever a load would report or treat specially makes this give up: a branch
+        event or a damaged record after the tally, a rewritten log, an id read twice, a
+        leaf or a parent that is not found, more than ``_BACK_MOST`` records to look
+        through. Trusted, not checked: that no record before the tally repeats the id
+        of one read (a store never writes one; :meth:`check` finds one written by hand).
+        """
+        storage, sid = self._storage, state.session_id
+        with _storage_errors(f"read session {sid!r}"):
+            saved = storage.read_tally(sid)
+            if saved is None or not _valid_tally(saved[1]) or "head" not in saved[1]:
+                return None
+            position, head = saved[0], saved[1]["head"]
+            if head is not None and not isinstance(head, str):
+                return None
+            newer: dict[str, Message] = {}  # the records after the tally, by id
+            awaited: set[str] = set()  # their parents not among them: before the tally, or nowhere
+            for found in storage.load_parts(sid, position):
+                if found.restart or found.events or found.problems or len(newer) > _BACK_MOST:
+                    return None
+                for _, rec in found.messages:
+                    try:
+                        new = _message_from_record(rec, newer)
+                    except (ValueError, RecursionError):
+                        return None
+                    if new.id in newer or new.id in awaited:  # read twice, or a parent after its child
+                        return None
+                    newer[new.id] = new
+                    if new.parent_id is not None and new.parent_id not in newer:
+                        awaited.add(new.parent_id)
+                    if new.parent_id == head:
+                        head = new.id
+            want = head if leaf_id is None else leaf_id
+            out: list[Message] = []
+            seen = set(newer)  # every id read: one read twice makes the log one a load reports on
+            taken: set[str] = set()  # the records after the tally on the path
+            older: Iterator[dict[str, Any] | None] | None = None
+            while want is not None and len(out) < limit:
+                msg: Message | None = newer.get(want)
+                if msg is not None:
+                    if want in taken:  # a cycle written by hand (a load leaves it detached)
+                        return None
+                    taken.add(want)
+                else:
+                    if older is None:
+                        parts = storage.load_backwards(sid, position)
+                        if parts is None:
+                            return None
+                        older = _newest_first(parts)
+                    for back in older:
+                        if back is None:
+                            return None
+                        rid = back.get("id")
+                        if rid.__class__ is not str or rid in seen or len(seen) > _BACK_MOST + limit:
+                            return None
+                        seen.add(rid)
+                        if rid == want:
+                            try:
+                                msg = _message_from_record(back)
+                            except (ValueError, RecursionError):
+                                return None
+                            break
+                    else:
+                        return None  # not in the log: a load reports what is wrong
+                out.append(msg)
+                want = msg.parent_id
+        out.reverse()
+        return out
 
     def get_children(self, session_id: str, message_id: str) -> list[Message]:
         """The message's children in append order. O(children)."""
@@ -5992,15 +6153,15 @@ class SessionStore:
     @overload
     def build_context(self, session_id: str, leaf_id: str | None = None, *,
                       format: Literal["openai"] = "openai", strict: bool = False,
-                      include_reset_markers: bool = False) -> list[dict[str, Any]]: ...
+                      include_reset_markers: bool = False, limit: int | None = None) -> list[dict[str, Any]]: ...
 
     @overload
     def build_context(self, session_id: str, leaf_id: str | None = None, *,
                       format: Literal["anthropic"], strict: bool = False,
-                      include_reset_markers: bool = False) -> dict[str, Any]: ...
+                      include_reset_markers: bool = False, limit: int | None = None) -> dict[str, Any]: ...
 
     def build_context(self, session_id: str, leaf_id: str | None = None, *, format: str = "openai",
-                      strict: bool = False, include_reset_markers: bool = False
+                      strict: bool = False, include_reset_markers: bool = False, limit: int | None = None
                       ) -> list[dict[str, Any]] | dict[str, Any]:
         """The root -> leaf path (default: the current head) as what a model API takes.
 
@@ -6043,19 +6204,29 @@ class SessionStore:
         descendant of the last leaf (the head after appends) costs O(new messages),
         one of a path that leaves it within its last few hundred messages (a sibling,
         an ancestor) O(the messages after the fork), anything else O(path).
+
+        ``limit``: the context of only the path's last ``limit`` messages, read as
+        :meth:`get_linear_history` reads them (a session not in the cache is not
+        loaded), built afresh each time. What lies before them is not in it: a
+        system prompt at the root, the call a result in them answers (the result is
+        then dropped, as one answering no call).
         """
         if format not in _CONTEXT_FORMATS:
             raise InvalidInput(f"unknown context format {format!r}; known: {', '.join(_CONTEXT_FORMATS)}")
-        state = self._state(session_id)
-        with state.lock:
-            self._catch_up(state)
-            leaf = state.head() if leaf_id is None else state.require(leaf_id).id
-            found = None if leaf is None else self._context(state, state.by_id[leaf], format, include_reset_markers)
-            path = [] if found is not None or leaf is None else state.path_to(leaf)
-        self._trim()
+        if limit is not None:
+            found, path = None, self.get_linear_history(session_id, leaf_id, limit=limit)
+        else:
+            state = self._state(session_id)
+            with state.lock:
+                self._catch_up(state)
+                leaf = state.head() if leaf_id is None else state.require(leaf_id).id
+                found = None if leaf is None else self._context(state, state.by_id[leaf], format,
+                                                                include_reset_markers)
+                path = [] if found is not None or leaf is None else state.path_to(leaf)
+            self._trim()
         if found is not None:
             context, problems = found
-        else:  # records of another format: their readers see the path, outside the store's locks
+        else:  # a limit, or records of another format (their readers see the path, outside the store's locks)
             tree: dict[str | None, list[Message]] | None = None
 
             def children(message_id: str) -> list[Message]:  # for readers: one snapshot, taken when first asked
@@ -6966,19 +7137,20 @@ class AsyncSessionStore:
     @overload
     async def build_context(self, session_id: str, leaf_id: str | None = None, *,
                             format: Literal["openai"] = "openai", strict: bool = False,
-                            include_reset_markers: bool = False) -> list[dict[str, Any]]: ...
+                            include_reset_markers: bool = False, limit: int | None = None
+                            ) -> list[dict[str, Any]]: ...
 
     @overload
     async def build_context(self, session_id: str, leaf_id: str | None = None, *,
                             format: Literal["anthropic"], strict: bool = False,
-                            include_reset_markers: bool = False) -> dict[str, Any]: ...
+                            include_reset_markers: bool = False, limit: int | None = None) -> dict[str, Any]: ...
 
     async def build_context(self, session_id: str, leaf_id: str | None = None, *, format: str = "openai",
-                            strict: bool = False, include_reset_markers: bool = False
+                            strict: bool = False, include_reset_markers: bool = False, limit: int | None = None
                             ) -> list[dict[str, Any]] | dict[str, Any]:
         """See :meth:`SessionStore.build_context`."""
         return await self._run(self._store.build_context, session_id, leaf_id, format=format,
-                               strict=strict, include_reset_markers=include_reset_markers)
+                               strict=strict, include_reset_markers=include_reset_markers, limit=limit)
 
     # -- branches ------------------------------------------------------------------
 

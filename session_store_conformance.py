@@ -683,23 +683,30 @@ class StoreMachine(RuleBasedStateMachine):
                 with store.lock(sid, owner, timeout=0):
                     pass  # pragma: no cover
             return
-        with store.lock(sid, owner, timeout=0) as held:
-            if self.lease_live(m):
-                m.lease.count += 1
-            else:
-                m.lease.holder, m.lease.count, m.lease.token = owner, 1, m.lease.token + 1
-            m.lease.expires = self.now() + LEASE_MS
-            assert held.token == m.lease.token
-            self._append(store, sid, m, "inside", {})
-            if stall and thief != owner:
-                self.clock.advance(LEASE_MS / 1000)  # the holder stalls past its lease
-                taken = self.stores[-1].acquire_lock(sid, thief)
-                assert taken.acquired and taken.token == m.lease.token + 1
-                m.lease.holder, m.lease.count, m.lease.token = thief, 1, m.lease.token + 1
+        inside = False  # the block's append is done: a failure after it is the release's
+        try:
+            with store.lock(sid, owner, timeout=0) as held:
+                if self.lease_live(m):
+                    m.lease.count += 1
+                else:
+                    m.lease.holder, m.lease.count, m.lease.token = owner, 1, m.lease.token + 1
                 m.lease.expires = self.now() + LEASE_MS
-                with pytest.raises(ss.LeaseLost):
-                    store.append(sid, role="user", content="zombie")
-                return  # the block's release finds the lease not its own: the thief keeps it
+                assert held.token == m.lease.token
+                self._append(store, sid, m, "inside", {})
+                inside = True
+                if stall and thief != owner:
+                    self.clock.advance(LEASE_MS / 1000)  # the holder stalls past its lease
+                    taken = self.stores[-1].acquire_lock(sid, thief)
+                    assert taken.acquired and taken.token == m.lease.token + 1
+                    m.lease.holder, m.lease.count, m.lease.token = thief, 1, m.lease.token + 1
+                    m.lease.expires = self.now() + LEASE_MS
+                    with pytest.raises(ss.LeaseLost):
+                        store.append(sid, role="user", content="zombie")
+                    return  # the block's release finds the lease not its own: the thief keeps it
+        except ss.StorageError:
+            if not inside:
+                raise  # the lease was not taken, or the append left no trace: as if never called
+            return  # the release failed: the append (acknowledged) stands, and so does the lease
         m.lease.count -= 1
         if m.lease.count == 0:
             m.lease.holder = None
@@ -715,6 +722,23 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(ms=st.sampled_from([1, 500, 999, 1000, 1001, 10_000]))
     def advance_clock(self, ms: int) -> None:
         self.clock.advance(ms / 1000)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), limit=st.sampled_from([1, 2, 5, 50]), flush=st.booleans())
+    def read_a_path_end_from_a_fresh_store(self, data: st.DataObject, limit: int, flush: bool) -> None:
+        """A store that never loaded the session reads a path's last messages from
+        the end of its records (the saved tally and what follows it): exactly the
+        model's, for the head and for any message's path."""
+        sid, m = self.session(data)
+        if flush:  # the tallies (with the head) the fresh store starts from
+            self.handle(data).flush()
+        leaf = data.draw(st.sampled_from([None, *(x.id for x in m.messages)]), label="leaf")
+        fresh = self.open()
+        try:
+            expected = m.path(m.head() if leaf is None else leaf)[-limit:]
+            assert fresh.get_linear_history(sid, leaf, limit=limit) == expected
+        finally:
+            fresh.close()
 
     # -- faults ---------------------------------------------------------------------------
 

@@ -132,6 +132,7 @@ _LOAD = """
     ORDER BY 1, 2
 """
 
+_BACK_ROWS = 256  # message rows a part of a read of a path's end (Storage.load_backwards) takes
 _INDEX_LOCK = 0x5E5510  # advisory lock key (with the schema's hash) serializing index changes
 _abandoned: list[Any] = []  # connections a forked child inherited: never used, never closed
 
@@ -194,6 +195,8 @@ class PostgresStorage(Storage):
         s = sql.Identifier(schema)
         self._sql = {name: sql.SQL(text).format(s=s) for name, text in {
             "load": _LOAD,
+            "load_back": "SELECT x.generation, m.seq, m.record FROM {s}.messages m JOIN {s}.sessions x "
+                         "ON x.id = m.session_id WHERE m.session_id = %s AND m.seq < %s ORDER BY m.seq DESC LIMIT %s",
             "lock_session": "SELECT 1 FROM {s}.sessions WHERE id = %s FOR UPDATE",
             "insert_message": "INSERT INTO {s}.messages (session_id, seq, id, record) VALUES (%s, %s, %s, %s)",
             "insert_event": "INSERT INTO {s}.branch_events (session_id, seq, record) VALUES (%s, %s, %s)",
@@ -450,6 +453,27 @@ class PostgresStorage(Storage):
             return None
         return Records.from_rows(session_id, position, rows[1:], events_label=f"{self.schema}.branch_events",
                                  messages_label=f"{self.schema}.messages", restart=restart)
+
+    def load_backwards(self, session_id: str, position: Position) -> Iterator[Records]:
+        return self._backwards(session_id, position[1])
+
+    def _backwards(self, session_id: str, end: int) -> Iterator[Records]:
+        """The message rows before seq ``end``, newest first, ``_BACK_ROWS`` a part (a
+        round trip each); ``restart`` when they are not of the generation this storage
+        last loaded."""
+        events_label, label = f"{self.schema}.branch_events", f"{self.schema}.messages"
+        while end > 0:
+            with self._using("read a session") as conn:
+                rows = conn.execute(self._sql["load_back"], (session_id, end, _BACK_ROWS)).fetchall()
+            if not rows:
+                return
+            if rows[0][0] != self._generations.get(session_id):
+                yield Records(position=(0, end), events=[], messages=[], events_label=events_label,
+                              messages_label=label, restart=True)
+                return
+            end = rows[-1][1]
+            yield Records.from_tables(session_id, (0, end), (), [(seq, text) for _, seq, text in reversed(rows)],
+                                      events_label=events_label, messages_label=label)
 
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
         with self._using("append a message") as conn:

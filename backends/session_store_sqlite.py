@@ -127,6 +127,11 @@ _LOAD_EVENTS = "SELECT seq, record FROM branch_events WHERE session_id = ? AND s
 _LOAD_MESSAGES = "SELECT record FROM messages WHERE session_id = ? AND seq >= ? ORDER BY seq"
 _LOAD_NUMBERED = "SELECT seq, record FROM messages WHERE session_id = ? AND seq >= ? ORDER BY seq"
 _first = operator.itemgetter(0)
+# A read of a path's end (Storage.load_backwards): rows before a seq, the newest first,
+# with the generation they belong to, _BACK_ROWS at a time.
+_LOAD_BACK = ("SELECT s.generation, m.seq, m.record FROM messages m JOIN sessions s ON s.id = m.session_id "
+              "WHERE m.session_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?")
+_BACK_ROWS = 256
 
 _SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _abandoned: list[Any] = []  # connections a forked child inherited: never used, never closed
@@ -408,6 +413,26 @@ class SqliteStorage(Storage):
         if not events and not texts and not restart:
             return None
         return found
+
+    def load_backwards(self, session_id: str, position: Position) -> Iterator[Records]:
+        return self._backwards(session_id, position[1])
+
+    def _backwards(self, session_id: str, end: int) -> Iterator[Records]:
+        """The message rows before seq ``end``, newest first, ``_BACK_ROWS`` a part;
+        ``restart`` when they are not of the generation this storage last loaded."""
+        label = f"{self.path}#messages"
+        while end > 0:
+            with self._using("read a session") as conn:
+                rows = conn.db.execute(_LOAD_BACK, (session_id, end, _BACK_ROWS)).fetchall()
+            if not rows:
+                return
+            if rows[0][0] != self._generations.get(session_id):
+                yield Records(position=(0, end), events=[], messages=[], events_label=f"{self.path}#branch_events",
+                              messages_label=label, restart=True)
+                return
+            end = rows[-1][1]
+            yield Records.from_tables(session_id, (0, end), (), [(seq, text) for _, seq, text in reversed(rows)],
+                                      events_label=f"{self.path}#branch_events", messages_label=label)
 
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
         with self._using("append a message") as conn:

@@ -448,3 +448,35 @@ def test_llama_index_chat_messages_as_model_dump_gives_them(mem: SessionStore) -
     mem.append(sid, role="user", content={"role": "user", "blocks": [{"block_type": "audio", "audio": "x"}]})
     with pytest.raises(InvalidMessage, match="audio"):
         mem.build_context(sid, strict=True)
+
+
+def test_a_context_of_the_last_messages_is_built_from_the_end_of_the_records_without_loading(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    with SessionStore(storage_dir=str(tmp_path), durable=False) as writer:
+        sid = writer.resolve("k")
+        writer.append(sid, role="system", content="Be brief.")
+        for i in range(200):
+            writer.append(sid, role="user", content=f"q{i}")
+            writer.append(sid, role="assistant", content="Looking.", tool_calls=[
+                {"id": f"call_{i}", "type": "function", "function": {"name": "f", "arguments": "{}"}}])
+            writer.append(sid, role="tool", content=f"r{i}", tool_call_id=f"call_{i}")
+            writer.append(sid, role="assistant", content=f"a{i}")
+        whole = writer.build_context(sid)
+        whole_anthropic = writer.build_context(sid, format="anthropic")
+    with SessionStore(storage_dir=str(tmp_path)) as fresh:
+        def refuse(self: SessionStore, state: Any, **_: Any) -> None:
+            raise AssertionError("the session was loaded")
+        monkeypatch.setattr(SessionStore, "_catch_up", refuse)
+        assert fresh.build_context(sid, limit=4) == whole[-4:]  # q199's round whole
+        assert fresh.build_context(sid, limit=3) == whole[-3:]  # from the call: the round without its question
+        assert fresh.build_context(sid, limit=2) == whole[-1:]  # a result whose call is not in it: dropped
+        anthropic = fresh.build_context(sid, format="anthropic", limit=4)
+        assert_anthropic_accepts(anthropic)
+        assert anthropic["messages"] == whole_anthropic["messages"][-4:] and "system" not in anthropic
+        assert fresh.build_context(sid, limit=0) == []
+        with pytest.raises(ss.InvalidInput):
+            fresh.build_context(sid, limit=-1)
+        monkeypatch.undo()
+        with pytest.raises(ss.MessageNotFound):
+            fresh.build_context(sid, "ghost", limit=3)
+        assert fresh.build_context(sid, limit=10**6) == whole

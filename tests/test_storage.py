@@ -12,6 +12,7 @@ import os
 import pickle
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,113 @@ def test_bad_lines_mid_file_are_reported_kept_and_kept_in_place(tmp_path: Path,
     assert log.read_bytes().startswith(garbage)  # nothing dropped from disk
     for reason in ("not JSON", "not a JSON object", "duplicate id", "kept as a root"):
         assert reason in caplog.text
+
+
+class ReadCountingFS(RealFileSystem):
+    """A real file system that counts the bytes read by range (what a load reads a log by)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_bytes = 0
+
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        data = super().read_range(path, offset, size)
+        self.read_bytes += len(data)
+        return data
+
+
+def test_a_path_end_reads_one_part_of_a_long_log(tmp_path: Path) -> None:
+    with open_files(tmp_path, durable=False) as writer:
+        sid = writer.resolve("k")
+        chain = [writer.append(sid, role="user", content=f"message {i} " + "x" * 100) for i in range(5_000)]
+    fs = ReadCountingFS()
+    with SessionStore(ss.JsonlStorage(fs, str(tmp_path))) as fresh:
+        assert fresh.get_linear_history(sid, limit=50) == chain[-50:]
+        assert fs.read_bytes <= ss._BACK_PART < (tmp_path / sid / "messages.jsonl").stat().st_size / 10
+
+
+_record_ids = ["t1", "t2", "t3", "t4"]  # never an id written before the tally (trusted)
+
+
+@st.composite
+def hand_written_lines(draw: st.DrawFn, before: list[str]) -> bytes:
+    """Lines written after the tally by hand: children before their parents, cycles,
+    orphans, maybe a duplicate id, maybe a damaged line or one that is no message."""
+    ids = draw(st.permutations(_record_ids))[:draw(st.integers(1, 4))]
+    if draw(st.integers(0, 3)) == 0:
+        ids.append(draw(st.sampled_from(ids)))
+    out = [json.dumps({"id": mid, "parentId": draw(st.sampled_from([None, *before, *_record_ids, "nowhere"])),
+                       "type": "user", "role": "user", "content": "by hand", "timestamp": 5}).encode()
+           for mid in ids]
+    bad = draw(st.sampled_from([None, None, None, b'{"id":"t1","parentId":null,"content":\x01}', b'{"id":7}']))
+    if bad is not None:
+        out.insert(draw(st.integers(0, len(out))), bad)
+    return b"\n".join(out) + b"\n"
+
+
+def a_session_then(lines: Callable[[list[str]], bytes]) -> tuple[InMemoryFileSystem, str, list[str]]:
+    """A session of three messages whose tally is saved, then ``lines(their ids)`` appended by hand."""
+    fs = InMemoryFileSystem()
+    with SessionStore(ss.JsonlStorage(fs, "/s"), clock=FakeClock()) as writer:
+        sid = writer.resolve("k")
+        ids = [writer.append(sid, role="user", content=f"m{i}").id for i in range(3)]
+    fs.append(f"/s/{sid}/messages.jsonl", lines(ids))
+    return fs, sid, ids
+
+
+def history_read(fs: InMemoryFileSystem, sid: str, leaf: str | None, limit: int, *, load_first: bool) -> Any:
+    """``get_linear_history`` by a fresh store, after loading the session or not."""
+    with SessionStore(ss.JsonlStorage(fs, "/s"), clock=FakeClock()) as store:
+        if load_first:
+            store.get_messages(sid)
+        try:
+            return store.get_linear_history(sid, leaf, limit=limit)
+        except ss.MessageNotFound:
+            return "not found"
+
+
+def by_hand(*records: tuple[str, str | None]) -> bytes:
+    return b"".join(json.dumps({"id": mid, "parentId": parent, "type": "user", "role": "user", "content": "x",
+                                "timestamp": 5}).encode() + b"\n" for mid, parent in records)
+
+
+@pytest.mark.parametrize(("records", "leaf"), [
+    ([("t1", "t1")], "t1"),  # its own parent
+    ([("t1", "t2"), ("t2", None)], "t1"),  # a child before its parent
+    ([("t1", "t2"), ("t2", "t1")], "t2"),  # a cycle
+    ([("t1", "nowhere")], "t1"),  # an orphan
+    ([("t1", None), ("t1", None)], "t1"),  # read twice
+])
+def test_a_path_end_read_without_loading_gives_what_a_load_gives_over_records_written_by_hand(
+        records: list[tuple[str, str | None]], leaf: str) -> None:
+    fs, sid, _ = a_session_then(lambda ids: by_hand(*records))
+    assert history_read(fs, sid, leaf, 5, load_first=False) == history_read(fs, sid, leaf, 5, load_first=True)
+
+
+def test_a_path_end_over_a_record_damaged_in_place_is_read_by_loading(tmp_path: Path) -> None:
+    with open_files(tmp_path) as writer:
+        sid = writer.resolve("k")
+        chain = [writer.append(sid, role="user", content=f"m{i}") for i in range(5)]
+    log = tmp_path / sid / "messages.jsonl"
+    data = log.read_bytes()
+    at = data.index(b'"m3"')
+    with open(log, "r+b") as f:  # one byte flipped before the tally's position: same file, same size
+        f.seek(at)
+        f.write(b"\x01")
+    with open_files(tmp_path) as fresh:
+        got = fresh.get_linear_history(sid, limit=3)
+        assert [m.id for m in got] == [m.id for m in chain[2:]] and got[1].type == "damaged"
+        assert fresh.get_linear_history(sid, limit=3) == got
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), limit=st.integers(1, 8))
+def test_a_path_end_read_without_loading_is_what_a_load_gives_whatever_follows_the_tally(
+        data: st.DataObject, limit: int) -> None:
+    fs, sid, ids = a_session_then(lambda ids: data.draw(hand_written_lines(ids), label="lines"))
+    leaf = data.draw(st.one_of(st.none(), st.sampled_from(_record_ids), st.sampled_from([*ids, "nowhere"])),
+                     label="leaf")
+    assert history_read(fs, sid, leaf, limit, load_first=False) == history_read(fs, sid, leaf, limit, load_first=True)
 
 
 def test_missing_branches_file_means_only_main(tmp_path: Path) -> None:

@@ -212,6 +212,55 @@ def test_history_limit_gives_the_last_messages_root_first(store: SessionStore) -
             store.get_linear_history(sid, limit=bad)
 
 
+def refuse_to_load(self: SessionStore, state: Any, **_: Any) -> None:
+    raise AssertionError(f"session {state.session_id} was loaded")
+
+
+def test_a_path_end_is_read_from_the_end_of_the_records_without_loading_the_session(
+        open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = open_store(durable=False)
+    sid = writer.resolve("k")
+    chain = [writer.append(sid, role="user", content=f"m{i}") for i in range(300)]
+    writer.flush()  # the tally, with the head, up to here
+    chain += [writer.append(sid, role="assistant", content=f"after {i}") for i in range(3)]
+    sibling = writer.append(sid, role="user", content="again", parent_id=chain[-2].id)  # off the head's path
+    fresh = open_store()
+    monkeypatch.setattr(SessionStore, "_catch_up", refuse_to_load)
+    assert fresh.get_linear_history(sid, limit=5) == chain[-5:]
+    assert fresh.get_linear_history(sid, sibling.id, limit=2) == [chain[-2], sibling]
+    assert fresh.get_linear_history(sid, chain[100].id, limit=3) == chain[98:101]
+    assert fresh.get_linear_history(sid, chain[1].id, limit=9) == chain[:2]
+    monkeypatch.undo()
+    assert fresh.get_linear_history(sid, limit=5) == chain[-5:]  # loaded now: the same
+    assert fresh.get_linear_history(sid, limit=500) == chain
+
+
+def test_a_path_end_is_read_by_loading_when_the_end_of_the_records_cannot_tell(open_store: StoreFactory) -> None:
+    writer = open_store(durable=False)
+    sid = writer.resolve("k")
+    chain = [writer.append(sid, role="user", content=f"m{i}") for i in range(20)]
+    writer.flush()
+    writer.create_branch(sid, "alt", chain[4].id)  # branch events after the tally move the head
+    writer.switch_to_branch(sid, "alt")
+    alt = writer.append(sid, role="user", content="on alt")
+    expected = [*chain[3:5], alt]
+    loads: list[str] = []
+    fresh = open_store()
+    catch_up = SessionStore._catch_up
+
+    def counted(self: SessionStore, state: Any, **options: Any) -> None:
+        loads.append(state.session_id)
+        catch_up(self, state, **options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SessionStore, "_catch_up", counted)
+        assert fresh.get_linear_history(sid, limit=3) == expected
+        assert loads == [sid]
+        with pytest.raises(ss.MessageNotFound):  # a leaf that is nowhere: the load says so
+            open_store().get_linear_history(sid, "ghost", limit=3)
+    assert writer.get_linear_history(sid, limit=3) == expected
+
+
 def test_history_limit_stops_at_the_root_of_a_reset_segment(store: SessionStore) -> None:
     sid = store.resolve("k")
     store.append(sid, role="user", content="old")
