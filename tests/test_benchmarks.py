@@ -29,7 +29,9 @@ def test_quick_benchmark_reports_every_goal_of_issue_17(quick_report: str) -> No
                    "RSS across touching", "RSS after close()", "memory per cached message", "get_metadata of",
                    "build_context, 100 messages, warm", "append one message + build the head's context",
                    "4 processes, one session's lease", "cold load of a 200-message session",
-                   "-message session: fresh store + get_messages", "-message session: fresh store + last 50"):
+                   "-message session: fresh store + get_messages",
+                   "-message session: fresh store + get_linear_history(sid, limit=50)",
+                   "-message session: fresh store + build_context(sid, limit=50)"):
         assert metric in quick_report, metric
 
 
