@@ -6027,7 +6027,11 @@ class SessionStore:
             if limit == 0 and leaf_id is None:
                 found = []
             elif limit and not state.loaded and (leaf_id is None or isinstance(leaf_id, str)):
-                found = self._history_from_the_end(state, leaf_id, limit)
+                try:
+                    found = self._history_from_the_end(state, leaf_id, limit)
+                except SessionNotFound:
+                    self._forget_deleted(state)
+                    raise
             if found is None:
                 self._catch_up(state)
                 leaf = state.head() if leaf_id is None else leaf_id
@@ -7735,21 +7739,22 @@ def _run(args: Any, out: _Output) -> int:
                 print(f"{mark} {b.name}  {short.get(b.head_id, '(empty)') if b.head_id else '(empty)'}")
             return 0
         if command == "history":
-            leaf: str | None
+            leaf: str | None = None  # the current head, read with its path (--last: without loading the session)
+            empty = False
             if args.branch is not None:
                 branch = store.get_branch(sid, args.branch)
                 if branch is None:
                     raise _UsageError(f"no branch {args.branch!r} in session {sid}")
-                leaf = branch.head_id
-            else:
-                leaf = _find_message(store, sid, args.leaf) if args.leaf is not None else store.get_head(sid)
+                leaf, empty = branch.head_id, branch.head_id is None
+            elif args.leaf is not None:
+                leaf = _find_message(store, sid, args.leaf)
             if args.format in _CONTEXT_FORMATS:
                 _transcripts(needed=False)  # reads the transcripts it imported, when it is there
-                empty: Any = [] if args.format == "openai" else {"messages": []}
-                context = empty if leaf is None else store.build_context(sid, leaf, format=args.format)
+                context: Any = ([] if args.format == "openai" else {"messages": []}) if empty else store.build_context(
+                    sid, leaf, format=args.format, limit=args.last)
                 print(json.dumps(context, ensure_ascii=False, indent=2))
                 return 0
-            path = [] if leaf is None else store.get_linear_history(sid, leaf)
+            path = [] if empty else store.get_linear_history(sid, leaf, limit=args.last)
             if args.format == "json":
                 print(json.dumps([m.to_record() for m in path], ensure_ascii=False, indent=2))
             else:
@@ -7821,6 +7826,9 @@ def main(argv: list[str] | None = None) -> int:
             which.add_argument("--branch", help="a branch name")
             p.add_argument("--format", choices=["text", "json", *_CONTEXT_FORMATS], default="text",
                            help="text, the stored records as json, or an openai / anthropic context")
+            p.add_argument("--last", type=int, metavar="N",
+                           help="only the path's last N messages (of a long session: read from the end of its log, "
+                                "not loaded whole)")
         if name == "export":
             p.add_argument("-o", "--output", help="file to write (default: stdout)")
             p.add_argument("--format", choices=["native", "pi", "claude-code"], default="native",

@@ -57,6 +57,14 @@ def test_history_in_each_format(tmp_path: Path) -> None:
     openai = json.loads(cli("history", sid, "--format", "openai", "--dir", str(tmp_path)).stdout)
     assert [m["role"] for m in openai] == ["user", "assistant", "tool"]
     assert cli("history", sid, "--leaf", ids[0], "--dir", str(tmp_path)).stdout.startswith("user: Question?")
+    assert cli("history", sid, "--last", "1", "--dir", str(tmp_path)).stdout.splitlines() == text.splitlines()[-1:]
+    last = json.loads(cli("history", sid, "--last", "2", "--format", "openai", "--dir", str(tmp_path)).stdout)
+    assert last == openai[-2:]
+    records = json.loads(cli("history", sid, "--branch", "alt", "--last", "1", "--format", "json", "--dir",
+                             str(tmp_path)).stdout)
+    assert [r["id"] for r in records] == [ids[3]]
+    bad = cli("history", sid, "--last", "-1", "--dir", str(tmp_path))
+    assert bad.returncode != 0 and "limit must be an integer >= 0" in bad.stderr
 
 
 def test_branches_mark_the_current_one(tmp_path: Path) -> None:

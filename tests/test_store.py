@@ -261,6 +261,19 @@ def test_a_path_end_is_read_by_loading_when_the_end_of_the_records_cannot_tell(o
     assert writer.get_linear_history(sid, limit=3) == expected
 
 
+def test_a_path_end_of_a_session_deleted_elsewhere_is_not_found(open_store: StoreFactory) -> None:
+    writer, reader = open_store(), open_store()
+    sid = writer.resolve("k")
+    chain = [writer.append(sid, role="user", content=str(i)) for i in range(3)]
+    writer.flush()
+    assert reader.get_linear_history(sid, limit=2) == chain[1:]
+    writer.delete_session(sid)
+    for _ in range(2):
+        with pytest.raises(ss.SessionNotFound):
+            reader.get_linear_history(sid, limit=2)
+    assert not reader.has_session(sid)
+
+
 def test_history_limit_stops_at_the_root_of_a_reset_segment(store: SessionStore) -> None:
     sid = store.resolve("k")
     store.append(sid, role="user", content="old")
