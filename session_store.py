@@ -2408,6 +2408,9 @@ class JsonlStorage(Storage):
         self._syncs: dict[str, _SyncState] = {}
         self._syncs_lock = threading.Lock()
         self._idents: dict[str, tuple[Any, Any]] = {}  # session id -> (events, log) identity at last load
+        # session id -> [end, length, CRC-32] of the last line read or written here before
+        # that end, of its branch events then of its log: what a tally vouches for.
+        self._ends: dict[str, list[int]] = {}
         self._legacy: tuple[int, dict[str, IndexEntry]] | None = None  # format 1: (journal size, key -> entry)
 
     def __repr__(self) -> str:
@@ -2434,6 +2437,7 @@ class JsonlStorage(Storage):
         was last read of each file: a later load of a session reads it whole)."""
         self.fs.close()
         self._idents.clear()
+        self._ends.clear()
         with self._syncs_lock:
             for sid in [s for s, x in self._syncs.items() if x.idle]:
                 del self._syncs[sid]
@@ -2443,6 +2447,7 @@ class JsonlStorage(Storage):
 
     def forget(self, session_id: str) -> None:
         self._idents.pop(session_id, None)
+        self._ends.pop(session_id, None)
         with self._syncs_lock:
             st = self._syncs.get(session_id)
             if st is not None and st.idle:
@@ -2642,6 +2647,7 @@ class JsonlStorage(Storage):
         with self._syncs_lock:
             self._syncs.pop(session_id, None)
         self._idents.pop(session_id, None)
+        self._ends.pop(session_id, None)
         with contextlib.suppress(OSError):  # garbage now; repair() clears what a crash leaves
             fs.remove_tree(self._dir(session_id))
 
@@ -2775,8 +2781,9 @@ class JsonlStorage(Storage):
         found = Records(position=position, events=[], messages=[], events_label=events, messages_label=log,
                         restart=restart)
         if esize > epos:
-            found.events, used = _parse_lines(fs.read_range(events, epos, esize - epos), epos, events, session_id,
-                                              found.problems)
+            chunk = fs.read_range(events, epos, esize - epos)
+            found.events, used = _parse_lines(chunk, epos, events, session_id, found.problems)
+            self._note_end(session_id, 0, epos, chunk, used)
             epos += used
             if writer and epos < esize:
                 _log.warning("%s: torn last line cut off", events)
@@ -2788,6 +2795,7 @@ class JsonlStorage(Storage):
                 if want < size - mpos and b"\n" not in chunk:  # a record longer than a part
                     chunk = fs.read_range(log, mpos, size - mpos)
                 found.messages, used = _parse_lines(chunk, mpos, log, session_id, found.problems, message=True)
+                self._note_end(session_id, 1, mpos, chunk, used)
                 del chunk
                 found.nbytes = used
                 mpos += used
@@ -2840,6 +2848,19 @@ class JsonlStorage(Storage):
             if found.restart:
                 return
 
+    def _note_end(self, session_id: str, file: int, base: int, chunk: bytes, used: int) -> None:
+        """Remember the last whole line of ``chunk[:used]`` (read or written at ``base`` of
+        file 0, the branch events, or 1, the log): a tally saved at its end names it,
+        and is believed only while that line is still there (see :meth:`read_tally`)."""
+        if not used:
+            return
+        start = chunk.rfind(b"\n", 0, used - 1) + 1
+        ends = self._ends.get(session_id)
+        if ends is None:
+            ends = self._ends[session_id] = [0, 0, 0, 0, 0, 0]
+        at = 3 * file
+        ends[at], ends[at + 1], ends[at + 2] = base + used, used - start, zlib.crc32(memoryview(chunk)[start:used])
+
     def _sync_state(self, session_id: str) -> _SyncState:
         st = self._syncs.get(session_id)
         if st is None:
@@ -2865,11 +2886,13 @@ class JsonlStorage(Storage):
         new = (position[0], start + len(line)) if file else (start + len(line), position[1])
         if not self._must_sync:
             self._write_record(path, start, line)
+            self._note_end(session_id, file, start, line, len(line))
             return new
         st = self._sync_state(session_id)
         if st.poisoned:
             raise StorageError(errno.EIO, st.poisoned)
         self._write_record(path, start, line)
+        self._note_end(session_id, file, start, line, len(line))
         st.note_write(file, start, start + len(line))
         return new
 
@@ -2950,6 +2973,7 @@ class JsonlStorage(Storage):
                                 st.unsynced_from[f], st.end[f] = None, cut
                         st.dirty = [False, False]
                         self._idents.pop(session_id, None)
+                        self._ends.pop(session_id, None)
                         why += "; the records written since the last good sync were removed"
                     else:
                         st.poisoned = why + ("; records of other writers follow them, so this storage refuses "
@@ -2965,6 +2989,10 @@ class JsonlStorage(Storage):
     # -- counts ------------------------------------------------------------------------------
 
     def read_tally(self, session_id: str) -> tuple[Position, dict[str, Any]] | None:
+        """The saved tally, when its files are the ones it was saved of (their identity)
+        and each still holds, just before the tally's position, the very line that was
+        last there when it was saved (its length and CRC-32): a file cut back (a failed
+        write or sync taken back) and grown again to the same size fails that."""
         try:
             doc = json.loads(self.fs.read(f"{self._dir(session_id)}/stats.json"))
             size, ident = self.fs.stat(self._log(session_id))
@@ -2973,16 +3001,33 @@ class JsonlStorage(Storage):
             if ([_jsonable(eident), _jsonable(ident)] != doc["identity"] or not isinstance(mpos, int)
                     or not isinstance(epos, int) or mpos > size or epos > esize or not isinstance(doc["tally"], dict)):
                 return None
-        except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError):
+            ends = [0, 0, 0, 0, 0, 0]
+            for file, path, end, (length, crc) in ((0, self._events(session_id), epos, doc["last"][0]),
+                                                   (1, self._log(session_id), mpos, doc["last"][1])):
+                if end and not (isinstance(length, int) and 0 < length <= end and isinstance(crc, int)
+                                and zlib.crc32(self.fs.read_range(path, end - length, length)) == crc):
+                    return None
+                ends[3 * file:3 * file + 3] = end, length, crc
+        except (OSError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, RecursionError):
             return None
         self._idents[session_id] = (eident, ident)  # the position is in these very files: load() reads on
+        self._ends[session_id] = ends
         return (epos, mpos), doc["tally"]
 
     def write_tally(self, session_id: str, position: Position, tally: Mapping[str, Any]) -> None:
-        idents = self._idents.get(session_id)
+        idents, ends = self._idents.get(session_id), self._ends.get(session_id)
+        last = []
+        for file in (0, 1):
+            if not position[file]:
+                last.append([0, 0])
+            elif ends is not None and ends[3 * file] == position[file]:
+                last.append(ends[3 * file + 1:3 * file + 3])
+            else:
+                return  # the line before the position was not read or written here: nothing vouches for it
         if idents is None:
             return
-        doc = {"position": list(position), "identity": [_jsonable(i) for i in idents], "tally": dict(tally)}
+        doc = {"position": list(position), "identity": [_jsonable(i) for i in idents], "tally": dict(tally),
+               "last": last}
         with contextlib.suppress(OSError):  # a cache: a failure only costs a longer read later
             self.fs.write_atomic(f"{self._dir(session_id)}/stats.json", _encode_line(doc), durable=False)
 
@@ -3144,6 +3189,7 @@ class JsonlStorage(Storage):
             with self._syncs_lock:
                 self._syncs.pop(session_id, None)
             self._idents.pop(session_id, None)
+            self._ends.pop(session_id, None)
         return fixed
 
     def repair_index(self) -> list[str]:
@@ -6042,20 +6088,27 @@ class SessionStore:
     def _history_from_the_end(self, state: _Session, leaf_id: str | None, limit: int) -> list[Message] | None:
         """The last ``limit`` messages of the path to ``leaf_id`` (default: the current
         head) of a session not in the cache, read from the end of its log without
-        loading it: O(the records after the path's first message read), in memory
-        O(limit + a part). ``None`` when that read cannot be sure to give what a load
-        would: the caller loads the session instead.
+        loading it: O(the records after the tally and those back to the path's first
+        message read), holding those after the tally and a part at a time. ``None``
+        when that read cannot be sure to give what a load would: the caller loads the
+        session instead.
 
         The head comes from the storage's tally, saved with the head only by a store
-        that read every record up to it sound (see :meth:`_Session.tally`), moved on by
-        the records after it as a load moves it (a message whose parent is the head
-        becomes the head). Then the path is walked back from its leaf, reading the log
-        backwards: a record's parent always precedes it, so one pass finds them all.
-        Whatever a load would report or treat specially makes this give up: a branch
-        event or a damaged record after the tally, a rewritten log, an id read twice, a
-        leaf or a parent that is not found, more than ``_BACK_MOST`` records to look
-        through. Trusted, not checked: that no record before the tally repeats the id
-        of one read (a store never writes one; :meth:`check` finds one written by hand).
+        that read every record up to it sound (see :meth:`_Session.tally`) and believed
+        only while the storage still holds what it was saved of (a log rewritten, or
+        cut back and grown again, is not: see :meth:`JsonlStorage.read_tally`), moved
+        on by the records after it as a load moves it (a message whose parent is the
+        head becomes the head). Then the path is walked back from its leaf, reading the
+        log backwards: a record's parent always precedes it, so one pass finds them
+        all. Whatever a load would report or treat specially makes this give up: a
+        branch event or a damaged record after the tally, a damaged record among those
+        read, an id read twice, a child before its parent, a cycle, a leaf or a parent
+        that is not found, more than ``_BACK_MOST`` records to look through.
+
+        Trusted, not checked: the records before the tally that it does not read, as
+        they were when the tally was saved. A store never writes a duplicate id there;
+        an id repeated by hand, or a byte flipped on disk since, is what :meth:`check`
+        finds, and a load reports, but this read does not see.
         """
         storage, sid = self._storage, state.session_id
         with _storage_errors(f"read session {sid!r}"):

@@ -490,8 +490,8 @@ class PostgresStorage(Storage):
     def read_tally(self, session_id: str) -> tuple[Position, dict[str, Any]] | None:
         s = sql.Identifier(self.schema)
         with self._using("read a tally") as conn:
-            row = conn.execute(sql.SQL("SELECT t.events, t.messages, t.record FROM {s}.tallies t JOIN {s}.sessions x "
-                                       "ON x.id = t.session_id AND x.generation = t.generation "
+            row = conn.execute(sql.SQL("SELECT t.events, t.messages, t.record, t.generation FROM {s}.tallies t "
+                                       "JOIN {s}.sessions x ON x.id = t.session_id AND x.generation = t.generation "
                                        "WHERE t.session_id = %s").format(s=s), (session_id,)).fetchone()
         if row is None:
             return None
@@ -499,16 +499,22 @@ class PostgresStorage(Storage):
             tally = json.loads(row[2])
         except ValueError:
             return None
-        return ((int(row[0]), int(row[1])), tally) if isinstance(tally, dict) else None
+        if not isinstance(tally, dict):
+            return None
+        self._generations[session_id] = row[3]  # a load reading on from it sees a repair since as a restart
+        return (int(row[0]), int(row[1])), tally
 
     def write_tally(self, session_id: str, position: Position, tally: Mapping[str, Any]) -> None:
         s = sql.Identifier(self.schema)
         with self._using("save a tally") as conn:
+            # Of the generation the tally's records were read from: a store that read
+            # them before a repair elsewhere saves nothing the repaired rows would believe.
             conn.execute(sql.SQL("INSERT INTO {s}.tallies SELECT id, generation, %s, %s, %s FROM {s}.sessions "
-                                 "WHERE id = %s ON CONFLICT (session_id) DO UPDATE SET generation = "
-                                 "excluded.generation, events = excluded.events, messages = excluded.messages, "
-                                 "record = excluded.record").format(s=s),
-                         (position[0], position[1], json.dumps(dict(tally)), session_id))
+                                 "WHERE id = %s AND generation = %s ON CONFLICT (session_id) DO UPDATE SET "
+                                 "generation = excluded.generation, events = excluded.events, "
+                                 "messages = excluded.messages, record = excluded.record").format(s=s),
+                         (position[0], position[1], json.dumps(dict(tally)), session_id,
+                          self._generations.get(session_id, -1)))
 
     # -- leases ---------------------------------------------------------------------------
 

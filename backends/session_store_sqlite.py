@@ -450,7 +450,7 @@ class SqliteStorage(Storage):
 
     def read_tally(self, session_id: str) -> tuple[Position, dict[str, Any]] | None:
         with self._using("read a tally") as conn:
-            row = conn.db.execute("SELECT t.events, t.messages, t.record FROM tallies t JOIN sessions s "
+            row = conn.db.execute("SELECT t.events, t.messages, t.record, t.generation FROM tallies t JOIN sessions s "
                                   "ON s.id = t.session_id AND s.generation = t.generation WHERE t.session_id = ?",
                                   (session_id,)).fetchone()
         if row is None:
@@ -459,12 +459,18 @@ class SqliteStorage(Storage):
             tally = json.loads(row[2])
         except ValueError:
             return None
-        return ((row[0], row[1]), tally) if isinstance(tally, dict) else None
+        if not isinstance(tally, dict):
+            return None
+        self._generations[session_id] = row[3]  # a load reading on from it sees a repair since as a restart
+        return (row[0], row[1]), tally
 
     def write_tally(self, session_id: str, position: Position, tally: Mapping[str, Any]) -> None:
+        # Of the generation the tally's records were read from: a store that read them
+        # before a repair elsewhere saves nothing the repaired rows would believe.
         with self._using("save a tally") as conn:
-            conn.db.execute("INSERT OR REPLACE INTO tallies SELECT id, generation, ?, ?, ? FROM sessions WHERE id = ?",
-                            (position[0], position[1], json.dumps(dict(tally)), session_id))
+            conn.db.execute("INSERT OR REPLACE INTO tallies SELECT id, generation, ?, ?, ? FROM sessions "
+                            "WHERE id = ? AND generation = ?", (position[0], position[1], json.dumps(dict(tally)),
+                                                               session_id, self._generations.get(session_id, -1)))
 
     # -- leases ---------------------------------------------------------------------------
 

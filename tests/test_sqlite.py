@@ -161,6 +161,20 @@ def test_a_reader_reloads_after_another_store_repaired(tmp_path: Path) -> None:
             ("user", "a"), ("damaged", None), ("user", "b")]
 
 
+def test_a_tally_of_rows_read_before_a_repair_elsewhere_is_not_saved_as_the_repaired_ones(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    with open_db(db) as stale, open_db(db) as repairer:
+        sid = stale.resolve("k")
+        stale.append(sid, role="user", content="a")  # its tally is not saved yet
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO messages VALUES (?, 1, 'bad', 'not json')", (sid,))
+        conn.commit()
+        repairer.repair(sid)  # a new generation of the session's rows
+        stale.flush()
+        assert SqliteStorage(str(db)).read_tally(sid) is None  # nothing saved under the new generation
+        conn.close()
+
+
 def test_message_rows_with_a_gap_keep_their_seq_and_appends_go_after_the_last(tmp_path: Path) -> None:
     # A load reads messages without their seq when they run on without a gap; a row
     # removed by hand must not shift the seqs after it (reports, the append position).

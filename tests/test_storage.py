@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import gc
 import hashlib
 import json
@@ -23,6 +24,7 @@ from hypothesis import given, settings
 
 import session_store as ss
 from session_store import InMemoryFileSystem, RealFileSystem, SessionStore
+from session_store_conformance import FaultyFileSystem
 
 
 class CountingFS(RealFileSystem):
@@ -271,7 +273,8 @@ def test_a_path_end_reads_one_part_of_a_long_log(tmp_path: Path) -> None:
     fs = ReadCountingFS()
     with SessionStore(ss.JsonlStorage(fs, str(tmp_path))) as fresh:
         assert fresh.get_linear_history(sid, limit=50) == chain[-50:]
-        assert fs.read_bytes <= ss._BACK_PART < (tmp_path / sid / "messages.jsonl").stat().st_size / 10
+        log_size = (tmp_path / sid / "messages.jsonl").stat().st_size
+        assert fs.read_bytes <= ss._BACK_PART + 1_000 < log_size / 10  # a part, and the tally's last line
 
 
 _record_ids = ["t1", "t2", "t3", "t4"]  # never an id written before the tally (trusted)
@@ -319,6 +322,55 @@ def by_hand(*records: tuple[str, str | None]) -> bytes:
                                 "timestamp": 5}).encode() + b"\n" for mid, parent in records)
 
 
+def fresh_reads(fs: ss.FileSystem, sid: str, clock: FakeClock) -> tuple[Any, ...]:
+    """History (limit 2) and metadata by a fresh store, first without loading the session, then loaded."""
+    reads = []
+    for load_first in (False, True):
+        with SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock) as store:
+            if load_first:
+                store.get_messages(sid)
+            reads.append(([m.content for m in store.get_linear_history(sid, limit=2)], store.get_metadata(sid)))
+    return tuple(reads)
+
+
+def test_a_tally_saved_before_a_sync_that_failed_is_not_believed_once_the_log_grows_back() -> None:
+    inner, clock = InMemoryFileSystem(), FakeClock()
+    fs = FaultyFileSystem(inner)
+    with SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock) as writer:
+        sid = writer.resolve("k")
+        chain = [writer.append(sid, role="user", content=f"m{i:03}") for i in range(255)]
+        fs.fail_next_sync()
+        with pytest.raises(ss.StorageError):  # the 256th write saves the tally, then its sync fails: cut off
+            writer.append(sid, role="user", content="sib", parent_id=chain[-2].id)
+        writer.append(sid, role="user", content="new")  # the same length: the log is back at the tally's end
+        partial, loaded = fresh_reads(inner, sid, clock)
+        assert partial == loaded and loaded[0] == ["m254", "new"]
+
+
+def test_a_tally_covering_a_write_taken_back_is_not_believed_once_the_log_grows_back() -> None:
+    clock, during = FakeClock(), list[Callable[[], object]]()
+
+    class LandsThenFails(InMemoryFileSystem):
+        def append(self, path: str, data: bytes) -> None:
+            super().append(path, data)
+            if during and path.endswith("messages.jsonl"):
+                during.pop()()  # another store reads the record meanwhile
+                raise OSError(errno.EIO, "the write landed, then failed")
+
+    fs = LandsThenFails()
+    with SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock, durable=False) as reader, \
+            SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock, durable=False) as writer:
+        sid = reader.resolve("k")
+        chain = [reader.append(sid, role="user", content=f"m{i}") for i in range(3)]
+        during.append(lambda: reader.get_messages(sid))
+        with pytest.raises(ss.StorageError):  # taken back (cut off the log) after the reader read it
+            writer.append(sid, role="user", content="sib", parent_id=chain[0].id)
+        reader.flush()  # its tally counts the record taken back
+        writer.append(sid, role="user", content="new")  # the same length: the log is back at the tally's end
+        partial, loaded = fresh_reads(fs, sid, clock)
+        assert partial == loaded and loaded[0] == ["m2", "new"] and loaded[1].message_count == 4
+
+
 @pytest.mark.parametrize(("records", "leaf"), [
     ([("t1", "t1")], "t1"),  # its own parent
     ([("t1", "t2"), ("t2", None)], "t1"),  # a child before its parent
@@ -332,7 +384,7 @@ def test_a_path_end_read_without_loading_gives_what_a_load_gives_over_records_wr
     assert history_read(fs, sid, leaf, 5, load_first=False) == history_read(fs, sid, leaf, 5, load_first=True)
 
 
-def test_a_path_end_over_a_record_damaged_in_place_is_read_by_loading(tmp_path: Path) -> None:
+def test_a_path_end_over_a_record_damaged_in_place_reads_it_as_a_load_does(tmp_path: Path) -> None:
     with open_files(tmp_path) as writer:
         sid = writer.resolve("k")
         chain = [writer.append(sid, role="user", content=f"m{i}") for i in range(5)]
@@ -468,22 +520,28 @@ def test_metadata_of_a_session_not_loaded_reads_no_log(tmp_path: Path) -> None:
         stale = json.loads((tmp_path / sid / "stats.json").read_text())
         assert stale["tally"]["messages"] == 300
         other._sessions.clear()  # forget the cached tree: the next read must not build one
-    reads: list[tuple[str, int]] = []
+    reads: list[tuple[str, int, int]] = []
 
     class Spy(RealFileSystem):
         def read_from(self, path: str, offset: int) -> bytes:
-            reads.append((os.path.basename(path), offset))
-            return super().read_from(path, offset)
+            data = super().read_from(path, offset)
+            reads.append((os.path.basename(path), offset, len(data)))
+            return data
 
         def read_range(self, path: str, offset: int, size: int) -> bytes:
-            reads.append((os.path.basename(path), offset))
-            return super().read_range(path, offset, size)
+            data = super().read_range(path, offset, size)
+            reads.append((os.path.basename(path), offset, len(data)))
+            return data
 
     with SessionStore(Spy(), storage_dir=tmp_path) as store:
         meta = store.get_metadata(sid)
     assert meta is not None and meta.message_count == 301 and meta.branch_count == 2
+    epos, mpos = stale["position"]
     size = os.path.getsize(tmp_path / sid / "messages.jsonl")
-    assert reads == [("messages.jsonl", stale["position"][1])] and stale["position"][1] < size
+    # The last line before the tally's position in each file (still the one it was saved
+    # of?), then what follows it in the log: nothing else.
+    assert [(name, offset + n) for name, offset, n in reads[:2]] == [("branches.jsonl", epos), ("messages.jsonl", mpos)]
+    assert all(n < 200 for _, _, n in reads[:2]) and reads[2:] == [("messages.jsonl", mpos, size - mpos)]
 
 
 def test_opening_and_reading_writes_nothing(tmp_path: Path) -> None:
