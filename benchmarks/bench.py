@@ -753,12 +753,22 @@ def cached_bytes_worker(place: str, keys: list[str]) -> dict[str, Any]:
     return {"held": held, "messages": read, "payload": payload, "objects": objects}
 
 
+def released_share(run: dict[str, Any]) -> float:
+    """The share of a touch run's RSS growth that ``close()`` gave back."""
+    return float(run["peak"] - run["after_close"]) / max(1, run["peak"] - run["before"])
+
+
 def memory_touch(place: str, count: int, sizes: Sizes, report: Report) -> dict[str, Any]:
     """Goal 3's measurements on one backend's big store (each in a fresh process)."""
     name = backend_name(place)
     marks = sorted({max(1, count * k // 20) for k in range(1, 21)})
     keys = store_keys(0, count, sizes.targets)
-    touched: dict[str, Any] = in_child(touch_worker, place, keys, marks)
+    # Three fresh processes (one when quick): the row reports the run releasing the median
+    # share, since where the allocator's pages land moves a single run's share by ± 3%.
+    runs = [in_child(touch_worker, place, keys, marks) for _ in range(1 if report.quick else 3)]
+    runs.sort(key=released_share)
+    touched: dict[str, Any] = runs[len(runs) // 2]
+    touched["shares"] = [released_share(r) for r in runs]
     for x, rss in touched["marks"]:
         report.point(MEMORY_CURVE, f"ours, {name}", x, rss / MB)
     cached = in_child(cached_bytes_worker, place, keys[-min(500, len(keys) // 2):])
@@ -780,11 +790,13 @@ def report_goal_3(report: Report, sizes: Sizes, found: dict[str, Any]) -> None:
                          f"{end / MB:,.0f} MB at the end ({m['seconds']:,.1f} s)",
                          compared="second half vs first", ratio=f"{growth:.2f}×",
                          target="flat ± 10% (≤ 1.10×)", verdict=verdict(growth <= 1.10)))
-        released = (m["peak"] - m["after_close"]) / max(1, m["peak"] - m["before"])
+        released = released_share(m)
         report.goal(Goal(goal="3", metric=f"RSS after close(), the store still referenced, {name}",
                          measured=f"{m['after_close'] / MB:,.0f} MB (peak {m['peak'] / MB:,.0f} MB, "
                          f"before open {m['before'] / MB:,.0f} MB; once the store is dropped too: "
-                         f"{m['dropped'] / MB:,.0f} MB)", compared="share of the growth close() released",
+                         f"{m['dropped'] / MB:,.0f} MB)", compared="share of the growth close() released ("
+                         + (f"median of {len(m['shares'])} fresh processes: " if len(m["shares"]) > 1 else "one run: ")
+                         + ", ".join(f"{x:.0%}" for x in m["shares"]) + ")",
                          ratio=f"{released:.0%}", target="close() releases everything (≥ 90%)",
                          verdict=verdict(released >= 0.9)))
         c = m["cached"]
