@@ -2884,16 +2884,19 @@ class JsonlStorage(Storage):
         path = self._log(session_id) if file else self._events(session_id)
         start = position[file]
         new = (position[0], start + len(line)) if file else (start + len(line), position[1])
-        if not self._must_sync:
+        if self._must_sync:
+            st = self._sync_state(session_id)
+            if st.poisoned:
+                raise StorageError(errno.EIO, st.poisoned)
             self._write_record(path, start, line)
-            self._note_end(session_id, file, start, line, len(line))
-            return new
-        st = self._sync_state(session_id)
-        if st.poisoned:
-            raise StorageError(errno.EIO, st.poisoned)
-        self._write_record(path, start, line)
-        self._note_end(session_id, file, start, line, len(line))
-        st.note_write(file, start, start + len(line))
+            st.note_write(file, start, start + len(line))
+        else:
+            self._write_record(path, start, line)
+        ends = self._ends.get(session_id)  # the line now last before the new end (see _note_end)
+        if ends is None:
+            ends = self._ends[session_id] = [0, 0, 0, 0, 0, 0]
+        at = 3 * file
+        ends[at], ends[at + 1], ends[at + 2] = new[file], len(line), zlib.crc32(line)
         return new
 
     def rollback(self, session_id: str, position: Position) -> None:
