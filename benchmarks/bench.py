@@ -755,7 +755,8 @@ def cached_bytes_worker(place: str, keys: list[str]) -> dict[str, Any]:
 
 def released_share(run: dict[str, Any]) -> float:
     """The share of a touch run's RSS growth that ``close()`` gave back."""
-    return float(run["peak"] - run["after_close"]) / max(1, run["peak"] - run["before"])
+    grown: int = max(1, run["peak"] - run["before"])
+    return float(run["peak"] - run["after_close"]) / grown
 
 
 def memory_touch(place: str, count: int, sizes: Sizes, report: Report) -> dict[str, Any]:
