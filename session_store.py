@@ -2047,7 +2047,9 @@ _after_fork_hooks = _WeakHooks()
 #   <storage_dir>/<session-id>/lock.json   the lease (JSON, a tab, its CRC-32; padded)
 #   <storage_dir>/<session-id>/lease.lock  flock'ed (shared) by processes holding the lease
 #   <storage_dir>/<session-id>/stats.json  a tally of the log up to a position (a cache:
-#       counts, and the current branch's head when every record up to it was sound)
+#       counts, and the current branch's head when every record up to it was sound),
+#       with the length and CRC-32 of each file's last line before that position: a
+#       file cut back and grown again since no longer matches, and the tally is ignored
 #
 # A session is created whole before it is announced: its folder is written as
 # ".new-<id>" (its log flock'ed meanwhile), renamed into place, then its key link
