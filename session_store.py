@@ -109,7 +109,7 @@ import uuid
 import weakref
 import zlib
 from abc import ABC, abstractmethod
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from stat import S_ISDIR, S_ISREG
@@ -658,6 +658,25 @@ class Records:
                 epos = seq + 1
         found.position, found.nbytes = (epos, mpos), nbytes
         return found
+
+    @classmethod
+    def parts_before(cls, session_id: str, end: int, fetch: Callable[[int], Sequence[tuple[int, int, str]]],
+                     generation: int | None, *, events_label: str, messages_label: str) -> Iterator[Records]:
+        """:meth:`Storage.load_backwards` of a SQL storage: ``fetch(end)`` gives a part
+        of the message rows before seq ``end``, the newest first, as ``(generation, seq,
+        text)``; each part is decoded as :meth:`from_tables` decodes rows. A part of
+        another ``generation`` than the one the storage last loaded is a ``restart``."""
+        while end > 0:
+            rows = fetch(end)
+            if not rows:
+                return
+            if rows[0][0] != generation:
+                yield cls(position=(0, end), events=[], messages=[], events_label=events_label,
+                          messages_label=messages_label, restart=True)
+                return
+            end = rows[-1][1]
+            yield cls.from_tables(session_id, (0, end), (), [(seq, text) for _, seq, text in reversed(rows)],
+                                  events_label=events_label, messages_label=messages_label)
 
 
 class Storage(ABC):
@@ -2412,7 +2431,7 @@ class JsonlStorage(Storage):
         self._idents: dict[str, tuple[Any, Any]] = {}  # session id -> (events, log) identity at last load
         # session id -> [end, length, CRC-32] of the last line read or written here before
         # that end, of its branch events then of its log: what a tally vouches for.
-        self._ends: dict[str, list[int]] = {}
+        self._ends: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
         self._legacy: tuple[int, dict[str, IndexEntry]] | None = None  # format 1: (journal size, key -> entry)
 
     def __repr__(self) -> str:
@@ -2857,10 +2876,7 @@ class JsonlStorage(Storage):
         if not used:
             return
         start = chunk.rfind(b"\n", 0, used - 1) + 1
-        ends = self._ends.get(session_id)
-        if ends is None:
-            ends = self._ends[session_id] = [0, 0, 0, 0, 0, 0]
-        at = 3 * file
+        ends, at = self._ends[session_id], 3 * file
         ends[at], ends[at + 1], ends[at + 2] = base + used, used - start, zlib.crc32(memoryview(chunk)[start:used])
 
     def _sync_state(self, session_id: str) -> _SyncState:
@@ -2894,10 +2910,7 @@ class JsonlStorage(Storage):
             st.note_write(file, start, start + len(line))
         else:
             self._write_record(path, start, line)
-        ends = self._ends.get(session_id)  # the line now last before the new end (see _note_end)
-        if ends is None:
-            ends = self._ends[session_id] = [0, 0, 0, 0, 0, 0]
-        at = 3 * file
+        ends, at = self._ends[session_id], 3 * file  # the line now last before the new end (see _note_end)
         ends[at], ends[at + 1], ends[at + 2] = new[file], len(line), zlib.crc32(line)
         return new
 

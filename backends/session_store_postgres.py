@@ -455,25 +455,12 @@ class PostgresStorage(Storage):
                                  messages_label=f"{self.schema}.messages", restart=restart)
 
     def load_backwards(self, session_id: str, position: Position) -> Iterator[Records]:
-        return self._backwards(session_id, position[1])
-
-    def _backwards(self, session_id: str, end: int) -> Iterator[Records]:
-        """The message rows before seq ``end``, newest first, ``_BACK_ROWS`` a part (a
-        round trip each); ``restart`` when they are not of the generation this storage
-        last loaded."""
-        events_label, label = f"{self.schema}.branch_events", f"{self.schema}.messages"
-        while end > 0:
+        def fetch(end: int) -> list[Any]:  # a round trip a part
             with self._using("read a session") as conn:
-                rows = conn.execute(self._sql["load_back"], (session_id, end, _BACK_ROWS)).fetchall()
-            if not rows:
-                return
-            if rows[0][0] != self._generations.get(session_id):
-                yield Records(position=(0, end), events=[], messages=[], events_label=events_label,
-                              messages_label=label, restart=True)
-                return
-            end = rows[-1][1]
-            yield Records.from_tables(session_id, (0, end), (), [(seq, text) for _, seq, text in reversed(rows)],
-                                      events_label=events_label, messages_label=label)
+                return conn.execute(self._sql["load_back"], (session_id, end, _BACK_ROWS)).fetchall()
+        return Records.parts_before(session_id, position[1], fetch, self._generations.get(session_id),
+                                    events_label=f"{self.schema}.branch_events",
+                                    messages_label=f"{self.schema}.messages")
 
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
         with self._using("append a message") as conn:

@@ -415,24 +415,11 @@ class SqliteStorage(Storage):
         return found
 
     def load_backwards(self, session_id: str, position: Position) -> Iterator[Records]:
-        return self._backwards(session_id, position[1])
-
-    def _backwards(self, session_id: str, end: int) -> Iterator[Records]:
-        """The message rows before seq ``end``, newest first, ``_BACK_ROWS`` a part;
-        ``restart`` when they are not of the generation this storage last loaded."""
-        label = f"{self.path}#messages"
-        while end > 0:
+        def fetch(end: int) -> list[Any]:
             with self._using("read a session") as conn:
-                rows = conn.db.execute(_LOAD_BACK, (session_id, end, _BACK_ROWS)).fetchall()
-            if not rows:
-                return
-            if rows[0][0] != self._generations.get(session_id):
-                yield Records(position=(0, end), events=[], messages=[], events_label=f"{self.path}#branch_events",
-                              messages_label=label, restart=True)
-                return
-            end = rows[-1][1]
-            yield Records.from_tables(session_id, (0, end), (), [(seq, text) for _, seq, text in reversed(rows)],
-                                      events_label=f"{self.path}#branch_events", messages_label=label)
+                return conn.db.execute(_LOAD_BACK, (session_id, end, _BACK_ROWS)).fetchall()
+        return Records.parts_before(session_id, position[1], fetch, self._generations.get(session_id),
+                                    events_label=f"{self.path}#branch_events", messages_label=f"{self.path}#messages")
 
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
         with self._using("append a message") as conn:
