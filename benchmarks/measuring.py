@@ -14,7 +14,6 @@ Every timing follows the same rules, so that no row is measured more kindly than
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import multiprocessing
 import os
@@ -129,18 +128,6 @@ def rss_bytes() -> int:
     if _STATM is None or _STATM[0] != os.getpid():  # (a forked child reads its own)
         _STATM = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
     return int(os.pread(_STATM[1], 128, 0).split()[1]) * _PAGE
-
-
-def trim_heap() -> None:
-    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``; elsewhere
-    nothing), so that an RSS taken next counts what the process holds, not what it
-    freed earlier (unpickling a child's arguments) and may give back at any time."""
-    try:
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
 
 
 def tree_bytes(path: str) -> int:

@@ -13,6 +13,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 from test_interop import assert_anthropic_accepts, assert_openai_accepts
+from test_store import refuse_to_load
 
 import session_store as ss
 from session_store import InvalidMessage, SessionStore
@@ -464,9 +465,7 @@ def test_a_context_of_the_last_messages_is_built_from_the_end_of_the_records_wit
         whole = writer.build_context(sid)
         whole_anthropic = writer.build_context(sid, format="anthropic")
     with SessionStore(storage_dir=str(tmp_path)) as fresh:
-        def refuse(self: SessionStore, state: Any, **_: Any) -> None:
-            raise AssertionError("the session was loaded")
-        monkeypatch.setattr(SessionStore, "_catch_up", refuse)
+        monkeypatch.setattr(SessionStore, "_catch_up", refuse_to_load)
         assert fresh.build_context(sid, limit=4) == whole[-4:]  # q199's round whole
         assert fresh.build_context(sid, limit=3) == whole[-3:]  # from the call: the round without its question
         assert fresh.build_context(sid, limit=2) == whole[-1:]  # a result whose call is not in it: dropped
