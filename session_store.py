@@ -1513,6 +1513,21 @@ class RealFileSystem(FileSystem):
             if d.stale and d.pins == 0:
                 os.close(d.fd)
 
+    def _pin_cached(self, path: str) -> _Descriptor | None:
+        """The cached descriptor of ``path``, pinned, or ``None`` (nothing is opened).
+
+        The mutex guards the map and the pins only: no system call is made under it.
+        A thread in a system call releases the GIL, and a mutex held meanwhile makes
+        every other thread's next file operation wait for that thread to be scheduled
+        again (8 threads appending durably to 8 sessions, in one process: 4,000-4,800
+        appends/s with ``fstat``/``lseek`` under it, 6,000-6,500 outside it, while this
+        machine's ``fdatasync`` was fast; no difference while it was slow)."""
+        with self._mutex:
+            d = self._fds.get(path)
+            if d is not None:
+                d.pins += 1
+            return d
+
     def _evict(self) -> None:
         """Close least recently used idle descriptors beyond the limit (mutex held).
 
@@ -1553,10 +1568,7 @@ class RealFileSystem(FileSystem):
 
     def read(self, path: str) -> bytes:
         """The whole file (``pread`` on the cached descriptor when there is one)."""
-        with self._mutex:
-            d = self._fds.get(path)
-            if d is not None:
-                d.pins += 1
+        d = self._pin_cached(path)
         if d is None:
             fd = self._open_file(path, os.O_RDONLY)
             try:
@@ -1583,11 +1595,14 @@ class RealFileSystem(FileSystem):
         (opened and cached when there is none: every read of a session stats its
         files, and walking the path costs ten times more), re-opened when the file
         was replaced or removed."""
-        with self._mutex:  # a cached descriptor: fstat it under the mutex, so no eviction closes it meanwhile
-            d = self._fds.get(path)
-            st = os.fstat(d.fd) if d is not None else None
-        if st is not None and st.st_nlink and S_ISREG(st.st_mode):
-            return st.st_size, (st.st_dev, st.st_ino)
+        d = self._pin_cached(path)
+        if d is not None:
+            try:
+                st = os.fstat(d.fd)
+            finally:
+                self._unpin(d)
+            if st.st_nlink and S_ISREG(st.st_mode):
+                return st.st_size, (st.st_dev, st.st_ino)
         for _ in range(2):
             try:
                 d = self._pin(path, create=False)
@@ -1614,11 +1629,13 @@ class RealFileSystem(FileSystem):
         return st.st_size, (st.st_dev, st.st_ino)
 
     def _size_as_open(self, path: str) -> int:
-        with self._mutex:
-            d = self._fds.get(path)
-            if d is not None:
-                return os.lseek(d.fd, 0, os.SEEK_END)
-        return self.stat(path)[0]
+        d = self._pin_cached(path)
+        if d is None:
+            return self.stat(path)[0]
+        try:
+            return os.lseek(d.fd, 0, os.SEEK_END)
+        finally:
+            self._unpin(d)
 
     def append(self, path: str, data: bytes) -> None:
         """One ``write`` on an ``O_APPEND`` descriptor; a short write raises ``OSError``."""

@@ -491,6 +491,59 @@ def test_eight_threads_appending_to_one_session_lose_nothing(tmp_path: Path, fs_
             assert len(again.get_linear_history(sid)) == 8 * per_thread
 
 
+class _OwnedLock:
+    """A mutex that knows which thread holds it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.owner: int | None = None
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.owner = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        self.owner = None
+        self._lock.release()
+
+
+def test_no_system_call_on_a_file_is_made_under_the_descriptor_map_mutex(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread in a system call lets the others run; had it the mutex of the file system's
+    descriptor map meanwhile, each of their next file operations would wait until it is
+    scheduled again (``fstat`` and ``lseek`` made under it held 8 threads appending
+    durably to 8 sessions to one thread's rate)."""
+    fs = RealFileSystem()
+    mutex = _OwnedLock()
+    fs._mutex = mutex  # type: ignore[assignment]
+    under: list[str] = []
+
+    def watched(name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if mutex.owner == threading.get_ident():
+                under.append(name)
+            return call(*args, **kwargs)
+        return run
+
+    for name in ("fstat", "lseek", "write", "pread", "ftruncate"):
+        monkeypatch.setattr(os, name, watched(name, getattr(os, name)))
+    monkeypatch.setattr(ss, "_fdatasync", watched("fdatasync", ss._fdatasync))
+    monkeypatch.setattr(ss, "_flock", watched("flock", ss._flock))
+    with SessionStore(ss.JsonlStorage(fs, tmp_path)) as store:
+        sid = store.resolve("k")
+        first = store.append(sid, role="user", content="one")
+        store.create_branch(sid, "side", first.id)
+        store.append(sid, role="assistant", content="two")
+        with SessionStore(ss.JsonlStorage(fs, tmp_path)) as other:
+            other.append(sid, role="user", content="three")
+            assert other.get_metadata(sid).message_count == 3
+        assert [m.content for m in store.get_linear_history(sid)] == ["one", "two", "three"]
+    with SessionStore(ss.JsonlStorage(fs, tmp_path)) as fresh:
+        assert [m.content for m in fresh.get_linear_history(sid, limit=2)] == ["two", "three"]
+        assert fresh.check().ok
+    assert under == []
+
+
 def test_readers_never_cut_a_line_another_process_may_be_writing(tmp_path: Path) -> None:
     with open_files(tmp_path) as store:
         sid = store.resolve("k")
