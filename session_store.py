@@ -2097,8 +2097,13 @@ _after_fork_hooks = _WeakHooks()
 #
 # Each log record is written with one write() while holding the log's lock; with
 # durable=True the call returns after fdatasync. A crash can leave only a torn last
-# line, which readers ignore and the next writer (holding the lock) cuts off. Readers
-# ignore unknown fields of known records; a format only ever gains fields.
+# line, which readers ignore and the next writer (holding the lock) cuts off. A write
+# that fails (a failed write scope, a failed sync) is cut off again in place; readers
+# do not lock, so another store may have read it meanwhile. Before reading on from a
+# position, a store checks that the line it last saw there is still there (length and
+# CRC-32), and reloads when it is not; until the log grows again it may still show
+# the record taken back. Readers ignore unknown fields of known records; a format only
+# ever gains fields.
 
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
@@ -2818,8 +2823,17 @@ class JsonlStorage(Storage):
         (epos, mpos), (esize, size) = start, sizes
         found = Records(position=position, events=[], messages=[], events_label=events, messages_label=log,
                         restart=restart)
+        # A file read on from a position must still hold, just before it, the line this
+        # storage last read or wrote there (see _note_end): a write taken back (a failed
+        # write scope, a failed sync) is cut off in place, the file keeps its identity,
+        # and once later appends grow it past the position only this tells that what
+        # lies before changed. That line is read with what follows it, in one read.
+        ends = None if restart else self._ends.get(session_id)
         if esize > epos:
-            chunk = fs.read_range(events, epos, esize - epos)
+            chunk = self._read_on(events, epos, esize - epos, ends, 0)
+            if chunk is None:
+                yield from self._parts_again(session_id, position, writer, part, sizes)
+                return
             found.events, used = _parse_lines(chunk, epos, events, session_id, found.problems)
             self._note_end(session_id, 0, epos, chunk, used)
             epos += used
@@ -2829,7 +2843,14 @@ class JsonlStorage(Storage):
         while True:
             if size > mpos:
                 want = size - mpos if part is None else min(size - mpos, part)
-                chunk = fs.read_range(log, mpos, want)
+                if mpos == start[1] and not restart:
+                    checked = self._read_on(log, mpos, want, ends, 1)
+                    if checked is None:
+                        yield from self._parts_again(session_id, position, writer, part, sizes)
+                        return
+                    chunk = checked
+                else:
+                    chunk = fs.read_range(log, mpos, want)
                 if want < size - mpos and b"\n" not in chunk:  # a record longer than a part
                     chunk = fs.read_range(log, mpos, size - mpos)
                 found.messages, used = _parse_lines(chunk, mpos, log, session_id, found.problems, message=True)
@@ -2847,6 +2868,28 @@ class JsonlStorage(Storage):
                 return
             found = Records(position=(epos, mpos), events=[], messages=[], events_label=events,
                             messages_label=log)
+
+    def _read_on(self, path: str, end: int, size: int, ends: list[int] | None, file: int) -> bytes | None:
+        """The ``size`` bytes of ``path`` from ``end``; ``None`` when ``end`` is past the
+        start and the line this storage last saw just before it (``ends``, see
+        :meth:`_note_end`) is not there any more, or was not seen here."""
+        if not end:
+            return self.fs.read_range(path, 0, size)
+        if ends is None or ends[3 * file] != end:
+            return None
+        length, crc = ends[3 * file + 1], ends[3 * file + 2]
+        if not 0 < length <= end:
+            return None
+        data = self.fs.read_range(path, end - length, length + size)
+        if len(data) < length or zlib.crc32(memoryview(data)[:length]) != crc:
+            return None
+        return data[length:]
+
+    def _parts_again(self, session_id: str, position: Position, writer: bool, part: int | None,
+                     sizes: tuple[int, int]) -> Iterator[Records]:
+        """:meth:`_parts` from the start: the files were cut back and grown again."""
+        _log.warning("%s was cut back and grown again: reloading", self._log(session_id))
+        return self._parts(session_id, position, writer, part, (0, 0), sizes, True)
 
     def load_backwards(self, session_id: str, position: Position) -> Iterator[Records]:
         return self._backwards(session_id, position[1])
@@ -3039,8 +3082,7 @@ class JsonlStorage(Storage):
             ends = [0, 0, 0, 0, 0, 0]
             for file, path, end, (length, crc) in ((0, self._events(session_id), epos, doc["last"][0]),
                                                    (1, self._log(session_id), mpos, doc["last"][1])):
-                if end and not (isinstance(length, int) and 0 < length <= end and isinstance(crc, int)
-                                and zlib.crc32(self.fs.read_range(path, end - length, length)) == crc):
+                if end and not _holds_line(self.fs, path, end, length, crc):
                     return None
                 ends[3 * file:3 * file + 3] = end, length, crc
         except (OSError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, RecursionError):
@@ -3375,6 +3417,12 @@ _malloc_trim: Any = None  # glibc's malloc_trim once looked up; False where ther
 
 _SESSION_FILES = frozenset({"messages.jsonl", "branches.jsonl", "lock.json", "lease.lock", "stats.json",
                             "messages.jsonl.quarantine", "branches.jsonl.quarantine"})
+
+
+def _holds_line(fs: FileSystem, path: str, end: int, length: Any, crc: Any) -> bool:
+    """Whether the ``length`` bytes of ``path`` before ``end`` have CRC-32 ``crc``."""
+    return (isinstance(length, int) and 0 < length <= end and isinstance(crc, int)
+            and zlib.crc32(fs.read_range(path, end - length, length)) == crc)
 
 
 def _jsonable(identity: Any) -> Any:
