@@ -169,7 +169,8 @@ class _Connection:
         self.versions: dict[str, tuple[int, Position]] = {}
 
     def data_version(self) -> int:
-        """Changes whenever *another* connection committed to the database."""
+        """Changes whenever *another* connection committed to the database (what this
+        one commits, in :class:`_SqliteWriting`, drops its ``versions`` of the session)."""
         row = self.db.execute("PRAGMA data_version").fetchone()
         return int(row[0])
 
@@ -636,5 +637,8 @@ class _SqliteWriting:
                 conn.db.rollback()
             raise _storage_error(e, f"commit to session {self._session_id!r} ({storage.path})") from e
         finally:
+            # What this connection commits leaves its data_version as it was: the
+            # position it last read the session to no longer tells "nothing new".
+            conn.versions.pop(self._session_id, None)
             with storage._pool_lock:
                 storage._pool.append(conn)

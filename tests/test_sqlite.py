@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from session_store import SessionStore, StorageError
+from session_store import DuplicateMessage, SessionStore, StorageError
 from session_store_sqlite import _RETRY, SCHEMA_VERSION, SqliteStorage
 
 
@@ -173,6 +173,23 @@ def test_a_tally_of_rows_read_before_a_repair_elsewhere_is_not_saved_as_the_repa
         stale.flush()
         assert SqliteStorage(str(db)).read_tally(sid) is None  # nothing saved under the new generation
         conn.close()
+
+
+def test_a_store_that_appended_then_dropped_its_tree_reads_what_it_appended(tmp_path: Path) -> None:
+    """A connection's own commits leave its ``PRAGMA data_version`` as it was: the
+    position it last read a session to must not say "nothing new" after it wrote."""
+    with open_db(tmp_path / "s.db") as store:
+        sid = store.resolve("k")
+        for i in range(3):
+            store.append(sid, role="user", content=f"m{i}")
+        store.flush()  # a tally at 3 messages
+        store.get_messages(sid)  # the connection has read the session to there
+        last = store.append(sid, role="user", content="m3")
+        with pytest.raises(DuplicateMessage):  # refused whole: the cached tree is dropped
+            store.append_many(sid, [{"role": "user", "content": "x"}, {"role": "user", "content": "y", "id": last.id}])
+        assert store.get_metadata(sid).message_count == 4
+        assert [m.content for m in store.get_linear_history(sid, limit=2)] == ["m2", "m3"]
+        assert [m["content"] for m in store.build_context(sid, limit=2)] == ["m2", "m3"]
 
 
 def test_message_rows_with_a_gap_keep_their_seq_and_appends_go_after_the_last(tmp_path: Path) -> None:
