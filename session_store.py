@@ -5366,9 +5366,11 @@ class SessionStore:
 
     def _save_tally(self, state: _Session) -> None:
         """Write the session's tally if this store wrote records since the last one
-        (a cache: a failure is logged, never raised)."""
+        (a cache: a failure is logged, never raised). Not while a branch event read
+        ahead of the messages it names waits for them: the position read to is past
+        that event, which the counts do not include yet."""
         with state.lock:
-            if not state.untallied or state.deleted or not state.loaded:
+            if not state.untallied or state.deleted or not state.loaded or state.pending_events:
                 return
             try:
                 self._storage.write_tally(state.session_id, state.position, state.tally())

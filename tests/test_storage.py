@@ -415,6 +415,41 @@ def test_a_store_that_read_a_record_taken_back_reads_the_log_as_it_is_once_it_gr
         assert reader.get_metadata(sid).message_count == 6
 
 
+def test_no_tally_is_saved_while_a_branch_event_waits_for_its_message() -> None:
+    """A load that measured the log before another store appended a message and a
+    branch at it, and the events file after, holds the event until its message is
+    read. A tally saved then was past the event without counting it: every fresh
+    store's metadata missed the branch from then on."""
+    hook: list[Callable[[], object]] = []
+
+    class Racing(InMemoryFileSystem):
+        def stat(self, path: str) -> tuple[int, Any]:
+            found = super().stat(path)
+            if path.endswith("messages.jsonl") and hook:
+                hook.pop()()
+            return found
+
+    fs, clock = Racing(), FakeClock()
+    with SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock) as reader:
+        with SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock) as other:
+            sid = reader.resolve("k")
+            reader.append(sid, role="user", content="hi")  # the reader has a tally to save at close
+
+            def race() -> None:
+                clock.advance(10)
+                other.create_branch(sid, "alt", other.append(sid, role="assistant", content="M").id)
+
+            hook.append(race)
+            reader.get_messages(sid)  # the log measured before the race, the events file after
+    metadata = []
+    for load_first in (False, True):
+        with SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock) as fresh:
+            if load_first:
+                fresh.get_messages(sid)
+            metadata.append(fresh.get_metadata(sid))
+    assert metadata[0] == metadata[1] and metadata[0].branch_count == 2
+
+
 @pytest.mark.parametrize(("records", "leaf"), [
     ([("t1", "t1")], "t1"),  # its own parent
     ([("t1", "t2"), ("t2", None)], "t1"),  # a child before its parent
