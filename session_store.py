@@ -840,6 +840,15 @@ class Storage(ABC):
         """Save the store's tally (counts and times) of the records up to ``position``
         (inside :meth:`writing`); a cache, so it need not be durable."""
 
+    def cut_events(self, session_id: str, position: Position, count: int) -> int | None:
+        """Inside :meth:`writing`, every record read up to ``position``: cut off the
+        branch events that name more than ``count`` message records (a crash kept them
+        and lost the unsynced messages they follow; every event after the first such
+        one names at least as many). Returns the new events position, or ``None`` when
+        there was none or the storage cannot (the default: a storage that writes an
+        event and its messages in one transaction never has such events)."""
+        return None
+
     # -- leases (inside writing) -------------------------------------------------------
 
     @abstractmethod
@@ -2869,6 +2878,19 @@ class JsonlStorage(Storage):
             found = Records(position=(epos, mpos), events=[], messages=[], events_label=events,
                             messages_label=log)
 
+    def cut_events(self, session_id: str, position: Position, count: int) -> int | None:
+        path = self._events(session_id)
+        data = self.fs.read_range(path, 0, position[0])
+        records, _ = _parse_lines(data, 0, path, session_id, [])
+        cut = next((where for where, rec in records
+                    if isinstance(rec.get("seq"), int) and not isinstance(rec.get("seq"), bool) and rec["seq"] > count),
+                   None)
+        if cut is None:
+            return None
+        self.fs.truncate(path, cut)  # as a torn last line is cut: the next crash can only bring back the same
+        self._note_end(session_id, 0, 0, data, cut)
+        return cut
+
     def _read_on(self, path: str, end: int, size: int, ends: list[int] | None, file: int) -> bytes | None:
         """The ``size`` bytes of ``path`` from ``end``; ``None`` when ``end`` is past the
         start and the line this storage last saw just before it (``ends``, see
@@ -3819,18 +3841,14 @@ _KEPT = "kept as a root"  # the end of the reason of a record whose parent is mi
 _EVENT_OPS = frozenset({"create", "switch", "move", "delete", "rename"})
 
 
-def _tally_records(tally: dict[str, Any], found: Records) -> None:
-    """Count records into a tally (messages, last update, resets) without building a
-    tree: what :meth:`SessionStore.get_metadata` reads on from a saved tally."""
-    updated = tally["updatedAt"]
-    for _, rec in found.events:
-        at = rec.get("at")
-        if isinstance(at, int) and not isinstance(at, bool) and at > updated:
-            updated = at
-        op = rec.get("op")
-        tally["branches"] = tally.get("branches", 1) + (op == "create") - (op == "delete")
-    count = tally["messages"]
-    for _, rec in found.messages:
+def _tally_records(tally: dict[str, Any], messages: Iterable[tuple[int, dict[str, Any]]],
+                   events: Iterable[tuple[int, dict[str, Any]]]) -> None:
+    """Count records into a tally (messages, last update, resets, branches) without
+    building a tree: what :meth:`SessionStore.get_metadata` reads on from a saved
+    tally. ``events`` are all those read, counted once every message is: an event
+    naming more messages than there are waits in a load, and is not counted."""
+    updated, count = tally["updatedAt"], tally["messages"]
+    for _, rec in messages:
         count += 1
         ts = rec.get("timestamp")
         if isinstance(ts, int) and not isinstance(ts, bool):
@@ -3838,6 +3856,15 @@ def _tally_records(tally: dict[str, Any], found: Records) -> None:
             if rec.get("type") == "reset":
                 tally["resets"] += 1
                 tally["lastResetAt"] = ts
+    for _, rec in events:
+        seq = rec.get("seq")
+        if isinstance(seq, int) and seq > count:
+            continue
+        at = rec.get("at")
+        if isinstance(at, int) and not isinstance(at, bool) and at > updated:
+            updated = at
+        op = rec.get("op")
+        tally["branches"] = tally.get("branches", 1) + (op == "create") - (op == "delete")
     tally["messages"], tally["updatedAt"] = count, updated
 
 
@@ -5512,11 +5539,14 @@ class SessionStore:
             position, tally = (0, 0), dict(fresh)
             if saved is not None and _valid_tally(saved[1]):
                 position, tally = saved[0], dict(saved[1])
+            events: list[tuple[int, dict[str, Any]]] = []
             try:
                 for found in self._storage.load_parts(session_id, position):
                     if found.restart:
-                        tally = dict(fresh)
-                    _tally_records(tally, found)
+                        tally, events = dict(fresh), []
+                    _tally_records(tally, found.messages, ())
+                    events += found.events
+                _tally_records(tally, (), events)
             except SessionNotFound:
                 return None
         return SessionMetadata(session_id=session_id, key=info.key, created_at=info.created_at,
@@ -5613,6 +5643,21 @@ class SessionStore:
             self._unmark(state.session_id)
         self._storage.forget(state.session_id)
 
+    def _cut_orphan_events(self, state: _Session) -> None:
+        """A writer has read every record: a branch event still waiting names messages
+        the log does not have. A crash kept the event and lost the messages before it,
+        written but not yet synced (pages reach the disk in any order), and it would
+        wait for ever, holding back every later event, or apply to whatever messages
+        come to fill its count. It is cut off, as a torn last line is (caller holds
+        ``state.lock`` and the storage's ``writing``)."""
+        cut = self._storage.cut_events(state.session_id, state.position, state.record_count)
+        if cut is None:
+            return
+        _log.warning("session %s: %d branch event(s) naming messages that a crash lost were cut off",
+                     state.session_id, len(state.pending_events))
+        state.pending_events.clear()
+        state.position = (cut, state.position[1])
+
     def _catch_up(self, state: _Session, *, writer: bool = False) -> None:
         """Load what was appended to the session since we last looked, a part at a time
         (see :meth:`Storage.load_parts`).
@@ -5632,6 +5677,8 @@ class SessionStore:
                     _GC_PAUSE.pause()
                     paused = True
                 state.ingest(found)
+            if writer and state.pending_events:
+                self._cut_orphan_events(state)
         except SessionNotFound:
             self._forget_deleted(state)
             raise
@@ -6432,6 +6479,9 @@ class SessionStore:
 
     def _branch_event(self, state: _Session, event: dict[str, Any]) -> None:
         """Append a branch event and apply it (caller is in ``_writing``, and syncs after)."""
+        if state.pending_events:  # it would wait behind them (only where the storage cannot cut them)
+            raise StorageError(errno.EIO, f"session {state.session_id}: branch events name messages that are "
+                               "missing; nothing was written")
         line = _encode_line(event)
         state.position = self._storage.append_event(state.session_id, state.position, line)
         state.add_event(event)

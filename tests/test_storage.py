@@ -226,6 +226,40 @@ def test_torn_last_line_is_ignored_then_cut_by_the_next_writer(tmp_path: Path,
     assert "torn last line" in caplog.text
 
 
+def test_branch_events_whose_messages_a_crash_lost_are_cut_by_the_next_writer(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Unsynced pages reach the disk in any order: a crash can keep a branch event and
+    lose the messages it follows. Such an event waited for ever: every later branch
+    event queued behind it (create_branch raised KeyError; a head moved by move_head
+    stayed where it was), and a fresh store's metadata counted it where a load did not."""
+    with open_files(tmp_path, durable=False) as store:
+        sid = store.resolve("k")
+        m = [store.append(sid, role="user", content=f"m{i}") for i in range(3)]
+        store.create_branch(sid, "alt", m[2].id)  # names 3 messages
+    log = tmp_path / sid / "messages.jsonl"
+    log.write_bytes(b"".join(log.read_bytes().splitlines(keepends=True)[:2]))  # the crash kept two
+    metadata = []
+    for load_first in (False, True):
+        with open_files(tmp_path) as fresh:
+            if load_first:
+                fresh.get_messages(sid)
+            metadata.append(fresh.get_metadata(sid))
+    assert metadata[0] == metadata[1] and metadata[0].branch_count == 1
+    with open_files(tmp_path) as store:
+        assert [p.reason for p in store.check(sid).problems] == [
+            "branch event 'create' on 'alt' follows messages that are missing"]
+        store.create_branch(sid, "x", m[0].id)
+        assert store.move_head(sid, m[0].id).head_id == m[0].id
+        after = store.append(sid, role="user", content="after")
+        assert [b.name for b in store.get_branches(sid)] == ["main", "x"]
+        assert store.check(sid).ok
+    assert "naming messages that a crash lost were cut off" in caplog.text
+    assert [e["name"] for e in lines(tmp_path / sid / "branches.jsonl")] == ["x", "main"]
+    with open_files(tmp_path) as fresh:
+        assert fresh.get_head(sid) == after.id and fresh.get_metadata(sid).branch_count == 2
+        assert [x.content for x in fresh.get_linear_history(sid)] == ["m0", "after"]
+
+
 def test_bad_lines_mid_file_are_reported_kept_and_kept_in_place(tmp_path: Path,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     with open_files(tmp_path) as store:
