@@ -4894,9 +4894,13 @@ def _import_lines(messages: Sequence[Message], seen: set[str]) -> list[bytes]:
     return lines
 
 
-def _check_import_branch(b: Branch, seen: set[str]) -> None:
-    """An imported branch: a valid name, integer times, a head among ``seen``."""
+def _check_import_branch(b: Branch, seen: set[str], named: set[str]) -> None:
+    """An imported branch: a valid name not in ``named`` (the names given before it,
+    to which it is added), integer times, a head among ``seen``."""
     _check_name("branch name", b.name)
+    if b.name in named:
+        raise InvalidInput(f"branch {b.name!r} is given twice")
+    named.add(b.name)
     _check_time(f"created_at of branch {b.name!r}", b.created_at)
     _check_time(f"updated_at of branch {b.name!r}", b.updated_at)
     if b.head_id is not None and b.head_id not in seen:
@@ -6090,10 +6094,11 @@ class SessionStore:
         seen: set[str] = set()
         lines = _import_lines(messages, seen)
         heads: dict[str, str | None] = {"main": None}
+        named: set[str] = set()
         for b in branches or []:
             if not isinstance(b, Branch):
                 raise InvalidInput(f"branches must be Branch records, not {type(b).__name__}")
-            _check_import_branch(b, seen)
+            _check_import_branch(b, seen, named)
             heads[b.name] = b.head_id
         if not isinstance(current, str) or current not in heads:
             raise InvalidInput(f"current branch {current!r} is not among the branches")
@@ -6149,8 +6154,9 @@ class SessionStore:
                     raise DuplicateMessage(session_id, mid)
             fresh = [m for m in given if not (isinstance(m, Message) and m.id in existing)]
             lines = _import_lines(fresh, seen)
+            named: set[str] = set()
             for b in branches:
-                _check_import_branch(b, seen)
+                _check_import_branch(b, seen, named)
             written: list[Message] = []
             for line in lines:
                 msg = _message_from_record(json.loads(line), state.by_id)

@@ -465,6 +465,7 @@ def test_repeating_an_append_with_its_id_returns_the_stored_message(store: Sessi
                              fields={"parentId": "b"})]},
     {"branches": [ss.Branch(name="b", head_id="ghost", created_at=1, updated_at=1)]},
     {"branches": [ss.Branch(name="b", head_id=None, created_at="soon", updated_at=1)]},  # type: ignore[arg-type]
+    {"branches": [ss.Branch(name="b", head_id=None, created_at=1, updated_at=1)] * 2},  # a name given twice
     {"current": "nowhere"},
 ])
 def test_import_session_refuses_bad_input_and_writes_nothing(store: SessionStore, bad: dict[str, Any]) -> None:
@@ -492,3 +493,8 @@ def test_import_messages_adds_new_records_and_skips_identical_ones(store: Sessio
     assert store.get_head(sid) == "c" and alt is not None and alt.head_id == "b"
     with pytest.raises(ss.InvalidMessage):
         store.import_messages(sid, [ss.Message(id="d", parent_id="zz", type="u", role="u", content=1, timestamp=1)])
+    before = snapshot(store, sid)
+    with pytest.raises(ss.InvalidInput):  # a name given twice: the second would move what the first created
+        store.import_messages(sid, [m1], branches=[ss.Branch(name="x", head_id="a", created_at=1, updated_at=1),
+                                                   ss.Branch(name="x", head_id="b", created_at=1, updated_at=1)])
+    assert snapshot(store, sid) == before
