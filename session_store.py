@@ -3850,10 +3850,13 @@ def _tally_records(tally: dict[str, Any], messages: Iterable[tuple[int, dict[str
     updated, count = tally["updatedAt"], tally["messages"]
     for _, rec in messages:
         count += 1
-        ts = rec.get("timestamp")
-        if isinstance(ts, int) and not isinstance(ts, bool):
+        mid, parent, role, ts, kind = rec.get("id"), rec.get("parentId"), rec.get("role"), rec.get("timestamp"), \
+            rec.get("type")
+        # What _message_from_record refuses loads as a placeholder: no time, not a reset.
+        if (isinstance(mid, str) and mid and (parent is None or isinstance(parent, str)) and isinstance(role, str)
+                and isinstance(ts, int) and not isinstance(ts, bool)):
             updated = max(updated, ts)
-            if rec.get("type") == "reset":
+            if (kind if isinstance(kind, str) else role) == "reset":
                 tally["resets"] += 1
                 tally["lastResetAt"] = ts
     for _, rec in events:

@@ -711,6 +711,32 @@ def test_metadata_of_a_session_not_loaded_reads_no_log(tmp_path: Path) -> None:
     assert all(n < 200 for _, _, n in reads[:2]) and reads[2:] == [("messages.jsonl", mpos - line, size - mpos + line)]
 
 
+def test_metadata_read_on_from_a_tally_counts_a_damaged_record_as_a_load_does() -> None:
+    """A record that is JSON but no message (a key damaged) loads as a placeholder: no
+    time, no reset. Counted from the raw record, a fresh store's metadata had its time
+    and a reset that a load does not have."""
+    fs, clock = InMemoryFileSystem(), FakeClock()
+    with SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock) as store:
+        sid = store.resolve("k")
+        store.append(sid, role="user", content="a")
+        clock.advance(100)
+        store.reset(sid)  # a marker, type "reset"
+        clock.advance(100)
+        store.append(sid, role="user", content="b")
+    log = f"/s/{sid}/messages.jsonl"
+    lines_ = fs.read(log).split(b"\n")
+    for i in (1, 2):  # the marker and b: "role" becomes "rolE", in place
+        lines_[i] = lines_[i].replace(b'"role"', b'"rolE"', 1)
+    fs.write_in_place(log, b"\n".join(lines_))
+    metadata = []
+    for load_first in (False, True):
+        with SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock) as fresh:
+            if load_first:
+                fresh.get_messages(sid)
+            metadata.append(fresh.get_metadata(sid))
+    assert metadata[0] == metadata[1] and metadata[0].reset_count == 0
+
+
 def test_opening_and_reading_writes_nothing(tmp_path: Path) -> None:
     with SessionStore(storage_dir=tmp_path) as store:
         sid = store.resolve("k")
