@@ -187,7 +187,8 @@ def test_a_store_that_appended_then_dropped_its_tree_reads_what_it_appended(tmp_
         last = store.append(sid, role="user", content="m3")
         with pytest.raises(DuplicateMessage):  # refused whole: the cached tree is dropped
             store.append_many(sid, [{"role": "user", "content": "x"}, {"role": "user", "content": "y", "id": last.id}])
-        assert store.get_metadata(sid).message_count == 4
+        found = store.get_metadata(sid)
+        assert found is not None and found.message_count == 4
         assert [m.content for m in store.get_linear_history(sid, limit=2)] == ["m2", "m3"]
         assert [m["content"] for m in store.build_context(sid, limit=2)] == ["m2", "m3"]
 

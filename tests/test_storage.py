@@ -238,13 +238,8 @@ def test_branch_events_whose_messages_a_crash_lost_are_cut_by_the_next_writer(
         store.create_branch(sid, "alt", m[2].id)  # names 3 messages
     log = tmp_path / sid / "messages.jsonl"
     log.write_bytes(b"".join(log.read_bytes().splitlines(keepends=True)[:2]))  # the crash kept two
-    metadata = []
-    for load_first in (False, True):
-        with open_files(tmp_path) as fresh:
-            if load_first:
-                fresh.get_messages(sid)
-            metadata.append(fresh.get_metadata(sid))
-    assert metadata[0] == metadata[1] and metadata[0].branch_count == 1
+    found = metadata_unloaded_and_loaded(lambda: open_files(tmp_path), sid)
+    assert found[0] == found[1] and found[0].branch_count == 1
     with open_files(tmp_path) as store:
         assert [p.reason for p in store.check(sid).problems] == [
             "branch event 'create' on 'alt' follows messages that are missing"]
@@ -256,7 +251,7 @@ def test_branch_events_whose_messages_a_crash_lost_are_cut_by_the_next_writer(
     assert "naming messages that a crash lost were cut off" in caplog.text
     assert [e["name"] for e in lines(tmp_path / sid / "branches.jsonl")] == ["x", "main"]
     with open_files(tmp_path) as fresh:
-        assert fresh.get_head(sid) == after.id and fresh.get_metadata(sid).branch_count == 2
+        assert fresh.get_head(sid) == after.id and metadata(fresh, sid).branch_count == 2
         assert [x.content for x in fresh.get_linear_history(sid)] == ["m0", "after"]
 
 
@@ -367,6 +362,23 @@ def fresh_reads(fs: ss.FileSystem, sid: str, clock: FakeClock) -> tuple[Any, ...
     return tuple(reads)
 
 
+def metadata(store: SessionStore, sid: str) -> ss.SessionMetadata:
+    found = store.get_metadata(sid)
+    assert found is not None
+    return found
+
+
+def metadata_unloaded_and_loaded(open_store: Callable[[], SessionStore], sid: str) -> list[ss.SessionMetadata]:
+    """``get_metadata`` by a fresh store that has not loaded the session, then by one that has."""
+    found = []
+    for load_first in (False, True):
+        with open_store() as store:
+            if load_first:
+                store.get_messages(sid)
+            found.append(metadata(store, sid))
+    return found
+
+
 def test_a_tally_saved_before_a_sync_that_failed_is_not_believed_once_the_log_grows_back() -> None:
     inner, clock = InMemoryFileSystem(), FakeClock()
     fs = FaultyFileSystem(inner)
@@ -446,7 +458,7 @@ def test_a_store_that_read_a_record_taken_back_reads_the_log_as_it_is_once_it_gr
         expected = ["m0", "m1", "m2", "acked-0", "acked-1", "acked-2"]
         assert [(m.content, m.type) for m in reader.get_messages(sid)] == [(c, "user") for c in expected]
         assert [m.content for m in reader.get_linear_history(sid)] == expected
-        assert reader.get_metadata(sid).message_count == 6
+        assert metadata(reader, sid).message_count == 6
 
 
 def test_no_tally_is_saved_while_a_branch_event_waits_for_its_message() -> None:
@@ -475,13 +487,8 @@ def test_no_tally_is_saved_while_a_branch_event_waits_for_its_message() -> None:
 
             hook.append(race)
             reader.get_messages(sid)  # the log measured before the race, the events file after
-    metadata = []
-    for load_first in (False, True):
-        with SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock) as fresh:
-            if load_first:
-                fresh.get_messages(sid)
-            metadata.append(fresh.get_metadata(sid))
-    assert metadata[0] == metadata[1] and metadata[0].branch_count == 2
+    found = metadata_unloaded_and_loaded(lambda: SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock), sid)
+    assert found[0] == found[1] and found[0].branch_count == 2
 
 
 @pytest.mark.parametrize(("records", "leaf"), [
@@ -649,7 +656,7 @@ def test_no_system_call_on_a_file_is_made_under_the_descriptor_map_mutex(tmp_pat
         store.append(sid, role="assistant", content="two")
         with SessionStore(ss.JsonlStorage(fs, tmp_path)) as other:
             other.append(sid, role="user", content="three")
-            assert other.get_metadata(sid).message_count == 3
+            assert metadata(other, sid).message_count == 3
         assert [m.content for m in store.get_linear_history(sid)] == ["one", "two", "three"]
     with SessionStore(ss.JsonlStorage(fs, tmp_path)) as fresh:
         assert [m.content for m in fresh.get_linear_history(sid, limit=2)] == ["two", "three"]
@@ -728,13 +735,8 @@ def test_metadata_read_on_from_a_tally_counts_a_damaged_record_as_a_load_does() 
     for i in (1, 2):  # the marker and b: "role" becomes "rolE", in place
         lines_[i] = lines_[i].replace(b'"role"', b'"rolE"', 1)
     fs.write_in_place(log, b"\n".join(lines_))
-    metadata = []
-    for load_first in (False, True):
-        with SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock) as fresh:
-            if load_first:
-                fresh.get_messages(sid)
-            metadata.append(fresh.get_metadata(sid))
-    assert metadata[0] == metadata[1] and metadata[0].reset_count == 0
+    found = metadata_unloaded_and_loaded(lambda: SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock), sid)
+    assert found[0] == found[1] and found[0].reset_count == 0
 
 
 def test_opening_and_reading_writes_nothing(tmp_path: Path) -> None:
