@@ -1510,10 +1510,11 @@ class RealFileSystem(FileSystem):
             d = self._fds.get(path)
             if d is not None:  # another thread opened it meanwhile
                 os.close(fd)
+                d.pins += 1
             else:
                 d = self._fds[path] = _Descriptor(fd)
+                d.pins += 1  # before evicting: with every older one pinned, it was the one closed
                 self._evict()
-            d.pins += 1
             return d
 
     def _unpin(self, d: _Descriptor) -> None:

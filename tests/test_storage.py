@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import errno
@@ -662,6 +663,23 @@ def test_no_system_call_on_a_file_is_made_under_the_descriptor_map_mutex(tmp_pat
         assert [m.content for m in fresh.get_linear_history(sid, limit=2)] == ["two", "three"]
         assert fresh.check().ok
     assert under == []
+
+
+def test_a_descriptor_just_opened_is_never_the_one_evicted(tmp_path: Path) -> None:
+    """With every older cached descriptor pinned, the eviction that follows an open
+    closed the descriptor just opened, which was then used: EBADF, or, once its number
+    was reused by another open, another file's size and bytes."""
+    fs = RealFileSystem(max_open_files=4)
+    paths = [str(tmp_path / f"f{i}") for i in range(5)]
+    for i, path in enumerate(paths):
+        Path(path).write_bytes(b"x" * (i + 1))
+    with contextlib.ExitStack() as held:
+        for path in paths[:4]:
+            held.enter_context(fs.locked(path))  # each pins its descriptor
+        assert fs.stat(paths[4])[0] == 5
+        assert fs.read_range(paths[4], 0, 100) == b"x" * 5
+        assert fs._size_as_open(paths[4]) == 5
+    fs.close()
 
 
 def test_readers_never_cut_a_line_another_process_may_be_writing(tmp_path: Path) -> None:
