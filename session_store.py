@@ -85,6 +85,7 @@ __all__ = [
     "main",
 ]
 
+import bisect
 import contextlib
 import contextvars
 import copy
@@ -99,6 +100,7 @@ import inspect
 import itertools
 import json
 import logging
+import operator
 import os
 import re
 import shutil
@@ -839,15 +841,6 @@ class Storage(ABC):
     def write_tally(self, session_id: str, position: Position, tally: Mapping[str, Any]) -> None:  # noqa: B027
         """Save the store's tally (counts and times) of the records up to ``position``
         (inside :meth:`writing`); a cache, so it need not be durable."""
-
-    def cut_events(self, session_id: str, position: Position, count: int) -> int | None:
-        """Inside :meth:`writing`, every record read up to ``position``: cut off the
-        branch events that name more than ``count`` message records (a crash kept them
-        and lost the unsynced messages they follow; every event after the first such
-        one names at least as many). Returns the new events position, or ``None`` when
-        there was none or the storage cannot (the default: a storage that writes an
-        event and its messages in one transaction never has such events)."""
-        return None
 
     # -- leases (inside writing) -------------------------------------------------------
 
@@ -2367,8 +2360,8 @@ class _SyncState:
     them: what a failed sync may cut off.
     """
 
-    __slots__ = ("cond", "dirty", "end", "failed", "foreign", "poisoned", "synced", "syncing", "unsynced_from",
-                 "written")
+    __slots__ = ("after", "cond", "crossed", "dirty", "end", "failed", "foreign", "poisoned", "synced", "syncing",
+                 "unsynced_from", "written")
 
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.Lock())
@@ -2379,17 +2372,29 @@ class _SyncState:
         self.unsynced_from: list[int | None] = [None, None]  # per file: where our unsynced records begin
         self.end = [0, 0]  # per file: the offset after our last record
         self.foreign = [False, False]  # per file: another writer's record lies among our unsynced ones
+        self.after: list[int] | None = None  # both files' sizes after our last record
+        self.crossed = False  # another writer wrote to either file since our first unsynced record
         self.dirty = [False, False]
         self.poisoned: str | None = None
 
-    def note_write(self, file: int, start: int, end: int) -> None:
-        """A record of ours now spans ``[start, end)`` of ``file`` (caller holds the lock)."""
+    def note_write(self, file: int, start: int, end: int, position: Position) -> None:
+        """A record of ours now spans ``[start, end)`` of ``file``, written at
+        ``position`` (both files' sizes then: the caller holds the lock, caught up)."""
         with self.cond:
+            if self.unsynced_from[0] is None and self.unsynced_from[1] is None:
+                self.crossed = False
+            elif self.after is None or list(position) != self.after:
+                # Another writer wrote in between, to this file or to the other one: a
+                # branch event of theirs counts our messages, a message of theirs may
+                # follow our event. Taking ours back would take theirs with it.
+                self.crossed = True
             if self.unsynced_from[file] is None:
                 self.unsynced_from[file], self.foreign[file] = start, False
             elif start != self.end[file]:
                 self.foreign[file] = True
             self.end[file] = end
+            self.after = list(position)
+            self.after[file] = end
             self.dirty[file] = True
             self.written += 1
 
@@ -2400,6 +2405,8 @@ class _SyncState:
             if start is not None and start >= offset:
                 self.unsynced_from[file], self.foreign[file] = None, False
             self.end[file] = min(self.end[file], offset)
+            if self.after is not None:
+                self.after[file] = offset
 
     @property
     def idle(self) -> bool:
@@ -2879,19 +2886,6 @@ class JsonlStorage(Storage):
             found = Records(position=(epos, mpos), events=[], messages=[], events_label=events,
                             messages_label=log)
 
-    def cut_events(self, session_id: str, position: Position, count: int) -> int | None:
-        path = self._events(session_id)
-        data = self.fs.read_range(path, 0, position[0])
-        records, _ = _parse_lines(data, 0, path, session_id, [])
-        cut = next((where for where, rec in records
-                    if isinstance(rec.get("seq"), int) and not isinstance(rec.get("seq"), bool) and rec["seq"] > count),
-                   None)
-        if cut is None:
-            return None
-        self.fs.truncate(path, cut)  # as a torn last line is cut: the next crash can only bring back the same
-        self._note_end(session_id, 0, 0, data, cut)
-        return cut
-
     def _read_on(self, path: str, end: int, size: int, ends: list[int] | None, file: int) -> bytes | None:
         """The ``size`` bytes of ``path`` from ``end``; ``None`` when ``end`` is past the
         start and the line this storage last saw just before it (``ends``, see
@@ -2990,7 +2984,7 @@ class JsonlStorage(Storage):
             if st.poisoned:
                 raise StorageError(errno.EIO, st.poisoned)
             self._write_record(path, start, line)
-            st.note_write(file, start, start + len(line))
+            st.note_write(file, start, start + len(line), position)
         else:
             self._write_record(path, start, line)
         ends, at = self._ends[session_id], 3 * file  # the line now last before the new end (see _note_end)
@@ -3040,9 +3034,9 @@ class JsonlStorage(Storage):
             target, target_end, dirty = st.written, list(st.end), list(st.dirty)
             st.dirty = [False, False]
         try:
-            if dirty[1]:
+            if dirty[1] or dirty[0]:  # a branch event counts the log's records, other writers' too: those first
                 self.fs.sync(self._log(session_id))
-            if dirty[0]:  # branch events after the messages they may name
+            if dirty[0]:
                 self.fs.sync(self._events(session_id))
         except OSError as e:
             with st.cond:
@@ -3063,8 +3057,8 @@ class JsonlStorage(Storage):
                 with st.cond:
                     st.failed = st.written  # every record written so far is in doubt
                     sizes = [self._stat_events(session_id)[0], self.fs.size(files[1])]
-                    ours = all(st.unsynced_from[f] is None or (not st.foreign[f] and sizes[f] == st.end[f])
-                               for f in (0, 1))
+                    ours = not st.crossed and sizes == st.after and all(
+                        st.unsynced_from[f] is None or (not st.foreign[f] and sizes[f] == st.end[f]) for f in (0, 1))
                     if ours:
                         for f in (0, 1):
                             cut = st.unsynced_from[f]
@@ -3475,6 +3469,9 @@ class _BranchState:
                       updated_at=self.updated_at)
 
 
+_SEQ = operator.itemgetter("seq")  # a branch event's place among the message records
+
+
 class _Session:
     """The cached state of one session: its tree, branches and storage position.
 
@@ -3621,8 +3618,15 @@ class _Session:
         return () if found is None else (found,) if type(found) is str else found
 
     def add_event(self, event: dict[str, Any]) -> None:
-        """Queue a branch event; it applies once ``seq`` message records are applied."""
-        self.pending_events.append(event)
+        """Queue a branch event; it applies once ``seq`` message records are applied.
+
+        Waiting events apply in ``seq`` order (in file order for equal ``seq``), which
+        is file order as written. An event whose messages were lost (a crash kept it
+        and lost them, or a failed sync took back another writer's message it
+        counted) names more records than there are, and then waits without holding
+        back the events written after it, which name fewer.
+        """
+        bisect.insort(self.pending_events, event, key=_SEQ)
         self._apply_events_upto(self.record_count)
 
     def _apply_events_upto(self, count: int) -> None:
@@ -5651,21 +5655,6 @@ class SessionStore:
             self._unmark(state.session_id)
         self._storage.forget(state.session_id)
 
-    def _cut_orphan_events(self, state: _Session) -> None:
-        """A writer has read every record: a branch event still waiting names messages
-        the log does not have. A crash kept the event and lost the messages before it,
-        written but not yet synced (pages reach the disk in any order), and it would
-        wait for ever, holding back every later event, or apply to whatever messages
-        come to fill its count. It is cut off, as a torn last line is (caller holds
-        ``state.lock`` and the storage's ``writing``)."""
-        cut = self._storage.cut_events(state.session_id, state.position, state.record_count)
-        if cut is None:
-            return
-        _log.warning("session %s: %d branch event(s) naming messages that a crash lost were cut off",
-                     state.session_id, len(state.pending_events))
-        state.pending_events.clear()
-        state.position = (cut, state.position[1])
-
     def _catch_up(self, state: _Session, *, writer: bool = False) -> None:
         """Load what was appended to the session since we last looked, a part at a time
         (see :meth:`Storage.load_parts`).
@@ -5685,8 +5674,6 @@ class SessionStore:
                     _GC_PAUSE.pause()
                     paused = True
                 state.ingest(found)
-            if writer and state.pending_events:
-                self._cut_orphan_events(state)
         except SessionNotFound:
             self._forget_deleted(state)
             raise
@@ -5994,6 +5981,8 @@ class SessionStore:
         """Write one message record and apply it (caller is in ``_writing``)."""
         position = self._storage.append_message(state.session_id, state.position, msg.id, line)
         state.add_message(msg)
+        if state.pending_events:  # one naming this many records applies now, as a load applies it
+            state._apply_events_upto(state.record_count)
         state.position = position
         self._grow(state, len(line))
         state.untallied += 1
@@ -6489,9 +6478,6 @@ class SessionStore:
 
     def _branch_event(self, state: _Session, event: dict[str, Any]) -> None:
         """Append a branch event and apply it (caller is in ``_writing``, and syncs after)."""
-        if state.pending_events:  # it would wait behind them (only where the storage cannot cut them)
-            raise StorageError(errno.EIO, f"session {state.session_id}: branch events name messages that are "
-                               "missing; nothing was written")
         line = _encode_line(event)
         state.position = self._storage.append_event(state.session_id, state.position, line)
         state.add_event(event)

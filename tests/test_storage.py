@@ -227,16 +227,16 @@ def test_torn_last_line_is_ignored_then_cut_by_the_next_writer(tmp_path: Path,
     assert "torn last line" in caplog.text
 
 
-def test_branch_events_whose_messages_a_crash_lost_are_cut_by_the_next_writer(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_branch_event_whose_messages_were_lost_holds_back_no_later_event(tmp_path: Path) -> None:
     """Unsynced pages reach the disk in any order: a crash can keep a branch event and
-    lose the messages it follows. Such an event waited for ever: every later branch
-    event queued behind it (create_branch raised KeyError; a head moved by move_head
-    stayed where it was), and a fresh store's metadata counted it where a load did not."""
+    lose the messages it counts (and a failed sync takes back another writer's message
+    that an acknowledged event counted). Such an event waited, and every later branch
+    event queued behind it: create_branch raised KeyError, a head moved by move_head
+    stayed where it was, and a fresh store's metadata counted it where a load did not."""
     with open_files(tmp_path, durable=False) as store:
         sid = store.resolve("k")
         m = [store.append(sid, role="user", content=f"m{i}") for i in range(3)]
-        store.create_branch(sid, "alt", m[2].id)  # names 3 messages
+        store.create_branch(sid, "alt", m[1].id)  # counts 3 messages
     log = tmp_path / sid / "messages.jsonl"
     log.write_bytes(b"".join(log.read_bytes().splitlines(keepends=True)[:2]))  # the crash kept two
     found = metadata_unloaded_and_loaded(lambda: open_files(tmp_path), sid)
@@ -244,16 +244,56 @@ def test_branch_events_whose_messages_a_crash_lost_are_cut_by_the_next_writer(
     with open_files(tmp_path) as store:
         assert [p.reason for p in store.check(sid).problems] == [
             "branch event 'create' on 'alt' follows messages that are missing"]
-        store.create_branch(sid, "x", m[0].id)
-        assert store.move_head(sid, m[0].id).head_id == m[0].id
-        after = store.append(sid, role="user", content="after")
-        assert [b.name for b in store.get_branches(sid)] == ["main", "x"]
+        assert store.create_branch(sid, "x", m[0].id).head_id == m[0].id
+        assert store.move_head(sid, m[0].id).head_id == m[0].id == store.get_head(sid)
+        after = store.append(sid, role="user", content="after")  # the third record: "alt" applies now
+        assert [b.name for b in store.get_branches(sid)] == ["main", "x", "alt"]
         assert store.check(sid).ok
-    assert "naming messages that a crash lost were cut off" in caplog.text
-    assert [e["name"] for e in lines(tmp_path / sid / "branches.jsonl")] == ["x", "main"]
+    found = metadata_unloaded_and_loaded(lambda: open_files(tmp_path), sid)
+    assert found[0] == found[1] and found[0].branch_count == 3
     with open_files(tmp_path) as fresh:
-        assert fresh.get_head(sid) == after.id and metadata(fresh, sid).branch_count == 2
+        assert fresh.get_head(sid) == after.id
         assert [x.content for x in fresh.get_linear_history(sid)] == ["m0", "after"]
+
+
+def test_a_failed_sync_takes_back_no_record_another_writer_wrote_after(tmp_path: Path) -> None:
+    """A store's append is written, its lock released, then its sync fails. Meanwhile
+    another store (another process) created a branch, counting that message, and its
+    sync succeeded. The failed sync cut the message off the log, as its own and last
+    there: the acknowledged branch then named one record more than the log holds. It
+    now refuses further writes instead, and keeps the message (never acknowledged)."""
+    during: list[Callable[[], object]] = []
+
+    class FailingSync(RealFileSystem):
+        def sync(self, path: str) -> None:
+            if during and path.endswith("messages.jsonl"):
+                during.pop()()
+                raise OSError(errno.EIO, "fsync failed")
+            super().sync(path)
+
+    with SessionStore(ss.JsonlStorage(FailingSync(), tmp_path)) as a, \
+            SessionStore(ss.JsonlStorage(RealFileSystem(), tmp_path)) as b:
+        sid = a.resolve("k")
+        first = a.append(sid, role="user", content="m0")
+        during.append(lambda: b.create_branch(sid, "alt", first.id))
+        with pytest.raises(ss.StorageError, match="refuses further writes"):
+            a.append(sid, role="user", content="m1")
+    with open_files(tmp_path) as fresh:
+        assert [x.name for x in fresh.get_branches(sid)] == ["main", "alt"]
+        assert [m.content for m in fresh.get_messages(sid)] == ["m0", "m1"]
+        assert fresh.check(sid).ok
+
+
+def test_a_durable_branch_event_syncs_the_log_it_counts_first(tmp_path: Path) -> None:
+    """A branch event counts every record of the log, another writer's unsynced ones
+    too: synced alone, a crash could keep it and lose them."""
+    fs = CountingFS()
+    with SessionStore(fs, storage_dir=tmp_path) as store:
+        sid = store.resolve("k")
+        first = store.append(sid, role="user", content="m0")
+        fs.syncs.clear()
+        store.create_branch(sid, "alt", first.id)
+    assert fs.syncs[:2] == ["messages.jsonl", "branches.jsonl"]
 
 
 def test_bad_lines_mid_file_are_reported_kept_and_kept_in_place(tmp_path: Path,
