@@ -2104,9 +2104,10 @@ _after_fork_hooks = _WeakHooks()
 # that fails (a failed write scope, a failed sync) is cut off again in place; readers
 # do not lock, so another store may have read it meanwhile. Before reading on from a
 # position, a store checks that the line it last saw there is still there (length and
-# CRC-32), and reloads when it is not; until the log grows again it may still show
-# the record taken back. Readers ignore unknown fields of known records; a format only
-# ever gains fields.
+# CRC-32), and reloads when it is not. A writer checks it even when the files have not
+# grown, so it never writes under a record taken back; a reader checks only when
+# reading on, so until either file grows again it may still show that record.
+# Readers ignore unknown fields of known records; a format only ever gains fields.
 
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
@@ -2470,7 +2471,9 @@ class JsonlStorage(Storage):
         self._idents: dict[str, tuple[Any, Any]] = {}  # session id -> (events, log) identity at last load
         # session id -> [end, length, CRC-32] of the last line read or written here before
         # that end, of its branch events then of its log: what a tally vouches for.
-        self._ends: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
+        # Per session: for the branch events (0) and the log (1), the end, length and CRC-32
+        # of the last line read or written, then whether it was read (not written) here.
+        self._ends: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0, 0])
         self._legacy: tuple[int, dict[str, IndexEntry]] | None = None  # format 1: (journal size, key -> entry)
 
     def __repr__(self) -> str:
@@ -2805,13 +2808,16 @@ class JsonlStorage(Storage):
             raise SessionNotFound(session_id) from None
         epos, mpos = position
         known = self._idents.get(session_id)
+        cut = False  # a file this writer did not grow was cut back and grown again to the same size
         if known is not None and known[1] == ident and size == mpos:
             # The log is the one read before, with nothing new: the events file, never
             # replaced without the log (see quarantine; a delete removes the log first),
             # needs only its size. This is the common read: one fstat and one lseek.
             try:
                 if fs._size_as_open(events) == epos:
-                    return ()
+                    if not writer or self._read_unchanged(session_id, (events, log), position):
+                        return ()
+                    cut = True
             except FileNotFoundError:
                 if epos == 0 and known[0] is None:
                     return ()
@@ -2821,9 +2827,11 @@ class JsonlStorage(Storage):
             esize, eident = 0, None
         idents = eident, ident
         same = known == idents
-        if same and esize == epos and size == mpos:  # nothing new
-            return ()
-        restart = position != (0, 0) and (not same or size < mpos or esize < epos)
+        if same and esize == epos and size == mpos and not cut:  # nothing new
+            if not writer or self._read_unchanged(session_id, (events, log), position):
+                return ()
+            cut = True
+        restart = position != (0, 0) and (cut or not same or size < mpos or esize < epos)
         if restart:  # rewritten (a repair) or cut back (a failed sync) under us
             _log.warning("%s was rewritten: reloading", log)
             epos = mpos = 0
@@ -2846,6 +2854,10 @@ class JsonlStorage(Storage):
         # and once later appends grow it past the position only this tells that what
         # lies before changed. That line is read with what follows it, in one read.
         ends = None if restart else self._ends.get(session_id)
+        if not restart and esize == epos and epos and ends is not None and ends[6] and not self._intact(
+                ends, 0, events, epos):  # the events file cut back and grown again to the same size
+            yield from self._parts_again(session_id, position, writer, part, sizes)
+            return
         if esize > epos:
             chunk = self._read_on(events, epos, esize - epos, ends, 0)
             if chunk is None:
@@ -2892,15 +2904,35 @@ class JsonlStorage(Storage):
         :meth:`_note_end`) is not there any more, or was not seen here."""
         if not end:
             return self.fs.read_range(path, 0, size)
-        if ends is None or ends[3 * file] != end:
+        if ends is None or ends[3 * file] < end:
             return None
         length, crc = ends[3 * file + 1], ends[3 * file + 2]
+        if ends[3 * file] > end:  # read further here since (a check): still there up to that line?
+            return self.fs.read_range(path, end, size) if self._intact(ends, file, path, end) else None
         if not 0 < length <= end:
             return None
         data = self.fs.read_range(path, end - length, length + size)
         if len(data) < length or zlib.crc32(memoryview(data)[:length]) != crc:
             return None
         return data[length:]
+
+    def _intact(self, ends: list[int] | None, file: int, path: str, end: int) -> bool:
+        """Whether ``path`` still holds the line this storage last saw in it at ``end``
+        or after (``ends``, see :meth:`_note_end`), so everything before ``end`` too."""
+        if not end:
+            return True
+        at = 3 * file
+        return ends is not None and ends[at] >= end and _holds_line(self.fs, path, ends[at], ends[at + 1],
+                                                                    ends[at + 2])
+
+    def _read_unchanged(self, session_id: str, paths: tuple[str, str], position: Position) -> bool:
+        """Whether the files still hold what was *read* here up to ``position`` (what this
+        storage wrote itself, no other writer can take back). A writer asks before it
+        trusts a file that has not grown: one cut back and grown again to the same size
+        would otherwise have it write under a message that is not there any more."""
+        ends = self._ends.get(session_id)
+        return all(not position[f] or (ends is not None and not ends[6 + f])
+                   or self._intact(ends, f, paths[f], position[f]) for f in (0, 1))
 
     def _parts_again(self, session_id: str, position: Position, writer: bool, part: int | None,
                      sizes: tuple[int, int]) -> Iterator[Records]:
@@ -2955,6 +2987,7 @@ class JsonlStorage(Storage):
         start = chunk.rfind(b"\n", 0, used - 1) + 1
         ends, at = self._ends[session_id], 3 * file
         ends[at], ends[at + 1], ends[at + 2] = base + used, used - start, zlib.crc32(memoryview(chunk)[start:used])
+        ends[6 + file] = 1
 
     def _sync_state(self, session_id: str) -> _SyncState:
         st = self._syncs.get(session_id)
@@ -2988,7 +3021,7 @@ class JsonlStorage(Storage):
         else:
             self._write_record(path, start, line)
         ends, at = self._ends[session_id], 3 * file  # the line now last before the new end (see _note_end)
-        ends[at], ends[at + 1], ends[at + 2] = new[file], len(line), zlib.crc32(line)
+        ends[at], ends[at + 1], ends[at + 2], ends[6 + file] = new[file], len(line), zlib.crc32(line), 0
         return new
 
     def rollback(self, session_id: str, position: Position) -> None:
@@ -3096,7 +3129,7 @@ class JsonlStorage(Storage):
             if ([_jsonable(eident), _jsonable(ident)] != doc["identity"] or not isinstance(mpos, int)
                     or not isinstance(epos, int) or mpos > size or epos > esize or not isinstance(doc["tally"], dict)):
                 return None
-            ends = [0, 0, 0, 0, 0, 0]
+            ends = [0, 0, 0, 0, 0, 0, 1, 1]
             for file, path, end, (length, crc) in ((0, self._events(session_id), epos, doc["last"][0]),
                                                    (1, self._log(session_id), mpos, doc["last"][1])):
                 if end and not _holds_line(self.fs, path, end, length, crc):

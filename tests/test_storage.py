@@ -532,6 +532,83 @@ def test_no_tally_is_saved_while_a_branch_event_waits_for_its_message() -> None:
     assert found[0] == found[1] and found[0].branch_count == 2
 
 
+class _LandsThenFails(InMemoryFileSystem):
+    """Appends to files ending in ``failing``: the write lands, ``during`` runs, then it fails."""
+
+    def __init__(self, failing: str) -> None:
+        super().__init__()
+        self.failing, self.during = failing, list[Callable[[], object]]()
+
+    def append(self, path: str, data: bytes) -> None:
+        super().append(path, data)
+        if self.during and path.endswith(self.failing):
+            self.during.pop()()
+            raise OSError(errno.EIO, "the write landed, then failed")
+
+
+def test_a_writer_never_writes_under_a_record_taken_back_after_it_read_it() -> None:
+    """A retry of the append taken back puts the log back at exactly the size another
+    store read it to: that store wrote its next message under the taken-back one (its
+    parent then missing for every other store), and never saw the retry."""
+    fs, clock = _LandsThenFails("messages.jsonl"), FakeClock()
+    with SessionStore(ss.JsonlStorage(fs, "/s"), durable=False, clock=clock) as r, \
+            SessionStore(ss.JsonlStorage(fs, "/s"), durable=False, clock=clock) as w:
+        sid = r.resolve("k")
+        r.append(sid, role="user", content="hello")
+        w.get_messages(sid)
+        fs.during.append(lambda: r.get_messages(sid))
+        with pytest.raises(ss.StorageError):
+            w.append(sid, role="assistant", content="answer")
+        retry = w.append(sid, role="assistant", content="answer")  # the same length, same time
+        after = r.append(sid, role="user", content="thanks")
+        assert after.parent_id == retry.id
+    with SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock) as fresh:
+        assert [m.content for m in fresh.get_linear_history(sid)] == ["hello", "answer", "thanks"]
+        assert fresh.check(sid).ok
+
+
+def test_a_store_that_read_a_branch_event_taken_back_sees_the_one_that_replaced_it() -> None:
+    """The events file back at the size another store read it to (a branch of a name as
+    long as the one taken back): that store, reading on as the log grew, kept the branch
+    never created and missed the one created."""
+    fs, clock = _LandsThenFails("branches.jsonl"), FakeClock()
+    with SessionStore(ss.JsonlStorage(fs, "/s"), durable=False, clock=clock) as r, \
+            SessionStore(ss.JsonlStorage(fs, "/s"), durable=False, clock=clock) as w:
+        sid = r.resolve("k")
+        first = r.append(sid, role="user", content="hello")
+        fs.during.append(lambda: r.get_branches(sid))
+        with pytest.raises(ss.StorageError):
+            w.create_branch(sid, "draft", first.id)
+        w.create_branch(sid, "final", first.id)
+        w.append(sid, role="user", content="more")
+        assert [b.name for b in r.get_branches(sid)] == ["main", "final"]
+
+
+def test_a_check_by_the_same_store_does_not_make_it_reload_what_it_has() -> None:
+    """check() scans through the same storage, which then remembers the files' end: the
+    store's own older position was no longer recognised, and it reloaded the session."""
+    fs = InMemoryFileSystem()
+    with SessionStore(ss.JsonlStorage(fs, "/s"), durable=False) as a, \
+            SessionStore(ss.JsonlStorage(fs, "/s"), durable=False) as b:
+        sid = a.resolve("k")
+        for i in range(50):
+            a.append(sid, role="user", content=f"m{i}")
+        a.get_messages(sid)
+        b.append(sid, role="user", content="from b")
+        assert a.check(sid).ok
+        size = len(fs.read(f"/s/{sid}/messages.jsonl"))
+        reads: list[int] = []
+        read_range = fs.read_range
+
+        def spy(path: str, offset: int, size: int) -> bytes:
+            reads.append(offset)
+            return read_range(path, offset, size)
+
+        fs.read_range = spy  # type: ignore[method-assign]
+        assert [m.content for m in a.get_messages(sid)][-2:] == ["m49", "from b"]
+        assert min(reads) > size // 2  # read on from where it was, not from the start
+
+
 @pytest.mark.parametrize(("records", "leaf"), [
     ([("t1", "t1")], "t1"),  # its own parent
     ([("t1", "t2"), ("t2", None)], "t1"),  # a child before its parent
@@ -770,10 +847,13 @@ def test_metadata_of_a_session_not_loaded_reads_no_log(tmp_path: Path) -> None:
     epos, mpos = stale["position"]
     size = os.path.getsize(tmp_path / sid / "messages.jsonl")
     # The last line before the tally's position in each file (still the one it was saved
-    # of?), then that line again with what follows it in the log (still there?): nothing else.
+    # of?); then, reading on, the same again: the events line (the file has not grown:
+    # cut back and grown again to the same size?), and the log's line with what follows
+    # it (still there?). Nothing else.
     assert [(name, offset + n) for name, offset, n in reads[:2]] == [("branches.jsonl", epos), ("messages.jsonl", mpos)]
     line = reads[1][2]
-    assert all(n < 200 for _, _, n in reads[:2]) and reads[2:] == [("messages.jsonl", mpos - line, size - mpos + line)]
+    assert all(n < 200 for _, _, n in reads[:2]) and reads[2:] == [
+        reads[0], ("messages.jsonl", mpos - line, size - mpos + line)]
 
 
 def test_metadata_read_on_from_a_tally_counts_a_damaged_record_as_a_load_does() -> None:
