@@ -2815,7 +2815,9 @@ class JsonlStorage(Storage):
             # needs only its size. This is the common read: one fstat and one lseek.
             try:
                 if fs._size_as_open(events) == epos:
-                    if not writer or self._read_unchanged(session_id, (events, log), position):
+                    ends = self._ends.get(session_id)  # all written here since read: nothing to check
+                    if not writer or (ends is not None and not ends[6] and not ends[7]) or self._read_unchanged(
+                            session_id, (events, log), position):
                         return ()
                     cut = True
             except FileNotFoundError:
@@ -3021,7 +3023,10 @@ class JsonlStorage(Storage):
         else:
             self._write_record(path, start, line)
         ends, at = self._ends[session_id], 3 * file  # the line now last before the new end (see _note_end)
-        ends[at], ends[at + 1], ends[at + 2], ends[6 + file] = new[file], len(line), zlib.crc32(line), 0
+        ends[at], ends[at + 1], ends[at + 2] = new[file], len(line), zlib.crc32(line)
+        # Nothing before a record of ours can be taken back any more: a failed sync
+        # takes back only what no other writer wrote after (see _after_failed_sync).
+        ends[6] = ends[7] = 0
         return new
 
     def rollback(self, session_id: str, position: Position) -> None:
