@@ -3051,8 +3051,10 @@ class JsonlStorage(Storage):
         A failed sync fails every record it covered, and later syncs never cover them
         (the fsyncgate lesson: after a failed fsync the kernel may have dropped the
         pages, so a second fsync "succeeding" proves nothing). The failed records are
-        cut off their files when they are all this process's own and last there;
+        cut off their files when they are all this process's own and no other writer
+        wrote to either file since the first of them (its branch event counts them);
         otherwise this storage refuses further writes to the session until reopened.
+        A branch event's sync covers the log first, other writers' records in it too.
         """
         if not self._must_sync:
             return
