@@ -795,6 +795,13 @@ class Storage(ABC):
         :class:`SessionNotFound` when the session is gone.
         """
 
+    def scan(self, session_id: str) -> Records | None:
+        """Every record of the session, read afresh for :meth:`SessionStore.check` and
+        :meth:`SessionStore.repair`: what :meth:`load` returns from ``(0, 0)``, except
+        that it leaves alone whatever this storage remembers for its readers (where
+        they read on from, and what vouches for it). By default, :meth:`load`."""
+        return self.load(session_id, (0, 0))
+
     def load_parts(self, session_id: str, position: Position, *, writer: bool = False) -> Iterable[Records]:
         """What :meth:`load` returns, in parts, so that a reader never holds every
         decoded record of a long session at once: each part reads on from the one
@@ -2791,6 +2798,29 @@ class JsonlStorage(Storage):
     def load_parts(self, session_id: str, position: Position, *, writer: bool = False) -> Iterable[Records]:
         return self._load(session_id, position, writer, _LOAD_PART)
 
+    def scan(self, session_id: str) -> Records | None:
+        """Both files read whole, up to the sizes seen first, noting nothing in
+        ``_idents`` or ``_ends``: a line that a check saw there must never vouch for a
+        position a reader of this storage reached before (the files may have been cut
+        back and grown again in between, see :meth:`_read_on`)."""
+        log, events = self._log(session_id), self._events(session_id)
+        try:
+            size = self.fs.stat(log)[0]
+        except (FileNotFoundError, NotADirectoryError):
+            raise SessionNotFound(session_id) from None
+        esize = self._stat_events(session_id)[0]
+        if not size and not esize:
+            return None
+        found = Records(position=(0, 0), events=[], messages=[], events_label=events, messages_label=log)
+        try:
+            echunk, chunk = self.fs.read_range(events, 0, esize) if esize else b"", self.fs.read_range(log, 0, size)
+        except (FileNotFoundError, NotADirectoryError):  # deleted meanwhile
+            raise SessionNotFound(session_id) from None
+        found.events, epos = _parse_lines(echunk, 0, events, session_id, found.problems)
+        found.messages, mpos = _parse_lines(chunk, 0, log, session_id, found.problems, message=True)
+        found.position, found.nbytes = (epos, mpos), mpos
+        return found
+
     def _load(self, session_id: str, position: Position, writer: bool, part: int | None) -> Iterable[Records]:
         """The records after ``position``, in parts of about ``part`` bytes of message
         records (``None``: one part); ``()`` when there are none (the common case of a
@@ -2906,11 +2936,9 @@ class JsonlStorage(Storage):
         :meth:`_note_end`) is not there any more, or was not seen here."""
         if not end:
             return self.fs.read_range(path, 0, size)
-        if ends is None or ends[3 * file] < end:
+        if ends is None or ends[3 * file] != end:
             return None
         length, crc = ends[3 * file + 1], ends[3 * file + 2]
-        if ends[3 * file] > end:  # read further here since (a check): still there up to that line?
-            return self.fs.read_range(path, end, size) if self._intact(ends, file, path, end) else None
         if not 0 < length <= end:
             return None
         data = self.fs.read_range(path, end - length, length + size)
@@ -2919,12 +2947,12 @@ class JsonlStorage(Storage):
         return data[length:]
 
     def _intact(self, ends: list[int] | None, file: int, path: str, end: int) -> bool:
-        """Whether ``path`` still holds the line this storage last saw in it at ``end``
-        or after (``ends``, see :meth:`_note_end`), so everything before ``end`` too."""
+        """Whether ``path`` still holds, just before ``end``, the line this storage last
+        saw end there (``ends``, see :meth:`_note_end`)."""
         if not end:
             return True
         at = 3 * file
-        return ends is not None and ends[at] >= end and _holds_line(self.fs, path, ends[at], ends[at + 1],
+        return ends is not None and ends[at] == end and _holds_line(self.fs, path, ends[at], ends[at + 1],
                                                                     ends[at + 2])
 
     def _read_unchanged(self, session_id: str, paths: tuple[str, str], position: Position) -> bool:
@@ -5738,7 +5766,7 @@ class SessionStore:
         tree (its ``problems``), and a placeholder for each message record a repair
         moves aside (damaged, or a duplicate id), by where the record is."""
         scratch = _Session(entry.session_id, entry.key, entry.created_at)
-        found = self._storage.load(entry.session_id, (0, 0))
+        found = self._storage.scan(entry.session_id)
         placeholders: dict[int, bytes] = {}
         if found is not None:
             scratch.ingest(found)

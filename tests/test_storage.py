@@ -458,15 +458,21 @@ def test_a_tally_covering_a_write_taken_back_is_not_believed_once_the_log_grows_
         assert partial == loaded and loaded[0] == ["m2", "new"] and loaded[1].message_count == 4
 
 
+@pytest.mark.parametrize("checked", [False, True])
 @pytest.mark.parametrize("fail", ["sync", "write"])
 @pytest.mark.parametrize("fs_kind", ["memory", "files"])
 def test_a_store_that_read_a_record_taken_back_reads_the_log_as_it_is_once_it_grows_again(
-        tmp_path: Path, fs_kind: str, fail: str) -> None:
+        tmp_path: Path, fs_kind: str, fail: str, checked: bool) -> None:
     """A record read by another store between its write and the failure that took it
     back (a failed sync, a write that landed and then failed) is cut off the log in
     place. That store once read on from its old position when the log grew past it:
     the taken-back message stayed, a line's middle read as a damaged record, and the
-    acknowledged ones were missed."""
+    acknowledged ones were missed.
+
+    ``checked``: a check() by that store read the log through its storage, which then
+    remembered the new end, and a line there, intact, was taken as proof that the
+    store's older position still held what it had read: the same loss, and the
+    store's next message written under the taken-back one."""
     during: list[Callable[[], object]] = []
     base: type[ss.FileSystem] = InMemoryFileSystem if fs_kind == "memory" else RealFileSystem
 
@@ -494,12 +500,17 @@ def test_a_store_that_read_a_record_taken_back_reads_the_log_as_it_is_once_it_gr
         during.append(lambda: reader.get_messages(sid))
         with pytest.raises(ss.StorageError):
             writer.append(sid, role="user", content="TAKEN BACK")
-        for i in range(3):
-            writer.append(sid, role="user", content=f"acked-{i}")
+        acked = [writer.append(sid, role="user", content=f"acked-{i}") for i in range(3)]
+        if checked:
+            assert reader.check(sid).ok
         expected = ["m0", "m1", "m2", "acked-0", "acked-1", "acked-2"]
         assert [(m.content, m.type) for m in reader.get_messages(sid)] == [(c, "user") for c in expected]
         assert [m.content for m in reader.get_linear_history(sid)] == expected
         assert metadata(reader, sid).message_count == 6
+        assert reader.append(sid, role="user", content="next").parent_id == acked[-1].id
+    with SessionStore(ss.JsonlStorage(fs, directory)) as fresh:
+        assert [m.content for m in fresh.get_linear_history(sid)] == [*expected, "next"]
+        assert fresh.check(sid).ok
 
 
 def test_no_tally_is_saved_while_a_branch_event_waits_for_its_message() -> None:
