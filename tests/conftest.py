@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from session_store import InMemoryFileSystem, JsonlStorage, RealFileSystem, SessionStore, Storage
 from session_store_conformance import FakeClock
@@ -14,6 +15,11 @@ from session_store_sqlite import SqliteStorage
 
 StoreFactory = Callable[..., SessionStore]
 __all__ = ["FakeClock", "StoreFactory"]
+
+# No test may depend on the machine being idle: Hypothesis neither times examples
+# nor fails a test because generating its inputs was slow on a busy machine.
+settings.register_profile("any-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("any-machine")
 
 
 @pytest.fixture
