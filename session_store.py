@@ -111,7 +111,7 @@ import uuid
 import weakref
 import zlib
 from abc import ABC, abstractmethod
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from stat import S_ISDIR, S_ISREG
@@ -2110,10 +2110,11 @@ _after_fork_hooks = _WeakHooks()
 # line, which readers ignore and the next writer (holding the lock) cuts off. A write
 # that fails (a failed write scope, a failed sync) is cut off again in place; readers
 # do not lock, so another store may have read it meanwhile. Before reading on from a
-# position, a store checks that the line it last saw there is still there (length and
-# CRC-32), and reloads when it is not. A writer checks it even when the files have not
-# grown, so it never writes under a record taken back; a reader checks only when
-# reading on, so until either file grows again it may still show that record.
+# position, a reader checks that the line it last saw end there (its own: see _Vouch)
+# is still there (length and CRC-32), and reloads when it is not. A writer checks it
+# even when the files have not grown, so it never writes under a record taken back; a
+# reader checks only when reading on, so until either file grows again it may still
+# show that record.
 # Readers ignore unknown fields of known records; a format only ever gains fields.
 
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
@@ -2445,6 +2446,30 @@ class _JsonlWriting:
             lock.__exit__(None, None, None)
 
 
+# What vouches for one reader's position in a session's JSONL files (see
+# JsonlStorage._read_on): (position, idents, ends). ``idents``: the files' identities
+# when it was reached (None for a file that did not exist); ``ends``: for the events
+# file then the log, the end, length and CRC-32 of the last line before that end, then
+# for each whether the reader read that line (1) rather than wrote it (0).
+#
+# A storage keeps one per session, for the very ``position`` object it last returned,
+# and believes it for that object only (``is``): a line another reader saw at the same
+# offset (another thread's read of the metadata, a check) may have been written after
+# the files were cut back and grown again, and proves nothing about what this reader
+# read. A reader whose position is not the one kept reads its session whole.
+_Vouch = tuple[Position, tuple[Any, Any], tuple[int, ...]]
+
+
+class _Tallied(tuple[int, int]):
+    """A position read from a saved tally, with what vouches for it, kept by no storage
+    (a read of the metadata or of a path's end uses it once): its lines are marked read
+    (not written), so every use checks them again."""
+
+    vouch: _Vouch
+
+
+
+
 class JsonlStorage(Storage):
     """Format v2 (see "Log format") on a :class:`FileSystem`: the default storage.
 
@@ -2475,12 +2500,10 @@ class JsonlStorage(Storage):
     def _reset(self) -> None:
         self._syncs: dict[str, _SyncState] = {}
         self._syncs_lock = threading.Lock()
-        self._idents: dict[str, tuple[Any, Any]] = {}  # session id -> (events, log) identity at last load
-        # session id -> [end, length, CRC-32] of the last line read or written here before
-        # that end, of its branch events then of its log: what a tally vouches for.
-        # Per session: for the branch events (0) and the log (1), the end, length and CRC-32
-        # of the last line read or written, then whether it was read (not written) here.
-        self._ends: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0, 0])
+        # Session id -> what vouches for the position this storage last returned for it
+        # (see _Vouch); dropped when this storage cuts the files back itself (a failed
+        # sync), rewrites them (a repair) or deletes the session, and on forget/close.
+        self._vouches: dict[str, _Vouch] = {}
         self._legacy: tuple[int, dict[str, IndexEntry]] | None = None  # format 1: (journal size, key -> entry)
 
     def __repr__(self) -> str:
@@ -2506,8 +2529,7 @@ class JsonlStorage(Storage):
         """Close the file system's descriptors and drop the per-session caches (what
         was last read of each file: a later load of a session reads it whole)."""
         self.fs.close()
-        self._idents.clear()
-        self._ends.clear()
+        self._vouches.clear()
         with self._syncs_lock:
             for sid in [s for s, x in self._syncs.items() if x.idle]:
                 del self._syncs[sid]
@@ -2515,9 +2537,22 @@ class JsonlStorage(Storage):
     def after_fork(self) -> None:
         self._reset()
 
+    def _marked(self, session_id: str, position: Position) -> _Vouch | None:
+        """What vouches for ``position``: when it is the very one kept (see ``_Vouch``),
+        or one read from a saved tally (its own, all of whose lines are checked again)."""
+        vouch = self._vouches.get(session_id)
+        if vouch is not None and vouch[0] is position:
+            return vouch
+        return position.vouch if isinstance(position, _Tallied) else None
+
+    def _mark(self, session_id: str, epos: int, mpos: int, idents: tuple[Any, Any], ends: Sequence[int]) -> Position:
+        """A new position, kept with what vouches for it (for it alone)."""
+        position = epos, mpos
+        self._vouches[session_id] = position, idents, tuple(ends)
+        return position
+
     def forget(self, session_id: str) -> None:
-        self._idents.pop(session_id, None)
-        self._ends.pop(session_id, None)
+        self._vouches.pop(session_id, None)
         with self._syncs_lock:
             st = self._syncs.get(session_id)
             if st is not None and st.idle:
@@ -2716,8 +2751,7 @@ class JsonlStorage(Storage):
                 _log.warning("session %s deleted; its key link stays until repair(): %s", session_id, exc)
         with self._syncs_lock:
             self._syncs.pop(session_id, None)
-        self._idents.pop(session_id, None)
-        self._ends.pop(session_id, None)
+        self._vouches.pop(session_id, None)
         with contextlib.suppress(OSError):  # garbage now; repair() clears what a crash leaves
             fs.remove_tree(self._dir(session_id))
 
@@ -2799,10 +2833,8 @@ class JsonlStorage(Storage):
         return self._load(session_id, position, writer, _LOAD_PART)
 
     def scan(self, session_id: str) -> Records | None:
-        """Both files read whole, up to the sizes seen first, noting nothing in
-        ``_idents`` or ``_ends``: a line that a check saw there must never vouch for a
-        position a reader of this storage reached before (the files may have been cut
-        back and grown again in between, see :meth:`_read_on`)."""
+        """Both files read whole, up to the sizes seen first (its position vouches for
+        nothing: no reader reads on from a check's scan)."""
         log, events = self._log(session_id), self._events(session_id)
         try:
             size = self.fs.stat(log)[0]
@@ -2837,21 +2869,21 @@ class JsonlStorage(Storage):
         except (FileNotFoundError, NotADirectoryError):
             raise SessionNotFound(session_id) from None
         epos, mpos = position
-        known = self._idents.get(session_id)
+        mark = self._marked(session_id, position)
+        known = None if mark is None else mark[1]
         cut = False  # a file this writer did not grow was cut back and grown again to the same size
-        if known is not None and known[1] == ident and size == mpos:
+        if mark is not None and mark[1][1] == ident and size == mpos:
             # The log is the one read before, with nothing new: the events file, never
             # replaced without the log (see quarantine; a delete removes the log first),
             # needs only its size. This is the common read: one fstat and one lseek.
             try:
                 if fs._size_as_open(events) == epos:
-                    ends = self._ends.get(session_id)  # all written here since read: nothing to check
-                    if not writer or (ends is not None and not ends[6] and not ends[7]) or self._read_unchanged(
-                            session_id, (events, log), position):
+                    ends = mark[2]  # all written by this reader since it read: nothing to check
+                    if not writer or (not ends[6] and not ends[7]) or self._read_unchanged(mark, (events, log)):
                         return ()
                     cut = True
             except FileNotFoundError:
-                if epos == 0 and known[0] is None:
+                if epos == 0 and mark[1][0] is None:
                     return ()
         try:
             esize, eident = fs.stat(events)
@@ -2860,43 +2892,46 @@ class JsonlStorage(Storage):
         idents = eident, ident
         same = known == idents
         if same and esize == epos and size == mpos and not cut:  # nothing new
-            if not writer or self._read_unchanged(session_id, (events, log), position):
+            if not writer or self._read_unchanged(mark, (events, log)):
                 return ()
             cut = True
         restart = position != (0, 0) and (cut or not same or size < mpos or esize < epos)
         if restart:  # rewritten (a repair) or cut back (a failed sync) under us
             _log.warning("%s was rewritten: reloading", log)
             epos = mpos = 0
-        self._idents[session_id] = idents
         if esize <= epos and size <= mpos and not restart:
             return ()
-        return self._parts(session_id, position, writer, part, (epos, mpos), (esize, size), restart)
+        return self._parts(session_id, position, writer, part, (epos, mpos), (esize, size), idents,
+                           None if restart or mark is None else mark[2])
 
     def _parts(self, session_id: str, position: Position, writer: bool, part: int | None, start: Position,
-               sizes: tuple[int, int], restart: bool) -> Iterator[Records]:
-        """The parts :meth:`_load` found, read from ``start`` up to ``sizes``."""
+               sizes: tuple[int, int], idents: tuple[Any, Any], vouch: tuple[int, ...] | None) -> Iterator[Records]:
+        """The parts :meth:`_load` found, read from ``start`` up to ``sizes`` in the files
+        of ``idents``; ``vouch``: the ends of ``position``'s mark, ``None`` to read from
+        the start (a restart). Each part's position is a mark of what it read."""
         fs = self.fs
         log, events = self._log(session_id), self._events(session_id)
         (epos, mpos), (esize, size) = start, sizes
+        restart = vouch is None and position != (0, 0)
         found = Records(position=position, events=[], messages=[], events_label=events, messages_label=log,
                         restart=restart)
+        ends = list(vouch) if vouch is not None else [0, 0, 0, 0, 0, 0, 0, 0]
         # A file read on from a position must still hold, just before it, the line this
-        # storage last read or wrote there (see _note_end): a write taken back (a failed
+        # reader last read or wrote there (see _note_end): a write taken back (a failed
         # write scope, a failed sync) is cut off in place, the file keeps its identity,
         # and once later appends grow it past the position only this tells that what
         # lies before changed. That line is read with what follows it, in one read.
-        ends = None if restart else self._ends.get(session_id)
-        if not restart and esize == epos and epos and ends is not None and ends[6] and not self._intact(
+        if vouch is not None and esize == epos and epos and ends[6] and not self._intact(
                 ends, 0, events, epos):  # the events file cut back and grown again to the same size
-            yield from self._parts_again(session_id, position, writer, part, sizes)
+            yield from self._parts_again(session_id, position, writer, part, sizes, idents)
             return
         if esize > epos:
             chunk = self._read_on(events, epos, esize - epos, ends, 0)
             if chunk is None:
-                yield from self._parts_again(session_id, position, writer, part, sizes)
+                yield from self._parts_again(session_id, position, writer, part, sizes, idents)
                 return
             found.events, used = _parse_lines(chunk, epos, events, session_id, found.problems)
-            self._note_end(session_id, 0, epos, chunk, used)
+            _note_end(ends, 0, epos, chunk, used)
             epos += used
             if writer and epos < esize:
                 _log.warning("%s: torn last line cut off", events)
@@ -2904,10 +2939,10 @@ class JsonlStorage(Storage):
         while True:
             if size > mpos:
                 want = size - mpos if part is None else min(size - mpos, part)
-                if mpos == start[1] and not restart:
+                if mpos == start[1]:
                     checked = self._read_on(log, mpos, want, ends, 1)
                     if checked is None:
-                        yield from self._parts_again(session_id, position, writer, part, sizes)
+                        yield from self._parts_again(session_id, position, writer, part, sizes, idents)
                         return
                     chunk = checked
                 else:
@@ -2915,11 +2950,11 @@ class JsonlStorage(Storage):
                 if want < size - mpos and b"\n" not in chunk:  # a record longer than a part
                     chunk = fs.read_range(log, mpos, size - mpos)
                 found.messages, used = _parse_lines(chunk, mpos, log, session_id, found.problems, message=True)
-                self._note_end(session_id, 1, mpos, chunk, used)
+                _note_end(ends, 1, mpos, chunk, used)
                 del chunk
                 found.nbytes = used
                 mpos += used
-            found.position = (epos, mpos)
+            found.position = self._mark(session_id, epos, mpos, idents, ends)
             done = size <= mpos or not found.nbytes
             if done and writer and mpos < size:
                 _log.warning("%s: torn last line (%d bytes) cut off", log, size - mpos)
@@ -2927,59 +2962,59 @@ class JsonlStorage(Storage):
             yield found
             if done:
                 return
-            found = Records(position=(epos, mpos), events=[], messages=[], events_label=events,
+            found = Records(position=found.position, events=[], messages=[], events_label=events,
                             messages_label=log)
 
-    def _read_on(self, path: str, end: int, size: int, ends: list[int] | None, file: int) -> bytes | None:
+    def _read_on(self, path: str, end: int, size: int, ends: list[int], file: int) -> bytes | None:
         """The ``size`` bytes of ``path`` from ``end``; ``None`` when ``end`` is past the
-        start and the line this storage last saw just before it (``ends``, see
-        :meth:`_note_end`) is not there any more, or was not seen here."""
+        start and the line the reader last saw end there (``ends``, see
+        :func:`_note_end`) is not there any more, or was not seen."""
         if not end:
             return self.fs.read_range(path, 0, size)
-        if ends is None or ends[3 * file] != end:
-            return None
-        length, crc = ends[3 * file + 1], ends[3 * file + 2]
-        if not 0 < length <= end:
+        at = 3 * file
+        length, crc = ends[at + 1], ends[at + 2]
+        if ends[at] != end or not 0 < length <= end:
             return None
         data = self.fs.read_range(path, end - length, length + size)
         if len(data) < length or zlib.crc32(memoryview(data)[:length]) != crc:
             return None
         return data[length:]
 
-    def _intact(self, ends: list[int] | None, file: int, path: str, end: int) -> bool:
-        """Whether ``path`` still holds, just before ``end``, the line this storage last
-        saw end there (``ends``, see :meth:`_note_end`)."""
+    def _intact(self, ends: Sequence[int], file: int, path: str, end: int) -> bool:
+        """Whether ``path`` still holds, just before ``end``, the line the reader last saw
+        end there (``ends``, see :func:`_note_end`)."""
         if not end:
             return True
         at = 3 * file
-        return ends is not None and ends[at] == end and _holds_line(self.fs, path, ends[at], ends[at + 1],
-                                                                    ends[at + 2])
+        return ends[at] == end and _holds_line(self.fs, path, ends[at], ends[at + 1], ends[at + 2])
 
-    def _read_unchanged(self, session_id: str, paths: tuple[str, str], position: Position) -> bool:
-        """Whether the files still hold what was *read* here up to ``position`` (what this
-        storage wrote itself, no other writer can take back). A writer asks before it
+    def _read_unchanged(self, mark: _Vouch | None, paths: tuple[str, str]) -> bool:
+        """Whether the files still hold what the reader of ``mark`` *read* up to it (what
+        it wrote itself, no other writer can take back). A writer asks before it
         trusts a file that has not grown: one cut back and grown again to the same size
         would otherwise have it write under a message that is not there any more."""
-        ends = self._ends.get(session_id)
-        return all(not position[f] or (ends is not None and not ends[6 + f])
-                   or self._intact(ends, f, paths[f], position[f]) for f in (0, 1))
+        if mark is None:
+            return False
+        at, _, ends = mark
+        return all(not at[f] or not ends[6 + f] or self._intact(ends, f, paths[f], at[f]) for f in (0, 1))
 
     def _parts_again(self, session_id: str, position: Position, writer: bool, part: int | None,
-                     sizes: tuple[int, int]) -> Iterator[Records]:
+                     sizes: tuple[int, int], idents: tuple[Any, Any]) -> Iterator[Records]:
         """:meth:`_parts` from the start: the files were cut back and grown again."""
         _log.warning("%s was cut back and grown again: reloading", self._log(session_id))
-        return self._parts(session_id, position, writer, part, (0, 0), sizes, True)
+        return self._parts(session_id, position, writer, part, (0, 0), sizes, idents, None)
 
     def load_backwards(self, session_id: str, position: Position) -> Iterator[Records]:
-        return self._backwards(session_id, position[1])
+        mark = self._marked(session_id, position)
+        return self._backwards(session_id, position[1], mark)
 
-    def _backwards(self, session_id: str, end: int) -> Iterator[Records]:
+    def _backwards(self, session_id: str, end: int, mark: _Vouch | None) -> Iterator[Records]:
         """The log's records before ``end`` (a line boundary), read ``_BACK_PART`` bytes
         at a time from there towards the start: the lines a part begins inside are
-        decoded with the part before them. Each part is read from the log this
-        storage last saw (:meth:`read_tally` or a load set it), else ``restart``."""
+        decoded with the part before them. Each part is read from the log ``mark``
+        vouches for, still ending at ``end`` with the line it names, else ``restart``."""
         fs, log = self.fs, self._log(session_id)
-        known = self._idents.get(session_id)
+        known = None if mark is None or not self._intact(mark[2], 1, log, end) else mark[1][1]
         carry = b""
         while end > 0:
             try:
@@ -2987,7 +3022,7 @@ class JsonlStorage(Storage):
             except (FileNotFoundError, NotADirectoryError):
                 raise SessionNotFound(session_id) from None
             found = Records(position=(0, end), events=[], messages=[], events_label=self._events(session_id),
-                            messages_label=log, restart=known is None or ident != known[1])
+                            messages_label=log, restart=known is None or ident != known)
             if found.restart:
                 yield found
                 return
@@ -3007,17 +3042,6 @@ class JsonlStorage(Storage):
             yield found
             if found.restart:
                 return
-
-    def _note_end(self, session_id: str, file: int, base: int, chunk: bytes, used: int) -> None:
-        """Remember the last whole line of ``chunk[:used]`` (read or written at ``base`` of
-        file 0, the branch events, or 1, the log): a tally saved at its end names it,
-        and is believed only while that line is still there (see :meth:`read_tally`)."""
-        if not used:
-            return
-        start = chunk.rfind(b"\n", 0, used - 1) + 1
-        ends, at = self._ends[session_id], 3 * file
-        ends[at], ends[at + 1], ends[at + 2] = base + used, used - start, zlib.crc32(memoryview(chunk)[start:used])
-        ends[6 + file] = 1
 
     def _sync_state(self, session_id: str) -> _SyncState:
         st = self._syncs.get(session_id)
@@ -3050,11 +3074,25 @@ class JsonlStorage(Storage):
             st.note_write(file, start, start + len(line), position)
         else:
             self._write_record(path, start, line)
-        ends, at = self._ends[session_id], 3 * file  # the line now last before the new end (see _note_end)
-        ends[at], ends[at + 1], ends[at + 2] = new[file], len(line), zlib.crc32(line)
-        # Nothing before a record of ours can be taken back any more: a failed sync
-        # takes back only what no other writer wrote after (see _after_failed_sync).
-        ends[6] = ends[7] = 0
+        # The line now last before the new end (see _note_end). Nothing before a record
+        # of ours can be taken back any more (a failed sync takes back only what no
+        # other writer wrote after, see _after_failed_sync): both "read" flags go.
+        last = (new[file], len(line), zlib.crc32(line))
+        mark = self._vouches.get(session_id)
+        if mark is not None and mark[0] is position and (file or mark[1][0] is not None):
+            e = mark[2]
+            self._vouches[session_id] = new, mark[1], ((e[0], e[1], e[2], *last, 0, 0) if file
+                                                       else (*last, e[3], e[4], e[5], 0, 0))
+            return new
+        # The first record written here, or the events file just created: which files?
+        idents = self._stat_events(session_id)[1], self.fs.stat(self._log(session_id))[1]
+        ends: tuple[int, ...]
+        if mark is None or mark[0] is not position:  # the other file's end, if any, vouched by nothing
+            other = (-1, 0, 0) if position[1 - file] else (0, 0, 0)
+            ends = other + last + (1, 0) if file else last + other + (0, 1)
+        else:
+            ends = last + mark[2][3:6] + (0, 0)
+        self._vouches[session_id] = new, idents, ends
         return new
 
     def rollback(self, session_id: str, position: Position) -> None:
@@ -3135,8 +3173,7 @@ class JsonlStorage(Storage):
                                 self.fs.sync(files[f])
                                 st.unsynced_from[f], st.end[f] = None, cut
                         st.dirty = [False, False]
-                        self._idents.pop(session_id, None)
-                        self._ends.pop(session_id, None)
+                        self._vouches.pop(session_id, None)
                         why += "; the records written since the last good sync were removed"
                     else:
                         st.poisoned = why + ("; records of other writers follow them, so this storage refuses "
@@ -3172,22 +3209,24 @@ class JsonlStorage(Storage):
                 ends[3 * file:3 * file + 3] = end, length, crc
         except (OSError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, RecursionError):
             return None
-        self._idents[session_id] = (eident, ident)  # the position is in these very files: load() reads on
-        self._ends[session_id] = ends
-        return (epos, mpos), doc["tally"]
+        # The position is in these very files, and vouched for: load() reads on from it.
+        position = _Tallied((epos, mpos))
+        position.vouch = position, (eident, ident), tuple(ends)
+        return position, doc["tally"]
 
     def write_tally(self, session_id: str, position: Position, tally: Mapping[str, Any]) -> None:
-        idents, ends = self._idents.get(session_id), self._ends.get(session_id)
+        mark = self._marked(session_id, position)
+        if mark is None:
+            return  # the lines before the position were not read or written here: nothing vouches for them
+        _, idents, ends = mark
         last = []
         for file in (0, 1):
             if not position[file]:
                 last.append([0, 0])
-            elif ends is not None and ends[3 * file] == position[file]:
-                last.append(ends[3 * file + 1:3 * file + 3])
+            elif idents[file] is not None and ends[3 * file] == position[file]:
+                last.append(list(ends[3 * file + 1:3 * file + 3]))
             else:
-                return  # the line before the position was not read or written here: nothing vouches for it
-        if idents is None:
-            return
+                return
         doc = {"position": list(position), "identity": [_jsonable(i) for i in idents], "tally": dict(tally),
                "last": last}
         with contextlib.suppress(OSError):  # a cache: a failure only costs a longer read later
@@ -3350,8 +3389,7 @@ class JsonlStorage(Storage):
         if fixed:
             with self._syncs_lock:
                 self._syncs.pop(session_id, None)
-            self._idents.pop(session_id, None)
-            self._ends.pop(session_id, None)
+            self._vouches.pop(session_id, None)
         return fixed
 
     def repair_index(self) -> list[str]:
@@ -3502,6 +3540,18 @@ _malloc_trim: Any = None  # glibc's malloc_trim once looked up; False where ther
 
 _SESSION_FILES = frozenset({"messages.jsonl", "branches.jsonl", "lock.json", "lease.lock", "stats.json",
                             "messages.jsonl.quarantine", "branches.jsonl.quarantine"})
+
+
+def _note_end(ends: list[int], file: int, base: int, chunk: bytes, used: int) -> None:
+    """Note in ``ends`` (see ``_Vouch``) the last whole line of ``chunk[:used]``, read
+    at ``base`` of file 0 (the branch events) or 1 (the log): the reader believes what
+    it read before that end only while that very line is still there."""
+    if not used:
+        return
+    start = chunk.rfind(b"\n", 0, used - 1) + 1
+    at = 3 * file
+    ends[at], ends[at + 1], ends[at + 2] = base + used, used - start, zlib.crc32(memoryview(chunk)[start:used])
+    ends[6 + file] = 1
 
 
 def _holds_line(fs: FileSystem, path: str, end: int, length: Any, crc: Any) -> bool:

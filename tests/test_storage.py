@@ -620,6 +620,50 @@ def test_a_check_by_the_same_store_does_not_make_it_reload_what_it_has() -> None
         assert min(reads) > size // 2  # read on from where it was, not from the start
 
 
+
+class _ReadHook(_LandsThenFails):
+    """Also runs ``on_read`` (once) when a whole file ending in ``hooked`` is read."""
+
+    def __init__(self, failing: str, hooked: str) -> None:
+        super().__init__(failing)
+        self.hooked, self.on_read = hooked, list[Callable[[], object]]()
+
+    def read(self, path: str) -> bytes:
+        if self.on_read and path.endswith(self.hooked):
+            self.on_read.pop()()
+        return super().read(path)
+
+
+def test_what_vouches_for_a_position_is_never_shared_by_two_readers() -> None:
+    """Every reader of a session through one storage (the cached tree, a read of the
+    metadata of a session not loaded, which another thread of the store may load
+    meanwhile) once noted the last line it read in one place per session. The
+    metadata read, made after another store's record had been taken back and one of
+    the same length written in its place, noted that line as ending at the tree's
+    position: the tree, still holding the taken-back record, was trusted and the
+    next message written under it."""
+    fs, clock = _ReadHook("messages.jsonl", "stats.json"), FakeClock()
+    with SessionStore(ss.JsonlStorage(fs, "/s"), durable=False, clock=clock) as w:
+        sid = w.resolve("k")
+        w.append(sid, role="user", content="m0")
+        with SessionStore(ss.JsonlStorage(fs, "/s"), durable=False, clock=clock) as r:
+            replaced: list[ss.Message] = []
+
+            def meanwhile() -> None:  # another thread of r, between its cache check and its read
+                fs.during.append(lambda: r.get_messages(sid))  # the tree reads the record taken back
+                with pytest.raises(ss.StorageError):
+                    w.append(sid, role="user", content="TAKEN BACK")
+                replaced.append(w.append(sid, role="user", content="REPLACED!!"))  # the same length
+
+            fs.on_read.append(meanwhile)
+            assert metadata(r, sid).message_count == 2
+            assert r.append(sid, role="user", content="next").parent_id == replaced[0].id
+            assert [m.content for m in r.get_messages(sid)] == ["m0", "REPLACED!!", "next"]
+    with SessionStore(ss.JsonlStorage(fs, "/s"), clock=clock) as fresh:
+        assert [m.content for m in fresh.get_linear_history(sid)] == ["m0", "REPLACED!!", "next"]
+        assert fresh.check(sid).ok
+
+
 @pytest.mark.parametrize(("records", "leaf"), [
     ([("t1", "t1")], "t1"),  # its own parent
     ([("t1", "t2"), ("t2", None)], "t1"),  # a child before its parent
