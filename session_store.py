@@ -2468,6 +2468,9 @@ class _Tallied(tuple[int, int]):
     vouch: _Vouch
 
 
+# A _Vouch's ends for the first record a reader writes: what came before it was read
+# by nobody, so nothing vouches for the other file's end (its "read" flag set).
+_UNVOUCHED = (-1, 0, 0, -1, 0, 0)
 
 
 class JsonlStorage(Storage):
@@ -3079,20 +3082,15 @@ class JsonlStorage(Storage):
         # other writer wrote after, see _after_failed_sync): both "read" flags go.
         last = (new[file], len(line), zlib.crc32(line))
         mark = self._vouches.get(session_id)
-        if mark is not None and mark[0] is position and (file or mark[1][0] is not None):
-            e = mark[2]
-            self._vouches[session_id] = new, mark[1], ((e[0], e[1], e[2], *last, 0, 0) if file
-                                                       else (*last, e[3], e[4], e[5], 0, 0))
-            return new
-        # The first record written here, or the events file just created: which files?
-        idents = self._stat_events(session_id)[1], self.fs.stat(self._log(session_id))[1]
-        ends: tuple[int, ...]
-        if mark is None or mark[0] is not position:  # the other file's end, if any, vouched by nothing
-            other = (-1, 0, 0) if position[1 - file] else (0, 0, 0)
-            ends = other + last + (1, 0) if file else last + other + (0, 1)
-        else:
-            ends = last + mark[2][3:6] + (0, 0)
-        self._vouches[session_id] = new, idents, ends
+        if mark is not None and mark[0] is position:
+            idents, e, read = mark[1], mark[2], (0, 0)
+            if not file and idents[0] is None:  # the events file just created: which file is it?
+                idents = self._stat_events(session_id)[1], idents[1]
+        else:  # the first record written here: which files?
+            idents = self._stat_events(session_id)[1], self.fs.stat(self._log(session_id))[1]
+            e, read = _UNVOUCHED, ((1, 0) if file else (0, 1))
+        self._vouches[session_id] = new, idents, ((e[0], e[1], e[2], *last, *read) if file
+                                                  else (*last, e[3], e[4], e[5], *read))
         return new
 
     def rollback(self, session_id: str, position: Position) -> None:
