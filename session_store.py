@@ -824,6 +824,18 @@ class Storage(ABC):
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
         """Append a message record at ``position`` (the end); returns the new end."""
 
+    def append_messages(self, session_id: str, position: Position, lines: Sequence[tuple[str, bytes]]) -> Position:
+        """Append message records ``(message id, line)`` at ``position`` (the end), in
+        order; returns the new end. They are one :meth:`SessionStore.append_many` chain
+        (or the part of one between two branch events): no reader may ever see some of
+        them without the rest, also after a crash part way. By default
+        :meth:`append_message` for each, which is enough for a storage whose
+        :meth:`writing` scope is atomic (a transaction); JsonlStorage writes them with
+        one ``write()``, marked so that readers hold back an unfinished chain."""
+        for message_id, line in lines:
+            position = self.append_message(session_id, position, message_id, line)
+        return position
+
     @abstractmethod
     def append_event(self, session_id: str, position: Position, line: bytes) -> Position:
         """Append a branch event record at ``position`` (the end); returns the new end."""
@@ -2107,7 +2119,16 @@ _after_fork_hooks = _WeakHooks()
 #
 # Each log record is written with one write() while holding the log's lock; with
 # durable=True the call returns after fdatasync. A crash can leave only a torn last
-# line, which readers ignore and the next writer (holding the lock) cuts off. A write
+# line, which readers ignore and the next writer (holding the lock) cuts off.
+# An append_many chain is one write() of its records, each but the last ending in a
+# space before its newline ("more of this chain follows"; JSON allows the space, and
+# json.loads reads the line as before). Readers hold back the marked lines at the end
+# of the log, as an incomplete line, until the unmarked one that ends their chain is
+# there: a chain cut by a crash is never seen, and the next writer moves its lines to
+# <log>.quarantine and cuts them off (never acknowledged; never dropped unseen). A
+# reader of a version before the mark reads every line as a record. A chain that
+# auto-resets part way is written in two: up to the message that reset, before the
+# head's move event (an event never names records that may still be cut off). A write
 # that fails (a failed write scope, a failed sync) is cut off again in place; readers
 # do not lock, so another store may have read it meanwhile. Before reading on from a
 # position, a reader checks that the line it last saw end there (its own: see _Vouch)
@@ -2201,12 +2222,27 @@ def _decode_record(raw: bytes, where: int, file: str, session_id: str | None, pr
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
+def _unfinished_tail(data: bytes) -> int:
+    """Where the part of a log's ``data`` that readers hold back begins: an incomplete
+    last line, and before it the lines of a chain whose last record is not there (a
+    record line ending in a space: more of its chain follows; see "Log format")."""
+    end = data.rfind(b"\n") + 1
+    while end > 1 and data[end - 2] == 32:  # b" "
+        start = data.rfind(b"\n", 0, end - 1) + 1
+        if not data[start:end - 1].strip():
+            break
+        end = start
+    return end
+
+
 def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, problems: list[Problem], *,
-                 message: bool = False) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+                 message: bool = False, hold: bool = True) -> tuple[list[tuple[int, dict[str, Any]]], int]:
     """Parse the complete lines of ``chunk`` (read at ``base``).
 
     Returns ``(records with their offsets, bytes consumed)``; an incomplete last line
-    is not consumed. Bad lines are appended to ``problems`` (see :func:`_decode_record`).
+    is not consumed, nor (for a message log, with ``hold``) an unfinished chain
+    before it (see :func:`_unfinished_tail`). Bad lines are appended to ``problems``
+    (see :func:`_decode_record`).
     """
     lines = chunk.split(b"\n")
     lines.pop()  # what follows the last newline: an incomplete line, or nothing
@@ -2229,9 +2265,18 @@ def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, pro
             if stop == len(text) and type(rec) is dict:  # the common case, quickly
                 out.append((where, rec))
                 continue
+            if stop == len(text) - 1 and text[stop] == " " and type(rec) is dict:  # a chain's, not its last
+                out.append((where, rec))
+                continue
         except (ValueError, StopIteration, RecursionError):
             pass
         _parse_line(raw, where, out, file, session_id, problems, message)
+    if message and hold and lines[-1][-1:] == b" ":  # an unfinished chain: none of it until it is whole
+        held = base + _unfinished_tail(chunk)
+        while out and out[-1][0] >= held:
+            out.pop()
+        problems[:] = [p for p in problems if p.file != file or p.offset is None or p.offset < held]
+        end = held - base
     return out, end
 
 
@@ -2950,7 +2995,7 @@ class JsonlStorage(Storage):
                     chunk = checked
                 else:
                     chunk = fs.read_range(log, mpos, want)
-                if want < size - mpos and b"\n" not in chunk:  # a record longer than a part
+                if want < size - mpos and not _unfinished_tail(chunk):  # a record (or chain) longer than a part
                     chunk = fs.read_range(log, mpos, size - mpos)
                 found.messages, used = _parse_lines(chunk, mpos, log, session_id, found.problems, message=True)
                 _note_end(ends, 1, mpos, chunk, used)
@@ -2960,13 +3005,28 @@ class JsonlStorage(Storage):
             found.position = self._mark(session_id, epos, mpos, idents, ends)
             done = size <= mpos or not found.nbytes
             if done and writer and mpos < size:
-                _log.warning("%s: torn last line (%d bytes) cut off", log, size - mpos)
-                fs.truncate(log, mpos)
+                self._cut_unfinished(log, mpos, size)
             yield found
             if done:
                 return
             found = Records(position=found.position, events=[], messages=[], events_label=events,
                             messages_label=log)
+
+    def _cut_unfinished(self, log: str, end: int, size: int) -> None:
+        """A writer's cut of what readers hold back at the log's end (``end`` to
+        ``size``): a torn last line, and the whole lines of an unfinished chain before
+        it, which go to ``<log>.quarantine`` first (never acknowledged, as no
+        append_many returned; but whole records are never dropped unseen)."""
+        tail = self.fs.read_range(log, end, size - end)
+        whole = tail[:tail.rfind(b"\n") + 1]
+        if whole:
+            _log.warning("%s: an unfinished chain of %d record(s) (append_many cut short) moved to %s.quarantine",
+                         log, whole.count(b"\n"), log)
+            self.fs.append(log + ".quarantine", whole)
+            self._sync_file(log + ".quarantine")
+        if len(tail) > len(whole):
+            _log.warning("%s: torn last line (%d bytes) cut off", log, len(tail) - len(whole))
+        self.fs.truncate(log, end)
 
     def _read_on(self, path: str, end: int, size: int, ends: list[int], file: int) -> bytes | None:
         """The ``size`` bytes of ``path`` from ``end``; ``None`` when ``end`` is past the
@@ -3038,7 +3098,7 @@ class JsonlStorage(Storage):
                 continue
             carry = chunk[:cut]
             found.messages, used = _parse_lines(chunk[cut:], start + cut, log, session_id, found.problems,
-                                                message=True)
+                                                message=True, hold=False)  # a part may end inside a chain
             found.position = (0, start + cut)
             if used != len(chunk) - cut:  # ``end`` was not a line boundary: not a log we know
                 found.restart = True
@@ -3061,25 +3121,38 @@ class JsonlStorage(Storage):
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
         return self._append(session_id, 1, position, line)
 
+    def append_messages(self, session_id: str, position: Position, lines: Sequence[tuple[str, bytes]]) -> Position:
+        """The chain's lines with one ``write()``: each but the last ends in a space
+        before its newline (see "Log format"), so that a reader holds back a chain
+        whose last record it does not see (being written, or cut by a crash) and the
+        next writer cuts it off."""
+        if len(lines) == 1:
+            return self._append(session_id, 1, position, lines[0][1])
+        data = b"".join([line[:-1] + b" \n" for _, line in lines[:-1]] + [lines[-1][1]])
+        return self._append(session_id, 1, position, data, lines[-1][1])
+
     def append_event(self, session_id: str, position: Position, line: bytes) -> Position:
         return self._append(session_id, 0, position, line)
 
-    def _append(self, session_id: str, file: int, position: Position, line: bytes) -> Position:
-        """One record at the end of a session's file (0: branch events, 1: messages)."""
+    def _append(self, session_id: str, file: int, position: Position, data: bytes,
+                line: bytes | None = None) -> Position:
+        """Records at the end of a session's file (0: branch events, 1: messages), with
+        one write: ``data``, whose last line is ``line`` (by default, all of it)."""
         path = self._log(session_id) if file else self._events(session_id)
         start = position[file]
-        new = (position[0], start + len(line)) if file else (start + len(line), position[1])
+        new = (position[0], start + len(data)) if file else (start + len(data), position[1])
         if self._must_sync:
             st = self._sync_state(session_id)
             if st.poisoned:
                 raise StorageError(errno.EIO, st.poisoned)
-            self._write_record(path, start, line)
-            st.note_write(file, start, start + len(line), position)
+            self._write_record(path, start, data)
+            st.note_write(file, start, start + len(data), position)
         else:
-            self._write_record(path, start, line)
+            self._write_record(path, start, data)
         # The line now last before the new end (see _note_end). Nothing before a record
         # of ours can be taken back any more (a failed sync takes back only what no
         # other writer wrote after, see _after_failed_sync): both "read" flags go.
+        line = data if line is None else line
         last = (new[file], len(line), zlib.crc32(line))
         mark = self._vouches.get(session_id)
         if mark is not None and mark[0] is position:
@@ -3269,6 +3342,12 @@ class JsonlStorage(Storage):
                 except FileNotFoundError:
                     continue
                 used = data.rfind(b"\n") + 1
+                held = _unfinished_tail(data) if path == self._log(sid) else used
+                if held < used:
+                    lines = data.count(b"\n", held, used)
+                    problems.append(Problem(session_id=sid, file=path, offset=held, reason=(
+                        f"unfinished chain: {lines} record(s) of an append_many cut "
+                        "short, never acknowledged (the next write or repair moves them to the quarantine)")))
                 if used < len(data):
                     problems.append(Problem(session_id=sid, file=path, offset=used,
                                             reason=f"incomplete last line ({len(data) - used} bytes, torn write)"))
@@ -3356,7 +3435,7 @@ class JsonlStorage(Storage):
                 data = self.fs.read(path)
             except FileNotFoundError:
                 continue
-            used = data.rfind(b"\n") + 1
+            used = _unfinished_tail(data) if path == self._log(session_id) else data.rfind(b"\n") + 1
             bad = {p.offset for p in problems if p.file == path and p.offset is not None}
             if not bad and used == len(data):
                 if fixed:  # the events were rewritten: so is the log, a new file that readers notice (see _load)
@@ -3376,7 +3455,7 @@ class JsonlStorage(Storage):
                     keep.append(line + b"\n")
                 pos += len(line) + 1
             if used < len(data):
-                aside.append(data[used:] + b"\n")
+                aside.append(data[used:] if data.endswith(b"\n") else data[used:] + b"\n")
             qpath = path + ".quarantine"
             self.fs.append(qpath, b"".join(aside))
             self._sync_file(qpath)
@@ -3596,6 +3675,7 @@ class _Session:
     """
 
     __slots__ = (
+        "batch",
         "branches",
         "by_id",
         "children",
@@ -3639,6 +3719,9 @@ class _Session:
         self.deleted = False
         self.events_label = "branch events"
         self.untallied = 0  # records this store wrote since the storage's tally was saved
+        # Inside append_many: the message records applied and not yet written (see
+        # SessionStore._write_message); None otherwise.
+        self.batch: list[tuple[str, bytes]] | None = None
         self.clear()
 
     def clear(self) -> None:
@@ -6020,9 +6103,11 @@ class SessionStore:
         repeats a stored message returns it) are those of as many :meth:`append` calls.
         Everything is checked before anything is written; an error part way (a write,
         a full disk) undoes the records written, so none of them is in the session.
-        A crash part way: on SQLite and PostgreSQL the chain is one transaction (all or
-        none); on the JSONL files the first messages of the chain may remain (each
-        whole, in order), as after that many appends, but nothing else. Returns the
+        A crash part way leaves none of it either: on SQLite and PostgreSQL the chain
+        is one transaction; on the JSONL files it is one write, which no reader takes
+        until its last record is there (see :meth:`Storage.append_messages`). One
+        exception: a chain whose message triggers an auto-reset is written in two
+        parts, the messages up to that one, then the rest. Returns the
         messages as stored; durable when it returns (with ``durable``), at the cost of
         one sync for the chain, where as many appends cost one each.
         """
@@ -6040,10 +6125,19 @@ class SessionStore:
             if owner_id is not None or fencing_token is not None or self._require_lock:
                 self._check_lease(state, owner_id, fencing_token)
             parent: str | None = parent_id
-            for spec in specs:
-                msg, reset = self._append_in(state, spec, parent)
-                written.append((msg, reset))
-                parent = msg.id
+            state.batch = []
+            try:
+                for spec in specs:
+                    msg, reset = self._append_in(state, spec, parent)
+                    written.append((msg, reset))
+                    parent = msg.id
+                self._write_batch(state)
+            except BaseException:
+                if state.batch:  # the tree took records that were never written
+                    self._drop_tree(state)
+                raise
+            finally:
+                state.batch = None
         if specs:
             self._sync(session_id)
         for msg, reset in written:
@@ -6094,14 +6188,27 @@ class SessionStore:
         return msg, reset
 
     def _write_message(self, state: _Session, msg: Message, line: bytes) -> None:
-        """Write one message record and apply it (caller is in ``_writing``)."""
-        position = self._storage.append_message(state.session_id, state.position, msg.id, line)
+        """Write one message record and apply it (caller is in ``_writing``). Inside
+        append_many (``state.batch``) the record is applied now and written with the
+        rest of its chain by :meth:`_write_batch`."""
+        if state.batch is None:
+            state.position = self._storage.append_message(state.session_id, state.position, msg.id, line)
+        else:
+            state.batch.append((msg.id, line))
         state.add_message(msg)
         if state.pending_events:  # one naming this many records applies now, as a load applies it
             state._apply_events_upto(state.record_count)
-        state.position = position
         self._grow(state, len(line))
         state.untallied += 1
+
+    def _write_batch(self, state: _Session) -> None:
+        """Write the message records append_many applied so far, as one chain (see
+        :meth:`Storage.append_messages`): all of them or none is ever seen, also after
+        a crash. Before a branch event too (an auto-reset's ``move``): an event must
+        never name records that may still be cut off."""
+        if state.batch:
+            state.position = self._storage.append_messages(state.session_id, state.position, state.batch)
+            state.batch = []
 
     def _move(self, state: _Session, head_id: str | None, now: int, branch: str | None = None) -> None:
         """Write a ``move`` event: the branch's (default: the current one's) head is now ``head_id``."""
@@ -6594,6 +6701,8 @@ class SessionStore:
 
     def _branch_event(self, state: _Session, event: dict[str, Any]) -> None:
         """Append a branch event and apply it (caller is in ``_writing``, and syncs after)."""
+        if state.batch:
+            self._write_batch(state)
         line = _encode_line(event)
         state.position = self._storage.append_event(state.session_id, state.position, line)
         state.add_event(event)

@@ -37,6 +37,11 @@ while True:
     n += 1
     m = store.append(sid, role="user", content="payload %d " % n + "x" * (n % 300))
     say("message", m.id)
+    if n % 7 == 1:  # a chain (the first one right after the first message): all of it or none, whenever the kill lands
+        k = 2 + n % 4
+        chain = store.append_many(sid, [{"role": "user" if i % 2 == 0 else "assistant",
+                                         "content": "chain %d %d/%d " % (n, i, k) + "y" * 3000} for i in range(k)])
+        say("chain", [m.id for m in chain])
     if n % 17 == 0:
         store.create_branch(sid, "b-%s" % m.id, m.id)
     if n % 23 == 0:
@@ -70,6 +75,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path, ba
     deleted: list[str] = []
     resets: list[tuple[str, list[str]]] = []
     n = 0
+    chained = 0
     for _ in range(CYCLES):
         child = subprocess.Popen([sys.executable, "-c", CHILD, place, str(n)], stdout=subprocess.PIPE, env=env)
         assert child.stdout is not None
@@ -82,6 +88,8 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path, ba
             what = json.loads(line)
             if what[0] == "message" and len(what) == 2:
                 acknowledged.append(what[1])
+            elif what[0] == "chain":
+                acknowledged.extend(what[1])
             elif what[0] == "import":
                 imported[what[1]] = what[2]
             elif what[0] == "deleted":
@@ -94,6 +102,13 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path, ba
             present = {m.id for m in store.get_messages(sid)}
             missing = [i for i in acknowledged if i not in present]
             assert not missing, f"acknowledged but lost: {missing[:5]}"
+            chains: dict[str, set[str]] = {}  # every chain seen is whole, acknowledged or not
+            for m in store.get_messages(sid):
+                if isinstance(m.content, str) and m.content.startswith("chain "):
+                    number, part = m.content.split()[1:3]
+                    chains.setdefault(number, set()).add(part)
+            chained += len(chains)
+            assert all(len(parts) == int(next(iter(parts)).split("/")[1]) for parts in chains.values())
             for head, kept in resets:  # an acknowledged reset kept what it said it kept
                 path = [m.content for m in store.get_linear_history(sid, head)]
                 assert path[-len(kept):] == kept if kept else True
@@ -102,12 +117,13 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path, ba
             for gone in deleted:  # an acknowledged deletion is complete
                 assert not store.has_session(gone)
             # Every session loads; what a kill leaves is reported until a repair.
-            expected = ("incomplete last line", "interrupted creation", "remains of a deleted session",
-                        "temp file of an interrupted write", "key link to no session", "not in the index")
+            expected = ("incomplete last line", "unfinished chain", "interrupted creation",
+                        "remains of a deleted session", "temp file of an interrupted write", "key link to no session",
+                        "not in the index")
             problems = [p for p in store.check().problems if not any(e in p.reason for e in expected)]
             assert problems == []
     with store_at(place) as store:
         assert store.repair().ok
         assert {m.id for m in store.get_messages(store.resolve("crash"))} >= set(acknowledged)
         assert store.check().ok
-    assert len(acknowledged) > CYCLES
+    assert len(acknowledged) > CYCLES and chained

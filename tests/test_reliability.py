@@ -6,8 +6,10 @@ leave behind. Each test is named for the scenario it covers."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import gc
+import itertools
 import os
 import subprocess
 import sys
@@ -817,9 +819,9 @@ CHAIN: list[dict[str, Any]] = [
     {"role": "tool", "content": "result", "tool_call_id": "c1"}]
 
 
-def test_a_chain_appended_crashing_at_any_step_leaves_a_prefix_of_it_and_nothing_else(
-        inner: tuple[FileSystem, str]) -> None:
-    # (files: the records are separate writes; SQLite and PostgreSQL commit the chain at once)
+def test_a_chain_appended_crashing_at_any_step_leaves_all_of_it_or_none(inner: tuple[FileSystem, str]) -> None:
+    # (files: the chain is one write, its records but the last marked; SQLite and
+    # PostgreSQL commit it at once). Before: each record was a write, a prefix survived.
     def setup(store: SessionStore) -> tuple[str, list[ss.Message]]:
         sid = store.resolve("k")
         store.append(sid, role="system", content="first")
@@ -827,23 +829,100 @@ def test_a_chain_appended_crashing_at_any_step_leaves_a_prefix_of_it_and_nothing
 
     def verify(fresh: SessionStore, state: tuple[str, list[ss.Message]], completed: bool) -> None:
         sid, before = state
-        assert fresh.repair().ok and fresh.check().ok  # (a torn last line is cut)
+        assert fresh.get_messages(sid) == fresh.get_linear_history(sid)  # before any repair too
+        assert len(fresh.get_messages(sid)) in (1, 1 + len(CHAIN))
+        assert fresh.repair().ok and fresh.check().ok  # (an unfinished chain goes to the quarantine)
         history = fresh.get_linear_history(sid)
         assert history[:1] == before and fresh.get_messages(sid) == history
-        chain = [(x["role"], x["content"]) for x in CHAIN]
-        assert [(m.role, m.content) for m in history[1:]] == chain[:len(history) - 1]
+        assert [(m.role, m.content) for m in history[1:]] in ([], [(x["role"], x["content"]) for x in CHAIN])
         assert len(history) == 1 + len(CHAIN) or not completed
 
     assert at_every_step(inner, setup, lambda store, state: store.append_many(state[0], CHAIN), verify) >= 1
 
 
-@pytest.mark.parametrize("after", [0, 1, 2])
-def test_a_chain_whose_write_fails_part_way_leaves_nothing(inner: tuple[FileSystem, str], after: int) -> None:
+def test_a_chain_cut_at_any_byte_is_never_seen_and_the_next_writer_sets_it_aside(
+        inner: tuple[FileSystem, str]) -> None:
+    fs, directory = inner
+    unfinished = 0
+    for cut in itertools.count():
+        data = (InMemoryFileSystem() if isinstance(fs, InMemoryFileSystem) else fs, f"{directory}-{cut}")
+        faulty = FaultyFileSystem(data[0])
+        store = SessionStore(faulty, storage_dir=data[1], clock=FakeClock())
+        sid = store.resolve("k")
+        first = store.append(sid, role="system", content="first")
+        reader = reopen(data)
+        assert reader.get_messages(sid) == [first]
+        faulty.crash_after(cut)
+        whole = None
+        with contextlib.suppress(SimulatedCrash):
+            whole = store.append_many(sid, CHAIN)
+        # Readers of the files as the crash left them (one that had read before, one
+        # new): the first message alone, or the whole chain after it.
+        for fresh in (reader, reopen(data)):
+            got = fresh.get_messages(sid)
+            assert got == ([first] if whole is None else [first, *whole])
+            meta = fresh.get_metadata(sid)
+            assert meta is not None and meta.message_count == len(got)
+        if whole is not None:
+            reader.close()
+            assert unfinished >= 2  # cuts after the first record, and after the second
+            return
+        found = [p for p in reader.check().problems if p.reason.startswith("unfinished chain")]
+        if found:
+            unfinished += 1
+            log = found[0].file
+            # The next writer cuts the chain off, into the quarantine: never acknowledged,
+            # and never dropped unseen.
+            with contextlib_closing(reopen(data)) as writer:
+                again = writer.append(sid, role="user", content="again")
+                assert writer.get_messages(sid) == [first, again] == reader.get_messages(sid)
+                assert b'"question"' in data[0].read(log + ".quarantine") and writer.check().ok
+        reader.close()
+        assert cut < 2000
+
+
+def test_a_chain_that_auto_resets_part_way_crashing_at_any_step_leaves_whole_parts(
+        inner: tuple[FileSystem, str]) -> None:
+    # The reset's move event is written after the records it names: the chain is
+    # written in two, [a, the reset's marker and copy, b] then [c]; a crash leaves
+    # nothing, the first part, or both, never some records of a part.
+    config = ss.AutoResetConfig(max_messages=3, keep_strategy="last", keep_count=1)
+    seen: set[tuple[int, tuple[str, ...]]] = set()
+
+    def setup(store: SessionStore) -> str:
+        store = SessionStore(store.storage, clock=FakeClock(), auto_reset=config)  # the same faulty storage
+        sid = store.resolve("k")
+        for i in range(2):
+            store.append(sid, role="user", content=f"m{i}")
+        return sid
+
+    def operation(store: SessionStore, sid: str) -> None:
+        again = SessionStore(store.storage, clock=FakeClock(), auto_reset=config)
+        assert again.append_many(sid, [{"role": "user", "content": x} for x in "abc"])[-1].content == "c"
+
+    def verify(fresh: SessionStore, sid: str, completed: bool) -> None:
+        count = len(fresh.get_messages(sid))
+        history = tuple(str(m.content) for m in fresh.get_linear_history(sid)
+                        if not str(m.content).startswith("Session reset"))
+        seen.add((count, history))
+        assert (count, history) in {(2, ("m0", "m1")), (6, ("m0", "m1", "a")), (6, ("a", "b")),
+                                    (7, ("a", "b", "c"))}
+        assert count == 7 or not completed
+
+    at_every_step(inner, setup, operation, verify)
+    assert {count for count, _ in seen} == {2, 6, 7}
+
+
+@pytest.mark.parametrize("landed", [None, 0, 40, 150])
+def test_a_chain_whose_write_fails_part_way_leaves_nothing(inner: tuple[FileSystem, str], landed: int | None) -> None:
     faulty = FaultyFileSystem(inner[0])
     store = SessionStore(faulty, storage_dir=inner[1], clock=FakeClock())
     sid = store.resolve("k")
     first = store.append(sid, role="system", content="first")
-    faulty.fail_next("append", errno.ENOSPC, after=after)
+    if landed is None:
+        faulty.fail_next("append", errno.ENOSPC)
+    else:  # a prefix of the chain's write lands, then the write fails
+        faulty.short_next_append(landed)
     with pytest.raises(ss.StorageError):
         store.append_many(sid, CHAIN)
     assert store.get_messages(sid) == [first] and store.get_head(sid) == first.id

@@ -22,6 +22,7 @@ import hypothesis.strategies as st
 import pytest
 from conftest import FakeClock
 from hypothesis import given, settings
+from test_store import refuse_to_load
 
 import session_store as ss
 from session_store import InMemoryFileSystem, RealFileSystem, SessionStore
@@ -1011,10 +1012,21 @@ def test_a_record_broken_over_two_lines_and_a_line_of_two_records_are_both_damag
 @given(st.lists(log_lines(), max_size=12).map(lambda groups: [line for group in groups for line in group]))
 @settings(max_examples=300)
 def test_each_log_line_reads_as_json_loads_reads_it(raw_lines: list[bytes]) -> None:
+    # An append_many chain's lines but the last end in a space: the lines after the
+    # last one that does not (nor is blank) are an unfinished chain, held back.
+    whole = len(raw_lines)
+    while whole and raw_lines[whole - 1].endswith(b" ") and raw_lines[whole - 1].strip():
+        whole -= 1
     chunk = b"".join(line + b"\n" for line in raw_lines) + b'{"id":"torn'
-    problems: list[ss.Problem] = []
-    found, used = ss._parse_lines(chunk, 7, "log", "s", problems, message=True)
-    assert used == len(chunk) - len(b'{"id":"torn')
+    for hold in (True, False):
+        problems: list[ss.Problem] = []
+        found, used = ss._parse_lines(chunk, 7, "log", "s", problems, message=True, hold=hold)
+        read = raw_lines[:whole] if hold else raw_lines
+        assert used == sum(len(line) + 1 for line in read)
+        assert_read_as_json_loads(read, found, problems)
+
+
+def assert_read_as_json_loads(raw_lines: list[bytes], found: list[tuple[int, Any]], problems: list[ss.Problem]) -> None:
     expected: list[tuple[int, Any]] = []
     offset = 7
     for line in raw_lines:
@@ -1192,3 +1204,30 @@ def test_sql_rows_decode_exactly_as_json_loads_reads_each(texts: list[str]) -> N
                                         message=True)) for seq, text in enumerate(texts)]
     assert found.messages == expected
     assert found.problems == expected_problems
+
+
+def test_a_chain_longer_than_a_part_is_read_whole_forwards_and_backwards_and_never_cut(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # A load decodes a long log in parts, a read of a path's end reads backwards in
+    # parts: a part may end inside an append_many chain, whose lines but the last are
+    # marked. Neither may hold the chain back as unfinished, nor a writer cut it.
+    monkeypatch.setattr(ss, "_LOAD_PART", 300)
+    monkeypatch.setattr(ss, "_BACK_PART", 300)
+    monkeypatch.setattr(ss, "_TALLY_EVERY", 1)  # a tally (with its head) after every write: reads from the end
+    with SessionStore(storage_dir=str(tmp_path)) as store:
+        sid = store.resolve("k")
+        first = store.append(sid, role="system", content="first")
+        chain = store.append_many(sid, [{"role": "user", "content": f"m{i} " + "z" * 100} for i in range(12)])
+    log = tmp_path / sid / "messages.jsonl"
+    assert log.read_bytes().count(b" \n") == 11  # the chain's marks, one write
+    with caplog.at_level(logging.WARNING), SessionStore(storage_dir=str(tmp_path)) as fresh, \
+            monkeypatch.context() as m:
+        m.setattr(SessionStore, "_catch_up", refuse_to_load)  # read from the end, not by a load
+        assert fresh.get_linear_history(sid, limit=5) == chain[-5:]
+        assert fresh.get_linear_history(sid, limit=13) == [first, *chain]
+    with caplog.at_level(logging.WARNING), SessionStore(storage_dir=str(tmp_path)) as fresh:
+        assert fresh.get_messages(sid) == [first, *chain]  # forwards, in parts
+        last = fresh.append(sid, role="user", content="last")  # a writer's load, in parts
+    with SessionStore(storage_dir=str(tmp_path)) as fresh:
+        assert fresh.get_messages(sid) == [first, *chain, last] and fresh.check().ok
+    assert not caplog.records and not (tmp_path / sid / "messages.jsonl.quarantine").exists()
