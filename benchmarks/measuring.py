@@ -114,6 +114,32 @@ def interleaved(ops: Sequence[Callable[[], object]], n: int, *, warmup: int | No
     return [Stat(samples=tuple(s)) for s in samples]
 
 
+def gc_cost(ops: Sequence[Callable[[], object]], n: int) -> list[float]:
+    """Mean microseconds per call that the cyclic garbage collector ran inside each op
+    (``gc.callbacks``), the ops interleaved as in :func:`interleaved`. A separate pass
+    from the timed one: what a row's time is made of, not the time."""
+    spent = [0.0] * len(ops)
+    current = [0]
+    started = [0.0]
+
+    def note(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            spent[current[0]] += time.perf_counter() - started[0]
+
+    gc.collect()
+    gc.callbacks.append(note)
+    try:
+        for i in range(n):
+            for j in (range(len(ops)) if i % 2 == 0 else reversed(range(len(ops)))):
+                current[0] = j
+                ops[j]()
+    finally:
+        gc.callbacks.remove(note)
+    return [s / n * 1e6 for s in spent]
+
+
 _STATM: tuple[int, int] | None = None  # (pid, descriptor of its /proc/self/statm)
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
