@@ -2459,8 +2459,8 @@ class _SyncState:
             if start is not None and start >= offset:
                 self.unsynced_from[file], self.foreign[file] = None, False
             self.end[file] = min(self.end[file], offset)
-            if self.after is not None:
-                self.after[file] = offset
+            if self.after is not None:  # (never forwards: what others wrote after our last record still counts)
+                self.after[file] = min(self.after[file], offset)
 
     @property
     def idle(self) -> bool:

@@ -1231,3 +1231,18 @@ def test_a_chain_longer_than_a_part_is_read_whole_forwards_and_backwards_and_nev
     with SessionStore(storage_dir=str(tmp_path)) as fresh:
         assert fresh.get_messages(sid) == [first, *chain, last] and fresh.check().ok
     assert not caplog.records and not (tmp_path / sid / "messages.jsonl.quarantine").exists()
+
+
+def test_a_rollback_of_nothing_never_hides_a_write_of_another_writer_from_the_sync_state() -> None:
+    # A failed write scope that wrote nothing (append_many refused part way, its records
+    # only queued) still rolls back to where it entered. Our record R1 is unsynced; another
+    # process then wrote up to 30. "The sizes after our last record" must stay where R1
+    # ended: moved forward to 30, our next record there would not count as crossed by
+    # another writer. (A failed sync would still not cut: it also checks that our
+    # records are adjacent. Each of its checks must hold on its own.)
+    state = ss._SyncState()
+    state.note_write(1, 0, 10, (0, 0))  # R1: [0, 10) of the log
+    state.rolled_back(0, 0)
+    state.rolled_back(1, 30)  # the scope entered at (0, 30), wrote nothing
+    state.note_write(1, 30, 40, (0, 30))
+    assert state.crossed and state.foreign[1]
