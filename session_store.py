@@ -2121,14 +2121,16 @@ _after_fork_hooks = _WeakHooks()
 # durable=True the call returns after fdatasync. A crash can leave only a torn last
 # line, which readers ignore and the next writer (holding the lock) cuts off.
 # An append_many chain is one write() of its records, each but the last ending in a
-# space before its newline ("more of this chain follows"; JSON allows the space, and
-# json.loads reads the line as before). Readers hold back the marked lines at the end
-# of the log, as an incomplete line, until the unmarked one that ends their chain is
-# there: a chain cut by a crash is never seen, and the next writer moves its lines to
-# <log>.quarantine and cuts them off (never acknowledged; never dropped unseen). A
-# reader of a version before the mark reads every line as a record. A chain that
-# auto-resets part way is written in two: up to the message that reset, before the
-# head's move event (an event never names records that may still be cut off). A write
+# space and a tab before its newline (_CHAIN_MARK: "more of this chain follows"; JSON
+# whitespace, so json.loads reads the line as before). Readers hold back the marked
+# lines at the end of the log, as an incomplete line, until the unmarked one that ends
+# their chain is there: a chain cut by a crash is never seen, and the next writer moves
+# its lines to <log>.quarantine and cuts them off (no append_many returned for them;
+# and no whole line is dropped unseen). A chain that auto-resets is written in parts,
+# each ending with a message that triggered a reset, before the head's move event (an
+# event never names records that may still be cut off). This holds while every writer
+# runs a version with the mark: an older one reads marked lines as records, and its
+# next append after a cut chain ends that chain, which then stays, part as it is. A write
 # that fails (a failed write scope, a failed sync) is cut off again in place; readers
 # do not lock, so another store may have read it meanwhile. Before reading on from a
 # position, a reader checks that the line it last saw end there (its own: see _Vouch)
@@ -2222,12 +2224,17 @@ def _decode_record(raw: bytes, where: int, file: str, session_id: str | None, pr
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
+#: The end of an append_many chain's record lines but the last (before the newline):
+#: JSON whitespace, so the line reads as before; see "Log format".
+_CHAIN_MARK = b" \t"
+
+
 def _unfinished_tail(data: bytes) -> int:
     """Where the part of a log's ``data`` that readers hold back begins: an incomplete
-    last line, and before it the lines of a chain whose last record is not there (a
-    record line ending in a space: more of its chain follows; see "Log format")."""
+    last line, and before it the lines of a chain whose last record is not there
+    (lines ending in :data:`_CHAIN_MARK`: more of their chain follows)."""
     end = data.rfind(b"\n") + 1
-    while end > 1 and data[end - 2] == 32:  # b" "
+    while end > 2 and data[end - 3:end - 1] == _CHAIN_MARK:
         start = data.rfind(b"\n", 0, end - 1) + 1
         if not data[start:end - 1].strip():
             break
@@ -2265,13 +2272,13 @@ def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, pro
             if stop == len(text) and type(rec) is dict:  # the common case, quickly
                 out.append((where, rec))
                 continue
-            if stop == len(text) - 1 and text[stop] == " " and type(rec) is dict:  # a chain's, not its last
+            if stop == len(text) - 2 and text[stop:] == " \t" and type(rec) is dict:  # a chain's, not its last
                 out.append((where, rec))
                 continue
         except (ValueError, StopIteration, RecursionError):
             pass
         _parse_line(raw, where, out, file, session_id, problems, message)
-    if message and hold and lines[-1][-1:] == b" ":  # an unfinished chain: none of it until it is whole
+    if message and hold and lines[-1][-2:] == _CHAIN_MARK:  # an unfinished chain: none of it until it is whole
         held = base + _unfinished_tail(chunk)
         while out and out[-1][0] >= held:
             out.pop()
@@ -2995,8 +3002,9 @@ class JsonlStorage(Storage):
                     chunk = checked
                 else:
                     chunk = fs.read_range(log, mpos, want)
-                if want < size - mpos and not _unfinished_tail(chunk):  # a record (or chain) longer than a part
-                    chunk = fs.read_range(log, mpos, size - mpos)
+                while len(chunk) < size - mpos and not _unfinished_tail(chunk):
+                    # A record, or a chain, longer than a part: read on to its end, a part at a time.
+                    chunk += fs.read_range(log, mpos + len(chunk), min(want, size - mpos - len(chunk)))
                 found.messages, used = _parse_lines(chunk, mpos, log, session_id, found.problems, message=True)
                 _note_end(ends, 1, mpos, chunk, used)
                 del chunk
@@ -3020,8 +3028,8 @@ class JsonlStorage(Storage):
         tail = self.fs.read_range(log, end, size - end)
         whole = tail[:tail.rfind(b"\n") + 1]
         if whole:
-            _log.warning("%s: an unfinished chain of %d record(s) (append_many cut short) moved to %s.quarantine",
-                         log, whole.count(b"\n"), log)
+            _log.warning("%s: an unfinished append_many chain of %d record(s) (its last record is not there) "
+                         "moved to %s.quarantine", log, whole.count(b"\n"), log)
             self.fs.append(log + ".quarantine", whole)
             self._sync_file(log + ".quarantine")
         if len(tail) > len(whole):
@@ -3122,13 +3130,13 @@ class JsonlStorage(Storage):
         return self._append(session_id, 1, position, line)
 
     def append_messages(self, session_id: str, position: Position, lines: Sequence[tuple[str, bytes]]) -> Position:
-        """The chain's lines with one ``write()``: each but the last ends in a space
-        before its newline (see "Log format"), so that a reader holds back a chain
+        """The chain's lines with one ``write()``: each but the last ends in
+        :data:`_CHAIN_MARK` before its newline (see "Log format"), so that a reader holds back a chain
         whose last record it does not see (being written, or cut by a crash) and the
         next writer cuts it off."""
         if len(lines) == 1:
             return self._append(session_id, 1, position, lines[0][1])
-        data = b"".join([line[:-1] + b" \n" for _, line in lines[:-1]] + [lines[-1][1]])
+        data = b"".join([line[:-1] + _CHAIN_MARK + b"\n" for _, line in lines[:-1]] + [lines[-1][1]])
         return self._append(session_id, 1, position, data, lines[-1][1])
 
     def append_event(self, session_id: str, position: Position, line: bytes) -> Position:
@@ -3346,8 +3354,9 @@ class JsonlStorage(Storage):
                 if held < used:
                     lines = data.count(b"\n", held, used)
                     problems.append(Problem(session_id=sid, file=path, offset=held, reason=(
-                        f"unfinished chain: {lines} record(s) of an append_many cut "
-                        "short, never acknowledged (the next write or repair moves them to the quarantine)")))
+                        f"unfinished chain: {lines} record(s) of an append_many chain whose last record is not "
+                        "there (a crash cut it short); readers do not see them, and the next write or repair "
+                        "moves them to the quarantine")))
                 if used < len(data):
                     problems.append(Problem(session_id=sid, file=path, offset=used,
                                             reason=f"incomplete last line ({len(data) - used} bytes, torn write)"))
@@ -6011,12 +6020,15 @@ class SessionStore:
 
     # -- writing ------------------------------------------------------------------------
 
-    def _writing(self, session_id: str, *, catch_up: bool = True, fence: bool = True) -> _WriteScope:
+    def _writing(self, session_id: str, *, catch_up: bool = True, fence: bool = True,
+                 chain: bool = False) -> _WriteScope:
         """Hold the session for a write: thread lock, storage lock, caught up with the
         records. ``catch_up=False`` (lease operations) only checks that the session
         still exists. ``fence``: inside a :meth:`lock` block, the lease must still be
-        the block's (:class:`LeaseLost` otherwise)."""
-        return _WriteScope(self, self._state(session_id), catch_up, fence)
+        the block's (:class:`LeaseLost` otherwise). ``chain`` (append_many): message
+        records are applied at once and written together (``state.batch``, see
+        :meth:`_write_message`); the caller writes them (:meth:`_write_batch`)."""
+        return _WriteScope(self, self._state(session_id), catch_up, fence, chain)
 
     def _sync(self, session_id: str) -> None:
         """Make this process's records of the session durable (outside the writing
@@ -6106,8 +6118,9 @@ class SessionStore:
         A crash part way leaves none of it either: on SQLite and PostgreSQL the chain
         is one transaction; on the JSONL files it is one write, which no reader takes
         until its last record is there (see :meth:`Storage.append_messages`). One
-        exception: a chain whose message triggers an auto-reset is written in two
-        parts, the messages up to that one, then the rest. Returns the
+        exception: a chain that auto-resets is written in parts, each ending with a
+        message that triggered a reset (and its reset's records), so a crash may keep
+        the parts before it. Returns the
         messages as stored; durable when it returns (with ``durable``), at the cost of
         one sync for the chain, where as many appends cost one each.
         """
@@ -6121,23 +6134,15 @@ class SessionStore:
             raise InvalidMessage(f"parent_id must be a string or None, not {parent_id!r}")
         owner_id, fencing_token = self._fence_of(session_id, owner_id, fencing_token)
         written: list[tuple[Message, ResetResult | None]] = []
-        with self._writing(session_id, fence=False) as state:
+        with self._writing(session_id, fence=False, chain=True) as state:
             if owner_id is not None or fencing_token is not None or self._require_lock:
                 self._check_lease(state, owner_id, fencing_token)
             parent: str | None = parent_id
-            state.batch = []
-            try:
-                for spec in specs:
-                    msg, reset = self._append_in(state, spec, parent)
-                    written.append((msg, reset))
-                    parent = msg.id
-                self._write_batch(state)
-            except BaseException:
-                if state.batch:  # the tree took records that were never written
-                    self._drop_tree(state)
-                raise
-            finally:
-                state.batch = None
+            for spec in specs:
+                msg, reset = self._append_in(state, spec, parent)
+                written.append((msg, reset))
+                parent = msg.id
+            self._write_batch(state)
         if specs:
             self._sync(session_id)
         for msg, reset in written:
@@ -7259,10 +7264,11 @@ class _WriteScope:
     storage's tally every few hundred records written, so that counts stay cheap.
     """
 
-    __slots__ = ("_catch_up", "_entered_at", "_fence", "_state", "_store", "_writing")
+    __slots__ = ("_catch_up", "_chain", "_entered_at", "_fence", "_state", "_store", "_writing")
 
-    def __init__(self, store: SessionStore, state: _Session, catch_up: bool, fence: bool) -> None:
+    def __init__(self, store: SessionStore, state: _Session, catch_up: bool, fence: bool, chain: bool) -> None:
         self._store, self._state, self._catch_up, self._fence = store, state, catch_up, fence
+        self._chain = chain
         self._writing: contextlib.AbstractContextManager[Any] | None = None
         self._entered_at: Position = (0, 0)
 
@@ -7296,6 +7302,8 @@ class _WriteScope:
                 raise
             self._writing = writing
             self._entered_at = state.position
+            if self._chain:
+                state.batch = []
             return state
         except BaseException:
             state.lock.release()
@@ -7304,10 +7312,14 @@ class _WriteScope:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         writing, self._writing = self._writing, None
         state = self._state
+        # Whether the cache took records the storage may not hold: written in this scope
+        # (the position moved), or applied and not written yet (a chain's batch).
+        changed = state.position != self._entered_at or bool(state.batch)
+        state.batch = None
         try:
             if writing is not None:
                 try:
-                    if exc_type is not None and state.position != self._entered_at:
+                    if exc_type is not None and changed:
                         try:  # a failed write leaves no trace: its records are cut off again
                             self._store._storage.rollback(state.session_id, self._entered_at)
                         except (SessionStoreError, OSError) as e:
@@ -7327,7 +7339,7 @@ class _WriteScope:
                         raise _storage_error(e, f"write session {state.session_id!r}") from e
                     raise
         finally:
-            if exc_type is not None and state.position != self._entered_at:
+            if exc_type is not None and changed:
                 self._store._drop_tree(state)
             state.lock.release()
         self._store._trim()

@@ -933,6 +933,44 @@ def test_a_chain_whose_write_fails_part_way_leaves_nothing(inner: tuple[FileSyst
     assert store.get_head(sid) == written[-1].id and written[1].fields == {"metadata": {"n": 1}}
 
 
+class _RecordByRecord(ss.JsonlStorage):
+    """A storage without transactions that keeps Storage's default append_messages
+    (one append_message per record) and undoes failed writes with its rollback."""
+
+    append_messages = ss.Storage.append_messages
+
+
+@pytest.mark.parametrize("before", [0, 1])
+def test_a_chain_failing_part_way_on_a_storage_that_rolls_back_leaves_nothing(
+        inner: tuple[FileSystem, str], before: int) -> None:
+    # Before: with nothing written before the chain, the failed scope's position had
+    # not moved (the default loop's positions were lost with its error), so nothing
+    # was rolled back and the chain's first record stayed.
+    faulty = FaultyFileSystem(inner[0])
+    store = SessionStore(_RecordByRecord(faulty, inner[1]), clock=FakeClock())
+    sid = store.resolve("k")
+    kept = [store.append(sid, role="system", content=f"kept {i}") for i in range(before)]
+    faulty.fail_next("append", errno.ENOSPC, after=1)
+    with pytest.raises(ss.StorageError):
+        store.append_many(sid, CHAIN)
+    assert store.get_messages(sid) == kept
+    with contextlib_closing(reopen(inner)) as fresh:
+        assert fresh.get_messages(sid) == kept and fresh.check().ok
+
+
+def test_a_chain_that_auto_resets_and_then_fails_leaves_none_of_its_parts(inner: tuple[FileSystem, str]) -> None:
+    faulty = FaultyFileSystem(inner[0])
+    config = ss.AutoResetConfig(max_messages=3, keep_strategy="last", keep_count=1)
+    store = SessionStore(faulty, storage_dir=inner[1], clock=FakeClock(), auto_reset=config)
+    sid = store.resolve("k")
+    faulty.fail_next("append", errno.ENOSPC, after=2)  # the first part and the move land; the last part fails
+    with pytest.raises(ss.StorageError):
+        store.append_many(sid, [{"role": "user", "content": x} for x in "abcde"])
+    assert faulty.ops and store.get_messages(sid) == []
+    with contextlib_closing(reopen(inner)) as fresh:
+        assert fresh.get_messages(sid) == [] and fresh.check().ok
+
+
 def test_a_bad_message_anywhere_in_a_chain_writes_nothing(inner: tuple[FileSystem, str]) -> None:
     with SessionStore(inner[0], storage_dir=inner[1]) as store:
         sid = store.resolve("k")

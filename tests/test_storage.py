@@ -982,12 +982,12 @@ JSON_VALUES = st.recursive(
 @st.composite
 def log_lines(draw: st.DrawFn) -> list[bytes]:
     """Lines as a log may hold them: a JSON value as written (or with whitespace, a BOM,
-    a CR, \\u escapes, over several lines, or twice on a line), or any bytes."""
+    a CR, \\u escapes, a chain's mark, over several lines, or twice on a line), or any bytes."""
     value = draw(JSON_VALUES)
     text = json.dumps(value, ensure_ascii=draw(st.booleans()), separators=draw(st.sampled_from([(",", ":"), None])),
                       indent=draw(st.sampled_from([None, None, None, 1])))
-    line = draw(st.sampled_from(["{}", " {} ", "\ufeff{}", "{}\r", "{}", "{},{}", "{} {}"])).replace("{}", text).encode(
-        "utf-8", "surrogatepass")
+    shape = draw(st.sampled_from(["{}", " {} ", "\ufeff{}", "{}\r", "{}", "{},{}", "{} {}", "{} \t"]))
+    line = shape.replace("{}", text).encode("utf-8", "surrogatepass")
     if draw(st.booleans()):  # broken anywhere (also where a comma belongs) over two lines
         cut = draw(st.integers(0, len(line)))
         line = line[:cut] + b"\n" + line[cut:]
@@ -1012,10 +1012,10 @@ def test_a_record_broken_over_two_lines_and_a_line_of_two_records_are_both_damag
 @given(st.lists(log_lines(), max_size=12).map(lambda groups: [line for group in groups for line in group]))
 @settings(max_examples=300)
 def test_each_log_line_reads_as_json_loads_reads_it(raw_lines: list[bytes]) -> None:
-    # An append_many chain's lines but the last end in a space: the lines after the
-    # last one that does not (nor is blank) are an unfinished chain, held back.
+    # An append_many chain's lines but the last end in the chain mark: the lines after
+    # the last one that does not (nor is blank) are an unfinished chain, held back.
     whole = len(raw_lines)
-    while whole and raw_lines[whole - 1].endswith(b" ") and raw_lines[whole - 1].strip():
+    while whole and raw_lines[whole - 1].endswith(ss._CHAIN_MARK) and raw_lines[whole - 1].strip():
         whole -= 1
     chunk = b"".join(line + b"\n" for line in raw_lines) + b'{"id":"torn'
     for hold in (True, False):
@@ -1219,7 +1219,7 @@ def test_a_chain_longer_than_a_part_is_read_whole_forwards_and_backwards_and_nev
         first = store.append(sid, role="system", content="first")
         chain = store.append_many(sid, [{"role": "user", "content": f"m{i} " + "z" * 100} for i in range(12)])
     log = tmp_path / sid / "messages.jsonl"
-    assert log.read_bytes().count(b" \n") == 11  # the chain's marks, one write
+    assert log.read_bytes().count(ss._CHAIN_MARK + b"\n") == 11  # the chain's marks, one write
     with caplog.at_level(logging.WARNING), SessionStore(storage_dir=str(tmp_path)) as fresh, \
             monkeypatch.context() as m:
         m.setattr(SessionStore, "_catch_up", refuse_to_load)  # read from the end, not by a load
@@ -1230,7 +1230,13 @@ def test_a_chain_longer_than_a_part_is_read_whole_forwards_and_backwards_and_nev
         last = fresh.append(sid, role="user", content="last")  # a writer's load, in parts
     with SessionStore(storage_dir=str(tmp_path)) as fresh:
         assert fresh.get_messages(sid) == [first, *chain, last] and fresh.check().ok
+        more = [fresh.append(sid, role="user", content=f"more {i} " + "z" * 100) for i in range(20)]
     assert not caplog.records and not (tmp_path / sid / "messages.jsonl.quarantine").exists()
+    # A part holding the chain reads on to its end, not to the log's: parts stay bounded.
+    parts = list(ss.JsonlStorage(RealFileSystem(), str(tmp_path)).load_parts(sid, (0, 0)))
+    chain_bytes = sum(len(line) for line in log.read_bytes().splitlines(True) if line.endswith(ss._CHAIN_MARK + b"\n"))
+    assert len(parts) > 10 and max(p.nbytes for p in parts) <= chain_bytes + 500  # (+ a part, + its last line)
+    assert [m for p in parts for _, m in p.messages][-len(more):] == [m.to_record() for m in more]
 
 
 def test_a_rollback_of_nothing_never_hides_a_write_of_another_writer_from_the_sync_state() -> None:
@@ -1246,3 +1252,19 @@ def test_a_rollback_of_nothing_never_hides_a_write_of_another_writer_from_the_sy
     state.rolled_back(1, 30)  # the scope entered at (0, 30), wrote nothing
     state.note_write(1, 30, 40, (0, 30))
     assert state.crossed and state.foreign[1]
+
+
+def test_a_record_line_ending_in_a_space_is_a_record_not_an_unfinished_chain(tmp_path: Path) -> None:
+    # Only the chain mark (a space and a tab) holds a line back: a line a hand or a
+    # tool left with a trailing space is read, and no writer sets it aside.
+    with SessionStore(storage_dir=str(tmp_path)) as store:
+        sid = store.resolve("k")
+        first = store.append(sid, role="user", content="hi")
+    log = tmp_path / sid / "messages.jsonl"
+    log.write_bytes(log.read_bytes()[:-1] + b" \n")
+    with SessionStore(storage_dir=str(tmp_path)) as fresh:
+        assert fresh.get_messages(sid) == [first] and fresh.check().ok
+        after = fresh.append(sid, role="user", content="next")
+    with SessionStore(storage_dir=str(tmp_path)) as fresh:
+        assert fresh.get_messages(sid) == [first, after]
+    assert not (tmp_path / sid / "messages.jsonl.quarantine").exists()
