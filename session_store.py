@@ -2127,7 +2127,7 @@ _after_fork_hooks = _WeakHooks()
 # their chain is there: a chain cut by a crash is never seen, and the next writer moves
 # its lines to <log>.quarantine and cuts them off (no append_many returned for them;
 # and no whole line is dropped unseen). A chain that auto-resets is written in parts,
-# each ending with a message that triggered a reset, before the head's move event (an
+# each but the last ending with a message that triggered a reset, before the head's move event (an
 # event never names records that may still be cut off). This holds while every writer
 # runs a version with the mark: an older one reads marked lines as records, and its
 # next append after a cut chain ends that chain, which then stays, part as it is. A write
@@ -3002,9 +3002,16 @@ class JsonlStorage(Storage):
                     chunk = checked
                 else:
                     chunk = fs.read_range(log, mpos, want)
+                grow = len(chunk)
                 while len(chunk) < size - mpos and not _unfinished_tail(chunk):
-                    # A record, or a chain, longer than a part: read on to its end, a part at a time.
-                    chunk += fs.read_range(log, mpos + len(chunk), min(want, size - mpos - len(chunk)))
+                    # A record, or a chain, longer than a part: read on to its end, twice
+                    # as far each time, each a whole read from mpos (never a splice of two
+                    # reads). A short read: the log was cut back meanwhile; take what is here.
+                    grow = min(2 * grow, size - mpos)
+                    again = fs.read_range(log, mpos, grow)
+                    if len(again) < grow:
+                        break
+                    chunk = again
                 found.messages, used = _parse_lines(chunk, mpos, log, session_id, found.problems, message=True)
                 _note_end(ends, 1, mpos, chunk, used)
                 del chunk
@@ -6118,7 +6125,7 @@ class SessionStore:
         A crash part way leaves none of it either: on SQLite and PostgreSQL the chain
         is one transaction; on the JSONL files it is one write, which no reader takes
         until its last record is there (see :meth:`Storage.append_messages`). One
-        exception: a chain that auto-resets is written in parts, each ending with a
+        exception: a chain that auto-resets is written in parts, each but the last ending with a
         message that triggered a reset (and its reset's records), so a crash may keep
         the parts before it. Returns the
         messages as stored; durable when it returns (with ``durable``), at the cost of

@@ -1232,10 +1232,10 @@ def test_a_chain_longer_than_a_part_is_read_whole_forwards_and_backwards_and_nev
         assert fresh.get_messages(sid) == [first, *chain, last] and fresh.check().ok
         more = [fresh.append(sid, role="user", content=f"more {i} " + "z" * 100) for i in range(20)]
     assert not caplog.records and not (tmp_path / sid / "messages.jsonl.quarantine").exists()
-    # A part holding the chain reads on to its end, not to the log's: parts stay bounded.
+    # A part holding the chain reads on past its end at most twice as far, not to the log's end.
     parts = list(ss.JsonlStorage(RealFileSystem(), str(tmp_path)).load_parts(sid, (0, 0)))
     chain_bytes = sum(len(line) for line in log.read_bytes().splitlines(True) if line.endswith(ss._CHAIN_MARK + b"\n"))
-    assert len(parts) > 10 and max(p.nbytes for p in parts) <= chain_bytes + 500  # (+ a part, + its last line)
+    assert len(parts) > 10 and max(p.nbytes for p in parts) <= 2 * (chain_bytes + 300)  # (read on twice as far)
     assert [m for p in parts for _, m in p.messages][-len(more):] == [m.to_record() for m in more]
 
 
@@ -1268,3 +1268,30 @@ def test_a_record_line_ending_in_a_space_is_a_record_not_an_unfinished_chain(tmp
     with SessionStore(storage_dir=str(tmp_path)) as fresh:
         assert fresh.get_messages(sid) == [first, after]
     assert not (tmp_path / sid / "messages.jsonl.quarantine").exists()
+
+
+def test_a_load_in_parts_ends_when_the_log_is_cut_back_under_it(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Readers do not lock: a failed write scope or sync cuts a log back in place while
+    # one reads. Reading on past a part that holds no whole line (a long record, a
+    # chain) then got nothing back forever: the load looped (a review's reproducer).
+    monkeypatch.setattr(ss, "_LOAD_PART", 1000)
+    with SessionStore(storage_dir=str(tmp_path)) as store:
+        sid = store.resolve("k")
+        chain = store.append_many(sid, [{"role": "user", "content": f"m{i} " + "z" * 100} for i in range(20)])
+    log = str(tmp_path / sid / "messages.jsonl")
+    fs = RealFileSystem()
+    reads = [0]
+    real = fs.read_range
+
+    def read_range(path: str, offset: int, size: int) -> bytes:
+        if path == log:
+            reads[0] += 1
+            if reads[0] == 2:
+                os.truncate(log, 1500)  # the chain's records cut off under the reader
+            assert reads[0] < 100, "the load does not end"
+        return real(path, offset, size)
+
+    monkeypatch.setattr(fs, "read_range", read_range)
+    found = [rec for part in ss.JsonlStorage(fs, str(tmp_path)).load_parts(sid, (0, 0)) for _, rec in part.messages]
+    assert found == [] and len(chain) == 20  # a chain cut back is not seen, even in part
