@@ -2127,10 +2127,11 @@ _after_fork_hooks = _WeakHooks()
 # their chain is there: a chain cut by a crash is never seen, and the next writer moves
 # its lines to <log>.quarantine and cuts them off (no append_many returned for them;
 # and no whole line is dropped unseen). A chain that auto-resets is written in parts,
-# each but the last ending with a message that triggered a reset, before the head's move event (an
-# event never names records that may still be cut off). This holds while every writer
-# runs a version with the mark: an older one reads marked lines as records, and its
-# next append after a cut chain ends that chain, which then stays, part as it is. A write
+# each but the last ending with a message that triggered a reset, before the head's
+# move event (an event never names records that may still be cut off). This holds
+# while every writer runs a version with the mark: an older one reads marked lines as
+# records, and its next append after a cut chain ends that chain, which then stays,
+# part as it is. A write
 # that fails (a failed write scope, a failed sync) is cut off again in place; readers
 # do not lock, so another store may have read it meanwhile. Before reading on from a
 # position, a reader checks that the line it last saw end there (its own: see _Vouch)
@@ -2227,6 +2228,7 @@ _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once
 #: The end of an append_many chain's record lines but the last (before the newline):
 #: JSON whitespace, so the line reads as before; see "Log format".
 _CHAIN_MARK = b" \t"
+_CHAIN_MARK_TEXT = _CHAIN_MARK.decode()
 
 
 def _unfinished_tail(data: bytes) -> int:
@@ -2272,7 +2274,7 @@ def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, pro
             if stop == len(text) and type(rec) is dict:  # the common case, quickly
                 out.append((where, rec))
                 continue
-            if stop == len(text) - 2 and text[stop:] == " \t" and type(rec) is dict:  # a chain's, not its last
+            if stop == len(text) - 2 and text[stop:] == _CHAIN_MARK_TEXT and type(rec) is dict:  # a chain's line
                 out.append((where, rec))
                 continue
         except (ValueError, StopIteration, RecursionError):
@@ -3138,11 +3140,9 @@ class JsonlStorage(Storage):
 
     def append_messages(self, session_id: str, position: Position, lines: Sequence[tuple[str, bytes]]) -> Position:
         """The chain's lines with one ``write()``: each but the last ends in
-        :data:`_CHAIN_MARK` before its newline (see "Log format"), so that a reader holds back a chain
-        whose last record it does not see (being written, or cut by a crash) and the
-        next writer cuts it off."""
-        if len(lines) == 1:
-            return self._append(session_id, 1, position, lines[0][1])
+        :data:`_CHAIN_MARK` before its newline (see "Log format"), so that a reader
+        holds back a chain whose last record it does not see (being written, or cut by
+        a crash) and the next writer cuts it off."""
         data = b"".join([line[:-1] + _CHAIN_MARK + b"\n" for _, line in lines[:-1]] + [lines[-1][1]])
         return self._append(session_id, 1, position, data, lines[-1][1])
 
@@ -6125,9 +6125,9 @@ class SessionStore:
         A crash part way leaves none of it either: on SQLite and PostgreSQL the chain
         is one transaction; on the JSONL files it is one write, which no reader takes
         until its last record is there (see :meth:`Storage.append_messages`). One
-        exception: a chain that auto-resets is written in parts, each but the last ending with a
-        message that triggered a reset (and its reset's records), so a crash may keep
-        the parts before it. Returns the
+        exception: a chain that auto-resets is written in parts, each but the last
+        ending with a message that triggered a reset (and its reset's records), so a
+        crash may keep the parts before it. Returns the
         messages as stored; durable when it returns (with ``durable``), at the cost of
         one sync for the chain, where as many appends cost one each.
         """
@@ -6713,8 +6713,7 @@ class SessionStore:
 
     def _branch_event(self, state: _Session, event: dict[str, Any]) -> None:
         """Append a branch event and apply it (caller is in ``_writing``, and syncs after)."""
-        if state.batch:
-            self._write_batch(state)
+        self._write_batch(state)  # what append_many applied before it: an event never precedes its records
         line = _encode_line(event)
         state.position = self._storage.append_event(state.session_id, state.position, line)
         state.add_event(event)
