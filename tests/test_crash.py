@@ -33,15 +33,17 @@ sid = store.resolve("crash")
 n = int(sys.argv[2])
 def say(*what):
     print(json.dumps(what), flush=True)
+def chain(k):  # the messages of one append_many: all of them or none, whenever the kill lands
+    return [m.id for m in store.append_many(sid, [{"role": "user" if i % 2 == 0 else "assistant",
+                                                     "content": "chain %d %d/%d " % (n, i, k) + "y" * 3000}
+                                                    for i in range(k)])]
+say("chain", chain(3))  # (the first line the parent waits for: every cycle acknowledges a chain)
 while True:
     n += 1
     m = store.append(sid, role="user", content="payload %d " % n + "x" * (n % 300))
     say("message", m.id)
-    if n % 7 == 1:  # a chain (the first one right after the first message): all of it or none, whenever the kill lands
-        k = 2 + n % 4
-        chain = store.append_many(sid, [{"role": "user" if i % 2 == 0 else "assistant",
-                                         "content": "chain %d %d/%d " % (n, i, k) + "y" * 3000} for i in range(k)])
-        say("chain", [m.id for m in chain])
+    if n % 7 == 1:
+        say("chain", chain(2 + n % 4))
     if n % 17 == 0:
         store.create_branch(sid, "b-%s" % m.id, m.id)
     if n % 23 == 0:
