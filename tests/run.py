@@ -4,7 +4,9 @@ Creates ``.venv`` (unless already inside a virtual environment), installs the
 project with its ``test`` and ``postgres`` extras and those of the agent frameworks
 (``openai-agents``, ``langchain``, ``pydantic-ai``, ``llama-index``; the
 ``SESSION_STORE_EXTRAS`` variable replaces the list), then runs ``ruff check``,
-``mypy --strict`` and ``pytest``. Exits non-zero when any of them fails.
+``mypy --strict`` and ``pytest``. First of all it runs ``tools/amalgamate.py --check``:
+``session_store.py`` is generated from ``src/session_store/`` and must not be
+stale. Exits non-zero when any of them fails.
 
 The PostgreSQL tests use ``SESSION_STORE_POSTGRES_DSN`` when set; otherwise this
 starts a throwaway server (``tests/postgres_server.py``) when PostgreSQL is
@@ -49,11 +51,14 @@ def run(*cmd: str) -> None:
 
 
 def main() -> None:
+    # What ships is generated from src/session_store/: a stale file fails first, before anything is installed.
+    run(sys.executable, "tools/amalgamate.py", "--check")
     py = python()
     extras = os.environ.get("SESSION_STORE_EXTRAS", "test,postgres," + FRAMEWORKS)
     run(py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f".[{extras}]")
     run(py, "-m", "ruff", "check", ".")
     run(py, "-m", "mypy", "--strict")
+    run(py, "-m", "mypy", "--strict", "src/session_store")  # the modules as a package (their own imports)
     server = None
     if not os.environ.get("SESSION_STORE_POSTGRES_DSN"):
         if postgres_server.find_binaries() is None:

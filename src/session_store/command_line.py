@@ -1,0 +1,597 @@
+"""Command line: ``python3 session_store.py demo | tree | history | ...`` and :func:`draw_tree`.
+
+The commands read and write a store folder; ``import``/``export`` of transcripts and
+``serve`` load their optional modules lazily and say which file is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    import argparse
+
+from .contexts import _CONTEXT_FORMATS, _read_content
+from .errors import SessionStoreError
+from .file_systems import RealFileSystem
+from .jsonl_storage import JsonlStorage
+from .log_format import _dumps, _encode_line, _message_from_record
+from .records import FORMAT_VERSION, Branch, Message
+from .store import SessionStore
+
+
+def _shown(content: Any) -> str:
+    """Content as a person reads it: text blocks as text, tool calls and results by
+    name, images as ``[image]``; other values as JSON."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        return _dumps(content)
+    parts, calls, results = _read_content(content, "")
+    shown = [p["text"] if p["type"] == "text" else f"[{p['type']}]" for p in parts if p["type"] != "thinking"]
+    shown += [f"[call {c.name} {_dumps(c.input)}]" for c in calls]
+    shown += [f"[result {r.call_id}: {r.text()}]" for r in results]
+    return "\n".join(shown) if shown or not content else _dumps(content)
+
+
+def _first_line(content: Any, width: int) -> str:
+    text = _shown(content)
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: max(0, width - 1)] + "…"
+
+
+_SHORT_ID = 8  # characters of an id that tree and branches show, at least
+
+
+def _short_ids(ids: Iterable[str]) -> dict[str, str]:
+    """Each id's shortest prefix of at least 8 characters that no other id starts with
+    (the whole id when it is a prefix of another), as ``git log --abbrev-commit``."""
+    ordered = sorted(set(ids))
+    short: dict[str, str] = {}
+    for i, mid in enumerate(ordered):
+        common = 0  # the longest prefix shared with a neighbour in sorted order: with any other id
+        for other in (ordered[i - 1] if i else "", ordered[i + 1] if i + 1 < len(ordered) else ""):
+            n = 0
+            while n < min(len(mid), len(other)) and mid[n] == other[n]:
+                n += 1
+            common = max(common, n)
+        short[mid] = mid[:max(_SHORT_ID, common + 1)]
+    return short
+
+
+def _by_prefix(what: str, given: str, ids: Iterable[str]) -> str | None:
+    """The one id that is ``given`` or starts with it (at least 4 characters, as git
+    takes); ``None`` when none does; :class:`_UsageError` when several do."""
+    matches = []
+    for candidate in ids:
+        if candidate == given:
+            return candidate
+        if len(given) >= 4 and candidate.startswith(given):
+            matches.append(candidate)
+    if len(matches) > 1:
+        shown = ", ".join(sorted(matches)[:5]) + (", ..." if len(matches) > 5 else "")
+        raise _UsageError(f"{what} {given!r} is ambiguous: it starts {len(matches)} ids ({shown}); give more of it")
+    return matches[0] if matches else None
+
+
+def draw_tree(store: SessionStore, session_id: str, *, width: int = 100) -> list[str]:
+    """The session's message tree as text lines, one per message, like ``git log --graph``.
+
+    Each line shows the role, the message's short id (its shortest unique prefix of at
+    least 8 characters, which every command accepts) and the content's first line;
+    branch names pointing at a message follow it in brackets, the current branch marked
+    ``*``. A chain of messages stays in one column: at a fork the smaller subtrees are
+    drawn first, each one column to the right behind ``├─`` while the line it left
+    runs on (``│``), and the largest continues in the fork's own column, so the width
+    grows with the log of the tree's size, not its depth. Lines are cut to ``width``.
+    """
+    current = store.get_current_branch(session_id)
+    labels: dict[str, list[str]] = {}
+    for b in store.get_branches(session_id):
+        if b.head_id is not None:
+            labels.setdefault(b.head_id, []).append(b.name + ("*" if b.name == current else ""))
+    messages = store.get_messages(session_id)
+    short = _short_ids(m.id for m in messages)
+    children: dict[str | None, list[Message]] = {}
+    for m in messages:
+        children.setdefault(m.parent_id, []).append(m)
+    size: dict[str, int] = {}
+    for m in reversed(messages):  # children come after their parent: sizes bottom up
+        size[m.id] = 1 + sum(size[c.id] for c in children.get(m.id, ()))
+    out: list[str] = []
+    # (message, prefix for its line, prefix for the lines under it); iterative: trees can be deep
+    stack: list[tuple[Message, str, str]] = [(root, "", "") for root in reversed(children.get(None, []))]
+    while stack:
+        msg, prefix, rail = stack.pop()
+        tag = f"  [{', '.join(labels[msg.id])}]" if msg.id in labels else ""
+        head = f"{prefix}{msg.role} {short[msg.id]}  "
+        if len(head) + len(tag) > width:
+            tag = tag[:max(0, width - len(head))]
+        out.append((head + _first_line(msg.content, width - len(head) - len(tag)) + tag)[:width])
+        kids = children.get(msg.id, [])
+        if not kids:
+            continue
+        heaviest = max(range(len(kids)), key=lambda i: (size[kids[i].id], i))  # ties: the newest
+        stack.append((kids[heaviest], rail, rail))  # drawn after the others, in this column
+        sides = [k for i, k in enumerate(kids) if i != heaviest]
+        for side in reversed(sides):
+            stack.append((side, rail + "├─ ", rail + "│  "))
+    return out
+
+
+def _demo(storage_dir: str) -> int:
+    with SessionStore(storage_dir=storage_dir) as store:
+        sid = store.resolve(f"demo:{uuid.uuid4().hex[:6]}")
+        q = store.append(sid, role="user", content="What's a good name for a cat?")
+        store.append(sid, role="assistant", content="How about Miso? Short, warm, and easy to call.")
+        store.append(sid, role="user", content="Something more regal, please.")
+        store.append(sid, role="assistant", content="Then: Duchess Pemberton the Third.")
+        alt = store.append(sid, role="assistant", content="Try Pixel: playful and modern.", parent_id=q.id)
+        store.create_branch(sid, "alternative", alt.id)
+        store.switch_to_branch(sid, "alternative")
+        store.append(sid, role="user", content="I like Pixel! Why that one?")
+        store.append(sid, role="assistant", content="It is short, fun to say, and suits a curious cat.")
+        print(f"session {sid}  (key {store.get_metadata(sid).key!r}, "  # type: ignore[union-attr]
+              f"{len(store.get_messages(sid))} messages, stored in {os.path.abspath(storage_dir)})")
+        for line in draw_tree(store, sid):
+            print("  " + line)
+        print("\ncurrent branch:", store.get_current_branch(sid))
+        for m in store.get_linear_history(sid):
+            print(f"  {m.role:>9}: {m.content}")
+    return 0
+
+
+class _UsageError(Exception):
+    """A command-line mistake: one line on stderr, exit status 2."""
+
+
+_ROLE_COLOURS = {"user": "32", "assistant": "36", "system": "33", "tool": "35", "reset": "31"}
+
+
+class _Output:
+    """Where the command line writes: colour and progress only on a terminal (and
+    colour only without ``NO_COLOR``); plain text into pipes and files."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.colour = self.tty and not os.environ.get("NO_COLOR")
+        self.progress_on = sys.stderr.isatty()
+
+    def role(self, role: str) -> str:
+        code = _ROLE_COLOURS.get(role)
+        return f"\033[{code}m{role}\033[0m" if self.colour and code else role
+
+    def progress(self, done: int, total: int, what: str) -> None:
+        """``what done/total`` on stderr's last line (a terminal only), erased when done."""
+        if self.progress_on:
+            sys.stderr.write(f"\r{what} {done}/{total}\033[K" if done < total else "\r\033[K")
+            sys.stderr.flush()
+
+    def row(self, text: str) -> None:
+        """A line of output, on a line of its own even while progress is shown."""
+        if self.progress_on:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+        print(text, flush=self.progress_on)
+
+
+def _open_existing(directory: str) -> SessionStore:
+    """A store on ``directory`` for a reading command: it must exist and be a store
+    (or be empty); nothing is written to open it."""
+    if not os.path.isdir(directory):
+        raise _UsageError(f"no store at {directory} (use --dir)")
+    storage = JsonlStorage(RealFileSystem(), directory)
+    if not storage.is_store():
+        raise _UsageError(f"{directory} is not a session store (no session-store.json, keys/ or keys.jsonl); "
+                          "use --dir")
+    return SessionStore(storage)
+
+
+def _find_session(store: SessionStore, session_or_key: str) -> str:
+    """A session id, the session of a key, or the session whose id starts with the
+    given text (at least 4 characters); never creates one."""
+    if store.has_session(session_or_key):
+        return session_or_key
+    if store.has_key(session_or_key):
+        return store.resolve(session_or_key)
+    found = _by_prefix("session id", session_or_key, store.get_all_session_ids())
+    if found is None:
+        raise _UsageError(f"no session or key {session_or_key!r}")
+    return found
+
+
+def _find_message(store: SessionStore, session_id: str, message_id: str) -> str:
+    """A message id of the session, or the one that starts with the given text."""
+    found = _by_prefix("message id", message_id, (m.id for m in store.get_messages(session_id)))
+    if found is None:
+        raise _UsageError(f"no message {message_id!r} in session {session_id}")
+    return found
+
+
+_TRANSCRIPTS = "session_store_transcripts"
+
+
+def _optional(name: str, what: str, *, needed: bool = True) -> Any:
+    """An optional module (``integrations/<name>.py``), imported when a command needs
+    it: installed, beside this file, or in ``integrations/`` beside it (a checkout).
+    :class:`_UsageError` naming the file when it is missing and ``needed``."""
+    sys.modules.setdefault("session_store", sys.modules[__name__])  # run as a script: one module, not two
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        if e.name != name:
+            raise
+    where = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations", name + ".py")
+    if os.path.isfile(where):
+        spec = importlib.util.spec_from_file_location(name, where)
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+            return module
+    if needed:
+        raise _UsageError(f"{what} need{'s' if not what.endswith('s') else ''} {name}.py (integrations/ in "
+                          "session-store) installed or beside session_store.py")
+    return None
+
+
+def _transcripts(*, needed: bool = True) -> Any:
+    """The optional module for pi and Claude Code transcripts (see :func:`_optional`)."""
+    return _optional(_TRANSCRIPTS, "pi and Claude Code transcripts", needed=needed)
+
+
+def _first_lines(path: str, count: int = 20) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return list(itertools.islice(f, count))
+    except (OSError, UnicodeDecodeError) as e:
+        raise _UsageError(f"cannot read {path}: {e}") from None
+
+
+def _detect_format(path: str) -> str:
+    """``native``, ``pi`` or ``claude-code`` from a file's first lines."""
+    lines = _first_lines(path)
+    first = next((line for line in lines if line.strip()), "")
+    try:
+        value = json.loads(first)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("session"), dict):
+        return "native"
+    detected = _transcripts(needed=False)
+    found = detected.detect_format(lines) if detected is not None else None
+    if found is None:
+        raise _UsageError(f"{path} is neither a session-store export, a pi session nor a Claude Code transcript"
+                          + ("" if detected is not None else f" (or {_TRANSCRIPTS}.py is missing)")
+                          + "; give --format")
+    return str(found)
+
+
+def _export_lines(store: SessionStore, sid: str) -> Iterator[str]:
+    """The native export: a session line, one line per message (append order), one per branch."""
+    meta = store.get_metadata(sid)
+    assert meta is not None
+    yield _dumps({"session": {"version": FORMAT_VERSION, "sessionId": sid, "key": meta.key,
+                              "createdAt": meta.created_at, "current": store.get_current_branch(sid)}})
+    for m in store.get_messages(sid):
+        yield _dumps({"message": m.to_record()})
+    for b in store.get_branches(sid):
+        yield _dumps({"branch": {"name": b.name, "headId": b.head_id, "createdAt": b.created_at,
+                                 "updatedAt": b.updated_at}})
+
+
+def _import_file(store: SessionStore, path: str, key: str | None, out: _Output) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise _UsageError(f"cannot read {path}: {e}") from None
+    header: dict[str, Any] | None = None
+    messages: list[Message] = []
+    branches: list[Branch] = []
+    for n, text in enumerate(raw, 1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+            if "session" in line:
+                header = line["session"]
+            elif "message" in line:
+                messages.append(_message_from_record(line["message"]))
+            elif "branch" in line:
+                b = line["branch"]
+                branches.append(Branch(name=b["name"], head_id=b["headId"], created_at=int(b["createdAt"]),
+                                       updated_at=int(b["updatedAt"])))
+            else:
+                raise ValueError("not a session, message or branch line")
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise _UsageError(f"{path}:{n}: not a session-store export line ({e})") from None
+        out.progress(n, len(raw), "reading")
+    if header is None:
+        raise _UsageError(f"{path}: no session line (is it a session-store export?)")
+    target = key if key is not None else header.get("key")
+    if not isinstance(target, str):
+        raise _UsageError(f"{path}: the session line has no key; give --key")
+    return store.import_session(target, messages, branches=branches, current=str(header.get("current", "main")))
+
+
+def _message_size(m: Message) -> int:
+    return len(_encode_line(m.to_record()))
+
+
+def _branch_command(store: SessionStore, sid: str, args: Any) -> int:
+    """``branch move|create|switch|delete|rename``: one line saying what was done."""
+    action = args.action
+    if action == "move":
+        if args.message is None and not args.empty:
+            raise _UsageError("branch move needs a MESSAGE (a message id or its first characters), or --empty")
+        target = None if args.empty else _find_message(store, sid, args.message)
+        moved = store.move_head(sid, target, branch=args.branch)
+        print(f"{moved.name}: head {moved.head_id or '(empty)'}")
+    elif action == "create":
+        made = store.create_branch(sid, args.name, _find_message(store, sid, args.message))
+        print(f"{made.name}: head {made.head_id}")
+    elif action == "switch":
+        head = store.switch_to_branch(sid, args.name)
+        print(f"{args.name}: current, head {head or '(empty)'}")
+    elif action == "delete":
+        gone = store.delete_branch(sid, args.name)
+        print(f"{gone.name}: deleted (its messages stay)")
+    else:
+        renamed = store.rename_branch(sid, args.old, args.new)
+        print(f"{args.old} -> {renamed.name}")
+    return 0
+
+
+def _run(args: Any, out: _Output) -> int:
+    command = args.command
+    if command == "demo":
+        return _demo(args.dir)
+    if command == "import":
+        fmt = args.format or _detect_format(args.file)
+        transcripts = _transcripts() if fmt != "native" else None
+        os.makedirs(args.dir, exist_ok=True)
+        with SessionStore(storage_dir=args.dir) as store:
+            if transcripts is None:
+                sid = _import_file(store, args.file, args.key, out)
+            else:
+                read = transcripts.import_pi if fmt == "pi" else transcripts.import_claude_code
+                sid = read(store, args.file, key=args.key,
+                           progress=lambda done, total: out.progress(done, total, f"reading {fmt}"))
+            print(sid)
+        return 0
+    if command in ("view", "serve"):  # an optional file, imported only for these commands
+        view = _optional("session_store_view", f"session-store {command}")
+        with _open_existing(args.dir) as store:
+            return int(view.cli(store, args, _find_session(store, args.session) if command == "view" else None))
+    with _open_existing(args.dir) as store:
+        if command == "ls":
+            rows: list[dict[str, Any]] = []
+            for sid in store.get_all_session_ids():
+                meta = store.get_metadata(sid)
+                if meta is None:
+                    continue
+                rows.append({"sessionId": sid, "key": meta.key, "messages": meta.message_count,
+                             "branches": meta.branch_count, "updatedAt": meta.updated_at})
+            if args.json:
+                print(json.dumps(rows, ensure_ascii=False, indent=2))
+            else:
+                for r in rows:
+                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["updatedAt"] / 1000))
+                    print(f"{r['sessionId']}  {r['messages']:>6} msgs  {r['branches']:>3} branches  {when}  {r['key']}")
+            return 0
+        if command == "check":
+            report = store.repair() if args.repair else store.check()
+            for line in report.fixed:
+                print(f"fixed: {line}")
+            for p in report.problems:
+                where = p.file + (f" @ {p.offset}" if p.offset is not None else "")
+                print(f"problem: {where}: {p.reason}")
+            print(f"{report.sessions_checked} session(s) checked: " + ("ok" if report.ok else
+                                                                       f"{len(report.problems)} problem(s)"))
+            return 0 if report.ok else 1
+        if command == "stats":
+            ids = store.get_all_session_ids()
+            total_messages = total_bytes = 0
+            for i, sid in enumerate(ids, 1):
+                messages = store.get_messages(sid)
+                size = sum(_message_size(m) for m in messages)
+                total_messages += len(messages)
+                total_bytes += size
+                out.row(f"{sid}  {len(messages):>7} messages  {len(store.get_branches(sid)):>4} branches  "
+                        f"{size:>10} bytes")
+                out.progress(i, len(ids), "sessions")
+            out.row(f"total: {len(ids)} sessions, {total_messages} messages, {total_bytes} bytes of records")
+            return 0
+        sid = _find_session(store, args.session)
+        if command == "branch":
+            return _branch_command(store, sid, args)
+        if command == "fork":
+            at = _find_message(store, sid, args.at) if args.at else None
+            print(store.fork_session(sid, at, key=args.key))
+            return 0
+        if command == "tree":
+            width = min(shutil.get_terminal_size((100, 24)).columns, 120) if out.tty else 100
+            for line in draw_tree(store, sid, width=width):
+                print(re.sub(r"(^|[─ ])(user|assistant|system|tool|reset)(?= )",
+                             lambda m: m.group(1) + out.role(m.group(2)), line, count=1))
+            return 0
+        if command == "branches":
+            current = store.get_current_branch(sid)
+            branches = store.get_branches(sid)
+            short = _short_ids(m.id for m in store.get_messages(sid))
+            for b in branches:
+                mark = "*" if b.name == current else " "
+                print(f"{mark} {b.name}  {short.get(b.head_id, '(empty)') if b.head_id else '(empty)'}")
+            return 0
+        if command == "history":
+            leaf: str | None = None  # the current head, read with its path (--last: without loading the session)
+            empty = False
+            if args.branch is not None:
+                branch = store.get_branch(sid, args.branch)
+                if branch is None:
+                    raise _UsageError(f"no branch {args.branch!r} in session {sid}")
+                leaf, empty = branch.head_id, branch.head_id is None
+            elif args.leaf is not None:
+                leaf = _find_message(store, sid, args.leaf)
+            if args.format in _CONTEXT_FORMATS:
+                _transcripts(needed=False)  # reads the transcripts it imported, when it is there
+                context: Any = ([] if args.format == "openai" else {"messages": []}) if empty else store.build_context(
+                    sid, leaf, format=args.format, limit=args.last)
+                print(json.dumps(context, ensure_ascii=False, indent=2))
+                return 0
+            path = [] if empty else store.get_linear_history(sid, leaf, limit=args.last)
+            if args.format == "json":
+                print(json.dumps([m.to_record() for m in path], ensure_ascii=False, indent=2))
+            else:
+                for m in path:
+                    print(f"{out.role(m.role)}: {_shown(m.content)}")
+            return 0
+        if command == "export":
+            if args.format in ("pi", "claude-code"):
+                transcripts = _transcripts()
+                if args.format == "claude-code":
+                    if not args.output:
+                        raise _UsageError("export --format claude-code writes files: give -o FILE")
+                    for written in transcripts.export_claude_code(store, sid, args.output):
+                        print(written)
+                    return 0
+                if args.output:
+                    transcripts.export_pi(store, sid, args.output)
+                    return 0
+                lines = [_dumps(line) for line in transcripts.pi_lines(store, sid)]
+            else:
+                lines = list(_export_lines(store, sid))
+            if args.output:
+                with open(args.output, "w", encoding="utf-8") as f:
+                    f.write("\n".join(lines) + "\n")
+            else:
+                print("\n".join(lines))
+            return 0
+    raise _UsageError(f"unknown command {command!r}")  # pragma: no cover - argparse checks
+
+
+def _parser_class() -> type[argparse.ArgumentParser]:
+    """argparse, imported when the command line runs (not by every user of the store)."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+            raise _UsageError(f"{message} (see {self.prog} --help)")
+
+    return Parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m session_store [--dir DIR] COMMAND`` (see ``--help``).
+
+    Commands: ``demo``, ``ls``, ``tree``, ``history``, ``branches``, ``branch`` (move,
+    create, switch, delete, rename), ``fork``, ``export``, ``import``, ``check``,
+    ``stats``, ``view`` and ``serve`` (the last two import the optional
+    ``session_store_view`` when they run). Mistakes print one line on stderr and exit
+    2; ``check`` exits 1 when it finds problems.
+    """
+    import argparse
+
+    _Parser = _parser_class()
+    common = _Parser(add_help=False)
+    common.add_argument("--dir", default=argparse.SUPPRESS, help="storage directory (default ./sessions)")
+    parser = _Parser(prog="session-store", parents=[common],
+                     description=__doc__.splitlines()[0] if __doc__ else "")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("demo", parents=[common], help="write a demo conversation with two branches and print its tree")
+    p = sub.add_parser("ls", parents=[common], help="sessions: id, message and branch counts, updated, key")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    for name, what in (("tree", "draw the message tree"), ("branches", "list the branches, * marks the current"),
+                       ("history", "the path from a root to a leaf"), ("export", "write a session as JSONL")):
+        p = sub.add_parser(name, parents=[common], help=what)
+        p.add_argument("session", metavar="SESSION_OR_KEY", help="a key, a session id or its first characters")
+        if name == "history":
+            which = p.add_mutually_exclusive_group()
+            which.add_argument("--leaf", help="a message id or its first characters (default: the current head)")
+            which.add_argument("--branch", help="a branch name")
+            p.add_argument("--format", choices=["text", "json", *_CONTEXT_FORMATS], default="text",
+                           help="text, the stored records as json, or an openai / anthropic context")
+            p.add_argument("--last", type=int, metavar="N",
+                           help="only the path's last N messages (of a long session: read from the end of its log, "
+                                "not loaded whole)")
+        if name == "export":
+            p.add_argument("-o", "--output", help="file to write (default: stdout)")
+            p.add_argument("--format", choices=["native", "pi", "claude-code"], default="native",
+                           help="native (re-importable here), a pi session file, or a Claude Code transcript")
+    p = sub.add_parser("branch", parents=[common], help="move a head (undo, rewind, redo), create, switch, delete "
+                                                         "or rename a branch; messages are never deleted")
+    actions = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    a = actions.add_parser("move", parents=[common], help="move the head of the current branch (or --branch)")
+    a.add_argument("session", metavar="SESSION_OR_KEY")
+    a.add_argument("message", nargs="?", help="the message id (or its first characters) to move the head to")
+    a.add_argument("--empty", action="store_true", help="make the branch empty instead")
+    a.add_argument("--branch", help="the branch to move (default: the current one)")
+    a = actions.add_parser("create", parents=[common], help="a new branch at a message")
+    a.add_argument("session", metavar="SESSION_OR_KEY")
+    a.add_argument("name")
+    a.add_argument("message", help="the message id (or its first characters) it points at")
+    for action, what in (("switch", "make a branch the current one"), ("delete", "delete a branch, not its messages")):
+        a = actions.add_parser(action, parents=[common], help=what)
+        a.add_argument("session", metavar="SESSION_OR_KEY")
+        a.add_argument("name")
+    a = actions.add_parser("rename", parents=[common], help="rename a branch")
+    a.add_argument("session", metavar="SESSION_OR_KEY")
+    a.add_argument("old")
+    a.add_argument("new")
+    p = sub.add_parser("fork", parents=[common], help="a new session holding the path to a message; prints its id")
+    p.add_argument("session", metavar="SESSION_OR_KEY")
+    p.add_argument("--at", help="the message (id or first characters; default: the current head)")
+    p.add_argument("--key", help="the new session's key (default: fork:<its id>)")
+    p = sub.add_parser("import", parents=[common], help="import a session file (again: what a transcript gained)")
+    p.add_argument("file")
+    p.add_argument("--key", help="the session's key (default: the exported one, pi:<id>, claude-code:<id>)")
+    p.add_argument("--format", choices=["native", "pi", "claude-code"], default=None,
+                   help="native export, pi session file, or Claude Code transcript (default: found from the file)")
+    p = sub.add_parser("check", parents=[common], help="find problems (exit 1 when there are any)")
+    p.add_argument("--repair", action="store_true", help="fix what can be fixed, then report")
+    sub.add_parser("stats", parents=[common], help="counts and sizes per session and in total")
+    p = sub.add_parser("view", parents=[common], help="write a session as one self-contained HTML page")
+    p.add_argument("session", metavar="SESSION_OR_KEY")
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p = sub.add_parser("serve", parents=[common], help="browse the store in a web browser, read-only")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    out = _Output()
+    try:
+        args = parser.parse_args(argv)
+        if not hasattr(args, "dir"):
+            args.dir = "./sessions"
+        return _run(args, out)
+    except (_UsageError, SessionStoreError) as e:
+        print(f"session-store: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:
+        print(f"session-store: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    # Optional modules import "session_store": this very module, not a second copy of it.
+    sys.modules.setdefault("session_store", sys.modules[__name__])
+    raise SystemExit(main())

@@ -1,0 +1,2046 @@
+"""The store: :class:`SessionStore`, the public API over a :class:`Storage`.
+
+It validates every call, keeps a bounded cache of session trees, writes through the
+storage's exclusive ``writing`` scope, enforces leases with fencing tokens, performs
+auto-resets, and emits events to subscribers outside its locks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import dataclasses
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal, overload
+
+from .auto_reset import AutoResetConfig, AutoResetManager, ResetResult, _current_segment
+from .contexts import (
+    _CONTEXT_BYTES,
+    _CONTEXT_FORMATS,
+    _CONTEXT_READERS_VERSION,
+    _context,
+    _ContextFold,
+    _left_out,
+    _path_turns,
+    _reader_of,
+    _to_fold,
+)
+from .errors import (
+    _T,
+    BranchExists,
+    BranchNotFound,
+    DuplicateMessage,
+    InvalidInput,
+    InvalidKey,
+    InvalidMessage,
+    LeaseLost,
+    LockTimeout,
+    MessageNotFound,
+    SessionLocked,
+    SessionNotFound,
+    SessionStoreError,
+    StorageError,
+    StoreClosed,
+    _log,
+    _storage_error,
+    _storage_errors,
+)
+from .file_systems import FileSystem, _after_fork_hooks
+from .jsonl_storage import (
+    _BACK_MOST,
+    _GC_PAUSE,
+    _TRIM_AFTER,
+    JsonlStorage,
+    _find_malloc_trim,
+    _GcPause,
+    _give_back_freed_memory,
+)
+from .log_format import (
+    _AppendSpec,
+    _checked_append,
+    _damaged_record,
+    _encode_line,
+    _encode_message,
+    _import_lines,
+    _message_from_record,
+    _new_message,
+    _placeholder_of,
+    _same_message,
+)
+from .records import (
+    _HEAD,
+    _NO_FIELDS,
+    _SNAKE_TO_CAMEL,
+    Branch,
+    CheckReport,
+    Event,
+    LockInfo,
+    LockResult,
+    Message,
+    Problem,
+    SessionMetadata,
+)
+from .storage import IndexEntry, Position, Storage
+from .tree import _KEPT, _newest_first, _Session, _tally_records
+from .validation import _check_import_branch, _check_key, _check_name, _check_timeout
+
+# This process, as lease records name it; a forked child gets a new one.
+_PROCESS = os.urandom(8).hex()
+
+# The lock() blocks entered in this context: (store, process, session id, owner,
+# token). A ContextVar, not a thread-local, so that asyncio tasks (and the executor
+# threads AsyncSessionStore runs their calls in) see their own holds.
+_HELD: contextvars.ContextVar[tuple[tuple[int, str, str, str, int], ...]] = contextvars.ContextVar(
+    "session_store_held", default=())
+
+_QUEUE_MS = 2_000  # a waiter's place in a lease's queue lasts this long unless renewed
+_POLL = 0.001  # seconds between the first waiter's looks at a held lease (a read of its record)
+_POLL_BEHIND = 0.005  # the same for waiters behind it (their turn cannot come first)
+_WAITER_IDS = itertools.count(1)
+
+
+def _new_process() -> None:
+    global _PROCESS
+    _PROCESS = os.urandom(8).hex()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_process)
+
+_CLAIMED: weakref.WeakKeyDictionary[Storage, Any] = weakref.WeakKeyDictionary()
+
+
+class SessionStore:
+    """Sessions of message trees with branches, an index by key, and leases.
+
+    ``SessionStore(storage=None, *, storage_dir=None, lock_timeout_ms=30000,
+    auto_reset=None, durable=True, clock=None, require_lock=False,
+    cache_bytes=64 MiB, cache_sessions=4096)``
+
+    - ``storage``: a :class:`Storage` (e.g. ``session_store_sqlite.SqliteStorage``),
+      or a :class:`FileSystem` to keep :class:`JsonlStorage` files on
+      (:class:`RealFileSystem` by default, :class:`InMemoryFileSystem` for tests).
+      ``storage_dir`` (default ``"./sessions"``) is the JSONL storage's directory.
+      Two stores on the same storage see each other's writes (reads notice that a
+      session grew and load only what is new). A :class:`Storage` object serves one
+      store at a time.
+    - ``durable``: ``append`` returns only once its record is on disk (fsync'd, or
+      committed by a backend's durable commit), and so does every creation,
+      deletion and new lease. ``False`` skips that (a machine crash may lose the last
+      records; a process crash loses nothing the OS accepted).
+    - ``lock_timeout_ms``: the lease length of :meth:`acquire_lock`.
+    - ``auto_reset``: an :class:`AutoResetConfig`; appends onto the current head that
+      would take the segment over a limit reset it first (see "Auto-reset").
+    - ``clock``: a ``time.time``-like callable (seconds) for every timestamp and lease.
+    - ``require_lock``: refuse an ``append`` naming no owner while another owner
+      holds the session's lease (by default such appends are advisory, as in the seed).
+    - ``cache_bytes``, ``cache_sessions``: the memory budget. Sessions are loaded on
+      first use and kept in a least-recently-used cache of at most this many bytes
+      of records (as stored, plus 300 bytes per message of a kept context: see
+      :meth:`build_context`) and this many sessions; sessions being read or written,
+      or whose lease this store holds, are never evicted (nor the one used last).
+      A cached message takes about 1.5 times its record's bytes of memory for chat
+      turns of a few hundred characters (the record's text plus ~300 bytes: the
+      :class:`Message`, its id, time and place in the tree); a long session is
+      decoded a few MiB at a time, so loading it needs little more.
+      ``close()`` releases everything (after a large cache, on glibc, it also has
+      the C allocator give the freed memory back). Opening a store loads nothing: the key index
+      is read one key at a time.
+    - ``index_save_delay_ms``: accepted for compatibility and ignored (the key index
+      has had no checkpoint to save since format 2).
+
+    Safe to share between threads, and usable across ``fork()``: a child process
+    reopens what must be its own (descriptors, locks, connections) and never uses
+    or releases what the parent holds. Methods open the store on first use;
+    :meth:`init` does it explicitly. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        storage: Storage | FileSystem | None = None,
+        *,
+        storage_dir: str | os.PathLike[str] | None = None,
+        index_save_delay_ms: int = 100,
+        lock_timeout_ms: int = 30000,
+        auto_reset: AutoResetConfig | None = None,
+        durable: bool = True,
+        clock: Callable[[], float] | None = None,
+        require_lock: bool = False,
+        cache_bytes: int = 64 * 2**20,
+        cache_sessions: int = 4096,
+    ) -> None:
+        for name, value, low in (("index_save_delay_ms", index_save_delay_ms, 0),
+                                 ("lock_timeout_ms", lock_timeout_ms, 1),
+                                 ("cache_bytes", cache_bytes, 0), ("cache_sessions", cache_sessions, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidInput(f"{name} must be an integer >= {low}, not {value!r}")
+        if isinstance(storage, Storage):
+            if storage_dir is not None:
+                raise InvalidInput("storage_dir is for the JSONL storage; this store was given a Storage")
+            self._storage: Storage = storage
+        elif storage is None or isinstance(storage, FileSystem):
+            self._storage = JsonlStorage(storage, "./sessions" if storage_dir is None else storage_dir)
+        else:
+            raise InvalidInput(f"storage must be a Storage or a FileSystem, not {type(storage).__name__}")
+        if auto_reset is not None and not isinstance(auto_reset, AutoResetConfig):
+            raise InvalidInput("auto_reset must be an AutoResetConfig or None")
+        if clock is not None and not callable(clock):
+            raise InvalidInput("clock must be a callable returning seconds, like time.time")
+        self._auto_reset = auto_reset
+        self._durable = bool(durable)
+        self._clock = clock if clock is not None else time.time
+        self._require_lock = bool(require_lock)
+        self.lock_timeout_ms = lock_timeout_ms
+        self._cache_bytes = cache_bytes
+        self._cache_sessions = cache_sessions
+        self._subscribers: tuple[Callable[[Event], None], ...] = ()
+        self._opened = False
+        self._closed = False
+        self._reset_process_state()
+        _after_fork_hooks.add(self._after_fork)
+
+    def _reset_process_state(self) -> None:
+        self._mutex = threading.RLock()  # guards the dicts below; never held across I/O
+        self._open_lock = threading.Lock()
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # the cache, least recently used first
+        self._cached_bytes = 0
+        self._read_bytes = 0  # bytes of records cached since open (see _give_back_freed_memory)
+        self._marks: set[str] = set()  # sessions whose lease this store holds (a proof of life kept)
+        self._lease_changed = threading.Condition(threading.Lock())
+        self._lease_listeners: tuple[Callable[[str], None], ...] = ()  # AsyncSessionStore's waiters
+
+    def _after_fork(self) -> None:
+        """In a child process after ``fork()`` (called by ``os.register_at_fork``):
+        start with an empty cache and fresh locks. Leases and their proofs of life
+        stay the parent's; the storage reopens its own descriptors or connections."""
+        self._reset_process_state()
+
+    def __repr__(self) -> str:
+        return f"SessionStore({self._storage!r}, durable={self._durable!r})"
+
+    def _new_state(self, info: IndexEntry) -> _Session:
+        return _Session(info.session_id, info.key, info.created_at, self._auto_reset, info.forked_from)
+
+    def __enter__(self) -> SessionStore:
+        self.init()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- settings ---------------------------------------------------------------
+
+    @property
+    def storage(self) -> Storage:
+        """The :class:`Storage` this store keeps its sessions in."""
+        return self._storage
+
+    @property
+    def storage_dir(self) -> str:
+        """Where the storage keeps its data (the JSONL directory, a database file...)."""
+        return self._storage.location
+
+    @property
+    def auto_reset(self) -> AutoResetConfig | None:
+        """The auto-reset config, fixed when the store is made (read-only: sessions
+        already loaded carry their segments' totals for it)."""
+        return self._auto_reset
+
+    @auto_reset.setter
+    def auto_reset(self, value: Any) -> None:
+        raise AttributeError("auto_reset is fixed when the store is made: open a new SessionStore(auto_reset=...)")
+
+    @property
+    def durable(self) -> bool:
+        """Whether writes return only once on disk (read-only)."""
+        return self._durable
+
+    @property
+    def require_lock(self) -> bool:
+        """Whether appends naming no owner are refused while a lease is held (read-only)."""
+        return self._require_lock
+
+    def _now_ms(self) -> int:
+        return round(self._clock() * 1000)
+
+    # -- open, flush, close -----------------------------------------------------
+
+    def init(self) -> None:
+        """Open the storage (idempotent). Reads and writes nothing but what the
+        storage needs to connect; the first write creates what is missing."""
+        with self._open_lock:
+            if self._closed:
+                raise StoreClosed("store is closed")
+            if self._opened:
+                return
+            claimant = _CLAIMED.get(self._storage) if _weakrefable(self._storage) else None
+            if claimant is not None and claimant() not in (None, self):
+                raise InvalidInput(f"{self._storage!r} is already used by another SessionStore; give each store "
+                                   "its own Storage object (they may share the data it points at)")
+            with _storage_errors(f"open the store in {self._storage.location}"):
+                self._storage.open(durable=self._durable)
+            if _weakrefable(self._storage):
+                _CLAIMED[self._storage] = weakref.ref(self)
+            _find_malloc_trim()
+            self._opened = True
+
+    def _ready(self) -> None:
+        if not self._opened:
+            if self._closed:
+                raise StoreClosed("store is closed")
+            self.init()
+
+    def flush(self) -> None:
+        """Save what this store keeps only in memory: the tallies of the sessions it
+        wrote (a cache that lets :meth:`get_metadata` read little). Nothing else needs
+        it: every write is in storage (and durable, with ``durable``) when it returns."""
+        self._ready()
+        with self._mutex:
+            states = [s for s in self._sessions.values() if s.untallied]
+        for state in states:
+            self._save_tally(state)
+
+    def _save_tally(self, state: _Session) -> None:
+        """Write the session's tally if this store wrote records since the last one
+        (a cache: a failure is logged, never raised). Not while a branch event read
+        ahead of the messages it names waits for them: the position read to is past
+        that event, which the counts do not include yet."""
+        with state.lock:
+            if not state.untallied or state.deleted or not state.loaded or state.pending_events:
+                return
+            try:
+                self._storage.write_tally(state.session_id, state.position, state.tally())
+                state.untallied = 0
+            except (SessionStoreError, OSError) as e:
+                _log.warning("could not save the tally of session %s: %s", state.session_id, e)
+
+    def close(self) -> None:
+        """Save the tallies, give up this store's proofs of life, release descriptors
+        and connections and drop the cache; after a large cache, give the freed memory
+        back to the operating system (see :func:`_give_back_freed_memory`). Idempotent."""
+        if self._closed:
+            return
+        try:
+            if self._opened:
+                self.flush()
+                for sid in list(self._marks):
+                    self._unmark(sid)
+        finally:
+            with self._mutex:
+                self._closed = True
+                self._opened = False
+                self._sessions.clear()
+                self._cached_bytes = 0
+                read, self._read_bytes = self._read_bytes, 0
+            if _weakrefable(self._storage) and _CLAIMED.get(self._storage) is not None:
+                with contextlib.suppress(KeyError):
+                    del _CLAIMED[self._storage]
+            try:
+                with _storage_errors(f"close the store in {self._storage.location}"):
+                    self._storage.close()
+            finally:
+                if read >= _TRIM_AFTER:
+                    _give_back_freed_memory()
+
+    # -- events -------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` after every durable change; returns the unsubscriber.
+
+        Callbacks run in the writing thread, after the write and outside every
+        internal lock; one that raises is logged and ignored.
+        """
+        if not callable(callback):
+            raise InvalidInput("subscribe() takes a callable")
+        with self._mutex:
+            self._subscribers = (*self._subscribers, callback)
+
+        def unsubscribe() -> None:
+            with self._mutex:
+                subs = list(self._subscribers)
+                if callback in subs:
+                    subs.remove(callback)
+                self._subscribers = tuple(subs)
+
+        return unsubscribe
+
+    def _emit(self, type_: str, session_id: str, data: Any) -> None:
+        subscribers = self._subscribers
+        if not subscribers:
+            return
+        event = Event(type=type_, session_id=session_id, data=data)
+        for callback in subscribers:
+            try:
+                callback(event)
+            except Exception:
+                _log.exception("subscriber %r failed on %s", callback, type_)
+
+    # -- sessions -----------------------------------------------------------------
+
+    def resolve(self, key: str) -> str:
+        """The session id of ``key``, creating the session when there is none.
+
+        A lookup reads one key of the index (never the whole index), so it costs the
+        same whatever the store holds. Creation is durable before this returns (with
+        ``durable``), and unique across every store and process on the same storage.
+        """
+        _check_key(key)
+        self._ready()
+        with _storage_errors(f"resolve key {key[:80]!r}"):
+            sid = self._storage.lookup(key)
+            if sid is not None:
+                return sid
+            new, now = str(uuid.uuid4()), self._now_ms()
+            sid = self._storage.create_session(key, new, now)
+        if sid == new:
+            self._emit("session.created", sid, SessionMetadata(session_id=sid, key=key, created_at=now,
+                                                                 updated_at=now, message_count=0))
+        return sid
+
+    def has_key(self, key: str) -> bool:
+        """Whether a session exists for ``key`` (never creates one)."""
+        _check_key(key)
+        self._ready()
+        with _storage_errors("read the index"):
+            return self._storage.lookup(key) is not None
+
+    def has_session(self, session_id: str) -> bool:
+        """Whether a session with this id exists."""
+        self._ready()
+        if not isinstance(session_id, str):
+            return False
+        with _storage_errors("read the index"):
+            return self._storage.session_info(session_id) is not None
+
+    def get_all_session_ids(self) -> list[str]:
+        """Every session id, oldest first. Reads the index, never a session's records."""
+        self._ready()
+        with _storage_errors("list the sessions"):
+            return [e.session_id for e in self._storage.list_sessions()]
+
+    def get_metadata(self, session_id: str) -> SessionMetadata | None:
+        """The session's metadata, or ``None`` for an unknown id.
+
+        Never loads a session that is not cached: counts come from the storage's
+        saved tally and the records written after it. ``message_count`` counts the
+        message records in storage (a damaged log's duplicate records included,
+        until :meth:`repair`).
+        """
+        self._ready()
+        if not isinstance(session_id, str):
+            return None
+        with self._mutex:
+            state = self._sessions.get(session_id)
+        if state is not None and state.loaded:
+            try:
+                with state.lock:
+                    self._catch_up(state)
+                    return state.metadata()
+            except SessionNotFound:
+                return None
+        with _storage_errors(f"read session {session_id!r}"):
+            info = self._storage.session_info(session_id)
+            if info is None:
+                return None
+            fresh: dict[str, Any] = {"messages": 0, "updatedAt": info.created_at, "resets": 0, "lastResetAt": None,
+                                     "branches": 1}
+            saved = self._storage.read_tally(session_id)
+            position, tally = (0, 0), dict(fresh)
+            if saved is not None and _valid_tally(saved[1]):
+                position, tally = saved[0], dict(saved[1])
+            events: list[tuple[int, dict[str, Any]]] = []
+            try:
+                for found in self._storage.load_parts(session_id, position):
+                    if found.restart:
+                        tally, events = dict(fresh), []
+                    _tally_records(tally, found.messages, ())
+                    events += found.events
+                _tally_records(tally, (), events)
+            except SessionNotFound:
+                return None
+        return SessionMetadata(session_id=session_id, key=info.key, created_at=info.created_at,
+                               updated_at=tally["updatedAt"], message_count=tally["messages"],
+                               reset_count=tally["resets"], last_reset_at=tally["lastResetAt"],
+                               forked_from=info.forked_from, branch_count=tally.get("branches", 1))
+
+    def delete_session(self, session_id: str) -> None:
+        """Delete the session and its records. ``SessionNotFound`` for an unknown id.
+
+        Atomic: whatever fails or crashes, the session is fully there or fully gone.
+        The storage holds the session as a writer does while it deletes, so no writer
+        in any process can append to a session that is going away.
+        """
+        state = self._state(session_id)
+        with _storage_errors(f"delete session {session_id!r}"):
+            with state.lock:
+                try:
+                    self._storage.delete_session(session_id, self._now_ms())
+                except SessionNotFound:
+                    self._forget_deleted(state)
+                    raise
+                self._forget_deleted(state)
+        self._emit("session.deleted", session_id, session_id)
+
+    # -- the cache ----------------------------------------------------------------
+
+    def _state(self, session_id: str) -> _Session:
+        """The session's cached state (made on first use: the index is asked once)."""
+        self._ready()
+        if not isinstance(session_id, str):
+            raise SessionNotFound(session_id)
+        with self._mutex:
+            state = self._sessions.get(session_id)
+            if state is not None and not state.deleted:
+                self._sessions.move_to_end(session_id)
+                return state
+        with _storage_errors(f"read session {session_id!r}"):
+            info = self._storage.session_info(session_id)
+        if info is None:
+            raise SessionNotFound(session_id)
+        with self._mutex:
+            state = self._sessions.get(session_id)
+            if state is None or state.deleted:
+                state = self._sessions[session_id] = self._new_state(info)
+            self._sessions.move_to_end(session_id)
+        self._trim()
+        return state
+
+    def _trim(self) -> None:
+        """Evict least recently used idle sessions beyond the budget (their tallies are
+        saved first, outside the store's lock). Busy, leased and the last used stay."""
+        if len(self._sessions) <= self._cache_sessions and self._cached_bytes <= self._cache_bytes:
+            return  # the common case, read without the lock: a trim that races is only late by one call
+        evicted: list[tuple[str, _Session]] = []  # (its key in the cache, the session)
+        with self._mutex:
+            sessions = self._sessions
+            excess, over = len(sessions) - self._cache_sessions, self._cached_bytes - self._cache_bytes
+            if excess <= 0 and over <= 0:
+                return
+            # From the least recently used, visiting only what it evicts (and the busy it
+            # steps over): a full cache costs each new session O(1), not O(cache).
+            last = next(reversed(sessions))
+            for sid, state in sessions.items():
+                if excess <= 0 and over <= 0:
+                    break
+                if sid == last or sid in self._marks or state.lock.locked():
+                    continue
+                evicted.append((sid, state))
+                excess -= 1
+                over -= state.nbytes
+            for sid, state in evicted:
+                del sessions[sid]
+                self._cached_bytes -= state.nbytes
+        for _, state in evicted:
+            self._save_tally(state)
+            self._storage.forget(state.session_id)
+
+    def _drop_tree(self, state: _Session) -> None:
+        """Forget the session's cached tree (reloaded on next use) and its bytes in the budget."""
+        with self._mutex:
+            if self._sessions.get(state.session_id) is state:
+                self._cached_bytes -= state.nbytes
+        state.clear()
+        state.loaded = False
+
+    def _forget_deleted(self, state: _Session) -> None:
+        state.deleted = True
+        with self._mutex:
+            if self._sessions.get(state.session_id) is state:
+                del self._sessions[state.session_id]
+                self._cached_bytes -= state.nbytes
+        if state.session_id in self._marks:
+            self._unmark(state.session_id)
+        self._storage.forget(state.session_id)
+
+    def _catch_up(self, state: _Session, *, writer: bool = False) -> None:
+        """Load what was appended to the session since we last looked, a part at a time
+        (see :meth:`Storage.load_parts`).
+
+        Caller holds ``state.lock`` (and, when ``writer``, the storage's ``writing``).
+        """
+        if state.deleted:
+            raise SessionNotFound(state.session_id)
+        before = state.nbytes
+        if not state.loaded:
+            state.clear()
+            state.loaded = True
+        paused = False
+        try:
+            for found in self._storage.load_parts(state.session_id, state.position, writer=writer):
+                if not paused and found.nbytes >= _GcPause.BYTES:
+                    _GC_PAUSE.pause()
+                    paused = True
+                state.ingest(found)
+        except SessionNotFound:
+            self._forget_deleted(state)
+            raise
+        except BaseException as e:
+            state.loaded = False  # half-applied records must not linger
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
+                raise _storage_error(e, f"read session {state.session_id!r}") from e
+            raise
+        finally:
+            if paused:
+                _GC_PAUSE.resume()
+            if state.nbytes != before:
+                with self._mutex:
+                    if self._sessions.get(state.session_id) is state:
+                        self._cached_bytes += state.nbytes - before
+                    self._read_bytes += max(0, state.nbytes - before)
+
+    # -- check and repair --------------------------------------------------------------
+
+    def _scan_session(self, entry: IndexEntry) -> tuple[_Session, dict[int, bytes]]:
+        """Load a session afresh into a scratch tree (never touching the cache): the
+        tree (its ``problems``), and a placeholder for each message record a repair
+        moves aside (damaged, or a duplicate id), by where the record is."""
+        scratch = _Session(entry.session_id, entry.key, entry.created_at)
+        found = self._storage.scan(entry.session_id)
+        placeholders: dict[int, bytes] = {}
+        if found is not None:
+            scratch.ingest(found)
+            reason_of = {p.offset: p.reason for p in scratch.problems
+                         if p.file == found.messages_label and p.offset is not None and not p.reason.endswith(_KEPT)}
+            last = 0
+            for where, rec in found.messages:
+                ts = rec.get("timestamp")
+                if where not in reason_of:
+                    last = ts if isinstance(ts, int) and not isinstance(ts, bool) else last
+                    continue
+                why = reason_of[where]
+                if why.startswith("duplicate id"):
+                    placeholder = _damaged_record(b"", where, why)
+                elif rec.get("type") == "damaged" and "damaged" in rec:
+                    placeholder = dict(rec)  # decoded as a placeholder already (its id salvaged if it could be)
+                else:
+                    placeholder = _placeholder_of(rec, where, why)
+                placeholder["timestamp"] = last
+                placeholders[where] = _encode_line(placeholder)
+        scratch.problems += [
+            Problem(session_id=entry.session_id, file=scratch.events_label, offset=None,
+                    reason=f"branch event {ev['op']!r} on {ev['name']!r} follows messages that are missing")
+            for ev in scratch.pending_events]
+        return scratch, placeholders
+
+    def _lease_problems(self, entry: IndexEntry) -> list[Problem]:
+        raw = self._storage.read_lease(entry.session_id)
+        if raw is None or _lease_fields_ok(raw):
+            return []
+        return [Problem(session_id=entry.session_id, file=f"{self._storage.location} (lease of {entry.session_id})",
+                        offset=None, reason="the lease record is corrupt (repair resets it; fencing tokens keep "
+                                            "growing)")]
+
+    def check(self, session_id: str | None = None) -> CheckReport:
+        """Look for problems without changing anything: records, files, index, leases.
+
+        Reports damaged and torn records (file, offset, reason: a damaged message
+        record reads as a placeholder that keeps its place in the tree), duplicate
+        ids, records whose parent is missing (kept as roots), branch events that do
+        not apply, corrupt lease records, and what interrupted operations left
+        (unindexed sessions, remains of deletions, temp files). With ``session_id``:
+        that session only (``SessionNotFound`` when unknown).
+        """
+        self._ready()
+        with _storage_errors("check the store"):
+            if session_id is not None:
+                info = self._storage.session_info(session_id) if isinstance(session_id, str) else None
+                if info is None:
+                    raise SessionNotFound(session_id)
+                entries = [info]
+            else:
+                entries = self._storage.list_sessions()
+            problems = self._storage.check({e.session_id: e.key for e in entries}, index=session_id is None)
+            for entry in entries:
+                try:
+                    problems += self._scan_session(entry)[0].problems
+                    problems += self._lease_problems(entry)
+                except SessionNotFound:
+                    continue  # deleted meanwhile
+        return CheckReport(problems=problems, sessions_checked=len(entries))
+
+    def repair(self, session_id: str | None = None) -> CheckReport:
+        """Fix what can be fixed without deleting data; report the rest.
+
+        - Records that cannot join a session (damaged lines, duplicate ids, a torn
+          tail) are moved aside by the storage (JSONL: to ``messages.jsonl.quarantine``
+          beside the log, byte for byte, the log then rewritten atomically); each
+          damaged or duplicate message record leaves a placeholder of type
+          ``damaged`` in its place, which keeps the records after it where they were:
+          an intact record is never moved aside. Records whose parent is missing stay,
+          as roots.
+        - A corrupt lease record is reset (free, its fencing token above any issued).
+        - Without ``session_id``: sessions missing from the index are adopted, and
+          what interrupted operations left is removed when it is provably garbage
+          (remains of deletions, creations never announced, temp files no process is
+          writing); a session whose key another session took is kept aside and
+          reported.
+
+        Every other store and process notices a rewritten log and reloads it.
+        """
+        self._ready()
+        fixed: list[str] = []
+        with _storage_errors("repair the store"):
+            if session_id is None:
+                fixed += self._storage.repair_index()
+                entries = self._storage.list_sessions()
+            else:
+                info = self._storage.session_info(session_id) if isinstance(session_id, str) else None
+                if info is None:
+                    raise SessionNotFound(session_id)
+                entries = [info]
+            for entry in entries:
+                try:
+                    with self._writing(entry.session_id, catch_up=False, fence=False) as state:
+                        scratch, placeholders = self._scan_session(entry)
+                        bad = [p for p in scratch.problems if not p.reason.endswith(_KEPT)]
+                        done = self._storage.quarantine(entry.session_id, bad, placeholders)
+                        if done:
+                            self._drop_tree(state)
+                        fixed += done
+                        if self._lease_problems(entry):
+                            floor = self._normal_lease(self._storage.read_lease(entry.session_id))["token"]
+                            self._storage.write_lease(entry.session_id, {"owner": None, "token": floor, "queue": []},
+                                                      durable=True)
+                            fixed.append(f"the lease record of {entry.session_id}: reset (next token > {floor})")
+                except SessionNotFound:
+                    continue
+        report = self.check(session_id)
+        return CheckReport(problems=report.problems, fixed=fixed, sessions_checked=report.sessions_checked)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _writing(self, session_id: str, *, catch_up: bool = True, fence: bool = True,
+                 chain: bool = False) -> _WriteScope:
+        """Hold the session for a write: thread lock, storage lock, caught up with the
+        records. ``catch_up=False`` (lease operations) only checks that the session
+        still exists. ``fence``: inside a :meth:`lock` block, the lease must still be
+        the block's (:class:`LeaseLost` otherwise). ``chain`` (append_many): message
+        records are applied at once and written together (``state.batch``, see
+        :meth:`_write_message`); the caller writes them (:meth:`_write_batch`)."""
+        return _WriteScope(self, self._state(session_id), catch_up, fence, chain)
+
+    def _sync(self, session_id: str) -> None:
+        """Make this process's records of the session durable (outside the writing
+        scope, so that a storage can cover many writers with one sync). A failed sync
+        drops the cached tree: what is in storage is reloaded, without the records
+        the storage removed."""
+        if not self._durable:
+            return
+        try:
+            self._storage.sync(session_id)
+        except BaseException as e:
+            with self._mutex:
+                state = self._sessions.get(session_id)
+            if state is not None:
+                with state.lock:
+                    self._drop_tree(state)
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
+                raise _storage_error(e, f"sync session {session_id!r}") from e
+            raise
+
+    # -- appending --------------------------------------------------------------------
+
+    def append(
+        self,
+        session_id: str,
+        *,
+        role: str,
+        content: Any,
+        type: str | None = None,
+        parent_id: str | None = _HEAD,
+        id: str | None = None,
+        owner_id: str | None = None,
+        fencing_token: int | None = None,
+        **fields: Any,
+    ) -> Message:
+        """Append a message and return it as stored.
+
+        - ``parent_id`` omitted: the current branch's head (``None`` when empty);
+          ``None``: a new root; an id: must exist here (``MessageNotFound``).
+        - The current branch's head advances when the parent *is* that head (omitted
+          or named); a sibling or a new root in a non-empty session leaves it alone.
+        - ``type`` defaults to ``role``. ``id`` defaults to a fresh random id. An
+          existing id raises :class:`DuplicateMessage`, unless the call repeats that
+          message (same role, type, content and fields; parent omitted or the same):
+          then the stored message is returned and nothing is written. So an append
+          whose outcome is unknown (a connection lost during the commit) is retried
+          safely with the same id.
+        - ``**fields`` (``tool_calls``, ``tool_call_id``, ``metadata``, any JSON) are
+          stored and returned as given; content and fields must be JSON, with string
+          object keys and at most :data:`MAX_NESTING` levels (:class:`InvalidMessage`
+          otherwise). What is returned is read-only (lists and dicts refuse changes).
+        - ``owner_id``: refused with :class:`SessionLocked` while another owner holds
+          the lease. ``fencing_token`` (from :meth:`acquire_lock`): refused with
+          :class:`LeaseLost` unless that lease is still live and current; the check
+          runs in the storage's exclusive section, together with the write. Inside
+          :meth:`lock`/:meth:`with_lock` both are implied.
+
+        Returns once the record is written (and fsync'd when ``durable``). Any error
+        leaves storage untouched.
+        """
+        spec = _checked_append(role, content, type, id, fields)
+        if parent_id is not _HEAD and parent_id is not None and not isinstance(parent_id, str):
+            raise InvalidMessage(f"parent_id must be a string or None, not {parent_id!r}")
+        owner_id, fencing_token = self._fence_of(session_id, owner_id, fencing_token)
+        with self._writing(session_id, fence=False) as state:
+            if owner_id is not None or fencing_token is not None or self._require_lock:
+                self._check_lease(state, owner_id, fencing_token)
+            msg, reset = self._append_in(state, spec, parent_id)
+        self._sync(session_id)
+        if reset is not None:
+            self._emit_reset(session_id, reset)
+        self._emit("message.added", session_id, msg)
+        return msg
+
+    def append_many(self, session_id: str, messages: Sequence[Mapping[str, Any]], *,
+                    parent_id: str | None = _HEAD, owner_id: str | None = None,
+                    fencing_token: int | None = None) -> list[Message]:
+        """Append a chain of messages at once: all of them or none, with one sync.
+
+        Each of ``messages`` is a mapping of :meth:`append`'s keywords: ``role`` and
+        ``content``, optionally ``type``, ``id`` and any fields. The first goes under
+        ``parent_id`` (as for :meth:`append`: omitted, the current head), each next one
+        under the one before; the head rules, auto-reset and retries (an ``id`` that
+        repeats a stored message returns it) are those of as many :meth:`append` calls.
+        Everything is checked before anything is written; an error part way (a write,
+        a full disk) undoes the records written, so none of them is in the session.
+        A crash part way leaves none of it either: on SQLite and PostgreSQL the chain
+        is one transaction; on the JSONL files it is one write, which no reader takes
+        until its last record is there (see :meth:`Storage.append_messages`). One
+        exception: a chain that auto-resets is written in parts, each but the last
+        ending with a message that triggered a reset (and its reset's records), so a
+        crash may keep the parts before it. Returns the
+        messages as stored; durable when it returns (with ``durable``), at the cost of
+        one sync for the chain, where as many appends cost one each.
+        """
+        specs = []
+        for i, given in enumerate(messages):
+            if not isinstance(given, Mapping) or not isinstance(given.get("role"), str) or "content" not in given:
+                raise InvalidMessage(f"messages[{i}] must be a mapping with a string 'role' and a 'content'")
+            fields = {k: v for k, v in given.items() if k not in ("role", "content", "type", "id")}
+            specs.append(_checked_append(given["role"], given["content"], given.get("type"), given.get("id"), fields))
+        if parent_id is not _HEAD and parent_id is not None and not isinstance(parent_id, str):
+            raise InvalidMessage(f"parent_id must be a string or None, not {parent_id!r}")
+        owner_id, fencing_token = self._fence_of(session_id, owner_id, fencing_token)
+        written: list[tuple[Message, ResetResult | None]] = []
+        with self._writing(session_id, fence=False, chain=True) as state:
+            if owner_id is not None or fencing_token is not None or self._require_lock:
+                self._check_lease(state, owner_id, fencing_token)
+            parent: str | None = parent_id
+            for spec in specs:
+                msg, reset = self._append_in(state, spec, parent)
+                written.append((msg, reset))
+                parent = msg.id
+            self._write_batch(state)
+        if specs:
+            self._sync(session_id)
+        for msg, reset in written:
+            if reset is not None:
+                self._emit_reset(session_id, reset)
+            self._emit("message.added", session_id, msg)
+        return [msg for msg, _ in written]
+
+    def _append_in(self, state: _Session, spec: _AppendSpec, parent_id: str | None
+                   ) -> tuple[Message, ResetResult | None]:
+        """Write one checked message under ``parent_id`` (``_HEAD``: the head), with its
+        auto-reset; caller is in ``_writing``. Returns it and the reset it caused."""
+        role, mtype, content, id, fields = spec
+        session_id = state.session_id
+        parent = state.head() if parent_id is _HEAD else parent_id
+        if parent is not None and parent not in state.by_id:
+            raise MessageNotFound(session_id, parent)
+        if id is None:
+            id = state.fresh_id()
+        elif id in state.by_id:
+            existing = state.by_id[id]
+            if (parent_id is _HEAD or parent_id == existing.parent_id) and _same_message(
+                    existing, mtype, role, content, fields):
+                return existing, None  # a retry of an append that landed: nothing is written twice
+            raise DuplicateMessage(session_id, id)
+        now = self._now_ms()
+        record = {"id": id, "parentId": parent, "type": mtype, "role": role,
+                  "content": content, "timestamp": now}
+        for name, value in fields.items():
+            record[_SNAKE_TO_CAMEL.get(name, name)] = value
+        line = _encode_message(record)  # validates before anything is written
+        if isinstance(content, str) and not fields:
+            msg = _new_message(id, state.by_id[parent].id if parent is not None else None, sys.intern(mtype),
+                               sys.intern(role), content, now, _NO_FIELDS)
+        else:  # store the JSON round trip: what a reload returns, detached from the caller
+            msg = _message_from_record(json.loads(line), state.by_id)
+        config = self._auto_reset
+        reason = self._reset_reason(state, config, msg, now) if config is not None else None
+        reset = None
+        if config is not None and reason is not None:
+            reset, new_parent = self._write_reset(state, reason, now, config, incoming=msg)
+            msg = dataclasses.replace(msg, parent_id=new_parent)
+            record["parentId"] = new_parent
+            line = _encode_message(record)
+        self._write_message(state, msg, line)
+        if reason is not None:  # the head moves last, once the whole new segment is written
+            self._move(state, msg.id, now)
+        return msg, reset
+
+    def _write_message(self, state: _Session, msg: Message, line: bytes) -> None:
+        """Write one message record and apply it (caller is in ``_writing``). Inside
+        append_many (``state.batch``) the record is applied now and written with the
+        rest of its chain by :meth:`_write_batch`."""
+        if state.batch is None:
+            state.position = self._storage.append_message(state.session_id, state.position, msg.id, line)
+        else:
+            state.batch.append((msg.id, line))
+        state.add_message(msg)
+        if state.pending_events:  # one naming this many records applies now, as a load applies it
+            state._apply_events_upto(state.record_count)
+        self._grow(state, len(line))
+        state.untallied += 1
+
+    def _write_batch(self, state: _Session) -> None:
+        """Write the message records append_many applied so far, as one chain (see
+        :meth:`Storage.append_messages`): all of them or none is ever seen, also after
+        a crash. Before a branch event too (an auto-reset's ``move``): an event must
+        never name records that may still be cut off."""
+        if state.batch:
+            state.position = self._storage.append_messages(state.session_id, state.position, state.batch)
+            state.batch = []
+
+    def _move(self, state: _Session, head_id: str | None, now: int, branch: str | None = None) -> None:
+        """Write a ``move`` event: the branch's (default: the current one's) head is now ``head_id``."""
+        self._branch_event(state, {"op": "move", "name": state.current if branch is None else branch,
+                                   "headId": head_id, "at": now, "seq": state.record_count})
+
+    # -- auto-reset ---------------------------------------------------------------------
+
+    @staticmethod
+    def _reset_reason(state: _Session, config: AutoResetConfig, incoming: Message, now: int) -> str | None:
+        """Which limit appending ``incoming`` would break (O(1)), or ``None``.
+
+        Only appends onto the current head are checked; others never reset.
+        """
+        if (not config.enabled or state.segments is None or incoming.parent_id is None
+                or incoming.parent_id != state.head()):
+            return None
+        count, tokens, start = state.segments[incoming.parent_id]
+        if config.max_tokens is not None:
+            tokens += config.count_tokens(incoming)
+        return AutoResetManager(config).over_limit(count + 1, tokens, start, now)
+
+    def _write_reset(self, state: _Session, reason: str, now: int, config: AutoResetConfig,
+                     incoming: Message | None = None) -> tuple[ResetResult, str | None]:
+        """Write a reset's new segment: a root (the marker, or the first kept copy) and
+        the copies chained after it. Returns the result and the id the head moves to
+        (the segment's last message, ``None`` when nothing was written).
+
+        Caller is in ``_writing`` and writes the head's ``move`` itself, after
+        everything else: a crash in between leaves a stray chain of copies the head
+        never moved to, never a head on a marker without its kept messages.
+        ``incoming`` (an append that triggered the reset) is reserved room in the new
+        segment; the caller writes it after the copies, before the move.
+        """
+        manager = AutoResetManager(config)
+        head = state.head()
+        segment = _current_segment(state.path_to(head)) if head is not None else []
+        reserve_tokens = config.count_tokens(incoming) if incoming is not None and config.max_tokens else 0
+        result = manager.reset(segment, reason, now, reserve=1 if incoming is not None else 0,
+                               reserve_tokens=reserve_tokens, new_id=state.fresh_id)
+        for msg in result.messages:
+            self._write_message(state, msg, _encode_message(msg.to_record()))
+        return result, result.messages[-1].id if result.messages else None
+
+    def _emit_reset(self, session_id: str, result: ResetResult) -> None:
+        self._emit("session.reset", session_id, result)
+        for msg in result.messages:
+            self._emit("message.added", session_id, msg)
+
+    def reset(self, session_id: str, *, owner_id: str | None = None, fencing_token: int | None = None,
+              **overrides: Any) -> ResetResult:
+        """Reset the session now, whatever its size; the result's reason is ``"manual"``.
+
+        Uses the store's ``auto_reset`` config (or the defaults) with ``overrides``
+        applied, e.g. ``reset(sid, keep_strategy="last", keep_count=2)``. The old
+        messages stay in the tree; the current branch's head moves to the new segment
+        once it is written. Subscribers get ``session.reset``, then ``message.added``
+        for the marker and each kept copy.
+
+        ``owner_id`` and ``fencing_token`` are checked as :meth:`append` checks them
+        (:class:`SessionLocked`, :class:`LeaseLost`, nothing written); inside
+        :meth:`lock`/:meth:`with_lock` both are implied.
+        """
+        try:
+            config = dataclasses.replace(self._auto_reset or AutoResetConfig(), **overrides)
+        except TypeError as e:
+            raise InvalidInput(f"reset() got an unknown setting: {e}") from None
+        except ValueError as e:
+            raise InvalidInput(str(e)) from None
+        owner_id, fencing_token = self._fence_of(session_id, owner_id, fencing_token)
+        with self._writing(session_id, fence=False) as state:
+            if owner_id is not None or fencing_token is not None or self._require_lock:
+                self._check_lease(state, owner_id, fencing_token)
+            now = self._now_ms()
+            result, new_head = self._write_reset(state, "manual", now, config)
+            self._move(state, new_head, now)
+        self._sync(session_id)
+        self._emit_reset(session_id, result)
+        return result
+
+    # -- imports ---------------------------------------------------------------------
+
+    def import_session(self, key: str, messages: list[Message], *, branches: list[Branch] | None = None,
+                       current: str = "main") -> str:
+        """Create a session for ``key`` holding ``messages`` exactly as given (ids,
+        parents, timestamps, fields), with ``branches`` and the ``current`` one.
+
+        Every parent must precede its children and ids must be unique; branch heads
+        must name given messages. All of it is checked before anything is written
+        (:class:`InvalidMessage`, :class:`InvalidInput`); a key that already has a
+        session raises :class:`InvalidKey`. All or nothing: the session appears under
+        its key whole (with every message and branch) or, when anything fails or the
+        process is killed, not at all; a retry then starts afresh. Returns the new
+        session's id.
+        """
+        _check_key(key)
+        if not isinstance(messages, (list, tuple)):
+            raise InvalidInput(f"import_session takes a list of Message records, not {type(messages).__name__}")
+        seen: set[str] = set()
+        lines = _import_lines(messages, seen)
+        heads: dict[str, str | None] = {"main": None}
+        named: set[str] = set()
+        for b in branches or []:
+            if not isinstance(b, Branch):
+                raise InvalidInput(f"branches must be Branch records, not {type(b).__name__}")
+            _check_import_branch(b, seen, named)
+            heads[b.name] = b.head_id
+        if not isinstance(current, str) or current not in heads:
+            raise InvalidInput(f"current branch {current!r} is not among the branches")
+        self._ready()
+        now, seq = self._now_ms(), len(lines)
+        events: list[bytes] = []
+        for b in branches or []:  # branch times are kept: create at created_at, move at updated_at
+            if b.name != "main":
+                events.append(_encode_line({"op": "create", "name": b.name, "headId": b.head_id,
+                                            "at": b.created_at, "seq": seq}))
+            if b.name == "main" or b.updated_at != b.created_at:
+                events.append(_encode_line({"op": "move", "name": b.name, "headId": b.head_id,
+                                            "at": b.updated_at, "seq": seq}))
+        if current != "main":
+            events.append(_encode_line({"op": "switch", "name": current, "at": now, "seq": seq}))
+        new = str(uuid.uuid4())
+        with _storage_errors(f"import a session for key {key[:80]!r}"):
+            existing = self._storage.lookup(key)
+            if existing is None:
+                existing = self._storage.create_session(key, new, now, messages=lines, events=events)
+        if existing != new:
+            raise InvalidKey(f"key {key!r} already has a session ({existing})")
+        self._emit("session.created", new, SessionMetadata(session_id=new, key=key, created_at=now, updated_at=now,
+                                                             message_count=len(lines)))
+        return new
+
+    def import_messages(self, session_id: str, messages: Sequence[Message], *,
+                        branches: Sequence[Branch] = ()) -> list[Message]:
+        """Add ``messages`` to an existing session exactly as given (ids, parents,
+        timestamps, fields), then create or move ``branches`` to the heads they name.
+
+        For mirroring a source that grows (a transcript that was imported before): a
+        message whose id the session already has is skipped when it is the same record
+        (parent, type, role, content, fields and timestamp), and raises
+        :class:`DuplicateMessage` when it differs. Every parent must be in the session
+        or precede its child in ``messages``; the head rule applies as for
+        :meth:`append` (a message whose parent is the current head advances it); no
+        auto-reset. Everything is checked before anything is written. Returns the
+        messages written (the skipped ones left out). A crash part way leaves a prefix
+        of them (each whole); repeating the call completes it.
+        """
+        if not isinstance(messages, (list, tuple)):
+            raise InvalidInput(f"import_messages takes a list of Message records, not {type(messages).__name__}")
+        given = list(messages)
+        for b in branches:
+            if not isinstance(b, Branch):
+                raise InvalidInput(f"branches must be Branch records, not {type(b).__name__}")
+        with self._writing(session_id) as state:
+            seen = set(state.by_id)
+            existing = {m.id: m for m in given if isinstance(m, Message) and m.id in state.by_id}
+            for mid, m in existing.items():
+                if state.by_id[mid].to_record() != json.loads(_encode_message(m.to_record())):
+                    raise DuplicateMessage(session_id, mid)
+            fresh = [m for m in given if not (isinstance(m, Message) and m.id in existing)]
+            lines = _import_lines(fresh, seen)
+            named: set[str] = set()
+            for b in branches:
+                _check_import_branch(b, seen, named)
+            written: list[Message] = []
+            for line in lines:
+                msg = _message_from_record(json.loads(line), state.by_id)
+                self._write_message(state, msg, line)
+                written.append(msg)
+            for b in branches:
+                current = state.branches.get(b.name)
+                if current is None:
+                    self._branch_event(state, {"op": "create", "name": b.name, "headId": b.head_id,
+                                               "at": b.created_at, "seq": state.record_count})
+                elif current.head_id != b.head_id:
+                    self._move(state, b.head_id, b.updated_at, b.name)
+        self._sync(session_id)
+        for msg in written:
+            self._emit("message.added", session_id, msg)
+        return written
+
+    # -- reading -------------------------------------------------------------------
+
+    def _read(self, session_id: str, fn: Callable[[_Session], _T]) -> _T:
+        state = self._state(session_id)
+        with state.lock:
+            self._catch_up(state)
+            result = fn(state)
+        self._trim()
+        return result
+
+    def get_messages(self, session_id: str) -> list[Message]:
+        """Every message, in append order."""
+        return self._read(session_id, lambda s: list(s.by_id.values()))
+
+    def get_message(self, session_id: str, message_id: str) -> Message:
+        """One message; ``MessageNotFound`` when absent."""
+        return self._read(session_id, lambda s: s.require(message_id))
+
+    def get_linear_history(self, session_id: str, leaf_id: str | None = None, *,
+                           limit: int | None = None) -> list[Message]:
+        """Root -> ``leaf_id`` (default: the current head; ``[]`` when empty). O(depth).
+
+        ``limit``: only the last ``limit`` messages of that path, still root-first,
+        found by walking back from the leaf: O(limit), whatever the depth (``0`` gives
+        ``[]``; negative raises :class:`InvalidInput`). Head and path are read together.
+        A session not in the cache is then not loaded: its records are read backwards
+        from their end (see :meth:`_history_from_the_end`), unless that read cannot be
+        sure to give what a load gives.
+        """
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise InvalidInput(f"limit must be an integer >= 0 or None, not {limit!r}")
+        state = self._state(session_id)
+        with state.lock:
+            found: list[Message] | None = None
+            if limit == 0 and leaf_id is None:
+                found = []
+            elif limit and not state.loaded and (leaf_id is None or isinstance(leaf_id, str)):
+                try:
+                    found = self._history_from_the_end(state, leaf_id, limit)
+                except SessionNotFound:
+                    self._forget_deleted(state)
+                    raise
+            if found is None:
+                self._catch_up(state)
+                leaf = state.head() if leaf_id is None else leaf_id
+                found = [] if leaf is None else state.path_to(leaf, limit)
+        self._trim()
+        return found
+
+    def _history_from_the_end(self, state: _Session, leaf_id: str | None, limit: int) -> list[Message] | None:
+        """The last ``limit`` messages of the path to ``leaf_id`` (default: the current
+        head) of a session not in the cache, read from the end of its log without
+        loading it: O(the records after the tally and those back to the path's first
+        message read), holding those after the tally and a part at a time. ``None``
+        when that read cannot be sure to give what a load would: the caller loads the
+        session instead.
+
+        The head comes from the storage's tally, saved with the head only by a store
+        that read every record up to it sound (see :meth:`_Session.tally`) and believed
+        only while the storage still holds what it was saved of (a log rewritten, or
+        cut back and grown again, is not: see :meth:`JsonlStorage.read_tally`), moved
+        on by the records after it as a load moves it (a message whose parent is the
+        head becomes the head). Then the path is walked back from its leaf, reading the
+        log backwards: a record's parent always precedes it, so one pass finds them
+        all. Whatever a load would report or treat specially makes this give up: a
+        branch event or a damaged record after the tally, a damaged record among those
+        read, an id read twice, a child before its parent, a cycle, a leaf or a parent
+        that is not found, more than ``_BACK_MOST`` records to look through.
+
+        Trusted, not checked: the records before the tally that it does not read, as
+        they were when the tally was saved. A store never writes a duplicate id there;
+        an id repeated by hand, or a byte flipped on disk since, is what :meth:`check`
+        finds, and a load reports, but this read does not see.
+        """
+        storage, sid = self._storage, state.session_id
+        with _storage_errors(f"read session {sid!r}"):
+            saved = storage.read_tally(sid)
+            if saved is None or not _valid_tally(saved[1]) or "head" not in saved[1]:
+                return None
+            position, head = saved[0], saved[1]["head"]
+            if head is not None and not isinstance(head, str):
+                return None
+            newer: dict[str, Message] = {}  # the records after the tally, by id
+            awaited: set[str] = set()  # their parents not among them: before the tally, or nowhere
+            for found in storage.load_parts(sid, position):
+                if found.restart or found.events or found.problems or len(newer) > _BACK_MOST:
+                    return None
+                for _, rec in found.messages:
+                    try:
+                        new = _message_from_record(rec, newer)
+                    except (ValueError, RecursionError):
+                        return None
+                    if new.id in newer or new.id in awaited:  # read twice, or a parent after its child
+                        return None
+                    newer[new.id] = new
+                    if new.parent_id is not None and new.parent_id not in newer:
+                        awaited.add(new.parent_id)
+                    if new.parent_id == head:
+                        head = new.id
+            want = head if leaf_id is None else leaf_id
+            out: list[Message] = []
+            seen = set(newer)  # every id read: one read twice makes the log one a load reports on
+            taken: set[str] = set()  # the records after the tally on the path
+            older: Iterator[dict[str, Any] | None] | None = None
+            while want is not None and len(out) < limit:
+                msg: Message | None = newer.get(want)
+                if msg is not None:
+                    if want in taken:  # a cycle written by hand (a load leaves it detached)
+                        return None
+                    taken.add(want)
+                else:
+                    if older is None:
+                        parts = storage.load_backwards(sid, position)
+                        if parts is None:
+                            return None
+                        older = _newest_first(parts)
+                    for back in older:
+                        if back is None:
+                            return None
+                        rid = back.get("id")
+                        if rid.__class__ is not str or rid in seen or len(seen) > _BACK_MOST + limit:
+                            return None
+                        seen.add(rid)
+                        if rid == want:
+                            try:
+                                msg = _message_from_record(back)
+                            except (ValueError, RecursionError):
+                                return None
+                            break
+                    else:
+                        return None  # not in the log: a load reports what is wrong
+                out.append(msg)
+                want = msg.parent_id
+        out.reverse()
+        return out
+
+    def get_children(self, session_id: str, message_id: str) -> list[Message]:
+        """The message's children in append order. O(children)."""
+        def children(s: _Session) -> list[Message]:
+            s.require(message_id)
+            return [s.by_id[c] for c in s.child_ids(message_id)]
+        return self._read(session_id, children)
+
+    def has_children(self, session_id: str, message_id: str) -> bool:
+        """Whether the message has at least one child."""
+        def has(s: _Session) -> bool:
+            s.require(message_id)
+            return message_id in s.child_map()
+        return self._read(session_id, has)
+
+    def get_tree(self, session_id: str, root_id: str | None = None) -> list[Message]:
+        """The subtree of ``root_id`` in pre-order, siblings in append order.
+
+        Without ``root_id``: every root's subtree, roots in append order.
+        """
+        return self._read(session_id, lambda s: s.subtree(root_id))
+
+    def get_leaves(self, session_id: str) -> list[Message]:
+        """Messages without children, in append order."""
+        def leaves(s: _Session) -> list[Message]:
+            children = s.child_map()
+            return [m for m in s.by_id.values() if m.id not in children]
+        return self._read(session_id, leaves)
+
+    def get_branch_points(self, session_id: str) -> list[Message]:
+        """Messages with more than one child, in append order."""
+        def branch_points(s: _Session) -> list[Message]:
+            children = s.child_map()
+            return [m for m in s.by_id.values() if type(children.get(m.id)) is list]
+        return self._read(session_id, branch_points)
+
+    @overload
+    def build_context(self, session_id: str, leaf_id: str | None = None, *,
+                      format: Literal["openai"] = "openai", strict: bool = False,
+                      include_reset_markers: bool = False, limit: int | None = None) -> list[dict[str, Any]]: ...
+
+    @overload
+    def build_context(self, session_id: str, leaf_id: str | None = None, *,
+                      format: Literal["anthropic"], strict: bool = False,
+                      include_reset_markers: bool = False, limit: int | None = None) -> dict[str, Any]: ...
+
+    def build_context(self, session_id: str, leaf_id: str | None = None, *, format: str = "openai",
+                      strict: bool = False, include_reset_markers: bool = False, limit: int | None = None
+                      ) -> list[dict[str, Any]] | dict[str, Any]:
+        """The root -> leaf path (default: the current head) as what a model API takes.
+
+        ``format="openai"``: a list of Chat Completions messages (assistant
+        ``tool_calls`` with ``function.arguments`` as a JSON string, one ``tool``
+        message per call, call ids of at most 40 characters). ``format="anthropic"``:
+        ``{"system": str, "messages": [...]}`` for the Messages API (``tool_use`` blocks;
+        the next user turn starts with their ``tool_result`` blocks; user and assistant
+        alternate; ``system`` only when there is system or developer text), ready for
+        ``client.messages.create(**context, ...)``.
+
+        Reads native records: the tutorial's ``tool_calls``/``tool_result`` shapes,
+        OpenAI Chat's (``developer`` stays a developer message for OpenAI and becomes
+        system text for Anthropic), OpenAI Responses' items and parts (``input_text``,
+        ``output_text``, ``function_call``, ``function_call_output``, as the OpenAI
+        Agents SDK stores them), Anthropic's content blocks, also when a record's content
+        is such a message or item whole, or a LangChain message as ``messages_to_dict``
+        writes it, a pydantic-ai ``ModelMessage`` as ``ModelMessagesTypeAdapter``
+        dumps it to JSON (its ``instructions`` left out: the caller sends its own, as
+        pydantic-ai does), a LlamaIndex ``ChatMessage`` as ``model_dump`` gives it
+        (``blocks``, ``additional_kwargs``); records of other formats through their
+        registered reader (:func:`register_context_reader`; session_store_transcripts
+        reads pi and Claude Code transcripts). A tool call without a result (branching
+        and resets leave them) gets a synthetic error result; a result answering no call
+        on the path is dropped; consecutive assistant records (one response split over
+        records) merge; thinking goes to Anthropic only with its signature, to OpenAI
+        never. A reset marker ("Session reset (max_messages) at ...") stays out of the
+        context (the kept messages after it are in); ``include_reset_markers=True``
+        sends it as system text.
+
+        What neither API can express (an unknown role, a block of an unknown type, an
+        item of OpenAI's hosted tools) is left out and logged once per session; with
+        ``strict=True`` it raises :class:`InvalidMessage` instead.
+
+        The list (and the Anthropic request dict and its ``messages`` list) is the
+        caller's; the messages in it are read-only dicts shared with the store's cache,
+        like a :class:`Message`'s content (``copy.deepcopy`` gives mutable ones: do that
+        before handing them to a library that edits messages in place). The store keeps
+        each session's last context per format and builds on it: the context of a
+        descendant of the last leaf (the head after appends) costs O(new messages),
+        one of a path that leaves it within its last few hundred messages (a sibling,
+        an ancestor) O(the messages after the fork), anything else O(path).
+
+        ``limit``: the context of only the path's last ``limit`` messages, read as
+        :meth:`get_linear_history` reads them (a session not in the cache is not
+        loaded), built afresh each time. What lies before them is not in it: a
+        system prompt at the root, the call a result in them answers (the result is
+        then dropped, as one answering no call).
+        """
+        if format not in _CONTEXT_FORMATS:
+            raise InvalidInput(f"unknown context format {format!r}; known: {', '.join(_CONTEXT_FORMATS)}")
+        if limit is not None:
+            found, path = None, self.get_linear_history(session_id, leaf_id, limit=limit)
+        else:
+            state = self._state(session_id)
+            with state.lock:
+                self._catch_up(state)
+                leaf = state.head() if leaf_id is None else state.require(leaf_id).id
+                found = None if leaf is None else self._context(state, state.by_id[leaf], format,
+                                                                include_reset_markers)
+                path = [] if found is not None or leaf is None else state.path_to(leaf)
+            self._trim()
+        if found is not None:
+            context, problems = found
+        else:  # a limit, or records of another format (their readers see the path, outside the store's locks)
+            tree: dict[str | None, list[Message]] | None = None
+
+            def children(message_id: str) -> list[Message]:  # for readers: one snapshot, taken when first asked
+                nonlocal tree
+                if tree is None:
+                    tree = {}
+                    for m in self.get_messages(session_id):
+                        tree.setdefault(m.parent_id, []).append(m)
+                return list(tree.get(message_id, ()))
+
+            problems = []
+            if not include_reset_markers:
+                path = [m for m in path if m.type != "reset"]
+            context = _context(_path_turns(path, children, problems), format)
+        if problems:
+            _left_out(session_id, problems, strict)
+        return context  # type: ignore[no-any-return]
+
+    def _context(self, state: _Session, leaf: Message, format: str, markers: bool
+                 ) -> tuple[Any, list[str]] | None:
+        """The context of the path to ``leaf`` and what it left out, from the session's
+        fold for ``format`` (see "Contexts"), extended or rewound to reach ``leaf``:
+        O(new messages) for the leaf folded last, a descendant of it, or a path that
+        leaves it near its end; anything else is folded afresh. ``None`` when a record
+        on the path needs a registered reader. Caller holds ``state.lock``.
+
+        A path never changes once its leaf exists (messages are immutable and appends
+        only add leaves; moving a head changes no path), so a fold stays right until
+        the tree is reloaded (:meth:`_Session.clear` drops the folds) or a reader is
+        registered (the fold is then begun again)."""
+        folds = state.context_cache
+        if folds is None:
+            folds = state.context_cache = {}
+        which = (format, markers)
+        fold: _ContextFold | None = folds.get(which)
+        before = 0 if fold is None else len(fold.ids)
+        todo = None if fold is None or fold.readers != _CONTEXT_READERS_VERSION[0] else _to_fold(state, fold, leaf)
+        if fold is None or todo is None:
+            fold = folds[which] = _ContextFold(format, markers)
+            todo = state.path_to(leaf.id)
+        if todo and any(m.type != m.role and _reader_of(m) for m in todo):
+            del folds[which]
+            self._grow(state, -before * _CONTEXT_BYTES)
+            return None
+        if todo:
+            fold.fold(todo)
+        if len(fold.ids) != before:
+            self._grow(state, (len(fold.ids) - before) * _CONTEXT_BYTES)
+        return fold.result(), (fold.problems.copy() if fold.problems else [])
+
+    def _grow(self, state: _Session, nbytes: int) -> None:
+        """Count ``nbytes`` more of the session's cached state into the cache budget
+        (caller holds ``state.lock``)."""
+        state.nbytes += nbytes
+        with self._mutex:
+            if self._sessions.get(state.session_id) is state:
+                self._cached_bytes += nbytes
+
+
+    # -- branches ---------------------------------------------------------------------
+
+    def _branch_event(self, state: _Session, event: dict[str, Any]) -> None:
+        """Append a branch event and apply it (caller is in ``_writing``, and syncs after)."""
+        self._write_batch(state)  # what append_many applied before it: an event never precedes its records
+        line = _encode_line(event)
+        state.position = self._storage.append_event(state.session_id, state.position, line)
+        state.add_event(event)
+        self._grow(state, len(line))
+        state.untallied += 1
+
+    def create_branch(self, session_id: str, name: str, leaf_id: str) -> Branch:
+        """Create branch ``name`` pointing at message ``leaf_id`` (any message).
+
+        ``BranchExists`` for a taken name, ``MessageNotFound`` for an unknown id.
+        The current branch does not change.
+        """
+        _check_name("branch name", name)
+        if not isinstance(leaf_id, str):
+            raise InvalidInput(f"leaf_id must be a message id, not {leaf_id!r}")
+        with self._writing(session_id) as state:
+            if name in state.branches:
+                raise BranchExists(session_id, name)
+            state.require(leaf_id)
+            self._branch_event(state, {"op": "create", "name": name, "headId": leaf_id,
+                                       "at": self._now_ms(), "seq": state.record_count})
+            branch = state.branches[name].frozen()
+        self._sync(session_id)
+        self._emit("branch.created", session_id, branch)
+        return branch
+
+    def get_branches(self, session_id: str) -> list[Branch]:
+        """Every branch, ``main`` first (while it exists), then in creation order."""
+        return self._read(session_id, lambda s: [b.frozen() for b in s.branches.values()])
+
+    def get_branch(self, session_id: str, name: str) -> Branch | None:
+        """The branch of that name, or ``None``."""
+        _check_name("branch name", name)
+
+        def branch(s: _Session) -> Branch | None:
+            found = s.branches.get(name)
+            return found.frozen() if found is not None else None
+        return self._read(session_id, branch)
+
+    def switch_to_branch(self, session_id: str, name: str) -> str | None:
+        """Make ``name`` the current branch; returns its head id (``None`` when empty)."""
+        _check_name("branch name", name)
+        with self._writing(session_id) as state:
+            if name not in state.branches:
+                raise BranchNotFound(session_id, name)
+            if state.current != name:
+                self._branch_event(state, {"op": "switch", "name": name, "at": self._now_ms(),
+                                           "seq": state.record_count})
+            branch = state.branches[name].frozen()
+        self._sync(session_id)
+        self._emit("branch.switched", session_id, branch)
+        return branch.head_id
+
+    def get_head(self, session_id: str) -> str | None:
+        """The current branch's head id (``None`` when empty)."""
+        return self._read(session_id, lambda s: s.head())
+
+    def get_current_branch(self, session_id: str) -> str:
+        """The current branch's name."""
+        return self._read(session_id, lambda s: s.current)
+
+    def move_head(self, session_id: str, message_id: str | None, *, branch: str | None = None) -> Branch:
+        """Move the head of the current branch (or of ``branch``) to any message of the
+        session, or to ``None`` (the branch is then empty). Nothing is deleted: the
+        next append on that branch continues from there, and the messages after the
+        old head stay in the tree (move back to one of them to redo). This is undo
+        (move to the head's parent), rewind and redo. Returns the branch as moved;
+        subscribers get ``branch.moved``.
+        """
+        if branch is not None:
+            _check_name("branch name", branch)
+        if message_id is not None and not isinstance(message_id, str):
+            raise InvalidInput(f"message_id must be a message id or None, not {message_id!r}")
+        with self._writing(session_id) as state:
+            name = state.current if branch is None else branch
+            if name not in state.branches:
+                raise BranchNotFound(session_id, name)
+            if message_id is not None:
+                state.require(message_id)
+            if state.branches[name].head_id != message_id:
+                self._move(state, message_id, self._now_ms(), name)
+            moved = state.branches[name].frozen()
+        self._sync(session_id)
+        self._emit("branch.moved", session_id, moved)
+        return moved
+
+    def delete_branch(self, session_id: str, name: str) -> Branch:
+        """Delete branch ``name`` (the pointer, never its messages); returns it as it
+        was. The current branch cannot be deleted (:class:`InvalidInput`: switch
+        first). Subscribers get ``branch.deleted``."""
+        _check_name("branch name", name)
+        with self._writing(session_id) as state:
+            if name not in state.branches:
+                raise BranchNotFound(session_id, name)
+            if name == state.current:
+                raise InvalidInput(f"branch {name!r} is the current branch of session {session_id!r}: "
+                                   "switch to another branch before deleting it")
+            gone = state.branches[name].frozen()
+            self._branch_event(state, {"op": "delete", "name": name, "at": self._now_ms(),
+                                       "seq": state.record_count})
+        self._sync(session_id)
+        self._emit("branch.deleted", session_id, gone)
+        return gone
+
+    def rename_branch(self, session_id: str, old: str, new: str) -> Branch:
+        """Rename branch ``old`` to ``new`` (the current branch too: it stays current).
+        :class:`BranchNotFound` / :class:`BranchExists` as expected; messages are
+        untouched. Subscribers get ``branch.renamed`` with ``(old, branch)``."""
+        _check_name("branch name", old)
+        _check_name("branch name", new)
+        with self._writing(session_id) as state:
+            if old not in state.branches:
+                raise BranchNotFound(session_id, old)
+            if new in state.branches:
+                raise BranchExists(session_id, new)
+            self._branch_event(state, {"op": "rename", "name": old, "to": new, "at": self._now_ms(),
+                                       "seq": state.record_count})
+            renamed = state.branches[new].frozen()
+        self._sync(session_id)
+        self._emit("branch.renamed", session_id, (old, renamed))
+        return renamed
+
+    def fork_session(self, session_id: str, message_id: str | None = None, *, key: str | None = None) -> str:
+        """A new session whose history is the path root -> ``message_id`` (default: the
+        current head) of this one: the same messages (ids, parents, timestamps,
+        fields), its ``main`` at the last. Its metadata's ``forked_from`` is
+        ``(session_id, message_id)``, kept across reopen. The source is untouched.
+
+        Costs O(depth) writes (and one load of the source when it is not cached).
+        ``key`` defaults to ``"fork:<new session id>"``; a taken key raises
+        :class:`InvalidKey`. All or nothing, like :meth:`import_session`.
+        Subscribers get ``session.forked`` with the new session's metadata.
+        """
+        if key is not None:
+            _check_key(key)
+        if message_id is not None and not isinstance(message_id, str):
+            raise InvalidInput(f"message_id must be a message id or None, not {message_id!r}")
+
+        def path(s: _Session) -> tuple[str | None, list[Message]]:
+            leaf = s.head() if message_id is None else message_id
+            return leaf, ([] if leaf is None else s.path_to(leaf))
+        leaf, messages = self._read(session_id, path)
+        new, now = str(uuid.uuid4()), self._now_ms()
+        key = f"fork:{new}" if key is None else key
+        lines = [_encode_message(m.to_record()) for m in messages]
+        events = [_encode_line({"op": "move", "name": "main", "headId": leaf, "at": now, "seq": len(lines)})]
+        with _storage_errors(f"fork session {session_id!r}"):
+            created = self._storage.create_session(key, new, now, messages=lines, events=events,
+                                                   forked_from=(session_id, leaf))
+        if created != new:
+            raise InvalidKey(f"key {key!r} already has a session ({created})")
+        meta = SessionMetadata(session_id=new, key=key, created_at=now, updated_at=max([now, *(
+            m.timestamp for m in messages)]), message_count=len(lines), forked_from=(session_id, leaf))
+        self._emit("session.forked", new, meta)
+        return new
+
+    # -- locks ------------------------------------------------------------------------
+
+    def _implied(self, session_id: str) -> tuple[str, int] | None:
+        """The owner and token of the innermost :meth:`lock` block on this session in
+        this context (thread or asyncio task), if any."""
+        me, process = id(self), _PROCESS
+        for store, proc, sid, owner, token in reversed(_HELD.get()):
+            if store == me and sid == session_id and proc == process:
+                return owner, token
+        return None
+
+    def _fence_of(self, session_id: str, owner_id: str | None, fencing_token: int | None
+                  ) -> tuple[str | None, int | None]:
+        """The owner and token a write is checked against: as given, else implied."""
+        if owner_id is not None:
+            _check_name("owner id", owner_id)
+        if fencing_token is not None and (not isinstance(fencing_token, int) or isinstance(fencing_token, bool)
+                                          or fencing_token < 0):
+            raise InvalidInput(f"fencing_token must be a non-negative integer, not {fencing_token!r}")
+        implied = self._implied(session_id)
+        if implied is not None and fencing_token is None and owner_id in (None, implied[0]):
+            return implied
+        return owner_id, fencing_token
+
+    def _check_lease(self, state: _Session, owner_id: str | None, token: int | None) -> None:
+        """Raise :class:`LeaseLost` unless the lease of ``token`` (and ``owner_id``) is
+        live and current; else :class:`SessionLocked` when another owner holds it."""
+        lease = self._read_lease(state)
+        now = self._now_ms()
+        holder = lease["owner"] if self._live(state.session_id, lease, now) else None
+        if token is not None:
+            if holder is None or lease["token"] != token or (owner_id is not None and holder != owner_id):
+                raise LeaseLost(state.session_id, owner_id, holder, token)
+        elif holder is not None and holder != owner_id:
+            raise SessionLocked(state.session_id, owner_id, holder)
+
+    def _read_lease(self, state: _Session) -> dict[str, Any]:
+        """The lease record (caller is in ``_writing``), normalized by :meth:`_normal_lease`."""
+        try:
+            raw = self._storage.read_lease(state.session_id)
+        except StorageError:
+            raise
+        except OSError as e:
+            raise _storage_error(e, f"read the lease of {state.session_id!r}") from e
+        return self._normal_lease(raw)
+
+    def _normal_lease(self, raw: Mapping[str, Any] | None, *, quiet: bool = False) -> dict[str, Any]:
+        """A lease record with every field checked: ``owner`` (or ``None``), ``count``,
+        ``token``, ``expiresAt``, ``process`` and ``queue`` (waiters, oldest first). A
+        corrupt or malformed record is free, and its token the current time in ms:
+        above every token issued before it (they count up from 1), so fencing tokens
+        keep growing even when their record is lost."""
+        if raw is None:
+            return {"owner": None, "token": 0, "queue": []}
+        if not _lease_fields_ok(raw):
+            token = raw.get("token")
+            token = token if isinstance(token, int) and not isinstance(token, bool) and token >= 0 else 0
+            if not quiet:
+                _log.warning("a lease record is corrupt (%r): treating it as free; tokens continue above %d",
+                             dict(raw), max(token, self._now_ms()))
+            return {"owner": None, "token": max(token, self._now_ms()), "queue": []}
+        lease = dict(raw)
+        lease.setdefault("queue", [])
+        lease["queue"] = [list(w) for w in lease["queue"]]
+        return lease
+
+    def _write_lease(self, state: _Session, lease: dict[str, Any], *, durable: bool = False,
+                     undo: Mapping[str, Any] | None = None) -> None:
+        """Store the lease record (caller is in ``_writing``).
+
+        ``undo``: the record this one replaces, put back (best effort) when the write
+        fails. A write can land and then report failure (its fsync fails); the caller is
+        told the call failed, so what landed must not stand: an acquire must not leave
+        an owner who was told no, a release or renewal must not take effect unseen."""
+        try:
+            self._storage.write_lease(state.session_id, lease, durable=durable)
+        except (StorageError, OSError) as e:
+            if undo is not None:
+                with contextlib.suppress(SessionStoreError, OSError):
+                    self._storage.write_lease(state.session_id, undo, durable=False)
+            if isinstance(e, StorageError):
+                raise
+            raise _storage_error(e, f"write the lease of {state.session_id!r}") from e
+
+    def _live(self, session_id: str, lease: Mapping[str, Any], now: int) -> bool:
+        """Whether the lease is held: an owner, not expired, and its holder not proven dead.
+
+        Only proof frees a lease early: the holder's own mark of life (a ``flock`` on
+        files and SQLite, an advisory lock on PostgreSQL), which the operating system
+        or the server drops when the holder dies, in whatever PID namespace, container
+        or host. A process id is never compared: another namespace may reuse it.
+        """
+        if lease.get("owner") is None or lease.get("expiresAt", 0) <= now:
+            return False
+        process = lease.get("process")
+        if process == _PROCESS or not isinstance(process, str):
+            return True  # ours; or written before marks of life existed: only expiry frees it
+        return not self._storage.holder_gone(session_id, lease)
+
+    def _mark(self, session_id: str) -> None:
+        """Keep a proof of life for a lease this store holds (inside ``_writing``)."""
+        with self._mutex:
+            if session_id in self._marks:
+                return
+        with _storage_errors(f"keep a proof of life for the lease of {session_id!r}"):
+            self._storage.hold_lease(session_id)
+        with self._mutex:
+            self._marks.add(session_id)
+
+    def _unmark(self, session_id: str) -> None:
+        with self._mutex:
+            if session_id not in self._marks:
+                return
+            self._marks.discard(session_id)
+        with contextlib.suppress(SessionStoreError, OSError):
+            self._storage.drop_lease(session_id)
+
+    def _try_acquire(self, session_id: str, owner_id: str, waiter: str | None) -> tuple[LockResult, int]:
+        """One attempt, under the storage's lock: the result, and the waiter's place in
+        the lease's queue (``-1`` when not queued). A free lease goes to the first
+        waiter in the queue; others (and attempts that do not wait) queue behind."""
+        with self._writing(session_id, catch_up=False, fence=False) as state:
+            lease = self._read_lease(state)
+            before = copy.deepcopy(lease)
+            now = self._now_ms()
+            queue = [w for w in lease["queue"] if w[1] > now]
+            mine = next((i for i, w in enumerate(queue) if w[0] == waiter), -1)
+            live = self._live(session_id, lease, now)
+            expires = now + self.lock_timeout_ms
+            if live and lease["owner"] == owner_id:
+                if mine >= 0:
+                    del queue[mine]
+                lease.update(count=int(lease["count"]) + 1, expiresAt=expires, queue=queue)
+                durable = False
+            elif live or (queue and mine != 0):
+                if waiter is not None:
+                    if mine < 0:
+                        queue.append([waiter, now + _QUEUE_MS])
+                        mine = len(queue) - 1
+                    elif queue[mine][1] - now < _QUEUE_MS // 2:
+                        queue[mine][1] = now + _QUEUE_MS
+                    else:
+                        waiter = None  # nothing to write
+                    if waiter is not None or len(queue) != len(lease["queue"]):
+                        self._write_lease(state, {**lease, "queue": queue})
+                holder = lease["owner"] if live else None
+                return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
+                                  expires_at=lease["expiresAt"] if live else None, token=None), mine
+            else:
+                if mine >= 0:
+                    del queue[mine]
+                lease = {"owner": owner_id, "count": 1, "token": int(lease["token"]) + 1, "expiresAt": expires,
+                         "process": _PROCESS, "queue": queue}
+                durable = True  # a new token: never issued twice, whatever crashes
+            self._mark(session_id)
+            try:
+                self._write_lease(state, lease, durable=durable, undo=before)
+            except StorageError:  # not acquired: the record is as it was (best effort)
+                if before.get("process") != _PROCESS or before.get("owner") is None:
+                    self._unmark(session_id)
+                raise
+            return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id, expires_at=expires,
+                              token=lease["token"]), -1
+
+    def _leave_queue(self, session_id: str, waiter: str) -> None:
+        """A waiter that gives up (timeout, cancellation) leaves the queue."""
+        with contextlib.suppress(SessionStoreError, OSError):
+            with self._writing(session_id, catch_up=False, fence=False) as state:
+                lease = self._read_lease(state)
+                queue = [w for w in lease["queue"] if w[0] != waiter]
+                if len(queue) != len(lease["queue"]):
+                    self._write_lease(state, {**lease, "queue": queue})
+        self._lease_freed(session_id)
+
+    def _lease_freed(self, session_id: str) -> None:
+        """Wake this process's waiters for the session's lease (threads and event loops);
+        waiters in other processes look again after a short pause."""
+        with self._lease_changed:
+            self._lease_changed.notify_all()
+        for listener in self._lease_listeners:
+            listener(session_id)
+
+    def _looks_takeable(self, session_id: str, waiter: str) -> tuple[bool, int]:
+        """Between attempts: whether the lease looks free for this waiter, read without
+        the storage's lock (``True`` when the storage cannot tell cheaply), and the
+        waiter's place in the queue (``-1``: not in it)."""
+        raw = self._storage.peek_lease(session_id)
+        if raw is None:
+            return True, -1
+        lease = self._normal_lease(raw, quiet=True)  # a torn read (a write under way) just means: look again
+        now = self._now_ms()
+        queue = [w for w in lease["queue"] if w[1] > now]
+        place = next((i for i, w in enumerate(queue) if w[0] == waiter), -1)
+        if place != 0 and queue:
+            return place > 0 and queue[place][1] - now < _QUEUE_MS // 2, place  # time to renew our place
+        return not self._live(session_id, lease, now), place
+
+    def acquire_lock(self, session_id: str, owner_id: str, *, timeout: float | None = 0) -> LockResult:
+        """Take the session's lease for ``owner_id``.
+
+        ``timeout``: ``0`` tries once (the seed), seconds waits that long, ``None``
+        waits forever; negative raises ``ValueError``. The lease lasts
+        ``lock_timeout_ms`` unless renewed. The same owner acquiring again is
+        re-entrant: it counts, extends the lease and keeps its token; a new holder
+        gets a token strictly greater than every earlier one of this session, also
+        across crashes (the record is synced first). Waiters are served in the order
+        they came, across threads and processes: each takes a place in the lease's
+        queue, and a free lease goes to the first (an attempt that does not wait
+        never jumps the queue).
+        """
+        _check_name("owner id", owner_id)
+        _check_timeout(timeout)
+        wait = _LeaseWait(self, session_id, owner_id, timeout)
+        try:
+            while True:
+                result = wait.attempt()
+                if result.acquired:
+                    return result
+                pause = wait.pause()
+                if pause is None:
+                    return result
+                while True:
+                    with self._lease_changed:
+                        self._lease_changed.wait(pause)
+                    pause = wait.pause()
+                    if pause is None or wait.takeable():
+                        break
+        finally:
+            wait.done()
+
+    def renew_lock(self, session_id: str, owner_id: str) -> LockResult:
+        """Extend ``owner_id``'s live lease by ``lock_timeout_ms``; not acquired when not held."""
+        _check_name("owner id", owner_id)
+        with self._writing(session_id, catch_up=False, fence=False) as state:
+            lease = self._read_lease(state)
+            now = self._now_ms()
+            live = self._live(session_id, lease, now)
+            if lease["owner"] != owner_id or not live:
+                holder = lease["owner"] if live else None
+                return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
+                                  expires_at=lease.get("expiresAt") if holder else None, token=None)
+            before = dict(lease)
+            lease["expiresAt"] = now + self.lock_timeout_ms
+            self._write_lease(state, lease, undo=before)
+            return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id,
+                              expires_at=lease["expiresAt"], token=lease["token"])
+
+    def release_lock(self, session_id: str, owner_id: str) -> bool:
+        """Release one hold of ``owner_id``; ``False`` when that owner does not hold it."""
+        _check_name("owner id", owner_id)
+        with self._writing(session_id, catch_up=False, fence=False) as state:
+            lease = self._read_lease(state)
+            if lease["owner"] != owner_id or not self._live(session_id, lease, self._now_ms()):
+                if lease.get("process") != _PROCESS or lease["owner"] is None:
+                    self._unmark(session_id)
+                return False
+            before, count = dict(lease), int(lease["count"]) - 1
+            if count > 0:
+                lease["count"] = count
+            else:
+                lease = {"owner": None, "token": lease["token"], "queue": lease["queue"]}
+            self._write_lease(state, lease, undo=before)  # failed: still held, as it was
+            if count <= 0:
+                self._unmark(session_id)
+        self._lease_freed(session_id)
+        return True
+
+    def is_locked(self, session_id: str) -> bool:
+        """Whether a live lease is held (an expired one is not a lock)."""
+        return self.get_lock(session_id) is not None
+
+    def get_lock(self, session_id: str) -> LockInfo | None:
+        """The live lease (holder, expiry, token, count) or ``None``."""
+        with self._writing(session_id, catch_up=False, fence=False) as state:
+            lease = self._read_lease(state)
+            live = self._live(session_id, lease, self._now_ms())
+        if not live:
+            return None
+        return LockInfo(holder_id=lease["owner"], expires_at=lease["expiresAt"], token=lease["token"],
+                        count=int(lease["count"]))
+
+    @contextlib.contextmanager
+    def lock(self, session_id: str, owner_id: str, *, timeout: float | None = None) -> Iterator[LockResult]:
+        """Hold the lease for the ``with`` block; writes in it count as ``owner_id``'s.
+
+        ``LockTimeout`` when it cannot be acquired within ``timeout`` (``None``:
+        wait forever). Every write in the block (in this thread or asyncio task) is
+        fenced: it carries the lease's token, and the storage refuses it with
+        :class:`LeaseLost` once the lease expired or another owner took it. The lease
+        is released on exit, whatever happened, including ``KeyboardInterrupt``. (An
+        interrupt landing between the acquisition and the start of the block cannot be
+        caught in Python; that lease ends when it expires. A release that fails raises
+        from the ``with`` and leaves the lease held, as it was: it ends when it expires.)
+        """
+        result = self.acquire_lock(session_id, owner_id, timeout=timeout)
+        if not result.acquired:
+            raise LockTimeout(session_id, owner_id, result.holder_id, timeout)
+        assert result.token is not None
+        entry = (id(self), _PROCESS, session_id, owner_id, result.token)
+        reset = _HELD.set((*_HELD.get(), entry))
+        try:
+            yield result
+        finally:
+            try:
+                _HELD.reset(reset)
+            except ValueError:  # left in another context than entered: remove our entry only
+                _HELD.set(tuple(e for e in _HELD.get() if e is not entry))
+            self.release_lock(session_id, owner_id)
+
+    def with_lock(self, session_id: str, owner_id: str, fn: Callable[[], _T], *,
+                  timeout: float | None = None) -> _T:
+        """Run ``fn()`` holding the lease and return its result; see :meth:`lock`."""
+        with self.lock(session_id, owner_id, timeout=timeout):
+            return fn()
+
+
+def _weakrefable(obj: object) -> bool:
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def _valid_tally(tally: Any) -> bool:
+    def whole(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return (isinstance(tally, dict) and whole(tally.get("messages")) and whole(tally.get("updatedAt"))
+            and whole(tally.get("resets")) and whole(tally.get("branches", 1))
+            and (tally.get("lastResetAt") is None or whole(tally.get("lastResetAt"))))
+
+
+def _lease_fields_ok(lease: Mapping[str, Any]) -> bool:
+    """Whether a lease record is whole and well-formed (see :meth:`SessionStore._normal_lease`)."""
+    def whole(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if lease.get("corrupt") or not whole(lease.get("token")):
+        return False
+    queue = lease.get("queue", [])
+    if not isinstance(queue, list) or not all(
+            isinstance(w, list) and len(w) == 2 and isinstance(w[0], str) and whole(w[1]) for w in queue):
+        return False
+    owner = lease.get("owner")
+    if owner is None:
+        return True
+    return (isinstance(owner, str) and whole(lease.get("count")) and lease["count"] >= 1
+            and whole(lease.get("expiresAt")) and isinstance(lease.get("process", ""), str))
+
+
+class _LeaseWait:
+    """One owner waiting for a session's lease: its attempts, its place in the queue,
+    and the pause between attempts. The waiting itself is the caller's, so that
+    :meth:`SessionStore.acquire_lock` blocks a thread and the asyncio facade awaits
+    without one."""
+
+    __slots__ = ("deadline", "owner", "place", "session_id", "store", "waiter")
+
+    def __init__(self, store: SessionStore, session_id: str, owner_id: str, timeout: float | None) -> None:
+        self.store, self.session_id, self.owner = store, session_id, owner_id
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.waiter: str | None = None if timeout == 0 else f"{_PROCESS}:{next(_WAITER_IDS)}"
+        self.place = -1
+
+    def attempt(self) -> LockResult:
+        result, self.place = self.store._try_acquire(self.session_id, self.owner, self.waiter)
+        return result
+
+    def pause(self, behind: float = _POLL_BEHIND) -> float | None:
+        """Seconds until the next look, ``None`` when the time is up. The first in the
+        queue looks often; the others (``behind``), whose turn cannot come first, less."""
+        pause = _POLL if self.place <= 0 else behind
+        if self.deadline is None:
+            return pause
+        remaining = self.deadline - time.monotonic()
+        return None if remaining <= 0 else min(pause, remaining)
+
+    def takeable(self) -> bool:
+        if self.waiter is None:
+            return True
+        try:
+            takeable, self.place = self.store._looks_takeable(self.session_id, self.waiter)
+        except (SessionStoreError, OSError):
+            return True  # let the attempt raise it
+        return takeable
+
+    def done(self) -> None:
+        if self.waiter is not None:
+            self.store._leave_queue(self.session_id, self.waiter)
+            self.waiter = None
+
+
+class _WriteScope:
+    """``SessionStore._writing``: a class, not a generator, because it is on every write.
+
+    Holds ``state.lock`` and the storage's ``writing``. When the scope fails after
+    the cache took records the storage may have discarded (a transaction rolled
+    back), the cache is dropped and reloaded on next use. Leaving it saves the
+    storage's tally every few hundred records written, so that counts stay cheap.
+    """
+
+    __slots__ = ("_catch_up", "_chain", "_entered_at", "_fence", "_state", "_store", "_writing")
+
+    def __init__(self, store: SessionStore, state: _Session, catch_up: bool, fence: bool, chain: bool) -> None:
+        self._store, self._state, self._catch_up, self._fence = store, state, catch_up, fence
+        self._chain = chain
+        self._writing: contextlib.AbstractContextManager[Any] | None = None
+        self._entered_at: Position = (0, 0)
+
+    def __enter__(self) -> _Session:
+        state, store = self._state, self._store
+        state.lock.acquire()
+        try:
+            writing = store._storage.writing(state.session_id)
+            try:
+                writing.__enter__()
+            except SessionNotFound:
+                store._forget_deleted(state)
+                raise
+            except StorageError:
+                raise
+            except OSError as e:
+                raise _storage_error(e, f"write session {state.session_id!r}") from e
+            try:
+                if self._catch_up:
+                    store._catch_up(state, writer=True)
+                elif state.deleted:
+                    raise SessionNotFound(state.session_id)
+                if self._fence:
+                    implied = store._implied(state.session_id)
+                    if implied is not None:
+                        store._check_lease(state, *implied)
+            except BaseException as e:
+                writing.__exit__(type(e), e, e.__traceback__)
+                if isinstance(e, OSError) and not isinstance(e, StorageError):
+                    raise _storage_error(e, f"read session {state.session_id!r}") from e
+                raise
+            self._writing = writing
+            self._entered_at = state.position
+            if self._chain:
+                state.batch = []
+            return state
+        except BaseException:
+            state.lock.release()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        writing, self._writing = self._writing, None
+        state = self._state
+        # Whether the cache took records the storage may not hold: written in this scope
+        # (the position moved), or applied and not written yet (a chain's batch).
+        changed = state.position != self._entered_at or bool(state.batch)
+        state.batch = None
+        try:
+            if writing is not None:
+                try:
+                    if exc_type is not None and changed:
+                        try:  # a failed write leaves no trace: its records are cut off again
+                            self._store._storage.rollback(state.session_id, self._entered_at)
+                        except (SessionStoreError, OSError) as e:
+                            _log.error("could not undo a failed write to session %s: %s", state.session_id, e)
+                    if exc_type is None and state.untallied >= _TALLY_EVERY and state.loaded:
+                        with contextlib.suppress(SessionStoreError, OSError):
+                            self._store._storage.write_tally(state.session_id, state.position, state.tally())
+                            state.untallied = 0
+                except BaseException:  # whatever happens, the storage's lock is let go
+                    writing.__exit__(exc_type, exc, tb)
+                    raise
+                try:
+                    writing.__exit__(exc_type, exc, tb)
+                except BaseException as e:
+                    exc_type = exc_type or StorageError
+                    if isinstance(e, OSError) and not isinstance(e, StorageError):
+                        raise _storage_error(e, f"write session {state.session_id!r}") from e
+                    raise
+        finally:
+            if exc_type is not None and changed:
+                self._store._drop_tree(state)
+            state.lock.release()
+        self._store._trim()
+
+
+_TALLY_EVERY = 256  # records written between two saves of a session's tally
