@@ -73,6 +73,13 @@ def test_a_module_missing_from_the_list_is_refused(package: Path) -> None:
         amalgamate.amalgamate(package)
 
 
+def test_every_module_is_under_1500_lines_and_says_what_it_keeps() -> None:
+    for name in amalgamate.MODULES:
+        path = ROOT / "src" / "session_store" / f"{name}.py"
+        assert len(path.read_text().splitlines()) < 1500, name
+        assert amalgamate._Module(name, path).docstring, name
+
+
 def test_the_package_imports_as_a_package_too(tmp_path: Path) -> None:
     """The modules are a real package (no cycles, no missing import): what they make runs either way."""
     code = ("import session_store, tempfile\n"

@@ -49,6 +49,8 @@ MODULES = [
     "auto_reset",
     "tree",
     "contexts",
+    "session_cache",
+    "leases",
     "store",
     "async_store",
     "command_line",

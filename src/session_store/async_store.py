@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 from .auto_reset import ResetResult
 from .errors import _T, InvalidInput, LockTimeout, SessionStoreError, StoreClosed
 from .file_systems import FileSystem
+from .leases import _POLL_BEHIND, _holding, _LeaseWait
 from .records import _HEAD, Branch, CheckReport, Event, LockInfo, LockResult, Message, SessionMetadata
 from .storage import Storage
-from .store import _HELD, _POLL_BEHIND, _PROCESS, SessionStore, _LeaseWait
+from .store import SessionStore
 from .validation import _check_name, _check_timeout
 
 #
@@ -390,15 +391,10 @@ class AsyncSessionStore:
         if not result.acquired:
             raise LockTimeout(session_id, owner_id, result.holder_id, timeout)
         assert result.token is not None
-        entry = (id(self._store), _PROCESS, session_id, owner_id, result.token)
-        reset = _HELD.set((*_HELD.get(), entry))
         try:
-            yield result
+            with _holding(self._store, session_id, owner_id, result.token):
+                yield result
         finally:
-            try:
-                _HELD.reset(reset)
-            except ValueError:
-                _HELD.set(tuple(e for e in _HELD.get() if e is not entry))
             release = self._executor.submit(self._store.release_lock, session_id, owner_id)
             await asyncio.shield(asyncio.wrap_future(release))  # cancelled meanwhile: it still runs
 

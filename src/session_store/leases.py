@@ -1,0 +1,559 @@
+"""Leases and the write scope: who may write a session, and the one way a write is held.
+
+:class:`_LeasedStore` adds to the cache the exclusive scope every write runs in
+(:meth:`_writing`: the session's thread lock, the storage's ``writing``, caught up
+with the records, undone when it fails), the sync after it, and the leases:
+owner-based, with strictly increasing fencing tokens, a fair queue of waiters, and a
+proof of life so that a holder that died is known dead at once. A lease record's
+meaning is the store's; a storage only keeps it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .errors import (
+    _T,
+    InvalidInput,
+    LeaseLost,
+    LockTimeout,
+    SessionLocked,
+    SessionNotFound,
+    SessionStoreError,
+    StorageError,
+    _log,
+    _storage_error,
+)
+from .records import (
+    LockInfo,
+    LockResult,
+)
+from .session_cache import _SessionCache
+from .storage import Position
+from .tree import _Session
+from .validation import _check_name, _check_timeout
+
+_PROCESS = os.urandom(8).hex()
+
+# The lock() blocks entered in this context: (store, process, session id, owner,
+# token). A ContextVar, not a thread-local, so that asyncio tasks (and the executor
+# threads AsyncSessionStore runs their calls in) see their own holds.
+_HELD: contextvars.ContextVar[tuple[tuple[int, str, str, str, int], ...]] = contextvars.ContextVar(
+    "session_store_held", default=())
+
+_QUEUE_MS = 2_000  # a waiter's place in a lease's queue lasts this long unless renewed
+_POLL = 0.001  # seconds between the first waiter's looks at a held lease (a read of its record)
+_POLL_BEHIND = 0.005  # the same for waiters behind it (their turn cannot come first)
+_WAITER_IDS = itertools.count(1)
+
+
+def _new_process() -> None:
+    global _PROCESS
+    _PROCESS = os.urandom(8).hex()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_process)
+
+
+@contextlib.contextmanager
+def _holding(store: object, session_id: str, owner_id: str, token: int) -> Iterator[None]:
+    """For the block, this context (thread or asyncio task) holds the lease of
+    ``token``: its writes to the session are fenced with it (see :meth:`_LeasedStore._implied`).
+    The block's entry is removed on exit, also when it is left in another context
+    than it was entered in (then only this entry)."""
+    entry = (id(store), _PROCESS, session_id, owner_id, token)
+    reset = _HELD.set((*_HELD.get(), entry))
+    try:
+        yield
+    finally:
+        try:
+            _HELD.reset(reset)
+        except ValueError:  # left in another context than entered: remove our entry only
+            _HELD.set(tuple(e for e in _HELD.get() if e is not entry))
+
+
+class _LeasedStore(_SessionCache):
+    """The write scope, syncs and leases over the session cache (see the module)."""
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _writing(self, session_id: str, *, catch_up: bool = True, fence: bool = True,
+                 chain: bool = False) -> _WriteScope:
+        """Hold the session for a write: thread lock, storage lock, caught up with the
+        records. ``catch_up=False`` (lease operations) only checks that the session
+        still exists. ``fence``: inside a :meth:`lock` block, the lease must still be
+        the block's (:class:`LeaseLost` otherwise). ``chain`` (append_many): message
+        records are applied at once and written together (``state.batch``, see
+        :meth:`_write_message`); the caller writes them (:meth:`_write_batch`)."""
+        return _WriteScope(self, self._state(session_id), catch_up, fence, chain)
+
+    def _sync(self, session_id: str) -> None:
+        """Make this process's records of the session durable (outside the writing
+        scope, so that a storage can cover many writers with one sync). A failed sync
+        drops the cached tree: what is in storage is reloaded, without the records
+        the storage removed."""
+        if not self._durable:
+            return
+        try:
+            self._storage.sync(session_id)
+        except BaseException as e:
+            with self._mutex:
+                state = self._sessions.get(session_id)
+            if state is not None:
+                with state.lock:
+                    self._drop_tree(state)
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
+                raise _storage_error(e, f"sync session {session_id!r}") from e
+            raise
+
+    # -- locks ------------------------------------------------------------------------
+
+    def _implied(self, session_id: str) -> tuple[str, int] | None:
+        """The owner and token of the innermost :meth:`lock` block on this session in
+        this context (thread or asyncio task), if any."""
+        me, process = id(self), _PROCESS
+        for store, proc, sid, owner, token in reversed(_HELD.get()):
+            if store == me and sid == session_id and proc == process:
+                return owner, token
+        return None
+
+    def _fence_of(self, session_id: str, owner_id: str | None, fencing_token: int | None
+                  ) -> tuple[str | None, int | None]:
+        """The owner and token a write is checked against: as given, else implied."""
+        if owner_id is not None:
+            _check_name("owner id", owner_id)
+        if fencing_token is not None and (not isinstance(fencing_token, int) or isinstance(fencing_token, bool)
+                                          or fencing_token < 0):
+            raise InvalidInput(f"fencing_token must be a non-negative integer, not {fencing_token!r}")
+        implied = self._implied(session_id)
+        if implied is not None and fencing_token is None and owner_id in (None, implied[0]):
+            return implied
+        return owner_id, fencing_token
+
+    def _check_lease(self, state: _Session, owner_id: str | None, token: int | None) -> None:
+        """Raise :class:`LeaseLost` unless the lease of ``token`` (and ``owner_id``) is
+        live and current; else :class:`SessionLocked` when another owner holds it."""
+        lease = self._read_lease(state)
+        now = self._now_ms()
+        holder = lease["owner"] if self._live(state.session_id, lease, now) else None
+        if token is not None:
+            if holder is None or lease["token"] != token or (owner_id is not None and holder != owner_id):
+                raise LeaseLost(state.session_id, owner_id, holder, token)
+        elif holder is not None and holder != owner_id:
+            raise SessionLocked(state.session_id, owner_id, holder)
+
+    def _read_lease(self, state: _Session) -> dict[str, Any]:
+        """The lease record (caller is in ``_writing``), normalized by :meth:`_normal_lease`."""
+        try:
+            raw = self._storage.read_lease(state.session_id)
+        except StorageError:
+            raise
+        except OSError as e:
+            raise _storage_error(e, f"read the lease of {state.session_id!r}") from e
+        return self._normal_lease(raw)
+
+    def _normal_lease(self, raw: Mapping[str, Any] | None, *, quiet: bool = False) -> dict[str, Any]:
+        """A lease record with every field checked: ``owner`` (or ``None``), ``count``,
+        ``token``, ``expiresAt``, ``process`` and ``queue`` (waiters, oldest first). A
+        corrupt or malformed record is free, and its token the current time in ms:
+        above every token issued before it (they count up from 1), so fencing tokens
+        keep growing even when their record is lost."""
+        if raw is None:
+            return {"owner": None, "token": 0, "queue": []}
+        if not _lease_fields_ok(raw):
+            token = raw.get("token")
+            token = token if isinstance(token, int) and not isinstance(token, bool) and token >= 0 else 0
+            if not quiet:
+                _log.warning("a lease record is corrupt (%r): treating it as free; tokens continue above %d",
+                             dict(raw), max(token, self._now_ms()))
+            return {"owner": None, "token": max(token, self._now_ms()), "queue": []}
+        lease = dict(raw)
+        lease.setdefault("queue", [])
+        lease["queue"] = [list(w) for w in lease["queue"]]
+        return lease
+
+    def _write_lease(self, state: _Session, lease: dict[str, Any], *, durable: bool = False,
+                     undo: Mapping[str, Any] | None = None) -> None:
+        """Store the lease record (caller is in ``_writing``).
+
+        ``undo``: the record this one replaces, put back (best effort) when the write
+        fails. A write can land and then report failure (its fsync fails); the caller is
+        told the call failed, so what landed must not stand: an acquire must not leave
+        an owner who was told no, a release or renewal must not take effect unseen."""
+        try:
+            self._storage.write_lease(state.session_id, lease, durable=durable)
+        except (StorageError, OSError) as e:
+            if undo is not None:
+                with contextlib.suppress(SessionStoreError, OSError):
+                    self._storage.write_lease(state.session_id, undo, durable=False)
+            if isinstance(e, StorageError):
+                raise
+            raise _storage_error(e, f"write the lease of {state.session_id!r}") from e
+
+    def _live(self, session_id: str, lease: Mapping[str, Any], now: int) -> bool:
+        """Whether the lease is held: an owner, not expired, and its holder not proven dead.
+
+        Only proof frees a lease early: the holder's own mark of life (a ``flock`` on
+        files and SQLite, an advisory lock on PostgreSQL), which the operating system
+        or the server drops when the holder dies, in whatever PID namespace, container
+        or host. A process id is never compared: another namespace may reuse it.
+        """
+        if lease.get("owner") is None or lease.get("expiresAt", 0) <= now:
+            return False
+        process = lease.get("process")
+        if process == _PROCESS or not isinstance(process, str):
+            return True  # ours; or written before marks of life existed: only expiry frees it
+        return not self._storage.holder_gone(session_id, lease)
+
+    def _try_acquire(self, session_id: str, owner_id: str, waiter: str | None) -> tuple[LockResult, int]:
+        """One attempt, under the storage's lock: the result, and the waiter's place in
+        the lease's queue (``-1`` when not queued). A free lease goes to the first
+        waiter in the queue; others (and attempts that do not wait) queue behind."""
+        with self._writing(session_id, catch_up=False, fence=False) as state:
+            lease = self._read_lease(state)
+            before = copy.deepcopy(lease)
+            now = self._now_ms()
+            queue = [w for w in lease["queue"] if w[1] > now]
+            mine = next((i for i, w in enumerate(queue) if w[0] == waiter), -1)
+            live = self._live(session_id, lease, now)
+            expires = now + self.lock_timeout_ms
+            if live and lease["owner"] == owner_id:
+                if mine >= 0:
+                    del queue[mine]
+                lease.update(count=int(lease["count"]) + 1, expiresAt=expires, queue=queue)
+                durable = False
+            elif live or (queue and mine != 0):
+                if waiter is not None:
+                    if mine < 0:
+                        queue.append([waiter, now + _QUEUE_MS])
+                        mine = len(queue) - 1
+                    elif queue[mine][1] - now < _QUEUE_MS // 2:
+                        queue[mine][1] = now + _QUEUE_MS
+                    else:
+                        waiter = None  # nothing to write
+                    if waiter is not None or len(queue) != len(lease["queue"]):
+                        self._write_lease(state, {**lease, "queue": queue})
+                holder = lease["owner"] if live else None
+                return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
+                                  expires_at=lease["expiresAt"] if live else None, token=None), mine
+            else:
+                if mine >= 0:
+                    del queue[mine]
+                lease = {"owner": owner_id, "count": 1, "token": int(lease["token"]) + 1, "expiresAt": expires,
+                         "process": _PROCESS, "queue": queue}
+                durable = True  # a new token: never issued twice, whatever crashes
+            self._mark(session_id)
+            try:
+                self._write_lease(state, lease, durable=durable, undo=before)
+            except StorageError:  # not acquired: the record is as it was (best effort)
+                if before.get("process") != _PROCESS or before.get("owner") is None:
+                    self._unmark(session_id)
+                raise
+            return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id, expires_at=expires,
+                              token=lease["token"]), -1
+
+    def _leave_queue(self, session_id: str, waiter: str) -> None:
+        """A waiter that gives up (timeout, cancellation) leaves the queue."""
+        with contextlib.suppress(SessionStoreError, OSError):
+            with self._writing(session_id, catch_up=False, fence=False) as state:
+                lease = self._read_lease(state)
+                queue = [w for w in lease["queue"] if w[0] != waiter]
+                if len(queue) != len(lease["queue"]):
+                    self._write_lease(state, {**lease, "queue": queue})
+        self._lease_freed(session_id)
+
+    def _lease_freed(self, session_id: str) -> None:
+        """Wake this process's waiters for the session's lease (threads and event loops);
+        waiters in other processes look again after a short pause."""
+        with self._lease_changed:
+            self._lease_changed.notify_all()
+        for listener in self._lease_listeners:
+            listener(session_id)
+
+    def _looks_takeable(self, session_id: str, waiter: str) -> tuple[bool, int]:
+        """Between attempts: whether the lease looks free for this waiter, read without
+        the storage's lock (``True`` when the storage cannot tell cheaply), and the
+        waiter's place in the queue (``-1``: not in it)."""
+        raw = self._storage.peek_lease(session_id)
+        if raw is None:
+            return True, -1
+        lease = self._normal_lease(raw, quiet=True)  # a torn read (a write under way) just means: look again
+        now = self._now_ms()
+        queue = [w for w in lease["queue"] if w[1] > now]
+        place = next((i for i, w in enumerate(queue) if w[0] == waiter), -1)
+        if place != 0 and queue:
+            return place > 0 and queue[place][1] - now < _QUEUE_MS // 2, place  # time to renew our place
+        return not self._live(session_id, lease, now), place
+
+    def acquire_lock(self, session_id: str, owner_id: str, *, timeout: float | None = 0) -> LockResult:
+        """Take the session's lease for ``owner_id``.
+
+        ``timeout``: ``0`` tries once (the seed), seconds waits that long, ``None``
+        waits forever; negative raises ``ValueError``. The lease lasts
+        ``lock_timeout_ms`` unless renewed. The same owner acquiring again is
+        re-entrant: it counts, extends the lease and keeps its token; a new holder
+        gets a token strictly greater than every earlier one of this session, also
+        across crashes (the record is synced first). Waiters are served in the order
+        they came, across threads and processes: each takes a place in the lease's
+        queue, and a free lease goes to the first (an attempt that does not wait
+        never jumps the queue).
+        """
+        _check_name("owner id", owner_id)
+        _check_timeout(timeout)
+        wait = _LeaseWait(self, session_id, owner_id, timeout)
+        try:
+            while True:
+                result = wait.attempt()
+                if result.acquired:
+                    return result
+                pause = wait.pause()
+                if pause is None:
+                    return result
+                while True:
+                    with self._lease_changed:
+                        self._lease_changed.wait(pause)
+                    pause = wait.pause()
+                    if pause is None or wait.takeable():
+                        break
+        finally:
+            wait.done()
+
+    def renew_lock(self, session_id: str, owner_id: str) -> LockResult:
+        """Extend ``owner_id``'s live lease by ``lock_timeout_ms``; not acquired when not held."""
+        _check_name("owner id", owner_id)
+        with self._writing(session_id, catch_up=False, fence=False) as state:
+            lease = self._read_lease(state)
+            now = self._now_ms()
+            live = self._live(session_id, lease, now)
+            if lease["owner"] != owner_id or not live:
+                holder = lease["owner"] if live else None
+                return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
+                                  expires_at=lease.get("expiresAt") if holder else None, token=None)
+            before = dict(lease)
+            lease["expiresAt"] = now + self.lock_timeout_ms
+            self._write_lease(state, lease, undo=before)
+            return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id,
+                              expires_at=lease["expiresAt"], token=lease["token"])
+
+    def release_lock(self, session_id: str, owner_id: str) -> bool:
+        """Release one hold of ``owner_id``; ``False`` when that owner does not hold it."""
+        _check_name("owner id", owner_id)
+        with self._writing(session_id, catch_up=False, fence=False) as state:
+            lease = self._read_lease(state)
+            if lease["owner"] != owner_id or not self._live(session_id, lease, self._now_ms()):
+                if lease.get("process") != _PROCESS or lease["owner"] is None:
+                    self._unmark(session_id)
+                return False
+            before, count = dict(lease), int(lease["count"]) - 1
+            if count > 0:
+                lease["count"] = count
+            else:
+                lease = {"owner": None, "token": lease["token"], "queue": lease["queue"]}
+            self._write_lease(state, lease, undo=before)  # failed: still held, as it was
+            if count <= 0:
+                self._unmark(session_id)
+        self._lease_freed(session_id)
+        return True
+
+    def is_locked(self, session_id: str) -> bool:
+        """Whether a live lease is held (an expired one is not a lock)."""
+        return self.get_lock(session_id) is not None
+
+    def get_lock(self, session_id: str) -> LockInfo | None:
+        """The live lease (holder, expiry, token, count) or ``None``."""
+        with self._writing(session_id, catch_up=False, fence=False) as state:
+            lease = self._read_lease(state)
+            live = self._live(session_id, lease, self._now_ms())
+        if not live:
+            return None
+        return LockInfo(holder_id=lease["owner"], expires_at=lease["expiresAt"], token=lease["token"],
+                        count=int(lease["count"]))
+
+    @contextlib.contextmanager
+    def lock(self, session_id: str, owner_id: str, *, timeout: float | None = None) -> Iterator[LockResult]:
+        """Hold the lease for the ``with`` block; writes in it count as ``owner_id``'s.
+
+        ``LockTimeout`` when it cannot be acquired within ``timeout`` (``None``:
+        wait forever). Every write in the block (in this thread or asyncio task) is
+        fenced: it carries the lease's token, and the storage refuses it with
+        :class:`LeaseLost` once the lease expired or another owner took it. The lease
+        is released on exit, whatever happened, including ``KeyboardInterrupt``. (An
+        interrupt landing between the acquisition and the start of the block cannot be
+        caught in Python; that lease ends when it expires. A release that fails raises
+        from the ``with`` and leaves the lease held, as it was: it ends when it expires.)
+        """
+        result = self.acquire_lock(session_id, owner_id, timeout=timeout)
+        if not result.acquired:
+            raise LockTimeout(session_id, owner_id, result.holder_id, timeout)
+        assert result.token is not None
+        try:
+            with _holding(self, session_id, owner_id, result.token):
+                yield result
+        finally:
+            self.release_lock(session_id, owner_id)
+
+    def with_lock(self, session_id: str, owner_id: str, fn: Callable[[], _T], *,
+                  timeout: float | None = None) -> _T:
+        """Run ``fn()`` holding the lease and return its result; see :meth:`lock`."""
+        with self.lock(session_id, owner_id, timeout=timeout):
+            return fn()
+
+
+def _lease_fields_ok(lease: Mapping[str, Any]) -> bool:
+    """Whether a lease record is whole and well-formed (see :meth:`SessionStore._normal_lease`)."""
+    def whole(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if lease.get("corrupt") or not whole(lease.get("token")):
+        return False
+    queue = lease.get("queue", [])
+    if not isinstance(queue, list) or not all(
+            isinstance(w, list) and len(w) == 2 and isinstance(w[0], str) and whole(w[1]) for w in queue):
+        return False
+    owner = lease.get("owner")
+    if owner is None:
+        return True
+    return (isinstance(owner, str) and whole(lease.get("count")) and lease["count"] >= 1
+            and whole(lease.get("expiresAt")) and isinstance(lease.get("process", ""), str))
+
+
+class _LeaseWait:
+    """One owner waiting for a session's lease: its attempts, its place in the queue,
+    and the pause between attempts. The waiting itself is the caller's, so that
+    :meth:`SessionStore.acquire_lock` blocks a thread and the asyncio facade awaits
+    without one."""
+
+    __slots__ = ("deadline", "owner", "place", "session_id", "store", "waiter")
+
+    def __init__(self, store: _LeasedStore, session_id: str, owner_id: str, timeout: float | None) -> None:
+        self.store, self.session_id, self.owner = store, session_id, owner_id
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.waiter: str | None = None if timeout == 0 else f"{_PROCESS}:{next(_WAITER_IDS)}"
+        self.place = -1
+
+    def attempt(self) -> LockResult:
+        result, self.place = self.store._try_acquire(self.session_id, self.owner, self.waiter)
+        return result
+
+    def pause(self, behind: float = _POLL_BEHIND) -> float | None:
+        """Seconds until the next look, ``None`` when the time is up. The first in the
+        queue looks often; the others (``behind``), whose turn cannot come first, less."""
+        pause = _POLL if self.place <= 0 else behind
+        if self.deadline is None:
+            return pause
+        remaining = self.deadline - time.monotonic()
+        return None if remaining <= 0 else min(pause, remaining)
+
+    def takeable(self) -> bool:
+        if self.waiter is None:
+            return True
+        try:
+            takeable, self.place = self.store._looks_takeable(self.session_id, self.waiter)
+        except (SessionStoreError, OSError):
+            return True  # let the attempt raise it
+        return takeable
+
+    def done(self) -> None:
+        if self.waiter is not None:
+            self.store._leave_queue(self.session_id, self.waiter)
+            self.waiter = None
+
+
+class _WriteScope:
+    """``SessionStore._writing``: a class, not a generator, because it is on every write.
+
+    Holds ``state.lock`` and the storage's ``writing``. When the scope fails after
+    the cache took records the storage may have discarded (a transaction rolled
+    back), the cache is dropped and reloaded on next use. Leaving it saves the
+    storage's tally every few hundred records written, so that counts stay cheap.
+    """
+
+    __slots__ = ("_catch_up", "_chain", "_entered_at", "_fence", "_state", "_store", "_writing")
+
+    def __init__(self, store: _LeasedStore, state: _Session, catch_up: bool, fence: bool, chain: bool) -> None:
+        self._store, self._state, self._catch_up, self._fence = store, state, catch_up, fence
+        self._chain = chain
+        self._writing: contextlib.AbstractContextManager[Any] | None = None
+        self._entered_at: Position = (0, 0)
+
+    def __enter__(self) -> _Session:
+        state, store = self._state, self._store
+        state.lock.acquire()
+        try:
+            writing = store._storage.writing(state.session_id)
+            try:
+                writing.__enter__()
+            except SessionNotFound:
+                store._forget_deleted(state)
+                raise
+            except StorageError:
+                raise
+            except OSError as e:
+                raise _storage_error(e, f"write session {state.session_id!r}") from e
+            try:
+                if self._catch_up:
+                    store._catch_up(state, writer=True)
+                elif state.deleted:
+                    raise SessionNotFound(state.session_id)
+                if self._fence:
+                    implied = store._implied(state.session_id)
+                    if implied is not None:
+                        store._check_lease(state, *implied)
+            except BaseException as e:
+                writing.__exit__(type(e), e, e.__traceback__)
+                if isinstance(e, OSError) and not isinstance(e, StorageError):
+                    raise _storage_error(e, f"read session {state.session_id!r}") from e
+                raise
+            self._writing = writing
+            self._entered_at = state.position
+            if self._chain:
+                state.batch = []
+            return state
+        except BaseException:
+            state.lock.release()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        writing, self._writing = self._writing, None
+        state = self._state
+        # Whether the cache took records the storage may not hold: written in this scope
+        # (the position moved), or applied and not written yet (a chain's batch).
+        changed = state.position != self._entered_at or bool(state.batch)
+        state.batch = None
+        try:
+            if writing is not None:
+                try:
+                    if exc_type is not None and changed:
+                        try:  # a failed write leaves no trace: its records are cut off again
+                            self._store._storage.rollback(state.session_id, self._entered_at)
+                        except (SessionStoreError, OSError) as e:
+                            _log.error("could not undo a failed write to session %s: %s", state.session_id, e)
+                    if exc_type is None and state.untallied >= _TALLY_EVERY and state.loaded:
+                        with contextlib.suppress(SessionStoreError, OSError):
+                            self._store._storage.write_tally(state.session_id, state.position, state.tally())
+                            state.untallied = 0
+                except BaseException:  # whatever happens, the storage's lock is let go
+                    writing.__exit__(exc_type, exc, tb)
+                    raise
+                try:
+                    writing.__exit__(exc_type, exc, tb)
+                except BaseException as e:
+                    exc_type = exc_type or StorageError
+                    if isinstance(e, OSError) and not isinstance(e, StorageError):
+                        raise _storage_error(e, f"write session {state.session_id!r}") from e
+                    raise
+        finally:
+            if exc_type is not None and changed:
+                self._store._drop_tree(state)
+            state.lock.release()
+        self._store._trim()
+
+
+_TALLY_EVERY = 256  # records written between two saves of a session's tally
