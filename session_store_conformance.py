@@ -740,6 +740,26 @@ class StoreMachine(RuleBasedStateMachine):
         finally:
             fresh.close()
 
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), fmt=st.sampled_from(["openai", "anthropic"]))
+    def build_a_context_three_ways(self, data: st.DataObject, fmt: str) -> None:
+        """A context kept and built on message by message (this handle's, after its
+        appends, moves and rewinds), one folded afresh (a store that never loaded the
+        session) and one built whole from the model's path are the same."""
+        sid, m = self.session(data)
+        leaf = data.draw(st.sampled_from([None, *(x.id for x in m.messages)]), label="leaf")
+        path = m.path(m.head() if leaf is None else leaf)
+        if any(x.type != x.role for x in path):  # records a registered reader reads: not folded
+            return
+        kept = self.handle(data).build_context(sid, leaf, format=fmt)  # type: ignore[call-overload]
+        fresh = self.open()
+        try:
+            afresh = fresh.build_context(sid, leaf, format=fmt)  # type: ignore[call-overload]
+        finally:
+            fresh.close()
+        whole = ss._context(ss._path_turns([x for x in path if x.type != "reset"], lambda _: [], []), fmt)
+        assert kept == afresh == whole
+
     # -- faults ---------------------------------------------------------------------------
 
     @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
@@ -1105,14 +1125,25 @@ class ContractTests:
     storage: ClassVar[StorageOpener] = staticmethod(in_memory_storage)
 
     @pytest.fixture
-    def store(self) -> Iterator[SessionStore]:
+    def open_store(self) -> Iterator[StoreFactory]:
+        """Opens stores on one storage with one clock; all are closed at the end."""
+        clock = FakeClock()
+        opened: list[SessionStore] = []
         with type(self).storage() as open_store:
-            store = open_store(clock=FakeClock(), lock_timeout_ms=LEASE_MS)
-            store.init()
+            def factory(**options: Any) -> SessionStore:
+                store = open_store(clock=clock, lock_timeout_ms=LEASE_MS, **options)
+                opened.append(store)
+                store.init()
+                return store
             try:
-                yield store
+                yield factory
             finally:
-                store.close()
+                for store in opened:
+                    store.close()
+
+    @pytest.fixture
+    def store(self, open_store: StoreFactory) -> SessionStore:
+        return open_store()
 
     @staticmethod
     def snapshot(store: SessionStore, sid: str) -> tuple[Any, ...]:
@@ -1198,6 +1229,70 @@ class ContractTests:
             store.acquire_lock(sid, "")
         assert store.release_lock(sid, "other") is False
         assert self.snapshot(store, sid) == before
+
+    # Every public method that changes a session, called with the keywords the test
+    # gives it. ``head`` is the session's head; the session has a branch "alt".
+    WRITES: ClassVar[dict[str, Callable[..., object]]] = {
+        "append": lambda s, sid, head, **kw: s.append(sid, role="user", content="x", **kw),
+        "append_many": lambda s, sid, head, **kw: s.append_many(sid, [{"role": "user", "content": "x"}], **kw),
+        "reset": lambda s, sid, head, **kw: s.reset(sid, **kw),
+        "import_messages": lambda s, sid, head, **kw: s.import_messages(sid, [ss.Message(
+            id="imported", parent_id=head, type="user", role="user", content="x", timestamp=1)], **kw),
+        "create_branch": lambda s, sid, head, **kw: s.create_branch(sid, "new", head, **kw),
+        "switch_to_branch": lambda s, sid, head, **kw: s.switch_to_branch(sid, "alt", **kw),
+        "move_head": lambda s, sid, head, **kw: s.move_head(sid, None, **kw),
+        "rename_branch": lambda s, sid, head, **kw: s.rename_branch(sid, "alt", "renamed", **kw),
+        "delete_branch": lambda s, sid, head, **kw: s.delete_branch(sid, "alt", **kw),
+        "fork_session": lambda s, sid, head, **kw: s.fork_session(sid, **kw),
+        "delete_session": lambda s, sid, head, **kw: s.delete_session(sid, **kw),
+    }
+
+    @pytest.mark.parametrize("write", sorted(WRITES))
+    def test_every_write_is_fenced_by_the_lease(self, open_store: StoreFactory, store: SessionStore, sid: str,
+                                                write: str) -> None:
+        """No write of any kind goes through under another owner's lease: not with
+        another owner, not with a stale token, not with no owner on a store made with
+        ``require_lock``; and nothing is written. The holder's own write goes through."""
+        call, head = self.WRITES[write], store.get_head(sid)
+        lease = store.acquire_lock(sid, "holder")
+        assert lease.acquired and lease.token is not None
+        strict = open_store(require_lock=True)
+        before, sessions = self.snapshot(store, sid), sorted(store.get_all_session_ids())
+        attempts: list[tuple[SessionStore, dict[str, Any], type[Exception]]] = [
+            (store, {"owner_id": "other"}, ss.SessionLocked),
+            (store, {"fencing_token": lease.token + 1}, ss.LeaseLost),
+            (store, {"owner_id": "holder", "fencing_token": lease.token + 1}, ss.LeaseLost),
+            (strict, {}, ss.SessionLocked),
+        ]
+        for writer, keywords, error in attempts:
+            with pytest.raises(error):
+                call(writer, sid, head, **keywords)
+            assert self.snapshot(store, sid) == before, (write, keywords)
+            assert sorted(store.get_all_session_ids()) == sessions, (write, keywords)
+        call(store, sid, head, owner_id="holder", fencing_token=lease.token)
+        if write == "delete_session":
+            assert not store.has_session(sid)
+        elif write == "fork_session":
+            assert len(store.get_all_session_ids()) == len(sessions) + 1
+        else:
+            assert self.snapshot(store, sid) != before
+
+    def test_a_lock_block_fences_every_write_it_makes(self, open_store: StoreFactory, store: SessionStore,
+                                                       sid: str) -> None:
+        """Inside ``lock()`` the holder's owner and token are implied for every write."""
+        head = store.get_head(sid)
+        assert head is not None
+        strict = open_store(require_lock=True)
+        with store.lock(sid, "holder"):
+            for name in ("append", "append_many", "import_messages", "create_branch", "switch_to_branch",
+                         "move_head", "reset", "fork_session"):
+                self.WRITES[name](store, sid, head)
+            store.rename_branch(sid, "alt", "renamed")
+            store.delete_branch(sid, "new")
+            with pytest.raises(ss.SessionLocked):  # the block is the holder's, not the other store's
+                strict.delete_session(sid)
+            store.delete_session(sid)
+        assert not store.has_session(sid)
 
     def test_bad_keys(self, store: SessionStore) -> None:
         for key in ("", None, 42, "x" * 100_000, "\udcff"):

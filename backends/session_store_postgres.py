@@ -50,7 +50,7 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import psycopg
@@ -415,12 +415,18 @@ class PostgresStorage(Storage):
                                     [(session_id, seq, line[:-1].decode()) for seq, line in enumerate(events)])
         return session_id
 
-    def delete_session(self, session_id: str, at: int) -> None:
+    def delete_session(self, session_id: str, at: int, *, check: Callable[[], None] | None = None) -> None:
         s = sql.Identifier(self.schema)
         with self._transaction("delete a session") as conn:
             self._lock_index(conn)
             if conn.execute(self._sql["lock_session"], (session_id,)).fetchone() is None:
                 raise SessionNotFound(session_id)
+            if check is not None:  # a lease check, with the session's row locked as writing() locks it,
+                self._local.conn = conn  # read in this transaction: a second checkout could wait for this one
+                try:
+                    check()
+                finally:
+                    self._local.conn = None
             for table in ("messages", "branch_events", "leases", "quarantine", "tallies"):
                 conn.execute(sql.SQL("DELETE FROM {s}.{t} WHERE session_id = %s").format(s=s, t=sql.Identifier(table)),
                              (session_id,))

@@ -41,7 +41,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from session_store import (
@@ -361,10 +361,12 @@ class SqliteStorage(Storage):
                            [(session_id, seq, line[:-1].decode("utf-8")) for seq, line in enumerate(events)])
         return session_id
 
-    def delete_session(self, session_id: str, at: int) -> None:
+    def delete_session(self, session_id: str, at: int, *, check: Callable[[], None] | None = None) -> None:
         with self._transaction("delete a session") as db:
             if db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
                 raise SessionNotFound(session_id)
+            if check is not None:  # a lease check: no other writer can commit while we hold IMMEDIATE
+                check()
             for table in ("messages", "branch_events", "leases", "quarantine", "tallies"):
                 db.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
             db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))

@@ -14,7 +14,7 @@ import os
 import pickle
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1127,7 +1127,37 @@ def test_a_durable_chain_is_synced_once(tmp_path: Path) -> None:
         assert [m.content for m in store.get_linear_history(sid)] == ["0", "1", "2", "3", "4"]
 
 
-# -- collection paused during large loads -------------------------------------------------
+# -- collection paused during large loads, when tune_process() asked for it ---------------
+
+
+@pytest.fixture
+def tuned() -> Iterator[None]:
+    """tune_process() for the test, off again afterwards (its default)."""
+    ss.tune_process()
+    try:
+        yield
+    finally:
+        ss.tune_process(pause_gc=False, trim_memory=False)
+
+
+def test_by_default_a_large_load_leaves_the_collector_alone(tmp_path: Path) -> None:
+    """The core changes no process-wide state unless the program asks (tune_process)."""
+    sid = _big_session(tmp_path)
+    seen: list[bool] = []
+    real_ingest = ss._Session.ingest
+
+    def ingest(self: Any, found: Any) -> None:
+        seen.append(gc.isenabled())
+        real_ingest(self, found)
+
+    assert gc.isenabled()
+    try:
+        ss._Session.ingest = ingest  # type: ignore[method-assign]
+        with SessionStore(storage_dir=tmp_path) as store:
+            assert len(store.get_messages(sid)) == 2_000
+    finally:
+        ss._Session.ingest = real_ingest  # type: ignore[method-assign]
+    assert seen and all(seen)
 
 
 def _big_session(tmp_path: Path) -> str:
@@ -1138,7 +1168,8 @@ def _big_session(tmp_path: Path) -> str:
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_a_large_load_pauses_collection_and_leaves_it_as_it_found_it(tmp_path: Path, enabled: bool) -> None:
+def test_a_large_load_pauses_collection_and_leaves_it_as_it_found_it(tmp_path: Path, enabled: bool,
+                                                                     tuned: None) -> None:
     sid = _big_session(tmp_path)
     seen: list[bool] = []
     real_ingest = ss._Session.ingest
@@ -1160,7 +1191,7 @@ def test_a_large_load_pauses_collection_and_leaves_it_as_it_found_it(tmp_path: P
         (gc.enable if was else gc.disable)()
 
 
-def test_concurrent_large_loads_reenable_collection_only_when_the_last_ends(tmp_path: Path) -> None:
+def test_concurrent_large_loads_reenable_collection_only_when_the_last_ends(tmp_path: Path, tuned: None) -> None:
     pause = ss._GcPause()
     assert gc.isenabled()
     pause.pause()
@@ -1172,7 +1203,7 @@ def test_concurrent_large_loads_reenable_collection_only_when_the_last_ends(tmp_
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-def test_a_child_forked_during_a_large_load_has_collection_enabled() -> None:
+def test_a_child_forked_during_a_large_load_has_collection_enabled(tuned: None) -> None:
     assert gc.isenabled()
     ss._GC_PAUSE.pause()
     try:

@@ -45,6 +45,7 @@ MODULES = [
     "log_format",
     "storage",
     "file_systems",
+    "tuning",
     "jsonl_storage",
     "auto_reset",
     "tree",

@@ -77,6 +77,7 @@ __all__ = [
     "read_turns",
     # the store
     "SessionStore",
+    "tune_process",
     "AsyncSessionStore",
     "FORMAT_VERSION",
     "MAX_NESTING",
@@ -110,4 +111,5 @@ from .jsonl_storage import JsonlStorage
 from .records import FORMAT_VERSION, Branch, CheckReport, Event, LockInfo, LockResult, Message, Problem, SessionMetadata
 from .storage import IndexEntry, Position, Records, Storage
 from .store import SessionStore
+from .tuning import tune_process
 from .validation import MAX_NESTING

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import concurrent.futures
 
 from .auto_reset import ResetResult
-from .errors import _T, InvalidInput, LockTimeout, SessionStoreError, StoreClosed
+from .errors import _T, InvalidInput, LockTimeout, SessionNotFound, SessionStoreError, StoreClosed
 from .file_systems import FileSystem
 from .leases import _POLL_BEHIND, _holding, _LeaseWait
 from .records import _HEAD, Branch, CheckReport, Event, LockInfo, LockResult, Message, SessionMetadata
@@ -150,13 +150,16 @@ class AsyncSessionStore:
         """See :meth:`SessionStore.get_metadata`."""
         return await self._run(self._store.get_metadata, session_id)
 
-    async def delete_session(self, session_id: str) -> None:
+    async def delete_session(self, session_id: str, *, owner_id: str | None = None,
+                             fencing_token: int | None = None) -> None:
         """See :meth:`SessionStore.delete_session`."""
-        await self._run(self._store.delete_session, session_id)
+        await self._run(self._store.delete_session, session_id, owner_id=owner_id, fencing_token=fencing_token)
 
-    async def fork_session(self, session_id: str, message_id: str | None = None, *, key: str | None = None) -> str:
+    async def fork_session(self, session_id: str, message_id: str | None = None, *, key: str | None = None,
+                           owner_id: str | None = None, fencing_token: int | None = None) -> str:
         """See :meth:`SessionStore.fork_session`."""
-        return await self._run(self._store.fork_session, session_id, message_id, key=key)
+        return await self._run(self._store.fork_session, session_id, message_id, key=key, owner_id=owner_id,
+                               fencing_token=fencing_token)
 
     async def import_session(self, key: str, messages: list[Message], *, branches: list[Branch] | None = None,
                              current: str = "main") -> str:
@@ -164,9 +167,11 @@ class AsyncSessionStore:
         return await self._run(self._store.import_session, key, messages, branches=branches, current=current)
 
     async def import_messages(self, session_id: str, messages: Sequence[Message], *,
-                              branches: Sequence[Branch] = ()) -> list[Message]:
+                              branches: Sequence[Branch] = (), owner_id: str | None = None,
+                              fencing_token: int | None = None) -> list[Message]:
         """See :meth:`SessionStore.import_messages`."""
-        return await self._run(self._store.import_messages, session_id, messages, branches=branches)
+        return await self._run(self._store.import_messages, session_id, messages, branches=branches,
+                               owner_id=owner_id, fencing_token=fencing_token)
 
     async def check(self, session_id: str | None = None) -> CheckReport:
         """See :meth:`SessionStore.check`."""
@@ -252,9 +257,11 @@ class AsyncSessionStore:
 
     # -- branches ------------------------------------------------------------------
 
-    async def create_branch(self, session_id: str, name: str, leaf_id: str) -> Branch:
+    async def create_branch(self, session_id: str, name: str, leaf_id: str, *, owner_id: str | None = None,
+                            fencing_token: int | None = None) -> Branch:
         """See :meth:`SessionStore.create_branch`."""
-        return await self._run(self._store.create_branch, session_id, name, leaf_id)
+        return await self._run(self._store.create_branch, session_id, name, leaf_id, owner_id=owner_id,
+                               fencing_token=fencing_token)
 
     async def get_branches(self, session_id: str) -> list[Branch]:
         """See :meth:`SessionStore.get_branches`."""
@@ -264,9 +271,11 @@ class AsyncSessionStore:
         """See :meth:`SessionStore.get_branch`."""
         return await self._run(self._store.get_branch, session_id, name)
 
-    async def switch_to_branch(self, session_id: str, name: str) -> str | None:
+    async def switch_to_branch(self, session_id: str, name: str, *, owner_id: str | None = None,
+                               fencing_token: int | None = None) -> str | None:
         """See :meth:`SessionStore.switch_to_branch`."""
-        return await self._run(self._store.switch_to_branch, session_id, name)
+        return await self._run(self._store.switch_to_branch, session_id, name, owner_id=owner_id,
+                               fencing_token=fencing_token)
 
     async def get_head(self, session_id: str) -> str | None:
         """See :meth:`SessionStore.get_head`."""
@@ -276,17 +285,23 @@ class AsyncSessionStore:
         """See :meth:`SessionStore.get_current_branch`."""
         return await self._run(self._store.get_current_branch, session_id)
 
-    async def move_head(self, session_id: str, message_id: str | None, *, branch: str | None = None) -> Branch:
+    async def move_head(self, session_id: str, message_id: str | None, *, branch: str | None = None,
+                        owner_id: str | None = None, fencing_token: int | None = None) -> Branch:
         """See :meth:`SessionStore.move_head`."""
-        return await self._run(self._store.move_head, session_id, message_id, branch=branch)
+        return await self._run(self._store.move_head, session_id, message_id, branch=branch, owner_id=owner_id,
+                               fencing_token=fencing_token)
 
-    async def delete_branch(self, session_id: str, name: str) -> Branch:
+    async def delete_branch(self, session_id: str, name: str, *, owner_id: str | None = None,
+                            fencing_token: int | None = None) -> Branch:
         """See :meth:`SessionStore.delete_branch`."""
-        return await self._run(self._store.delete_branch, session_id, name)
+        return await self._run(self._store.delete_branch, session_id, name, owner_id=owner_id,
+                               fencing_token=fencing_token)
 
-    async def rename_branch(self, session_id: str, old: str, new: str) -> Branch:
+    async def rename_branch(self, session_id: str, old: str, new: str, *, owner_id: str | None = None,
+                            fencing_token: int | None = None) -> Branch:
         """See :meth:`SessionStore.rename_branch`."""
-        return await self._run(self._store.rename_branch, session_id, old, new)
+        return await self._run(self._store.rename_branch, session_id, old, new, owner_id=owner_id,
+                               fencing_token=fencing_token)
 
     # -- leases ---------------------------------------------------------------------
 
@@ -396,7 +411,8 @@ class AsyncSessionStore:
                 yield result
         finally:
             release = self._executor.submit(self._store.release_lock, session_id, owner_id)
-            await asyncio.shield(asyncio.wrap_future(release))  # cancelled meanwhile: it still runs
+            with contextlib.suppress(SessionNotFound):  # deleted in the block: its lease went with it
+                await asyncio.shield(asyncio.wrap_future(release))  # cancelled meanwhile: it still runs
 
     async def with_lock(self, session_id: str, owner_id: str, fn: Callable[[], Any], *,
                         timeout: float | None = None) -> Any:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import hashlib
 import json
 import os
 import threading
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 from .errors import InvalidInput, InvalidKey, SessionNotFound, StorageError, _log
@@ -406,7 +405,7 @@ class JsonlStorage(Storage):
             if self.fs.readlink(link) is not None and self._live_target(key) is None:
                 self.fs.remove(link, durable=self._durable)
 
-    def delete_session(self, session_id: str, at: int) -> None:
+    def delete_session(self, session_id: str, at: int, *, check: Callable[[], None] | None = None) -> None:
         entry = self.session_info(session_id)
         if entry is None:
             raise SessionNotFound(session_id)
@@ -414,6 +413,8 @@ class JsonlStorage(Storage):
         fs = self.fs
         with fs.locked(f"{link.rpartition('/')[0]}/.lock"):
             with _JsonlWriting(self, session_id):
+                if check is not None:
+                    check()
                 # The commit: without its log, a folder is no session (lookups check it).
                 fs.remove(self._log(session_id), durable=self._durable)
             try:  # past the commit the session is gone whatever fails: a dangling link is
@@ -1158,93 +1159,6 @@ _LOAD_PART = 4 * 2**20  # bytes of log a part of a load decodes: what a long ses
 _BACK_MOST = 50_000  # records a read of a path's end looks through before it loads the session instead
 _BACK_PART = 2**16  # bytes of log a part of a backwards read decodes (a path's last messages: a few hundred)
 
-
-class _GcPause:
-    """Automatic garbage collection paused while a large part of a session loads.
-
-    Every :class:`Message` is an object the collector tracks, and its generational
-    heuristic walks the whole growing set again and again while a million of them are
-    built (a quarter of a 200,000-message load; more the larger). A load makes no
-    reference cycles, so nothing is lost by collecting afterwards. Nested and
-    concurrent loads count: the last to finish re-enables collection, and only when a
-    load disabled it (a program that turned it off keeps it off). A child forked
-    mid-load starts with collection as the parent had it before the load.
-    """
-
-    BYTES = 256 * 1024  # parts smaller than this load as they are
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loads = 0
-        self._was_enabled = False
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
-
-    def pause(self) -> None:
-        with self._lock:
-            if self._loads == 0:
-                self._was_enabled = gc.isenabled()
-                gc.disable()
-            self._loads += 1
-
-    def resume(self) -> None:
-        with self._lock:
-            self._loads -= 1
-            if self._loads == 0 and self._was_enabled:
-                gc.enable()
-
-    def _after_fork(self) -> None:
-        self._lock = threading.Lock()
-        if self._loads:
-            self._loads = 0
-            if self._was_enabled:
-                gc.enable()
-
-
-_GC_PAUSE = _GcPause()
-
-_TRIM_AFTER = 16 * 2**20  # records read since open past which close() gives freed memory back
-
-
-def _give_back_freed_memory() -> None:
-    """Return the C allocator's free memory to the operating system (glibc's
-    ``malloc_trim(0)``; nothing elsewhere).
-
-    Dropping a cache frees its objects, but glibc keeps freed heap memory for reuse: only
-    the top of its heap goes back, so one live block above thousands of freed session
-    tables keeps them all resident. ``malloc_trim`` releases the free pages wherever
-    they are (measured: a process that read 100,000 sessions of 20 messages kept 38% of
-    the growth after close() without it, 5% with it). It costs 0.04-0.5 ms, so close()
-    calls it only after reading at least :data:`_TRIM_AFTER` bytes of records (a store
-    opened per request never pays it). Memory that CPython's own allocator holds goes
-    back when its arenas empty: an object the program keeps that was made while the
-    cache was full can keep one resident.
-    """
-    if _find_malloc_trim():
-        _malloc_trim(0)
-
-
-def _find_malloc_trim() -> bool:
-    """Look up glibc's ``malloc_trim``, once per process, when the first store opens
-    (3-6 ms: it imports ctypes). Not later: what the import makes lives on, and made
-    among a cache's objects it pins the memory around it (done in close(), it kept 10%
-    of the growth from the OS; done first, 2%)."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-        except (AttributeError, ValueError, OSError):
-            glibc = False
-        _malloc_trim = False
-        if glibc:
-            with contextlib.suppress(Exception):  # an optimization: whatever fails, the store does without it
-                import ctypes
-
-                _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", False)
-    return bool(_malloc_trim)
-
-
-_malloc_trim: Any = None  # glibc's malloc_trim once looked up; False where there is none
 
 _SESSION_FILES = frozenset({"messages.jsonl", "branches.jsonl", "lock.json", "lease.lock", "stats.json",
                             "messages.jsonl.quarantine", "branches.jsonl.quarantine"})

@@ -85,15 +85,43 @@ class _LeasedStore(_SessionCache):
 
     # -- writing ------------------------------------------------------------------------
 
-    def _writing(self, session_id: str, *, catch_up: bool = True, fence: bool = True,
-                 chain: bool = False) -> _WriteScope:
-        """Hold the session for a write: thread lock, storage lock, caught up with the
-        records. ``catch_up=False`` (lease operations) only checks that the session
-        still exists. ``fence``: inside a :meth:`lock` block, the lease must still be
-        the block's (:class:`LeaseLost` otherwise). ``chain`` (append_many): message
-        records are applied at once and written together (``state.batch``, see
-        :meth:`_write_message`); the caller writes them (:meth:`_write_batch`)."""
-        return _WriteScope(self, self._state(session_id), catch_up, fence, chain)
+    def _write(self, session_id: str, change: Callable[[_Session], tuple[_T, list[tuple[str, Any]]]], *,
+               owner_id: str | None = None, fencing_token: int | None = None, chain: bool = False) -> _T:
+        """Change a session: the one path of every public write (:meth:`append`,
+        :meth:`append_many`, :meth:`reset`, :meth:`import_messages` and the branch
+        operations; :meth:`delete_session` and :meth:`fork_session`, which the storage
+        carries out whole, keep the same lease rule through :meth:`_fence`). In order:
+
+        1. the lease (:meth:`_fence`): the owner and fencing token given, else those a
+           :meth:`lock` block implies, are checked in the storage's exclusive section,
+           together with the write (:class:`SessionLocked`, :class:`LeaseLost`);
+        2. the session is held and caught up (:class:`_WriteScope`), and
+           ``change(state)`` checks the call against the tree and writes its records;
+           an error anywhere leaves none of them in storage or in the cache;
+        3. the records are made durable (:meth:`_sync`), outside the exclusive
+           section, so that one sync can cover many writers;
+        4. the events ``change`` returned (``(type, data)`` pairs) reach subscribers,
+           outside every lock.
+
+        ``chain``: message records are applied at once and written together (see
+        :meth:`SessionStore._write_batch`), for :meth:`append_many`.
+        """
+        fence = self._fence(session_id, owner_id, fencing_token)
+        with _WriteScope(self, self._state(session_id), True, fence, chain) as state:
+            result, events = change(state)
+        self._sync(session_id)
+        for type_, data in events:
+            self._emit(type_, session_id, data)
+        return result
+
+    def _writing(self, session_id: str, *, catch_up: bool = True,
+                 fence: tuple[str | None, int | None] | None = None) -> _WriteScope:
+        """Hold the session exclusively without :meth:`_write`'s sync and events: for
+        the store's own writes (lease records, repairs) and for a read that must agree
+        with the lease (:meth:`fork_session`). Thread lock, storage lock, caught up with
+        the records (``catch_up=False``: only checked that the session still exists),
+        and the lease of ``fence`` checked (see :meth:`_fence`)."""
+        return _WriteScope(self, self._state(session_id), catch_up, fence, False)
 
     def _sync(self, session_id: str) -> None:
         """Make this process's records of the session durable (outside the writing
@@ -125,9 +153,13 @@ class _LeasedStore(_SessionCache):
                 return owner, token
         return None
 
-    def _fence_of(self, session_id: str, owner_id: str | None, fencing_token: int | None
-                  ) -> tuple[str | None, int | None]:
-        """The owner and token a write is checked against: as given, else implied."""
+    def _fence(self, session_id: str, owner_id: str | None, fencing_token: int | None
+               ) -> tuple[str | None, int | None] | None:
+        """Whom a write to the session is checked for (the rule for every write):
+        ``(owner, token)`` as given, else as implied by this context's :meth:`lock`
+        block; ``None`` when the write is not checked at all (no owner, no token, no
+        block, and the store was not made with ``require_lock``). :meth:`_check_lease`
+        then runs in the storage's exclusive section, with the write."""
         if owner_id is not None:
             _check_name("owner id", owner_id)
         if fencing_token is not None and (not isinstance(fencing_token, int) or isinstance(fencing_token, bool)
@@ -136,6 +168,8 @@ class _LeasedStore(_SessionCache):
         implied = self._implied(session_id)
         if implied is not None and fencing_token is None and owner_id in (None, implied[0]):
             return implied
+        if owner_id is None and fencing_token is None and not self._require_lock:
+            return None
         return owner_id, fencing_token
 
     def _check_lease(self, state: _Session, owner_id: str | None, token: int | None) -> None:
@@ -217,7 +251,7 @@ class _LeasedStore(_SessionCache):
         """One attempt, under the storage's lock: the result, and the waiter's place in
         the lease's queue (``-1`` when not queued). A free lease goes to the first
         waiter in the queue; others (and attempts that do not wait) queue behind."""
-        with self._writing(session_id, catch_up=False, fence=False) as state:
+        with self._writing(session_id, catch_up=False) as state:
             lease = self._read_lease(state)
             before = copy.deepcopy(lease)
             now = self._now_ms()
@@ -263,7 +297,7 @@ class _LeasedStore(_SessionCache):
     def _leave_queue(self, session_id: str, waiter: str) -> None:
         """A waiter that gives up (timeout, cancellation) leaves the queue."""
         with contextlib.suppress(SessionStoreError, OSError):
-            with self._writing(session_id, catch_up=False, fence=False) as state:
+            with self._writing(session_id, catch_up=False) as state:
                 lease = self._read_lease(state)
                 queue = [w for w in lease["queue"] if w[0] != waiter]
                 if len(queue) != len(lease["queue"]):
@@ -329,7 +363,7 @@ class _LeasedStore(_SessionCache):
     def renew_lock(self, session_id: str, owner_id: str) -> LockResult:
         """Extend ``owner_id``'s live lease by ``lock_timeout_ms``; not acquired when not held."""
         _check_name("owner id", owner_id)
-        with self._writing(session_id, catch_up=False, fence=False) as state:
+        with self._writing(session_id, catch_up=False) as state:
             lease = self._read_lease(state)
             now = self._now_ms()
             live = self._live(session_id, lease, now)
@@ -346,7 +380,7 @@ class _LeasedStore(_SessionCache):
     def release_lock(self, session_id: str, owner_id: str) -> bool:
         """Release one hold of ``owner_id``; ``False`` when that owner does not hold it."""
         _check_name("owner id", owner_id)
-        with self._writing(session_id, catch_up=False, fence=False) as state:
+        with self._writing(session_id, catch_up=False) as state:
             lease = self._read_lease(state)
             if lease["owner"] != owner_id or not self._live(session_id, lease, self._now_ms()):
                 if lease.get("process") != _PROCESS or lease["owner"] is None:
@@ -369,7 +403,7 @@ class _LeasedStore(_SessionCache):
 
     def get_lock(self, session_id: str) -> LockInfo | None:
         """The live lease (holder, expiry, token, count) or ``None``."""
-        with self._writing(session_id, catch_up=False, fence=False) as state:
+        with self._writing(session_id, catch_up=False) as state:
             lease = self._read_lease(state)
             live = self._live(session_id, lease, self._now_ms())
         if not live:
@@ -398,7 +432,8 @@ class _LeasedStore(_SessionCache):
             with _holding(self, session_id, owner_id, result.token):
                 yield result
         finally:
-            self.release_lock(session_id, owner_id)
+            with contextlib.suppress(SessionNotFound):  # deleted in the block: its lease went with it
+                self.release_lock(session_id, owner_id)
 
     def with_lock(self, session_id: str, owner_id: str, fn: Callable[[], _T], *,
                   timeout: float | None = None) -> _T:
@@ -467,9 +502,12 @@ class _LeaseWait:
 
 
 class _WriteScope:
-    """``SessionStore._writing``: a class, not a generator, because it is on every write.
+    """The exclusive scope of every write (:meth:`_LeasedStore._write`, and the store's
+    own lease and repair writes through ``_writing``): a class, not a generator,
+    because it is on every write.
 
-    Holds ``state.lock`` and the storage's ``writing``. When the scope fails after
+    Holds ``state.lock`` and the storage's ``writing``, catches the tree up, and
+    checks the lease of ``fence`` (an owner and token, see ``_fence``) there. When the scope fails after
     the cache took records the storage may have discarded (a transaction rolled
     back), the cache is dropped and reloaded on next use. Leaving it saves the
     storage's tally every few hundred records written, so that counts stay cheap.
@@ -477,7 +515,8 @@ class _WriteScope:
 
     __slots__ = ("_catch_up", "_chain", "_entered_at", "_fence", "_state", "_store", "_writing")
 
-    def __init__(self, store: _LeasedStore, state: _Session, catch_up: bool, fence: bool, chain: bool) -> None:
+    def __init__(self, store: _LeasedStore, state: _Session, catch_up: bool,
+                 fence: tuple[str | None, int | None] | None, chain: bool) -> None:
         self._store, self._state, self._catch_up, self._fence = store, state, catch_up, fence
         self._chain = chain
         self._writing: contextlib.AbstractContextManager[Any] | None = None
@@ -502,10 +541,8 @@ class _WriteScope:
                     store._catch_up(state, writer=True)
                 elif state.deleted:
                     raise SessionNotFound(state.session_id)
-                if self._fence:
-                    implied = store._implied(state.session_id)
-                    if implied is not None:
-                        store._check_lease(state, *implied)
+                if self._fence is not None:
+                    store._check_lease(state, *self._fence)
             except BaseException as e:
                 writing.__exit__(type(e), e, e.__traceback__)
                 if isinstance(e, OSError) and not isinstance(e, StorageError):

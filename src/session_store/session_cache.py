@@ -32,14 +32,7 @@ from .errors import (
     _storage_errors,
 )
 from .file_systems import FileSystem, _after_fork_hooks
-from .jsonl_storage import (
-    _GC_PAUSE,
-    _TRIM_AFTER,
-    JsonlStorage,
-    _find_malloc_trim,
-    _GcPause,
-    _give_back_freed_memory,
-)
+from .jsonl_storage import JsonlStorage
 from .log_format import (
     _damaged_record,
     _encode_line,
@@ -51,6 +44,7 @@ from .records import (
 )
 from .storage import IndexEntry, Storage
 from .tree import _KEPT, _Session
+from .tuning import _GC_PAUSE, _TRIM_AFTER, _GcPause, _give_back_freed_memory
 
 _CLAIMED: weakref.WeakKeyDictionary[Storage, Any] = weakref.WeakKeyDictionary()
 
@@ -193,7 +187,6 @@ class _SessionCache:
                 self._storage.open(durable=self._durable)
             if _weakrefable(self._storage):
                 _CLAIMED[self._storage] = weakref.ref(self)
-            _find_malloc_trim()
             self._opened = True
 
     def _ready(self) -> None:
@@ -228,8 +221,9 @@ class _SessionCache:
 
     def close(self) -> None:
         """Save the tallies, give up this store's proofs of life, release descriptors
-        and connections and drop the cache; after a large cache, give the freed memory
-        back to the operating system (see :func:`_give_back_freed_memory`). Idempotent."""
+        and connections and drop the cache; after a large cache, with
+        :func:`tune_process`, give the freed memory back to the operating system (see
+        :func:`_give_back_freed_memory`). Idempotent."""
         if self._closed:
             return
         try:

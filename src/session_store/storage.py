@@ -224,11 +224,16 @@ class Storage(ABC):
         """
 
     @abstractmethod
-    def delete_session(self, session_id: str, at: int) -> None:
+    def delete_session(self, session_id: str, at: int, *, check: Callable[[], None] | None = None) -> None:
         """Delete the session, its records and lease: atomically, and durably.
 
         Holds the session as :meth:`writing` does, so no writer appends to a session
         that is going away. :class:`SessionNotFound` when it does not exist.
+        ``check``, when given, is called while the session is held, before anything is
+        deleted: the store's lease check (it reads the lease with :meth:`read_lease`).
+        When it raises, nothing is deleted and its error propagates. The store passes
+        it only when a lease is to be checked, so a storage written before it existed
+        still deletes unleased sessions.
         """
 
     # -- a session's records -------------------------------------------------------

@@ -8,6 +8,7 @@ auto-resets, and emits events to subscribers outside its locks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import uuid
@@ -63,7 +64,7 @@ from .records import (
 )
 from .session_cache import _valid_tally
 from .storage import IndexEntry
-from .tree import _KEPT, _newest_first, _Session, _tally_records
+from .tree import _KEPT, _advances, _newest_first, _Session, _tally_records
 from .validation import _check_import_branch, _check_key, _check_name
 
 
@@ -100,9 +101,9 @@ class SessionStore(_LeasedStore):
       turns of a few hundred characters (the record's text plus ~300 bytes: the
       :class:`Message`, its id, time and place in the tree); a long session is
       decoded a few MiB at a time, so loading it needs little more.
-      ``close()`` releases everything (after a large cache, on glibc, it also has
-      the C allocator give the freed memory back). Opening a store loads nothing: the key index
-      is read one key at a time.
+      ``close()`` releases everything (with :func:`tune_process`, after a large cache
+      on glibc, it also has the C allocator give the freed memory back). Opening a
+      store loads nothing: the key index is read one key at a time.
     - ``index_save_delay_ms``: accepted for compatibility and ignored (the key index
       has had no checkpoint to save since format 2).
 
@@ -207,18 +208,28 @@ class SessionStore(_LeasedStore):
                                reset_count=tally["resets"], last_reset_at=tally["lastResetAt"],
                                forked_from=info.forked_from, branch_count=tally.get("branches", 1))
 
-    def delete_session(self, session_id: str) -> None:
+    def delete_session(self, session_id: str, *, owner_id: str | None = None,
+                       fencing_token: int | None = None) -> None:
         """Delete the session and its records. ``SessionNotFound`` for an unknown id.
 
         Atomic: whatever fails or crashes, the session is fully there or fully gone.
         The storage holds the session as a writer does while it deletes, so no writer
         in any process can append to a session that is going away.
+
+        ``owner_id`` and ``fencing_token`` are checked as :meth:`append` checks them,
+        in the storage's exclusive section before anything is deleted
+        (:class:`SessionLocked`, :class:`LeaseLost`, nothing deleted); inside
+        :meth:`lock`/:meth:`with_lock` both are implied.
         """
+        fence = self._fence(session_id, owner_id, fencing_token)
         state = self._state(session_id)
+        extra: dict[str, Any] = {}
+        if fence is not None:  # given only when needed: a storage written before `check` still deletes
+            extra["check"] = functools.partial(self._check_lease, state, *fence)
         with _storage_errors(f"delete session {session_id!r}"):
             with state.lock:
                 try:
-                    self._storage.delete_session(session_id, self._now_ms())
+                    self._storage.delete_session(session_id, self._now_ms(), **extra)
                 except SessionNotFound:
                     self._forget_deleted(state)
                     raise
@@ -293,7 +304,7 @@ class SessionStore(_LeasedStore):
                 entries = [info]
             for entry in entries:
                 try:
-                    with self._writing(entry.session_id, catch_up=False, fence=False) as state:
+                    with self._writing(entry.session_id, catch_up=False) as state:
                         scratch, placeholders = self._scan_session(entry)
                         bad = [p for p in scratch.problems if not p.reason.endswith(_KEPT)]
                         done = self._storage.quarantine(entry.session_id, bad, placeholders)
@@ -353,16 +364,11 @@ class SessionStore(_LeasedStore):
         spec = _checked_append(role, content, type, id, fields)
         if parent_id is not _HEAD and parent_id is not None and not isinstance(parent_id, str):
             raise InvalidMessage(f"parent_id must be a string or None, not {parent_id!r}")
-        owner_id, fencing_token = self._fence_of(session_id, owner_id, fencing_token)
-        with self._writing(session_id, fence=False) as state:
-            if owner_id is not None or fencing_token is not None or self._require_lock:
-                self._check_lease(state, owner_id, fencing_token)
+
+        def change(state: _Session) -> tuple[Message, list[tuple[str, Any]]]:
             msg, reset = self._append_in(state, spec, parent_id)
-        self._sync(session_id)
-        if reset is not None:
-            self._emit_reset(session_id, reset)
-        self._emit("message.added", session_id, msg)
-        return msg
+            return msg, [*_reset_events(reset), ("message.added", msg)]
+        return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
     def append_many(self, session_id: str, messages: Sequence[Mapping[str, Any]], *,
                     parent_id: str | None = _HEAD, owner_id: str | None = None,
@@ -393,24 +399,19 @@ class SessionStore(_LeasedStore):
             specs.append(_checked_append(given["role"], given["content"], given.get("type"), given.get("id"), fields))
         if parent_id is not _HEAD and parent_id is not None and not isinstance(parent_id, str):
             raise InvalidMessage(f"parent_id must be a string or None, not {parent_id!r}")
-        owner_id, fencing_token = self._fence_of(session_id, owner_id, fencing_token)
-        written: list[tuple[Message, ResetResult | None]] = []
-        with self._writing(session_id, fence=False, chain=True) as state:
-            if owner_id is not None or fencing_token is not None or self._require_lock:
-                self._check_lease(state, owner_id, fencing_token)
+
+        def change(state: _Session) -> tuple[list[Message], list[tuple[str, Any]]]:
+            written: list[Message] = []
+            events: list[tuple[str, Any]] = []
             parent: str | None = parent_id
             for spec in specs:
                 msg, reset = self._append_in(state, spec, parent)
-                written.append((msg, reset))
+                written.append(msg)
+                events += [*_reset_events(reset), ("message.added", msg)]
                 parent = msg.id
             self._write_batch(state)
-        if specs:
-            self._sync(session_id)
-        for msg, reset in written:
-            if reset is not None:
-                self._emit_reset(session_id, reset)
-            self._emit("message.added", session_id, msg)
-        return [msg for msg, _ in written]
+            return written, events
+        return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token, chain=True)
 
     def _append_in(self, state: _Session, spec: _AppendSpec, parent_id: str | None
                    ) -> tuple[Message, ResetResult | None]:
@@ -519,11 +520,6 @@ class SessionStore(_LeasedStore):
             self._write_message(state, msg, _encode_message(msg.to_record()))
         return result, result.messages[-1].id if result.messages else None
 
-    def _emit_reset(self, session_id: str, result: ResetResult) -> None:
-        self._emit("session.reset", session_id, result)
-        for msg in result.messages:
-            self._emit("message.added", session_id, msg)
-
     def reset(self, session_id: str, *, owner_id: str | None = None, fencing_token: int | None = None,
               **overrides: Any) -> ResetResult:
         """Reset the session now, whatever its size; the result's reason is ``"manual"``.
@@ -544,16 +540,13 @@ class SessionStore(_LeasedStore):
             raise InvalidInput(f"reset() got an unknown setting: {e}") from None
         except ValueError as e:
             raise InvalidInput(str(e)) from None
-        owner_id, fencing_token = self._fence_of(session_id, owner_id, fencing_token)
-        with self._writing(session_id, fence=False) as state:
-            if owner_id is not None or fencing_token is not None or self._require_lock:
-                self._check_lease(state, owner_id, fencing_token)
+
+        def change(state: _Session) -> tuple[ResetResult, list[tuple[str, Any]]]:
             now = self._now_ms()
             result, new_head = self._write_reset(state, "manual", now, config)
             self._move(state, new_head, now)
-        self._sync(session_id)
-        self._emit_reset(session_id, result)
-        return result
+            return result, _reset_events(result)
+        return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
     # -- imports ---------------------------------------------------------------------
 
@@ -608,7 +601,8 @@ class SessionStore(_LeasedStore):
         return new
 
     def import_messages(self, session_id: str, messages: Sequence[Message], *,
-                        branches: Sequence[Branch] = ()) -> list[Message]:
+                        branches: Sequence[Branch] = (), owner_id: str | None = None,
+                        fencing_token: int | None = None) -> list[Message]:
         """Add ``messages`` to an existing session exactly as given (ids, parents,
         timestamps, fields), then create or move ``branches`` to the heads they name.
 
@@ -621,6 +615,10 @@ class SessionStore(_LeasedStore):
         auto-reset. Everything is checked before anything is written. Returns the
         messages written (the skipped ones left out). A crash part way leaves a prefix
         of them (each whole); repeating the call completes it.
+
+        ``owner_id`` and ``fencing_token`` are checked as :meth:`append` checks them
+        (:class:`SessionLocked`, :class:`LeaseLost`, nothing written); inside
+        :meth:`lock`/:meth:`with_lock` both are implied.
         """
         if not isinstance(messages, (list, tuple)):
             raise InvalidInput(f"import_messages takes a list of Message records, not {type(messages).__name__}")
@@ -628,7 +626,8 @@ class SessionStore(_LeasedStore):
         for b in branches:
             if not isinstance(b, Branch):
                 raise InvalidInput(f"branches must be Branch records, not {type(b).__name__}")
-        with self._writing(session_id) as state:
+
+        def change(state: _Session) -> tuple[list[Message], list[tuple[str, Any]]]:
             seen = set(state.by_id)
             existing = {m.id: m for m in given if isinstance(m, Message) and m.id in state.by_id}
             for mid, m in existing.items():
@@ -651,10 +650,8 @@ class SessionStore(_LeasedStore):
                                                "at": b.created_at, "seq": state.record_count})
                 elif current.head_id != b.head_id:
                     self._move(state, b.head_id, b.updated_at, b.name)
-        self._sync(session_id)
-        for msg in written:
-            self._emit("message.added", session_id, msg)
-        return written
+            return written, [("message.added", msg) for msg in written]
+        return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
     def get_messages(self, session_id: str) -> list[Message]:
         """Every message, in append order."""
@@ -743,7 +740,7 @@ class SessionStore(_LeasedStore):
                     newer[new.id] = new
                     if new.parent_id is not None and new.parent_id not in newer:
                         awaited.add(new.parent_id)
-                    if new.parent_id == head:
+                    if _advances(head, new.parent_id):
                         head = new.id
             want = head if leaf_id is None else leaf_id
             out: list[Message] = []
@@ -955,25 +952,30 @@ class SessionStore(_LeasedStore):
         self._grow(state, len(line))
         state.untallied += 1
 
-    def create_branch(self, session_id: str, name: str, leaf_id: str) -> Branch:
+    def create_branch(self, session_id: str, name: str, leaf_id: str, *, owner_id: str | None = None,
+                      fencing_token: int | None = None) -> Branch:
         """Create branch ``name`` pointing at message ``leaf_id`` (any message).
 
         ``BranchExists`` for a taken name, ``MessageNotFound`` for an unknown id.
         The current branch does not change.
+
+        ``owner_id`` and ``fencing_token`` are checked as :meth:`append` checks them
+        (:class:`SessionLocked`, :class:`LeaseLost`, nothing written); inside
+        :meth:`lock`/:meth:`with_lock` both are implied.
         """
         _check_name("branch name", name)
         if not isinstance(leaf_id, str):
             raise InvalidInput(f"leaf_id must be a message id, not {leaf_id!r}")
-        with self._writing(session_id) as state:
+
+        def change(state: _Session) -> tuple[Branch, list[tuple[str, Any]]]:
             if name in state.branches:
                 raise BranchExists(session_id, name)
             state.require(leaf_id)
             self._branch_event(state, {"op": "create", "name": name, "headId": leaf_id,
                                        "at": self._now_ms(), "seq": state.record_count})
             branch = state.branches[name].frozen()
-        self._sync(session_id)
-        self._emit("branch.created", session_id, branch)
-        return branch
+            return branch, [("branch.created", branch)]
+        return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
     def get_branches(self, session_id: str) -> list[Branch]:
         """Every branch, ``main`` first (while it exists), then in creation order."""
@@ -988,19 +990,25 @@ class SessionStore(_LeasedStore):
             return found.frozen() if found is not None else None
         return self._read(session_id, branch)
 
-    def switch_to_branch(self, session_id: str, name: str) -> str | None:
-        """Make ``name`` the current branch; returns its head id (``None`` when empty)."""
+    def switch_to_branch(self, session_id: str, name: str, *, owner_id: str | None = None,
+                         fencing_token: int | None = None) -> str | None:
+        """Make ``name`` the current branch; returns its head id (``None`` when empty).
+
+        ``owner_id`` and ``fencing_token`` are checked as :meth:`append` checks them
+        (:class:`SessionLocked`, :class:`LeaseLost`, nothing written); inside
+        :meth:`lock`/:meth:`with_lock` both are implied.
+        """
         _check_name("branch name", name)
-        with self._writing(session_id) as state:
+
+        def change(state: _Session) -> tuple[str | None, list[tuple[str, Any]]]:
             if name not in state.branches:
                 raise BranchNotFound(session_id, name)
             if state.current != name:
                 self._branch_event(state, {"op": "switch", "name": name, "at": self._now_ms(),
                                            "seq": state.record_count})
             branch = state.branches[name].frozen()
-        self._sync(session_id)
-        self._emit("branch.switched", session_id, branch)
-        return branch.head_id
+            return branch.head_id, [("branch.switched", branch)]
+        return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
     def get_head(self, session_id: str) -> str | None:
         """The current branch's head id (``None`` when empty)."""
@@ -1010,19 +1018,25 @@ class SessionStore(_LeasedStore):
         """The current branch's name."""
         return self._read(session_id, lambda s: s.current)
 
-    def move_head(self, session_id: str, message_id: str | None, *, branch: str | None = None) -> Branch:
+    def move_head(self, session_id: str, message_id: str | None, *, branch: str | None = None,
+                  owner_id: str | None = None, fencing_token: int | None = None) -> Branch:
         """Move the head of the current branch (or of ``branch``) to any message of the
         session, or to ``None`` (the branch is then empty). Nothing is deleted: the
         next append on that branch continues from there, and the messages after the
         old head stay in the tree (move back to one of them to redo). This is undo
         (move to the head's parent), rewind and redo. Returns the branch as moved;
         subscribers get ``branch.moved``.
+
+        ``owner_id`` and ``fencing_token`` are checked as :meth:`append` checks them
+        (:class:`SessionLocked`, :class:`LeaseLost`, nothing written); inside
+        :meth:`lock`/:meth:`with_lock` both are implied.
         """
         if branch is not None:
             _check_name("branch name", branch)
         if message_id is not None and not isinstance(message_id, str):
             raise InvalidInput(f"message_id must be a message id or None, not {message_id!r}")
-        with self._writing(session_id) as state:
+
+        def change(state: _Session) -> tuple[Branch, list[tuple[str, Any]]]:
             name = state.current if branch is None else branch
             if name not in state.branches:
                 raise BranchNotFound(session_id, name)
@@ -1031,16 +1045,22 @@ class SessionStore(_LeasedStore):
             if state.branches[name].head_id != message_id:
                 self._move(state, message_id, self._now_ms(), name)
             moved = state.branches[name].frozen()
-        self._sync(session_id)
-        self._emit("branch.moved", session_id, moved)
-        return moved
+            return moved, [("branch.moved", moved)]
+        return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
-    def delete_branch(self, session_id: str, name: str) -> Branch:
+    def delete_branch(self, session_id: str, name: str, *, owner_id: str | None = None,
+                      fencing_token: int | None = None) -> Branch:
         """Delete branch ``name`` (the pointer, never its messages); returns it as it
         was. The current branch cannot be deleted (:class:`InvalidInput`: switch
-        first). Subscribers get ``branch.deleted``."""
+        first). Subscribers get ``branch.deleted``.
+
+        ``owner_id`` and ``fencing_token`` are checked as :meth:`append` checks them
+        (:class:`SessionLocked`, :class:`LeaseLost`, nothing written); inside
+        :meth:`lock`/:meth:`with_lock` both are implied.
+        """
         _check_name("branch name", name)
-        with self._writing(session_id) as state:
+
+        def change(state: _Session) -> tuple[Branch, list[tuple[str, Any]]]:
             if name not in state.branches:
                 raise BranchNotFound(session_id, name)
             if name == state.current:
@@ -1049,17 +1069,23 @@ class SessionStore(_LeasedStore):
             gone = state.branches[name].frozen()
             self._branch_event(state, {"op": "delete", "name": name, "at": self._now_ms(),
                                        "seq": state.record_count})
-        self._sync(session_id)
-        self._emit("branch.deleted", session_id, gone)
-        return gone
+            return gone, [("branch.deleted", gone)]
+        return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
-    def rename_branch(self, session_id: str, old: str, new: str) -> Branch:
+    def rename_branch(self, session_id: str, old: str, new: str, *, owner_id: str | None = None,
+                      fencing_token: int | None = None) -> Branch:
         """Rename branch ``old`` to ``new`` (the current branch too: it stays current).
         :class:`BranchNotFound` / :class:`BranchExists` as expected; messages are
-        untouched. Subscribers get ``branch.renamed`` with ``(old, branch)``."""
+        untouched. Subscribers get ``branch.renamed`` with ``(old, branch)``.
+
+        ``owner_id`` and ``fencing_token`` are checked as :meth:`append` checks them
+        (:class:`SessionLocked`, :class:`LeaseLost`, nothing written); inside
+        :meth:`lock`/:meth:`with_lock` both are implied.
+        """
         _check_name("branch name", old)
         _check_name("branch name", new)
-        with self._writing(session_id) as state:
+
+        def change(state: _Session) -> tuple[Branch, list[tuple[str, Any]]]:
             if old not in state.branches:
                 raise BranchNotFound(session_id, old)
             if new in state.branches:
@@ -1067,11 +1093,11 @@ class SessionStore(_LeasedStore):
             self._branch_event(state, {"op": "rename", "name": old, "to": new, "at": self._now_ms(),
                                        "seq": state.record_count})
             renamed = state.branches[new].frozen()
-        self._sync(session_id)
-        self._emit("branch.renamed", session_id, (old, renamed))
-        return renamed
+            return renamed, [("branch.renamed", (old, renamed))]
+        return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
-    def fork_session(self, session_id: str, message_id: str | None = None, *, key: str | None = None) -> str:
+    def fork_session(self, session_id: str, message_id: str | None = None, *, key: str | None = None,
+                     owner_id: str | None = None, fencing_token: int | None = None) -> str:
         """A new session whose history is the path root -> ``message_id`` (default: the
         current head) of this one: the same messages (ids, parents, timestamps,
         fields), its ``main`` at the last. Its metadata's ``forked_from`` is
@@ -1081,6 +1107,11 @@ class SessionStore(_LeasedStore):
         ``key`` defaults to ``"fork:<new session id>"``; a taken key raises
         :class:`InvalidKey`. All or nothing, like :meth:`import_session`.
         Subscribers get ``session.forked`` with the new session's metadata.
+
+        ``owner_id`` and ``fencing_token`` are checked against the source's lease as
+        :meth:`append` checks them, while its path is read (:class:`SessionLocked`,
+        :class:`LeaseLost`, nothing created); inside :meth:`lock`/:meth:`with_lock`
+        both are implied.
         """
         if key is not None:
             _check_key(key)
@@ -1090,7 +1121,12 @@ class SessionStore(_LeasedStore):
         def path(s: _Session) -> tuple[str | None, list[Message]]:
             leaf = s.head() if message_id is None else message_id
             return leaf, ([] if leaf is None else s.path_to(leaf))
-        leaf, messages = self._read(session_id, path)
+        fence = self._fence(session_id, owner_id, fencing_token)
+        if fence is None:
+            leaf, messages = self._read(session_id, path)
+        else:
+            with self._writing(session_id, fence=fence) as state:
+                leaf, messages = path(state)
         new, now = str(uuid.uuid4()), self._now_ms()
         key = f"fork:{new}" if key is None else key
         lines = [_encode_message(m.to_record()) for m in messages]
@@ -1104,3 +1140,11 @@ class SessionStore(_LeasedStore):
             m.timestamp for m in messages)]), message_count=len(lines), forked_from=(session_id, leaf))
         self._emit("session.forked", new, meta)
         return new
+
+
+def _reset_events(result: ResetResult | None) -> list[tuple[str, Any]]:
+    """What subscribers get for a reset: ``session.reset``, then ``message.added`` for
+    the marker and each kept copy (nothing without a reset)."""
+    if result is None:
+        return []
+    return [("session.reset", result), *(("message.added", msg) for msg in result.messages)]

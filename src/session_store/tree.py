@@ -139,13 +139,16 @@ class _Session:
         return new
 
     def add_message(self, msg: Message) -> None:
-        """Apply one message (already validated): tree links and the head rule.
+        """Apply one message (already validated): tree links and the head rule. The
+        one way a message joins the tree, whether it was just written or read from
+        storage (:meth:`_take_records` and :meth:`_take_record` decode, then call this).
 
         A message whose parent is missing (its record was lost, or written by hand
         after it) joins as a *detached* root: it keeps ``parent_id`` as stored, but no
         path goes above it and it is nobody's child, whatever comes later (so a cycle
         written by hand cannot make a path or a walk loop)."""
-        self._apply_events_upto(self.record_count)
+        if self.pending_events:  # an event written before this record applies first
+            self._apply_events_upto(self.record_count)
         self.record_count += 1
         parent = msg.parent_id
         if parent is None:
@@ -160,7 +163,7 @@ class _Session:
             _add_child(self.children, parent, msg.id)
         self.by_id[msg.id] = msg
         branch = self.branches[self.current]
-        if branch.head_id == parent:
+        if _advances(branch.head_id, parent):
             branch.head_id = msg.id
             branch.updated_at = msg.timestamp
         if msg.timestamp > self.updated_at:
@@ -255,11 +258,7 @@ class _Session:
                 _report(self.problems, self.session_id, found.events_label, where, "not a branch event")
                 continue
             self.add_event(rec)
-        if self.segments is None:
-            self._take_records(found.messages, found.messages_label)
-        else:
-            for where, rec in found.messages:
-                self._take_record(where, rec, found.messages_label)
+        self._take_records(found.messages, found.messages_label)
         self._apply_events_upto(self.record_count)
         self.position = found.position
 
@@ -284,14 +283,11 @@ class _Session:
         self.add_message(msg)
 
     def _take_records(self, records: list[tuple[int, dict[str, Any]]], label: str) -> None:
-        """Apply message records in order (no auto-reset totals to keep): what
-        :meth:`_take_record` and :meth:`add_message` do, inlined for the common record
-        (well formed, its parent known, no branch event due before it, not a reset),
-        which is most of a cold load; any other goes through :meth:`_take_record`."""
-        by_id, children, roots = self.by_id, self.children, self.roots
-        pending = self.pending_events
-        branch = self.branches[self.current]
-        count, updated = self.record_count, self.updated_at  # kept in locals, stored back below
+        """Apply message records in order: the common record (well formed, its parent
+        known) decoded here without :func:`_message_from_record`'s checks, which is
+        most of a cold load; any other through :meth:`_take_record`. Either way the
+        message joins the tree through :meth:`add_message`."""
+        by_id, add = self.by_id, self.add_message
         intern, new, known = sys.intern, _NewMessage, by_id.get
         str_, int_, dict_, list_ = str, int, dict, list  # x.__class__ is str_: the quickest exact-type test
         for where, rec in records:
@@ -307,8 +303,7 @@ class _Session:
             up = known(parent) if parent.__class__ is str_ else None
             fields: Any = None
             if not (mid.__class__ is not str_ or not mid or role.__class__ is not str_ or mtype.__class__ is not str_
-                    or ts.__class__ is not int_ or (up is None and parent is not None) or mid in by_id
-                    or mtype == "reset" or (pending and pending[0]["seq"] <= count)):
+                    or ts.__class__ is not int_ or (up is None and parent is not None) or mid in by_id):
                 try:  # nested too deeply to freeze: damaged, as the general way says
                     if content.__class__ is dict_ or content.__class__ is list_:
                         content = _freeze(content)
@@ -316,10 +311,7 @@ class _Session:
                 except RecursionError:
                     fields = None
             if fields is None:
-                self.record_count, self.updated_at = count, updated
                 self._take_record(where, rec, label)
-                count, updated = self.record_count, self.updated_at
-                branch = self.branches[self.current]
                 continue
             m = new()
             if mtype == role:
@@ -331,22 +323,9 @@ class _Session:
             m.content = content
             m.timestamp = ts
             m.fields = fields
-            if up is None:
-                m.parent_id = None
-                roots.append(mid)
-            else:
-                parent = m.parent_id = up.id  # the parent's own string: one copy in memory
-                if children is not None:
-                    _add_child(children, parent, mid)
+            m.parent_id = None if up is None else up.id  # the parent's own string: one copy in memory
             m.__class__ = Message  # type: ignore[assignment]
-            by_id[mid] = m  # type: ignore[assignment]
-            count += 1
-            if branch.head_id == parent:
-                branch.head_id = mid
-                branch.updated_at = ts
-            if ts > updated:
-                updated = ts
-        self.record_count, self.updated_at = count, updated
+            add(m)  # type: ignore[arg-type]
 
     def require(self, message_id: str) -> Message:
         try:
@@ -392,6 +371,15 @@ class _Session:
                                updated_at=self.updated_at, message_count=self.record_count,
                                reset_count=self.reset_count, last_reset_at=self.last_reset_at,
                                forked_from=self.forked_from, branch_count=len(self.branches))
+
+
+def _advances(head: str | None, parent: str | None) -> bool:
+    """The head rule, written once: a message whose parent is the current branch's
+    head becomes the head (a new root does, when the branch is empty); a sibling, or a
+    root in a non-empty branch, leaves it alone. Used where a message joins a tree
+    (:meth:`_Session.add_message`) and where the records after a saved tally are
+    replayed without one (:meth:`SessionStore._history_from_the_end`)."""
+    return parent == head
 
 
 def _newest_first(parts: Iterable[Records]) -> Iterator[dict[str, Any] | None]:
