@@ -11,7 +11,9 @@ cleared::
 Each LangChain message is one message of the key's session, on the current branch:
 its content is the message as ``langchain_core.messages.message_to_dict`` writes it, so
 it comes back equal (tool calls, ``tool_call_id``, ``additional_kwargs``, ids, response
-metadata), and ``store.build_context(sid, format="openai" | "anthropic")`` reads it.
+metadata), and ``store.build_context(sid, format="openai" | "anthropic")`` reads it
+(this module registers the reader: a record whose content is a LangChain message, from
+any session, is read as one once it is imported).
 ``clear`` empties the branch by moving its head; the old messages stay in the tree.
 
 Imports ``session_store`` and ``langchain-core`` (``pip install "session-store[langchain]"``).
@@ -45,6 +47,7 @@ from session_store import (
     Message,
     SessionNotFound,
     SessionStore,
+    register_context_reader,
 )
 
 # The role of the record holding each LangChain message type (a chat message's own role
@@ -53,6 +56,63 @@ _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"
 # For records other software wrote (plain text content): the message each role becomes.
 _PLAIN = {"user": HumanMessage, "human": HumanMessage, "assistant": AIMessage, "ai": AIMessage,
           "system": SystemMessage}
+
+
+# -- reading records as build_context does ---------------------------------------------
+
+# LangChain's message types (``message_to_dict()["type"]``) and the roles they play
+# (a chat message's role is ``data["role"]``).
+_TYPE_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool",
+               "chat": "", "HumanMessageChunk": "user", "AIMessageChunk": "assistant",
+               "SystemMessageChunk": "system", "ToolMessageChunk": "tool", "FunctionMessageChunk": "tool",
+               "ChatMessageChunk": ""}
+
+
+def _is_langchain_record(message: Message) -> bool:
+    """Whether the record holds a LangChain message as ``message_to_dict`` writes it."""
+    content = message.content
+    return (isinstance(content, dict) and isinstance(content.get("type"), str) and content["type"] in _TYPE_ROLES
+            and isinstance(content.get("data"), dict))
+
+
+def _native_block(block: Any) -> Any:
+    """A LangChain content block in a shape build_context reads: reasoning as thinking,
+    a standard image block (``base64``, ``mime_type``) as an image."""
+    if isinstance(block, dict) and block.get("type") == "reasoning" and isinstance(block.get("reasoning"), str):
+        return {"type": "thinking", "thinking": block["reasoning"]}
+    if isinstance(block, dict) and block.get("type") == "image" and isinstance(block.get("base64"), str):
+        return {"type": "image", "media_type": block.get("mime_type"), "data": block["base64"]}
+    return block
+
+
+def _read_langchain(path: list[Message], children: Any) -> list[Message]:
+    """The context reader of LangChain messages (see ``register_context_reader``): each
+    becomes a native record with its role, its content (``tool_call`` blocks left out:
+    ``tool_calls`` says them), ``tool_calls`` as ``{id, name, input}``, and a tool
+    message's ``tool_call_id``, ``name`` and ``is_error`` (``status == "error"``)."""
+    out: list[Message] = []
+    for record in path:
+        if not _is_langchain_record(record):
+            out.append(record)
+            continue
+        data = record.content["data"]
+        role = _TYPE_ROLES[record.content["type"]] or data.get("role")
+        role = role if isinstance(role, str) else ""
+        content = data.get("content")
+        if isinstance(content, list):
+            content = [_native_block(b) for b in content
+                       if not (isinstance(b, dict) and b.get("type") in ("tool_call", "tool_call_chunk"))]
+        calls = data.get("tool_calls")
+        fields = {"tool_call_id": data.get("tool_call_id"), "name": data.get("name"),
+                  "is_error": data.get("status") == "error",
+                  "tool_calls": [{"id": c.get("id"), "name": c.get("name"), "input": c.get("args")}
+                                 for c in calls if isinstance(c, dict)] if isinstance(calls, list) else None}
+        out.append(Message(id=record.id, parent_id=record.parent_id, type=role, role=role, content=content,
+                           timestamp=record.timestamp, fields=fields))
+    return out
+
+
+register_context_reader("langchain", _read_langchain, recognizes=_is_langchain_record)
 
 
 def _record_of(message: BaseMessage) -> tuple[str, dict[str, Any]]:

@@ -41,7 +41,57 @@ from session_store import (
     Message,
     SessionStore,
     SessionStoreError,
+    register_context_reader,
 )
+
+# -- reading records as build_context does ---------------------------------------------
+
+
+def _is_chat_message(record: Message) -> bool:
+    """Whether the record holds a LlamaIndex ``ChatMessage`` as ``model_dump()`` gives it."""
+    content = record.content
+    return (isinstance(content, dict) and "content" not in content and isinstance(content.get("blocks"), list)
+            and isinstance(content.get("role"), str))
+
+
+def _native_blocks(blocks: list[Any]) -> list[Any]:
+    """LlamaIndex content blocks (``block_type``) as blocks build_context reads; a
+    block of another type keeps its type, for build_context to report."""
+    out: list[Any] = []
+    for b in blocks:
+        kind = b.get("block_type") if isinstance(b, dict) else None
+        if not isinstance(b, dict) or (kind == "text" and not b.get("text")):
+            continue
+        if kind == "image" and isinstance(b.get("image"), str):
+            out.append({"type": "image", "data": b["image"], "media_type": b.get("image_mimetype")})
+        elif kind == "thinking":
+            out.append({"type": "thinking", "thinking": b.get("content")})
+        elif kind == "tool_call":
+            out.append({"type": "tool_use", "id": b.get("tool_call_id"), "name": b.get("tool_name"),
+                        "input": b.get("tool_kwargs")})
+        else:
+            out.append({**b, "type": kind})
+    return out
+
+
+def _read_llama_index(path: list[Message], children: Any) -> list[Message]:
+    """The context reader of LlamaIndex chat messages (see ``register_context_reader``):
+    each becomes a native record with its role, its blocks, and its
+    ``additional_kwargs`` (``tool_calls``, ``tool_call_id``) as fields."""
+    out: list[Message] = []
+    for record in path:
+        if not _is_chat_message(record):
+            out.append(record)
+            continue
+        extra = record.content.get("additional_kwargs")
+        role = record.content["role"]
+        out.append(Message(id=record.id, parent_id=record.parent_id, type=role, role=role,
+                           content=_native_blocks(record.content["blocks"]), timestamp=record.timestamp,
+                           fields=extra if isinstance(extra, dict) else {}))
+    return out
+
+
+register_context_reader("llama_index", _read_llama_index, recognizes=_is_chat_message)
 
 
 def _message_of(record: Message) -> ChatMessage:

@@ -10,8 +10,8 @@ Two lines around each run keep an agent's conversation per key::
 Each ``ModelMessage`` (a ``ModelRequest`` or a ``ModelResponse``) is one message of the
 key's session, appended after the head of its current branch: its content is the
 message as ``ModelMessagesTypeAdapter`` dumps it to JSON, so it loads back equal, and
-``store.build_context(sid, format="openai" | "anthropic")`` reads it (see
-:meth:`session_store.SessionStore.build_context`). ``aload_messages`` and
+``store.build_context(sid, format="openai" | "anthropic")`` reads it (this module
+registers the reader when imported: see :func:`session_store.register_context_reader`). ``aload_messages`` and
 ``asave_messages`` are the same for asyncio code.
 
 Imports ``session_store`` and ``pydantic-ai`` (``pip install "session-store[pydantic-ai]"``).
@@ -22,6 +22,7 @@ from __future__ import annotations
 __all__ = ["load_messages", "save_messages", "aload_messages", "asave_messages"]
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,7 +42,101 @@ from session_store import (
     InvalidMessage,
     Message,
     SessionStore,
+    register_context_reader,
 )
+
+# -- reading records as build_context does ---------------------------------------------
+
+# Parts that configure a run (instructions, tools, settings): the caller sends its own
+# with each request, as pydantic-ai does; they are not conversation.
+_SETTINGS = frozenset({"instruction", "instruction-delta", "instruction-digest", "instruction-baseline",
+                       "tool-availability-delta", "capability-load-delta", "model-settings-delta"})
+_CALLS = frozenset({"tool-call", "tool-search-call", "capability-load-call"})
+_RESULTS = frozenset({"tool-return", "tool-search-return", "capability-load-return", "retry-prompt"})
+
+
+def _is_model_message(record: Message) -> bool:
+    """Whether the record holds a ``ModelRequest`` or ``ModelResponse`` as JSON."""
+    content = record.content
+    return (isinstance(content, dict) and content.get("kind") in ("request", "response")
+            and isinstance(content.get("parts"), list))
+
+
+def _text_of(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _user_blocks(content: Any) -> list[dict[str, Any]]:
+    """A ``UserPromptPart``'s content as blocks: text, and images by URL or as binary
+    content; what else it holds as a block of its own type, which build_context reports."""
+    blocks: list[dict[str, Any]] = []
+    for item in content if isinstance(content, list) else [content]:
+        kind = item.get("kind") if isinstance(item, dict) else None
+        if isinstance(item, str):
+            blocks.append({"type": "text", "text": item})
+        elif kind == "image-url" and isinstance(item.get("url"), str):
+            blocks.append({"type": "image", "url": item["url"]})
+        elif kind == "binary" and str(item.get("media_type")).startswith("image/") \
+                and isinstance(item.get("data"), str):
+            blocks.append({"type": "image", "media_type": item["media_type"], "data": item["data"]})
+        elif kind == "text-content" and isinstance(item.get("content"), str):
+            blocks.append({"type": "text", "text": item["content"]})
+        elif kind != "cache-point":
+            blocks.append({"type": f"pydantic-ai user content of kind {kind!r}"})
+    return blocks
+
+
+def _native(record: Message) -> list[Message]:
+    """The native records of one ``ModelMessage``: one per part. A request's
+    ``instructions`` are left out (pydantic-ai itself sends the current agent's, never
+    those of the history); thinking keeps its signature only when Anthropic made it;
+    a part of a hosted tool becomes a block of its own type, which build_context
+    reports as having no equivalent."""
+    message = record.content
+    response = message["kind"] == "response"
+    out: list[Message] = []
+
+    def add(role: str, content: Any, **fields: Any) -> None:
+        out.append(Message(id=record.id, parent_id=record.parent_id, type=role, role=role, content=content,
+                           timestamp=record.timestamp, fields=fields))
+    for i, part in enumerate(message["parts"]):
+        kind = part.get("part_kind") if isinstance(part, dict) else None
+        if not isinstance(part, dict) or kind in _SETTINGS:
+            continue
+        content, call_id = part.get("content"), part.get("tool_call_id")
+        if kind == "system-prompt":
+            add("system", _text_of(content))
+        elif kind == "user-prompt":
+            add("user", _user_blocks(content))
+        elif kind == "retry-feedback" or (kind == "retry-prompt" and not isinstance(call_id, str)):
+            add("user", _text_of(content))
+        elif kind in _RESULTS and not response and isinstance(call_id, str):
+            name = part.get("tool_name")
+            add("tool", _text_of(content), tool_call_id=call_id, name=name if isinstance(name, str) else "",
+                is_error=kind == "retry-prompt" or part.get("outcome") in ("failed", "retried"))
+        elif kind == "text" and response:
+            add("assistant", [{"type": "text", "text": _text_of(content)}])
+        elif kind == "thinking" and response:
+            signature = part.get("signature") if part.get("provider_name") == "anthropic" else None
+            add("assistant", [{"type": "thinking", "thinking": _text_of(content),
+                               "signature": signature if isinstance(signature, str) else None}])
+        elif kind in _CALLS and response:
+            add("assistant", [{"type": "tool_use", "name": str(part.get("tool_name")), "input": part.get("args"),
+                               "id": call_id if isinstance(call_id, str) and call_id else f"{record.id}-call-{i}"}])
+        else:
+            add("assistant" if response else "user", [{"type": f"pydantic-ai {kind!r} part"}])
+    return out
+
+
+def _read_pydantic_ai(path: list[Message], children: Any) -> list[Message]:
+    """The context reader of pydantic-ai messages (see ``register_context_reader``)."""
+    out: list[Message] = []
+    for record in path:
+        out += _native(record) if _is_model_message(record) else [record]
+    return out
+
+
+register_context_reader("pydantic_ai", _read_pydantic_ai, recognizes=_is_model_message)
 
 
 def _sync(store: SessionStore | AsyncSessionStore) -> SessionStore:

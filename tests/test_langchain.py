@@ -201,3 +201,51 @@ def test_messages_from_dict_reads_what_the_store_holds(mem: SessionStore) -> Non
     history.add_messages(CONVERSATION)
     stored = [m.content for m in mem.get_linear_history(history.session_id)]
     assert messages_from_dict(stored) == CONVERSATION
+
+
+# -- build_context reads the records this module writes (its reader, registered on import) --
+
+
+# What langchain_core.messages.messages_to_dict writes (langchain-core 1.x), one message per record.
+LANGCHAIN_MESSAGES: list[dict[str, Any]] = [
+    {"type": "system", "data": {"content": "Be brief.", "additional_kwargs": {}, "response_metadata": {},
+                                "type": "system", "name": None, "id": None}},
+    {"type": "human", "data": {"content": [{"type": "text", "text": "Weather in Paris? See:"},
+                                           {"type": "image", "base64": "iVBORw0KGgo=", "mime_type": "image/png"}],
+                               "additional_kwargs": {}, "response_metadata": {}, "type": "human", "name": None,
+                               "id": "h1"}},
+    {"type": "ai", "data": {"content": [{"type": "reasoning", "reasoning": "Use the tool."},
+                                        {"type": "tool_call", "id": "call_1", "name": "weather",
+                                         "args": {"city": "Paris"}}],
+                            "additional_kwargs": {}, "response_metadata": {}, "type": "ai", "name": None, "id": "a1",
+                            "tool_calls": [{"name": "weather", "args": {"city": "Paris"}, "id": "call_1",
+                                            "type": "tool_call"}],
+                            "invalid_tool_calls": [], "usage_metadata": None}},
+    {"type": "tool", "data": {"content": "no data for Paris", "additional_kwargs": {}, "response_metadata": {},
+                              "type": "tool", "name": "weather", "id": None, "tool_call_id": "call_1",
+                              "artifact": None, "status": "error"}},
+    {"type": "chat", "data": {"content": "Say it plainly.", "additional_kwargs": {}, "response_metadata": {},
+                              "type": "chat", "name": None, "id": None, "role": "developer"}},
+    {"type": "AIMessageChunk", "data": {"content": "I could not find it.", "additional_kwargs": {},
+                                        "response_metadata": {}, "type": "AIMessageChunk", "name": None, "id": None,
+                                        "tool_calls": [], "invalid_tool_calls": [], "usage_metadata": None,
+                                        "tool_call_chunks": [], "chunk_position": None}},
+]
+
+
+def test_langchain_messages_as_messages_to_dict_writes_them(mem: SessionStore) -> None:
+    sid = mem.resolve("langchain")
+    for message in LANGCHAIN_MESSAGES:
+        mem.append(sid, role="user", content=message)  # the role of the record does not matter: the dict says it
+    openai = mem.build_context(sid, strict=True)
+    assert_openai_accepts(openai)
+    assert [m["role"] for m in openai] == ["system", "user", "assistant", "tool", "developer", "assistant"]
+    assert openai[1]["content"][1] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    assert openai[2]["tool_calls"] == [{"id": "call_1", "type": "function",
+                                        "function": {"name": "weather", "arguments": '{"city":"Paris"}'}}]
+    assert openai[3] == {"role": "tool", "tool_call_id": "call_1", "content": "no data for Paris"}
+    anthropic = mem.build_context(sid, format="anthropic", strict=True)
+    assert_anthropic_accepts(anthropic)
+    assert anthropic["system"] == "Be brief.\n\nSay it plainly."
+    assert anthropic["messages"][2]["content"][0] == {"type": "tool_result", "tool_use_id": "call_1",
+                                                      "content": "no data for Paris", "is_error": True}

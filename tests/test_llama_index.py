@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from conftest import FakeClock
@@ -170,3 +171,36 @@ def test_simple_chat_store_deletes_where_ours_keeps(mem: SessionStore) -> None:
         assert chat_store.delete_messages("k") == CONVERSATION[:2]
         assert chat_store.get_messages("k") == []
     assert theirs.store == {} and len(mem.get_messages(mem.resolve("k"))) == 2
+
+
+# -- build_context reads the records this module writes (its reader, registered on import) --
+
+
+def test_llama_index_chat_messages_as_model_dump_gives_them(mem: SessionStore) -> None:
+    sid = mem.resolve("llama-index")
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "additional_kwargs": {}, "blocks": [
+            {"block_type": "text", "text": "Weather?"},
+            {"block_type": "image", "image": "iVBORw==", "image_mimetype": "image/png", "url": None}]},
+        {"role": "assistant", "additional_kwargs": {"tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+         "blocks": [{"block_type": "text", "text": ""}]},
+        {"role": "tool", "additional_kwargs": {"tool_call_id": "call_1"}, "blocks": [{"block_type": "text",
+                                                                                       "text": "Sunny"}]},
+        {"role": "chatbot", "additional_kwargs": {}, "blocks": [
+            {"block_type": "thinking", "content": "Lyon too."},
+            {"block_type": "tool_call", "tool_call_id": "call_2", "tool_name": "weather", "tool_kwargs": {"c": 1}}]},
+        {"role": "tool", "additional_kwargs": {"tool_call_id": "call_2"}, "blocks": [{"block_type": "text",
+                                                                                       "text": "Rain"}]},
+    ]
+    for message in messages:
+        mem.append(sid, role=message["role"], content=message)
+    openai = mem.build_context(sid, strict=True)
+    assert_openai_accepts(openai)
+    assert [m["role"] for m in openai] == ["user", "assistant", "tool", "assistant", "tool"]
+    assert openai[0]["content"][1]["type"] == "image_url"
+    assert openai[3]["tool_calls"][0]["function"] == {"name": "weather", "arguments": '{"c":1}'}
+    assert_anthropic_accepts(mem.build_context(sid, format="anthropic", strict=True))
+    mem.append(sid, role="user", content={"role": "user", "blocks": [{"block_type": "audio", "audio": "x"}]})
+    with pytest.raises(InvalidMessage, match="audio"):
+        mem.build_context(sid, strict=True)

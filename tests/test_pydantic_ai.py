@@ -151,3 +151,63 @@ def test_undo_a_run_by_moving_the_head_back(mem: SessionStore) -> None:
     save_messages(mem, "k", agent.run_sync("regret", message_history=load_messages(mem, "k")).new_messages())
     mem.move_head(mem.resolve("k"), ids[-1])
     assert len(load_messages(mem, "k")) == 2
+
+
+# -- build_context reads the records this module writes (its reader, registered on import) --
+
+
+# What pydantic-ai's ModelMessagesTypeAdapter.dump_python(messages, mode="json") writes (trimmed of nulls).
+PYDANTIC_AI_MESSAGES: list[dict[str, Any]] = [
+    {"kind": "request", "instructions": "Answer in English.", "parts": [
+        {"part_kind": "system-prompt", "content": "Be brief.", "timestamp": "2026-01-01T00:00:00Z"},
+        {"part_kind": "user-prompt", "content": ["Weather in Paris?", {"kind": "image-url", "url": "https://x/y.png"},
+                                                 {"kind": "binary", "data": "iVBORw==", "media_type": "image/png"},
+                                                 {"kind": "cache-point"}]}]},
+    {"kind": "response", "model_name": "claude", "parts": [
+        {"part_kind": "thinking", "content": "Use the tool.", "signature": "sig", "provider_name": "anthropic"},
+        {"part_kind": "tool-call", "tool_name": "weather", "args": {"city": "Paris"}, "tool_call_id": "call_1"},
+        {"part_kind": "tool-call", "tool_name": "weather", "args": '{"city": "Lyon"}', "tool_call_id": "call_2"}]},
+    {"kind": "request", "parts": [
+        {"part_kind": "tool-return", "tool_name": "weather", "content": {"sky": "sunny"}, "tool_call_id": "call_1",
+         "outcome": "success"},
+        {"part_kind": "tool-return", "tool_name": "weather", "content": "unknown city", "tool_call_id": "call_2",
+         "outcome": "retried"},
+        {"part_kind": "instruction-delta", "content": "changed"}]},
+    {"kind": "response", "parts": [{"part_kind": "thinking", "content": "Done.", "signature": "x",
+                                    "provider_name": "openai"},
+                                   {"part_kind": "text", "content": "Sunny in Paris."}]},
+    {"kind": "request", "parts": [{"part_kind": "retry-feedback", "content": "Answer in one word."}]},
+    {"kind": "response", "parts": [{"part_kind": "text", "content": "Sunny."}]},
+]
+
+
+def test_pydantic_ai_messages_as_its_type_adapter_writes_them(mem: SessionStore) -> None:
+    sid = mem.resolve("pydantic-ai")
+    for message in PYDANTIC_AI_MESSAGES:
+        mem.append(sid, role="user" if message["kind"] == "request" else "assistant", content=message)
+    openai = mem.build_context(sid, strict=True)
+    assert_openai_accepts(openai)
+    assert [m["role"] for m in openai] == ["system", "user", "assistant", "tool", "tool", "assistant", "user",
+                                           "assistant"]
+    assert [p["type"] for p in openai[1]["content"]] == ["text", "image_url", "image_url"]
+    assert [c["function"]["arguments"] for c in openai[2]["tool_calls"]] == ['{"city":"Paris"}', '{"city": "Lyon"}']
+    assert openai[3]["content"] == '{"sky":"sunny"}'
+    anthropic = mem.build_context(sid, format="anthropic", strict=True)
+    assert_anthropic_accepts(anthropic)
+    assert anthropic["system"] == "Be brief."  # instructions are the caller's to send, as pydantic-ai does
+    thinking = [b for m in anthropic["messages"] if isinstance(m["content"], list)
+                for b in m["content"] if b["type"] == "thinking"]
+    assert thinking == [{"type": "thinking", "thinking": "Use the tool.", "signature": "sig"}]  # OpenAI's: not sent
+    results = anthropic["messages"][2]["content"]
+    assert [r.get("is_error", False) for r in results] == [False, True]
+
+
+def test_pydantic_ai_hosted_tool_parts_have_no_equivalent(mem: SessionStore) -> None:
+    sid = mem.resolve("pydantic-ai")
+    mem.append(sid, role="user", content={"kind": "request", "parts": [{"part_kind": "user-prompt", "content": "?"}]})
+    mem.append(sid, role="assistant", content={"kind": "response", "parts": [
+        {"part_kind": "builtin-tool-call", "tool_name": "web_search", "args": {}, "tool_call_id": "ws_1"},
+        {"part_kind": "text", "content": "Found it."}]})
+    with pytest.raises(InvalidMessage, match="builtin-tool-call"):
+        mem.build_context(sid, strict=True)
+    assert mem.build_context(sid)[-1] == {"role": "assistant", "content": "Found it."}

@@ -732,6 +732,7 @@ def test_close_gives_the_freed_memory_back_after_a_large_cache(tmp_path: Path,
     trims: list[int] = []
     monkeypatch.setattr(ss, "_malloc_trim", trims.append)
     monkeypatch.setattr(ss, "_TRIM_AFTER", 20_000)
+    monkeypatch.setitem(ss._TUNED, "trim_memory", True)  # what tune_process() turns on
     with SessionStore(storage_dir=tmp_path, durable=False) as writer:
         ids = [writer.resolve(f"k{i}") for i in range(30)]
         for sid in ids:
@@ -746,6 +747,16 @@ def test_close_gives_the_freed_memory_back_after_a_large_cache(tmp_path: Path,
         large.get_messages(sid)
     large.close()
     assert trims == [0]
+
+
+def test_by_default_close_leaves_the_allocator_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """malloc_trim is process-wide: only tune_process() lets a store call it."""
+    trims: list[int] = []
+    monkeypatch.setattr(ss, "_malloc_trim", trims.append)
+    monkeypatch.setattr(ss, "_TRIM_AFTER", 0)
+    with SessionStore(storage_dir=tmp_path, durable=False) as store:
+        store.get_messages(store.resolve("k"))
+    assert trims == [] and ss._TUNED == {"pause_gc": False, "trim_memory": False}
 
 
 class _CountingSessions(collections.OrderedDict):  # type: ignore[type-arg]

@@ -30,11 +30,11 @@ from .validation import _check_name
 # Completions' (tool_calls, tool role), OpenAI Responses' items and content parts (what
 # the OpenAI Agents SDK stores: input_text/output_text, function_call,
 # function_call_output, reasoning), Anthropic's content blocks, and any of these held
-# whole as a record's content, as are a LangChain message (messages_to_dict), a
-# pydantic-ai ModelMessage (ModelMessagesTypeAdapter, JSON mode) and a LlamaIndex
-# ChatMessage (model_dump). Records of another format (the transcripts
-# session_store_transcripts imports) are first turned into native records by the
-# reader registered for that format (register_context_reader). _settle() then makes
+# whole as a record's content. Records of another format are first turned into native
+# records by the reader registered for that format (register_context_reader): by
+# their type (the transcripts session_store_transcripts imports), or by their content
+# (a LangChain, pydantic-ai or LlamaIndex message held whole, as the integrations in
+# integrations/ store them; each registers its reader when imported). _Settler makes
 # any path acceptable to both APIs: consecutive assistant turns merge (one response
 # split over several records), a tool call left without a result gets a synthetic
 # error result before the next turn, and a result that answers no open call is
@@ -46,11 +46,13 @@ ContextReader = Callable[[list[Message], Callable[[str], list[Message]]], list[M
 """The type of a reader given to :func:`register_context_reader`."""
 
 _CONTEXT_READERS: dict[str, ContextReader] = {}
+_RECOGNIZERS: dict[str, Callable[[Message], bool]] = {}  # formats read by content: see register_context_reader
 _CONTEXT_READERS_VERSION = [0]  # changed by every registration: contexts folded before are rebuilt
 _REGISTRATIONS = itertools.count(1)  # next() of a count is atomic: two registrations never share a version
 
 
-def register_context_reader(format_name: str, reader: ContextReader) -> None:
+def register_context_reader(format_name: str, reader: ContextReader, *,
+                            recognizes: Callable[[Message], bool] | None = None) -> None:
     """Let :meth:`SessionStore.build_context` read the records of another format.
 
     A record belongs to format ``format_name`` when its type is ``format_name`` or
@@ -72,13 +74,28 @@ def register_context_reader(format_name: str, reader: ContextReader) -> None:
     them), makes ``build_context`` raise :class:`SessionStoreError` naming the module to
     import; other records of unknown formats are read as native records.
     ``session_store_transcripts`` registers its readers when it is imported.
+
+    ``recognizes``: a predicate for records of this format whatever their type,
+    known by their content (a framework's message held whole, as the integrations
+    ``session_store_langchain``, ``session_store_pydantic_ai`` and
+    ``session_store_llama_index`` store them; each registers its reader when
+    imported). Such a record is read by ``reader`` alone, called with a one-record
+    path and no children, wherever a record is read (:meth:`SessionStore.build_context`,
+    its kept contexts included, and :func:`read_turns`); the predicate must be cheap
+    and must not raise. Registering again without it stops recognizing.
     """
     _check_name("format name", format_name)
     if "." in format_name:
         raise InvalidInput(f"format name {format_name!r} must not contain a dot")
     if not callable(reader):
         raise InvalidInput(f"reader must be callable, not {type(reader).__name__}")
+    if recognizes is not None and not callable(recognizes):
+        raise InvalidInput(f"recognizes must be callable, not {type(recognizes).__name__}")
     _CONTEXT_READERS[format_name] = reader
+    if recognizes is None:
+        _RECOGNIZERS.pop(format_name, None)
+    else:
+        _RECOGNIZERS[format_name] = recognizes
     _CONTEXT_READERS_VERSION[0] = next(_REGISTRATIONS)
 
 
@@ -178,8 +195,6 @@ def _image(block: Mapping[str, Any]) -> dict[str, Any] | None:
     if isinstance(block.get("data"), str):
         return {"type": "image", "media_type": block.get("mimeType") or block.get("media_type"),
                 "data": block["data"]}
-    if isinstance(block.get("base64"), str):  # LangChain's standard image block
-        return {"type": "image", "media_type": block.get("mime_type"), "data": block["base64"]}
     url = block.get("image_url", block.get("url"))
     url = url.get("url") if isinstance(url, dict) else url
     if isinstance(url, str):
@@ -284,6 +299,30 @@ _ROLE_ALIASES = {"system": "system", "developer": "developer", "user": "user", "
 
 
 def _native_turns(m: Message, problems: list[str]) -> list[_Turn]:
+    """The turns of one record: read by the reader of a format that recognizes its
+    content (see :func:`register_context_reader`), else as a plain record."""
+    if _RECOGNIZERS and m.content.__class__ is not str:
+        for name, recognizes in list(_RECOGNIZERS.items()):
+            if recognizes(m):
+                turns: list[_Turn] = []
+                for native in _checked(name, _CONTEXT_READERS[name]([m], _no_children)):
+                    turns += _plain_turns(native, problems)
+                return turns
+    return _plain_turns(m, problems)
+
+
+def _no_children(message_id: str) -> list[Message]:
+    return []
+
+
+def _checked(name: str, path: Any) -> list[Message]:
+    """What a reader returned, if it is a list of Messages."""
+    if not isinstance(path, list) or not all(isinstance(m, Message) for m in path):
+        raise SessionStoreError(f"the context reader for {name!r} returned something else than Messages")
+    return path
+
+
+def _plain_turns(m: Message, problems: list[str]) -> list[_Turn]:
     """A native record: the tutorial's shapes (``tool_calls`` as ``{id, name, params}``,
     ``tool_result`` records with ``output``), OpenAI Chat's (``tool_calls`` with
     ``function``, ``tool`` role), OpenAI Responses' items and parts, Anthropic's
@@ -298,12 +337,6 @@ def _native_turns(m: Message, problems: list[str]) -> list[_Turn]:
     if m.type == "tool" and m.role != "tool":  # the tutorial's call record: the assistant's tool_calls say it
         return []
     content = m.content
-    if isinstance(content, dict) and isinstance(content.get("type"), str) and content["type"] in _LANGCHAIN \
-            and isinstance(content.get("data"), dict):
-        return _langchain_turns(content, m.id, problems)  # langchain_core.messages.message_to_dict()
-    if isinstance(content, dict) and content.get("kind") in ("request", "response") \
-            and isinstance(content.get("parts"), list):
-        return _pydantic_ai_turns(content, m.id, problems)  # a pydantic-ai ModelMessage as JSON
     if isinstance(content, dict) and ("role" in content or _kind(content) in _RESPONSES_ITEMS):
         return _item_turns(content, m.id, problems)  # a whole message or Responses item as the content
     if m.type in _RESPONSES_ITEMS and m.type != "message":  # a Responses item spread over the record
@@ -329,32 +362,8 @@ def _item_turns(item: Mapping[str, Any], owner: str, problems: list[str]) -> lis
         problems.append(f"a Responses {kind!r} item in {owner!r}")
         return []
     role = item.get("role")
-    blocks, extra = item.get("blocks"), item.get("additional_kwargs")
-    if "content" not in item and isinstance(blocks, list):  # a LlamaIndex ChatMessage, as model_dump() gives it
-        return _message_turns(role if isinstance(role, str) else "", _llama_index_content(blocks),
-                              extra if isinstance(extra, dict) else {}, False, owner, problems)
     rest = {k: v for k, v in item.items() if k not in ("role", "content", "type")}
     return _message_turns(role if isinstance(role, str) else "", item.get("content"), rest, False, owner, problems)
-
-
-def _llama_index_content(blocks: list[Any]) -> list[Any]:
-    """LlamaIndex content blocks (``block_type``) as the blocks :func:`_read_content` reads;
-    a block of another type keeps its type, to be reported."""
-    out: list[Any] = []
-    for b in blocks:
-        kind = b.get("block_type") if isinstance(b, dict) else None
-        if not isinstance(b, dict) or (kind == "text" and not b.get("text")):
-            continue
-        if kind == "image" and isinstance(b.get("image"), str):
-            out.append({"type": "image", "data": b["image"], "media_type": b.get("image_mimetype")})
-        elif kind == "thinking":
-            out.append({"type": "thinking", "thinking": b.get("content")})
-        elif kind == "tool_call":
-            out.append({"type": "tool_use", "id": b.get("tool_call_id"), "name": b.get("tool_name"),
-                        "input": b.get("tool_kwargs")})
-        else:
-            out.append({**b, "type": kind})
-    return out
 
 
 def _message_turns(role: str, content: Any, fields: Mapping[str, Any], is_result: bool, owner: str,
@@ -381,101 +390,6 @@ def _message_turns(role: str, content: Any, fields: Mapping[str, Any], is_result
     return [_Turn("assistant", parts, calls)]
 
 
-# LangChain's message types (``message_to_dict()["type"]``) and the roles they play.
-_LANGCHAIN = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool",
-              "chat": "", "HumanMessageChunk": "user", "AIMessageChunk": "assistant",
-              "SystemMessageChunk": "system", "ToolMessageChunk": "tool", "FunctionMessageChunk": "tool",
-              "ChatMessageChunk": ""}
-
-
-def _langchain_turns(message: Mapping[str, Any], owner: str, problems: list[str]) -> list[_Turn]:
-    """A LangChain message as ``langchain_core.messages.message_to_dict`` writes it:
-    ``{"type": "ai", "data": {"content", "tool_calls": [{"id", "name", "args"}], ...}}``
-    (a chat message's role is ``data["role"]``; a tool message's ``status`` may be
-    ``"error"``). Content blocks of the ``tool_call`` type repeat ``tool_calls``."""
-    data = message["data"]
-    role = _LANGCHAIN[message["type"]] or data.get("role")
-    content = data.get("content")
-    if isinstance(content, list):
-        content = [{"type": "thinking", "thinking": b["reasoning"]}
-                   if isinstance(b, dict) and b.get("type") == "reasoning" and isinstance(b.get("reasoning"), str)
-                   else b for b in content
-                   if not (isinstance(b, dict) and b.get("type") in ("tool_call", "tool_call_chunk"))]
-    calls = data.get("tool_calls")
-    fields = {"tool_call_id": data.get("tool_call_id"), "name": data.get("name"),
-              "is_error": data.get("status") == "error",
-              "tool_calls": [{"id": c.get("id"), "name": c.get("name"), "input": c.get("args")}
-                             for c in calls if isinstance(c, dict)] if isinstance(calls, list) else None}
-    return _message_turns(role if isinstance(role, str) else "", content, fields, False, owner, problems)
-
-
-# pydantic-ai parts that configure a run (instructions, tools, settings): the caller
-# sends its own with each request, as pydantic-ai does; they are not conversation.
-_PYDANTIC_AI_SETTINGS = frozenset({"instruction", "instruction-delta", "instruction-digest", "instruction-baseline",
-                                   "tool-availability-delta", "capability-load-delta", "model-settings-delta"})
-_PYDANTIC_AI_CALLS = frozenset({"tool-call", "tool-search-call", "capability-load-call"})
-_PYDANTIC_AI_RESULTS = frozenset({"tool-return", "tool-search-return", "capability-load-return", "retry-prompt"})
-
-
-def _pydantic_ai_turns(message: Mapping[str, Any], owner: str, problems: list[str]) -> list[_Turn]:
-    """A pydantic-ai ``ModelRequest`` or ``ModelResponse`` as JSON
-    (``ModelMessagesTypeAdapter.dump_python(..., mode="json")``): one turn per part.
-    A request's ``instructions`` are left out (pydantic-ai itself sends the current
-    agent's, never those of the history); thinking keeps its signature only when
-    Anthropic made it; parts of hosted tools have no equivalent."""
-    turns: list[_Turn] = []
-    response = message["kind"] == "response"
-    for i, part in enumerate(message["parts"]):
-        kind = part.get("part_kind") if isinstance(part, dict) else None
-        if not isinstance(part, dict) or kind in _PYDANTIC_AI_SETTINGS:
-            continue
-        content, call_id = part.get("content"), part.get("tool_call_id")
-        text = content if isinstance(content, str) else _dumps(content)
-        if kind == "system-prompt":
-            turns.append(_Turn("system", [_text(text)]))
-        elif kind == "user-prompt":
-            turns.append(_Turn("user", _pydantic_ai_user_parts(content, owner, problems)))
-        elif kind == "retry-feedback" or (kind == "retry-prompt" and not isinstance(call_id, str)):
-            turns.append(_Turn("user", [_text(text)]))
-        elif kind in _PYDANTIC_AI_RESULTS and not response and isinstance(call_id, str):
-            name = part.get("tool_name")
-            turns.append(_Turn("tool", [_text(text)], call_id=call_id, name=name if isinstance(name, str) else "",
-                               is_error=kind == "retry-prompt" or part.get("outcome") in ("failed", "retried")))
-        elif kind == "text" and response:
-            turns.append(_Turn("assistant", [_text(text)]))
-        elif kind == "thinking" and response:
-            signature = part.get("signature") if part.get("provider_name") == "anthropic" else None
-            turns.append(_Turn("assistant", [{"type": "thinking", "thinking": text,
-                                              "signature": signature if isinstance(signature, str) else None}]))
-        elif kind in _PYDANTIC_AI_CALLS and response:
-            args = part.get("args")
-            turns.append(_Turn("assistant", calls=[_Call(
-                id=call_id if isinstance(call_id, str) and call_id else f"{owner}-call-{i}",
-                name=str(part.get("tool_name")), given=args, arguments=args if isinstance(args, str) else None)]))
-        else:
-            problems.append(f"a pydantic-ai {kind!r} part in {owner!r}")
-    return turns
-
-
-def _pydantic_ai_user_parts(content: Any, owner: str, problems: list[str]) -> list[dict[str, Any]]:
-    """A ``UserPromptPart``'s content: text, and images by URL or as binary content."""
-    parts: list[dict[str, Any]] = []
-    for item in content if isinstance(content, list) else [content]:
-        kind = item.get("kind") if isinstance(item, dict) else None
-        if isinstance(item, str):
-            parts.append(_text(item))
-        elif kind == "image-url" and isinstance(item.get("url"), str):
-            parts.append({"type": "image", "url": item["url"]})
-        elif kind == "binary" and str(item.get("media_type")).startswith("image/") \
-                and isinstance(item.get("data"), str):
-            parts.append({"type": "image", "media_type": item["media_type"], "data": item["data"]})
-        elif kind == "text-content" and isinstance(item.get("content"), str):
-            parts.append(_text(item["content"]))
-        elif kind != "cache-point":
-            problems.append(f"pydantic-ai user content of kind {kind!r} in {owner!r}")
-    return parts
-
-
 def _path_turns(path: list[Message], children: Callable[[str], list[Message]], problems: list[str]) -> list[_Turn]:
     """The turns of a root -> leaf path, records of other formats read by their readers."""
     readers: dict[str, ContextReader] | None = None
@@ -492,9 +406,7 @@ def _path_turns(path: list[Message], children: Callable[[str], list[Message]], p
                     "registered: import session_store_transcripts (integrations/session_store_transcripts.py) first")
     if readers:
         for name, reader in readers.items():
-            path = reader(list(path), children)
-            if not isinstance(path, list) or not all(isinstance(m, Message) for m in path):
-                raise SessionStoreError(f"the context reader for {name!r} returned something else than Messages")
+            path = _checked(name, reader(list(path), children))
     turns: list[_Turn] = []
     for m in path:
         turns.extend(_native_turns(m, problems))

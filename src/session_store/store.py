@@ -842,13 +842,14 @@ class SessionStore(_LeasedStore):
         system text for Anthropic), OpenAI Responses' items and parts (``input_text``,
         ``output_text``, ``function_call``, ``function_call_output``, as the OpenAI
         Agents SDK stores them), Anthropic's content blocks, also when a record's content
-        is such a message or item whole, or a LangChain message as ``messages_to_dict``
-        writes it, a pydantic-ai ``ModelMessage`` as ``ModelMessagesTypeAdapter``
-        dumps it to JSON (its ``instructions`` left out: the caller sends its own, as
-        pydantic-ai does), a LlamaIndex ``ChatMessage`` as ``model_dump`` gives it
-        (``blocks``, ``additional_kwargs``); records of other formats through their
-        registered reader (:func:`register_context_reader`; session_store_transcripts
-        reads pi and Claude Code transcripts). A tool call without a result (branching
+        is such a message or item whole; records of other formats through their
+        registered reader (:func:`register_context_reader`): session_store_transcripts
+        reads pi and Claude Code transcripts, and the integrations
+        session_store_langchain, session_store_pydantic_ai and session_store_llama_index
+        the framework messages they store (a LangChain message as ``messages_to_dict``
+        writes it, a pydantic-ai ``ModelMessage`` as its type adapter dumps it to JSON,
+        its ``instructions`` left out as pydantic-ai does, a LlamaIndex ``ChatMessage``
+        as ``model_dump`` gives it), once imported. A tool call without a result (branching
         and resets leave them) gets a synthetic error result; a result answering no call
         on the path is dropped; consecutive assistant records (one response split over
         records) merge; thinking goes to Anthropic only with its signature, to OpenAI

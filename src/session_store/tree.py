@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import operator
 import os
-import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -18,8 +17,8 @@ from typing import Any
 
 from .auto_reset import AutoResetConfig
 from .errors import MessageNotFound
-from .log_format import _fields_of, _message_from_record, _NewMessage, _placeholder_of, _report
-from .records import _NO_FIELDS, Branch, Message, Problem, SessionMetadata, _freeze
+from .log_format import _message_from_record, _placeholder_of, _report
+from .records import Branch, Message, Problem, SessionMetadata
 from .storage import Position, Records
 from .validation import _is_name
 
@@ -141,7 +140,7 @@ class _Session:
     def add_message(self, msg: Message) -> None:
         """Apply one message (already validated): tree links and the head rule. The
         one way a message joins the tree, whether it was just written or read from
-        storage (:meth:`_take_records` and :meth:`_take_record` decode, then call this).
+        storage (:meth:`_take_records` decodes records, then calls this).
 
         A message whose parent is missing (its record was lost, or written by hand
         after it) joins as a *detached* root: it keeps ``parent_id`` as stored, but no
@@ -262,70 +261,29 @@ class _Session:
         self._apply_events_upto(self.record_count)
         self.position = found.position
 
-    def _take_record(self, where: int, rec: dict[str, Any], label: str) -> None:
-        """Apply one message record, whatever it holds: a record that is no message
-        becomes a placeholder, a duplicate id is skipped, and each is reported."""
-        by_id = self.by_id
-        try:
-            msg = _message_from_record(rec, by_id)
-        except (ValueError, RecursionError) as e:  # a JSON object that is no message: damaged too
-            why = str(e) if isinstance(e, ValueError) else "nested too deeply to read"
-            _report(self.problems, self.session_id, label, where, why)
-            msg = _message_from_record(_placeholder_of(rec, where, why), by_id)
-        if msg.id in by_id:
-            _report(self.problems, self.session_id, label, where, f"duplicate id {msg.id!r}")
-            self._apply_events_upto(self.record_count)
-            self.record_count += 1
-            return
-        if msg.parent_id is not None and msg.parent_id not in by_id:
-            _report(self.problems, self.session_id, label, where,
-                    f"parent {msg.parent_id!r} of {msg.id!r} is missing (its record was lost): {_KEPT}")
-        self.add_message(msg)
-
     def _take_records(self, records: list[tuple[int, dict[str, Any]]], label: str) -> None:
-        """Apply message records in order: the common record (well formed, its parent
-        known) decoded here without :func:`_message_from_record`'s checks, which is
-        most of a cold load; any other through :meth:`_take_record`. Either way the
-        message joins the tree through :meth:`add_message`."""
-        by_id, add = self.by_id, self.add_message
-        intern, new, known = sys.intern, _NewMessage, by_id.get
-        str_, int_, dict_, list_ = str, int, dict, list  # x.__class__ is str_: the quickest exact-type test
+        """Apply message records in order, whatever each holds: decoded by
+        :func:`_message_from_record`, joined by :meth:`add_message`. A record that is
+        no message becomes a placeholder, a duplicate id is skipped, a message whose
+        parent is missing is kept as a detached root, and each is reported."""
+        by_id, add, decode, problems, sid = self.by_id, self.add_message, _message_from_record, self.problems, \
+            self.session_id
         for where, rec in records:
-            try:  # the keys every record written here has (any other: the general way)
-                mid = rec["id"]
-                parent = rec["parentId"]
-                mtype = rec["type"]
-                role = rec["role"]
-                ts = rec["timestamp"]
-                content = rec["content"]
-            except KeyError:
-                mid = parent = None
-            up = known(parent) if parent.__class__ is str_ else None
-            fields: Any = None
-            if not (mid.__class__ is not str_ or not mid or role.__class__ is not str_ or mtype.__class__ is not str_
-                    or ts.__class__ is not int_ or (up is None and parent is not None) or mid in by_id):
-                try:  # nested too deeply to freeze: damaged, as the general way says
-                    if content.__class__ is dict_ or content.__class__ is list_:
-                        content = _freeze(content)
-                    fields = _NO_FIELDS if len(rec) == 6 else _fields_of(rec)  # six: the core keys alone
-                except RecursionError:
-                    fields = None
-            if fields is None:
-                self._take_record(where, rec, label)
+            try:
+                msg = decode(rec, by_id)
+            except (ValueError, RecursionError) as e:  # a JSON object that is no message: damaged too
+                why = str(e) if isinstance(e, ValueError) else "nested too deeply to read"
+                _report(problems, sid, label, where, why)
+                msg = decode(_placeholder_of(rec, where, why), by_id)
+            if msg.id in by_id:
+                _report(problems, sid, label, where, f"duplicate id {msg.id!r}")
+                self._apply_events_upto(self.record_count)
+                self.record_count += 1
                 continue
-            m = new()
-            if mtype == role:
-                m.type = m.role = intern(role)
-            else:
-                m.type = intern(mtype)
-                m.role = intern(role)
-            m.id = mid
-            m.content = content
-            m.timestamp = ts
-            m.fields = fields
-            m.parent_id = None if up is None else up.id  # the parent's own string: one copy in memory
-            m.__class__ = Message  # type: ignore[assignment]
-            add(m)  # type: ignore[arg-type]
+            if msg.parent_id is not None and msg.parent_id not in by_id:
+                _report(problems, sid, label, where,
+                        f"parent {msg.parent_id!r} of {msg.id!r} is missing (its record was lost): {_KEPT}")
+            add(msg)
 
     def require(self, message_id: str) -> Message:
         try:
