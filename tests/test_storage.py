@@ -1140,9 +1140,8 @@ def tuned() -> Iterator[None]:
         ss.tune_process(pause_gc=False, trim_memory=False)
 
 
-def test_by_default_a_large_load_leaves_the_collector_alone(tmp_path: Path) -> None:
-    """The core changes no process-wide state unless the program asks (tune_process)."""
-    sid = _big_session(tmp_path)
+def _collector_during_load(tmp_path: Path, sid: str) -> list[bool]:
+    """Whether automatic collection was enabled as each part of the session loaded."""
     seen: list[bool] = []
     real_ingest = ss._Session.ingest
 
@@ -1150,13 +1149,20 @@ def test_by_default_a_large_load_leaves_the_collector_alone(tmp_path: Path) -> N
         seen.append(gc.isenabled())
         real_ingest(self, found)
 
-    assert gc.isenabled()
     try:
         ss._Session.ingest = ingest  # type: ignore[method-assign]
         with SessionStore(storage_dir=tmp_path) as store:
             assert len(store.get_messages(sid)) == 2_000
     finally:
         ss._Session.ingest = real_ingest  # type: ignore[method-assign]
+    return seen
+
+
+def test_by_default_a_large_load_leaves_the_collector_alone(tmp_path: Path) -> None:
+    """The core changes no process-wide state unless the program asks (tune_process)."""
+    sid = _big_session(tmp_path)
+    assert gc.isenabled()
+    seen = _collector_during_load(tmp_path, sid)
     assert seen and all(seen)
 
 
@@ -1171,23 +1177,13 @@ def _big_session(tmp_path: Path) -> str:
 def test_a_large_load_pauses_collection_and_leaves_it_as_it_found_it(tmp_path: Path, enabled: bool,
                                                                      tuned: None) -> None:
     sid = _big_session(tmp_path)
-    seen: list[bool] = []
-    real_ingest = ss._Session.ingest
-
-    def ingest(self: Any, found: Any) -> None:
-        seen.append(gc.isenabled())
-        real_ingest(self, found)
-
     was = gc.isenabled()
     try:
         (gc.enable if enabled else gc.disable)()
-        ss._Session.ingest = ingest  # type: ignore[method-assign]
-        with SessionStore(storage_dir=tmp_path) as store:
-            assert len(store.get_messages(sid)) == 2_000
+        seen = _collector_during_load(tmp_path, sid)
         assert seen and not any(seen)  # paused while the messages were built
         assert gc.isenabled() is enabled
     finally:
-        ss._Session.ingest = real_ingest  # type: ignore[method-assign]
         (gc.enable if was else gc.disable)()
 
 
