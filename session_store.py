@@ -334,6 +334,9 @@ _CAMEL_TO_SNAKE = {v: k for k, v in _SNAKE_TO_CAMEL.items()}
 _CORE_KEYS = frozenset({"id", "parentId", "type", "role", "content", "timestamp"})
 # Keyword names append() refuses as extra fields: they would collide on disk.
 _RESERVED_FIELDS = _CORE_KEYS | frozenset(_CAMEL_TO_SNAKE) | {"parent_id", "owner_id"}
+#: Record types the store gives a meaning to, which only it writes: a reset marker
+#: (auto-reset and reset()) and a placeholder for a record it could not read.
+_RESERVED_TYPES = frozenset({"reset", "damaged"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -946,6 +949,9 @@ def _checked_append(role: Any, content: Any, type: Any, id: Any, fields: dict[st
     (:class:`InvalidMessage`); what needs the session is checked when it is written."""
     _check_name("role", role, InvalidMessage)
     mtype = role if type is None else _check_name("type", type, InvalidMessage)
+    if mtype in _RESERVED_TYPES:
+        raise InvalidMessage(f"type {mtype!r} is reserved: only the store writes {mtype!r} records"
+                             + (" (reset() writes a reset marker)" if mtype == "reset" else ""))
     if id is not None:
         _check_name("message id", id, InvalidMessage)
     for name, value in fields.items():

@@ -1178,11 +1178,19 @@ class ContractTests:
         {"content": object()}, {"content": float("nan")}, {"content": "\ud800"}, {"role": ""},
         {"role": None}, {"type": "a\nb"}, {"id": ""}, {"id": "x" * 1000}, {"parentId": "camel"},
         {"timestamp": 1}, {"parent_id": 5}, {"owner_id": ""},
+        {"type": "reset"}, {"type": "damaged"}, {"role": "reset"}, {"role": "damaged"},  # only the store writes these
     ])
     def test_invalid_messages_write_nothing(self, store: SessionStore, sid: str, bad: dict[str, Any]) -> None:
         before = self.snapshot(store, sid)
         with pytest.raises(ss.InvalidInput):
             store.append(sid, **{"role": "user", "content": "x", **bad})
+        assert self.snapshot(store, sid) == before
+
+    def test_a_chain_with_a_reserved_type_writes_nothing(self, store: SessionStore, sid: str) -> None:
+        before = self.snapshot(store, sid)
+        with pytest.raises(ss.InvalidMessage, match="reserved"):
+            store.append_many(sid, [{"role": "user", "content": "fine"}, {"role": "system", "content": "x",
+                                                                          "type": "reset"}])
         assert self.snapshot(store, sid) == before
 
     def test_duplicate_id_and_unknown_parent_write_nothing(self, store: SessionStore, sid: str) -> None:

@@ -100,7 +100,11 @@ def _record_of(item: Any) -> tuple[str, str]:
     kind = item.get("type")
     kind = kind if isinstance(kind, str) and kind else "message"
     role = item.get("role")
-    return (role if isinstance(role, str) and role else _ITEM_ROLES.get(kind, kind)), kind
+    role = role if isinstance(role, str) and role else _ITEM_ROLES.get(kind, kind)
+    if kind in ("reset", "damaged") or role in ("reset", "damaged"):
+        # types the store gives a meaning to: the item keeps its own type, in the content
+        return "user", "item"
+    return role, kind
 
 
 # ============================================================================

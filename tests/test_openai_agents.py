@@ -187,6 +187,19 @@ def test_a_reset_marker_is_not_an_item(mem: SessionStore) -> None:
     assert run(session.get_items(5)) == [{"role": "assistant", "content": "b"}]
 
 
+def test_an_item_whose_type_the_store_reserves_is_an_item_like_any_other(mem: SessionStore) -> None:
+    """An item typed "reset" or "damaged" (or with such a role) is kept whole as the
+    content; the record's type is never the item's, so it is neither hidden nor a reset."""
+    session = SessionStoreSession("k", mem)
+    items: list[Any] = [{"role": "user", "content": "a"}, {"type": "reset", "note": "mine"},
+                        {"type": "damaged", "role": "reset", "x": 1}]
+    run(session.add_items(copy.deepcopy(items)))
+    assert run(session.get_items()) == items
+    assert mem.get_metadata(mem.resolve("k")).reset_count == 0  # type: ignore[union-attr]
+    assert run(session.pop_item()) == items[-1]
+    assert run(session.get_items()) == items[:-1]
+
+
 def test_bad_items_raise_and_write_nothing(mem: SessionStore) -> None:
     session = SessionStoreSession("k", mem)
     bad: Any

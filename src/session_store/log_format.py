@@ -22,6 +22,7 @@ from .records import (
     _CORE_KEYS,
     _NO_FIELDS,
     _RESERVED_FIELDS,
+    _RESERVED_TYPES,
     _SNAKE_TO_CAMEL,
     Message,
     Problem,
@@ -267,6 +268,9 @@ def _checked_append(role: Any, content: Any, type: Any, id: Any, fields: dict[st
     (:class:`InvalidMessage`); what needs the session is checked when it is written."""
     _check_name("role", role, InvalidMessage)
     mtype = role if type is None else _check_name("type", type, InvalidMessage)
+    if mtype in _RESERVED_TYPES:
+        raise InvalidMessage(f"type {mtype!r} is reserved: only the store writes {mtype!r} records"
+                             + (" (reset() writes a reset marker)" if mtype == "reset" else ""))
     if id is not None:
         _check_name("message id", id, InvalidMessage)
     for name, value in fields.items():
