@@ -2205,10 +2205,15 @@ class RealFileSystem(FileSystem):
             self._unpin(d)
 
     def append(self, path: str, data: bytes) -> None:
-        """One ``write`` on an ``O_APPEND`` descriptor; a short write raises ``OSError``."""
+        """One ``write`` on an ``O_APPEND`` descriptor. A short write (a disk that fills
+        takes what fits) is followed by one ``write`` of the rest, which either completes
+        the data or raises why it cannot (``ENOSPC`` for a full disk); a second short
+        write raises ``OSError`` (``EIO``). Either way the caller cuts the tail back."""
         d = self._pin(path, create=True)
         try:
             written = os.write(d.fd, data)
+            if written != len(data):
+                written += os.write(d.fd, data[written:])
         finally:
             self._unpin(d)
         if written != len(data):

@@ -145,8 +145,14 @@ class ConnectionPool(Protocol):
     def putconn(self, conn: psycopg.Connection[Any]) -> None: ...
 
 
+_DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full
+
+
 def _storage_error(e: psycopg.Error, action: str) -> StorageError:
-    """The store's error for a psycopg one; a lost connection says so."""
+    """The store's error for a psycopg one: the server's full disk is ``ENOSPC``; a
+    lost connection says so (``ECONNRESET``); anything else is ``EIO``."""
+    if getattr(e, "sqlstate", None) == _DISK_FULL:
+        return StorageError(errno.ENOSPC, f"could not {action}: the server's disk is full ({str(e).strip()})")
     lost = isinstance(e, psycopg.OperationalError)
     return StorageError(errno.ECONNRESET if lost else errno.EIO,
                         f"could not {action}: {'connection lost: ' if lost else ''}{str(e).strip()}")

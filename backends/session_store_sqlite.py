@@ -137,8 +137,14 @@ _SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _abandoned: list[Any] = []  # connections a forked child inherited: never used, never closed
 
 
+_SQLITE_FULL = 13  # "database or disk is full" (sqlite3.SQLITE_FULL from Python 3.11)
+
+
 def _storage_error(e: sqlite3.Error, action: str) -> StorageError:
-    """The store's error for a ``sqlite3`` one (busy and locked databases say so)."""
+    """The store's error for a ``sqlite3`` one: a full disk is ``ENOSPC`` (free space
+    and retry), a busy or locked database ``EBUSY``, anything else ``EIO``."""
+    if getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL or "database or disk is full" in str(e):
+        return StorageError(errno.ENOSPC, f"could not {action}: the disk is full ({e})")
     busy = isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
     return StorageError(errno.EBUSY if busy else errno.EIO, f"could not {action}: {e}")
 

@@ -130,3 +130,49 @@ def test_eight_processes_append_500_each_to_one_session(schema: str, use_lock: b
         assert len(store.get_linear_history(sid)) == 8 * 500  # each append landed on the head: no lost update
         assert store.check().ok
     assert sorted(contents) == sorted(f"p{i}:{j}" for i in range(8) for j in range(500))
+
+
+def test_a_full_disk_on_the_server_is_enospc_and_loses_nothing_acknowledged(schema: str) -> None:
+    """The session tables in a tablespace on a 2 MiB tmpfs: the server's "could not
+    extend file" (SQLSTATE 53100, disk_full) is StorageError(ENOSPC), not EIO."""
+    import errno
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    if os.geteuid() != 0 or "127.0.0.1" not in pg.DSN:
+        pytest.skip("needs root and the local server tests/run.py starts (a tablespace on a tmpfs)")
+    mount = Path(tempfile.mkdtemp(prefix="session-store-tiny-"))  # in /tmp: the server's user reaches it
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    space = f"tiny_{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.chown(mount, "postgres")
+        with psycopg.connect(pg.DSN, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLESPACE {space} LOCATION '{mount}'")
+        dsn = f"{pg.DSN} options='-c default_tablespace={space}'"
+        store = SessionStore(PostgresStorage(dsn, schema=schema))
+        sid = store.resolve("k")
+        acknowledged: list[str] = []
+        errnos: set[int | None] = set()
+        for _ in range(400):
+            try:
+                acknowledged.append(store.append(sid, role="user", content=os.urandom(10_000).hex()).id)
+            except StorageError as e:
+                errnos.add(e.errno)
+                if len(acknowledged) > 10:
+                    break
+        assert errnos == {errno.ENOSPC}, errnos
+        store.close()
+        with SessionStore(PostgresStorage(dsn, schema=schema)) as fresh:
+            assert [m.id for m in fresh.get_messages(sid)][:len(acknowledged)] == acknowledged
+    finally:
+        pg.drop_schema(schema)
+        with psycopg.connect(pg.DSN, autocommit=True) as conn:
+            conn.execute(f"DROP TABLESPACE IF EXISTS {space}")
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        mount.rmdir()

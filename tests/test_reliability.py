@@ -663,7 +663,7 @@ def test_a_real_full_disk_loses_nothing_acknowledged_and_leaves_no_temp_file(tin
                 store.acquire_lock(sid, "w")
                 store.release_lock(sid, "w")
         except ss.StorageError as e:
-            assert e.errno in (errno.ENOSPC, errno.EIO), e
+            assert e.errno == errno.ENOSPC, e  # "free space and retry", never EIO ("the disk is failing")
             failures += 1
             if failures > 30:
                 break
@@ -678,6 +678,26 @@ def test_a_real_full_disk_loses_nothing_acknowledged_and_leaves_no_temp_file(tin
         for sid, ids in acknowledged.items():
             assert set(ids) <= {m.id for m in fresh.get_messages(sid)}
         assert fresh.repair().ok
+
+
+def test_a_full_disk_under_sqlite_is_enospc_and_loses_nothing_acknowledged(tiny_disk: Path) -> None:
+    from session_store_sqlite import SqliteStorage
+
+    store = SessionStore(SqliteStorage(str(tiny_disk / "s.db")))
+    sid = store.resolve("k")
+    acknowledged: list[str] = []
+    errnos: set[int | None] = set()
+    for _ in range(400):
+        try:
+            acknowledged.append(store.append(sid, role="user", content="x" * 20_000).id)
+        except ss.StorageError as e:
+            errnos.add(e.errno)
+            if len(errnos) and len(acknowledged) > 10:
+                break
+    assert errnos == {errno.ENOSPC}, errnos
+    store.close()
+    with SessionStore(SqliteStorage(str(tiny_disk / "s.db"))) as fresh:
+        assert [m.id for m in fresh.get_messages(sid)][:len(acknowledged)] == acknowledged
 
 
 def test_a_killed_atomic_write_leaves_a_temp_file_repair_removes_but_not_one_being_written(tmp_path: Path) -> None:
