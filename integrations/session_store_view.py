@@ -99,6 +99,13 @@ def _arguments_text(arguments: Any) -> str:
     return "" if arguments is None else _json_text(arguments)
 
 
+def _kind(block: Mapping[str, Any]) -> str | None:
+    """A block's ``type`` when it is a string (content is any JSON: a list or an object
+    there names no type, and cannot be looked up in a set)."""
+    kind = block.get("type")
+    return kind if isinstance(kind, str) else None
+
+
 def _image_part(block: Mapping[str, Any]) -> list[Any]:
     """An image as ``["img", label, data URL]``; the URL is empty unless it is a base64
     PNG, JPEG, GIF or WebP small enough to embed (never a link: the page loads nothing)."""
@@ -121,7 +128,8 @@ def _image_part(block: Mapping[str, Any]) -> list[Any]:
     if not isinstance(data, str):
         return ["j", _json_text(block)]
     label = f"image ({media}, {len(data) * 3 // 4:,} bytes)"
-    if media in _IMAGE_TYPES and len(data) <= _IMAGE_DATA_MAX and _BASE64_RE.fullmatch(data):
+    if isinstance(media, str) and media in _IMAGE_TYPES and len(data) <= _IMAGE_DATA_MAX \
+            and _BASE64_RE.fullmatch(data):
         return ["img", label, f"data:{media};base64,{''.join(data.split())}"]
     return ["img", label, ""]
 
@@ -138,9 +146,9 @@ def _result_text(content: Any) -> str:
     for block in content:
         if isinstance(block, str):
             pieces.append(block)
-        elif isinstance(block, dict) and block.get("type") in _TEXT_KINDS and isinstance(block.get("text"), str):
+        elif isinstance(block, dict) and _kind(block) in _TEXT_KINDS and isinstance(block.get("text"), str):
             pieces.append(block["text"])
-        elif isinstance(block, dict) and block.get("type") in ("image", "input_image"):
+        elif isinstance(block, dict) and _kind(block) in ("image", "input_image"):
             pieces.append(f"[{_image_part(block)[1]}]")
         else:
             pieces.append(_json_text(block))
@@ -153,7 +161,7 @@ def _block_parts(block: Any) -> list[list[Any]]:
         return [["t", block]] if block else []
     if not isinstance(block, dict):
         return [["j", _json_text(block)]]
-    kind = block.get("type")
+    kind = _kind(block)
     if kind in _TEXT_KINDS and isinstance(block.get("text"), str):
         return [["t", block["text"]]]
     if kind == "refusal" and isinstance(block.get("refusal"), str):
@@ -1001,6 +1009,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except SessionStoreError as e:
             self.log_error("%s: %s", path, e)
             self._refuse(500, "the store could not be read (see the server's log)")
+        except Exception as e:  # a page that cannot be drawn still gets an answer, and the log says why
+            self.log_error("%s: could not render: %r", path, e)
+            self._refuse(500, "this page could not be rendered (see the server's log)")
 
     do_HEAD = do_GET
 

@@ -25,7 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
@@ -221,6 +223,35 @@ def test_text_that_could_close_the_script_is_escaped_inside_the_json(store: Sess
     page = render_session(store, sid)
     assert page.count("</script>") == 2 and "<!--" not in page and "\u2028" not in page
     assert page_data(page)["m"][0]["c"] == [["t", content]]
+
+
+# Any JSON the store accepts as content or fields, biased toward the keys the view reads
+# (a "type" that is a list or an object, an image whose media_type is an object...).
+_VIEW_KEYS = st.sampled_from(["type", "text", "media_type", "mimeType", "source", "data", "url", "image_url",
+                              "content", "tool_use_id", "call_id", "id", "name", "input", "arguments", "output",
+                              "is_error", "summary", "thinking", "function", "params", "tool_calls"])
+_ACCEPTED = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8) | st.sampled_from(["text", "image", "tool_use", "tool_result", "function_call", "thinking",
+                                             "image/png", "iVBORw0KGgo=", "message", "reasoning", "toolCall"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_VIEW_KEYS | st.text(max_size=4), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300)
+@given(content=_ACCEPTED, role=st.sampled_from(["user", "assistant", "tool", "system", "toolResult", "x"]),
+       fields=st.dictionaries(st.sampled_from(["tool_calls", "tool_call_id", "function_call", "name", "output",
+                                               "is_error"]), _ACCEPTED, max_size=2))
+def test_the_view_renders_whatever_the_store_accepted(content: Any, role: str, fields: dict[str, Any]) -> None:
+    """No content or field the store accepts makes the page raise: what the view does not
+    know is shown as JSON text."""
+    store = SessionStore(InMemoryFileSystem())
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="before")
+    store.append(sid, role=role, content=content, **fields)
+    page = render_session(store, sid)
+    assert page.count("</script>") == 2
+    assert render_index(store)
 
 
 def test_unknown_session_raises_session_not_found(store: SessionStore) -> None:
@@ -568,6 +599,22 @@ def test_the_server_refuses_every_method_but_get_and_head(store: SessionStore) -
         status, headers, _ = request(url, "GET", "/")
         assert headers["X-Content-Type-Options"] == "nosniff" and "script-src 'sha256-" in headers[
             "Content-Security-Policy"]
+
+
+def test_the_server_answers_every_request_even_when_a_page_cannot_be_drawn(
+        store: SessionStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    sid = store.resolve("k")
+    store.append(sid, role="assistant", content=[{"type": ["text"], "text": "x"},
+                                                 {"type": "image", "media_type": {"x": 1}, "data": "AAAA"}])
+    with serving(store) as url:
+        assert request(url, "GET", f"/session/{sid}")[0] == 200  # content the view does not know: as JSON
+        import session_store_view
+
+        def broken(*args: Any, **kwargs: Any) -> str:
+            raise RuntimeError("a defect in the view")
+        monkeypatch.setattr(session_store_view, "render_session", broken)
+        status, _, body = request(url, "GET", f"/session/{sid}")
+        assert status == 500 and b"could not be rendered" in body  # an answer, not a closed connection
 
 
 def test_the_server_answers_only_to_loopback_names(store: SessionStore) -> None:
