@@ -721,7 +721,13 @@ def _check_time(what: str, value: object) -> int:
 #       target is the session id (<hh>: the hash's first two hex digits). Created with
 #       symlink(), which is atomic and exclusive: two processes resolving one new key
 #       cannot both win. Read with readlink(), never followed. Rebuildable from the
-#       session folders (each names its key), which repair() does when links are lost.
+#       session folders (each names its key).
+#   <storage_dir>/keys/.complete   empty; says the key index is whole. Written last
+#       by the first creation and by a rebuild: when it is missing (the keys folder
+#       was removed, or a rebuild was cut short), the next open or lookup that finds
+#       no link links every session folder's key again before anything else (under
+#       the lock of session-store.json). A link lost alone is found by check() and
+#       put back by repair().
 #   <storage_dir>/<session-id>/session.json   {"version","sessionId","key","createdAt"}
 #       (+ "forkedFrom": [session id, message id] for a fork)
 #   <storage_dir>/<session-id>/messages.jsonl one message per line, in append order:
@@ -2890,8 +2896,11 @@ class JsonlStorage(Storage):
     ``JsonlStorage(fs=None, directory="./sessions")``; ``fs`` defaults to a
     :class:`RealFileSystem`. Writers hold the file system's lock of the session's
     ``messages.jsonl``; the key index is one symbolic link per key, so a lookup is
-    one ``readlink`` whatever the store holds, and the index is rebuilt from the
-    session folders when links are lost. A store of format 1 is read as it is and
+    one ``readlink`` whatever the store holds. The index is rebuilt from the session
+    folders (each names its key in ``session.json``) when it is lost, before any key
+    can be given a second session: ``keys/.complete`` says it is whole (one ``stat``
+    at open and on a lookup that finds no link); a link lost alone is reported by
+    ``check()`` and put back by ``repair()``. A store of format 1 is read as it is and
     migrated by the first write.
     """
 
@@ -2938,6 +2947,7 @@ class JsonlStorage(Storage):
             self.fs.anchor(os.path.realpath(self.directory))
             self.fs.anchor(os.path.abspath(self.directory))
         self.fs.anchor(self.directory)
+        self._ensure_index()
 
     def close(self) -> None:
         """Close the file system's descriptors and drop the per-session caches (what
@@ -3038,7 +3048,48 @@ class JsonlStorage(Storage):
         if self._format() == 1:
             entry = self._legacy_index().get(key)
             return entry.session_id if entry is not None else None
-        return self._live_target(key)
+        found = self._live_target(key)
+        if found is None and self._ensure_index():  # the index was lost meanwhile: rebuilt, look again
+            found = self._live_target(key)
+        return found
+
+    @property
+    def _index_whole(self) -> str:
+        return f"{self.directory}/keys/.complete"
+
+    def _ensure_index(self) -> bool:
+        """Rebuild the key index if it is lost; whether it was.
+
+        Lost: the store's marker (written with its first session) is there but
+        ``keys/.complete`` is not (the ``keys`` folder was removed, or never finished).
+        Every complete session folder's key is then linked again, under one lock
+        across processes, the earliest created session first when two name one key
+        (the others stay out of the index: ``check()`` reports them). ``.complete`` is
+        written last, so a rebuild cut short by a crash is done again. A store
+        written before ``.complete`` existed is rebuilt once, on its first open."""
+        fs = self.fs
+        if fs.exists(self._index_whole) or self._format() != 2:
+            return False
+        with fs.locked(self._marker, create=False):  # the store's marker is the rebuild's lock: no file more
+            if fs.exists(self._index_whole):
+                return False  # another store rebuilt it while we waited
+            entries = [entry for name in fs.listdir(self.directory)
+                       if _is_session_id(name) and fs.exists(self._log(name))
+                       and (entry := self._read_meta(name)) is not None]
+            entries.sort(key=lambda e: (e.created_at, e.session_id))
+            linked = 0
+            for entry in entries:
+                if self._live_target(entry.key) is None:
+                    link = self._key_link(entry.key)
+                    fs.makedirs(link.rpartition("/")[0], durable=self._durable)
+                    self._remove_stale_link(entry.key)
+                    linked += fs.symlink(entry.session_id, link, durable=self._durable)
+            fs.makedirs(f"{self.directory}/keys", durable=self._durable)
+            fs.write_atomic(self._index_whole, b"", durable=self._durable)
+        if linked:
+            _log.warning("%s: the key index was lost; %d key(s) linked again from the session folders",
+                         self.directory, linked)
+        return True
 
     def _read_meta(self, session_id: str) -> IndexEntry | None:
         """``session.json`` of a folder, validated; ``None`` when absent or unusable."""
@@ -3069,6 +3120,7 @@ class JsonlStorage(Storage):
         return entry
 
     def list_sessions(self) -> list[IndexEntry]:
+        self._ensure_index()
         if self._format() == 1:
             found = list(self._legacy_index().values())
         else:
@@ -3095,6 +3147,7 @@ class JsonlStorage(Storage):
         if not _is_session_id(session_id):
             raise InvalidInput(f"not a session id: {session_id!r}")
         self._ensure_format()
+        self._ensure_index()
         existing = self._live_target(key)
         if existing is not None:
             return existing
@@ -3844,6 +3897,16 @@ class JsonlStorage(Storage):
             self._vouches.pop(session_id, None)
         return fixed
 
+    def _empty_successor(self, holder: str, entry: IndexEntry) -> bool:
+        """Whether the key's session ``holder`` holds no message and was made after
+        ``entry`` (an unindexed session of the same key): what a lost link leaves."""
+        made = self._read_meta(holder)
+        try:
+            empty = self.fs.size(self._log(holder)) == 0 and self._stat_events(holder)[0] == 0
+        except FileNotFoundError:
+            return False
+        return empty and made is not None and (made.created_at, holder) > (entry.created_at, entry.session_id)
+
     def repair_index(self) -> list[str]:
         """Migrate format 1; adopt unindexed folders; clear garbage (see :meth:`_garbage`)."""
         fixed: list[str] = []
@@ -3866,6 +3929,12 @@ class JsonlStorage(Storage):
         set_aside: set[str] = set()
         for entry in self._unindexed():
             sid = entry.session_id
+            holder = self.lookup(entry.key)
+            if holder is not None and self._empty_successor(holder, entry):
+                # A lost link let resolve() give the key a new, empty session: the key goes back to this one.
+                self.delete_session(holder, entry.created_at)
+                fixed.append(f"{self._dir(holder)}: an empty session made for key {entry.key!r} after its link to "
+                             f"{sid} was lost; removed")
             if self.lookup(entry.key) is None:
                 self._ensure_format()
                 link = self._key_link(entry.key)

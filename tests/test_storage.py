@@ -162,10 +162,71 @@ def test_damaged_index_is_rebuilt_with_nothing_lost(tmp_path: Path, damage: str)
     else:
         shutil.rmtree(tmp_path / "keys")
     with open_files(tmp_path) as store:
-        assert not store.check().ok
-        assert store.repair().ok  # rebuilt from the session folders, which name their keys
+        if damage == "all-links-lost":  # the whole index: rebuilt as the store opens, before any resolve
+            assert store.check().ok
+        else:  # one link: check() finds it, repair() puts it back
+            assert not store.check().ok
+            assert store.repair().ok  # rebuilt from the session folders, which name their keys
         assert {k: store.resolve(k) for k in ("a", "b", "c")} == ids
         assert [m.content for m in store.get_messages(ids["b"])] == ["kept"]
+
+
+def _three_sessions(tmp_path: Path) -> dict[str, str]:
+    with open_files(tmp_path) as store:
+        ids = {k: store.resolve(k) for k in ("a", "b", "c")}
+        for k, sid in ids.items():
+            store.append(sid, role="user", content=f"kept {k}")
+    return ids
+
+
+def test_a_store_whose_key_index_was_removed_finds_every_key_before_any_resolve(tmp_path: Path) -> None:
+    ids = _three_sessions(tmp_path)
+    shutil.rmtree(tmp_path / "keys")
+    with open_files(tmp_path) as store:
+        assert all(store.has_key(k) for k in ids)  # (was False: and resolve made a second, empty session)
+        assert {k: store.resolve(k) for k in ids} == ids
+        assert sorted(store.get_all_session_ids()) == sorted(ids.values())
+        assert [m.content for m in store.get_messages(ids["b"])] == ["kept b"]
+        assert store.check().ok
+
+
+def test_a_key_index_removed_under_open_stores_is_rebuilt_before_a_duplicate(tmp_path: Path) -> None:
+    ids = _three_sessions(tmp_path)
+    with open_files(tmp_path) as one, open_files(tmp_path) as two:
+        assert one.resolve("a") == ids["a"]
+        shutil.rmtree(tmp_path / "keys")
+        assert two.resolve("b") == ids["b"]  # a lookup that finds no link sees the index is gone
+        assert one.has_key("c") and one.resolve("new") not in ids.values()
+        assert sorted(two.get_all_session_ids()) == sorted([*ids.values(), one.resolve("new")])
+
+
+def test_opening_a_whole_key_index_reads_no_session_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = _three_sessions(tmp_path)
+
+    def refused(self: Any, session_id: str) -> None:
+        raise AssertionError("a session folder was read")
+    monkeypatch.setattr(ss.JsonlStorage, "_read_meta", refused)
+    with open_files(tmp_path) as store:
+        assert store.resolve("a") == ids["a"] and store.has_key("b") and not store.has_key("zzz")
+
+
+def test_repair_gives_a_key_back_to_its_session_from_an_empty_duplicate(tmp_path: Path) -> None:
+    """A link lost alone is not seen by a lookup: resolve() then made a new, empty
+    session for the key. repair() gives the key back to the session that has the
+    messages (it was setting that one aside) and removes the empty one."""
+    ids = _three_sessions(tmp_path)
+    digest = hashlib.sha256(b"b").hexdigest()
+    (tmp_path / "keys" / digest[:2] / digest).unlink()
+    with open_files(tmp_path) as store:
+        duplicate = store.resolve("b")
+        assert duplicate != ids["b"] and store.get_messages(duplicate) == []
+        assert not store.check().ok
+        report = store.repair()
+        assert report.ok, report
+        assert store.resolve("b") == ids["b"]
+        assert [m.content for m in store.get_messages(ids["b"])] == ["kept b"]
+        assert not store.has_session(duplicate) and not (tmp_path / duplicate).exists()
+        assert store.check().ok
 
 
 def write_format_1_store(root: Path, sessions: dict[str, list[str]]) -> dict[str, str]:
@@ -734,7 +795,7 @@ def test_keys_are_data_never_paths(tmp_path: Path, key: str) -> None:
     outside = [p for p in tmp_path.rglob("*") if root not in p.parents and p != root]
     assert outside == []
     assert {p.name for p in root.iterdir()} == {"session-store.json", "keys", sid}
-    assert {p.name for p in (root / "keys").iterdir()} == {hashlib.sha256(key.encode()).hexdigest()[:2]}
+    assert {p.name for p in (root / "keys").iterdir()} == {hashlib.sha256(key.encode()).hexdigest()[:2], ".complete"}
 
 
 def test_hostile_session_ids_never_reach_the_file_system(tmp_path: Path) -> None:

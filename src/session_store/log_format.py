@@ -40,7 +40,13 @@ from .validation import _check_json_shape, _check_name, _check_time, _is_name
 #       target is the session id (<hh>: the hash's first two hex digits). Created with
 #       symlink(), which is atomic and exclusive: two processes resolving one new key
 #       cannot both win. Read with readlink(), never followed. Rebuildable from the
-#       session folders (each names its key), which repair() does when links are lost.
+#       session folders (each names its key).
+#   <storage_dir>/keys/.complete   empty; says the key index is whole. Written last
+#       by the first creation and by a rebuild: when it is missing (the keys folder
+#       was removed, or a rebuild was cut short), the next open or lookup that finds
+#       no link links every session folder's key again before anything else (under
+#       the lock of session-store.json). A link lost alone is found by check() and
+#       put back by repair().
 #   <storage_dir>/<session-id>/session.json   {"version","sessionId","key","createdAt"}
 #       (+ "forkedFrom": [session id, message id] for a fork)
 #   <storage_dir>/<session-id>/messages.jsonl one message per line, in append order:
