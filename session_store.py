@@ -5978,8 +5978,9 @@ class _LeasedStore(_SessionCache):
         with _WriteScope(self, self._state(session_id), True, fence, chain) as state:
             result, events = change(state)
         self._sync(session_id)
-        for type_, data in events:
-            self._emit(type_, session_id, data)
+        if self._subscribers:
+            for type_, data in events:
+                self._emit(type_, session_id, data)
         return result
 
     def _writing(self, session_id: str, *, catch_up: bool = True,
@@ -6772,7 +6773,7 @@ class SessionStore(_LeasedStore):
 
         def change(state: _Session) -> tuple[Message, list[tuple[str, Any]]]:
             msg, reset = self._append_in(state, spec, parent_id)
-            return msg, [*_reset_events(reset), ("message.added", msg)]
+            return msg, [("message.added", msg)] if reset is None else [*_reset_events(reset), ("message.added", msg)]
         return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
     def append_many(self, session_id: str, messages: Sequence[Mapping[str, Any]], *,

@@ -110,8 +110,9 @@ class _LeasedStore(_SessionCache):
         with _WriteScope(self, self._state(session_id), True, fence, chain) as state:
             result, events = change(state)
         self._sync(session_id)
-        for type_, data in events:
-            self._emit(type_, session_id, data)
+        if self._subscribers:
+            for type_, data in events:
+                self._emit(type_, session_id, data)
         return result
 
     def _writing(self, session_id: str, *, catch_up: bool = True,

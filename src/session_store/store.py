@@ -367,7 +367,7 @@ class SessionStore(_LeasedStore):
 
         def change(state: _Session) -> tuple[Message, list[tuple[str, Any]]]:
             msg, reset = self._append_in(state, spec, parent_id)
-            return msg, [*_reset_events(reset), ("message.added", msg)]
+            return msg, [("message.added", msg)] if reset is None else [*_reset_events(reset), ("message.added", msg)]
         return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
     def append_many(self, session_id: str, messages: Sequence[Mapping[str, Any]], *,
