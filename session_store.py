@@ -754,8 +754,10 @@ def _check_time(what: str, value: object) -> int:
 # made: the link is the commit. A deletion's commit is the removal of messages.jsonl
 # (under the log's lock); the key link and the folder are then garbage, which
 # readers ignore and repair() removes. Format 1 (a keys.jsonl journal and a
-# sessions.json checkpoint instead of key links) is read, and migrated to format 2
-# by the first write.
+# sessions.json checkpoint instead of key links) and the seed's layout (sessions.json
+# {"keys": {key: id}, "sessions": {id: {"createdAt"...}}}, no session.json, branch
+# lines {"name", "headId" | "leafId"} holding a branch as it stood) are read, and
+# migrated to format 2 by the first write (see JsonlStorage._adopt_legacy_folder).
 #
 # Each log record is written with one write() while holding the log's lock; with
 # durable=True the call returns after fdatasync. A crash can leave only a torn last
@@ -1064,6 +1066,19 @@ def _message_from_record(rec: dict[str, Any], by_id: Mapping[str, Message] | Non
     m.fields = fields if fields is not None else _fields_of(rec)
     m.__class__ = Message  # type: ignore[assignment]
     return m  # type: ignore[return-value]
+
+
+def _legacy_branch_event(rec: Mapping[str, Any], names: set[str], seq: int) -> dict[str, Any] | None:
+    """A branch line of the seed's layout (a branch as it stood: ``name`` and its head
+    as ``headId``, ``leafId`` or ``leafMessageId``) as the event that makes it so once
+    ``seq`` messages are read: ``create`` for a new name, ``move`` for a known one."""
+    name = rec.get("name")
+    head = next((rec[k] for k in ("headId", "leafId", "leafMessageId") if k in rec), None)
+    if not _is_name(name) or not (head is None or isinstance(head, str)):
+        return None
+    at = next((rec[k] for k in ("updatedAt", "createdAt") if isinstance(rec.get(k), int)
+               and not isinstance(rec.get(k), bool)), 0)
+    return {"op": "move" if name in names else "create", "name": name, "headId": head, "at": at, "seq": seq}
 
 
 def _import_lines(messages: Sequence[Message], seen: set[str]) -> list[bytes]:
@@ -2928,6 +2943,7 @@ class JsonlStorage(Storage):
         # sync), rewrites them (a repair) or deletes the session, and on forget/close.
         self._vouches: dict[str, _Vouch] = {}
         self._legacy: tuple[int, dict[str, IndexEntry]] | None = None  # format 1: (journal size, key -> entry)
+        self._current_format = False  # seen to be format 2 (writing() need not look again)
 
     def __repr__(self) -> str:
         return f"JsonlStorage({self.fs!r}, {self.directory!r})"
@@ -3107,8 +3123,16 @@ class JsonlStorage(Storage):
                                              and (fork[1] is None or isinstance(fork[1], str))) else None
         return IndexEntry(session_id=session_id, key=key, created_at=created, forked_from=forked_from)
 
-    def session_info(self, session_id: str) -> IndexEntry | None:
+    def _described(self, session_id: str) -> IndexEntry | None:
+        """The session as its ``session.json`` describes it, or, in a store of the seed's
+        layout not migrated yet (no ``session.json``), as ``sessions.json`` does."""
         entry = self._read_meta(session_id)
+        if entry is None and self._format() == 1:
+            entry = next((e for e in self._legacy_index().values() if e.session_id == session_id), None)
+        return entry
+
+    def session_info(self, session_id: str) -> IndexEntry | None:
+        entry = self._described(session_id)
         if entry is None:
             # session.json unreadable (damaged by hand or by the disk): the session is
             # still reachable by its id while its log exists; its key is unknown ("").
@@ -3237,6 +3261,7 @@ class JsonlStorage(Storage):
             if self.fs.exists(self._marker):
                 return
             for entry in self._legacy_index(fresh=True).values():
+                self._adopt_legacy_folder(entry)
                 link = self._key_link(entry.key)
                 self.fs.makedirs(link.rpartition("/")[0], durable=self._durable)
                 self.fs.symlink(entry.session_id, link, durable=self._durable)
@@ -3247,9 +3272,64 @@ class JsonlStorage(Storage):
                 self.fs.rename(f"{self.directory}/{name}", f"{self.directory}/{name}.format-1")
         self._legacy = None
 
+    def _adopt_legacy_folder(self, entry: IndexEntry) -> None:
+        """Bring a session folder of the seed's layout to format 2 (in the migration):
+        a ``session.json`` naming its key, and its ``branches.jsonl`` as branch events.
+        The seed's branch lines (``{"name", "headId" | "leafId", ...}``: a branch as it
+        stood) become ``create``/``move`` events after every message there is; the file
+        they were in is kept beside, as ``branches.jsonl.format-1``."""
+        fs, folder = self.fs, self._dir(entry.session_id)
+        if self._read_meta(entry.session_id) is None:
+            fs.write_atomic(f"{folder}/session.json", _encode_line(
+                {"version": FORMAT_VERSION, "sessionId": entry.session_id, "key": entry.key,
+                 "createdAt": entry.created_at}), durable=self._durable)
+        try:
+            data = fs.read(self._events(entry.session_id))
+        except FileNotFoundError:
+            return
+        rows = _parse_lines(data, 0, self._events(entry.session_id), entry.session_id, [])[0]
+        if all("op" in rec for _, rec in rows):
+            return
+        seq = fs.read(self._log(entry.session_id)).count(b"\n")
+        names: set[str] = {"main"}
+        events: list[bytes] = []
+        for _, rec in rows:
+            event = rec if "op" in rec else _legacy_branch_event(rec, names, seq)
+            if event is not None:
+                names.add(event["name"])
+                events.append(_encode_line(event))
+        fs.rename(self._events(entry.session_id), f"{self._events(entry.session_id)}.format-1")
+        fs.write_atomic(self._events(entry.session_id), b"".join(events), durable=self._durable)
+
+    def _checkpoint(self) -> list[IndexEntry]:
+        """The sessions ``sessions.json`` names: ``{"keys": {key: session id}, "sessions":
+        {session id: {"createdAt": ms, ...}}}``, the index of the seed's TypeScript
+        SessionStore (and format 1's checkpoint). What cannot be read names nothing."""
+        try:
+            doc = json.loads(self.fs.read(f"{self.directory}/sessions.json"))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+            return []
+        keys = doc.get("keys") if isinstance(doc, dict) else None
+        sessions = doc.get("sessions") if isinstance(doc, dict) else None
+        found = []
+        for key, sid in (keys.items() if isinstance(keys, dict) else ()):
+            if not _is_session_id(sid):
+                continue
+            try:
+                _check_key(key)
+            except InvalidKey:
+                continue
+            about = sessions.get(sid) if isinstance(sessions, dict) else None
+            created = about.get("createdAt") if isinstance(about, dict) else None
+            found.append(IndexEntry(session_id=sid, key=key,
+                                    created_at=created if isinstance(created, int) and not isinstance(created, bool)
+                                    else 0))
+        return found
+
     def _legacy_index(self, *, fresh: bool = False) -> dict[str, IndexEntry]:
-        """Format 1's index: the journal's live sessions, then folders it missed whose key
-        is free (what format 1 itself rebuilt from). Cached by the journal's size."""
+        """Format 1's index, and the seed's: the sessions ``sessions.json`` names, then
+        the journal's, then folders they missed whose key is free (what format 1 itself
+        rebuilt from); only sessions whose log exists. Cached by the journal's size."""
         try:
             size = self.fs.size(self._journal_path)
         except FileNotFoundError:
@@ -3258,6 +3338,10 @@ class JsonlStorage(Storage):
             return self._legacy[1]
         live: dict[str, IndexEntry] = {}
         by_id: dict[str, str] = {}
+        for entry in self._checkpoint():  # the seed's index (and format 1's checkpoint); the journal is newer
+            if entry.key not in live and entry.session_id not in by_id:
+                live[entry.key] = entry
+                by_id[entry.session_id] = entry.key
         journal = b""
         with contextlib.suppress(FileNotFoundError):
             journal = self.fs.read(self._journal_path)
@@ -3265,7 +3349,8 @@ class JsonlStorage(Storage):
             sid = rec.get("sessionId")
             if not _is_session_id(sid):
                 continue
-            if rec.get("op") == "create" and isinstance(rec.get("key"), str) and sid not in by_id:
+            if rec.get("op") == "create" and isinstance(rec.get("key"), str) and sid not in by_id \
+                    and rec["key"] not in live:
                 created = rec.get("createdAt")
                 live[rec["key"]] = IndexEntry(session_id=sid, key=rec["key"],
                                               created_at=created if isinstance(created, int) else 0)
@@ -3275,9 +3360,9 @@ class JsonlStorage(Storage):
                 if live.get(key) is not None and live[key].session_id == sid:
                     del live[key]
         for name in self.fs.listdir(self.directory):
-            entry = self._read_meta(name) if name not in by_id else None
-            if entry is not None and entry.key not in live and self.fs.exists(self._log(name)):
-                live[entry.key] = entry
+            found = self._read_meta(name) if name not in by_id else None
+            if found is not None and found.key not in live and self.fs.exists(self._log(name)):
+                live[found.key] = found
         for key, entry in list(live.items()):
             if not self.fs.exists(self._log(entry.session_id)):
                 del live[key]
@@ -3287,6 +3372,10 @@ class JsonlStorage(Storage):
     # -- a session's records --------------------------------------------------------------
 
     def writing(self, session_id: str) -> contextlib.AbstractContextManager[None]:
+        if not self._current_format:  # a store of format 1 (or the seed's) is migrated by its first write
+            if self._format() == 1:
+                self._ensure_format()
+            self._current_format = self._format() == 2
         return _JsonlWriting(self, session_id)
 
     def _stat_events(self, session_id: str) -> tuple[int, Any]:
@@ -3779,7 +3868,7 @@ class JsonlStorage(Storage):
                 if used < len(data):
                     problems.append(Problem(session_id=sid, file=path, offset=used,
                                             reason=f"incomplete last line ({len(data) - used} bytes, torn write)"))
-            entry = self._read_meta(sid)
+            entry = self._described(sid)
             if entry is None or entry.key != key:
                 problems.append(Problem(session_id=sid, file=f"{self._dir(sid)}/session.json", offset=None,
                                         reason="session.json is unusable: the session's key is unknown (it is "
@@ -3843,7 +3932,8 @@ class JsonlStorage(Storage):
     def _check_index(self) -> list[Problem]:
         if self._format() == 1:
             return [Problem(session_id=None, file=self._journal_path, offset=None,
-                            reason="format 1 (a keys.jsonl journal): the first write or repair() migrates it")]
+                            reason="format 1 (a keys.jsonl journal), or the seed's layout (sessions.json): the "
+                                   "first write or repair() migrates it")]
         problems = [Problem(session_id=None, file=path, offset=None, reason=f"{why} (repair removes it)")
                     for path, why, _ in self._garbage()]
         for entry in self._unindexed():
@@ -3973,6 +4063,7 @@ _BACK_PART = 2**16  # bytes of log a part of a backwards read decodes (a path's 
 
 
 _SESSION_FILES = frozenset({"messages.jsonl", "branches.jsonl", "lock.json", "lease.lock", "stats.json",
+                            "branches.jsonl.format-1",
                             "messages.jsonl.quarantine", "branches.jsonl.quarantine"})
 
 
@@ -4468,7 +4559,11 @@ class _Session:
         self.events_label = found.events_label
         self.problems += found.problems
         self.nbytes += found.nbytes
+        legacy: list[tuple[int, dict[str, Any]]] = []
         for where, rec in found.events:
+            if "op" not in rec and "name" in rec:  # the seed's layout, not migrated yet: a branch as it stood
+                legacy.append((where, rec))
+                continue
             if (rec.get("op") not in _EVENT_OPS or not isinstance(rec.get("name"), str)
                     or not isinstance(rec.get("seq"), int) or not isinstance(rec.get("at"), int)):
                 _report(self.problems, self.session_id, found.events_label, where, "not a branch event")
@@ -4476,6 +4571,12 @@ class _Session:
             self.add_event(rec)
         self._take_records(found.messages, found.messages_label)
         self._apply_events_upto(self.record_count)
+        for where, rec in legacy:  # after every message read (no store writes to such a folder before migrating it)
+            event = _legacy_branch_event(rec, set(self.branches), self.record_count)
+            if event is None:
+                _report(self.problems, self.session_id, found.events_label, where, "not a branch event")
+            else:
+                self.add_event(event)
         self.position = found.position
 
     def _take_records(self, records: list[tuple[int, dict[str, Any]]], label: str) -> None:

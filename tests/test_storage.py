@@ -254,6 +254,64 @@ def write_format_1_store(root: Path, sessions: dict[str, list[str]]) -> dict[str
     return ids
 
 
+def write_seed_store(root: Path) -> dict[str, str]:
+    """A store in the layout the seed's README documents for its TypeScript SessionStore:
+    ``sessions.json`` (``{"keys", "sessions"}``) and, per session, ``messages.jsonl``
+    and ``branches.jsonl`` (its lines: a branch as it stood), no ``session.json``."""
+    root.mkdir()
+    ids = {"user:alice": "session-uuid-1", "user:bob": "session-uuid-2"}
+    sessions: dict[str, Any] = {}
+    for n, sid in enumerate(ids.values()):
+        (root / sid).mkdir()
+        records = [{"id": f"m{n}-1", "parentId": None, "type": "user", "role": "user", "content": "Hello",
+                    "timestamp": 1234567890},
+                   {"id": f"m{n}-2", "parentId": f"m{n}-1", "type": "assistant", "role": "assistant",
+                    "content": "Hi", "timestamp": 1234567891},
+                   {"id": f"m{n}-3", "parentId": f"m{n}-1", "type": "assistant", "role": "assistant",
+                    "content": "Hey", "timestamp": 1234567892}]
+        (root / sid / "messages.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (root / sid / "branches.jsonl").write_text(json.dumps(
+            {"name": "alternative", "leafId": f"m{n}-3", "createdAt": 1234567893, "updatedAt": 1234567893}) + "\n")
+        sessions[sid] = {"sessionId": sid, "createdAt": 1234567890 + n, "updatedAt": 1234567893, "messageCount": 3}
+    (root / "sessions.json").write_text(json.dumps({"keys": ids, "sessions": sessions}))
+    return ids
+
+
+def test_a_store_in_the_seeds_layout_opens_with_every_key_session_and_branch(tmp_path: Path) -> None:
+    root = tmp_path / "seed"
+    ids = write_seed_store(root)
+    before = sorted(str(p) for p in root.rglob("*"))
+
+    def as_written(store: SessionStore, sid: str) -> tuple[Any, ...]:
+        return ([m.content for m in store.get_linear_history(sid)],
+                {b.name: b.head_id for b in store.get_branches(sid)}, store.get_current_branch(sid))
+    with open_files(root) as store:
+        assert all(store.has_key(k) for k in ids)  # (was False for both, and resolve made new sessions)
+        assert {k: store.resolve(k) for k in ids} == ids
+        assert as_written(store, ids["user:alice"]) == (["Hello", "Hi"], {"main": "m0-2", "alternative": "m0-3"},
+                                                        "main")
+        assert store.get_metadata(ids["user:bob"]).key == "user:bob"  # type: ignore[union-attr]
+        assert [p.reason.split(":")[0] for p in store.check().problems] == [
+            "format 1 (a keys.jsonl journal), or the seed's layout (sessions.json)"]  # nothing else
+    assert sorted(str(p) for p in root.rglob("*")) == before  # reading wrote nothing
+    with open_files(root) as store:
+        store.append(ids["user:alice"], role="user", content="Again")  # the first write migrates
+        store.switch_to_branch(ids["user:bob"], "alternative")
+    assert (root / "session-store.json").exists() and (root / "sessions.json.format-1").exists()
+    with open_files(root) as store:
+        assert {k: store.resolve(k) for k in ids} == ids  # no migration drops a key
+        assert as_written(store, ids["user:alice"]) == (["Hello", "Hi", "Again"],
+                                                        {"main": store.get_head(ids["user:alice"]),
+                                                         "alternative": "m0-3"}, "main")
+        assert as_written(store, ids["user:bob"]) == (["Hello", "Hey"], {"main": "m1-2", "alternative": "m1-3"},
+                                                      "alternative")
+        assert store.get_metadata(ids["user:alice"]).created_at == 1234567890  # type: ignore[union-attr]
+        assert store.check().ok
+    shutil.rmtree(root / "keys")  # format 2 now: its own index, rebuilt from the folders it wrote
+    with open_files(root) as store:
+        assert {k: store.resolve(k) for k in ids} == ids
+
+
 def test_a_format_1_store_is_read_as_is_and_migrated_by_the_first_write(tmp_path: Path) -> None:
     root = tmp_path / "old"
     ids = write_format_1_store(root, {"a": ["one", "two"], "b": ["three"]})

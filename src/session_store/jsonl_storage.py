@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from .errors import InvalidInput, InvalidKey, SessionNotFound, StorageError, _log
 from .file_systems import FileSystem, RealFileSystem, _after_fork_hooks
-from .log_format import _CHAIN_MARK, _encode_line, _parse_lines, _unfinished_tail
+from .log_format import _CHAIN_MARK, _encode_line, _legacy_branch_event, _parse_lines, _unfinished_tail
 from .records import FORMAT_VERSION, Problem
 from .storage import IndexEntry, Position, Records, Storage
 from .validation import _check_key, _is_session_id
@@ -179,6 +179,7 @@ class JsonlStorage(Storage):
         # sync), rewrites them (a repair) or deletes the session, and on forget/close.
         self._vouches: dict[str, _Vouch] = {}
         self._legacy: tuple[int, dict[str, IndexEntry]] | None = None  # format 1: (journal size, key -> entry)
+        self._current_format = False  # seen to be format 2 (writing() need not look again)
 
     def __repr__(self) -> str:
         return f"JsonlStorage({self.fs!r}, {self.directory!r})"
@@ -358,8 +359,16 @@ class JsonlStorage(Storage):
                                              and (fork[1] is None or isinstance(fork[1], str))) else None
         return IndexEntry(session_id=session_id, key=key, created_at=created, forked_from=forked_from)
 
-    def session_info(self, session_id: str) -> IndexEntry | None:
+    def _described(self, session_id: str) -> IndexEntry | None:
+        """The session as its ``session.json`` describes it, or, in a store of the seed's
+        layout not migrated yet (no ``session.json``), as ``sessions.json`` does."""
         entry = self._read_meta(session_id)
+        if entry is None and self._format() == 1:
+            entry = next((e for e in self._legacy_index().values() if e.session_id == session_id), None)
+        return entry
+
+    def session_info(self, session_id: str) -> IndexEntry | None:
+        entry = self._described(session_id)
         if entry is None:
             # session.json unreadable (damaged by hand or by the disk): the session is
             # still reachable by its id while its log exists; its key is unknown ("").
@@ -488,6 +497,7 @@ class JsonlStorage(Storage):
             if self.fs.exists(self._marker):
                 return
             for entry in self._legacy_index(fresh=True).values():
+                self._adopt_legacy_folder(entry)
                 link = self._key_link(entry.key)
                 self.fs.makedirs(link.rpartition("/")[0], durable=self._durable)
                 self.fs.symlink(entry.session_id, link, durable=self._durable)
@@ -498,9 +508,64 @@ class JsonlStorage(Storage):
                 self.fs.rename(f"{self.directory}/{name}", f"{self.directory}/{name}.format-1")
         self._legacy = None
 
+    def _adopt_legacy_folder(self, entry: IndexEntry) -> None:
+        """Bring a session folder of the seed's layout to format 2 (in the migration):
+        a ``session.json`` naming its key, and its ``branches.jsonl`` as branch events.
+        The seed's branch lines (``{"name", "headId" | "leafId", ...}``: a branch as it
+        stood) become ``create``/``move`` events after every message there is; the file
+        they were in is kept beside, as ``branches.jsonl.format-1``."""
+        fs, folder = self.fs, self._dir(entry.session_id)
+        if self._read_meta(entry.session_id) is None:
+            fs.write_atomic(f"{folder}/session.json", _encode_line(
+                {"version": FORMAT_VERSION, "sessionId": entry.session_id, "key": entry.key,
+                 "createdAt": entry.created_at}), durable=self._durable)
+        try:
+            data = fs.read(self._events(entry.session_id))
+        except FileNotFoundError:
+            return
+        rows = _parse_lines(data, 0, self._events(entry.session_id), entry.session_id, [])[0]
+        if all("op" in rec for _, rec in rows):
+            return
+        seq = fs.read(self._log(entry.session_id)).count(b"\n")
+        names: set[str] = {"main"}
+        events: list[bytes] = []
+        for _, rec in rows:
+            event = rec if "op" in rec else _legacy_branch_event(rec, names, seq)
+            if event is not None:
+                names.add(event["name"])
+                events.append(_encode_line(event))
+        fs.rename(self._events(entry.session_id), f"{self._events(entry.session_id)}.format-1")
+        fs.write_atomic(self._events(entry.session_id), b"".join(events), durable=self._durable)
+
+    def _checkpoint(self) -> list[IndexEntry]:
+        """The sessions ``sessions.json`` names: ``{"keys": {key: session id}, "sessions":
+        {session id: {"createdAt": ms, ...}}}``, the index of the seed's TypeScript
+        SessionStore (and format 1's checkpoint). What cannot be read names nothing."""
+        try:
+            doc = json.loads(self.fs.read(f"{self.directory}/sessions.json"))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+            return []
+        keys = doc.get("keys") if isinstance(doc, dict) else None
+        sessions = doc.get("sessions") if isinstance(doc, dict) else None
+        found = []
+        for key, sid in (keys.items() if isinstance(keys, dict) else ()):
+            if not _is_session_id(sid):
+                continue
+            try:
+                _check_key(key)
+            except InvalidKey:
+                continue
+            about = sessions.get(sid) if isinstance(sessions, dict) else None
+            created = about.get("createdAt") if isinstance(about, dict) else None
+            found.append(IndexEntry(session_id=sid, key=key,
+                                    created_at=created if isinstance(created, int) and not isinstance(created, bool)
+                                    else 0))
+        return found
+
     def _legacy_index(self, *, fresh: bool = False) -> dict[str, IndexEntry]:
-        """Format 1's index: the journal's live sessions, then folders it missed whose key
-        is free (what format 1 itself rebuilt from). Cached by the journal's size."""
+        """Format 1's index, and the seed's: the sessions ``sessions.json`` names, then
+        the journal's, then folders they missed whose key is free (what format 1 itself
+        rebuilt from); only sessions whose log exists. Cached by the journal's size."""
         try:
             size = self.fs.size(self._journal_path)
         except FileNotFoundError:
@@ -509,6 +574,10 @@ class JsonlStorage(Storage):
             return self._legacy[1]
         live: dict[str, IndexEntry] = {}
         by_id: dict[str, str] = {}
+        for entry in self._checkpoint():  # the seed's index (and format 1's checkpoint); the journal is newer
+            if entry.key not in live and entry.session_id not in by_id:
+                live[entry.key] = entry
+                by_id[entry.session_id] = entry.key
         journal = b""
         with contextlib.suppress(FileNotFoundError):
             journal = self.fs.read(self._journal_path)
@@ -516,7 +585,8 @@ class JsonlStorage(Storage):
             sid = rec.get("sessionId")
             if not _is_session_id(sid):
                 continue
-            if rec.get("op") == "create" and isinstance(rec.get("key"), str) and sid not in by_id:
+            if rec.get("op") == "create" and isinstance(rec.get("key"), str) and sid not in by_id \
+                    and rec["key"] not in live:
                 created = rec.get("createdAt")
                 live[rec["key"]] = IndexEntry(session_id=sid, key=rec["key"],
                                               created_at=created if isinstance(created, int) else 0)
@@ -526,9 +596,9 @@ class JsonlStorage(Storage):
                 if live.get(key) is not None and live[key].session_id == sid:
                     del live[key]
         for name in self.fs.listdir(self.directory):
-            entry = self._read_meta(name) if name not in by_id else None
-            if entry is not None and entry.key not in live and self.fs.exists(self._log(name)):
-                live[entry.key] = entry
+            found = self._read_meta(name) if name not in by_id else None
+            if found is not None and found.key not in live and self.fs.exists(self._log(name)):
+                live[found.key] = found
         for key, entry in list(live.items()):
             if not self.fs.exists(self._log(entry.session_id)):
                 del live[key]
@@ -538,6 +608,10 @@ class JsonlStorage(Storage):
     # -- a session's records --------------------------------------------------------------
 
     def writing(self, session_id: str) -> contextlib.AbstractContextManager[None]:
+        if not self._current_format:  # a store of format 1 (or the seed's) is migrated by its first write
+            if self._format() == 1:
+                self._ensure_format()
+            self._current_format = self._format() == 2
         return _JsonlWriting(self, session_id)
 
     def _stat_events(self, session_id: str) -> tuple[int, Any]:
@@ -1030,7 +1104,7 @@ class JsonlStorage(Storage):
                 if used < len(data):
                     problems.append(Problem(session_id=sid, file=path, offset=used,
                                             reason=f"incomplete last line ({len(data) - used} bytes, torn write)"))
-            entry = self._read_meta(sid)
+            entry = self._described(sid)
             if entry is None or entry.key != key:
                 problems.append(Problem(session_id=sid, file=f"{self._dir(sid)}/session.json", offset=None,
                                         reason="session.json is unusable: the session's key is unknown (it is "
@@ -1094,7 +1168,8 @@ class JsonlStorage(Storage):
     def _check_index(self) -> list[Problem]:
         if self._format() == 1:
             return [Problem(session_id=None, file=self._journal_path, offset=None,
-                            reason="format 1 (a keys.jsonl journal): the first write or repair() migrates it")]
+                            reason="format 1 (a keys.jsonl journal), or the seed's layout (sessions.json): the "
+                                   "first write or repair() migrates it")]
         problems = [Problem(session_id=None, file=path, offset=None, reason=f"{why} (repair removes it)")
                     for path, why, _ in self._garbage()]
         for entry in self._unindexed():
@@ -1224,6 +1299,7 @@ _BACK_PART = 2**16  # bytes of log a part of a backwards read decodes (a path's 
 
 
 _SESSION_FILES = frozenset({"messages.jsonl", "branches.jsonl", "lock.json", "lease.lock", "stats.json",
+                            "branches.jsonl.format-1",
                             "messages.jsonl.quarantine", "branches.jsonl.quarantine"})
 
 

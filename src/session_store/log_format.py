@@ -73,8 +73,10 @@ from .validation import _check_json_shape, _check_name, _check_time, _is_name
 # made: the link is the commit. A deletion's commit is the removal of messages.jsonl
 # (under the log's lock); the key link and the folder are then garbage, which
 # readers ignore and repair() removes. Format 1 (a keys.jsonl journal and a
-# sessions.json checkpoint instead of key links) is read, and migrated to format 2
-# by the first write.
+# sessions.json checkpoint instead of key links) and the seed's layout (sessions.json
+# {"keys": {key: id}, "sessions": {id: {"createdAt"...}}}, no session.json, branch
+# lines {"name", "headId" | "leafId"} holding a branch as it stood) are read, and
+# migrated to format 2 by the first write (see JsonlStorage._adopt_legacy_folder).
 #
 # Each log record is written with one write() while holding the log's lock; with
 # durable=True the call returns after fdatasync. A crash can leave only a torn last
@@ -383,6 +385,19 @@ def _message_from_record(rec: dict[str, Any], by_id: Mapping[str, Message] | Non
     m.fields = fields if fields is not None else _fields_of(rec)
     m.__class__ = Message  # type: ignore[assignment]
     return m  # type: ignore[return-value]
+
+
+def _legacy_branch_event(rec: Mapping[str, Any], names: set[str], seq: int) -> dict[str, Any] | None:
+    """A branch line of the seed's layout (a branch as it stood: ``name`` and its head
+    as ``headId``, ``leafId`` or ``leafMessageId``) as the event that makes it so once
+    ``seq`` messages are read: ``create`` for a new name, ``move`` for a known one."""
+    name = rec.get("name")
+    head = next((rec[k] for k in ("headId", "leafId", "leafMessageId") if k in rec), None)
+    if not _is_name(name) or not (head is None or isinstance(head, str)):
+        return None
+    at = next((rec[k] for k in ("updatedAt", "createdAt") if isinstance(rec.get(k), int)
+               and not isinstance(rec.get(k), bool)), 0)
+    return {"op": "move" if name in names else "create", "name": name, "headId": head, "at": at, "seq": seq}
 
 
 def _import_lines(messages: Sequence[Message], seen: set[str]) -> list[bytes]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .auto_reset import AutoResetConfig
 from .errors import MessageNotFound
-from .log_format import _message_from_record, _placeholder_of, _report
+from .log_format import _legacy_branch_event, _message_from_record, _placeholder_of, _report
 from .records import Branch, Message, Problem, SessionMetadata
 from .storage import Position, Records
 from .validation import _is_name
@@ -251,7 +251,11 @@ class _Session:
         self.events_label = found.events_label
         self.problems += found.problems
         self.nbytes += found.nbytes
+        legacy: list[tuple[int, dict[str, Any]]] = []
         for where, rec in found.events:
+            if "op" not in rec and "name" in rec:  # the seed's layout, not migrated yet: a branch as it stood
+                legacy.append((where, rec))
+                continue
             if (rec.get("op") not in _EVENT_OPS or not isinstance(rec.get("name"), str)
                     or not isinstance(rec.get("seq"), int) or not isinstance(rec.get("at"), int)):
                 _report(self.problems, self.session_id, found.events_label, where, "not a branch event")
@@ -259,6 +263,12 @@ class _Session:
             self.add_event(rec)
         self._take_records(found.messages, found.messages_label)
         self._apply_events_upto(self.record_count)
+        for where, rec in legacy:  # after every message read (no store writes to such a folder before migrating it)
+            event = _legacy_branch_event(rec, set(self.branches), self.record_count)
+            if event is None:
+                _report(self.problems, self.session_id, found.events_label, where, "not a branch event")
+            else:
+                self.add_event(event)
         self.position = found.position
 
     def _take_records(self, records: list[tuple[int, dict[str, Any]]], label: str) -> None:
