@@ -45,8 +45,11 @@ __all__ = [
     "ContractTests",
     "CrashTests",
     "FaultyFileSystem",
+    "FaultyStorage",
+    "faults_of",
     "SimulatedCrash",
     "WRITE_OPS",
+    "STORAGE_WRITE_OPS",
 ]
 
 import asyncio
@@ -93,6 +96,16 @@ WRITE_OPS = ("append", "sync", "truncate", "write_atomic", "write_in_place", "ma
 # ============================================================================
 
 
+def faults_of(store: SessionStore) -> FaultyFileSystem | FaultyStorage | None:
+    """Where faults are injected into ``store``: its storage's :class:`FaultyFileSystem`,
+    or its :class:`FaultyStorage`; ``None`` when it has neither."""
+    storage = store.storage
+    fs = getattr(storage, "fs", None)
+    if isinstance(fs, FaultyFileSystem):
+        return fs
+    return storage if isinstance(storage, FaultyStorage) else None
+
+
 class FakeClock:
     """A ``time.time`` stand-in that tests move by hand (seconds)."""
 
@@ -129,11 +142,14 @@ def temporary_storage(make_storage: Callable[[str], Storage]) -> StorageOpener:
 
         opener = temporary_storage(lambda d: SqliteStorage(f"{d}/sessions.db"))
         TestSqlite = state_machine_tests(opener)
+
+    Each storage is wrapped in a :class:`FaultyStorage`, so that the state machine's
+    fault and crash rules, and :class:`CrashTests`, run on it.
     """
     @contextlib.contextmanager
     def opener() -> Iterator[StoreFactory]:
         with tempfile.TemporaryDirectory(prefix="session-store-") as directory:
-            yield lambda **options: SessionStore(make_storage(directory), **options)
+            yield lambda **options: SessionStore(FaultyStorage(make_storage(directory)), **options)
     return opener
 
 
@@ -683,9 +699,10 @@ class StoreMachine(RuleBasedStateMachine):
                 with store.lock(sid, owner, timeout=0):
                     pass  # pragma: no cover
             return
-        inside = False  # the block's append is done: a failure after it is the release's
+        taken = inside = False  # the lease was taken; the block's append is done (a failure after it: the release's)
         try:
             with store.lock(sid, owner, timeout=0) as held:
+                taken = True
                 if self.lease_live(m):
                     m.lease.count += 1
                 else:
@@ -696,17 +713,20 @@ class StoreMachine(RuleBasedStateMachine):
                 inside = True
                 if stall and thief != owner:
                     self.clock.advance(LEASE_MS / 1000)  # the holder stalls past its lease
-                    taken = self.stores[-1].acquire_lock(sid, thief)
-                    assert taken.acquired and taken.token == m.lease.token + 1
+                    stolen = self.stores[-1].acquire_lock(sid, thief)
+                    assert stolen.acquired and stolen.token == m.lease.token + 1
                     m.lease.holder, m.lease.count, m.lease.token = thief, 1, m.lease.token + 1
                     m.lease.expires = self.now() + LEASE_MS
                     with pytest.raises(ss.LeaseLost):
                         store.append(sid, role="user", content="zombie")
                     return  # the block's release finds the lease not its own: the thief keeps it
         except ss.StorageError:
-            if not inside:
-                raise  # the lease was not taken, or the append left no trace: as if never called
-            return  # the release failed: the append (acknowledged) stands, and so does the lease
+            if inside:
+                return  # the release failed: the append (acknowledged) stands, and so does the lease
+            if not taken:
+                raise  # the lease was not taken: as if never called
+            # The block's append failed and left no trace; but the lease was taken (its
+            # token issued: the next holder's is above it) and the block released it.
         m.lease.count -= 1
         if m.lease.count == 0:
             m.lease.holder = None
@@ -762,16 +782,18 @@ class StoreMachine(RuleBasedStateMachine):
 
     # -- faults ---------------------------------------------------------------------------
 
-    @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
-                                                         FaultyFileSystem))
-    @rule(data=st.data(), op=st.sampled_from(WRITE_OPS), after=st.integers(0, 4), call=st.sampled_from(sorted(_CALLS)))
-    def fault(self, data: st.DataObject, op: str, after: int, call: str) -> None:
+    @precondition(lambda self: self.model and faults_of(self.stores[0]) is not None)
+    @rule(data=st.data(), after=st.integers(0, 4), call=st.sampled_from(sorted(_CALLS)))
+    def fault(self, data: st.DataObject, after: int, call: str) -> None:
         """A write path fails (``ENOSPC``/``EIO``) somewhere inside a call: the call raises
         :class:`StorageError` and leaves no trace, or succeeds as if nothing happened."""
         if call == "create_branch" and not any(m.messages for m in self.model.values()):
             return
         store = self.handle(data)
-        faulty = store.storage.fs  # type: ignore[attr-defined]
+        faulty = faults_of(store)
+        assert faulty is not None
+        op = data.draw(st.sampled_from(WRITE_OPS if isinstance(faulty, FaultyFileSystem) else faulty.OPS),
+                       label="op")
         before = copy.deepcopy((self.model, self.clock.now))
         faulty.fail_next(op, data.draw(st.sampled_from([errno.ENOSPC, errno.EIO]), label="errno"), after=after)
         kwargs = {name: data.draw(strategy, label=name) for name, strategy in _CALLS[call].items()}
@@ -788,12 +810,11 @@ class StoreMachine(RuleBasedStateMachine):
         finally:
             faulty._failures.clear()
 
-    @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
-                                                         FaultyFileSystem))
-    @rule(data=st.data(), op=st.sampled_from(["append", "write_in_place"]), after=st.integers(0, 3),
+    @precondition(lambda self: self.model and faults_of(self.stores[0]) is not None)
+    @rule(data=st.data(), after=st.integers(0, 3),
           call=st.sampled_from(["append", "append_many", "create_branch", "switch", "manual_reset", "acquire",
                                "release"]))
-    def landed_fault(self, data: st.DataObject, op: str, after: int, call: str) -> None:
+    def landed_fault(self, data: st.DataObject, after: int, call: str) -> None:
         """A record write (a log record, a lease) lands and then reports failure, as a
         write whose fsync fails does: the call raises :class:`StorageError` and leaves no
         trace (the store takes back what landed), or succeeds as if nothing happened.
@@ -801,7 +822,11 @@ class StoreMachine(RuleBasedStateMachine):
         if call == "create_branch" and not any(m.messages for m in self.model.values()):
             return
         store = self.handle(data)
-        faulty = store.storage.fs  # type: ignore[attr-defined]
+        faulty = faults_of(store)
+        assert faulty is not None
+        op = data.draw(st.sampled_from(["append", "write_in_place"] if isinstance(faulty, FaultyFileSystem) else
+                                       ["append_message", "append_messages", "append_event", "write_lease"]),
+                       label="op")
         before = copy.deepcopy((self.model, self.clock.now))
         faulty.fail_next(op, errno.EIO, after=after, landed=True)
         kwargs = {name: data.draw(strategy, label=name) for name, strategy in _CALLS[call].items()}
@@ -812,15 +837,16 @@ class StoreMachine(RuleBasedStateMachine):
         finally:
             faulty._failures.clear()
 
-    @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
-                                                         FaultyFileSystem))
+    @precondition(lambda self: self.model and faults_of(self.stores[0]) is not None)
     @rule(data=st.data(), after=st.integers(0, 3))
     def failing_reset(self, data: st.DataObject, after: int) -> None:
         """A reset writes several records: one of them fails; the reset leaves no trace."""
         store = self.handle(data)
-        faulty = store.storage.fs  # type: ignore[attr-defined]
+        faulty = faults_of(store)
+        assert faulty is not None
         before = copy.deepcopy((self.model, self.clock.now))
-        faulty.fail_next("append", errno.ENOSPC, after=after)
+        faulty.fail_next("append" if isinstance(faulty, FaultyFileSystem) else "append_message", errno.ENOSPC,
+                         after=after)
         try:
             self.manual_reset(data=data)
         except ss.StorageError:
@@ -828,8 +854,7 @@ class StoreMachine(RuleBasedStateMachine):
         finally:
             faulty._failures.clear()
 
-    @precondition(lambda self: self.model and isinstance(getattr(self.stores[0].storage, "fs", None),
-                                                         FaultyFileSystem))
+    @precondition(lambda self: self.model and faults_of(self.stores[0]) is not None)
     @rule(data=st.data(), step=st.integers(0, 12),
           call=st.sampled_from(["manual_reset", "delete", "import_session", "resolve"]))
     def crash(self, data: st.DataObject, step: int, call: str) -> None:
@@ -838,7 +863,8 @@ class StoreMachine(RuleBasedStateMachine):
         a reset's head is on the old segment or on the whole new one."""
         which = data.draw(st.integers(0, self.handles - 1), label="handle")
         store = self.stores[which]
-        faulty = store.storage.fs  # type: ignore[attr-defined]
+        faulty = faults_of(store)
+        assert faulty is not None
         before = copy.deepcopy((self.model, self.clock.now))
         sid = data.draw(st.sampled_from(list(self.model)), label="session")
         faulty.crash_at(step)
@@ -962,10 +988,12 @@ class CrashTests:
     here every run.
 
     Needs a storage on a :class:`FaultyFileSystem` (``in_memory_storage`` and
-    ``file_storage`` are); subclass and set ``storage``.
+    ``file_storage`` are) or in a :class:`FaultyStorage` (``temporary_storage``
+    wraps every storage in one); subclass and set ``storage``.
     """
 
     storage: ClassVar[StorageOpener] = staticmethod(in_memory_storage)
+    file_steps = True
 
     def sweep(self, setup: Callable[[SessionStore], Any], call: Callable[[SessionStore, Any], Any],
               verify: Callable[[SessionStore, Any, bool], None]) -> int:
@@ -975,8 +1003,9 @@ class CrashTests:
             with type(self).storage() as open_store:
                 store = open_store(clock=FakeClock(), lock_timeout_ms=LEASE_MS)
                 store.init()
-                faulty = store.storage.fs  # type: ignore[attr-defined]
-                assert isinstance(faulty, FaultyFileSystem), "CrashTests needs a storage on a FaultyFileSystem"
+                faulty = faults_of(store)
+                assert faulty is not None, "CrashTests needs a FaultyFileSystem or a FaultyStorage"
+                self.file_steps = isinstance(faulty, FaultyFileSystem)  # finer steps than a storage's calls
                 state = setup(store)
                 faulty.crash_at(step)
                 try:
@@ -1014,7 +1043,8 @@ class CrashTests:
             else:
                 assert not fresh.has_key("k") and fresh.get_metadata(sid) is None
                 assert fresh.resolve("k") != sid  # the key works again: a new session
-        assert self.sweep(self.chat, lambda store, state: store.delete_session(state[0]), verify) >= 2
+        steps = self.sweep(self.chat, lambda store, state: store.delete_session(state[0]), verify)
+        assert steps >= (2 if self.file_steps else 1)
 
     def test_a_reset_never_moves_the_head_onto_a_marker_without_its_copies(self) -> None:
         def verify(fresh: SessionStore, state: tuple[str, list[ss.Message]], done: bool) -> None:
@@ -1029,7 +1059,7 @@ class CrashTests:
             assert head != before[-1].id or not done
         steps = self.sweep(self.chat, lambda store, state: store.reset(state[0], keep_strategy="last", keep_count=1),
                            verify)
-        assert steps >= 3
+        assert steps >= (3 if self.file_steps else 2)
 
     def test_an_import_is_whole_or_absent_at_every_step(self) -> None:
         chain = [ss.Message(id=f"c{i}", parent_id=f"c{i - 1}" if i else None, type="user", role="user",
@@ -1072,14 +1102,18 @@ class CrashTests:
         by an owner who was told it failed, a lease whose release or renewal failed is
         held as before, no message outlives its error, and the next fencing token is
         still above every one issued before."""
-        for op, call in (("write_in_place", "acquire"), ("write_in_place", "release"),
-                         ("write_in_place", "renew"), ("append", "append"), ("sync", "append")):
+        for case in range(5):
             with type(self).storage() as open_store:
                 clock = FakeClock()
                 store = open_store(clock=clock, lock_timeout_ms=LEASE_MS)
                 store.init()
-                faulty = store.storage.fs  # type: ignore[attr-defined]
-                assert isinstance(faulty, FaultyFileSystem), "CrashTests needs a storage on a FaultyFileSystem"
+                faulty = faults_of(store)
+                assert faulty is not None, "CrashTests needs a FaultyFileSystem or a FaultyStorage"
+                op, call = ((("write_in_place", "acquire"), ("write_in_place", "release"),
+                             ("write_in_place", "renew"), ("append", "append"), ("sync", "append"))
+                            if isinstance(faulty, FaultyFileSystem) else
+                            (("write_lease", "acquire"), ("write_lease", "release"), ("write_lease", "renew"),
+                             ("append_message", "append"), ("commit", "append")))[case]
                 sid, before = self.chat(store)
                 first = store.acquire_lock(sid, "earlier", timeout=0)
                 assert first.acquired and first.token is not None
@@ -1592,3 +1626,200 @@ class FaultyFileSystem(FileSystem):
     def close(self) -> None:
         """Delegated (also after a crash: descriptors are released)."""
         self.inner.close()
+
+
+#: The operations of a :class:`~session_store.Storage` that change something: the
+#: places :class:`FaultyStorage` can fail or crash at. ``commit`` is the end of a
+#: :meth:`~session_store.Storage.writing` scope (a transaction's ``COMMIT``).
+STORAGE_WRITE_OPS = ("create_session", "delete_session", "append_message", "append_messages", "append_event",
+                     "sync", "write_tally", "write_lease", "hold_lease", "quarantine", "repair_index", "commit")
+
+
+class FaultyStorage(Storage):
+    """Wraps any :class:`~session_store.Storage` and injects faults at its boundary, so
+    that a backend with no file system below it (SQLite, PostgreSQL, a third party's)
+    has its failed writes and its crashes tested. The interface is
+    :class:`FaultyFileSystem`'s, with :data:`STORAGE_WRITE_OPS` for operations:
+
+    - ``fail_next(op, code=ENOSPC, *, after=0, landed=False)``: the next call of ``op``
+      raises :class:`~session_store.StorageError` (``code``), before delegating it or,
+      with ``landed``, after (for ``commit``: before only, since what a transaction
+      committed cannot be taken back, only reported).
+    - ``crash_at(n)``: the ``n``-th write operation from now raises
+      :class:`SimulatedCrash` instead of running; ``commit`` counts twice, before the
+      inner scope ends (which then ends with the crash: a transaction rolls back, as
+      when its process dies) and after it committed. Every later call is refused.
+
+    Reads are delegated unchanged. ``inner`` is the wrapped storage.
+    """
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        #: The operations that can fail here: ``sync`` only where the inner storage has
+        #: one (the default hook does nothing, so it cannot fail: a transaction's
+        #: durability is its commit's).
+        self.OPS = tuple(op for op in STORAGE_WRITE_OPS
+                         if op != "sync" or type(inner).sync is not Storage.sync)
+        self._failures: dict[str, list[tuple[int, int, bool]]] = {}
+        self._crash_op: int | None = None
+        self.ops = 0
+        self.crashed = False
+
+    def __repr__(self) -> str:
+        return f"FaultyStorage({self.inner!r})"
+
+    # -- arming -----------------------------------------------------------------------
+
+    def fail_next(self, op: str, code: int = errno.ENOSPC, *, after: int = 0, landed: bool = False) -> None:
+        """The next call of ``op`` (after ``after`` more) fails with ``code``."""
+        if op not in self.OPS:
+            raise ValueError(f"unknown write operation {op!r} for {self.inner!r}; known: {', '.join(self.OPS)}")
+        self._failures.setdefault(op, []).append((after, code, landed and op != "commit"))
+
+    def crash_at(self, n: int) -> None:
+        """The ``n``-th write operation from now crashes (0: the next)."""
+        self._crash_op = self.ops + n
+
+    def _step(self, op: str, what: str) -> ss.StorageError | None:
+        if self.crashed:
+            raise SimulatedCrash("the simulated process has crashed")
+        if self._crash_op is not None and self.ops >= self._crash_op:
+            self.crashed = True
+            raise SimulatedCrash(f"crashed at {op} {what}")
+        self.ops += 1
+        armed = self._failures.get(op)
+        if armed:
+            skip, code, landed = armed[0]
+            if skip:
+                armed[0] = (skip - 1, code, landed)
+                return None
+            armed.pop(0)
+            error = ss.StorageError(code, f"injected: {op} {what}: {errno.errorcode.get(code, 'error')}")
+            if not landed:
+                raise error
+            return error
+        return None
+
+    def _write(self, op: str, what: str, call: Callable[[], Any]) -> Any:
+        error = self._step(op, what)
+        result = call()
+        if error is not None:
+            raise error
+        return result
+
+    # -- writes -----------------------------------------------------------------------
+
+    def create_session(self, key: str, session_id: str, created_at: int, *, messages: Any = (), events: Any = (),
+                       forked_from: tuple[str, str | None] | None = None) -> str:
+        return cast(str, self._write("create_session", session_id, lambda: self.inner.create_session(
+            key, session_id, created_at, messages=messages, events=events, forked_from=forked_from)))
+
+    def delete_session(self, session_id: str, at: int, *, check: Callable[[], None] | None = None) -> None:
+        extra = {} if check is None else {"check": check}
+        self._write("delete_session", session_id, lambda: self.inner.delete_session(session_id, at, **extra))
+
+    @contextlib.contextmanager
+    def writing(self, session_id: str) -> Iterator[None]:
+        if self.crashed:
+            raise SimulatedCrash("the simulated process has crashed")
+        with self.inner.writing(session_id):
+            yield
+            self._step("commit", session_id)  # raising here ends the inner scope with the error: nothing commits
+        if self.crashed or self._crash_op is None or self.ops < self._crash_op:
+            return
+        self.crashed = True
+        raise SimulatedCrash(f"crashed after commit {session_id}")
+
+    def append_message(self, session_id: str, position: Any, message_id: str, line: bytes) -> Any:
+        return self._write("append_message", session_id, lambda: self.inner.append_message(
+            session_id, position, message_id, line))
+
+    def append_messages(self, session_id: str, position: Any, lines: Any) -> Any:
+        return self._write("append_messages", session_id, lambda: self.inner.append_messages(
+            session_id, position, lines))
+
+    def append_event(self, session_id: str, position: Any, line: bytes) -> Any:
+        return self._write("append_event", session_id, lambda: self.inner.append_event(session_id, position, line))
+
+    def sync(self, session_id: str) -> None:
+        self._write("sync", session_id, lambda: self.inner.sync(session_id))
+
+    def write_tally(self, session_id: str, position: Any, tally: Mapping[str, Any]) -> None:
+        self._write("write_tally", session_id, lambda: self.inner.write_tally(session_id, position, tally))
+
+    def write_lease(self, session_id: str, lease: Mapping[str, Any], *, durable: bool) -> None:
+        self._write("write_lease", session_id, lambda: self.inner.write_lease(session_id, lease, durable=durable))
+
+    def hold_lease(self, session_id: str) -> None:
+        self._write("hold_lease", session_id, lambda: self.inner.hold_lease(session_id))
+
+    def quarantine(self, session_id: str, problems: list[ss.Problem], placeholders: Mapping[int, bytes]) -> list[str]:
+        return cast(list[str], self._write("quarantine", session_id, lambda: self.inner.quarantine(
+            session_id, problems, placeholders)))
+
+    def repair_index(self) -> list[str]:
+        return cast(list[str], self._write("repair_index", "", self.inner.repair_index))
+
+    # -- everything else, delegated ------------------------------------------------------
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    @property
+    def shared_across_processes(self) -> bool:
+        return self.inner.shared_across_processes
+
+    def open(self, *, durable: bool) -> None:
+        self.inner.open(durable=durable)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def after_fork(self) -> None:
+        self.inner.after_fork()
+
+    def forget(self, session_id: str) -> None:
+        self.inner.forget(session_id)
+
+    def lookup(self, key: str) -> str | None:
+        return self.inner.lookup(key)
+
+    def session_info(self, session_id: str) -> ss.IndexEntry | None:
+        return self.inner.session_info(session_id)
+
+    def list_sessions(self) -> list[ss.IndexEntry]:
+        return self.inner.list_sessions()
+
+    def load(self, session_id: str, position: Any, *, writer: bool = False) -> ss.Records | None:
+        return self.inner.load(session_id, position, writer=writer)
+
+    def scan(self, session_id: str) -> ss.Records | None:
+        return self.inner.scan(session_id)
+
+    def load_parts(self, session_id: str, position: Any, *, writer: bool = False) -> Any:
+        return self.inner.load_parts(session_id, position, writer=writer)
+
+    def load_backwards(self, session_id: str, position: Any) -> Any:
+        return self.inner.load_backwards(session_id, position)
+
+    def rollback(self, session_id: str, position: Any) -> None:
+        self.inner.rollback(session_id, position)
+
+    def read_tally(self, session_id: str) -> Any:
+        return self.inner.read_tally(session_id)
+
+    def read_lease(self, session_id: str) -> dict[str, Any] | None:
+        return self.inner.read_lease(session_id)
+
+    def peek_lease(self, session_id: str) -> dict[str, Any] | None:
+        return self.inner.peek_lease(session_id)
+
+    def drop_lease(self, session_id: str) -> None:
+        self.inner.drop_lease(session_id)
+
+    def holder_gone(self, session_id: str, lease: Mapping[str, Any]) -> bool:
+        return self.inner.holder_gone(session_id, lease)
+
+    def check(self, sessions: Mapping[str, str], *, index: bool) -> list[ss.Problem]:
+        return self.inner.check(sessions, index=index)

@@ -39,14 +39,18 @@ def drop_schema(schema: str) -> None:
 
 @contextlib.contextmanager
 def postgres_storage() -> Iterator[Any]:
-    """Conformance-kit opener: a fresh schema per ``with`` block, dropped afterwards."""
+    """Conformance-kit opener: a fresh schema per ``with`` block, dropped afterwards;
+    each storage in a :class:`~session_store_conformance.FaultyStorage`, for the kit's
+    fault and crash rules."""
     from session_store_postgres import PostgresStorage
 
     schema = new_schema()
     opened: list[SessionStore] = []
 
     def factory(**options: Any) -> SessionStore:
-        store = SessionStore(PostgresStorage(DSN, schema=schema), **options)
+        from session_store_conformance import FaultyStorage
+
+        store = SessionStore(FaultyStorage(PostgresStorage(DSN, schema=schema)), **options)
         opened.append(store)
         return store
 

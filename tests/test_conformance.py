@@ -43,8 +43,15 @@ class TestSqliteContract(conformance.ContractTests):
     storage = staticmethod(sqlite_storage)
 
 
+class TestSqliteCrashes(conformance.CrashTests):
+    storage = staticmethod(sqlite_storage)
+
+
 if pg.DSN or pg.REQUIRED:
     TestPostgresMachine = conformance.state_machine_tests(pg.postgres_storage, max_examples=15)
 
     class TestPostgresContract(conformance.ContractTests):
+        storage = staticmethod(pg.postgres_storage)
+
+    class TestPostgresCrashes(conformance.CrashTests):
         storage = staticmethod(pg.postgres_storage)

@@ -290,10 +290,14 @@ def test_symlinked_storage_dir_is_used_as_given(tmp_path: Path) -> None:
 
 
 def test_repair_sets_aside_a_session_whose_key_was_taken(tmp_path: Path) -> None:
+    """Both sessions of the key hold messages: the key stays with the one in use, the
+    other is kept aside whole. (When the new one is empty, the key goes back instead:
+    tests/test_storage.py.)"""
     sid, _ = make_session(tmp_path)
     os.unlink(os.path.join(tmp_path, "keys", *_link_of(tmp_path, "k")))  # the index lost it...
     with SessionStore(storage_dir=tmp_path) as store:
-        new_sid = store.resolve("k")  # ...and "k" was resolved again before a repair
+        new_sid = store.resolve("k")  # ...and "k" was resolved again, and used, before a repair
+        store.append(new_sid, role="user", content="in use")
         assert new_sid != sid
         report = store.repair()
         assert report.ok

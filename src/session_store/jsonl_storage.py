@@ -1224,14 +1224,14 @@ class JsonlStorage(Storage):
         return fixed
 
     def _empty_successor(self, holder: str, entry: IndexEntry) -> bool:
-        """Whether the key's session ``holder`` holds no message and was made after
-        ``entry`` (an unindexed session of the same key): what a lost link leaves."""
-        made = self._read_meta(holder)
+        """Whether the key's session ``holder`` holds nothing (no message, no branch
+        event) while ``entry``, an unindexed session of the same key, holds messages:
+        what resolve() leaves when it finds a key's link lost."""
         try:
-            empty = self.fs.size(self._log(holder)) == 0 and self._stat_events(holder)[0] == 0
+            return (self.fs.size(self._log(holder)) == 0 and self._stat_events(holder)[0] == 0
+                    and self.fs.size(self._log(entry.session_id)) > 0)
         except FileNotFoundError:
             return False
-        return empty and made is not None and (made.created_at, holder) > (entry.created_at, entry.session_id)
 
     def repair_index(self) -> list[str]:
         """Migrate format 1; adopt unindexed folders; clear garbage (see :meth:`_garbage`)."""
