@@ -249,3 +249,23 @@ def test_langchain_messages_as_messages_to_dict_writes_them(mem: SessionStore) -
     assert anthropic["system"] == "Be brief.\n\nSay it plainly."
     assert anthropic["messages"][2]["content"][0] == {"type": "tool_result", "tool_use_id": "call_1",
                                                       "content": "no data for Paris", "is_error": True}
+
+
+def test_the_command_line_shows_what_langchain_said_not_its_json(tmp_path: Any) -> None:
+    """history and tree, in a process that never imported this module, load it (its
+    reader) for a session that holds objects, and show the messages' text and calls."""
+    import os
+    import subprocess
+    import sys
+
+    with SessionStore(storage_dir=str(tmp_path)) as store:
+        SessionStoreChatMessageHistory("user:alice", store).add_messages(CONVERSATION[:5])
+    run = subprocess.run([sys.executable, "-m", "session_store", "--dir", str(tmp_path), "history", "user:alice"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "system: You are terse.", "user: Weather in Paris?", 'assistant: [call weather {"city":"Paris"}]',
+        "tool: Sunny, 21°C", "assistant: Sunny in Paris."]
+    tree = subprocess.run([sys.executable, "-m", "session_store", "--dir", str(tmp_path), "tree", "user:alice"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"})
+    assert tree.returncode == 0 and "Weather in Paris?" in tree.stdout and '"data"' not in tree.stdout, tree

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     import argparse
 
-from .contexts import _CONTEXT_FORMATS, _read_content
-from .errors import SessionStoreError
+from .contexts import _CONTEXT_FORMATS, _RECOGNIZERS, _read_content, read_turns
+from .errors import SessionStoreError, _log
 from .file_systems import RealFileSystem
 from .jsonl_storage import JsonlStorage
 from .log_format import _dumps, _encode_line, _message_from_record
@@ -45,8 +45,17 @@ def _shown(content: Any) -> str:
     return "\n".join(shown) if shown or not content else _dumps(content)
 
 
-def _first_line(content: Any, width: int) -> str:
-    text = _shown(content)
+def _shown_message(m: Message) -> str:
+    """A record as a person reads it: one whose content a registered reader recognizes
+    (a framework's message, as its integration stores it) as what the reader makes of
+    it (see :func:`read_turns`), any other by its content (:func:`_shown`)."""
+    if m.content.__class__ is not str and any(recognizes(m) for recognizes in list(_RECOGNIZERS.values())):
+        return "\n".join(text for text in (_shown(t.content) for t in read_turns(m)) if text)
+    return _shown(m.content)
+
+
+def _first_line(m: Message, width: int) -> str:
+    text = _shown_message(m)
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= width else line[: max(0, width - 1)] + "…"
 
@@ -118,7 +127,7 @@ def draw_tree(store: SessionStore, session_id: str, *, width: int = 100) -> list
         head = f"{prefix}{msg.role} {short[msg.id]}  "
         if len(head) + len(tag) > width:
             tag = tag[:max(0, width - len(head))]
-        out.append((head + _first_line(msg.content, width - len(head) - len(tag)) + tag)[:width])
+        out.append((head + _first_line(msg, width - len(head) - len(tag)) + tag)[:width])
         kids = children.get(msg.id, [])
         if not kids:
             continue
@@ -248,6 +257,28 @@ def _optional(name: str, what: str, *, needed: bool = True) -> Any:
         raise _UsageError(f"{what} need{'s' if not what.endswith('s') else ''} {name}.py (integrations/ in "
                           "session-store) installed or beside session_store.py")
     return None
+
+
+# The integrations that store a framework's messages whole, each registering the reader
+# the command line shows them with (see _framework_readers).
+_FRAMEWORK_INTEGRATIONS = ("session_store_langchain", "session_store_pydantic_ai", "session_store_llama_index")
+_FRAMEWORKS_LOADED: list[bool] = []  # [True] once tried: at most once per process
+
+
+def _framework_readers(messages: Iterable[Message]) -> None:
+    """Import the framework integrations that can be (their framework installed), the
+    first time a session shown holds a record whose content is an object, as they
+    store a LangChain, pydantic-ai or LlamaIndex message: their readers then show what
+    the framework said, not its JSON. Never for other sessions (importing a framework
+    takes seconds); one that cannot be imported is left out (its records show as JSON)."""
+    if _FRAMEWORKS_LOADED or not any(isinstance(m.content, dict) for m in messages):
+        return
+    _FRAMEWORKS_LOADED.append(True)
+    for name in _FRAMEWORK_INTEGRATIONS:
+        try:
+            _optional(name, name, needed=False)
+        except Exception as e:  # its framework is not installed, or fails to import: shown as JSON
+            _log.debug("%s not loaded: %s", name, e)
 
 
 def _transcripts(*, needed: bool = True) -> Any:
@@ -426,6 +457,7 @@ def _run(args: Any, out: _Output) -> int:
             print(store.fork_session(sid, at, key=args.key))
             return 0
         if command == "tree":
+            _framework_readers(store.get_messages(sid))
             width = min(shutil.get_terminal_size((100, 24)).columns, 120) if out.tty else 100
             for line in draw_tree(store, sid, width=width):
                 print(re.sub(r"(^|[─ ])(user|assistant|system|tool|reset)(?= )",
@@ -459,8 +491,9 @@ def _run(args: Any, out: _Output) -> int:
             if args.format == "json":
                 print(json.dumps([m.to_record() for m in path], ensure_ascii=False, indent=2))
             else:
+                _framework_readers(path)
                 for m in path:
-                    print(f"{out.role(m.role)}: {_shown(m.content)}")
+                    print(f"{out.role(m.role)}: {_shown_message(m)}")
             return 0
         if command == "export":
             if args.format in ("pi", "claude-code"):
