@@ -333,7 +333,7 @@ _SNAKE_TO_CAMEL = {
 _CAMEL_TO_SNAKE = {v: k for k, v in _SNAKE_TO_CAMEL.items()}
 _CORE_KEYS = frozenset({"id", "parentId", "type", "role", "content", "timestamp"})
 # Keyword names append() refuses as extra fields: they would collide on disk.
-_RESERVED_FIELDS = _CORE_KEYS | frozenset(_CAMEL_TO_SNAKE) | {"parent_id", "owner_id"}
+_RESERVED_FIELDS = _CORE_KEYS | frozenset(_CAMEL_TO_SNAKE) | {"parent_id", "owner_id", "#"}  # "#": a line's check
 #: Record types the store gives a meaning to, which only it writes: a reset marker
 #: (auto-reset and reset()) and a placeholder for a record it could not read.
 _RESERVED_TYPES = frozenset({"reset", "damaged"})
@@ -799,6 +799,37 @@ def _encode_message(record: Mapping[str, Any]) -> bytes:
         raise InvalidMessage(f"message is not JSON-serializable: {e}") from None
 
 
+# A message line's check: its last key, "#", holding the CRC-32 of the line before
+# it (from "{" to the last value's end), as 8 hex digits:
+# {"id":...,"content":...,"#":"1a2b3c4d"}. The store adds it as
+# it hands a line to its storage (_sealed); a reader compares and takes it out
+# (_intact), so a changed byte anywhere in a record is seen, a digit of an id that
+# became another digit too. Format 2 gained it: a line without it (written before,
+# or by hand) is read unchecked, and an older reader takes it for an extra field.
+_CHECK_BYTES = 16  # len(b',"#":"1a2b3c4d"}')
+_DAMAGED_CHECK = "its check does not match its bytes (a byte changed on disk or by hand)"
+
+
+def _sealed(line: bytes) -> bytes:
+    """A message line (``b'{...}\n'``) with its check as its last key."""
+    head = line[:-2] if line.endswith(b"\n") else line[:-1]  # all but the closing brace
+    return b'%s,"#":"%08x"}\n' % (head, zlib.crc32(head))
+
+
+def _intact(raw: bytes, rec: dict[str, Any]) -> bool:
+    """Whether the message record decoded from the line ``raw`` matches its check;
+    the check is taken out of ``rec``. A record without one is believed. (On every
+    record of every load: one CRC of the line, no other copy.)"""
+    check = rec.get("#")
+    if check.__class__ is not str:  # none (or not one of ours): read as it is
+        return True
+    del rec["#"]
+    if raw[-1] == 125:  # "}": the line ends with its check (else a chain's mark follows)
+        return f"{zlib.crc32(raw[:-_CHECK_BYTES]):08x}" == check
+    end = len(raw.rstrip(b" \t\r"))
+    return end > _CHECK_BYTES and f"{zlib.crc32(raw[:end - _CHECK_BYTES]):08x}" == check
+
+
 def _report(problems: list[Problem], session_id: str | None, file: str, offset: int, reason: str) -> None:
     """Record a problem record and log it: it is ignored by the tree, kept in storage."""
     problems.append(Problem(session_id=session_id, file=file, offset=offset, reason=reason))
@@ -816,21 +847,34 @@ _SALVAGE_RE = re.compile(
 
 def _damaged_record(raw: bytes, where: int, reason: str) -> dict[str, Any]:
     """The placeholder of a message record that cannot be decoded: type ``damaged``,
-    its own id and parent when they can be read (so its children stay attached),
-    else ``damaged-<where>`` as a root; ``damaged`` says why."""
+    its own id and parent when they can be read (so its children stay attached), else
+    ``damaged-<where>`` as a root; ``damaged`` says why. A byte changed in an id reads
+    back as a near id (an invalid byte or a control character as ``?``), which the
+    tree joins to its children (see ``_Session._adopt``). ``sealed``: the line ends
+    with a check, so it is a record this store wrote (not a line of something else)."""
     record: dict[str, Any] = {"id": f"damaged-{where}", "parentId": None, "type": "damaged", "role": "system",
                               "content": None, "timestamp": 0, "damaged": reason}
+    if _CHECKED_END_RE.search(raw.rstrip(b" \t\r")):
+        record["sealed"] = True
     found = _SALVAGE_RE.match(raw)
     if found:
-        try:
-            mid, parent = json.loads(found[1]), json.loads(found[2])
-            _check_name("id", mid)
-            if parent is not None:
-                _check_name("parentId", parent)
-        except (ValueError, InvalidInput):
-            return record
-        record["id"], record["parentId"] = mid, parent
+        mid, parent = _salvaged_name(found[1]), None if found[2] == b"null" else _salvaged_name(found[2])
+        if mid is not None and (parent is not None or found[2] == b"null"):
+            record["id"], record["parentId"] = mid, parent
     return record
+
+
+_CHECKED_END_RE = re.compile(rb',"#":"[0-9a-f]{8}"\}$')
+
+
+def _salvaged_name(quoted: bytes) -> str | None:
+    """An id read back from a damaged line (``quoted`` with its quotes): as JSON when
+    it still is, else its bytes with what cannot be in a name made ``?``."""
+    try:
+        value = json.loads(quoted)
+    except (ValueError, UnicodeDecodeError):
+        value = _CONTROL_RE.sub("?", quoted[1:-1].decode("utf-8", "replace")).replace("\ufffd", "?")
+    return value if _is_name(value) else None
 
 
 def _placeholder_of(rec: dict[str, Any], where: int, reason: str) -> dict[str, Any]:
@@ -913,11 +957,12 @@ def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, pro
         try:
             text = raw.decode()
             rec, stop = scan(text, 0)
-            if stop == len(text) and type(rec) is dict:  # the common case, quickly
-                out.append((where, rec))
-                continue
-            if stop == len(text) - 2 and text[stop:] == _CHAIN_MARK_TEXT and type(rec) is dict:  # a chain's line
-                out.append((where, rec))
+            if type(rec) is dict and (stop == len(text) or (stop == len(text) - 2 and text[stop:] == _CHAIN_MARK_TEXT)):
+                if not message or _intact(raw, rec):  # the common case, quickly (a chain's line too)
+                    out.append((where, rec))
+                else:
+                    _report(problems, session_id, file, where, _DAMAGED_CHECK)
+                    out.append((where, _damaged_record(raw, where, _DAMAGED_CHECK)))
                 continue
         except (ValueError, StopIteration, RecursionError):
             pass
@@ -937,7 +982,11 @@ def _parse_line(raw: bytes, where: int, out: list[tuple[int, dict[str, Any]]], f
     try:
         rec = json.loads(raw)
         if type(rec) is dict:
-            out.append((where, rec))
+            if not message or _intact(raw, rec):
+                out.append((where, rec))
+            else:
+                _report(problems, session_id, file, where, _DAMAGED_CHECK)
+                out.append((where, _damaged_record(raw, where, _DAMAGED_CHECK)))
             return
     except (ValueError, UnicodeDecodeError, RecursionError):
         pass
@@ -1203,12 +1252,20 @@ class Records:
                 try:  # the common row, read by the scanner exactly as json.loads reads it (see _parse_lines)
                     record, stop = scan(text, 0)
                     if stop == len(text) and type(record) is dict:
-                        out.append((seq, record))
+                        if not message or _intact(text.encode("utf-8", "surrogatepass"), record):
+                            out.append((seq, record))
+                        else:
+                            _report(found.problems, session_id, label, seq, _DAMAGED_CHECK)
+                            out.append((seq, _damaged_record(text.encode("utf-8", "surrogatepass"), seq,
+                                                             _DAMAGED_CHECK)))
                         continue
                 except (ValueError, StopIteration, RecursionError):
                     pass
-                record = _decode_record(text.encode("utf-8", "surrogatepass"), seq, label, session_id,
-                                        found.problems, message=message)
+                raw = text.encode("utf-8", "surrogatepass")
+                record = _decode_record(raw, seq, label, session_id, found.problems, message=message)
+                if message and record is not None and not _intact(raw, record):
+                    _report(found.problems, session_id, label, seq, _DAMAGED_CHECK)
+                    record = _damaged_record(raw, seq, _DAMAGED_CHECK)
                 if record is not None:
                     out.append((seq, record))
             if seq >= 0 and message:
@@ -4359,6 +4416,7 @@ class _Session:
     """
 
     __slots__ = (
+        "adopted",
         "batch",
         "branches",
         "by_id",
@@ -4420,6 +4478,10 @@ class _Session:
         # Roots whose parent is missing: a path ends at them. Rare (damage, hand-written
         # logs), so a session has the shared empty set until it has one (a set is 216 bytes).
         self.detached: AbstractSet[str] = _NONE_DETACHED
+        # The ids of the damaged records read (oldest first), whose children may name them
+        # by the id they had before the damage, and the missing ids given to one of them
+        # (see _adopt). None until the session has a damaged record.
+        self.adopted: tuple[list[str], dict[str, str]] | None = None
         self.branches: dict[str, _BranchState] = {"main": _BranchState("main", None, self.created_at)}
         self.current = "main"
         self.position: Position = (0, 0)
@@ -4599,9 +4661,52 @@ class _Session:
                 self.record_count += 1
                 continue
             if msg.parent_id is not None and msg.parent_id not in by_id:
-                _report(problems, sid, label, where,
-                        f"parent {msg.parent_id!r} of {msg.id!r} is missing (its record was lost): {_KEPT}")
+                msg = self._adopt(msg, where, label)
+            elif msg.type == "damaged" and msg.parent_id is None and by_id and _unread_own(msg):
+                # One of our records, its id and parent unreadable: the log order says its
+                # parent is most likely the record before it (a chat is mostly a chain).
+                msg = _new_message(msg.id, next(reversed(by_id)), msg.type, msg.role, msg.content, msg.timestamp,
+                                   msg.fields)
             add(msg)
+            if msg.type == "damaged":
+                if self.adopted is None:
+                    self.adopted = ([], {})
+                self.adopted[0].append(msg.id)
+
+    def _adopt(self, msg: Message, where: int, label: str) -> Message:
+        """A message whose parent is missing, joined to the damaged record before it in
+        the log that its parent was, as far as the log can tell: a parent precedes its
+        children, and a record damaged in its id keeps an id of the same length that
+        differs in a character or two (what a flipped bit or byte does). So the newest
+        damaged record before it whose id is that near the missing one takes it, and
+        every later message naming the same id; failing that, the newest damaged record
+        of ours whose id could not be read at all (see :func:`_unread_own`) and that no
+        other id was given to. A damaged record whose own parent is missing goes under
+        the newest message whose id is that near the one it names. The head follows as
+        for any append. Else it is kept as a root, and reported."""
+        adopted = self.adopted
+        parent = msg.parent_id
+        assert parent is not None
+        to = None
+        if msg.type == "damaged":  # its own parentId may be what changed: the message whose id it nearly is
+            to = next((m for m in reversed(self.by_id) if len(m) == len(parent)
+                       and sum(a != b for a, b in zip(m, parent, strict=True)) <= 2), None)
+        if to is None and adopted is not None:
+            to = adopted[1].get(parent)
+            if to is None:
+                to = next((d for d in reversed(adopted[0]) if len(d) == len(parent)
+                           and sum(a != b for a, b in zip(d, parent, strict=True)) <= 2), None)
+                if to is None:  # else the newest record of ours whose id could not be read, not given yet
+                    given = set(adopted[1].values())
+                    to = next((d for d in reversed(adopted[0]) if d not in given and _unread_own(self.by_id[d])),
+                              None)
+                if to is not None:
+                    adopted[1][parent] = to
+        if to is None:
+            _report(self.problems, self.session_id, label, where,
+                    f"parent {parent!r} of {msg.id!r} is missing (its record was lost): {_KEPT}")
+            return msg
+        return _new_message(msg.id, to, msg.type, msg.role, msg.content, msg.timestamp, msg.fields)
 
     def require(self, message_id: str) -> Message:
         try:
@@ -4647,6 +4752,14 @@ class _Session:
                                updated_at=self.updated_at, message_count=self.record_count,
                                reset_count=self.reset_count, last_reset_at=self.last_reset_at,
                                forked_from=self.forked_from, branch_count=len(self.branches))
+
+
+def _unread_own(m: Message) -> bool:
+    """Whether ``m`` is the placeholder of a record this store wrote (its line ends
+    with a check) whose id could not be read back: its children, and its parent, are
+    found by the log's order (see ``_Session._adopt``). A line of anything else (not
+    ours) never is: a message naming a missing parent is not guessed to be its child."""
+    return m.type == "damaged" and m.fields.get("sealed") is True and m.id.startswith("damaged-")
 
 
 def _advances(head: str | None, parent: str | None) -> bool:
@@ -5971,7 +6084,7 @@ class _SessionCache:
                 else:
                     placeholder = _placeholder_of(rec, where, why)
                 placeholder["timestamp"] = last
-                placeholders[where] = _encode_line(placeholder)
+                placeholders[where] = _sealed(_encode_line(placeholder))
         scratch.problems += [
             Problem(session_id=entry.session_id, file=scratch.events_label, offset=None,
                     reason=f"branch event {ev['op']!r} on {ev['name']!r} follows messages that are missing")
@@ -6965,6 +7078,7 @@ class SessionStore(_LeasedStore):
         """Write one message record and apply it (caller is in ``_writing``). Inside
         append_many (``state.batch``) the record is applied now and written with the
         rest of its chain by :meth:`_write_batch`."""
+        line = _sealed(line)  # every message line goes to storage with its check
         if state.batch is None:
             state.position = self._storage.append_message(state.session_id, state.position, msg.id, line)
         else:
@@ -7074,7 +7188,7 @@ class SessionStore(_LeasedStore):
         if not isinstance(messages, (list, tuple)):
             raise InvalidInput(f"import_session takes a list of Message records, not {type(messages).__name__}")
         seen: set[str] = set()
-        lines = _import_lines(messages, seen)
+        lines = [_sealed(line) for line in _import_lines(messages, seen)]
         heads: dict[str, str | None] = {"main": None}
         named: set[str] = set()
         for b in branches or []:
@@ -7637,7 +7751,7 @@ class SessionStore(_LeasedStore):
                 leaf, messages = path(state)
         new, now = str(uuid.uuid4()), self._now_ms()
         key = f"fork:{new}" if key is None else key
-        lines = [_encode_message(m.to_record()) for m in messages]
+        lines = [_sealed(_encode_message(m.to_record())) for m in messages]
         events = [_encode_line({"op": "move", "name": "main", "headId": leaf, "at": now, "seq": len(lines)})]
         with _storage_errors(f"fork session {session_id!r}"):
             created = self._storage.create_session(key, new, now, messages=lines, events=events,

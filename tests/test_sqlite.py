@@ -217,3 +217,24 @@ def test_message_rows_with_a_gap_keep_their_seq_and_appends_go_after_the_last(tm
 def test_a_database_in_memory_is_refused() -> None:
     with pytest.raises(ValueError, match="database file"):
         SqliteStorage(":memory:")
+
+
+def test_a_digit_of_a_rows_id_that_became_another_is_seen_and_cuts_nothing(tmp_path: Path) -> None:
+    """A row's text carries the record's check too: a digit of an id changed in the
+    database is seen, and the messages after it stay on the path."""
+    db = tmp_path / "s.db"
+    with open_db(db) as store:
+        sid = store.resolve("k")
+        ids = [m.id for m in store.append_many(sid, [{"role": "user", "content": f"m{i}"} for i in range(20)])]
+    conn = sqlite3.connect(db)
+    text = conn.execute("SELECT record FROM messages WHERE session_id = ? AND seq = 6", (sid,)).fetchone()[0]
+    at = next(i for i in range(7, 23) if text[i] in "0123")
+    conn.execute("UPDATE messages SET record = ? WHERE session_id = ? AND seq = 6",
+                 (text[:at] + chr(ord(text[at]) ^ 1) + text[at + 1:], sid))
+    conn.commit()
+    conn.close()
+    with open_db(db) as store:
+        assert not store.check().ok
+        path = store.get_linear_history(sid)
+        assert len(path) == 20 and path[6].type == "damaged" and store.get_head(sid) == ids[-1]
+        assert store.repair().ok and store.check().ok and len(store.get_linear_history(sid)) == 20

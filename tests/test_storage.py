@@ -12,8 +12,10 @@ import json
 import logging
 import os
 import pickle
+import random
 import shutil
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,9 @@ def test_layout_and_records_follow_the_documented_format(tmp_path: Path) -> None
     folder = tmp_path / sid
     assert sorted(p.name for p in folder.iterdir()) == ["branches.jsonl", "messages.jsonl", "session.json",
                                                         "stats.json"]
-    assert lines(folder / "messages.jsonl") == [
+    for raw in (folder / "messages.jsonl").read_bytes().splitlines():  # each line ends with its check
+        assert raw[-16:] == b',"#":"%08x"}' % zlib.crc32(raw[:-16])
+    assert [{k: v for k, v in r.items() if k != "#"} for r in lines(folder / "messages.jsonl")] == [
         {"id": a.id, "parentId": None, "type": "user", "role": "user", "content": "Hello", "timestamp": a.timestamp},
         {"id": b.id, "parentId": a.id, "type": "assistant", "role": "assistant", "content": "Hi",
          "timestamp": b.timestamp, "toolCalls": [{"id": "c"}]},
@@ -1153,7 +1157,11 @@ def assert_read_as_json_loads(raw_lines: list[bytes], found: list[tuple[int, Any
             value = json.loads(line)
         except (ValueError, RecursionError):
             value = None
-        if isinstance(value, dict):
+        if isinstance(value, dict) and isinstance(value.get("#"), str):  # a check: believed only when it matches
+            body = line.rstrip(b" \t\r")
+            intact = len(body) > 16 and value["#"] == f"{zlib.crc32(body[:-16]):08x}"
+            expected.append((offset, {k: v for k, v in value.items() if k != "#"} if intact else "damaged"))
+        elif isinstance(value, dict):
             expected.append((offset, value))
         elif line.strip():
             expected.append((offset, "damaged"))
@@ -1441,3 +1449,68 @@ def test_a_load_in_parts_ends_when_the_log_is_cut_back_under_it(tmp_path: Path,
     monkeypatch.setattr(fs, "read_range", read_range)
     found = [rec for part in ss.JsonlStorage(fs, str(tmp_path)).load_parts(sid, (0, 0)) for _, rec in part.messages]
     assert found == [] and len(chain) == 20  # a chain cut back is not seen, even in part
+
+
+# -- a byte changed anywhere in a record: seen, and the conversation is not cut -------------
+
+
+def _chat(tmp_path: Path, count: int) -> tuple[str, list[str], bytes]:
+    with open_files(tmp_path, durable=False) as store:
+        sid = store.resolve("k")
+        ids = [m.id for m in store.append_many(sid, [{"role": "user" if i % 2 else "assistant",
+                                                      "content": f"message {i}"} for i in range(count)])]
+    return sid, ids, (tmp_path / sid / "messages.jsonl").read_bytes()
+
+
+def _flipped(data: bytes, record: int, at: int, bit: int) -> bytes:
+    start = sum(len(line) + 1 for line in data.split(b"\n")[:record])
+    changed = bytearray(data)
+    changed[start + at] ^= 1 << bit
+    return bytes(changed)
+
+
+def test_a_digit_of_an_id_that_became_another_is_seen_and_cuts_nothing(tmp_path: Path) -> None:
+    """Issue 33's case: 1,000 messages, one bit of record 6's id flipped so that a
+    digit becomes another digit. Before the per-record check it was not even seen as
+    damage: a load's path stopped at message 5, the head stayed there, and a cold read
+    of the path's end still showed the last messages."""
+    sid, ids, data = _chat(tmp_path, 1000)
+    line = data.split(b"\n")[6]
+    at = next(i for i in range(7, 23) if line[i:i + 1] in b"0123" and chr(line[i] ^ 1).isdigit())
+    (tmp_path / sid / "messages.jsonl").write_bytes(_flipped(data, 6, at, 0))
+    with open_files(tmp_path) as cold:  # never loaded: reads the path's end
+        end, context = cold.get_linear_history(sid, limit=3), cold.build_context(sid, limit=3)
+    with open_files(tmp_path) as store:
+        assert not store.check().ok  # seen
+        path = store.get_linear_history(sid)
+        assert len(path) == 1000 and path[6].type == "damaged" and [m.id for m in path[7:]] == ids[7:]
+        assert store.get_head(sid) == ids[-1] and path[-3:] == end and store.build_context(sid, limit=3) == context
+        assert store.append(sid, role="user", content="next").parent_id == ids[-1]
+        assert store.repair().ok and store.check().ok
+    with open_files(tmp_path) as store:
+        assert len(store.get_linear_history(sid)) == 1001 and store.check().ok
+
+
+def test_a_bit_flipped_anywhere_in_a_record_is_seen_and_never_cuts_the_path(tmp_path: Path) -> None:
+    """Any one bit of a record flipped (a sample of 150, every part of the line): the
+    record reads as damaged, its children stay attached (by their parent's near id, or
+    by the log's order when no id could be read), the head stays at the last message.
+    Only a flip in the check's own key can hide it (the record then reads whole)."""
+    sid, ids, data = _chat(tmp_path / "source", 30)
+    line = data.split(b"\n")[6]
+    rnd = random.Random(33)
+    unseen = 0
+    for n in range(150):
+        at, bit = rnd.randrange(len(line)), rnd.randrange(8)
+        if line[at] ^ (1 << bit) == ord("\n"):
+            continue
+        folder = tmp_path / f"flip{n}"
+        shutil.copytree(tmp_path / "source", folder, symlinks=True)
+        (folder / sid / "messages.jsonl").write_bytes(_flipped(data, 6, at, bit))
+        with open_files(folder) as store:
+            path = store.get_linear_history(sid)
+            assert len(path) == 30 and store.get_head(sid) == ids[-1], (at, bit, line[at:at + 1])
+            if store.check().ok:
+                unseen += 1
+                assert line[at:at + 1] == b"#" or path[6].id == ids[6]
+    assert unseen <= 3

@@ -13,12 +13,14 @@ import itertools
 import json
 import re
 import sys
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import InvalidInput, InvalidMessage, _log
 from .records import (
     _CAMEL_TO_SNAKE,
+    _CONTROL_RE,
     _CORE_KEYS,
     _NO_FIELDS,
     _RESERVED_FIELDS,
@@ -118,6 +120,37 @@ def _encode_message(record: Mapping[str, Any]) -> bytes:
         raise InvalidMessage(f"message is not JSON-serializable: {e}") from None
 
 
+# A message line's check: its last key, "#", holding the CRC-32 of the line before
+# it (from "{" to the last value's end), as 8 hex digits:
+# {"id":...,"content":...,"#":"1a2b3c4d"}. The store adds it as
+# it hands a line to its storage (_sealed); a reader compares and takes it out
+# (_intact), so a changed byte anywhere in a record is seen, a digit of an id that
+# became another digit too. Format 2 gained it: a line without it (written before,
+# or by hand) is read unchecked, and an older reader takes it for an extra field.
+_CHECK_BYTES = 16  # len(b',"#":"1a2b3c4d"}')
+_DAMAGED_CHECK = "its check does not match its bytes (a byte changed on disk or by hand)"
+
+
+def _sealed(line: bytes) -> bytes:
+    """A message line (``b'{...}\n'``) with its check as its last key."""
+    head = line[:-2] if line.endswith(b"\n") else line[:-1]  # all but the closing brace
+    return b'%s,"#":"%08x"}\n' % (head, zlib.crc32(head))
+
+
+def _intact(raw: bytes, rec: dict[str, Any]) -> bool:
+    """Whether the message record decoded from the line ``raw`` matches its check;
+    the check is taken out of ``rec``. A record without one is believed. (On every
+    record of every load: one CRC of the line, no other copy.)"""
+    check = rec.get("#")
+    if check.__class__ is not str:  # none (or not one of ours): read as it is
+        return True
+    del rec["#"]
+    if raw[-1] == 125:  # "}": the line ends with its check (else a chain's mark follows)
+        return f"{zlib.crc32(raw[:-_CHECK_BYTES]):08x}" == check
+    end = len(raw.rstrip(b" \t\r"))
+    return end > _CHECK_BYTES and f"{zlib.crc32(raw[:end - _CHECK_BYTES]):08x}" == check
+
+
 def _report(problems: list[Problem], session_id: str | None, file: str, offset: int, reason: str) -> None:
     """Record a problem record and log it: it is ignored by the tree, kept in storage."""
     problems.append(Problem(session_id=session_id, file=file, offset=offset, reason=reason))
@@ -135,21 +168,34 @@ _SALVAGE_RE = re.compile(
 
 def _damaged_record(raw: bytes, where: int, reason: str) -> dict[str, Any]:
     """The placeholder of a message record that cannot be decoded: type ``damaged``,
-    its own id and parent when they can be read (so its children stay attached),
-    else ``damaged-<where>`` as a root; ``damaged`` says why."""
+    its own id and parent when they can be read (so its children stay attached), else
+    ``damaged-<where>`` as a root; ``damaged`` says why. A byte changed in an id reads
+    back as a near id (an invalid byte or a control character as ``?``), which the
+    tree joins to its children (see ``_Session._adopt``). ``sealed``: the line ends
+    with a check, so it is a record this store wrote (not a line of something else)."""
     record: dict[str, Any] = {"id": f"damaged-{where}", "parentId": None, "type": "damaged", "role": "system",
                               "content": None, "timestamp": 0, "damaged": reason}
+    if _CHECKED_END_RE.search(raw.rstrip(b" \t\r")):
+        record["sealed"] = True
     found = _SALVAGE_RE.match(raw)
     if found:
-        try:
-            mid, parent = json.loads(found[1]), json.loads(found[2])
-            _check_name("id", mid)
-            if parent is not None:
-                _check_name("parentId", parent)
-        except (ValueError, InvalidInput):
-            return record
-        record["id"], record["parentId"] = mid, parent
+        mid, parent = _salvaged_name(found[1]), None if found[2] == b"null" else _salvaged_name(found[2])
+        if mid is not None and (parent is not None or found[2] == b"null"):
+            record["id"], record["parentId"] = mid, parent
     return record
+
+
+_CHECKED_END_RE = re.compile(rb',"#":"[0-9a-f]{8}"\}$')
+
+
+def _salvaged_name(quoted: bytes) -> str | None:
+    """An id read back from a damaged line (``quoted`` with its quotes): as JSON when
+    it still is, else its bytes with what cannot be in a name made ``?``."""
+    try:
+        value = json.loads(quoted)
+    except (ValueError, UnicodeDecodeError):
+        value = _CONTROL_RE.sub("?", quoted[1:-1].decode("utf-8", "replace")).replace("\ufffd", "?")
+    return value if _is_name(value) else None
 
 
 def _placeholder_of(rec: dict[str, Any], where: int, reason: str) -> dict[str, Any]:
@@ -232,11 +278,12 @@ def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, pro
         try:
             text = raw.decode()
             rec, stop = scan(text, 0)
-            if stop == len(text) and type(rec) is dict:  # the common case, quickly
-                out.append((where, rec))
-                continue
-            if stop == len(text) - 2 and text[stop:] == _CHAIN_MARK_TEXT and type(rec) is dict:  # a chain's line
-                out.append((where, rec))
+            if type(rec) is dict and (stop == len(text) or (stop == len(text) - 2 and text[stop:] == _CHAIN_MARK_TEXT)):
+                if not message or _intact(raw, rec):  # the common case, quickly (a chain's line too)
+                    out.append((where, rec))
+                else:
+                    _report(problems, session_id, file, where, _DAMAGED_CHECK)
+                    out.append((where, _damaged_record(raw, where, _DAMAGED_CHECK)))
                 continue
         except (ValueError, StopIteration, RecursionError):
             pass
@@ -256,7 +303,11 @@ def _parse_line(raw: bytes, where: int, out: list[tuple[int, dict[str, Any]]], f
     try:
         rec = json.loads(raw)
         if type(rec) is dict:
-            out.append((where, rec))
+            if not message or _intact(raw, rec):
+                out.append((where, rec))
+            else:
+                _report(problems, session_id, file, where, _DAMAGED_CHECK)
+                out.append((where, _damaged_record(raw, where, _DAMAGED_CHECK)))
             return
     except (ValueError, UnicodeDecodeError, RecursionError):
         pass

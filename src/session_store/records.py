@@ -50,7 +50,7 @@ _SNAKE_TO_CAMEL = {
 _CAMEL_TO_SNAKE = {v: k for k, v in _SNAKE_TO_CAMEL.items()}
 _CORE_KEYS = frozenset({"id", "parentId", "type", "role", "content", "timestamp"})
 # Keyword names append() refuses as extra fields: they would collide on disk.
-_RESERVED_FIELDS = _CORE_KEYS | frozenset(_CAMEL_TO_SNAKE) | {"parent_id", "owner_id"}
+_RESERVED_FIELDS = _CORE_KEYS | frozenset(_CAMEL_TO_SNAKE) | {"parent_id", "owner_id", "#"}  # "#": a line's check
 #: Record types the store gives a meaning to, which only it writes: a reset marker
 #: (auto-reset and reset()) and a placeholder for a record it could not read.
 _RESERVED_TYPES = frozenset({"reset", "damaged"})

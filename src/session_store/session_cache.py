@@ -37,6 +37,7 @@ from .log_format import (
     _damaged_record,
     _encode_line,
     _placeholder_of,
+    _sealed,
 )
 from .records import (
     Event,
@@ -433,7 +434,7 @@ class _SessionCache:
                 else:
                     placeholder = _placeholder_of(rec, where, why)
                 placeholder["timestamp"] = last
-                placeholders[where] = _encode_line(placeholder)
+                placeholders[where] = _sealed(_encode_line(placeholder))
         scratch.problems += [
             Problem(session_id=entry.session_id, file=scratch.events_label, offset=None,
                     reason=f"branch event {ev['op']!r} on {ev['name']!r} follows messages that are missing")

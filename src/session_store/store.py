@@ -51,6 +51,7 @@ from .log_format import (
     _message_from_record,
     _new_message,
     _same_message,
+    _sealed,
 )
 from .records import (
     _HEAD,
@@ -458,6 +459,7 @@ class SessionStore(_LeasedStore):
         """Write one message record and apply it (caller is in ``_writing``). Inside
         append_many (``state.batch``) the record is applied now and written with the
         rest of its chain by :meth:`_write_batch`."""
+        line = _sealed(line)  # every message line goes to storage with its check
         if state.batch is None:
             state.position = self._storage.append_message(state.session_id, state.position, msg.id, line)
         else:
@@ -567,7 +569,7 @@ class SessionStore(_LeasedStore):
         if not isinstance(messages, (list, tuple)):
             raise InvalidInput(f"import_session takes a list of Message records, not {type(messages).__name__}")
         seen: set[str] = set()
-        lines = _import_lines(messages, seen)
+        lines = [_sealed(line) for line in _import_lines(messages, seen)]
         heads: dict[str, str | None] = {"main": None}
         named: set[str] = set()
         for b in branches or []:
@@ -1130,7 +1132,7 @@ class SessionStore(_LeasedStore):
                 leaf, messages = path(state)
         new, now = str(uuid.uuid4()), self._now_ms()
         key = f"fork:{new}" if key is None else key
-        lines = [_encode_message(m.to_record()) for m in messages]
+        lines = [_sealed(_encode_message(m.to_record())) for m in messages]
         events = [_encode_line({"op": "move", "name": "main", "headId": leaf, "at": now, "seq": len(lines)})]
         with _storage_errors(f"fork session {session_id!r}"):
             created = self._storage.create_session(key, new, now, messages=lines, events=events,

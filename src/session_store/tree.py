@@ -17,7 +17,7 @@ from typing import Any
 
 from .auto_reset import AutoResetConfig
 from .errors import MessageNotFound
-from .log_format import _legacy_branch_event, _message_from_record, _placeholder_of, _report
+from .log_format import _legacy_branch_event, _message_from_record, _new_message, _placeholder_of, _report
 from .records import Branch, Message, Problem, SessionMetadata
 from .storage import Position, Records
 from .validation import _is_name
@@ -51,6 +51,7 @@ class _Session:
     """
 
     __slots__ = (
+        "adopted",
         "batch",
         "branches",
         "by_id",
@@ -112,6 +113,10 @@ class _Session:
         # Roots whose parent is missing: a path ends at them. Rare (damage, hand-written
         # logs), so a session has the shared empty set until it has one (a set is 216 bytes).
         self.detached: AbstractSet[str] = _NONE_DETACHED
+        # The ids of the damaged records read (oldest first), whose children may name them
+        # by the id they had before the damage, and the missing ids given to one of them
+        # (see _adopt). None until the session has a damaged record.
+        self.adopted: tuple[list[str], dict[str, str]] | None = None
         self.branches: dict[str, _BranchState] = {"main": _BranchState("main", None, self.created_at)}
         self.current = "main"
         self.position: Position = (0, 0)
@@ -291,9 +296,52 @@ class _Session:
                 self.record_count += 1
                 continue
             if msg.parent_id is not None and msg.parent_id not in by_id:
-                _report(problems, sid, label, where,
-                        f"parent {msg.parent_id!r} of {msg.id!r} is missing (its record was lost): {_KEPT}")
+                msg = self._adopt(msg, where, label)
+            elif msg.type == "damaged" and msg.parent_id is None and by_id and _unread_own(msg):
+                # One of our records, its id and parent unreadable: the log order says its
+                # parent is most likely the record before it (a chat is mostly a chain).
+                msg = _new_message(msg.id, next(reversed(by_id)), msg.type, msg.role, msg.content, msg.timestamp,
+                                   msg.fields)
             add(msg)
+            if msg.type == "damaged":
+                if self.adopted is None:
+                    self.adopted = ([], {})
+                self.adopted[0].append(msg.id)
+
+    def _adopt(self, msg: Message, where: int, label: str) -> Message:
+        """A message whose parent is missing, joined to the damaged record before it in
+        the log that its parent was, as far as the log can tell: a parent precedes its
+        children, and a record damaged in its id keeps an id of the same length that
+        differs in a character or two (what a flipped bit or byte does). So the newest
+        damaged record before it whose id is that near the missing one takes it, and
+        every later message naming the same id; failing that, the newest damaged record
+        of ours whose id could not be read at all (see :func:`_unread_own`) and that no
+        other id was given to. A damaged record whose own parent is missing goes under
+        the newest message whose id is that near the one it names. The head follows as
+        for any append. Else it is kept as a root, and reported."""
+        adopted = self.adopted
+        parent = msg.parent_id
+        assert parent is not None
+        to = None
+        if msg.type == "damaged":  # its own parentId may be what changed: the message whose id it nearly is
+            to = next((m for m in reversed(self.by_id) if len(m) == len(parent)
+                       and sum(a != b for a, b in zip(m, parent, strict=True)) <= 2), None)
+        if to is None and adopted is not None:
+            to = adopted[1].get(parent)
+            if to is None:
+                to = next((d for d in reversed(adopted[0]) if len(d) == len(parent)
+                           and sum(a != b for a, b in zip(d, parent, strict=True)) <= 2), None)
+                if to is None:  # else the newest record of ours whose id could not be read, not given yet
+                    given = set(adopted[1].values())
+                    to = next((d for d in reversed(adopted[0]) if d not in given and _unread_own(self.by_id[d])),
+                              None)
+                if to is not None:
+                    adopted[1][parent] = to
+        if to is None:
+            _report(self.problems, self.session_id, label, where,
+                    f"parent {parent!r} of {msg.id!r} is missing (its record was lost): {_KEPT}")
+            return msg
+        return _new_message(msg.id, to, msg.type, msg.role, msg.content, msg.timestamp, msg.fields)
 
     def require(self, message_id: str) -> Message:
         try:
@@ -339,6 +387,14 @@ class _Session:
                                updated_at=self.updated_at, message_count=self.record_count,
                                reset_count=self.reset_count, last_reset_at=self.last_reset_at,
                                forked_from=self.forked_from, branch_count=len(self.branches))
+
+
+def _unread_own(m: Message) -> bool:
+    """Whether ``m`` is the placeholder of a record this store wrote (its line ends
+    with a check) whose id could not be read back: its children, and its parent, are
+    found by the log's order (see ``_Session._adopt``). A line of anything else (not
+    ours) never is: a message naming a missing parent is not guessed to be its child."""
+    return m.type == "damaged" and m.fields.get("sealed") is True and m.id.startswith("damaged-")
 
 
 def _advances(head: str | None, parent: str | None) -> bool:
