@@ -830,6 +830,16 @@ def _intact(raw: bytes, rec: dict[str, Any]) -> bool:
     return end > _CHECK_BYTES and f"{zlib.crc32(raw[:end - _CHECK_BYTES]):08x}" == check
 
 
+def _checked_message(raw: bytes, where: int, rec: dict[str, Any], file: str, session_id: str | None,
+                     problems: list[Problem]) -> dict[str, Any]:
+    """A message record read from ``raw``: itself when it matches its check (see
+    :func:`_intact`), else its placeholder, reported."""
+    if _intact(raw, rec):
+        return rec
+    _report(problems, session_id, file, where, _DAMAGED_CHECK)
+    return _damaged_record(raw, where, _DAMAGED_CHECK)
+
+
 def _report(problems: list[Problem], session_id: str | None, file: str, offset: int, reason: str) -> None:
     """Record a problem record and log it: it is ignored by the tree, kept in storage."""
     problems.append(Problem(session_id=session_id, file=file, offset=offset, reason=reason))
@@ -958,11 +968,9 @@ def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, pro
             text = raw.decode()
             rec, stop = scan(text, 0)
             if type(rec) is dict and (stop == len(text) or (stop == len(text) - 2 and text[stop:] == _CHAIN_MARK_TEXT)):
-                if not message or _intact(raw, rec):  # the common case, quickly (a chain's line too)
-                    out.append((where, rec))
-                else:
-                    _report(problems, session_id, file, where, _DAMAGED_CHECK)
-                    out.append((where, _damaged_record(raw, where, _DAMAGED_CHECK)))
+                # the common case, quickly (a chain's line too)
+                out.append((where, _checked_message(raw, where, rec, file, session_id, problems)
+                             if message else rec))
                 continue
         except (ValueError, StopIteration, RecursionError):
             pass
@@ -982,11 +990,7 @@ def _parse_line(raw: bytes, where: int, out: list[tuple[int, dict[str, Any]]], f
     try:
         rec = json.loads(raw)
         if type(rec) is dict:
-            if not message or _intact(raw, rec):
-                out.append((where, rec))
-            else:
-                _report(problems, session_id, file, where, _DAMAGED_CHECK)
-                out.append((where, _damaged_record(raw, where, _DAMAGED_CHECK)))
+            out.append((where, _checked_message(raw, where, rec, file, session_id, problems) if message else rec))
             return
     except (ValueError, UnicodeDecodeError, RecursionError):
         pass
@@ -1252,20 +1256,15 @@ class Records:
                 try:  # the common row, read by the scanner exactly as json.loads reads it (see _parse_lines)
                     record, stop = scan(text, 0)
                     if stop == len(text) and type(record) is dict:
-                        if not message or _intact(text.encode("utf-8", "surrogatepass"), record):
-                            out.append((seq, record))
-                        else:
-                            _report(found.problems, session_id, label, seq, _DAMAGED_CHECK)
-                            out.append((seq, _damaged_record(text.encode("utf-8", "surrogatepass"), seq,
-                                                             _DAMAGED_CHECK)))
+                        out.append((seq, _checked_message(text.encode("utf-8", "surrogatepass"), seq, record,
+                                                          label, session_id, found.problems) if message else record))
                         continue
                 except (ValueError, StopIteration, RecursionError):
                     pass
                 raw = text.encode("utf-8", "surrogatepass")
                 record = _decode_record(raw, seq, label, session_id, found.problems, message=message)
-                if message and record is not None and not _intact(raw, record):
-                    _report(found.problems, session_id, label, seq, _DAMAGED_CHECK)
-                    record = _damaged_record(raw, seq, _DAMAGED_CHECK)
+                if message and record is not None:
+                    record = _checked_message(raw, seq, record, label, session_id, found.problems)
                 if record is not None:
                     out.append((seq, record))
             if seq >= 0 and message:

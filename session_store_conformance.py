@@ -1369,7 +1369,47 @@ class SimulatedCrash(BaseException):
     """
 
 
-class FaultyFileSystem(FileSystem):
+class _Faults:
+    """What :class:`FaultyFileSystem` and :class:`FaultyStorage` share: faults armed per
+    operation, a crash at the n-th write operation, and the count of operations."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str, list[tuple[int, int, bool]]] = {}  # op -> [(skip, errno, landed)]
+        self._crash_op: int | None = None
+        self.ops = 0
+        self.crashed = False
+
+    def crash_at(self, n: int) -> None:
+        """The ``n``-th write operation from now crashes (0: the next)."""
+        self._crash_op = self.ops + n
+
+    def _error(self, code: int, op: str, what: str) -> OSError:
+        raise NotImplementedError  # pragma: no cover
+
+    def _step(self, op: str, what: str) -> OSError | None:
+        """Count a write operation; raise the fault armed for it, or return it when it
+        is to be raised once the operation has landed."""
+        if self.crashed:
+            raise SimulatedCrash("the simulated process has crashed")
+        if self._crash_op is not None and self.ops >= self._crash_op:
+            self.crashed = True
+            raise SimulatedCrash(f"crashed at {op} {what}")
+        self.ops += 1
+        armed = self._failures.get(op)
+        if armed:
+            skip, code, landed = armed[0]
+            if skip:
+                armed[0] = (skip - 1, code, landed)
+                return None
+            armed.pop(0)
+            error = self._error(code, op, what)
+            if not landed:
+                raise error
+            return error
+        return None
+
+
+class FaultyFileSystem(_Faults, FileSystem):
     """Wraps a :class:`~session_store.FileSystem` and injects faults into every write path.
 
     Arm faults with:
@@ -1393,13 +1433,10 @@ class FaultyFileSystem(FileSystem):
     """
 
     def __init__(self, inner: FileSystem) -> None:
+        super().__init__()
         self.inner = inner
-        self._failures: dict[str, list[tuple[int, int, bool]]] = {}  # op -> [(skip, errno, landed)]
         self._short: int | None = None
         self._crash_budget: int | None = None
-        self._crash_op: int | None = None
-        self.ops = 0
-        self.crashed = False
 
     def __repr__(self) -> str:
         return f"FaultyFileSystem({self.inner!r})"
@@ -1427,34 +1464,12 @@ class FaultyFileSystem(FileSystem):
         """Appends write at most ``nbytes`` more bytes in all; then the simulated crash."""
         self._crash_budget = nbytes
 
-    def crash_at(self, n: int) -> None:
-        """The ``n``-th write operation from now crashes (0: the next)."""
-        self._crash_op = self.ops + n
-
     def _alive(self) -> None:
         if self.crashed:
             raise SimulatedCrash("the simulated process has crashed")
 
-    def _step(self, op: str, path: str) -> OSError | None:
-        """Count a write operation; raise the fault armed for it, or return it when
-        it is to be raised once the operation has landed (see :meth:`_landed`)."""
-        self._alive()
-        if self._crash_op is not None and self.ops >= self._crash_op:
-            self.crashed = True
-            raise SimulatedCrash(f"crashed at {op} {path}")
-        self.ops += 1
-        armed = self._failures.get(op)
-        if armed:
-            skip, code, landed = armed[0]
-            if skip:
-                armed[0] = (skip - 1, code, landed)
-                return None
-            armed.pop(0)
-            error = OSError(code, errno.errorcode.get(code, "error"), path)
-            if not landed:
-                raise error
-            return error
-        return None
+    def _error(self, code: int, op: str, what: str) -> OSError:
+        return OSError(code, errno.errorcode.get(code, "error"), what)
 
     @staticmethod
     def _landed(error: OSError | None) -> None:
@@ -1635,7 +1650,7 @@ STORAGE_WRITE_OPS = ("create_session", "delete_session", "append_message", "appe
                      "sync", "write_tally", "write_lease", "hold_lease", "quarantine", "repair_index", "commit")
 
 
-class FaultyStorage(Storage):
+class FaultyStorage(_Faults, Storage):
     """Wraps any :class:`~session_store.Storage` and injects faults at its boundary, so
     that a backend with no file system below it (SQLite, PostgreSQL, a third party's)
     has its failed writes and its crashes tested. The interface is
@@ -1654,16 +1669,13 @@ class FaultyStorage(Storage):
     """
 
     def __init__(self, inner: Storage) -> None:
+        super().__init__()
         self.inner = inner
         #: The operations that can fail here: ``sync`` only where the inner storage has
         #: one (the default hook does nothing, so it cannot fail: a transaction's
         #: durability is its commit's).
         self.OPS = tuple(op for op in STORAGE_WRITE_OPS
                          if op != "sync" or type(inner).sync is not Storage.sync)
-        self._failures: dict[str, list[tuple[int, int, bool]]] = {}
-        self._crash_op: int | None = None
-        self.ops = 0
-        self.crashed = False
 
     def __repr__(self) -> str:
         return f"FaultyStorage({self.inner!r})"
@@ -1676,29 +1688,8 @@ class FaultyStorage(Storage):
             raise ValueError(f"unknown write operation {op!r} for {self.inner!r}; known: {', '.join(self.OPS)}")
         self._failures.setdefault(op, []).append((after, code, landed and op != "commit"))
 
-    def crash_at(self, n: int) -> None:
-        """The ``n``-th write operation from now crashes (0: the next)."""
-        self._crash_op = self.ops + n
-
-    def _step(self, op: str, what: str) -> ss.StorageError | None:
-        if self.crashed:
-            raise SimulatedCrash("the simulated process has crashed")
-        if self._crash_op is not None and self.ops >= self._crash_op:
-            self.crashed = True
-            raise SimulatedCrash(f"crashed at {op} {what}")
-        self.ops += 1
-        armed = self._failures.get(op)
-        if armed:
-            skip, code, landed = armed[0]
-            if skip:
-                armed[0] = (skip - 1, code, landed)
-                return None
-            armed.pop(0)
-            error = ss.StorageError(code, f"injected: {op} {what}: {errno.errorcode.get(code, 'error')}")
-            if not landed:
-                raise error
-            return error
-        return None
+    def _error(self, code: int, op: str, what: str) -> OSError:
+        return ss.StorageError(code, f"injected: {op} {what}: {errno.errorcode.get(code, 'error')}")
 
     def _write(self, op: str, what: str, call: Callable[[], Any]) -> Any:
         error = self._step(op, what)

@@ -151,6 +151,16 @@ def _intact(raw: bytes, rec: dict[str, Any]) -> bool:
     return end > _CHECK_BYTES and f"{zlib.crc32(raw[:end - _CHECK_BYTES]):08x}" == check
 
 
+def _checked_message(raw: bytes, where: int, rec: dict[str, Any], file: str, session_id: str | None,
+                     problems: list[Problem]) -> dict[str, Any]:
+    """A message record read from ``raw``: itself when it matches its check (see
+    :func:`_intact`), else its placeholder, reported."""
+    if _intact(raw, rec):
+        return rec
+    _report(problems, session_id, file, where, _DAMAGED_CHECK)
+    return _damaged_record(raw, where, _DAMAGED_CHECK)
+
+
 def _report(problems: list[Problem], session_id: str | None, file: str, offset: int, reason: str) -> None:
     """Record a problem record and log it: it is ignored by the tree, kept in storage."""
     problems.append(Problem(session_id=session_id, file=file, offset=offset, reason=reason))
@@ -279,11 +289,9 @@ def _parse_lines(chunk: bytes, base: int, file: str, session_id: str | None, pro
             text = raw.decode()
             rec, stop = scan(text, 0)
             if type(rec) is dict and (stop == len(text) or (stop == len(text) - 2 and text[stop:] == _CHAIN_MARK_TEXT)):
-                if not message or _intact(raw, rec):  # the common case, quickly (a chain's line too)
-                    out.append((where, rec))
-                else:
-                    _report(problems, session_id, file, where, _DAMAGED_CHECK)
-                    out.append((where, _damaged_record(raw, where, _DAMAGED_CHECK)))
+                # the common case, quickly (a chain's line too)
+                out.append((where, _checked_message(raw, where, rec, file, session_id, problems)
+                             if message else rec))
                 continue
         except (ValueError, StopIteration, RecursionError):
             pass
@@ -303,11 +311,7 @@ def _parse_line(raw: bytes, where: int, out: list[tuple[int, dict[str, Any]]], f
     try:
         rec = json.loads(raw)
         if type(rec) is dict:
-            if not message or _intact(raw, rec):
-                out.append((where, rec))
-            else:
-                _report(problems, session_id, file, where, _DAMAGED_CHECK)
-                out.append((where, _damaged_record(raw, where, _DAMAGED_CHECK)))
+            out.append((where, _checked_message(raw, where, rec, file, session_id, problems) if message else rec))
             return
     except (ValueError, UnicodeDecodeError, RecursionError):
         pass

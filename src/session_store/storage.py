@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from .log_format import _DAMAGED_CHECK, _damaged_record, _decode_record, _intact, _report, _scan_json
+from .log_format import _checked_message, _decode_record, _scan_json
 from .records import Problem
 
 #
@@ -97,20 +97,15 @@ class Records:
                 try:  # the common row, read by the scanner exactly as json.loads reads it (see _parse_lines)
                     record, stop = scan(text, 0)
                     if stop == len(text) and type(record) is dict:
-                        if not message or _intact(text.encode("utf-8", "surrogatepass"), record):
-                            out.append((seq, record))
-                        else:
-                            _report(found.problems, session_id, label, seq, _DAMAGED_CHECK)
-                            out.append((seq, _damaged_record(text.encode("utf-8", "surrogatepass"), seq,
-                                                             _DAMAGED_CHECK)))
+                        out.append((seq, _checked_message(text.encode("utf-8", "surrogatepass"), seq, record,
+                                                          label, session_id, found.problems) if message else record))
                         continue
                 except (ValueError, StopIteration, RecursionError):
                     pass
                 raw = text.encode("utf-8", "surrogatepass")
                 record = _decode_record(raw, seq, label, session_id, found.problems, message=message)
-                if message and record is not None and not _intact(raw, record):
-                    _report(found.problems, session_id, label, seq, _DAMAGED_CHECK)
-                    record = _damaged_record(raw, seq, _DAMAGED_CHECK)
+                if message and record is not None:
+                    record = _checked_message(raw, seq, record, label, session_id, found.problems)
                 if record is not None:
                     out.append((seq, record))
             if seq >= 0 and message:
