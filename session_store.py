@@ -800,41 +800,32 @@ def _encode_message(record: Mapping[str, Any]) -> bytes:
 
 
 # A message line's check: its last key, "#", holding the CRC-32 of the line before
-# it (from "{" to the last value's end), as 8 hex digits:
-# {"id":...,"content":...,"#":"1a2b3c4d"}. The store adds it as
-# it hands a line to its storage (_sealed); a reader compares and takes it out
-# (_intact), so a changed byte anywhere in a record is seen, a digit of an id that
-# became another digit too. Format 2 gained it: a line without it (written before,
-# or by hand) is read unchecked, and an older reader takes it for an extra field.
-_CHECK_BYTES = 16  # len(b',"#":"1a2b3c4d"}')
+# it (from "{" to the end of the last value) as a JSON number:
+# {"id":...,"content":...,"#":2947203461}. The store adds it as it hands a line to its
+# storage (_sealed); a reader compares and takes it out (_checked_message), so a
+# changed byte anywhere in a record is seen, a digit of an id that became another
+# digit too. Format 2 gained it: a line without it (written before, or by hand) is
+# read unchecked, and an older reader takes it for an extra field.
 _DAMAGED_CHECK = "its check does not match its bytes (a byte changed on disk or by hand)"
 
 
 def _sealed(line: bytes) -> bytes:
     """A message line (``b'{...}\n'``) with its check as its last key."""
     head = line[:-2] if line.endswith(b"\n") else line[:-1]  # all but the closing brace
-    return b'%s,"#":"%08x"}\n' % (head, zlib.crc32(head))
-
-
-def _intact(raw: bytes, rec: dict[str, Any]) -> bool:
-    """Whether the message record decoded from the line ``raw`` matches its check;
-    the check is taken out of ``rec``. A record without one is believed. (On every
-    record of every load: one CRC of the line, no other copy.)"""
-    check = rec.get("#")
-    if check.__class__ is not str:  # none (or not one of ours): read as it is
-        return True
-    del rec["#"]
-    if raw[-1] == 125:  # "}": the line ends with its check (else a chain's mark follows)
-        return f"{zlib.crc32(raw[:-_CHECK_BYTES]):08x}" == check
-    end = len(raw.rstrip(b" \t\r"))
-    return end > _CHECK_BYTES and f"{zlib.crc32(raw[:end - _CHECK_BYTES]):08x}" == check
+    return b'%s,"#":%d}\n' % (head, zlib.crc32(head))
 
 
 def _checked_message(raw: bytes, where: int, rec: dict[str, Any], file: str, session_id: str | None,
                      problems: list[Problem]) -> dict[str, Any]:
-    """A message record read from ``raw``: itself when it matches its check (see
-    :func:`_intact`), else its placeholder, reported."""
-    if _intact(raw, rec):
+    """A message record decoded from the line ``raw``: itself when it matches its
+    check (taken out of it), else its placeholder, reported. A record without a check
+    is believed. On every record of every load: one CRC of the line, no other work."""
+    check = rec.get("#")
+    if check.__class__ is not int:  # none (or not one of ours): read as it is
+        return rec
+    del rec["#"]
+    cut = raw.rfind(b',"#":')  # the check is the line's last key: its last such bytes
+    if cut > 0 and zlib.crc32(raw[:cut]) == check:
         return rec
     _report(problems, session_id, file, where, _DAMAGED_CHECK)
     return _damaged_record(raw, where, _DAMAGED_CHECK)
@@ -874,7 +865,7 @@ def _damaged_record(raw: bytes, where: int, reason: str) -> dict[str, Any]:
     return record
 
 
-_CHECKED_END_RE = re.compile(rb',"#":"[0-9a-f]{8}"\}$')
+_CHECKED_END_RE = re.compile(rb',"#":\d{1,10}\}$')
 
 
 def _salvaged_name(quoted: bytes) -> str | None:

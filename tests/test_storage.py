@@ -71,7 +71,8 @@ def test_layout_and_records_follow_the_documented_format(tmp_path: Path) -> None
     assert sorted(p.name for p in folder.iterdir()) == ["branches.jsonl", "messages.jsonl", "session.json",
                                                         "stats.json"]
     for raw in (folder / "messages.jsonl").read_bytes().splitlines():  # each line ends with its check
-        assert raw[-16:] == b',"#":"%08x"}' % zlib.crc32(raw[:-16])
+        cut = raw.rindex(b',"#":')
+        assert raw[cut:] == b',"#":%d}' % zlib.crc32(raw[:cut])
     assert [{k: v for k, v in r.items() if k != "#"} for r in lines(folder / "messages.jsonl")] == [
         {"id": a.id, "parentId": None, "type": "user", "role": "user", "content": "Hello", "timestamp": a.timestamp},
         {"id": b.id, "parentId": a.id, "type": "assistant", "role": "assistant", "content": "Hi",
@@ -1157,9 +1158,9 @@ def assert_read_as_json_loads(raw_lines: list[bytes], found: list[tuple[int, Any
             value = json.loads(line)
         except (ValueError, RecursionError):
             value = None
-        if isinstance(value, dict) and isinstance(value.get("#"), str):  # a check: believed only when it matches
-            body = line.rstrip(b" \t\r")
-            intact = len(body) > 16 and value["#"] == f"{zlib.crc32(body[:-16]):08x}"
+        if isinstance(value, dict) and type(value.get("#")) is int:  # a check: believed only when it matches
+            cut = line.rfind(b',"#":')
+            intact = cut > 0 and value["#"] == zlib.crc32(line[:cut])
             expected.append((offset, {k: v for k, v in value.items() if k != "#"} if intact else "damaged"))
         elif isinstance(value, dict):
             expected.append((offset, value))
