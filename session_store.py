@@ -1101,15 +1101,9 @@ def _message_from_record(rec: dict[str, Any], by_id: Mapping[str, Message] | Non
         raise ValueError("timestamp is not an integer")
     if content.__class__ is dict or content.__class__ is list:
         content = _freeze(content)
-    m = _NewMessage()
-    m.id, m.parent_id, m.content, m.timestamp = mid, parent, content, ts
-    if mtype == role or not isinstance(mtype, str):
-        m.type = m.role = sys.intern(role)
-    else:
-        m.type, m.role = sys.intern(mtype), sys.intern(role)
-    m.fields = fields if fields is not None else _fields_of(rec)
-    m.__class__ = Message  # type: ignore[assignment]
-    return m  # type: ignore[return-value]
+    role = sys.intern(role)
+    return _new_message(mid, parent, role if mtype == role or not isinstance(mtype, str) else sys.intern(mtype),
+                        role, content, ts, fields if fields is not None else _fields_of(rec))
 
 
 def _legacy_branch_event(rec: Mapping[str, Any], names: set[str], seq: int) -> dict[str, Any] | None:
@@ -3136,17 +3130,9 @@ class JsonlStorage(Storage):
         with fs.locked(self._marker, create=False):  # the store's marker is the rebuild's lock: no file more
             if fs.exists(self._index_whole):
                 return False  # another store rebuilt it while we waited
-            entries = [entry for name in fs.listdir(self.directory)
-                       if _is_session_id(name) and fs.exists(self._log(name))
-                       and (entry := self._read_meta(name)) is not None]
-            entries.sort(key=lambda e: (e.created_at, e.session_id))
-            linked = 0
-            for entry in entries:
-                if self._live_target(entry.key) is None:
-                    link = self._key_link(entry.key)
-                    fs.makedirs(link.rpartition("/")[0], durable=self._durable)
-                    self._remove_stale_link(entry.key)
-                    linked += fs.symlink(entry.session_id, link, durable=self._durable)
+            entries = sorted(self._session_folders(), key=lambda e: (e.created_at, e.session_id))
+            linked = sum(self._link_key(entry.key, entry.session_id) for entry in entries
+                         if self._live_target(entry.key) is None)
             fs.makedirs(f"{self.directory}/keys", durable=self._durable)
             fs.write_atomic(self._index_whole, b"", durable=self._durable)
         if linked:
@@ -3264,6 +3250,14 @@ class JsonlStorage(Storage):
             raise
         return session_id
 
+    def _link_key(self, key: str, session_id: str) -> bool:
+        """Link ``key`` to ``session_id`` unless the key has a live link; whether it
+        was linked. A link to no live session (an interrupted deletion) is replaced."""
+        link = self._key_link(key)
+        self.fs.makedirs(link.rpartition("/")[0], durable=self._durable)
+        self._remove_stale_link(key)
+        return self.fs.symlink(session_id, link, durable=self._durable)
+
     def _remove_stale_link(self, key: str) -> None:
         """Remove the key's link if it names no live session (under the shard's lock:
         two processes replacing one stale link must not remove each other's new one)."""
@@ -3309,9 +3303,7 @@ class JsonlStorage(Storage):
                 return
             for entry in self._legacy_index(fresh=True).values():
                 self._adopt_legacy_folder(entry)
-                link = self._key_link(entry.key)
-                self.fs.makedirs(link.rpartition("/")[0], durable=self._durable)
-                self.fs.symlink(entry.session_id, link, durable=self._durable)
+                self._link_key(entry.key, entry.session_id)
             self.fs.write_atomic(self._marker, _encode_line({"format": FORMAT_VERSION}), durable=self._durable)
             _log.warning("%s: migrated from format 1 to %d", self.directory, FORMAT_VERSION)
         for name in ("keys.jsonl", "sessions.json"):
@@ -3966,15 +3958,18 @@ class JsonlStorage(Storage):
             return self._read_meta(folder.rpartition("/")[2]) is not None
         return bool(names) and all(n in _SESSION_FILES or (n.startswith(".") and ".tmp-" in n) for n in names)
 
-    def _unindexed(self) -> list[IndexEntry]:
-        """Complete session folders that no key link names."""
-        found = []
+    def _session_folders(self) -> Iterator[IndexEntry]:
+        """Every complete session folder (its log there, its ``session.json`` readable),
+        linked or not: what the key index is rebuilt from."""
         for name in self.fs.listdir(self.directory):
             if _is_session_id(name) and self.fs.exists(self._log(name)):
                 entry = self._read_meta(name)
-                if entry is not None and self.lookup(entry.key) != name:
-                    found.append(entry)
-        return found
+                if entry is not None:
+                    yield entry
+
+    def _unindexed(self) -> list[IndexEntry]:
+        """Complete session folders that no key link names."""
+        return [entry for entry in self._session_folders() if self.lookup(entry.key) != entry.session_id]
 
     def _check_index(self) -> list[Problem]:
         if self._format() == 1:
@@ -4074,10 +4069,7 @@ class JsonlStorage(Storage):
                              f"{sid} was lost; removed")
             if self.lookup(entry.key) is None:
                 self._ensure_format()
-                link = self._key_link(entry.key)
-                self.fs.makedirs(link.rpartition("/")[0], durable=self._durable)
-                self._remove_stale_link(entry.key)
-                if self.fs.symlink(sid, link, durable=self._durable):
+                if self._link_key(entry.key, sid):
                     fixed.append(f"{self._dir(sid)}: adopted into the index (key {entry.key!r})")
                     continue
             if self.fs.size(self._log(sid)) == 0:
@@ -4679,13 +4671,11 @@ class _Session:
         assert parent is not None
         to = None
         if msg.type == "damaged":  # its own parentId may be what changed: the message whose id it nearly is
-            to = next((m for m in reversed(self.by_id) if len(m) == len(parent)
-                       and sum(a != b for a, b in zip(m, parent, strict=True)) <= 2), None)
+            to = next((m for m in reversed(self.by_id) if _near(m, parent)), None)
         if to is None and adopted is not None:
             to = adopted[1].get(parent)
             if to is None:
-                to = next((d for d in reversed(adopted[0]) if len(d) == len(parent)
-                           and sum(a != b for a, b in zip(d, parent, strict=True)) <= 2), None)
+                to = next((d for d in reversed(adopted[0]) if _near(d, parent)), None)
                 if to is None:  # else the newest record of ours whose id could not be read, not given yet
                     given = set(adopted[1].values())
                     to = next((d for d in reversed(adopted[0]) if d not in given and _unread_own(self.by_id[d])),
@@ -4742,6 +4732,12 @@ class _Session:
                                updated_at=self.updated_at, message_count=self.record_count,
                                reset_count=self.reset_count, last_reset_at=self.last_reset_at,
                                forked_from=self.forked_from, branch_count=len(self.branches))
+
+
+def _near(one: str, other: str) -> bool:
+    """Whether two ids could be one id with a byte or two changed: the same length,
+    differing in at most two characters (see ``_Session._adopt``)."""
+    return len(one) == len(other) and sum(a != b for a, b in zip(one, other, strict=True)) <= 2
 
 
 def _unread_own(m: Message) -> bool:
@@ -6977,7 +6973,7 @@ class SessionStore(_LeasedStore):
 
         def change(state: _Session) -> tuple[Message, list[tuple[str, Any]]]:
             msg, reset = self._append_in(state, spec, parent_id)
-            return msg, [("message.added", msg)] if reset is None else [*_reset_events(reset), ("message.added", msg)]
+            return msg, _append_events(msg, reset)
         return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
     def append_many(self, session_id: str, messages: Sequence[Mapping[str, Any]], *,
@@ -7017,7 +7013,7 @@ class SessionStore(_LeasedStore):
             for spec in specs:
                 msg, reset = self._append_in(state, spec, parent)
                 written.append(msg)
-                events += [*_reset_events(reset), ("message.added", msg)]
+                events += _append_events(msg, reset)
                 parent = msg.id
             self._write_batch(state)
             return written, events
@@ -7752,6 +7748,14 @@ class SessionStore(_LeasedStore):
             m.timestamp for m in messages)]), message_count=len(lines), forked_from=(session_id, leaf))
         self._emit("session.forked", new, meta)
         return new
+
+
+def _append_events(msg: Message, reset: ResetResult | None) -> list[tuple[str, Any]]:
+    """What subscribers get for an appended message: its reset's events first, if it
+    caused one (see :func:`_reset_events`), then ``message.added``."""
+    if reset is None:
+        return [("message.added", msg)]
+    return [*_reset_events(reset), ("message.added", msg)]
 
 
 def _reset_events(result: ResetResult | None) -> list[tuple[str, Any]]:

@@ -25,6 +25,7 @@ __all__ = ["SessionStoreChatMessageHistory"]
 
 import asyncio
 import copy
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -107,8 +108,7 @@ def _read_langchain(path: list[Message], children: Any) -> list[Message]:
                   "is_error": data.get("status") == "error",
                   "tool_calls": [{"id": c.get("id"), "name": c.get("name"), "input": c.get("args")}
                                  for c in calls if isinstance(c, dict)] if isinstance(calls, list) else None}
-        out.append(Message(id=record.id, parent_id=record.parent_id, type=role, role=role, content=content,
-                           timestamp=record.timestamp, fields=fields))
+        out.append(dataclasses.replace(record, type=role, role=role, content=content, fields=fields))
     return out
 
 

@@ -28,6 +28,7 @@ __all__ = ["SessionStoreChatStore"]
 
 import contextlib
 import copy
+import dataclasses
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
@@ -85,9 +86,8 @@ def _read_llama_index(path: list[Message], children: Any) -> list[Message]:
             continue
         extra = record.content.get("additional_kwargs")
         role = record.content["role"]
-        out.append(Message(id=record.id, parent_id=record.parent_id, type=role, role=role,
-                           content=_native_blocks(record.content["blocks"]), timestamp=record.timestamp,
-                           fields=extra if isinstance(extra, dict) else {}))
+        out.append(dataclasses.replace(record, type=role, role=role, content=_native_blocks(record.content["blocks"]),
+                                       fields=extra if isinstance(extra, dict) else {}))
     return out
 
 

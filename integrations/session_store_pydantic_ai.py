@@ -22,6 +22,7 @@ from __future__ import annotations
 __all__ = ["load_messages", "save_messages", "aload_messages", "asave_messages"]
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -97,8 +98,7 @@ def _native(record: Message) -> list[Message]:
     out: list[Message] = []
 
     def add(role: str, content: Any, **fields: Any) -> None:
-        out.append(Message(id=record.id, parent_id=record.parent_id, type=role, role=role, content=content,
-                           timestamp=record.timestamp, fields=fields))
+        out.append(dataclasses.replace(record, type=role, role=role, content=content, fields=fields))
     for i, part in enumerate(message["parts"]):
         kind = part.get("part_kind") if isinstance(part, dict) else None
         if not isinstance(part, dict) or kind in _SETTINGS:

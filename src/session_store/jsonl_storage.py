@@ -325,17 +325,9 @@ class JsonlStorage(Storage):
         with fs.locked(self._marker, create=False):  # the store's marker is the rebuild's lock: no file more
             if fs.exists(self._index_whole):
                 return False  # another store rebuilt it while we waited
-            entries = [entry for name in fs.listdir(self.directory)
-                       if _is_session_id(name) and fs.exists(self._log(name))
-                       and (entry := self._read_meta(name)) is not None]
-            entries.sort(key=lambda e: (e.created_at, e.session_id))
-            linked = 0
-            for entry in entries:
-                if self._live_target(entry.key) is None:
-                    link = self._key_link(entry.key)
-                    fs.makedirs(link.rpartition("/")[0], durable=self._durable)
-                    self._remove_stale_link(entry.key)
-                    linked += fs.symlink(entry.session_id, link, durable=self._durable)
+            entries = sorted(self._session_folders(), key=lambda e: (e.created_at, e.session_id))
+            linked = sum(self._link_key(entry.key, entry.session_id) for entry in entries
+                         if self._live_target(entry.key) is None)
             fs.makedirs(f"{self.directory}/keys", durable=self._durable)
             fs.write_atomic(self._index_whole, b"", durable=self._durable)
         if linked:
@@ -453,6 +445,14 @@ class JsonlStorage(Storage):
             raise
         return session_id
 
+    def _link_key(self, key: str, session_id: str) -> bool:
+        """Link ``key`` to ``session_id`` unless the key has a live link; whether it
+        was linked. A link to no live session (an interrupted deletion) is replaced."""
+        link = self._key_link(key)
+        self.fs.makedirs(link.rpartition("/")[0], durable=self._durable)
+        self._remove_stale_link(key)
+        return self.fs.symlink(session_id, link, durable=self._durable)
+
     def _remove_stale_link(self, key: str) -> None:
         """Remove the key's link if it names no live session (under the shard's lock:
         two processes replacing one stale link must not remove each other's new one)."""
@@ -498,9 +498,7 @@ class JsonlStorage(Storage):
                 return
             for entry in self._legacy_index(fresh=True).values():
                 self._adopt_legacy_folder(entry)
-                link = self._key_link(entry.key)
-                self.fs.makedirs(link.rpartition("/")[0], durable=self._durable)
-                self.fs.symlink(entry.session_id, link, durable=self._durable)
+                self._link_key(entry.key, entry.session_id)
             self.fs.write_atomic(self._marker, _encode_line({"format": FORMAT_VERSION}), durable=self._durable)
             _log.warning("%s: migrated from format 1 to %d", self.directory, FORMAT_VERSION)
         for name in ("keys.jsonl", "sessions.json"):
@@ -1155,15 +1153,18 @@ class JsonlStorage(Storage):
             return self._read_meta(folder.rpartition("/")[2]) is not None
         return bool(names) and all(n in _SESSION_FILES or (n.startswith(".") and ".tmp-" in n) for n in names)
 
-    def _unindexed(self) -> list[IndexEntry]:
-        """Complete session folders that no key link names."""
-        found = []
+    def _session_folders(self) -> Iterator[IndexEntry]:
+        """Every complete session folder (its log there, its ``session.json`` readable),
+        linked or not: what the key index is rebuilt from."""
         for name in self.fs.listdir(self.directory):
             if _is_session_id(name) and self.fs.exists(self._log(name)):
                 entry = self._read_meta(name)
-                if entry is not None and self.lookup(entry.key) != name:
-                    found.append(entry)
-        return found
+                if entry is not None:
+                    yield entry
+
+    def _unindexed(self) -> list[IndexEntry]:
+        """Complete session folders that no key link names."""
+        return [entry for entry in self._session_folders() if self.lookup(entry.key) != entry.session_id]
 
     def _check_index(self) -> list[Problem]:
         if self._format() == 1:
@@ -1263,10 +1264,7 @@ class JsonlStorage(Storage):
                              f"{sid} was lost; removed")
             if self.lookup(entry.key) is None:
                 self._ensure_format()
-                link = self._key_link(entry.key)
-                self.fs.makedirs(link.rpartition("/")[0], durable=self._durable)
-                self._remove_stale_link(entry.key)
-                if self.fs.symlink(sid, link, durable=self._durable):
+                if self._link_key(entry.key, sid):
                     fixed.append(f"{self._dir(sid)}: adopted into the index (key {entry.key!r})")
                     continue
             if self.fs.size(self._log(sid)) == 0:

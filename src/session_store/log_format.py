@@ -422,15 +422,9 @@ def _message_from_record(rec: dict[str, Any], by_id: Mapping[str, Message] | Non
         raise ValueError("timestamp is not an integer")
     if content.__class__ is dict or content.__class__ is list:
         content = _freeze(content)
-    m = _NewMessage()
-    m.id, m.parent_id, m.content, m.timestamp = mid, parent, content, ts
-    if mtype == role or not isinstance(mtype, str):
-        m.type = m.role = sys.intern(role)
-    else:
-        m.type, m.role = sys.intern(mtype), sys.intern(role)
-    m.fields = fields if fields is not None else _fields_of(rec)
-    m.__class__ = Message  # type: ignore[assignment]
-    return m  # type: ignore[return-value]
+    role = sys.intern(role)
+    return _new_message(mid, parent, role if mtype == role or not isinstance(mtype, str) else sys.intern(mtype),
+                        role, content, ts, fields if fields is not None else _fields_of(rec))
 
 
 def _legacy_branch_event(rec: Mapping[str, Any], names: set[str], seq: int) -> dict[str, Any] | None:

@@ -368,7 +368,7 @@ class SessionStore(_LeasedStore):
 
         def change(state: _Session) -> tuple[Message, list[tuple[str, Any]]]:
             msg, reset = self._append_in(state, spec, parent_id)
-            return msg, [("message.added", msg)] if reset is None else [*_reset_events(reset), ("message.added", msg)]
+            return msg, _append_events(msg, reset)
         return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
     def append_many(self, session_id: str, messages: Sequence[Mapping[str, Any]], *,
@@ -408,7 +408,7 @@ class SessionStore(_LeasedStore):
             for spec in specs:
                 msg, reset = self._append_in(state, spec, parent)
                 written.append(msg)
-                events += [*_reset_events(reset), ("message.added", msg)]
+                events += _append_events(msg, reset)
                 parent = msg.id
             self._write_batch(state)
             return written, events
@@ -1143,6 +1143,14 @@ class SessionStore(_LeasedStore):
             m.timestamp for m in messages)]), message_count=len(lines), forked_from=(session_id, leaf))
         self._emit("session.forked", new, meta)
         return new
+
+
+def _append_events(msg: Message, reset: ResetResult | None) -> list[tuple[str, Any]]:
+    """What subscribers get for an appended message: its reset's events first, if it
+    caused one (see :func:`_reset_events`), then ``message.added``."""
+    if reset is None:
+        return [("message.added", msg)]
+    return [*_reset_events(reset), ("message.added", msg)]
 
 
 def _reset_events(result: ResetResult | None) -> list[tuple[str, Any]]:

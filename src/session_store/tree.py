@@ -324,13 +324,11 @@ class _Session:
         assert parent is not None
         to = None
         if msg.type == "damaged":  # its own parentId may be what changed: the message whose id it nearly is
-            to = next((m for m in reversed(self.by_id) if len(m) == len(parent)
-                       and sum(a != b for a, b in zip(m, parent, strict=True)) <= 2), None)
+            to = next((m for m in reversed(self.by_id) if _near(m, parent)), None)
         if to is None and adopted is not None:
             to = adopted[1].get(parent)
             if to is None:
-                to = next((d for d in reversed(adopted[0]) if len(d) == len(parent)
-                           and sum(a != b for a, b in zip(d, parent, strict=True)) <= 2), None)
+                to = next((d for d in reversed(adopted[0]) if _near(d, parent)), None)
                 if to is None:  # else the newest record of ours whose id could not be read, not given yet
                     given = set(adopted[1].values())
                     to = next((d for d in reversed(adopted[0]) if d not in given and _unread_own(self.by_id[d])),
@@ -387,6 +385,12 @@ class _Session:
                                updated_at=self.updated_at, message_count=self.record_count,
                                reset_count=self.reset_count, last_reset_at=self.last_reset_at,
                                forked_from=self.forked_from, branch_count=len(self.branches))
+
+
+def _near(one: str, other: str) -> bool:
+    """Whether two ids could be one id with a byte or two changed: the same length,
+    differing in at most two characters (see ``_Session._adopt``)."""
+    return len(one) == len(other) and sum(a != b for a, b in zip(one, other, strict=True)) <= 2
 
 
 def _unread_own(m: Message) -> bool:
