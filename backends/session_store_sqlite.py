@@ -242,7 +242,7 @@ class SqliteStorage(Storage):
     def _connect(self) -> _Connection:
         db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            _retry_busy(lambda: db.execute("PRAGMA journal_mode=WAL"), self.timeout)
             db.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
         except BaseException:
             db.close()
@@ -578,19 +578,28 @@ def _begin_immediate(db: sqlite3.Connection, timeout: float) -> None:
     on one session's lease: the busiest took 75-88% of the turns. Retrying at a short,
     fixed interval lets a waiter in at the next gap between two transactions.
     """
-    deadline = time.monotonic() + timeout
     db.execute("PRAGMA busy_timeout = 0")
     try:
-        while True:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as e:
-                if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                    raise  # (the extended codes of a busy database share the primary code's low byte)
-            time.sleep(_RETRY)
+        _retry_busy(lambda: db.execute("BEGIN IMMEDIATE"), timeout)
     finally:
         db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+
+
+def _retry_busy(step: Callable[[], object], timeout: float) -> None:
+    """``step()``, retried every :data:`_RETRY` seconds while the database is busy, for
+    at most ``timeout`` seconds (then the busy error). Also for ``PRAGMA
+    journal_mode=WAL`` on a connection being opened: SQLite answers it busy at once,
+    without its busy handler, while another process opens the same new database
+    (processes creating one store at once failed with "database is locked")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise  # (the extended codes of a busy database share the primary code's low byte)
+        time.sleep(_RETRY)
 
 
 _RETRY = 0.0005  # seconds between two attempts to begin a write transaction

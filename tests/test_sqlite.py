@@ -238,3 +238,23 @@ def test_a_digit_of_a_rows_id_that_became_another_is_seen_and_cuts_nothing(tmp_p
         path = store.get_linear_history(sid)
         assert len(path) == 20 and path[6].type == "damaged" and store.get_head(sid) == ids[-1]
         assert store.repair().ok and store.check().ok and len(store.get_linear_history(sid)) == 20
+
+
+def test_opening_a_new_database_while_another_process_creates_it_waits_for_it(tmp_path: Path) -> None:
+    # SQLite answers "PRAGMA journal_mode=WAL" busy at once, without its busy handler,
+    # while another connection holds the write lock of a database not yet in WAL mode
+    # (another process creating the schema): processes opening one new store at once
+    # failed with "database is locked".
+    path = str(tmp_path / "new.db")
+    creator = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    creator.execute("BEGIN IMMEDIATE")
+    creator.execute("CREATE TABLE elsewhere (x)")
+    releases = threading.Timer(0.2, lambda: creator.execute("COMMIT"))
+    releases.start()
+    try:
+        with SessionStore(SqliteStorage(path, timeout=60)) as store:
+            sid = store.resolve("k")
+            assert store.append(sid, role="user", content="x").content == "x"
+    finally:
+        releases.join()
+        creator.close()
