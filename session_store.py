@@ -93,7 +93,6 @@ __all__ = [
 import bisect
 import contextlib
 import contextvars
-import copy
 import dataclasses
 import errno
 import functools
@@ -1620,8 +1619,8 @@ class FileSystem(ABC):
         """Whether ``path`` is a directory (not a link to one)."""
 
     @abstractmethod
-    def rename(self, src: str, dst: str) -> None:
-        """Rename a file or directory atomically (durably: the parent is synced)."""
+    def rename(self, src: str, dst: str, *, durable: bool = True) -> None:
+        """Rename a file or directory atomically; ``durable``: the destination's directory is synced."""
 
     @abstractmethod
     def remove(self, path: str, *, durable: bool = False) -> None:
@@ -1682,7 +1681,7 @@ class FileSystem(ABC):
         Default: one JSON line and its CRC-32, padded to a fixed size and written in
         place, so that one ``pwrite`` replaces it whole; a torn write (a machine crash
         during it) fails the checksum and reads as corrupt. ``durable``: synced before
-        returning (the store asks for it whenever a new fencing token is issued).
+        returning (the store asks for it when it reserves a new range of fencing tokens).
         """
         self.write_in_place(path, _encode_lease(lease), durable=durable)
 
@@ -1703,12 +1702,13 @@ class FileSystem(ABC):
 # Lease records on a FileSystem: "<json>\t<crc32 hex>\n", padded with spaces to a fixed
 # size. Records written before the checksum (format v1: bare JSON) still read.
 _LEASE_RECORD_BYTES = 2048
+_LEASE_READ_BYTES = 4 * _LEASE_RECORD_BYTES  # a read this long that comes back short read the whole record
 _CORRUPT: Any = {"corrupt": True}
 
 
 def _encode_lease(lease: Mapping[str, Any]) -> bytes:
     body = _dumps(lease).encode("utf-8")
-    line = body + b"\t" + f"{zlib.crc32(body):08x}".encode() + b"\n"
+    line = b"%s\t%08x\n" % (body, zlib.crc32(body))
     return line.ljust(_LEASE_RECORD_BYTES) if len(line) < _LEASE_RECORD_BYTES else line
 
 
@@ -1718,11 +1718,11 @@ def _decode_lease(raw: bytes) -> dict[str, Any] | None:
         return dict(_CORRUPT)
     body, tab, crc = text.rpartition(b"\t")
     if tab:
-        if f"{zlib.crc32(body):08x}".encode() != crc:
+        if b"%08x" % zlib.crc32(body) != crc:
             return dict(_CORRUPT)
         text = body
     try:
-        lease = json.loads(text)
+        lease = json.loads(text.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return dict(_CORRUPT)
     return lease if isinstance(lease, dict) else dict(_CORRUPT)
@@ -1791,9 +1791,19 @@ class InMemoryFileSystem(FileSystem):
 
     def _file(self, path: str) -> bytearray:
         try:
-            return self._files[path.strip("/")]
+            f = self._files[path.strip("/")]
         except KeyError:
             raise FileNotFoundError(errno.ENOENT, "no such file", path) from None
+        if type(f) is _LeaseBuffer:
+            f.spell()
+        return f
+
+    def _buffer(self, path: str) -> bytearray:
+        """The buffer of ``path`` to change in place, created empty when absent (mutex held)."""
+        f = self._files.setdefault(path.strip("/"), bytearray())
+        if type(f) is _LeaseBuffer:
+            f.spell()
+        return f
 
     def _parent_exists(self, path: str) -> None:
         parent = path.strip("/").rpartition("/")[0]
@@ -1824,8 +1834,11 @@ class InMemoryFileSystem(FileSystem):
     def append(self, path: str, data: bytes) -> None:
         """Append ``data`` in one step, creating the file when absent."""
         with self._mutex:
-            self._parent_exists(path)
-            self._files.setdefault(path.strip("/"), bytearray()).extend(data)
+            f = self._files.get(path.strip("/"))
+            if f is None or type(f) is _LeaseBuffer:
+                self._parent_exists(path)
+                f = self._buffer(path)
+            f.extend(data)
 
     def sync(self, path: str) -> None:
         """Nothing to do: memory is as durable as this object."""
@@ -1850,9 +1863,34 @@ class InMemoryFileSystem(FileSystem):
         """Overwrite the file."""
         with self._mutex:
             self._parent_exists(path)
-            f = self._files.setdefault(path.strip("/"), bytearray())
+            f = self._buffer(path)
             f[:len(data)] = data
             del f[len(data):]
+
+    def read_lease(self, path: str) -> dict[str, Any] | None:
+        """The lease record: a copy of the one :meth:`write_lease` kept, else decoded
+        from the file's bytes (written some other way: maybe corrupt)."""
+        with self._mutex:
+            f = self._files.get(path.strip("/"))
+            if f is None:
+                return None
+            if type(f) is _LeaseBuffer and f.record is not None:
+                return _copy_lease(f.record)
+            raw = bytes(f)
+        return _decode_lease(raw)
+
+    def write_lease(self, path: str, lease: Mapping[str, Any], *, durable: bool = False) -> None:
+        """Keep a copy of the record itself, not its encoding: a lease changes twice per
+        lock cycle, and encoding and decoding it cost more than the rest of the cycle.
+        Its bytes (the format of :meth:`FileSystem.write_lease`) are made when the file
+        is read or changed as bytes."""
+        buffer = _LeaseBuffer()
+        buffer.record = _copy_lease(lease)
+        path = path.strip("/")
+        with self._mutex:
+            if path not in self._files:
+                self._parent_exists(path)
+            self._files[path] = buffer
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the directory and its parents."""
@@ -1880,7 +1918,7 @@ class InMemoryFileSystem(FileSystem):
         with self._mutex:
             return path.strip("/") in self._dirs
 
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src: str, dst: str, *, durable: bool = True) -> None:
         """Rename a file or a directory with everything below it."""
         src, dst = src.strip("/"), dst.strip("/")
         with self._mutex:
@@ -1933,11 +1971,11 @@ class InMemoryFileSystem(FileSystem):
         """The lock of ``path``, shared by every store using this object."""
         path = path.strip("/")
         with self._mutex:
-            self._parent_exists(path)
-            if create:
-                self._files.setdefault(path, bytearray())
-            elif path not in self._files:
-                raise FileNotFoundError(errno.ENOENT, "no such file", path)
+            if path not in self._files:
+                if not create:
+                    raise FileNotFoundError(errno.ENOENT, "no such file", path)
+                self._parent_exists(path)
+                self._files[path] = bytearray()
         return _TableGuard(self, path, create)
 
     def hold(self, path: str) -> None:
@@ -1966,6 +2004,29 @@ class InMemoryFileSystem(FileSystem):
         self._holds = {}
 
 
+class _LeaseBuffer(bytearray):
+    """An :class:`InMemoryFileSystem` file holding a lease record as written: empty
+    until :meth:`spell` writes the record's bytes into it (then ``record`` is ``None``
+    and it is a plain file)."""
+
+    __slots__ = ("record",)
+    record: dict[str, Any] | None
+
+    def spell(self) -> None:
+        if self.record is not None:
+            self[:] = _encode_lease(self.record)
+            self.record = None
+
+
+def _copy_lease(lease: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy that shares nothing mutable with ``lease`` (its queue is a list of lists)."""
+    copied = dict(lease)
+    queue = copied.get("queue")
+    if queue and type(queue) is list:
+        copied["queue"] = [list(w) if type(w) is list else w for w in queue]
+    return copied
+
+
 class _TableGuard:
     """``InMemoryFileSystem.locked``: one entry of its :class:`_LockTable`."""
 
@@ -1978,7 +2039,7 @@ class _TableGuard:
     def __enter__(self) -> None:
         fs = self._fs
         entry = fs._locks.acquire(self._path)
-        if not self._create and not fs.exists(self._path):  # removed while we waited
+        if not self._create and self._path not in fs._files:  # removed while we waited
             fs._locks.release(self._path, entry)
             raise FileNotFoundError(errno.ENOENT, "removed while waiting for its lock", self._path)
         self._entry = entry
@@ -2044,7 +2105,7 @@ class RealFileSystem(FileSystem):
         self._mutex = threading.Lock()
         self._locks = _LockTable()
         self._new_files: set[str] = set()  # created by append, directory entry not yet synced
-        self._holds: dict[str, list[int]] = {}  # path -> [fd, count]
+        self._holds: dict[str, list[Any]] = {}  # path -> [its pinned _Descriptor, count]
 
     def __repr__(self) -> str:
         return f"RealFileSystem(max_open_files={self._max_open})"
@@ -2063,7 +2124,7 @@ class RealFileSystem(FileSystem):
     def after_fork(self) -> None:
         """Forget the parent's descriptors (closing our copies releases no flock of
         the parent's) and its thread locks; marks of life were the parent's."""
-        fds = [d.fd for d in self._fds.values()] + [h[0] for h in self._holds.values()]
+        fds = list({d.fd for d in (*self._fds.values(), *(h[0] for h in self._holds.values()))})
         self._reset()
         for fd in fds:
             with contextlib.suppress(OSError):
@@ -2113,18 +2174,22 @@ class RealFileSystem(FileSystem):
                 self._fds.move_to_end(path)
                 d.pins += 1
                 return d
-        flags = os.O_RDWR | (os.O_APPEND if append else 0)
-        try:  # the file usually exists: one open, no exception
-            fd = self._open_file(path, flags)
-        except FileNotFoundError:
-            if not create:
-                raise
-            try:
-                fd = self._open_file(path, flags | os.O_CREAT | os.O_EXCL)
-                with self._mutex:
-                    self._new_files.add(path)  # its directory entry is synced with its data
-            except FileExistsError:  # created by someone else meanwhile
-                fd = self._open_file(path, flags)
+        flags = os.O_RDWR | (os.O_APPEND if append else 0) | _O_NOFOLLOW | _O_CLOEXEC
+        dfd, name = self._dir_fd(path)  # one walk for both attempts
+        try:
+            try:  # the file usually exists: one open, no exception
+                fd = os.open(name, flags, dir_fd=dfd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
+                    with self._mutex:
+                        self._new_files.add(path)  # its directory entry is synced with its data
+                except FileExistsError:  # created by someone else meanwhile
+                    fd = os.open(name, flags, dir_fd=dfd)
+        finally:
+            os.close(dfd)
         with self._mutex:
             d = self._fds.get(path)
             if d is not None:  # another thread opened it meanwhile
@@ -2208,6 +2273,25 @@ class RealFileSystem(FileSystem):
             return _read_fd(d.fd, 0)
         finally:
             self._unpin(d)
+
+    def read_lease(self, path: str) -> dict[str, Any] | None:
+        """The lease record (the format of :meth:`FileSystem.write_lease`), read on the
+        descriptor :meth:`write_lease` keeps: ``pread`` until a short read, no ``fstat``."""
+        try:
+            d = self._pin(path, create=False, append=False)
+        except FileNotFoundError:
+            return None
+        try:
+            chunks, offset = [], 0
+            while True:
+                chunk = os.pread(d.fd, _LEASE_READ_BYTES, offset)
+                chunks.append(chunk)
+                if len(chunk) < _LEASE_READ_BYTES:
+                    break
+                offset += len(chunk)
+        finally:
+            self._unpin(d)
+        return _decode_lease(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def read_from(self, path: str, offset: int) -> bytes:
         """The file's bytes from ``offset`` to its current end (``pread`` on the cached fd)."""
@@ -2414,15 +2498,16 @@ class RealFileSystem(FileSystem):
         st = self._lstat(path)
         return st is not None and S_ISDIR(st.st_mode)
 
-    def rename(self, src: str, dst: str) -> None:
-        """``rename`` between two directories, then an fsync of the destination's."""
+    def rename(self, src: str, dst: str, *, durable: bool = True) -> None:
+        """``rename`` between two directories, then (``durable``) an fsync of the destination's."""
         sfd, sname = self._dir_fd(src)
         try:
             dfd, dname = self._dir_fd(dst)
             try:
                 os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
                 self._forget(src)
-                _fsync_fd(dfd)
+                if durable:
+                    _fsync_fd(dfd)
             finally:
                 os.close(dfd)
         finally:
@@ -2492,28 +2577,35 @@ class RealFileSystem(FileSystem):
 
     def hold(self, path: str) -> None:
         """A ``flock(LOCK_SH)`` on ``path`` kept until the last :meth:`release`; the OS
-        drops it when this process dies, whatever its PID namespace."""
+        drops it when this process dies, whatever its PID namespace. The lock is taken
+        on the path's cached descriptor, pinned while held, so that a lease taken again
+        costs two ``flock`` calls, not an open and a close of the file (and of each
+        directory above it)."""
         with self._mutex:
             held = self._holds.get(path)
             if held is not None:
                 held[1] += 1
                 return
-        fd = self._open_file(path, os.O_RDWR | os.O_CREAT)
+        d = self._pin(path, create=True)
         try:
-            _flock(fd, "LOCK_SH")
+            _flock(d.fd, "LOCK_SH")
         except BaseException:
-            os.close(fd)
+            self._unpin(d)
             raise
         with self._mutex:
+            self._new_files.discard(path)  # a mark, never synced: its entry need not be
             held = self._holds.get(path)
             if held is None:
-                self._holds[path] = [fd, 1]
+                self._holds[path] = [d, 1]
                 return
             held[1] += 1
-        os.close(fd)
+        if held[0] is not d:  # another descriptor won the race: this one's lock goes
+            with contextlib.suppress(OSError):
+                _flock(d.fd, "LOCK_UN")
+        self._unpin(d)
 
     def release(self, path: str) -> None:
-        """Undo one :meth:`hold`; the last one closes the descriptor (dropping the flock)."""
+        """Undo one :meth:`hold`; the last one unlocks the descriptor (it stays cached)."""
         with self._mutex:
             held = self._holds.get(path)
             if held is None:
@@ -2522,7 +2614,11 @@ class RealFileSystem(FileSystem):
             if held[1] > 0:
                 return
             del self._holds[path]
-        os.close(held[0])
+        d = held[0]
+        try:
+            _flock(d.fd, "LOCK_UN")
+        finally:
+            self._unpin(d)
 
     def is_held(self, path: str) -> bool | None:
         """Whether any process holds a ``flock`` on ``path``: a non-blocking
@@ -2609,15 +2705,32 @@ class _FlockGuard:
 
 
 def _flock(fd: int, op: str, *, blocking: bool = True) -> None:
-    """``fcntl.flock``; ``fcntl`` is imported here, so that a platform without it can
-    still import this module for the in-memory and SQL storages (the file storage then
-    raises :class:`StorageError` at its first lock)."""
+    """``fcntl.flock``; ``fcntl`` is imported at the first call, so that a platform
+    without it can still import this module for the in-memory and SQL storages (the
+    file storage then raises :class:`StorageError` at its first lock)."""
+    flock = _FLOCK.get(op if blocking else op + "|LOCK_NB")
+    if flock is None:
+        flock = _load_flock(op, blocking)
+    flock(fd)
+
+
+_FLOCK: dict[str, Callable[[int], None]] = {}  # "LOCK_EX", "LOCK_EX|LOCK_NB"... -> the call
+
+
+def _load_flock(op: str, blocking: bool) -> Callable[[int], None]:
     try:
         import fcntl
     except ImportError:
         raise OSError(errno.ENOSYS, "the file storage needs fcntl.flock (POSIX); use InMemoryFileSystem, "
                                     "SqliteStorage or PostgresStorage on this platform") from None
-    fcntl.flock(fd, getattr(fcntl, op) | (0 if blocking else fcntl.LOCK_NB))
+    flags = getattr(fcntl, op) | (0 if blocking else fcntl.LOCK_NB)
+    lock = fcntl.flock
+
+    def flock(fd: int) -> None:
+        lock(fd, flags)
+
+    _FLOCK[op if blocking else op + "|LOCK_NB"] = flock
+    return flock
 
 
 def _read_fd(fd: int, offset: int, end: int | None = None) -> bytes:
@@ -3229,7 +3342,7 @@ class JsonlStorage(Storage):
                     for name in ("session.json", "messages.jsonl", "branches.jsonl"):
                         fs.sync(f"{staging}/{name}")
                 # ...then renamed into place, then announced: the key link is the commit.
-                fs.rename(staging, final)
+                fs.rename(staging, final, durable=durable)
         except BaseException:
             with contextlib.suppress(OSError):
                 fs.remove_tree(staging)
@@ -3861,14 +3974,14 @@ class JsonlStorage(Storage):
     # -- leases ---------------------------------------------------------------------------
 
     def read_lease(self, session_id: str) -> dict[str, Any] | None:
-        return self.fs.read_lease(f"{self._dir(session_id)}/lock.json")
+        return self.fs.read_lease(f"{self.directory}/{session_id}/lock.json")
 
     def write_lease(self, session_id: str, lease: Mapping[str, Any], *, durable: bool) -> None:
-        self.fs.write_lease(f"{self._dir(session_id)}/lock.json", lease, durable=durable and self._durable)
+        self.fs.write_lease(f"{self.directory}/{session_id}/lock.json", lease, durable=durable and self._durable)
 
     def peek_lease(self, session_id: str) -> dict[str, Any] | None:
         try:
-            return self.fs.read_lease(f"{self._dir(session_id)}/lock.json")
+            return self.fs.read_lease(f"{self.directory}/{session_id}/lock.json")
         except OSError:
             return None
 
@@ -5562,28 +5675,75 @@ class _ContextFold:
         self.settler = _Settler(self.output.take)
         self.problems: list[str] = []  # what the path's records hold that the APIs cannot express
         self.ids: list[str] = []
-        self.index: dict[str, int] = {}  # where each id of the path is in it
+        self.index: dict[str, int] | None = None  # where each id of the path is in it (see positions)
         # (path length, call ids seen, problems, output mark), the first for the empty path
         self.marks: list[tuple[int, int, int, Any]] = [(0, 0, 0, self.output.mark())]
         self.readers = _CONTEXT_READERS_VERSION[0]  # the readers registered when the fold began
         self.finished: Any = None  # the output's finish() of the tail, until the fold changes
 
     def fold(self, path: Sequence[Message]) -> None:
-        """Fold messages (plain records: none of another format's) onto the path."""
+        """Fold messages (plain records: none of another format's) onto the path.
+
+        A chat message of one text (the most common record by far) takes a lane of its
+        own into an OpenAI context, the same steps as :meth:`_Settler.push` and
+        :func:`_openai_message` inlined: the first context of a session loaded cold
+        folds its whole path, and cost 16 times a bare loop over it through them."""
         settler, ids, index, problems, marks = self.settler, self.ids, self.index, self.problems, self.marks
         self.finished = None
         marked_from = len(ids) + len(path) - _CONTEXT_MARKS  # marks further back would be dropped below
         markers = self.markers
+        entries = self.output.entries if type(self.output) is _OpenAIOutput else None
+        add_id, chat_roles, new, fill, frozen = ids.append, _CHAT_ROLES, _NEW_DICT, _FILL_DICT, _FrozenDict
+        pending: str | None = None  # the text of an assistant turn of one text, held here, not in settler.last
         for m in path:
-            if markers or m.type != "reset":
+            role, content = m.role, m.content
+            if (entries is not None and m.type == role and type(content) is str and not m.fields
+                    and role in chat_roles and not settler.open_calls):
+                if content and not content.isspace():  # (push drops a blank text, and the turn with it)
+                    if role == "assistant":  # open to a merge with the next assistant record
+                        if pending is None and settler.last is None:
+                            pending = content
+                        else:
+                            if pending is not None:
+                                settler.last, pending = _Turn("assistant", [_text(pending)]), None
+                            assert settler.last is not None
+                            settler.last.parts.append(_text(content))
+                    else:  # the assistant's turn, if any, is settled, and this one too
+                        if pending is not None:
+                            entry = new(frozen)
+                            fill(entry, role="assistant", content=pending)
+                            entries.append(entry)
+                            pending = None
+                        elif settler.last is not None:
+                            last, settler.last = settler.last, None
+                            settler.emit(last)
+                        entry = new(frozen)
+                        fill(entry, role=role, content=content)
+                        entries.append(entry)
+            elif markers or m.type != "reset":
+                if pending is not None:
+                    settler.last, pending = _Turn("assistant", [_text(pending)]), None
                 for turn in _native_turns(m, problems):
                     settler.push(turn)
-            index[m.id] = len(ids)
-            ids.append(m.id)
-            if settler.clean and len(ids) >= marked_from:
+            if index is not None:
+                index[m.id] = len(ids)
+            add_id(m.id)
+            if len(ids) >= marked_from and pending is None and settler.clean:
                 marks.append((len(ids), len(settler.seen_order), len(problems), self.output.mark()))
+        if pending is not None:
+            settler.last = _Turn("assistant", [_text(pending)])
         if len(marks) > 2 * _CONTEXT_MARKS:
             del marks[:-_CONTEXT_MARKS]
+
+    def positions(self) -> dict[str, int]:
+        """Where each id of the path is in it, from the oldest mark on (a path that
+        leaves this one further back cannot be rewound to: it is folded afresh).
+        Made when first asked, not by the fold: the first context of a path does
+        not need it."""
+        if self.index is None:
+            start = self.marks[0][0]
+            self.index = {mid: i for i, mid in enumerate(self.ids[start:], start)}
+        return self.index
 
     def fold_turns(self, turns: Iterable[_Turn]) -> None:
         """Fold turns read some other way (by a registered reader): no marks."""
@@ -5608,8 +5768,9 @@ class _ContextFold:
         self.finished = None
         again = ids[at:length]
         index = self.index
-        for mid in ids[at:]:
-            del index[mid]
+        if index is not None:
+            for mid in ids[at:]:
+                index.pop(mid, None)
         del marks[i:]
         del ids[at:]
         del self.problems[problems:]
@@ -5641,9 +5802,10 @@ def _context(turns: Iterable[_Turn], format: str) -> Any:
 def _to_fold(state: _Session, fold: _ContextFold, leaf: Message) -> list[Message] | None:
     """Rewind ``fold`` to where the path to ``leaf`` leaves it and return the messages
     to fold from there; ``None`` when that is too far back (fold afresh)."""
-    ids, index = fold.ids, fold.index
+    ids = fold.ids
     if ids and ids[-1] == leaf.id:
         return []
+    index = fold.positions()
     walk: list[Message] = []
     by_id, detached = state.by_id, state.detached
     m: Message | None = leaf
@@ -5737,6 +5899,8 @@ class _SessionCache:
         if clock is not None and not callable(clock):
             raise InvalidInput("clock must be a callable returning seconds, like time.time")
         self._auto_reset = auto_reset
+        # Whether a lease needs a proof of life other processes can test (see _mark).
+        self._proof_of_life = self._storage.shared_across_processes
         self._durable = bool(durable)
         self._clock = clock if clock is not None else time.time
         self._require_lock = bool(require_lock)
@@ -5757,6 +5921,7 @@ class _SessionCache:
         self._read_bytes = 0  # bytes of records cached since open (see _give_back_freed_memory)
         self._marks: set[str] = set()  # sessions whose lease this store holds (a proof of life kept)
         self._lease_changed = threading.Condition(threading.Lock())
+        self._lease_waiters = 0  # threads waiting on _lease_changed (none: a release notifies nobody)
         self._lease_listeners: tuple[Callable[[str], None], ...] = ()  # AsyncSessionStore's waiters
 
     def _after_fork(self) -> None:
@@ -5921,9 +6086,14 @@ class _SessionCache:
     # -- the cache ----------------------------------------------------------------
 
     def _mark(self, session_id: str) -> None:
-        """Keep a proof of life for a lease this store holds (inside ``_writing``)."""
+        """Keep a proof of life for a lease this store holds (inside ``_writing``).
+        A storage no other process sees needs none (a holder in this process is alive
+        while it runs): the session is only noted as leased."""
         with self._mutex:
             if session_id in self._marks:
+                return
+            if not self._proof_of_life:
+                self._marks.add(session_id)
                 return
         with _storage_errors(f"keep a proof of life for the lease of {session_id!r}"):
             self._storage.hold_lease(session_id)
@@ -5935,13 +6105,16 @@ class _SessionCache:
             if session_id not in self._marks:
                 return
             self._marks.discard(session_id)
+            if not self._proof_of_life:
+                return
         with contextlib.suppress(SessionStoreError, OSError):
             self._storage.drop_lease(session_id)
 
     def _state(self, session_id: str) -> _Session:
         """The session's cached state (made on first use: the index is asked once)."""
-        self._ready()
-        if not isinstance(session_id, str):
+        if not self._opened:
+            self._ready()
+        if type(session_id) is not str and not isinstance(session_id, str):
             raise SessionNotFound(session_id)
         with self._mutex:
             state = self._sessions.get(session_id)
@@ -6253,7 +6426,7 @@ class _LeasedStore(_SessionCache):
         elif holder is not None and holder != owner_id:
             raise SessionLocked(state.session_id, owner_id, holder)
 
-    def _read_lease(self, state: _Session) -> dict[str, Any]:
+    def _read_lease(self, state: _Session) -> Mapping[str, Any]:
         """The lease record (caller is in ``_writing``), normalized by :meth:`_normal_lease`."""
         try:
             raw = self._storage.read_lease(state.session_id)
@@ -6263,27 +6436,29 @@ class _LeasedStore(_SessionCache):
             raise _storage_error(e, f"read the lease of {state.session_id!r}") from e
         return self._normal_lease(raw)
 
-    def _normal_lease(self, raw: Mapping[str, Any] | None, *, quiet: bool = False) -> dict[str, Any]:
+    def _normal_lease(self, raw: Mapping[str, Any] | None, *, quiet: bool = False) -> Mapping[str, Any]:
         """A lease record with every field checked: ``owner`` (or ``None``), ``count``,
-        ``token``, ``expiresAt``, ``process`` and ``queue`` (waiters, oldest first). A
-        corrupt or malformed record is free, and its token the current time in ms:
-        above every token issued before it (they count up from 1), so fencing tokens
-        keep growing even when their record is lost."""
+        ``token``, ``expiresAt``, ``process``, ``queue`` (waiters, oldest first) and
+        the reserved range of tokens (``reserved``, ``reservedBy``, see
+        :meth:`_next_token`). A corrupt or malformed record is free, and its token the
+        current time in ms: above every token issued before it (they count up from 1),
+        so fencing tokens keep growing even when their record is lost.
+
+        Records are never changed in place (a change is a new dict): the one returned
+        may be the storage's own fresh copy."""
         if raw is None:
-            return {"owner": None, "token": 0, "queue": []}
+            return _FREE
         if not _lease_fields_ok(raw):
-            token = raw.get("token")
-            token = token if isinstance(token, int) and not isinstance(token, bool) and token >= 0 else 0
+            token = max(_whole(raw.get("token")), _whole(raw.get("reserved")))
             if not quiet:
                 _log.warning("a lease record is corrupt (%r): treating it as free; tokens continue above %d",
                              dict(raw), max(token, self._now_ms()))
             return {"owner": None, "token": max(token, self._now_ms()), "queue": []}
-        lease = dict(raw)
-        lease.setdefault("queue", [])
-        lease["queue"] = [list(w) for w in lease["queue"]]
-        return lease
+        if "queue" not in raw:
+            return {**raw, "queue": []}
+        return raw
 
-    def _write_lease(self, state: _Session, lease: dict[str, Any], *, durable: bool = False,
+    def _write_lease(self, state: _Session, lease: Mapping[str, Any], *, durable: bool = False,
                      undo: Mapping[str, Any] | None = None) -> None:
         """Store the lease record (caller is in ``_writing``).
 
@@ -6309,7 +6484,7 @@ class _LeasedStore(_SessionCache):
         or the server drops when the holder dies, in whatever PID namespace, container
         or host. A process id is never compared: another namespace may reuse it.
         """
-        if lease.get("owner") is None or lease.get("expiresAt", 0) <= now:
+        if lease.get("owner") is None or lease["expiresAt"] <= now:  # (a record with an owner has an expiry)
             return False
         process = lease.get("process")
         if process == _PROCESS or not isinstance(process, str):
@@ -6321,38 +6496,40 @@ class _LeasedStore(_SessionCache):
         the lease's queue (``-1`` when not queued). A free lease goes to the first
         waiter in the queue; others (and attempts that do not wait) queue behind."""
         with self._writing(session_id, catch_up=False) as state:
-            lease = self._read_lease(state)
-            before = copy.deepcopy(lease)
+            before = self._read_lease(state)
             now = self._now_ms()
-            queue = [w for w in lease["queue"] if w[1] > now]
-            mine = next((i for i, w in enumerate(queue) if w[0] == waiter), -1)
-            live = self._live(session_id, lease, now)
+            queue = before["queue"]
+            if queue:
+                queue = [w for w in queue if w[1] > now]
+            mine = next((i for i, w in enumerate(queue) if w[0] == waiter), -1) if waiter is not None else -1
+            live = self._live(session_id, before, now)
             expires = now + self.lock_timeout_ms
-            if live and lease["owner"] == owner_id:
+            if live and before["owner"] == owner_id:
                 if mine >= 0:
                     del queue[mine]
-                lease.update(count=int(lease["count"]) + 1, expiresAt=expires, queue=queue)
-                durable = False
+                lease = {**before, "count": before["count"] + 1, "expiresAt": expires, "queue": queue}
+                token, durable = before["token"], False
             elif live or (queue and mine != 0):
                 if waiter is not None:
                     if mine < 0:
-                        queue.append([waiter, now + _QUEUE_MS])
+                        queue = [*queue, [waiter, now + _QUEUE_MS]]
                         mine = len(queue) - 1
                     elif queue[mine][1] - now < _QUEUE_MS // 2:
-                        queue[mine][1] = now + _QUEUE_MS
+                        queue = [*queue[:mine], [waiter, now + _QUEUE_MS], *queue[mine + 1:]]
                     else:
                         waiter = None  # nothing to write
-                    if waiter is not None or len(queue) != len(lease["queue"]):
-                        self._write_lease(state, {**lease, "queue": queue})
-                holder = lease["owner"] if live else None
+                    if waiter is not None or len(queue) != len(before["queue"]):
+                        self._write_lease(state, {**before, "queue": queue})
+                holder = before["owner"] if live else None
                 return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
-                                  expires_at=lease["expiresAt"] if live else None, token=None), mine
+                                  expires_at=before["expiresAt"] if live else None, token=None), mine
             else:
                 if mine >= 0:
                     del queue[mine]
-                lease = {"owner": owner_id, "count": 1, "token": int(lease["token"]) + 1, "expiresAt": expires,
-                         "process": _PROCESS, "queue": queue}
-                durable = True  # a new token: never issued twice, whatever crashes
+                token, reserved = self._next_token(before)
+                durable = reserved != before.get("reserved")  # a new range: synced before any of it is used
+                lease = {"owner": owner_id, "count": 1, "token": token, "expiresAt": expires,
+                         "process": _PROCESS, "queue": queue, "reserved": reserved, "reservedBy": _PROCESS}
             self._mark(session_id)
             try:
                 self._write_lease(state, lease, durable=durable, undo=before)
@@ -6361,7 +6538,26 @@ class _LeasedStore(_SessionCache):
                     self._unmark(session_id)
                 raise
             return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id, expires_at=expires,
-                              token=lease["token"]), -1
+                              token=token), -1
+
+    @staticmethod
+    def _next_token(lease: Mapping[str, Any]) -> tuple[int, int]:
+        """A new holder's fencing token, and the end of the range of tokens reserved.
+
+        Tokens never repeat, across crashes and power loss, without a sync per new
+        holder: a process reserves a range of :data:`_TOKEN_RANGE` tokens by writing
+        its end (``reserved``) and its own identity (``reservedBy``) durably, then hands
+        out the tokens of the range with unsynced writes. A record that names this
+        process as the reserver was written by this process, alive now; a crash ends
+        the process, so whatever record survives it (the synced reservation, or a later
+        unsynced write) sends the next process above the whole range. Another process's
+        range is never used: alternating processes pay a sync per turn, as before.
+        """
+        token, reserved = lease["token"] + 1, lease.get("reserved") or 0
+        if lease.get("reservedBy") == _PROCESS and token <= reserved:
+            return token, reserved
+        token = max(token, reserved + 1)
+        return token, token + _TOKEN_RANGE - 1
 
     def _leave_queue(self, session_id: str, waiter: str) -> None:
         """A waiter that gives up (timeout, cancellation) leaves the queue."""
@@ -6376,8 +6572,9 @@ class _LeasedStore(_SessionCache):
     def _lease_freed(self, session_id: str) -> None:
         """Wake this process's waiters for the session's lease (threads and event loops);
         waiters in other processes look again after a short pause."""
-        with self._lease_changed:
-            self._lease_changed.notify_all()
+        if self._lease_waiters:
+            with self._lease_changed:
+                self._lease_changed.notify_all()
         for listener in self._lease_listeners:
             listener(session_id)
 
@@ -6404,12 +6601,14 @@ class _LeasedStore(_SessionCache):
         ``lock_timeout_ms`` unless renewed. The same owner acquiring again is
         re-entrant: it counts, extends the lease and keeps its token; a new holder
         gets a token strictly greater than every earlier one of this session, also
-        across crashes (the record is synced first). Waiters are served in the order
+        across crashes and power loss (see :meth:`_next_token`). Waiters are served in the order
         they came, across threads and processes: each takes a place in the lease's
         queue, and a free lease goes to the first (an attempt that does not wait
         never jumps the queue).
         """
         _check_name("owner id", owner_id)
+        if timeout == 0:  # one attempt, never queued
+            return self._try_acquire(session_id, owner_id, None)[0]
         _check_timeout(timeout)
         wait = _LeaseWait(self, session_id, owner_id, timeout)
         try:
@@ -6422,7 +6621,11 @@ class _LeasedStore(_SessionCache):
                     return result
                 while True:
                     with self._lease_changed:
-                        self._lease_changed.wait(pause)
+                        self._lease_waiters += 1
+                        try:
+                            self._lease_changed.wait(pause)
+                        finally:
+                            self._lease_waiters -= 1
                     pause = wait.pause()
                     if pause is None or wait.takeable():
                         break
@@ -6440,8 +6643,7 @@ class _LeasedStore(_SessionCache):
                 holder = lease["owner"] if live else None
                 return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
                                   expires_at=lease.get("expiresAt") if holder else None, token=None)
-            before = dict(lease)
-            lease["expiresAt"] = now + self.lock_timeout_ms
+            before, lease = lease, {**lease, "expiresAt": now + self.lock_timeout_ms}
             self._write_lease(state, lease, undo=before)
             return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id,
                               expires_at=lease["expiresAt"], token=lease["token"])
@@ -6455,11 +6657,12 @@ class _LeasedStore(_SessionCache):
                 if lease.get("process") != _PROCESS or lease["owner"] is None:
                     self._unmark(session_id)
                 return False
-            before, count = dict(lease), int(lease["count"]) - 1
+            before, count = lease, lease["count"] - 1
             if count > 0:
-                lease["count"] = count
+                lease = {**before, "count": count}
             else:
-                lease = {"owner": None, "token": lease["token"], "queue": lease["queue"]}
+                lease = {k: v for k, v in before.items() if k not in _HOLDER_FIELDS}
+                lease["owner"] = None
             self._write_lease(state, lease, undo=before)  # failed: still held, as it was
             if count <= 0:
                 self._unmark(session_id)
@@ -6511,21 +6714,36 @@ class _LeasedStore(_SessionCache):
             return fn()
 
 
+_FREE: Mapping[str, Any] = {"owner": None, "token": 0, "queue": []}  # no record yet (never changed: see above)
+_HOLDER_FIELDS = frozenset({"owner", "count", "expiresAt", "process"})  # what a release takes out of a record
+_TOKEN_RANGE = 256  # fencing tokens a process reserves with one synced write (see _next_token)
+
+
+def _whole(v: object) -> int:
+    """``v`` when it is a non-negative integer, else 0."""
+    return v if type(v) is int and v >= 0 else 0
+
+
 def _lease_fields_ok(lease: Mapping[str, Any]) -> bool:
     """Whether a lease record is whole and well-formed (see :meth:`SessionStore._normal_lease`)."""
-    def whole(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-    if lease.get("corrupt") or not whole(lease.get("token")):
+    get = lease.get
+    token = get("token")
+    if type(token) is not int or token < 0 or get("corrupt"):
         return False
-    queue = lease.get("queue", [])
-    if not isinstance(queue, list) or not all(
-            isinstance(w, list) and len(w) == 2 and isinstance(w[0], str) and whole(w[1]) for w in queue):
+    queue = get("queue")
+    if queue and (type(queue) is not list or not all(
+            type(w) is list and len(w) == 2 and type(w[0]) is str and type(w[1]) is int and w[1] >= 0
+            for w in queue)):
         return False
-    owner = lease.get("owner")
+    reserved = get("reserved")
+    if reserved is not None and (type(reserved) is not int or reserved < token or type(get("reservedBy")) is not str):
+        return False
+    owner = get("owner")
     if owner is None:
         return True
-    return (isinstance(owner, str) and whole(lease.get("count")) and lease["count"] >= 1
-            and whole(lease.get("expiresAt")) and isinstance(lease.get("process", ""), str))
+    count, expires = get("count"), get("expiresAt")
+    return (type(owner) is str and type(count) is int and count >= 1 and type(expires) is int and expires >= 0
+            and type(get("process", "")) is str)
 
 
 class _LeaseWait:

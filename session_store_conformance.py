@@ -1528,10 +1528,10 @@ class FaultyFileSystem(_Faults, FileSystem):
         self.inner.makedirs(path, durable=durable)
         self._landed(landed)
 
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src: str, dst: str, *, durable: bool = True) -> None:
         """Rename, or fail when armed."""
         landed = self._step("rename", src)
-        self.inner.rename(src, dst)
+        self.inner.rename(src, dst, durable=durable)
         self._landed(landed)
 
     def remove(self, path: str, *, durable: bool = False) -> None:

@@ -147,28 +147,71 @@ def test_a_reset_is_fenced_like_an_append(store: SessionStore, clock: FakeClock)
 
 
 class SyncedLeases(RealFileSystem):
-    """Records which lease writes were synced before the call returned."""
+    """Records every lease write (its token, reserved range end, and whether it was
+    synced before the call returned), and keeps each record's last synced bytes: what
+    a power loss leaves on disk in the worst case."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.lease_writes: list[tuple[int, bool]] = []
+        self.lease_writes: list[tuple[int, int, bool]] = []
+        self.synced: dict[str, bytes] = {}
 
     def write_lease(self, path: str, lease: Any, *, durable: bool = False) -> None:
         super().write_lease(path, lease, durable=durable)
-        self.lease_writes.append((int(lease["token"]), durable))
+        self.lease_writes.append((int(lease["token"]), int(lease.get("reserved", 0)), durable))
+        if durable:
+            self.synced[path] = Path(path).read_bytes()
+
+    def lose_power(self) -> None:
+        """Every lease record back to its last synced bytes."""
+        for path, raw in self.synced.items():
+            Path(path).write_bytes(raw)
 
 
-def test_a_new_token_is_on_disk_before_it_is_handed_out(tmp_path: Path) -> None:
+def test_a_new_token_is_covered_by_a_synced_reservation_before_it_is_handed_out(tmp_path: Path) -> None:
     fs = SyncedLeases()
     with SessionStore(fs, storage_dir=tmp_path) as store:
         sid = store.resolve("k")
+        tokens = []
         for owner in ("a", "b", "a"):
-            assert store.acquire_lock(sid, owner).acquired
-            store.acquire_lock(sid, owner)  # re-entrant: same token, need not be synced
+            result = store.acquire_lock(sid, owner)
+            assert result.acquired and result.token is not None
+            tokens.append(result.token)
+            store.acquire_lock(sid, owner)  # re-entrant: same token
             store.release_lock(sid, owner)
             store.release_lock(sid, owner)
-    issued = [(token, durable) for token, durable in fs.lease_writes]
-    assert [t for t, durable in issued if durable] == [1, 2, 3]  # each new token synced when written
+    assert tokens == [1, 2, 3]
+    synced_ends = [reserved for _, reserved, durable in fs.lease_writes if durable]
+    assert synced_ends == [ss._TOKEN_RANGE]  # one sync reserved all three
+    for token in tokens:  # each within a range whose end was synced before it was issued
+        first_use = next(i for i, (t, _, _) in enumerate(fs.lease_writes) if t == token)
+        assert any(durable and reserved >= token for _, reserved, durable in fs.lease_writes[:first_use + 1])
+
+
+NEXT_TOKEN = r"""
+import sys
+from session_store import SessionStore
+with SessionStore(storage_dir=sys.argv[1]) as store:
+    print(store.acquire_lock(sys.argv[2], "after").token)
+"""
+
+
+def test_tokens_issued_without_a_sync_are_never_issued_again_after_a_power_loss(tmp_path: Path) -> None:
+    fs = SyncedLeases()
+    issued = []
+    with SessionStore(fs, storage_dir=tmp_path) as store:
+        sid = store.resolve("k")
+        for i in range(ss._TOKEN_RANGE + 20):  # past the end of the first range
+            result = store.acquire_lock(sid, f"owner-{i % 2}")
+            issued.append(result.token or 0)
+            store.release_lock(sid, f"owner-{i % 2}")
+    assert issued == sorted(set(issued))
+    assert sum(durable for _, _, durable in fs.lease_writes) == 2  # two reservations, not 276 syncs
+    fs.lose_power()  # the unsynced writes are gone: the record is the second reservation's
+    assert json.loads(Path(tmp_path / sid / "lock.json").read_bytes().rsplit(b"\t", 1)[0])["token"] < max(issued)
+    after = subprocess.run([sys.executable, "-c", NEXT_TOKEN, str(tmp_path), sid], capture_output=True,
+                           text=True, env=ENV, timeout=60, check=True)
+    assert int(after.stdout) > max(issued)  # the restarted machine's next holder
 
 
 @pytest.mark.parametrize("damage", [b"", b"\xff\xfe", b'{"owner":"a","token":"soon"}',
@@ -372,3 +415,48 @@ def test_in_memory_store_rejects_writes_to_a_removed_folder() -> None:
     fs.remove_tree(f"/s/{sid}")
     with pytest.raises(ss.SessionNotFound):
         store.append(sid, role="user", content="x")
+
+
+# -- 6. what keeps a lease cheap keeps it right ------------------------------------------------
+
+
+def test_an_in_memory_lease_record_reads_as_the_file_format_and_as_what_was_written() -> None:
+    fs = InMemoryFileSystem()
+    fs.makedirs("s")
+    record: dict[str, Any] = {"owner": "a", "count": 1, "token": 7, "expiresAt": 10, "process": "p",
+                              "queue": [["w", 5]]}
+    fs.write_lease("s/lock.json", record)
+    record["queue"][0][1] = 99  # the caller's dict is not the one kept
+    kept = fs.read_lease("s/lock.json")
+    assert kept == {**record, "queue": [["w", 5]]}
+    assert kept is not None
+    kept["queue"].append(["x", 1])  # nor is the one returned
+    assert fs.read_lease("s/lock.json") == {**record, "queue": [["w", 5]]}
+    raw = fs.read("s/lock.json")  # as bytes: the checksummed, padded record any FileSystem writes
+    assert len(raw) == ss._LEASE_RECORD_BYTES and ss._decode_lease(raw) == fs.read_lease("s/lock.json")
+    fs.rename("s/lock.json", "s/moved.json")
+    assert fs.read_lease("s/moved.json") == {**record, "queue": [["w", 5]]}
+    fs.write_lease("s/lock.json", record)
+    fs.write_in_place("s/lock.json", b'{"owner": "b", "token": 8}\tdeadbeef')  # written over as bytes: damaged
+    assert fs.read_lease("s/lock.json") == {"corrupt": True}
+    fs.write_lease("s/lock.json", record)
+    fs.append("s/lock.json", b"x")  # bytes added after the record: it is no longer whole
+    assert fs.read_lease("s/lock.json") == ss._decode_lease(fs.read("s/lock.json"))
+
+
+def test_a_held_lease_keeps_its_proof_of_life_while_descriptors_are_evicted(tmp_path: Path) -> None:
+    fs = RealFileSystem(max_open_files=4)
+    with SessionStore(fs, storage_dir=tmp_path, durable=False) as store:
+        held = store.resolve("held")
+        store.acquire_lock(held, "a")
+        for i in range(20):  # every other descriptor is evicted, many times over
+            store.append(store.resolve(f"other-{i}"), role="user", content="x")
+        probe = RealFileSystem()
+        mark = f"{tmp_path}/{held}/lease.lock"
+        assert probe.is_held(mark) is True  # another process would see its holder alive
+        store.release_lock(held, "a")
+        assert probe.is_held(mark) is False  # released: a fresh probe finds no holder
+        store.acquire_lock(held, "b")  # the kept descriptor marks again
+        assert probe.is_held(mark) is True
+        store.release_lock(held, "b")
+        assert probe.is_held(mark) is False

@@ -124,6 +124,37 @@ def test_non_durable_append_never_syncs(tmp_path: Path) -> None:
         assert fs.syncs == []
 
 
+def test_a_store_opened_not_durable_syncs_nothing_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not one fsync or fdatasync, at the system call: creating sessions (the folder's
+    rename into place synced its directory), appending, branching, leases, forks."""
+    calls: list[str] = []
+    real_fsync, real_fdatasync = os.fsync, ss._fdatasync
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    def fdatasync(fd: int) -> None:
+        calls.append("fdatasync")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(ss, "_fdatasync", fdatasync)
+    with SessionStore(storage_dir=tmp_path, durable=False) as store:
+        sid = store.resolve("k")
+        for key in ("a", "b", "c"):
+            store.resolve(key)
+        head = store.append(sid, role="user", content="x")
+        store.create_branch(sid, "side", head.id)
+        with store.lock(sid, "worker"):
+            store.append(sid, role="assistant", content="y")
+        store.fork_session(sid, key="copy")
+    assert calls == []
+    with SessionStore(storage_dir=tmp_path / "durable") as store:  # the same calls on a durable store do sync
+        store.resolve("k")
+    assert calls
+
+
 def test_creating_sessions_writes_only_what_each_creation_needs(tmp_path: Path) -> None:
     """Index upkeep is O(changes): a creation writes its own folder and one link,
     never a file that grows with the store (no checkpoint rewritten whole)."""

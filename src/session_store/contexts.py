@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import InvalidInput, InvalidMessage, SessionStoreError, _log
 from .log_format import _dumps
-from .records import Message, _freeze, _FrozenDict
+from .records import _FILL_DICT, _NEW_DICT, Message, _freeze, _FrozenDict
 from .tree import _Session
 from .validation import _check_name
 
@@ -761,28 +761,75 @@ class _ContextFold:
         self.settler = _Settler(self.output.take)
         self.problems: list[str] = []  # what the path's records hold that the APIs cannot express
         self.ids: list[str] = []
-        self.index: dict[str, int] = {}  # where each id of the path is in it
+        self.index: dict[str, int] | None = None  # where each id of the path is in it (see positions)
         # (path length, call ids seen, problems, output mark), the first for the empty path
         self.marks: list[tuple[int, int, int, Any]] = [(0, 0, 0, self.output.mark())]
         self.readers = _CONTEXT_READERS_VERSION[0]  # the readers registered when the fold began
         self.finished: Any = None  # the output's finish() of the tail, until the fold changes
 
     def fold(self, path: Sequence[Message]) -> None:
-        """Fold messages (plain records: none of another format's) onto the path."""
+        """Fold messages (plain records: none of another format's) onto the path.
+
+        A chat message of one text (the most common record by far) takes a lane of its
+        own into an OpenAI context, the same steps as :meth:`_Settler.push` and
+        :func:`_openai_message` inlined: the first context of a session loaded cold
+        folds its whole path, and cost 16 times a bare loop over it through them."""
         settler, ids, index, problems, marks = self.settler, self.ids, self.index, self.problems, self.marks
         self.finished = None
         marked_from = len(ids) + len(path) - _CONTEXT_MARKS  # marks further back would be dropped below
         markers = self.markers
+        entries = self.output.entries if type(self.output) is _OpenAIOutput else None
+        add_id, chat_roles, new, fill, frozen = ids.append, _CHAT_ROLES, _NEW_DICT, _FILL_DICT, _FrozenDict
+        pending: str | None = None  # the text of an assistant turn of one text, held here, not in settler.last
         for m in path:
-            if markers or m.type != "reset":
+            role, content = m.role, m.content
+            if (entries is not None and m.type == role and type(content) is str and not m.fields
+                    and role in chat_roles and not settler.open_calls):
+                if content and not content.isspace():  # (push drops a blank text, and the turn with it)
+                    if role == "assistant":  # open to a merge with the next assistant record
+                        if pending is None and settler.last is None:
+                            pending = content
+                        else:
+                            if pending is not None:
+                                settler.last, pending = _Turn("assistant", [_text(pending)]), None
+                            assert settler.last is not None
+                            settler.last.parts.append(_text(content))
+                    else:  # the assistant's turn, if any, is settled, and this one too
+                        if pending is not None:
+                            entry = new(frozen)
+                            fill(entry, role="assistant", content=pending)
+                            entries.append(entry)
+                            pending = None
+                        elif settler.last is not None:
+                            last, settler.last = settler.last, None
+                            settler.emit(last)
+                        entry = new(frozen)
+                        fill(entry, role=role, content=content)
+                        entries.append(entry)
+            elif markers or m.type != "reset":
+                if pending is not None:
+                    settler.last, pending = _Turn("assistant", [_text(pending)]), None
                 for turn in _native_turns(m, problems):
                     settler.push(turn)
-            index[m.id] = len(ids)
-            ids.append(m.id)
-            if settler.clean and len(ids) >= marked_from:
+            if index is not None:
+                index[m.id] = len(ids)
+            add_id(m.id)
+            if len(ids) >= marked_from and pending is None and settler.clean:
                 marks.append((len(ids), len(settler.seen_order), len(problems), self.output.mark()))
+        if pending is not None:
+            settler.last = _Turn("assistant", [_text(pending)])
         if len(marks) > 2 * _CONTEXT_MARKS:
             del marks[:-_CONTEXT_MARKS]
+
+    def positions(self) -> dict[str, int]:
+        """Where each id of the path is in it, from the oldest mark on (a path that
+        leaves this one further back cannot be rewound to: it is folded afresh).
+        Made when first asked, not by the fold: the first context of a path does
+        not need it."""
+        if self.index is None:
+            start = self.marks[0][0]
+            self.index = {mid: i for i, mid in enumerate(self.ids[start:], start)}
+        return self.index
 
     def fold_turns(self, turns: Iterable[_Turn]) -> None:
         """Fold turns read some other way (by a registered reader): no marks."""
@@ -807,8 +854,9 @@ class _ContextFold:
         self.finished = None
         again = ids[at:length]
         index = self.index
-        for mid in ids[at:]:
-            del index[mid]
+        if index is not None:
+            for mid in ids[at:]:
+                index.pop(mid, None)
         del marks[i:]
         del ids[at:]
         del self.problems[problems:]
@@ -840,9 +888,10 @@ def _context(turns: Iterable[_Turn], format: str) -> Any:
 def _to_fold(state: _Session, fold: _ContextFold, leaf: Message) -> list[Message] | None:
     """Rewind ``fold`` to where the path to ``leaf`` leaves it and return the messages
     to fold from there; ``None`` when that is too far back (fold afresh)."""
-    ids, index = fold.ids, fold.index
+    ids = fold.ids
     if ids and ids[-1] == leaf.id:
         return []
+    index = fold.positions()
     walk: list[Message] = []
     by_id, detached = state.by_id, state.detached
     m: Message | None = leaf

@@ -119,8 +119,8 @@ class FileSystem(ABC):
         """Whether ``path`` is a directory (not a link to one)."""
 
     @abstractmethod
-    def rename(self, src: str, dst: str) -> None:
-        """Rename a file or directory atomically (durably: the parent is synced)."""
+    def rename(self, src: str, dst: str, *, durable: bool = True) -> None:
+        """Rename a file or directory atomically; ``durable``: the destination's directory is synced."""
 
     @abstractmethod
     def remove(self, path: str, *, durable: bool = False) -> None:
@@ -181,7 +181,7 @@ class FileSystem(ABC):
         Default: one JSON line and its CRC-32, padded to a fixed size and written in
         place, so that one ``pwrite`` replaces it whole; a torn write (a machine crash
         during it) fails the checksum and reads as corrupt. ``durable``: synced before
-        returning (the store asks for it whenever a new fencing token is issued).
+        returning (the store asks for it when it reserves a new range of fencing tokens).
         """
         self.write_in_place(path, _encode_lease(lease), durable=durable)
 
@@ -202,12 +202,13 @@ class FileSystem(ABC):
 # Lease records on a FileSystem: "<json>\t<crc32 hex>\n", padded with spaces to a fixed
 # size. Records written before the checksum (format v1: bare JSON) still read.
 _LEASE_RECORD_BYTES = 2048
+_LEASE_READ_BYTES = 4 * _LEASE_RECORD_BYTES  # a read this long that comes back short read the whole record
 _CORRUPT: Any = {"corrupt": True}
 
 
 def _encode_lease(lease: Mapping[str, Any]) -> bytes:
     body = _dumps(lease).encode("utf-8")
-    line = body + b"\t" + f"{zlib.crc32(body):08x}".encode() + b"\n"
+    line = b"%s\t%08x\n" % (body, zlib.crc32(body))
     return line.ljust(_LEASE_RECORD_BYTES) if len(line) < _LEASE_RECORD_BYTES else line
 
 
@@ -217,11 +218,11 @@ def _decode_lease(raw: bytes) -> dict[str, Any] | None:
         return dict(_CORRUPT)
     body, tab, crc = text.rpartition(b"\t")
     if tab:
-        if f"{zlib.crc32(body):08x}".encode() != crc:
+        if b"%08x" % zlib.crc32(body) != crc:
             return dict(_CORRUPT)
         text = body
     try:
-        lease = json.loads(text)
+        lease = json.loads(text.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return dict(_CORRUPT)
     return lease if isinstance(lease, dict) else dict(_CORRUPT)
@@ -290,9 +291,19 @@ class InMemoryFileSystem(FileSystem):
 
     def _file(self, path: str) -> bytearray:
         try:
-            return self._files[path.strip("/")]
+            f = self._files[path.strip("/")]
         except KeyError:
             raise FileNotFoundError(errno.ENOENT, "no such file", path) from None
+        if type(f) is _LeaseBuffer:
+            f.spell()
+        return f
+
+    def _buffer(self, path: str) -> bytearray:
+        """The buffer of ``path`` to change in place, created empty when absent (mutex held)."""
+        f = self._files.setdefault(path.strip("/"), bytearray())
+        if type(f) is _LeaseBuffer:
+            f.spell()
+        return f
 
     def _parent_exists(self, path: str) -> None:
         parent = path.strip("/").rpartition("/")[0]
@@ -323,8 +334,11 @@ class InMemoryFileSystem(FileSystem):
     def append(self, path: str, data: bytes) -> None:
         """Append ``data`` in one step, creating the file when absent."""
         with self._mutex:
-            self._parent_exists(path)
-            self._files.setdefault(path.strip("/"), bytearray()).extend(data)
+            f = self._files.get(path.strip("/"))
+            if f is None or type(f) is _LeaseBuffer:
+                self._parent_exists(path)
+                f = self._buffer(path)
+            f.extend(data)
 
     def sync(self, path: str) -> None:
         """Nothing to do: memory is as durable as this object."""
@@ -349,9 +363,34 @@ class InMemoryFileSystem(FileSystem):
         """Overwrite the file."""
         with self._mutex:
             self._parent_exists(path)
-            f = self._files.setdefault(path.strip("/"), bytearray())
+            f = self._buffer(path)
             f[:len(data)] = data
             del f[len(data):]
+
+    def read_lease(self, path: str) -> dict[str, Any] | None:
+        """The lease record: a copy of the one :meth:`write_lease` kept, else decoded
+        from the file's bytes (written some other way: maybe corrupt)."""
+        with self._mutex:
+            f = self._files.get(path.strip("/"))
+            if f is None:
+                return None
+            if type(f) is _LeaseBuffer and f.record is not None:
+                return _copy_lease(f.record)
+            raw = bytes(f)
+        return _decode_lease(raw)
+
+    def write_lease(self, path: str, lease: Mapping[str, Any], *, durable: bool = False) -> None:
+        """Keep a copy of the record itself, not its encoding: a lease changes twice per
+        lock cycle, and encoding and decoding it cost more than the rest of the cycle.
+        Its bytes (the format of :meth:`FileSystem.write_lease`) are made when the file
+        is read or changed as bytes."""
+        buffer = _LeaseBuffer()
+        buffer.record = _copy_lease(lease)
+        path = path.strip("/")
+        with self._mutex:
+            if path not in self._files:
+                self._parent_exists(path)
+            self._files[path] = buffer
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the directory and its parents."""
@@ -379,7 +418,7 @@ class InMemoryFileSystem(FileSystem):
         with self._mutex:
             return path.strip("/") in self._dirs
 
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src: str, dst: str, *, durable: bool = True) -> None:
         """Rename a file or a directory with everything below it."""
         src, dst = src.strip("/"), dst.strip("/")
         with self._mutex:
@@ -432,11 +471,11 @@ class InMemoryFileSystem(FileSystem):
         """The lock of ``path``, shared by every store using this object."""
         path = path.strip("/")
         with self._mutex:
-            self._parent_exists(path)
-            if create:
-                self._files.setdefault(path, bytearray())
-            elif path not in self._files:
-                raise FileNotFoundError(errno.ENOENT, "no such file", path)
+            if path not in self._files:
+                if not create:
+                    raise FileNotFoundError(errno.ENOENT, "no such file", path)
+                self._parent_exists(path)
+                self._files[path] = bytearray()
         return _TableGuard(self, path, create)
 
     def hold(self, path: str) -> None:
@@ -465,6 +504,29 @@ class InMemoryFileSystem(FileSystem):
         self._holds = {}
 
 
+class _LeaseBuffer(bytearray):
+    """An :class:`InMemoryFileSystem` file holding a lease record as written: empty
+    until :meth:`spell` writes the record's bytes into it (then ``record`` is ``None``
+    and it is a plain file)."""
+
+    __slots__ = ("record",)
+    record: dict[str, Any] | None
+
+    def spell(self) -> None:
+        if self.record is not None:
+            self[:] = _encode_lease(self.record)
+            self.record = None
+
+
+def _copy_lease(lease: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy that shares nothing mutable with ``lease`` (its queue is a list of lists)."""
+    copied = dict(lease)
+    queue = copied.get("queue")
+    if queue and type(queue) is list:
+        copied["queue"] = [list(w) if type(w) is list else w for w in queue]
+    return copied
+
+
 class _TableGuard:
     """``InMemoryFileSystem.locked``: one entry of its :class:`_LockTable`."""
 
@@ -477,7 +539,7 @@ class _TableGuard:
     def __enter__(self) -> None:
         fs = self._fs
         entry = fs._locks.acquire(self._path)
-        if not self._create and not fs.exists(self._path):  # removed while we waited
+        if not self._create and self._path not in fs._files:  # removed while we waited
             fs._locks.release(self._path, entry)
             raise FileNotFoundError(errno.ENOENT, "removed while waiting for its lock", self._path)
         self._entry = entry
@@ -543,7 +605,7 @@ class RealFileSystem(FileSystem):
         self._mutex = threading.Lock()
         self._locks = _LockTable()
         self._new_files: set[str] = set()  # created by append, directory entry not yet synced
-        self._holds: dict[str, list[int]] = {}  # path -> [fd, count]
+        self._holds: dict[str, list[Any]] = {}  # path -> [its pinned _Descriptor, count]
 
     def __repr__(self) -> str:
         return f"RealFileSystem(max_open_files={self._max_open})"
@@ -562,7 +624,7 @@ class RealFileSystem(FileSystem):
     def after_fork(self) -> None:
         """Forget the parent's descriptors (closing our copies releases no flock of
         the parent's) and its thread locks; marks of life were the parent's."""
-        fds = [d.fd for d in self._fds.values()] + [h[0] for h in self._holds.values()]
+        fds = list({d.fd for d in (*self._fds.values(), *(h[0] for h in self._holds.values()))})
         self._reset()
         for fd in fds:
             with contextlib.suppress(OSError):
@@ -612,18 +674,22 @@ class RealFileSystem(FileSystem):
                 self._fds.move_to_end(path)
                 d.pins += 1
                 return d
-        flags = os.O_RDWR | (os.O_APPEND if append else 0)
-        try:  # the file usually exists: one open, no exception
-            fd = self._open_file(path, flags)
-        except FileNotFoundError:
-            if not create:
-                raise
-            try:
-                fd = self._open_file(path, flags | os.O_CREAT | os.O_EXCL)
-                with self._mutex:
-                    self._new_files.add(path)  # its directory entry is synced with its data
-            except FileExistsError:  # created by someone else meanwhile
-                fd = self._open_file(path, flags)
+        flags = os.O_RDWR | (os.O_APPEND if append else 0) | _O_NOFOLLOW | _O_CLOEXEC
+        dfd, name = self._dir_fd(path)  # one walk for both attempts
+        try:
+            try:  # the file usually exists: one open, no exception
+                fd = os.open(name, flags, dir_fd=dfd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
+                    with self._mutex:
+                        self._new_files.add(path)  # its directory entry is synced with its data
+                except FileExistsError:  # created by someone else meanwhile
+                    fd = os.open(name, flags, dir_fd=dfd)
+        finally:
+            os.close(dfd)
         with self._mutex:
             d = self._fds.get(path)
             if d is not None:  # another thread opened it meanwhile
@@ -707,6 +773,25 @@ class RealFileSystem(FileSystem):
             return _read_fd(d.fd, 0)
         finally:
             self._unpin(d)
+
+    def read_lease(self, path: str) -> dict[str, Any] | None:
+        """The lease record (the format of :meth:`FileSystem.write_lease`), read on the
+        descriptor :meth:`write_lease` keeps: ``pread`` until a short read, no ``fstat``."""
+        try:
+            d = self._pin(path, create=False, append=False)
+        except FileNotFoundError:
+            return None
+        try:
+            chunks, offset = [], 0
+            while True:
+                chunk = os.pread(d.fd, _LEASE_READ_BYTES, offset)
+                chunks.append(chunk)
+                if len(chunk) < _LEASE_READ_BYTES:
+                    break
+                offset += len(chunk)
+        finally:
+            self._unpin(d)
+        return _decode_lease(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def read_from(self, path: str, offset: int) -> bytes:
         """The file's bytes from ``offset`` to its current end (``pread`` on the cached fd)."""
@@ -913,15 +998,16 @@ class RealFileSystem(FileSystem):
         st = self._lstat(path)
         return st is not None and S_ISDIR(st.st_mode)
 
-    def rename(self, src: str, dst: str) -> None:
-        """``rename`` between two directories, then an fsync of the destination's."""
+    def rename(self, src: str, dst: str, *, durable: bool = True) -> None:
+        """``rename`` between two directories, then (``durable``) an fsync of the destination's."""
         sfd, sname = self._dir_fd(src)
         try:
             dfd, dname = self._dir_fd(dst)
             try:
                 os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
                 self._forget(src)
-                _fsync_fd(dfd)
+                if durable:
+                    _fsync_fd(dfd)
             finally:
                 os.close(dfd)
         finally:
@@ -991,28 +1077,35 @@ class RealFileSystem(FileSystem):
 
     def hold(self, path: str) -> None:
         """A ``flock(LOCK_SH)`` on ``path`` kept until the last :meth:`release`; the OS
-        drops it when this process dies, whatever its PID namespace."""
+        drops it when this process dies, whatever its PID namespace. The lock is taken
+        on the path's cached descriptor, pinned while held, so that a lease taken again
+        costs two ``flock`` calls, not an open and a close of the file (and of each
+        directory above it)."""
         with self._mutex:
             held = self._holds.get(path)
             if held is not None:
                 held[1] += 1
                 return
-        fd = self._open_file(path, os.O_RDWR | os.O_CREAT)
+        d = self._pin(path, create=True)
         try:
-            _flock(fd, "LOCK_SH")
+            _flock(d.fd, "LOCK_SH")
         except BaseException:
-            os.close(fd)
+            self._unpin(d)
             raise
         with self._mutex:
+            self._new_files.discard(path)  # a mark, never synced: its entry need not be
             held = self._holds.get(path)
             if held is None:
-                self._holds[path] = [fd, 1]
+                self._holds[path] = [d, 1]
                 return
             held[1] += 1
-        os.close(fd)
+        if held[0] is not d:  # another descriptor won the race: this one's lock goes
+            with contextlib.suppress(OSError):
+                _flock(d.fd, "LOCK_UN")
+        self._unpin(d)
 
     def release(self, path: str) -> None:
-        """Undo one :meth:`hold`; the last one closes the descriptor (dropping the flock)."""
+        """Undo one :meth:`hold`; the last one unlocks the descriptor (it stays cached)."""
         with self._mutex:
             held = self._holds.get(path)
             if held is None:
@@ -1021,7 +1114,11 @@ class RealFileSystem(FileSystem):
             if held[1] > 0:
                 return
             del self._holds[path]
-        os.close(held[0])
+        d = held[0]
+        try:
+            _flock(d.fd, "LOCK_UN")
+        finally:
+            self._unpin(d)
 
     def is_held(self, path: str) -> bool | None:
         """Whether any process holds a ``flock`` on ``path``: a non-blocking
@@ -1108,15 +1205,32 @@ class _FlockGuard:
 
 
 def _flock(fd: int, op: str, *, blocking: bool = True) -> None:
-    """``fcntl.flock``; ``fcntl`` is imported here, so that a platform without it can
-    still import this module for the in-memory and SQL storages (the file storage then
-    raises :class:`StorageError` at its first lock)."""
+    """``fcntl.flock``; ``fcntl`` is imported at the first call, so that a platform
+    without it can still import this module for the in-memory and SQL storages (the
+    file storage then raises :class:`StorageError` at its first lock)."""
+    flock = _FLOCK.get(op if blocking else op + "|LOCK_NB")
+    if flock is None:
+        flock = _load_flock(op, blocking)
+    flock(fd)
+
+
+_FLOCK: dict[str, Callable[[int], None]] = {}  # "LOCK_EX", "LOCK_EX|LOCK_NB"... -> the call
+
+
+def _load_flock(op: str, blocking: bool) -> Callable[[int], None]:
     try:
         import fcntl
     except ImportError:
         raise OSError(errno.ENOSYS, "the file storage needs fcntl.flock (POSIX); use InMemoryFileSystem, "
                                     "SqliteStorage or PostgresStorage on this platform") from None
-    fcntl.flock(fd, getattr(fcntl, op) | (0 if blocking else fcntl.LOCK_NB))
+    flags = getattr(fcntl, op) | (0 if blocking else fcntl.LOCK_NB)
+    lock = fcntl.flock
+
+    def flock(fd: int) -> None:
+        lock(fd, flags)
+
+    _FLOCK[op if blocking else op + "|LOCK_NB"] = flock
+    return flock
 
 
 def _read_fd(fd: int, offset: int, end: int | None = None) -> bytes:

@@ -424,7 +424,7 @@ class JsonlStorage(Storage):
                     for name in ("session.json", "messages.jsonl", "branches.jsonl"):
                         fs.sync(f"{staging}/{name}")
                 # ...then renamed into place, then announced: the key link is the commit.
-                fs.rename(staging, final)
+                fs.rename(staging, final, durable=durable)
         except BaseException:
             with contextlib.suppress(OSError):
                 fs.remove_tree(staging)
@@ -1056,14 +1056,14 @@ class JsonlStorage(Storage):
     # -- leases ---------------------------------------------------------------------------
 
     def read_lease(self, session_id: str) -> dict[str, Any] | None:
-        return self.fs.read_lease(f"{self._dir(session_id)}/lock.json")
+        return self.fs.read_lease(f"{self.directory}/{session_id}/lock.json")
 
     def write_lease(self, session_id: str, lease: Mapping[str, Any], *, durable: bool) -> None:
-        self.fs.write_lease(f"{self._dir(session_id)}/lock.json", lease, durable=durable and self._durable)
+        self.fs.write_lease(f"{self.directory}/{session_id}/lock.json", lease, durable=durable and self._durable)
 
     def peek_lease(self, session_id: str) -> dict[str, Any] | None:
         try:
-            return self.fs.read_lease(f"{self._dir(session_id)}/lock.json")
+            return self.fs.read_lease(f"{self.directory}/{session_id}/lock.json")
         except OSError:
             return None
 

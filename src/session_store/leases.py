@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import copy
 import itertools
 import os
 import time
@@ -185,7 +184,7 @@ class _LeasedStore(_SessionCache):
         elif holder is not None and holder != owner_id:
             raise SessionLocked(state.session_id, owner_id, holder)
 
-    def _read_lease(self, state: _Session) -> dict[str, Any]:
+    def _read_lease(self, state: _Session) -> Mapping[str, Any]:
         """The lease record (caller is in ``_writing``), normalized by :meth:`_normal_lease`."""
         try:
             raw = self._storage.read_lease(state.session_id)
@@ -195,27 +194,29 @@ class _LeasedStore(_SessionCache):
             raise _storage_error(e, f"read the lease of {state.session_id!r}") from e
         return self._normal_lease(raw)
 
-    def _normal_lease(self, raw: Mapping[str, Any] | None, *, quiet: bool = False) -> dict[str, Any]:
+    def _normal_lease(self, raw: Mapping[str, Any] | None, *, quiet: bool = False) -> Mapping[str, Any]:
         """A lease record with every field checked: ``owner`` (or ``None``), ``count``,
-        ``token``, ``expiresAt``, ``process`` and ``queue`` (waiters, oldest first). A
-        corrupt or malformed record is free, and its token the current time in ms:
-        above every token issued before it (they count up from 1), so fencing tokens
-        keep growing even when their record is lost."""
+        ``token``, ``expiresAt``, ``process``, ``queue`` (waiters, oldest first) and
+        the reserved range of tokens (``reserved``, ``reservedBy``, see
+        :meth:`_next_token`). A corrupt or malformed record is free, and its token the
+        current time in ms: above every token issued before it (they count up from 1),
+        so fencing tokens keep growing even when their record is lost.
+
+        Records are never changed in place (a change is a new dict): the one returned
+        may be the storage's own fresh copy."""
         if raw is None:
-            return {"owner": None, "token": 0, "queue": []}
+            return _FREE
         if not _lease_fields_ok(raw):
-            token = raw.get("token")
-            token = token if isinstance(token, int) and not isinstance(token, bool) and token >= 0 else 0
+            token = max(_whole(raw.get("token")), _whole(raw.get("reserved")))
             if not quiet:
                 _log.warning("a lease record is corrupt (%r): treating it as free; tokens continue above %d",
                              dict(raw), max(token, self._now_ms()))
             return {"owner": None, "token": max(token, self._now_ms()), "queue": []}
-        lease = dict(raw)
-        lease.setdefault("queue", [])
-        lease["queue"] = [list(w) for w in lease["queue"]]
-        return lease
+        if "queue" not in raw:
+            return {**raw, "queue": []}
+        return raw
 
-    def _write_lease(self, state: _Session, lease: dict[str, Any], *, durable: bool = False,
+    def _write_lease(self, state: _Session, lease: Mapping[str, Any], *, durable: bool = False,
                      undo: Mapping[str, Any] | None = None) -> None:
         """Store the lease record (caller is in ``_writing``).
 
@@ -241,7 +242,7 @@ class _LeasedStore(_SessionCache):
         or the server drops when the holder dies, in whatever PID namespace, container
         or host. A process id is never compared: another namespace may reuse it.
         """
-        if lease.get("owner") is None or lease.get("expiresAt", 0) <= now:
+        if lease.get("owner") is None or lease["expiresAt"] <= now:  # (a record with an owner has an expiry)
             return False
         process = lease.get("process")
         if process == _PROCESS or not isinstance(process, str):
@@ -253,38 +254,40 @@ class _LeasedStore(_SessionCache):
         the lease's queue (``-1`` when not queued). A free lease goes to the first
         waiter in the queue; others (and attempts that do not wait) queue behind."""
         with self._writing(session_id, catch_up=False) as state:
-            lease = self._read_lease(state)
-            before = copy.deepcopy(lease)
+            before = self._read_lease(state)
             now = self._now_ms()
-            queue = [w for w in lease["queue"] if w[1] > now]
-            mine = next((i for i, w in enumerate(queue) if w[0] == waiter), -1)
-            live = self._live(session_id, lease, now)
+            queue = before["queue"]
+            if queue:
+                queue = [w for w in queue if w[1] > now]
+            mine = next((i for i, w in enumerate(queue) if w[0] == waiter), -1) if waiter is not None else -1
+            live = self._live(session_id, before, now)
             expires = now + self.lock_timeout_ms
-            if live and lease["owner"] == owner_id:
+            if live and before["owner"] == owner_id:
                 if mine >= 0:
                     del queue[mine]
-                lease.update(count=int(lease["count"]) + 1, expiresAt=expires, queue=queue)
-                durable = False
+                lease = {**before, "count": before["count"] + 1, "expiresAt": expires, "queue": queue}
+                token, durable = before["token"], False
             elif live or (queue and mine != 0):
                 if waiter is not None:
                     if mine < 0:
-                        queue.append([waiter, now + _QUEUE_MS])
+                        queue = [*queue, [waiter, now + _QUEUE_MS]]
                         mine = len(queue) - 1
                     elif queue[mine][1] - now < _QUEUE_MS // 2:
-                        queue[mine][1] = now + _QUEUE_MS
+                        queue = [*queue[:mine], [waiter, now + _QUEUE_MS], *queue[mine + 1:]]
                     else:
                         waiter = None  # nothing to write
-                    if waiter is not None or len(queue) != len(lease["queue"]):
-                        self._write_lease(state, {**lease, "queue": queue})
-                holder = lease["owner"] if live else None
+                    if waiter is not None or len(queue) != len(before["queue"]):
+                        self._write_lease(state, {**before, "queue": queue})
+                holder = before["owner"] if live else None
                 return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
-                                  expires_at=lease["expiresAt"] if live else None, token=None), mine
+                                  expires_at=before["expiresAt"] if live else None, token=None), mine
             else:
                 if mine >= 0:
                     del queue[mine]
-                lease = {"owner": owner_id, "count": 1, "token": int(lease["token"]) + 1, "expiresAt": expires,
-                         "process": _PROCESS, "queue": queue}
-                durable = True  # a new token: never issued twice, whatever crashes
+                token, reserved = self._next_token(before)
+                durable = reserved != before.get("reserved")  # a new range: synced before any of it is used
+                lease = {"owner": owner_id, "count": 1, "token": token, "expiresAt": expires,
+                         "process": _PROCESS, "queue": queue, "reserved": reserved, "reservedBy": _PROCESS}
             self._mark(session_id)
             try:
                 self._write_lease(state, lease, durable=durable, undo=before)
@@ -293,7 +296,26 @@ class _LeasedStore(_SessionCache):
                     self._unmark(session_id)
                 raise
             return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id, expires_at=expires,
-                              token=lease["token"]), -1
+                              token=token), -1
+
+    @staticmethod
+    def _next_token(lease: Mapping[str, Any]) -> tuple[int, int]:
+        """A new holder's fencing token, and the end of the range of tokens reserved.
+
+        Tokens never repeat, across crashes and power loss, without a sync per new
+        holder: a process reserves a range of :data:`_TOKEN_RANGE` tokens by writing
+        its end (``reserved``) and its own identity (``reservedBy``) durably, then hands
+        out the tokens of the range with unsynced writes. A record that names this
+        process as the reserver was written by this process, alive now; a crash ends
+        the process, so whatever record survives it (the synced reservation, or a later
+        unsynced write) sends the next process above the whole range. Another process's
+        range is never used: alternating processes pay a sync per turn, as before.
+        """
+        token, reserved = lease["token"] + 1, lease.get("reserved") or 0
+        if lease.get("reservedBy") == _PROCESS and token <= reserved:
+            return token, reserved
+        token = max(token, reserved + 1)
+        return token, token + _TOKEN_RANGE - 1
 
     def _leave_queue(self, session_id: str, waiter: str) -> None:
         """A waiter that gives up (timeout, cancellation) leaves the queue."""
@@ -308,8 +330,9 @@ class _LeasedStore(_SessionCache):
     def _lease_freed(self, session_id: str) -> None:
         """Wake this process's waiters for the session's lease (threads and event loops);
         waiters in other processes look again after a short pause."""
-        with self._lease_changed:
-            self._lease_changed.notify_all()
+        if self._lease_waiters:
+            with self._lease_changed:
+                self._lease_changed.notify_all()
         for listener in self._lease_listeners:
             listener(session_id)
 
@@ -336,12 +359,14 @@ class _LeasedStore(_SessionCache):
         ``lock_timeout_ms`` unless renewed. The same owner acquiring again is
         re-entrant: it counts, extends the lease and keeps its token; a new holder
         gets a token strictly greater than every earlier one of this session, also
-        across crashes (the record is synced first). Waiters are served in the order
+        across crashes and power loss (see :meth:`_next_token`). Waiters are served in the order
         they came, across threads and processes: each takes a place in the lease's
         queue, and a free lease goes to the first (an attempt that does not wait
         never jumps the queue).
         """
         _check_name("owner id", owner_id)
+        if timeout == 0:  # one attempt, never queued
+            return self._try_acquire(session_id, owner_id, None)[0]
         _check_timeout(timeout)
         wait = _LeaseWait(self, session_id, owner_id, timeout)
         try:
@@ -354,7 +379,11 @@ class _LeasedStore(_SessionCache):
                     return result
                 while True:
                     with self._lease_changed:
-                        self._lease_changed.wait(pause)
+                        self._lease_waiters += 1
+                        try:
+                            self._lease_changed.wait(pause)
+                        finally:
+                            self._lease_waiters -= 1
                     pause = wait.pause()
                     if pause is None or wait.takeable():
                         break
@@ -372,8 +401,7 @@ class _LeasedStore(_SessionCache):
                 holder = lease["owner"] if live else None
                 return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
                                   expires_at=lease.get("expiresAt") if holder else None, token=None)
-            before = dict(lease)
-            lease["expiresAt"] = now + self.lock_timeout_ms
+            before, lease = lease, {**lease, "expiresAt": now + self.lock_timeout_ms}
             self._write_lease(state, lease, undo=before)
             return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id,
                               expires_at=lease["expiresAt"], token=lease["token"])
@@ -387,11 +415,12 @@ class _LeasedStore(_SessionCache):
                 if lease.get("process") != _PROCESS or lease["owner"] is None:
                     self._unmark(session_id)
                 return False
-            before, count = dict(lease), int(lease["count"]) - 1
+            before, count = lease, lease["count"] - 1
             if count > 0:
-                lease["count"] = count
+                lease = {**before, "count": count}
             else:
-                lease = {"owner": None, "token": lease["token"], "queue": lease["queue"]}
+                lease = {k: v for k, v in before.items() if k not in _HOLDER_FIELDS}
+                lease["owner"] = None
             self._write_lease(state, lease, undo=before)  # failed: still held, as it was
             if count <= 0:
                 self._unmark(session_id)
@@ -443,21 +472,36 @@ class _LeasedStore(_SessionCache):
             return fn()
 
 
+_FREE: Mapping[str, Any] = {"owner": None, "token": 0, "queue": []}  # no record yet (never changed: see above)
+_HOLDER_FIELDS = frozenset({"owner", "count", "expiresAt", "process"})  # what a release takes out of a record
+_TOKEN_RANGE = 256  # fencing tokens a process reserves with one synced write (see _next_token)
+
+
+def _whole(v: object) -> int:
+    """``v`` when it is a non-negative integer, else 0."""
+    return v if type(v) is int and v >= 0 else 0
+
+
 def _lease_fields_ok(lease: Mapping[str, Any]) -> bool:
     """Whether a lease record is whole and well-formed (see :meth:`SessionStore._normal_lease`)."""
-    def whole(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-    if lease.get("corrupt") or not whole(lease.get("token")):
+    get = lease.get
+    token = get("token")
+    if type(token) is not int or token < 0 or get("corrupt"):
         return False
-    queue = lease.get("queue", [])
-    if not isinstance(queue, list) or not all(
-            isinstance(w, list) and len(w) == 2 and isinstance(w[0], str) and whole(w[1]) for w in queue):
+    queue = get("queue")
+    if queue and (type(queue) is not list or not all(
+            type(w) is list and len(w) == 2 and type(w[0]) is str and type(w[1]) is int and w[1] >= 0
+            for w in queue)):
         return False
-    owner = lease.get("owner")
+    reserved = get("reserved")
+    if reserved is not None and (type(reserved) is not int or reserved < token or type(get("reservedBy")) is not str):
+        return False
+    owner = get("owner")
     if owner is None:
         return True
-    return (isinstance(owner, str) and whole(lease.get("count")) and lease["count"] >= 1
-            and whole(lease.get("expiresAt")) and isinstance(lease.get("process", ""), str))
+    count, expires = get("count"), get("expiresAt")
+    return (type(owner) is str and type(count) is int and count >= 1 and type(expires) is int and expires >= 0
+            and type(get("process", "")) is str)
 
 
 class _LeaseWait:

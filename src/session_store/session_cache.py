@@ -101,6 +101,8 @@ class _SessionCache:
         if clock is not None and not callable(clock):
             raise InvalidInput("clock must be a callable returning seconds, like time.time")
         self._auto_reset = auto_reset
+        # Whether a lease needs a proof of life other processes can test (see _mark).
+        self._proof_of_life = self._storage.shared_across_processes
         self._durable = bool(durable)
         self._clock = clock if clock is not None else time.time
         self._require_lock = bool(require_lock)
@@ -121,6 +123,7 @@ class _SessionCache:
         self._read_bytes = 0  # bytes of records cached since open (see _give_back_freed_memory)
         self._marks: set[str] = set()  # sessions whose lease this store holds (a proof of life kept)
         self._lease_changed = threading.Condition(threading.Lock())
+        self._lease_waiters = 0  # threads waiting on _lease_changed (none: a release notifies nobody)
         self._lease_listeners: tuple[Callable[[str], None], ...] = ()  # AsyncSessionStore's waiters
 
     def _after_fork(self) -> None:
@@ -285,9 +288,14 @@ class _SessionCache:
     # -- the cache ----------------------------------------------------------------
 
     def _mark(self, session_id: str) -> None:
-        """Keep a proof of life for a lease this store holds (inside ``_writing``)."""
+        """Keep a proof of life for a lease this store holds (inside ``_writing``).
+        A storage no other process sees needs none (a holder in this process is alive
+        while it runs): the session is only noted as leased."""
         with self._mutex:
             if session_id in self._marks:
+                return
+            if not self._proof_of_life:
+                self._marks.add(session_id)
                 return
         with _storage_errors(f"keep a proof of life for the lease of {session_id!r}"):
             self._storage.hold_lease(session_id)
@@ -299,13 +307,16 @@ class _SessionCache:
             if session_id not in self._marks:
                 return
             self._marks.discard(session_id)
+            if not self._proof_of_life:
+                return
         with contextlib.suppress(SessionStoreError, OSError):
             self._storage.drop_lease(session_id)
 
     def _state(self, session_id: str) -> _Session:
         """The session's cached state (made on first use: the index is asked once)."""
-        self._ready()
-        if not isinstance(session_id, str):
+        if not self._opened:
+            self._ready()
+        if type(session_id) is not str and not isinstance(session_id, str):
             raise SessionNotFound(session_id)
         with self._mutex:
             state = self._sessions.get(session_id)
