@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "backends"), str(ROOT / "integrations"), str(HERE)]
 
+import hot_paths  # noqa: E402
 import peers  # noqa: E402
 from measuring import (  # noqa: E402
     Curve,
@@ -60,6 +61,7 @@ from measuring import (  # noqa: E402
     paired,
     rss_bytes,
     scratch_dir,
+    threaded_rate,
     timed,
     tree_bytes,
     us,
@@ -295,24 +297,6 @@ def report_interop(report: Report, n: int) -> None:
         return
     stat = timed(lambda: import_pi(store, lines, key=f"pi-{next(count)}"), 5 if report.quick else 21)
     report.add(Row(metric="import_pi, 1,000 entries, in memory", goal="—", stat=stat, verdict="n/a"))
-
-
-def threaded_rate(work: Callable[[int], None], threads: int, ops_per_thread: int) -> float:
-    """Start ``threads`` threads running ``work(i)`` together; operations per second."""
-    barrier = threading.Barrier(threads + 1)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        work(i)
-
-    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in pool:
-        t.join()
-    return threads * ops_per_thread / (time.perf_counter() - t0)
 
 
 def raw_thread_floor(d: str, files: int, per: int) -> float:
@@ -1209,7 +1193,7 @@ def warmup_count(n: int) -> int:
 
 
 def render(report: Report, command: str, started: float, elapsed: float | None,
-           load: tuple[float, float]) -> str:
+           load: tuple[float, float], before: str = hot_paths.BEFORE) -> str:
     took = f"{elapsed / 60:,.0f} min" if elapsed is not None else "—"
     lines = ["# Benchmark results", "",
              f"Command: `{command}`  ",
@@ -1235,6 +1219,7 @@ def render(report: Report, command: str, started: float, elapsed: float | None,
             tail = f"{r.stat.tail[0]} {us(r.stat.tail[1])}" if r.stat else ""
             value = med(r.stat) if r.stat else r.value
             lines.append(f"| {r.metric} | {r.goal} | {value} | {tail} | {r.floor} | {r.ratio} | {r.verdict} |")
+    lines += hot_paths.render(report.speed, before)
     if report.backends:
         lines += ["", "## Backends side by side", "",
                   "Same operations on every backend: median (tail) per operation, on this machine's disk.", "",
@@ -1312,8 +1297,8 @@ def plot(report: Report, directory: Path) -> list[str]:
 # Main
 # ============================================================================
 
-SECTIONS = ("operations", "backends", "stores", "metadata", "contexts", "fairness", "cold", "huge", "curves",
-            "peers")
+SECTIONS = ("operations", "backends", "stores", "metadata", "contexts", "hot", "fairness", "cold", "huge",
+            "curves", "peers")
 
 
 def main() -> None:
@@ -1323,6 +1308,8 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="skip the peers even when installed")
     parser.add_argument("--sessions", type=int, help="largest store measured (default 100,000)")
     parser.add_argument("--only", help=f"comma-separated sections, for development: {', '.join(SECTIONS)}")
+    parser.add_argument("--before", default=hot_paths.BEFORE,
+                        help=f"the commit the hot paths are compared with (default {hot_paths.BEFORE})")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.sessions:
@@ -1361,6 +1348,8 @@ def main() -> None:
         report_goal_4(report, sizes, ours, pi)
         if pi is not None:
             peers.report_pi(report, ours, pi, CONTENT)
+    if section("hot"):
+        hot_paths.run_hot_paths(report, CONTENT, RECORD, pi, args.before)
     if section("fairness"):
         run_fairness(report, sizes)
     if section("cold"):
@@ -1378,7 +1367,7 @@ def main() -> None:
     out = args.out or (None if args.quick or args.only else str(HERE / "RESULTS.md"))
     if out and not args.quick:
         plot(report, Path(out).parent)
-    text = render(report, command, started, elapsed, (load_at_start, os.getloadavg()[0]))
+    text = render(report, command, started, elapsed, (load_at_start, os.getloadavg()[0]), args.before)
     print()
     print(text)
     if out:

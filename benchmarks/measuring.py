@@ -21,6 +21,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,25 @@ def interleaved(ops: Sequence[Callable[[], object]], n: int, *, warmup: int | No
             ops[j]()
             samples[j].append((clock() - t0) / 1000)
     return [Stat(samples=tuple(s)) for s in samples]
+
+
+def threaded_rate(work: Callable[[int], None], threads: int, ops_per_thread: int) -> float:
+    """Operations per second of ``threads`` threads running ``work(i)`` (each
+    ``ops_per_thread`` operations) started together."""
+    barrier = threading.Barrier(threads + 1)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        work(i)
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in pool:
+        t.join()
+    return threads * ops_per_thread / (time.perf_counter() - t0)
 
 
 def gc_cost(ops: Sequence[Callable[[], object]], n: int) -> list[float]:
@@ -282,6 +302,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     profiles: list[tuple[str, str]] = field(default_factory=list)
     backends: list[tuple[str, dict[str, Stat]]] = field(default_factory=list)
+    speed: list[Any] = field(default_factory=list)  # hot_paths.SpeedRow: the hot paths against the commit before
 
     def add(self, row: Row) -> None:
         self.rows.append(row)

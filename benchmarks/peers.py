@@ -161,9 +161,8 @@ class AgentsStore:
 
 
 @contextlib.contextmanager
-def agents_cold_reader(items: list[dict[str, Any]]) -> Iterator[Callable[[], None]]:
-    """Goal 6: ``items`` stored by an openai-agents SQLiteSession; yields the operation
-    timed against ours (a fresh SQLiteSession + get_items), so the bench can interleave it."""
+def agents_session(items: list[dict[str, Any]]) -> Iterator[str]:
+    """The path of an openai-agents SQLite database holding ``items`` as session "long"."""
     SQLiteSession = peer_api("agents").SQLiteSession
 
     with scratch_dir() as d:
@@ -171,13 +170,40 @@ def agents_cold_reader(items: list[dict[str, Any]]) -> Iterator[Callable[[], Non
         session = SQLiteSession("long", path)
         run(session.add_items(items))
         session.close()
+        yield path
 
+
+@contextlib.contextmanager
+def agents_cold_reader(items: list[dict[str, Any]]) -> Iterator[Callable[[], None]]:
+    """Goal 6: ``items`` stored by an openai-agents SQLiteSession; yields the operation
+    timed against ours (a fresh SQLiteSession + get_items), so the bench can interleave it."""
+    SQLiteSession = peer_api("agents").SQLiteSession
+
+    with agents_session(items) as path:
         def op() -> None:
             s = SQLiteSession("long", path)
             run(s.get_items())
             s.close()
 
         yield op
+
+
+@contextlib.contextmanager
+def agents_cold_request(items: list[dict[str, Any]], content: str) -> Iterator[Callable[[], None]]:
+    """A stateless request on a long session stored by an openai-agents SQLiteSession: a
+    fresh session, get_items, one durable add_items, get_items again (the next call's
+    input), close. The session grows by one item a request, as ours does."""
+    SQLiteSession = peer_api("agents").SQLiteSession
+
+    with agents_session(items) as path:
+        async def request() -> None:
+            s = SQLiteSession("long", path)
+            await s.get_items()
+            await s.add_items([{"role": "user", "content": content}])
+            await s.get_items()
+            s.close()
+
+        yield lambda: run(request())
 
 
 def agents_huge_worker(path: str) -> dict[str, float]:

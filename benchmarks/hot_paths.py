@@ -1,0 +1,414 @@
+"""The hot paths of issue 34, each measured on this commit and on the commit before it
+in the same run, their samples interleaved with each other and with the row's floor.
+
+The commit before is loaded from git (``git show <commit>:session_store.py``, and its
+SQLite backend) as a second module beside the one measured, so that a regression
+shows as a ratio of two numbers taken at the same moment of the same machine, not as
+the difference of two runs. Only public names of both are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import peers
+from measuring import ROOT, Report, Stat, interleaved, med, scratch_dir, threaded_rate, us, verdict
+
+import session_store
+import session_store_sqlite
+
+BEFORE = "a11f47c"  # the last commit before issue 34's work: what every "before" column measures
+
+
+@dataclass(slots=True, kw_only=True)
+class SpeedRow:
+    """One hot path: ours and the commit before, with the row's floor and goal."""
+
+    metric: str
+    goal: str
+    ours: str
+    before: str
+    change: str  # ours / before
+    floor: str
+    ratio: str  # what the goal is stated in
+    verdict: str
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A version of the store: its core module and its SQLite backend."""
+
+    name: str
+    core: types.ModuleType
+    sqlite: types.ModuleType
+
+
+def load_before(commit: str) -> Code | None:
+    """The store as it was at ``commit``, imported under other names; ``None`` without git."""
+    folder = tempfile.mkdtemp(prefix="session-store-before-")
+    try:
+        for path, name in (("session_store.py", "session_store_before"),
+                           ("backends/session_store_sqlite.py", "session_store_sqlite_before")):
+            source = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True,
+                                    text=True, check=True).stdout
+            source = source.replace("from session_store import", "from session_store_before import")
+            with open(os.path.join(folder, f"{name}.py"), "w", encoding="utf-8") as f:
+                f.write(source)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    modules = []
+    for name in ("session_store_before", "session_store_sqlite_before"):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(folder, f"{name}.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        modules.append(module)
+    return Code(commit, modules[0], modules[1])
+
+
+OURS = Code("this commit", session_store, session_store_sqlite)
+
+
+def change(ours: Stat | float, before: Stat | float | None) -> str:
+    if before is None:
+        return "n/a"
+    a = ours.median if isinstance(ours, Stat) else ours
+    b = before.median if isinstance(before, Stat) else before
+    return f"{a / b:.2f}×"
+
+
+def run_hot_paths(report: Report, content: str, record: dict[str, Any], pi: dict[str, Any] | None,
+                  before_commit: str = BEFORE) -> None:
+    """Every row of issue 34 (see benchmarks/README.md)."""
+    before = load_before(before_commit)
+    if before is None:
+        report.notes.append(f"hot paths: the commit before ({before_commit}) could not be loaded from git: "
+                            "its column reads n/a")
+    codes = [OURS] + ([before] if before is not None else [])
+    n = 200 if report.quick else 20_000
+    slow = 50 if report.quick else 1000
+    with scratch_dir() as d:
+        locks(report, d, codes, content, record, n, slow)
+        appends(report, d, codes, content, record, n, pi)
+        threads(report, d, codes, content, 10 if report.quick else 150)
+        first_context(report, d, codes, content, 200 if report.quick else 2000, 5 if report.quick else 60, pi)
+        cold_request(report, d, codes, content, 200 if report.quick else 2000, 5 if report.quick else 100)
+        creations(report, d, codes, 20 if report.quick else 400)
+
+
+def add(report: Report, row: SpeedRow) -> None:
+    report.speed.append(row)
+    print(f"  {row.metric}: {row.ours} (before: {row.before}, {row.change}); {row.floor} {row.ratio} "
+          f"{row.verdict}", flush=True)
+
+
+# -- locks ------------------------------------------------------------------------------------
+
+
+def lock_cycle(store: Any, sid: str) -> Callable[[], None]:
+    def op() -> None:
+        store.acquire_lock(sid, "worker-1")
+        store.release_lock(sid, "worker-1")
+    return op
+
+
+@contextlib.contextmanager
+def appending_file(d: str, name: str) -> Iterator[int]:
+    fd = os.open(os.path.join(d, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def locks(report: Report, d: str, codes: list[Code], content: str, record: dict[str, Any], n: int,
+          slow: int) -> None:
+    memory = [c.core.SessionStore(c.core.InMemoryFileSystem(), storage_dir="/hot") for c in codes]
+    ops = [lock_cycle(s, s.resolve("locks")) for s in memory]
+    lock = threading.Lock()
+
+    def bare() -> None:
+        lock.acquire()
+        lock.release()
+
+    stats = interleaved([bare, *ops], n)
+    ours, old = stats[1], stats[2] if len(stats) > 2 else None
+    add(report, SpeedRow(metric="lock acquire + release, in memory", goal="≤ 10 µs (stretch ≤ 5 µs)",
+                         ours=med(ours), before=med(old) if old else "n/a", change=change(ours, old),
+                         floor=f"threading.Lock {med(stats[0])}", ratio=us(ours.median),
+                         verdict=verdict(ours.median <= 10) + (" (stretch met)" if ours.median <= 5 else "")))
+
+    with appending_file(d, "floor-locks") as fd:
+        line = (json.dumps(record) + "\n").encode()
+
+        def floor() -> None:
+            os.write(fd, (json.dumps(record) + "\n").encode())
+
+        def durable_floor() -> None:
+            os.write(fd, line)
+            os.fdatasync(fd)
+
+        files = [c.core.SessionStore(storage_dir=os.path.join(d, f"locks-{i}"), durable=False)
+                 for i, c in enumerate(codes)]
+        stats = interleaved([floor, *(lock_cycle(s, s.resolve("locks")) for s in files)], n)
+        ours, old = stats[1], stats[2] if len(stats) > 2 else None
+        ratio = ours.median / stats[0].median
+        add(report, SpeedRow(metric="lock acquire + release, files, not durable",
+                             goal="≤ 6× json.dumps + write", ours=med(ours), before=med(old) if old else "n/a",
+                             change=change(ours, old), floor=f"json.dumps + write {med(stats[0])}",
+                             ratio=f"{ratio:.1f}×", verdict=verdict(ratio <= 6)))
+
+        durable = [c.core.SessionStore(storage_dir=os.path.join(d, f"holders-{i}")) for i, c in enumerate(codes)]
+        owners = itertools.count()
+
+        def new_holder(store: Any, sid: str) -> Callable[[], None]:
+            def op() -> None:  # a different owner every time: each acquire issues a new fencing token
+                owner = f"worker-{next(owners)}"
+                store.acquire_lock(sid, owner)
+                store.release_lock(sid, owner)
+            return op
+
+        stats = interleaved([durable_floor, *(new_holder(s, s.resolve("holders")) for s in durable)], slow)
+        ours, old = stats[1], stats[2] if len(stats) > 2 else None
+        ratio = ours.median / stats[0].median
+        add(report, SpeedRow(metric="a new lease holder (acquire + release), files, durable",
+                             goal="≤ 0.5× write + fdatasync", ours=med(ours), before=med(old) if old else "n/a",
+                             change=change(ours, old), floor=f"write + fdatasync {med(stats[0])}",
+                             ratio=f"{ratio:.2f}×", verdict=verdict(ratio <= 0.5)))
+        for s in (*files, *durable):
+            s.close()
+
+
+# -- appends ------------------------------------------------------------------------------------
+
+
+def appends(report: Report, d: str, codes: list[Code], content: str, record: dict[str, Any], n: int,
+            pi: dict[str, Any] | None) -> None:
+    def append(store: Any, sid: str) -> Callable[[], None]:
+        return lambda: store.append(sid, role="user", content=content)
+
+    memory = [c.core.SessionStore(c.core.InMemoryFileSystem(), storage_dir="/hot") for c in codes]
+    stats = interleaved([lambda: json.dumps(record), *(append(s, s.resolve("appends")) for s in memory)], n)
+    ours, old = stats[1], stats[2] if len(stats) > 2 else None
+    add(report, SpeedRow(metric="append, in memory", goal="≤ 10 µs", ours=med(ours),
+                         before=med(old) if old else "n/a", change=change(ours, old),
+                         floor=f"json.dumps {med(stats[0])}", ratio=us(ours.median),
+                         verdict=verdict(ours.median <= 10)))
+    with appending_file(d, "floor-appends") as fd:
+        def floor() -> None:
+            os.write(fd, (json.dumps(record) + "\n").encode())
+
+        files = [c.core.SessionStore(storage_dir=os.path.join(d, f"appends-{i}"), durable=False)
+                 for i, c in enumerate(codes)]
+        stats = interleaved([floor, *(append(s, s.resolve("appends")) for s in files)], n)
+        for s in files:
+            s.close()
+    ours, old = stats[1], stats[2] if len(stats) > 2 else None
+    ratio = ours.median / stats[0].median
+    theirs = pi.get("100", {}).get("append") if pi else None  # pi's file session of 100 entries
+    versus_pi = f"; pi appendMessage {med(theirs)}: {ours.median / theirs.median:.1f}×" if theirs else \
+        "; pi not measured"
+    ok = ratio <= 4 and (theirs is None or ours.median <= 2 * theirs.median)
+    add(report, SpeedRow(metric="append, files, not durable", goal="≤ 4× json.dumps + write and ≤ 2× pi's "
+                         "appendMessage", ours=med(ours), before=med(old) if old else "n/a",
+                         change=change(ours, old), floor=f"json.dumps + write {med(stats[0])}{versus_pi}",
+                         ratio=f"{ratio:.1f}×", verdict=verdict(ok) if theirs else verdict(ratio <= 4)))
+
+
+# -- durable appends from many threads --------------------------------------------------------------
+
+
+def speedups(store: Any, content: str, per: int, rounds: int) -> tuple[float, float]:
+    """8 threads' durable append rate over one thread's, on 8 sessions and on one: the
+    median of ``rounds`` rounds, each measuring the three rates back to back."""
+    single = store.resolve("single")
+    eight = [store.resolve(f"thread-{i}") for i in range(8)]
+    shared = store.resolve("shared")
+    def appending(sessions: list[str], count: int) -> Callable[[int], None]:
+        def work(i: int) -> None:
+            for _ in range(count):
+                store.append(sessions[i % len(sessions)], role="user", content=content)
+        return work
+
+    many, one_session = [], []
+    for _ in range(rounds):
+        alone = threaded_rate(appending([single], per * 2), 1, per * 2)
+        many.append(threaded_rate(appending(eight, per), 8, per) / alone)
+        one_session.append(threaded_rate(appending([shared], per), 8, per) / alone)
+    return statistics.median(many), statistics.median(one_session)
+
+
+def raw_speedups(d: str, record: dict[str, Any], per: int, rounds: int) -> tuple[float, float]:
+    """The same for bare write + fdatasync: 8 threads on 8 files, and on one file."""
+    line = (json.dumps(record) + "\n").encode()
+    fds = [os.open(os.path.join(d, f"raw-{i}"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) for i in range(9)]
+    try:
+        def work(files: list[int]) -> Callable[[int], None]:
+            def run(i: int) -> None:
+                fd = files[i % len(files)]
+                for _ in range(per):
+                    os.write(fd, line)
+                    os.fdatasync(fd)
+            return run
+
+        many, one = [], []
+        for _ in range(rounds):
+            alone = threaded_rate(work(fds[8:]), 1, per)
+            many.append(threaded_rate(work(fds[:8]), 8, per) / alone)
+            one.append(threaded_rate(work(fds[8:]), 8, per) / alone)
+        return statistics.median(many), statistics.median(one)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def threads(report: Report, d: str, codes: list[Code], content: str, per: int) -> None:
+    rounds = 3 if report.quick else 7
+    raw = raw_speedups(d, {"role": "user", "content": content}, per, rounds)
+    for backend in ("files", "SQLite"):
+        found: list[tuple[float, float]] = []
+        for i, c in enumerate(codes):
+            store = (c.core.SessionStore(storage_dir=os.path.join(d, f"threads-{i}")) if backend == "files" else
+                     c.core.SessionStore(c.sqlite.SqliteStorage(os.path.join(d, f"threads-{i}.db"))))
+            found.append(speedups(store, content, per, rounds))
+            store.close()
+        for k, label in enumerate(("8 sessions", "1 session")):
+            ours = found[0][k]
+            old = found[1][k] if len(found) > 1 else None
+            add(report, SpeedRow(metric=f"durable appends, 8 threads, {label}, {backend} (rate / one thread's)",
+                                 goal="≥ 3× one thread", ours=f"{ours:.2f}×",
+                                 before=f"{old:.2f}×" if old is not None else "n/a",
+                                 change=f"{ours / old:.2f}×" if old else "n/a",
+                                 floor=f"bare write + fdatasync from 8 threads: {raw[k]:.2f}× one thread "
+                                 f"(median of {rounds} rounds, {per} appends a thread)",
+                                 ratio=f"{ours:.2f}×", verdict=verdict(ours >= 3)))
+
+
+# -- the first context after a cold load -----------------------------------------------------------
+
+
+def first_context(report: Report, d: str, codes: list[Code], content: str, count: int, n: int,
+                  pi: dict[str, Any] | None) -> None:
+    places = []
+    for i, c in enumerate(codes):
+        place = os.path.join(d, f"context-{i}")
+        with contextlib.closing(c.core.SessionStore(storage_dir=place, durable=False)) as store:
+            sid = store.resolve("long")
+            store.append_many(sid, [{"role": "user" if j % 2 == 0 else "assistant", "content": content}
+                                    for j in range(count)])
+        places.append((c, place, sid))
+    samples: list[list[float]] = [[] for _ in range(len(codes) + 1)]
+    for round_ in range(n + 2):
+        for k, (c, place, sid) in enumerate(places):
+            store = c.core.SessionStore(storage_dir=place, durable=False)
+            path = store.get_messages(sid)  # the load, untimed: the row is the context built on it
+            t0 = time.perf_counter_ns()
+            store.build_context(sid)
+            took = (time.perf_counter_ns() - t0) / 1000
+            store.close()
+            if k == 0:
+                t0 = time.perf_counter_ns()
+                [{"role": m.role, "content": m.content} for m in path]  # the floor
+                floor = (time.perf_counter_ns() - t0) / 1000
+            if round_ >= 2:  # two rounds of warm-up
+                samples[k].append(took)
+                if k == 0:
+                    samples[-1].append(floor)
+    ours, floor_stat = Stat(samples=tuple(samples[0])), Stat(samples=tuple(samples[-1]))
+    old = Stat(samples=tuple(samples[1])) if len(codes) > 1 else None
+    ratio = ours.median / floor_stat.median
+    theirs = pi.get(str(count), {}).get("context") if pi else None
+    versus_pi = f"; pi buildSessionContext at {count:,} {med(theirs)}: {ours.median / theirs.median:.1f}×" \
+        if theirs else "; pi not measured"
+    ok = ratio <= 3 and (theirs is None or ours.median <= theirs.median)
+    add(report, SpeedRow(metric=f"first build_context after a cold load, {count:,} messages",
+                         goal="≤ 3× a plain loop over the path, and ≤ pi's buildSessionContext",
+                         ours=med(ours), before=med(old) if old else "n/a", change=change(ours, old),
+                         floor=f"a plain loop over the same path (role and content into a dict) "
+                         f"{med(floor_stat)}{versus_pi}", ratio=f"{ratio:.1f}×", verdict=verdict(ok)))
+
+
+def cold_request(report: Report, d: str, codes: list[Code], content: str, count: int, n: int) -> None:
+    """A stateless request on a long session: open, resolve, read, a durable append,
+    build_context, close; against openai-agents' SQLiteSession doing the same."""
+    ops: list[Callable[[], object]] = []
+    for i, c in enumerate(codes):
+        place = os.path.join(d, f"request-{i}")
+        with contextlib.closing(c.core.SessionStore(storage_dir=place)) as store:
+            store.append_many(store.resolve("long"), [{"role": "user" if j % 2 == 0 else "assistant",
+                                                       "content": content} for j in range(count)])
+
+        def request(c: Code = c, place: str = place) -> None:
+            store = c.core.SessionStore(storage_dir=place)
+            sid = store.resolve("long")
+            store.get_messages(sid)
+            store.append(sid, role="user", content=content)
+            store.build_context(sid)
+            store.close()
+
+        ops.append(request)
+    with contextlib.ExitStack() as stack:
+        if peers.has_openai_agents() and not report.quick:
+            items = [{"role": "user" if j % 2 == 0 else "assistant", "content": content} for j in range(count)]
+            ops.append(stack.enter_context(peers.agents_cold_request(items, content)))
+        stats = interleaved(ops, n)
+    ours, old = stats[0], stats[1] if len(codes) > 1 else None
+    theirs = stats[-1] if len(stats) > len(codes) else None
+    ratio = ours.median / theirs.median if theirs else None
+    add(report, SpeedRow(metric=f"cold stateless request, {count:,}-message session, files, durable (open, "
+                         "resolve, read, append, build_context, close)", goal="ahead of openai-agents (< 1×)",
+                         ours=med(ours), before=med(old) if old else "n/a", change=change(ours, old),
+                         floor=f"openai-agents SQLiteSession (open, get_items, add_items, get_items, close) "
+                         f"{med(theirs)}" if theirs else "openai-agents not measured",
+                         ratio=f"{ratio:.2f}×" if ratio is not None else "n/a",
+                         verdict=verdict(ratio < 1) if ratio is not None else "n/a"))
+
+
+# -- creations ------------------------------------------------------------------------------------
+
+
+def creations(report: Report, d: str, codes: list[Code], n: int) -> None:
+    keys = itertools.count()
+    ops = []
+    for i, c in enumerate(codes):
+        for durable in (True, False):
+            store = c.core.SessionStore(storage_dir=os.path.join(d, f"create-{i}-{durable}"), durable=durable)
+            ops.append(lambda store=store: store.resolve(f"key-{next(keys)}"))
+    stats = interleaved(ops, n)
+    ours_durable, ours = stats[0], stats[1]
+    ratio = ours.median / ours_durable.median
+    old = stats[3] if len(stats) > 3 else None
+    old_ratio = f"{stats[3].median / stats[2].median:.2f}× a durable one" if old else "n/a"
+    add(report, SpeedRow(metric="create a session in a store opened durable=False (its key's first resolve)",
+                         goal="syncs nothing; ≤ 0.25× a durable creation", ours=med(ours),
+                         before=f"{med(old)} ({old_ratio})" if old else "n/a", change=change(ours, old),
+                         floor=f"a durable creation {med(ours_durable)}", ratio=f"{ratio:.2f}×",
+                         verdict=verdict(ratio <= 0.25)))
+
+
+def render(rows: list[SpeedRow], before: str) -> list[str]:
+    if not rows:
+        return []
+    return ["", "## Hot paths (issue 34), against the commit before", "",
+            f"Each row measures this commit and commit {before} (the one before issue 34) in the same run, "
+            "their samples interleaved with each other and with the floor; *change* is ours / before "
+            "(< 1: faster now).", "",
+            "| metric | goal | ours | before | change | floor (same run) | ratio | verdict |",
+            "|---|---|---|---|---|---|---|---|",
+            *(f"| {r.metric} | {r.goal} | {r.ours} | {r.before} | {r.change} | {r.floor} | {r.ratio} | {r.verdict} |"
+              for r in rows)]
