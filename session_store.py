@@ -6946,8 +6946,20 @@ class SessionStore(_LeasedStore):
 
     # -- sessions -----------------------------------------------------------------
 
-    def resolve(self, key: str) -> str:
+    @overload
+    def resolve(self, key: str) -> str: ...
+
+    @overload
+    def resolve(self, key: str, *, create: Literal[True]) -> str: ...
+
+    @overload
+    def resolve(self, key: str, *, create: bool) -> str | None: ...
+
+    def resolve(self, key: str, *, create: bool = True) -> str | None:
         """The session id of ``key``, creating the session when there is none.
+
+        ``create=False`` only looks: ``None`` when ``key`` has no session (nothing is
+        written), so that a mistyped key does not make an empty session.
 
         A lookup reads one key of the index (never the whole index), so it costs the
         same whatever the store holds. Creation is durable before this returns (with
@@ -6957,7 +6969,7 @@ class SessionStore(_LeasedStore):
         self._ready()
         with _storage_errors(f"resolve key {key[:80]!r}"):
             sid = self._storage.lookup(key)
-            if sid is not None:
+            if sid is not None or not create:
                 return sid
             new, now = str(uuid.uuid4()), self._now_ms()
             sid = self._storage.create_session(key, new, now)
@@ -6986,6 +6998,15 @@ class SessionStore(_LeasedStore):
         self._ready()
         with _storage_errors("list the sessions"):
             return [e.session_id for e in self._storage.list_sessions()]
+
+    def get_keys(self, prefix: str = "") -> dict[str, str]:
+        """Key -> session id of every session whose key starts with ``prefix``, oldest
+        first. Reads the whole index (never a session's records): O(sessions)."""
+        if not isinstance(prefix, str):
+            raise InvalidKey(f"a key prefix must be a string, not {type(prefix).__name__}")
+        self._ready()
+        with _storage_errors("list the sessions"):
+            return {e.key: e.session_id for e in self._storage.list_sessions() if e.key.startswith(prefix)}
 
     def get_metadata(self, session_id: str) -> SessionMetadata | None:
         """The session's metadata, or ``None`` for an unknown id.
@@ -8095,9 +8116,22 @@ class AsyncSessionStore:
 
     # -- sessions ------------------------------------------------------------------
 
-    async def resolve(self, key: str) -> str:
+    @overload
+    async def resolve(self, key: str) -> str: ...
+
+    @overload
+    async def resolve(self, key: str, *, create: Literal[True]) -> str: ...
+
+    @overload
+    async def resolve(self, key: str, *, create: bool) -> str | None: ...
+
+    async def resolve(self, key: str, *, create: bool = True) -> str | None:
         """See :meth:`SessionStore.resolve`."""
-        return await self._run(self._store.resolve, key)
+        return await self._run(self._store.resolve, key, create=create)
+
+    async def get_keys(self, prefix: str = "") -> dict[str, str]:
+        """See :meth:`SessionStore.get_keys`."""
+        return await self._run(self._store.get_keys, prefix)
 
     async def has_key(self, key: str) -> bool:
         """See :meth:`SessionStore.has_key`."""

@@ -30,6 +30,8 @@ __all__ = [
     "pi_lines",
     "import_claude_code",
     "export_claude_code",
+    "claude_code_messages",
+    "claude_code_line",
     "detect_format",
     "TranscriptChanged",
     "PI_VERSION",
@@ -1252,6 +1254,28 @@ def import_claude_code(store: SessionStore, path: str | os.PathLike[str], *, key
         key = f"claude-code:{session or os.path.splitext(os.path.basename(source))[0]}"
     anchor = next((m.id for m in messages if _CLAUDE.name in m.fields), None)
     return _import(store, key, messages, branches, anchor, lambda mid: _claude_where(source, mid))
+
+
+def claude_code_messages(lines: Sequence[Any], *, after: Iterable[str] = ()) -> list[Message]:
+    """The messages of Claude Code transcript lines (parsed JSON values, in file order)
+    as :func:`import_claude_code` writes them, to add after a session holding the ids
+    ``after``: a line's ``uuid`` is its message id, and its ``parentUuid`` its parent
+    when that is among ``after`` or among ``lines`` (else it is a root); a line
+    without a usable uuid is kept whole under an id none of them uses. For
+    :meth:`SessionStore.import_messages`; :func:`claude_code_line` gives each line back."""
+    numbered = list(enumerate(lines, 1))
+    importer = _Importer(_CLAUDE, [numbered])
+    importer.nodes.update(after)
+    return importer.add_file(numbered)
+
+
+def claude_code_line(message: Message) -> Any:
+    """The Claude Code transcript line a message holds (as :func:`claude_code_messages`
+    or :func:`import_claude_code` wrote it); ``InvalidInput`` for any other message."""
+    line = _CLAUDE.line(message)
+    if line is _ABSENT:
+        raise InvalidInput(f"message {message.id!r} holds no Claude Code transcript line")
+    return line
 
 
 def _claude_where(source: str, message_id: str) -> tuple[str, int]:

@@ -32,6 +32,27 @@ def test_has_key_never_creates(store: SessionStore) -> None:
     assert store.get_all_session_ids() == []
 
 
+def test_resolve_without_create_only_looks(store: SessionStore) -> None:
+    assert store.resolve("user:alcie", create=False) is None  # a mistyped key makes no session
+    assert store.get_all_session_ids() == []
+    sid = store.resolve("user:alice")
+    assert store.resolve("user:alice", create=False) == sid
+    store.delete_session(sid)
+    assert store.resolve("user:alice", create=False) is None
+    with pytest.raises(ss.InvalidKey):
+        store.resolve("", create=False)
+
+
+def test_get_keys_lists_the_keys_under_a_prefix_and_nothing_else(store: SessionStore) -> None:
+    ids = {key: store.resolve(key) for key in ("tenant-a:1", "tenant-a:2", "tenant-ab:3", "tenant-b:1")}
+    assert store.get_keys("tenant-a:") == {k: ids[k] for k in ("tenant-a:1", "tenant-a:2")}
+    assert store.get_keys() == ids
+    assert store.get_keys("tenant-c") == {}
+    assert store.get_keys("%") == {} and store.get_keys("*") == {}  # a prefix is text, never a pattern
+    with pytest.raises(ss.InvalidKey):
+        store.get_keys(3)  # type: ignore[arg-type]
+
+
 def test_metadata_counts_and_times(store: SessionStore, clock: FakeClock) -> None:
     sid = store.resolve("k")
     created = round(clock() * 1000)

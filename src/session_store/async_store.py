@@ -130,9 +130,22 @@ class AsyncSessionStore:
 
     # -- sessions ------------------------------------------------------------------
 
-    async def resolve(self, key: str) -> str:
+    @overload
+    async def resolve(self, key: str) -> str: ...
+
+    @overload
+    async def resolve(self, key: str, *, create: Literal[True]) -> str: ...
+
+    @overload
+    async def resolve(self, key: str, *, create: bool) -> str | None: ...
+
+    async def resolve(self, key: str, *, create: bool = True) -> str | None:
         """See :meth:`SessionStore.resolve`."""
-        return await self._run(self._store.resolve, key)
+        return await self._run(self._store.resolve, key, create=create)
+
+    async def get_keys(self, prefix: str = "") -> dict[str, str]:
+        """See :meth:`SessionStore.get_keys`."""
+        return await self._run(self._store.get_keys, prefix)
 
     async def has_key(self, key: str) -> bool:
         """See :meth:`SessionStore.has_key`."""

@@ -123,8 +123,20 @@ class SessionStore(_LeasedStore):
 
     # -- sessions -----------------------------------------------------------------
 
-    def resolve(self, key: str) -> str:
+    @overload
+    def resolve(self, key: str) -> str: ...
+
+    @overload
+    def resolve(self, key: str, *, create: Literal[True]) -> str: ...
+
+    @overload
+    def resolve(self, key: str, *, create: bool) -> str | None: ...
+
+    def resolve(self, key: str, *, create: bool = True) -> str | None:
         """The session id of ``key``, creating the session when there is none.
+
+        ``create=False`` only looks: ``None`` when ``key`` has no session (nothing is
+        written), so that a mistyped key does not make an empty session.
 
         A lookup reads one key of the index (never the whole index), so it costs the
         same whatever the store holds. Creation is durable before this returns (with
@@ -134,7 +146,7 @@ class SessionStore(_LeasedStore):
         self._ready()
         with _storage_errors(f"resolve key {key[:80]!r}"):
             sid = self._storage.lookup(key)
-            if sid is not None:
+            if sid is not None or not create:
                 return sid
             new, now = str(uuid.uuid4()), self._now_ms()
             sid = self._storage.create_session(key, new, now)
@@ -163,6 +175,15 @@ class SessionStore(_LeasedStore):
         self._ready()
         with _storage_errors("list the sessions"):
             return [e.session_id for e in self._storage.list_sessions()]
+
+    def get_keys(self, prefix: str = "") -> dict[str, str]:
+        """Key -> session id of every session whose key starts with ``prefix``, oldest
+        first. Reads the whole index (never a session's records): O(sessions)."""
+        if not isinstance(prefix, str):
+            raise InvalidKey(f"a key prefix must be a string, not {type(prefix).__name__}")
+        self._ready()
+        with _storage_errors("list the sessions"):
+            return {e.key: e.session_id for e in self._storage.list_sessions() if e.key.startswith(prefix)}
 
     def get_metadata(self, session_id: str) -> SessionMetadata | None:
         """The session's metadata, or ``None`` for an unknown id.

@@ -1,0 +1,1 @@
+../../integrations/session_store_claude_agent_sdk.py

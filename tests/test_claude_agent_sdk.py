@@ -1,0 +1,150 @@
+"""session_store_claude_agent_sdk with the real Claude Agent SDK: its own conformance
+suite (every contract, nothing skipped) on memory, files, SQLite and PostgreSQL; entries
+kept verbatim and read as a Claude Code transcript; hostile keys refused."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from frameworks import require
+
+require("claude_agent_sdk", "claude-agent-sdk")
+
+from claude_agent_sdk import SessionStore as SDKSessionStore  # noqa: E402
+from claude_agent_sdk.testing import run_session_store_conformance  # noqa: E402
+from claude_agent_sdk.testing.session_store_conformance import _has_optional  # noqa: E402
+from claude_agent_sdk.types import SessionKey  # noqa: E402
+from session_store_claude_agent_sdk import ClaudeSessionStore  # noqa: E402
+
+import session_store as ss  # noqa: E402
+import session_store_transcripts  # noqa: E402, F401 - registers the Claude Code reader
+from session_store import AsyncSessionStore, InMemoryFileSystem, InvalidKey, SessionStore  # noqa: E402
+from session_store_sqlite import SqliteStorage  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "claude-code"
+OPTIONAL = ("list_sessions", "list_session_summaries", "delete", "list_subkeys")
+
+
+@contextlib.contextmanager
+def stores(backend: str, tmp_path: Path) -> Iterator[Any]:
+    """A factory of fresh session stores on ``backend``; all closed at the end."""
+    opened: list[SessionStore] = []
+    count = iter(range(10**6))
+
+    def make() -> SessionStore:
+        n = next(count)
+        if backend == "memory":
+            store = SessionStore(InMemoryFileSystem())
+        elif backend == "files":
+            store = SessionStore(storage_dir=tmp_path / f"files-{n}")
+        elif backend == "sqlite":
+            store = SessionStore(SqliteStorage(str(tmp_path / f"s-{n}.db")))
+        else:
+            import pg
+
+            pg.require_server()
+            from session_store_postgres import PostgresStorage
+
+            schema = pg.new_schema()
+            store = SessionStore(PostgresStorage(pg.DSN, schema=schema))
+            store._test_schema = schema  # type: ignore[attr-defined]
+        opened.append(store)
+        return store
+
+    try:
+        yield make
+    finally:
+        for store in opened:
+            store.close()
+            schema = getattr(store, "_test_schema", None)
+            if schema is not None:
+                import pg
+
+                pg.drop_schema(schema)
+
+
+@pytest.mark.parametrize("backend", ["memory", "files", "sqlite", "postgres"])
+def test_the_sdk_s_own_conformance_suite_passes_with_every_optional_method(backend: str, tmp_path: Path) -> None:
+    with stores(backend, tmp_path) as make:
+        probe = ClaudeSessionStore(make())
+        assert all(_has_optional(probe, m, frozenset()) for m in OPTIONAL)  # so none of the 14 is skipped
+        asyncio.run(run_session_store_conformance(lambda: ClaudeSessionStore(make())))
+
+
+def test_an_async_store_serves_too(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = AsyncSessionStore(InMemoryFileSystem())
+        await run_session_store_conformance(lambda: ClaudeSessionStore(AsyncSessionStore(InMemoryFileSystem())))
+        sdk = ClaudeSessionStore(store)
+        await sdk.append({"project_key": "p", "session_id": "s"}, [{"type": "x", "uuid": "u1"}])
+        assert await sdk.load({"project_key": "p", "session_id": "s"}) == [{"type": "x", "uuid": "u1"}]
+        await store.close()
+
+    asyncio.run(main())
+
+
+def transcript() -> list[Any]:
+    path = next(FIXTURES.glob("*/*.jsonl"))
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_a_real_transcript_is_kept_verbatim_and_read_as_a_claude_code_transcript() -> None:
+    lines = transcript()
+    store = SessionStore(InMemoryFileSystem())
+    sdk = ClaudeSessionStore(store)
+    key: SessionKey = {"project_key": "-workspace-example-app", "session_id": "abc"}
+
+    async def mirror() -> Any:
+        for start in range(0, len(lines), 3):  # in batches, as the SDK mirrors a turn
+            await sdk.append(key, lines[start:start + 3])
+        await sdk.append(key, lines[:5])  # a retried batch: nothing twice
+        return await sdk.load(key)
+
+    assert asyncio.run(mirror()) == lines
+    sid = store.resolve("claude:-workspace-example-app/abc", create=False)
+    assert sid is not None
+    assert len(store.get_messages(sid)) == len(lines)
+    assert sid in store.get_all_session_ids()
+    context = store.build_context(sid, format="anthropic")  # the Claude Code reader reads what it keeps
+    assert context["messages"] and context["messages"][0]["role"] == "user"
+    store.close()
+
+
+def test_keys_are_data_a_project_never_reaches_another_and_bad_keys_are_refused() -> None:
+    store = SessionStore(InMemoryFileSystem())
+    sdk = ClaudeSessionStore(store)
+
+    async def main() -> None:
+        await sdk.append({"project_key": "a/b", "session_id": "c"}, [{"type": "x", "uuid": "1"}])
+        await sdk.append({"project_key": "a", "session_id": "b/c"}, [{"type": "x", "uuid": "2"}])
+        assert [s["session_id"] for s in await sdk.list_sessions("a")] == ["b/c"]
+        assert [s["session_id"] for s in await sdk.list_sessions("a/b")] == ["c"]
+        assert await sdk.load({"project_key": "a", "session_id": "b", "subpath": "c"}) is None
+        for bad in ({"project_key": "", "session_id": "s"}, {"project_key": "p", "session_id": "s", "subpath": ""},
+                    {"project_key": 3, "session_id": "s"}):
+            with pytest.raises(InvalidKey):
+                await sdk.append(bad, [{"type": "x"}])  # type: ignore[arg-type]
+        assert len(store.get_all_session_ids()) == 4  # two transcripts, two summaries: nothing for the bad keys
+
+    asyncio.run(main())
+    assert SDKSessionStore in ClaudeSessionStore.__mro__
+    store.close()
+
+
+def test_the_command_line_reads_a_mirrored_transcript_as_text(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    lines = transcript()
+    with SessionStore(storage_dir=tmp_path) as store:
+        asyncio.run(ClaudeSessionStore(store).append({"project_key": "p", "session_id": "x"}, lines))
+    assert ss.main(["--dir", str(tmp_path), "history", "claude:p/x"]) == 0
+    out = capsys.readouterr().out
+    first = next(line["message"]["content"] for line in lines if line.get("type") == "user")
+    text = first if isinstance(first, str) else next(b["text"] for b in first if b.get("type") == "text")
+    assert f"user: {text}" in out
+    assert '"uuid"' not in out  # lines read as a transcript, not printed as JSON
