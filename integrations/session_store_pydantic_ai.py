@@ -180,14 +180,18 @@ def load_messages(store: SessionStore | AsyncSessionStore, key: str, *, limit: i
 
 
 def save_messages(store: SessionStore | AsyncSessionStore, key: str, messages: Sequence[ModelMessage]) -> list[str]:
-    """Append ``messages`` (``result.new_messages()``) in order after the key's head,
-    one record each; returns their ids. Durable when this returns (with the store's
+    """Append ``messages`` in order after the key's head, one record each; returns
+    the ids of the records written. Durable when this returns (with the store's
     ``durable``: one sync for them all). What pydantic-ai cannot dump to JSON raises
     :class:`~session_store.InvalidMessage` before anything is written; they are
     written all or none (:meth:`~session_store.SessionStore.append_many`).
 
-    Save only what a run added: ``result.all_messages()`` would store the history a
-    second time.
+    Either ``result.new_messages()`` or ``result.all_messages()`` (as pydantic-ai's
+    persistence docs save it): when ``messages`` begins with the whole history on the
+    key's current branch, only the rest is written, so saving the full history after
+    every run stores each message once (saving it twice writes nothing). The check
+    and the write are two steps: writers that may save the same key at once should
+    hold its lease (``with store.lock(sid, owner):``).
     """
     store = _sync(store)
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
@@ -200,6 +204,11 @@ def save_messages(store: SessionStore | AsyncSessionStore, key: str, messages: S
     except Exception as e:  # pydantic's errors for what is not a ModelMessage or not serializable
         raise InvalidMessage(f"cannot store these messages: {e}") from None
     sid = store.resolve(key)
+    stored = store.get_linear_history(sid, limit=len(dumped) + 1)
+    if len(stored) <= len(dumped) and all(m.content == content for m, content in zip(stored, dumped)):
+        dumped = dumped[len(stored):]  # the history the run started from is stored: only the rest is new
+    if not dumped:
+        return []
     written = store.append_many(sid, [{"role": "user" if content["kind"] == "request" else "assistant",
                                        "content": content} for content in dumped])
     return [m.id for m in written]

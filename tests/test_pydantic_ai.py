@@ -61,6 +61,21 @@ def test_runs_continue_from_the_history_the_store_kept(store: SessionStore) -> N
         loaded, mode="json")
 
 
+def test_saving_all_messages_after_every_run_stores_each_message_once(store: SessionStore) -> None:
+    """pydantic-ai's persistence docs save ``result.all_messages()`` after each run: the
+    stored history must equal the run's (it doubled: 6 messages became 14)."""
+    agent = weather_agent()
+    result = None
+    for prompt in ("Weather in Paris?", "And tomorrow?", "And in Rome?"):
+        result = agent.run_sync(prompt, message_history=load_messages(store, "user:alice"))
+        save_messages(store, "user:alice", result.all_messages())
+    assert result is not None
+    assert load_messages(store, "user:alice") == result.all_messages()
+    assert save_messages(store, "user:alice", result.all_messages()) == []  # saved again: nothing written
+    sid = store.resolve("user:alice")
+    assert len(store.get_messages(sid)) == len(result.all_messages())
+
+
 def test_the_model_sees_every_earlier_run(mem: SessionStore) -> None:
     seen: list[list[ModelMessage]] = []
 
