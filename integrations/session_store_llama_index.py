@@ -19,21 +19,37 @@ does. Every message deleted stays in the session's tree (``store.get_tree``), an
 ``store.move_head`` brings a branch back. ``get_keys`` lists the keys whose branch is
 not empty.
 
+LlamaIndex's current ``Memory`` takes an ``AsyncDBChatStore``, which keeps each message
+active or archived (``Memory`` archives the oldest when the history outgrows its token
+limit, into its memory blocks); :class:`SessionStoreDBChatStore` is one::
+
+    from llama_index.core.memory import Memory
+    from session_store_llama_index import SessionStoreDBChatStore
+
+    memory = Memory.from_defaults(session_id="user:alice", chat_store=SessionStoreDBChatStore(store))
+
+The same sessions: a key's messages are its current branch, the archived ones first;
+where the archived ones end is the head of the branch ``llama-index-archived``, so that
+archiving moves a branch and copies nothing.
+
 Imports ``session_store`` and ``llama-index-core`` (``pip install "session-store[llama-index]"``).
 """
 
 from __future__ import annotations
 
-__all__ = ["SessionStoreChatStore"]
+__all__ = ["SessionStoreChatStore", "SessionStoreDBChatStore"]
 
+import asyncio
 import contextlib
 import copy
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.storage.chat_store.base import BaseChatStore
+from llama_index.core.storage.chat_store.base_db import AsyncDBChatStore, MessageStatus
 
 from session_store import (
     AsyncSessionStore,
@@ -135,7 +151,7 @@ class SessionStoreChatStore(BaseChatStore):
 
     def _existing(self, key: str) -> str | None:
         """The key's session id, or ``None`` when it has none (nothing is created)."""
-        return self._store.resolve(key) if self._store.has_key(key) else None
+        return self._store.resolve(key, create=False)
 
     def _path(self, key: str) -> tuple[str | None, list[Message]]:
         sid = self._existing(key)
@@ -144,20 +160,8 @@ class SessionStoreChatStore(BaseChatStore):
         return sid, [m for m in self._store.get_linear_history(sid) if m.type != "reset"]
 
     def _append(self, sid: str, messages: list[ChatMessage], parent_id: str | None) -> None:
-        """Append ``messages`` as a chain from ``parent_id`` (all or none, one sync),
-        then move the head to its end unless the chain already advanced it."""
-        records = []
-        for message in messages:
-            if not isinstance(message, ChatMessage):
-                raise InvalidMessage(f"a chat store holds LlamaIndex ChatMessages, not {type(message).__name__}")
-            try:
-                records.append((str(message.role.value), message.model_dump(mode="json")))
-            except (TypeError, ValueError) as e:
-                raise InvalidMessage(f"cannot store {message!r:.200}: {e}") from None
-        written = self._store.append_many(sid, [{"role": role, "content": content} for role, content in records],
-                                          parent_id=parent_id)
-        if written and self._store.get_head(sid) != written[-1].id:
-            self._store.move_head(sid, written[-1].id)
+        """Append ``messages`` as a chain from ``parent_id`` (see :func:`_chat_records`)."""
+        _chat_records(self._store, sid, messages, parent_id)
 
     # -- BaseChatStore ------------------------------------------------------------
 
@@ -222,10 +226,211 @@ class SessionStoreChatStore(BaseChatStore):
 
     def get_keys(self) -> list[str]:
         """Every key whose current branch holds a message, oldest session first."""
-        keys = []
-        for sid in self._store.get_all_session_ids():
-            meta = self._store.get_metadata(sid)
-            with contextlib.suppress(SessionStoreError):
-                if meta is not None and self._store.get_head(sid) is not None:
-                    keys.append(meta.key)
-        return keys
+        return _keys_with_messages(self._store)
+
+
+# ============================================================================
+# Memory's store: AsyncDBChatStore
+# ============================================================================
+
+_T = TypeVar("_T")
+ARCHIVED_BRANCH = "llama-index-archived"  # its head: the last archived message of the current branch
+
+
+class SessionStoreDBChatStore(AsyncDBChatStore):
+    """A ``llama_index.core.storage.chat_store.base_db.AsyncDBChatStore`` (what
+    ``Memory`` takes) kept in a session store; the store's calls run in a worker
+    thread, never on the event loop.
+
+    A key's messages are the messages of its session's current branch, oldest first:
+    the archived ones (up to the head of the branch ``llama-index-archived``, when it
+    is on the current branch), then the active ones. Deletions and archiving write new
+    segments and move heads as :class:`SessionStoreChatStore` does: nothing is removed
+    from the tree. ``delete_message(key, idx)`` takes ``idx`` as a position in the
+    key's messages (archived first; LlamaIndex's SQL store takes a row id). A message
+    added as archived goes after the archived ones (the SQL store orders by time only).
+    """
+
+    _store: SessionStore = PrivateAttr()
+
+    def __init__(self, store: SessionStore | AsyncSessionStore, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(store, AsyncSessionStore):
+            store = store.sync
+        if not isinstance(store, SessionStore):
+            raise InvalidInput(f"store must be a SessionStore or an AsyncSessionStore, not {type(store).__name__}")
+        self._store = store
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The name LlamaIndex serializes this class under."""
+        return "SessionStoreDBChatStore"
+
+    @property
+    def store(self) -> SessionStore:
+        """The session store."""
+        return self._store
+
+    # -- the key's messages ----------------------------------------------------------
+
+    def _read(self, key: str) -> tuple[str | None, list[Message], int]:
+        """The session id (``None``: the key has none), the current branch's messages,
+        and how many of them are archived."""
+        sid = self._store.resolve(key, create=False)
+        if sid is None:
+            return None, [], 0
+        path = [m for m in self._store.get_linear_history(sid) if m.type != "reset"]
+        branch = self._store.get_branch(sid, ARCHIVED_BRANCH)
+        at = next((i for i, m in enumerate(path) if branch is not None and m.id == branch.head_id), -1)
+        return sid, path, at + 1
+
+    def _rewrite(self, sid: str, keep: list[Message], messages: list[ChatMessage], archived: int) -> None:
+        """Make the current branch ``keep`` (a prefix of it) followed by ``messages``,
+        the first ``archived`` of them all archived."""
+        parent = keep[-1].id if keep else None
+        written = _chat_records(self._store, sid, messages, parent) if messages else []
+        head = written[-1].id if written else parent
+        if self._store.get_head(sid) != head:
+            self._store.move_head(sid, head)
+        everything = [*keep, *written]
+        if archived:
+            last = everything[archived - 1].id
+            if self._store.get_branch(sid, ARCHIVED_BRANCH) is None:
+                self._store.create_branch(sid, ARCHIVED_BRANCH, last)
+            else:
+                self._store.move_head(sid, last, branch=ARCHIVED_BRANCH)
+        elif self._store.get_branch(sid, ARCHIVED_BRANCH) is not None:
+            self._store.delete_branch(sid, ARCHIVED_BRANCH)
+
+    def _select(self, key: str, status: MessageStatus | None) -> list[Message]:
+        _, path, archived = self._read(key)
+        if status is None:
+            return path
+        return path[archived:] if status == MessageStatus.ACTIVE else path[:archived]
+
+    # -- AsyncDBChatStore ---------------------------------------------------------------
+
+    async def get_messages(self, key: str, status: MessageStatus | None = MessageStatus.ACTIVE,
+                           limit: int | None = None, offset: int | None = None) -> list[ChatMessage]:
+        """The key's messages of ``status`` (``None``: all), oldest first, from ``offset``, at most ``limit``."""
+        def get() -> list[ChatMessage]:
+            chosen = self._select(key, status)[offset or 0:]
+            return [_message_of(m) for m in (chosen if limit is None else chosen[:limit])]
+        return await _off_loop(get)
+
+    async def count_messages(self, key: str, status: MessageStatus | None = MessageStatus.ACTIVE) -> int:
+        """How many of the key's messages have ``status`` (``None``: all)."""
+        return await _off_loop(lambda: len(self._select(key, status)))
+
+    async def add_message(self, key: str, message: ChatMessage, status: MessageStatus = MessageStatus.ACTIVE) -> None:
+        """Add one message (see :meth:`add_messages`)."""
+        await self.add_messages(key, [message], status)
+
+    async def add_messages(self, key: str, messages: list[ChatMessage],
+                           status: MessageStatus = MessageStatus.ACTIVE) -> None:
+        """Append active messages after the head (all or none, one sync); archived ones
+        go after the archived ones, the active ones written again after them."""
+        def add() -> None:
+            if not messages:
+                return
+            sid = self._store.resolve(key)
+            _, path, archived = self._read(key)
+            if status == MessageStatus.ACTIVE:
+                _chat_records(self._store, sid, list(messages), path[-1].id if path else None)
+            else:
+                self._rewrite(sid, path[:archived], [*messages, *map(_message_of, path[archived:])],
+                              archived + len(messages))
+        await _off_loop(add)
+
+    async def set_messages(self, key: str, messages: list[ChatMessage],
+                           status: MessageStatus = MessageStatus.ACTIVE) -> None:
+        """Make ``messages`` (all of ``status``) the key's messages: a new root chain."""
+        def put() -> None:
+            sid = self._store.resolve(key)
+            self._rewrite(sid, [], list(messages), len(messages) if status == MessageStatus.ARCHIVED else 0)
+        await _off_loop(put)
+
+    async def delete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Take the message at position ``idx`` of the key's messages off the branch and
+        return it (``None`` when there is none)."""
+        def take() -> ChatMessage | None:
+            sid, path, archived = self._read(key)
+            if sid is None or not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < len(path):
+                return None
+            self._rewrite(sid, path[:idx], [_message_of(m) for m in path[idx + 1:]],
+                          archived - 1 if idx < archived else archived)
+            return _message_of(path[idx])
+        return await _off_loop(take)
+
+    async def delete_messages(self, key: str, status: MessageStatus | None = None) -> None:
+        """Take the key's messages of ``status`` (``None``: all) off the branch."""
+        def clear() -> None:
+            sid, path, archived = self._read(key)
+            if sid is None:
+                return
+            if status is None:
+                self._rewrite(sid, [], [], 0)
+            elif status == MessageStatus.ACTIVE:
+                self._rewrite(sid, path[:archived], [], archived)
+            else:
+                self._rewrite(sid, [], [_message_of(m) for m in path[archived:]], 0)
+        await _off_loop(clear)
+
+    async def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Take the oldest ``n`` active messages off the branch and return them."""
+        def take() -> list[ChatMessage]:
+            sid, path, archived = self._read(key)
+            gone = path[archived:archived + max(n, 0)]
+            if sid is None or not gone:
+                return []
+            self._rewrite(sid, path[:archived], [_message_of(m) for m in path[archived + len(gone):]], archived)
+            return [_message_of(m) for m in gone]
+        return await _off_loop(take)
+
+    async def archive_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Archive the oldest ``n`` active messages (the archive branch's head moves
+        over them) and return them."""
+        def archive() -> list[ChatMessage]:
+            sid, path, archived = self._read(key)
+            moved = path[archived:archived + max(n, 0)]
+            if sid is None or not moved:
+                return []
+            self._rewrite(sid, path, [], archived + len(moved))
+            return [_message_of(m) for m in moved]
+        return await _off_loop(archive)
+
+    async def get_keys(self) -> list[str]:
+        """Every key whose current branch holds a message."""
+        return await _off_loop(lambda: _keys_with_messages(self._store))
+
+
+def _chat_records(store: SessionStore, sid: str, messages: list[ChatMessage], parent_id: str | None) -> list[Message]:
+    """Append ``messages`` as a chain from ``parent_id`` (all or none, one sync) and
+    move the head to its end unless the chain already advanced it."""
+    records = []
+    for message in messages:
+        if not isinstance(message, ChatMessage):
+            raise InvalidMessage(f"a chat store holds LlamaIndex ChatMessages, not {type(message).__name__}")
+        try:
+            records.append((str(message.role.value), message.model_dump(mode="json")))
+        except (TypeError, ValueError) as e:
+            raise InvalidMessage(f"cannot store {message!r:.200}: {e}") from None
+    written = store.append_many(sid, [{"role": role, "content": content} for role, content in records],
+                                parent_id=parent_id)
+    if written and store.get_head(sid) != written[-1].id:
+        store.move_head(sid, written[-1].id)
+    return written
+
+
+def _keys_with_messages(store: SessionStore) -> list[str]:
+    """Every key whose current branch holds a message, oldest session first."""
+    keys = []
+    for key, sid in store.get_keys().items():
+        with contextlib.suppress(SessionStoreError):
+            if store.get_head(sid) is not None:
+                keys.append(key)
+    return keys
+
+
+async def _off_loop(fn: Callable[[], _T]) -> _T:
+    return await asyncio.to_thread(fn)

@@ -205,7 +205,7 @@ def save_messages(store: SessionStore | AsyncSessionStore, key: str, messages: S
         raise InvalidMessage(f"cannot store these messages: {e}") from None
     sid = store.resolve(key)
     stored = store.get_linear_history(sid, limit=len(dumped) + 1)
-    if len(stored) <= len(dumped) and all(m.content == content for m, content in zip(stored, dumped)):
+    if len(stored) <= len(dumped) and [m.content for m in stored] == dumped[:len(stored)]:
         dumped = dumped[len(stored):]  # the history the run started from is stored: only the rest is new
     if not dumped:
         return []

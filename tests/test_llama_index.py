@@ -27,7 +27,7 @@ from llama_index.core.storage.chat_store import SimpleChatStore  # noqa: E402
 from test_interop import assert_anthropic_accepts, assert_openai_accepts  # noqa: E402
 
 from session_store import AsyncSessionStore, InMemoryFileSystem, InvalidInput, InvalidMessage, SessionStore  # noqa: E402
-from session_store_llama_index import SessionStoreChatStore  # noqa: E402
+from session_store_llama_index import SessionStoreChatStore, SessionStoreDBChatStore  # noqa: E402
 
 CONVERSATION = [
     ChatMessage(role="system", content="Be brief."),
@@ -204,3 +204,72 @@ def test_llama_index_chat_messages_as_model_dump_gives_them(mem: SessionStore) -
     mem.append(sid, role="user", content={"role": "user", "blocks": [{"block_type": "audio", "audio": "x"}]})
     with pytest.raises(InvalidMessage, match="audio"):
         mem.build_context(sid, strict=True)
+
+
+# -- Memory (LlamaIndex's current memory) over SessionStoreDBChatStore ------------------------------
+
+
+def test_llama_index_memory_takes_the_store_archives_and_keeps_every_message(store: SessionStore) -> None:
+    """``Memory.from_defaults(chat_store=...)`` refused the chat store ("Input should be a
+    valid dictionary or instance of AsyncDBChatStore"); with a small token limit Memory
+    archives the oldest messages, and nothing leaves the session's tree."""
+    from llama_index.core.memory import Memory
+    from llama_index.core.storage.chat_store.base_db import MessageStatus
+
+    chat_store = SessionStoreDBChatStore(store)
+    memory = Memory.from_defaults(session_id="user:alice", chat_store=chat_store, token_limit=60,
+                                  token_flush_size=20, chat_history_token_ratio=0.5)
+    said = [ChatMessage(role="user" if i % 2 == 0 else "assistant", content=f"message number {i} " + "word " * 8)
+            for i in range(12)]
+    for message in said:
+        memory.put(message)
+    everything = memory.get_all()
+    assert texts(everything) == texts(said)  # archived then active: every message, in order
+    active = asyncio.run(chat_store.get_messages("user:alice", status=MessageStatus.ACTIVE))
+    archived = asyncio.run(chat_store.get_messages("user:alice", status=MessageStatus.ARCHIVED))
+    assert archived and active and texts(archived + active) == texts(said)  # Memory flushed the oldest
+    assert asyncio.run(chat_store.count_messages("user:alice", status=None)) == len(said)
+    assert texts(memory.get())[-1] == said[-1].content  # the context ends with the newest message
+
+    reopened = Memory.from_defaults(session_id="user:alice", chat_store=SessionStoreDBChatStore(store),
+                                    token_limit=60, token_flush_size=20, chat_history_token_ratio=0.5)
+    assert texts(reopened.get_all()) == texts(said)  # another Memory on the same store reads it back
+    sid = store.resolve("user:alice")
+    before = len(store.get_messages(sid))
+    memory.reset()
+    assert memory.get_all() == [] and asyncio.run(chat_store.get_keys()) == []
+    assert len(store.get_messages(sid)) == before  # the reset moved the head: every message is kept
+
+
+def test_the_db_chat_store_s_operations_follow_llama_index_s_sql_store(mem: SessionStore) -> None:
+    from llama_index.core.storage.chat_store.base_db import MessageStatus
+
+    chat = SessionStoreDBChatStore(mem)
+    said = [ChatMessage(role="user", content=str(i)) for i in range(6)]
+
+    async def run() -> None:
+        assert await chat.get_messages("k") == [] and mem.get_all_session_ids() == []  # nothing made
+        await chat.add_messages("k", said)
+        assert texts(await chat.archive_oldest_messages("k", 2)) == ["0", "1"]
+        assert texts(await chat.get_messages("k", status=MessageStatus.ARCHIVED)) == ["0", "1"]
+        assert texts(await chat.get_messages("k", limit=2, offset=1)) == ["3", "4"]
+        assert texts(await chat.delete_oldest_messages("k", 1)) == ["2"]
+        assert texts(await chat.get_messages("k", status=None)) == ["0", "1", "3", "4", "5"]
+        assert (await chat.delete_message("k", 0)).content == "0"  # type: ignore[union-attr]
+        assert texts(await chat.get_messages("k", status=MessageStatus.ARCHIVED)) == ["1"]
+        await chat.add_message("k", ChatMessage(role="user", content="old"), status=MessageStatus.ARCHIVED)
+        assert texts(await chat.get_messages("k", status=None)) == ["1", "old", "3", "4", "5"]
+        await chat.delete_messages("k", status=MessageStatus.ARCHIVED)
+        assert texts(await chat.get_messages("k", status=None)) == ["3", "4", "5"]
+        assert await chat.count_messages("k", status=MessageStatus.ARCHIVED) == 0
+        await chat.set_messages("k", said[:2], status=MessageStatus.ARCHIVED)
+        assert await chat.count_messages("k") == 0 and await chat.count_messages("k", status=None) == 2
+        await chat.delete_messages("k", status=MessageStatus.ACTIVE)
+        assert await chat.count_messages("k", status=None) == 2
+        await chat.delete_messages("k")
+        assert await chat.get_keys() == []
+        with pytest.raises(InvalidMessage):
+            await chat.add_messages("k", ["not a ChatMessage"])  # type: ignore[list-item]
+        assert await chat.count_messages("k", status=None) == 0
+
+    asyncio.run(run())
