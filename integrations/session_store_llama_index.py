@@ -133,11 +133,7 @@ class SessionStoreChatStore(BaseChatStore):
 
     def __init__(self, store: SessionStore | AsyncSessionStore, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(store, AsyncSessionStore):
-            store = store.sync
-        if not isinstance(store, SessionStore):
-            raise InvalidInput(f"store must be a SessionStore or an AsyncSessionStore, not {type(store).__name__}")
-        self._store = store
+        self._store = _sync_store(store)
 
     @classmethod
     def class_name(cls) -> str:
@@ -255,11 +251,7 @@ class SessionStoreDBChatStore(AsyncDBChatStore):
 
     def __init__(self, store: SessionStore | AsyncSessionStore, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(store, AsyncSessionStore):
-            store = store.sync
-        if not isinstance(store, SessionStore):
-            raise InvalidInput(f"store must be a SessionStore or an AsyncSessionStore, not {type(store).__name__}")
-        self._store = store
+        self._store = _sync_store(store)
 
     @classmethod
     def class_name(cls) -> str:
@@ -402,6 +394,15 @@ class SessionStoreDBChatStore(AsyncDBChatStore):
     async def get_keys(self) -> list[str]:
         """Every key whose current branch holds a message."""
         return await _off_loop(lambda: _keys_with_messages(self._store))
+
+
+def _sync_store(store: SessionStore | AsyncSessionStore) -> SessionStore:
+    """The :class:`SessionStore` of ``store`` (an AsyncSessionStore's ``sync`` one)."""
+    if isinstance(store, AsyncSessionStore):
+        store = store.sync
+    if not isinstance(store, SessionStore):
+        raise InvalidInput(f"store must be a SessionStore or an AsyncSessionStore, not {type(store).__name__}")
+    return store
 
 
 def _chat_records(store: SessionStore, sid: str, messages: list[ChatMessage], parent_id: str | None) -> list[Message]:
