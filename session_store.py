@@ -7397,9 +7397,11 @@ class SessionStore(_LeasedStore):
     # -- imports ---------------------------------------------------------------------
 
     def import_session(self, key: str, messages: list[Message], *, branches: list[Branch] | None = None,
-                       current: str = "main") -> str:
+                       current: str = "main", forked_from: tuple[str, str | None] | None = None) -> str:
         """Create a session for ``key`` holding ``messages`` exactly as given (ids,
         parents, timestamps, fields), with ``branches`` and the ``current`` one.
+        ``forked_from``: ``(session id, message id)`` of the session and message it
+        was forked from, kept as :meth:`fork_session` keeps it (in its metadata).
 
         Every parent must precede its children and ids must be unique; branch heads
         must name given messages. All of it is checked before anything is written
@@ -7423,6 +7425,10 @@ class SessionStore(_LeasedStore):
             heads[b.name] = b.head_id
         if not isinstance(current, str) or current not in heads:
             raise InvalidInput(f"current branch {current!r} is not among the branches")
+        if forked_from is not None and not (
+                isinstance(forked_from, tuple) and len(forked_from) == 2 and _is_name(forked_from[0])
+                and (forked_from[1] is None or _is_name(forked_from[1]))):
+            raise InvalidInput(f"forked_from must be a (session id, message id or None) pair, not {forked_from!r}")
         self._ready()
         now, seq = self._now_ms(), len(lines)
         events: list[bytes] = []
@@ -7439,11 +7445,12 @@ class SessionStore(_LeasedStore):
         with _storage_errors(f"import a session for key {key[:80]!r}"):
             existing = self._storage.lookup(key)
             if existing is None:
-                existing = self._storage.create_session(key, new, now, messages=lines, events=events)
+                existing = self._storage.create_session(key, new, now, messages=lines, events=events,
+                                                        forked_from=forked_from)
         if existing != new:
             raise InvalidKey(f"key {key!r} already has a session ({existing})")
         self._emit("session.created", new, SessionMetadata(session_id=new, key=key, created_at=now, updated_at=now,
-                                                             message_count=len(lines)))
+                                                             message_count=len(lines), forked_from=forked_from))
         return new
 
     def import_messages(self, session_id: str, messages: Sequence[Message], *,
@@ -8161,9 +8168,10 @@ class AsyncSessionStore:
                                fencing_token=fencing_token)
 
     async def import_session(self, key: str, messages: list[Message], *, branches: list[Branch] | None = None,
-                             current: str = "main") -> str:
+                             current: str = "main", forked_from: tuple[str, str | None] | None = None) -> str:
         """See :meth:`SessionStore.import_session`."""
-        return await self._run(self._store.import_session, key, messages, branches=branches, current=current)
+        return await self._run(self._store.import_session, key, messages, branches=branches, current=current,
+                               forked_from=forked_from)
 
     async def import_messages(self, session_id: str, messages: Sequence[Message], *,
                               branches: Sequence[Branch] = (), owner_id: str | None = None,

@@ -595,7 +595,7 @@ def _claude_messages(path: str, progress: Progress | None,
                 agent = line.get("agentId")
                 sidechains.append((m, "agent-" + agent if isinstance(agent, str) and _is_name("agent-" + agent)
                                    else None))
-            elif file is None:
+            elif file is None and _resumes_on(line):
                 main_file.append(m)
     by_id = {m.id: m for m in importer.messages}
     on_side = {m.id for m, _ in sidechains}
@@ -1104,12 +1104,30 @@ def _claude_export(session_id: str, messages: list[Message], head: str | None) -
         ids.setdefault(file, []).extend([None] * (len(lines) - 1) + [last_id])
     main, main_ids = files[None], ids[None]
     prompts = [line for line in main if isinstance(line, dict) and line.get("type") == "last-prompt"]
-    if prompts and head is not None and head in main_ids and prompts[-1].get("leafUuid") != head:
+    if prompts and head is not None and head in main_ids and _resumes_at(main, main_ids, prompts[-1]) != head:
         main.append({"type": "last-prompt", "lastPrompt": _last_prompt(head, by_id), "leafUuid": head,
                      "sessionId": session})  # Claude Code 2.1 resumes at the last of these
     elif not prompts:
-        _resume_last(main, main_ids, head, _CLAUDE, lambda i: main[i].get("isSidechain") is not True)
+        _resume_last(main, main_ids, head, _CLAUDE, lambda i: isinstance(main[i], dict) and _resumes_on(main[i]))
     return files
+
+
+def _resumes_at(main: list[Any], main_ids: list[str | None], prompt: Mapping[str, Any]) -> str | None:
+    """Where a main transcript resumes (as :func:`_claude_messages` reads it): its last
+    last-prompt row's ``leafUuid`` when that is one of its lines, else its last line
+    not on a sidechain."""
+    leaf = prompt.get("leafUuid")
+    if leaf in main_ids:
+        return leaf if isinstance(leaf, str) else None
+    return next((mid for line, mid in zip(reversed(main), reversed(main_ids), strict=True)
+                 if mid is not None and isinstance(line, dict) and _resumes_on(line)), None)
+
+
+def _resumes_on(line: Mapping[str, Any]) -> bool:
+    """Whether Claude Code can resume on a main transcript's line: a row of the
+    conversation, not on a sidechain (a state row with a uuid, like
+    ``content-replacement``, is not one)."""
+    return line.get("type") in _CLAUDE_TURN_TYPES and line.get("isSidechain") is not True
 
 
 def _last_prompt(head: str, by_id: Mapping[str, Message]) -> str:
@@ -1149,11 +1167,12 @@ def _write_jsonl(path: str, lines: list[Any]) -> None:
 
 
 def _import(store: SessionStore, key: str, messages: list[Message], branches: list[Branch], anchor: str | None,
-            where: Callable[[str], tuple[str, int]]) -> str:
-    """A new session for ``key``, or, when ``key`` has the session of an earlier import of
-    the same transcript (it holds ``anchor``), the lines added since."""
+            where: Callable[[str], tuple[str, int]], forked_from: tuple[str, str | None] | None = None) -> str:
+    """A new session for ``key`` (``forked_from``: see :meth:`SessionStore.import_session`),
+    or, when ``key`` has the session of an earlier import of the same transcript (it
+    holds ``anchor``), the lines added since."""
     if not store.has_key(key):
-        return store.import_session(key, messages, branches=branches)
+        return store.import_session(key, messages, branches=branches, forked_from=forked_from)
     sid = store.resolve(key)
     if anchor is None or not any(m.id == anchor for m in store.get_messages(sid)):
         raise InvalidKey(f"key {key!r} already has a session ({sid}), not one of this transcript")
@@ -1236,7 +1255,10 @@ def import_claude_code(store: SessionStore, path: str | os.PathLike[str], *, key
     current; each agent's last line heads ``agent-<agentId>`` (without one, each
     sidechain's last line heads ``sidechain-<its first line's first 8 characters>``);
     each user turn re-sent from an earlier point (a rewind) that ``main`` left heads
-    ``rewind-<its uuid's first 8 characters>`` at the newest line under it.
+    ``rewind-<its uuid's first 8 characters>`` at the newest line under it. A fork
+    (its rows carry ``forkedFrom``) records where it came from in the session's
+    ``forked_from``: the session imported from the source (under its default key)
+    when the store has it, else the source's session id, and the source's message.
 
     ``key`` defaults to ``"claude-code:<sessionId>"``. Importing again under the same
     key writes only the lines added since and moves the branches. Errors as
@@ -1253,7 +1275,22 @@ def import_claude_code(store: SessionStore, path: str | os.PathLike[str], *, key
     if key is None:
         key = f"claude-code:{session or os.path.splitext(os.path.basename(source))[0]}"
     anchor = next((m.id for m in messages if _CLAUDE.name in m.fields), None)
-    return _import(store, key, messages, branches, anchor, lambda mid: _claude_where(source, mid))
+    forked_from = _claude_fork(store, next((m for m in messages if m.id == head), None))
+    return _import(store, key, messages, branches, anchor, lambda mid: _claude_where(source, mid), forked_from)
+
+
+def _claude_fork(store: SessionStore, head: Message | None) -> tuple[str, str | None] | None:
+    """Where a Claude Code fork came from (its resume point's ``forkedFrom``, which
+    Claude Code and the Agent SDK write on every row of a fork): the session imported
+    from the source transcript (its default key) when the store has it, else the
+    source's Claude Code session id; and the source's message."""
+    line = _CLAUDE.line(head) if head is not None else None
+    fork = line.get("forkedFrom") if isinstance(line, dict) else None
+    if not isinstance(fork, dict) or not _is_name(fork.get("sessionId")):
+        return None
+    source: str = fork["sessionId"]
+    message = fork.get("messageUuid")
+    return store.resolve(f"claude-code:{source}", create=False) or source, message if _is_name(message) else None
 
 
 def claude_code_messages(lines: Sequence[Any], *, after: Iterable[str] = ()) -> list[Message]:
@@ -1321,6 +1358,8 @@ def export_claude_code(store: SessionStore, session_id: str, path: str | os.Path
     return written
 
 
+# Rows of the conversation itself, in the parentUuid chain: where Claude Code can resume.
+_CLAUDE_TURN_TYPES = frozenset({"user", "assistant", "system", "attachment", "progress"})
 _CLAUDE_ROW_TYPES = frozenset({"user", "assistant", "system", "summary", "attachment", "progress", "queue-operation",
                                "last-prompt", "file-history-snapshot", "mode", "permission-mode", "ai-title",
                                "custom-title", "agent-name", "tag", "pr-link"})

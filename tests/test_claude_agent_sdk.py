@@ -23,7 +23,7 @@ from claude_agent_sdk.types import SessionKey  # noqa: E402
 from session_store_claude_agent_sdk import ClaudeSessionStore  # noqa: E402
 
 import session_store as ss  # noqa: E402
-import session_store_transcripts  # noqa: E402, F401 - registers the Claude Code reader
+import session_store_transcripts  # noqa: E402 - also registers the Claude Code reader
 from session_store import AsyncSessionStore, InMemoryFileSystem, InvalidKey, SessionStore  # noqa: E402
 from session_store_sqlite import SqliteStorage  # noqa: E402
 
@@ -148,3 +148,24 @@ def test_the_command_line_reads_a_mirrored_transcript_as_text(tmp_path: Path,
     text = first if isinstance(first, str) else next(b["text"] for b in first if b.get("type") == "text")
     assert f"user: {text}" in out
     assert '"uuid"' not in out  # lines read as a transcript, not printed as JSON
+
+
+def test_a_fork_the_sdk_made_imports_knowing_its_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``claude_agent_sdk.fork_session`` writes a fork as Claude Code does (every row with
+    ``forkedFrom``); the import records the source session and message."""
+    from claude_agent_sdk import fork_session
+
+    lines = transcript()
+    source_id = next(line["sessionId"] for line in lines if isinstance(line.get("sessionId"), str))
+    project = tmp_path / "config" / "projects" / "-workspace"
+    project.mkdir(parents=True)
+    (project / f"{source_id}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "config"))
+    forked = fork_session(source_id)
+    with SessionStore(InMemoryFileSystem()) as store:
+        source = session_store_transcripts.import_claude_code(store, project / f"{source_id}.jsonl")
+        fork = session_store_transcripts.import_claude_code(store, project / f"{forked.session_id}.jsonl")
+        meta = store.get_metadata(fork)
+        assert meta is not None and meta.forked_from is not None
+        assert meta.forked_from[0] == source and meta.forked_from[1] in {m.id for m in store.get_messages(source)}
+        assert store.build_context(fork) == store.build_context(source, meta.forked_from[1])

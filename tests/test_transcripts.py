@@ -257,6 +257,43 @@ def test_6_claude_code_2_1_files_resume_at_last_prompt_and_round_trip(tmp_path: 
     assert read_jsonl(tmp_path / "out.jsonl") == lines
 
 
+def test_6_an_export_adds_no_last_prompt_row_where_the_transcript_resumes_as_it_did(tmp_path: Path,
+                                                                                   mem: SessionStore) -> None:
+    """A last-prompt row whose leafUuid is not a line of the main file (Claude Code wrote
+    one for a message it never kept): Claude Code, and the import, resume at the last
+    line instead; the export wrote one more last-prompt row (1 of 108 real files)."""
+    lines = claude_21()
+    lines[-1] = {**lines[-1], "leafUuid": "gone-1"}
+    sid = tt.import_claude_code(mem, write_jsonl(tmp_path / "s-21.jsonl", lines))
+    assert mem.get_head(sid) == "y3"
+    tt.export_claude_code(mem, sid, tmp_path / "out.jsonl")
+    assert read_jsonl(tmp_path / "out.jsonl") == lines
+
+
+def claude_fork(lines: list[dict[str, Any]], source: str, fork: str) -> list[dict[str, Any]]:
+    """A fork as Claude Code's and the Agent SDK's ``fork_session`` write it: every row
+    renamed, stamped with ``forkedFrom``, then a ``content-replacement`` row."""
+    def new(uuid: str | None) -> str | None:
+        return None if uuid is None else "f-" + uuid
+    out: list[dict[str, Any]] = [{**line, "uuid": new(line["uuid"]), "parentUuid": new(line.get("parentUuid")),
+                                  "sessionId": fork, "forkedFrom": {"sessionId": source, "messageUuid": line["uuid"]}}
+                                 for line in lines if "uuid" in line]
+    return [*out, {"type": "content-replacement", "sessionId": fork, "replacements": [{"toolUseId": "t"}],
+                   "uuid": "cr-1", "timestamp": "2026-05-01T11:00:00.000Z"}]
+
+
+def test_6_a_fork_knows_where_it_came_from_and_keeps_every_row(tmp_path: Path, mem: SessionStore) -> None:
+    source = tt.import_claude_code(mem, write_jsonl(tmp_path / "s-21.jsonl", claude_21()))
+    lines = claude_fork(claude_21(), "s-21", "s-fork")
+    fork = tt.import_claude_code(mem, write_jsonl(tmp_path / "s-fork.jsonl", lines))
+    meta = mem.get_metadata(fork)
+    assert meta is not None and meta.forked_from == (source, "y3")  # the source's session and message
+    tt.export_claude_code(mem, fork, tmp_path / "out.jsonl")
+    assert read_jsonl(tmp_path / "out.jsonl") == lines  # the content-replacement row too
+    alone = tt.import_claude_code(SessionStore(ss.InMemoryFileSystem()), tmp_path / "s-fork.jsonl")
+    assert alone  # without the source imported, forked_from names the source's Claude Code session
+
+
 def test_6_rewinds_are_named_branches(tmp_path: Path, mem: SessionStore) -> None:
     sid = tt.import_claude_code(mem, write_jsonl(tmp_path / "s-21.jsonl", claude_21()))
     assert {b.name: b.head_id for b in mem.get_branches(sid)} == {"main": "a3", "rewind-u2": "a2"}

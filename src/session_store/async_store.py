@@ -175,9 +175,10 @@ class AsyncSessionStore:
                                fencing_token=fencing_token)
 
     async def import_session(self, key: str, messages: list[Message], *, branches: list[Branch] | None = None,
-                             current: str = "main") -> str:
+                             current: str = "main", forked_from: tuple[str, str | None] | None = None) -> str:
         """See :meth:`SessionStore.import_session`."""
-        return await self._run(self._store.import_session, key, messages, branches=branches, current=current)
+        return await self._run(self._store.import_session, key, messages, branches=branches, current=current,
+                               forked_from=forked_from)
 
     async def import_messages(self, session_id: str, messages: Sequence[Message], *,
                               branches: Sequence[Branch] = (), owner_id: str | None = None,
