@@ -8460,11 +8460,15 @@ def _shown(content: Any) -> str:
 
 
 def _shown_message(m: Message) -> str:
-    """A record as a person reads it: one whose content a registered reader recognizes
-    (a framework's message, as its integration stores it) as what the reader makes of
-    it (see :func:`read_turns`), any other by its content (:func:`_shown`)."""
-    if m.content.__class__ is not str and any(recognizes(m) for recognizes in list(_RECOGNIZERS.values())):
-        return "\n".join(text for text in (_shown(t.content) for t in read_turns(m)) if text)
+    """A record as a person reads it: one held as an object (a framework's message or a
+    Responses item, as the integrations store them), or with OpenAI ``tool_calls``
+    beside its content, as :meth:`SessionStore.build_context` reads it (see
+    :func:`read_turns`); any other by its content (:func:`_shown`)."""
+    if isinstance(m.content, dict) or "tool_calls" in m.fields or (
+            m.content.__class__ is not str and any(recognizes(m) for recognizes in list(_RECOGNIZERS.values()))):
+        turns = read_turns(m)
+        if turns:
+            return "\n".join(text for text in (_shown(t.content) for t in turns) if text)
     return _shown(m.content)
 
 
@@ -8679,13 +8683,14 @@ _FRAMEWORK_INTEGRATIONS = ("session_store_langchain", "session_store_pydantic_ai
 _FRAMEWORKS_LOADED: list[bool] = []  # [True] once tried: at most once per process
 
 
-def _framework_readers(messages: Iterable[Message]) -> None:
+def _framework_readers(messages: Iterable[Message] | None) -> None:
     """Import the framework integrations that can be (their framework installed), the
     first time a session shown holds a record whose content is an object, as they
-    store a LangChain, pydantic-ai or LlamaIndex message: their readers then show what
-    the framework said, not its JSON. Never for other sessions (importing a framework
-    takes seconds); one that cannot be imported is left out (its records show as JSON)."""
-    if _FRAMEWORKS_LOADED or not any(isinstance(m.content, dict) for m in messages):
+    store a LangChain, pydantic-ai or LlamaIndex message (``None``: whatever a server
+    will be asked to show): their readers then show what the framework said, not its
+    JSON. Never for other sessions (importing a framework takes seconds); one that
+    cannot be imported is left out (its records show as JSON)."""
+    if _FRAMEWORKS_LOADED or (messages is not None and not any(isinstance(m.content, dict) for m in messages)):
         return
     _FRAMEWORKS_LOADED.append(True)
     for name in _FRAMEWORK_INTEGRATIONS:
@@ -8823,7 +8828,11 @@ def _run(args: Any, out: _Output) -> int:
     if command in ("view", "serve"):  # an optional file, imported only for these commands
         view = _optional("session_store_view", f"session-store {command}")
         with _open_existing(args.dir) as store:
-            return int(view.cli(store, args, _find_session(store, args.session) if command == "view" else None))
+            shown = _find_session(store, args.session) if command == "view" else None
+            # the page shows framework messages as their readers read them: for a server,
+            # whatever session it is asked for (loaded once, before the first request)
+            _framework_readers(store.get_messages(shown) if shown is not None else None)
+            return int(view.cli(store, args, shown))
     with _open_existing(args.dir) as store:
         if command == "ls":
             rows: list[dict[str, Any]] = []

@@ -56,7 +56,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from session_store import Message, SessionNotFound, SessionStore, SessionStoreError, default_token_counter
+from session_store import Message, SessionNotFound, SessionStore, SessionStoreError, default_token_counter, read_turns
 
 # ============================================================================
 # Reading messages for display
@@ -321,6 +321,8 @@ def _message_view(m: Message, index: Mapping[str, int]) -> dict[str, Any]:
     elif m.type == "reset":
         reason = fields.get("reason")
         shown["d"] = ["reset", str(reason) if reason else ""]
+    elif isinstance(m.content, dict) and _read_as_turns(m, shown):
+        pass  # a framework's message held whole (LangChain, pydantic-ai, LlamaIndex, a Responses item)
     else:
         shown["c"] += _declared_calls(fields)
         if m.role == "tool" or m.type in ("tool_result", "function_call_output"):
@@ -337,6 +339,26 @@ def _message_view(m: Message, index: Mapping[str, int]) -> dict[str, Any]:
     if not shown["c"] and "n" not in shown and "d" not in shown and m.content not in (None, "", [], {}):
         shown["c"] = [["j", _json_text(m.content)]]
     return shown
+
+
+def _read_as_turns(m: Message, shown: dict[str, Any]) -> bool:
+    """Show a record held as an object the way :meth:`SessionStore.build_context` reads
+    it (:func:`session_store.read_turns`: the framework's registered reader, or the
+    Responses item): its text, each tool call, each result with its call's id (so a
+    call finds its result on the path). ``False`` when it reads as nothing."""
+    turns = read_turns(m)
+    if not turns:
+        return False
+    parts: list[list[Any]] = []
+    for t in turns:
+        if t.role == "tool":
+            name = t.fields.get("name")
+            parts.append(["res", str(t.fields.get("tool_call_id") or ""), _result_text(t.content),
+                          1 if t.fields.get("is_error") is True else 0, name if isinstance(name, str) else ""])
+        else:
+            parts += _content_parts(t.content)
+    shown["c"], shown["r"] = parts, turns[-1].role if len({t.role for t in turns}) == 1 else m.role
+    return True
 
 
 # ============================================================================
