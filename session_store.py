@@ -111,6 +111,7 @@ import shutil
 import sys
 import threading
 import time
+import types
 import uuid
 import weakref
 import zlib
@@ -6714,7 +6715,7 @@ class _LeasedStore(_SessionCache):
             return fn()
 
 
-_FREE: Mapping[str, Any] = {"owner": None, "token": 0, "queue": []}  # no record yet (never changed: see above)
+_FREE: Mapping[str, Any] = types.MappingProxyType({"owner": None, "token": 0, "queue": ()})  # no record yet
 _HOLDER_FIELDS = frozenset({"owner", "count", "expiresAt", "process"})  # what a release takes out of a record
 _TOKEN_RANGE = 256  # fencing tokens a process reserves with one synced write (see _next_token)
 

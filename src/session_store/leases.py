@@ -15,6 +15,7 @@ import contextvars
 import itertools
 import os
 import time
+import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -472,7 +473,7 @@ class _LeasedStore(_SessionCache):
             return fn()
 
 
-_FREE: Mapping[str, Any] = {"owner": None, "token": 0, "queue": []}  # no record yet (never changed: see above)
+_FREE: Mapping[str, Any] = types.MappingProxyType({"owner": None, "token": 0, "queue": ()})  # no record yet
 _HOLDER_FIELDS = frozenset({"owner", "count", "expiresAt", "process"})  # what a release takes out of a record
 _TOKEN_RANGE = 256  # fencing tokens a process reserves with one synced write (see _next_token)
 
