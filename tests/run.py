@@ -2,7 +2,8 @@
 
 Creates ``.venv`` (unless already inside a virtual environment), installs the
 project with its ``test`` and ``postgres`` extras and those of the agent frameworks
-(``openai-agents``, ``langchain``, ``pydantic-ai``, ``llama-index``, ``claude-agent-sdk``; the
+(``openai-agents``, ``langchain``, ``pydantic-ai``, ``llama-index``, ``claude-agent-sdk``,
+``langgraph``; the
 ``SESSION_STORE_EXTRAS`` variable replaces the list), then runs ``ruff check``,
 ``mypy --strict`` and ``pytest``. First of all it runs ``tools/amalgamate.py --check``:
 ``session_store.py`` is generated from ``src/session_store/`` and must not be
@@ -29,7 +30,7 @@ import postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 # The extras of the integrations with agent frameworks, whose tests need their packages.
-FRAMEWORKS = "openai-agents,langchain,pydantic-ai,llama-index,claude-agent-sdk"
+FRAMEWORKS = "openai-agents,langchain,pydantic-ai,llama-index,claude-agent-sdk,langgraph"
 
 
 def python() -> str:

@@ -40,7 +40,7 @@ def test_the_wheel_holds_the_single_files_byte_for_byte_with_py_typed(tmp_path: 
         assert wheel.read("session_store_view/__init__.py") == view
         transcripts = (ROOT / "integrations" / "session_store_transcripts.py").read_bytes()
         assert wheel.read("session_store_transcripts/__init__.py") == transcripts
-        for framework in ("openai_agents", "langchain", "pydantic_ai", "llama_index", "claude_agent_sdk"):
+        for framework in ("openai_agents", "langchain", "pydantic_ai", "llama_index", "claude_agent_sdk", "langgraph"):
             module = (ROOT / "integrations" / f"session_store_{framework}.py").read_bytes()
             assert wheel.read(f"session_store_{framework}/__init__.py") == module
             assert f"session_store_{framework}/py.typed" in names

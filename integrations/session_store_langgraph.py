@@ -1,0 +1,383 @@
+"""session_store_langgraph: a LangGraph checkpointer whose checkpoints are a session's tree.
+
+LangGraph (and LangChain 1.x agents, ``create_agent``) persist through a checkpointer::
+
+    from langgraph.graph import StateGraph
+    from session_store import SessionStore
+    from session_store_langgraph import SessionStoreSaver
+
+    store = SessionStore(storage_dir="./sessions")
+    graph = builder.compile(checkpointer=SessionStoreSaver(store))
+    graph.invoke(inputs, {"configurable": {"thread_id": "user:alice"}})
+
+Every method of ``BaseCheckpointSaver``, sync and async, is implemented: ``put``,
+``put_writes``, ``get_tuple``, ``list``, ``delete_thread``, ``delete_for_runs``,
+``copy_thread`` and ``prune``; LangGraph's own conformance suite
+(``langgraph-checkpoint-conformance``) detects and passes all eight capabilities.
+
+How it is kept:
+
+- A thread is one session of the store, under the key ``langgraph:<thread_id>``; its
+  namespaces (subgraphs) are in the same session.
+- A checkpoint is one message, a child of its parent checkpoint's: a checkpoint's
+  ``parent_config`` is its parent in the tree, so forks and time travel are the
+  session's own branches. Each channel value is one message per (namespace, channel,
+  version), written once however many checkpoints share that version; each pending
+  write is one message, a child of its checkpoint. Values are LangGraph's serializer's
+  bytes (base64 in the record).
+- ``delete_for_runs`` and ``prune`` append one record naming the checkpoints they take
+  away (with their writes); readers leave those out. The log stays append-only: their
+  bytes are reclaimed only when the thread is deleted. ``delete_thread`` deletes the
+  session.
+
+Each read indexes the thread's records (O(records of the thread), on the store's
+cached tree). Imports ``session_store`` and ``langgraph``
+(``pip install "session-store[langgraph]"``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["SessionStoreSaver"]
+
+import asyncio
+import base64
+import builtins
+import hashlib
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+from urllib.parse import quote, unquote
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_id,
+    get_checkpoint_metadata,
+    writes_sort_key,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+
+from session_store import AsyncSessionStore, InvalidInput, Message, SessionNotFound, SessionStore
+
+
+def _id(kind: str, *parts: Any) -> str:
+    """A message id for a record that LangGraph names by ``parts`` (any strings)."""
+    digest = hashlib.sha256(json.dumps(parts, separators=(",", ":"), default=str).encode()).hexdigest()[:32]
+    return f"{kind}-{digest}"
+
+
+def _typed(serialized: tuple[str, bytes]) -> dict[str, str]:
+    return {"t": serialized[0], "b": base64.b64encode(serialized[1]).decode("ascii")}
+
+
+def _untyped(stored: Any) -> tuple[str, bytes]:
+    return stored["t"], base64.b64decode(stored["b"])
+
+
+class _Thread:
+    """A thread's records, indexed (read from its session's messages, in append order)."""
+
+    def __init__(self, messages: list[Message]) -> None:
+        self.checkpoints: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, id) -> record content
+        self.values: dict[str, Any] = {}  # message id of (ns, channel, version) -> content
+        self.writes: dict[tuple[str, str], dict[tuple[str, int], dict[str, Any]]] = {}
+        removed: set[tuple[str, str]] = set()
+        for m in messages:
+            content = m.content
+            if not isinstance(content, dict):
+                continue
+            if m.type == "langgraph.checkpoint":
+                self.checkpoints[(content["ns"], content["id"])] = content
+            elif m.type == "langgraph.value":
+                self.values[m.id] = content
+            elif m.type == "langgraph.write":
+                slot = self.writes.setdefault((content["ns"], content["checkpoint"]), {})
+                key = (content["task"], content["idx"])
+                if key not in slot or content["idx"] < 0:  # a special channel's write replaces the one before
+                    slot[key] = content
+            elif m.type == "langgraph.removed":
+                removed.update((ns, cid) for ns, cid in content["checkpoints"])
+        for key in removed:
+            self.checkpoints.pop(key, None)
+            self.writes.pop(key, None)
+
+
+class SessionStoreSaver(BaseCheckpointSaver[str]):
+    """A LangGraph checkpointer over a :class:`~session_store.SessionStore` (or an
+    :class:`~session_store.AsyncSessionStore`'s store); see the module. ``serde``:
+    LangGraph's serializer (default: its own). The async methods run the store's calls
+    in a worker thread."""
+
+    def __init__(self, store: SessionStore | AsyncSessionStore, *, serde: SerializerProtocol | None = None,
+                 key_prefix: str = "langgraph:") -> None:
+        super().__init__(serde=serde)
+        if isinstance(store, AsyncSessionStore):
+            store = store.sync
+        if not isinstance(store, SessionStore):
+            raise InvalidInput(f"SessionStoreSaver needs a SessionStore, not {type(store).__name__}")
+        if not isinstance(key_prefix, str):
+            raise InvalidInput("key_prefix must be a string")
+        self.store = store
+        self.key_prefix = key_prefix
+
+    def __repr__(self) -> str:
+        return f"SessionStoreSaver({self.store!r}, key_prefix={self.key_prefix!r})"
+
+    # -- threads ------------------------------------------------------------------------
+
+    def _key(self, thread_id: Any) -> str:
+        if not isinstance(thread_id, (str, int)) or isinstance(thread_id, bool) or thread_id == "":
+            raise InvalidInput(f"a thread_id is a non-empty string, not {thread_id!r}")
+        return self.key_prefix + quote(str(thread_id), safe="")
+
+    def _thread(self, thread_id: Any) -> tuple[str | None, _Thread]:
+        sid = self.store.resolve(self._key(thread_id), create=False)
+        if sid is None:
+            return None, _Thread([])
+        try:
+            return sid, _Thread(self.store.get_messages(sid))
+        except SessionNotFound:  # deleted meanwhile
+            return None, _Thread([])
+
+    def _tuple(self, thread_id: str, thread: _Thread, ns: str, cid: str) -> CheckpointTuple:
+        content = thread.checkpoints[(ns, cid)]
+        checkpoint: Checkpoint = self.serde.loads_typed(_untyped(content["checkpoint"]))
+        values: dict[str, Any] = {}
+        for channel, version in checkpoint["channel_versions"].items():
+            stored = thread.values.get(_id("value", ns, channel, version))
+            if stored is not None and stored["value"] is not None:
+                values[channel] = self.serde.loads_typed(_untyped(stored["value"]))
+        writes = sorted(thread.writes.get((ns, cid), {}).values(),
+                        key=lambda w: writes_sort_key(w["path"], w["task"], w["idx"]))
+        parent = content["parent"]
+        return CheckpointTuple(
+            config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}},
+            checkpoint={**checkpoint, "channel_values": values},
+            metadata=self.serde.loads_typed(_untyped(content["metadata"])),
+            parent_config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent}}
+            if parent else None,
+            pending_writes=[(w["task"], w["channel"], self.serde.loads_typed(_untyped(w["value"]))) for w in writes])
+
+    # -- BaseCheckpointSaver ----------------------------------------------------------------
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint ``config`` names (its ``checkpoint_id``), else the thread's latest in its namespace."""
+        thread_id = config["configurable"]["thread_id"]
+        ns = config["configurable"].get("checkpoint_ns", "")
+        _, thread = self._thread(thread_id)
+        cid = get_checkpoint_id(config)
+        if cid is None:
+            ids = [c for n, c in thread.checkpoints if n == ns]
+            if not ids:
+                return None
+            cid = max(ids)
+        if (ns, cid) not in thread.checkpoints:
+            return None
+        return self._tuple(str(thread_id), thread, ns, cid)
+
+    def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+             before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
+        """Checkpoints newest first: of ``config``'s thread (and namespace and id, when
+        given; ``None``: every thread), whose metadata has ``filter``'s values, before
+        ``before``'s checkpoint, at most ``limit``."""
+        if config is not None:
+            threads: list[str] = [str(config["configurable"]["thread_id"])]
+            want_ns = config["configurable"].get("checkpoint_ns")
+            want_id = get_checkpoint_id(config)
+        else:
+            threads = [unquote(k[len(self.key_prefix):]) for k in self.store.get_keys(self.key_prefix)]
+            want_ns, want_id = None, None
+        before_id = get_checkpoint_id(before) if before else None
+        for thread_id in threads:
+            _, thread = self._thread(thread_id)
+            for ns, cid in sorted(thread.checkpoints, key=lambda k: k[1], reverse=True):
+                if (want_ns is not None and ns != want_ns) or (want_id and cid != want_id):
+                    continue
+                if before_id and cid >= before_id:
+                    continue
+                if filter:
+                    metadata = self.serde.loads_typed(_untyped(thread.checkpoints[(ns, cid)]["metadata"]))
+                    if not all(metadata.get(k) == v for k, v in filter.items()):
+                        continue
+                if limit is not None and limit <= 0:
+                    return
+                if limit is not None:
+                    limit -= 1
+                yield self._tuple(thread_id, thread, ns, cid)
+
+    def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+            new_versions: ChannelVersions) -> RunnableConfig:
+        """Keep a checkpoint (a child of its parent's message) and the channel values of
+        ``new_versions`` not kept before; durable when this returns (one sync)."""
+        thread_id = config["configurable"]["thread_id"]
+        ns = config["configurable"].get("checkpoint_ns", "")
+        parent = config["configurable"].get("checkpoint_id")
+        kept: dict[str, Any] = dict(checkpoint)
+        values: dict[str, Any] = kept.pop("channel_values", {})
+        cid = checkpoint["id"]
+        sid = self.store.resolve(self._key(thread_id))
+        have = {m.id for m in self.store.get_messages(sid)}
+        own = _id("checkpoint", ns, cid)
+        records: builtins.list[Message] = []
+        if own not in have:
+            parent_id = _id("checkpoint", ns, parent) if parent else None
+            records.append(Message(
+                id=own, parent_id=parent_id if parent_id in have else None, type="langgraph.checkpoint",
+                role="checkpoint", timestamp=0, content={
+                    "ns": ns, "id": cid, "parent": parent, "checkpoint": _typed(self.serde.dumps_typed(kept)),
+                    "metadata": _typed(self.serde.dumps_typed(get_checkpoint_metadata(config, metadata)))}))
+        for channel, version in new_versions.items():
+            vid = _id("value", ns, channel, version)
+            if vid in have:
+                continue
+            have.add(vid)
+            value = _typed(self.serde.dumps_typed(values[channel])) if channel in values else None
+            records.append(Message(id=vid, parent_id=own, type="langgraph.value", role="value", timestamp=0,
+                                   content={"ns": ns, "channel": channel, "version": version, "value": value}))
+        self._write(sid, records)
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
+
+    def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                   task_path: str = "") -> None:
+        """Keep a task's pending writes under their checkpoint (a write to a regular
+        channel already kept is not kept twice; one to a special channel replaces it)."""
+        thread_id = config["configurable"]["thread_id"]
+        ns = config["configurable"].get("checkpoint_ns", "")
+        cid = config["configurable"]["checkpoint_id"]
+        sid = self.store.resolve(self._key(thread_id))
+        messages = self.store.get_messages(sid)
+        have = {m.id for m in messages}
+        slot = _Thread(messages).writes.get((ns, cid), {})
+        checkpoint = _id("checkpoint", ns, cid)
+        records: builtins.list[Message] = []
+        for i, (channel, value) in enumerate(writes):
+            idx = WRITES_IDX_MAP.get(channel, i)
+            if idx >= 0 and (task_id, idx) in slot:
+                continue
+            content = {"ns": ns, "checkpoint": cid, "task": task_id, "idx": idx, "path": task_path,
+                       "channel": channel, "value": _typed(self.serde.dumps_typed(value))}
+            wid = _id("write", ns, cid, task_id, idx, len(messages) + len(records))
+            records.append(Message(id=wid, parent_id=checkpoint if checkpoint in have else None,
+                                   type="langgraph.write", role="write", timestamp=0, content=content))
+        self._write(sid, records)
+
+    def _write(self, sid: str, records: builtins.list[Message]) -> None:
+        """Add records (all or none, one sync), each timestamped now."""
+        if records:
+            now = int(time.time() * 1000)
+            self.store.import_messages(sid, [Message(id=m.id, parent_id=m.parent_id, type=m.type, role=m.role,
+                                                     content=m.content, timestamp=now) for m in records])
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete the thread's session: every checkpoint, value and write of it."""
+        sid = self.store.resolve(self._key(thread_id), create=False)
+        if sid is not None:
+            try:
+                self.store.delete_session(sid)
+            except SessionNotFound:
+                pass
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Take away every checkpoint whose metadata names one of ``run_ids`` (with its writes)."""
+        runs = set(run_ids)
+        if runs:
+            self._remove(lambda thread, key: self.serde.loads_typed(
+                _untyped(thread.checkpoints[key]["metadata"])).get("run_id") in runs, None)
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``keep_latest``: keep only each namespace's latest checkpoint; ``delete``: take every one away."""
+        if strategy not in ("keep_latest", "delete"):
+            raise InvalidInput(f"unknown prune strategy {strategy!r}: 'keep_latest' or 'delete'")
+
+        def doomed(thread: _Thread, key: tuple[str, str]) -> bool:
+            if strategy == "delete":
+                return True
+            return key[1] != max(c for n, c in thread.checkpoints if n == key[0])
+
+        self._remove(doomed, [str(t) for t in thread_ids])
+
+    def _remove(self, doomed: Any, thread_ids: builtins.list[str] | None) -> None:
+        if thread_ids is None:
+            thread_ids = [unquote(k[len(self.key_prefix):]) for k in self.store.get_keys(self.key_prefix)]
+        for thread_id in thread_ids:
+            sid, thread = self._thread(thread_id)
+            gone = [key for key in thread.checkpoints if doomed(thread, key)]
+            if sid is not None and gone:
+                self.store.append(sid, role="removed", type="langgraph.removed", parent_id=None,
+                                  content={"checkpoints": [list(key) for key in gone]})
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every checkpoint, value and write of a thread to another (its tree as it is)."""
+        source = self.store.resolve(self._key(source_thread_id), create=False)
+        if source is None:
+            return
+        thread = _Thread(self.store.get_messages(source))
+        keep_ids = {_id("checkpoint", ns, cid) for ns, cid in thread.checkpoints}
+        kept = [m for m in self.store.get_messages(source) if m.type != "langgraph.removed" and (
+            m.type != "langgraph.checkpoint" or m.id in keep_ids) and (
+            m.type != "langgraph.write" or (m.content["ns"], m.content["checkpoint"]) in thread.checkpoints)]
+        target = self.store.resolve(self._key(target_thread_id))
+        have = {m.id for m in self.store.get_messages(target)}
+        copied = [m for m in kept if m.id not in have]
+        ids = have | {m.id for m in copied}
+        self.store.import_messages(target, [m if m.parent_id is None or m.parent_id in ids else Message(
+            id=m.id, parent_id=None, type=m.type, role=m.role, content=m.content, timestamp=m.timestamp,
+            fields=m.fields) for m in copied])
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        """A channel's next version: its number, then a random part. Two branches that
+        reach the same step (a fork from an earlier checkpoint) write different
+        versions, so that each keeps its own value (a value is kept once per version)."""
+        if current is None:
+            number = 0
+        elif isinstance(current, int):
+            number = current
+        else:
+            number = int(current.split(".")[0])
+        return f"{number + 1:032}.{random.random():016}"
+
+    # -- async ---------------------------------------------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """:meth:`get_tuple` in a worker thread."""
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+                    before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        """:meth:`list` in a worker thread."""
+        found = await asyncio.to_thread(lambda: [*self.list(config, filter=filter, before=before, limit=limit)])
+        for item in found:
+            yield item
+
+    async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+                   new_versions: ChannelVersions) -> RunnableConfig:
+        """:meth:`put` in a worker thread."""
+        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                          task_path: str = "") -> None:
+        """:meth:`put_writes` in a worker thread."""
+        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """:meth:`delete_thread` in a worker thread."""
+        await asyncio.to_thread(self.delete_thread, thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """:meth:`delete_for_runs` in a worker thread."""
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """:meth:`copy_thread` in a worker thread."""
+        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """:meth:`prune` in a worker thread."""
+        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)

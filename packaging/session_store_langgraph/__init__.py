@@ -1,0 +1,1 @@
+../../integrations/session_store_langgraph.py
