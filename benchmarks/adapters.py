@@ -9,8 +9,9 @@ data on the same disk (a temporary directory); ours is a durable ``SessionStore`
 (JSONL files, fsync'd) unless ``--backend sqlite``. Each turn is timed with
 ``perf_counter_ns``; the table shows the median and p99 of all turns of a session
 growing from empty to ``--turns`` turns. Needs the frameworks (``pip install -e
-".[openai-agents,langchain,pydantic-ai,llama-index]"``, and ``langchain-community`` for
-LangChain's ``FileChatMessageHistory``); a framework that is missing is reported, not
+".[openai-agents,langchain,pydantic-ai,llama-index,langgraph]"``, ``langchain-community`` for
+LangChain's ``FileChatMessageHistory`` and ``langgraph-checkpoint-sqlite`` for LangGraph's
+``SqliteSaver``: the ``bench`` extra); a framework that is missing is reported, not
 measured. Nothing here asserts a time.
 """
 
@@ -183,6 +184,48 @@ def llama_index(directory: str, backend: str, turns: int) -> Row:
     return ("LlamaIndex", what, ours, theirs)
 
 
+def langgraph(directory: str, backend: str, turns: int) -> Row:
+    import operator
+    import sqlite3
+    from typing import Annotated, TypedDict
+
+    from langgraph.checkpoint.sqlite import SqliteSaver  # type: ignore[import-not-found]
+    from langgraph.graph import END, START, StateGraph
+    from session_store_langgraph import SessionStoreSaver
+
+    chat = TypedDict("chat", {"messages": Annotated[list[str], operator.add]})  # type: ignore[misc]  # noqa: UP013
+    # (functional: a class here would carry its annotations as strings, which LangGraph
+    # resolves in this module's globals)
+
+    builder = StateGraph(chat)
+    builder.add_node("model", lambda state: {"messages": [ANSWER]})
+    builder.add_edge(START, "model")
+    builder.add_edge("model", END)
+
+    def measure(checkpointer: Any) -> tuple[float, float]:
+        graph: Any = builder.compile(checkpointer=checkpointer)
+        thread = {"configurable": {"thread_id": "bench"}}
+        return timed_turns(lambda i: graph.invoke({"messages": [f"{QUESTION} ({i})"]}, thread), turns)
+
+    with our_store(directory, backend) as store:
+        ours = measure(SessionStoreSaver(store))
+    ours_bytes = _bytes_under(directory)
+    path = os.path.join(directory, "langgraph.db")
+    connection = sqlite3.connect(path, check_same_thread=False)
+    theirs = measure(SqliteSaver(connection))
+    connection.close()
+    theirs_bytes = sum(os.path.getsize(path + suffix) for suffix in ("", "-wal") if os.path.exists(path + suffix))
+    NOTES.append(f"LangGraph: after {turns} turns, ours holds {ours_bytes:,} bytes on disk, SqliteSaver "
+                 f"{theirs_bytes:,} ({theirs_bytes / max(ours_bytes, 1):.2f}× ours): each keeps every checkpoint; "
+                 "ours keeps a channel value once per version.")
+    return ("LangGraph", "graph.invoke (one node, a checkpoint per step)  vs SqliteSaver (file)", ours, theirs)
+
+
+def _bytes_under(directory: str) -> int:
+    return sum(os.lstat(os.path.join(top, name)).st_size for top, _, names in os.walk(directory) for name in names
+               if not name.startswith("langgraph.db"))  # (a key's link counts as itself, not followed)
+
+
 # ============================================================================
 # Report
 # ============================================================================
@@ -196,7 +239,7 @@ def main() -> None:
     args = parser.parse_args()
     rows: list[Row] = []
     notes = NOTES
-    for workload in (openai_agents, langchain, pydantic_ai, llama_index):
+    for workload in (openai_agents, langchain, pydantic_ai, llama_index, langgraph):
         with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as directory:
             try:
                 rows.append(workload(directory, args.backend, args.turns))

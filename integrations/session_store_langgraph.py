@@ -45,6 +45,7 @@ import builtins
 import hashlib
 import json
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -66,6 +67,8 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from session_store import AsyncSessionStore, InvalidInput, Message, SessionNotFound, SessionStore
 
+_THREADS_KEPT = 64  # threads whose records a saver keeps indexed
+
 
 def _id(kind: str, *parts: Any) -> str:
     """A message id for a record that LangGraph names by ``parts`` (any strings)."""
@@ -82,14 +85,25 @@ def _untyped(stored: Any) -> tuple[str, bytes]:
 
 
 class _Thread:
-    """A thread's records, indexed (read from its session's messages, in append order)."""
+    """A thread's records, indexed; :meth:`read_on` indexes the records added since
+    (a session's messages come in append order, so the new ones are its tail)."""
 
-    def __init__(self, messages: list[Message]) -> None:
+    def __init__(self) -> None:
+        self.seen = 0  # messages of the session indexed so far
+        self.last = ""  # the id of the last of them
+        self.ids: set[str] = set()
         self.checkpoints: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, id) -> record content
         self.values: dict[str, Any] = {}  # message id of (ns, channel, version) -> content
         self.writes: dict[tuple[str, str], dict[tuple[str, int], dict[str, Any]]] = {}
-        removed: set[tuple[str, str]] = set()
-        for m in messages:
+
+    def continued_by(self, messages: Sequence[Message]) -> bool:
+        """Whether ``messages`` begin with the ones indexed (a record taken back after
+        a failed write, or a repair, makes the index start again)."""
+        return self.seen <= len(messages) and (not self.seen or messages[self.seen - 1].id == self.last)
+
+    def read_on(self, messages: Sequence[Message]) -> _Thread:
+        for m in messages[self.seen:]:
+            self.ids.add(m.id)
             content = m.content
             if not isinstance(content, dict):
                 continue
@@ -103,10 +117,13 @@ class _Thread:
                 if key not in slot or content["idx"] < 0:  # a special channel's write replaces the one before
                     slot[key] = content
             elif m.type == "langgraph.removed":
-                removed.update((ns, cid) for ns, cid in content["checkpoints"])
-        for key in removed:
-            self.checkpoints.pop(key, None)
-            self.writes.pop(key, None)
+                for ns, cid in content["checkpoints"]:
+                    self.checkpoints.pop((ns, cid), None)
+                    self.writes.pop((ns, cid), None)
+        self.seen = len(messages)
+        if messages:
+            self.last = messages[-1].id
+        return self
 
 
 class SessionStoreSaver(BaseCheckpointSaver[str]):
@@ -126,6 +143,8 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             raise InvalidInput("key_prefix must be a string")
         self.store = store
         self.key_prefix = key_prefix
+        self._threads: dict[str, _Thread] = {}  # session id -> its records, indexed (see _thread)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SessionStoreSaver({self.store!r}, key_prefix={self.key_prefix!r})"
@@ -137,14 +156,25 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             raise InvalidInput(f"a thread_id is a non-empty string, not {thread_id!r}")
         return self.key_prefix + quote(str(thread_id), safe="")
 
-    def _thread(self, thread_id: Any) -> tuple[str | None, _Thread]:
-        sid = self.store.resolve(self._key(thread_id), create=False)
+    def _thread(self, thread_id: Any, *, create: bool = False) -> tuple[str | None, _Thread]:
+        """The thread's session id (``None``: it has none) and its records, indexed:
+        kept per session and read on from where they were (a thread's records are
+        only ever added to; a deletion makes a new session, with a new id)."""
+        sid = self.store.resolve(self._key(thread_id), create=create)
         if sid is None:
-            return None, _Thread([])
+            return None, _Thread()
         try:
-            return sid, _Thread(self.store.get_messages(sid))
+            messages = self.store.get_messages(sid)
         except SessionNotFound:  # deleted meanwhile
-            return None, _Thread([])
+            return None, _Thread()
+        with self._lock:
+            thread = self._threads.pop(sid, None)
+            if thread is None or not thread.continued_by(messages):
+                thread = _Thread()
+            self._threads[sid] = thread  # most recently used last
+            while len(self._threads) > _THREADS_KEPT:
+                del self._threads[next(iter(self._threads))]
+            return sid, thread.read_on(messages)
 
     def _tuple(self, thread_id: str, thread: _Thread, ns: str, cid: str) -> CheckpointTuple:
         content = thread.checkpoints[(ns, cid)]
@@ -222,8 +252,9 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         kept: dict[str, Any] = dict(checkpoint)
         values: dict[str, Any] = kept.pop("channel_values", {})
         cid = checkpoint["id"]
-        sid = self.store.resolve(self._key(thread_id))
-        have = {m.id for m in self.store.get_messages(sid)}
+        sid, thread = self._thread(thread_id, create=True)
+        assert sid is not None
+        have = set(thread.ids)
         own = _id("checkpoint", ns, cid)
         records: builtins.list[Message] = []
         if own not in have:
@@ -251,10 +282,9 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         thread_id = config["configurable"]["thread_id"]
         ns = config["configurable"].get("checkpoint_ns", "")
         cid = config["configurable"]["checkpoint_id"]
-        sid = self.store.resolve(self._key(thread_id))
-        messages = self.store.get_messages(sid)
-        have = {m.id for m in messages}
-        slot = _Thread(messages).writes.get((ns, cid), {})
+        sid, thread = self._thread(thread_id, create=True)
+        assert sid is not None
+        have, slot = thread.ids, thread.writes.get((ns, cid), {})
         checkpoint = _id("checkpoint", ns, cid)
         records: builtins.list[Message] = []
         for i, (channel, value) in enumerate(writes):
@@ -263,7 +293,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 continue
             content = {"ns": ns, "checkpoint": cid, "task": task_id, "idx": idx, "path": task_path,
                        "channel": channel, "value": _typed(self.serde.dumps_typed(value))}
-            wid = _id("write", ns, cid, task_id, idx, len(messages) + len(records))
+            wid = _id("write", ns, cid, task_id, idx, thread.seen + len(records))
             records.append(Message(id=wid, parent_id=checkpoint if checkpoint in have else None,
                                    type="langgraph.write", role="write", timestamp=0, content=content))
         self._write(sid, records)
@@ -318,7 +348,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         source = self.store.resolve(self._key(source_thread_id), create=False)
         if source is None:
             return
-        thread = _Thread(self.store.get_messages(source))
+        thread = _Thread().read_on(self.store.get_messages(source))
         keep_ids = {_id("checkpoint", ns, cid) for ns, cid in thread.checkpoints}
         kept = [m for m in self.store.get_messages(source) if m.type != "langgraph.removed" and (
             m.type != "langgraph.checkpoint" or m.id in keep_ids) and (
