@@ -1708,7 +1708,7 @@ _CORRUPT: Any = {"corrupt": True}
 
 
 def _encode_lease(lease: Mapping[str, Any]) -> bytes:
-    body = _dumps(lease).encode("utf-8")
+    body = _dumps(lease if type(lease) is dict else dict(lease)).encode("utf-8")  # (any Mapping, as written)
     line = b"%s\t%08x\n" % (body, zlib.crc32(body))
     return line.ljust(_LEASE_RECORD_BYTES) if len(line) < _LEASE_RECORD_BYTES else line
 

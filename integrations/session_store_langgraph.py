@@ -254,7 +254,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         cid = checkpoint["id"]
         sid, thread = self._thread(thread_id, create=True)
         assert sid is not None
-        have = set(thread.ids)
+        have, adding = thread.ids, set()  # (the index's own set is not changed before the write lands)
         own = _id("checkpoint", ns, cid)
         records: builtins.list[Message] = []
         if own not in have:
@@ -266,9 +266,9 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                     "metadata": _typed(self.serde.dumps_typed(get_checkpoint_metadata(config, metadata)))}))
         for channel, version in new_versions.items():
             vid = _id("value", ns, channel, version)
-            if vid in have:
+            if vid in have or vid in adding:
                 continue
-            have.add(vid)
+            adding.add(vid)
             value = _typed(self.serde.dumps_typed(values[channel])) if channel in values else None
             records.append(Message(id=vid, parent_id=own, type="langgraph.value", role="value", timestamp=0,
                                    content={"ns": ns, "channel": channel, "version": version, "value": value}))

@@ -460,3 +460,27 @@ def test_a_held_lease_keeps_its_proof_of_life_while_descriptors_are_evicted(tmp_
         assert probe.is_held(mark) is True
         store.release_lock(held, "b")
         assert probe.is_held(mark) is False
+
+
+@pytest.mark.parametrize("files", ["memory", "disk"])
+def test_a_first_acquire_that_fails_puts_back_a_free_lease(tmp_path: Path, files: str) -> None:
+    """The record put back after a failed first acquire is the store's read-only empty
+    one: it must be written like any other (it raised TypeError, not StorageError)."""
+    base: type[Any] = InMemoryFileSystem if files == "memory" else RealFileSystem
+
+    class FirstLeaseWriteFails(base):  # type: ignore[misc, valid-type]
+        failed = False
+
+        def write_lease(self, path: str, lease: Any, *, durable: bool = False) -> None:
+            super().write_lease(path, lease, durable=durable)  # lands, then reports failure
+            if not FirstLeaseWriteFails.failed:
+                FirstLeaseWriteFails.failed = True
+                raise OSError(5, "Input/output error", path)
+
+    with SessionStore(FirstLeaseWriteFails(), storage_dir=tmp_path / "s") as store:
+        sid = store.resolve("k")
+        with pytest.raises(ss.StorageError):
+            store.acquire_lock(sid, "a")
+        assert store.get_lock(sid) is None  # put back: free
+        result = store.acquire_lock(sid, "a")
+        assert result.acquired and result.token == 1
