@@ -468,7 +468,7 @@ def test_a_first_acquire_that_fails_puts_back_a_free_lease(tmp_path: Path, files
     one: it must be written like any other (it raised TypeError, not StorageError)."""
     base: type[Any] = InMemoryFileSystem if files == "memory" else RealFileSystem
 
-    class FirstLeaseWriteFails(base):  # type: ignore[misc, valid-type]
+    class FirstLeaseWriteFails(base):  # type: ignore[misc]
         failed = False
 
         def write_lease(self, path: str, lease: Any, *, durable: bool = False) -> None:
