@@ -3161,6 +3161,12 @@ class JsonlStorage(Storage):
     def _log(self, session_id: str) -> str:
         return f"{self.directory}/{session_id}/messages.jsonl"
 
+    def _lease(self, session_id: str) -> str:
+        return f"{self.directory}/{session_id}/lock.json"
+
+    def _lease_mark(self, session_id: str) -> str:
+        return f"{self.directory}/{session_id}/lease.lock"
+
     def _events(self, session_id: str) -> str:
         return f"{self.directory}/{session_id}/branches.jsonl"
 
@@ -3975,26 +3981,26 @@ class JsonlStorage(Storage):
     # -- leases ---------------------------------------------------------------------------
 
     def read_lease(self, session_id: str) -> dict[str, Any] | None:
-        return self.fs.read_lease(f"{self.directory}/{session_id}/lock.json")
+        return self.fs.read_lease(self._lease(session_id))
 
     def write_lease(self, session_id: str, lease: Mapping[str, Any], *, durable: bool) -> None:
-        self.fs.write_lease(f"{self.directory}/{session_id}/lock.json", lease, durable=durable and self._durable)
+        self.fs.write_lease(self._lease(session_id), lease, durable=durable and self._durable)
 
     def peek_lease(self, session_id: str) -> dict[str, Any] | None:
         try:
-            return self.fs.read_lease(f"{self.directory}/{session_id}/lock.json")
+            return self.fs.read_lease(self._lease(session_id))
         except OSError:
             return None
 
     def hold_lease(self, session_id: str) -> None:
-        self.fs.hold(f"{self._dir(session_id)}/lease.lock")
+        self.fs.hold(self._lease_mark(session_id))
 
     def drop_lease(self, session_id: str) -> None:
-        self.fs.release(f"{self._dir(session_id)}/lease.lock")
+        self.fs.release(self._lease_mark(session_id))
 
     def holder_gone(self, session_id: str, lease: Mapping[str, Any]) -> bool:
         try:
-            return self.fs.is_held(f"{self._dir(session_id)}/lease.lock") is False
+            return self.fs.is_held(self._lease_mark(session_id)) is False
         except OSError:
             return False
 

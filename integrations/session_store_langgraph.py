@@ -42,6 +42,7 @@ __all__ = ["SessionStoreSaver"]
 import asyncio
 import base64
 import builtins
+import dataclasses
 import hashlib
 import json
 import random
@@ -222,7 +223,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             want_ns = config["configurable"].get("checkpoint_ns")
             want_id = get_checkpoint_id(config)
         else:
-            threads = [unquote(k[len(self.key_prefix):]) for k in self.store.get_keys(self.key_prefix)]
+            threads = self._thread_ids()
             want_ns, want_id = None, None
         before_id = get_checkpoint_id(before) if before else None
         for thread_id in threads:
@@ -333,9 +334,13 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
         self._remove(doomed, [str(t) for t in thread_ids])
 
+    def _thread_ids(self) -> builtins.list[str]:
+        """Every thread the store holds (its index of keys read whole: O(sessions))."""
+        return [unquote(k[len(self.key_prefix):]) for k in self.store.get_keys(self.key_prefix)]
+
     def _remove(self, doomed: Any, thread_ids: builtins.list[str] | None) -> None:
         if thread_ids is None:
-            thread_ids = [unquote(k[len(self.key_prefix):]) for k in self.store.get_keys(self.key_prefix)]
+            thread_ids = self._thread_ids()
         for thread_id in thread_ids:
             sid, thread = self._thread(thread_id)
             gone = [key for key in thread.checkpoints if doomed(thread, key)]
@@ -348,18 +353,18 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         source = self.store.resolve(self._key(source_thread_id), create=False)
         if source is None:
             return
-        thread = _Thread().read_on(self.store.get_messages(source))
-        keep_ids = {_id("checkpoint", ns, cid) for ns, cid in thread.checkpoints}
-        kept = [m for m in self.store.get_messages(source) if m.type != "langgraph.removed" and (
-            m.type != "langgraph.checkpoint" or m.id in keep_ids) and (
+        messages = self.store.get_messages(source)
+        thread = _Thread().read_on(messages)
+        live = {_id("checkpoint", ns, cid) for ns, cid in thread.checkpoints}
+        kept = [m for m in messages if m.type != "langgraph.removed" and (
+            m.type != "langgraph.checkpoint" or m.id in live) and (
             m.type != "langgraph.write" or (m.content["ns"], m.content["checkpoint"]) in thread.checkpoints)]
         target = self.store.resolve(self._key(target_thread_id))
         have = {m.id for m in self.store.get_messages(target)}
-        copied = [m for m in kept if m.id not in have]
-        ids = have | {m.id for m in copied}
-        self.store.import_messages(target, [m if m.parent_id is None or m.parent_id in ids else Message(
-            id=m.id, parent_id=None, type=m.type, role=m.role, content=m.content, timestamp=m.timestamp,
-            fields=m.fields) for m in copied])
+        ids = have | {m.id for m in kept}  # a parent taken away (pruned) makes its child a root
+        self.store.import_messages(target, [m if m.parent_id is None or m.parent_id in ids else
+                                            dataclasses.replace(m, parent_id=None)
+                                            for m in kept if m.id not in have])
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """A channel's next version: its number, then a random part. Two branches that
