@@ -60,3 +60,42 @@ def postgres_storage() -> Iterator[Any]:
         for store in opened:
             store.close()
         drop_schema(schema)
+
+
+@contextlib.contextmanager
+def fresh_stores(backend: str, directory: Any) -> Iterator[Any]:
+    """A factory of new, empty stores on ``backend`` (``memory``, ``files``, ``sqlite``
+    or ``postgres``: a schema of its own each), for suites that want a fresh store per
+    case (the frameworks' conformance suites); all closed, and schemas dropped, at the end."""
+    from pathlib import Path
+
+    opened: list[tuple[SessionStore, str | None]] = []
+
+    def make() -> SessionStore:
+        from session_store import InMemoryFileSystem
+
+        n, schema = len(opened), None
+        if backend == "memory":
+            store = SessionStore(InMemoryFileSystem())
+        elif backend == "files":
+            store = SessionStore(storage_dir=Path(directory) / f"files-{n}")
+        elif backend == "sqlite":
+            from session_store_sqlite import SqliteStorage
+
+            store = SessionStore(SqliteStorage(str(Path(directory) / f"s-{n}.db")))
+        else:
+            from session_store_postgres import PostgresStorage
+
+            require_server()
+            schema = new_schema()
+            store = SessionStore(PostgresStorage(DSN, schema=schema))
+        opened.append((store, schema))
+        return store
+
+    try:
+        yield make
+    finally:
+        for store, schema in opened:
+            store.close()
+            if schema is not None:
+                drop_schema(schema)

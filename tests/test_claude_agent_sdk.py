@@ -5,12 +5,11 @@ kept verbatim and read as a Claude Code transcript; hostile keys refused."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pg
 import pytest
 from frameworks import require
 
@@ -25,53 +24,14 @@ from session_store_claude_agent_sdk import ClaudeSessionStore  # noqa: E402
 import session_store as ss  # noqa: E402
 import session_store_transcripts  # noqa: E402 - also registers the Claude Code reader
 from session_store import AsyncSessionStore, InMemoryFileSystem, InvalidKey, SessionStore  # noqa: E402
-from session_store_sqlite import SqliteStorage  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "claude-code"
 OPTIONAL = ("list_sessions", "list_session_summaries", "delete", "list_subkeys")
 
 
-@contextlib.contextmanager
-def stores(backend: str, tmp_path: Path) -> Iterator[Any]:
-    """A factory of fresh session stores on ``backend``; all closed at the end."""
-    opened: list[SessionStore] = []
-    count = iter(range(10**6))
-
-    def make() -> SessionStore:
-        n = next(count)
-        if backend == "memory":
-            store = SessionStore(InMemoryFileSystem())
-        elif backend == "files":
-            store = SessionStore(storage_dir=tmp_path / f"files-{n}")
-        elif backend == "sqlite":
-            store = SessionStore(SqliteStorage(str(tmp_path / f"s-{n}.db")))
-        else:
-            import pg
-
-            pg.require_server()
-            from session_store_postgres import PostgresStorage
-
-            schema = pg.new_schema()
-            store = SessionStore(PostgresStorage(pg.DSN, schema=schema))
-            store._test_schema = schema  # type: ignore[attr-defined]
-        opened.append(store)
-        return store
-
-    try:
-        yield make
-    finally:
-        for store in opened:
-            store.close()
-            schema = getattr(store, "_test_schema", None)
-            if schema is not None:
-                import pg
-
-                pg.drop_schema(schema)
-
-
 @pytest.mark.parametrize("backend", ["memory", "files", "sqlite", "postgres"])
 def test_the_sdk_s_own_conformance_suite_passes_with_every_optional_method(backend: str, tmp_path: Path) -> None:
-    with stores(backend, tmp_path) as make:
+    with pg.fresh_stores(backend, tmp_path) as make:
         probe = ClaudeSessionStore(make())
         assert all(_has_optional(probe, m, frozenset()) for m in OPTIONAL)  # so none of the 14 is skipped
         asyncio.run(run_session_store_conformance(lambda: ClaudeSessionStore(make())))

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
+import pg
 import pytest
 from frameworks import require
 
@@ -23,42 +24,16 @@ from langgraph.graph import END, START, StateGraph  # noqa: E402
 from session_store_langgraph import SessionStoreSaver  # noqa: E402
 
 from session_store import InMemoryFileSystem, InvalidInput, SessionStore  # noqa: E402
-from session_store_sqlite import SqliteStorage  # noqa: E402
-
-
-def open_store(backend: str, tmp_path: Path, n: int) -> tuple[SessionStore, str | None]:
-    if backend == "memory":
-        return SessionStore(InMemoryFileSystem()), None
-    if backend == "files":
-        return SessionStore(storage_dir=tmp_path / f"files-{n}"), None
-    if backend == "sqlite":
-        return SessionStore(SqliteStorage(str(tmp_path / f"s-{n}.db"))), None
-    import pg
-
-    pg.require_server()
-    from session_store_postgres import PostgresStorage
-
-    schema = pg.new_schema()
-    return SessionStore(PostgresStorage(pg.DSN, schema=schema)), schema
 
 
 @pytest.mark.parametrize("backend", ["memory", "files", "sqlite", "postgres"])
 def test_langgraph_s_own_conformance_suite_passes_every_capability(backend: str, tmp_path: Path) -> None:
-    made = iter(range(10**6))
+    with pg.fresh_stores(backend, tmp_path) as make:
+        @checkpointer_test(name=f"SessionStoreSaver[{backend}]")
+        async def saver() -> AsyncIterator[SessionStoreSaver]:
+            yield SessionStoreSaver(make())
 
-    @checkpointer_test(name=f"SessionStoreSaver[{backend}]")
-    async def saver() -> AsyncIterator[SessionStoreSaver]:
-        store, schema = open_store(backend, tmp_path, next(made))
-        try:
-            yield SessionStoreSaver(store)
-        finally:
-            store.close()
-            if schema is not None:
-                import pg
-
-                pg.drop_schema(schema)
-
-    report = asyncio.run(validate(saver))
+        report = asyncio.run(validate(saver))
     results = report.results
     assert {cap.value for cap in ALL_CAPABILITIES} <= set(results)
     for name, result in results.items():
