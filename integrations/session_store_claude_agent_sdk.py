@@ -46,6 +46,7 @@ __all__ = ["ClaudeSessionStore"]
 import asyncio
 import copy
 import itertools
+import json
 import os
 import uuid
 from collections.abc import Callable
@@ -64,7 +65,15 @@ from claude_agent_sdk.types import (
     SessionStore as SDKSessionStore,
 )
 
-from session_store import AsyncSessionStore, InvalidInput, InvalidKey, Message, SessionNotFound, SessionStore
+from session_store import (
+    AsyncSessionStore,
+    InvalidInput,
+    InvalidKey,
+    InvalidMessage,
+    Message,
+    SessionNotFound,
+    SessionStore,
+)
 from session_store_transcripts import claude_code_line, claude_code_messages
 
 _T = TypeVar("_T")
@@ -128,6 +137,8 @@ class ClaudeSessionStore(SDKSessionStore):
         name = self._key(key)
         if not entries:
             return
+        for entry in entries:  # before anything is written (a session made for a refused batch included)
+            _check_entry(entry)
         await _off_loop(self._append, key, name, entries)
 
     def _append(self, key: SessionKey, name: str, entries: list[SessionStoreEntry]) -> None:
@@ -246,6 +257,19 @@ class ClaudeSessionStore(SDKSessionStore):
         """The subpaths of a transcript's subagents."""
         name = self._main(key)
         return await _off_loop(lambda: [unquote(k[len(name) + 1:]) for k in self.store.get_keys(name + "/")])
+
+
+def _check_entry(entry: Any) -> None:
+    """:class:`InvalidMessage` unless ``entry`` is a transcript line the SDK can send:
+    an object with a string ``type``, JSON that reads back equal (string keys, no NaN)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+        raise InvalidMessage(f"a transcript entry is an object with a string 'type', not {entry!r:.200}")
+    try:
+        same = json.loads(json.dumps(entry, allow_nan=False)) == entry
+    except (TypeError, ValueError, RecursionError):
+        same = False
+    if not same:
+        raise InvalidMessage(f"a transcript entry must be JSON (string keys, no NaN, no objects): {entry!r:.200}")
 
 
 def _summary(record: Message) -> SessionSummaryEntry | None:

@@ -129,3 +129,15 @@ def test_a_fork_the_sdk_made_imports_knowing_its_source(tmp_path: Path, monkeypa
         assert meta is not None and meta.forked_from is not None
         assert meta.forked_from[0] == source and meta.forked_from[1] in {m.id for m in store.get_messages(source)}
         assert store.build_context(fork) == store.build_context(source, meta.forked_from[1])
+
+
+@pytest.mark.parametrize("bad", [["not an entry"], [{"uuid": "u"}], [{"type": 3}], [{"type": "x", "v": {1, 2}}],
+                                 [{"type": "x", "v": float("nan")}], [{"type": "x", "k": {1: "int key"}}],
+                                 [{"type": "x", "uuid": "ok"}, {"type": "x", "v": {1, 2}}]])
+def test_a_batch_with_an_entry_that_is_no_transcript_line_is_refused_and_writes_nothing(bad: list[Any]) -> None:
+    store = SessionStore(InMemoryFileSystem())
+    sdk = ClaudeSessionStore(store)
+    with pytest.raises(ss.InvalidMessage):
+        asyncio.run(sdk.append({"project_key": "p", "session_id": "s"}, bad))
+    assert store.get_keys() == {}  # no session, no summary: not even an empty one
+    store.close()
