@@ -157,18 +157,19 @@ class SessionStoreChatStore(BaseChatStore):
 
     def _append(self, sid: str, messages: list[ChatMessage], parent_id: str | None) -> None:
         """Append ``messages`` as a chain from ``parent_id`` (see :func:`_chat_records`)."""
-        _chat_records(self._store, sid, messages, parent_id)
+        _chat_records(self._store, sid, _records(messages), parent_id)
 
     # -- BaseChatStore ------------------------------------------------------------
 
     def set_messages(self, key: str, messages: list[ChatMessage]) -> None:
         """Make ``messages`` the key's whole history: a new root chain (the old one stays
         in the tree), the head moved to its end once written."""
+        records = _records(list(messages))
         sid = self._store.resolve(key)
-        if not messages:
+        if not records:
             self._store.move_head(sid, None)
             return
-        self._append(sid, list(messages), None)
+        _chat_records(self._store, sid, records, None)
 
     def get_messages(self, key: str) -> list[ChatMessage]:
         """The key's messages on its current branch, root first (``[]`` for an unknown key)."""
@@ -178,9 +179,10 @@ class SessionStoreChatStore(BaseChatStore):
         """Append ``message`` after the head; with ``idx``, insert it there: the messages
         from ``idx`` on are written again after it, as a new chain from the message
         before ``idx`` (the old chain stays in the tree)."""
+        record = _records([message])
         sid = self._store.resolve(key)
         if idx is None:
-            self._append(sid, [message], self._store.get_head(sid))
+            _chat_records(self._store, sid, record, self._store.get_head(sid))
             return
         _, path = self._path(key)
         if not isinstance(idx, int) or isinstance(idx, bool):
@@ -276,11 +278,11 @@ class SessionStoreDBChatStore(AsyncDBChatStore):
         at = next((i for i, m in enumerate(path) if branch is not None and m.id == branch.head_id), -1)
         return sid, path, at + 1
 
-    def _rewrite(self, sid: str, keep: list[Message], messages: list[ChatMessage], archived: int) -> None:
-        """Make the current branch ``keep`` (a prefix of it) followed by ``messages``,
-        the first ``archived`` of them all archived."""
+    def _rewrite(self, sid: str, keep: list[Message], records: list[dict[str, Any]], archived: int) -> None:
+        """Make the current branch ``keep`` (a prefix of it) followed by ``records``
+        (see :func:`_records`), the first ``archived`` of them all archived."""
         parent = keep[-1].id if keep else None
-        written = _chat_records(self._store, sid, messages, parent) if messages else []
+        written = _chat_records(self._store, sid, records, parent) if records else []
         head = written[-1].id if written else parent
         if self._store.get_head(sid) != head:
             self._store.move_head(sid, head)
@@ -323,23 +325,25 @@ class SessionStoreDBChatStore(AsyncDBChatStore):
         """Append active messages after the head (all or none, one sync); archived ones
         go after the archived ones, the active ones written again after them."""
         def add() -> None:
-            if not messages:
+            records = _records(list(messages))
+            if not records:
                 return
             sid = self._store.resolve(key)
             _, path, archived = self._read(key)
             if status == MessageStatus.ACTIVE:
-                _chat_records(self._store, sid, list(messages), path[-1].id if path else None)
+                _chat_records(self._store, sid, records, path[-1].id if path else None)
             else:
-                self._rewrite(sid, path[:archived], [*messages, *map(_message_of, path[archived:])],
-                              archived + len(messages))
+                self._rewrite(sid, path[:archived], [*records, *_records([_message_of(m) for m in path[archived:]])],
+                              archived + len(records))
         await _off_loop(add)
 
     async def set_messages(self, key: str, messages: list[ChatMessage],
                            status: MessageStatus = MessageStatus.ACTIVE) -> None:
         """Make ``messages`` (all of ``status``) the key's messages: a new root chain."""
         def put() -> None:
+            records = _records(list(messages))  # refused before the key's session is made
             sid = self._store.resolve(key)
-            self._rewrite(sid, [], list(messages), len(messages) if status == MessageStatus.ARCHIVED else 0)
+            self._rewrite(sid, [], records, len(records) if status == MessageStatus.ARCHIVED else 0)
         await _off_loop(put)
 
     async def delete_message(self, key: str, idx: int) -> ChatMessage | None:
@@ -349,7 +353,7 @@ class SessionStoreDBChatStore(AsyncDBChatStore):
             sid, path, archived = self._read(key)
             if sid is None or not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < len(path):
                 return None
-            self._rewrite(sid, path[:idx], [_message_of(m) for m in path[idx + 1:]],
+            self._rewrite(sid, path[:idx], _records([_message_of(m) for m in path[idx + 1:]]),
                           archived - 1 if idx < archived else archived)
             return _message_of(path[idx])
         return await _off_loop(take)
@@ -365,7 +369,7 @@ class SessionStoreDBChatStore(AsyncDBChatStore):
             elif status == MessageStatus.ACTIVE:
                 self._rewrite(sid, path[:archived], [], archived)
             else:
-                self._rewrite(sid, [], [_message_of(m) for m in path[archived:]], 0)
+                self._rewrite(sid, [], _records([_message_of(m) for m in path[archived:]]), 0)
         await _off_loop(clear)
 
     async def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
@@ -375,7 +379,8 @@ class SessionStoreDBChatStore(AsyncDBChatStore):
             gone = path[archived:archived + max(n, 0)]
             if sid is None or not gone:
                 return []
-            self._rewrite(sid, path[:archived], [_message_of(m) for m in path[archived + len(gone):]], archived)
+            self._rewrite(sid, path[:archived], _records([_message_of(m) for m in path[archived + len(gone):]]),
+                          archived)
             return [_message_of(m) for m in gone]
         return await _off_loop(take)
 
@@ -405,19 +410,26 @@ def _sync_store(store: SessionStore | AsyncSessionStore) -> SessionStore:
     return store
 
 
-def _chat_records(store: SessionStore, sid: str, messages: list[ChatMessage], parent_id: str | None) -> list[Message]:
-    """Append ``messages`` as a chain from ``parent_id`` (all or none, one sync) and
-    move the head to its end unless the chain already advanced it."""
+def _records(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """The records of ``messages`` (role, and the message as ``model_dump`` gives it);
+    :class:`InvalidMessage` for what is not a ChatMessage, before anything is written
+    (a key's session made for refused messages included)."""
     records = []
     for message in messages:
         if not isinstance(message, ChatMessage):
             raise InvalidMessage(f"a chat store holds LlamaIndex ChatMessages, not {type(message).__name__}")
         try:
-            records.append((str(message.role.value), message.model_dump(mode="json")))
+            records.append({"role": str(message.role.value), "content": message.model_dump(mode="json")})
         except (TypeError, ValueError) as e:
             raise InvalidMessage(f"cannot store {message!r:.200}: {e}") from None
-    written = store.append_many(sid, [{"role": role, "content": content} for role, content in records],
-                                parent_id=parent_id)
+    return records
+
+
+def _chat_records(store: SessionStore, sid: str, records: list[dict[str, Any]], parent_id: str | None
+                  ) -> list[Message]:
+    """Append ``records`` (see :func:`_records`) as a chain from ``parent_id`` (all or
+    none, one sync) and move the head to its end unless the chain already advanced it."""
+    written = store.append_many(sid, records, parent_id=parent_id)
     if written and store.get_head(sid) != written[-1].id:
         store.move_head(sid, written[-1].id)
     return written

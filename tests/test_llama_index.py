@@ -4,7 +4,7 @@ deletions that lose nothing, ChatMemoryBuffer and a chat engine over MockLLM."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -273,3 +273,19 @@ def test_the_db_chat_store_s_operations_follow_llama_index_s_sql_store(mem: Sess
         assert await chat.count_messages("k", status=None) == 0
 
     asyncio.run(run())
+
+
+def test_refused_messages_make_no_session_for_their_key(mem: SessionStore) -> None:
+    from llama_index.core.storage.chat_store.base_db import MessageStatus
+
+    chat, memory_store = SessionStoreChatStore(mem), SessionStoreDBChatStore(mem)
+    bad: list[Any] = [ChatMessage(role="user", content="fine"), "no"]
+    writes: list[Callable[[], object]] = [
+        lambda: chat.set_messages("a", bad), lambda: chat.add_message("b", bad[1]),
+        lambda: asyncio.run(memory_store.add_messages("c", bad)),
+        lambda: asyncio.run(memory_store.add_messages("d", bad, status=MessageStatus.ARCHIVED)),
+        lambda: asyncio.run(memory_store.set_messages("e", bad))]
+    for write in writes:
+        with pytest.raises(InvalidMessage):
+            write()
+    assert mem.get_all_session_ids() == []
