@@ -43,6 +43,7 @@ MODULES = [
     "records",
     "validation",
     "log_format",
+    "searching",
     "storage",
     "file_systems",
     "tuning",

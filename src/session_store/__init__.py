@@ -71,6 +71,10 @@ __all__ = [
     "ResetResult",
     "KEEP_STRATEGIES",
     "default_token_counter",
+    # search
+    "message_text",
+    "search_words",
+    "record_words",
     # contexts
     "ContextReader",
     "register_context_reader",
@@ -109,6 +113,7 @@ from .errors import (
 from .file_systems import FileSystem, InMemoryFileSystem, RealFileSystem
 from .jsonl_storage import JsonlStorage
 from .records import FORMAT_VERSION, Branch, CheckReport, Event, LockInfo, LockResult, Message, Problem, SessionMetadata
+from .searching import message_text, record_words, search_words
 from .storage import IndexEntry, Position, Records, Storage
 from .store import SessionStore
 from .tuning import tune_process

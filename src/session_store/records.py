@@ -115,7 +115,10 @@ class Branch:
 class SessionMetadata:
     """What the index knows of a session (read without loading its messages). Times
     are ms since the epoch; ``forked_from`` is ``(session id, message id)`` for a
-    session made by :meth:`SessionStore.fork_session`."""
+    session made by :meth:`SessionStore.fork_session`. ``title``: the title set with
+    :meth:`SessionStore.set_title`, else the first user message's text cut to one
+    short line (``None`` before there is one); ``preview``: that first user
+    message's text as one line of at most 200 characters."""
 
     session_id: str
     key: str
@@ -126,6 +129,8 @@ class SessionMetadata:
     last_reset_at: int | None = None
     forked_from: tuple[str, str | None] | None = None
     branch_count: int = 1
+    title: str | None = None
+    preview: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -239,6 +239,37 @@ class Storage(ABC):
         still deletes unleased sessions.
         """
 
+    # -- finding sessions ------------------------------------------------------------
+
+    def find_sessions(self, key_prefix: str) -> list[IndexEntry]:
+        """Every live session whose key starts with ``key_prefix`` (``""``: every
+        one), in any order, without loading a session. By default
+        :meth:`list_sessions` filtered, O(sessions); a storage whose key index is
+        ordered answers in O(matches)."""
+        return [e for e in self.list_sessions() if e.key.startswith(key_prefix)]
+
+    def session_bytes(self, session_id: str) -> int | None:
+        """About what deleting the session frees: the bytes its records take;
+        ``None`` (the default) when the storage cannot tell cheaply."""
+        return None
+
+    def search_messages(self, words: Sequence[str], key_prefix: str, limit: int,
+                        offset: int) -> list[tuple[str, str]] | None:
+        """Messages whose :func:`record_words` hold every one of ``words`` (each a
+        lowercase word of :func:`search_words`), in live sessions whose key starts
+        with ``key_prefix``: ``(session id, message id)`` pairs, best first, the
+        first ``offset`` skipped, at most ``limit``. ``None`` (the default): this
+        storage keeps no search index, and the store reads the sessions instead.
+
+        A storage that keeps one indexes :func:`record_words` of every message record
+        in the same atomic step that writes the record (an append, a creation with
+        records, a repair's rewrite), and drops a session's entries with it. It may
+        return a pair that no longer matches (the store checks each one against the
+        message); it must not miss one that does. ``words`` are data, never the
+        engine's query syntax.
+        """
+        return None
+
     # -- a session's records -------------------------------------------------------
 
     @abstractmethod
