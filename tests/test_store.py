@@ -60,7 +60,7 @@ def test_metadata_counts_and_times(store: SessionStore, clock: FakeClock) -> Non
     store.append(sid, role="user", content="a")
     meta = store.get_metadata(sid)
     assert meta == ss.SessionMetadata(session_id=sid, key="k", created_at=created,
-                                      updated_at=created + 5000, message_count=1)
+                                      updated_at=created + 5000, message_count=1, title="a", preview="a")
     assert store.get_metadata("no-such-session") is None
 
 

@@ -54,6 +54,7 @@ MODULES = [
     "session_cache",
     "leases",
     "store",
+    "catalog",
     "async_store",
     "command_line",
 ]

@@ -51,6 +51,8 @@ __all__ = [
     "Message",
     "Branch",
     "SessionMetadata",
+    "SearchHit",
+    "PruneReport",
     "Event",
     "LockResult",
     "LockInfo",
@@ -92,6 +94,7 @@ __all__ = [
 
 from .async_store import AsyncSessionStore
 from .auto_reset import KEEP_STRATEGIES, AutoResetConfig, AutoResetManager, ResetResult, default_token_counter
+from .catalog import SessionStore
 from .command_line import draw_tree, main
 from .contexts import ContextReader, read_turns, register_context_reader
 from .errors import (
@@ -112,9 +115,20 @@ from .errors import (
 )
 from .file_systems import FileSystem, InMemoryFileSystem, RealFileSystem
 from .jsonl_storage import JsonlStorage
-from .records import FORMAT_VERSION, Branch, CheckReport, Event, LockInfo, LockResult, Message, Problem, SessionMetadata
+from .records import (
+    FORMAT_VERSION,
+    Branch,
+    CheckReport,
+    Event,
+    LockInfo,
+    LockResult,
+    Message,
+    Problem,
+    PruneReport,
+    SearchHit,
+    SessionMetadata,
+)
 from .searching import message_text, record_words, search_words
 from .storage import IndexEntry, Position, Records, Storage
-from .store import SessionStore
 from .tuning import tune_process
 from .validation import MAX_NESTING

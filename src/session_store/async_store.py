@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
 import functools
 import inspect
+import os
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 if TYPE_CHECKING:
@@ -16,12 +18,23 @@ if TYPE_CHECKING:
     import concurrent.futures
 
 from .auto_reset import ResetResult
+from .catalog import SessionStore
 from .errors import _T, InvalidInput, LockTimeout, SessionNotFound, SessionStoreError, StoreClosed
 from .file_systems import FileSystem
 from .leases import _POLL_BEHIND, _holding, _LeaseWait
-from .records import _HEAD, Branch, CheckReport, Event, LockInfo, LockResult, Message, SessionMetadata
+from .records import (
+    _HEAD,
+    Branch,
+    CheckReport,
+    Event,
+    LockInfo,
+    LockResult,
+    Message,
+    PruneReport,
+    SearchHit,
+    SessionMetadata,
+)
 from .storage import Storage
-from .store import SessionStore
 from .validation import _check_name, _check_timeout
 
 #
@@ -147,6 +160,37 @@ class AsyncSessionStore:
         """See :meth:`SessionStore.get_keys`."""
         return await self._run(self._store.get_keys, prefix)
 
+    async def list_sessions(self, *, key_prefix: str | None = None, limit: int | None = None,
+                            offset: int = 0) -> list[SessionMetadata]:
+        """See :meth:`SessionStore.list_sessions`."""
+        return await self._run(self._store.list_sessions, key_prefix=key_prefix, limit=limit, offset=offset)
+
+    async def set_title(self, session_id: str, title: str | None, *, owner_id: str | None = None,
+                        fencing_token: int | None = None) -> None:
+        """See :meth:`SessionStore.set_title`."""
+        await self._run(self._store.set_title, session_id, title, owner_id=owner_id, fencing_token=fencing_token)
+
+    async def search(self, query: str, *, key_prefix: str | None = None, limit: int = 20,
+                     include_archived: bool = True) -> list[SearchHit]:
+        """See :meth:`SessionStore.search`."""
+        return await self._run(self._store.search, query, key_prefix=key_prefix, limit=limit,
+                               include_archived=include_archived)
+
+    async def prune(self, *, older_than: datetime.timedelta | float, key_prefix: str | None = None,
+                    now: datetime.datetime | float | None = None, dry_run: bool = False,
+                    archive_to: str | os.PathLike[str] | None = None) -> PruneReport:
+        """See :meth:`SessionStore.prune`."""
+        return await self._run(self._store.prune, older_than=older_than, key_prefix=key_prefix, now=now,
+                               dry_run=dry_run, archive_to=archive_to)
+
+    async def export_session(self, session_id: str) -> list[str]:
+        """See :meth:`SessionStore.export_session`."""
+        return await self._run(self._store.export_session, session_id)
+
+    async def restore_session(self, lines: Iterable[str], *, key: str | None = None) -> str:
+        """See :meth:`SessionStore.restore_session`."""
+        return await self._run(self._store.restore_session, list(lines), key=key)
+
     async def has_key(self, key: str) -> bool:
         """See :meth:`SessionStore.has_key`."""
         return await self._run(self._store.has_key, key)
@@ -175,10 +219,11 @@ class AsyncSessionStore:
                                fencing_token=fencing_token)
 
     async def import_session(self, key: str, messages: list[Message], *, branches: list[Branch] | None = None,
-                             current: str = "main", forked_from: tuple[str, str | None] | None = None) -> str:
+                             current: str = "main", forked_from: tuple[str, str | None] | None = None,
+                             title: str | None = None) -> str:
         """See :meth:`SessionStore.import_session`."""
         return await self._run(self._store.import_session, key, messages, branches=branches, current=current,
-                               forked_from=forked_from)
+                               forked_from=forked_from, title=title)
 
     async def import_messages(self, session_id: str, messages: Sequence[Message], *,
                               branches: Sequence[Branch] = (), owner_id: str | None = None,

@@ -200,7 +200,8 @@ class AutoResetManager:
     def reset(self, segment: list[Message], reason: str, now_ms: int, *, reserve: int = 0, reserve_tokens: int = 0,
               new_id: Callable[[], str] | None = None) -> ResetResult:
         """Reset unconditionally, exactly as a store writes it: the marker (if
-        configured; a new root), then a copy of each kept message chained after it
+        configured; a new root, naming the segment's last message as
+        ``archived_head``), then a copy of each kept message chained after it
         (a new id, ``reset_from`` = the original's id, the time ``now_ms``). ``reserve``
         / ``reserve_tokens``: room kept for a message about to be appended."""
         kept = self.keep(segment, reserve=reserve, reserve_tokens=reserve_tokens)
@@ -209,6 +210,9 @@ class AutoResetManager:
         parent: str | None = None
         if self.config.insert_reset_marker:
             marker = dataclasses.replace(self.marker(reason, now_ms), id=new_id())
+            if segment:  # the head it moves away from: where the history it archives ends
+                marker = dataclasses.replace(marker, fields=_FrozenDict({**marker.fields,
+                                                                         "archived_head": segment[-1].id}))
             written.append(marker)
             parent = marker.id
         for original in kept:

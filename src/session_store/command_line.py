@@ -16,19 +16,19 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     import argparse
 
+from .catalog import SessionStore
 from .contexts import _CONTEXT_FORMATS, _RECOGNIZERS, _read_content, read_turns
-from .errors import SessionStoreError, _log
+from .errors import InvalidInput, SessionStoreError, _log
 from .file_systems import RealFileSystem
 from .jsonl_storage import JsonlStorage
-from .log_format import _dumps, _encode_line, _message_from_record
-from .records import FORMAT_VERSION, Branch, Message
-from .store import SessionStore
+from .log_format import _dumps, _encode_line
+from .records import Message
 
 
 def _shown(content: Any) -> str:
@@ -318,52 +318,19 @@ def _detect_format(path: str) -> str:
     return str(found)
 
 
-def _export_lines(store: SessionStore, sid: str) -> Iterator[str]:
-    """The native export: a session line, one line per message (append order), one per branch."""
-    meta = store.get_metadata(sid)
-    assert meta is not None
-    yield _dumps({"session": {"version": FORMAT_VERSION, "sessionId": sid, "key": meta.key,
-                              "createdAt": meta.created_at, "current": store.get_current_branch(sid)}})
-    for m in store.get_messages(sid):
-        yield _dumps({"message": m.to_record()})
-    for b in store.get_branches(sid):
-        yield _dumps({"branch": {"name": b.name, "headId": b.head_id, "createdAt": b.created_at,
-                                 "updatedAt": b.updated_at}})
-
-
 def _import_file(store: SessionStore, path: str, key: str | None, out: _Output) -> str:
     try:
         with open(path, encoding="utf-8") as f:
             raw = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise _UsageError(f"cannot read {path}: {e}") from None
-    header: dict[str, Any] | None = None
-    messages: list[Message] = []
-    branches: list[Branch] = []
-    for n, text in enumerate(raw, 1):
-        if not text.strip():
-            continue
-        try:
-            line = json.loads(text)
-            if "session" in line:
-                header = line["session"]
-            elif "message" in line:
-                messages.append(_message_from_record(line["message"]))
-            elif "branch" in line:
-                b = line["branch"]
-                branches.append(Branch(name=b["name"], head_id=b["headId"], created_at=int(b["createdAt"]),
-                                       updated_at=int(b["updatedAt"])))
-            else:
-                raise ValueError("not a session, message or branch line")
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise _UsageError(f"{path}:{n}: not a session-store export line ({e})") from None
-        out.progress(n, len(raw), "reading")
-    if header is None:
-        raise _UsageError(f"{path}: no session line (is it a session-store export?)")
-    target = key if key is not None else header.get("key")
-    if not isinstance(target, str):
-        raise _UsageError(f"{path}: the session line has no key; give --key")
-    return store.import_session(target, messages, branches=branches, current=str(header.get("current", "main")))
+    out.progress(len(raw), len(raw), "reading")
+    try:
+        return store.restore_session(raw, key=key)
+    except InvalidInput as e:
+        if type(e) is not InvalidInput:
+            raise
+        raise _UsageError(f"{path}: {e}") from None
 
 
 def _message_size(m: Message) -> int:
@@ -518,7 +485,7 @@ def _run(args: Any, out: _Output) -> int:
                     return 0
                 lines = [_dumps(line) for line in transcripts.pi_lines(store, sid)]
             else:
-                lines = list(_export_lines(store, sid))
+                lines = store.export_session(sid)
             if args.output:
                 with open(args.output, "w", encoding="utf-8") as f:
                     f.write("\n".join(lines) + "\n")

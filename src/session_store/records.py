@@ -134,6 +134,51 @@ class SessionMetadata:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SearchHit:
+    """A message that :meth:`SessionStore.search` found.
+
+    ``snippet``: one line of its text around the first word found (plain text: escape
+    it before putting it in markup). ``place`` says where it stands in its session:
+    ``"current"`` (on the current branch's path after its last reset: what
+    :meth:`SessionStore.build_context` sends), ``"archived"`` (on that path, before a
+    reset: history kept, no longer sent) or ``"branch"`` (elsewhere in the tree:
+    another branch, an edited or regenerated turn). ``title``: the session's title
+    (see :class:`SessionMetadata`)."""
+
+    session_id: str
+    key: str
+    message_id: str
+    role: str
+    snippet: str
+    place: str
+    timestamp: int
+    title: str | None = None
+
+    @property
+    def archived(self) -> bool:
+        """Whether the message is history a reset archived."""
+        return self.place == "archived"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PruneReport:
+    """What :meth:`SessionStore.prune` did, or (``dry_run``) would do.
+
+    ``deleted``: the sessions deleted (a dry run: that a run would delete now);
+    ``kept_leased``: old enough, kept because a lease on them is held;
+    ``kept_written``: old enough when listed, kept because they were written before
+    they could be deleted; ``archived``: the files written (``archive_to``), one per
+    deleted session; ``bytes_freed``: about the bytes their records took."""
+
+    deleted: tuple[str, ...] = ()
+    kept_leased: tuple[str, ...] = ()
+    kept_written: tuple[str, ...] = ()
+    archived: tuple[str, ...] = ()
+    bytes_freed: int = 0
+    dry_run: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """A change notification passed to :meth:`SessionStore.subscribe` callbacks.
 

@@ -63,7 +63,10 @@ def _valid_tally(tally: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 0
     return (isinstance(tally, dict) and whole(tally.get("messages")) and whole(tally.get("updatedAt"))
             and whole(tally.get("resets")) and whole(tally.get("branches", 1))
-            and (tally.get("lastResetAt") is None or whole(tally.get("lastResetAt"))))
+            and (tally.get("lastResetAt") is None or whole(tally.get("lastResetAt")))
+            # Saved before titles existed: counted again once, for its title and preview.
+            and "preview" in tally and all(tally.get(k) is None or isinstance(tally[k], str)
+                                           for k in ("title", "preview")))
 
 
 class _SessionCache:

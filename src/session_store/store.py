@@ -1,4 +1,4 @@
-"""The store: :class:`SessionStore`, the public API over a :class:`Storage`.
+"""The store's core: sessions, messages and branches over a :class:`Storage`.
 
 It validates every call, keeps a bounded cache of session trees, writes through the
 storage's exclusive ``writing`` scope, enforces leases with fencing tokens, performs
@@ -12,7 +12,7 @@ import functools
 import json
 import sys
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
 
 from .auto_reset import AutoResetConfig, AutoResetManager, ResetResult, _current_segment
@@ -63,63 +63,15 @@ from .records import (
     Problem,
     SessionMetadata,
 )
+from .searching import _derived_title
 from .session_cache import _valid_tally
 from .storage import IndexEntry
 from .tree import _KEPT, _advances, _newest_first, _Session, _tally_records
-from .validation import _check_import_branch, _check_key, _check_name, _is_name
+from .validation import _check_import_branch, _check_key, _check_name, _check_title, _is_name
 
 
-class SessionStore(_LeasedStore):
-    """Sessions of message trees with branches, an index by key, and leases.
-
-    ``SessionStore(storage=None, *, storage_dir=None, lock_timeout_ms=30000,
-    auto_reset=None, durable=True, clock=None, require_lock=False,
-    cache_bytes=64 MiB, cache_sessions=4096)``
-
-    - ``storage``: a :class:`Storage` (e.g. ``session_store_sqlite.SqliteStorage``),
-      or a :class:`FileSystem` to keep :class:`JsonlStorage` files on
-      (:class:`RealFileSystem` by default, :class:`InMemoryFileSystem` for tests).
-      ``storage_dir`` (default ``"./sessions"``) is the JSONL storage's directory.
-      Two stores on the same storage see each other's writes (reads notice that a
-      session grew and load only what is new). A :class:`Storage` object serves one
-      store at a time.
-    - ``durable``: ``append`` returns only once its record is on disk (fsync'd, or
-      committed by a backend's durable commit), and so does every creation,
-      deletion and new lease. ``False`` skips that (a machine crash may lose the last
-      records; a process crash loses nothing the OS accepted).
-    - ``lock_timeout_ms``: the lease length of :meth:`acquire_lock`.
-    - ``auto_reset``: an :class:`AutoResetConfig`; appends onto the current head that
-      would take the segment over a limit reset it first (see "Auto-reset").
-    - ``clock``: a ``time.time``-like callable (seconds) for every timestamp and lease.
-    - ``require_lock``: refuse an ``append`` naming no owner while another owner
-      holds the session's lease (by default such appends are advisory, as in the seed).
-    - ``cache_bytes``, ``cache_sessions``: the memory budget. Sessions are loaded on
-      first use and kept in a least-recently-used cache of at most this many bytes
-      of records (as stored, plus 300 bytes per message of a kept context: see
-      :meth:`build_context`) and this many sessions; sessions being read or written,
-      or whose lease this store holds, are never evicted (nor the one used last).
-      A cached message takes about 1.5 times its record's bytes of memory for chat
-      turns of a few hundred characters (the record's text plus ~300 bytes: the
-      :class:`Message`, its id, time and place in the tree); a long session is
-      decoded a few MiB at a time, so loading it needs little more.
-      ``close()`` releases everything (with :func:`tune_process`, after a large cache
-      on glibc, it also has the C allocator give the freed memory back). Opening a
-      store loads nothing: the key index is read one key at a time.
-    - ``index_save_delay_ms``: accepted for compatibility and ignored (the key index
-      has had no checkpoint to save since format 2).
-
-    Safe to share between threads, and usable across ``fork()``: a child process
-    reopens what must be its own (descriptors, locks, connections) and never uses
-    or releases what the parent holds. Methods open the store on first use;
-    :meth:`init` does it explicitly. Use it as a context manager, or call :meth:`close`.
-    """
-
-    def __enter__(self) -> SessionStore:
-        self.init()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+class _StoreBase(_LeasedStore):
+    """The sessions, their messages and branches (see :class:`SessionStore`)."""
 
     # -- sessions -----------------------------------------------------------------
 
@@ -210,7 +162,7 @@ class SessionStore(_LeasedStore):
             if info is None:
                 return None
             fresh: dict[str, Any] = {"messages": 0, "updatedAt": info.created_at, "resets": 0, "lastResetAt": None,
-                                     "branches": 1}
+                                     "branches": 1, "title": None, "preview": None}
             saved = self._storage.read_tally(session_id)
             position, tally = (0, 0), dict(fresh)
             if saved is not None and _valid_tally(saved[1]):
@@ -228,7 +180,8 @@ class SessionStore(_LeasedStore):
         return SessionMetadata(session_id=session_id, key=info.key, created_at=info.created_at,
                                updated_at=tally["updatedAt"], message_count=tally["messages"],
                                reset_count=tally["resets"], last_reset_at=tally["lastResetAt"],
-                               forked_from=info.forked_from, branch_count=tally.get("branches", 1))
+                               forked_from=info.forked_from, branch_count=tally.get("branches", 1),
+                               title=tally["title"] or _derived_title(tally["preview"]), preview=tally["preview"])
 
     def delete_session(self, session_id: str, *, owner_id: str | None = None,
                        fencing_token: int | None = None) -> None:
@@ -244,10 +197,17 @@ class SessionStore(_LeasedStore):
         :meth:`lock`/:meth:`with_lock` both are implied.
         """
         fence = self._fence(session_id, owner_id, fencing_token)
+        self._delete(session_id, None if fence is None else functools.partial(self._check_lease, owner_id=fence[0],
+                                                                                token=fence[1]))
+
+    def _delete(self, session_id: str, check: Callable[[_Session], None] | None) -> None:
+        """Delete the session (the one path of every deletion): ``check(state)``, when
+        given, runs in the storage's exclusive section before anything is deleted,
+        and nothing is deleted when it raises."""
         state = self._state(session_id)
         extra: dict[str, Any] = {}
-        if fence is not None:  # given only when needed: a storage written before `check` still deletes
-            extra["check"] = functools.partial(self._check_lease, state, *fence)
+        if check is not None:  # given only when needed: a storage written before `check` still deletes
+            extra["check"] = functools.partial(check, state)
         with _storage_errors(f"delete session {session_id!r}"):
             with state.lock:
                 try:
@@ -574,11 +534,13 @@ class SessionStore(_LeasedStore):
     # -- imports ---------------------------------------------------------------------
 
     def import_session(self, key: str, messages: list[Message], *, branches: list[Branch] | None = None,
-                       current: str = "main", forked_from: tuple[str, str | None] | None = None) -> str:
+                       current: str = "main", forked_from: tuple[str, str | None] | None = None,
+                       title: str | None = None) -> str:
         """Create a session for ``key`` holding ``messages`` exactly as given (ids,
         parents, timestamps, fields), with ``branches`` and the ``current`` one.
         ``forked_from``: ``(session id, message id)`` of the session and message it
         was forked from, kept as :meth:`fork_session` keeps it (in its metadata).
+        ``title``: its title, as :meth:`set_title` sets one.
 
         Every parent must precede its children and ids must be unique; branch heads
         must name given messages. All of it is checked before anything is written
@@ -606,6 +568,7 @@ class SessionStore(_LeasedStore):
                 isinstance(forked_from, tuple) and len(forked_from) == 2 and _is_name(forked_from[0])
                 and (forked_from[1] is None or _is_name(forked_from[1]))):
             raise InvalidInput(f"forked_from must be a (session id, message id or None) pair, not {forked_from!r}")
+        _check_title(title)
         self._ready()
         now, seq = self._now_ms(), len(lines)
         events: list[bytes] = []
@@ -618,6 +581,8 @@ class SessionStore(_LeasedStore):
                                             "at": b.updated_at, "seq": seq}))
         if current != "main":
             events.append(_encode_line({"op": "switch", "name": current, "at": now, "seq": seq}))
+        if title is not None:
+            events.append(_encode_line({"op": "title", "name": current, "title": title, "at": now, "seq": seq}))
         new = str(uuid.uuid4())
         with _storage_errors(f"import a session for key {key[:80]!r}"):
             existing = self._storage.lookup(key)

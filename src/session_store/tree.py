@@ -19,6 +19,7 @@ from .auto_reset import AutoResetConfig
 from .errors import MessageNotFound
 from .log_format import _legacy_branch_event, _message_from_record, _new_message, _placeholder_of, _report
 from .records import Branch, Message, Problem, SessionMetadata
+from .searching import _derived_title, _preview
 from .storage import Position, Records
 from .validation import _is_name
 
@@ -77,6 +78,7 @@ class _Session:
         "roots",
         "segments",
         "session_id",
+        "title",
         "untallied",
         "updated_at",
     )
@@ -127,6 +129,7 @@ class _Session:
         self.reset_count = 0
         self.last_reset_at: int | None = None
         self.record_count = 0  # message records applied or skipped: what an event's "seq" counts
+        self.title: str | None = None  # as set by SessionStore.set_title (a "title" event)
         self.nbytes = 0  # bytes of the records read (the cache's measure of this session)
         self.context_cache: Any = None
 
@@ -224,7 +227,10 @@ class _Session:
                                          reason=f"branch {name!r} names unknown message {head!r}"))
             return
         to = ev.get("to")
-        if op == "create" and name not in self.branches:
+        if op == "title":
+            title = ev.get("title")
+            self.title = title if isinstance(title, str) else None
+        elif op == "create" and name not in self.branches:
             self.branches[name] = _BranchState(name, head, at)
         elif op == "switch" and name in self.branches:
             self.current = name
@@ -375,16 +381,28 @@ class _Session:
         loading the session (see :meth:`SessionStore.get_linear_history`)."""
         tally: dict[str, Any] = {"messages": self.record_count, "updatedAt": self.updated_at,
                                  "resets": self.reset_count, "lastResetAt": self.last_reset_at,
-                                 "branches": len(self.branches)}
+                                 "branches": len(self.branches), "title": self.title, "preview": self.preview()}
         if not self.problems and not self.pending_events and not self.detached:
             tally["head"] = self.head()
         return tally
 
     def metadata(self) -> SessionMetadata:
+        preview = self.preview()
         return SessionMetadata(session_id=self.session_id, key=self.key, created_at=self.created_at,
                                updated_at=self.updated_at, message_count=self.record_count,
                                reset_count=self.reset_count, last_reset_at=self.last_reset_at,
-                               forked_from=self.forked_from, branch_count=len(self.branches))
+                               forked_from=self.forked_from, branch_count=len(self.branches),
+                               title=self.title or _derived_title(preview), preview=preview)
+
+    def preview(self) -> str | None:
+        """The first user message's text as one line (see :func:`_preview`): the
+        first message with role ``user`` that has text, in record order."""
+        for m in self.by_id.values():
+            if m.role == "user":
+                found = _preview(m.content)
+                if found is not None:
+                    return found
+        return None
 
 
 def _near(one: str, other: str) -> bool:
@@ -435,7 +453,7 @@ def _add_child(children: dict[str, str | list[str]], parent: str, child: str) ->
 
 _NONE_DETACHED: frozenset[str] = frozenset()  # a session's detached roots until it has one
 _KEPT = "kept as a root"  # the end of the reason of a record whose parent is missing: repair keeps it
-_EVENT_OPS = frozenset({"create", "switch", "move", "delete", "rename"})
+_EVENT_OPS = frozenset({"create", "switch", "move", "delete", "rename", "title"})
 
 
 def _tally_records(tally: dict[str, Any], messages: Iterable[tuple[int, dict[str, Any]]],
@@ -453,6 +471,8 @@ def _tally_records(tally: dict[str, Any], messages: Iterable[tuple[int, dict[str
         if (isinstance(mid, str) and mid and (parent is None or isinstance(parent, str)) and isinstance(role, str)
                 and isinstance(ts, int) and not isinstance(ts, bool)):
             updated = max(updated, ts)
+            if role == "user" and tally.get("preview") is None:
+                tally["preview"] = _preview(rec.get("content"))
             if (kind if isinstance(kind, str) else role) == "reset":
                 tally["resets"] += 1
                 tally["lastResetAt"] = ts
@@ -464,5 +484,8 @@ def _tally_records(tally: dict[str, Any], messages: Iterable[tuple[int, dict[str
         if isinstance(at, int) and not isinstance(at, bool) and at > updated:
             updated = at
         op = rec.get("op")
+        if op == "title":
+            title = rec.get("title")
+            tally["title"] = title if isinstance(title, str) else None
         tally["branches"] = tally.get("branches", 1) + (op == "create") - (op == "delete")
     tally["messages"], tally["updatedAt"] = count, updated

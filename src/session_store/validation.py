@@ -120,3 +120,26 @@ def _check_time(what: str, value: object) -> int:
         raise InvalidInput(f"{what} must be an integer of ms between 0 and {_MAX_TIME_MS} (year 9999), "
                            f"not {value!r}")
     return value
+
+
+_MAX_TITLE_CHARS = 200
+
+
+def _check_title(title: object) -> str | None:
+    """A session title: ``None`` (none set), or one line of 1 to 200 characters
+    that is not only blanks, without control characters. Kept verbatim: data, never
+    markup."""
+    if title is None:
+        return None
+    if not isinstance(title, str):
+        raise InvalidInput(f"a title must be a string or None, not {type(title).__name__}")
+    if not title.strip() or len(title) > _MAX_TITLE_CHARS:
+        raise InvalidInput(f"a title must have 1 to {_MAX_TITLE_CHARS} characters, not only blanks "
+                           f"(got {len(title)})")
+    if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in title):
+        raise InvalidInput("a title is one line: no control characters or line breaks")
+    try:
+        title.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("a title is not valid unicode (lone surrogate)") from None
+    return title
