@@ -478,7 +478,9 @@ class Event:
     ``"branch.created"``, ``"branch.switched"``, ``"branch.moved"`` and
     ``"branch.deleted"`` (:class:`Branch`), ``"branch.renamed"`` (``(old name,
     Branch)``), ``"session.reset"`` (:class:`ResetResult`; its marker and kept copies
-    then come as ``message.added`` too), ``"session.deleted"`` (the session id).
+    then come as ``message.added`` too), ``"session.titled"`` (the title, or
+    ``None``), ``"session.deleted"`` (the session id; also for each session
+    :meth:`SessionStore.prune` deletes).
     """
 
     type: str
@@ -7215,12 +7217,14 @@ class _StoreBase(_LeasedStore):
 
     def get_keys(self, prefix: str = "") -> dict[str, str]:
         """Key -> session id of every session whose key starts with ``prefix``, oldest
-        first. Reads the whole index (never a session's records): O(sessions)."""
+        first. Reads the key index (never a session's records): O(matches) where the
+        storage's index is ordered (see :meth:`Storage.find_sessions`)."""
         if not isinstance(prefix, str):
             raise InvalidKey(f"a key prefix must be a string, not {type(prefix).__name__}")
         self._ready()
         with _storage_errors("list the sessions"):
-            return {e.key: e.session_id for e in self._storage.list_sessions() if e.key.startswith(prefix)}
+            found = sorted(self._storage.find_sessions(prefix), key=lambda e: (e.created_at, e.session_id))
+        return {e.key: e.session_id for e in found if e.key.startswith(prefix)}
 
     def get_metadata(self, session_id: str) -> SessionMetadata | None:
         """The session's metadata, or ``None`` for an unknown id.

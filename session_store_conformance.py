@@ -254,6 +254,7 @@ class _ModelSession:
     lease: _Lease = field(default_factory=_Lease)
     updated_at: int = 0
     forked_from: tuple[str, str | None] | None = None
+    title: str | None = None
 
     def __post_init__(self) -> None:
         self.branches = self.branches or {"main": _ModelBranch(None, self.created_at, self.created_at)}
@@ -291,6 +292,37 @@ class _ModelSession:
     def event(self, at: int) -> None:
         self.updated_at = max(self.updated_at, at)
 
+    def preview(self) -> str | None:
+        """The first user message's text, as one line (the kit's texts are short)."""
+        for m in self.messages:
+            line = " ".join(ss.message_text(m.content).split())
+            if m.role == "user" and line:
+                return line
+        return None
+
+    def last_write(self) -> int:
+        return max(self.updated_at, self.created_at)
+
+    def places(self) -> dict[str, str]:
+        """Where search says each message stands: on the current path after its last
+        reset, in history a reset archived (the paths resets moved the head away
+        from, as markers and kept copies name them), or elsewhere."""
+        by_id = self.by_id()
+        path = self.path(self.head())
+        current = {m.id for m in self.segment()}
+        archived: set[str] = set()
+        todo = [path]
+        while todo:
+            for m in todo.pop():
+                if m.id not in current:
+                    archived.add(m.id)
+                for name in ("archived_head", "reset_from"):
+                    before = m.fields.get(name)
+                    if isinstance(before, str) and before in by_id and before not in archived | current:
+                        todo.append(self.path(before))
+        return {m.id: "current" if m.id in current else "archived" if m.id in archived else "branch"
+                for m in self.messages}
+
 
 def _json(value: Any) -> Any:
     """What the store keeps of a value: its JSON round trip."""
@@ -302,6 +334,12 @@ _branch_names = st.sampled_from(["alt", "feature/x", "ветка", "..", "main"]
 _owners = st.sampled_from(["worker-1", "worker-2", "worker-3"])
 _contents = st.one_of(st.text(max_size=20), st.just([{"type": "text", "text": "block"}]), st.none(),
                       st.just({"nested": {"list": [1, 2.5, None, True, "x"]}}))
+_titles = st.sampled_from([None, "Trip to Paris", "<b>bold</b> & \"quoted\"", "ключ 🙂", " x ", "t" * 200])
+_prefixes = st.sampled_from(["", "user:", "user:alice", "import-", "fork:", "../", "k", "nobody"])
+# Queries: words found in the contents below, and the operators of FTS5, tsquery and LIKE, which are plain words.
+_queries = st.sampled_from(["block", "imported", "imported 1", "IMPORTED", "c0", "x", "a", "0",
+                            '"block"', "block OR imported", "NOT block", "block*", "NEAR(block imported)",
+                            "-block", "block:x", "b%", "_", "(", "'", "\\", "^block", "imported & 2 | !1"])
 _fields = st.sampled_from([{}, {"metadata": {"n": 1}}, {"tool_call_id": "call_1"},
                            {"tool_calls": [{"id": "c", "type": "function", "function": {"name": "f",
                                                                                         "arguments": "{}"}}]}])
@@ -318,6 +356,9 @@ _CALLS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "delete_branch": {"name": _branch_names}, "rename_branch": {"old": _branch_names, "new": _branch_names},
     "acquire": {"owner": _owners}, "release": {"owner": _owners},
     "lock_block": {"owner": _owners, "thief": _owners, "stall": st.booleans()},
+    "set_title": {"title": _titles},
+    "prune": {"age": st.sampled_from([0, 1]), "prefix": _prefixes, "dry_run": st.just(False),
+              "archive": st.booleans()},
 }
 
 
@@ -445,6 +486,98 @@ class StoreMachine(RuleBasedStateMachine):
         f = self.model[new] = _ModelSession(f"fork:{new}", self.now(), forked_from=(sid, leaf))
         f.messages = m.path(leaf)
         f.branches["main"] = _ModelBranch(leaf, f.created_at, self.now())
+
+    # -- titles, listing, search, retention ---------------------------------------------
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), title=_titles)
+    def set_title(self, data: st.DataObject, title: str | None) -> None:
+        sid, m = self.session(data)
+        self.handle(data).set_title(sid, title)
+        m.title = title
+        m.event(self.now())
+
+    @rule(data=st.data(), prefix=_prefixes, limit=st.sampled_from([None, 1, 2, 50]), offset=st.integers(0, 2))
+    def list_sessions(self, data: st.DataObject, prefix: str, limit: int | None, offset: int) -> None:
+        found = self.handle(data).list_sessions(key_prefix=prefix, limit=limit, offset=offset)
+        expected = sorted(((m.last_write(), m.created_at, sid) for sid, m in self.model.items()
+                           if m.key.startswith(prefix)), reverse=True)
+        expected = expected[offset:None if limit is None else offset + limit]
+        assert [x.session_id for x in found] == [sid for _, _, sid in expected]  # newest first, paged
+        for meta in found:
+            assert meta == self.metadata(meta.session_id)
+
+    @rule(data=st.data(), query=_queries, prefix=_prefixes, archived=st.booleans())
+    def search(self, data: st.DataObject, query: str, prefix: str, archived: bool) -> None:
+        """Every message holding every word of the query, whatever branch it is on;
+        the query's operators are words; the prefix applies before the limit."""
+        store = self.handle(data)
+        words = set(ss.search_words(query))
+        expected: dict[tuple[str, str], str] = {}
+        for sid, m in self.model.items():
+            if not m.key.startswith(prefix):
+                continue
+            places = m.places()
+            for msg in m.messages:
+                if words and words <= set(ss.search_words(ss.message_text(msg.content))):
+                    if archived or places[msg.id] != "archived":
+                        expected[(sid, msg.id)] = places[msg.id]
+        hits = store.search(query, key_prefix=prefix, limit=1000, include_archived=archived)
+        assert {(h.session_id, h.message_id): h.place for h in hits} == expected
+        assert len(hits) == len(expected)
+        for h in hits:
+            m = self.model[h.session_id]
+            msg = m.by_id()[h.message_id]
+            assert (h.key, h.role, h.timestamp) == (m.key, msg.role, msg.timestamp)
+            assert h.title == self.metadata(h.session_id).title
+        if len(expected) > 1:  # a limit keeps the best: some of them, within the prefix
+            few = store.search(query, key_prefix=prefix, limit=1, include_archived=archived)
+            assert len(few) == 1 and (few[0].session_id, few[0].message_id) in expected
+
+    @rule(data=st.data(), age=st.sampled_from([0, 1, 5, 60]), prefix=_prefixes, dry_run=st.booleans(),
+          archive=st.booleans())
+    def prune(self, data: st.DataObject, age: int, prefix: str, dry_run: bool, archive: bool) -> None:
+        """Sessions whose last write is older than the age go, unless leased; a dry
+        run names exactly those and changes nothing; an archive brings one back whole."""
+        store = self.handle(data)
+        cutoff = self.now() - age * 1000
+        old = {sid for sid, m in self.model.items() if m.key.startswith(prefix) and m.last_write() < cutoff}
+        leased = {sid for sid in old if self.lease_live(self.model[sid])}
+        with tempfile.TemporaryDirectory() as folder:
+            report = store.prune(older_than=age, key_prefix=prefix, now=self.clock(), dry_run=dry_run,
+                                 archive_to=folder if archive else None)
+            assert set(report.deleted) == old - leased and set(report.kept_leased) == leased
+            assert report.kept_written == () and report.dry_run == dry_run
+            if dry_run:
+                assert report.archived == ()
+                return
+            assert len(report.archived) == (len(report.deleted) if archive else 0)
+            if report.archived:  # an archive is the native export: it comes back whole
+                path = report.archived[0]
+                sid = path.rsplit("/", 1)[-1].removesuffix(".jsonl")
+                gone = self.model[sid]
+                with open(path, encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+                back = store.restore_session(lines, key=f"restored-{len(self.model)}-{sid}")
+                assert store.get_messages(back) == gone.messages
+                assert store.get_current_branch(back) == gone.current and store.get_head(back) == gone.head()
+                meta = store.get_metadata(back)
+                assert meta is not None and meta.title == self.metadata_of(gone).title
+                store.delete_session(back)
+        for sid in report.deleted:
+            del self.model[sid]
+
+    def metadata_of(self, m: _ModelSession, sid: str = "") -> ss.SessionMetadata:
+        preview = m.preview()
+        return ss.SessionMetadata(
+            session_id=sid, key=m.key, created_at=m.created_at, updated_at=m.updated_at,
+            message_count=len(m.messages), reset_count=sum(x.type == "reset" for x in m.messages),
+            last_reset_at=max((x.timestamp for x in m.messages if x.type == "reset"), default=None),
+            forked_from=m.forked_from, branch_count=len(m.branches),
+            title=m.title or (None if preview is None else preview[:60]), preview=preview)
+
+    def metadata(self, sid: str) -> ss.SessionMetadata:
+        return self.metadata_of(self.model[sid], sid)
 
     # -- messages ---------------------------------------------------------------------
 
@@ -800,7 +933,7 @@ class StoreMachine(RuleBasedStateMachine):
         try:
             getattr(self, call)(data=data, **kwargs)
         except ss.StorageError:
-            if call == "delete":  # past its commit, a deletion's sync may fail: then it is done, not undone
+            if call in ("delete", "prune"):  # past its commit, a deletion's sync may fail: then it is done
                 gone = [sid for sid in before[0] if not self.stores[0].has_session(sid)]
                 self.model, self.clock.now = before
                 for sid in gone:
@@ -950,11 +1083,7 @@ class StoreMachine(RuleBasedStateMachine):
                                                               updated_at=b.updated_at) for n, b in m.branches.items()]
                 assert store.get_current_branch(sid) == m.current and store.get_head(sid) == m.head()
                 assert store.get_linear_history(sid) == m.path(m.head())
-                assert store.get_metadata(sid) == ss.SessionMetadata(
-                    session_id=sid, key=m.key, created_at=m.created_at, updated_at=m.updated_at,
-                    message_count=len(m.messages), reset_count=sum(x.type == "reset" for x in m.messages),
-                    last_reset_at=max((x.timestamp for x in m.messages if x.type == "reset"), default=None),
-                    forked_from=m.forked_from, branch_count=len(m.branches))
+                assert store.get_metadata(sid) == self.metadata(sid)
                 info = store.get_lock(sid)
                 if self.lease_live(m):
                     assert info is not None and (info.holder_id, info.token, info.count, info.expires_at) == (
@@ -1045,6 +1174,27 @@ class CrashTests:
                 assert fresh.resolve("k") != sid  # the key works again: a new session
         steps = self.sweep(self.chat, lambda store, state: store.delete_session(state[0]), verify)
         assert steps >= (2 if self.file_steps else 1)
+
+    def test_a_prune_leaves_each_session_whole_or_gone_and_a_rerun_finishes_it(self) -> None:
+        def setup(store: SessionStore) -> tuple[list[tuple[str, list[ss.Message]]], str]:
+            chats = [self.chat(store, key) for key in ("old:1", "old:2", "old:3")]
+            clock = store._clock
+            assert isinstance(clock, FakeClock)
+            clock.advance(3600)
+            return chats, self.chat(store, "new")[0]
+
+        def verify(fresh: SessionStore, state: tuple[list[tuple[str, list[ss.Message]]], str], done: bool) -> None:
+            chats, new = state
+            there = [(sid, before) for sid, before in chats if fresh.has_session(sid)]
+            for sid, before in there:  # whole
+                assert fresh.get_messages(sid) == before
+            assert not done or not there
+            at = 1_700_000_000.0 + 3600
+            report = fresh.prune(older_than=60, now=at)  # a rerun finishes the job
+            assert sorted(report.deleted) == sorted(sid for sid, _ in there)
+            assert fresh.list_sessions() == [fresh.get_metadata(new)]
+        steps = self.sweep(setup, lambda store, state: store.prune(older_than=60), verify)
+        assert steps >= 3
 
     def test_a_reset_never_moves_the_head_onto_a_marker_without_its_copies(self) -> None:
         def verify(fresh: SessionStore, state: tuple[str, list[ss.Message]], done: bool) -> None:

@@ -187,7 +187,9 @@ class Event:
     ``"branch.created"``, ``"branch.switched"``, ``"branch.moved"`` and
     ``"branch.deleted"`` (:class:`Branch`), ``"branch.renamed"`` (``(old name,
     Branch)``), ``"session.reset"`` (:class:`ResetResult`; its marker and kept copies
-    then come as ``message.added`` too), ``"session.deleted"`` (the session id).
+    then come as ``message.added`` too), ``"session.titled"`` (the title, or
+    ``None``), ``"session.deleted"`` (the session id; also for each session
+    :meth:`SessionStore.prune` deletes).
     """
 
     type: str

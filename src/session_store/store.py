@@ -130,12 +130,14 @@ class _StoreBase(_LeasedStore):
 
     def get_keys(self, prefix: str = "") -> dict[str, str]:
         """Key -> session id of every session whose key starts with ``prefix``, oldest
-        first. Reads the whole index (never a session's records): O(sessions)."""
+        first. Reads the key index (never a session's records): O(matches) where the
+        storage's index is ordered (see :meth:`Storage.find_sessions`)."""
         if not isinstance(prefix, str):
             raise InvalidKey(f"a key prefix must be a string, not {type(prefix).__name__}")
         self._ready()
         with _storage_errors("list the sessions"):
-            return {e.key: e.session_id for e in self._storage.list_sessions() if e.key.startswith(prefix)}
+            found = sorted(self._storage.find_sessions(prefix), key=lambda e: (e.created_at, e.session_id))
+        return {e.key: e.session_id for e in found if e.key.startswith(prefix)}
 
     def get_metadata(self, session_id: str) -> SessionMetadata | None:
         """The session's metadata, or ``None`` for an unknown id.
