@@ -519,9 +519,9 @@ class StoreMachine(RuleBasedStateMachine):
                 continue
             places = m.places()
             for msg in m.messages:
-                if words and words <= set(ss.search_words(ss.message_text(msg.content))):
-                    if archived or places[msg.id] != "archived":
-                        expected[(sid, msg.id)] = places[msg.id]
+                if (words and words <= set(ss.search_words(ss.message_text(msg.content)))
+                        and (archived or places[msg.id] != "archived")):
+                    expected[(sid, msg.id)] = places[msg.id]
         hits = store.search(query, key_prefix=prefix, limit=1000, include_archived=archived)
         assert {(h.session_id, h.message_id): h.place for h in hits} == expected
         assert len(hits) == len(expected)
