@@ -58,3 +58,12 @@ def test_every_verdict_is_computed_and_every_median_states_its_samples(quick_rep
 
 def test_quick_benchmark_records_the_commit_it_measured(quick_report: str) -> None:
     assert re.search(r"Measured code: commit [0-9a-f]{10} \(\d{4}-\d{2}-\d{2}\)", quick_report)
+
+
+def test_the_catalog_benchmark_runs_and_reports_every_row() -> None:
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "catalog.py"), "--quick"], capture_output=True,
+                         text=True, timeout=900, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for row in ("One user's conversations", "| files |", "| SQLite |", "| PostgreSQL |", "a rare word",
+                "words files beside them", "SQLite, durable", "files + words file, durable"):
+        assert row in run.stdout, row
