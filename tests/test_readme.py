@@ -1,4 +1,4 @@
-"""Every Python block of the README runs as written, in a fresh folder, twice in a row."""
+"""Every Python block of the README and of docs/ runs as written, in a fresh folder, twice in a row."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+BLOCKS = [block for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+          for block in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)]
 
 
 def test_the_readme_has_python_blocks() -> None:
