@@ -4770,6 +4770,7 @@ class _Session:
         "nbytes",
         "pending_events",
         "position",
+        "preview_seen",
         "problems",
         "record_count",
         "reset_config",
@@ -4829,6 +4830,8 @@ class _Session:
         self.last_reset_at: int | None = None
         self.record_count = 0  # message records applied or skipped: what an event's "seq" counts
         self.title: str | None = None  # as set by SessionStore.set_title (a "title" event)
+        # The preview found (see preview()), or the count of messages it was not among.
+        self.preview_seen: str | int = 0
         self.nbytes = 0  # bytes of the records read (the cache's measure of this session)
         self.context_cache: Any = None
 
@@ -5095,12 +5098,24 @@ class _Session:
 
     def preview(self) -> str | None:
         """The first user message's text as one line (see :func:`_preview`): the
-        first message with role ``user`` that has text, in record order."""
-        for m in self.by_id.values():
-            if m.role == "user":
-                found = _preview(m.content)
-                if found is not None:
-                    return found
+        first message with role ``user`` that has text, in record order. Found once;
+        until then each call reads only the messages added since the last one."""
+        seen = self.preview_seen
+        if isinstance(seen, str):
+            return seen
+        messages = self.by_id
+        new = len(messages) - seen
+        if new < 0:  # messages were taken back: look again from the start
+            seen, new = 0, len(messages)
+        if new:
+            tail = list(itertools.islice(reversed(messages.values()), new))
+            for m in reversed(tail):
+                if m.role == "user":
+                    found = _preview(m.content)
+                    if found is not None:
+                        self.preview_seen = found
+                        return found
+        self.preview_seen = len(messages)
         return None
 
 
