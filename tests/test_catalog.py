@@ -10,6 +10,7 @@ a dry run that changes nothing, an archive that comes back whole.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 from pathlib import Path
 
@@ -313,3 +314,19 @@ def test_restoring_something_that_is_not_an_export_is_refused(store: SessionStor
     with pytest.raises(ss.InvalidInput):
         store.restore_session(lines)
     assert store.get_all_session_ids() == []
+
+
+def test_a_tally_saved_before_titles_existed_is_counted_again(tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    with SessionStore(storage_dir=str(folder)) as store:
+        sid = chat(store, "k", *[f"message {i}" for i in range(80)])  # enough writes to save a tally
+        store.set_title(sid, "Named")
+    stats = folder / sid / "stats.json"
+    assert stats.exists()
+    doc = json.loads(stats.read_text())
+    for name in ("title", "preview"):
+        del doc["tally"][name]
+    stats.write_text(json.dumps(doc))
+    with SessionStore(storage_dir=str(folder)) as store:
+        meta = store.get_metadata(sid)
+        assert meta is not None and (meta.title, meta.preview, meta.message_count) == ("Named", "message 0", 80)
