@@ -653,6 +653,36 @@ class StoreMachine(RuleBasedStateMachine):
         current.head, current.updated_at = parent, self.now()
         m.event(self.now())
 
+    @precondition(lambda self: any(m.messages for m in self.model.values()))
+    @rule(data=st.data(), content=_contents, fields=_fields)
+    def edit(self, data: st.DataObject, content: Any, fields: dict[str, Any]) -> None:
+        """A new version of a message: its sibling, and the current head."""
+        sid = data.draw(st.sampled_from([s for s, m in self.model.items() if m.messages]), label="session")
+        m = self.model[sid]
+        old = data.draw(st.sampled_from(m.messages), label="message")
+        if self.expect_reset(m, old.parent_id):  # onto the head and over a limit: the append rule's business
+            return
+        msg = self.handle(data).edit(sid, old.id, content=content, **fields)
+        m.add(self.message(msg, old.parent_id, content, fields, role=old.role))
+        current = m.branches[m.current]
+        if current.head != msg.id:
+            current.head, current.updated_at = msg.id, self.now()
+            m.event(self.now())
+
+    @precondition(lambda self: any(m.messages for m in self.model.values()))
+    @rule(data=st.data())
+    def regenerate(self, data: st.DataObject) -> None:
+        sid = data.draw(st.sampled_from([s for s, m in self.model.items() if m.messages]), label="session")
+        m = self.model[sid]
+        old = data.draw(st.sampled_from(m.messages), label="message")
+        branch = self.handle(data).regenerate(sid, old.id)
+        current = m.branches[m.current]
+        if current.head != old.parent_id:
+            current.head, current.updated_at = old.parent_id, self.now()
+            m.event(self.now())
+        assert branch == ss.Branch(name=m.current, head_id=current.head, created_at=current.created_at,
+                                   updated_at=current.updated_at)
+
     @precondition(lambda self: self.model)
     @rule(data=st.data())
     def manual_reset(self, data: st.DataObject) -> None:

@@ -519,3 +519,48 @@ def test_import_messages_adds_new_records_and_skips_identical_ones(store: Sessio
         store.import_messages(sid, [m1], branches=[ss.Branch(name="x", head_id="a", created_at=1, updated_at=1),
                                                    ss.Branch(name="x", head_id="b", created_at=1, updated_at=1)])
     assert snapshot(store, sid) == before
+
+
+# -- edit and regenerate as chat products do ------------------------------------------------
+
+
+def test_edit_makes_the_new_version_current_and_keeps_the_old(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    q = store.append(sid, role="user", content="Waht is 2+2?")
+    a = store.append(sid, role="assistant", content="4")
+    edited = store.edit(sid, q.id, content="What is 2+2?")
+    assert (edited.parent_id, edited.role, edited.content) == (None, "user", "What is 2+2?")
+    assert store.get_head(sid) == edited.id
+    answer = store.append(sid, role="assistant", content="Four.")  # no parent_id: after the edit
+    assert store.get_linear_history(sid) == [edited, answer]
+    assert store.get_children(sid, a.parent_id) == [a]  # the old version and its answer stay
+    assert {m.id for m in store.get_messages(sid)} == {q.id, a.id, edited.id, answer.id}
+    again = store.edit(sid, answer.id, content="4, of course.", metadata={"v": 2})
+    assert again.parent_id == edited.id and again.fields == {"metadata": {"v": 2}}
+    assert store.get_linear_history(sid)[-1] == again
+
+
+def test_regenerate_moves_the_head_to_the_prompt_so_the_next_answer_is_a_sibling(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    q = store.append(sid, role="user", content="Name a cat")
+    a = store.append(sid, role="assistant", content="Miso")
+    branch = store.regenerate(sid, a.id)
+    assert branch.head_id == q.id
+    b = store.append(sid, role="assistant", content="Pixel")
+    assert b.parent_id == q.id and store.get_linear_history(sid) == [q, b]
+    assert store.get_children(sid, q.id) == [a, b]
+
+
+def test_edit_and_regenerate_refuse_bad_input_and_write_nothing(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    q = store.append(sid, role="user", content="x")
+    before = snapshot(store, sid)
+    with pytest.raises(ss.MessageNotFound):
+        store.edit(sid, "nope", content="y")
+    with pytest.raises(ss.MessageNotFound):
+        store.regenerate(sid, "nope")
+    with pytest.raises(ss.InvalidInput):
+        store.edit(sid, 3, content="y")  # type: ignore[arg-type]
+    with pytest.raises(ss.InvalidMessage):
+        store.edit(sid, q.id, content={1: "not JSON"})
+    assert snapshot(store, sid) == before

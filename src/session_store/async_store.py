@@ -250,6 +250,19 @@ class AsyncSessionStore:
         return await self._run(self._store.append, session_id, role=role, content=content, type=type,
                                parent_id=parent_id, id=id, owner_id=owner_id, fencing_token=fencing_token, **fields)
 
+    async def edit(self, session_id: str, message_id: str, *, content: Any, role: str | None = None,
+                   type: str | None = None, owner_id: str | None = None, fencing_token: int | None = None,
+                   **fields: Any) -> Message:
+        """See :meth:`SessionStore.edit`."""
+        return await self._run(self._store.edit, session_id, message_id, content=content, role=role, type=type,
+                               owner_id=owner_id, fencing_token=fencing_token, **fields)
+
+    async def regenerate(self, session_id: str, message_id: str, *, owner_id: str | None = None,
+                         fencing_token: int | None = None) -> Branch:
+        """See :meth:`SessionStore.regenerate`."""
+        return await self._run(self._store.regenerate, session_id, message_id, owner_id=owner_id,
+                               fencing_token=fencing_token)
+
     async def append_many(self, session_id: str, messages: Sequence[Mapping[str, Any]], *,
                           parent_id: str | None = _HEAD, owner_id: str | None = None,
                           fencing_token: int | None = None) -> list[Message]:

@@ -354,6 +354,54 @@ class _StoreBase(_LeasedStore):
             return msg, _append_events(msg, reset)
         return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
 
+    def edit(self, session_id: str, message_id: str, *, content: Any, role: str | None = None,
+             type: str | None = None, owner_id: str | None = None, fencing_token: int | None = None,
+             **fields: Any) -> Message:
+        """A new version of a message, made current, as chat products edit a turn:
+        a sibling of ``message_id`` (the same parent; its role unless ``role`` is
+        given; ``content`` and ``**fields`` as :meth:`append` takes them), and the
+        current branch's head moves to it, so the next :meth:`append` continues from
+        the new version. The old version and what followed it stay in the tree (the
+        parent's :meth:`get_children` lists both; :meth:`move_head` goes back). One
+        write: both or neither. Returns the new message; subscribers get
+        ``message.added`` and ``branch.moved``.
+
+        ``MessageNotFound`` for an unknown id; leases as :meth:`append` checks them.
+        """
+        if not isinstance(message_id, str):
+            raise InvalidInput(f"message_id must be a message id, not {message_id!r}")
+
+        def change(state: _Session) -> tuple[Message, list[tuple[str, Any]]]:
+            old = state.require(message_id)
+            spec = _checked_append(old.role if role is None else role, content, type, None, fields)
+            msg, reset = self._append_in(state, spec, old.parent_id)
+            if state.head() != msg.id:
+                self._move(state, msg.id, self._now_ms())
+            return msg, [*_append_events(msg, reset), ("branch.moved", state.branches[state.current].frozen())]
+        return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
+
+    def regenerate(self, session_id: str, message_id: str, *, owner_id: str | None = None,
+                   fencing_token: int | None = None) -> Branch:
+        """Make room for a new version of a message, as chat products regenerate an
+        answer: the current branch's head moves to the message's parent (the prompt),
+        so the next :meth:`append` (the new answer) becomes its sibling and current.
+        The old version stays in the tree. Returns the branch as moved; subscribers
+        get ``branch.moved``. (A message given with its new content at once is
+        :meth:`edit`.)
+
+        ``MessageNotFound`` for an unknown id; leases as :meth:`append` checks them.
+        """
+        if not isinstance(message_id, str):
+            raise InvalidInput(f"message_id must be a message id, not {message_id!r}")
+
+        def change(state: _Session) -> tuple[Branch, list[tuple[str, Any]]]:
+            parent = state.require(message_id).parent_id
+            if state.head() != parent:
+                self._move(state, parent, self._now_ms())
+            moved = state.branches[state.current].frozen()
+            return moved, [("branch.moved", moved)]
+        return self._write(session_id, change, owner_id=owner_id, fencing_token=fencing_token)
+
     def append_many(self, session_id: str, messages: Sequence[Mapping[str, Any]], *,
                     parent_id: str | None = _HEAD, owner_id: str | None = None,
                     fencing_token: int | None = None) -> list[Message]:
