@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import hypothesis.strategies as st
@@ -299,3 +300,36 @@ def test_the_seed_s_dict_messages_are_accepted_and_given_back_as_dicts() -> None
     assert manager.check_and_reset(messages[:2]) == ss.ResetResult(reset=False, reason=None, messages=messages[:2])
     with pytest.raises(ss.InvalidMessage):
         manager.check_and_reset([{"role": "user"}])
+
+
+# -- tokens, not characters ---------------------------------------------------------------
+
+
+def test_the_default_counter_counts_characters_and_the_estimate_counts_tokens() -> None:
+    hi = Message(id="a", parent_id=None, type="user", role="user", content="hi", timestamp=0, fields={})
+    assert ss.default_token_counter(hi) == 2  # the seed's: characters
+    assert ss.estimate_tokens(hi) == 1 + 4  # a word, and the message's framing
+    prose = dataclasses.replace(hi, content="word " * 100)
+    assert ss.estimate_tokens(prose) == 125 + 4
+    call = dataclasses.replace(hi, role="assistant", type="assistant", content=None, fields={
+        "tool_calls": [{"id": "c", "function": {"name": "lookup", "arguments": '{"q": "weather"}'}}]})
+    assert ss.estimate_tokens(call) > 4  # a tool call is read too (the seed's counter says 0)
+
+
+def test_a_chat_of_short_messages_does_not_reset_early_with_the_estimate(open_store: StoreFactory) -> None:
+    store = open_store(auto_reset=AutoResetConfig(max_tokens=100, token_counter=ss.estimate_tokens))
+    sid = store.resolve("k")
+    for _ in range(16):
+        store.append(sid, role="user", content="ok")
+    assert store.get_metadata(sid).reset_count == 0  # type: ignore[union-attr]  # 16 x (1 + 4) = 80 tokens
+
+
+def test_tiktoken_counts_with_an_encoding_and_refuses_one_it_cannot_load() -> None:
+    import tiktoken  # the real package (the test extra), with an encoding that needs no download
+    one_per_byte = tiktoken.Encoding(name="bytes", pat_str=r"\S+|\s+",
+                                     mergeable_ranks={bytes([i]): i for i in range(256)}, special_tokens={})
+    count = ss.tiktoken_counter(one_per_byte)
+    hello = Message(id="a", parent_id=None, type="user", role="user", content="héllo", timestamp=0, fields={})
+    assert count(hello) == len("héllo".encode()) + 4
+    with pytest.raises(ss.InvalidInput):
+        ss.tiktoken_counter("no-such-encoding")

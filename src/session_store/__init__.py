@@ -73,6 +73,8 @@ __all__ = [
     "ResetResult",
     "KEEP_STRATEGIES",
     "default_token_counter",
+    "estimate_tokens",
+    "tiktoken_counter",
     # search
     "message_text",
     "search_words",
@@ -93,7 +95,15 @@ __all__ = [
 ]
 
 from .async_store import AsyncSessionStore
-from .auto_reset import KEEP_STRATEGIES, AutoResetConfig, AutoResetManager, ResetResult, default_token_counter
+from .auto_reset import (
+    KEEP_STRATEGIES,
+    AutoResetConfig,
+    AutoResetManager,
+    ResetResult,
+    default_token_counter,
+    estimate_tokens,
+    tiktoken_counter,
+)
 from .catalog import SessionStore
 from .command_line import draw_tree, main
 from .contexts import ContextReader, read_turns, register_context_reader

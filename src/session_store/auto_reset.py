@@ -17,6 +17,7 @@ from typing import Any
 from .errors import InvalidInput, InvalidMessage
 from .log_format import _dumps, _encode_message, _message_from_record
 from .records import _SNAKE_TO_CAMEL, Message, _FrozenDict, _thaw
+from .searching import message_text
 
 #
 # A *segment* is the path from a root to a message. A reset starts a new one: it
@@ -38,11 +39,51 @@ _KeepStrategy = Callable[[list[Message], int], list[Message]]
 
 
 def default_token_counter(message: Message) -> int:
-    """The seed's counter: characters of ``content`` (its JSON text when not a string)."""
+    """The seed's counter, the default: *characters* of ``content`` (its JSON text when
+    not a string), not tokens. A chat's ``max_tokens`` counted so is about four times
+    what a model would count: use :func:`estimate_tokens` or :func:`tiktoken_counter`
+    to count tokens."""
     content = message.content
     if content is None:
         return 0
     return len(content) if isinstance(content, str) else len(_dumps(content))
+
+
+_FRAMING_TOKENS = 4  # a message's role and separators, as OpenAI's chat format counts them
+
+
+def _countable_text(message: Message) -> str:
+    """What a model reads of a message: its text, and its tool calls (names, arguments)."""
+    text = message_text(message.content)
+    calls = message.fields.get("tool_calls")
+    return text if not calls else f"{text}\n{_dumps(_thaw(calls))}"
+
+
+def estimate_tokens(message: Message) -> int:
+    """About the tokens a model reads for ``message``, without a tokenizer: one per
+    four characters of its text (:func:`message_text`) and tool calls, rounded up,
+    plus 4 for its role and framing (OpenAI's rule of thumb for English; code and
+    other scripts take more tokens per character). Quick and dependency-free; pass it
+    as ``AutoResetConfig(token_counter=estimate_tokens)``."""
+    return -(-len(_countable_text(message)) // 4) + _FRAMING_TOKENS
+
+
+def tiktoken_counter(encoding: Any = "o200k_base") -> _TokenCounter:
+    """A ``token_counter`` that counts with tiktoken (``pip install tiktoken``): the
+    encoding by name (tiktoken downloads its file on first use and caches it) or a
+    ``tiktoken.Encoding``; the message's text and tool calls, plus 4 for its framing.
+    The encoding is loaded here, so a missing package or file fails now, with
+    :class:`InvalidInput`, never at an append."""
+    try:
+        import tiktoken
+        enc = tiktoken.get_encoding(encoding) if isinstance(encoding, str) else encoding
+        enc.encode_ordinary("")
+    except Exception as e:  # ImportError, a download that failed, an unknown name: all say the same
+        raise InvalidInput(f"tiktoken cannot count with {encoding!r}: {e}") from None
+
+    def count(message: Message) -> int:
+        return len(enc.encode_ordinary(_countable_text(message))) + _FRAMING_TOKENS
+    return count
 
 
 #: Keep strategies by name: ``(segment, keep_count) -> kept messages``, in order.
@@ -60,7 +101,9 @@ class AutoResetConfig:
 
     ``keep_strategy`` is a name in :data:`KEEP_STRATEGIES` (``"none"``, ``"first"``,
     ``"last"``, ``"system"``) or a callable ``(segment, keep_count) -> messages``.
-    ``token_counter`` receives a :class:`Message` (default: :func:`default_token_counter`).
+    ``token_counter`` receives a :class:`Message` (default: :func:`default_token_counter`,
+    the seed's, which counts *characters*; :func:`estimate_tokens` estimates tokens, and
+    :func:`tiktoken_counter` counts them with tiktoken).
     Invalid values raise ``ValueError`` here, not at the first append.
 
     In a store, ``token_counter`` runs once per message as it is appended or loaded,
