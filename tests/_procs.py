@@ -25,12 +25,17 @@ def store_at(place: str, **options: Any) -> SessionStore:
 
 
 def append_many(directory: str, key: str, worker: str, count: int, use_lock: bool, durable: bool) -> None:
-    """Append ``count`` messages to ``key``'s session, each under the lease when asked."""
-    with store_at(directory, durable=durable, lock_timeout_ms=60_000) as store:
+    """Append ``count`` messages to ``key``'s session, each under the lease when asked.
+
+    Bounded by work, not by time: a waiter waits as long as the others take (on a
+    loaded machine, seven turns ahead of it can take over a minute), and a lease
+    outlives any pause of its holder (a dead holder's lease is freed by its proof of
+    life, not by expiry)."""
+    with store_at(directory, durable=durable, lock_timeout_ms=3_600_000) as store:
         sid = store.resolve(key)
         for i in range(count):
             if use_lock:
-                with store.lock(sid, worker, timeout=60):
+                with store.lock(sid, worker, timeout=None):
                     store.append(sid, role="user", content=f"{worker}:{i}")
             else:
                 store.append(sid, role="user", content=f"{worker}:{i}")
@@ -53,9 +58,9 @@ def hold_lock_forever(directory: str, sid: str, ready: Any) -> None:
 def critical_section_counter(directory: str, sid: str, worker: str, rounds: int, errors: Any) -> None:
     """Each round: lock, check the shared marker file is ours alone, unlock."""
     marker = os.path.join(os.path.dirname(directory) if directory.endswith(".db") else directory, "inside")
-    with store_at(directory, lock_timeout_ms=60_000) as store:
+    with store_at(directory, lock_timeout_ms=3_600_000) as store:  # bounded by work, not time (see above)
         for _ in range(rounds):
-            with store.lock(sid, worker, timeout=60):
+            with store.lock(sid, worker, timeout=None):
                 try:
                     fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                 except FileExistsError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,26 @@ __all__ = ["FakeClock", "StoreFactory"]
 # nor fails a test because generating its inputs was slow on a busy machine.
 settings.register_profile("any-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("any-machine")
+
+# Where the run is: each test file's name with the time since the run began, on its own line.
+_STARTED = time.monotonic()
+_FILE: list[str | None] = [None]
+_CONFIG: list[pytest.Config] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _CONFIG.append(config)
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    file = nodeid.split("::")[0]
+    reporter = _CONFIG[-1].pluginmanager.get_plugin("terminalreporter") if _CONFIG else None
+    if file != _FILE[0] and reporter is not None:
+        _FILE[0] = file
+        minutes, seconds = divmod(int(time.monotonic() - _STARTED), 60)
+        if reporter._tw.width_of_current_line:  # after a line of dots
+            reporter._tw.line()
+        reporter.write_line(f"[{minutes:02d}:{seconds:02d}] {file}")
 
 
 @pytest.fixture

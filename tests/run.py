@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -44,22 +45,28 @@ def python() -> str:
     return str(exe)
 
 
-def run(*cmd: str) -> None:
-    print("+", " ".join(cmd), flush=True)
+STARTED = time.monotonic()
+
+
+def run(step: str, *cmd: str) -> None:
+    """Run one step, saying which and when (minutes:seconds since the start)."""
+    minutes, seconds = divmod(int(time.monotonic() - STARTED), 60)
+    print(f"[{minutes:02d}:{seconds:02d}] {step}: {' '.join(cmd)}", flush=True)
     code = subprocess.call(cmd, cwd=ROOT)
     if code:
+        print(f"{step} failed (exit {code})", flush=True)
         sys.exit(code)
 
 
 def main() -> None:
     # What ships is generated from src/session_store/: a stale file fails first, before anything is installed.
-    run(sys.executable, "tools/amalgamate.py", "--check")
+    run("generated file up to date", sys.executable, "tools/amalgamate.py", "--check")
     py = python()
     extras = os.environ.get("SESSION_STORE_EXTRAS", "test,postgres," + FRAMEWORKS)
-    run(py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f".[{extras}]")
-    run(py, "-m", "ruff", "check", ".")
-    run(py, "-m", "mypy", "--strict")
-    run(py, "-m", "mypy", "--strict", "src/session_store")  # the modules as a package (their own imports)
+    run("install", py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f".[{extras}]")
+    run("lint", py, "-m", "ruff", "check", ".")
+    run("types", py, "-m", "mypy", "--strict")
+    run("types (the modules as a package)", py, "-m", "mypy", "--strict", "src/session_store")
     server = None
     if not os.environ.get("SESSION_STORE_POSTGRES_DSN"):
         if postgres_server.find_binaries() is None:
@@ -73,7 +80,9 @@ def main() -> None:
         print("Chromium is not installed: the browser tests will be skipped "
               "(apt-get install chromium chromium-driver)", flush=True)
     try:
-        run(py, "-m", "pytest", *sys.argv[1:])
+        run("tests (about 5 minutes; each file is named as it starts)", py, "-m", "pytest", *sys.argv[1:])
+        minutes, seconds = divmod(int(time.monotonic() - STARTED), 60)
+        print(f"[{minutes:02d}:{seconds:02d}] all checks passed", flush=True)
     finally:
         if server is not None:
             server.stop()
