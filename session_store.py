@@ -9335,11 +9335,13 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 # ============================================================================
-# Command line: ``python3 session_store.py demo | tree | history | ...`` and :func:`draw_tree`.
+# Command line: ``python3 session_store.py demo | ls | search | tree | history | ...`` and :func:`draw_tree`.
 #   (src/session_store/command_line.py)
 #
 # The commands read and write a store folder; ``import``/``export`` of transcripts and
-# ``serve`` load their optional modules lazily and say which file is missing.
+# ``serve`` load their optional modules lazily and say which file is missing. What a
+# session holds (keys, titles, message text) is printed as one line each, its control
+# characters shown as escapes, never sent to the terminal.
 # ============================================================================
 
 def _shown(content: Any) -> str:
@@ -9373,6 +9375,24 @@ def _first_line(m: Message, width: int) -> str:
     text = _shown_message(m)
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= width else line[: max(0, width - 1)] + "…"
+
+
+# What a terminal would obey rather than show: C0 and C1 controls (escape sequences, line
+# breaks, backspace), line and paragraph separators, bidirectional overrides (which can
+# make a line read other than it is), and lone surrogates (which cannot be printed).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                          "\ud800-\udfff]")
+
+
+def _plain(text: str) -> str:
+    """``text`` safe to print as (part of) one terminal line: each character a terminal
+    would obey (see ``_UNPRINTABLE``) shown as its Python escape (``\\x1b``, ``\\n``)."""
+    return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def _when(ms: int) -> str:
+    """A time in ms since the epoch as local ``YYYY-MM-DD HH:MM:SS``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 _SHORT_ID = 8  # characters of an id that tree and branches show, at least
@@ -9672,6 +9692,121 @@ def _branch_command(store: SessionStore, sid: str, args: Any) -> int:
     return 0
 
 
+_KEY_WIDTH = 40  # a column of keys is padded to the longest, up to this; longer ones push the line on
+
+
+def _column(texts: Iterable[str]) -> int:
+    return min(max((len(t) for t in texts), default=0), _KEY_WIDTH)
+
+
+def _ls(store: SessionStore, args: Any) -> int:
+    """``ls``: the sessions, newest first (:meth:`SessionStore.list_sessions`)."""
+    sessions = store.list_sessions(key_prefix=args.prefix, limit=args.limit)
+    if args.json:
+        print(json.dumps([{"sessionId": m.session_id, "key": m.key, "messages": m.message_count,
+                           "branches": m.branch_count, "updatedAt": m.updated_at, "title": m.title,
+                           "preview": m.preview} for m in sessions], ensure_ascii=False, indent=2))
+        return 0
+    keys = [_plain(m.key) for m in sessions]
+    width = _column(keys)
+    for m, key in zip(sessions, keys, strict=True):
+        print(f"{m.session_id}  {m.message_count:>6} msgs  {m.branch_count:>3} branches  {_when(m.updated_at)}  "
+              f"{key:<{width}}  {_plain(m.title or '')}".rstrip())
+    return 0
+
+
+def _search(store: SessionStore, args: Any, out: _Output) -> int:
+    """``search``: one line per hit (:meth:`SessionStore.search`), best first."""
+    hits = store.search(args.query, key_prefix=args.prefix, limit=args.limit,
+                        include_archived=not args.no_archived)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(h) for h in hits], ensure_ascii=False, indent=2))
+        return 0
+    if not hits:
+        print("no matches" if search_words(args.query) else "no matches (the query has no words to look for)")
+        return 0
+    names = [_plain(h.key) if h.key else h.session_id[:_SHORT_ID] for h in hits]
+    width = _column(names)
+    roles = max(len(_plain(h.role)) for h in hits)
+    for h, name in zip(hits, names, strict=True):
+        role = _plain(h.role)
+        print(f"{name:<{width}}  {h.message_id[:_SHORT_ID]}  {out.role(role)}{' ' * (roles - len(role))}  "
+              f"{'[archived]' if h.archived else h.place:<10}  {_plain(h.snippet)}")
+    return 0
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> int:
+    """``--older-than``: a whole number and one unit (``45s``, ``90m``, ``12h``,
+    ``30d``, ``2w``) as seconds; anything else is a usage error."""
+    import argparse
+
+    found = re.fullmatch(r"(\d{1,9})([smhdw])", text)
+    if found is None:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: give a whole number and a unit: "
+                                         "45s, 90m, 12h, 30d or 2w")
+    return int(found[1]) * _DURATION_UNITS[found[2]]
+
+
+def _prune(store: SessionStore, args: Any) -> int:
+    """``prune``: delete (``--dry-run``: name) the sessions not written for a while
+    (:meth:`SessionStore.prune`), saying what was kept and why."""
+    known: dict[str, SessionMetadata] = {m.session_id: m for m in store.list_sessions(key_prefix=args.prefix)}
+    report = store.prune(older_than=args.older_than, key_prefix=args.prefix, dry_run=args.dry_run,
+                         archive_to=args.archive)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), ensure_ascii=False, indent=2))
+        return 0
+
+    def named(sid: str) -> str:
+        m = known.get(sid)
+        if m is None:
+            return sid
+        return f"{sid}  {_plain(m.key)}  last written {_when(max(m.updated_at, m.created_at))}" + (
+            f"  {_plain(m.title)}" if m.title else "")
+
+    for sid in report.deleted:
+        print(f"{'would delete' if report.dry_run else 'deleted'}  {named(sid)}")
+    for sid in report.kept_leased:
+        print(f"kept (leased)  {named(sid)}")
+    for sid in report.kept_written:
+        print(f"kept (written meanwhile)  {named(sid)}")
+    for path in report.archived:
+        print(f"archived  {_plain(path)}")
+    n = len(report.deleted)
+    kept = (f"; kept {len(report.kept_leased)} leased, {len(report.kept_written)} written meanwhile"
+            if report.kept_leased or report.kept_written else "")
+    if report.dry_run:
+        where = f" (and archive to {_plain(args.archive)})" if args.archive and n else ""
+        print(f"dry run: would delete {n} session(s){where}, freeing {report.bytes_freed:,} bytes{kept}; "
+              "nothing was deleted")
+    else:
+        print(f"deleted {n} session(s), freed {report.bytes_freed:,} bytes{kept}")
+    return 0
+
+
+def _title(store: SessionStore, sid: str, args: Any) -> int:
+    """``title``: print the session's title, set it, or (``--clear``) take it away."""
+    if args.clear and args.title is not None:
+        raise _UsageError("title: give a TITLE or --clear, not both")
+    if args.title is None and not args.clear:
+        meta = store.get_metadata(sid)
+        title = meta.title if meta is not None else None
+        print(_plain(title) if title else "(no title)")
+        return 0
+    store.set_title(sid, None if args.clear else args.title)
+    meta = store.get_metadata(sid)
+    key = _plain(meta.key) if meta is not None else sid
+    if args.clear:
+        shown = meta.title if meta is not None else None
+        print(f"{key}: title cleared" + (f" (shown as its first message: {_plain(shown)})" if shown else ""))
+    else:
+        print(f"{key}: title {_plain(args.title)}")
+    return 0
+
+
 def _run(args: Any, out: _Output) -> int:
     command = args.command
     if command == "demo":
@@ -9699,20 +9834,11 @@ def _run(args: Any, out: _Output) -> int:
             return int(view.cli(store, args, shown))
     with _open_existing(args.dir) as store:
         if command == "ls":
-            rows: list[dict[str, Any]] = []
-            for sid in store.get_all_session_ids():
-                meta = store.get_metadata(sid)
-                if meta is None:
-                    continue
-                rows.append({"sessionId": sid, "key": meta.key, "messages": meta.message_count,
-                             "branches": meta.branch_count, "updatedAt": meta.updated_at})
-            if args.json:
-                print(json.dumps(rows, ensure_ascii=False, indent=2))
-            else:
-                for r in rows:
-                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["updatedAt"] / 1000))
-                    print(f"{r['sessionId']}  {r['messages']:>6} msgs  {r['branches']:>3} branches  {when}  {r['key']}")
-            return 0
+            return _ls(store, args)
+        if command == "search":
+            return _search(store, args, out)
+        if command == "prune":
+            return _prune(store, args)
         if command == "check":
             report = store.repair() if args.repair else store.check()
             for line in report.fixed:
@@ -9737,6 +9863,8 @@ def _run(args: Any, out: _Output) -> int:
             out.row(f"total: {len(ids)} sessions, {total_messages} messages, {total_bytes} bytes of records")
             return 0
         sid = _find_session(store, args.session)
+        if command == "title":
+            return _title(store, sid, args)
         if command == "branch":
             return _branch_command(store, sid, args)
         if command == "fork":
@@ -9820,9 +9948,9 @@ def _parser_class() -> type[argparse.ArgumentParser]:
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m session_store [--dir DIR] COMMAND`` (see ``--help``).
 
-    Commands: ``demo``, ``ls``, ``tree``, ``history``, ``branches``, ``branch`` (move,
-    create, switch, delete, rename), ``fork``, ``export``, ``import``, ``check``,
-    ``stats``, ``view`` and ``serve`` (the last two import the optional
+    Commands: ``demo``, ``ls``, ``search``, ``title``, ``prune``, ``tree``, ``history``,
+    ``branches``, ``branch`` (move, create, switch, delete, rename), ``fork``, ``export``,
+    ``import``, ``check``, ``stats``, ``view`` and ``serve`` (the last two import the optional
     ``session_store_view`` when they run). Mistakes print one line on stderr and exit
     2; ``check`` exits 1 when it finds problems.
     """
@@ -9835,8 +9963,41 @@ def main(argv: list[str] | None = None) -> int:
                      description=__doc__.splitlines()[0] if __doc__ else "")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("demo", parents=[common], help="write a demo conversation with two branches and print its tree")
-    p = sub.add_parser("ls", parents=[common], help="sessions: id, message and branch counts, updated, key")
+    p = sub.add_parser("ls", parents=[common], help="sessions, newest first: id, message and branch counts, "
+                                                     "last write, key, title")
+    p.add_argument("--prefix", metavar="P", help="only sessions whose key starts with P (one user's: user:alice:)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the newest N (1 to 1000)")
+    p.add_argument("--json", action="store_true", help="as JSON (with each title and first message)")
+    p = sub.add_parser("search", parents=[common], help="messages holding every word of a query, best first",
+                       description="Find the messages holding every word of QUERY (any case; quotes, OR, * and - "
+                                   "are words like any other), in every branch and in history a reset archived. "
+                                   "One line per hit: key, message id, role, where it stands (current: on the "
+                                   "current path; branch: elsewhere in the tree; [archived]: before a reset), "
+                                   "and the text around the first word found. Exit 0, also with no matches.")
+    p.add_argument("query", metavar="QUERY", help="words to find (quote it to pass several)")
+    p.add_argument("--prefix", metavar="P", help="only sessions whose key starts with P")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N hits (default 20, at most 1000)")
+    p.add_argument("--no-archived", action="store_true", help="leave out history a reset archived")
     p.add_argument("--json", action="store_true", help="as JSON")
+    p = sub.add_parser("prune", parents=[common], help="delete sessions not written for a while (--dry-run: list "
+                                                        "them)",
+                       description="Delete whole sessions whose last write (message, branch change or title; never a "
+                                   "read) is older than --older-than. A session whose lease is held, or that is "
+                                   "written while prune runs, is kept and said so. --archive writes each one first "
+                                   "as DIR/<session id>.jsonl, which `session-store import` brings back.")
+    p.add_argument("--older-than", required=True, type=_duration, metavar="AGE",
+                   help="a whole number and a unit: 45s, 90m, 12h, 30d or 2w")
+    p.add_argument("--prefix", metavar="P", help="only sessions whose key starts with P")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted; write nothing")
+    p.add_argument("--archive", metavar="DIR", help="write each session to DIR (made if missing) before deleting it")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p = sub.add_parser("title", parents=[common], help="print, set or --clear a session's title",
+                       description="Without TITLE, print the session's title (the one set, else its first user "
+                                   "message, shortened). With TITLE, set it: one line of 1 to 200 characters. "
+                                   "--clear takes a set title away.")
+    p.add_argument("session", metavar="SESSION_OR_KEY", help="a key, a session id or its first characters")
+    p.add_argument("title", metavar="TITLE", nargs="?", help="the new title")
+    p.add_argument("--clear", action="store_true", help="take the title away (the first message shows again)")
     for name, what in (("tree", "draw the message tree"), ("branches", "list the branches, * marks the current"),
                        ("history", "the path from a root to a leaf"), ("export", "write a session as JSONL")):
         p = sub.add_parser(name, parents=[common], help=what)

@@ -29,11 +29,14 @@ Everything from a session is data. The page has no network access and no externa
 assets: the session is embedded as JSON in a ``<script type="application/json">``
 (with ``<``, ``>``, ``&``, U+2028 and U+2029 escaped, so no content can close the
 element), read with ``JSON.parse`` and put on the page with ``textContent`` only; a
-Content-Security-Policy allows the page's one script (by hash) and nothing else.
-The server answers GET and HEAD on ``/`` and ``/session/<id>`` only, checks the Host
-header when it listens on a loopback address (against DNS rebinding), and only reads
-the store: it renders each request afresh, so a session that grew shows its new
-messages on reload.
+Content-Security-Policy allows the page's one script (by hash) and nothing else (the
+server's pages may also submit their search form to the server itself).
+The server answers GET and HEAD on ``/`` (the sessions, newest first, with their titles
+and first messages, and a search box), ``/search?q=...`` (:meth:`SessionStore.search`:
+each hit links to its message in its session) and ``/session/<id>`` only, checks the
+Host header when it listens on a loopback address (against DNS rebinding), and only
+reads the store: it renders each request afresh, so a session that grew shows its new
+messages on reload. The query a search page echoes is data like the rest.
 
 Standard library only, beside ``session_store``; the core's command line imports this
 file only when ``view`` or ``serve`` runs.
@@ -41,7 +44,8 @@ file only when ``view`` or ``serve`` runs.
 
 from __future__ import annotations
 
-__all__ = ["render_session", "render_index", "ViewServer", "make_server", "cli"]
+__all__ = ["render_session", "render_index", "render_search", "ViewServer", "make_server", "cli", "INDEX_LIMIT",
+           "SEARCH_LIMIT", "QUERY_CHARS"]
 
 import argparse
 import base64
@@ -450,6 +454,18 @@ table.sessions a { color: var(--accent); text-decoration: none; font-weight: 600
 .index { padding: 16px; }
 .index input { font: inherit; padding: 6px 10px; width: 320px; max-width: 100%; border: 1px solid #d0d5dd;
   border-radius: 8px; margin: 0 12px 12px 0; }
+.index form { margin: 0 0 12px; }
+.index form button { font: inherit; padding: 6px 12px; border: 1px solid #d0d5dd; border-radius: 8px;
+  background: #fff; }
+.index a.back { color: var(--accent); text-decoration: none; }
+table.sessions .preview { color: var(--dim); font-size: 12.5px; overflow-wrap: anywhere; }
+ol.hits { list-style: none; padding: 0; max-width: 1100px; }
+ol.hits li { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 8px 12px; margin: 0 0 8px; }
+ol.hits a { color: var(--accent); text-decoration: none; font-weight: 600; overflow-wrap: anywhere; }
+ol.hits .head { display: flex; flex-wrap: wrap; gap: 4px 10px; align-items: baseline; font-size: 12.5px;
+  color: var(--dim); }
+ol.hits .snippet { margin-top: 4px; white-space: pre-wrap; overflow-wrap: anywhere; }
+.badge.archived { background: #fff1e6; color: #9a3412; }
 @media (max-width: 900px) { .layout { grid-template-columns: minmax(0, 1fr) 60px; } nav.jump { display: none; } }
 """
 
@@ -763,6 +779,7 @@ _VIEW_JS = _script(r"""
   document.getElementById("title").textContent = S.key || S.id;
   const facts = document.getElementById("facts");
   const fact = text => facts.append(el("span", "", text));
+  if (S.title) fact(S.title);
   fact(`session ${S.id}`);
   fact(`${plural(N, "message", "messages")} · ${plural(D.branches.length, "branch", "branches")} · ` +
        `current branch ${S.current}`);
@@ -856,23 +873,51 @@ _INDEX_JS = _script(r"""
   document.getElementById("where").textContent = D.location;
   const body = document.getElementById("sessions");
   const rows = D.sessions.map(s => {
-    const tr = el("tr"), name = el("td"), link = el("a", "", s.key || "(no key)");
+    const tr = el("tr"), name = el("td"), link = el("a", "", s.key || "(no key)"), about = el("td");
     link.href = "session/" + encodeURIComponent(s.id);
     name.append(link);
-    tr.append(name, el("td", "mono", s.id), el("td", "num", count(s.messages)), el("td", "num", count(s.branches)),
-              el("td", "", when(s.updated)));
+    about.append(el("div", "title", s.title || ""));
+    if (s.preview && s.preview !== s.title) about.append(el("div", "preview", s.preview));
+    tr.append(name, about, el("td", "mono", s.id), el("td", "num", count(s.messages)),
+              el("td", "num", count(s.branches)), el("td", "", when(s.updated)));
     body.append(tr);
-    return [tr, (s.key + " " + s.id).toLowerCase()];
+    return [tr, [s.key, s.id, s.title || "", s.preview || ""].join(" ").toLowerCase()];
   });
   const filter = document.getElementById("filter"), shown = document.getElementById("shown");
+  const more = D.total > rows.length ? ` (the newest ${count(rows.length)} of ${count(D.total)}: search finds any)`
+                                     : "";
   function apply() {
     const q = filter.value.trim().toLowerCase();
     let n = 0;
     for (const [tr, text] of rows) { tr.hidden = !!q && !text.includes(q); if (!tr.hidden) n++; }
-    shown.textContent = `${n} of ${rows.length} sessions`;
+    shown.textContent = `${n} of ${rows.length} sessions${more}`;
   }
   on(filter, "input", apply);
   apply();
+  rendered();
+""")
+
+_SEARCH_JS = _script(r"""
+  const D = JSON.parse(document.getElementById("search-data").textContent);
+  document.getElementById("where").textContent = D.location;
+  document.getElementById("q").value = D.query;
+  document.title = `${D.query} · search · session-store`;
+  const said = document.getElementById("said"), list = document.getElementById("hits");
+  if (D.problem) said.textContent = D.problem;
+  else if (!D.hits.length) said.textContent = `no matches for “${D.query}”`;
+  else said.textContent = `${D.hits.length === D.limit ? "the first " : ""}${count(D.hits.length)} ` +
+                          `${D.hits.length === 1 ? "match" : "matches"} for “${D.query}”, best first`;
+  const places = { current: "current path", branch: "another branch", archived: "archived by a reset" };
+  for (const h of D.hits) {
+    const li = el("li"), head = el("div", "head");
+    const link = el("a", "", h.title || h.key || h.session);
+    link.href = "session/" + encodeURIComponent(h.session) + "#" + encodeURIComponent(h.message);
+    head.append(link, el("span", "mono", h.key), el("span", "role", h.role),
+                el("span", "badge " + (h.place === "archived" ? "archived" : "place"), places[h.place] || h.place),
+                el("span", "", when(h.t)));
+    li.append(head, el("div", "snippet", h.snippet));
+    list.append(li);
+  }
   rendered();
 """)
 
@@ -881,10 +926,24 @@ _VIEW_BODY = """<header class="top"><h1 id="title"></h1><div class="facts" id="f
 <div class="layout"><nav class="jump" id="jump"></nav><main id="conversation"></main>
 <aside class="minimap"><canvas id="minimap" aria-label="outline of the whole tree"></canvas></aside></div>"""
 
+INDEX_LIMIT = 2000  # sessions the index lists (the newest); the search finds the others
+SEARCH_LIMIT = 100  # hits a search page shows
+QUERY_CHARS = 500  # the longest query a search page takes
+
+# The search form is plain markup (no script needed): a GET to ``search`` beside the page.
+_SEARCH_FORM = f"""<form method="get" action="search" role="search"><input id="q" name="q" type="search"
+placeholder="search every message" maxlength="{QUERY_CHARS}" required><button type="submit">Search</button></form>"""
+
 _INDEX_BODY = """<div class="index"><h1>Sessions</h1><p class="mono" id="where"></p>
-<input id="filter" type="search" placeholder="filter by key or id" autofocus><span id="shown"></span>
-<table class="sessions"><thead><tr><th>key</th><th>session</th><th>messages</th><th>branches</th><th>updated</th>
-</tr></thead><tbody id="sessions"></tbody></table></div>"""
+""" + _SEARCH_FORM + """
+<input id="filter" type="search" placeholder="filter by key, title or id" autofocus><span id="shown"></span>
+<table class="sessions"><thead><tr><th>key</th><th>title · first message</th><th>session</th><th>messages</th>
+<th>branches</th><th>updated</th></tr></thead><tbody id="sessions"></tbody></table></div>"""
+
+_SEARCH_BODY = """<div class="index"><p><a class="back" href="./">← all sessions</a></p><h1>Search</h1>
+<p class="mono" id="where"></p>
+""" + _SEARCH_FORM + """
+<p id="said"></p><ol class="hits" id="hits"></ol></div>"""
 
 
 def _script_json(value: Any) -> str:
@@ -896,10 +955,13 @@ def _script_json(value: Any) -> str:
 
 
 def _policy(script: str) -> str:
-    """The Content-Security-Policy of a page whose one script is ``script``."""
+    """The Content-Security-Policy of a page whose one script is ``script``: that
+    script and nothing else; the pages with the search form (the index and the search
+    page) may submit it to the server that sent them, and nowhere else."""
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    forms = "'self'" if script in (_INDEX_JS, _SEARCH_JS) else "'none'"
     return (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; img-src data:; "
-            "base-uri 'none'; form-action 'none'")
+            f"base-uri 'none'; form-action {forms}")
 
 
 def _page(title: str, body: str, data_id: str, data: Any, script: str) -> str:
@@ -933,8 +995,8 @@ def render_session(store: SessionStore, session_id: str, *, index_link: bool = F
     messages = store.get_messages(session_id)
     index = {m.id: i for i, m in enumerate(messages)}
     doc = {
-        "session": {"id": session_id, "key": meta.key, "created": meta.created_at, "updated": meta.updated_at,
-                    "current": current,
+        "session": {"id": session_id, "key": meta.key, "title": meta.title, "created": meta.created_at,
+                    "updated": meta.updated_at, "current": current,
                     "lock": None if lock is None else {"holder": lock.holder_id, "expires": lock.expires_at,
                                                        "token": lock.token},
                     "index": index_link},
@@ -946,20 +1008,42 @@ def render_session(store: SessionStore, session_id: str, *, index_link: bool = F
     return _page("session", _VIEW_BODY, "session-data", doc, _VIEW_JS)
 
 
-def render_index(store: SessionStore) -> str:
-    """The store's sessions as an HTML page: key, message and branch counts, last update,
-    newest first, with a filter box; each key links to ``session/<id>`` (see
-    :func:`make_server`). Self-contained like :func:`render_session`; writes nothing."""
-    sessions: list[dict[str, Any]] = []
-    for sid in store.get_all_session_ids():
-        meta = store.get_metadata(sid)
-        if meta is None:  # deleted meanwhile
-            continue
-        sessions.append({"id": sid, "key": meta.key, "messages": meta.message_count,
-                         "branches": len(store.get_branches(sid)), "updated": meta.updated_at})
-    sessions.sort(key=lambda s: s["updated"], reverse=True)
-    return _page("sessions", _INDEX_BODY, "store-data", {"location": store.storage_dir, "sessions": sessions},
-                 _INDEX_JS)
+def render_index(store: SessionStore, *, limit: int = INDEX_LIMIT) -> str:
+    """The store's sessions as an HTML page, newest first
+    (:meth:`SessionStore.list_sessions`): key, title and first user message, message
+    and branch counts, last write; a filter box, and a search form that asks
+    ``search?q=...`` (see :func:`render_search`). Each key links to
+    ``session/<id>`` (see :func:`make_server`). At most ``limit`` sessions (the
+    newest; the page says how many there are). Self-contained like
+    :func:`render_session`; writes nothing."""
+    found = store.list_sessions()
+    sessions = [{"id": m.session_id, "key": m.key, "title": m.title, "preview": m.preview,
+                 "messages": m.message_count, "branches": m.branch_count, "updated": m.updated_at}
+                for m in found[:max(limit, 0)]]
+    return _page("sessions", _INDEX_BODY, "store-data",
+                 {"location": store.storage_dir, "sessions": sessions, "total": len(found)}, _INDEX_JS)
+
+
+def render_search(store: SessionStore, query: str, *, limit: int = SEARCH_LIMIT) -> str:
+    """The messages that :meth:`SessionStore.search` finds for ``query`` (at most
+    ``limit``, best first; reset history included and marked) as an HTML page: each
+    hit's session title and key, role, place and snippet, linking to
+    ``session/<id>#<message id>`` (the session page opens at that message). The query
+    is shown back in the form, as text. A query longer than :data:`QUERY_CHARS` is
+    refused on the page. Self-contained like :func:`render_session`; writes nothing."""
+    problem = ""
+    hits: list[dict[str, Any]] = []
+    if len(query) > QUERY_CHARS:
+        problem = f"the query is too long: at most {QUERY_CHARS} characters"
+    elif query.strip():
+        hits = [{"session": h.session_id, "key": h.key, "title": h.title, "message": h.message_id, "role": h.role,
+                 "place": h.place, "snippet": h.snippet, "t": h.timestamp}
+                for h in store.search(query, limit=limit)]
+    else:
+        problem = "type words to find in every message"
+    return _page("search", _SEARCH_BODY, "search-data",
+                 {"location": store.storage_dir, "query": query, "hits": hits, "limit": limit, "problem": problem},
+                 _SEARCH_JS)
 
 
 # ============================================================================
@@ -979,7 +1063,7 @@ def _is_loopback(host: str) -> bool:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """GET and HEAD of ``/`` and ``/session/<id>``; anything else is refused."""
+    """GET and HEAD of ``/``, ``/search?q=...`` and ``/session/<id>``; anything else is refused."""
 
     server: ViewServer
     server_version = "session-store-view"
@@ -1013,11 +1097,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not self._host_allowed():
             self._refuse(403, "this server answers only to its loopback address")
             return
-        path = urllib.parse.urlsplit(self.path).path
+        where = urllib.parse.urlsplit(self.path)
+        path = where.path
         store = self.server.store
         try:
             if path == "/":
                 self._send(200, render_index(store), "text/html", policy=_policy(_INDEX_JS))
+                return
+            if path == "/search":
+                try:
+                    asked = urllib.parse.parse_qs(where.query, errors="strict", max_num_fields=8)
+                except ValueError:  # UnicodeDecodeError too: not UTF-8, or too many fields
+                    self._refuse(400, "bad query")
+                    return
+                query = asked.get("q", [""])[0]
+                self._send(200, render_search(store, query), "text/html", policy=_policy(_SEARCH_JS))
                 return
             prefix, _, quoted = path.partition("/session/")
             session_id = urllib.parse.unquote(quoted, errors="strict")
@@ -1047,8 +1141,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class ViewServer(http.server.ThreadingHTTPServer):
-    """A read-only web server over a store: the list of sessions at ``/`` and each
-    session's page at ``/session/<id>`` (see :func:`make_server`)."""
+    """A read-only web server over a store: the list of sessions at ``/``, a search
+    at ``/search?q=...`` and each session's page at ``/session/<id>`` (see
+    :func:`make_server`)."""
 
     def __init__(self, store: SessionStore, host: str, port: int) -> None:
         self.store = store
@@ -1068,8 +1163,8 @@ def make_server(store: SessionStore, *, host: str = "127.0.0.1", port: int = 800
     """A :class:`ViewServer` bound to ``host:port`` (port 0: any free one), not yet serving.
 
     Call ``serve_forever()`` on it (and ``shutdown()`` from another thread to stop).
-    It answers GET and HEAD only (405 otherwise) on ``/`` and ``/session/<id>`` (404
-    otherwise), renders every request from the store (so a session that grew shows its
+    It answers GET and HEAD only (405 otherwise) on ``/``, ``/search`` and
+    ``/session/<id>`` (404 otherwise), renders every request from the store (so a session that grew shows its
     new messages on reload), and only reads. Bound to a loopback address (the default),
     it also refuses requests whose Host header is not a loopback name (403).
     """

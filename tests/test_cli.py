@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from session_store import SessionStore
+from session_store_conformance import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +38,8 @@ def test_ls_lists_sessions_as_text_and_json(tmp_path: Path) -> None:
     assert text.returncode == 0 and sid in text.stdout and "user:alice" in text.stdout
     rows = json.loads(cli("ls", "--dir", str(tmp_path), "--json").stdout)  # --dir after the command too
     assert rows == [{"sessionId": sid, "key": "user:alice", "messages": 4, "branches": 2,
-                     "updatedAt": rows[0]["updatedAt"]}]
+                     "updatedAt": rows[0]["updatedAt"], "title": "Question? second line",
+                     "preview": "Question? second line"}]
 
 
 def test_tree_marks_branches_and_the_current_head_plainly_into_a_pipe(tmp_path: Path) -> None:
@@ -343,3 +345,196 @@ def test_fork_makes_a_session_of_the_path_and_prints_its_id(tmp_path: Path) -> N
         assert meta is not None and meta.forked_from == (sid, a)
     taken = cli("--dir", str(tmp_path), "fork", "user:alice", "--key", "copy")
     assert taken.returncode == 2 and "already has a session" in taken.stderr
+
+
+# ============================================================================
+# A user's conversations: ls --prefix, title, search, prune
+# ============================================================================
+
+DAY = 86400
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``directory``: size and modification time."""
+    found = {}
+    for path in [directory, *directory.rglob("*")]:
+        st = path.lstat()  # the key index is made of links: never follow them
+        found[str(path.relative_to(directory))] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def conversations(directory: Path, clock: FakeClock) -> dict[str, str]:
+    """Two users' sessions, a day apart (oldest first: alice:1, bob:1, alice:2), 100 days ago."""
+    clock.now = 1_700_000_000.0
+    ids = {}
+    with SessionStore(storage_dir=directory, clock=clock) as store:
+        for key, said in (("user:alice:1", "How do I bake bread?"), ("user:bob:1", "Tell me about dogs"),
+                          ("user:alice:2", "Plan a trip to Lisbon")):
+            ids[key] = sid = store.resolve(key)
+            store.append(sid, role="user", content=said)
+            store.append(sid, role="assistant", content=f"Sure: {said.lower()}")
+            clock.advance(DAY)
+    return ids
+
+
+def test_ls_prefix_lists_one_users_sessions_newest_first_with_titles(tmp_path: Path) -> None:
+    ids = conversations(tmp_path, FakeClock())
+    out = cli("ls", "--prefix", "user:alice:", "--dir", str(tmp_path)).stdout.splitlines()
+    assert [line.split()[0] for line in out] == [ids["user:alice:2"], ids["user:alice:1"]]
+    assert out[0].endswith("user:alice:2  Plan a trip to Lisbon") and "2 msgs" in out[0]
+    assert "user:bob" not in "".join(out)
+    newest = cli("ls", "--prefix", "user:alice:", "--limit", "1", "--dir", str(tmp_path)).stdout.splitlines()
+    assert newest == out[:1]
+    rows = json.loads(cli("ls", "--prefix", "user:bob:", "--json", "--dir", str(tmp_path)).stdout)
+    assert [(r["key"], r["title"], r["preview"]) for r in rows] == [("user:bob:1", "Tell me about dogs",
+                                                                     "Tell me about dogs")]
+    assert cli("ls", "--prefix", "nobody:", "--dir", str(tmp_path)).stdout == ""
+
+
+def test_ls_shows_control_characters_of_a_first_message_as_escapes_on_one_line(tmp_path: Path) -> None:
+    with SessionStore(storage_dir=tmp_path) as store:
+        store.append(store.resolve("k"), role="user", content="\x1b[2J\x1b]0;pwned\x07hi\u202eevil")
+    out = cli("ls", "--dir", str(tmp_path)).stdout
+    assert len(out.splitlines()) == 1 and "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert out.rstrip().endswith("k  \\x1b[2J\\x1b]0;pwned\\x07hi\\u202eevil")
+
+
+def test_title_sets_prints_and_clears_a_title(tmp_path: Path) -> None:
+    ids = conversations(tmp_path, FakeClock())
+    assert cli("title", "user:bob:1", "--dir", str(tmp_path)).stdout == "Tell me about dogs\n"  # from the message
+    done = cli("title", "user:bob:1", "Dogs <b>& more</b>", "--dir", str(tmp_path))
+    assert (done.returncode, done.stdout) == (0, "user:bob:1: title Dogs <b>& more</b>\n")
+    assert cli("title", ids["user:bob:1"][:6], "--dir", str(tmp_path)).stdout == "Dogs <b>& more</b>\n"
+    assert "Dogs <b>& more</b>" in cli("ls", "--dir", str(tmp_path)).stdout
+    cleared = cli("title", "user:bob:1", "--clear", "--dir", str(tmp_path))
+    assert cleared.returncode == 0 and "title cleared" in cleared.stdout
+    assert cli("title", "user:bob:1", "--dir", str(tmp_path)).stdout == "Tell me about dogs\n"
+
+
+def test_a_bad_title_is_refused_with_exit_2_and_nothing_is_written(tmp_path: Path) -> None:
+    conversations(tmp_path, FakeClock())
+    before = snapshot(tmp_path)
+    for bad, why in (("two\nlines", "one line"), ("", "1 to 200 characters"), ("x" * 201, "1 to 200 characters"),
+                     ("   ", "not only blanks"), ("bell\x07", "no control characters")):
+        done = cli("title", "user:bob:1", bad, "--dir", str(tmp_path))
+        assert done.returncode == 2 and why in done.stderr, (bad, done.stderr)
+        assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+    both = cli("title", "user:bob:1", "New", "--clear", "--dir", str(tmp_path))
+    assert both.returncode == 2 and "not both" in both.stderr
+    assert cli("title", "nobody", "x", "--dir", str(tmp_path)).returncode == 2
+    assert snapshot(tmp_path) == before
+    assert cli("title", "user:bob:1", "--dir", str(tmp_path)).stdout == "Tell me about dogs\n"
+
+
+def test_search_prints_one_line_per_hit_and_reads_operators_as_words(tmp_path: Path) -> None:
+    with SessionStore(storage_dir=tmp_path) as store:
+        sid = store.resolve("user:alice")
+        store.append(sid, role="user", content="Is it a or b? Say a OR b.")
+        store.append(sid, role="assistant", content="b* is not a word here")
+    out = cli("search", '"a" OR b*', "--dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1  # a, or and b: only the first message holds all three
+    assert lines[0].split()[:4] == ["user:alice", lines[0].split()[1], "user", "current"]
+    assert lines[0].endswith("Is it a or b? Say a OR b.")
+    assert cli("search", "WORD", "--dir", str(tmp_path)).stdout.split()[2] == "assistant"  # any case
+    hits = json.loads(cli("search", "word", "--json", "--dir", str(tmp_path)).stdout)
+    assert [(h["session_id"], h["role"], h["place"]) for h in hits] == [(sid, "assistant", "current")]
+
+
+def test_search_marks_history_a_reset_archived_and_can_leave_it_out(tmp_path: Path) -> None:
+    with SessionStore(storage_dir=tmp_path) as store:
+        sid = store.resolve("user:alice")
+        store.append(sid, role="user", content="the penguin question")
+        store.reset(sid)
+        store.append(sid, role="user", content="a new penguin question")
+    lines = cli("search", "penguin", "--dir", str(tmp_path)).stdout.splitlines()
+    assert sorted(line.split()[3] for line in lines) == ["[archived]", "current"]
+    assert any(line.endswith("the penguin question") and "[archived]" in line for line in lines)
+    current = cli("search", "penguin", "--no-archived", "--dir", str(tmp_path)).stdout.splitlines()
+    assert len(current) == 1 and current[0].endswith("a new penguin question")
+
+
+def test_search_without_a_match_says_no_matches_and_exits_0(tmp_path: Path) -> None:
+    conversations(tmp_path, FakeClock())
+    for query in ("zebra", "bread dogs", "***"):
+        done = cli("search", query, "--dir", str(tmp_path))
+        assert done.returncode == 0 and done.stdout.startswith("no matches"), (query, done.stdout)
+    prefix = cli("search", "dogs", "--prefix", "user:alice:", "--dir", str(tmp_path))
+    assert prefix.stdout == "no matches\n"  # bob's session is not alice's to search
+    assert cli("search", "dogs", "--dir", str(tmp_path)).stdout.startswith("user:bob:1 ")
+
+
+def test_prune_dry_run_names_what_it_would_delete_and_writes_nothing(tmp_path: Path) -> None:
+    ids = conversations(tmp_path, FakeClock())
+    before = snapshot(tmp_path)
+    done = cli("prune", "--older-than", "30d", "--dry-run", "--archive", str(tmp_path / "archive"),
+               "--dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[2] for line in lines[:-1]] == [ids["user:alice:1"], ids["user:bob:1"], ids["user:alice:2"]]
+    assert all(line.startswith("would delete  ") for line in lines[:-1])
+    assert lines[-1].startswith("dry run: would delete 3 session(s)") and lines[-1].endswith("nothing was deleted")
+    assert snapshot(tmp_path) == before and not (tmp_path / "archive").exists()
+
+
+def test_prune_keeps_recent_and_leased_sessions_and_says_why(tmp_path: Path) -> None:
+    clock = FakeClock()
+    ids = conversations(tmp_path, clock)
+    with SessionStore(storage_dir=tmp_path, lock_timeout_ms=600_000) as store:  # the real clock: now
+        store.acquire_lock(ids["user:alice:1"], "worker-1")  # held while prune runs (close releases it)
+        store.append(ids["user:alice:2"], role="user", content="and back again")
+        done = cli("prune", "--older-than", "2w", "--dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith(f"deleted  {ids['user:bob:1']}  user:bob:1  last written ")
+    assert f"kept (leased)  {ids['user:alice:1']}  user:alice:1" in done.stdout
+    assert done.stdout.splitlines()[-1].startswith("deleted 1 session(s), freed ")
+    left = [line.split()[-1] for line in cli("ls", "--dir", str(tmp_path)).stdout.splitlines()]
+    assert left == ["Lisbon", "bread?"]  # alice:2, written since; alice:1, leased
+
+
+def test_prune_archive_then_import_brings_a_session_back_with_its_title(tmp_path: Path) -> None:
+    store_dir, archive = tmp_path / "s", tmp_path / "archive"
+    ids = conversations(store_dir, FakeClock())
+    assert cli("title", "user:bob:1", "All about dogs", "--dir", str(store_dir)).returncode == 0  # written now
+    done = cli("prune", "--older-than", "7d", "--dir", str(store_dir), "--archive", str(archive))
+    assert done.returncode == 0, done.stderr
+    files = sorted(archive.iterdir())
+    assert {f.name for f in files} == {ids["user:alice:1"] + ".jsonl", ids["user:alice:2"] + ".jsonl"}
+    assert sorted(line.split()[1] for line in done.stdout.splitlines() if line.startswith("archived  ")) == [
+        str(f) for f in files]
+    assert cli("ls", "--prefix", "user:alice", "--dir", str(store_dir)).stdout == ""
+    assert cli("title", "user:alice:2", "Lisbon trip", "--dir", str(store_dir)).returncode == 2  # gone
+    # a title set before the archive is written comes back with the session
+    with SessionStore(storage_dir=tmp_path / "other") as other:
+        sid = other.resolve("user:carol")
+        other.append(sid, role="user", content="Hello")
+        other.set_title(sid, "Carol's <first> chat")
+    assert cli("prune", "--older-than", "0s", "--archive", str(archive), "--dir", str(tmp_path / "other")
+               ).returncode == 0
+    for f in [*files, archive / f"{sid}.jsonl"]:
+        back = cli("import", str(f), "--dir", str(store_dir))
+        assert back.returncode == 0, back.stderr
+    assert cli("title", "user:carol", "--dir", str(store_dir)).stdout == "Carol's <first> chat\n"
+    assert cli("title", "user:alice:2", "--dir", str(store_dir)).stdout == "Plan a trip to Lisbon\n"
+    history = cli("history", "user:alice:1", "--dir", str(store_dir)).stdout
+    assert history == "user: How do I bake bread?\nassistant: Sure: how do i bake bread?\n"
+
+
+def test_prune_refuses_a_duration_it_cannot_read_and_deletes_nothing(tmp_path: Path) -> None:
+    conversations(tmp_path, FakeClock())
+    before = snapshot(tmp_path)
+    for bad in ("30", "30x", "-1d", "1.5d", "d", "30 d", "", "1d12h", "30D", "thirty days"):
+        done = cli("prune", f"--older-than={bad}", "--dir", str(tmp_path))
+        assert done.returncode == 2 and "invalid duration" in done.stderr, (bad, done.stderr)
+        assert len(done.stderr.splitlines()) == 1 and "45s, 90m, 12h, 30d or 2w" in done.stderr
+    missing = cli("prune", "--dir", str(tmp_path))
+    assert missing.returncode == 2 and "--older-than" in missing.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_each_new_command_explains_itself(tmp_path: Path) -> None:
+    for command, words in (("ls", "--prefix"), ("search", "[archived]"), ("prune", "45s, 90m, 12h, 30d or 2w"),
+                           ("title", "--clear")):
+        done = cli(command, "--help")
+        assert done.returncode == 0 and words in done.stdout, (command, done.stdout)

@@ -29,6 +29,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -37,7 +38,7 @@ from selenium.webdriver.remote.webelement import WebElement
 
 from session_store import InMemoryFileSystem, SessionNotFound, SessionStore
 from session_store_conformance import FakeClock
-from session_store_view import make_server, render_index, render_session
+from session_store_view import QUERY_CHARS, SEARCH_LIMIT, make_server, render_index, render_search, render_session
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -50,6 +51,9 @@ BROWSER_REQUIRED = os.environ.get("SESSION_STORE_REQUIRE_BROWSER") == "1"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1280,900"]
+# Strings that would run or inject markup if a page put them anywhere but text.
+ATTACKS = ["<script>window.pwned = 7</script>", '"><img src=x onerror=alert(1)>', "'><svg onload=alert(2)>",
+           "</script><script>window.pwned = 8</script>", "<!-- x", "&lt;b&gt;"]
 HOSTILE = ('<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
            '<a href="javascript:window.pwned = 3">click me</a><!-- </script><script>window.pwned = 4</script>')
 
@@ -326,6 +330,76 @@ def test_index_lists_sessions_newest_first(store: SessionStore, clock: FakeClock
     assert sessions[0]["messages"] == 2 and sessions[0]["branches"] == 1
 
 
+def test_index_shows_each_sessions_title_and_first_message(store: SessionStore, clock: FakeClock) -> None:
+    sid, _ = branched(store)
+    clock.advance(1)
+    titled = store.resolve("user:bob")
+    store.append(titled, role="user", content="  Plan a trip\nto Lisbon  ")
+    store.set_title(titled, "Lisbon in May")
+    data = page_data(render_index(store))
+    assert [(s["key"], s["title"], s["preview"]) for s in data["sessions"]] == [
+        ("user:bob", "Lisbon in May", "Plan a trip to Lisbon"),
+        ("user:alice", "What is a good name for a cat?", "What is a good name for a cat?")]
+    assert data["total"] == 2 and data["sessions"][1]["id"] == sid
+    capped = page_data(render_index(store, limit=1))
+    assert [s["key"] for s in capped["sessions"]] == ["user:bob"] and capped["total"] == 2
+
+
+def test_search_page_lists_hits_with_their_place_linking_to_the_message(store: SessionStore) -> None:
+    sid, ids = branched(store)
+    store.reset(sid)
+    store.append(sid, role="user", content="Back to Pixel, please.")
+    data = page_data(render_search(store, "pixel"))
+    assert data["query"] == "pixel" and data["problem"] == ""
+    found = {h["message"]: h for h in data["hits"]}
+    assert found[ids["last"]]["place"] == "archived" and found[ids["last"]]["role"] == "assistant"
+    assert found[ids["last"]]["snippet"] == "Pixel means a small dot."
+    assert found[ids["last"]]["session"] == sid and found[ids["last"]]["key"] == "user:alice"
+    assert [h["place"] for h in data["hits"] if h["snippet"] == "Back to Pixel, please."] == ["current"]
+    assert found[ids["last"]]["title"] == "What is a good name for a cat?"
+    assert page_data(render_search(store, "Miso"))["hits"][0]["place"] == "branch"
+    assert page_data(render_search(store, "zebra"))["hits"] == []
+
+
+def test_search_page_caps_its_hits_and_the_querys_length(store: SessionStore) -> None:
+    sid = store.resolve("k")
+    for i in range(SEARCH_LIMIT + 5):
+        store.append(sid, role="user", content=f"echo {i}")
+    assert len(page_data(render_search(store, "echo"))["hits"]) == SEARCH_LIMIT
+    assert len(page_data(render_search(store, "echo", limit=3))["hits"]) == 3
+    long = page_data(render_search(store, "echo " * QUERY_CHARS))
+    assert long["hits"] == [] and "too long" in long["problem"]
+    assert page_data(render_search(store, "   "))["hits"] == []
+
+
+def hostile_store(store: SessionStore) -> str:
+    """A session whose key, title and message are each every attack."""
+    sid = store.resolve("user:" + "".join(ATTACKS))
+    store.append(sid, role="user", content="needle " + " ".join(ATTACKS))
+    store.set_title(sid, "".join(ATTACKS))
+    return sid
+
+
+def markup_of(page: str) -> str:
+    """A page without its two script elements (the JSON data and the script)."""
+    return re.sub(r"<script[^>]*>.*?</script>", "", page, flags=re.S)
+
+
+def test_hostile_keys_titles_messages_and_queries_are_only_data_in_index_and_search(store: SessionStore) -> None:
+    hostile_store(store)
+    query = "needle " + " ".join(ATTACKS)
+    for page in (render_index(store), render_search(store, query)):
+        assert page.count("<script") == 2 and page.count("</script>") == 2 and "<!-- x" not in page
+        markup = markup_of(page)
+        assert "pwned" not in markup and "alert" not in markup and "onerror" not in markup
+        assert "<img" not in page and "<svg" not in page
+    data = page_data(render_search(store, query))
+    assert data["query"] == query and len(data["hits"]) == 1
+    assert data["hits"][0]["title"] == "".join(ATTACKS) and data["hits"][0]["key"] == "user:" + "".join(ATTACKS)
+    sessions = page_data(render_index(store))["sessions"]
+    assert sessions[0]["preview"] == "needle " + " ".join(ATTACKS)
+
+
 # ============================================================================
 # The page, in the browser
 # ============================================================================
@@ -559,6 +633,58 @@ def test_served_index_filters_and_opens_a_session(browser: WebDriver, store: Ses
         assert browser.current_url == url
 
 
+def test_served_search_finds_a_message_and_opens_the_session_at_it(browser: WebDriver, store: SessionStore,
+                                                                    clock: FakeClock) -> None:
+    sid, ids = branched(store)
+    clock.advance(1)
+    store.append(store.resolve("team:alpha"), role="user", content="nothing about cats")
+    with serving(store) as url:
+        browser.get(url)
+        box = browser.find_element(By.ID, "q")
+        box.send_keys("MISO")
+        box.submit()  # a plain GET form: the page's policy lets it go to this server only
+        assert browser.current_url == f"{url}search?q=MISO"
+        assert browser.find_element(By.ID, "q").get_attribute("value") == "MISO"
+        assert browser.find_element(By.ID, "said").text == "1 match for “MISO”, best first"
+        hit = browser.find_element(By.CSS_SELECTOR, "#hits li")
+        assert "How about Miso?" in hit.text and "another branch" in hit.text and "user:alice" in hit.text
+        hit.find_element(By.TAG_NAME, "a").click()
+        assert browser.current_url == f"{url}session/{sid}#{ids['miso']}"
+        assert "How about Miso?" in conversation(browser)  # on another branch: the page shows its path
+        assert "Try Pixel." not in conversation(browser)
+        browser.get(f"{url}search?q=zebra")
+        assert browser.find_element(By.ID, "said").text == "no matches for “zebra”"
+        assert browser.find_elements(By.CSS_SELECTOR, "#hits li") == []
+
+
+def test_hostile_strings_in_the_served_index_and_search_render_as_text(browser: WebDriver,
+                                                                        store: SessionStore) -> None:
+    hostile_store(store)
+    query = "needle " + " ".join(ATTACKS)
+    with serving(store) as url:
+        for page in (url, f"{url}search?q={urllib.parse.quote(query)}"):
+            browser.get(page)
+            assert not alert_open(browser)
+            assert browser.execute_script("return window.pwned") is None
+            assert len(browser.find_elements(By.TAG_NAME, "img")) == 0
+            assert len(browser.find_elements(By.TAG_NAME, "svg")) == 0
+            assert len(browser.find_elements(By.TAG_NAME, "script")) == 2
+            assert [a.get_attribute("href").partition(url)[2].partition("/")[0]  # type: ignore[union-attr]
+                    for a in browser.find_elements(By.CSS_SELECTOR, "#sessions a, #hits a")] == ["session"]
+            text = browser.find_element(By.TAG_NAME, "body").text
+            assert '"><img src=x onerror=alert(1)>' in text and "<script>window.pwned = 7</script>" in text
+        assert browser.find_element(By.ID, "q").get_attribute("value") == query
+        assert browser.title.startswith(query)
+
+
+def alert_open(browser: WebDriver) -> bool:
+    try:
+        browser.switch_to.alert  # noqa: B018 - raises when there is none
+    except NoAlertPresentException:
+        return False
+    return True
+
+
 def test_a_session_that_grew_shows_its_new_messages_on_reload(browser: WebDriver, tmp_path: Path) -> None:
     with SessionStore(storage_dir=tmp_path) as writer, SessionStore(storage_dir=tmp_path) as reader:
         sid, _ = branched(writer)
@@ -586,6 +712,25 @@ def test_the_server_answers_only_its_own_paths(tmp_path: Path) -> None:
                 assert (path, status) == (path, 404) and body == b"404 not found\n"
             assert request(url, "GET", f"/session/{sid}?x=1")[0] == 200
             assert request(url, "GET", "/")[0] == 200
+            assert request(url, "GET", "/search?q=pixel")[0] == 200
+            assert request(url, "GET", "/search")[0] == 200  # no query: a page asking for one
+            assert request(url, "GET", "/search/x?q=pixel")[0] == 404
+            assert request(url, "GET", "/search?q=%ff")[:3:2] == (400, b"400 bad query\n")
+            assert request(url, "GET", "/search?" + "&".join(["q=a"] * 20))[0] == 400
+
+
+def test_the_search_page_may_submit_its_form_only_to_its_own_server(store: SessionStore) -> None:
+    branched(store)
+    with serving(store) as url:
+        for path in ("/", "/search?q=pixel"):
+            status, headers, body = request(url, "GET", path)
+            policy = headers["Content-Security-Policy"]
+            assert status == 200 and "form-action 'self'" in policy and "default-src 'none'" in policy
+            assert policy in body.decode()  # the page's own copy of its policy says the same
+        sid = store.resolve("user:alice")
+        assert "form-action 'none'" in request(url, "GET", f"/session/{sid}")[1]["Content-Security-Policy"]
+        status, headers, body = request(url, "HEAD", "/search?q=pixel")
+        assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
 
 
 def test_the_server_refuses_every_method_but_get_and_head(store: SessionStore) -> None:
@@ -629,9 +774,10 @@ def test_the_server_answers_only_to_loopback_names(store: SessionStore) -> None:
 # ============================================================================
 
 
-def cli(*args: str, python: list[str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, python: list[str] | None = None, cwd: Path = ROOT,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*(python or [sys.executable, "-m", "session_store"]), *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+                          text=True, cwd=cwd, env=env, timeout=120)
 
 
 def test_view_writes_one_page_for_a_key(tmp_path: Path) -> None:
@@ -653,7 +799,9 @@ def test_view_of_an_unknown_session_is_one_line_and_exit_2(tmp_path: Path) -> No
 def test_without_the_view_file_the_command_says_which_file_is_missing(tmp_path: Path) -> None:
     shutil.copy(ROOT / "session_store.py", tmp_path / "session_store.py")  # vendored alone
     (tmp_path / "s").mkdir()
-    done = cli("--dir", "s", "serve", python=[sys.executable, "-S", str(tmp_path / "session_store.py")], cwd=tmp_path)
+    alone = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nor integrations/ on the path
+    done = cli("--dir", "s", "serve", python=[sys.executable, "-S", str(tmp_path / "session_store.py")], cwd=tmp_path,
+               env=alone)
     assert done.returncode == 2 and "session_store_view.py" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -673,7 +821,8 @@ def serve_and_ask(directory: Path, sid: str) -> None:
         url = re.search(r"http://\S+/", server.stdout.readline())
         assert url is not None
         page = f"/session/{sid}"
-        asked = [("GET", "/"), ("GET", page), ("HEAD", page), ("POST", page), ("DELETE", page)]
+        asked = [("GET", "/"), ("GET", page), ("HEAD", page), ("POST", page), ("DELETE", page),
+                 ("GET", "/search?q=pixel"), ("GET", "/search?q=regal"), ("POST", "/search?q=pixel")]
         for method, path in asked + [("GET", p) for p in TRAVERSALS]:
             request(url[0], method, path)
     finally:
