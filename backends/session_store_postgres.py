@@ -35,6 +35,9 @@ How it keeps the contract across machines:
   never because of a host name or a process id. With a single given connection there
   is no such connection: leases then end only when they expire.
 - ``durable=False`` sets ``synchronous_commit = off`` for the store's connections.
+- Search (:meth:`PostgresStorage.search_messages`) reads a ``tsvector`` of every
+  message's words (a GIN index), written by the statement that writes the message;
+  the best ``ts_rank`` first.
 - After ``fork()``, a store made from a DSN opens its own connections in the child
   (the parent's are never used nor closed there); a given connection or pool belongs
   to the process that made it, and the child gets a clear :class:`StorageError`.
@@ -65,20 +68,39 @@ from session_store import (
     SessionNotFound,
     Storage,
     StorageError,
+    record_words,
+    search_words,
 )
 
 # ============================================================================
 # Schema
 # ============================================================================
 #
-# Version 2, in the configured schema. The same JSON records as the other storages,
+# Version 3, in the configured schema. The same JSON records as the other storages,
 # one per row; ``seq`` numbers a session's messages (and, separately, its branch
 # events) in append order. ``index_log`` is written under a transaction-scoped
-# advisory lock, so its ``seq`` order is its commit order. Version 1 had no
-# ``forked_from`` and no ``tallies``; it is migrated when a store opens it.
+# advisory lock, so its ``seq`` order is its commit order.
+#
+# ``sessions.key`` is collated "C" (byte order, whatever the database's collation),
+# so that the keys starting with a prefix are one range of its unique index.
+# ``message_words`` is the search index: one row per message row (its session, seq,
+# id, timestamp and the words of record_words(record) as a ``tsvector``, GIN-indexed),
+# written by the statement that writes the message row (an append, a creation with
+# records, a repair's rewrite) and deleted with its session. The tsvector is built
+# from those words as they are (a lexeme each, with its positions: what
+# to_tsvector('simple') makes of them, without its parser's own idea of a word,
+# which drops some that search_words keeps, such as "²"), and a query is the
+# tsquery of its words as they are, ANDed: both are values passed as parameters.
+# PostgreSQL's limits: a word of more than 2,046 bytes is left out (a query leaves
+# it out too), positions past 16,383 count as 16,383, at most 256 are kept a word.
+#
+# Version 1 had no ``forked_from`` and no ``tallies``; version 2 a key collated as
+# the database is, and no ``message_words``. Both are migrated when a store opens
+# them (version 2: the index is built from the message rows in the migration's
+# transaction).
 
 #: The schema version this module creates and reads.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = [
     "CREATE TABLE {s}.meta (name text PRIMARY KEY, value text NOT NULL)",
@@ -123,7 +145,21 @@ _MIGRATIONS: dict[int, list[str]] = {
             events bigint NOT NULL,
             messages bigint NOT NULL,
             record text NOT NULL)"""],
+    2: ['ALTER TABLE {s}.sessions ALTER COLUMN key TYPE text COLLATE "C"',
+        """CREATE TABLE {s}.message_words (
+            session_id text NOT NULL,
+            seq bigint NOT NULL,
+            message_id text NOT NULL,
+            at bigint NOT NULL,
+            words tsvector NOT NULL,
+            PRIMARY KEY (session_id, seq))"""],  # then _index_messages, which makes its GIN index
 }
+
+# A message's search index row (its words: a tsvector literal, made by _tsvector).
+_INSERT_WORDS = ("INSERT INTO {s}.message_words (session_id, seq, message_id, at, words) "
+                 "VALUES (%s, %s, %s, %s, %s::tsvector)")
+# PostgreSQL's limits on a tsvector: a lexeme's UTF-8 bytes, a position, positions a lexeme.
+_MAX_LEXEME_BYTES, _MAX_POSITION, _MAX_POSITIONS = 2046, 16383, 256
 
 _LOAD = """
     SELECT 0, generation, NULL FROM {s}.sessions WHERE id = %(sid)s
@@ -156,6 +192,71 @@ def _storage_error(e: psycopg.Error, action: str) -> StorageError:
     lost = isinstance(e, psycopg.OperationalError)
     return StorageError(errno.ECONNRESET if lost else errno.EIO,
                         f"could not {action}: {'connection lost: ' if lost else ''}{str(e).strip()}")
+
+
+def _quoted(word: str) -> str:
+    """A word as a lexeme of a tsvector or tsquery literal: as it is, quoted."""
+    return "'" + word.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _tsvector(words: str) -> str:
+    """The ``tsvector`` literal of :func:`record_words`: each word a lexeme as it is,
+    with its positions (see "Schema" for PostgreSQL's limits)."""
+    positions: dict[str, list[int]] = {}
+    for n, word in enumerate(words.split(), 1):
+        at = positions.setdefault(word, [])
+        if len(at) < _MAX_POSITIONS and (not at or at[-1] < _MAX_POSITION):
+            at.append(min(n, _MAX_POSITION))
+    return " ".join(f"{_quoted(word)}:{','.join(map(str, at))}" for word, at in positions.items()
+                    if len(word.encode("utf-8")) <= _MAX_LEXEME_BYTES)
+
+
+def _words_of(record: Mapping[str, Any]) -> tuple[int, str]:
+    """What the search index keeps of a message record: its timestamp (0 when it has
+    none that fits a bigint) and the :func:`_tsvector` of :func:`record_words`."""
+    at = record.get("timestamp")
+    return (at if type(at) is int and -(1 << 63) <= at < (1 << 63) else 0), _tsvector(record_words(record))
+
+
+def _indexed(line: str | bytes) -> tuple[int, str] | None:
+    """:func:`_words_of` the record of a line; ``None`` for a line that is not a JSON
+    object (it is not indexed)."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+        return None
+    return _words_of(record) if isinstance(record, dict) else None
+
+
+def _key_range(prefix: str) -> tuple[str, str | None] | None:
+    """``(low, high)``: the keys that start with ``prefix`` are exactly those with
+    ``low <= key < high`` in code point order (UTF-8 byte order: the "C" collation
+    of the key column), ``high`` ``None`` for no bound; ``None`` when no key can (a
+    text never holds NUL, a lone surrogate is no key). ``high`` is ``prefix`` with
+    its last character that can grow grown by one (skipping the surrogates), the
+    rest after it dropped."""
+    try:
+        prefix.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    if "\x00" in prefix:
+        return None
+    for end in range(len(prefix) - 1, -1, -1):
+        c = ord(prefix[end])
+        if c < 0x10FFFF:
+            return prefix, prefix[:end] + chr(0xE000 if c + 1 == 0xD800 else c + 1)
+    return prefix, None
+
+
+def _query_words(words: Sequence[str]) -> list[str] | None:
+    """The words of a search, each once; ``None`` when one of them is no word that
+    :func:`search_words` makes (no message's words can hold it: nothing matches)."""
+    if isinstance(words, str):
+        raise InvalidInput("words must be a sequence of words, not a str")
+    for word in words:
+        if not isinstance(word, str) or search_words(word) != [word]:
+            return None
+    return list(dict.fromkeys(words))
 
 
 def _entry(row: tuple[Any, ...]) -> IndexEntry:
@@ -205,6 +306,12 @@ class PostgresStorage(Storage):
                          "ON x.id = m.session_id WHERE m.session_id = %s AND m.seq < %s ORDER BY m.seq DESC LIMIT %s",
             "lock_session": "SELECT 1 FROM {s}.sessions WHERE id = %s FOR UPDATE",
             "insert_message": "INSERT INTO {s}.messages (session_id, seq, id, record) VALUES (%s, %s, %s, %s)",
+            "insert_words": _INSERT_WORDS,
+            # A message and its search index row: one statement, one round trip.
+            "insert_message_words": "WITH m AS (INSERT INTO {s}.messages (session_id, seq, id, record) "
+                                    "VALUES (%(sid)s, %(seq)s, %(id)s, %(record)s)) "
+                                    "INSERT INTO {s}.message_words (session_id, seq, message_id, at, words) "
+                                    "VALUES (%(sid)s, %(seq)s, %(id)s, %(at)s, %(words)s::tsvector)",
             "insert_event": "INSERT INTO {s}.branch_events (session_id, seq, record) VALUES (%s, %s, %s)",
             "read_lease": "SELECT record FROM {s}.leases WHERE session_id = %s",
             "write_lease": "INSERT INTO {s}.leases (session_id, record) VALUES (%s, %s) "
@@ -346,9 +453,25 @@ class PostgresStorage(Storage):
             while version < SCHEMA_VERSION:
                 for statement in _MIGRATIONS[version]:
                     conn.execute(sql.SQL(statement).format(s=s))
+                if version == 2:
+                    self._index_messages(conn)
                 version += 1
                 conn.execute(sql.SQL("UPDATE {s}.meta SET value = %s WHERE name = 'schema_version'").format(s=s),
                              (str(version),))
+
+    def _index_messages(self, conn: psycopg.Connection[Any]) -> None:
+        """Migration 2 -> 3, in its transaction: the search index of every message row
+        there is (a thousand rows at a time, in primary key order), then its GIN index."""
+        s = sql.Identifier(self.schema)
+        read = sql.SQL("SELECT session_id, seq, id, record FROM {s}.messages WHERE (session_id, seq) > (%s, %s) "
+                       "ORDER BY session_id, seq LIMIT 1000").format(s=s)
+        after: tuple[str, int] = ("", -1)
+        while rows := conn.execute(read, after).fetchall():
+            with conn.cursor() as cur:
+                cur.executemany(self._sql["insert_words"], [(sid, seq, mid, *found) for sid, seq, mid, record in rows
+                                                            if (found := _indexed(record)) is not None])
+            after = (rows[-1][0], rows[-1][1])
+        conn.execute(sql.SQL("CREATE INDEX message_words_search ON {s}.message_words USING gin (words)").format(s=s))
 
     def _schema_version(self, conn: psycopg.Connection[Any]) -> int:
         # A query of pg_class, not to_regclass(): the latter answers from the backend's
@@ -413,9 +536,12 @@ class PostgresStorage(Storage):
                                  "VALUES ('create', %s, %s, %s)").format(s=s), (session_id, key, created_at))
             with conn.cursor() as cur:
                 if messages:
+                    records = [json.loads(line) for line in messages]
                     cur.executemany(self._sql["insert_message"],
-                                    [(session_id, seq, json.loads(line)["id"], line[:-1].decode())
-                                     for seq, line in enumerate(messages)])
+                                    [(session_id, seq, record["id"], line[:-1].decode())
+                                     for seq, (line, record) in enumerate(zip(messages, records, strict=True))])
+                    cur.executemany(self._sql["insert_words"], [(session_id, seq, record["id"], *_words_of(record))
+                                                                for seq, record in enumerate(records)])
                 if events:
                     cur.executemany(self._sql["insert_event"],
                                     [(session_id, seq, line[:-1].decode()) for seq, line in enumerate(events)])
@@ -433,13 +559,68 @@ class PostgresStorage(Storage):
                     check()
                 finally:
                     self._local.conn = None
-            for table in ("messages", "branch_events", "leases", "quarantine", "tallies"):
+            for table in ("messages", "message_words", "branch_events", "leases", "quarantine", "tallies"):
                 conn.execute(sql.SQL("DELETE FROM {s}.{t} WHERE session_id = %s").format(s=s, t=sql.Identifier(table)),
                              (session_id,))
             conn.execute(sql.SQL("DELETE FROM {s}.sessions WHERE id = %s").format(s=s), (session_id,))
             conn.execute(sql.SQL("INSERT INTO {s}.index_log (op, session_id, created_at) "
                                  "VALUES ('delete', %s, %s)").format(s=s), (session_id, at))
         self._generations.pop(session_id, None)
+
+    # -- finding sessions and messages ------------------------------------------------------
+
+    def find_sessions(self, key_prefix: str) -> list[IndexEntry]:
+        """A range of the key column's unique index (``low <= key < high`` under its
+        "C" collation, see :func:`_key_range`): O(log sessions + matches). Not LIKE,
+        which reads ``%``, ``_`` and ``\\``, and whose prefix search needs an index
+        of its own under another collation. In key order."""
+        bounds = _key_range(key_prefix)
+        if bounds is None:
+            return []
+        low, high = bounds
+        query = sql.SQL("SELECT id, key, created_at, forked_from FROM {s}.sessions WHERE key >= %s{high} ORDER BY key"
+                        ).format(s=sql.Identifier(self.schema),
+                                 high=sql.SQL(" AND key < %s" if high is not None else ""))
+        with self._using("find sessions") as conn:
+            rows = conn.execute(query, (low,) if high is None else (low, high)).fetchall()
+        return [_entry(row) for row in rows if row[1].startswith(key_prefix)]
+
+    def session_bytes(self, session_id: str) -> int | None:
+        """The UTF-8 bytes of the session's message and branch event rows."""
+        with self._using("measure a session") as conn:
+            row = conn.execute(sql.SQL(
+                "SELECT (SELECT coalesce(sum(octet_length(record)), 0) FROM {s}.messages WHERE session_id = %(sid)s)"
+                " + (SELECT coalesce(sum(octet_length(record)), 0) FROM {s}.branch_events WHERE session_id = %(sid)s)"
+                " FROM {s}.sessions WHERE id = %(sid)s").format(s=sql.Identifier(self.schema)),
+                {"sid": session_id}).fetchone()
+        return None if row is None else int(row[0])
+
+    def search_messages(self, words: Sequence[str], key_prefix: str, limit: int,
+                        offset: int) -> list[tuple[str, str]]:
+        """The ``message_words`` index (see "Schema"), joined to the sessions whose
+        key is in :func:`_key_range` of the prefix before the limit applies: the
+        words, each a quoted lexeme of a ``tsquery`` passed as a parameter (never
+        query syntax), must all be in a message's ``tsvector`` (its GIN index); the
+        best ``ts_rank`` first, then the newest message (its timestamp). A word too
+        long for a lexeme is left out of the query (its messages are among those
+        found). No words: every message of those sessions, the newest first."""
+        found = _query_words(words)
+        bounds = _key_range(key_prefix)
+        if found is None or bounds is None or limit <= 0:
+            return []
+        low, high = bounds
+        kept = [word for word in found if len(word.encode("utf-8")) <= _MAX_LEXEME_BYTES]
+        query = sql.SQL(
+            "SELECT w.session_id, w.message_id FROM {s}.message_words w JOIN {s}.sessions x ON x.id = w.session_id "
+            "WHERE x.key >= %(low)s{high}{match} ORDER BY {rank}w.at DESC, w.seq DESC, w.session_id "
+            "LIMIT %(limit)s OFFSET %(offset)s"
+        ).format(s=sql.Identifier(self.schema), high=sql.SQL(" AND x.key < %(high)s" if high is not None else ""),
+                 match=sql.SQL(" AND w.words @@ %(query)s::tsquery" if kept else ""),
+                 rank=sql.SQL("ts_rank(w.words, %(query)s::tsquery) DESC, " if kept else ""))
+        with self._using("search messages") as conn:
+            rows = conn.execute(query, {"low": low, "high": high, "query": " & ".join(map(_quoted, kept)),
+                                        "limit": limit, "offset": max(0, offset)}).fetchall()
+        return [(str(sid), str(mid)) for sid, mid in rows]
 
     # -- a session's records --------------------------------------------------------------
 
@@ -475,8 +656,14 @@ class PostgresStorage(Storage):
                                     messages_label=f"{self.schema}.messages")
 
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
+        found = _indexed(line)
         with self._using("append a message") as conn:
-            conn.execute(self._sql["insert_message"], (session_id, position[1], message_id, line[:-1].decode()))
+            if found is None:
+                conn.execute(self._sql["insert_message"], (session_id, position[1], message_id, line[:-1].decode()))
+            else:
+                conn.execute(self._sql["insert_message_words"], {
+                    "sid": session_id, "seq": position[1], "id": message_id, "record": line[:-1].decode(),
+                    "at": found[0], "words": found[1]})
         return (position[0], position[1] + 1)
 
     def append_event(self, session_id: str, position: Position, line: bytes) -> Position:
@@ -598,11 +785,16 @@ class PostgresStorage(Storage):
                                          "SELECT session_id, %s, seq, record FROM {s}.{t} "
                                          "WHERE session_id = %s AND seq = %s").format(s=s, t=t),
                                  (table, session_id, seq))
+                    if table == "messages":  # its search index row goes, or is the placeholder's
+                        conn.execute(sql.SQL("DELETE FROM {s}.message_words WHERE session_id = %s AND seq = %s"
+                                             ).format(s=s), (session_id, seq))
                     if table == "messages" and seq in placeholders:
                         text = placeholders[seq][:-1].decode()
+                        record = json.loads(text)
                         conn.execute(sql.SQL("UPDATE {s}.messages SET record = %s, id = %s "
                                              "WHERE session_id = %s AND seq = %s").format(s=s),
-                                     (text, json.loads(text)["id"], session_id, seq))
+                                     (text, record["id"], session_id, seq))
+                        conn.execute(self._sql["insert_words"], (session_id, seq, record["id"], *_words_of(record)))
                     else:
                         conn.execute(sql.SQL("DELETE FROM {s}.{t} WHERE session_id = %s AND seq = %s"
                                              ).format(s=s, t=t), (session_id, seq))

@@ -20,6 +20,12 @@ and then raises :class:`StorageError`.
 Do not put the file on a network file system: SQLite's locks are not reliable there
 (use PostgreSQL to share sessions between machines).
 
+Search (:meth:`SqliteStorage.search_messages`) reads an index of every message's
+words, written in the transaction that writes the message: an FTS5 table ranked by
+``bm25()`` when this ``sqlite3`` has FTS5 (most builds do), else a plain table of
+words read with ``instr()``, newest first (correct, but it reads every message of the
+sessions whose key has the prefix).
+
 A process that holds a lease keeps a ``flock`` on a small file in ``<path>-leases/``
 as its proof of life: the lease is freed before it expires only when that lock is
 gone (its holder died), whatever PID namespace or container it ran in. After
@@ -54,21 +60,38 @@ from session_store import (
     SessionNotFound,
     Storage,
     StorageError,
+    record_words,
+    search_words,
 )
 
 # ============================================================================
 # Schema
 # ============================================================================
 #
-# Version 2. Records are the same JSON objects the JSONL storage writes, one per row;
+# Version 3. Records are the same JSON objects the JSONL storage writes, one per row;
 # ``seq`` numbers a session's messages (and, separately, its branch events) from 0 in
 # append order, so a reader's position is the next seq it has not read. ``generation``
 # grows when a repair rewrites rows, which tells readers to reload from the start.
-# ``tallies`` caches counts per session (see Storage.write_tally). Version 1 had no
-# ``forked_from`` and no ``tallies``; it is migrated when a store opens it.
+# ``tallies`` caches counts per session (see Storage.write_tally).
+#
+# ``message_words`` is the search index: one row per message row (its session, seq,
+# id, timestamp and ``record_words(record)``), written in the same transaction as the
+# message row (an append, a creation with records, a repair's rewrite) and deleted
+# with its session. Where this sqlite3 has FTS5, ``message_words_fts`` indexes its
+# ``words`` (an external-content table, kept in step by triggers, so no code path can
+# write one without the other); its tokenizer is ``ascii``, which splits exactly
+# where record_words put spaces (every non-ASCII character is a token character, and
+# the words hold no ASCII character but letters and digits), so FTS5 reads the very
+# words search_words makes. A database created by a sqlite3 without FTS5 keeps the
+# plain table only (searched with instr()); one with the FTS5 table cannot be written
+# by such a sqlite3 (its triggers fail: "no such module: fts5").
+#
+# Version 1 had no ``forked_from`` and no ``tallies``; version 2 no ``message_words``.
+# Both are migrated when a store opens them (version 2: the index is built from the
+# message rows in the migration's transaction).
 
 #: The schema version this module creates and reads.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = [
     """CREATE TABLE session_store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -113,7 +136,49 @@ _MIGRATIONS: dict[int, list[str]] = {
             events INTEGER NOT NULL,
             messages INTEGER NOT NULL,
             record TEXT NOT NULL) WITHOUT ROWID"""],
+    2: ["""CREATE TABLE message_words (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            message_id TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            words TEXT NOT NULL,
+            UNIQUE (session_id, seq))"""],  # then _index_messages
 }
+
+# The FTS5 index of message_words (where this sqlite3 has FTS5), created after the
+# rows are in (its 'rebuild' reads them once).
+_FTS_SCHEMA = [
+    """CREATE VIRTUAL TABLE message_words_fts USING fts5(
+        words, content='message_words', content_rowid='id', tokenize='ascii')""",
+    """CREATE TRIGGER message_words_fts_insert AFTER INSERT ON message_words BEGIN
+        INSERT INTO message_words_fts (rowid, words) VALUES (new.id, new.words); END""",
+    """CREATE TRIGGER message_words_fts_delete AFTER DELETE ON message_words BEGIN
+        INSERT INTO message_words_fts (message_words_fts, rowid, words) VALUES ('delete', old.id, old.words); END""",
+    """CREATE TRIGGER message_words_fts_update AFTER UPDATE ON message_words BEGIN
+        INSERT INTO message_words_fts (message_words_fts, rowid, words) VALUES ('delete', old.id, old.words);
+        INSERT INTO message_words_fts (rowid, words) VALUES (new.id, new.words); END""",
+    "INSERT INTO message_words_fts (message_words_fts) VALUES ('rebuild')",
+]
+
+_INSERT_WORDS = "INSERT INTO message_words (session_id, seq, message_id, at, words) VALUES (?, ?, ?, ?, ?)"
+
+
+def _has_fts5() -> bool:
+    """Whether this sqlite3 can make an FTS5 table (tried in a database in memory)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.execute("CREATE VIRTUAL TABLE temp.probe USING fts5(words)")
+        return True
+    except sqlite3.Error:
+        return False
+    finally:
+        db.close()
+
+
+#: Whether a new search index is made with FTS5, and searched with it: what this
+#: sqlite3 can do (the tests set it ``False`` to run the plain table).
+_FTS5 = _has_fts5()
 
 # A load: three statements in one read transaction (one snapshot). The session's
 # generation and the end of its messages; its new branch events; its new messages,
@@ -147,6 +212,51 @@ def _storage_error(e: sqlite3.Error, action: str) -> StorageError:
         return StorageError(errno.ENOSPC, f"could not {action}: the disk is full ({e})")
     busy = isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
     return StorageError(errno.EBUSY if busy else errno.EIO, f"could not {action}: {e}")
+
+
+def _words_of(record: Mapping[str, Any]) -> tuple[int, str]:
+    """What the search index keeps of a message record: its timestamp (0 when it has
+    none that fits a column) and :func:`record_words`."""
+    at = record.get("timestamp")
+    return (at if type(at) is int and -(1 << 63) <= at < (1 << 63) else 0), record_words(record)
+
+
+def _indexed(line: str | bytes) -> tuple[int, str] | None:
+    """:func:`_words_of` the record of a line; ``None`` for a line that is not a JSON
+    object (it is not indexed)."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+        return None
+    return _words_of(record) if isinstance(record, dict) else None
+
+
+def _key_range(prefix: str) -> tuple[str, str | None] | None:
+    """``(low, high)``: the keys that start with ``prefix`` are exactly those with
+    ``low <= key < high`` in code point order (which is UTF-8 byte order, SQLite's
+    BINARY collation), ``high`` ``None`` for no bound; ``None`` when no key can (a
+    lone surrogate is no key). ``high`` is ``prefix`` with its last character that
+    can grow grown by one (skipping the surrogates), the rest after it dropped."""
+    try:
+        prefix.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    for end in range(len(prefix) - 1, -1, -1):
+        c = ord(prefix[end])
+        if c < 0x10FFFF:
+            return prefix, prefix[:end] + chr(0xE000 if c + 1 == 0xD800 else c + 1)
+    return prefix, None
+
+
+def _query_words(words: Sequence[str]) -> list[str] | None:
+    """The words of a search, each once; ``None`` when one of them is no word that
+    :func:`search_words` makes (no message's words can hold it: nothing matches)."""
+    if isinstance(words, str):
+        raise InvalidInput("words must be a sequence of words, not a str")
+    for word in words:
+        if not isinstance(word, str) or search_words(word) != [word]:
+            return None
+    return list(dict.fromkeys(words))
 
 
 def _entry(row: tuple[Any, ...]) -> IndexEntry:
@@ -217,6 +327,7 @@ class SqliteStorage(Storage):
         self._pool_lock = threading.Lock()
         self._local = threading.local()  # .conn: the connection of this thread's writing scope
         self._generations: dict[str, int] = {}
+        self._fts: bool | None = None  # whether search reads FTS5 (known at the first search)
 
     def after_fork(self) -> None:
         """A child never uses (nor closes: that could disturb the parent's locks) the
@@ -307,6 +418,8 @@ class SqliteStorage(Storage):
             while version < SCHEMA_VERSION:
                 for statement in _MIGRATIONS[version]:
                     db.execute(statement)
+                if version == 2:
+                    _index_messages(db)
                 version += 1
                 db.execute("UPDATE session_store_meta SET value = ? WHERE name = 'schema_version'", (str(version),))
 
@@ -360,9 +473,12 @@ class SqliteStorage(Storage):
                        (session_id, key, created_at, json.dumps(list(forked_from)) if forked_from else None))
             db.execute("INSERT INTO index_log (op, session_id, key, created_at) VALUES ('create', ?, ?, ?)",
                        (session_id, key, created_at))
+            records = [json.loads(line) for line in messages]
             db.executemany("INSERT INTO messages (session_id, seq, id, record) VALUES (?, ?, ?, ?)",
-                           [(session_id, seq, json.loads(line)["id"], line[:-1].decode("utf-8"))
-                            for seq, line in enumerate(messages)])
+                           [(session_id, seq, record["id"], line[:-1].decode("utf-8"))
+                            for seq, (line, record) in enumerate(zip(messages, records, strict=True))])
+            db.executemany(_INSERT_WORDS, [(session_id, seq, record["id"], *_words_of(record))
+                                           for seq, record in enumerate(records)])
             db.executemany("INSERT INTO branch_events (session_id, seq, record) VALUES (?, ?, ?)",
                            [(session_id, seq, line[:-1].decode("utf-8")) for seq, line in enumerate(events)])
         return session_id
@@ -373,7 +489,7 @@ class SqliteStorage(Storage):
                 raise SessionNotFound(session_id)
             if check is not None:  # a lease check: no other writer can commit while we hold IMMEDIATE
                 check()
-            for table in ("messages", "branch_events", "leases", "quarantine", "tallies"):
+            for table in ("messages", "message_words", "branch_events", "leases", "quarantine", "tallies"):
                 db.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
             db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
             db.execute("INSERT INTO index_log (op, session_id, created_at) VALUES ('delete', ?, ?)",
@@ -382,6 +498,69 @@ class SqliteStorage(Storage):
         if _SESSION_ID_RE.fullmatch(session_id):
             with contextlib.suppress(OSError):
                 os.unlink(f"{self.path}-leases/{session_id}")
+
+    # -- finding sessions and messages ------------------------------------------------------
+
+    def find_sessions(self, key_prefix: str) -> list[IndexEntry]:
+        """A range of the key column's index (``low <= key < high``, see
+        :func:`_key_range`): O(log sessions + matches). Not LIKE, which is
+        case-insensitive for ASCII and reads ``%`` and ``_``; not GLOB, which reads
+        ``*``, ``?`` and ``[``. In key order."""
+        bounds = _key_range(key_prefix)
+        if bounds is None:
+            return []
+        low, high = bounds
+        with self._using("find sessions") as conn:
+            rows = conn.db.execute("SELECT id, key, created_at, forked_from FROM sessions WHERE key >= ?"
+                                   + (" AND key < ?" if high is not None else "") + " ORDER BY key",
+                                   (low,) if high is None else (low, high)).fetchall()
+        return [_entry(row) for row in rows if row[1].startswith(key_prefix)]
+
+    def session_bytes(self, session_id: str) -> int | None:
+        """The UTF-8 bytes of the session's message and branch event rows."""
+        with self._using("measure a session") as conn:
+            row = conn.db.execute(
+                "SELECT (SELECT coalesce(sum(length(CAST(record AS BLOB))), 0) FROM messages WHERE session_id = :sid)"
+                " + (SELECT coalesce(sum(length(CAST(record AS BLOB))), 0) FROM branch_events WHERE session_id = :sid)"
+                " FROM sessions WHERE id = :sid", {"sid": session_id}).fetchone()
+        return None if row is None else int(row[0])
+
+    def search_messages(self, words: Sequence[str], key_prefix: str, limit: int,
+                        offset: int) -> list[tuple[str, str]]:
+        """The ``message_words`` index (see "Schema"), joined to the sessions whose
+        key is in :func:`_key_range` of the prefix before the limit applies. With
+        FTS5: each word a quoted FTS5 string (an operator is a plain word), the best
+        ``bm25()`` first; without it, every word found with ``instr()`` between
+        spaces. Then the newest message first (its timestamp, then the latest
+        written). No words: every message of those sessions, the newest first."""
+        found = _query_words(words)
+        bounds = _key_range(key_prefix)
+        if found is None or bounds is None or limit <= 0:
+            return []
+        low, high = bounds
+        where, params = ["s.key >= ?"], [low]
+        if high is not None:
+            where.append("s.key < ?")
+            params.append(high)
+        with self._using("search messages") as conn:
+            db = conn.db
+            if found and self._fts is None:
+                self._fts = _FTS5 and db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                                  "AND name = 'message_words_fts'").fetchone() is not None
+            if found and self._fts:
+                query = ("SELECT w.session_id, w.message_id FROM message_words_fts f "
+                         "JOIN message_words w ON w.id = f.rowid JOIN sessions s ON s.id = w.session_id "
+                         "WHERE message_words_fts MATCH ? AND " + " AND ".join(where) +
+                         " ORDER BY bm25(message_words_fts), w.at DESC, w.id DESC LIMIT ? OFFSET ?")
+                params.insert(0, " ".join('"' + word.replace('"', '""') + '"' for word in found))
+            else:
+                where += ["instr(' ' || w.words || ' ', ?) > 0"] * len(found)
+                params += [f" {word} " for word in found]
+                query = ("SELECT w.session_id, w.message_id FROM sessions s JOIN message_words w "
+                         "ON w.session_id = s.id WHERE " + " AND ".join(where) +
+                         " ORDER BY w.at DESC, w.id DESC LIMIT ? OFFSET ?")
+            rows = db.execute(query, (*params, limit, max(0, offset))).fetchall()
+        return [(str(sid), str(mid)) for sid, mid in rows]
 
     # -- a session's records --------------------------------------------------------------
 
@@ -431,9 +610,12 @@ class SqliteStorage(Storage):
                                     events_label=f"{self.path}#branch_events", messages_label=f"{self.path}#messages")
 
     def append_message(self, session_id: str, position: Position, message_id: str, line: bytes) -> Position:
-        with self._using("append a message") as conn:
+        found = _indexed(line)
+        with self._using("append a message") as conn:  # (inside writing(): one transaction with its index row)
             conn.db.execute("INSERT INTO messages (session_id, seq, id, record) VALUES (?, ?, ?, ?)",
                             (session_id, position[1], message_id, line[:-1].decode("utf-8")))
+            if found is not None:
+                conn.db.execute(_INSERT_WORDS, (session_id, position[1], message_id, *found))
         return (position[0], position[1] + 1)
 
     def append_event(self, session_id: str, position: Position, line: bytes) -> Position:
@@ -535,10 +717,14 @@ class SqliteStorage(Storage):
                     db.execute(f"INSERT INTO quarantine (session_id, kind, seq, record) "
                                f"SELECT session_id, '{table}', seq, record FROM {table} "
                                f"WHERE session_id = ? AND seq = ?", (session_id, seq))
+                    if table == "messages":  # its search index row goes, or is the placeholder's
+                        db.execute("DELETE FROM message_words WHERE session_id = ? AND seq = ?", (session_id, seq))
                     if table == "messages" and seq in placeholders:
                         text = placeholders[seq][:-1].decode("utf-8")
+                        record = json.loads(text)
                         db.execute("UPDATE messages SET record = ?, id = ? WHERE session_id = ? AND seq = ?",
-                                   (text, json.loads(text)["id"], session_id, seq))
+                                   (text, record["id"], session_id, seq))
+                        db.execute(_INSERT_WORDS, (session_id, seq, record["id"], *_words_of(record)))
                     else:
                         db.execute(f"DELETE FROM {table} WHERE session_id = ? AND seq = ?", (session_id, seq))
                 if seqs:
@@ -546,6 +732,19 @@ class SqliteStorage(Storage):
             if fixed:
                 db.execute("UPDATE sessions SET generation = generation + 1 WHERE id = ?", (session_id,))
         return fixed
+
+
+def _index_messages(db: sqlite3.Connection) -> None:
+    """Migration 2 -> 3, in its transaction: the search index of every message row
+    there is (read in primary key order, a thousand rows at a time), then its FTS5
+    table where this sqlite3 has FTS5."""
+    rows = db.execute("SELECT session_id, seq, id, record FROM messages")
+    while batch := rows.fetchmany(1000):
+        db.executemany(_INSERT_WORDS, [(sid, seq, mid, *found) for sid, seq, mid, record in batch
+                                       if (found := _indexed(record)) is not None])
+    if _FTS5:
+        for statement in _FTS_SCHEMA:
+            db.execute(statement)
 
 
 class _Children:

@@ -176,3 +176,91 @@ def test_a_full_disk_on_the_server_is_enospc_and_loses_nothing_acknowledged(sche
             conn.execute(f"DROP TABLESPACE IF EXISTS {space}")
         subprocess.run(["umount", "-l", str(mount)], check=False)
         mount.rmdir()
+
+
+# -- finding sessions and searching (the behaviour on every SQL backend: test_search_backends) --
+
+
+def test_a_version_2_schema_is_migrated_and_its_messages_indexed(schema: str) -> None:
+    with SessionStore(PostgresStorage(pg.DSN, schema=schema)) as store:
+        a, b = store.resolve("t1:a"), store.resolve("t2:b")
+        old = [m.id for m in store.append_many(a, [{"role": "user", "content": f"old words {n}"}
+                                                   for n in range(1500)])]  # indexed in two parts
+        other = store.append(b, role="user", content="old words elsewhere").id
+    with psycopg.connect(pg.DSN, autocommit=True) as conn:  # what version 2 had
+        conn.execute(f'DROP TABLE "{schema}".message_words')
+        conn.execute(f'ALTER TABLE "{schema}".sessions ALTER COLUMN key TYPE text COLLATE "default"')
+        conn.execute(f"UPDATE \"{schema}\".meta SET value = '2'")
+    storage = PostgresStorage(pg.DSN, schema=schema)
+    with SessionStore(storage) as store:
+        assert sorted(storage.search_messages(["old", "words"], "t1:", 2000, 0)) == sorted((a, i) for i in old)
+        assert storage.search_messages(["elsewhere"], "", 10, 0) == [(b, other)]
+        new = store.append(a, role="user", content="new words").id
+        assert storage.search_messages(["words", "new"], "", 10, 0) == [(a, new)]
+    with psycopg.connect(pg.DSN) as conn:
+        assert conn.execute(f'SELECT value FROM "{schema}".meta').fetchone() == (str(SCHEMA_VERSION),)
+        assert conn.execute(f'SELECT count(*) FROM "{schema}".message_words').fetchone() == (1502,)
+        assert conn.execute("SELECT collation_name FROM information_schema.columns WHERE table_schema = %s "
+                            "AND table_name = 'sessions' AND column_name = 'key'", (schema,)).fetchone() == ("C",)
+
+
+class Recording(psycopg.Connection[Any]):
+    """A connection that keeps every statement it runs, with its parameters."""
+
+    seen: list[tuple[Any, Any]]
+
+    def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
+        self.__dict__.setdefault("seen", []).append((query, params))
+        return super().execute(query, params, **options)
+
+
+def test_finding_and_searching_read_through_indexes(schema: str) -> None:
+    with SessionStore(PostgresStorage(pg.DSN, schema=schema)) as store:
+        for n in range(20):
+            store.append(store.resolve(f"t{n % 2}:{n}"), role="user", content=f"message {n}")
+    with Recording.connect(pg.DSN) as conn:
+        storage = PostgresStorage(connection=conn, schema=schema)
+        conn.execute("SELECT 1")
+        start = len(conn.seen)
+        assert len(storage.find_sessions("t1:")) == 10
+        assert len(storage.search_messages(["message"], "t1:", 5, 0)) == 5
+        find, search = conn.seen[start:]
+        conn.execute("SET enable_seqscan = off")  # on 20 rows a scan is cheapest: is an index usable at all?
+        plans = ["\n".join(row[0] for row in conn.execute(psycopg.sql.SQL("EXPLAIN ") + query, params))
+                 for query, params in (find, search)]
+    assert "Index Cond: ((key >= 't1:'::text) AND (key < 't1;'::text))" in plans[0], plans[0]
+    assert "sessions_key_key" in plans[0] and "Seq Scan" not in plans[0], plans[0]
+    assert "Bitmap Index Scan on message_words_search" in plans[1], plans[1]
+
+
+def test_find_sessions_in_a_database_whose_collation_is_not_byte_order() -> None:
+    name = pg.new_schema()
+    with psycopg.connect(pg.DSN, autocommit=True) as conn:
+        try:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+                         "LOCALE 'C.UTF-8'")
+        except psycopg.Error as e:
+            pytest.skip(f"cannot create a database collated by ICU here: {e}")
+    try:
+        dsn = psycopg.conninfo.make_conninfo(pg.DSN, dbname=name)
+        with psycopg.connect(dsn) as conn:  # the database's own order is not the keys' byte order
+            assert conn.execute("SELECT 'a' < 'B', 'a_b' < 'a%', 'é' < 'f'").fetchone() == (True, True, True)
+        keys = ["a", "A", "ab", "aB", "a-b", "a_b", "a b", "a%", "a\\", "b", "B", "é", "e", "E", "ß", "ss", "a'b",
+                "t1:x", "t1-x", "T1:x", "t1x", "t1", "a%c", "a_c", "Ab"]
+        with SessionStore(PostgresStorage(dsn)) as store:
+            for key in keys:
+                store.resolve(key)
+            prefixes = {key[:n] for key in keys for n in range(len(key) + 1)}
+            for prefix in sorted(prefixes):
+                found = store._storage.find_sessions(prefix)
+                assert sorted(e.key for e in found) == sorted(k for k in keys if k.startswith(prefix)), prefix
+    finally:
+        with psycopg.connect(pg.DSN, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_prefix_holding_nul_finds_nothing(schema: str) -> None:
+    with SessionStore(PostgresStorage(pg.DSN, schema=schema)) as store:
+        store.append(store.resolve("a"), role="user", content="x")
+        assert store._storage.find_sessions("a\x00") == []
+        assert store._storage.search_messages(["x"], "a\x00", 10, 0) == []

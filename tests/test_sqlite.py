@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import session_store_sqlite
 from session_store import DuplicateMessage, SessionStore, StorageError
 from session_store_sqlite import _RETRY, SCHEMA_VERSION, SqliteStorage
 
@@ -258,3 +259,113 @@ def test_opening_a_new_database_while_another_process_creates_it_waits_for_it(tm
     finally:
         releases.join()
         creator.close()
+
+
+# -- finding sessions and searching (the behaviour on every SQL backend: test_search_backends) --
+
+
+def tables(db: Path) -> set[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("fts5", [True, False], ids=["fts5", "plain"])
+def test_the_search_index_is_fts5_when_sqlite_has_it_else_a_plain_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fts5: bool) -> None:
+    if fts5 and not session_store_sqlite._FTS5:
+        pytest.skip("this sqlite3 has no FTS5")
+    monkeypatch.setattr(session_store_sqlite, "_FTS5", fts5)
+    db = tmp_path / "s.db"
+    with open_db(db) as store:
+        sid = store.resolve("k")
+        hit = store.append(sid, role="user", content="needle in a haystack")
+        store.append(sid, role="user", content="haystack only")
+        assert store._storage.search_messages(["needle", "haystack"], "", 10, 0) == [(sid, hit.id)]
+    assert {"message_words", "message_words_fts"} & tables(db) == {"message_words"} | (
+        {"message_words_fts"} if fts5 else set())
+
+
+def test_an_fts5_index_searched_without_fts5_is_read_as_the_plain_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "s.db"
+    with open_db(db) as store:
+        sid = store.resolve("k")
+        hit = store.append(sid, role="user", content="needle")
+    monkeypatch.setattr(session_store_sqlite, "_FTS5", False)
+    with open_db(db) as store:
+        assert store._storage.search_messages(["needle"], "", 10, 0) == [(sid, hit.id)]
+
+
+def traced(storage: SqliteStorage) -> list[str]:
+    """The statements (parameters filled in) the storage's connection of this thread runs from now on."""
+    seen: list[str] = []
+    with storage._using("trace") as conn:
+        conn.db.set_trace_callback(seen.append)
+    return seen
+
+
+@pytest.mark.parametrize("fts5", [True, False], ids=["fts5", "plain"])
+def test_finding_and_searching_read_through_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    fts5: bool) -> None:
+    monkeypatch.setattr(session_store_sqlite, "_FTS5", fts5)
+    db = tmp_path / "s.db"
+    with open_db(db) as store:
+        for n in range(20):
+            store.append(store.resolve(f"t{n % 2}:{n}"), role="user", content=f"message {n}")
+        storage = store._storage
+        assert isinstance(storage, SqliteStorage)
+        seen = traced(storage)
+        assert len(storage.find_sessions("t1:")) == 10
+        assert len(storage.search_messages(["message"], "t1:", 5, 0)) == 5
+        conn = sqlite3.connect(db)
+        plans = [" / ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement))
+                 for statement in seen if statement.startswith("SELECT") and "sqlite_master" not in statement]
+        conn.close()
+    find, search = plans
+    assert "SCAN" not in find and "USING INDEX sqlite_autoindex_sessions_2 (key>? AND key<?)" in find
+    steps = search.split(" / ")
+    if fts5 and session_store_sqlite._FTS5:  # the words' FTS5 index, then each match's row and session
+        assert "VIRTUAL TABLE INDEX 0:M" in steps[0], search
+        assert "SEARCH w USING INTEGER PRIMARY KEY" in steps[1] and "SEARCH s USING INDEX" in steps[2], search
+    else:  # the sessions of the key range, then each one's rows
+        assert "SEARCH s USING INDEX sqlite_autoindex_sessions_2 (key>? AND key<?)" in steps[0], search
+        assert "SEARCH w USING INDEX sqlite_autoindex_message_words_1 (session_id=?)" in steps[1], search
+
+
+def downgrade_to_version_2(db: Path) -> None:
+    """What version 2 had: no search index (its tables and triggers dropped), version 2."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DROP TABLE IF EXISTS message_words_fts")  # (and its shadow tables)
+    conn.execute("DROP TABLE message_words")  # (and its triggers)
+    conn.execute("UPDATE session_store_meta SET value = '2' WHERE name = 'schema_version'")
+    conn.close()
+    assert not {name for name in tables(db) if name.startswith("message_words")}
+
+
+@pytest.mark.parametrize("fts5", [True, False], ids=["fts5", "plain"])
+def test_a_version_2_database_is_migrated_and_its_messages_indexed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   fts5: bool) -> None:
+    monkeypatch.setattr(session_store_sqlite, "_FTS5", fts5)
+    db = tmp_path / "s.db"
+    with open_db(db) as store:
+        a, b = store.resolve("t1:a"), store.resolve("t2:b")
+        old = [m.id for m in store.append_many(a, [{"role": "user", "content": f"old words {n}"}
+                                                   for n in range(1500)])]  # indexed in two parts
+        other = store.append(b, role="user", content="old words elsewhere").id
+    downgrade_to_version_2(db)
+    storage = SqliteStorage(db)
+    with SessionStore(storage) as store:
+        found = storage.search_messages(["old", "words"], "t1:", 2000, 0)
+        assert sorted(found) == sorted((a, i) for i in old)
+        assert storage.search_messages(["elsewhere"], "", 10, 0) == [(b, other)]
+        new = store.append(a, role="user", content="new words").id
+        assert storage.search_messages(["words", "new"], "", 10, 0) == [(a, new)]
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT value FROM session_store_meta WHERE name = 'schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),)
+    assert conn.execute("SELECT count(*) FROM message_words").fetchone() == (1502,)
+    conn.close()
+    assert ("message_words_fts" in tables(db)) == fts5
