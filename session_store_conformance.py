@@ -1962,6 +1962,15 @@ class FaultyStorage(_Faults, Storage):
     def list_sessions(self) -> list[ss.IndexEntry]:
         return self.inner.list_sessions()
 
+    def find_sessions(self, key_prefix: str) -> list[ss.IndexEntry]:
+        return self.inner.find_sessions(key_prefix)
+
+    def session_bytes(self, session_id: str) -> int | None:
+        return self.inner.session_bytes(session_id)
+
+    def search_messages(self, words: Any, key_prefix: str, limit: int, offset: int) -> list[tuple[str, str]] | None:
+        return self.inner.search_messages(words, key_prefix, limit, offset)
+
     def load(self, session_id: str, position: Any, *, writer: bool = False) -> ss.Records | None:
         return self.inner.load(session_id, position, writer=writer)
 

@@ -55,3 +55,13 @@ if pg.DSN or pg.REQUIRED:
 
     class TestPostgresCrashes(conformance.CrashTests):
         storage = staticmethod(pg.postgres_storage)
+
+
+def test_the_fault_wrapper_passes_every_storage_method_through() -> None:
+    """A method the wrapper inherits runs Storage's default on the wrapper, not the
+    wrapped storage's own (a search index, an ordered key index): every one is passed on."""
+    import session_store as ss
+
+    inherited = [name for name in dir(ss.Storage) if not name.startswith("_") and callable(getattr(ss.Storage, name))
+                 and getattr(conformance.FaultyStorage, name) is getattr(ss.Storage, name)]
+    assert inherited == []
