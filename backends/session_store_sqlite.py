@@ -147,19 +147,31 @@ _MIGRATIONS: dict[int, list[str]] = {
 }
 
 # The FTS5 index of message_words (where this sqlite3 has FTS5), created after the
-# rows are in (its 'rebuild' reads them once).
+# rows are in (its 'rebuild' reads them once). It is fed in batches: an append writes
+# only its message_words row, and once _FTS_BATCH rows wait past ``fts_upto`` (in
+# session_store_meta), the append that sees it indexes them all, in its transaction
+# (FTS5 writes a segment per statement that feeds it: ~100 µs, which each append
+# paid when a trigger fed it row by row). A search reads FTS5 up to ``fts_upto`` and
+# the rows after it (at most about a batch) with instr(), in one snapshot, so nothing
+# written is ever missed; those newest rows come first (newest first), then FTS5's
+# best. Deleting or rewriting a row already fed takes it out of FTS5
+# (the triggers, which run only for such rows).
+_FTS_BATCH = 64
 _FTS_SCHEMA = [
     """CREATE VIRTUAL TABLE message_words_fts USING fts5(
         words, content='message_words', content_rowid='id', tokenize='ascii')""",
-    """CREATE TRIGGER message_words_fts_insert AFTER INSERT ON message_words BEGIN
-        INSERT INTO message_words_fts (rowid, words) VALUES (new.id, new.words); END""",
-    """CREATE TRIGGER message_words_fts_delete AFTER DELETE ON message_words BEGIN
+    """CREATE TRIGGER message_words_fts_delete AFTER DELETE ON message_words
+        WHEN old.id <= (SELECT CAST(value AS INTEGER) FROM session_store_meta WHERE name = 'fts_upto') BEGIN
         INSERT INTO message_words_fts (message_words_fts, rowid, words) VALUES ('delete', old.id, old.words); END""",
-    """CREATE TRIGGER message_words_fts_update AFTER UPDATE ON message_words BEGIN
+    """CREATE TRIGGER message_words_fts_update AFTER UPDATE ON message_words
+        WHEN old.id <= (SELECT CAST(value AS INTEGER) FROM session_store_meta WHERE name = 'fts_upto') BEGIN
         INSERT INTO message_words_fts (message_words_fts, rowid, words) VALUES ('delete', old.id, old.words);
         INSERT INTO message_words_fts (rowid, words) VALUES (new.id, new.words); END""",
     "INSERT INTO message_words_fts (message_words_fts) VALUES ('rebuild')",
+    """INSERT OR REPLACE INTO session_store_meta (name, value)
+        SELECT 'fts_upto', CAST(coalesce(max(id), 0) AS TEXT) FROM message_words""",
 ]
+_FTS_UPTO = "SELECT CAST(value AS INTEGER) FROM session_store_meta WHERE name = 'fts_upto'"
 
 _INSERT_WORDS = "INSERT INTO message_words (session_id, seq, message_id, at, words) VALUES (?, ?, ?, ?, ?)"
 
@@ -328,6 +340,7 @@ class SqliteStorage(Storage):
         self._local = threading.local()  # .conn: the connection of this thread's writing scope
         self._generations: dict[str, int] = {}
         self._fts: bool | None = None  # whether search reads FTS5 (known at the first search)
+        self._fts_seen = 0  # fts_upto as this storage last read it (see _feed_fts)
 
     def after_fork(self) -> None:
         """A child never uses (nor closes: that could disturb the parent's locks) the
@@ -479,6 +492,8 @@ class SqliteStorage(Storage):
                             for seq, (line, record) in enumerate(zip(messages, records, strict=True))])
             db.executemany(_INSERT_WORDS, [(session_id, seq, record["id"], *_words_of(record))
                                            for seq, record in enumerate(records)])
+            if records:
+                self._feed_fts(db, db.execute("SELECT max(id) FROM message_words").fetchone()[0])
             db.executemany("INSERT INTO branch_events (session_id, seq, record) VALUES (?, ?, ?)",
                            [(session_id, seq, line[:-1].decode("utf-8")) for seq, line in enumerate(events)])
         return session_id
@@ -542,24 +557,37 @@ class SqliteStorage(Storage):
         if high is not None:
             where.append("s.key < ?")
             params.append(high)
+        scan = ["instr(' ' || w.words || ' ', ?) > 0"] * len(found)
+        scanned = [f" {word} " for word in found]
         with self._using("search messages") as conn:
             db = conn.db
-            if found and self._fts is None:
-                self._fts = _FTS5 and db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                                                  "AND name = 'message_words_fts'").fetchone() is not None
-            if found and self._fts:
-                query = ("SELECT w.session_id, w.message_id FROM message_words_fts f "
-                         "JOIN message_words w ON w.id = f.rowid JOIN sessions s ON s.id = w.session_id "
-                         "WHERE message_words_fts MATCH ? AND " + " AND ".join(where) +
-                         " ORDER BY bm25(message_words_fts), w.at DESC, w.id DESC LIMIT ? OFFSET ?")
-                params.insert(0, " ".join('"' + word.replace('"', '""') + '"' for word in found))
-            else:
-                where += ["instr(' ' || w.words || ' ', ?) > 0"] * len(found)
-                params += [f" {word} " for word in found]
-                query = ("SELECT w.session_id, w.message_id FROM sessions s JOIN message_words w "
-                         "ON w.session_id = s.id WHERE " + " AND ".join(where) +
-                         " ORDER BY w.at DESC, w.id DESC LIMIT ? OFFSET ?")
-            rows = db.execute(query, (*params, limit, max(0, offset))).fetchall()
+            own = not db.in_transaction
+            if own:  # one snapshot: fts_upto and the rows on both sides of it
+                db.execute("BEGIN")
+            try:
+                if found and self._fts_writes(db):
+                    row = db.execute(_FTS_UPTO).fetchone()
+                    upto = int(row[0]) if row is not None else 0
+                    match = " ".join('"' + word.replace('"', '""') + '"' for word in found)
+                    query = ("SELECT session_id, message_id FROM ("
+                             "SELECT w.session_id, w.message_id, bm25(message_words_fts) AS rank, w.at, w.id "
+                             "FROM message_words_fts f JOIN message_words w ON w.id = f.rowid "
+                             "JOIN sessions s ON s.id = w.session_id "
+                             "WHERE message_words_fts MATCH ? AND " + " AND ".join(where) + " UNION ALL "
+                             "SELECT w.session_id, w.message_id, -1e300, w.at, w.id FROM message_words w "
+                             "CROSS JOIN sessions s ON s.id = w.session_id "  # (CROSS: the rows after fts_upto first)
+                             "WHERE w.id > ? AND " + " AND ".join(where + scan) +
+                             ") ORDER BY rank, at DESC, id DESC LIMIT ? OFFSET ?")
+                    args = (match, *params, upto, *params, *scanned)
+                else:
+                    query = ("SELECT w.session_id, w.message_id FROM sessions s JOIN message_words w "
+                             "ON w.session_id = s.id WHERE " + " AND ".join(where + scan) +
+                             " ORDER BY w.at DESC, w.id DESC LIMIT ? OFFSET ?")
+                    args = (*params, *scanned)
+                rows = db.execute(query, (*args, limit, max(0, offset))).fetchall()
+            finally:
+                if own:
+                    db.execute("COMMIT")
         return [(str(sid), str(mid)) for sid, mid in rows]
 
     # -- a session's records --------------------------------------------------------------
@@ -615,8 +643,31 @@ class SqliteStorage(Storage):
             conn.db.execute("INSERT INTO messages (session_id, seq, id, record) VALUES (?, ?, ?, ?)",
                             (session_id, position[1], message_id, line[:-1].decode("utf-8")))
             if found is not None:
-                conn.db.execute(_INSERT_WORDS, (session_id, position[1], message_id, *found))
+                last = conn.db.execute(_INSERT_WORDS, (session_id, position[1], message_id, *found)).lastrowid
+                self._feed_fts(conn.db, last)
         return (position[0], position[1] + 1)
+
+    def _feed_fts(self, db: sqlite3.Connection, last: int | None) -> None:
+        """Inside a write transaction, after message_words rows up to id ``last`` were
+        written: once a batch of rows waits past ``fts_upto``, index them in FTS5 (see
+        "Schema"). Reads ``fts_upto`` only when the value last seen says a batch may wait."""
+        if last is None or last - self._fts_seen < _FTS_BATCH or not self._fts_writes(db):
+            return
+        row = db.execute(_FTS_UPTO).fetchone()
+        upto = int(row[0]) if row is not None else last
+        if last - upto >= _FTS_BATCH:
+            db.execute("INSERT INTO message_words_fts (rowid, words) SELECT id, words FROM message_words "
+                       "WHERE id > ? ORDER BY id", (upto,))
+            db.execute("UPDATE session_store_meta SET value = ? WHERE name = 'fts_upto'", (str(last),))
+            upto = last
+        self._fts_seen = upto
+
+    def _fts_writes(self, db: sqlite3.Connection) -> bool:
+        """Whether this database has the FTS5 table (and this sqlite3 can write it)."""
+        if self._fts is None:
+            self._fts = _FTS5 and db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                              "AND name = 'message_words_fts'").fetchone() is not None
+        return self._fts
 
     def append_event(self, session_id: str, position: Position, line: bytes) -> Position:
         with self._using("append a branch event") as conn:
@@ -724,7 +775,8 @@ class SqliteStorage(Storage):
                         record = json.loads(text)
                         db.execute("UPDATE messages SET record = ?, id = ? WHERE session_id = ? AND seq = ?",
                                    (text, record["id"], session_id, seq))
-                        db.execute(_INSERT_WORDS, (session_id, seq, record["id"], *_words_of(record)))
+                        last = db.execute(_INSERT_WORDS, (session_id, seq, record["id"], *_words_of(record))).lastrowid
+                        self._feed_fts(db, last)
                     else:
                         db.execute(f"DELETE FROM {table} WHERE session_id = ? AND seq = ?", (session_id, seq))
                 if seqs:

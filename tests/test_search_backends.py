@@ -7,6 +7,7 @@ backend (its schema migration, its query plans) is in test_sqlite and test_postg
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
         return
     if request.param == "sqlite-plain":
         monkeypatch.setattr(session_store_sqlite, "_FTS5", False)
+    else:  # every row fed to FTS5 at once (its batches: test_rows_not_yet_in_fts5_are_found_too)
+        monkeypatch.setattr(session_store_sqlite, "_FTS_BATCH", 1)
     path = str(tmp_path / "s.db")
     storage = SqliteStorage(path)
     with SessionStore(storage, clock=clock) as store:
@@ -313,3 +316,24 @@ def test_session_bytes_is_the_size_of_its_records(backend: Backend) -> None:
     records += [r for (r,) in backend.rows("SELECT record FROM {s}.branch_events WHERE session_id = ?", sid)]
     assert backend.storage.session_bytes(sid) == sum(len(r.encode()) for r in records) > (empty or 0)
 
+
+
+def test_rows_not_yet_in_fts5_are_found_too(tmp_path: Path) -> None:
+    """FTS5 is fed a batch of rows at a time: a search finds the rows fed and those
+    waiting, and a deletion takes rows out of both."""
+    if not session_store_sqlite._FTS5:
+        pytest.skip("this sqlite3 has no FTS5")  # pragma: no cover - CI's Python has it
+    storage = SqliteStorage(str(tmp_path / "s.db"))
+    with SessionStore(storage) as store:
+        sid = store.resolve("k")
+        other = store.resolve("other")
+        batch = session_store_sqlite._FTS_BATCH
+        ids = [store.append(sid, role="user", content=f"needle {i}").id for i in range(batch + batch // 2)]
+        store.append(other, role="user", content="needle elsewhere")
+        fed = sqlite3.connect(str(tmp_path / "s.db")).execute(session_store_sqlite._FTS_UPTO).fetchone()[0]
+        assert 0 < fed < batch + batch // 2 + 1  # some rows fed, some waiting
+        found = storage.search_messages(["needle"], "", 1000, 0)
+        assert sorted(found) == sorted([(sid, m) for m in ids] + [(other, store.get_head(other))])
+        assert [h.message_id for h in store.search("needle", key_prefix="k", limit=1000)] != []
+        store.delete_session(sid)
+        assert storage.search_messages(["needle"], "", 1000, 0) == [(other, store.get_head(other))]
