@@ -457,8 +457,8 @@ def test_readers_see_the_whole_path_and_the_tree(mem: SessionStore) -> None:
         ss.register_context_reader("demo.x", reader)
 
 
-def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_the_docs_example_runs_as_written(tmp_path: Path) -> None:
+    readme = (ROOT / "docs" / "adapters.md").read_text(encoding="utf-8")
     start = readme.index("import json, os, tempfile\nimport session_store_transcripts")
     code = readme[start:readme.index("```", start)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "integrations")])}
