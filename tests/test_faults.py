@@ -271,7 +271,7 @@ def test_hostile_strings_never_escape_the_storage_dir(key: str, message_id: str,
             attempt(lambda: store.reset(other_sid))
         files = all_files(outside)
         assert all(p == root or root in p.parents for p in files)  # nothing outside storage_dir
-        allowed_top = {"session-store.json", "keys", sid}
+        allowed_top = {"session-store.json", "keys", "names", sid}
         assert {p.name for p in root.iterdir()} <= allowed_top
         assert {p.name for p in (root / sid).iterdir()} <= {
             "session.json", "messages.jsonl", "branches.jsonl", "lock.json", "lease.lock", "stats.json"}

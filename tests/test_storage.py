@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import shutil
 import threading
 import zlib
@@ -85,7 +86,9 @@ def test_layout_and_records_follow_the_documented_format(tmp_path: Path) -> None
     assert json.loads((tmp_path / "session-store.json").read_text()) == {"format": 2}
     digest = hashlib.sha256(b"user:alice").hexdigest()
     assert os.readlink(tmp_path / "keys" / digest[:2] / digest) == sid  # the key index: one link per key
-    assert {p.name for p in tmp_path.iterdir()} == {"keys", "session-store.json", sid}
+    # names/: the key cut into pieces after separators, a folder each, its session a link named by the rest
+    assert os.readlink(tmp_path / "names" / "user%3A" / f"alice={sid}") == sid
+    assert {p.name for p in tmp_path.iterdir()} == {"keys", "names", "session-store.json", sid}
 
 
 def test_seed_written_messages_file_loads(tmp_path: Path) -> None:
@@ -888,8 +891,13 @@ def test_keys_are_data_never_paths(tmp_path: Path, key: str) -> None:
         assert store.resolve(key) == sid
     outside = [p for p in tmp_path.rglob("*") if root not in p.parents and p != root]
     assert outside == []
-    assert {p.name for p in root.iterdir()} == {"session-store.json", "keys", sid}
+    assert {p.name for p in root.iterdir()} == {"session-store.json", "keys", "names", sid}
     assert {p.name for p in (root / "keys").iterdir()} == {hashlib.sha256(key.encode()).hexdigest()[:2], ".complete"}
+    names = [p for p in (root / "names").rglob("*") if p.name != ".complete"]  # the key's folders, then its leaf
+    leaves = [p.name for p in names if p.is_symlink()]
+    assert len(leaves) == 1 and (leaves[0].endswith(f"={sid}") if len(key) < 128 else leaves[0] == f"+{sid}")
+    assert re.fullmatch(r"[a-z0-9_~%A-F-]{0,180}", leaves[0].rpartition("=")[0])
+    assert all(re.fullmatch(r"[a-z0-9_~%A-F-]{1,192}", p.name) for p in names if not p.is_symlink())
 
 
 def test_hostile_session_ids_never_reach_the_file_system(tmp_path: Path) -> None:
@@ -1122,7 +1130,8 @@ def test_remains_of_interrupted_creations_and_deletions_are_garbage_repair_remov
         assert len(fixed) == 3 and all(line.endswith("removed") for line in fixed)
         assert store.check().ok
         kept = store.resolve("kept")
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != kept) == ["keys", "notes", "session-store.json"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != kept) == ["keys", "names", "notes",
+                                                                           "session-store.json"]
 
 
 # -- reading fast, and in parts -------------------------------------------------------------

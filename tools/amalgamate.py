@@ -47,6 +47,7 @@ MODULES = [
     "storage",
     "file_systems",
     "tuning",
+    "key_names",
     "jsonl_storage",
     "auto_reset",
     "tree",

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from .errors import InvalidInput, InvalidKey, SessionNotFound, StorageError, _log
 from .file_systems import FileSystem, RealFileSystem, _after_fork_hooks
+from .key_names import _KeyNames
 from .log_format import _CHAIN_MARK, _encode_line, _legacy_branch_event, _parse_lines, _unfinished_tail
 from .records import FORMAT_VERSION, Problem
 from .storage import IndexEntry, Position, Records, Storage
@@ -151,8 +152,9 @@ class JsonlStorage(Storage):
     folders (each names its key in ``session.json``) when it is lost, before any key
     can be given a second session: ``keys/.complete`` says it is whole (one ``stat``
     at open and on a lookup that finds no link); a link lost alone is reported by
-    ``check()`` and put back by ``repair()``. A store of format 1 is read as it is and
-    migrated by the first write.
+    ``check()`` and put back by ``repair()``. Beside it, ``names/`` keeps the keys in
+    folders of their pieces (see "Layout of names/"), which :meth:`find_sessions`
+    walks. A store of format 1 is read as it is and migrated by the first write.
     """
 
     def __init__(self, fs: FileSystem | None = None, directory: str | os.PathLike[str] = "./sessions") -> None:
@@ -166,6 +168,7 @@ class JsonlStorage(Storage):
             raise InvalidInput(f"directory must be a non-empty str path, not {directory!r}")
         self.fs = fs if fs is not None else RealFileSystem()
         self.directory = path.rstrip("/") or "/"
+        self._names = _KeyNames(self.fs, self.directory)
         self._durable = True
         self._must_sync = True
         self._reset()
@@ -399,6 +402,63 @@ class JsonlStorage(Storage):
         found.sort(key=lambda e: (e.created_at, e.session_id))
         return found
 
+    def find_sessions(self, key_prefix: str) -> list[IndexEntry]:
+        """Walks the one subtree of ``names/`` where the prefix's keys are (see "Layout
+        of names/"): O(matches), plus one ``listdir`` where the prefix ends inside a
+        piece. A leaf is believed only when its session's key (its session.json) starts
+        with the prefix and the key index links that key to it. ``""``: list_sessions()."""
+        if not isinstance(key_prefix, str):
+            raise InvalidKey(f"a key prefix must be a string, not {type(key_prefix).__name__}")
+        if not key_prefix or self._format() != 2:
+            return super().find_sessions(key_prefix)
+        self._ensure_index()
+        self._ensure_names()
+        found: dict[str, IndexEntry] = {}
+        for sid in self._names.candidates(key_prefix):
+            entry = self._read_meta(sid) if sid not in found else None  # (None for a name that is no session id)
+            if entry is not None and entry.key.startswith(key_prefix) and self._live_target(entry.key) == sid:
+                found[sid] = entry
+        return sorted(found.values(), key=lambda e: (e.created_at, e.session_id))
+
+    def _ensure_names(self) -> None:
+        """Give every live session its leaf in ``names/`` unless ``names/.complete``
+        says they have one (a store written before names/, or by other rules), under
+        the lock of :meth:`_ensure_index`; the marker is written last, so a build cut
+        short is done again. Leaves of other rules are left to repair()."""
+        if self._names.whole:
+            return
+        with self.fs.locked(self._marker, create=False):
+            if self._names.whole:
+                return  # another store built it while we waited
+            named = self._name_sessions()
+            self._names.mark_whole(durable=self._durable)
+        if named:
+            _log.info("%s: the key names of %d session(s) written to names/", self.directory, len(named))
+
+    def _name_sessions(self) -> list[IndexEntry]:
+        """Write the leaf of every live session that has none; those it wrote."""
+        return [e for e in self._session_folders() if self._live_target(e.key) == e.session_id
+                and self._names.add(e.key, e.session_id, durable=self._durable)]
+
+    def session_bytes(self, session_id: str) -> int | None:
+        """The bytes of the session folder's files (log, branch events, session.json,
+        lease, tally, quarantined lines): about what deleting it frees. ``None`` for
+        no live session. Temp files of writes in progress are not counted."""
+        if not _is_session_id(session_id) or not self.fs.exists(self._log(session_id)):
+            return None
+        total = 0
+        for name in self.fs.listdir(self._dir(session_id)):
+            path = f"{self._dir(session_id)}/{name}"
+            if name.startswith("."):
+                continue
+            try:
+                # The lease record is read, not measured: a stat would cache an O_APPEND
+                # descriptor of it, and its in-place writes would then append.
+                total += len(self.fs.read(path)) if name == "lock.json" else self.fs.size(path)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                continue
+        return total
+
     def create_session(self, key: str, session_id: str, created_at: int, *,
                        messages: Sequence[bytes] = (), events: Sequence[bytes] = (),
                        forked_from: tuple[str, str | None] | None = None) -> str:
@@ -436,9 +496,13 @@ class JsonlStorage(Storage):
                 fs.remove_tree(staging)
             raise
         try:
+            self._names.add(key, session_id, durable=durable)  # before the commit: found by its key, and its prefix
             while not fs.symlink(session_id, link, durable=durable):
                 winner = self._live_target(key)
+                if winner == session_id:  # a repair() adopted the folder meanwhile: it is ours, and linked
+                    return winner
                 if winner is not None:  # another store created the key's session first
+                    self._names.remove(key, session_id)
                     fs.remove_tree(final)
                     return winner
                 self._remove_stale_link(key)  # an interrupted deletion left the link
@@ -447,17 +511,25 @@ class JsonlStorage(Storage):
             with contextlib.suppress(OSError):
                 if fs.readlink(link) == session_id:
                     fs.remove(link)
+                self._names.remove(key, session_id)
                 fs.remove_tree(final)
             raise
         return session_id
 
     def _link_key(self, key: str, session_id: str) -> bool:
         """Link ``key`` to ``session_id`` unless the key has a live link; whether it
-        was linked. A link to no live session (an interrupted deletion) is replaced."""
+        was linked. A link to no live session (an interrupted deletion) is replaced.
+        The session's leaf in ``names/`` is written first (see :meth:`create_session`),
+        and taken back when the key turns out to be another session's."""
         link = self._key_link(key)
         self.fs.makedirs(link.rpartition("/")[0], durable=self._durable)
         self._remove_stale_link(key)
-        return self.fs.symlink(session_id, link, durable=self._durable)
+        named = self._names.add(key, session_id, durable=self._durable)
+        if self.fs.symlink(session_id, link, durable=self._durable):
+            return True
+        if named and self._live_target(key) != session_id:
+            self._names.remove(key, session_id)
+        return False
 
     def _remove_stale_link(self, key: str) -> None:
         """Remove the key's link if it names no live session (under the shard's lock:
@@ -484,6 +556,8 @@ class JsonlStorage(Storage):
                     fs.remove(link, durable=self._durable)
             except OSError as exc:
                 _log.warning("session %s deleted; its key link stays until repair(): %s", session_id, exc)
+        with contextlib.suppress(OSError):  # a leaf of no session: no walk believes it, repair() clears it
+            self._names.remove(entry.key, session_id)
         with self._syncs_lock:
             self._syncs.pop(session_id, None)
         self._vouches.pop(session_id, None)
@@ -496,7 +570,8 @@ class JsonlStorage(Storage):
         if version == 2:
             return
         self.fs.makedirs(self.directory)
-        if version == 0:
+        if version == 0:  # a new store: each session it will hold writes its own leaf in names/
+            self._names.mark_whole(durable=self._durable)
             self.fs.write_atomic(self._marker, _encode_line({"format": FORMAT_VERSION}), durable=self._durable)
             return
         with self.fs.locked(self._journal_path):  # format-1 writers take this lock too
@@ -1091,7 +1166,12 @@ class JsonlStorage(Storage):
         problems: list[Problem] = []
         if index:
             problems += self._check_index()
+        named = index and self._names.whole
         for sid, key in sessions.items():
+            if named and key and not self.fs.exists(self._names.leaf(key, sid)):
+                problems.append(Problem(session_id=sid, file=self._names.leaf(key, sid), offset=None,
+                                        reason="the session is missing from names/, so find_sessions() misses it "
+                                               "(repair writes it)"))
             for path in (self._events(sid), self._log(sid)):
                 try:
                     data = self.fs.read(path)
@@ -1179,6 +1259,8 @@ class JsonlStorage(Storage):
                                    "first write or repair() migrates it")]
         problems = [Problem(session_id=None, file=path, offset=None, reason=f"{why} (repair removes it)")
                     for path, why, _ in self._garbage()]
+        problems += [Problem(session_id=None, file=path, offset=None, reason=f"{why} (repair removes it)")
+                     for path, why in self._stale_names()]
         for entry in self._unindexed():
             problems.append(Problem(session_id=entry.session_id, file=self._dir(entry.session_id), offset=None,
                                     reason="session folder is not in the index (repair adopts it, or sets it "
@@ -1251,7 +1333,7 @@ class JsonlStorage(Storage):
         for path, why, is_dir in self._garbage():
             if is_dir:
                 self.fs.remove_tree(path)
-            elif "/keys/" in path:
+            elif path.startswith(f"{self.directory}/keys/"):
                 with self.fs.locked(f"{path.rpartition('/')[0]}/.lock"):
                     target = self.fs.readlink(path)
                     if target is None or not _is_session_id(target) or not self.fs.exists(self._log(target)):
@@ -1273,6 +1355,7 @@ class JsonlStorage(Storage):
                 if self._link_key(entry.key, sid):
                     fixed.append(f"{self._dir(sid)}: adopted into the index (key {entry.key!r})")
                     continue
+            self._names.remove(entry.key, sid)  # no prefix finds what goes (or goes aside)
             if self.fs.size(self._log(sid)) == 0:
                 self.fs.remove_tree(self._dir(sid))
                 fixed.append(f"{self._dir(sid)}: an empty session whose key belongs to another; removed")
@@ -1294,6 +1377,26 @@ class JsonlStorage(Storage):
                     fixed.append(f"{orphan}: set aside earlier and holds no message; removed")
                 else:
                     fixed.append(f"{orphan}: kept (messages of a session whose key another session has)")
+        return fixed + self._repair_names()
+
+    def _stale_names(self) -> list[tuple[str, str]]:
+        def key_of(sid: str) -> str | None:
+            entry = self._read_meta(sid)
+            return None if entry is None else entry.key
+        return self._names.stale(lambda sid: _is_session_id(sid) and self.fs.exists(self._log(sid)), key_of)
+
+    def _repair_names(self) -> list[str]:
+        """After the index is repaired: leaves that live sessions miss written (all of
+        them, silently, in a store without names/ yet), stale ones removed."""
+        fixed = []
+        if self._names.whole:
+            fixed += [f"{self._names.leaf(e.key, e.session_id)}: session {e.session_id} was missing from names/; "
+                      "written" for e in self._name_sessions()]
+        elif self._format() == 2:
+            self._ensure_names()
+        for path, why in self._stale_names():
+            self.fs.remove(path, durable=self._durable)
+            fixed.append(f"{path}: {why}; removed")
         return fixed
 
 

@@ -49,6 +49,10 @@ from .validation import _check_json_shape, _check_name, _check_time, _is_name
 #       no link links every session folder's key again before anything else (under
 #       the lock of session-store.json). A link lost alone is found by check() and
 #       put back by repair().
+#   <storage_dir>/names/<piece>/.../<rest>=<session-id>   the keys again, a folder per piece
+#       (a key prefix is a folder), for find_sessions: see "Layout of names/". Never
+#       believed alone (each leaf found is checked against the key index); names/.complete
+#       says every session has its leaf, and a store without it is indexed once.
 #   <storage_dir>/<session-id>/session.json   {"version","sessionId","key","createdAt"}
 #       (+ "forkedFrom": [session id, message id] for a fork)
 #   <storage_dir>/<session-id>/messages.jsonl one message per line, in append order:
@@ -71,14 +75,15 @@ from .validation import _check_json_shape, _check_name, _check_time, _is_name
 #       file cut back and grown again since no longer matches, and the tally is ignored
 #
 # A session is created whole before it is announced: its folder is written as
-# ".new-<id>" (its log flock'ed meanwhile), renamed into place, then its key link
-# made: the link is the commit. A deletion's commit is the removal of messages.jsonl
-# (under the log's lock); the key link and the folder are then garbage, which
-# readers ignore and repair() removes. Format 1 (a keys.jsonl journal and a
-# sessions.json checkpoint instead of key links) and the seed's layout (sessions.json
-# {"keys": {key: id}, "sessions": {id: {"createdAt"...}}}, no session.json, branch
-# lines {"name", "headId" | "leafId"} holding a branch as it stood) are read, and
-# migrated to format 2 by the first write (see JsonlStorage._adopt_legacy_folder).
+# ".new-<id>" (its log flock'ed meanwhile), renamed into place, given its leaf in
+# names/, then its key link made: the link is the commit. A deletion's commit is the
+# removal of messages.jsonl (under the log's lock); the key link, the leaf and the
+# folder are then garbage, which readers ignore and repair() removes. Format 1 (a
+# keys.jsonl journal and a sessions.json checkpoint instead of key links) and the
+# seed's layout (sessions.json {"keys": {key: id}, "sessions": {id: {"createdAt"...}}},
+# no session.json, branch lines {"name", "headId" | "leafId"} holding a branch as it
+# stood) are read, and migrated to format 2 by the first write (see
+# JsonlStorage._adopt_legacy_folder).
 #
 # Each log record is written with one write() while holding the log's lock; with
 # durable=True the call returns after fdatasync. A crash can leave only a torn last
