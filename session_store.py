@@ -83,6 +83,8 @@ __all__ = [
     "message_text",
     "search_words",
     "record_words",
+    "key_range",
+    "query_words",
     # contexts
     "ContextReader",
     "register_context_reader",
@@ -1309,6 +1311,37 @@ def record_words(record: Mapping[str, Any]) -> str:
     :func:`message_text` of its ``content``, space separated. A storage that keeps
     an index (:meth:`Storage.search_messages`) indexes exactly this."""
     return " ".join(search_words(message_text(record.get("content"))))
+
+
+def key_range(prefix: str) -> tuple[str, str | None] | None:
+    """For a storage that keeps keys in order: ``(low, high)`` such that the keys
+    starting with ``prefix`` are exactly those with ``low <= key < high`` in code
+    point order (UTF-8 byte order, SQLite's BINARY and PostgreSQL's "C" collation);
+    ``high`` ``None`` for no bound; ``None`` when no key can start so (a lone
+    surrogate is in no key). ``high`` is ``prefix`` with its last character that can
+    grow grown by one (skipping the surrogates), what follows it dropped."""
+    try:
+        prefix.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    for end in range(len(prefix) - 1, -1, -1):
+        c = ord(prefix[end])
+        if c < 0x10FFFF:
+            return prefix, prefix[:end] + chr(0xE000 if c + 1 == 0xD800 else c + 1)
+    return prefix, None
+
+
+def query_words(words: Sequence[str]) -> list[str] | None:
+    """For a storage's :meth:`Storage.search_messages`: its ``words``, each once;
+    ``None`` when one of them is no word :func:`search_words` makes (no message's
+    words can hold it: nothing matches). :class:`InvalidInput` for a string given
+    where a sequence of words belongs."""
+    if isinstance(words, str):
+        raise InvalidInput("words must be a sequence of words, not a str")
+    for word in words:
+        if not isinstance(word, str) or search_words(word) != [word]:
+            return None
+    return list(dict.fromkeys(words))
 
 
 def _one_line(text: str, width: int) -> str:

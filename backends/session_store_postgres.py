@@ -68,8 +68,9 @@ from session_store import (
     SessionNotFound,
     Storage,
     StorageError,
+    key_range,
+    query_words,
     record_words,
-    search_words,
 )
 
 # ============================================================================
@@ -229,34 +230,9 @@ def _indexed(line: str | bytes) -> tuple[int, str] | None:
 
 
 def _key_range(prefix: str) -> tuple[str, str | None] | None:
-    """``(low, high)``: the keys that start with ``prefix`` are exactly those with
-    ``low <= key < high`` in code point order (UTF-8 byte order: the "C" collation
-    of the key column), ``high`` ``None`` for no bound; ``None`` when no key can (a
-    text never holds NUL, a lone surrogate is no key). ``high`` is ``prefix`` with
-    its last character that can grow grown by one (skipping the surrogates), the
-    rest after it dropped."""
-    try:
-        prefix.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    if "\x00" in prefix:
-        return None
-    for end in range(len(prefix) - 1, -1, -1):
-        c = ord(prefix[end])
-        if c < 0x10FFFF:
-            return prefix, prefix[:end] + chr(0xE000 if c + 1 == 0xD800 else c + 1)
-    return prefix, None
-
-
-def _query_words(words: Sequence[str]) -> list[str] | None:
-    """The words of a search, each once; ``None`` when one of them is no word that
-    :func:`search_words` makes (no message's words can hold it: nothing matches)."""
-    if isinstance(words, str):
-        raise InvalidInput("words must be a sequence of words, not a str")
-    for word in words:
-        if not isinstance(word, str) or search_words(word) != [word]:
-            return None
-    return list(dict.fromkeys(words))
+    """:func:`key_range` of ``prefix``, under the "C" collation of the key column;
+    ``None`` also for a prefix holding NUL (no PostgreSQL text can)."""
+    return None if "\x00" in prefix else key_range(prefix)
 
 
 def _entry(row: tuple[Any, ...]) -> IndexEntry:
@@ -604,7 +580,7 @@ class PostgresStorage(Storage):
         best ``ts_rank`` first, then the newest message (its timestamp). A word too
         long for a lexeme is left out of the query (its messages are among those
         found). No words: every message of those sessions, the newest first."""
-        found = _query_words(words)
+        found = query_words(words)
         bounds = _key_range(key_prefix)
         if found is None or bounds is None or limit <= 0:
             return []

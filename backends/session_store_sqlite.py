@@ -60,8 +60,9 @@ from session_store import (
     SessionNotFound,
     Storage,
     StorageError,
+    key_range,
+    query_words,
     record_words,
-    search_words,
 )
 
 # ============================================================================
@@ -241,34 +242,6 @@ def _indexed(line: str | bytes) -> tuple[int, str] | None:
     except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
         return None
     return _words_of(record) if isinstance(record, dict) else None
-
-
-def _key_range(prefix: str) -> tuple[str, str | None] | None:
-    """``(low, high)``: the keys that start with ``prefix`` are exactly those with
-    ``low <= key < high`` in code point order (which is UTF-8 byte order, SQLite's
-    BINARY collation), ``high`` ``None`` for no bound; ``None`` when no key can (a
-    lone surrogate is no key). ``high`` is ``prefix`` with its last character that
-    can grow grown by one (skipping the surrogates), the rest after it dropped."""
-    try:
-        prefix.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    for end in range(len(prefix) - 1, -1, -1):
-        c = ord(prefix[end])
-        if c < 0x10FFFF:
-            return prefix, prefix[:end] + chr(0xE000 if c + 1 == 0xD800 else c + 1)
-    return prefix, None
-
-
-def _query_words(words: Sequence[str]) -> list[str] | None:
-    """The words of a search, each once; ``None`` when one of them is no word that
-    :func:`search_words` makes (no message's words can hold it: nothing matches)."""
-    if isinstance(words, str):
-        raise InvalidInput("words must be a sequence of words, not a str")
-    for word in words:
-        if not isinstance(word, str) or search_words(word) != [word]:
-            return None
-    return list(dict.fromkeys(words))
 
 
 def _entry(row: tuple[Any, ...]) -> IndexEntry:
@@ -518,10 +491,10 @@ class SqliteStorage(Storage):
 
     def find_sessions(self, key_prefix: str) -> list[IndexEntry]:
         """A range of the key column's index (``low <= key < high``, see
-        :func:`_key_range`): O(log sessions + matches). Not LIKE, which is
+        :func:`key_range`): O(log sessions + matches). Not LIKE, which is
         case-insensitive for ASCII and reads ``%`` and ``_``; not GLOB, which reads
         ``*``, ``?`` and ``[``. In key order."""
-        bounds = _key_range(key_prefix)
+        bounds = key_range(key_prefix)
         if bounds is None:
             return []
         low, high = bounds
@@ -543,13 +516,13 @@ class SqliteStorage(Storage):
     def search_messages(self, words: Sequence[str], key_prefix: str, limit: int,
                         offset: int) -> list[tuple[str, str]]:
         """The ``message_words`` index (see "Schema"), joined to the sessions whose
-        key is in :func:`_key_range` of the prefix before the limit applies. With
+        key is in :func:`key_range` of the prefix before the limit applies. With
         FTS5: each word a quoted FTS5 string (an operator is a plain word), the best
         ``bm25()`` first; without it, every word found with ``instr()`` between
         spaces. Then the newest message first (its timestamp, then the latest
         written). No words: every message of those sessions, the newest first."""
-        found = _query_words(words)
-        bounds = _key_range(key_prefix)
+        found = query_words(words)
+        bounds = key_range(key_prefix)
         if found is None or bounds is None or limit <= 0:
             return []
         low, high = bounds

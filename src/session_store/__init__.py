@@ -79,6 +79,8 @@ __all__ = [
     "message_text",
     "search_words",
     "record_words",
+    "key_range",
+    "query_words",
     # contexts
     "ContextReader",
     "register_context_reader",
@@ -138,7 +140,7 @@ from .records import (
     SearchHit,
     SessionMetadata,
 )
-from .searching import message_text, record_words, search_words
+from .searching import key_range, message_text, query_words, record_words, search_words
 from .storage import IndexEntry, Position, Records, Storage
 from .tuning import tune_process
 from .validation import MAX_NESTING
