@@ -138,6 +138,7 @@ from .records import (
     SearchHit,
     SessionMetadata,
 )
+from .records import __version__ as __version__  # not in __all__: a package's version is asked for by name
 from .searching import message_text, record_words, search_words
 from .storage import IndexEntry, Position, Records, Storage
 from .tuning import tune_process
