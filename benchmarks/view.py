@@ -2,6 +2,7 @@
 
     python3 benchmarks/view.py                          # writes benchmarks/VIEW.md
     python3 benchmarks/view.py --screenshot docs/view.png   # the README's screenshot
+    python3 benchmarks/view.py --screenshots docs/view-after   # -claude-code.png, -adapter.png: docs/command-line.md
 
 Needs the ``test`` extra (selenium) and Debian's ``chromium`` and ``chromium-driver``.
 Each page is written to a file and loaded afresh ``--loads`` times; the report gives the
@@ -104,6 +105,41 @@ def screenshot_session(store: SessionStore) -> str:
     return sid
 
 
+CLAUDE_SHOWCASE = ROOT / "tests" / "fixtures" / "claude-code" / "minimal_showcase" / \
+    "55550000-0000-4000-8000-000000000001.jsonl"
+ANSWER = """## Reading a CSV file
+
+Use the standard library's **csv** module; `DictReader` gives each row as a *dict*:
+
+```python
+import csv
+
+with open("people.csv", newline="") as f:
+    for row in csv.DictReader(f):  # the header line names the keys
+        print(row["name"], int(row["age"]) + 1)
+```
+
+- `newline=""` lets the module handle line endings itself.
+- For very large files, read rows one at a time as above; nothing is loaded whole.
+
+See [the csv module's documentation](https://docs.python.org/3/library/csv.html)."""
+
+
+def adapter_session(store: SessionStore) -> str:
+    """What the LangChain adapter stores: a question, a tool call and its short result, a Markdown answer."""
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+
+    from session_store_langchain import SessionStoreChatMessageHistory
+
+    SessionStoreChatMessageHistory("user:carol", store).add_messages([
+        SystemMessage("You are a concise Python tutor. Use the docs tool when unsure."),
+        HumanMessage("How do I read a CSV file in Python, with the column names?"),
+        AIMessage("", tool_calls=[{"id": "call_7", "name": "search_docs", "args": {"query": "csv DictReader"}}]),
+        ToolMessage("csv.DictReader(f): rows as dicts keyed by the header line", tool_call_id="call_7"),
+        AIMessage(ANSWER)])
+    return store.resolve("user:carol")
+
+
 # ============================================================================
 # Measuring
 # ============================================================================
@@ -179,9 +215,28 @@ def screenshot(path: Path) -> None:
         page.write_text(render_session(store, sid), encoding="utf-8")
         with chromium(1280, 900) as driver:
             driver.get(page.as_uri())
-            driver.find_element(By.CSS_SELECTOR, "main .call .fold-toggle").click()
+            for toggle in driver.find_elements(By.CSS_SELECTOR, "main .call .fold-toggle"):  # a long result
+                toggle.click()
             driver.save_screenshot(str(path))
     print(f"wrote {path}")
+
+
+def screenshots(prefix: str) -> None:
+    """``<prefix>-claude-code.png`` (the public Claude Code showcase transcript) and
+    ``<prefix>-adapter.png`` (a LangChain session), as the page opens."""
+    from session_store_transcripts import import_claude_code
+
+    sessions: list[tuple[str, Callable[[SessionStore], str]]] = [
+        ("claude-code", lambda store: import_claude_code(store, CLAUDE_SHOWCASE)), ("adapter", adapter_session)]
+    ticks = iter(range(1_780_000_000, 1_780_100_000, 17))
+    with chromium(1280, 900) as driver, tempfile.TemporaryDirectory() as directory:
+        for name, build in sessions:
+            with SessionStore(InMemoryFileSystem(), clock=lambda: next(ticks)) as store:
+                page = Path(directory) / f"{name}.html"
+                page.write_text(render_session(store, build(store)), encoding="utf-8")
+            driver.get(page.as_uri())
+            driver.save_screenshot(f"{prefix}-{name}.png")
+            print(f"wrote {prefix}-{name}.png")
 
 
 def main() -> None:
@@ -189,8 +244,12 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=7, help="page loads per session (default 7)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "VIEW.md")
     parser.add_argument("--screenshot", type=Path, help="write the README's screenshot here instead")
+    parser.add_argument("--screenshots", metavar="PREFIX",
+                        help="write PREFIX-claude-code.png and PREFIX-adapter.png (docs/command-line.md) instead")
     args = parser.parse_args()
-    if args.screenshot:
+    if args.screenshots:
+        screenshots(args.screenshots)
+    elif args.screenshot:
         screenshot(args.screenshot)
     else:
         report(args.loads, args.out)

@@ -14,21 +14,29 @@ Two ways to look at conversations kept by :mod:`session_store`::
 or from the command line: ``session-store view SESSION -o page.html`` and
 ``session-store serve [--dir DIR] [--port N] [--host H]``.
 
-The page shows the current path as a conversation (role, time, text; long texts, tool
-results and thinking folded; each tool call with its arguments and the result it got
-on that path, or that it got none). At every branch point a switcher (``< 2 / 3 >``)
-shows another sibling in place; branch heads and the current head are marked; a jump
-list reaches every branch and leaf (Claude Code subagent sidechains included) and a
-minimap of the whole tree jumps anywhere. Reset markers, pi compactions and branch
-summaries, and Claude Code compact boundaries are dividers carrying their summary.
-Each message shows its size (its stored record) and its
-:func:`session_store.default_token_counter` count; the path's totals and the lease
-holder are in the header.
+The page shows the current path as a conversation: each message's role and text, the
+text of every role but the user's rendered as Markdown (headings, emphasis, lists,
+quotes, tables, links, inline code and fenced code blocks, the code highlighted); long
+texts, long tool results and thinking folded. Each tool call is one card holding its
+arguments and the result it got on that path (short results shown, long ones folded),
+or saying it got none; a message that only carried results is not shown again. At every
+branch point a switcher (``< 2 / 3 >``) shows another sibling in place; branch heads
+and the current head are marked; a jump list reaches every branch and leaf (Claude
+Code subagent sidechains included) and a minimap of the whole tree jumps anywhere.
+Reset markers, pi compactions and branch summaries, and Claude Code compact
+boundaries are dividers carrying their summary. What a reader rarely needs is out of
+the way, in the tooltip of each message's time (its link): the full time, the id, the
+size of its stored record in bytes and an estimate of its tokens
+(:func:`session_store.estimate_tokens`, labelled as an estimate); the path's totals
+and the lease holder are in the header.
 
 Everything from a session is data. The page has no network access and no external
 assets: the session is embedded as JSON in a ``<script type="application/json">``
 (with ``<``, ``>``, ``&``, U+2028 and U+2029 escaped, so no content can close the
-element), read with ``JSON.parse`` and put on the page with ``textContent`` only; a
+element), read with ``JSON.parse`` and put on the page as DOM nodes built by the
+script, every string as a text node (``textContent``), never parsed as HTML: Markdown
+is read by the script's own small parser, and a link keeps its address only when it is
+``http:``, ``https:`` or ``mailto:`` (otherwise it stays text); a
 Content-Security-Policy allows the page's one script (by hash) and nothing else (the
 server's pages may also submit their search form to the server itself).
 The server answers GET and HEAD on ``/`` (the sessions, newest first, with their titles
@@ -60,7 +68,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from session_store import Message, SessionNotFound, SessionStore, SessionStoreError, default_token_counter, read_turns
+from session_store import Message, SessionNotFound, SessionStore, SessionStoreError, estimate_tokens, read_turns
 
 # ============================================================================
 # Reading messages for display
@@ -70,7 +78,8 @@ from session_store import Message, SessionNotFound, SessionStore, SessionStoreEr
 # page of a 1,000-message session carries a thousand of them):
 #
 #   i id, p index of the parent (-1: a root), r role, y type, t timestamp (ms),
-#   b size of the stored record (bytes of its JSON line), k default token count,
+#   b size of the stored record (bytes of its JSON line), k estimated tokens
+#   (session_store.estimate_tokens: characters / 4 + framing, not a tokenizer's count),
 #   c parts: ["t", text] | ["th", thinking] | ["img", label, data URL or ""] |
 #            ["call", call id, tool name, arguments as text] |
 #            ["res", call id, text, 1 if an error else 0, tool name] | ["j", JSON text]
@@ -311,7 +320,7 @@ def _message_view(m: Message, index: Mapping[str, int]) -> dict[str, Any]:
     shown: dict[str, Any] = {
         "i": m.id, "p": index.get(m.parent_id, -1) if m.parent_id is not None else -1, "r": m.role, "y": m.type,
         "t": m.timestamp, "b": len(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()) + 1,
-        "k": default_token_counter(m), "c": _content_parts(m.content),
+        "k": estimate_tokens(m), "c": _content_parts(m.content),
     }
     fields = m.fields
     pi, claude = _imported_line(m, "pi"), _imported_line(m, "claude_code")
@@ -325,6 +334,8 @@ def _message_view(m: Message, index: Mapping[str, int]) -> dict[str, Any]:
     elif m.type == "reset":
         reason = fields.get("reason")
         shown["d"] = ["reset", str(reason) if reason else ""]
+    elif m.type.startswith("langgraph.") and isinstance(m.content, dict):
+        _langgraph_view(m.type[len("langgraph."):], m.content, shown)
     elif isinstance(m.content, dict) and _read_as_turns(m, shown):
         pass  # a framework's message held whole (LangChain, pydantic-ai, LlamaIndex, a Responses item)
     else:
@@ -345,6 +356,30 @@ def _message_view(m: Message, index: Mapping[str, int]) -> dict[str, Any]:
     return shown
 
 
+def _langgraph_view(kind: str, record: Mapping[str, Any], shown: dict[str, Any]) -> None:
+    """A LangGraph checkpointer's record (session_store_langgraph) as a one-line note:
+    its checkpoints, channel values and pending writes hold LangGraph's serializer's
+    bytes (msgpack), which this file does not decode; they are named and sized."""
+    def value(v: Any) -> str:
+        if not isinstance(v, dict) or v.get("t") in (None, "null"):
+            return "empty"
+        data = v.get("b")
+        return f"{v.get('t')!s}, {len(data) * 3 // 4:,} bytes" if isinstance(data, str) else str(v.get("t"))
+    where = f" in {record['ns']}" if isinstance(record.get("ns"), str) and record["ns"] else ""
+    if kind == "checkpoint":
+        shown["n"] = f"{str(record.get('id', ''))[:13]}{where}"
+    elif kind == "value":
+        shown["n"] = f"{record.get('channel')!s}{where} ({value(record.get('value'))})"
+    elif kind == "write":
+        shown["n"] = f"to {record.get('channel')!s}{where} by task {str(record.get('task', ''))[:8]} " \
+                     f"({value(record.get('value'))})"
+    else:
+        shown["n"] = kind
+        shown["c"] = [["j", _json_text(record)]]
+        return
+    shown["c"] = []
+
+
 def _read_as_turns(m: Message, shown: dict[str, Any]) -> bool:
     """Show a record held as an object the way :meth:`SessionStore.build_context` reads
     it (:func:`session_store.read_turns`: the framework's registered reader, or the
@@ -362,6 +397,7 @@ def _read_as_turns(m: Message, shown: dict[str, Any]) -> bool:
         else:
             parts += _content_parts(t.content)
     shown["c"], shown["r"] = parts, turns[-1].role if len({t.role for t in turns}) == 1 else m.role
+    shown["k"] = sum(estimate_tokens(t) for t in turns)  # what the model reads, not the framework's JSON
     return True
 
 
@@ -396,14 +432,17 @@ main { padding: 12px 0 40vh; min-width: 0; }
 .msg { background: var(--card); border: 1px solid var(--line); border-radius: 10px; margin: 0 0 10px;
   padding: 8px 12px 10px; max-width: 920px; }
 .msg.role-user { background: var(--user); }
-.msg.role-tool, .msg.role-toolResult, .msg.result-only { background: var(--tool); }
+.msg.role-tool, .msg.role-toolResult { background: var(--tool); }
 .msg.role-system { background: var(--system); }
 .msg.sidechain { border-left: 4px solid #9b7be0; }
 .msg.flash { outline: 3px solid #f5b400; }
 .msg > .head { display: flex; flex-wrap: wrap; gap: 4px 10px; align-items: center; font-size: 12px; color: var(--dim); }
 .msg .role { font-weight: 600; color: var(--ink); text-transform: capitalize; }
-.msg .stats { margin-left: auto; }
-a.id { color: var(--dim); text-decoration: none; }
+.msg .model { color: var(--dim); }
+a.id { color: var(--dim); text-decoration: none; font-variant-numeric: tabular-nums; }
+.head a.meta { margin-left: auto; }
+a.id:hover { text-decoration: underline; }
+.merged { display: none; }
 /* Rows off screen are neither laid out nor painted: a 1,000-message path opens quickly. */
 main > article, main > .note, main > .divider { content-visibility: auto; contain-intrinsic-size: auto 90px; }
 .badge { border-radius: 9px; padding: 0 7px; font-size: 11.5px; background: #e4e7ec; color: #344054; }
@@ -430,6 +469,32 @@ button.more, .fold > button { border: 0; background: none; color: var(--accent);
 .call .call-name { font-weight: 600; font-family: ui-monospace, Menlo, Consolas, monospace; }
 .call .call-id { color: var(--dim); margin-left: 8px; font-size: 11.5px; }
 .call .no-result { color: var(--warn); font-size: 12.5px; margin-top: 4px; }
+.call .args { color: #344054; }
+.result.inline { margin-top: 6px; }
+.result.inline .result-label { font-size: 12px; color: var(--dim); }
+.result.inline pre { margin: 2px 0 0; white-space: pre-wrap; overflow-wrap: anywhere; background: #fff;
+  border: 1px solid var(--line); border-radius: 6px; padding: 4px 8px; }
+.result.inline.error pre { border-color: #fda29b; color: var(--warn); }
+.text.md { white-space: normal; }
+.md > :first-child { margin-top: 0; }
+.md > :last-child { margin-bottom: 0; }
+.md p { margin: 0 0 .6em; white-space: pre-wrap; }
+.md h1, .md h2, .md h3, .md h4, .md h5, .md h6 { margin: .9em 0 .4em; line-height: 1.25; }
+.md h1 { font-size: 1.35em; } .md h2 { font-size: 1.2em; } .md h3 { font-size: 1.08em; }
+.md h4, .md h5, .md h6 { font-size: 1em; }
+.md ul, .md ol { margin: 0 0 .6em; padding-left: 1.6em; }
+.md li > p { margin: 0 0 .3em; }
+.md blockquote { margin: 0 0 .6em; padding: 0 0 0 10px; border-left: 3px solid #d0d5dd; color: #475467; }
+.md hr { border: 0; border-top: 1px solid var(--line); margin: .8em 0; }
+.md code { background: #eef1f4; border-radius: 4px; padding: 0 4px; }
+.md pre { background: #f6f8fa; border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px; margin: 0 0 .6em;
+  overflow: auto; white-space: pre; }
+.md pre code { background: none; padding: 0; }
+.md table { border-collapse: collapse; margin: 0 0 .6em; display: block; overflow: auto; }
+.md th, .md td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; }
+.md a { color: var(--accent); }
+.hl-k { color: #8250df; } .hl-s { color: #0a3069; } .hl-c { color: #6e7781; font-style: italic; }
+.hl-n { color: #0550ae; }
 button.link { border: 0; background: none; color: var(--accent); padding: 2px 0; font-size: 12.5px; }
 .note { color: var(--dim); font-size: 12.5px; margin: 0 0 10px; padding: 2px 12px; max-width: 920px; }
 .note .head { display: flex; flex-wrap: wrap; gap: 4px 10px; align-items: center; }
@@ -459,6 +524,8 @@ table.sessions a { color: var(--accent); text-decoration: none; font-weight: 600
   background: #fff; }
 .index a.back { color: var(--accent); text-decoration: none; }
 table.sessions .preview { color: var(--dim); font-size: 12.5px; overflow-wrap: anywhere; }
+table.sessions td.key { color: var(--dim); overflow-wrap: anywhere; }
+table.sessions td.when { white-space: nowrap; color: var(--dim); }
 ol.hits { list-style: none; padding: 0; max-width: 1100px; }
 ol.hits li { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 8px 12px; margin: 0 0 8px; }
 ol.hits a { color: var(--accent); text-decoration: none; font-weight: 600; overflow-wrap: anywhere; }
@@ -470,8 +537,10 @@ ol.hits .snippet { margin-top: 4px; white-space: pre-wrap; overflow-wrap: anywhe
 """
 
 # Each page has one script: these helpers, then the page's own part. Every string
-# from the session goes through textContent (or a property such as title, or an <img>
-# src already checked to be a data: image); nothing is parsed as HTML or evaluated.
+# from the session goes through textContent (or a property such as title, an <img>
+# src already checked to be a data: image, or a Markdown link's href checked to be
+# http(s) or mailto); nothing is parsed as HTML or evaluated. The Markdown reader and
+# the code highlighter build elements and text nodes, never markup.
 _SHARED_JS = r"""
   function el(tag, cls, text) {
     const e = document.createElement(tag);
@@ -499,7 +568,9 @@ def _script(own: str) -> str:
 _VIEW_JS = _script(r"""
   const D = JSON.parse(document.getElementById("session-data").textContent);
   const M = D.m, N = M.length, S = D.session;
-  const FOLD_CHARS = 1600, FOLD_LINES = 24, SHORT_LINES = 12;
+  const FOLD_CHARS = 1600, FOLD_LINES = 24, SHORT_LINES = 12;  // a longer text shows its start and "show all"
+  const MD_FOLD_CHARS = 4000, MD_FOLD_LINES = 60, MD_SHORT_LINES = 30;  // the same for Markdown
+  const SHORT_RESULT_CHARS = 600, SHORT_RESULT_LINES = 8;  // a shorter tool result is shown, a longer one folded
   const kids = M.map(() => []), roots = [];
   M.forEach((m, i) => (m.p < 0 ? roots : kids[m.p]).push(i));
   const byId = new Map(M.map((m, i) => [m.i, i]));
@@ -545,7 +616,10 @@ _VIEW_JS = _script(r"""
     const m = M[i];
     if (m.d) return `${m.d[0]}`;
     for (const c of m.c) {
-      if ((c[0] === "t" || c[0] === "th") && c[1].trim()) return c[1].trim().split("\n")[0].slice(0, 90);
+      if ((c[0] === "t" || c[0] === "th") && c[1].trim()) {  // its first line, without Markdown's marks
+        return c[1].trim().split("\n")[0].replace(/^(#{1,6}|>|[-*+]|\d+[.)])\s+/, "").replace(/\*\*|__|`/g, "")
+          .slice(0, 90);
+      }
       if (c[0] === "call") return `${c[2]}(…)`;
       if (c[0] === "res") return `result: ${c[2].trim().split("\n")[0].slice(0, 80)}`;
     }
@@ -568,22 +642,33 @@ _VIEW_JS = _script(r"""
   }
 
   // ---- folds ---------------------------------------------------------------
-  // A long text shows its first lines and a button for the rest.
-  function textBlock(text, cls) {
-    const box = el("div", "text" + (cls ? " " + cls : ""));
-    const lines = lineCount(text);
-    if (text.length <= FOLD_CHARS && lines <= FOLD_LINES) { box.textContent = text; return box; }
-    const short = firstLines(text, SHORT_LINES, FOLD_CHARS / 2) + " …";
-    const body = el("span", "", short);
-    const label = `show all (${plural(lines, "line", "lines")}, ${bytes(utf8(text))})`;
+  // A text as "plain" text, "md" (Markdown) or "json" (highlighted); a long one shows
+  // its first lines and a button for the rest.
+  function textBlock(text, cls, as) {
+    const box = el("div", "text" + (as === "md" ? " md" : "") + (cls ? " " + cls : ""));
+    const fill = (into, value) => {
+      if (as === "md") markdown(value, into); else if (as === "json") highlight(value, "json", into);
+      else into.textContent = value;
+    };
+    const lines = lineCount(text), md = as === "md";
+    if (text.length <= (md ? MD_FOLD_CHARS : FOLD_CHARS) && lines <= (md ? MD_FOLD_LINES : FOLD_LINES)) {
+      fill(box, text);
+      return box;
+    }
+    const short = firstLines(text, md ? MD_SHORT_LINES : SHORT_LINES, (md ? MD_FOLD_CHARS : FOLD_CHARS) / 2) + " …";
+    const body = el(md ? "div" : "span");
+    fill(body, short);
+    const label = `show all (${plural(lines, "line", "lines")})`;
     const more = el("button", "more", label);
+    more.title = bytes(utf8(text));
     let open = false;
     on(more, "click", () => {
       open = !open;
-      body.textContent = open ? text : short;
+      body.replaceChildren();
+      fill(body, open ? text : short);
       more.textContent = open ? "show less" : label;
     });
-    box.append(body, el("br"), more);
+    box.append(body, md ? "" : el("br"), more);
     return box;
   }
   // A closed section whose content is only built when it is first opened.
@@ -600,11 +685,174 @@ _VIEW_JS = _script(r"""
     box.append(toggle);
     return box;
   }
-  function resultFold(part, what) {
-    const text = part[2];
-    const label = `${what} · ${plural(lineCount(text), "line", "lines")} · ${bytes(utf8(text))}` +
-      (part[3] ? " · error" : "");
-    return fold(label, "result" + (part[3] ? " error" : ""), () => el("pre", "result-text", text));
+  // A tool result: shown when short, else folded under a button saying how long it is.
+  function resultView(part, what, from) {
+    const text = part[2], lines = lineCount(text);
+    let box;
+    if (text.length <= SHORT_RESULT_CHARS && lines <= SHORT_RESULT_LINES) {
+      box = el("div", "result inline" + (part[3] ? " error" : ""));
+      box.append(el("div", "result-label", what + (part[3] ? " · error" : "")),
+                 el("pre", "result-text", text || "(empty)"));
+    } else {
+      const label = `${what} · ${plural(lines, "line", "lines")}` + (part[3] ? " · error" : "");
+      box = fold(label, "result" + (part[3] ? " error" : ""), () => el("pre", "result-text", text));
+    }
+    box.title = `${bytes(utf8(text))} · ${from}`;
+    return box;
+  }
+
+  // ---- Markdown, built as DOM nodes ------------------------------------------------
+  // A small subset, as chat products render it: headings, paragraphs (line breaks
+  // kept), emphasis, strikethrough, inline code, fenced and indented code (highlighted
+  // when it names its language), lists, quotes, rules, tables and links. Every piece of
+  // text becomes a text node; the one attribute taken from content is a link's address,
+  // and only an http(s) or mailto one: any other link stays the text it was written as.
+  const SAFE_HREF = /^(https?|mailto):/i;
+  const INLINE = new RegExp([
+    /\\([!-\/:-@\[-`{-~])/.source,                               // 1: a backslash escape
+    /(`+)([^`]|[^`][\s\S]*?[^`])\2(?!`)/.source,                   // 2, 3: code
+    /\*\*(?=\S)([\s\S]*?\S)\*\*|__(?=\S)([\s\S]*?\S)__(?!\w)/.source,  // 4, 5: strong
+    /\*(?=[^\s*])([\s\S]*?[^\s*])\*|(?<!\w)_(?=[^\s_])([\s\S]*?[^\s_])_(?!\w)/.source,  // 6, 7: emphasis
+    /~~(?=\S)([\s\S]*?\S)~~/.source,                               // 8: strikethrough
+    /\[([^\]\n]+)\]\(\s*<?([^()\s<>]*(?:\([^()\s]*\)[^()\s<>]*)*)>?(?:\s+"[^"\n]*")?\s*\)/.source,  // 9, 10: link
+  ].join("|"), "g");
+  function inline(text, into) {
+    let at = 0, found;
+    INLINE.lastIndex = 0;
+    const pieces = [];
+    while ((found = INLINE.exec(text)) !== null) pieces.push([found.index, found[0].length, [...found]]);
+    for (const [index, length, g] of pieces) {
+      if (index > at) into.append(text.slice(at, index));
+      if (g[1] !== undefined) into.append(g[1]);
+      else if (g[3] !== undefined) into.append(el("code", "", g[3].replace(/^ (.*) $/s, "$1")));
+      else if (g[4] !== undefined || g[5] !== undefined) inline(g[4] ?? g[5], into.appendChild(el("strong")));
+      else if (g[6] !== undefined || g[7] !== undefined) inline(g[6] ?? g[7], into.appendChild(el("em")));
+      else if (g[8] !== undefined) inline(g[8], into.appendChild(el("del")));
+      else if (SAFE_HREF.test(g[10])) {
+        const a = el("a");
+        a.href = g[10]; a.title = g[10]; a.rel = "noopener noreferrer nofollow"; a.target = "_blank";
+        inline(g[9], into.appendChild(a));
+      } else into.append(g[0]);  // javascript:, data:, a relative address...: not a link
+      at = index + length;
+    }
+    if (at < text.length) into.append(text.slice(at));
+    return into;
+  }
+  const KEYWORDS = new Set(("abstract and as assert async await break case catch class const continue def default " +
+    "defer del delete do elif else enum except export extends false False final finally fn for from func function " +
+    "go if impl import in instanceof interface is lambda let loop match mod mut new nil None nonlocal not null or " +
+    "package pass private protected pub public raise return select self Self static struct super switch this throw " +
+    "throws trait true True try type typeof undefined use var void where while with yield").split(" "));
+  const HASH_COMMENTS = new RegExp("^(py|python|python3|sh|bash|shell|console|zsh|fish|rb|ruby|r|pl|perl|yaml|yml|" +
+                                   "toml|ini|conf|make|makefile|dockerfile|nix|ps1|powershell|elixir|ex)$");
+  const DASH_COMMENTS = /^(sql|lua|hs|haskell|elm|ada)$/;
+  const TOKENS = `("{3}[\\s\\S]*?"{3}|'{3}[\\s\\S]*?'{3}|"(?:[^"\\\\\\n]|\\\\.)*"|` +
+    `'(?:[^'\\\\\\n]|\\\\.)*'|\`(?:[^\`\\\\]|\\\\.)*\`)` +
+    "|(\\b(?:0[xob][\\da-fA-F_]+|\\d[\\d_]*(?:\\.\\d+)?(?:[eE][+-]?\\d+)?)\\b)|([A-Za-z_$][\\w$]*)";
+  const highlighters = new Map();
+  // Code as text nodes, with comments, strings, numbers and keywords in spans.
+  function highlight(code, language, into) {
+    const lang = (language || "").toLowerCase();
+    if (!lang || lang === "text" || lang === "plain" || code.length > 200000) { into.append(code); return into; }
+    if (!highlighters.has(lang)) {
+      const comment = HASH_COMMENTS.test(lang) ? "#[^\\n]*" : DASH_COMMENTS.test(lang) ? "--[^\\n]*"
+        : /^(json|md|markdown|csv|diff)$/.test(lang) ? "(?!)"
+        : "//[^\\n]*|/\\*[\\s\\S]*?\\*/|\\x3c!--[\\s\\S]*?--\\x3e";
+      highlighters.set(lang, new RegExp(`(${comment})|${TOKENS}`, "g"));
+    }
+    const re = highlighters.get(lang);
+    re.lastIndex = 0;
+    let at = 0, plain = "", found;
+    const flush = () => { if (plain) { into.append(plain); plain = ""; } };
+    while ((found = re.exec(code)) !== null) {
+      plain += code.slice(at, found.index);
+      at = found.index + found[0].length;
+      const cls = found[1] !== undefined ? "hl-c" : found[2] !== undefined ? "hl-s" : found[3] !== undefined ? "hl-n"
+        : KEYWORDS.has(found[4]) ? "hl-k" : "";
+      if (cls) { flush(); into.append(el("span", cls, found[0])); } else plain += found[0];
+    }
+    plain += code.slice(at);
+    flush();
+    return into;
+  }
+  const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([^\s`]*)[^`]*$/;
+  const HEADING = /^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$/;
+  const RULE = /^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$/, ITEM = /^( {0,3})([-*+]|\d{1,9}[.)])([ \t]+|$)(.*)$/;
+  const QUOTE = /^ {0,3}> ?(.*)$/, TABLE_RULE = /^ *\|? *:?-+:? *(\| *:?-+:? *)*\|? *$/;
+  const breaksParagraph = line => FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line) ||
+    /^ {0,3}([-*+]|1[.)])[ \t]+\S/.test(line);
+  const cells = line => line.trim().replace(/^\|/, "").replace(/\|$/, "").split("|").map(c => c.trim());
+  // Markdown text as block elements appended to `into` (depth: lists and quotes inside each other).
+  function markdown(text, into, depth = 0) {
+    const lines = text.split(/\r?\n/);
+    let n = 0;
+    while (n < lines.length) {
+      const line = lines[n];
+      let found;
+      if (!line.trim()) { n++; continue; }
+      if ((found = FENCE.exec(line))) {
+        const close = new RegExp(`^ {0,3}${found[1][0] === "`" ? "`" : "~"}{${found[1].length},}[ \\t]*$`);
+        const body = [];
+        for (n++; n < lines.length && !close.test(lines[n]); n++) body.push(lines[n]);
+        n++;
+        into.appendChild(el("pre")).append(highlight(body.join("\n"), found[2], el("code")));
+      } else if ((found = HEADING.exec(line))) {
+        inline(found[2] || "", into.appendChild(el("h" + found[1].length)));
+        n++;
+      } else if (RULE.test(line)) { into.append(el("hr")); n++; }
+      else if (QUOTE.test(line) && depth < 8) {
+        const body = [];
+        for (; n < lines.length && lines[n].trim(); n++) body.push((QUOTE.exec(lines[n]) || [, lines[n]])[1]);
+        markdown(body.join("\n"), into.appendChild(el("blockquote")), depth + 1);
+      } else if ((found = ITEM.exec(line)) && depth < 8) {
+        const ordered = /\d/.test(found[2]);
+        const list = into.appendChild(el(ordered ? "ol" : "ul"));
+        if (ordered && parseInt(found[2], 10) !== 1) list.start = parseInt(found[2], 10);
+        let loose = false;
+        while (n < lines.length && (found = ITEM.exec(lines[n])) && /\d/.test(found[2]) === ordered) {
+          const indent = found[1].length + found[2].length + Math.min(Math.max(found[3].length, 1), 4);
+          const body = [found[4]];
+          for (n++; n < lines.length; n++) {
+            const next = lines[n];
+            if (!next.trim()) {
+              const after = lines.slice(n + 1).find(l => l.trim());
+              if (after === undefined || after.search(/\S/) < indent) break;
+              body.push(""); loose = true;
+            } else if (next.search(/\S/) >= indent) body.push(next.slice(indent));
+            else if (ITEM.test(next) || breaksParagraph(next) || !body[body.length - 1].trim()) break;
+            else body.push(next.trim());  // a lazy continuation of the item's paragraph
+          }
+          const item = list.appendChild(el("li"));
+          markdown(body.join("\n"), item, depth + 1);
+          if (!loose && item.childElementCount >= 1 && item.firstChild.tagName === "P") {
+            const p = item.firstChild;
+            while (p.firstChild) item.insertBefore(p.firstChild, p);
+            p.remove();
+          }
+          if (n < lines.length && !lines[n].trim()) n++;
+        }
+      } else if (/^( {4}|\t)/.test(line)) {
+        const body = [];
+        for (; n < lines.length && (/^( {4}|\t)/.test(lines[n]) || !lines[n].trim()); n++) {
+          body.push(lines[n].replace(/^( {4}|\t)/, ""));
+        }
+        while (body.length && !body[body.length - 1].trim()) body.pop();
+        into.appendChild(el("pre")).append(el("code", "", body.join("\n")));
+      } else if (line.includes("|") && n + 1 < lines.length && TABLE_RULE.test(lines[n + 1])) {
+        const table = into.appendChild(el("table")), head = table.appendChild(el("thead")).appendChild(el("tr"));
+        for (const cell of cells(line)) inline(cell, head.appendChild(el("th")));
+        const body = table.appendChild(el("tbody"));
+        for (n += 2; n < lines.length && lines[n].includes("|") && lines[n].trim(); n++) {
+          const tr = body.appendChild(el("tr"));
+          for (const cell of cells(lines[n])) inline(cell, tr.appendChild(el("td")));
+        }
+      } else {
+        const body = [line.trim()];
+        for (n++; n < lines.length && lines[n].trim() && !breaksParagraph(lines[n]); n++) body.push(lines[n].trim());
+        inline(body.join("\n"), into.appendChild(el("p")));
+      }
+    }
+    return into;
   }
 
   // ---- one message -------------------------------------------------------------
@@ -624,12 +872,12 @@ _VIEW_JS = _script(r"""
     box.append(prev, el("span", "count", `${k + 1} / ${sib.length}`), next);
     return box;
   }
+  let shownDay = "";  // the day of the last time shown: a row shows its date only when it changes
   function head(i, kindLabel) {
     const m = M[i];
     const h = el("div", "head");
     h.append(el("span", "role", kindLabel || m.r));
     if (m.x) h.append(el("span", "model", m.x));
-    h.append(el("span", "time", when(m.t)));
     if (m.sc) h.append(el("span", "badge agent", `subagent ${m.sc}`));
     if (m.cs) h.append(el("span", "badge", "compact summary"));
     if (m.e) h.append(el("span", "badge err", m.e));
@@ -647,13 +895,14 @@ _VIEW_JS = _script(r"""
     }
     const sw = switcher(i);
     if (sw) h.append(sw);
-    const stats = el("span", "stats", `${bytes(m.b)} · ${count(m.k)} tok`);
-    stats.title = "size of the stored record · default token count (session_store.default_token_counter)";
-    h.append(stats);
-    const id = el("a", "id mono", m.i.slice(0, 8));
-    id.href = "#" + encodeURIComponent(m.i);
-    id.title = m.i;
-    h.append(id);
+    // The time links to the message; the rest of what a debugger shows is in its tooltip.
+    const full = when(m.t), day = full.slice(0, 10);
+    const link = el("a", "id meta", !full ? "#" : day === shownDay ? full.slice(11, 16) : full.slice(0, 16));
+    shownDay = day;
+    link.href = "#" + encodeURIComponent(m.i);
+    link.title = `${full}\nmessage ${m.i}\nstored record: ${bytes(m.b)}\n` +
+      `≈${plural(m.k, "token", "tokens")} (an estimate: session_store.estimate_tokens, not a tokenizer's count)`;
+    h.append(link);
     return h;
   }
   function agentLink(agent) {
@@ -661,51 +910,62 @@ _VIEW_JS = _script(r"""
     if (root === undefined) return el("span", "badge agent", `subagent ${agent} (no transcript in this session)`);
     return on(el("button", "link", `open subagent ${agent}'s conversation →`), "click", () => show(leafBelow(root)));
   }
+  // Append message i's parts to `row`; each result goes into the card of its call when
+  // that call is on the path. Returns that card when every part was such a result.
   function parts(i, row, pending) {
-    const m = M[i];
-    let answered = 0, results = 0;
+    const m = M[i], as = m.r === "user" && !m.cs ? "plain" : "md";  // what people type is shown as typed
+    let answered = 0, unnamed = null, card = null;
     for (const c of m.c) {
       const kind = c[0];
-      if (kind === "t") row.append(textBlock(c[1], m.cs ? "summary" : ""));
+      if (kind === "t") row.append(textBlock(c[1], m.cs ? "summary" : "", as));
       else if (kind === "th") {
-        row.append(fold(`thinking · ${bytes(utf8(c[1]))}`, "thinking", () => el("div", "text", c[1])));
-      } else if (kind === "j") row.append(fold(`JSON · ${bytes(utf8(c[1]))}`, "json", () => el("pre", "", c[1])));
+        row.append(fold(`thinking · ${plural(lineCount(c[1]), "line", "lines")}`, "thinking",
+                        () => el("div", "text", c[1])));
+      } else if (kind === "j") {
+        row.append(fold(`JSON · ${plural(lineCount(c[1]), "line", "lines")}`, "json",
+                        () => highlight(c[1], "json", el("pre"))));
+      }
       else if (kind === "img") {
         if (c[2]) { const img = el("img", "shown"); img.alt = c[1]; img.src = c[2]; row.append(img); }
         else row.append(el("div", "text", `[${c[1]}]`));
       } else if (kind === "call") {
-        const card = el("div", "call");
-        const top = el("div", "call-head");
-        top.append(el("span", "call-name", c[2] || "(unnamed tool)"));
-        if (c[1]) top.append(el("span", "call-id mono", c[1]));
-        card.append(top);
-        if (c[3]) card.append(textBlock(c[3], "args"));
-        const slot = el("div", "call-result");
-        card.append(slot);
-        row.append(card);
-        pending.set(c[1] || `#${i}:${pending.size}`, { slot, name: c[2], card });
+        const box = el("div", "call");
+        const name = el("span", "call-name", c[2] || "(unnamed tool)");
+        box.appendChild(el("div", "call-head")).append(name);
+        if (c[1]) name.title = `call ${c[1]}`;
+        if (c[3]) box.append(textBlock(c[3], "args", "json"));
+        const slot = box.appendChild(el("div", "call-result"));
+        row.append(box);
+        const call = { slot, card: box, key: c[1] || `#${i}:${pending.size}` };
+        pending.set(call.key, call);
+        if (!c[1]) unnamed = call;  // a result without an id answers the call without one before it (pi's bash)
       } else if (kind === "res") {
-        results++;
-        const call = c[1] ? pending.get(c[1]) : undefined;
+        const from = `${m.r} ${m.i}, ${when(m.t)}`;
+        const call = c[1] ? pending.get(c[1]) : unnamed;
         if (call) {
-          pending.delete(c[1]);
-          call.slot.append(resultFold(c, "result"));
+          pending.delete(call.key);
+          if (call === unnamed) unnamed = null;
+          call.slot.append(resultView(c, "result", from));
           if (m.ag) call.slot.append(agentLink(m.ag));
-          const back = el("button", "link", `↑ result of ${call.name || "a tool call"} (shown with its call)`);
-          on(back, "click", () => { call.card.scrollIntoView({ block: "center" }); flash(call.card); });
-          row.append(back);
           answered++;
+          card = call.card;
         } else {
-          row.append(resultFold(c, c[1] ? `result for ${c[4] || c[1]} (its call is not on this path)` : "result"));
+          const what = c[1] ? `result for ${c[4] || c[1]} (its call is not on this path)` : "result";
+          row.append(resultView(c, what, from));
           if (m.ag) row.append(agentLink(m.ag));
         }
       }
     }
-    if (results && answered === results && results === m.c.length) row.classList.add("result-only");
+    return answered && answered === m.c.length ? card : null;
   }
+  // A message that only answered calls shown above needs no card of its own, unless it
+  // carries something a reader must see: a branch, the head, siblings, an error, a link.
+  const foldable = i => i !== D.head && !branchesAt.has(i) && siblings(i).length < 2 && !M[i].e &&
+    M[i].rf === undefined && !after.has(i);
+  // The row of message i, and what showing it scrolls to (the card its results went into).
   function messageRow(i, pending) {
     const m = M[i];
-    let row;
+    let row, target = null;
     if (m.d) {
       row = el("section", "divider");
       const label = { reset: "↺ Session reset", compaction: "⇣ Compaction", "branch summary": "⎇ Branch summary",
@@ -719,18 +979,23 @@ _VIEW_JS = _script(r"""
       }
     } else if (m.n !== undefined) {
       row = el("div", "note");
-      const h = head(i, m.y.replace(/^(pi|claude_code)\./, ""));
+      const h = head(i, m.y.replace(/^(pi|claude_code|langgraph)\./, ""));
       h.insertBefore(el("span", "kind", m.n), h.children[1]);
       row.append(h);
       parts(i, row, pending);
     } else {
-      row = el("article", `msg role-${m.r.replace(/[^\w-]/g, "_")}` + (m.sc ? " sidechain" : ""));
-      row.append(head(i));
-      parts(i, row, pending);
+      const body = document.createDocumentFragment(), card = parts(i, body, pending);
+      if (card && foldable(i)) {
+        row = el("div", "merged");
+        target = card;
+      } else {
+        row = el("article", `msg role-${m.r.replace(/[^\w-]/g, "_")}` + (m.sc ? " sidechain" : ""));
+        row.append(head(i), body);
+      }
     }
     row.dataset.id = m.i;
     row.id = "m" + i;
-    return row;
+    return [row, target || row];
   }
 
   // ---- the conversation ----------------------------------------------------------
@@ -741,18 +1006,21 @@ _VIEW_JS = _script(r"""
     const pending = new Map();
     const fragment = document.createDocumentFragment();
     rows = new Map();
+    shownDay = "";
     let size = 0, tokens = 0;
     for (const i of path) {
-      const row = messageRow(i, pending);
-      rows.set(i, row);
+      const [row, target] = messageRow(i, pending);
+      rows.set(i, target);
       fragment.append(row);
       size += M[i].b; tokens += M[i].k;
     }
     for (const call of pending.values()) call.slot.append(el("div", "no-result", "no result on this path"));
     if (!path.length) fragment.append(el("div", "empty", "This session has no messages."));
     conversation.replaceChildren(fragment);
-    pathFacts.textContent = `shown path: ${plural(path.length, "message", "messages")} · ${bytes(size)} · ` +
-      `${plural(tokens, "token", "tokens")}`;
+    pathFacts.textContent = `shown path: ${plural(path.length, "message", "messages")} · ` +
+      `≈${plural(tokens, "token", "tokens")} (estimated)`;
+    pathFacts.title = `${bytes(size)} of stored records; tokens estimated by session_store.estimate_tokens ` +
+      "(a quarter of the characters, plus 4 a message), not counted by a tokenizer";
     onPath = new Set(path);
     markJumps(path.length ? path[path.length - 1] : -1);
     drawMinimap();
@@ -775,16 +1043,19 @@ _VIEW_JS = _script(r"""
   }
 
   // ---- header and jump list ------------------------------------------------------
-  document.title = `${S.key || S.id} · session-store`;
-  document.getElementById("title").textContent = S.key || S.id;
+  // Without a title (a framework's records the catalog cannot read), the first thing the user said.
+  const said = S.title ? null : M.find(m => m.r === "user" && !m.d && m.c.some(c => c[0] === "t" && c[1].trim()));
+  const opening = said ? said.c.find(c => c[0] === "t" && c[1].trim())[1].trim().split("\n")[0] : "";
+  const heading = S.title || (opening.length > 80 ? opening.slice(0, 79) + "…" : opening) || S.key || S.id;
+  document.title = `${heading} · session-store`;
+  document.getElementById("title").textContent = heading;
   const facts = document.getElementById("facts");
-  const fact = text => facts.append(el("span", "", text));
-  if (S.title) fact(S.title);
-  fact(`session ${S.id}`);
+  const fact = (text, cls) => facts.appendChild(el("span", cls || "", text));
+  if (S.key && S.key !== heading) fact(S.key, "mono");
   fact(`${plural(N, "message", "messages")} · ${plural(D.branches.length, "branch", "branches")} · ` +
        `current branch ${S.current}`);
-  fact(S.lock ? `leased by ${S.lock.holder} until ${when(S.lock.expires)} (token ${S.lock.token})` : "no lease");
-  fact(`updated ${when(S.updated)}`);
+  if (S.lock) fact(`leased by ${S.lock.holder} until ${when(S.lock.expires)} (token ${S.lock.token})`);
+  fact(`updated ${when(S.updated)}`).title = `session ${S.id}, created ${when(S.created)}`;
   if (S.index) { const back = el("a", "back", "← all sessions"); back.href = "/"; facts.prepend(back); }
 
   const jumps = [];  // [button, leaf or head index]
@@ -873,13 +1144,14 @@ _INDEX_JS = _script(r"""
   document.getElementById("where").textContent = D.location;
   const body = document.getElementById("sessions");
   const rows = D.sessions.map(s => {
-    const tr = el("tr"), name = el("td"), link = el("a", "", s.key || "(no key)"), about = el("td");
+    const tr = el("tr"), about = el("td"), link = el("a", "", s.title || s.preview || s.key || s.id);
     link.href = "session/" + encodeURIComponent(s.id);
-    name.append(link);
-    about.append(el("div", "title", s.title || ""));
-    if (s.preview && s.preview !== s.title) about.append(el("div", "preview", s.preview));
-    tr.append(name, about, el("td", "mono", s.id), el("td", "num", count(s.messages)),
-              el("td", "num", count(s.branches)), el("td", "", when(s.updated)));
+    link.title = (s.preview ? s.preview + "\n" : "") + `session ${s.id}`;
+    about.append(link);
+    const shown = (s.title || "").replace(/…$/, "");  // a title made from the first message: not repeated
+    if (s.preview && !s.preview.startsWith(shown)) about.append(el("div", "preview", s.preview));
+    tr.append(about, el("td", "key mono", s.key || "(no key)"), el("td", "num", count(s.messages)),
+              el("td", "num", count(s.branches)), el("td", "when", when(s.updated)));
     body.append(tr);
     return [tr, [s.key, s.id, s.title || "", s.preview || ""].join(" ").toLowerCase()];
   });
@@ -937,7 +1209,7 @@ placeholder="search every message" maxlength="{QUERY_CHARS}" required><button ty
 _INDEX_BODY = """<div class="index"><h1>Sessions</h1><p class="mono" id="where"></p>
 """ + _SEARCH_FORM + """
 <input id="filter" type="search" placeholder="filter by key, title or id" autofocus><span id="shown"></span>
-<table class="sessions"><thead><tr><th>key</th><th>title · first message</th><th>session</th><th>messages</th>
+<table class="sessions"><thead><tr><th>conversation: title, first message</th><th>key</th><th>messages</th>
 <th>branches</th><th>updated</th></tr></thead><tbody id="sessions"></tbody></table></div>"""
 
 _SEARCH_BODY = """<div class="index"><p><a class="back" href="./">← all sessions</a></p><h1>Search</h1>

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "session_store", *args], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def imported_session(stdout: str) -> str:
+    """The session id in what ``import`` prints ("imported N messages as key K (session ID)")."""
+    found = re.fullmatch(r"imported [\d,]+ messages? as key .* \(session ([\w-]+)\)\n", stdout)
+    assert found is not None, stdout
+    return found[1]
 
 
 def make_store(directory: Path) -> tuple[str, list[str]]:
@@ -134,7 +142,7 @@ def test_pi_and_claude_code_files_in_and_out(tmp_path: Path) -> None:
     store_dir = str(tmp_path / "store")
     imported = cli("import", str(pi_file), "--format", "pi", "--key", "from-pi", "--dir", store_dir)
     assert imported.returncode == 0, imported.stderr
-    sid = imported.stdout.strip()
+    sid = imported_session(imported.stdout)
     exported = cli("export", "from-pi", "--format", "pi", "--dir", store_dir)
     assert [json.loads(line) for line in exported.stdout.splitlines()] == pi_v3_session()
     request = json.loads(cli("history", sid, "--format", "anthropic", "--dir", store_dir).stdout)
@@ -183,7 +191,7 @@ def test_import_finds_the_format_from_the_first_lines(tmp_path: Path) -> None:
         run = cli("import", str(path), "--dir", store)
         assert run.returncode == 0, run.stderr
         rows = json.loads(cli("ls", "--json", "--dir", store).stdout)
-        assert {r["key"]: r["sessionId"] for r in rows}[key] == run.stdout.strip()
+        assert {r["key"]: r["sessionId"] for r in rows}[key] == imported_session(run.stdout)
 
 
 def test_import_of_a_file_that_is_neither_says_so_and_creates_nothing(tmp_path: Path) -> None:
@@ -310,7 +318,8 @@ def test_a_transcript_import_shows_progress_on_a_terminal(tmp_path: Path) -> Non
     received = run_on_a_terminal("import", str(pi_file(tmp_path / "pi.jsonl", 600)), "--dir", str(tmp_path / "s"))
     assert "reading pi 256/601" in received
     shown = [line for line in screen(received) if line]
-    assert len(shown) == 1 and len(shown[0]) == 36  # the session id alone: progress erased
+    assert len(shown) == 1 and imported_session(shown[0] + "\n")  # what was imported, alone: progress erased
+    assert shown[0].startswith("imported 601 messages as key pi:0196f000-0000-7000-8000-00000000c0de (session ")
 
 
 def test_branch_commands_move_create_switch_rename_and_delete_losing_no_message(tmp_path: Path) -> None:
@@ -538,3 +547,122 @@ def test_each_new_command_explains_itself(tmp_path: Path) -> None:
                            ("title", "--clear")):
         done = cli(command, "--help")
         assert done.returncode == 0 and words in done.stdout, (command, done.stdout)
+
+
+# -- what tree, history, import, --version and --help say ------------------------------------
+
+
+def run(capsys: Any, *args: str) -> str:
+    """The command line in this process (faster than a subprocess): what it printed."""
+    import session_store as ss
+
+    assert ss.main(list(args)) == 0
+    return str(capsys.readouterr().out)
+
+
+def tool_calls_of_every_shape(directory: Path) -> None:
+    with SessionStore(storage_dir=directory) as store:
+        sid = store.resolve("calls")
+        store.append(sid, role="user", content="What is 1 + 2, and the weather in Rome?")
+        store.append(sid, role="assistant", content=None, tool_calls=[  # OpenAI Chat: no content at all
+            {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}])
+        store.append(sid, role="tool", tool_call_id="c1", content="3")
+        store.append(sid, role="assistant", content=[  # OpenAI Responses items
+            {"type": "function_call", "call_id": "fc1", "name": "weather", "arguments": '{"city": "Rome"}'}])
+        store.append(sid, role="user", content=[{"type": "function_call_output", "call_id": "fc1", "output": "sunny"}])
+        store.append(sid, role="assistant", content=[  # Anthropic blocks
+            {"type": "thinking", "thinking": "Read the notes.", "signature": "s"},
+            {"type": "tool_use", "id": "tu1", "name": "read", "input": {"path": "notes.md"}}])
+        store.append(sid, role="user", content=[{"type": "tool_result", "tool_use_id": "tu1", "is_error": True,
+                                                 "content": [{"type": "text", "text": "no such file"}]}])
+        store.append(sid, role="assistant", content="", function_call={"name": "legacy", "arguments": "{}"})
+
+
+def test_tree_and_history_show_tool_calls_by_name_and_arguments_never_a_blank_row(tmp_path: Path,
+                                                                                 capsys: Any) -> None:
+    tool_calls_of_every_shape(tmp_path)
+    history = run(capsys, "--dir", str(tmp_path), "history", "calls").splitlines()
+    assert history == [
+        "user: What is 1 + 2, and the weather in Rome?",
+        'assistant: [call add {"a":1,"b":2}]',
+        "tool: 3",
+        'assistant: [call weather {"city":"Rome"}]',
+        "user: [result of weather: sunny]",
+        'assistant: [call read {"path":"notes.md"}]',
+        "user: [error of read: no such file]",
+        "assistant: [call legacy {}]"]
+    tree = run(capsys, "--dir", str(tmp_path), "tree", "calls").splitlines()
+    assert [line.split("  ", 1)[1] for line in tree] == [line.split(": ", 1)[1] for line in history[:-1]] + [
+        "[call legacy {}]  [main*]"]
+
+
+def test_tree_marks_a_claude_code_subagent_s_lines(tmp_path: Path, capsys: Any) -> None:
+    showcase = ROOT / "tests" / "fixtures" / "claude-code" / "minimal_showcase"
+    run(capsys, "--dir", str(tmp_path), "import", str(showcase / "55550000-0000-4000-8000-000000000001.jsonl"))
+    tree = run(capsys, "--dir", str(tmp_path), "tree", "claude-code:55550000-0000-4000-8000-000000000001")
+    agent = [line for line in tree.splitlines() if "showcol2-" in line]
+    assert len(agent) == 4 and all("  [subagent showcol2] " in line for line in agent)
+    assert not [line for line in tree.splitlines() if "sc-" in line and "subagent" in line]  # the main conversation
+    history = run(capsys, "--dir", str(tmp_path), "history", "claude-code:55550000-0000-4000-8000-000000000001",
+                  "--branch", "agent-showcol2")
+    assert history.startswith("user [subagent showcol2]: Survey src/jobs and list its scheduled jobs.\n")
+
+
+def test_history_of_an_empty_branch_or_a_cleared_session_says_so(tmp_path: Path, capsys: Any) -> None:
+    with SessionStore(storage_dir=tmp_path) as store:
+        sid = store.resolve("cleared")
+        store.append(sid, role="user", content="Forget me.")
+        store.move_head(sid, None)  # what a framework's clear() does: the messages stay in the tree
+        store.resolve("fresh")
+    assert run(capsys, "--dir", str(tmp_path), "history", "cleared") == (
+        f"(branch main is empty; the session's 1 message is in its tree: session-store tree {sid})\n")
+    assert run(capsys, "--dir", str(tmp_path), "history", "cleared", "--branch", "main") == (
+        f"(branch main is empty; the session's 1 message is in its tree: session-store tree {sid})\n")
+    assert run(capsys, "--dir", str(tmp_path), "history", "fresh") == (
+        "(branch main is empty: the session has no messages)\n")
+    assert run(capsys, "--dir", str(tmp_path), "history", "cleared", "--format", "json") == "[]\n"  # JSON stays JSON
+
+
+def test_import_says_what_it_imported_and_again_what_was_new(tmp_path: Path, capsys: Any) -> None:
+    transcript = pi_file(tmp_path / "pi.jsonl", 4)
+    key = "pi:0196f000-0000-7000-8000-00000000c0de"
+    first = run(capsys, "--dir", str(tmp_path / "s"), "import", str(transcript))
+    sid = imported_session(first)
+    assert first == f"imported 5 messages as key {key} (session {sid})\n"
+    assert run(capsys, "--dir", str(tmp_path / "s"), "import", str(transcript)) == (
+        f"nothing new in {transcript}: key {key} (session {sid}) has its 5 messages\n")
+    pi_file(transcript, 7)  # the session went on
+    assert run(capsys, "--dir", str(tmp_path / "s"), "import", str(transcript)) == (
+        f"imported 3 new messages into key {key} (session {sid}; 8 in all)\n")
+
+
+def test_version_is_the_package_s_one_version(capsys: Any) -> None:
+    import session_store as ss
+
+    try:
+        ss.main(["--version"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert capsys.readouterr().out == f"session-store {ss.__version__}\n"
+    project = (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # (tomllib: Python 3.11+)
+    table = project.partition("[project]\n")[2].partition("\n[")[0]
+    assert re.search(r'^dynamic = \["version"\]', table, re.M) and not re.search(r"^version =", table, re.M)
+    assert re.search(r'^version = \{ attr = "session_store.__version__" \}', project, re.M)  # packaging reads it
+    assert re.fullmatch(r"\d+\.\d+\.\d+", ss.__version__)
+
+
+COMMANDS = ["demo", "ls", "search", "prune", "title", "tree", "branches", "history", "export", "branch", "fork",
+            "import", "check", "stats", "view", "serve"]
+
+
+def test_help_lists_every_command_with_a_line_saying_what_it_does(capsys: Any) -> None:
+    import session_store as ss
+
+    try:
+        ss.main(["--help"])
+    except SystemExit as e:
+        assert e.code == 0
+    shown = capsys.readouterr().out
+    described = dict(re.findall(r"^    (\w+) +(\S.*)$", shown, re.M))
+    assert list(described) == COMMANDS and all(len(what) > 10 for what in described.values())
+    assert "--version" in shown

@@ -10,6 +10,8 @@ import venv
 import zipfile
 from pathlib import Path
 
+import session_store
+
 ROOT = Path(__file__).resolve().parent.parent
 
 USER_CODE = '''
@@ -31,7 +33,9 @@ def build_wheel(out: Path) -> Path:
 
 
 def test_the_wheel_holds_the_single_files_byte_for_byte_with_py_typed(tmp_path: Path) -> None:
-    with zipfile.ZipFile(build_wheel(tmp_path)) as wheel:
+    built = build_wheel(tmp_path)
+    assert built.name.startswith(f"session_store-{session_store.__version__}-")  # the version: the file's own
+    with zipfile.ZipFile(built) as wheel:
         names = set(wheel.namelist())
         assert wheel.read("session_store/__init__.py") == (ROOT / "session_store.py").read_bytes()
         sqlite = (ROOT / "backends" / "session_store_sqlite.py").read_bytes()

@@ -36,7 +36,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
-from session_store import InMemoryFileSystem, SessionNotFound, SessionStore
+from session_store import InMemoryFileSystem, SessionNotFound, SessionStore, estimate_tokens
 from session_store_conformance import FakeClock
 from session_store_view import QUERY_CHARS, SEARCH_LIMIT, make_server, render_index, render_search, render_session
 
@@ -305,11 +305,11 @@ def test_unknown_shapes_show_as_json_text(store: SessionStore) -> None:
                                     [["j", '{\n  "weird": true\n}']]]
 
 
-def test_sizes_and_default_token_counts_are_per_message(store: SessionStore) -> None:
+def test_sizes_in_bytes_and_estimated_tokens_are_per_message(store: SessionStore) -> None:
     sid = store.resolve("k")
-    m = store.append(sid, role="user", content="héllo")
+    m = store.append(sid, role="user", content="héllo, how are you today?")
     [shown] = page_data(render_session(store, sid))["m"]
-    assert shown["k"] == 5  # default_token_counter: characters
+    assert shown["k"] == estimate_tokens(m) == 11  # 25 characters / 4, rounded up, + 4: an estimate, not characters
     assert shown["b"] == len(json.dumps(m.to_record(), ensure_ascii=False, separators=(",", ":")).encode()) + 1
 
 
@@ -487,15 +487,184 @@ def test_hostile_content_renders_as_text_and_runs_nothing(browser: WebDriver, st
         "type": "tool_use", "id": "</script>", "name": '<img src=x onerror="window.pwned = 6">', "input": HOSTILE}])
     store.append(sid, role="user", content=[{"type": "tool_result", "tool_use_id": "</script>", "content": HOSTILE}])
     browser.get(write_page(store, sid, tmp_path))
-    button(browser, "result · 1 line ").click()
     assert browser.execute_script("return window.pwned") is None
     text = conversation(browser)
-    assert text.count("<script>window.pwned = 1</script>") == 4  # two messages, the arguments, the result
+    assert text.count("<script>window.pwned = 1</script>") == 4  # two messages, the arguments, the result (shown)
     assert 'onerror="window.pwned = 2"' in text and 'href="javascript:window.pwned = 3"' in text
     assert '<img src=x onerror="window.pwned = 6">' in text
-    assert browser.find_element(By.ID, "title").text == "user:</script><script>window.pwned = 5</script>"
+    title = browser.find_element(By.ID, "title").text  # the session's title: its first message, shortened, as text
+    assert title.startswith("<script>window.pwned = 1</script><img src=x") and HOSTILE.startswith(title[:-1])
+    assert "user:</script><script>window.pwned = 5</script>" in browser.find_element(By.ID, "facts").text
     assert browser.execute_script(
         "return document.querySelectorAll('main script, main img, main a:not(.id), main iframe').length") == 0
+
+
+MARKDOWN = """## Reading a file
+
+Use **pathlib**, not *os.path*; `read_text` reads it whole:
+
+```python
+from pathlib import Path
+text = Path("notes.txt").read_text()  # the whole file
+```
+
+1. open it
+2. read it
+   - as text
+
+> a quote
+
+| name | use |
+|---|---|
+| Path | paths |
+
+See [the docs](https://docs.python.org/3/library/pathlib.html) or [mail us](mailto:help@example.org)."""
+
+HOSTILE_MARKDOWN = """# <img src=x onerror="window.pwned = 11"> heading
+
+[click](javascript:window.pwned=12) [shout](JAVASCRIPT:window.pwned=13) [data](data:text/html,<script>x</script>)
+[rel](/etc/passwd) [**<img src=x onerror="window.pwned = 14">**](https://example.org/ok)
+<script>window.pwned = 15</script>
+[spaced](  javascript:window.pwned=16) [tab](java\tscript:window.pwned=17) <a href="https://example.org/raw">raw</a>
+
+```html
+<script>window.pwned = 18</script><img src=x onerror="window.pwned = 19">
+```
+
+- `<svg onload="window.pwned = 20">`
+- <iframe src="javascript:window.pwned = 21"></iframe>"""
+
+
+def test_markdown_in_an_answer_becomes_headings_lists_code_and_links(browser: WebDriver, store: SessionStore,
+                                                                      tmp_path: Path) -> None:
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="# Not a heading: *what the user typed* stays as typed")
+    store.append(sid, role="assistant", content=MARKDOWN)
+    browser.get(write_page(store, sid, tmp_path))
+    answer = browser.find_element(By.CSS_SELECTOR, "main article.role-assistant .md")
+    assert answer.find_element(By.TAG_NAME, "h2").text == "Reading a file"
+    assert [e.text for e in answer.find_elements(By.CSS_SELECTOR, "strong, em")] == ["pathlib", "os.path"]
+    assert [e.text for e in answer.find_elements(By.CSS_SELECTOR, "p > code")] == ["read_text"]
+    assert [e.text.splitlines()[0] for e in answer.find_elements(By.CSS_SELECTOR, "ol > li")] == ["open it", "read it"]
+    assert [e.text for e in answer.find_elements(By.CSS_SELECTOR, "ol li ul li")] == ["as text"]
+    code = answer.find_element(By.CSS_SELECTOR, "pre > code")
+    assert code.text == 'from pathlib import Path\ntext = Path("notes.txt").read_text()  # the whole file'
+    assert [e.text for e in code.find_elements(By.CLASS_NAME, "hl-k")] == ["from", "import"]
+    assert [e.text for e in code.find_elements(By.CLASS_NAME, "hl-s")] == ['"notes.txt"']
+    assert [e.text for e in code.find_elements(By.CLASS_NAME, "hl-c")] == ["# the whole file"]
+    assert answer.find_element(By.CSS_SELECTOR, "blockquote").text == "a quote"
+    assert answer.find_element(By.CSS_SELECTOR, "table td").text == "Path"
+    links = [(a.text, a.get_attribute("href")) for a in answer.find_elements(By.TAG_NAME, "a")]
+    assert links == [("the docs", "https://docs.python.org/3/library/pathlib.html"),
+                     ("mail us", "mailto:help@example.org")]
+    question = browser.find_element(By.CSS_SELECTOR, "main article.role-user .text")
+    assert question.text == "# Not a heading: *what the user typed* stays as typed"
+    assert question.find_elements(By.CSS_SELECTOR, "*") == []
+
+
+def test_markdown_never_makes_markup_or_a_link_that_is_not_http_or_mailto(browser: WebDriver, store: SessionStore,
+                                                                           tmp_path: Path) -> None:
+    sid = store.resolve("k")
+    store.append(sid, role="assistant", content=HOSTILE_MARKDOWN)
+    store.append(sid, role="system", content=HOSTILE_MARKDOWN)
+    browser.get(write_page(store, sid, tmp_path))
+    assert not alert_open(browser)
+    assert browser.execute_script("return window.pwned") is None
+    assert browser.execute_script(
+        "return document.querySelectorAll('main script, main img, main svg, main iframe, main [onerror], "
+        "main [onload], main [src], main [style]').length") == 0
+    hrefs = browser.execute_script(
+        "return [...document.querySelectorAll('main a:not(.id)')].map(a => [a.textContent, a.getAttribute('href')])")
+    assert hrefs == [['<img src=x onerror="window.pwned = 14">', "https://example.org/ok"]] * 2  # the one safe link
+    text = conversation(browser)
+    for shown in ("[click](javascript:window.pwned=12)", "[shout](JAVASCRIPT:window.pwned=13)", "[rel](/etc/passwd)",
+                  "<script>window.pwned = 15</script>", '<a href="https://example.org/raw">raw</a>',
+                  '<svg onload="window.pwned = 20">', '<iframe src="javascript:window.pwned = 21"></iframe>',
+                  '<script>window.pwned = 18</script><img src=x onerror="window.pwned = 19">'):
+        assert text.count(shown) == 2, shown  # as the text it was written as, in both messages
+    heading = browser.find_element(By.CSS_SELECTOR, "main .md h1")
+    assert heading.text == '<img src=x onerror="window.pwned = 11"> heading'
+
+
+ODD_MARKDOWN = ["```", "```python\nnever closed", "~~~\n~~~", ">" * 40 + " deep", "- " * 40 + "deep", "|", "| a |\n|-|",
+                "***", "_", "**", "[", "[a](", "`", "#", "1.", "\\", "*a **b* c**", "- a\n\n\n  - b\n- c",
+                "a\n    b\n\n    code", "```brainfuck\n+[>+<-]\n```", "a * b * c * d " * 2000, "[x](https://e.org/(a)b)"]
+
+
+def test_odd_markdown_renders_every_message(browser: WebDriver, store: SessionStore, tmp_path: Path) -> None:
+    sid = store.resolve("k")
+    ids = [store.append(sid, role="assistant", content=text).id for text in ODD_MARKDOWN]
+    browser.get(write_page(store, sid, tmp_path))
+    assert [r.get_attribute("data-id") for r in browser.find_elements(By.CSS_SELECTOR, "#conversation article")] == ids
+    assert "deep" in row(browser, ids[3]).text and "never closed" in row(browser, ids[1]).text
+
+
+SHAPES: dict[str, list[dict[str, Any]]] = {
+    "openai-chat": [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "3"}],
+    "openai-responses": [
+        {"role": "assistant", "content": [{"type": "function_call", "call_id": "c1", "name": "add",
+                                           "arguments": '{"a": 1, "b": 2}'}]},
+        {"role": "user", "content": [{"type": "function_call_output", "call_id": "c1", "output": "3"}]}],
+    "anthropic": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "c1", "name": "add", "input": {"a": 1, "b": 2}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "3"}]}],
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_call_and_its_result_are_one_card_with_a_short_result_shown(browser: WebDriver, store: SessionStore,
+                                                                     tmp_path: Path, shape: str) -> None:
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="What is 1 + 2?")
+    _, result = (store.append(sid, **record) for record in SHAPES[shape])
+    store.append(sid, role="assistant", content="It is 3.")
+    browser.get(write_page(store, sid, tmp_path))
+    cards = browser.find_elements(By.CSS_SELECTOR, "#conversation article")
+    assert [c.get_attribute("data-id") for c in cards] == [m.id for m in store.get_messages(sid) if m.id != result.id]
+    [card] = browser.find_elements(By.CSS_SELECTOR, "main .call")
+    assert card.text == 'add\n{\n  "a": 1,\n  "b": 2\n}\nresult\n3'  # the result shown, not folded
+    assert not row(browser, result.id).is_displayed()  # no card of its own
+    assert "result" not in conversation(browser).replace(card.text, "")
+    browser.get(write_page(store, sid, tmp_path) + "#" + result.id)  # a link to the result opens at its call
+    assert "add" in conversation(browser)
+
+
+def test_a_result_that_heads_a_branch_keeps_its_own_card(browser: WebDriver, store: SessionStore,
+                                                         tmp_path: Path) -> None:
+    sid = store.resolve("k")
+    store.append(sid, **SHAPES["openai-chat"][0])
+    result = store.append(sid, **SHAPES["openai-chat"][1])
+    browser.get(write_page(store, sid, tmp_path))
+    assert "3" in browser.find_element(By.CSS_SELECTOR, "main .call").text
+    assert [b.text for b in row(browser, result.id).find_elements(By.CSS_SELECTOR, ".badge")] == ["main ●", "HEAD"]
+
+
+def test_headers_show_role_and_time_and_keep_size_id_and_token_estimate_in_a_tooltip(
+        browser: WebDriver, store: SessionStore, tmp_path: Path) -> None:
+    sid = store.resolve("k")
+    m = store.append(sid, role="user", content="I'm Bob.")
+    browser.get(write_page(store, sid, tmp_path))
+    head = row(browser, m.id).find_element(By.CLASS_NAME, "head")
+    assert re.fullmatch(r"User\n?.*\d\d:\d\d", head.text, re.S) and m.id not in head.text
+    assert " B" not in head.text and "tok" not in head.text
+    tooltip = head.find_element(By.CSS_SELECTOR, "a.meta").get_attribute("title")
+    assert tooltip is not None and m.id in tooltip and "stored record: " in tooltip
+    assert f"≈{estimate_tokens(m)} tokens (an estimate" in tooltip
+    assert browser.find_element(By.ID, "path-facts").text == f"shown path: 1 message · ≈{estimate_tokens(m)} tokens " \
+                                                             "(estimated)"
+
+
+def test_claude_code_results_join_their_calls(browser: WebDriver, store: SessionStore, tmp_path: Path) -> None:
+    sid = import_transcript(store, "claude_code", CLAUDE_SHOWCASE)
+    browser.get(write_page(store, sid, tmp_path))
+    refresh = [c for c in browser.find_elements(By.CSS_SELECTOR, "main .call") if "refresh_search_index" in c.text]
+    assert len(refresh) == 1 and refresh[0].text.endswith("result\ndone")
+    assert not row(browser, "sc-r2").is_displayed()
+    assert "**" not in conversation(browser)  # the answer's Markdown is rendered
+    assert [e.text for e in row(browser, "sc-a5").find_elements(By.TAG_NAME, "strong")] == ["web", "jobs"]
 
 
 def test_a_reset_is_a_divider_that_leads_back(browser: WebDriver, store: SessionStore, tmp_path: Path) -> None:
@@ -552,7 +721,7 @@ def test_pi_compactions_and_branch_summaries_are_dividers(browser: WebDriver, st
     divider = browser.find_element(By.CSS_SELECTOR, "main .divider")
     assert "Compaction (1,234 tokens before)" in divider.text and "User listed files; one file, a.py." in divider.text
     bash = browser.find_element(By.CSS_SELECTOR, "main .call")
-    assert "bash" in bash.text and '"command": "ls"' in bash.text and "result · 1 line · 4 B" in bash.text
+    assert bash.text == 'bash\n{\n  "command": "ls"\n}\nresult\na.py'  # a short result, shown in its call's card
     assert "anthropic/claude-sonnet-4-5" in conversation(browser)  # the model change, as a note
 
 
@@ -620,11 +789,13 @@ def test_served_index_filters_and_opens_a_session(browser: WebDriver, store: Ses
         store.append(store.resolve(key), role="user", content=f"hello from {key}")
     with serving(store) as url:
         browser.get(url)
-        keys = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#sessions a")]
+        titles = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#sessions a")]
+        assert titles == ["hello from team:beta", "hello from team:alpha", "What is a good name for a cat?"]
+        keys = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#sessions td.key")]
         assert keys == ["team:beta", "team:alpha", "user:alice"]  # newest first
         browser.find_element(By.ID, "filter").send_keys("ALICE")
         shown = [a for a in browser.find_elements(By.CSS_SELECTOR, "#sessions a") if a.is_displayed()]
-        assert [a.text for a in shown] == ["user:alice"]
+        assert [a.text for a in shown] == ["What is a good name for a cat?"]
         assert browser.find_element(By.ID, "shown").text == "1 of 3 sessions"
         shown[0].click()
         assert browser.current_url == f"{url}session/{sid}"

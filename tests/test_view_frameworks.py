@@ -1,6 +1,6 @@
 """What each agent framework's adapter stores reads as a conversation in the browser view
 (real headless Chromium) and in ``session-store history``: user and assistant text as
-text, each tool call with the result it got, leaves named by their text; never the
+text, each tool call one card with the result it got, leaves named by their text; never the
 framework's JSON. One real framework per test; each skips without its package unless
 ``SESSION_STORE_REQUIRE_FRAMEWORKS=1`` (CI), and the browser as in tests/test_view.py."""
 
@@ -15,10 +15,11 @@ import pytest
 from frameworks import require
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from test_view import browser, conversation, write_page  # noqa: F401 - browser is the module's fixture
+from test_view import browser, conversation, page_data, write_page  # noqa: F401 - browser: the fixture
 
 import session_store as ss
 from session_store import InMemoryFileSystem, SessionStore
+from session_store_view import render_session
 
 QUESTION, ANSWER, RESULT = "Weather in Paris?", "It is sunny in Paris.", "Sunny, 21 degrees"
 
@@ -120,7 +121,10 @@ def test_a_framework_s_session_reads_as_a_conversation_in_the_browser(browser: W
     assert QUESTION in text and ANSWER in text and "weather" in text
     assert "no result" not in text  # the call found its result, the message after it
     calls = browser.find_elements(By.CSS_SELECTOR, "#conversation .call")
-    assert calls and "result" in calls[0].text
+    assert len(calls) == 1 and calls[0].text.endswith(f"result\n{RESULT}")  # short: shown in the call's card
+    assert text.count(RESULT) == 1  # one card for the call and its result: the result's message has none
+    heading = browser.find_element(By.ID, "title").text
+    assert heading == QUESTION  # the page is named by what the user asked, not by the framework's key
     assert '"type"' not in text and '"data"' not in text and '"parts"' not in text  # no framework JSON
     jump = browser.find_element(By.CSS_SELECTOR, "nav.jump").text
     assert ANSWER[:20] in jump  # the leaf is named by its text, not "assistant"
@@ -137,3 +141,30 @@ def test_a_framework_s_session_reads_as_a_conversation_in_history(framework: str
     assert f"user: {QUESTION}" in out and f"assistant: {ANSWER}" in out
     assert "weather" in out and RESULT in out
     assert not any(line.lstrip().startswith("{") for line in out.splitlines())  # no record printed as JSON
+
+
+def test_a_langgraph_thread_reads_as_its_checkpoints_not_their_bytes(browser: WebDriver,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    """LangGraph's checkpoints hold its serializer's bytes (msgpack), which the view does
+    not decode: each record is one line naming the checkpoint, channel or write."""
+    require("langgraph", "langgraph")
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langgraph.graph import END, START, MessagesState, StateGraph
+    from session_store_langgraph import SessionStoreSaver
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("bot", lambda state: {"messages": [AIMessage(ANSWER)]})
+    builder.add_edge(START, "bot")
+    builder.add_edge("bot", END)
+    store = SessionStore(InMemoryFileSystem())
+    builder.compile(checkpointer=SessionStoreSaver(store)).invoke({"messages": [HumanMessage(QUESTION)]},
+                                                                   {"configurable": {"thread_id": "t1"}})
+    sid = store.resolve("langgraph:t1")
+    shown = page_data(render_session(store, sid))["m"]
+    assert {m["y"] for m in shown} == {"langgraph.checkpoint", "langgraph.value", "langgraph.write"}
+    assert all(m["c"] == [] and m["n"] for m in shown)  # one line each, no JSON
+    assert any(m["n"].startswith("messages (msgpack, ") for m in shown)
+    browser.get(write_page(store, sid, tmp_path))
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "checkpoint" in text and "msgpack, " in text and '"b"' not in text and "JSON" not in text
+    store.close()

@@ -140,6 +140,7 @@ from .records import (
     SearchHit,
     SessionMetadata,
 )
+from .records import __version__ as __version__  # not in __all__: a package's version is asked for by name
 from .searching import key_range, message_text, query_words, record_words, search_words
 from .storage import IndexEntry, Position, Records, Storage
 from .tuning import tune_process

@@ -26,45 +26,167 @@ if TYPE_CHECKING:
     import argparse
 
 from .catalog import SessionStore
-from .contexts import _CONTEXT_FORMATS, _RECOGNIZERS, _read_content, read_turns
+from .contexts import _CONTEXT_FORMATS, _RECOGNIZERS, _call, _kind, read_turns
 from .errors import InvalidInput, SessionStoreError, _log
 from .file_systems import RealFileSystem
 from .jsonl_storage import JsonlStorage
 from .log_format import _dumps, _encode_line
-from .records import Message, SessionMetadata
+from .records import Message, SessionMetadata, __version__
 from .searching import search_words
 
+# What a person reads of a record, on the lines tree and history print: text as text;
+# each tool call by name and arguments ("[call add {"a":1}]", OpenAI Chat tool_calls,
+# Responses function_call items, Anthropic tool_use and pi toolCall blocks alike); each
+# result with the name of the call it answers when the session has that call; images,
+# thinking and anything else named; never an empty line.
 
-def _shown(content: Any) -> str:
-    """Content as a person reads it: text blocks as text, tool calls and results by
-    name, images as ``[image]``; other values as JSON."""
+_TEXT_KINDS = frozenset({"text", "input_text", "output_text", "summary_text"})
+_CALL_KINDS = frozenset({"tool_use", "server_tool_use", "toolCall", "function_call", "custom_tool_call"})
+_RESULT_KINDS = frozenset({"tool_result", "web_search_tool_result", "function_call_output",
+                           "custom_tool_call_output"})
+
+
+def _arguments(value: Any) -> str:
+    """Tool-call arguments on one line: JSON (also when given as a JSON string)."""
+    if isinstance(value, str):
+        text = value
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+    return "" if value is None else _dumps(value)
+
+
+def _call_shown(name: str, arguments: Any) -> str:
+    shown = _arguments(arguments)
+    return f"[call {name or '(unnamed)'}{' ' + shown if shown else ''}]"
+
+
+def _declared_calls(m: Message) -> list[tuple[str, str, Any]]:
+    """``(call id, tool name, arguments)`` of the calls given beside the content: OpenAI
+    Chat's ``tool_calls`` (and legacy ``function_call``), the tutorial's ``{id, name,
+    params}``, or the record itself when it is a Responses ``function_call`` item."""
+    declared = m.fields.get("tool_calls")
+    blocks = [c for c in declared if isinstance(c, dict)] if isinstance(declared, list) else []
+    if isinstance(m.fields.get("function_call"), dict):
+        blocks.append({"function": m.fields["function_call"]})
+    if m.type in _CALL_KINDS:
+        blocks.append({**m.fields, "type": m.type})
+    calls = [_call(block, "") for block in blocks]
+    return [(c.id, c.name if c.name != "unknown" else "", c.given) for c in calls]
+
+
+def _calls_of(m: Message) -> list[tuple[str, str, Any]]:
+    """Every call ``m`` makes: in its content (Anthropic, Responses, pi blocks) and beside it."""
+    blocks = m.content if isinstance(m.content, list) else [m.content] if isinstance(m.content, dict) else []
+    calls = [_call(b, "") for b in blocks if isinstance(b, dict) and _kind(b) in _CALL_KINDS]
+    return [(c.id, c.name if c.name != "unknown" else "", c.given) for c in calls] + _declared_calls(m)
+
+
+def _call_names(messages: Iterable[Message]) -> dict[str, str]:
+    """Each call id of ``messages`` -> its tool's name (to name the results)."""
+    names: dict[str, str] = {}
+    for m in messages:
+        for call_id, name, _ in _calls_of(m):
+            if call_id and name:
+                names[call_id] = name
+    return names
+
+
+def _result_shown(call_id: Any, content: Any, names: dict[str, str], error: bool = False) -> str:
+    text = _shown(content, names).strip() or "(empty)"
+    name = names.get(call_id) if isinstance(call_id, str) else None
+    what = f"of {name}" if name else f"for {call_id}" if isinstance(call_id, str) and call_id else ""
+    return f"[{'error' if error else 'result'}{' ' + what if what else ''}: {text}]"
+
+
+def _block_shown(block: Any, names: dict[str, str]) -> tuple[str, str]:
+    """One content block as ``(kind, text)``: kind ``text``, ``thinking`` or ``other``."""
+    if isinstance(block, str):
+        return "text", block
+    if not isinstance(block, dict):
+        return "other", _dumps(block)
+    kind = _kind(block)
+    if kind in _TEXT_KINDS and isinstance(block.get("text"), str):
+        return "text", block["text"]
+    if kind == "refusal" and isinstance(block.get("refusal"), str):
+        return "text", block["refusal"]
+    if kind in ("thinking", "redacted_thinking", "reasoning"):
+        thought = block.get("thinking")
+        summary = block.get("summary")
+        if not isinstance(thought, str) and isinstance(summary, list):
+            thought = " ".join(s["text"] for s in summary if isinstance(s, dict) and isinstance(s.get("text"), str))
+        return "thinking", f"[{kind}{': ' + thought if isinstance(thought, str) and thought else ''}]"
+    if kind in ("image", "image_url", "input_image"):
+        return "text", "[image]"
+    if kind in _CALL_KINDS:
+        call = _call(block, "")
+        return "text", _call_shown(call.name if call.name != "unknown" else "", call.given)
+    if kind in _RESULT_KINDS:
+        call_id = block.get("tool_use_id", block.get("call_id"))
+        return "text", _result_shown(call_id, block.get("content", block.get("output")), names,
+                                     block.get("is_error") is True)
+    if kind == "message" and "content" in block:  # a Responses message item
+        return "text", _shown(block["content"], names)
+    return "other", _dumps(block)
+
+
+def _shown(content: Any, names: dict[str, str] | None = None) -> str:
+    """Content as a person reads it: text blocks as text, tool calls by name and
+    arguments, results with the name of their call (``names``: call id -> tool
+    name), images as ``[image]``, thinking only when there is nothing else; other
+    values as JSON."""
     if content is None or isinstance(content, str):
         return content or ""
-    if not isinstance(content, list):
-        return _dumps(content)
-    parts, calls, results = _read_content(content, "")
-    shown = [p["text"] if p["type"] == "text" else f"[{p['type']}]" for p in parts if p["type"] != "thinking"]
-    shown += [f"[call {c.name} {_dumps(c.input)}]" for c in calls]
-    shown += [f"[result {r.call_id}: {r.text()}]" for r in results]
-    return "\n".join(shown) if shown or not content else _dumps(content)
+    blocks = content if isinstance(content, list) else [content]
+    shown = [_block_shown(block, names or {}) for block in blocks]
+    said = [text for kind, text in shown if kind != "thinking" and text]
+    return "\n".join(said or [text for kind, text in shown if text])
 
 
-def _shown_message(m: Message) -> str:
-    """A record as a person reads it: one held as an object (a framework's message or a
-    Responses item, as the integrations store them), or with OpenAI ``tool_calls``
-    beside its content, as :meth:`SessionStore.build_context` reads it (see
-    :func:`read_turns`); any other by its content (:func:`_shown`)."""
-    if isinstance(m.content, dict) or "tool_calls" in m.fields or (
+def _shown_message(m: Message, names: dict[str, str] | None = None) -> str:
+    """A record as a person reads it, never empty (see the banner above). One held as
+    an object (a framework's message or a Responses item, as the integrations store
+    them) is read as :meth:`SessionStore.build_context` reads it (:func:`read_turns`);
+    a tool result record (OpenAI's ``tool`` role, pi's ``toolResult``) shows its text."""
+    names = names if names is not None else _call_names([m])
+    if isinstance(m.content, dict) or (
             m.content.__class__ is not str and any(recognizes(m) for recognizes in list(_RECOGNIZERS.values()))):
         turns = read_turns(m)
-        if turns:
-            return "\n".join(text for text in (_shown(t.content) for t in turns) if text)
-    return _shown(m.content)
+        pieces = [_shown(t.content, names) if t.role != "tool" or len(turns) == 1 else
+                  _result_shown(t.fields.get("tool_call_id"), t.content, names, t.fields.get("is_error") is True)
+                  for t in turns]
+        if any(pieces):
+            return "\n".join(p for p in pieces if p)
+    if m.role in ("tool", "toolResult", "function") or m.type in _RESULT_KINDS:
+        text = _shown(m.fields.get("output", m.content) if m.content is None else m.content, names)
+        return text or "(empty result)"
+    text = "\n".join(t for t in (_shown(m.content, names),
+                                *(_call_shown(name, arguments) for _, name, arguments in _declared_calls(m))) if t)
+    if text:
+        return text
+    if m.content not in (None, "", [], {}):
+        return _dumps(m.content)
+    return f"[{m.type}]" if m.type != m.role else "(empty)"
 
 
-def _first_line(m: Message, width: int) -> str:
-    text = _shown_message(m)
-    line = text.strip().splitlines()[0] if text.strip() else ""
+def _subagent(m: Message) -> str | None:
+    """The agent whose conversation ``m`` belongs to, when it is a Claude Code subagent's
+    (a sidechain line, or a line of a subagent's transcript), else ``None``."""
+    line = m.fields.get("claude_code")
+    if not isinstance(line, dict):
+        return None
+    agent = line.get("agentId")
+    if line.get("isSidechain") is True or m.fields.get("claude_code_file"):
+        return agent if isinstance(agent, str) and agent else "sidechain"
+    return None
+
+
+def _first_line(m: Message, width: int, names: dict[str, str] | None = None) -> str:
+    text = _shown_message(m, names)
+    agent = _subagent(m)
+    line = text.strip().splitlines()[0] if text.strip() else "(empty)"
+    line = _plain(f"[subagent {agent}] {line}" if agent else line)
     return line if len(line) <= width else line[: max(0, width - 1)] + "…"
 
 
@@ -124,12 +246,15 @@ def draw_tree(store: SessionStore, session_id: str, *, width: int = 100) -> list
     """The session's message tree as text lines, one per message, like ``git log --graph``.
 
     Each line shows the role, the message's short id (its shortest unique prefix of at
-    least 8 characters, which every command accepts) and the content's first line;
-    branch names pointing at a message follow it in brackets, the current branch marked
-    ``*``. A chain of messages stays in one column: at a fork the smaller subtrees are
-    drawn first, each one column to the right behind ``├─`` while the line it left
-    runs on (``│``), and the largest continues in the fork's own column, so the width
-    grows with the log of the tree's size, not its depth. Lines are cut to ``width``.
+    least 8 characters, which every command accepts) and the content's first line (a
+    tool call as ``[call NAME ARGUMENTS]``, a result as ``[result of NAME: ...]``; a
+    Claude Code subagent's lines start ``[subagent AGENT]``: its conversation is not
+    the main one's); branch names pointing at a message follow it in brackets, the
+    current branch marked ``*``. A chain of messages stays in one column: at a fork
+    the smaller subtrees are drawn first, each one column to the right behind ``├─``
+    while the line it left runs on (``│``), and the largest continues in the fork's
+    own column, so the width grows with the log of the tree's size, not its depth.
+    Lines are cut to ``width``.
     """
     current = store.get_current_branch(session_id)
     labels: dict[str, list[str]] = {}
@@ -138,6 +263,7 @@ def draw_tree(store: SessionStore, session_id: str, *, width: int = 100) -> list
             labels.setdefault(b.head_id, []).append(b.name + ("*" if b.name == current else ""))
     messages = store.get_messages(session_id)
     short = _short_ids(m.id for m in messages)
+    names = _call_names(messages)
     children: dict[str | None, list[Message]] = {}
     for m in messages:
         children.setdefault(m.parent_id, []).append(m)
@@ -153,7 +279,7 @@ def draw_tree(store: SessionStore, session_id: str, *, width: int = 100) -> list
         head = f"{prefix}{msg.role} {short[msg.id]}  "
         if len(head) + len(tag) > width:
             tag = tag[:max(0, width - len(head))]
-        out.append((head + _first_line(msg, width - len(head) - len(tag)) + tag)[:width])
+        out.append((head + _first_line(msg, width - len(head) - len(tag), names) + tag)[:width])
         kids = children.get(msg.id, [])
         if not kids:
             continue
@@ -355,6 +481,34 @@ def _import_file(store: SessionStore, path: str, key: str | None, out: _Output) 
         raise _UsageError(f"{path}: {e}") from None
 
 
+def _empty_history(store: SessionStore, sid: str, args: Any) -> str:
+    """What ``history`` says instead of nothing: which branch is empty, and where the
+    messages are when the session has some (a cleared branch keeps them in the tree)."""
+    if args.last == 0:
+        return "(no messages: --last 0)"
+    branch = args.branch if args.branch is not None else store.get_current_branch(sid)
+    count = len(store.get_messages(sid))
+    if not count:
+        return f"(branch {_plain(branch)} is empty: the session has no messages)"
+    held = "1 message is" if count == 1 else f"{count:,} messages are"
+    return f"(branch {_plain(branch)} is empty; the session's {held} in its tree: session-store tree {sid})"
+
+
+def _imported(store: SessionStore, sid: str, added: int | None, path: str) -> str:
+    """The line ``import`` prints: how many messages (``added``: into a session that was
+    there, ``None``: a new one), under which key, in which session."""
+    meta = store.get_metadata(sid)
+    total = meta.message_count if meta is not None else len(store.get_messages(sid))
+    key = _plain(meta.key) if meta is not None else "?"
+    plural = "" if total == 1 else "s"
+    if added is None:
+        return f"imported {total:,} message{plural} as key {key} (session {sid})"
+    if not added:
+        return f"nothing new in {_plain(path)}: key {key} (session {sid}) has its {total:,} message{plural}"
+    return (f"imported {added:,} new message{'' if added == 1 else 's'} into key {key} (session {sid}; "
+            f"{total:,} in all)")
+
+
 def _message_size(m: Message) -> int:
     return len(_encode_line(m.to_record()))
 
@@ -507,13 +661,25 @@ def _run(args: Any, out: _Output) -> int:
         transcripts = _transcripts() if fmt != "native" else None
         os.makedirs(args.dir, exist_ok=True)
         with SessionStore(storage_dir=args.dir) as store:
-            if transcripts is None:
-                sid = _import_file(store, args.file, args.key, out)
-            else:
-                read = transcripts.import_pi if fmt == "pi" else transcripts.import_claude_code
-                sid = read(store, args.file, key=args.key,
-                           progress=lambda done, total: out.progress(done, total, f"reading {fmt}"))
-            print(sid)
+            created: set[str] = set()
+            added: dict[str, int] = {}  # messages written into a session that was there (an import again)
+
+            def note(event: Any) -> None:
+                if event.type == "session.created":
+                    created.add(event.session_id)
+                elif event.type == "message.added":
+                    added[event.session_id] = added.get(event.session_id, 0) + 1
+            stop = store.subscribe(note)
+            try:
+                if transcripts is None:
+                    sid = _import_file(store, args.file, args.key, out)
+                else:
+                    read = transcripts.import_pi if fmt == "pi" else transcripts.import_claude_code
+                    sid = read(store, args.file, key=args.key,
+                               progress=lambda done, total: out.progress(done, total, f"reading {fmt}"))
+            finally:
+                stop()
+            print(_imported(store, sid, None if sid in created else added.get(sid, 0), args.file))
         return 0
     if command in ("view", "serve"):  # an optional file, imported only for these commands
         view = _optional("session_store_view", f"session-store {command}")
@@ -596,10 +762,15 @@ def _run(args: Any, out: _Output) -> int:
             path = [] if empty else store.get_linear_history(sid, leaf, limit=args.last)
             if args.format == "json":
                 print(json.dumps([m.to_record() for m in path], ensure_ascii=False, indent=2))
+            elif not path:
+                print(_empty_history(store, sid, args))
             else:
                 _framework_readers(path)
+                names = _call_names(path)
                 for m in path:
-                    print(f"{out.role(m.role)}: {_shown_message(m)}")
+                    agent = _subagent(m)
+                    print(f"{out.role(m.role)}{f' [subagent {_plain(agent)}]' if agent else ''}: "
+                          f"{_shown_message(m, names)}")
             return 0
         if command == "export":
             if args.format in ("pi", "claude-code"):
@@ -651,8 +822,12 @@ def main(argv: list[str] | None = None) -> int:
     common = _Parser(add_help=False)
     common.add_argument("--dir", default=argparse.SUPPRESS, help="storage directory (default ./sessions)")
     parser = _Parser(prog="session-store", parents=[common],
-                     description=__doc__.splitlines()[0] if __doc__ else "")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+                     description=__doc__.splitlines()[0] if __doc__ else "",
+                     epilog="SESSION_OR_KEY: a key, a session id or its first characters (at least 4). "
+                            "`session-store COMMAND --help` says more about each command.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND",
+                                title="commands")
     sub.add_parser("demo", parents=[common], help="write a demo conversation with two branches and print its tree")
     p = sub.add_parser("ls", parents=[common], help="sessions, newest first: id, message and branch counts, "
                                                      "last write, key, title")
@@ -689,8 +864,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("session", metavar="SESSION_OR_KEY", help="a key, a session id or its first characters")
     p.add_argument("title", metavar="TITLE", nargs="?", help="the new title")
     p.add_argument("--clear", action="store_true", help="take the title away (the first message shows again)")
-    for name, what in (("tree", "draw the message tree"), ("branches", "list the branches, * marks the current"),
-                       ("history", "the path from a root to a leaf"), ("export", "write a session as JSONL")):
+    for name, what in (("tree", "draw the message tree, like git log --graph: one line a message"),
+                       ("branches", "list the branches, * marks the current"),
+                       ("history", "the messages from the root to the current head (or a leaf, a branch)"),
+                       ("export", "write a session as JSONL: native, a pi session or a Claude Code transcript")):
         p = sub.add_parser(name, parents=[common], help=what)
         p.add_argument("session", metavar="SESSION_OR_KEY", help="a key, a session id or its first characters")
         if name == "history":
@@ -730,7 +907,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("session", metavar="SESSION_OR_KEY")
     p.add_argument("--at", help="the message (id or first characters; default: the current head)")
     p.add_argument("--key", help="the new session's key (default: fork:<its id>)")
-    p = sub.add_parser("import", parents=[common], help="import a session file (again: what a transcript gained)")
+    p = sub.add_parser("import", parents=[common], help="import a native export, pi session or Claude Code "
+                                                         "transcript (again: what it gained since)")
     p.add_argument("file")
     p.add_argument("--key", help="the session's key (default: the exported one, pi:<id>, claude-code:<id>)")
     p.add_argument("--format", choices=["native", "pi", "claude-code"], default=None,

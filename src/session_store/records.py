@@ -4,7 +4,8 @@
 :class:`LockResult`, :class:`LockInfo`, :class:`Problem` and :class:`CheckReport` are
 frozen, slotted, keyword-only dataclasses. A message's content and extra fields are
 handed out frozen (:func:`_freeze`): what the store returns can never change what it
-holds. The constants name the on-disk format's version and field names.
+holds. The constants name the package's version, the on-disk format's version and its
+field names.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import re
 import sys
 from collections.abc import Mapping
 from typing import Any, NoReturn
+
+#: The package's version: the one place it is written (pyproject.toml reads it from here,
+#: ``session-store --version`` prints it).
+__version__ = "0.1.0"
 
 #: Version of the on-disk format written by this module (see "Log format").
 FORMAT_VERSION = 2
