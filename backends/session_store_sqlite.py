@@ -23,8 +23,11 @@ Do not put the file on a network file system: SQLite's locks are not reliable th
 Search (:meth:`SqliteStorage.search_messages`) reads an index of every message's
 words, written in the transaction that writes the message: an FTS5 table ranked by
 ``bm25()`` when this ``sqlite3`` has FTS5 (most builds do), else a plain table of
-words read with ``instr()``, newest first (correct, but it reads every message of the
-sessions whose key has the prefix).
+words read with ``instr()`` and ranked by how often the words occur (correct, but it
+reads every message of the sessions whose key has the prefix). A key prefix of at most
+200 sessions is searched the plain way even with FTS5: cheaper than ranking every
+match in the store. A query whose words are in most messages costs O(matches) with
+FTS5 (bm25 ranks every match): see benchmarks/CATALOG.md.
 
 A process that holds a lease keeps a ``flock`` on a small file in ``<path>-leases/``
 as its proof of life: the lease is freed before it expires only when that lock is
@@ -173,6 +176,7 @@ _FTS_SCHEMA = [
         SELECT 'fts_upto', CAST(coalesce(max(id), 0) AS TEXT) FROM message_words""",
 ]
 _FTS_UPTO = "SELECT CAST(value AS INTEGER) FROM session_store_meta WHERE name = 'fts_upto'"
+_FEW_SESSIONS = 200  # a key prefix of at most this many sessions is searched row by row
 
 _INSERT_WORDS = "INSERT INTO message_words (session_id, seq, message_id, at, words) VALUES (?, ?, ?, ?, ?)"
 
@@ -518,9 +522,10 @@ class SqliteStorage(Storage):
         """The ``message_words`` index (see "Schema"), joined to the sessions whose
         key is in :func:`key_range` of the prefix before the limit applies. With
         FTS5: each word a quoted FTS5 string (an operator is a plain word), the best
-        ``bm25()`` first; without it, every word found with ``instr()`` between
-        spaces. Then the newest message first (its timestamp, then the latest
-        written). No words: every message of those sessions, the newest first."""
+        ``bm25()`` first; without it, or for a prefix of at most 200 sessions, every
+        word found with ``instr()`` between spaces, the most occurrences first. Then
+        the newest message first (its timestamp, then the latest written). No words:
+        every message of those sessions, the newest first."""
         found = query_words(words)
         bounds = key_range(key_prefix)
         if found is None or bounds is None or limit <= 0:
@@ -532,13 +537,22 @@ class SqliteStorage(Storage):
             params.append(high)
         scan = ["instr(' ' || w.words || ' ', ?) > 0"] * len(found)
         scanned = [f" {word} " for word in found]
+        # The count of the words in a row (about: a word repeated back to back counts less).
+        often = " + ".join(["(length(' ' || w.words || ' ') - length(replace(' ' || w.words || ' ', ?, '')))"
+                            " / ?"] * len(found))
+        counted = [x for word in found for x in (f" {word} ", len(word) + 2)]
         with self._using("search messages") as conn:
             db = conn.db
             own = not db.in_transaction
             if own:  # one snapshot: fts_upto and the rows on both sides of it
                 db.execute("BEGIN")
             try:
-                if found and self._fts_writes(db):
+                # A prefix of a few sessions is read row by row: cheaper than ranking every
+                # match FTS5 finds in the whole store and keeping the prefix's.
+                few = bool(key_prefix) and db.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM sessions s WHERE " + " AND ".join(where) + " LIMIT ?)",
+                    (*params, _FEW_SESSIONS + 1)).fetchone()[0] <= _FEW_SESSIONS
+                if found and not few and self._fts_writes(db):
                     row = db.execute(_FTS_UPTO).fetchone()
                     upto = int(row[0]) if row is not None else 0
                     match = " ".join('"' + word.replace('"', '""') + '"' for word in found)
@@ -555,8 +569,8 @@ class SqliteStorage(Storage):
                 else:
                     query = ("SELECT w.session_id, w.message_id FROM sessions s JOIN message_words w "
                              "ON w.session_id = s.id WHERE " + " AND ".join(where + scan) +
-                             " ORDER BY w.at DESC, w.id DESC LIMIT ? OFFSET ?")
-                    args = (*params, *scanned)
+                             f" ORDER BY {often + ' DESC, ' if found else ''}w.at DESC, w.id DESC LIMIT ? OFFSET ?")
+                    args = (*params, *scanned, *counted)
                 rows = db.execute(query, (*args, limit, max(0, offset))).fetchall()
             finally:
                 if own:

@@ -319,11 +319,12 @@ def test_finding_and_searching_read_through_indexes(tmp_path: Path, monkeypatch:
         assert isinstance(storage, SqliteStorage)
         seen = traced(storage)
         assert len(storage.find_sessions("t1:")) == 10
-        assert len(storage.search_messages(["message"], "t1:", 5, 0)) == 5
+        # (a prefix of a few sessions is read row by row, whatever the engine: the whole store through FTS5)
+        assert len(storage.search_messages(["message"], "" if fts5 else "t1:", 5, 0)) == 5
         conn = sqlite3.connect(db)
         plans = [" / ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement))
                  for statement in seen if statement.startswith("SELECT") and "sqlite_master" not in statement
-                 and "session_store_meta" not in statement]
+                 and "session_store_meta" not in statement and "count(*)" not in statement]
         conn.close()
     find, search = plans
     assert "SCAN" not in find and "USING INDEX sqlite_autoindex_sessions_2 (key>? AND key<?)" in find
