@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import random
 import sys
@@ -159,7 +160,7 @@ def search_rows(name: str, place: Place, sessions: int, per: int,
         for label, query in QUERIES.items():
             prefix = "user:007:" if "prefix" in label else None
             hits = len(store.search(query, key_prefix=prefix, limit=20))
-            out[label] = (timed(lambda q=query, p=prefix: store.search(q, key_prefix=p, limit=20), samples,
+            out[label] = (timed(functools.partial(store.search, query, key_prefix=prefix, limit=20), samples,
                                 warmup=1), hits)
         if name == "files":
             assert isinstance(made, str)
@@ -190,7 +191,7 @@ def sidecar_alternative(store: SessionStore, directory: str, samples: int) -> di
                         have = set(line.split()[1:])
                         found += all(w in have for w in words)
         return found
-    rows = {label: timed(lambda q=query: search(q), samples, warmup=1) for label, query in QUERIES.items()
+    rows = {label: timed(functools.partial(search, query), samples, warmup=1) for label, query in QUERIES.items()
             if "prefix" not in label}
     return rows
 

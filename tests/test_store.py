@@ -533,7 +533,7 @@ def test_edit_makes_the_new_version_current_and_keeps_the_old(store: SessionStor
     assert store.get_head(sid) == edited.id
     answer = store.append(sid, role="assistant", content="Four.")  # no parent_id: after the edit
     assert store.get_linear_history(sid) == [edited, answer]
-    assert store.get_children(sid, a.parent_id) == [a]  # the old version and its answer stay
+    assert store.get_children(sid, q.id) == [a]  # the old version and its answer stay
     assert {m.id for m in store.get_messages(sid)} == {q.id, a.id, edited.id, answer.id}
     again = store.edit(sid, answer.id, content="4, of course.", metadata={"v": 2})
     assert again.parent_id == edited.id and again.fields == {"metadata": {"v": 2}}
