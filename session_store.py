@@ -9800,6 +9800,8 @@ def _shown_message(m: Message, names: dict[str, str] | None = None) -> str:
                   for t in turns]
         if any(pieces):
             return "\n".join(p for p in pieces if p)
+        if _read_by_type(m):  # a framework's bookkeeping (a LangGraph value or write): not its bytes
+            return f"[{m.type}]"
     if m.role in ("tool", "toolResult", "function") or m.type in _RESULT_KINDS:
         text = _shown(m.fields.get("output", m.content) if m.content is None else m.content, names)
         return text or "(empty result)"
@@ -9810,6 +9812,12 @@ def _shown_message(m: Message, names: dict[str, str] | None = None) -> str:
     if m.content not in (None, "", [], {}):
         return _dumps(m.content)
     return f"[{m.type}]" if m.type != m.role else "(empty)"
+
+
+def _read_by_type(m: Message) -> bool:
+    """Whether a registered reader reads ``m`` by its type (see
+    :func:`register_context_reader`), as session_store_langgraph's records."""
+    return m.type != m.role and m.type.partition(".")[0] in _CONTEXT_READERS
 
 
 def _subagent(m: Message) -> str | None:
@@ -10055,16 +10063,17 @@ def _optional(name: str, what: str, *, needed: bool = True) -> Any:
 
 # The integrations that store a framework's messages whole, each registering the reader
 # the command line shows them with (see _framework_readers).
-_FRAMEWORK_INTEGRATIONS = ("session_store_langchain", "session_store_pydantic_ai", "session_store_llama_index")
+_FRAMEWORK_INTEGRATIONS = ("session_store_langchain", "session_store_pydantic_ai", "session_store_llama_index",
+                           "session_store_langgraph")
 _FRAMEWORKS_LOADED: list[bool] = []  # [True] once tried: at most once per process
 
 
 def _framework_readers(messages: Iterable[Message] | None) -> None:
     """Import the framework integrations that can be (their framework installed), the
     first time a session shown holds a record whose content is an object, as they
-    store a LangChain, pydantic-ai or LlamaIndex message (``None``: whatever a server
-    will be asked to show): their readers then show what the framework said, not its
-    JSON. Never for other sessions (importing a framework takes seconds); one that
+    store a LangChain, pydantic-ai or LlamaIndex message or a LangGraph checkpoint
+    (``None``: whatever a server will be asked to show): their readers then show what
+    the framework said, not its JSON. Never for other sessions (importing a framework takes seconds); one that
     cannot be imported is left out (its records show as JSON)."""
     if _FRAMEWORKS_LOADED or (messages is not None and not any(isinstance(m.content, dict) for m in messages)):
         return
@@ -10397,6 +10406,7 @@ def _run(args: Any, out: _Output) -> int:
                 leaf = _find_message(store, sid, args.leaf)
             if args.format in _CONTEXT_FORMATS:
                 _transcripts(needed=False)  # reads the transcripts it imported, when it is there
+                _framework_readers(store.get_messages(sid))  # and the frameworks' records
                 context: Any = ([] if args.format == "openai" else {"messages": []}) if empty else store.build_context(
                     sid, leaf, format=args.format, limit=args.last)
                 print(json.dumps(context, ensure_ascii=False, indent=2))
@@ -10411,8 +10421,10 @@ def _run(args: Any, out: _Output) -> int:
                 names = _call_names(path)
                 for m in path:
                     agent = _subagent(m)
-                    print(f"{out.role(m.role)}{f' [subagent {_plain(agent)}]' if agent else ''}: "
-                          f"{_shown_message(m, names)}")
+                    shown = _shown_message(m, names)
+                    if shown == f"[{m.type}]" and _read_by_type(m):
+                        continue  # it said nothing (a LangGraph checkpoint that added no message)
+                    print(f"{out.role(m.role)}{f' [subagent {_plain(agent)}]' if agent else ''}: {shown}")
             return 0
         if command == "export":
             if args.format in ("pi", "claude-code"):

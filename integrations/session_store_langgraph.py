@@ -25,10 +25,24 @@ How it is kept:
   version), written once however many checkpoints share that version; each pending
   write is one message, a child of its checkpoint. Values are LangGraph's serializer's
   bytes (base64 in the record).
+- A checkpoint whose ``messages`` channel (LangGraph's convention: ``MessagesState``,
+  ``create_agent``) changed also holds the messages it added, those whose ids its
+  parent's list lacks (serialized like the values), and, unless the serializer
+  encrypts, their text (``text``: what search and the session's title read). Its role
+  is then ``user`` when one of them is a ``HumanMessage``, else the last one's
+  (``assistant``, ``tool``); ``checkpoint`` when it added none. The current branch's head
+  follows the newest checkpoint of the root namespace, LangGraph's current one.
 - ``delete_for_runs`` and ``prune`` append one record naming the checkpoints they take
   away (with their writes); readers leave those out. The log stays append-only: their
   bytes are reclaimed only when the thread is deleted. ``delete_thread`` deletes the
   session.
+
+Importing this module registers a context reader (``register_context_reader``) for
+these records, so :meth:`SessionStore.build_context` of a checkpoint is the
+conversation the graph's state holds there (its ``messages`` as decoded by LangGraph's
+default serializer: HumanMessage, AIMessage with its tool calls, ToolMessage), and the
+view and the command line (:func:`session_store.read_turns`) show each checkpoint as
+the messages it added; values and writes read as nothing.
 
 Each read indexes the thread's records (O(records of the thread), on the store's
 cached tree). Imports ``session_store`` and ``langgraph``
@@ -52,6 +66,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -65,10 +80,21 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from session_store import AsyncSessionStore, InvalidInput, Message, SessionNotFound, SessionStore
+from session_store import (
+    AsyncSessionStore,
+    Branch,
+    InvalidInput,
+    Message,
+    SessionNotFound,
+    SessionStore,
+    register_context_reader,
+)
 
 _THREADS_KEPT = 64  # threads whose records a saver keeps indexed
+_SAID_KEPT = 16  # checkpoints per thread whose message keys a saver keeps (see SessionStoreSaver._said)
+_MESSAGES = "messages"  # the channel read as the conversation
 
 
 def _id(kind: str, *parts: Any) -> str:
@@ -85,6 +111,111 @@ def _untyped(stored: Any) -> tuple[str, bytes]:
     return stored["t"], base64.b64decode(stored["b"])
 
 
+def _key_of(message: Any, place: int) -> Any:
+    """What tells a message of a list apart: its id, or its place when it has none (a
+    list kept with ``operator.add`` only grows, so a place is the same message)."""
+    mid = getattr(message, "id", None)
+    return mid if isinstance(mid, str) and mid else ("#", place)
+
+
+def _added(messages: Sequence[Any], before: frozenset[Any]) -> builtins.list[BaseMessage]:
+    """The messages of ``messages`` whose keys ``before`` (the parent's) lacks."""
+    return [m for i, m in enumerate(messages) if isinstance(m, BaseMessage) and _key_of(m, i) not in before]
+
+
+# -- reading checkpoints as a conversation ---------------------------------------------------
+#
+# build_context, the view and the command line read these records through the reader
+# registered below. A path of checkpoints (with a value or write at its end, perhaps)
+# reads as the messages channel of its last checkpoint, found through ``children``:
+# exactly the graph's state there, whatever its reducer replaced or removed. A record
+# read alone (read_turns: no children) reads as the messages it added (kept in it by
+# put), so a path shown record by record says each message once. Decoding uses
+# LangGraph's default serializer: what another serializer wrote (an encrypted one)
+# reads as nothing. LangChain messages become native records as session_store_langchain
+# reads them (not imported from there: an integration imports only session_store and
+# its own framework).
+
+_SERDE = JsonPlusSerializer()
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
+
+
+def _decoded(stored: Any) -> Any:
+    """A stored value as LangGraph's default serializer reads it; ``None`` when it cannot."""
+    try:
+        return _SERDE.loads_typed(_untyped(stored))
+    except Exception:  # another serializer's bytes, or a damaged record: nothing to read
+        return None
+
+
+def _native(message: BaseMessage, record: Message) -> Message:
+    """A LangChain message as a native record (``record``'s id, parent and time): its
+    role, its content (``tool_call`` blocks left out: ``tool_calls`` says them), an AI
+    message's ``tool_calls`` as ``{id, name, input}``, a tool message's
+    ``tool_call_id``, ``name`` and ``is_error``."""
+    role = _ROLES.get(message.type, "")
+    if message.type == "chat":
+        role = str(getattr(message, "role", ""))
+    content: Any = message.content
+    if isinstance(content, builtins.list):
+        content = [b for b in content
+                   if not (isinstance(b, dict) and b.get("type") in ("tool_call", "tool_call_chunk"))]
+    fields: dict[str, Any] = {}
+    if isinstance(message, AIMessage) and message.tool_calls:
+        fields["tool_calls"] = [{"id": c.get("id"), "name": c.get("name"), "input": c.get("args")}
+                                for c in message.tool_calls]
+    if isinstance(message, ToolMessage):
+        fields = {"tool_call_id": message.tool_call_id, "name": message.name, "is_error": message.status == "error"}
+    return dataclasses.replace(record, type=role, role=role, content=content, fields=fields)
+
+
+def _natives(messages: Any, record: Message) -> builtins.list[Message]:
+    if not isinstance(messages, builtins.list):
+        return []
+    return [_native(m, record) for m in messages if isinstance(m, BaseMessage)]
+
+
+def _state_at(path: Sequence[Message], children: Any) -> builtins.list[Message] | None:
+    """The messages channel at the path's last record (a checkpoint), from the value
+    record of its version (a child of that checkpoint or of one before it); ``None``
+    when that record is not found (``children`` gives none: a record read alone)."""
+    content = path[-1].content
+    checkpoint = _decoded(content.get("checkpoint")) if isinstance(content, dict) else None
+    if not isinstance(checkpoint, dict):
+        return None
+    version = checkpoint.get("channel_versions", {}).get(_MESSAGES)
+    if version is None:
+        return []  # no message yet
+    wanted = _id("value", content.get("ns", ""), _MESSAGES, version)
+    for m in reversed(path):
+        if m.type == "langgraph.checkpoint":
+            for child in children(m.id):
+                if child.id == wanted:
+                    value = child.content.get("value") if isinstance(child.content, dict) else None
+                    return [] if value is None else _natives(_decoded(value), path[-1])
+    return None
+
+
+def _read_langgraph(path: builtins.list[Message], children: Any) -> builtins.list[Message]:
+    """The context reader of this module's records (see the banner above)."""
+    last = max((i for i, m in enumerate(path) if m.type == "langgraph.checkpoint"), default=None)
+    state = None if last is None else _state_at(path[:last + 1], children)
+    out: builtins.list[Message] = []
+    for i, record in enumerate(path):
+        if not record.type.startswith("langgraph."):
+            out.append(record)
+        elif state is not None:
+            if i == last:
+                out += state
+        elif record.type == "langgraph.checkpoint" and isinstance(record.content, dict) \
+                and _MESSAGES in record.content:
+            out += _natives(_decoded(record.content[_MESSAGES]), record)
+    return out
+
+
+register_context_reader("langgraph", _read_langgraph)
+
+
 class _Thread:
     """A thread's records, indexed; :meth:`read_on` indexes the records added since
     (a session's messages come in append order, so the new ones are its tail)."""
@@ -96,6 +227,7 @@ class _Thread:
         self.checkpoints: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, id) -> record content
         self.values: dict[str, Any] = {}  # message id of (ns, channel, version) -> content
         self.writes: dict[tuple[str, str], dict[tuple[str, int], dict[str, Any]]] = {}
+        self.said: dict[tuple[str, str], frozenset[Any]] = {}  # (ns, id) -> keys of its messages (recent ones)
 
     def continued_by(self, messages: Sequence[Message]) -> bool:
         """Whether ``messages`` begin with the ones indexed (a record taken back after
@@ -260,11 +392,28 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         records: builtins.list[Message] = []
         if own not in have:
             parent_id = _id("checkpoint", ns, parent) if parent else None
-            records.append(Message(
-                id=own, parent_id=parent_id if parent_id in have else None, type="langgraph.checkpoint",
-                role="checkpoint", timestamp=0, content={
-                    "ns": ns, "id": cid, "parent": parent, "checkpoint": _typed(self.serde.dumps_typed(kept)),
-                    "metadata": _typed(self.serde.dumps_typed(get_checkpoint_metadata(config, metadata)))}))
+            content: dict[str, Any] = {
+                "ns": ns, "id": cid, "parent": parent, "checkpoint": _typed(self.serde.dumps_typed(kept)),
+                "metadata": _typed(self.serde.dumps_typed(get_checkpoint_metadata(config, metadata)))}
+            role = "checkpoint"
+            said = values.get(_MESSAGES) if _MESSAGES in new_versions else None
+            if isinstance(said, builtins.list):
+                added = _added(said, self._said(thread, ns, parent))
+                with self._lock:
+                    thread.said[(ns, cid)] = frozenset(_key_of(m, i) for i, m in enumerate(said))
+                    while len(thread.said) > _SAID_KEPT:
+                        del thread.said[next(iter(thread.said))]
+                if added:
+                    typed = self.serde.dumps_typed(added)
+                    content[_MESSAGES] = _typed(typed)
+                    roles = [_ROLES.get(m.type, "chat") for m in added]
+                    role = "user" if "user" in roles else roles[-1]  # (a user's: the session's title reads it)
+                    if "+" not in typed[0]:  # an encrypting serializer names its cipher after a "+": no text then
+                        text = [t for t in (str(m.text) for m in added) if t.strip()]
+                        if text:
+                            content["text"] = text
+            records.append(Message(id=own, parent_id=parent_id if parent_id in have else None,
+                                   type="langgraph.checkpoint", role=role, timestamp=0, content=content))
         for channel, version in new_versions.items():
             vid = _id("value", ns, channel, version)
             if vid in have or vid in adding:
@@ -273,8 +422,29 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             value = _typed(self.serde.dumps_typed(values[channel])) if channel in values else None
             records.append(Message(id=vid, parent_id=own, type="langgraph.value", role="value", timestamp=0,
                                    content={"ns": ns, "channel": channel, "version": version, "value": value}))
-        self._write(sid, records)
+        self._write(sid, records, head=own if not ns and records and records[0].id == own else None)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
+
+    def _said(self, thread: _Thread, ns: str, cid: str | None) -> frozenset[Any]:
+        """The keys of the messages at checkpoint ``cid`` (kept by :meth:`put`, else read
+        from its messages value); empty for none."""
+        if cid is None:
+            return frozenset()
+        with self._lock:
+            kept = thread.said.get((ns, cid))
+        if kept is not None:
+            return kept
+        content = thread.checkpoints.get((ns, cid))
+        if content is None:
+            return frozenset()
+        version = self.serde.loads_typed(_untyped(content["checkpoint"]))["channel_versions"].get(_MESSAGES)
+        stored = thread.values.get(_id("value", ns, _MESSAGES, version)) if version is not None else None
+        if stored is None or stored["value"] is None:
+            return frozenset()
+        value = self.serde.loads_typed(_untyped(stored["value"]))
+        if not isinstance(value, builtins.list):
+            return frozenset()
+        return frozenset(_key_of(m, i) for i, m in enumerate(value))
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
@@ -299,12 +469,18 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                                    type="langgraph.write", role="write", timestamp=0, content=content))
         self._write(sid, records)
 
-    def _write(self, sid: str, records: builtins.list[Message]) -> None:
-        """Add records (all or none, one sync), each timestamped now."""
+    def _write(self, sid: str, records: builtins.list[Message], *, head: str | None = None) -> None:
+        """Add records (all or none, one sync), each timestamped now; ``head``: move the
+        current branch's head there (a checkpoint's values and writes are its children,
+        so the store's rule, that a child of the head advances it, would leave the head
+        on the first value: the head follows the newest checkpoint instead)."""
         if records:
             now = int(time.time() * 1000)
+            branches = () if head is None else (
+                Branch(name=self.store.get_current_branch(sid), head_id=head, created_at=now, updated_at=now),)
             self.store.import_messages(sid, [Message(id=m.id, parent_id=m.parent_id, type=m.type, role=m.role,
-                                                     content=m.content, timestamp=now) for m in records])
+                                                     content=m.content, timestamp=now) for m in records],
+                                       branches=branches)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete the thread's session: every checkpoint, value and write of it."""

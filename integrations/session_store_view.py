@@ -87,7 +87,9 @@ from session_store import Message, SessionNotFound, SessionStore, SessionStoreEr
 #   (a one-line entry such as a model change), x the model, e an error message, sc the
 #   agent id of a sidechain, ag the agent a result comes from, cs 1 for a compact
 #   summary, rf the index of the message a reset copied, lp the index of the message a
-#   Claude Code compact boundary continues from (its logicalParentUuid).
+#   Claude Code compact boundary continues from (its logicalParentUuid), bk 1 for a
+#   framework's bookkeeping (a LangGraph channel value or pending write: a child of its
+#   checkpoint that the page keeps out of the tree's branches, leaves and minimap).
 #
 # This is display parsing, not the API's: it keeps what a reader wants to see
 # (model, errors, agents) and shows any shape it does not know as JSON text.
@@ -335,7 +337,10 @@ def _message_view(m: Message, index: Mapping[str, int]) -> dict[str, Any]:
         reason = fields.get("reason")
         shown["d"] = ["reset", str(reason) if reason else ""]
     elif m.type.startswith("langgraph.") and isinstance(m.content, dict):
-        _langgraph_view(m.type[len("langgraph."):], m.content, shown)
+        if not (m.type == "langgraph.checkpoint" and _read_as_turns(m, shown)):  # the messages it added
+            _langgraph_view(m.type[len("langgraph."):], m.content, shown)
+        if m.type in ("langgraph.value", "langgraph.write"):
+            shown["bk"] = 1  # a child of its checkpoint, beside the next one: not a branch of the conversation
     elif isinstance(m.content, dict) and _read_as_turns(m, shown):
         pass  # a framework's message held whole (LangChain, pydantic-ai, LlamaIndex, a Responses item)
     else:
@@ -358,8 +363,10 @@ def _message_view(m: Message, index: Mapping[str, int]) -> dict[str, Any]:
 
 def _langgraph_view(kind: str, record: Mapping[str, Any], shown: dict[str, Any]) -> None:
     """A LangGraph checkpointer's record (session_store_langgraph) as a one-line note:
-    its checkpoints, channel values and pending writes hold LangGraph's serializer's
-    bytes (msgpack), which this file does not decode; they are named and sized."""
+    its channel values, pending writes and checkpoints that added no message hold
+    LangGraph's serializer's bytes (msgpack), which this file does not decode; they
+    are named and sized. (A checkpoint that added messages shows them: the reader
+    session_store_langgraph registers decodes them.)"""
     def value(v: Any) -> str:
         if not isinstance(v, dict) or v.get("t") in (None, "null"):
             return "empty"
@@ -572,7 +579,8 @@ _VIEW_JS = _script(r"""
   const MD_FOLD_CHARS = 4000, MD_FOLD_LINES = 60, MD_SHORT_LINES = 30;  // the same for Markdown
   const SHORT_RESULT_CHARS = 600, SHORT_RESULT_LINES = 8;  // a shorter tool result is shown, a longer one folded
   const kids = M.map(() => []), roots = [];
-  M.forEach((m, i) => (m.p < 0 ? roots : kids[m.p]).push(i));
+  // A framework's bookkeeping (bk: a LangGraph value or write) is no branch of the tree, unless it is the head.
+  M.forEach((m, i) => { if (!m.bk || i === D.head) (m.p < 0 ? roots : kids[m.p]).push(i); });
   const byId = new Map(M.map((m, i) => [m.i, i]));
   const branchesAt = new Map();
   for (const b of D.branches) {
@@ -1075,7 +1083,7 @@ _VIEW_JS = _script(r"""
     nav.append(jumpButton(b.h, label, when(M[b.h].t)));
   }
   const leaves = [];
-  for (let i = 0; i < N; i++) if (!kids[i].length) leaves.push(i);
+  for (let i = 0; i < N; i++) if (!kids[i].length && (!M[i].bk || i === D.head)) leaves.push(i);
   nav.append(el("h2", "", `Leaves (${count(leaves.length)})`));
   for (const i of leaves) {
     const m = M[i];

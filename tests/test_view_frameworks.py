@@ -106,8 +106,38 @@ def claude_agent_sdk(store: SessionStore) -> str:
     return "claude:p/s"
 
 
+def langgraph(store: SessionStore) -> str:
+    require("langgraph", "langgraph")
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode, tools_condition
+    from session_store_langgraph import SessionStoreSaver
+
+    @tool
+    def weather(city: str) -> str:
+        """The weather in a city."""
+        return RESULT
+
+    def model(state: MessagesState) -> dict[str, Any]:
+        if isinstance(state["messages"][-1], ToolMessage):
+            return {"messages": [AIMessage(ANSWER)]}
+        call = {"id": "call_1", "name": "weather", "args": {"city": "Paris"}}
+        return {"messages": [AIMessage("", tool_calls=[call])]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("model", model)
+    builder.add_node("tools", ToolNode([weather]))
+    builder.add_edge(START, "model")
+    builder.add_conditional_edges("model", tools_condition)
+    builder.add_edge("tools", "model")
+    builder.compile(checkpointer=SessionStoreSaver(store)).invoke({"messages": [HumanMessage(QUESTION)]},
+                                                                   {"configurable": {"thread_id": "lg"}})
+    return "langgraph:lg"
+
+
 FRAMEWORKS: dict[str, Callable[[SessionStore], str]] = {
-    "langchain": langchain, "pydantic-ai": pydantic_ai, "llama-index": llama_index,
+    "langchain": langchain, "langgraph": langgraph, "pydantic-ai": pydantic_ai, "llama-index": llama_index,
     "openai-agents": openai_agents, "claude-agent-sdk": claude_agent_sdk}
 
 
@@ -143,28 +173,21 @@ def test_a_framework_s_session_reads_as_a_conversation_in_history(framework: str
     assert not any(line.lstrip().startswith("{") for line in out.splitlines())  # no record printed as JSON
 
 
-def test_a_langgraph_thread_reads_as_its_checkpoints_not_their_bytes(browser: WebDriver,  # noqa: F811
-                                                                     tmp_path: Path) -> None:
-    """LangGraph's checkpoints hold its serializer's bytes (msgpack), which the view does
-    not decode: each record is one line naming the checkpoint, channel or write."""
-    require("langgraph", "langgraph")
-    from langchain_core.messages import AIMessage, HumanMessage
-    from langgraph.graph import END, START, MessagesState, StateGraph
-    from session_store_langgraph import SessionStoreSaver
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("bot", lambda state: {"messages": [AIMessage(ANSWER)]})
-    builder.add_edge(START, "bot")
-    builder.add_edge("bot", END)
+def test_a_langgraph_thread_s_values_and_writes_are_notes_off_the_conversation(browser: WebDriver,  # noqa: F811
+                                                                                tmp_path: Path) -> None:
+    """LangGraph's channel values and pending writes hold its serializer's bytes: each
+    is a one-line note, kept out of the conversation and its leaves; a checkpoint that
+    added no message is a note too."""
     store = SessionStore(InMemoryFileSystem())
-    builder.compile(checkpointer=SessionStoreSaver(store)).invoke({"messages": [HumanMessage(QUESTION)]},
-                                                                   {"configurable": {"thread_id": "t1"}})
-    sid = store.resolve("langgraph:t1")
+    sid = store.resolve(langgraph(store))
     shown = page_data(render_session(store, sid))["m"]
-    assert {m["y"] for m in shown} == {"langgraph.checkpoint", "langgraph.value", "langgraph.write"}
-    assert all(m["c"] == [] and m["n"] for m in shown)  # one line each, no JSON
-    assert any(m["n"].startswith("messages (msgpack, ") for m in shown)
+    bookkeeping = [m for m in shown if m["y"] in ("langgraph.value", "langgraph.write")]
+    assert bookkeeping and all(m["c"] == [] and m["n"] and m.get("bk") == 1 for m in bookkeeping)
+    assert any(m["n"].startswith("messages (msgpack, ") for m in bookkeeping)
+    assert any(m["y"] == "langgraph.checkpoint" and m["c"] == [] and m["n"] for m in shown)  # the input's
     browser.get(write_page(store, sid, tmp_path))
-    text = browser.find_element(By.TAG_NAME, "body").text
-    assert "checkpoint" in text and "msgpack, " in text and '"b"' not in text and "JSON" not in text
+    text = conversation(browser)
+    assert text.count(QUESTION) == 1 and text.count(ANSWER) == 1 and "msgpack" not in text and '"b"' not in text
+    jump = browser.find_element(By.CSS_SELECTOR, "nav.jump").text
+    assert "leaves (1)" in jump.lower() and ANSWER[:20] in jump and "msgpack" not in jump
     store.close()
