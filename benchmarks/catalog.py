@@ -107,10 +107,11 @@ def open_store(made: Storage | str) -> SessionStore:
 
 
 def listing(name: str, place: Place, total: int, samples: int) -> tuple[Stat, Stat]:
-    """List the 50 sessions of one prefix: in a store of 60 sessions and of ``total``."""
-    stats = []
-    for size in (60, total):
-        with scratch_dir() as d:
+    """List the 50 sessions of one prefix: in a store of 60 sessions and of ``total``,
+    both made first, then timed with their samples interleaved."""
+    with scratch_dir() as small_dir, scratch_dir() as big_dir:
+        stores = []
+        for size, d in ((60, small_dir), (total, big_dir)):
             make = place(d)
             store = open_store(make())
             t0 = time.perf_counter()
@@ -121,14 +122,15 @@ def listing(name: str, place: Place, total: int, samples: int) -> tuple[Stat, St
                 store.append(sid, role="user", content=f"Question {i} about the weather")
             print(f"  {name}: {size:,} sessions made in {time.perf_counter() - t0:.0f} s", flush=True)
             store.close()
-            store = open_store(make())  # a fresh store: nothing cached
+            stores.append(open_store(make()))  # a fresh store: nothing cached
 
-            def op(store: SessionStore = store) -> None:
-                found = store.list_sessions(key_prefix="user:target:", limit=50)
-                assert len(found) == 50
-            stats.append(timed(op, samples))
+        def op(store: SessionStore) -> None:
+            found = store.list_sessions(key_prefix="user:target:", limit=50)
+            assert len(found) == 50
+        small, big = interleaved([functools.partial(op, stores[0]), functools.partial(op, stores[1])], samples)
+        for store in stores:
             store.close()
-    return stats[0], stats[1]
+    return small, big
 
 
 # -- search --------------------------------------------------------------------------------
@@ -253,7 +255,7 @@ def main() -> None:
              f"Machine: {os.cpu_count()} cores; medians of n samples (interleaved where two rows are compared).", ""]
     listing_rows = ["## One user's conversations", "",
                     f"`list_sessions(key_prefix=\"user:target:\", limit=50)`: the 50 sessions of one prefix, "
-                    f"in a store of 60 sessions and in one of {total:,}.", "",
+                    f"in a store of 60 sessions and in one of {total:,} (samples interleaved).", "",
                     "| backend | 60 sessions | " + f"{total:,} sessions | ratio |", "|---|---|---|---|"]
     search_lines = ["", "## Search", "",
                     f"`search(query, limit=20)` in a store of {sessions:,} sessions × {per} messages "
