@@ -469,7 +469,15 @@ def _pi_migrate(entries: list[dict[str, Any]], version: int) -> None:
 
 def _pi_messages(lines: list[tuple[int, Any]], progress: Progress | None) -> tuple[list[Message], str]:
     """The messages of a pi session file, and the id of its leaf (its last entry)."""
-    if not lines or not isinstance(lines[0][1], dict) or lines[0][1].get("type") != "session":
+    first = lines[0][1] if lines else None
+    if isinstance(first, dict) and first.get("kind") == "header" and "type" not in first:
+        # A lane-based file ({"kind":"header","version":4,...}). No published pi writes or
+        # reads one (the newest @mariozechner/pi-coding-agent on npm, 0.73.1, writes version
+        # 3): there is no reader to follow and no context to compare with, so it is refused
+        # by name rather than guessed at.
+        raise InvalidInput(f"a lane-based pi session (header version {first.get('version')!r}) is not read here: "
+                           f"this module reads pi's session files of versions 1 to {PI_VERSION}")
+    if not isinstance(first, dict) or first.get("type") != "session":
         raise InvalidInput('not a pi session: the first line must be its header {"type":"session",...}')
     for n, value in lines:
         if not isinstance(value, dict):

@@ -466,3 +466,13 @@ def test_the_docs_example_runs_as_written(tmp_path: Path) -> None:
                          timeout=120)
     assert run.returncode == 0, run.stderr
     assert "'content': 'One: a.py.'" in run.stdout
+
+
+def test_a_lane_based_pi_file_is_refused_by_name_and_nothing_is_written(mem: SessionStore) -> None:
+    """No published pi writes the lane-based format (the newest on npm writes version 3):
+    such a file is refused with a message that names it, not guessed at."""
+    lines = [json.dumps({"kind": "header", "version": 4, "id": "s1"}),
+             json.dumps({"kind": "entry", "id": "e1", "lane": "main", "record": {"role": "user", "content": "hi"}})]
+    with pytest.raises(ss.InvalidInput, match="lane-based pi session"):
+        tt.import_pi(mem, lines)
+    assert mem.get_all_session_ids() == []
