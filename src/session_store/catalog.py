@@ -33,10 +33,10 @@ from .validation import _check_title
 # Why the files have no index beside the logs. Both were measured on 10,000 sessions
 # x 50 messages (benchmarks/catalog.py, numbers in benchmarks/CATALOG.md). The scan
 # reads every message of the prefix's sessions through the store's cache, a substring
-# test before the word test: 8-10 s for the whole store, ~13 ms for one user's 20
+# test before the word test: 9-13 s for the whole store, ~23 ms for one user's 20
 # sessions. A file of each message's words beside its log (a prototype) searched the
-# whole store in 0.5-1.8 s, but it must be written, and fsync'd, with every append
-# (1.5x a durable append there), kept by every process writing to the store, and agree
+# whole store in 0.5-1.7 s, but it must be written, and fsync'd, with every append
+# (1.45x a durable append there), kept by every process writing to the store, and agree
 # with the log after every crash: every append pays for what only a search needs. So
 # the files scan (a search is mostly one user's, a prefix), and a store that searches
 # everything at that size belongs on SQLite or PostgreSQL, whose index is written in
