@@ -17,10 +17,11 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .errors import InvalidInput, InvalidKey, SessionLocked, SessionNotFound, StorageError, _storage_errors
+from .errors import InvalidInput, InvalidKey, SessionLocked, SessionNotFound, _storage_errors
+from .file_systems import RealFileSystem
 from .log_format import _dumps, _message_from_record
 from .records import FORMAT_VERSION, Branch, Message, PruneReport, SearchHit, SessionMetadata
-from .searching import _snippet, message_text, search_words
+from .searching import _shown_title, _snippet, message_text, search_words
 from .store import _StoreBase
 from .tree import _Session
 from .validation import _check_title
@@ -127,31 +128,6 @@ def _export_state(state: _Session) -> list[str]:
     lines += [_dumps({"branch": {"name": b.name, "headId": b.head_id, "createdAt": b.created_at,
                                  "updatedAt": b.updated_at}}) for b in state.branches.values()]
     return lines
-
-
-def _write_file(directory: str, name: str, lines: list[str]) -> str:
-    """Write ``directory/name`` whole and durably (a temporary file, fsync'd, renamed,
-    the directory fsync'd): it is there whole or not at all."""
-    path = os.path.join(directory, name)
-    temp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise StorageError(f"cannot write the archive {path}: {e}") from e
-    return path
 
 
 class SessionStore(_StoreBase):
@@ -319,7 +295,7 @@ class SessionStore(_StoreBase):
                 return None
             return SearchHit(session_id=session_id, key=state.key, message_id=message_id, role=msg.role,
                              snippet=_snippet(text, words), place=place, timestamp=msg.timestamp,
-                             title=state.title or state.metadata().title)
+                             title=_shown_title(state.title, state.preview()))
         try:
             return self._read(session_id, read)
         except SessionNotFound:
@@ -410,18 +386,17 @@ class SessionStore(_StoreBase):
         written: list[str] = []
         archived: list[str] = []
         freed = 0
-        if directory is not None and not dry_run and old:
-            try:
-                os.makedirs(directory, exist_ok=True)
-            except OSError as e:
-                raise StorageError(f"cannot make the archive directory {directory}: {e}") from e
+        archive = (RealFileSystem(max_open_files=4), directory) if directory is not None and not dry_run else None
+        if archive is not None and old:
+            with _storage_errors(f"make the archive directory {archive[1]}"):
+                archive[0].makedirs(archive[1], durable=True)
         for meta in old:
             sid = meta.session_id
             try:
                 if dry_run:
                     nbytes = self._prune_check(sid, cutoff)
                 else:
-                    nbytes, path = self._prune_one(sid, cutoff, directory)
+                    nbytes, path = self._prune_one(sid, cutoff, archive)
                     if path is not None:
                         archived.append(path)
             except SessionLocked:
@@ -453,15 +428,22 @@ class SessionStore(_StoreBase):
             nbytes = self._storage.session_bytes(state.session_id)
         return state.nbytes if nbytes is None else nbytes
 
-    def _prune_one(self, session_id: str, cutoff: int, directory: str | None) -> tuple[int, str | None]:
-        """Check, archive and delete one session, all in the storage's exclusive section."""
+    def _prune_one(self, session_id: str, cutoff: int,
+                   archive: tuple[RealFileSystem, str] | None) -> tuple[int, str | None]:
+        """Check, archive and delete one session, all in the storage's exclusive section
+        (the archive written whole and durably, or not at all, before the deletion)."""
         done: dict[str, Any] = {}
 
         def check(state: _Session) -> None:
             self._catch_up(state, writer=True)
             done["bytes"] = self._prunable(state, cutoff)
-            if directory is not None:
-                done["path"] = _write_file(directory, f"{state.session_id}.jsonl", _export_state(state))
+            if archive is not None:
+                files, directory = archive
+                path = os.path.join(directory, f"{state.session_id}.jsonl")
+                with _storage_errors(f"write the archive {path}"):
+                    files.write_atomic(path, "".join(f"{line}\n" for line in _export_state(state)).encode(),
+                                       durable=True)
+                done["path"] = path
         self._delete(session_id, check)
         return done["bytes"], done.get("path")
 

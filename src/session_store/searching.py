@@ -124,8 +124,11 @@ def _preview(content: Any) -> str | None:
     return line or None
 
 
-def _derived_title(preview: str | None) -> str | None:
-    """The title a session without one set shows: its first user message, shorter."""
+def _shown_title(title: str | None, preview: str | None) -> str | None:
+    """The title a session shows: the one set, else its first user message (its
+    ``preview``), shorter."""
+    if title is not None:
+        return title
     return None if preview is None else _one_line(preview, _TITLE_CHARS)
 
 

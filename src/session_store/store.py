@@ -63,7 +63,7 @@ from .records import (
     Problem,
     SessionMetadata,
 )
-from .searching import _derived_title
+from .searching import _shown_title
 from .session_cache import _valid_tally
 from .storage import IndexEntry
 from .tree import _KEPT, _advances, _newest_first, _Session, _tally_records
@@ -183,7 +183,7 @@ class _StoreBase(_LeasedStore):
                                updated_at=tally["updatedAt"], message_count=tally["messages"],
                                reset_count=tally["resets"], last_reset_at=tally["lastResetAt"],
                                forked_from=info.forked_from, branch_count=tally.get("branches", 1),
-                               title=tally["title"] or _derived_title(tally["preview"]), preview=tally["preview"])
+                               title=_shown_title(tally["title"], tally["preview"]), preview=tally["preview"])
 
     def delete_session(self, session_id: str, *, owner_id: str | None = None,
                        fencing_token: int | None = None) -> None:

@@ -20,7 +20,7 @@ from .auto_reset import AutoResetConfig
 from .errors import MessageNotFound
 from .log_format import _legacy_branch_event, _message_from_record, _new_message, _placeholder_of, _report
 from .records import Branch, Message, Problem, SessionMetadata
-from .searching import _derived_title, _preview
+from .searching import _preview, _shown_title
 from .storage import Position, Records
 from .validation import _is_name
 
@@ -396,7 +396,7 @@ class _Session:
                                updated_at=self.updated_at, message_count=self.record_count,
                                reset_count=self.reset_count, last_reset_at=self.last_reset_at,
                                forked_from=self.forked_from, branch_count=len(self.branches),
-                               title=self.title or _derived_title(preview), preview=preview)
+                               title=_shown_title(self.title, preview), preview=preview)
 
     def preview(self) -> str | None:
         """The first user message's text as one line (see :func:`_preview`): the
