@@ -549,10 +549,9 @@ class SqliteStorage(Storage):
             try:
                 # A prefix of a few sessions is read row by row: cheaper than ranking every
                 # match FTS5 finds in the whole store and keeping the prefix's.
-                few = bool(key_prefix) and db.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM sessions s WHERE " + " AND ".join(where) + " LIMIT ?)",
-                    (*params, _FEW_SESSIONS + 1)).fetchone()[0] <= _FEW_SESSIONS
-                if found and not few and self._fts_writes(db):
+                if found and self._fts_writes(db) and not (key_prefix and db.execute(
+                        "SELECT count(*) FROM (SELECT 1 FROM sessions s WHERE " + " AND ".join(where) + " LIMIT ?)",
+                        (*params, _FEW_SESSIONS + 1)).fetchone()[0] <= _FEW_SESSIONS):
                     row = db.execute(_FTS_UPTO).fetchone()
                     upto = int(row[0]) if row is not None else 0
                     match = " ".join('"' + word.replace('"', '""') + '"' for word in found)

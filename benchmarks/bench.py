@@ -59,6 +59,7 @@ from measuring import (  # noqa: E402
     interleaved,
     med,
     paired,
+    postgres_dsn,
     rss_bytes,
     scratch_dir,
     threaded_rate,
@@ -405,7 +406,7 @@ def run_backends(report: Report, sizes: Sizes) -> None:
                             durable=durable)
     if report.quick:  # no server to start for a smoke run
         return
-    with postgres_dsn(report) as dsn:
+    with postgres_dsn(report.notes) as dsn:
         if dsn is None:
             return
         for durable in (True, False):
@@ -427,33 +428,6 @@ def drop_schema(dsn: str, schema: str) -> None:
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-@contextlib.contextmanager
-def postgres_dsn(report: Report) -> Iterator[str | None]:
-    """``SESSION_STORE_POSTGRES_DSN``, or a throwaway server started like the tests do."""
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        report.notes.append("PostgreSQL not measured: psycopg is not installed (pip install -e '.[postgres]').")
-        yield None
-        return
-    dsn = os.environ.get("SESSION_STORE_POSTGRES_DSN")
-    if dsn:
-        yield dsn
-        return
-    sys.path.insert(0, str(ROOT / "tests"))
-    import postgres_server
-
-    if postgres_server.find_binaries() is None:
-        report.notes.append("PostgreSQL not measured: no server (set SESSION_STORE_POSTGRES_DSN).")
-        yield None
-        return
-    server = postgres_server.start()
-    try:
-        yield server.dsn
-    finally:
-        server.stop()
 
 
 # ============================================================================
@@ -981,7 +955,7 @@ def run_fairness(report: Report, sizes: Sizes) -> None:
     with scratch_dir() as d, contextlib.ExitStack() as stack:
         places = [(os.path.join(d, "files"), None), (os.path.join(d, "s.db"), None)]
         if not report.quick:
-            dsn = stack.enter_context(postgres_dsn(report))
+            dsn = stack.enter_context(postgres_dsn(report.notes))
             if dsn is not None:
                 places.append((f"bench_fair_{os.getpid()}", dsn))
         for place, dsn in places:

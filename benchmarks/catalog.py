@@ -35,7 +35,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "backends"), str(ROOT / "integrations"), str(HERE)]
 
 import hot_paths  # noqa: E402
-from measuring import Stat, git_state, interleaved, scratch_dir, timed, us  # noqa: E402
+from measuring import Stat, git_state, interleaved, postgres_dsn, scratch_dir, timed, us  # noqa: E402
 
 from session_store import SessionStore, Storage, record_words, search_words  # noqa: E402
 from session_store_sqlite import SqliteStorage  # noqa: E402
@@ -43,6 +43,7 @@ from session_store_sqlite import SqliteStorage  # noqa: E402
 BEFORE = "a39eaa8"  # the last commit before the search index: what an append cost without it
 VOCABULARY = [f"w{i:04d}" for i in range(5000)]
 RARE, COMMON = "w4999", "w0000"
+NOTES: list[str] = []  # what could not be measured, and why (printed with the report)
 
 
 def sentence(rng: random.Random, words: int = 14) -> str:
@@ -62,7 +63,7 @@ def backends() -> Iterator[list[tuple[str, Place]]]:
         ("files", lambda d: lambda: os.path.join(d, "files")),
         ("SQLite", lambda d: lambda: SqliteStorage(os.path.join(d, "store.db"))),
     ]
-    with postgres() as dsn:
+    with postgres_dsn(NOTES) as dsn:
         if dsn is not None:
             from session_store_postgres import PostgresStorage
             counter = iter(range(1_000_000))
@@ -72,29 +73,6 @@ def backends() -> Iterator[list[tuple[str, Place]]]:
                 return lambda: PostgresStorage(dsn, schema=schema)
             found.append(("PostgreSQL", pg))
         yield found
-
-
-@contextlib.contextmanager
-def postgres() -> Iterator[str | None]:
-    dsn = os.environ.get("SESSION_STORE_POSTGRES_DSN")
-    if dsn:
-        yield dsn
-        return
-    try:
-        import psycopg  # noqa: F401
-        sys.path.insert(0, str(ROOT / "tests"))
-        import postgres_server
-    except ImportError:
-        yield None
-        return
-    if postgres_server.find_binaries() is None:
-        yield None
-        return
-    server = postgres_server.start()
-    try:
-        yield server.dsn
-    finally:
-        server.stop()
 
 
 def open_store(made: Storage | str) -> SessionStore:
@@ -295,6 +273,7 @@ def main() -> None:
         cost_lines.append(f"| files + words file, {mode} | {us(side.median)} (n={side.n}) | {us(plain.median)} "
                           f"(the files alone) | {side.median / plain.median:.2f}× |")
     lines += cost_lines
+    lines += [f"Not measured: {note}" for note in NOTES]
     lines += ["", f"Took {(time.time() - started) / 60:,.0f} min."]
     text = "\n".join(lines) + "\n"
     print(text)

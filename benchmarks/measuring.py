@@ -20,6 +20,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -347,3 +348,31 @@ def profile(op: Callable[[], object], n: int) -> str:
         where = f"{os.path.basename(file)}:{line} {name}" if line else name
         lines.append(f"| `{where}` | {calls / n:.1f} | {own / n * 1e6:.2f} | {own / total:.0%} |")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def postgres_dsn(notes: list[str]) -> Iterator[str | None]:
+    """``SESSION_STORE_POSTGRES_DSN``, or a throwaway server started like the tests do;
+    ``None`` (and why, in ``notes``) when neither can be had."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        notes.append("PostgreSQL not measured: psycopg is not installed (pip install -e '.[postgres]').")
+        yield None
+        return
+    dsn = os.environ.get("SESSION_STORE_POSTGRES_DSN")
+    if dsn:
+        yield dsn
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    import postgres_server
+
+    if postgres_server.find_binaries() is None:
+        notes.append("PostgreSQL not measured: no server (set SESSION_STORE_POSTGRES_DSN).")
+        yield None
+        return
+    server = postgres_server.start()
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
