@@ -24,7 +24,8 @@ in and out line for line).
 
 Storage is append-only JSONL on a :class:`FileSystem`: :class:`RealFileSystem` (the
 default; fsync'd, safe across threads and processes) or :class:`InMemoryFileSystem`
-(for tests; per process). Standard library only, Python >= 3.10. Vendor this one file.
+(for tests; per process). Standard library only, Python >= 3.10 (the one exception,
+:func:`tiktoken_counter`, imports tiktoken when it is called). Vendor this one file.
 
 Table of contents: ``grep -n '^# ===' session_store.py``.
 """
