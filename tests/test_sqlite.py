@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sqlite3
 import threading
 import time
@@ -47,13 +49,129 @@ def test_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
     assert db.read_bytes() == before
 
 
-def test_durable_commits_with_synchronous_full(tmp_path: Path) -> None:
-    for durable, level in ((True, 2), (False, 1)):  # FULL, NORMAL
-        storage = SqliteStorage(tmp_path / f"{durable}.db")
-        with SessionStore(storage, durable=durable) as store:
-            store.append(store.resolve("k"), role="user", content="x")
-            with storage._using("test") as conn:
-                assert conn.db.execute("PRAGMA synchronous").fetchone()[0] == level
+class SyncSpy:
+    """Stands in for the backend's ``fdatasync`` of the files under ``root`` (others'
+    pass through: threads a test before left behind may still sync): records what each
+    sync found in the file it synced (its name and its bytes), and can hold syncs until
+    released."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path, *, fail: OSError | None = None) -> None:
+        self.root = f"{root}/"
+        self.calls: list[tuple[str, bytes]] = []
+        self.fail = fail
+        self.hold = threading.Event()
+        self.hold.set()
+        self.inside = threading.Semaphore(0)  # released once per sync begun
+        self._real = session_store_sqlite._fdatasync
+        monkeypatch.setattr(session_store_sqlite, "_fdatasync", self)
+
+    def __call__(self, fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if not name.startswith(self.root):
+            return self._real(fd)
+        self.calls.append((name, os.pread(fd, os.fstat(fd).st_size, 0)))
+        self.inside.release()
+        self.hold.wait()
+        if self.fail is not None:
+            raise self.fail
+        self._real(fd)
+
+
+def test_a_durable_write_returns_after_a_sync_of_the_wal_that_holds_it(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = SyncSpy(monkeypatch, tmp_path)
+    storage = SqliteStorage(tmp_path / "s.db")
+    with SessionStore(storage) as store:
+        sid = store.resolve("k")
+        for text in ("first words", "second words"):
+            spy.calls.clear()
+            store.append(sid, role="user", content=text)
+            assert [name for name, _ in spy.calls] == [f"{tmp_path}/s.db-wal"]  # one sync, of the WAL
+            assert text.encode() in spy.calls[0][1]  # begun after the commit: what it synced holds the record
+            with storage._using("test") as conn:  # the commit itself synced nothing
+                assert conn.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_a_store_opened_not_durable_syncs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = SyncSpy(monkeypatch, tmp_path)
+    with SessionStore(SqliteStorage(tmp_path / "s.db"), durable=False) as store:
+        sid = store.resolve("k")
+        store.append(sid, role="user", content="x")
+        with store.lock(sid, "w"):
+            store.append(sid, role="assistant", content="y")
+    assert spy.calls == []
+
+
+def test_writers_waiting_for_a_sync_share_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: while one writer syncs, others commit (the write lock is free) and
+    wait; one sync then covers them all, and none returns before a sync covering it."""
+    storage = SqliteStorage(tmp_path / "s.db")
+    store = SessionStore(storage)
+    sids = [store.resolve(f"k{i}") for i in range(3)]
+    spy = SyncSpy(monkeypatch, tmp_path)
+    spy.hold.clear()
+    done: list[int] = []
+
+    def append(i: int) -> None:
+        store.append(sids[i], role="user", content=f"text {i}")
+        done.append(i)
+
+    first = threading.Thread(target=append, args=(0,))
+    first.start()
+    assert spy.inside.acquire(timeout=60)  # the first writer is syncing, its sync held
+    others = [threading.Thread(target=append, args=(i,)) for i in (1, 2)]
+    for t in others:
+        t.start()
+    while storage._wal.written < 3:  # both committed while the first sync is held
+        time.sleep(0.001)
+    assert done == [] and len(spy.calls) == 1
+    spy.hold.set()
+    for t in (first, *others):
+        t.join()
+    assert sorted(done) == [0, 1, 2]
+    assert len(spy.calls) == 2  # the second sync covered both late writers
+    assert b"text 1" in spy.calls[1][1] and b"text 2" in spy.calls[1][1]
+    store.close()
+
+
+def test_a_failed_sync_fails_the_write_and_every_later_one_until_reopened(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "s.db"
+    store = SessionStore(SqliteStorage(db))
+    sid = store.resolve("k")
+    store.append(sid, role="user", content="kept")
+    spy = SyncSpy(monkeypatch, tmp_path, fail=OSError(errno.EIO, "Input/output error"))
+    with pytest.raises(StorageError, match="could not sync"):
+        store.append(sid, role="user", content="unknown fate")
+    spy.fail = None
+    calls = len(spy.calls)
+    with pytest.raises(StorageError, match="writes nothing more until it is opened again"):
+        store.append(sid, role="user", content="refused")
+    with pytest.raises(StorageError, match="writes nothing more"):
+        store.resolve("another key")
+    assert len(spy.calls) == calls  # refused before writing anything
+    store.close()
+    with SessionStore(SqliteStorage(db)) as again:
+        texts = [m.content for m in again.get_messages(sid)]
+        assert texts[0] == "kept" and "refused" not in texts
+        assert again.resolve("another key", create=False) is None
+        again.append(sid, role="user", content="after")  # a new storage writes again
+        assert again.get_messages(sid)[-1].content == "after"
+
+
+def test_a_reserved_range_of_fencing_tokens_is_synced_before_the_lease_is_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SessionStore(SqliteStorage(tmp_path / "s.db"))
+    sid = store.resolve("k")
+    spy = SyncSpy(monkeypatch, tmp_path)
+    first = store.acquire_lock(sid, "a")
+    assert first.acquired and len(spy.calls) == 1  # a new range of tokens: synced
+    assert b'"reserved"' in spy.calls[0][1]
+    store.release_lock(sid, "a")
+    spy.calls.clear()
+    second = store.acquire_lock(sid, "b")  # a token from the range: no sync
+    assert second.acquired and second.token == (first.token or 0) + 1 and spy.calls == []
+    store.close()
 
 
 @contextlib.contextmanager
