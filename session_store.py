@@ -5438,9 +5438,15 @@ class _Session:
         out: list[Message] = []
         msg: Message | None = self.require(leaf_id)
         by_id, detached = self.by_id, self.detached
-        while msg is not None and (limit is None or len(out) < limit):
-            out.append(msg)
-            msg = by_id.get(msg.parent_id) if msg.parent_id is not None and msg.id not in detached else None
+        if limit is None and not detached:  # the common walk, without the checks it cannot need
+            add, parent = out.append, by_id.get
+            while msg is not None:
+                add(msg)
+                msg = parent(msg.parent_id)  # type: ignore[arg-type]  # (a root's None is no id: None)
+        else:
+            while msg is not None and (limit is None or len(out) < limit):
+                out.append(msg)
+                msg = by_id.get(msg.parent_id) if msg.parent_id is not None and msg.id not in detached else None
         out.reverse()
         return out
 
@@ -6336,8 +6342,9 @@ class _ContextFold:
         self.readers = _CONTEXT_READERS_VERSION[0]  # the readers registered when the fold began
         self.finished: Any = None  # the output's finish() of the tail, until the fold changes
 
-    def fold(self, path: Sequence[Message]) -> None:
-        """Fold messages (plain records: none of another format's) onto the path.
+    def fold(self, path: Sequence[Message]) -> bool:
+        """Fold messages onto the path; ``False`` (the fold is then unusable) at the
+        first record of another format, which needs its registered reader.
 
         A chat message of one text (the most common record by far) takes a lane of its
         own into an OpenAI context, the same steps as :meth:`_Settler.push` and
@@ -6345,15 +6352,18 @@ class _ContextFold:
         folds its whole path, and cost 16 times a bare loop over it through them."""
         settler, ids, index, problems, marks = self.settler, self.ids, self.index, self.problems, self.marks
         self.finished = None
-        marked_from = len(ids) + len(path) - _CONTEXT_MARKS  # marks further back would be dropped below
+        count = len(ids)
+        marked_from = count + len(path) - _CONTEXT_MARKS  # marks further back would be dropped below
         markers = self.markers
         entries = self.output.entries if type(self.output) is _OpenAIOutput else None
         add_id, chat_roles, new, fill, frozen = ids.append, _CHAT_ROLES, _NEW_DICT, _FILL_DICT, _FrozenDict
+        add_entry = entries.append if entries is not None else None
+        open_calls = settler.open_calls
         pending: str | None = None  # the text of an assistant turn of one text, held here, not in settler.last
         for m in path:
             role, content = m.role, m.content
-            if (entries is not None and m.type == role and type(content) is str and not m.fields
-                    and role in chat_roles and not settler.open_calls):
+            if (add_entry is not None and m.type == role and type(content) is str and not m.fields
+                    and role in chat_roles and not open_calls):
                 if content and not content.isspace():  # (push drops a blank text, and the turn with it)
                     if role == "assistant":  # open to a merge with the next assistant record
                         if pending is None and settler.last is None:
@@ -6367,28 +6377,34 @@ class _ContextFold:
                         if pending is not None:
                             entry = new(frozen)
                             fill(entry, role="assistant", content=pending)
-                            entries.append(entry)
+                            add_entry(entry)
                             pending = None
                         elif settler.last is not None:
                             last, settler.last = settler.last, None
                             settler.emit(last)
                         entry = new(frozen)
                         fill(entry, role=role, content=content)
-                        entries.append(entry)
-            elif markers or m.type != "reset":
-                if pending is not None:
-                    settler.last, pending = _Turn("assistant", [_text(pending)]), None
-                for turn in _native_turns(m, problems):
-                    settler.push(turn)
+                        add_entry(entry)
+            else:
+                if m.type != role and _reader_of(m):
+                    return False
+                if markers or m.type != "reset":
+                    if pending is not None:
+                        settler.last, pending = _Turn("assistant", [_text(pending)]), None
+                    for turn in _native_turns(m, problems):
+                        settler.push(turn)
+                    open_calls = settler.open_calls
             if index is not None:
-                index[m.id] = len(ids)
+                index[m.id] = count
             add_id(m.id)
-            if len(ids) >= marked_from and pending is None and settler.clean:
-                marks.append((len(ids), len(settler.seen_order), len(problems), self.output.mark()))
+            count += 1
+            if count >= marked_from and pending is None and settler.last is None and not open_calls:
+                marks.append((count, len(settler.seen_order), len(problems), self.output.mark()))
         if pending is not None:
             settler.last = _Turn("assistant", [_text(pending)])
         if len(marks) > 2 * _CONTEXT_MARKS:
             del marks[:-_CONTEXT_MARKS]
+        return True
 
     def positions(self) -> dict[str, int]:
         """Where each id of the path is in it, from the oldest mark on (a path that
@@ -8457,12 +8473,10 @@ class _StoreBase(_LeasedStore):
         if fold is None or todo is None:
             fold = folds[which] = _ContextFold(format, markers)
             todo = state.path_to(leaf.id)
-        if todo and any(m.type != m.role and _reader_of(m) for m in todo):
+        if todo and not fold.fold(todo):  # a record needs its reader: no fold kept
             del folds[which]
             self._grow(state, -before * _CONTEXT_BYTES)
             return None
-        if todo:
-            fold.fold(todo)
         if len(fold.ids) != before:
             self._grow(state, (len(fold.ids) - before) * _CONTEXT_BYTES)
         return fold.result(), (fold.problems.copy() if fold.problems else [])

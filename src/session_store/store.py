@@ -24,7 +24,6 @@ from .contexts import (
     _ContextFold,
     _left_out,
     _path_turns,
-    _reader_of,
     _to_fold,
 )
 from .errors import (
@@ -977,12 +976,10 @@ class _StoreBase(_LeasedStore):
         if fold is None or todo is None:
             fold = folds[which] = _ContextFold(format, markers)
             todo = state.path_to(leaf.id)
-        if todo and any(m.type != m.role and _reader_of(m) for m in todo):
+        if todo and not fold.fold(todo):  # a record needs its reader: no fold kept
             del folds[which]
             self._grow(state, -before * _CONTEXT_BYTES)
             return None
-        if todo:
-            fold.fold(todo)
         if len(fold.ids) != before:
             self._grow(state, (len(fold.ids) - before) * _CONTEXT_BYTES)
         return fold.result(), (fold.problems.copy() if fold.problems else [])

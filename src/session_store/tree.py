@@ -362,9 +362,15 @@ class _Session:
         out: list[Message] = []
         msg: Message | None = self.require(leaf_id)
         by_id, detached = self.by_id, self.detached
-        while msg is not None and (limit is None or len(out) < limit):
-            out.append(msg)
-            msg = by_id.get(msg.parent_id) if msg.parent_id is not None and msg.id not in detached else None
+        if limit is None and not detached:  # the common walk, without the checks it cannot need
+            add, parent = out.append, by_id.get
+            while msg is not None:
+                add(msg)
+                msg = parent(msg.parent_id)  # type: ignore[arg-type]  # (a root's None is no id: None)
+        else:
+            while msg is not None and (limit is None or len(out) < limit):
+                out.append(msg)
+                msg = by_id.get(msg.parent_id) if msg.parent_id is not None and msg.id not in detached else None
         out.reverse()
         return out
 
