@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import peers
-from measuring import ROOT, Report, Stat, interleaved, med, scratch_dir, threaded_rate, us, verdict
+from measuring import ROOT, Report, Stat, interleaved, med, postgres_dsn, scratch_dir, threaded_rate, us, verdict
 
 import session_store
 import session_store_sqlite
@@ -50,11 +50,13 @@ class SpeedRow:
 
 @dataclass(frozen=True, slots=True)
 class Code:
-    """A version of the store: its core module and its SQLite backend."""
+    """A version of the store: its core module, its SQLite backend and its PostgreSQL
+    backend (``None`` without psycopg)."""
 
     name: str
     core: types.ModuleType
     sqlite: types.ModuleType
+    postgres: types.ModuleType | None
 
 
 def load_before(commit: str) -> Code | None:
@@ -62,7 +64,8 @@ def load_before(commit: str) -> Code | None:
     folder = tempfile.mkdtemp(prefix="session-store-before-")
     try:
         for path, name in (("session_store.py", "session_store_before"),
-                           ("backends/session_store_sqlite.py", "session_store_sqlite_before")):
+                           ("backends/session_store_sqlite.py", "session_store_sqlite_before"),
+                           ("backends/session_store_postgres.py", "session_store_postgres_before")):
             source = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True,
                                     text=True, check=True).stdout
             source = source.replace("from session_store import", "from session_store_before import")
@@ -70,18 +73,32 @@ def load_before(commit: str) -> Code | None:
                 f.write(source)
     except (OSError, subprocess.CalledProcessError):
         return None
-    modules = []
-    for name in ("session_store_before", "session_store_sqlite_before"):
+    modules: list[types.ModuleType | None] = []
+    for name in ("session_store_before", "session_store_sqlite_before", "session_store_postgres_before"):
         spec = importlib.util.spec_from_file_location(name, os.path.join(folder, f"{name}.py"))
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except ImportError:  # psycopg is not installed: PostgreSQL is not measured
+            del sys.modules[name]
+            modules.append(None)
+            continue
         modules.append(module)
-    return Code(commit, modules[0], modules[1])
+    assert modules[0] is not None and modules[1] is not None
+    return Code(commit, modules[0], modules[1], modules[2])
 
 
-OURS = Code("this commit", session_store, session_store_sqlite)
+def _our_postgres() -> types.ModuleType | None:
+    try:
+        import session_store_postgres
+    except ImportError:
+        return None
+    return session_store_postgres
+
+
+OURS = Code("this commit", session_store, session_store_sqlite, _our_postgres())
 
 
 def change(ours: Stat | float, before: Stat | float | None) -> str:
@@ -280,23 +297,37 @@ def raw_speedups(d: str, record: dict[str, Any], per: int, rounds: int) -> tuple
 def threads(report: Report, d: str, codes: list[Code], content: str, per: int) -> None:
     rounds = 3 if report.quick else 7
     raw = raw_speedups(d, {"role": "user", "content": content}, per, rounds)
-    for backend in ("files", "SQLite"):
-        found: list[tuple[float, float]] = []
-        for i, c in enumerate(codes):
-            store = (c.core.SessionStore(storage_dir=os.path.join(d, f"threads-{i}")) if backend == "files" else
-                     c.core.SessionStore(c.sqlite.SqliteStorage(os.path.join(d, f"threads-{i}.db"))))
-            found.append(speedups(store, content, per, rounds))
-            store.close()
-        for k, label in enumerate(("8 sessions", "1 session")):
-            ours = found[0][k]
-            old = found[1][k] if len(found) > 1 else None
-            add(report, SpeedRow(metric=f"durable appends, 8 threads, {label}, {backend} (rate / one thread's)",
-                                 goal="≥ 3× one thread", ours=f"{ours:.2f}×",
-                                 before=f"{old:.2f}×" if old is not None else "n/a",
-                                 change=f"{ours / old:.2f}×" if old else "n/a",
-                                 floor=f"bare write + fdatasync from 8 threads: {raw[k]:.2f}× one thread "
-                                 f"(median of {rounds} rounds, {per} appends a thread)",
-                                 ratio=f"{ours:.2f}×", verdict=verdict(ours >= 3)))
+    with postgres_dsn(report.notes) as dsn:
+        for backend in ("files", "SQLite", "PostgreSQL"):
+            if backend == "PostgreSQL" and (dsn is None or OURS.postgres is None):
+                continue
+            found: list[tuple[float, float]] = []
+            for i, c in enumerate(codes):
+                if backend == "files":
+                    store = c.core.SessionStore(storage_dir=os.path.join(d, f"threads-{i}"))
+                elif backend == "SQLite":
+                    store = c.core.SessionStore(c.sqlite.SqliteStorage(os.path.join(d, f"threads-{i}.db")))
+                elif c.postgres is not None:  # (one connection per thread, kept: see PostgresStorage)
+                    store = c.core.SessionStore(c.postgres.PostgresStorage(dsn, schema=f"threads_{i}"))
+                else:
+                    continue
+                found.append(speedups(store, content, per, rounds))
+                store.close()
+            thread_rows(report, backend, found, raw, rounds, per)
+
+
+def thread_rows(report: Report, backend: str, found: list[tuple[float, float]], raw: tuple[float, float],
+                rounds: int, per: int) -> None:
+    for k, label in enumerate(("8 sessions", "1 session")):
+        ours = found[0][k]
+        old = found[1][k] if len(found) > 1 else None
+        add(report, SpeedRow(metric=f"durable appends, 8 threads, {label}, {backend} (rate / one thread's)",
+                             goal="≥ 3× one thread", ours=f"{ours:.2f}×",
+                             before=f"{old:.2f}×" if old is not None else "n/a",
+                             change=f"{ours / old:.2f}×" if old else "n/a",
+                             floor=f"bare write + fdatasync from 8 threads: {raw[k]:.2f}× one thread "
+                             f"(median of {rounds} rounds, {per} appends a thread)",
+                             ratio=f"{ours:.2f}×", verdict=verdict(ours >= 3)))
 
 
 # -- the first context after a cold load -----------------------------------------------------------
