@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import InvalidInput, InvalidMessage
 from .log_format import _dumps, _encode_message, _message_from_record
-from .records import _SNAKE_TO_CAMEL, Message, _FrozenDict, _thaw
+from .records import _SNAKE_TO_CAMEL, Message, _FrozenDict, _random_id, _thaw
 from .searching import message_text
 
 #
@@ -211,7 +210,7 @@ class AutoResetManager:
     def marker(self, reason: str, now_ms: int) -> Message:
         """A reset marker: type ``reset``, role ``system``, a root saying why and when."""
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000))
-        return Message(id=os.urandom(8).hex(), parent_id=None, type="reset", role="system",
+        return Message(id=_random_id(), parent_id=None, type="reset", role="system",
                        content=f"Session reset ({reason}) at {when}.", timestamp=now_ms,
                        fields={"reason": reason})
 
@@ -248,7 +247,7 @@ class AutoResetManager:
         (a new id, ``reset_from`` = the original's id, the time ``now_ms``). ``reserve``
         / ``reserve_tokens``: room kept for a message about to be appended."""
         kept = self.keep(segment, reserve=reserve, reserve_tokens=reserve_tokens)
-        new_id = new_id if new_id is not None else (lambda: os.urandom(8).hex())
+        new_id = new_id if new_id is not None else _random_id
         written: list[Message] = []
         parent: str | None = None
         if self.config.insert_reset_marker:

@@ -11,6 +11,8 @@ field names.
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
 import re
 import sys
 from collections.abc import Mapping
@@ -355,3 +357,17 @@ def _thaw(value: Any) -> Any:
     if isinstance(value, list):
         return [_thaw(v) for v in value]
     return value
+
+
+def _random_id() -> str:
+    """A random 16-hex id (a message's): 64 bits of this process's own generator,
+    seeded from ``os.urandom`` and again in each child after ``fork()``. No system
+    call: an append made one per message (``getrandom``), and under many threads
+    every system call hands the interpreter's lock over. Ids are unique per session
+    (see ``_Session.fresh_id``), not secrets."""
+    return f"{_IDS.getrandbits(64):016x}"
+
+
+_IDS = random.Random()  # (not the random module's: a program that seeds that one would repeat ids)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_IDS.seed)  # a child never repeats its parent's ids

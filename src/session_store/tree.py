@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import operator
-import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -19,7 +18,7 @@ from typing import Any
 from .auto_reset import AutoResetConfig
 from .errors import MessageNotFound
 from .log_format import _legacy_branch_event, _message_from_record, _new_message, _placeholder_of, _report
-from .records import Branch, Message, Problem, SessionMetadata
+from .records import Branch, Message, Problem, SessionMetadata, _random_id
 from .searching import _preview, _shown_title
 from .storage import Position, Records
 from .validation import _is_name
@@ -144,9 +143,9 @@ class _Session:
 
     def fresh_id(self) -> str:
         """A random 16-hex message id not used in this session."""
-        new = os.urandom(8).hex()
+        new = _random_id()
         while new in self.by_id:
-            new = os.urandom(8).hex()
+            new = _random_id()
         return new
 
     def add_message(self, msg: Message) -> None:
