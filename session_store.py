@@ -119,6 +119,7 @@ import json
 import logging
 import operator
 import os
+import random
 import re
 import shutil
 import sys
@@ -652,6 +653,20 @@ def _thaw(value: Any) -> Any:
     if isinstance(value, list):
         return [_thaw(v) for v in value]
     return value
+
+
+def _random_id() -> str:
+    """A random 16-hex id (a message's): 64 bits of this process's own generator,
+    seeded from ``os.urandom`` and again in each child after ``fork()``. No system
+    call: an append made one per message (``getrandom``), and under many threads
+    every system call hands the interpreter's lock over. Ids are unique per session
+    (see ``_Session.fresh_id``), not secrets."""
+    return f"{_IDS.getrandbits(64):016x}"
+
+
+_IDS = random.Random()  # (not the random module's: a program that seeds that one would repeat ids)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_IDS.seed)  # a child never repeats its parent's ids
 
 
 # ============================================================================
@@ -1587,6 +1602,17 @@ class Storage(ABC):
         """The store dropped its cached state of this session: per-session caches may go."""
 
     @property
+    def local_writes(self) -> bool:
+        """Whether a :meth:`writing` scope, once entered, runs only this process's code
+        and short local system calls (no wait on a server or on another process): then
+        a store runs such scopes one at a time, also for different sessions. They hold
+        the interpreter's lock but at those system calls, where threads writing at once
+        would hand it over at every one (8 threads appending to 8 sessions: half one
+        thread's rate); queued on a lock instead, they do not, and the syncs after the
+        scopes still overlap. ``False`` by default (a database's scope waits on it)."""
+        return False
+
+    @property
     def shared_across_processes(self) -> bool:
         """Whether other processes may use the same data."""
         return True
@@ -1975,6 +2001,12 @@ class FileSystem(ABC):
         """Whether :meth:`sync` does nothing (the store then skips its group commit)."""
         return False
 
+    @property
+    def local(self) -> bool:
+        """Whether every call is this process's code and short local system calls, with
+        no wait on a server (see :attr:`Storage.local_writes`); ``False`` unless known."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Release cached resources (open descriptors). The object stays usable."""
 
@@ -2126,6 +2158,11 @@ class InMemoryFileSystem(FileSystem):
     @property
     def sync_is_noop(self) -> bool:
         """Memory has nothing to sync."""
+        return True
+
+    @property
+    def local(self) -> bool:
+        """Memory of this process."""
         return True
 
     def truncate(self, path: str, size: int) -> None:
@@ -2393,6 +2430,11 @@ class RealFileSystem(FileSystem):
     @property
     def shared_across_processes(self) -> bool:
         """Files on disk are seen by every process on the machine."""
+        return True
+
+    @property
+    def local(self) -> bool:
+        """A local disk's system calls (a lock waited for is taken before a write scope's turn)."""
         return True
 
     def anchor(self, directory: str) -> None:
@@ -3575,6 +3617,10 @@ class JsonlStorage(Storage):
     @property
     def shared_across_processes(self) -> bool:
         return self.fs.shared_across_processes
+
+    @property
+    def local_writes(self) -> bool:
+        return self.fs.local
 
     def open(self, *, durable: bool) -> None:
         self._durable = durable
@@ -5015,7 +5061,7 @@ class AutoResetManager:
     def marker(self, reason: str, now_ms: int) -> Message:
         """A reset marker: type ``reset``, role ``system``, a root saying why and when."""
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000))
-        return Message(id=os.urandom(8).hex(), parent_id=None, type="reset", role="system",
+        return Message(id=_random_id(), parent_id=None, type="reset", role="system",
                        content=f"Session reset ({reason}) at {when}.", timestamp=now_ms,
                        fields={"reason": reason})
 
@@ -5052,7 +5098,7 @@ class AutoResetManager:
         (a new id, ``reset_from`` = the original's id, the time ``now_ms``). ``reserve``
         / ``reserve_tokens``: room kept for a message about to be appended."""
         kept = self.keep(segment, reserve=reserve, reserve_tokens=reserve_tokens)
-        new_id = new_id if new_id is not None else (lambda: os.urandom(8).hex())
+        new_id = new_id if new_id is not None else _random_id
         written: list[Message] = []
         parent: str | None = None
         if self.config.insert_reset_marker:
@@ -5220,9 +5266,9 @@ class _Session:
 
     def fresh_id(self) -> str:
         """A random 16-hex message id not used in this session."""
-        new = os.urandom(8).hex()
+        new = _random_id()
         while new in self.by_id:
-            new = os.urandom(8).hex()
+            new = _random_id()
         return new
 
     def add_message(self, msg: Message) -> None:
@@ -6589,6 +6635,8 @@ class _SessionCache:
 
     def _reset_process_state(self) -> None:
         self._mutex = threading.RLock()  # guards the dicts below; never held across I/O
+        # The turn of a write scope (see _WriteScope), for a storage whose scopes are short and local.
+        self._turn: threading.RLock | None = threading.RLock() if self._storage.local_writes else None
         self._open_lock = threading.Lock()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # the cache, least recently used first
         self._cached_bytes = 0
@@ -7467,7 +7515,10 @@ class _WriteScope:
     own lease and repair writes through ``_writing``): a class, not a generator,
     because it is on every write.
 
-    Holds ``state.lock`` and the storage's ``writing``, catches the tree up, and
+    Takes the store's turn first when its storage's writes are local (see
+    :attr:`Storage.local_writes`: the scopes of a process then run one at a time, the
+    turn being the outermost lock, so that no lock is held while waiting for it), then
+    holds ``state.lock`` and the storage's ``writing``, catches the tree up, and
     checks the lease of ``fence`` (an owner and token, see ``_fence``) there. When the scope fails after
     the cache took records the storage may have discarded (a transaction rolled
     back), the cache is dropped and reloaded on next use. Leaving it saves the
@@ -7485,6 +7536,17 @@ class _WriteScope:
 
     def __enter__(self) -> _Session:
         state, store = self._state, self._store
+        turn = store._turn
+        if turn is not None:
+            turn.acquire()
+        try:
+            return self._enter(state, store)
+        except BaseException:
+            if turn is not None:
+                turn.release()
+            raise
+
+    def _enter(self, state: _Session, store: _LeasedStore) -> _Session:
         state.lock.acquire()
         try:
             writing = store._storage.writing(state.session_id)
@@ -7548,9 +7610,13 @@ class _WriteScope:
                         raise _storage_error(e, f"write session {state.session_id!r}") from e
                     raise
         finally:
-            if exc_type is not None and changed:
-                self._store._drop_tree(state)
-            state.lock.release()
+            try:
+                if exc_type is not None and changed:
+                    self._store._drop_tree(state)
+            finally:
+                state.lock.release()
+                if self._store._turn is not None:
+                    self._store._turn.release()
         self._store._trim()
 
 

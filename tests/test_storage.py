@@ -948,6 +948,51 @@ def test_eight_threads_appending_to_one_session_lose_nothing(tmp_path: Path, fs_
             assert len(again.get_linear_history(sid)) == 8 * per_thread
 
 
+@pytest.mark.parametrize("fs_kind", ["memory", "files"])
+def test_threads_mixing_every_kind_of_write_on_many_sessions_all_finish(tmp_path: Path, fs_kind: str) -> None:
+    """A store whose storage writes locally runs its write scopes one at a time (see
+    Storage.local_writes), the turn taken before any other lock: appends, leases,
+    branches, titles, resets, forks and deletions from 8 threads, on their own
+    sessions and on one they share, all finish, and every acknowledged append is kept."""
+    fs = InMemoryFileSystem() if fs_kind == "memory" else RealFileSystem()
+    directory = "/s" if fs_kind == "memory" else str(tmp_path)
+    with SessionStore(fs, storage_dir=directory) as store:
+        shared = store.resolve("shared")
+        errors: list[BaseException] = []
+        kept: list[tuple[str, str]] = []
+
+        def work(t: int) -> None:
+            try:
+                own = store.resolve(f"own-{t}")
+                for i in range(30):
+                    sid = shared if i % 3 == 0 else own
+                    with store.lock(sid, f"worker-{t}", timeout=None):
+                        m = store.append(sid, role="user", content=f"{t}:{i}")
+                    kept.append((sid, m.id))
+                    if i % 5 == 1 and sid == own:
+                        store.create_branch(own, f"b{i}", m.id)
+                        store.set_title(own, f"thread {t} at {i}")
+                    if i % 7 == 2:
+                        copy = store.fork_session(own)
+                        store.append(copy, role="assistant", content="in the copy")
+                        store.build_context(copy)
+                        store.delete_session(copy)
+                    if i == 20:
+                        store.reset(own, keep_strategy="last", keep_count=1)
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)  # bounds a deadlock, not the work: it takes a few seconds
+        assert not any(t.is_alive() for t in threads)
+        assert errors == []
+        for sid, mid in kept:
+            assert store.get_message(sid, mid).id == mid
+
+
 class _OwnedLock:
     """A mutex that knows which thread holds it."""
 

@@ -195,6 +195,12 @@ class FileSystem(ABC):
         """Whether :meth:`sync` does nothing (the store then skips its group commit)."""
         return False
 
+    @property
+    def local(self) -> bool:
+        """Whether every call is this process's code and short local system calls, with
+        no wait on a server (see :attr:`Storage.local_writes`); ``False`` unless known."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Release cached resources (open descriptors). The object stays usable."""
 
@@ -346,6 +352,11 @@ class InMemoryFileSystem(FileSystem):
     @property
     def sync_is_noop(self) -> bool:
         """Memory has nothing to sync."""
+        return True
+
+    @property
+    def local(self) -> bool:
+        """Memory of this process."""
         return True
 
     def truncate(self, path: str, size: int) -> None:
@@ -613,6 +624,11 @@ class RealFileSystem(FileSystem):
     @property
     def shared_across_processes(self) -> bool:
         """Files on disk are seen by every process on the machine."""
+        return True
+
+    @property
+    def local(self) -> bool:
+        """A local disk's system calls (a lock waited for is taken before a write scope's turn)."""
         return True
 
     def anchor(self, directory: str) -> None:

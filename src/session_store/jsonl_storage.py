@@ -195,6 +195,10 @@ class JsonlStorage(Storage):
     def shared_across_processes(self) -> bool:
         return self.fs.shared_across_processes
 
+    @property
+    def local_writes(self) -> bool:
+        return self.fs.local
+
     def open(self, *, durable: bool) -> None:
         self._durable = durable
         self._must_sync = durable and not self.fs.sync_is_noop

@@ -552,7 +552,10 @@ class _WriteScope:
     own lease and repair writes through ``_writing``): a class, not a generator,
     because it is on every write.
 
-    Holds ``state.lock`` and the storage's ``writing``, catches the tree up, and
+    Takes the store's turn first when its storage's writes are local (see
+    :attr:`Storage.local_writes`: the scopes of a process then run one at a time, the
+    turn being the outermost lock, so that no lock is held while waiting for it), then
+    holds ``state.lock`` and the storage's ``writing``, catches the tree up, and
     checks the lease of ``fence`` (an owner and token, see ``_fence``) there. When the scope fails after
     the cache took records the storage may have discarded (a transaction rolled
     back), the cache is dropped and reloaded on next use. Leaving it saves the
@@ -570,6 +573,17 @@ class _WriteScope:
 
     def __enter__(self) -> _Session:
         state, store = self._state, self._store
+        turn = store._turn
+        if turn is not None:
+            turn.acquire()
+        try:
+            return self._enter(state, store)
+        except BaseException:
+            if turn is not None:
+                turn.release()
+            raise
+
+    def _enter(self, state: _Session, store: _LeasedStore) -> _Session:
         state.lock.acquire()
         try:
             writing = store._storage.writing(state.session_id)
@@ -633,9 +647,13 @@ class _WriteScope:
                         raise _storage_error(e, f"write session {state.session_id!r}") from e
                     raise
         finally:
-            if exc_type is not None and changed:
-                self._store._drop_tree(state)
-            state.lock.release()
+            try:
+                if exc_type is not None and changed:
+                    self._store._drop_tree(state)
+            finally:
+                state.lock.release()
+                if self._store._turn is not None:
+                    self._store._turn.release()
         self._store._trim()
 
 

@@ -120,6 +120,8 @@ class _SessionCache:
 
     def _reset_process_state(self) -> None:
         self._mutex = threading.RLock()  # guards the dicts below; never held across I/O
+        # The turn of a write scope (see _WriteScope), for a storage whose scopes are short and local.
+        self._turn: threading.RLock | None = threading.RLock() if self._storage.local_writes else None
         self._open_lock = threading.Lock()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # the cache, least recently used first
         self._cached_bytes = 0

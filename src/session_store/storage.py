@@ -195,6 +195,17 @@ class Storage(ABC):
         """The store dropped its cached state of this session: per-session caches may go."""
 
     @property
+    def local_writes(self) -> bool:
+        """Whether a :meth:`writing` scope, once entered, runs only this process's code
+        and short local system calls (no wait on a server or on another process): then
+        a store runs such scopes one at a time, also for different sessions. They hold
+        the interpreter's lock but at those system calls, where threads writing at once
+        would hand it over at every one (8 threads appending to 8 sessions: half one
+        thread's rate); queued on a lock instead, they do not, and the syncs after the
+        scopes still overlap. ``False`` by default (a database's scope waits on it)."""
+        return False
+
+    @property
     def shared_across_processes(self) -> bool:
         """Whether other processes may use the same data."""
         return True
