@@ -1603,13 +1603,15 @@ class Storage(ABC):
 
     @property
     def local_writes(self) -> bool:
-        """Whether a :meth:`writing` scope, once entered, runs only this process's code
-        and short local system calls (no wait on a server or on another process): then
-        a store runs such scopes one at a time, also for different sessions. They hold
-        the interpreter's lock but at those system calls, where threads writing at once
-        would hand it over at every one (8 threads appending to 8 sessions: half one
-        thread's rate); queued on a lock instead, they do not, and the syncs after the
-        scopes still overlap. ``False`` by default (a database's scope waits on it)."""
+        """Whether a :meth:`writing` scope runs only this process's code and short local
+        system calls (no wait on a server): then a store runs such scopes one at a
+        time, also for different sessions. They hold the interpreter's lock but at
+        those system calls, where threads writing at once would hand it over at every
+        one (8 threads appending to 8 sessions: half one thread's rate); queued on a
+        lock instead, they do not, and the syncs after the scopes still overlap. A
+        scope that waits for another process's lock on its session (files) keeps the
+        others of its process waiting meanwhile: that process's scope is as short.
+        ``False`` by default (a database's scope waits on its server)."""
         return False
 
     @property
@@ -2434,7 +2436,7 @@ class RealFileSystem(FileSystem):
 
     @property
     def local(self) -> bool:
-        """A local disk's system calls (a lock waited for is taken before a write scope's turn)."""
+        """A local disk's system calls."""
         return True
 
     def anchor(self, directory: str) -> None:

@@ -628,7 +628,7 @@ class RealFileSystem(FileSystem):
 
     @property
     def local(self) -> bool:
-        """A local disk's system calls (a lock waited for is taken before a write scope's turn)."""
+        """A local disk's system calls."""
         return True
 
     def anchor(self, directory: str) -> None:
