@@ -116,13 +116,14 @@ def test_writers_waiting_for_a_sync_share_the_next_one(tmp_path: Path, monkeypat
         store.append(sids[i], role="user", content=f"text {i}")
         done.append(i)
 
+    base = storage._wal.written  # transactions committed so far (the schema, the sessions)
     first = threading.Thread(target=append, args=(0,))
     first.start()
     assert spy.inside.acquire(timeout=60)  # the first writer is syncing, its sync held
     others = [threading.Thread(target=append, args=(i,)) for i in (1, 2)]
     for t in others:
         t.start()
-    while storage._wal.written < 3:  # both committed while the first sync is held
+    while storage._wal.written < base + 3:  # both committed while the first sync is held
         time.sleep(0.001)
     assert done == [] and len(spy.calls) == 1
     spy.hold.set()
