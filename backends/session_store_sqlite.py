@@ -312,6 +312,7 @@ class SqliteStorage(Storage):
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
             raise InvalidInput("timeout must be a number >= 0")
         self.timeout = timeout
+        self._file = os.path.abspath(self.path)  # what every connection opens, whatever the working directory
         self._durable = True
         self._marks = RealFileSystem(max_open_files=16)
         self._reset()
@@ -334,7 +335,8 @@ class SqliteStorage(Storage):
         """A child never uses (nor closes: that could disturb the parent's locks) the
         parent's connections; it opens its own."""
         _abandoned.extend(self._all)
-        self._wal.close()  # a descriptor, no lock: closing the child's copy leaves the parent's
+        self._wal._close_fd()  # a descriptor, no lock: closing the child's copy leaves the parent's (and its
+        # condition may have been copied held by a thread the child does not have: not waited on)
         self._reset()
 
     def forget(self, session_id: str) -> None:
@@ -353,13 +355,19 @@ class SqliteStorage(Storage):
     # -- connections -----------------------------------------------------------------
 
     def _connect(self) -> _Connection:
-        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(self._file, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         try:
             _retry_busy(lambda: db.execute("PRAGMA journal_mode=WAL"), self.timeout)
             if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
                 db.execute("PRAGMA synchronous=NORMAL")  # durable: synced after the commit (see _WalSync)
-                if self._wal.path is None:  # where SQLite keeps the database (symbolic links resolved)
-                    self._wal.path = next(row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main")
+                # Where SQLite keeps the database (symbolic links resolved): one file for
+                # every connection, or the WAL synced would not be the one written.
+                found = next(row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main")
+                if self._wal.path is None:
+                    self._wal.path = found
+                elif found != self._wal.path:
+                    raise StorageError(errno.ESTALE, f"{self.path} now names {found}, not {self._wal.path} as when "
+                                                     "this storage opened it (a link moved): open it again")
             else:  # (a file system without WAL's shared memory): each commit syncs itself
                 db.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
         except BaseException:
@@ -383,10 +391,10 @@ class SqliteStorage(Storage):
                 conn = self._pool.pop() if self._pool else None
             if conn is None:
                 conn = self._connect()
-            elif conn.polling:  # left by a write transaction: waits for busy readers as SQLite does
-                conn.db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-                conn.polling = False
             try:
+                if conn.polling:  # left by a write transaction: waits for busy readers as SQLite does
+                    conn.db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+                    conn.polling = False
                 yield conn
             finally:
                 if conn.db.in_transaction:  # an error left a transaction open
@@ -403,9 +411,9 @@ class SqliteStorage(Storage):
         with self._using(action) as conn:
             db = conn.db
             self._wal.check()
-            self._take_writer(action)
+            left = self._take_writer(action)
             try:
-                _begin_immediate(conn, self.timeout)
+                _begin_immediate(conn, left)
                 try:
                     yield db
                     db.execute("COMMIT")
@@ -416,12 +424,15 @@ class SqliteStorage(Storage):
                 self._writer.release()
         self._synced()
 
-    def _take_writer(self, action: str) -> None:
+    def _take_writer(self, action: str) -> float:
         """This process's turn to write: threads queue on a lock, not by polling SQLite's
-        (which wakes every half millisecond), for at most ``timeout`` seconds."""
+        (which wakes every half millisecond), for at most ``timeout`` seconds; returns
+        what is left of them for SQLite's write lock."""
+        start = time.monotonic()
         if not self._writer.acquire(timeout=self.timeout):
             raise StorageError(errno.EBUSY, f"{action} ({self.path}): another thread of this process held "
                                             f"the database for {self.timeout} s")
+        return max(0.0, self.timeout - (time.monotonic() - start))
 
     def _synced(self) -> None:
         """Make what this process committed durable now (a durable storage): every write
@@ -473,6 +484,7 @@ class SqliteStorage(Storage):
                 conn.db.close()
         self._marks.close()
         self._wal.close()
+        self._wal = _WalSync()  # opened again, it syncs (and writes) afresh
         self._generations = {}  # what it knew of each session read: kept, it would pin the freed memory around it
 
     # -- the index -------------------------------------------------------------------
@@ -961,7 +973,21 @@ class _WalSync:
             self.syncing = True
             target = self.written
         try:
-            self._datasync()
+            fd = self._descriptor()
+        except OSError as e:  # not a failed sync: nothing was lost (too many open files...)
+            with self.cond:
+                self.syncing = False
+                self.cond.notify_all()
+            raise StorageError(e.errno or errno.EIO, f"could not open {self.path}-wal to sync it: "
+                                                      f"{e.strerror or e}") from e
+        except BaseException:
+            with self.cond:
+                self.syncing = False
+                self.cond.notify_all()
+            raise
+        try:
+            if fd is not None:
+                _fdatasync(fd)
         except OSError as e:
             with self.cond:
                 self.syncing = False
@@ -980,26 +1006,50 @@ class _WalSync:
             self.syncing = False
             self.cond.notify_all()
 
-    def _datasync(self) -> None:
-        """``fdatasync`` of the WAL file (opened again when it was replaced); of the
-        database file when there is no WAL (all of it was checkpointed into the
-        database, or the database is not in WAL mode: then its commits synced)."""
+    def _descriptor(self) -> int | None:
+        """The WAL file's descriptor, opened again when the file was replaced; ``None``
+        when there is none (all of it was checkpointed into the database, which the
+        checkpoint synced; or the database is not in WAL mode: its commits synced).
+        A WAL file this storage had not seen has its directory entry synced first, as
+        SQLite syncs a new journal's directory (its first sync with ``FULL``).
+
+        The database file itself is never opened here: closing any descriptor of it
+        would drop this process's POSIX locks on it, SQLite's included."""
         if self.path is None:
-            return  # no connection in WAL mode was ever opened: nothing to sync
-        for path in (self.path + "-wal", self.path):
+            return None  # no connection in WAL mode was ever opened: nothing to sync
+        path = self.path + "-wal"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if self.fd is not None and self.ident == (st.st_dev, st.st_ino):
+            return self.fd
+        self._close_fd()
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return None
+        try:
+            found = os.fstat(fd)
+            directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
             try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                continue
-            if self.fd is None or self.ident != (st.st_dev, st.st_ino):
-                self.close()
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                found = os.fstat(fd)
-                self.fd, self.ident = fd, (found.st_dev, found.st_ino)
-            _fdatasync(self.fd)
-            return
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd, self.ident = fd, (found.st_dev, found.st_ino)
+        return fd
 
     def close(self) -> None:
+        """Close the WAL's descriptor, once no sync is using it."""
+        with self.cond:
+            while self.syncing:
+                self.cond.wait()
+            self._close_fd()
+
+    def _close_fd(self) -> None:
         fd, self.fd, self.ident = self.fd, None, None
         if fd is not None:
             with contextlib.suppress(OSError):
@@ -1023,14 +1073,15 @@ class _SqliteWriting:
         if getattr(storage._local, "conn", None) is not None:
             raise RuntimeError("SqliteStorage.writing is not re-entrant")
         storage._wal.check()
-        storage._take_writer(f"write session {self._session_id!r}")
+        left = storage._take_writer(f"write session {self._session_id!r}")
         conn = None
         try:
             with storage._pool_lock:
                 conn = storage._pool.pop() if storage._pool else None
             if conn is None:
                 conn = storage._connect()
-            _begin_immediate(conn, storage.timeout)
+            conn.sync_now, conn.reached = False, None  # (left by a call made outside a scope)
+            _begin_immediate(conn, left)
             try:
                 if conn.db.execute("SELECT 1 FROM sessions WHERE id = ?", (self._session_id,)).fetchone() is None:
                     raise SessionNotFound(self._session_id)

@@ -6,6 +6,8 @@ import contextlib
 import errno
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -173,6 +175,76 @@ def test_a_reserved_range_of_fencing_tokens_is_synced_before_the_lease_is_given(
     second = store.acquire_lock(sid, "b")  # a token from the range: no sync
     assert second.acquired and second.token == (first.token or 0) + 1 and spy.calls == []
     store.close()
+
+
+def test_an_acquire_whose_sync_failed_leaves_the_lease_free_for_other_processes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new range of tokens is synced when the scope ends, after the record was
+    committed: the failed acquire gives up its proof of life, so the record's holder
+    is seen gone."""
+    db = tmp_path / "s.db"
+    store = SessionStore(SqliteStorage(db), lock_timeout_ms=3_600_000)
+    sid = store.resolve("k")
+    SyncSpy(monkeypatch, tmp_path, fail=OSError(errno.EIO, "Input/output error"))
+    with pytest.raises(StorageError, match="could not sync"):
+        store.acquire_lock(sid, "told-no")
+    other = subprocess.run([sys.executable, "-c", (
+        "import sys; from session_store import SessionStore; from session_store_sqlite import SqliteStorage\n"
+        "with SessionStore(SqliteStorage(sys.argv[1])) as s:\n"
+        "    r = s.acquire_lock(sys.argv[2], 'another')\n"
+        "    print(r.acquired, r.holder_id)\n"), str(db), sid], capture_output=True, text=True, check=True)
+    assert other.stdout.split() == ["True", "another"]
+    store.close()
+
+
+def test_a_storage_opened_again_after_a_failed_sync_writes_again(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = SqliteStorage(tmp_path / "s.db")
+    store = SessionStore(storage)
+    sid = store.resolve("k")
+    spy = SyncSpy(monkeypatch, tmp_path, fail=OSError(errno.EIO, "Input/output error"))
+    with pytest.raises(StorageError):
+        store.append(sid, role="user", content="unknown fate")
+    store.close()
+    spy.fail = None
+    with SessionStore(storage) as again:  # the same storage object, opened again
+        again.append(sid, role="user", content="after")
+        assert again.get_messages(sid)[-1].content == "after"
+
+
+def test_a_new_wal_file_has_its_directory_entry_synced_before_a_write_is_acknowledged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    order: list[str] = []
+    real_fsync = os.fsync
+    spy = SyncSpy(monkeypatch, tmp_path)
+
+    def fsync(fd: int) -> None:
+        order.append("fsync " + os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def datasync(fd: int) -> None:
+        order.append("fdatasync " + os.readlink(f"/proc/self/fd/{fd}"))
+        spy(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(session_store_sqlite, "_fdatasync", datasync)
+    with SessionStore(SqliteStorage(tmp_path / "s.db")) as store:
+        store.resolve("k")
+    assert order[:2] == [f"fsync {tmp_path}", f"fdatasync {tmp_path}/s.db-wal"]
+
+
+def test_a_database_link_moved_under_an_open_storage_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "a")
+    storage = SqliteStorage(link / "s.db")
+    with SessionStore(storage) as store:
+        store.append(store.resolve("k"), role="user", content="in a")
+        link.unlink()
+        link.symlink_to(tmp_path / "b")
+        with pytest.raises(StorageError, match="now names"):
+            storage._connect()  # a connection opened later (another thread's): the WAL synced would be a's
 
 
 @contextlib.contextmanager
