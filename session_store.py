@@ -119,7 +119,6 @@ import json
 import logging
 import operator
 import os
-import random
 import re
 import shutil
 import sys
@@ -656,17 +655,32 @@ def _thaw(value: Any) -> Any:
 
 
 def _random_id() -> str:
-    """A random 16-hex id (a message's): 64 bits of this process's own generator,
-    seeded from ``os.urandom`` and again in each child after ``fork()``. No system
-    call: an append made one per message (``getrandom``), and under many threads
-    every system call hands the interpreter's lock over. Ids are unique per session
-    (see ``_Session.fresh_id``), not secrets."""
-    return f"{_IDS.getrandbits(64):016x}"
+    """A random 16-hex id (a message's): 8 bytes of ``os.urandom``, drawn 4 KiB at a
+    time (a ``getrandom`` system call per 512 ids, not per append: under many threads
+    every system call hands the interpreter's lock over). A child after ``fork()``
+    draws afresh, never its parent's bytes."""
+    with _ID_LOCK:
+        pool: bytes = _ID_POOL[0]
+        at: int = _ID_POOL[1]
+        if at >= len(pool):
+            pool, at = os.urandom(4096), 0
+            _ID_POOL[0] = pool
+        _ID_POOL[1] = at + 8
+    return pool[at:at + 8].hex()
 
 
-_IDS = random.Random()  # (not the random module's: a program that seeds that one would repeat ids)
+_ID_LOCK = threading.Lock()
+_ID_POOL: list[Any] = [b"", 0]  # random bytes drawn, and how many of them were used
+
+
+def _forget_ids() -> None:
+    global _ID_LOCK
+    _ID_LOCK = threading.Lock()  # (the parent's may have been copied held)
+    _ID_POOL[:] = [b"", 0]
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_IDS.seed)  # a child never repeats its parent's ids
+    os.register_at_fork(after_in_child=_forget_ids)
 
 
 # ============================================================================
@@ -1609,8 +1623,9 @@ class Storage(ABC):
         those system calls, where threads writing at once would hand it over at every
         one (8 threads appending to 8 sessions: half one thread's rate); queued on a
         lock instead, they do not, and the syncs after the scopes still overlap. A
-        scope that waits for another process's lock on its session (files) keeps the
-        others of its process waiting meanwhile: that process's scope is as short.
+        scope that waits for another process's lock on its session (files), or syncs
+        inside (a new range of lease tokens, a repair), keeps the others of its process
+        waiting meanwhile: rare, and as short as another process's scope or one sync.
         ``False`` by default (a database's scope waits on its server)."""
         return False
 
@@ -1752,8 +1767,11 @@ class Storage(ABC):
 
     def sync(self, session_id: str) -> None:  # noqa: B027 - optional hook
         """Make every record this process wrote to the session durable (called after
-        :meth:`writing`); :class:`StorageError` when that cannot be promised, and then
-        the records that sync covered are not part of the session any more."""
+        :meth:`writing`); :class:`StorageError` when that cannot be promised. The
+        records that sync covered are then not part of the session any more where the
+        storage can take them back (files: cut off); where it cannot (a database whose
+        commit others may already have read) they were never acknowledged, and the
+        storage refuses further writes until it is opened again."""
 
     def rollback(self, session_id: str, position: Position) -> None:  # noqa: B027 - optional hook
         """Inside :meth:`writing`, after a failed write: remove the records written
@@ -7219,6 +7237,19 @@ class _LeasedStore(_SessionCache):
         """One attempt, under the storage's lock: the result, and the waiter's place in
         the lease's queue (``-1`` when not queued). A free lease goes to the first
         waiter in the queue; others (and attempts that do not wait) queue behind."""
+        marked = [False]  # whether this attempt took the proof of life, to give back if it fails
+        try:
+            return self._try_acquire_in(session_id, owner_id, waiter, marked)
+        except StorageError:
+            # Also when the scope fails after the write (a storage that syncs when the
+            # scope ends, SQLite's durable lease range): without the proof of life,
+            # other processes see the record's holder gone, so the lease is free.
+            if marked[0]:
+                self._unmark(session_id)
+            raise
+
+    def _try_acquire_in(self, session_id: str, owner_id: str, waiter: str | None,
+                        marked: list[bool]) -> tuple[LockResult, int]:
         with self._writing(session_id, catch_up=False) as state:
             before = self._read_lease(state)
             now = self._now_ms()
@@ -7255,12 +7286,8 @@ class _LeasedStore(_SessionCache):
                 lease = {"owner": owner_id, "count": 1, "token": token, "expiresAt": expires,
                          "process": _PROCESS, "queue": queue, "reserved": reserved, "reservedBy": _PROCESS}
             self._mark(session_id)
-            try:
-                self._write_lease(state, lease, durable=durable, undo=before)
-            except StorageError:  # not acquired: the record is as it was (best effort)
-                if before.get("process") != _PROCESS or before.get("owner") is None:
-                    self._unmark(session_id)
-                raise
+            marked[0] = before.get("process") != _PROCESS or before.get("owner") is None
+            self._write_lease(state, lease, durable=durable, undo=before)  # failed: as it was (best effort)
             return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id, expires_at=expires,
                               token=token), -1
 
@@ -7518,8 +7545,9 @@ class _WriteScope:
     because it is on every write.
 
     Takes the store's turn first when its storage's writes are local (see
-    :attr:`Storage.local_writes`: the scopes of a process then run one at a time, the
-    turn being the outermost lock, so that no lock is held while waiting for it), then
+    :attr:`Storage.local_writes`: the scopes of a process then run one at a time). The
+    turn is never waited for holding a lock, nor a session's lock waited for holding
+    the turn (it is let go meanwhile), so that neither waits on the other. Then it
     holds ``state.lock`` and the storage's ``writing``, catches the tree up, and
     checks the lease of ``fence`` (an owner and token, see ``_fence``) there. When the scope fails after
     the cache took records the storage may have discarded (a transaction rolled
@@ -7527,7 +7555,7 @@ class _WriteScope:
     storage's tally every few hundred records written, so that counts stay cheap.
     """
 
-    __slots__ = ("_catch_up", "_chain", "_entered_at", "_fence", "_state", "_store", "_writing")
+    __slots__ = ("_catch_up", "_chain", "_entered_at", "_fence", "_state", "_store", "_turn", "_writing")
 
     def __init__(self, store: _LeasedStore, state: _Session, catch_up: bool,
                  fence: tuple[str | None, int | None] | None, chain: bool) -> None:
@@ -7535,12 +7563,21 @@ class _WriteScope:
         self._chain = chain
         self._writing: contextlib.AbstractContextManager[Any] | None = None
         self._entered_at: Position = (0, 0)
+        self._turn: threading.RLock | None = None  # the store's turn, when this scope took it
 
     def __enter__(self) -> _Session:
         state, store = self._state, self._store
-        turn = store._turn
-        if turn is not None:
-            turn.acquire()
+        turn = self._turn = store._turn
+        if turn is None:
+            state.lock.acquire()
+        else:  # never wait for the session holding the turn: a reader may hold it long (a cold load)
+            while True:
+                turn.acquire()
+                if state.lock.acquire(blocking=False):
+                    break
+                turn.release()
+                state.lock.acquire()
+                state.lock.release()
         try:
             return self._enter(state, store)
         except BaseException:
@@ -7549,7 +7586,7 @@ class _WriteScope:
             raise
 
     def _enter(self, state: _Session, store: _LeasedStore) -> _Session:
-        state.lock.acquire()
+        """The scope once ``state.lock`` is held (let go here on failure)."""
         try:
             writing = store._storage.writing(state.session_id)
             try:
@@ -7616,9 +7653,10 @@ class _WriteScope:
                 if exc_type is not None and changed:
                     self._store._drop_tree(state)
             finally:
+                turn, self._turn = self._turn, None
                 state.lock.release()
-                if self._store._turn is not None:
-                    self._store._turn.release()
+                if turn is not None:
+                    turn.release()
         self._store._trim()
 
 

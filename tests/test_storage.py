@@ -993,6 +993,54 @@ def test_threads_mixing_every_kind_of_write_on_many_sessions_all_finish(tmp_path
             assert store.get_message(sid, mid).id == mid
 
 
+class _NotingLock:
+    """A session's lock that tells when a thread has begun to wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waited = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if blocking and self._lock.locked():
+            self.waited.set()
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_a_write_waiting_for_its_session_does_not_hold_up_writes_to_others(tmp_path: Path) -> None:
+    """A reader may hold a session long (a cold load): a write to it waits without the
+    store's turn (see _WriteScope), so writes to other sessions go on meanwhile."""
+    with SessionStore(storage_dir=str(tmp_path)) as store:
+        busy, free = store.resolve("busy"), store.resolve("free")
+        state = store._state(busy)
+        noting = _NotingLock()
+        state.lock = noting  # type: ignore[assignment]  # (duck-typed: what the store calls of it)
+        noting.acquire()  # what a long read of the session holds
+        waiting = threading.Thread(target=store.append, args=(busy,), kwargs={"role": "user", "content": "later"})
+        waiting.start()
+        assert noting.waited.wait(timeout=120)  # the write waits for the session now
+        other = threading.Thread(target=store.append, args=(free,), kwargs={"role": "user", "content": "now"})
+        other.start()
+        other.join(timeout=120)  # bounds a hang (it took the turn for ever before), not the work
+        done = not other.is_alive()
+        noting.release()
+        waiting.join()
+        other.join()
+        assert done
+        assert [m.content for m in store.get_messages(busy)] == ["later"]
+
+
 class _OwnedLock:
     """A mutex that knows which thread holds it."""
 

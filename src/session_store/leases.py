@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import itertools
 import os
+import threading
 import time
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -254,6 +255,19 @@ class _LeasedStore(_SessionCache):
         """One attempt, under the storage's lock: the result, and the waiter's place in
         the lease's queue (``-1`` when not queued). A free lease goes to the first
         waiter in the queue; others (and attempts that do not wait) queue behind."""
+        marked = [False]  # whether this attempt took the proof of life, to give back if it fails
+        try:
+            return self._try_acquire_in(session_id, owner_id, waiter, marked)
+        except StorageError:
+            # Also when the scope fails after the write (a storage that syncs when the
+            # scope ends, SQLite's durable lease range): without the proof of life,
+            # other processes see the record's holder gone, so the lease is free.
+            if marked[0]:
+                self._unmark(session_id)
+            raise
+
+    def _try_acquire_in(self, session_id: str, owner_id: str, waiter: str | None,
+                        marked: list[bool]) -> tuple[LockResult, int]:
         with self._writing(session_id, catch_up=False) as state:
             before = self._read_lease(state)
             now = self._now_ms()
@@ -290,12 +304,8 @@ class _LeasedStore(_SessionCache):
                 lease = {"owner": owner_id, "count": 1, "token": token, "expiresAt": expires,
                          "process": _PROCESS, "queue": queue, "reserved": reserved, "reservedBy": _PROCESS}
             self._mark(session_id)
-            try:
-                self._write_lease(state, lease, durable=durable, undo=before)
-            except StorageError:  # not acquired: the record is as it was (best effort)
-                if before.get("process") != _PROCESS or before.get("owner") is None:
-                    self._unmark(session_id)
-                raise
+            marked[0] = before.get("process") != _PROCESS or before.get("owner") is None
+            self._write_lease(state, lease, durable=durable, undo=before)  # failed: as it was (best effort)
             return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id, expires_at=expires,
                               token=token), -1
 
@@ -553,8 +563,9 @@ class _WriteScope:
     because it is on every write.
 
     Takes the store's turn first when its storage's writes are local (see
-    :attr:`Storage.local_writes`: the scopes of a process then run one at a time, the
-    turn being the outermost lock, so that no lock is held while waiting for it), then
+    :attr:`Storage.local_writes`: the scopes of a process then run one at a time). The
+    turn is never waited for holding a lock, nor a session's lock waited for holding
+    the turn (it is let go meanwhile), so that neither waits on the other. Then it
     holds ``state.lock`` and the storage's ``writing``, catches the tree up, and
     checks the lease of ``fence`` (an owner and token, see ``_fence``) there. When the scope fails after
     the cache took records the storage may have discarded (a transaction rolled
@@ -562,7 +573,7 @@ class _WriteScope:
     storage's tally every few hundred records written, so that counts stay cheap.
     """
 
-    __slots__ = ("_catch_up", "_chain", "_entered_at", "_fence", "_state", "_store", "_writing")
+    __slots__ = ("_catch_up", "_chain", "_entered_at", "_fence", "_state", "_store", "_turn", "_writing")
 
     def __init__(self, store: _LeasedStore, state: _Session, catch_up: bool,
                  fence: tuple[str | None, int | None] | None, chain: bool) -> None:
@@ -570,12 +581,21 @@ class _WriteScope:
         self._chain = chain
         self._writing: contextlib.AbstractContextManager[Any] | None = None
         self._entered_at: Position = (0, 0)
+        self._turn: threading.RLock | None = None  # the store's turn, when this scope took it
 
     def __enter__(self) -> _Session:
         state, store = self._state, self._store
-        turn = store._turn
-        if turn is not None:
-            turn.acquire()
+        turn = self._turn = store._turn
+        if turn is None:
+            state.lock.acquire()
+        else:  # never wait for the session holding the turn: a reader may hold it long (a cold load)
+            while True:
+                turn.acquire()
+                if state.lock.acquire(blocking=False):
+                    break
+                turn.release()
+                state.lock.acquire()
+                state.lock.release()
         try:
             return self._enter(state, store)
         except BaseException:
@@ -584,7 +604,7 @@ class _WriteScope:
             raise
 
     def _enter(self, state: _Session, store: _LeasedStore) -> _Session:
-        state.lock.acquire()
+        """The scope once ``state.lock`` is held (let go here on failure)."""
         try:
             writing = store._storage.writing(state.session_id)
             try:
@@ -651,9 +671,10 @@ class _WriteScope:
                 if exc_type is not None and changed:
                     self._store._drop_tree(state)
             finally:
+                turn, self._turn = self._turn, None
                 state.lock.release()
-                if self._store._turn is not None:
-                    self._store._turn.release()
+                if turn is not None:
+                    turn.release()
         self._store._trim()
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import re
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -360,14 +360,29 @@ def _thaw(value: Any) -> Any:
 
 
 def _random_id() -> str:
-    """A random 16-hex id (a message's): 64 bits of this process's own generator,
-    seeded from ``os.urandom`` and again in each child after ``fork()``. No system
-    call: an append made one per message (``getrandom``), and under many threads
-    every system call hands the interpreter's lock over. Ids are unique per session
-    (see ``_Session.fresh_id``), not secrets."""
-    return f"{_IDS.getrandbits(64):016x}"
+    """A random 16-hex id (a message's): 8 bytes of ``os.urandom``, drawn 4 KiB at a
+    time (a ``getrandom`` system call per 512 ids, not per append: under many threads
+    every system call hands the interpreter's lock over). A child after ``fork()``
+    draws afresh, never its parent's bytes."""
+    with _ID_LOCK:
+        pool: bytes = _ID_POOL[0]
+        at: int = _ID_POOL[1]
+        if at >= len(pool):
+            pool, at = os.urandom(4096), 0
+            _ID_POOL[0] = pool
+        _ID_POOL[1] = at + 8
+    return pool[at:at + 8].hex()
 
 
-_IDS = random.Random()  # (not the random module's: a program that seeds that one would repeat ids)
+_ID_LOCK = threading.Lock()
+_ID_POOL: list[Any] = [b"", 0]  # random bytes drawn, and how many of them were used
+
+
+def _forget_ids() -> None:
+    global _ID_LOCK
+    _ID_LOCK = threading.Lock()  # (the parent's may have been copied held)
+    _ID_POOL[:] = [b"", 0]
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_IDS.seed)  # a child never repeats its parent's ids
+    os.register_at_fork(after_in_child=_forget_ids)

@@ -202,8 +202,9 @@ class Storage(ABC):
         those system calls, where threads writing at once would hand it over at every
         one (8 threads appending to 8 sessions: half one thread's rate); queued on a
         lock instead, they do not, and the syncs after the scopes still overlap. A
-        scope that waits for another process's lock on its session (files) keeps the
-        others of its process waiting meanwhile: that process's scope is as short.
+        scope that waits for another process's lock on its session (files), or syncs
+        inside (a new range of lease tokens, a repair), keeps the others of its process
+        waiting meanwhile: rare, and as short as another process's scope or one sync.
         ``False`` by default (a database's scope waits on its server)."""
         return False
 
@@ -345,8 +346,11 @@ class Storage(ABC):
 
     def sync(self, session_id: str) -> None:  # noqa: B027 - optional hook
         """Make every record this process wrote to the session durable (called after
-        :meth:`writing`); :class:`StorageError` when that cannot be promised, and then
-        the records that sync covered are not part of the session any more."""
+        :meth:`writing`); :class:`StorageError` when that cannot be promised. The
+        records that sync covered are then not part of the session any more where the
+        storage can take them back (files: cut off); where it cannot (a database whose
+        commit others may already have read) they were never acknowledged, and the
+        storage refuses further writes until it is opened again."""
 
     def rollback(self, session_id: str, position: Position) -> None:  # noqa: B027 - optional hook
         """Inside :meth:`writing`, after a failed write: remove the records written
