@@ -410,29 +410,33 @@ class SqliteStorage(Storage):
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any exception)."""
         with self._using(action) as conn:
             db = conn.db
-            self._wal.check()
-            left = self._take_writer(action)
+            self._begin_write(conn, action)
             try:
-                _begin_immediate(conn, left)
-                try:
-                    yield db
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.rollback()
-                    raise
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.rollback()
+                raise
             finally:
                 self._writer.release()
         self._synced()
 
-    def _take_writer(self, action: str) -> float:
-        """This process's turn to write: threads queue on a lock, not by polling SQLite's
-        (which wakes every half millisecond), for at most ``timeout`` seconds; returns
-        what is left of them for SQLite's write lock."""
+    def _begin_write(self, conn: _Connection, action: str) -> None:
+        """Begin a write transaction on ``conn`` (refused after a failed sync): this
+        process's turn first (threads queue on a lock, not by polling SQLite's, which
+        wakes every half millisecond), then SQLite's write lock, both within
+        ``timeout`` seconds. The caller lets go of the turn (``_writer``) when the
+        transaction ends; a begin that fails lets go of it here."""
+        self._wal.check()
         start = time.monotonic()
         if not self._writer.acquire(timeout=self.timeout):
             raise StorageError(errno.EBUSY, f"{action} ({self.path}): another thread of this process held "
                                             f"the database for {self.timeout} s")
-        return max(0.0, self.timeout - (time.monotonic() - start))
+        try:
+            _begin_immediate(conn, max(0.0, self.timeout - (time.monotonic() - start)))
+        except BaseException:
+            self._writer.release()
+            raise
 
     def _synced(self) -> None:
         """Make what this process committed durable now (a durable storage): every write
@@ -972,39 +976,28 @@ class _WalSync:
                 return
             self.syncing = True
             target = self.written
+        done = False
         try:
-            fd = self._descriptor()
-        except OSError as e:  # not a failed sync: nothing was lost (too many open files...)
-            with self.cond:
-                self.syncing = False
-                self.cond.notify_all()
-            raise StorageError(e.errno or errno.EIO, f"could not open {self.path}-wal to sync it: "
-                                                      f"{e.strerror or e}") from e
-        except BaseException:
-            with self.cond:
-                self.syncing = False
-                self.cond.notify_all()
-            raise
-        try:
+            try:
+                fd = self._descriptor()
+            except OSError as e:  # not a failed sync: nothing was lost (too many open files...)
+                raise StorageError(e.errno or errno.EIO, f"could not open {self.path}-wal to sync it: "
+                                                          f"{e.strerror or e}") from e
             if fd is not None:
-                _fdatasync(fd)
-        except OSError as e:
+                try:
+                    _fdatasync(fd)
+                except OSError as e:  # (set before the waiters wake below: they must see it)
+                    self.failed = (f"could not sync {self.path}: {e.strerror or e}; this storage writes nothing "
+                                   "more until it is opened again (what the failed sync covered may or may not "
+                                   "have been kept)")
+                    raise StorageError(e.errno or errno.EIO, self.failed) from e
+            done = True
+        finally:  # whatever happened, the next writer may sync
             with self.cond:
-                self.syncing = False
-                self.failed = (f"could not sync {self.path}: {e.strerror or e}; this storage writes nothing "
-                               "more until it is opened again (what the failed sync covered may or may not "
-                               "have been kept)")
-                self.cond.notify_all()
-            raise StorageError(e.errno or errno.EIO, self.failed) from e
-        except BaseException:
-            with self.cond:
+                if done:
+                    self.synced = max(self.synced, target)
                 self.syncing = False
                 self.cond.notify_all()
-            raise
-        with self.cond:
-            self.synced = max(self.synced, target)
-            self.syncing = False
-            self.cond.notify_all()
 
     def _descriptor(self) -> int | None:
         """The WAL file's descriptor, opened again when the file was replaced; ``None``
@@ -1072,8 +1065,6 @@ class _SqliteWriting:
         storage = self._storage
         if getattr(storage._local, "conn", None) is not None:
             raise RuntimeError("SqliteStorage.writing is not re-entrant")
-        storage._wal.check()
-        left = storage._take_writer(f"write session {self._session_id!r}")
         conn = None
         try:
             with storage._pool_lock:
@@ -1081,15 +1072,17 @@ class _SqliteWriting:
             if conn is None:
                 conn = storage._connect()
             conn.sync_now, conn.reached = False, None  # (left by a call made outside a scope)
-            _begin_immediate(conn, left)
+            storage._begin_write(conn, f"write session {self._session_id!r}")
             try:
                 if conn.db.execute("SELECT 1 FROM sessions WHERE id = ?", (self._session_id,)).fetchone() is None:
                     raise SessionNotFound(self._session_id)
             except BaseException:
-                conn.db.rollback()
+                try:
+                    conn.db.rollback()
+                finally:
+                    storage._writer.release()
                 raise
         except BaseException as e:
-            storage._writer.release()
             if conn is not None:
                 with storage._pool_lock:
                     storage._pool.append(conn)
