@@ -255,59 +255,55 @@ class _LeasedStore(_SessionCache):
         """One attempt, under the storage's lock: the result, and the waiter's place in
         the lease's queue (``-1`` when not queued). A free lease goes to the first
         waiter in the queue; others (and attempts that do not wait) queue behind."""
-        marked = [False]  # whether this attempt took the proof of life, to give back if it fails
+        marked = False  # whether this attempt took the proof of life, to give back if it fails
         try:
-            return self._try_acquire_in(session_id, owner_id, waiter, marked)
+            with self._writing(session_id, catch_up=False) as state:
+                before = self._read_lease(state)
+                now = self._now_ms()
+                queue = before["queue"]
+                if queue:
+                    queue = [w for w in queue if w[1] > now]
+                mine = next((i for i, w in enumerate(queue) if w[0] == waiter), -1) if waiter is not None else -1
+                live = self._live(session_id, before, now)
+                expires = now + self.lock_timeout_ms
+                if live and before["owner"] == owner_id:
+                    if mine >= 0:
+                        del queue[mine]
+                    lease = {**before, "count": before["count"] + 1, "expiresAt": expires, "queue": queue}
+                    token, durable = before["token"], False
+                elif live or (queue and mine != 0):
+                    if waiter is not None:
+                        if mine < 0:
+                            queue = [*queue, [waiter, now + _QUEUE_MS]]
+                            mine = len(queue) - 1
+                        elif queue[mine][1] - now < _QUEUE_MS // 2:
+                            queue = [*queue[:mine], [waiter, now + _QUEUE_MS], *queue[mine + 1:]]
+                        else:
+                            waiter = None  # nothing to write
+                        if waiter is not None or len(queue) != len(before["queue"]):
+                            self._write_lease(state, {**before, "queue": queue})
+                    holder = before["owner"] if live else None
+                    return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
+                                      expires_at=before["expiresAt"] if live else None, token=None), mine
+                else:
+                    if mine >= 0:
+                        del queue[mine]
+                    token, reserved = self._next_token(before)
+                    durable = reserved != before.get("reserved")  # a new range: synced before any of it is used
+                    lease = {"owner": owner_id, "count": 1, "token": token, "expiresAt": expires,
+                             "process": _PROCESS, "queue": queue, "reserved": reserved, "reservedBy": _PROCESS}
+                self._mark(session_id)
+                marked = before.get("process") != _PROCESS or before.get("owner") is None
+                self._write_lease(state, lease, durable=durable, undo=before)  # failed: as it was (best effort)
+                return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id, expires_at=expires,
+                                  token=token), -1
         except StorageError:
             # Also when the scope fails after the write (a storage that syncs when the
             # scope ends, SQLite's durable lease range): without the proof of life,
             # other processes see the record's holder gone, so the lease is free.
-            if marked[0]:
+            if marked:
                 self._unmark(session_id)
             raise
-
-    def _try_acquire_in(self, session_id: str, owner_id: str, waiter: str | None,
-                        marked: list[bool]) -> tuple[LockResult, int]:
-        with self._writing(session_id, catch_up=False) as state:
-            before = self._read_lease(state)
-            now = self._now_ms()
-            queue = before["queue"]
-            if queue:
-                queue = [w for w in queue if w[1] > now]
-            mine = next((i for i, w in enumerate(queue) if w[0] == waiter), -1) if waiter is not None else -1
-            live = self._live(session_id, before, now)
-            expires = now + self.lock_timeout_ms
-            if live and before["owner"] == owner_id:
-                if mine >= 0:
-                    del queue[mine]
-                lease = {**before, "count": before["count"] + 1, "expiresAt": expires, "queue": queue}
-                token, durable = before["token"], False
-            elif live or (queue and mine != 0):
-                if waiter is not None:
-                    if mine < 0:
-                        queue = [*queue, [waiter, now + _QUEUE_MS]]
-                        mine = len(queue) - 1
-                    elif queue[mine][1] - now < _QUEUE_MS // 2:
-                        queue = [*queue[:mine], [waiter, now + _QUEUE_MS], *queue[mine + 1:]]
-                    else:
-                        waiter = None  # nothing to write
-                    if waiter is not None or len(queue) != len(before["queue"]):
-                        self._write_lease(state, {**before, "queue": queue})
-                holder = before["owner"] if live else None
-                return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
-                                  expires_at=before["expiresAt"] if live else None, token=None), mine
-            else:
-                if mine >= 0:
-                    del queue[mine]
-                token, reserved = self._next_token(before)
-                durable = reserved != before.get("reserved")  # a new range: synced before any of it is used
-                lease = {"owner": owner_id, "count": 1, "token": token, "expiresAt": expires,
-                         "process": _PROCESS, "queue": queue, "reserved": reserved, "reservedBy": _PROCESS}
-            self._mark(session_id)
-            marked[0] = before.get("process") != _PROCESS or before.get("owner") is None
-            self._write_lease(state, lease, durable=durable, undo=before)  # failed: as it was (best effort)
-            return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id, expires_at=expires,
-                              token=token), -1
 
     @staticmethod
     def _next_token(lease: Mapping[str, Any]) -> tuple[int, int]:
