@@ -15,6 +15,7 @@ import pickle
 import random
 import re
 import shutil
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -1648,3 +1649,50 @@ def test_a_bit_flipped_anywhere_in_a_record_is_seen_and_never_cuts_the_path(tmp_
                 unseen += 1
                 assert line[at:at + 1] == b"#" or path[6].id == ids[6]
     assert unseen <= 3
+
+
+def _blocked_in_lock(thread: threading.Thread) -> bool:
+    """Whether ``thread`` waits in a file system's ``locked()`` (in its guard's entry)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    return frame is not None and frame.f_code.co_name == "__enter__" and "Guard" in frame.f_code.co_qualname
+
+
+@pytest.mark.parametrize("kind", ["memory", "files"])
+def test_a_locker_waiting_for_a_file_removed_meanwhile_never_holds_a_dead_lock(tmp_path: Path, kind: str) -> None:
+    """A file's thread lock goes with the file (in memory: the file's entry; on disk:
+    the cached descriptor's): a locker that waited for it takes the path's lock again,
+    and finds the file gone (``create=False``) or holds the lock of the new one."""
+    fs: ss.FileSystem = InMemoryFileSystem() if kind == "memory" else RealFileSystem()
+    directory = "/d" if kind == "memory" else str(tmp_path)
+    fs.makedirs(directory)
+    path = f"{directory}/f"
+    outcomes: dict[bool, str] = {}
+
+    def lock(create: bool) -> None:
+        try:
+            with fs.locked(path, create=create):
+                outcomes[create] = "held"
+        except FileNotFoundError:
+            outcomes[create] = "gone"
+
+    for create in (False, True):
+        fs.append(path, b"x")
+        with fs.locked(path):
+            waiter = threading.Thread(target=lock, args=(create,))
+            waiter.start()
+            for _ in range(120_000):  # bounded: the thread is scheduled long before this ends
+                if _blocked_in_lock(waiter):
+                    break
+                threading.Event().wait(0.001)
+            assert _blocked_in_lock(waiter)
+            fs.remove(path)
+        waiter.join(timeout=120)
+        assert not waiter.is_alive()
+        if not create:
+            assert outcomes[False] == "gone" and not fs.exists(path)
+        else:
+            assert outcomes[True] == "held" and fs.exists(path)  # made anew, under its own lock
+            with fs.locked(path, create=False):  # and that lock is free again
+                pass
+    if isinstance(fs, RealFileSystem):
+        fs.close()

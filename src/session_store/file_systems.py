@@ -234,47 +234,6 @@ def _decode_lease(raw: bytes) -> dict[str, Any] | None:
     return lease if isinstance(lease, dict) else dict(_CORRUPT)
 
 
-class _LockTable:
-    """Per-path thread locks that exist only while someone holds or waits for them
-    (a table that grew by one lock per session ever touched is what it replaced)."""
-
-    __slots__ = ("_entries", "_mutex")
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._entries: dict[str, list[Any]] = {}  # path -> [lock, users]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def acquire(self, path: str) -> list[Any]:
-        with self._mutex:
-            entry = self._entries.get(path)
-            if entry is None:
-                entry = self._entries[path] = [threading.Lock(), 0]
-            entry[1] += 1
-        try:
-            entry[0].acquire()
-        except BaseException:
-            self._forget(path, entry)
-            raise
-        return entry
-
-    def release(self, path: str, entry: list[Any]) -> None:
-        entry[0].release()
-        self._forget(path, entry)
-
-    def _forget(self, path: str, entry: list[Any]) -> None:
-        with self._mutex:
-            entry[1] -= 1
-            if entry[1] == 0 and self._entries.get(path) is entry:
-                del self._entries[path]
-
-    def busy(self, path: str) -> bool:
-        with self._mutex:
-            return path in self._entries
-
-
 class InMemoryFileSystem(FileSystem):
     """A file system in a dict, for tests and ephemeral stores.
 
@@ -289,7 +248,7 @@ class InMemoryFileSystem(FileSystem):
         self._links: dict[str, str] = {}
         self._dirs: set[str] = {""}
         self._mutex = threading.Lock()
-        self._locks = _LockTable()
+        self._locks: dict[str, threading.Lock] = {}  # what locked() holds, per file; goes with its file
         self._holds: dict[str, int] = {}
 
     def __repr__(self) -> str:
@@ -434,15 +393,20 @@ class InMemoryFileSystem(FileSystem):
         src, dst = src.strip("/"), dst.strip("/")
         with self._mutex:
             if src in self._files:
-                self._files[dst] = self._files.pop(src)
+                f = self._files[src]
+                self._gone(src)
+                self._files[dst] = f
                 return
             if src not in self._dirs:
                 raise FileNotFoundError(errno.ENOENT, "no such file or directory", src)
             if dst in self._dirs or dst in self._files:
                 raise FileExistsError(errno.EEXIST, "exists", dst)
-            for table in (self._files, self._links):
-                for p in [p for p in table if p.startswith(src + "/")]:
-                    table[dst + p[len(src):]] = table.pop(p)  # type: ignore[assignment]
+            for p in [p for p in self._files if p.startswith(src + "/")]:
+                f = self._files[p]
+                self._gone(p)
+                self._files[dst + p[len(src):]] = f
+            for p in [p for p in self._links if p.startswith(src + "/")]:
+                self._links[dst + p[len(src):]] = self._links.pop(p)
             for p in [p for p in self._dirs if p == src or p.startswith(src + "/")]:
                 self._dirs.discard(p)
                 self._dirs.add(dst + p[len(src):])
@@ -451,16 +415,17 @@ class InMemoryFileSystem(FileSystem):
         """Remove a file or a link."""
         path = path.strip("/")
         with self._mutex:
-            self._files.pop(path, None)
+            self._gone(path)
             self._links.pop(path, None)
 
     def remove_tree(self, path: str) -> None:
         """Remove a directory and everything below it."""
         path = path.strip("/")
         with self._mutex:
-            for table in (self._files, self._links):
-                for p in [p for p in table if p.startswith(path + "/")]:
-                    del table[p]
+            for p in [p for p in self._files if p.startswith(path + "/")]:
+                self._gone(p)
+            for p in [p for p in self._links if p.startswith(path + "/")]:
+                del self._links[p]
             self._dirs = {d for d in self._dirs if d != path and not d.startswith(path + "/")}
 
     def symlink(self, target: str, path: str, *, durable: bool = True) -> bool:
@@ -480,14 +445,26 @@ class InMemoryFileSystem(FileSystem):
 
     def locked(self, path: str, *, create: bool = True) -> contextlib.AbstractContextManager[None]:
         """The lock of ``path``, shared by every store using this object."""
-        path = path.strip("/")
+        return _TableGuard(self, path.strip("/"), create)
+
+    def _lock_of(self, path: str, create: bool) -> threading.Lock:
+        """The file's lock (made on first use), the file created when absent (``create``)."""
         with self._mutex:
             if path not in self._files:
                 if not create:
                     raise FileNotFoundError(errno.ENOENT, "no such file", path)
                 self._parent_exists(path)
                 self._files[path] = bytearray()
-        return _TableGuard(self, path, create)
+            lock = self._locks.get(path)
+            if lock is None:
+                lock = self._locks[path] = threading.Lock()
+            return lock
+
+    def _gone(self, path: str) -> None:
+        """A file was removed or renamed away (mutex held): its lock goes, and whoever
+        waits for it takes the path's lock again (see :class:`_TableGuard`)."""
+        self._files.pop(path, None)
+        self._locks.pop(path, None)
 
     def hold(self, path: str) -> None:
         """Count a hold (memory never dies while this object lives)."""
@@ -506,12 +483,13 @@ class InMemoryFileSystem(FileSystem):
     def is_held(self, path: str) -> bool | None:
         """Whether a hold or a lock is on ``path``."""
         with self._mutex:
-            return path in self._holds or self._locks.busy(path.strip("/"))
+            lock = self._locks.get(path.strip("/"))
+            return path in self._holds or (lock is not None and lock.locked())
 
     def after_fork(self) -> None:
         """A child keeps the data (it is a copy) with fresh locks."""
         self._mutex = threading.Lock()
-        self._locks = _LockTable()
+        self._locks = {}
         self._holds = {}
 
 
@@ -539,37 +517,46 @@ def _copy_lease(lease: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _TableGuard:
-    """``InMemoryFileSystem.locked``: one entry of its :class:`_LockTable`."""
+    """``InMemoryFileSystem.locked``: the file's lock, taken again when the file was
+    removed while this waited for it (``create``: made anew; else ``FileNotFoundError``)."""
 
-    __slots__ = ("_create", "_entry", "_fs", "_path")
+    __slots__ = ("_create", "_fs", "_held", "_path")
 
     def __init__(self, fs: InMemoryFileSystem, path: str, create: bool) -> None:
         self._fs, self._path, self._create = fs, path, create
-        self._entry: list[Any] | None = None
+        self._held: threading.Lock | None = None
 
     def __enter__(self) -> None:
-        fs = self._fs
-        entry = fs._locks.acquire(self._path)
-        if not self._create and self._path not in fs._files:  # removed while we waited
-            fs._locks.release(self._path, entry)
-            raise FileNotFoundError(errno.ENOENT, "removed while waiting for its lock", self._path)
-        self._entry = entry
+        fs, path = self._fs, self._path
+        while True:
+            lock = fs._lock_of(path, self._create)
+            lock.acquire()
+            if fs._locks.get(path) is lock:
+                self._held = lock
+                return
+            lock.release()  # the file went while we waited
 
     def __exit__(self, *exc: object) -> None:
-        entry, self._entry = self._entry, None
-        if entry is not None:
-            self._fs._locks.release(self._path, entry)
+        lock, self._held = self._held, None
+        if lock is not None:
+            lock.release()
 
 
 class _Descriptor:
-    """An open descriptor in :class:`RealFileSystem`'s cache (pinned while in use)."""
+    """An open descriptor in :class:`RealFileSystem`'s cache (pinned while in use),
+    with the thread lock that :meth:`RealFileSystem.locked` holds around its ``flock``:
+    the threads of a process share the descriptor, and an ``flock`` excludes other
+    descriptions only, not the threads using one. A path has one cached descriptor at a
+    time, and a pinned one stays cached until its file is removed or replaced (then
+    ``stale``, and a locker opens the path again), so its threads meet on this lock."""
 
-    __slots__ = ("fd", "pins", "stale")
+    __slots__ = ("fd", "lock", "pins", "stale")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.pins = 0
         self.stale = False
+        self.lock = threading.Lock()
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -614,7 +601,6 @@ class RealFileSystem(FileSystem):
     def _reset(self) -> None:
         self._fds: OrderedDict[str, _Descriptor] = OrderedDict()
         self._mutex = threading.Lock()
-        self._locks = _LockTable()
         self._new_files: set[str] = set()  # created by append, directory entry not yet synced
         self._holds: dict[str, list[Any]] = {}  # path -> [its pinned _Descriptor, count]
 
@@ -1175,49 +1161,46 @@ class RealFileSystem(FileSystem):
 class _FlockGuard:
     """``RealFileSystem.locked``: a class, not a generator, because it is on every write."""
 
-    __slots__ = ("_create", "_d", "_entry", "_fs", "_path")
+    __slots__ = ("_create", "_d", "_fs", "_path")
 
     def __init__(self, fs: RealFileSystem, path: str, create: bool) -> None:
         self._fs, self._path, self._create = fs, path, create
         self._d: _Descriptor | None = None
-        self._entry: list[Any] | None = None
 
     def __enter__(self) -> None:
         fs = self._fs
-        entry = fs._locks.acquire(self._path)
-        try:
-            while True:
-                d = fs._pin(self._path, create=self._create)
+        while True:
+            d = fs._pin(self._path, create=self._create)
+            try:
+                d.lock.acquire()
                 try:
                     _flock(d.fd, "LOCK_EX")
-                    if os.fstat(d.fd).st_nlink:
-                        break
-                    # The file was replaced (a repair renamed a new one over it) or removed
-                    # while cached or while we waited: a lock on the old one excludes
-                    # nobody. Open the path again (gone: FileNotFoundError, if not create).
-                    _flock(d.fd, "LOCK_UN")
-                    fs._forget(self._path)
-                except BaseException:
+                    try:
+                        if os.fstat(d.fd).st_nlink:
+                            self._d = d
+                            return
+                    finally:
+                        if self._d is None:
+                            _flock(d.fd, "LOCK_UN")
+                finally:
+                    if self._d is None:
+                        d.lock.release()
+                # The file was replaced (a repair renamed a new one over it) or removed
+                # while cached or while we waited: a lock on the old one excludes
+                # nobody. Open the path again (gone: FileNotFoundError, if not create).
+                fs._forget(self._path)
+            finally:
+                if self._d is None:
                     fs._unpin(d)
-                    raise
-                fs._unpin(d)
-        except BaseException:
-            fs._locks.release(self._path, entry)
-            raise
-        self._d, self._entry = d, entry
 
     def __exit__(self, *exc: object) -> None:
         d, self._d = self._d, None
-        entry, self._entry = self._entry, None
-        try:
-            if d is not None:
-                try:
-                    _flock(d.fd, "LOCK_UN")
-                finally:
-                    self._fs._unpin(d)
-        finally:
-            if entry is not None:
-                self._fs._locks.release(self._path, entry)
+        if d is not None:
+            try:
+                _flock(d.fd, "LOCK_UN")
+            finally:
+                d.lock.release()
+                self._fs._unpin(d)
 
 
 def _flock(fd: int, op: str, *, blocking: bool = True) -> None:
