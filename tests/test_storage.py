@@ -1696,3 +1696,14 @@ def test_a_locker_waiting_for_a_file_removed_meanwhile_never_holds_a_dead_lock(t
                 pass
     if isinstance(fs, RealFileSystem):
         fs.close()
+
+
+def test_a_lock_result_is_built_with_the_layout_of_lock_result() -> None:
+    assert sorted(ss._NewLockResult.__slots__) == sorted(ss.LockResult.__slots__)
+    built = ss._lock_result(True, "me", "me", 5, 7)
+    made = ss.LockResult(acquired=True, owner_id="me", holder_id="me", expires_at=5, token=7)
+    assert type(built) is ss.LockResult and built == made and repr(built) == repr(made)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.token = 8  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(built)) == made and copy.deepcopy(built) == made
+    assert dataclasses.replace(built, token=9).token == 9

@@ -35,6 +35,7 @@ from .errors import (
 from .records import (
     LockInfo,
     LockResult,
+    _lock_result,
 )
 from .session_cache import _SessionCache
 from .storage import Position
@@ -283,8 +284,7 @@ class _LeasedStore(_SessionCache):
                         if waiter is not None or len(queue) != len(before["queue"]):
                             self._write_lease(state, {**before, "queue": queue})
                     holder = before["owner"] if live else None
-                    return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
-                                      expires_at=before["expiresAt"] if live else None, token=None), mine
+                    return _lock_result(False, owner_id, holder, before["expiresAt"] if live else None, None), mine
                 else:
                     if mine >= 0:
                         del queue[mine]
@@ -295,8 +295,7 @@ class _LeasedStore(_SessionCache):
                 self._mark(session_id)
                 marked = before.get("process") != _PROCESS or before.get("owner") is None
                 self._write_lease(state, lease, durable=durable, undo=before)  # failed: as it was (best effort)
-                return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id, expires_at=expires,
-                                  token=token), -1
+                return _lock_result(True, owner_id, owner_id, expires, token), -1
         except StorageError:
             # Also when the scope fails after the write (a storage that syncs when the
             # scope ends, SQLite's durable lease range): without the proof of life,
@@ -406,12 +405,10 @@ class _LeasedStore(_SessionCache):
             live = self._live(session_id, lease, now)
             if lease["owner"] != owner_id or not live:
                 holder = lease["owner"] if live else None
-                return LockResult(acquired=False, owner_id=owner_id, holder_id=holder,
-                                  expires_at=lease.get("expiresAt") if holder else None, token=None)
+                return _lock_result(False, owner_id, holder, lease.get("expiresAt") if holder else None, None)
             before, lease = lease, {**lease, "expiresAt": now + self.lock_timeout_ms}
             self._write_lease(state, lease, undo=before)
-            return LockResult(acquired=True, owner_id=owner_id, holder_id=owner_id,
-                              expires_at=lease["expiresAt"], token=lease["token"])
+            return _lock_result(True, owner_id, owner_id, lease["expiresAt"], lease["token"])
 
     def release_lock(self, session_id: str, owner_id: str) -> bool:
         """Release one hold of ``owner_id``; ``False`` when that owner does not hold it."""

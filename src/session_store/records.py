@@ -220,6 +220,29 @@ class LockResult:
     token: int | None
 
 
+class _NewLockResult:
+    """A :class:`LockResult` being built (see :func:`_lock_result`)."""
+
+    __slots__ = ("acquired", "owner_id", "holder_id", "expires_at", "token")
+    acquired: bool
+    owner_id: str
+    holder_id: str | None
+    expires_at: int | None
+    token: int | None
+
+
+def _lock_result(acquired: bool, owner_id: str, holder_id: str | None, expires_at: int | None,
+                 token: int | None) -> LockResult:
+    """``LockResult(acquired=..., ...)`` without the frozen ``__init__``, which sets each
+    field through ``object.__setattr__`` (2.1 µs, an eighth of a lock cycle in memory;
+    this costs 0.4): built as its twin of the same slots, then given its class (as
+    :func:`_new_message` builds a Message; tests hold the two layouts equal)."""
+    r = _NewLockResult()
+    r.acquired, r.owner_id, r.holder_id, r.expires_at, r.token = acquired, owner_id, holder_id, expires_at, token
+    r.__class__ = LockResult  # type: ignore[assignment]
+    return r  # type: ignore[return-value]
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class LockInfo:
     """A live lease, as returned by :meth:`SessionStore.get_lock`."""
