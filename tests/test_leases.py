@@ -14,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hypothesis.strategies as st
 import pytest
 from conftest import FakeClock, StoreFactory
+from hypothesis import given, settings
 
 import session_store as ss
 from session_store import InMemoryFileSystem, RealFileSystem, SessionStore
@@ -442,6 +444,51 @@ def test_an_in_memory_lease_record_reads_as_the_file_format_and_as_what_was_writ
     fs.write_lease("s/lock.json", record)
     fs.append("s/lock.json", b"x")  # bytes added after the record: it is no longer whole
     assert fs.read_lease("s/lock.json") == ss._decode_lease(fs.read("s/lock.json"))
+
+
+_LEASE_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(),
+                          st.lists(st.lists(st.one_of(st.text(), st.integers()), max_size=3), max_size=3),
+                          st.tuples(st.tuples(st.text(), st.integers())))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.one_of(st.sampled_from(["owner", "token", "queue", "reserved"]), st.text()), _LEASE_VALUES,
+                       max_size=6))
+def test_a_lease_record_kept_with_its_bytes_is_what_those_bytes_read_as(record: dict[str, Any]) -> None:
+    """RealFileSystem keeps the record it wrote beside its bytes and returns it when it
+    reads those bytes back: it must be exactly what decoding them gives."""
+    kept = ss._lease_as_read(record)
+    if kept is not None:
+        assert repr(kept) == repr(ss._decode_lease(ss._encode_lease(record)))  # repr: 1 and True differ
+
+
+def test_a_lease_read_back_on_files_decodes_only_bytes_it_did_not_write(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = RealFileSystem()
+    path = str(tmp_path / "lease")
+    record: dict[str, Any] = {"owner": "a", "count": 1, "token": 7, "expiresAt": 10, "process": "p",
+                              "queue": [["w", 5]], "reserved": 9, "reservedBy": "p"}
+    fs.write_lease(path, record)
+    decoded: list[bytes] = []
+    real = ss._decode_lease
+
+    def decode(raw: bytes) -> dict[str, Any] | None:
+        decoded.append(raw)
+        return real(raw)
+    monkeypatch.setattr(ss, "_decode_lease", decode)
+    kept = fs.read_lease(path)
+    assert kept == record and not decoded  # its own bytes: nothing decoded
+    assert kept is not None
+    kept["queue"][0][1] = 99  # what it returns is a copy
+    assert fs.read_lease(path) == record
+    with open(path, "r+b") as f:  # a byte changed on disk, the length kept
+        f.seek(3)
+        f.write(b"X")
+    assert fs.read_lease(path) == {"corrupt": True} and len(decoded) == 1
+    with open(path, "r+b") as f:  # another process's record
+        f.write(ss._encode_lease({**record, "owner": "b"}))
+    assert fs.read_lease(path) == {**record, "owner": "b"} and len(decoded) == 2
+    fs.close()
 
 
 def test_a_held_lease_keeps_its_proof_of_life_while_descriptors_are_evicted(tmp_path: Path) -> None:

@@ -109,7 +109,30 @@ from .validation import _check_json_shape, _check_name, _check_time, _is_name
 # show that record.
 # Readers ignore unknown fields of known records; a format only ever gains fields.
 
-_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+def _not_json(value: object) -> Any:
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+def _make_dumps() -> Callable[[Any], str]:
+    """``json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))``,
+    by the C encoder made once: ``JSONEncoder.encode`` makes one per call (with a
+    closure and a dict of markers), a third of its time on a message record. Without
+    the markers a value that contains itself raises ``RecursionError``, not
+    ``ValueError``; every caller takes both (and what the store encodes was checked
+    for depth first)."""
+    encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (another Python): the pure-Python encoder
+        return encoder.encode
+    chunks = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    join = "".join
+
+    def dumps(value: Any) -> str:
+        return join(chunks(value, 0))
+    return dumps
+
+
+_dumps = _make_dumps()
 
 
 def _encode_line(record: Mapping[str, Any]) -> bytes:
@@ -350,7 +373,7 @@ def _same_message(existing: Message, mtype: str, role: str, content: Any, fields
         want[_SNAKE_TO_CAMEL.get(name, name)] = value
     try:
         want = json.loads(_encode_line(want))
-    except (TypeError, ValueError, UnicodeError):
+    except (TypeError, ValueError, UnicodeError, RecursionError):
         return False
     have = existing.to_record()
     for k in ("id", "parentId", "timestamp"):

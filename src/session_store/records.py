@@ -223,7 +223,7 @@ class LockResult:
 class _NewLockResult:
     """A :class:`LockResult` being built (see :func:`_lock_result`)."""
 
-    __slots__ = ("acquired", "owner_id", "holder_id", "expires_at", "token")
+    __slots__ = ("acquired", "expires_at", "holder_id", "owner_id", "token")
     acquired: bool
     owner_id: str
     holder_id: str | None
