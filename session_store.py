@@ -5283,6 +5283,7 @@ class _Session:
         "forked_from",
         "key",
         "last_reset_at",
+        "lease",
         "loaded",
         "lock",
         "nbytes",
@@ -5319,6 +5320,9 @@ class _Session:
         # Inside append_many: the message records applied and not yet written (see
         # SessionStore._write_message); None otherwise.
         self.batch: list[tuple[str, bytes]] | None = None
+        # The lease record this store last wrote (whole and well-formed): one read back
+        # equal to it needs no check (see _LeasedStore._read_lease).
+        self.lease: Mapping[str, Any] | None = None
         self.clear()
 
     def clear(self) -> None:
@@ -7243,13 +7247,19 @@ class _LeasedStore(_SessionCache):
             raise SessionLocked(state.session_id, owner_id, holder)
 
     def _read_lease(self, state: _Session) -> Mapping[str, Any]:
-        """The lease record (caller is in ``_writing``), normalized by :meth:`_normal_lease`."""
+        """The lease record (caller is in ``_writing``), normalized by :meth:`_normal_lease`;
+        the record this store wrote last when it reads back as that (its check would
+        find what it found when the store made it: the common case, a store taking and
+        letting go of a lease, checks nothing)."""
         try:
             raw = self._storage.read_lease(state.session_id)
         except StorageError:
             raise
         except OSError as e:
             raise _storage_error(e, f"read the lease of {state.session_id!r}") from e
+        known = state.lease
+        if known is not None and raw == known:
+            return known
         return self._normal_lease(raw)
 
     def _normal_lease(self, raw: Mapping[str, Any] | None, *, quiet: bool = False) -> Mapping[str, Any]:
@@ -7282,8 +7292,10 @@ class _LeasedStore(_SessionCache):
         fails. A write can land and then report failure (its fsync fails); the caller is
         told the call failed, so what landed must not stand: an acquire must not leave
         an owner who was told no, a release or renewal must not take effect unseen."""
+        state.lease = None
         try:
             self._storage.write_lease(state.session_id, lease, durable=durable)
+            state.lease = lease
         except (StorageError, OSError) as e:
             if undo is not None:
                 with contextlib.suppress(SessionStoreError, OSError):

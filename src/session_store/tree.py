@@ -11,7 +11,7 @@ import bisect
 import itertools
 import operator
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -66,6 +66,7 @@ class _Session:
         "forked_from",
         "key",
         "last_reset_at",
+        "lease",
         "loaded",
         "lock",
         "nbytes",
@@ -102,6 +103,9 @@ class _Session:
         # Inside append_many: the message records applied and not yet written (see
         # SessionStore._write_message); None otherwise.
         self.batch: list[tuple[str, bytes]] | None = None
+        # The lease record this store last wrote (whole and well-formed): one read back
+        # equal to it needs no check (see _LeasedStore._read_lease).
+        self.lease: Mapping[str, Any] | None = None
         self.clear()
 
     def clear(self) -> None:
