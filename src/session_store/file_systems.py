@@ -222,20 +222,25 @@ def _lease_as_read(lease: Mapping[str, Any]) -> dict[str, Any] | None:
     """What :func:`_decode_lease` makes of ``_encode_lease(lease)``, made without the
     round trip, for a record of what the store writes (string keys; strings, integers,
     ``None``; a ``queue`` of ``[waiter, deadline]`` pairs); ``None`` for any other."""
-    out: dict[str, Any] = {}
-    for k, v in lease.items():
-        t = type(v)
-        if type(k) is not str:
+    out = dict(lease)
+    for k, v in out.items():
+        if type(k) is not str or (type(v) not in _PLAIN_JSON and k != "queue"):
             return None
-        if t is str or t is int or v is None:
-            out[k] = v
-        elif k == "queue" and (t is list or t is tuple) and all(
-                (type(w) is list or type(w) is tuple) and len(w) == 2 and type(w[0]) is str and type(w[1]) is int
-                for w in v):
-            out[k] = [list(w) for w in v]
-        else:
+    queue = out.get("queue")
+    if queue is not None:
+        if type(queue) is not list and type(queue) is not tuple:
             return None
+        pairs = []
+        for w in queue:
+            if (type(w) is not list and type(w) is not tuple) or len(w) != 2 or type(w[0]) is not str \
+                    or type(w[1]) is not int:
+                return None
+            pairs.append([w[0], w[1]])
+        out["queue"] = pairs
     return out
+
+
+_PLAIN_JSON = frozenset({str, int, type(None)})  # values JSON gives back as they were (not bool, not float)
 
 
 def _decode_lease(raw: bytes) -> dict[str, Any] | None:
