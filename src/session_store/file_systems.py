@@ -601,8 +601,8 @@ class RealFileSystem(FileSystem):
     Log files are kept open (an LRU of at most ``max_open_files`` descriptors, by
     default a quarter of the process's limit and at most 1,024; opened ``O_APPEND``),
     so an append is one ``write`` and, when durable, one ``fdatasync``.
-    :meth:`locked` is an ``fcntl.flock`` on the file itself plus a per-path thread
-    lock, so it excludes other threads and other processes; the OS drops the flock
+    :meth:`locked` is an ``fcntl.flock`` on the file itself plus the thread lock of
+    its cached descriptor, so it excludes other threads and other processes; the OS drops the flock
     of a process that dies. Below an anchored directory every path is walked one
     component at a time with ``O_NOFOLLOW`` (``openat``): a link planted inside a
     store is refused, never followed. Temp files of atomic writes have unpredictable
@@ -1124,7 +1124,7 @@ class RealFileSystem(FileSystem):
             os.close(dfd)
 
     def locked(self, path: str, *, create: bool = True) -> contextlib.AbstractContextManager[Any]:
-        """Per-path thread lock, then ``flock(LOCK_EX)`` on the file's cached descriptor."""
+        """The thread lock of the file's cached descriptor, then ``flock(LOCK_EX)`` on it."""
         return _FlockGuard(self, path, create)
 
     def hold(self, path: str) -> None:
