@@ -727,6 +727,12 @@ class SqliteStorage(Storage):
         if self._durable:
             self._wal.sync()
 
+    @property
+    def sync_takes_back(self) -> bool:
+        """No: what a failed sync covered was committed, maybe read by others; the
+        storage refuses writes until opened again (see :class:`_WalSync`)."""
+        return False
+
     # -- counts ------------------------------------------------------------------------------
 
     def read_tally(self, session_id: str) -> tuple[Position, dict[str, Any]] | None:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import session_store_sqlite
-from session_store import DuplicateMessage, SessionStore, StorageError
+from session_store import DuplicateMessage, JsonlStorage, SessionStore, StorageError
+from session_store_conformance import FaultyStorage
 from session_store_sqlite import _RETRY, SCHEMA_VERSION, SqliteStorage
 
 
@@ -160,6 +161,22 @@ def test_a_failed_sync_fails_the_write_and_every_later_one_until_reopened(tmp_pa
         assert again.resolve("another key", create=False) is None
         again.append(sid, role="user", content="after")  # a new storage writes again
         assert again.get_messages(sid)[-1].content == "after"
+
+
+def test_the_kit_injects_no_failed_sync_around_a_storage_that_cannot_take_records_back(tmp_path: Path) -> None:
+    """A failed sync of SQLite leaves what it covered (committed, maybe read by others,
+    never acknowledged) and refuses writes until reopened (the test above, with a real
+    failing fdatasync). A failure raised around it by the conformance kit's
+    FaultyStorage left the records and went on writing, which no SQLite storage does:
+    its state machine then found an append that raised yet stood. The kit injects
+    failed syncs only where they take back what they covered."""
+    faulty = FaultyStorage(SqliteStorage(tmp_path / "s.db"))
+    assert not SqliteStorage(tmp_path / "t.db").sync_takes_back and not faulty.sync_takes_back
+    assert "sync" not in faulty.OPS and "commit" in faulty.OPS
+    with pytest.raises(ValueError, match="unknown write operation 'sync'"):
+        faulty.fail_next("sync")
+    files = FaultyStorage(JsonlStorage(directory=str(tmp_path / "files")))
+    assert files.sync_takes_back and "sync" in files.OPS  # files cut a failed sync's records off
 
 
 def test_a_reserved_range_of_fencing_tokens_is_synced_before_the_lease_is_given(

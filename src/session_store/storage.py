@@ -213,6 +213,15 @@ class Storage(ABC):
         """Whether other processes may use the same data."""
         return True
 
+    @property
+    def sync_takes_back(self) -> bool:
+        """Whether a failed :meth:`sync` takes back the records it covered (files cut
+        them off), rather than leaving them, unacknowledged, and refusing writes until
+        the storage is opened again (a database whose commit others may have read).
+        The conformance kit injects failed syncs only into a storage that takes back:
+        the other kind is tested with its own failing ``fsync``."""
+        return True
+
     # -- the key index ----------------------------------------------------------------
 
     @abstractmethod
