@@ -10,6 +10,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -465,6 +466,35 @@ def test_a_lease_record_kept_with_its_bytes_is_what_those_bytes_read_as(record: 
     kept = ss._lease_as_read(record)
     if kept is not None:
         assert repr(kept) == repr(ss._decode_lease(ss._encode_lease(record)))  # repr: 1 and True differ
+
+
+def _decode_lease_by_json_loads(raw: bytes) -> dict[str, Any] | None:
+    """_decode_lease as it was written first: json.loads on the checked body."""
+    text = raw.rstrip()
+    if not text:
+        return {"corrupt": True}
+    body, tab, crc = text.rpartition(b"\t")
+    if tab:
+        if b"%08x" % zlib.crc32(body) != crc:
+            return {"corrupt": True}
+        text = body
+    try:
+        lease = json.loads(text.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return {"corrupt": True}
+    return lease if isinstance(lease, dict) else {"corrupt": True}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=40),
+                 st.builds(lambda v, pad: (json.dumps(v) + pad).encode(), _LEASE_VALUES | st.dictionaries(
+                     st.text(max_size=5), _LEASE_VALUES, max_size=4), st.sampled_from(["", " ", "\n", " x", "]"])),
+                 st.builds(lambda d: ss._encode_lease(d), st.dictionaries(st.text(max_size=5), _LEASE_VALUES,
+                                                                          max_size=4))))
+def test_a_lease_record_decodes_as_json_loads_decodes_it(raw: bytes) -> None:
+    """_decode_lease takes the JSON scanner's result when it read the body whole, and
+    json.loads's otherwise: either way, what json.loads made of it."""
+    assert repr(ss._decode_lease(raw)) == repr(_decode_lease_by_json_loads(raw))
 
 
 def test_a_lease_read_back_on_files_decodes_only_bytes_it_did_not_write(tmp_path: Path,

@@ -23,7 +23,7 @@ from stat import S_ISDIR, S_ISREG
 from typing import Any
 
 from .errors import InvalidInput, _log
-from .log_format import _dumps
+from .log_format import _dumps, _scan_json
 
 
 class FileSystem(ABC):
@@ -253,7 +253,13 @@ def _decode_lease(raw: bytes) -> dict[str, Any] | None:
             return dict(_CORRUPT)
         text = body
     try:
-        lease = json.loads(text.decode("utf-8"))
+        decoded = text.decode("utf-8")
+        try:  # the scanner alone, as json.loads would use it, for a record with nothing around it
+            lease, end = _scan_json(decoded, 0)
+        except StopIteration:
+            end = -1
+        if end != len(decoded):
+            lease = json.loads(decoded)  # anything else: exactly what json.loads makes of it
     except (ValueError, UnicodeDecodeError, RecursionError):
         return dict(_CORRUPT)
     return lease if isinstance(lease, dict) else dict(_CORRUPT)
