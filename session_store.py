@@ -2376,10 +2376,14 @@ class InMemoryFileSystem(FileSystem):
             return lock
 
     def _gone(self, path: str) -> None:
-        """A file was removed or renamed away (mutex held): its lock goes, and whoever
-        waits for it takes the path's lock again (see :class:`_TableGuard`)."""
+        """A file was removed or renamed away (mutex held): its lock goes with it, and
+        whoever waits for it takes the path's lock again (see :class:`_TableGuard`);
+        a held lock stays the path's until its holder lets go (a deletion under the
+        lock is that thread's to finish), so another locker of the path waits."""
         self._files.pop(path, None)
-        self._locks.pop(path, None)
+        lock = self._locks.get(path)
+        if lock is not None and not lock.locked():
+            del self._locks[path]
 
     def hold(self, path: str) -> None:
         """Count a hold (memory never dies while this object lives)."""
@@ -2446,14 +2450,36 @@ class _TableGuard:
         while True:
             lock = fs._lock_of(path, self._create)
             lock.acquire()
-            if fs._locks.get(path) is lock:
+            # Only its holder, or _gone while nobody holds it, takes a lock out of the
+            # table: held, the answer cannot change under us; the common case asks
+            # without the mutex.
+            if fs._locks.get(path) is lock and path in fs._files:
                 self._held = lock
                 return
-            lock.release()  # the file went while we waited
+            try:
+                with fs._mutex:
+                    if fs._locks.get(path) is lock:  # still the path's lock
+                        if path in fs._files:
+                            self._held = lock
+                            return
+                        if self._create:  # its file went, its lock kept for the holder then: made again
+                            fs._parent_exists(path)
+                            fs._files[path] = bytearray()
+                            self._held = lock
+                            return
+                        del fs._locks[path]
+            finally:
+                if self._held is None:
+                    lock.release()
 
     def __exit__(self, *exc: object) -> None:
         lock, self._held = self._held, None
         if lock is not None:
+            fs, path = self._fs, self._path
+            if path not in fs._files:  # its file went while held: its lock goes now
+                with fs._mutex:
+                    if path not in fs._files and fs._locks.get(path) is lock:
+                        del fs._locks[path]
             lock.release()
 
 
@@ -2463,15 +2489,17 @@ class _Descriptor:
     the threads of a process share the descriptor, and an ``flock`` excludes other
     descriptions only, not the threads using one. A path has one cached descriptor at a
     time, and a pinned one stays cached until its file is removed or replaced (then
-    ``stale``, and a locker opens the path again), so its threads meet on this lock."""
+    ``stale``, and a locker opens the path again), so its threads meet on this lock. A
+    lock held when its file goes is handed to the path's next descriptor (see
+    :meth:`RealFileSystem._forget`): the lock is the path's, as long as it is held."""
 
     __slots__ = ("fd", "lease", "lock", "pins", "stale")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, lock: threading.Lock | None = None) -> None:
         self.fd = fd
         self.pins = 0
         self.stale = False
-        self.lock = threading.Lock()
+        self.lock = threading.Lock() if lock is None else lock
         # The last lease record written here: its bytes, and the record they read as
         # (see RealFileSystem.read_lease).
         self.lease: tuple[bytes, dict[str, Any]] | None = None
@@ -2519,6 +2547,7 @@ class RealFileSystem(FileSystem):
     def _reset(self) -> None:
         self._fds: OrderedDict[str, _Descriptor] = OrderedDict()
         self._mutex = threading.Lock()
+        self._held_gone: dict[str, threading.Lock] = {}  # path -> the held lock of its forgotten descriptor
         self._new_files: set[str] = set()  # created by append, directory entry not yet synced
         self._holds: dict[str, list[Any]] = {}  # path -> [its pinned _Descriptor, count]
 
@@ -2616,7 +2645,7 @@ class RealFileSystem(FileSystem):
                 os.close(fd)
                 d.pins += 1
             else:
-                d = self._fds[path] = _Descriptor(fd)
+                d = self._fds[path] = _Descriptor(fd, self._held_gone.pop(path, None))
                 d.pins += 1  # before evicting: with every older one pinned, it was the one closed
                 self._evict()
             return d
@@ -2660,12 +2689,18 @@ class RealFileSystem(FileSystem):
             os.close(self._fds.pop(path).fd)
 
     def _forget(self, prefix: str) -> None:
-        """Drop cached descriptors of ``prefix`` and below (files removed or renamed)."""
+        """Drop cached descriptors of ``prefix`` and below (files removed or renamed).
+        The thread lock of one that is locked stays the path's (``_held_gone``, taken
+        by its next descriptor) until its holder lets go: a file replaced or removed
+        by the thread holding its lock (a repair, a deletion) is still that thread's
+        to finish with, and another thread's locker of the path waits."""
         with self._mutex:
             for path in [p for p in self._fds if p == prefix or p.startswith(prefix + "/")]:
                 d = self._fds.pop(path)
                 if d.pins:
                     d.stale = True
+                    if d.lock.locked():
+                        self._held_gone[path] = d.lock
                 else:
                     os.close(d.fd)
             self._new_files = {p for p in self._new_files if p != prefix and not p.startswith(prefix + "/")}
@@ -3113,7 +3148,7 @@ class _FlockGuard:
                 try:
                     _flock(d.fd, "LOCK_EX")
                     try:
-                        if os.fstat(d.fd).st_nlink:
+                        if os.fstat(d.fd).st_nlink and not d.stale:
                             self._d = d
                             return
                     finally:
@@ -3122,10 +3157,13 @@ class _FlockGuard:
                 finally:
                     if self._d is None:
                         d.lock.release()
-                # The file was replaced (a repair renamed a new one over it) or removed
-                # while cached or while we waited: a lock on the old one excludes
+                # The file was replaced (a repair renamed a new one over it), removed or
+                # renamed away while cached or while we waited: a lock on it excludes
                 # nobody. Open the path again (gone: FileNotFoundError, if not create).
-                fs._forget(self._path)
+                with fs._mutex:
+                    if fs._fds.get(self._path) is d:  # (replaced by another process: still cached)
+                        del fs._fds[self._path]
+                        d.stale = True
             finally:
                 if self._d is None:
                     fs._unpin(d)
@@ -3136,6 +3174,11 @@ class _FlockGuard:
             try:
                 _flock(d.fd, "LOCK_UN")
             finally:
+                if d.stale:  # the path's lock no more, once let go
+                    fs = self._fs
+                    with fs._mutex:
+                        if fs._held_gone.get(self._path) is d.lock:
+                            del fs._held_gone[self._path]
                 d.lock.release()
                 self._fs._unpin(d)
 

@@ -452,7 +452,8 @@ def test_an_in_memory_lease_record_reads_as_the_file_format_and_as_what_was_writ
     assert fs.read_lease("s/lock.json") == ss._decode_lease(fs.read("s/lock.json"))
 
 
-_LEASE_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(),
+_LEASE_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+                          st.text(),
                           st.lists(st.lists(st.one_of(st.text(), st.integers()), max_size=3), max_size=3),
                           st.tuples(st.tuples(st.text(), st.integers())))
 

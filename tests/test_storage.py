@@ -1707,3 +1707,71 @@ def test_a_lock_result_is_built_with_the_layout_of_lock_result() -> None:
         built.token = 8  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(built)) == made and copy.deepcopy(built) == made
     assert dataclasses.replace(built, token=9).token == 9
+
+
+def _locker(fs: ss.FileSystem, path: str, create: bool) -> tuple[threading.Thread, threading.Event, list[str]]:
+    """A thread taking ``fs.locked(path)``: its event is set once it holds it; the list
+    gets "held" or "gone" (FileNotFoundError)."""
+    entered, outcome = threading.Event(), []
+
+    def run() -> None:
+        try:
+            with fs.locked(path, create=create):
+                entered.set()
+                outcome.append("held")
+        except FileNotFoundError:
+            outcome.append("gone")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    for _ in range(120_000):  # bounded: it holds or waits long before this ends
+        if entered.is_set() or _blocked_in_lock(thread) or outcome:
+            break
+        threading.Event().wait(0.001)
+    return thread, entered, outcome
+
+
+@pytest.mark.parametrize("kind", ["memory", "files"])
+@pytest.mark.parametrize("change", ["replace", "remove"])
+def test_a_file_replaced_or_removed_by_its_locker_stays_locked_until_let_go(tmp_path: Path, kind: str,
+                                                                              change: str) -> None:
+    """A repair renames a new log over the one it holds; a deletion removes it: another
+    thread's locker of that path waits until the holder lets go (the thread lock is the
+    path's while held, not the old file's). Found in review: both got in at once."""
+    fs: ss.FileSystem = InMemoryFileSystem() if kind == "memory" else RealFileSystem()
+    directory = "/d" if kind == "memory" else str(tmp_path)
+    fs.makedirs(directory)
+    path = f"{directory}/log"
+    fs.append(path, b"old\n")
+    with fs.locked(path, create=False):
+        if change == "replace":
+            fs.write_atomic(path, b"new\n")
+        else:
+            fs.remove(path)
+        waiter, entered, outcome = _locker(fs, path, create=True)
+        assert not entered.is_set() and _blocked_in_lock(waiter)
+    waiter.join(timeout=120)
+    assert outcome == ["held"] and fs.exists(path)
+    with fs.locked(path, create=False):  # and free again
+        pass
+    if isinstance(fs, RealFileSystem):
+        fs.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "files"])
+def test_a_locker_waiting_for_a_file_renamed_away_finds_it_gone(tmp_path: Path, kind: str) -> None:
+    """A waiter pins the path's descriptor before it waits: the file renamed away
+    meanwhile (its folder moved) must not be the one it locks. Found in review."""
+    fs: ss.FileSystem = InMemoryFileSystem() if kind == "memory" else RealFileSystem()
+    directory = "/d" if kind == "memory" else str(tmp_path)
+    fs.makedirs(f"{directory}/a")
+    path = f"{directory}/a/log"
+    fs.append(path, b"x\n")
+    with fs.locked(path, create=False):
+        waiter, entered, outcome = _locker(fs, path, create=False)
+        assert not entered.is_set() and _blocked_in_lock(waiter)
+        fs.rename(f"{directory}/a", f"{directory}/b")
+    waiter.join(timeout=120)
+    assert outcome == ["gone"] and fs.exists(f"{directory}/b/log")
+    if isinstance(fs, RealFileSystem):
+        fs.close()
