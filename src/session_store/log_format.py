@@ -136,7 +136,8 @@ _dumps = _make_dumps()
 
 
 def _encode_line(record: Mapping[str, Any]) -> bytes:
-    """One JSON line; ``ValueError``/``TypeError``/``UnicodeError`` when not valid JSON."""
+    """One JSON line; ``ValueError``/``TypeError``/``UnicodeError`` when not valid JSON,
+    ``RecursionError`` when it contains itself (or nests deeper than the interpreter goes)."""
     return (_dumps(record) + "\n").encode("utf-8")
 
 
