@@ -945,10 +945,10 @@ def _make_dumps() -> Callable[[Any], str]:
     the markers a value that contains itself raises ``RecursionError``, not
     ``ValueError``; every caller takes both (and what the store encodes was checked
     for depth first)."""
-    encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False)
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # no C accelerator (another Python): the pure-Python encoder
-        return encoder.encode
+        return json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                                check_circular=False).encode
     chunks = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
     join = "".join
 
@@ -2362,7 +2362,7 @@ class InMemoryFileSystem(FileSystem):
 
     def _lock_of(self, path: str, create: bool) -> threading.Lock:
         """The file's lock (made on first use), the file created when absent (``create``)."""
-        lock = self._locks.get(path)  # there while the file is (see _gone); one taken as it goes is let go
+        lock = self._locks.get(path)  # (or a held one whose file went, see _gone: _TableGuard tells which)
         if lock is not None:
             return lock
         with self._mutex:

@@ -1657,58 +1657,6 @@ def _blocked_in_lock(thread: threading.Thread) -> bool:
     return frame is not None and frame.f_code.co_name == "__enter__" and "Guard" in frame.f_code.co_qualname
 
 
-@pytest.mark.parametrize("kind", ["memory", "files"])
-def test_a_locker_waiting_for_a_file_removed_meanwhile_never_holds_a_dead_lock(tmp_path: Path, kind: str) -> None:
-    """A file's thread lock goes with the file (in memory: the file's entry; on disk:
-    the cached descriptor's): a locker that waited for it takes the path's lock again,
-    and finds the file gone (``create=False``) or holds the lock of the new one."""
-    fs: ss.FileSystem = InMemoryFileSystem() if kind == "memory" else RealFileSystem()
-    directory = "/d" if kind == "memory" else str(tmp_path)
-    fs.makedirs(directory)
-    path = f"{directory}/f"
-    outcomes: dict[bool, str] = {}
-
-    def lock(create: bool) -> None:
-        try:
-            with fs.locked(path, create=create):
-                outcomes[create] = "held"
-        except FileNotFoundError:
-            outcomes[create] = "gone"
-
-    for create in (False, True):
-        fs.append(path, b"x")
-        with fs.locked(path):
-            waiter = threading.Thread(target=lock, args=(create,))
-            waiter.start()
-            for _ in range(120_000):  # bounded: the thread is scheduled long before this ends
-                if _blocked_in_lock(waiter):
-                    break
-                threading.Event().wait(0.001)
-            assert _blocked_in_lock(waiter)
-            fs.remove(path)
-        waiter.join(timeout=120)
-        assert not waiter.is_alive()
-        if not create:
-            assert outcomes[False] == "gone" and not fs.exists(path)
-        else:
-            assert outcomes[True] == "held" and fs.exists(path)  # made anew, under its own lock
-            with fs.locked(path, create=False):  # and that lock is free again
-                pass
-    if isinstance(fs, RealFileSystem):
-        fs.close()
-
-
-def test_a_lock_result_is_built_with_the_layout_of_lock_result() -> None:
-    assert sorted(ss._NewLockResult.__slots__) == sorted(ss.LockResult.__slots__)
-    built = ss._lock_result(True, "me", "me", 5, 7)
-    made = ss.LockResult(acquired=True, owner_id="me", holder_id="me", expires_at=5, token=7)
-    assert type(built) is ss.LockResult and built == made and repr(built) == repr(made)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        built.token = 8  # type: ignore[misc]
-    assert pickle.loads(pickle.dumps(built)) == made and copy.deepcopy(built) == made
-    assert dataclasses.replace(built, token=9).token == 9
-
-
 def _locker(fs: ss.FileSystem, path: str, create: bool) -> tuple[threading.Thread, threading.Event, list[str]]:
     """A thread taking ``fs.locked(path)``: its event is set once it holds it; the list
     gets "held" or "gone" (FileNotFoundError)."""
@@ -1729,6 +1677,46 @@ def _locker(fs: ss.FileSystem, path: str, create: bool) -> tuple[threading.Threa
             break
         threading.Event().wait(0.001)
     return thread, entered, outcome
+
+
+
+@pytest.mark.parametrize("kind", ["memory", "files"])
+def test_a_locker_waiting_for_a_file_removed_meanwhile_never_holds_a_dead_lock(tmp_path: Path, kind: str) -> None:
+    """A file's thread lock goes with the file once let go (in memory: the file's
+    entry; on disk: the cached descriptor's): a locker that waited for it takes the
+    path's lock again, and finds the file gone (``create=False``) or holds the lock of
+    the new one."""
+    fs: ss.FileSystem = InMemoryFileSystem() if kind == "memory" else RealFileSystem()
+    directory = "/d" if kind == "memory" else str(tmp_path)
+    fs.makedirs(directory)
+    path = f"{directory}/f"
+    for create in (False, True):
+        fs.append(path, b"x")
+        with fs.locked(path):
+            waiter, _, outcome = _locker(fs, path, create)
+            assert _blocked_in_lock(waiter)
+            fs.remove(path)
+        waiter.join(timeout=120)
+        assert not waiter.is_alive()
+        if not create:
+            assert outcome == ["gone"] and not fs.exists(path)
+        else:
+            assert outcome == ["held"] and fs.exists(path)  # made anew, under its own lock
+            with fs.locked(path, create=False):  # and that lock is free again
+                pass
+    if isinstance(fs, RealFileSystem):
+        fs.close()
+
+
+def test_a_lock_result_is_built_with_the_layout_of_lock_result() -> None:
+    assert sorted(ss._NewLockResult.__slots__) == sorted(ss.LockResult.__slots__)
+    built = ss._lock_result(True, "me", "me", 5, 7)
+    made = ss.LockResult(acquired=True, owner_id="me", holder_id="me", expires_at=5, token=7)
+    assert type(built) is ss.LockResult and built == made and repr(built) == repr(made)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.token = 8  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(built)) == made and copy.deepcopy(built) == made
+    assert dataclasses.replace(built, token=9).token == 9
 
 
 @pytest.mark.parametrize("kind", ["memory", "files"])

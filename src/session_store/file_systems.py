@@ -480,7 +480,7 @@ class InMemoryFileSystem(FileSystem):
 
     def _lock_of(self, path: str, create: bool) -> threading.Lock:
         """The file's lock (made on first use), the file created when absent (``create``)."""
-        lock = self._locks.get(path)  # there while the file is (see _gone); one taken as it goes is let go
+        lock = self._locks.get(path)  # (or a held one whose file went, see _gone: _TableGuard tells which)
         if lock is not None:
             return lock
         with self._mutex:

@@ -120,10 +120,10 @@ def _make_dumps() -> Callable[[Any], str]:
     the markers a value that contains itself raises ``RecursionError``, not
     ``ValueError``; every caller takes both (and what the store encodes was checked
     for depth first)."""
-    encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False)
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # no C accelerator (another Python): the pure-Python encoder
-        return encoder.encode
+        return json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                                check_circular=False).encode
     chunks = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
     join = "".join
 
