@@ -700,13 +700,20 @@ class RealFileSystem(FileSystem):
 
     # -- walking below an anchor ------------------------------------------------
 
+    def _anchor_of(self, path: str) -> str | None:
+        """The anchor ``path`` is or is below, if any (a loop: on every walk)."""
+        for a in self._anchors:
+            if path.startswith(a) and (len(path) == len(a) or path[len(a)] == "/"):
+                return a
+        return None
+
     def _dir_fd(self, path: str) -> tuple[int, str]:
         """A descriptor of ``path``'s directory and its last component, opened one
         component at a time with ``O_NOFOLLOW`` below an anchor. Caller closes it."""
         directory, _, name = path.rpartition("/")
         if not name:
             raise FileNotFoundError(errno.ENOENT, "not a file name", path)
-        base = next((a for a in self._anchors if directory == a or directory.startswith(a + "/")), None)
+        base = self._anchor_of(directory)
         if base is None:
             return os.open(directory or "/", os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC), name
         fd = os.open(base, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
@@ -953,13 +960,17 @@ class RealFileSystem(FileSystem):
 
     def sync(self, path: str) -> None:
         """``fdatasync`` the file; ``fsync`` its directory when append created it."""
-        with self._open(path) as fd:
-            _fdatasync(fd)
-        with self._mutex:
-            created = path in self._new_files
-            self._new_files.discard(path)
-        if created:
-            self._sync_dir(path.rpartition("/")[0] or "/")
+        d = self._pin(path, create=False)
+        try:
+            _fdatasync(d.fd)
+        finally:
+            self._unpin(d)
+        if path in self._new_files:  # (read without the mutex: only its own creation, before, adds the path)
+            with self._mutex:
+                created = path in self._new_files
+                self._new_files.discard(path)
+            if created:
+                self._sync_dir(path.rpartition("/")[0] or "/")
 
     def truncate(self, path: str, size: int) -> None:
         """Cut the file back to ``size`` bytes."""
@@ -1024,13 +1035,31 @@ class RealFileSystem(FileSystem):
         """Create the missing directories, one at a time below an anchor (a link where a
         directory should be is an error), then (durable) fsync each new entry's parent."""
         path = path.rstrip("/") or "/"
-        base = next((a for a in self._anchors if path == a or path.startswith(a + "/")), None)
+        base = self._anchor_of(path)
         if base is None or path == base:
             if not os.path.isdir(path):
                 os.makedirs(path, exist_ok=True)
                 if durable:
                     _fsync_dir(os.path.dirname(os.path.abspath(path)))
             return
+        # Mostly only the last directory may be missing (a shard of keys/, a session's
+        # staging folder): one mkdir below its parent, walked to as every path is.
+        try:
+            dfd, name = self._dir_fd(path)
+        except FileNotFoundError:
+            pass  # a parent is missing too: the walk below
+        else:
+            try:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=dfd)
+                except FileExistsError:  # (a link or a file there is an error, as in the walk)
+                    os.close(os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd))
+                else:
+                    if durable:
+                        _fsync_fd(dfd)
+                return
+            finally:
+                os.close(dfd)
         self.makedirs(base, durable=durable)
         fd = os.open(base, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
         try:

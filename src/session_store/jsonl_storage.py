@@ -470,9 +470,10 @@ class JsonlStorage(Storage):
             raise InvalidInput(f"not a session id: {session_id!r}")
         self._ensure_format()
         self._ensure_index()
-        existing = self._live_target(key)
-        if existing is not None:
-            return existing
+        if messages or events:  # a copy would be written for nothing (an empty folder: resolve() just looked)
+            existing = self._live_target(key)
+            if existing is not None:
+                return existing
         fs, durable = self.fs, self._durable
         link = self._key_link(key)
         fs.makedirs(link.rpartition("/")[0], durable=durable)
