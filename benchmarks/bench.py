@@ -1194,6 +1194,7 @@ def render(report: Report, command: str, started: float, elapsed: float | None,
             value = med(r.stat) if r.stat else r.value
             lines.append(f"| {r.metric} | {r.goal} | {value} | {tail} | {r.floor} | {r.ratio} | {r.verdict} |")
     lines += hot_paths.render(report.speed, before)
+    lines += hot_paths.render_then(report.then)
     if report.backends:
         lines += ["", "## Backends side by side", "",
                   "Same operations on every backend: median (tail) per operation, on this machine's disk.", "",

@@ -304,6 +304,7 @@ class Report:
     profiles: list[tuple[str, str]] = field(default_factory=list)
     backends: list[tuple[str, dict[str, Stat]]] = field(default_factory=list)
     speed: list[Any] = field(default_factory=list)  # hot_paths.SpeedRow: the hot paths against the commit before
+    then: list[Any] = field(default_factory=list)  # hot_paths.ThenRow: against issue 34's "two weeks ago"
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
