@@ -1763,3 +1763,40 @@ def test_a_locker_waiting_for_a_file_renamed_away_finds_it_gone(tmp_path: Path, 
     assert outcome == ["gone"] and fs.exists(f"{directory}/b/log")
     if isinstance(fs, RealFileSystem):
         fs.close()
+
+
+def test_makedirs_below_an_anchor_refuses_links_and_syncs_each_new_entry(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RealFileSystem.makedirs`` below an anchor: only what is missing is made, one
+    directory at a time, and with ``durable`` the parent of each new one is synced (a
+    directory that was there is not); a link or a file where a directory should be is
+    an error, also as the last component, and nothing is made through a link."""
+    fs = RealFileSystem()
+    anchor = tmp_path / "store"
+    anchor.mkdir()
+    fs.anchor(str(anchor))
+    synced: list[str] = []
+    fsync_fd = ss._fsync_fd
+    monkeypatch.setattr(ss, "_fsync_fd", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                      fsync_fd(fd)))
+    fs.makedirs(f"{anchor}/a/b/c")  # nothing below the anchor yet: the walk
+    assert (anchor / "a" / "b" / "c").is_dir()
+    assert synced == [str(anchor), str(anchor / "a"), str(anchor / "a" / "b")]
+    synced.clear()
+    fs.makedirs(f"{anchor}/a/b/d")  # only the last one missing
+    assert synced == [str(anchor / "a" / "b")] and (anchor / "a" / "b" / "d").is_dir()
+    synced.clear()
+    fs.makedirs(f"{anchor}/a/b/d")  # there already: nothing made, nothing synced
+    fs.makedirs(f"{anchor}/a/b/d", durable=False)
+    fs.makedirs(f"{anchor}/a/e", durable=False)
+    assert synced == [] and (anchor / "a" / "e").is_dir()
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (anchor / "link").symlink_to(outside)
+    (anchor / "a" / "leaf-link").symlink_to(outside)
+    (anchor / "a" / "file").write_bytes(b"x")
+    for path in ("link", "link/x", "link/x/y", "a/leaf-link", "a/leaf-link/x", "a/file", "a/file/x"):
+        with pytest.raises(OSError):
+            fs.makedirs(f"{anchor}/{path}")
+    assert list(outside.iterdir()) == []
