@@ -1800,3 +1800,46 @@ def test_makedirs_below_an_anchor_refuses_links_and_syncs_each_new_entry(tmp_pat
         with pytest.raises(OSError):
             fs.makedirs(f"{anchor}/{path}")
     assert list(outside.iterdir()) == []
+
+
+def test_a_new_files_directory_entry_is_synced_by_a_sync_that_succeeds(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file created by ``append`` has its directory synced by its first ``sync`` that
+    succeeds: not forgotten when the directory's sync failed, nor when another file's
+    sync of the same directory was under way as it was created (that sync may have
+    begun before its entry existed)."""
+    fs = RealFileSystem()
+    fs.anchor(str(tmp_path))
+    synced: list[str] = []
+    fsync_fd = ss._fsync_fd
+    hooks: list[Callable[[], None]] = []
+
+    def watched(fd: int) -> None:
+        while hooks:
+            hooks.pop()()
+        fsync_fd(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "injected")
+
+    folder = tmp_path / "s"
+    fs.makedirs(str(folder))
+    first, second = f"{folder}/first", f"{folder}/second"
+    fs.append(first, b"x\n")
+    monkeypatch.setattr(ss, "_fsync_fd", failing)
+    with pytest.raises(OSError):
+        fs.sync(first)
+    monkeypatch.setattr(ss, "_fsync_fd", watched)
+    fs.sync(first)  # its entry was never synced: this sync syncs it
+    assert synced == [str(folder)]
+
+    synced.clear()
+    fs.append(f"{folder}/third", b"x\n")
+    hooks.append(lambda: fs.append(second, b"y\n"))  # made while third's directory sync is under way
+    fs.sync(f"{folder}/third")
+    assert synced == [str(folder)]
+    fs.sync(second)
+    assert synced == [str(folder), str(folder)]
+    fs.sync(second)  # synced once: not again
+    assert synced == [str(folder), str(folder)]

@@ -965,12 +965,7 @@ class RealFileSystem(FileSystem):
             _fdatasync(d.fd)
         finally:
             self._unpin(d)
-        if path in self._new_files:  # (read without the mutex: only its own creation, before, adds the path)
-            with self._mutex:
-                created = path in self._new_files
-                self._new_files.discard(path)
-            if created:
-                self._sync_dir(path.rpartition("/")[0] or "/")
+        self._sync_entry(path)
 
     def truncate(self, path: str, size: int) -> None:
         """Cut the file back to ``size`` bytes."""
@@ -1025,11 +1020,7 @@ class RealFileSystem(FileSystem):
         finally:
             self._unpin(d)
         if durable:
-            with self._mutex:
-                created = path in self._new_files
-                self._new_files.discard(path)
-            if created:
-                self._sync_dir(path.rpartition("/")[0] or "/")
+            self._sync_entry(path)
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the missing directories, one at a time below an anchor (a link where a
@@ -1266,16 +1257,29 @@ class RealFileSystem(FileSystem):
             if not self._fds:  # an emptied dict keeps its grown table
                 self._fds = OrderedDict()
 
+    def _sync_entry(self, path: str) -> None:
+        """fsync the directory of ``path`` when this file system created the file and
+        no directory sync has covered its entry since. (Read without the mutex: its
+        creation adds the path before the file can be written, see :meth:`_pin`.)"""
+        if path in self._new_files:
+            self._sync_dir(path.rpartition("/")[0] or "/")
+
     def _sync_dir(self, path: str) -> None:
-        """fsync a directory: every entry created in it so far is then durable."""
+        """fsync a directory: every entry created in it before is then durable. Only
+        the new files known before the fsync began count as synced, and only once it
+        succeeded: one created meanwhile may have missed it, and a failed sync covers
+        nothing (the next sync of such a file syncs the directory again)."""
+        prefix = path.rstrip("/") + "/"
+        with self._mutex:
+            covered = {p for p in self._new_files if p.startswith(prefix) and "/" not in p[len(prefix):]}
         dfd, _ = self._dir_fd(path.rstrip("/") + "/.")
         try:
             _fsync_fd(dfd)
         finally:
             os.close(dfd)
-        prefix = path.rstrip("/") + "/"
-        with self._mutex:
-            self._new_files = {p for p in self._new_files if not (p.startswith(prefix) and "/" not in p[len(prefix):])}
+        if covered:
+            with self._mutex:
+                self._new_files -= covered
 
 
 class _FlockGuard:
