@@ -665,9 +665,17 @@ class RealFileSystem(FileSystem):
 
     def _reset(self) -> None:
         self._fds: OrderedDict[str, _Descriptor] = OrderedDict()
+        # The cache by directory, so that forgetting a path or a folder costs what it
+        # drops, not a look through the whole cache (see _forget): directory -> its
+        # cached paths, and directory -> how many cached paths lie anywhere below it.
+        self._fd_dirs: dict[str, set[str]] = {}
+        self._fd_under: dict[str, int] = {}
         self._mutex = threading.Lock()
         self._held_gone: dict[str, threading.Lock] = {}  # path -> the held lock of its forgotten descriptor
-        self._new_files: set[str] = set()  # created by append, directory entry not yet synced
+        # Directory -> the files this file system created in it whose entry no sync has
+        # covered yet (see _sync_entry); by directory, so that forgetting a path costs
+        # O(1), not a look through every file a store that never syncs ever created.
+        self._new_files: dict[str, set[str]] = {}
         self._holds: dict[str, list[Any]] = {}  # path -> [its pinned _Descriptor, count]
 
     def __repr__(self) -> str:
@@ -760,7 +768,7 @@ class RealFileSystem(FileSystem):
                 try:
                     fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
                     with self._mutex:
-                        self._new_files.add(path)  # its directory entry is synced with its data
+                        self._new_files.setdefault(_parent(path), set()).add(path)  # synced with its data
                 except FileExistsError:  # created by someone else meanwhile
                     fd = os.open(name, flags, dir_fd=dfd)
         finally:
@@ -771,7 +779,7 @@ class RealFileSystem(FileSystem):
                 os.close(fd)
                 d.pins += 1
             else:
-                d = self._fds[path] = _Descriptor(fd, self._held_gone.pop(path, None))
+                d = self._cache(path, _Descriptor(fd, self._held_gone.pop(path, None)))
                 d.pins += 1  # before evicting: with every older one pinned, it was the one closed
                 self._evict()
             return d
@@ -812,7 +820,32 @@ class RealFileSystem(FileSystem):
                 if len(victims) == excess:
                     break
         for path in victims:
-            os.close(self._fds.pop(path).fd)
+            os.close(self._uncache(path).fd)
+
+    def _cache(self, path: str, d: _Descriptor) -> _Descriptor:
+        """Put ``d`` in the cache as ``path``'s (mutex held)."""
+        self._fds[path] = d
+        self._fd_dirs.setdefault(_parent(path), set()).add(path)
+        under = self._fd_under
+        for directory in _ancestors(path):
+            under[directory] = under.get(directory, 0) + 1
+        return d
+
+    def _uncache(self, path: str) -> _Descriptor:
+        """Take ``path``'s descriptor out of the cache (mutex held)."""
+        d = self._fds.pop(path)
+        directory = _parent(path)
+        paths = self._fd_dirs[directory]
+        paths.discard(path)
+        if not paths:
+            del self._fd_dirs[directory]
+        under = self._fd_under
+        for directory in _ancestors(path):
+            if under[directory] == 1:
+                del under[directory]
+            else:
+                under[directory] -= 1
+        return d
 
     def _forget(self, prefix: str) -> None:
         """Drop cached descriptors of ``prefix`` and below (files removed or renamed).
@@ -821,15 +854,22 @@ class RealFileSystem(FileSystem):
         by the thread holding its lock (a repair, a deletion) is still that thread's
         to finish with, and another thread's locker of the path waits."""
         with self._mutex:
-            for path in [p for p in self._fds if p == prefix or p.startswith(prefix + "/")]:
-                d = self._fds.pop(path)
+            gone = list(self._fd_dirs.get(prefix, ()))  # a folder's files
+            if self._fd_under.get(prefix, 0) > len(gone):  # and more below them (a subfolder's): looked for
+                gone += [p for p in self._fds if p.startswith(prefix + "/") and _parent(p) != prefix]
+            if prefix in self._fds:  # a file
+                gone.append(prefix)
+            for path in gone:
+                d = self._uncache(path)
                 if d.pins:
                     d.stale = True
                     if d.lock.locked():
                         self._held_gone[path] = d.lock
                 else:
                     os.close(d.fd)
-            self._new_files = {p for p in self._new_files if p != prefix and not p.startswith(prefix + "/")}
+            self._not_new(prefix)  # a file
+            self._new_files.pop(prefix, None)  # a directory: the files made in it. (Deeper ones stay
+            # listed: harmless, a sync of a listed path costs one directory sync more.)
 
     @contextlib.contextmanager
     def _open(self, path: str, *, create: bool = False) -> Iterator[int]:
@@ -1119,6 +1159,7 @@ class RealFileSystem(FileSystem):
             try:
                 os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
                 self._forget(src)
+                self._forget(dst)  # what was there is gone: a descriptor of it must not be used for the path
                 if durable:
                     _fsync_fd(dfd)
             finally:
@@ -1206,7 +1247,7 @@ class RealFileSystem(FileSystem):
             self._unpin(d)
             raise
         with self._mutex:
-            self._new_files.discard(path)  # a mark, never synced: its entry need not be
+            self._not_new(path)  # a mark, never synced: its entry need not be
             held = self._holds.get(path)
             if held is None:
                 self._holds[path] = [d, 1]
@@ -1253,33 +1294,44 @@ class RealFileSystem(FileSystem):
         """Close every idle cached descriptor."""
         with self._mutex:
             for path in [p for p, d in self._fds.items() if d.pins == 0]:
-                os.close(self._fds.pop(path).fd)
+                os.close(self._uncache(path).fd)
             if not self._fds:  # an emptied dict keeps its grown table
-                self._fds = OrderedDict()
+                self._fds, self._fd_dirs, self._fd_under = OrderedDict(), {}, {}
 
     def _sync_entry(self, path: str) -> None:
         """fsync the directory of ``path`` when this file system created the file and
         no directory sync has covered its entry since. (Read without the mutex: its
         creation adds the path before the file can be written, see :meth:`_pin`.)"""
-        if path in self._new_files:
-            self._sync_dir(path.rpartition("/")[0] or "/")
+        directory = _parent(path)
+        if path in self._new_files.get(directory, ()):
+            self._sync_dir(directory)
+
+    def _not_new(self, path: str) -> None:
+        """Forget that ``path`` is new (mutex held)."""
+        directory = _parent(path)
+        names = self._new_files.get(directory)
+        if names is not None:
+            names.discard(path)
+            if not names:
+                del self._new_files[directory]
 
     def _sync_dir(self, path: str) -> None:
         """fsync a directory: every entry created in it before is then durable. Only
         the new files known before the fsync began count as synced, and only once it
         succeeded: one created meanwhile may have missed it, and a failed sync covers
         nothing (the next sync of such a file syncs the directory again)."""
-        prefix = path.rstrip("/") + "/"
+        directory = path.rstrip("/") or "/"
         with self._mutex:
-            covered = {p for p in self._new_files if p.startswith(prefix) and "/" not in p[len(prefix):]}
-        dfd, _ = self._dir_fd(path.rstrip("/") + "/.")
+            covered = set(self._new_files.get(directory, ()))
+        dfd, _ = self._dir_fd(directory.rstrip("/") + "/.")
         try:
             _fsync_fd(dfd)
         finally:
             os.close(dfd)
         if covered:
             with self._mutex:
-                self._new_files -= covered
+                for p in covered:
+                    self._not_new(p)
 
 
 class _FlockGuard:
@@ -1314,7 +1366,7 @@ class _FlockGuard:
                 # nobody. Open the path again (gone: FileNotFoundError, if not create).
                 with fs._mutex:
                     if fs._fds.get(self._path) is d:  # (replaced by another process: still cached)
-                        del fs._fds[self._path]
+                        fs._uncache(self._path)
                         d.stale = True
             finally:
                 if self._d is None:
@@ -1389,6 +1441,21 @@ def _fsync_fd(fd: int) -> None:
     except OSError as e:  # some file systems cannot fsync a directory
         if e.errno not in (errno.EINVAL, errno.EBADF):
             raise
+
+
+def _parent(path: str) -> str:
+    """The directory of ``path``, as the files of each are kept (``_new_files``, ``_fd_dirs``)."""
+    return path.rpartition("/")[0] or "/"
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """Every directory ``path`` lies below, nearest first, as :func:`_parent` names them."""
+    while True:
+        parent = _parent(path)
+        if parent == path:
+            return
+        yield parent
+        path = parent
 
 
 def _fsync_dir(path: str) -> None:
