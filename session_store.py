@@ -2552,12 +2552,14 @@ class RealFileSystem(FileSystem):
         # cached paths, and directory -> how many cached paths lie anywhere below it.
         self._fd_dirs: dict[str, set[str]] = {}
         self._fd_under: dict[str, int] = {}
+        self._forgets = 0  # calls of _forget so far: a descriptor opened across one is checked (see _pin)
         self._mutex = threading.Lock()
         self._held_gone: dict[str, threading.Lock] = {}  # path -> the held lock of its forgotten descriptor
         # Directory -> the files this file system created in it whose entry no sync has
-        # covered yet (see _sync_entry); by directory, so that forgetting a path costs
-        # O(1), not a look through every file a store that never syncs ever created.
-        self._new_files: dict[str, set[str]] = {}
+        # covered yet (see _sync_entry), each with a token of its creation; by directory,
+        # so that forgetting a path costs O(1), not a look through every file a store
+        # that never syncs ever created.
+        self._new_files: dict[str, dict[str, object]] = {}
         self._holds: dict[str, list[Any]] = {}  # path -> [its pinned _Descriptor, count]
 
     def __repr__(self) -> str:
@@ -2639,32 +2641,54 @@ class RealFileSystem(FileSystem):
                 self._fds.move_to_end(path)
                 d.pins += 1
                 return d
+            forgets = self._forgets
         flags = os.O_RDWR | (os.O_APPEND if append else 0) | _O_NOFOLLOW | _O_CLOEXEC
+        fd = self._open_for_cache(path, flags, create)
+        while True:
+            with self._mutex:
+                if self._forgets == forgets:  # nothing renamed or removed since it was opened
+                    d = self._fds.get(path)
+                    if d is not None:  # another thread opened it meanwhile
+                        os.close(fd)
+                        d.pins += 1
+                    else:
+                        d = self._cache(path, _Descriptor(fd, self._held_gone.pop(path, None)))
+                        d.pins += 1  # before evicting: with every older one pinned, it was the one closed
+                        self._evict()
+                    return d
+                forgets = self._forgets
+            # A rename or a removal ran while it was opened, and its _forget found nothing
+            # to drop yet: the file opened may no longer be the one at the path (replaced,
+            # moved away with its folder). Cached, every later write would go to it.
+            try:
+                here = self._lstat(path)
+                if here is None or not os.path.samestat(os.fstat(fd), here):
+                    os.close(fd)
+                    fd = -1
+                    fd = self._open_for_cache(path, flags, create)
+            except BaseException:
+                if fd >= 0:
+                    os.close(fd)
+                raise
+
+    def _open_for_cache(self, path: str, flags: int, create: bool) -> int:
+        """Open ``path`` for :meth:`_pin` (created, and noted as new, when absent and ``create``)."""
         dfd, name = self._dir_fd(path)  # one walk for both attempts
         try:
             try:  # the file usually exists: one open, no exception
-                fd = os.open(name, flags, dir_fd=dfd)
+                return os.open(name, flags, dir_fd=dfd)
             except FileNotFoundError:
                 if not create:
                     raise
                 try:
                     fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
-                    with self._mutex:
-                        self._new_files.setdefault(_parent(path), set()).add(path)  # synced with its data
                 except FileExistsError:  # created by someone else meanwhile
-                    fd = os.open(name, flags, dir_fd=dfd)
+                    return os.open(name, flags, dir_fd=dfd)
+                with self._mutex:  # (a token per creation: see _sync_dir)
+                    self._new_files.setdefault(_parent(path), {})[path] = object()
+                return fd
         finally:
             os.close(dfd)
-        with self._mutex:
-            d = self._fds.get(path)
-            if d is not None:  # another thread opened it meanwhile
-                os.close(fd)
-                d.pins += 1
-            else:
-                d = self._cache(path, _Descriptor(fd, self._held_gone.pop(path, None)))
-                d.pins += 1  # before evicting: with every older one pinned, it was the one closed
-                self._evict()
-            return d
 
     def _unpin(self, d: _Descriptor) -> None:
         with self._mutex:
@@ -2736,6 +2760,7 @@ class RealFileSystem(FileSystem):
         by the thread holding its lock (a repair, a deletion) is still that thread's
         to finish with, and another thread's locker of the path waits."""
         with self._mutex:
+            self._forgets += 1
             gone = list(self._fd_dirs.get(prefix, ()))  # a folder's files
             if self._fd_under.get(prefix, 0) > len(gone):  # and more below them (a subfolder's): looked for
                 gone += [p for p in self._fds if p.startswith(prefix + "/") and _parent(p) != prefix]
@@ -3188,12 +3213,13 @@ class RealFileSystem(FileSystem):
         if path in self._new_files.get(directory, ()):
             self._sync_dir(directory)
 
-    def _not_new(self, path: str) -> None:
-        """Forget that ``path`` is new (mutex held)."""
+    def _not_new(self, path: str, creation: object | None = None) -> None:
+        """Forget that ``path`` is new (mutex held); given ``creation``, only if that
+        creation is still the path's (not a file made again there since)."""
         directory = _parent(path)
         names = self._new_files.get(directory)
-        if names is not None:
-            names.discard(path)
+        if names is not None and path in names and (creation is None or names[path] is creation):
+            del names[path]
             if not names:
                 del self._new_files[directory]
 
@@ -3204,7 +3230,7 @@ class RealFileSystem(FileSystem):
         nothing (the next sync of such a file syncs the directory again)."""
         directory = path.rstrip("/") or "/"
         with self._mutex:
-            covered = set(self._new_files.get(directory, ()))
+            covered = dict(self._new_files.get(directory, {}))
         dfd, _ = self._dir_fd(directory.rstrip("/") + "/.")
         try:
             _fsync_fd(dfd)
@@ -3212,8 +3238,8 @@ class RealFileSystem(FileSystem):
             os.close(dfd)
         if covered:
             with self._mutex:
-                for p in covered:
-                    self._not_new(p)
+                for p, creation in covered.items():
+                    self._not_new(p, creation)
 
 
 class _FlockGuard:

@@ -1777,8 +1777,11 @@ def test_makedirs_below_an_anchor_refuses_links_and_syncs_each_new_entry(tmp_pat
     fs.anchor(str(anchor))
     synced: list[str] = []
     fsync_fd = ss._fsync_fd
-    monkeypatch.setattr(ss, "_fsync_fd", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
-                                                      fsync_fd(fd)))
+
+    def watched(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync_fd(fd)
+    monkeypatch.setattr(ss, "_fsync_fd", watched)
     fs.makedirs(f"{anchor}/a/b/c")  # nothing below the anchor yet: the walk
     assert (anchor / "a" / "b" / "c").is_dir()
     assert synced == [str(anchor), str(anchor / "a"), str(anchor / "a" / "b")]
@@ -1842,6 +1845,18 @@ def test_a_new_files_directory_entry_is_synced_by_a_sync_that_succeeds(tmp_path:
     fs.sync(second)
     assert synced == [str(folder), str(folder)]
     fs.sync(second)  # synced once: not again
+    assert synced == [str(folder), str(folder)]
+
+    synced.clear()  # removed and made again while the directory sync that covers it was under way
+    fourth = f"{folder}/fourth"
+    fs.append(fourth, b"x\n")
+
+    def made_again() -> None:
+        fs.remove(fourth)
+        fs.append(fourth, b"z\n")
+    hooks.append(made_again)
+    fs.sync(fourth)
+    fs.sync(fourth)  # the second creation may have missed that sync: this one syncs the directory again
     assert synced == [str(folder), str(folder)]
 
 
@@ -1941,3 +1956,32 @@ def test_the_descriptor_cache_never_holds_a_file_no_longer_at_its_path(tmp_path_
                 under[a] = under.get(a, 0) + 1
         assert fs._fd_dirs == dirs and fs._fd_under == under
     fs.close()
+
+
+def test_a_descriptor_opened_while_its_file_is_replaced_is_not_kept(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file replaced at its path (a rename over it) after a thread opened it and
+    before that thread cached the descriptor: the rename's forgetting found nothing to
+    drop, so the descriptor is checked before it is kept (and used), or every later
+    append would go to the replaced file."""
+    fs = RealFileSystem()
+    fs.anchor(str(tmp_path))
+    target, other = f"{tmp_path}/f", f"{tmp_path}/t"
+    (tmp_path / "f").write_bytes(b"old\n")
+    (tmp_path / "t").write_bytes(b"new\n")
+    real_open = os.open
+    armed = [True]
+
+    def opening(name: Any, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(name, *args, **kwargs)
+        if armed[0] and name == "f":  # opened, not cached yet: another thread renames over it
+            armed[0] = False
+            fs.rename(other, target, durable=False)
+        return fd
+
+    monkeypatch.setattr(os, "open", opening)
+    fs.append(target, b"first\n")  # (the descriptor is checked before the write: it goes to the new file too)
+    monkeypatch.setattr(os, "open", real_open)
+    fs.append(target, b"second\n")
+    assert not armed[0]
+    assert (tmp_path / "f").read_bytes() == b"new\nfirst\nsecond\n"
