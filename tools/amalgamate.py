@@ -46,6 +46,7 @@ MODULES = [
     "searching",
     "storage",
     "file_systems",
+    "real_file_system",
     "tuning",
     "key_names",
     "jsonl_storage",

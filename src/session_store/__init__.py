@@ -126,8 +126,9 @@ from .errors import (
     StorageError,
     StoreClosed,
 )
-from .file_systems import FileSystem, InMemoryFileSystem, RealFileSystem
+from .file_systems import FileSystem, InMemoryFileSystem
 from .jsonl_storage import JsonlStorage
+from .real_file_system import RealFileSystem
 from .records import (
     FORMAT_VERSION,
     Branch,

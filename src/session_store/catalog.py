@@ -18,8 +18,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .errors import InvalidInput, InvalidKey, SessionLocked, SessionNotFound, _storage_errors
-from .file_systems import RealFileSystem
 from .log_format import _dumps, _message_from_record
+from .real_file_system import RealFileSystem
 from .records import FORMAT_VERSION, Branch, Message, PruneReport, SearchHit, SessionMetadata
 from .searching import _shown_title, _snippet, message_text, search_words
 from .store import _StoreBase

@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 from .catalog import SessionStore
 from .contexts import _CONTEXT_FORMATS, _CONTEXT_READERS, _RECOGNIZERS, _call, _kind, read_turns
 from .errors import InvalidInput, SessionStoreError, _log
-from .file_systems import RealFileSystem
 from .jsonl_storage import JsonlStorage
 from .log_format import _dumps, _encode_line
+from .real_file_system import RealFileSystem
 from .records import Message, SessionMetadata, __version__
 from .searching import search_words
 

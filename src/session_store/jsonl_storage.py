@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 from .errors import InvalidInput, InvalidKey, SessionNotFound, StorageError, _log
-from .file_systems import FileSystem, RealFileSystem, _after_fork_hooks
+from .file_systems import FileSystem, _after_fork_hooks
 from .key_names import _KeyNames
 from .log_format import _CHAIN_MARK, _encode_line, _legacy_branch_event, _parse_lines, _unfinished_tail
+from .real_file_system import RealFileSystem
 from .records import FORMAT_VERSION, Problem
 from .storage import IndexEntry, Position, Records, Storage
 from .validation import _check_key, _is_session_id
