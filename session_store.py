@@ -3030,13 +3030,8 @@ class RealFileSystem(FileSystem):
             pass  # a parent is missing too: the walk below
         else:
             try:
-                try:
-                    os.mkdir(name, 0o755, dir_fd=dfd)
-                except FileExistsError:  # (a link or a file there is an error, as in the walk)
+                if not _make_dir(dfd, name, durable):  # (a link or a file there is an error, as in the walk)
                     os.close(os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd))
-                else:
-                    if durable:
-                        _fsync_fd(dfd)
                 return
             finally:
                 os.close(dfd)
@@ -3046,12 +3041,7 @@ class RealFileSystem(FileSystem):
             for part in path[len(base):].split("/"):
                 if not part:
                     continue
-                try:
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    if durable:
-                        _fsync_fd(fd)
-                except FileExistsError:
-                    pass
+                _make_dir(fd, part, durable)
                 sub = os.open(part, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=fd)
                 os.close(fd)
                 fd = sub
@@ -3391,6 +3381,18 @@ def _fsync_fd(fd: int) -> None:
     except OSError as e:  # some file systems cannot fsync a directory
         if e.errno not in (errno.EINVAL, errno.EBADF):
             raise
+
+
+def _make_dir(dfd: int, name: str, durable: bool) -> bool:
+    """Make the directory ``name`` in ``dfd``, whose entry is then synced (``durable``);
+    ``False`` when something is there already (what it is, the caller checks)."""
+    try:
+        os.mkdir(name, 0o755, dir_fd=dfd)
+    except FileExistsError:
+        return False
+    if durable:
+        _fsync_fd(dfd)
+    return True
 
 
 def _parent(path: str) -> str:

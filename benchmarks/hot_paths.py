@@ -180,6 +180,12 @@ def lock_cycle(store: Any, sid: str) -> Callable[[], None]:
     return op
 
 
+def append_op(store: Any, sid: str, content: str) -> Callable[[], None]:
+    def op() -> None:
+        store.append(sid, role="user", content=content)
+    return op
+
+
 @contextlib.contextmanager
 def appending_file(d: str, name: str) -> Iterator[int]:
     fd = os.open(os.path.join(d, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -252,11 +258,9 @@ def locks(report: Report, d: str, codes: list[Code], content: str, record: dict[
 
 def appends(report: Report, d: str, codes: list[Code], content: str, record: dict[str, Any], n: int,
             pi: dict[str, Any] | None) -> None:
-    def append(store: Any, sid: str) -> Callable[[], None]:
-        return lambda: store.append(sid, role="user", content=content)
-
     memory = [c.core.SessionStore(c.core.InMemoryFileSystem(), storage_dir="/hot") for c in codes]
-    stats = interleaved([lambda: json.dumps(record), *(append(s, s.resolve("appends")) for s in memory)], n)
+    stats = interleaved([lambda: json.dumps(record),
+                         *(append_op(s, s.resolve("appends"), content) for s in memory)], n)
     ours, old = stats[1], stats[2] if len(stats) > 2 else None
     add(report, SpeedRow(metric="append, in memory", goal="≤ 10 µs", ours=med(ours),
                          before=med(old) if old else "n/a", change=change(ours, old),
@@ -268,7 +272,7 @@ def appends(report: Report, d: str, codes: list[Code], content: str, record: dic
 
         files = [c.core.SessionStore(storage_dir=os.path.join(d, f"appends-{i}"), durable=False)
                  for i, c in enumerate(codes)]
-        stats = interleaved([floor, *(append(s, s.resolve("appends")) for s in files)], n)
+        stats = interleaved([floor, *(append_op(s, s.resolve("appends"), content) for s in files)], n)
         for s in files:
             s.close()
     ours, old = stats[1], stats[2] if len(stats) > 2 else None
@@ -491,15 +495,8 @@ def calibrate(report: Report, d: str, then: Code, content: str, rounds: int, blo
     blocks of ``block`` operations alternating between the two (``rounds`` each): how
     far ours is from the code that measured the issue's "two weeks ago" numbers, on
     whatever machine this runs (that machine ran ``threading.Lock`` in 0.14 µs)."""
-    def lock(store: Any, sid: str) -> Callable[[], None]:
-        return lock_cycle(store, sid)
-
-    def append(store: Any, sid: str) -> Callable[[], None]:
-        return lambda: store.append(sid, role="user", content=content)
-
     stores: list[Any] = []
-    for metric, make in (("lock acquire + release, in memory", lock), ("lock acquire + release, files, "
-                         "not durable", lock), ("append, in memory", append), ("append, files, not durable", append)):
+    for metric in THEN_RECORDED:
         ops = []
         for i, c in enumerate((OURS, then)):
             if "memory" in metric:
@@ -507,7 +504,8 @@ def calibrate(report: Report, d: str, then: Code, content: str, rounds: int, blo
             else:
                 store = c.core.SessionStore(storage_dir=os.path.join(d, f"then-{i}-{len(stores)}"), durable=False)
             stores.append(store)
-            ops.append(make(store, store.resolve("then")))
+            sid = store.resolve("then")
+            ops.append(lock_cycle(store, sid) if metric.startswith("lock") else append_op(store, sid, content))
         means: list[list[float]] = [[], []]
         for r in range(rounds + 1):  # the first round warms up
             for k in ((0, 1) if r % 2 else (1, 0)):
