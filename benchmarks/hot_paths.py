@@ -77,6 +77,19 @@ class Speedup:
     durable: float
     one_unsynced: float
     eight_unsynced: float
+    unsynced_us: float  # one thread's append without syncs, in µs: the model's Python per append
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """What any CPython code reaches from 8 threads when each append is ``python_us`` µs
+    of Python (the interpreter's lock held), one ``write`` and a sync: 8 threads on 8
+    files (each ``fdatasync``s its own), and on one file with group commit (one
+    ``fdatasync`` covers every line written before it), over one thread's rate."""
+
+    python_us: float
+    eight_files: float
+    one_file: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,15 +319,82 @@ def speedups(store: Any, fast: Any, content: str, per: int, rounds: int) -> tupl
     single, fast_single = store.resolve("single"), fast.resolve("single")
     layouts = [([store.resolve(f"thread-{i}") for i in range(8)], [fast.resolve(f"thread-{i}") for i in range(8)]),
                ([store.resolve("shared")], [fast.resolve("shared")])]
-    found: list[list[tuple[float, float, float]]] = [[], []]
+    found: list[list[tuple[float, float, float, float]]] = [[], []]
     for _ in range(rounds):
         alone = threaded_rate(appending(store, [single], per * 2), 1, per * 2)
-        unsynced = threaded_rate(appending(fast, [fast_single], per * 2), 1, per * 2) / alone
+        free_rate = threaded_rate(appending(fast, [fast_single], per * 2), 1, per * 2)
         for k, (durable, free) in enumerate(layouts):
-            found[k].append((threaded_rate(appending(store, durable, per), 8, per) / alone, unsynced,
-                             threaded_rate(appending(fast, free, per), 8, per) / alone))
-    medians = [Speedup(*(statistics.median(x[j] for x in rows) for j in range(3))) for rows in found]
+            found[k].append((threaded_rate(appending(store, durable, per), 8, per) / alone, free_rate / alone,
+                             threaded_rate(appending(fast, free, per), 8, per) / alone, 1e6 / free_rate))
+    medians = [Speedup(*(statistics.median(x[j] for x in rows) for j in range(4))) for rows in found]
     return medians[0], medians[1]
+
+
+def model_speedups(d: str, record: dict[str, Any], python_us: float, per: int, rounds: int) -> Model:
+    """:class:`Model`: the fewest waits a store can have (no lock but the interpreter's
+    and, on one file, the group commit's), with ``python_us`` of Python per append."""
+    line = (json.dumps(record) + "\n").encode()
+    fds = [os.open(os.path.join(d, f"model-{i}"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) for i in range(9)]
+    count = 20_000
+    t0 = time.perf_counter()
+    spin(count)
+    spin_us = (time.perf_counter() - t0) * 1e6 / count
+    t0 = time.perf_counter()
+    for _ in range(1000):
+        os.write(fds[8], line)
+    write_us = (time.perf_counter() - t0) * 1e3  # (the write is in ours too)
+    spins = max(0, round((python_us - write_us) / spin_us))
+    commit = threading.Condition(threading.Lock())
+    written, synced, syncing = [0], [0], [False]
+    writer = threading.Lock()
+
+    def group_sync(fd: int, want: int) -> None:
+        with commit:
+            while synced[0] < want and syncing[0]:
+                commit.wait()
+            if synced[0] >= want:
+                return
+            syncing[0], target = True, written[0]
+        try:
+            os.fdatasync(fd)
+        finally:
+            with commit:
+                syncing[0], synced[0] = False, max(synced[0], target)
+                commit.notify_all()
+
+    def own_files(i: int) -> None:
+        fd = fds[i % 8]
+        for _ in range(per):
+            spin(spins)
+            os.write(fd, line)
+            os.fdatasync(fd)
+
+    def one_file(_: int) -> None:
+        for _ in range(per):
+            spin(spins)
+            with writer:
+                os.write(fds[8], line)
+                with commit:
+                    written[0] += 1
+                    want = written[0]
+            group_sync(fds[8], want)
+
+    try:
+        many, one = [], []
+        for _ in range(rounds):
+            many.append(threaded_rate(own_files, 8, per) / threaded_rate(own_files, 1, per))
+            one.append(threaded_rate(one_file, 8, per) / threaded_rate(one_file, 1, per))
+        return Model(python_us, statistics.median(many), statistics.median(one))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def spin(count: int) -> None:
+    """Pure Python for the model's appends: ``count`` additions, no system call."""
+    total = 0
+    for i in range(count):
+        total += i
 
 
 def raw_speedups(d: str, record: dict[str, Any], per: int, rounds: int) -> tuple[float, float]:
@@ -349,6 +429,7 @@ def threads(report: Report, d: str, codes: list[Code], content: str, per: int) -
             if backend == "PostgreSQL" and (dsn is None or OURS.postgres is None):
                 continue
             found: list[tuple[Speedup, Speedup]] = []
+            model: Model | None = None
             for i, c in enumerate(codes):
                 stores = []
                 for durable in (True, False):
@@ -366,11 +447,14 @@ def threads(report: Report, d: str, codes: list[Code], content: str, per: int) -
                 found.append(speedups(stores[0], stores[1], content, per, rounds))
                 for store in stores:
                     store.close()
-            thread_rows(report, backend, found, raw, rounds, per)
+                if i == 0 and backend == "files":  # the model spends our own time per append in Python
+                    model = model_speedups(d, {"role": "user", "content": content}, found[0][0].unsynced_us,
+                                           per, rounds)
+            thread_rows(report, backend, found, raw, model, rounds, per)
 
 
 def thread_rows(report: Report, backend: str, found: list[tuple[Speedup, Speedup]], raw: tuple[float, float],
-                rounds: int, per: int) -> None:
+                model: Model | None, rounds: int, per: int) -> None:
     for k, label in enumerate(("8 sessions", "1 session")):
         ours = found[0][k]
         old = found[1][k].durable if len(found) > 1 else None
@@ -381,8 +465,16 @@ def thread_rows(report: Report, backend: str, found: list[tuple[Speedup, Speedup
                              floor=f"bare write + fdatasync from 8 threads: {raw[k]:.2f}× one thread "
                              f"(median of {rounds} rounds, {per} appends a thread); ours without syncs "
                              f"(durable=False), over one thread's durable rate: one thread {ours.one_unsynced:.2f}×, "
-                             f"8 threads {ours.eight_unsynced:.2f}×",
+                             f"8 threads {ours.eight_unsynced:.2f}×" + model_text(model, k),
                              ratio=f"{ours.durable:.2f}×", verdict=verdict(ours.durable >= 3)))
+
+
+def model_text(model: Model | None, k: int) -> str:
+    if model is None:
+        return ""
+    how = "on 8 files" if k == 0 else "on one file, group commit"
+    return (f"; a model, {how}: {model.python_us:.0f} µs of Python (ours, one thread, without syncs), "
+            f"write, fdatasync, no other lock: {(model.eight_files, model.one_file)[k]:.2f}× one thread")
 
 
 # -- the first context after a cold load -----------------------------------------------------------
