@@ -3400,14 +3400,14 @@ def _parent(path: str) -> str:
     return path.rpartition("/")[0] or "/"
 
 
-def _ancestors(path: str) -> Iterator[str]:
-    """Every directory ``path`` lies below, nearest first, as :func:`_parent` names them."""
-    while True:
-        parent = _parent(path)
-        if parent == path:
-            return
-        yield parent
-        path = parent
+def _ancestors(path: str) -> list[str]:
+    """Every directory ``path`` lies below, nearest first, as :func:`_parent` names them
+    (a list made by one loop: on every descriptor cached and dropped)."""
+    found = []
+    while path != "/":
+        path = path.rpartition("/")[0] or "/"
+        found.append(path)
+    return found
 
 
 def _fsync_dir(path: str) -> None:
