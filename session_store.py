@@ -3402,10 +3402,10 @@ def _parent(path: str) -> str:
 
 def _ancestors(path: str) -> list[str]:
     """Every directory ``path`` lies below, nearest first, as :func:`_parent` names them
-    (a list made by one loop: on every descriptor cached and dropped)."""
+    (a list, not a generator: it runs for every descriptor cached and dropped)."""
     found = []
     while path != "/":
-        path = path.rpartition("/")[0] or "/"
+        path = _parent(path)
         found.append(path)
     return found
 
