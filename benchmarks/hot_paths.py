@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import peers
-from measuring import ROOT, Report, Stat, interleaved, med, postgres_dsn, scratch_dir, threaded_rate, us, verdict
+from measuring import ROOT, Report, Stat, interleaved, med, postgres_dsn, scratch_dir, threaded_rate, timed, us, verdict
 
 import session_store
 import session_store_sqlite
@@ -352,8 +352,8 @@ def model_speedups(d: str, record: dict[str, Any], ours_us: float, per: int, rou
         os.write(fd, line)
         fcntl.flock(fd, fcntl.LOCK_UN)
 
-    calls_us = min(timed(lambda: calls(fds[0]), 1000) for _ in range(5))
-    spin_us = min(timed(lambda: spin(20_000), 1) for _ in range(5)) / 20_000
+    calls_us = timed(lambda: calls(fds[0]), 1000).median
+    spin_us = timed(lambda: spin(20_000), 9).median / 20_000
     python_us = max(0.0, ours_us - calls_us)
     spins = round(python_us / spin_us)
 
@@ -374,14 +374,6 @@ def model_speedups(d: str, record: dict[str, Any], ours_us: float, per: int, rou
     finally:
         for fd in fds:
             os.close(fd)
-
-
-def timed(op: Callable[[], object], n: int) -> float:
-    """Mean µs of ``op`` over ``n`` calls in a row."""
-    t0 = time.perf_counter()
-    for _ in range(n):
-        op()
-    return (time.perf_counter() - t0) * 1e6 / n
 
 
 def spin(count: int) -> None:
