@@ -1924,6 +1924,8 @@ class FileSystem(ABC):
       is replaced (a repair rewrites a log by renaming a new file over it).
     - :meth:`symlink` creates a name exclusively and atomically (the key index is
       made of them); :meth:`readlink` reads one back without following it.
+    - :meth:`publish_folder` makes a new folder appear whole (a session's creation);
+      its default is made of the primitives above.
     - :meth:`locked` excludes every other holder of the same path, across threads
       and, where the file system is shared, across processes. Not re-entrant.
     - :meth:`hold` / :meth:`is_held`: a holder proves it is alive; :meth:`is_held`
@@ -2015,7 +2017,8 @@ class FileSystem(ABC):
     @abstractmethod
     def symlink(self, target: str, path: str, *, durable: bool = True) -> bool:
         """Create the link ``path`` -> ``target`` unless ``path`` exists (then ``False``);
-        atomic and exclusive across every user of the file system."""
+        atomic and exclusive across every user of the file system. ``FileNotFoundError``
+        when the directory of ``path`` does not exist."""
 
     @abstractmethod
     def readlink(self, path: str) -> str | None:
@@ -2030,6 +2033,34 @@ class FileSystem(ABC):
         can never bring back a file another removed). ``FileNotFoundError`` too when
         the directory of ``path`` does not exist.
         """
+
+    def publish_folder(self, staging: str, final: str, files: Sequence[tuple[str, bytes]], *,
+                       durable: bool) -> None:
+        """Make the new folder ``final`` appear whole, holding ``files`` (name, content).
+
+        It is built under the name ``staging`` (a new name in the same directory)
+        with its first file locked (:meth:`locked`) from its creation until the
+        folder is in place, so that a repair can tell a creation in progress from the
+        remains of a killed one; then (``durable``) every file is synced, and it is
+        renamed to ``final`` (``durable``: its directory synced). On any failure the
+        staging folder is removed and the error raised. Default: those steps, one
+        primitive call each; a file system may do the same with fewer system calls.
+        """
+        lock = f"{staging}/{files[0][0]}"
+        self.makedirs(staging, durable=False)
+        try:
+            with self.locked(lock):
+                for name, data in files:
+                    if data or f"{staging}/{name}" != lock:  # (the lock made that one)
+                        self.append(f"{staging}/{name}", data)
+                if durable:
+                    for name, _ in files:
+                        self.sync(f"{staging}/{name}")
+                self.rename(staging, final, durable=durable)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.remove_tree(staging)
+            raise
 
     def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default
         """Mark this process alive on ``path`` until :meth:`release` (counted per path)."""
@@ -3011,6 +3042,53 @@ class RealFileSystem(FileSystem):
         if durable:
             self._sync_entry(path)
 
+    def publish_folder(self, staging: str, final: str, files: Sequence[tuple[str, bytes]], *,
+                       durable: bool) -> None:
+        """:meth:`FileSystem.publish_folder` on descriptors: one walk to the directory,
+        the folder made and opened once, each file created (``O_EXCL``: the folder is
+        new), written and (``durable``) synced on its own descriptor, the first one
+        ``flock``'ed until the rename; none of them cached (their path changes with the
+        rename). Half the system calls of the primitives one by one, and a creation
+        is mostly system calls."""
+        directory, _, name = staging.rpartition("/")
+        if final.rpartition("/")[0] != directory:  # (not how a storage calls it)
+            super().publish_folder(staging, final, files, durable=durable)
+            return
+        dfd, name = self._dir_fd(staging)
+        try:
+            os.mkdir(name, 0o755, dir_fd=dfd)
+            try:
+                fds: list[int] = []
+                sfd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd)
+                try:
+                    for file, data in files:
+                        fds.append(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC,
+                                           0o644, dir_fd=sfd))
+                        if len(fds) == 1:
+                            _flock(fds[0], "LOCK_EX")
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(fds[-1], view):]
+                    if durable:
+                        for fd in fds:
+                            _fdatasync(fd)
+                        _fsync_fd(sfd)  # the files' entries
+                    os.rename(name, final.rpartition("/")[2], src_dir_fd=dfd, dst_dir_fd=dfd)
+                finally:
+                    for fd in reversed(fds):  # the locked one last: closing it lets go of its flock
+                        os.close(fd)
+                    os.close(sfd)
+                self._forget(staging)
+                self._forget(final)
+                if durable:
+                    _fsync_fd(dfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self.remove_tree(staging)
+                raise
+        finally:
+            os.close(dfd)
+
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the missing directories, one at a time below an anchor (a link where a
         directory should be is an error), then (durable) fsync each new entry's parent."""
@@ -3618,6 +3696,17 @@ _NAMES_MARK = (json.dumps({"names": 1, "separators": "".join(sorted(_NAME_SEPARA
                            "depth": _NAME_DEPTH}, sort_keys=True) + "\n").encode()
 
 
+def _link_in_folder(fs: FileSystem, target: str, path: str, *, durable: bool) -> bool:
+    """``fs.symlink(target, path)``, making its folder first when it is missing (the
+    first link there). The folder is usually there (a user's sessions share one, and
+    the key index has 256): one ``symlink``, no ``makedirs`` before it."""
+    try:
+        return fs.symlink(target, path, durable=durable)
+    except FileNotFoundError:
+        fs.makedirs(path.rpartition("/")[0], durable=durable)
+        return fs.symlink(target, path, durable=durable)
+
+
 def _key_pieces(text: str) -> tuple[list[str], str]:
     """``text`` cut into pieces (see "Layout of names/"): the complete pieces, and the
     rest after them (``""`` when ``text`` ends where a piece does)."""
@@ -3653,12 +3742,7 @@ class _KeyNames:
     def add(self, key: str, session_id: str, *, durable: bool) -> bool:
         """Write the session's leaf (and its folders, when it is the first there);
         whether it was not there yet."""
-        leaf = self.leaf(key, session_id)
-        try:  # the folder is usually there (a user's sessions share it): one symlink
-            return self.fs.symlink(session_id, leaf, durable=durable)
-        except FileNotFoundError:
-            self.fs.makedirs(leaf.rpartition("/")[0], durable=durable)
-            return self.fs.symlink(session_id, leaf, durable=durable)
+        return _link_in_folder(self.fs, session_id, self.leaf(key, session_id), durable=durable)
 
     def remove(self, key: str, session_id: str, *, durable: bool = False) -> None:
         """Remove the session's leaf (no error when it is not there)."""
@@ -4196,33 +4280,21 @@ class JsonlStorage(Storage):
                 return existing
         fs, durable = self.fs, self._durable
         link = self._key_link(key)
-        fs.makedirs(link.rpartition("/")[0], durable=durable)
         # The folder is written whole under a temporary name (its log locked, so that a
-        # repair can tell a creation in progress from the remains of a killed one)...
-        staging, final = f"{self.directory}/.new-{session_id}", self._dir(session_id)
-        fs.makedirs(staging, durable=False)
-        try:
-            with fs.locked(f"{staging}/messages.jsonl"):
-                meta: dict[str, Any] = {"version": FORMAT_VERSION, "sessionId": session_id, "key": key,
-                                        "createdAt": created_at}
-                if forked_from is not None:
-                    meta["forkedFrom"] = list(forked_from)
-                fs.append(f"{staging}/session.json", _encode_line(meta))
-                fs.append(f"{staging}/branches.jsonl", b"".join(events))
-                if messages:
-                    fs.append(f"{staging}/messages.jsonl", b"".join(messages))
-                if durable:
-                    for name in ("session.json", "messages.jsonl", "branches.jsonl"):
-                        fs.sync(f"{staging}/{name}")
-                # ...then renamed into place, then announced: the key link is the commit.
-                fs.rename(staging, final, durable=durable)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                fs.remove_tree(staging)
-            raise
+        # repair can tell a creation in progress from the remains of a killed one), then
+        # renamed into place (FileSystem.publish_folder), then announced: the key link is
+        # the commit.
+        meta: dict[str, Any] = {"version": FORMAT_VERSION, "sessionId": session_id, "key": key,
+                                "createdAt": created_at}
+        if forked_from is not None:
+            meta["forkedFrom"] = list(forked_from)
+        final = self._dir(session_id)
+        fs.publish_folder(f"{self.directory}/.new-{session_id}", final,
+                          [("messages.jsonl", b"".join(messages)), ("session.json", _encode_line(meta)),
+                           ("branches.jsonl", b"".join(events))], durable=durable)
         try:
             self._names.add(key, session_id, durable=durable)  # before the commit: found by its key, and its prefix
-            while not fs.symlink(session_id, link, durable=durable):
+            while not _link_in_folder(fs, session_id, link, durable=durable):
                 winner = self._live_target(key)
                 if winner == session_id:  # a repair() adopted the folder meanwhile: it is ours, and linked
                     return winner

@@ -680,6 +680,34 @@ def test_a_real_full_disk_loses_nothing_acknowledged_and_leaves_no_temp_file(tin
         assert fresh.repair().ok
 
 
+def test_creations_on_a_real_full_disk_fail_with_enospc_and_leave_no_folder_behind(tiny_disk: Path) -> None:
+    """A session's folder is built under a temporary name and renamed into place: on a
+    full disk a creation fails with ENOSPC, leaves no staging folder, and every session
+    acknowledged before is found by its key afterwards."""
+    store = SessionStore(storage_dir=tiny_disk / "s")
+    ballast = tiny_disk / "ballast"
+    with contextlib.suppress(OSError), open(ballast, "wb") as f:  # most of the disk, so keys fill the rest
+        f.write(b"\0" * (1536 * 1024))
+    acknowledged: dict[str, str] = {}
+    failures = 0
+    for n in range(5000):
+        try:
+            acknowledged[f"k{n}"] = store.resolve(f"k{n}")
+        except ss.StorageError as e:
+            assert e.errno == errno.ENOSPC, e
+            failures += 1
+            if failures > 20:
+                break
+    assert failures > 0, "the disk never filled"
+    assert [p for p in (tiny_disk / "s").iterdir() if p.name.startswith(".new-")] == []
+    with contextlib.suppress(ss.StorageError):
+        store.close()
+    ballast.unlink()
+    with SessionStore(storage_dir=tiny_disk / "s") as fresh:
+        assert {k: fresh.resolve(k, create=False) for k in acknowledged} == acknowledged
+        assert fresh.repair().ok
+
+
 def test_a_full_disk_under_sqlite_is_enospc_and_loses_nothing_acknowledged(tiny_disk: Path) -> None:
     from session_store_sqlite import SqliteStorage
 

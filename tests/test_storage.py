@@ -1765,6 +1765,74 @@ def test_a_locker_waiting_for_a_file_renamed_away_finds_it_gone(tmp_path: Path, 
         fs.close()
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_folder_is_published_whole_its_log_locked_and_synced_until_the_rename(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool) -> None:
+    """``RealFileSystem.publish_folder`` (a session's creation) does on descriptors what
+    ``FileSystem.publish_folder`` does with one primitive each: at the rename, the first
+    file is locked (a repair leaves the folder alone) and, durable, every file and the
+    folder are synced; after it, the directory. Nothing is synced when not durable."""
+    fs = RealFileSystem()
+    fs.anchor(str(tmp_path))
+    staging, final = f"{tmp_path}/.new-x", f"{tmp_path}/x"
+    files = [("messages.jsonl", b""), ("session.json", b'{"a":1}\n'), ("branches.jsonl", b"e\n" * 5000)]
+    synced: list[str] = []
+    at_rename: list[object] = []
+    fsync_fd, fdatasync, rename = ss._fsync_fd, ss._fdatasync, os.rename
+
+    def watched(sync: Callable[[int], None]) -> Callable[[int], None]:
+        def call(fd: int) -> None:
+            synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+            sync(fd)
+        return call
+
+    def renaming(*args: Any, **kwargs: Any) -> None:
+        at_rename.extend([fs.is_held(f"{staging}/messages.jsonl"), sorted(synced)])
+        rename(*args, **kwargs)
+    monkeypatch.setattr(ss, "_fsync_fd", watched(fsync_fd))
+    monkeypatch.setattr(ss, "_fdatasync", watched(fdatasync))
+    monkeypatch.setattr(os, "rename", renaming)
+    fs.publish_folder(staging, final, files, durable=durable)
+    monkeypatch.undo()
+    in_order = ["messages.jsonl", "session.json", "branches.jsonl", ".new-x", tmp_path.name]
+    assert at_rename == [True, sorted(in_order[:4]) if durable else []]
+    assert synced == (in_order if durable else [])
+    assert {p.name: p.read_bytes() for p in Path(final).iterdir()} == dict(files)
+    assert not Path(staging).exists() and fs.is_held(f"{final}/messages.jsonl") is False
+    fs.append(f"{final}/messages.jsonl", b"m\n")  # the path's descriptor is the new file's
+    assert Path(final, "messages.jsonl").read_bytes() == b"m\n"
+    fs.close()
+
+
+@pytest.mark.parametrize("failing", ["write", "fdatasync", "rename"])
+def test_a_folder_that_fails_to_publish_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        failing: str) -> None:
+    """An error while the folder is built (a full disk on a write, a failed sync, a
+    failed rename) removes the staging folder and is raised: no final folder, no
+    staging folder, and the next creation of the same folder succeeds."""
+    fs = RealFileSystem()
+    fs.anchor(str(tmp_path))
+    staging, final = f"{tmp_path}/.new-x", f"{tmp_path}/x"
+    files = [("messages.jsonl", b""), ("session.json", b'{"a":1}\n'), ("branches.jsonl", b"")]
+    reals: dict[str, Callable[..., Any]] = {"write": os.write, "fdatasync": ss._fdatasync, "rename": os.rename}
+    real = reals[failing]
+
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        if failing != "write" or args[1] == b'{"a":1}\n':
+            raise OSError(errno.ENOSPC, "injected")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(ss if failing == "fdatasync" else os, "_fdatasync" if failing == "fdatasync" else failing,
+                        fails)
+    with pytest.raises(OSError) as raised:
+        fs.publish_folder(staging, final, files, durable=True)
+    monkeypatch.undo()
+    assert raised.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
+    fs.publish_folder(staging, final, files, durable=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+    fs.close()
+
+
 def test_makedirs_below_an_anchor_refuses_links_and_syncs_each_new_entry(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """``RealFileSystem.makedirs`` below an anchor: only what is missing is made, one

@@ -15,7 +15,7 @@ import threading
 import weakref
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import _log
@@ -38,6 +38,8 @@ class FileSystem(ABC):
       is replaced (a repair rewrites a log by renaming a new file over it).
     - :meth:`symlink` creates a name exclusively and atomically (the key index is
       made of them); :meth:`readlink` reads one back without following it.
+    - :meth:`publish_folder` makes a new folder appear whole (a session's creation);
+      its default is made of the primitives above.
     - :meth:`locked` excludes every other holder of the same path, across threads
       and, where the file system is shared, across processes. Not re-entrant.
     - :meth:`hold` / :meth:`is_held`: a holder proves it is alive; :meth:`is_held`
@@ -129,7 +131,8 @@ class FileSystem(ABC):
     @abstractmethod
     def symlink(self, target: str, path: str, *, durable: bool = True) -> bool:
         """Create the link ``path`` -> ``target`` unless ``path`` exists (then ``False``);
-        atomic and exclusive across every user of the file system."""
+        atomic and exclusive across every user of the file system. ``FileNotFoundError``
+        when the directory of ``path`` does not exist."""
 
     @abstractmethod
     def readlink(self, path: str) -> str | None:
@@ -144,6 +147,34 @@ class FileSystem(ABC):
         can never bring back a file another removed). ``FileNotFoundError`` too when
         the directory of ``path`` does not exist.
         """
+
+    def publish_folder(self, staging: str, final: str, files: Sequence[tuple[str, bytes]], *,
+                       durable: bool) -> None:
+        """Make the new folder ``final`` appear whole, holding ``files`` (name, content).
+
+        It is built under the name ``staging`` (a new name in the same directory)
+        with its first file locked (:meth:`locked`) from its creation until the
+        folder is in place, so that a repair can tell a creation in progress from the
+        remains of a killed one; then (``durable``) every file is synced, and it is
+        renamed to ``final`` (``durable``: its directory synced). On any failure the
+        staging folder is removed and the error raised. Default: those steps, one
+        primitive call each; a file system may do the same with fewer system calls.
+        """
+        lock = f"{staging}/{files[0][0]}"
+        self.makedirs(staging, durable=False)
+        try:
+            with self.locked(lock):
+                for name, data in files:
+                    if data or f"{staging}/{name}" != lock:  # (the lock made that one)
+                        self.append(f"{staging}/{name}", data)
+                if durable:
+                    for name, _ in files:
+                        self.sync(f"{staging}/{name}")
+                self.rename(staging, final, durable=durable)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.remove_tree(staging)
+            raise
 
     def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default
         """Mark this process alive on ``path`` until :meth:`release` (counted per path)."""

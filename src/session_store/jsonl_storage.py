@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from .errors import InvalidInput, InvalidKey, SessionNotFound, StorageError, _log
 from .file_systems import FileSystem, _after_fork_hooks
-from .key_names import _KeyNames
+from .key_names import _KeyNames, _link_in_folder
 from .log_format import _CHAIN_MARK, _encode_line, _legacy_branch_event, _parse_lines, _unfinished_tail
 from .real_file_system import RealFileSystem
 from .records import FORMAT_VERSION, Problem
@@ -477,33 +477,21 @@ class JsonlStorage(Storage):
                 return existing
         fs, durable = self.fs, self._durable
         link = self._key_link(key)
-        fs.makedirs(link.rpartition("/")[0], durable=durable)
         # The folder is written whole under a temporary name (its log locked, so that a
-        # repair can tell a creation in progress from the remains of a killed one)...
-        staging, final = f"{self.directory}/.new-{session_id}", self._dir(session_id)
-        fs.makedirs(staging, durable=False)
-        try:
-            with fs.locked(f"{staging}/messages.jsonl"):
-                meta: dict[str, Any] = {"version": FORMAT_VERSION, "sessionId": session_id, "key": key,
-                                        "createdAt": created_at}
-                if forked_from is not None:
-                    meta["forkedFrom"] = list(forked_from)
-                fs.append(f"{staging}/session.json", _encode_line(meta))
-                fs.append(f"{staging}/branches.jsonl", b"".join(events))
-                if messages:
-                    fs.append(f"{staging}/messages.jsonl", b"".join(messages))
-                if durable:
-                    for name in ("session.json", "messages.jsonl", "branches.jsonl"):
-                        fs.sync(f"{staging}/{name}")
-                # ...then renamed into place, then announced: the key link is the commit.
-                fs.rename(staging, final, durable=durable)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                fs.remove_tree(staging)
-            raise
+        # repair can tell a creation in progress from the remains of a killed one), then
+        # renamed into place (FileSystem.publish_folder), then announced: the key link is
+        # the commit.
+        meta: dict[str, Any] = {"version": FORMAT_VERSION, "sessionId": session_id, "key": key,
+                                "createdAt": created_at}
+        if forked_from is not None:
+            meta["forkedFrom"] = list(forked_from)
+        final = self._dir(session_id)
+        fs.publish_folder(f"{self.directory}/.new-{session_id}", final,
+                          [("messages.jsonl", b"".join(messages)), ("session.json", _encode_line(meta)),
+                           ("branches.jsonl", b"".join(events))], durable=durable)
         try:
             self._names.add(key, session_id, durable=durable)  # before the commit: found by its key, and its prefix
-            while not fs.symlink(session_id, link, durable=durable):
+            while not _link_in_folder(fs, session_id, link, durable=durable):
                 winner = self._live_target(key)
                 if winner == session_id:  # a repair() adopted the folder meanwhile: it is ours, and linked
                     return winner

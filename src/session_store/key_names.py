@@ -69,6 +69,17 @@ _NAMES_MARK = (json.dumps({"names": 1, "separators": "".join(sorted(_NAME_SEPARA
                            "depth": _NAME_DEPTH}, sort_keys=True) + "\n").encode()
 
 
+def _link_in_folder(fs: FileSystem, target: str, path: str, *, durable: bool) -> bool:
+    """``fs.symlink(target, path)``, making its folder first when it is missing (the
+    first link there). The folder is usually there (a user's sessions share one, and
+    the key index has 256): one ``symlink``, no ``makedirs`` before it."""
+    try:
+        return fs.symlink(target, path, durable=durable)
+    except FileNotFoundError:
+        fs.makedirs(path.rpartition("/")[0], durable=durable)
+        return fs.symlink(target, path, durable=durable)
+
+
 def _key_pieces(text: str) -> tuple[list[str], str]:
     """``text`` cut into pieces (see "Layout of names/"): the complete pieces, and the
     rest after them (``""`` when ``text`` ends where a piece does)."""
@@ -104,12 +115,7 @@ class _KeyNames:
     def add(self, key: str, session_id: str, *, durable: bool) -> bool:
         """Write the session's leaf (and its folders, when it is the first there);
         whether it was not there yet."""
-        leaf = self.leaf(key, session_id)
-        try:  # the folder is usually there (a user's sessions share it): one symlink
-            return self.fs.symlink(session_id, leaf, durable=durable)
-        except FileNotFoundError:
-            self.fs.makedirs(leaf.rpartition("/")[0], durable=durable)
-            return self.fs.symlink(session_id, leaf, durable=durable)
+        return _link_in_folder(self.fs, session_id, self.leaf(key, session_id), durable=durable)
 
     def remove(self, key: str, session_id: str, *, durable: bool = False) -> None:
         """Remove the session's leaf (no error when it is not there)."""
