@@ -2043,8 +2043,10 @@ class FileSystem(ABC):
         folder is in place, so that a repair can tell a creation in progress from the
         remains of a killed one; then (``durable``) every file is synced, and it is
         renamed to ``final`` (``durable``: its directory synced). On any failure the
-        staging folder is removed and the error raised. Default: those steps, one
-        primitive call each; a file system may do the same with fewer system calls.
+        error is raised and nothing is left: neither the staging folder nor, when the
+        failure came after the rename (the directory's sync), ``final``. Default: those
+        steps, one primitive call each; a file system may do the same with fewer
+        system calls.
         """
         lock = f"{staging}/{files[0][0]}"
         self.makedirs(staging, durable=False)
@@ -2059,7 +2061,10 @@ class FileSystem(ABC):
                 self.rename(staging, final, durable=durable)
         except BaseException:
             with contextlib.suppress(OSError):
-                self.remove_tree(staging)
+                if self.exists(staging):
+                    self.remove_tree(staging)
+                else:  # renamed into place, then its sync (or the unlock) failed
+                    self.remove_tree(final)
             raise
 
     def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default
@@ -2995,7 +3000,9 @@ class RealFileSystem(FileSystem):
     def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
         """Temp file (``O_EXCL``, a random name, ``flock``'ed while written so that a
         repair can tell it from garbage), (fsync), rename over ``path``, (fsync of the
-        directory). The temp file is removed on any failure, ``ENOSPC`` included."""
+        directory). The temp file is removed on any failure, ``ENOSPC`` included. Its
+        lock is let go of explicitly before the rename: a child forked meanwhile shares
+        it, and would otherwise hold it on the file renamed into place."""
         dfd, name = self._dir_fd(path)
         try:
             tmp = f".{name[:64]}.tmp-{os.urandom(8).hex()}"
@@ -3003,11 +3010,14 @@ class RealFileSystem(FileSystem):
             try:
                 try:
                     _flock(fd, "LOCK_EX")
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    if durable:
-                        os.fsync(fd)
+                    try:
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(fd, view):]
+                        if durable:
+                            os.fsync(fd)
+                    finally:
+                        _flock(fd, "LOCK_UN")
                 finally:
                     os.close(fd)
                 os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -3049,42 +3059,46 @@ class RealFileSystem(FileSystem):
         new), written and (``durable``) synced on its own descriptor, the first one
         ``flock``'ed until the rename; none of them cached (their path changes with the
         rename). Half the system calls of the primitives one by one, and a creation
-        is mostly system calls."""
+        is mostly system calls. The lock is let go of explicitly (``LOCK_UN``), not by
+        closing: a child forked meanwhile shares the descriptor's lock, and would hold
+        it for as long as it lives. Every descriptor is closed, whatever fails."""
         directory, _, name = staging.rpartition("/")
         if final.rpartition("/")[0] != directory:  # (not how a storage calls it)
             super().publish_folder(staging, final, files, durable=durable)
             return
         dfd, name = self._dir_fd(staging)
+        renamed = False
         try:
             os.mkdir(name, 0o755, dir_fd=dfd)
             try:
-                fds: list[int] = []
-                sfd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd)
-                try:
+                with contextlib.ExitStack() as closing:  # (last in, first out: the lock goes after the rename)
+                    sfd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd)
+                    closing.callback(os.close, sfd)
+                    fds: list[int] = []
                     for file, data in files:
-                        fds.append(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC,
-                                           0o644, dir_fd=sfd))
-                        if len(fds) == 1:
-                            _flock(fds[0], "LOCK_EX")
+                        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644,
+                                     dir_fd=sfd)
+                        closing.callback(os.close, fd)
+                        if not fds:
+                            _flock(fd, "LOCK_EX")
+                            closing.callback(_flock, fd, "LOCK_UN")
+                        fds.append(fd)
                         view = memoryview(data)
                         while view:
-                            view = view[os.write(fds[-1], view):]
+                            view = view[os.write(fd, view):]
                     if durable:
                         for fd in fds:
                             _fdatasync(fd)
                         _fsync_fd(sfd)  # the files' entries
                     os.rename(name, final.rpartition("/")[2], src_dir_fd=dfd, dst_dir_fd=dfd)
-                finally:
-                    for fd in reversed(fds):  # the locked one last: closing it lets go of its flock
-                        os.close(fd)
-                    os.close(sfd)
+                    renamed = True
                 self._forget(staging)
                 self._forget(final)
                 if durable:
                     _fsync_fd(dfd)
             except BaseException:
                 with contextlib.suppress(OSError):
-                    self.remove_tree(staging)
+                    self.remove_tree(final if renamed else staging)
                 raise
         finally:
             os.close(dfd)
@@ -5006,7 +5020,8 @@ class JsonlStorage(Storage):
             if name.startswith(".new-") and fs.is_dir(path) and fs.is_held(f"{path}/messages.jsonl") is False:
                 found.append((path, "an interrupted creation, never announced", True))
             elif name.startswith(".deleted-") and fs.is_dir(path):
-                found.append((path, "the remains of a deleted session (format 1)", True))
+                found.append((path, "a folder set aside for removal (a deleted session of format 1, or garbage "
+                                    "whose removal was cut short)", True))
             elif _is_session_id(name) and fs.is_dir(path):
                 if fs.exists(self._log(name)):
                     scanned.append(path)
@@ -5026,6 +5041,23 @@ class JsonlStorage(Storage):
                 if target is None or not _is_session_id(target) or not fs.exists(self._log(target)):
                     found.append((f"{shard}/{name}", "a key link to no session (an interrupted deletion)", False))
         return found
+
+    def _remove_folder(self, path: str) -> bool:
+        """Remove a garbage folder; whether it was. An interrupted creation's is renamed
+        away first: its log was not locked when it was found, but a live creation may
+        only not have locked it *yet*. Once renamed, that creation cannot publish it
+        (its own rename fails, and so does the creation, unacknowledged), so no part
+        of what this removes can end up in a published session; and when the creation
+        published it first, it is not garbage and stays."""
+        if path.rpartition("/")[2].startswith(".new-"):
+            away = f"{self.directory}/.deleted-{os.urandom(16).hex()}"
+            try:
+                self.fs.rename(path, away, durable=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            path = away
+        self.fs.remove_tree(path)
+        return True
 
     def _only_ours(self, folder: str) -> bool:
         """Whether a folder without a log is provably a session's remains: it names its
@@ -5129,7 +5161,8 @@ class JsonlStorage(Storage):
             return fixed
         for path, why, is_dir in self._garbage():
             if is_dir:
-                self.fs.remove_tree(path)
+                if not self._remove_folder(path):
+                    continue
             elif path.startswith(f"{self.directory}/keys/"):
                 with self.fs.locked(f"{path.rpartition('/')[0]}/.lock"):
                     target = self.fs.readlink(path)

@@ -1833,6 +1833,170 @@ def test_a_folder_that_fails_to_publish_leaves_nothing(tmp_path: Path, monkeypat
     fs.close()
 
 
+@contextlib.contextmanager
+def _a_child_forked_at(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> Iterator[list[int]]:
+    """The first call of ``module.name`` forks a child that lives until the block
+    ends (it holds copies of every descriptor open then, as a worker forked by
+    another thread would); the child's pid is in the list."""
+    real = getattr(module, name)
+    pids: list[int] = []
+
+    def forking(*args: Any, **kwargs: Any) -> Any:
+        if not pids:
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child: wait for the end of the block
+                os.close(w)
+                os.read(r, 1)
+                os._exit(0)
+            os.close(r)
+            pids.append(pid)
+            pids.append(w)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, forking)
+    try:
+        yield pids
+    finally:
+        monkeypatch.setattr(module, name, real)
+        if pids:
+            os.close(pids[1])
+            os.waitpid(pids[0], 0)
+
+
+def test_a_child_forked_during_a_creation_does_not_hold_the_new_sessions_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A creation locks its new log until the folder is in place; a child forked
+    meanwhile (by another thread) shares that lock's open file, so the lock is let go
+    of explicitly: closing only left it held for as long as the child lived, and the
+    parent's first write to the new session waited for the child to exit."""
+    fs = RealFileSystem()
+    fs.anchor(str(tmp_path))
+    with _a_child_forked_at(monkeypatch, ss, "_fdatasync") as child:
+        fs.publish_folder(f"{tmp_path}/.new-x", f"{tmp_path}/x",
+                          [("messages.jsonl", b""), ("session.json", b"{}\n"), ("branches.jsonl", b"")], durable=True)
+        assert child, "no child was forked"
+        assert fs.is_held(f"{tmp_path}/x/messages.jsonl") is False
+    fs.close()
+
+
+def test_a_child_forked_during_an_atomic_write_does_not_hold_the_files_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for write_atomic, whose temp file is locked while written and then
+    renamed over the file (a log a repair rewrites, an index)."""
+    fs = RealFileSystem()
+    fs.anchor(str(tmp_path))
+    with _a_child_forked_at(monkeypatch, os, "fsync") as child:
+        fs.write_atomic(f"{tmp_path}/f", b"data", durable=True)
+        assert child, "no child was forked"
+        assert fs.is_held(f"{tmp_path}/f") is False
+    fs.close()
+
+
+def test_a_folder_whose_descriptor_fails_to_close_leaves_nothing_open_or_locked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A close that reports an error (NFS and FUSE report write-back errors there)
+    still closes every other descriptor and lets go of the lock, and the folder,
+    renamed into place already, is removed: the creation failed."""
+    fs = RealFileSystem()
+    fs.anchor(str(tmp_path))
+    before = set(os.listdir("/proc/self/fd"))
+    close = os.close
+    failed: list[int] = []
+
+    def failing_close(fd: int) -> None:
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        close(fd)  # (Linux frees the descriptor whatever close reports)
+        if name == "branches.jsonl" and not failed:
+            failed.append(fd)
+            raise OSError(errno.EIO, "injected")
+    monkeypatch.setattr(os, "close", failing_close)
+    with pytest.raises(OSError):
+        fs.publish_folder(f"{tmp_path}/.new-x", f"{tmp_path}/x",
+                          [("messages.jsonl", b""), ("session.json", b"{}\n"), ("branches.jsonl", b"")], durable=False)
+    monkeypatch.undo()
+    assert failed and set(os.listdir("/proc/self/fd")) == before
+    assert list(tmp_path.iterdir()) == []
+    fs.close()
+
+
+@pytest.mark.parametrize("files", ["real", "memory"])
+def test_a_creation_whose_folder_sync_fails_after_the_rename_leaves_no_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str) -> None:
+    """The folder is in place but its directory's sync failed: the creation is not
+    acknowledged, and the folder goes too (a repair would have adopted it as a
+    session of the key nobody was told about)."""
+    if files == "real":
+        fsync_fd = ss._fsync_fd
+
+        def failing(fd: int) -> None:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(tmp_path):
+                raise OSError(errno.EIO, "injected")
+            fsync_fd(fd)
+        store = SessionStore(storage_dir=tmp_path)
+        store.resolve("first")  # the store's own files and folders are there
+        monkeypatch.setattr(ss, "_fsync_fd", failing)
+    else:
+        faulty = FaultyFileSystem(InMemoryFileSystem())
+        store = SessionStore(faulty, storage_dir="/s")
+        store.resolve("first")
+        faulty.fail_next("rename", errno.EIO, landed=True)
+    with pytest.raises(ss.StorageError):
+        store.resolve("key")
+    monkeypatch.undo()
+    assert store.resolve("key", create=False) is None
+    assert len(store.get_all_session_ids()) == 1
+    assert store.check().ok
+    store.close()
+
+
+def test_a_repair_never_removes_part_of_a_folder_a_creation_then_publishes(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repair in another process finds a creation's folder before its log is
+    locked (not held: garbage, by all it can tell) and removes it while the creation
+    goes on. It used to remove the files in place, and the creation then published
+    what was left (its log gone) and acknowledged a session its key did not find.
+    The repair now renames the folder away first: the creation fails, unacknowledged."""
+    creator, repairer = SessionStore(storage_dir=tmp_path), SessionStore(storage_dir=tmp_path)
+    creator.resolve("first")
+    locking, go = threading.Event(), threading.Event()
+    flock, unlink = ss._flock, os.unlink
+    outcome: list[object] = []
+
+    def paused_flock(fd: int, op: str, **kwargs: Any) -> None:
+        if threading.current_thread() is thread and op == "LOCK_EX" and not locking.is_set():
+            locking.set()  # its log made, not locked yet
+            go.wait(60)
+        flock(fd, op, **kwargs)
+
+    def racing_unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        unlink(path, *args, **kwargs)
+        if path == "messages.jsonl" and threading.current_thread() is threading.main_thread() and not go.is_set():
+            go.set()  # the repair is under way: the creation goes on to its end
+            thread.join(60)
+
+    def create() -> None:
+        try:
+            outcome.append(creator.resolve("key"))
+        except ss.StorageError as e:
+            outcome.append(e)
+    thread = threading.Thread(target=create)
+    monkeypatch.setattr(ss, "_flock", paused_flock)
+    monkeypatch.setattr(os, "unlink", racing_unlink)
+    thread.start()
+    assert locking.wait(60)
+    repairer.repair()
+    go.set()
+    thread.join(60)
+    monkeypatch.undo()
+    assert len(outcome) == 1
+    if not isinstance(outcome[0], ss.StorageError):  # acknowledged: then whole, and found by its key
+        assert repairer.resolve("key", create=False) == outcome[0]
+        assert creator.get_messages(str(outcome[0])) == []
+    assert repairer.repair().ok and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    for store in (creator, repairer):
+        store.close()
+
+
 def test_makedirs_below_an_anchor_refuses_links_and_syncs_each_new_entry(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """``RealFileSystem.makedirs`` below an anchor: only what is missing is made, one

@@ -157,8 +157,10 @@ class FileSystem(ABC):
         folder is in place, so that a repair can tell a creation in progress from the
         remains of a killed one; then (``durable``) every file is synced, and it is
         renamed to ``final`` (``durable``: its directory synced). On any failure the
-        staging folder is removed and the error raised. Default: those steps, one
-        primitive call each; a file system may do the same with fewer system calls.
+        error is raised and nothing is left: neither the staging folder nor, when the
+        failure came after the rename (the directory's sync), ``final``. Default: those
+        steps, one primitive call each; a file system may do the same with fewer
+        system calls.
         """
         lock = f"{staging}/{files[0][0]}"
         self.makedirs(staging, durable=False)
@@ -173,7 +175,10 @@ class FileSystem(ABC):
                 self.rename(staging, final, durable=durable)
         except BaseException:
             with contextlib.suppress(OSError):
-                self.remove_tree(staging)
+                if self.exists(staging):
+                    self.remove_tree(staging)
+                else:  # renamed into place, then its sync (or the unlock) failed
+                    self.remove_tree(final)
             raise
 
     def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default

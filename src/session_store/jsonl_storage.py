@@ -1203,7 +1203,8 @@ class JsonlStorage(Storage):
             if name.startswith(".new-") and fs.is_dir(path) and fs.is_held(f"{path}/messages.jsonl") is False:
                 found.append((path, "an interrupted creation, never announced", True))
             elif name.startswith(".deleted-") and fs.is_dir(path):
-                found.append((path, "the remains of a deleted session (format 1)", True))
+                found.append((path, "a folder set aside for removal (a deleted session of format 1, or garbage "
+                                    "whose removal was cut short)", True))
             elif _is_session_id(name) and fs.is_dir(path):
                 if fs.exists(self._log(name)):
                     scanned.append(path)
@@ -1223,6 +1224,23 @@ class JsonlStorage(Storage):
                 if target is None or not _is_session_id(target) or not fs.exists(self._log(target)):
                     found.append((f"{shard}/{name}", "a key link to no session (an interrupted deletion)", False))
         return found
+
+    def _remove_folder(self, path: str) -> bool:
+        """Remove a garbage folder; whether it was. An interrupted creation's is renamed
+        away first: its log was not locked when it was found, but a live creation may
+        only not have locked it *yet*. Once renamed, that creation cannot publish it
+        (its own rename fails, and so does the creation, unacknowledged), so no part
+        of what this removes can end up in a published session; and when the creation
+        published it first, it is not garbage and stays."""
+        if path.rpartition("/")[2].startswith(".new-"):
+            away = f"{self.directory}/.deleted-{os.urandom(16).hex()}"
+            try:
+                self.fs.rename(path, away, durable=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            path = away
+        self.fs.remove_tree(path)
+        return True
 
     def _only_ours(self, folder: str) -> bool:
         """Whether a folder without a log is provably a session's remains: it names its
@@ -1326,7 +1344,8 @@ class JsonlStorage(Storage):
             return fixed
         for path, why, is_dir in self._garbage():
             if is_dir:
-                self.fs.remove_tree(path)
+                if not self._remove_folder(path):
+                    continue
             elif path.startswith(f"{self.directory}/keys/"):
                 with self.fs.locked(f"{path.rpartition('/')[0]}/.lock"):
                     target = self.fs.readlink(path)

@@ -469,7 +469,9 @@ class RealFileSystem(FileSystem):
     def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
         """Temp file (``O_EXCL``, a random name, ``flock``'ed while written so that a
         repair can tell it from garbage), (fsync), rename over ``path``, (fsync of the
-        directory). The temp file is removed on any failure, ``ENOSPC`` included."""
+        directory). The temp file is removed on any failure, ``ENOSPC`` included. Its
+        lock is let go of explicitly before the rename: a child forked meanwhile shares
+        it, and would otherwise hold it on the file renamed into place."""
         dfd, name = self._dir_fd(path)
         try:
             tmp = f".{name[:64]}.tmp-{os.urandom(8).hex()}"
@@ -477,11 +479,14 @@ class RealFileSystem(FileSystem):
             try:
                 try:
                     _flock(fd, "LOCK_EX")
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    if durable:
-                        os.fsync(fd)
+                    try:
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(fd, view):]
+                        if durable:
+                            os.fsync(fd)
+                    finally:
+                        _flock(fd, "LOCK_UN")
                 finally:
                     os.close(fd)
                 os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -523,42 +528,46 @@ class RealFileSystem(FileSystem):
         new), written and (``durable``) synced on its own descriptor, the first one
         ``flock``'ed until the rename; none of them cached (their path changes with the
         rename). Half the system calls of the primitives one by one, and a creation
-        is mostly system calls."""
+        is mostly system calls. The lock is let go of explicitly (``LOCK_UN``), not by
+        closing: a child forked meanwhile shares the descriptor's lock, and would hold
+        it for as long as it lives. Every descriptor is closed, whatever fails."""
         directory, _, name = staging.rpartition("/")
         if final.rpartition("/")[0] != directory:  # (not how a storage calls it)
             super().publish_folder(staging, final, files, durable=durable)
             return
         dfd, name = self._dir_fd(staging)
+        renamed = False
         try:
             os.mkdir(name, 0o755, dir_fd=dfd)
             try:
-                fds: list[int] = []
-                sfd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd)
-                try:
+                with contextlib.ExitStack() as closing:  # (last in, first out: the lock goes after the rename)
+                    sfd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd)
+                    closing.callback(os.close, sfd)
+                    fds: list[int] = []
                     for file, data in files:
-                        fds.append(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC,
-                                           0o644, dir_fd=sfd))
-                        if len(fds) == 1:
-                            _flock(fds[0], "LOCK_EX")
+                        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644,
+                                     dir_fd=sfd)
+                        closing.callback(os.close, fd)
+                        if not fds:
+                            _flock(fd, "LOCK_EX")
+                            closing.callback(_flock, fd, "LOCK_UN")
+                        fds.append(fd)
                         view = memoryview(data)
                         while view:
-                            view = view[os.write(fds[-1], view):]
+                            view = view[os.write(fd, view):]
                     if durable:
                         for fd in fds:
                             _fdatasync(fd)
                         _fsync_fd(sfd)  # the files' entries
                     os.rename(name, final.rpartition("/")[2], src_dir_fd=dfd, dst_dir_fd=dfd)
-                finally:
-                    for fd in reversed(fds):  # the locked one last: closing it lets go of its flock
-                        os.close(fd)
-                    os.close(sfd)
+                    renamed = True
                 self._forget(staging)
                 self._forget(final)
                 if durable:
                     _fsync_fd(dfd)
             except BaseException:
                 with contextlib.suppress(OSError):
-                    self.remove_tree(staging)
+                    self.remove_tree(final if renamed else staging)
                 raise
         finally:
             os.close(dfd)
