@@ -2042,10 +2042,11 @@ class FileSystem(ABC):
         with its first file locked (:meth:`locked`) from its creation until the
         folder is in place, so that a repair can tell a creation in progress from the
         remains of a killed one; then (``durable``) every file is synced, and it is
-        renamed to ``final`` (``durable``: its directory synced). On any failure the
-        error is raised and nothing is left: neither the staging folder nor, when the
-        failure came after the rename (the directory's sync), ``final``. Default: those
-        steps, one primitive call each; a file system may do the same with fewer
+        renamed to ``final`` (``durable``: its directory synced). A failure before the
+        rename removes the staging folder and is raised. One after it (the directory's
+        sync) is raised and leaves ``final`` in place: complete, it may already have
+        been adopted by a repair and written to, so it is never taken back. Default:
+        those steps, one primitive call each; a file system may do the same with fewer
         system calls.
         """
         lock = f"{staging}/{files[0][0]}"
@@ -2061,10 +2062,7 @@ class FileSystem(ABC):
                 self.rename(staging, final, durable=durable)
         except BaseException:
             with contextlib.suppress(OSError):
-                if self.exists(staging):
-                    self.remove_tree(staging)
-                else:  # renamed into place, then its sync (or the unlock) failed
-                    self.remove_tree(final)
+                self.remove_tree(staging)  # (gone when it was renamed into place)
             raise
 
     def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default
@@ -3001,8 +2999,9 @@ class RealFileSystem(FileSystem):
         """Temp file (``O_EXCL``, a random name, ``flock``'ed while written so that a
         repair can tell it from garbage), (fsync), rename over ``path``, (fsync of the
         directory). The temp file is removed on any failure, ``ENOSPC`` included. Its
-        lock is let go of explicitly before the rename: a child forked meanwhile shares
-        it, and would otherwise hold it on the file renamed into place."""
+        lock is held until it is renamed into place (a repair never takes it for
+        garbage), then let go of explicitly: a child forked meanwhile shares it, and
+        closing would leave it held, on the file now at ``path``, while the child lives."""
         dfd, name = self._dir_fd(path)
         try:
             tmp = f".{name[:64]}.tmp-{os.urandom(8).hex()}"
@@ -3016,11 +3015,11 @@ class RealFileSystem(FileSystem):
                             view = view[os.write(fd, view):]
                         if durable:
                             os.fsync(fd)
+                        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
                     finally:
                         _flock(fd, "LOCK_UN")
                 finally:
                     os.close(fd)
-                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
@@ -3097,8 +3096,9 @@ class RealFileSystem(FileSystem):
                 if durable:
                     _fsync_fd(dfd)
             except BaseException:
-                with contextlib.suppress(OSError):
-                    self.remove_tree(final if renamed else staging)
+                if not renamed:
+                    with contextlib.suppress(OSError):
+                        self.remove_tree(staging)
                 raise
         finally:
             os.close(dfd)
@@ -5042,22 +5042,23 @@ class JsonlStorage(Storage):
                     found.append((f"{shard}/{name}", "a key link to no session (an interrupted deletion)", False))
         return found
 
-    def _remove_folder(self, path: str) -> bool:
-        """Remove a garbage folder; whether it was. An interrupted creation's is renamed
-        away first: its log was not locked when it was found, but a live creation may
-        only not have locked it *yet*. Once renamed, that creation cannot publish it
-        (its own rename fails, and so does the creation, unacknowledged), so no part
-        of what this removes can end up in a published session; and when the creation
-        published it first, it is not garbage and stays."""
+    def _remove_folder(self, path: str) -> str | None:
+        """Remove a garbage folder: ``None`` when it was not there any more, else what
+        is left of it (``""``: nothing; a folder the next repair removes). An
+        interrupted creation's is renamed away first: its log was not locked when it
+        was found, but a live creation may only not have locked it *yet*. Once renamed,
+        that creation cannot publish it (its own rename fails, and so does the
+        creation, unacknowledged), so no part of what this removes can end up in a
+        published session; and one published first is not garbage, and stays."""
         if path.rpartition("/")[2].startswith(".new-"):
             away = f"{self.directory}/.deleted-{os.urandom(16).hex()}"
             try:
                 self.fs.rename(path, away, durable=False)
             except (FileNotFoundError, NotADirectoryError):
-                return False
+                return None
             path = away
         self.fs.remove_tree(path)
-        return True
+        return path if self.fs.exists(path) else ""
 
     def _only_ours(self, folder: str) -> bool:
         """Whether a folder without a log is provably a session's remains: it names its
@@ -5160,9 +5161,14 @@ class JsonlStorage(Storage):
         if not self.fs.exists(self.directory):
             return fixed
         for path, why, is_dir in self._garbage():
+            removed = "removed"
             if is_dir:
-                if not self._remove_folder(path):
+                left = self._remove_folder(path)
+                if left is None:
                     continue
+                if left:
+                    removed = (f"not all removed: {left} is left (a file was made in it meanwhile; the next "
+                               "repair goes on)")
             elif path.startswith(f"{self.directory}/keys/"):
                 with self.fs.locked(f"{path.rpartition('/')[0]}/.lock"):
                     target = self.fs.readlink(path)
@@ -5170,7 +5176,7 @@ class JsonlStorage(Storage):
                         self.fs.remove(path, durable=self._durable)
             else:
                 self.fs.remove(path)
-            fixed.append(f"{path}: {why}; removed")
+            fixed.append(f"{path}: {why}; {removed}")
         set_aside: set[str] = set()
         for entry in self._unindexed():
             sid = entry.session_id

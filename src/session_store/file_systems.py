@@ -156,10 +156,11 @@ class FileSystem(ABC):
         with its first file locked (:meth:`locked`) from its creation until the
         folder is in place, so that a repair can tell a creation in progress from the
         remains of a killed one; then (``durable``) every file is synced, and it is
-        renamed to ``final`` (``durable``: its directory synced). On any failure the
-        error is raised and nothing is left: neither the staging folder nor, when the
-        failure came after the rename (the directory's sync), ``final``. Default: those
-        steps, one primitive call each; a file system may do the same with fewer
+        renamed to ``final`` (``durable``: its directory synced). A failure before the
+        rename removes the staging folder and is raised. One after it (the directory's
+        sync) is raised and leaves ``final`` in place: complete, it may already have
+        been adopted by a repair and written to, so it is never taken back. Default:
+        those steps, one primitive call each; a file system may do the same with fewer
         system calls.
         """
         lock = f"{staging}/{files[0][0]}"
@@ -175,10 +176,7 @@ class FileSystem(ABC):
                 self.rename(staging, final, durable=durable)
         except BaseException:
             with contextlib.suppress(OSError):
-                if self.exists(staging):
-                    self.remove_tree(staging)
-                else:  # renamed into place, then its sync (or the unlock) failed
-                    self.remove_tree(final)
+                self.remove_tree(staging)  # (gone when it was renamed into place)
             raise
 
     def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default

@@ -1225,22 +1225,23 @@ class JsonlStorage(Storage):
                     found.append((f"{shard}/{name}", "a key link to no session (an interrupted deletion)", False))
         return found
 
-    def _remove_folder(self, path: str) -> bool:
-        """Remove a garbage folder; whether it was. An interrupted creation's is renamed
-        away first: its log was not locked when it was found, but a live creation may
-        only not have locked it *yet*. Once renamed, that creation cannot publish it
-        (its own rename fails, and so does the creation, unacknowledged), so no part
-        of what this removes can end up in a published session; and when the creation
-        published it first, it is not garbage and stays."""
+    def _remove_folder(self, path: str) -> str | None:
+        """Remove a garbage folder: ``None`` when it was not there any more, else what
+        is left of it (``""``: nothing; a folder the next repair removes). An
+        interrupted creation's is renamed away first: its log was not locked when it
+        was found, but a live creation may only not have locked it *yet*. Once renamed,
+        that creation cannot publish it (its own rename fails, and so does the
+        creation, unacknowledged), so no part of what this removes can end up in a
+        published session; and one published first is not garbage, and stays."""
         if path.rpartition("/")[2].startswith(".new-"):
             away = f"{self.directory}/.deleted-{os.urandom(16).hex()}"
             try:
                 self.fs.rename(path, away, durable=False)
             except (FileNotFoundError, NotADirectoryError):
-                return False
+                return None
             path = away
         self.fs.remove_tree(path)
-        return True
+        return path if self.fs.exists(path) else ""
 
     def _only_ours(self, folder: str) -> bool:
         """Whether a folder without a log is provably a session's remains: it names its
@@ -1343,9 +1344,14 @@ class JsonlStorage(Storage):
         if not self.fs.exists(self.directory):
             return fixed
         for path, why, is_dir in self._garbage():
+            removed = "removed"
             if is_dir:
-                if not self._remove_folder(path):
+                left = self._remove_folder(path)
+                if left is None:
                     continue
+                if left:
+                    removed = (f"not all removed: {left} is left (a file was made in it meanwhile; the next "
+                               "repair goes on)")
             elif path.startswith(f"{self.directory}/keys/"):
                 with self.fs.locked(f"{path.rpartition('/')[0]}/.lock"):
                     target = self.fs.readlink(path)
@@ -1353,7 +1359,7 @@ class JsonlStorage(Storage):
                         self.fs.remove(path, durable=self._durable)
             else:
                 self.fs.remove(path)
-            fixed.append(f"{path}: {why}; removed")
+            fixed.append(f"{path}: {why}; {removed}")
         set_aside: set[str] = set()
         for entry in self._unindexed():
             sid = entry.session_id
