@@ -898,7 +898,9 @@ def _check_title(title: object) -> str | None:
 #   <storage_dir>/<session-id>/stats.json  a tally of the log up to a position (a cache:
 #       counts, and the current branch's head when every record up to it was sound),
 #       with the length and CRC-32 of each file's last line before that position: a
-#       file cut back and grown again since no longer matches, and the tally is ignored
+#       file cut back and grown again since no longer matches, and the tally is ignored.
+#       Written in place: JSON, a tab, its CRC-32 (a torn write is ignored too; a
+#       tally written before it has no tab and no CRC, and still reads)
 #
 # A session is created whole before it is announced: its folder is written as
 # ".new-<id>" (its log flock'ed meanwhile), renamed into place, given its leaf in
@@ -2128,9 +2130,16 @@ _LEASE_READ_BYTES = 4 * _LEASE_RECORD_BYTES  # a read this long that comes back 
 _CORRUPT: Any = {"corrupt": True}
 
 
+def _checked_line(record: Mapping[str, Any]) -> bytes:
+    """A record as a JSON line carrying its own CRC-32 (``<json>\t<crc32 hex>\n``), for
+    a small file written in place: a torn write, or two writers' bytes mixed, reads as
+    corrupt (:func:`_decode_lease`). Leases are kept so (padded), and tallies."""
+    body = _dumps(record if type(record) is dict else dict(record)).encode("utf-8")  # (any Mapping, as written)
+    return b"%s\t%08x\n" % (body, zlib.crc32(body))
+
+
 def _encode_lease(lease: Mapping[str, Any]) -> bytes:
-    body = _dumps(lease if type(lease) is dict else dict(lease)).encode("utf-8")  # (any Mapping, as written)
-    line = b"%s\t%08x\n" % (body, zlib.crc32(body))
+    line = _checked_line(lease)
     return line.ljust(_LEASE_RECORD_BYTES) if len(line) < _LEASE_RECORD_BYTES else line
 
 
@@ -4907,7 +4916,9 @@ class JsonlStorage(Storage):
         last there when it was saved (its length and CRC-32): a file cut back (a failed
         write or sync taken back) and grown again to the same size fails that."""
         try:
-            doc = json.loads(self.fs.read(f"{self._dir(session_id)}/stats.json"))
+            doc = _decode_lease(self.fs.read(f"{self._dir(session_id)}/stats.json"))  # (corrupt: no "position")
+            if doc is None:
+                return None
             size, ident = self.fs.stat(self._log(session_id))
             esize, eident = self._stat_events(session_id)
             epos, mpos = doc["position"]
@@ -4942,8 +4953,12 @@ class JsonlStorage(Storage):
                 return
         doc = {"position": list(position), "identity": [_jsonable(i) for i in idents], "tally": dict(tally),
                "last": last}
-        with contextlib.suppress(OSError):  # a cache: a failure only costs a longer read later
-            self.fs.write_atomic(f"{self._dir(session_id)}/stats.json", _encode_line(doc), durable=False)
+        # Written in place, its CRC-32 with it: a cache, which a torn or mixed write only
+        # makes unread (a rename over the old one cost 1.5 ms here, ext4 writing the
+        # new file out at once: 7% of a stateless request that appends). A failure only
+        # costs a longer read later.
+        with contextlib.suppress(OSError):
+            self.fs.write_in_place(f"{self._dir(session_id)}/stats.json", _checked_line(doc))
 
     # -- leases ---------------------------------------------------------------------------
 

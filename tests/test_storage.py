@@ -116,7 +116,8 @@ def test_durable_append_syncs_before_returning_and_never_rewrites_the_index(tmp_
             store.append(sid, role="user", content=str(i))
         assert fs.syncs == ["messages.jsonl"] * 50
         assert fs.atomic_writes == []  # nothing but the record is written per append
-    assert fs.atomic_writes == ["stats.json"]  # the session's tally, once, at close
+    assert fs.atomic_writes == []  # the session's tally, at close, is written in place
+    assert ss._decode_lease((tmp_path / sid / "stats.json").read_bytes())["tally"]["messages"] == 50  # type: ignore[index]
 
 
 def test_non_durable_append_never_syncs(tmp_path: Path) -> None:
@@ -1129,6 +1130,26 @@ def test_readers_never_cut_a_line_another_process_may_be_writing(tmp_path: Path)
         assert [m.id for m in store.get_messages(sid)] == [a.id, "in-flight"]
 
 
+@pytest.mark.parametrize("damage", ["torn", "longer-one-under-it", "a-digit-changed"])
+def test_a_tally_torn_or_changed_on_disk_is_not_believed(tmp_path: Path, damage: str) -> None:
+    """The tally is written in place with its CRC-32: one cut short (a crash during
+    the write), one written over a longer one and not cut back yet, or one whose
+    bytes changed is ignored, and the counts come from the log."""
+    with open_files(tmp_path) as store:
+        sid = store.resolve("k")
+        for i in range(300):
+            store.append(sid, role="user", content=f"m{i}")
+    stats = tmp_path / sid / "stats.json"
+    good = stats.read_bytes()
+    assert b'"messages":300' in good and ss._decode_lease(good) is not None
+    stats.write_bytes({"torn": good[:len(good) // 2],
+                       "longer-one-under-it": good[:-1] + b" " + good[:-1] + b"\n",
+                       "a-digit-changed": good.replace(b'"messages":300', b'"messages":900')}[damage])
+    with open_files(tmp_path) as store:
+        meta = store.get_metadata(sid)
+        assert meta is not None and meta.message_count == 300
+
+
 def test_metadata_of_a_session_not_loaded_reads_no_log(tmp_path: Path) -> None:
     """Counts come from the saved tally plus what was written after it."""
     with open_files(tmp_path) as store:
@@ -1138,7 +1159,8 @@ def test_metadata_of_a_session_not_loaded_reads_no_log(tmp_path: Path) -> None:
         store.create_branch(sid, "alt", store.get_head(sid))  # type: ignore[arg-type]
     with open_files(tmp_path) as other:
         other.append(sid, role="user", content="after the tally")
-        stale = json.loads((tmp_path / sid / "stats.json").read_text())
+        stale = ss._decode_lease((tmp_path / sid / "stats.json").read_bytes())
+        assert stale is not None
         assert stale["tally"]["messages"] == 300
         other._sessions.clear()  # forget the cached tree: the next read must not build one
     reads: list[tuple[str, int, int]] = []

@@ -242,9 +242,16 @@ _LEASE_READ_BYTES = 4 * _LEASE_RECORD_BYTES  # a read this long that comes back 
 _CORRUPT: Any = {"corrupt": True}
 
 
+def _checked_line(record: Mapping[str, Any]) -> bytes:
+    """A record as a JSON line carrying its own CRC-32 (``<json>\t<crc32 hex>\n``), for
+    a small file written in place: a torn write, or two writers' bytes mixed, reads as
+    corrupt (:func:`_decode_lease`). Leases are kept so (padded), and tallies."""
+    body = _dumps(record if type(record) is dict else dict(record)).encode("utf-8")  # (any Mapping, as written)
+    return b"%s\t%08x\n" % (body, zlib.crc32(body))
+
+
 def _encode_lease(lease: Mapping[str, Any]) -> bytes:
-    body = _dumps(lease if type(lease) is dict else dict(lease)).encode("utf-8")  # (any Mapping, as written)
-    line = b"%s\t%08x\n" % (body, zlib.crc32(body))
+    line = _checked_line(lease)
     return line.ljust(_LEASE_RECORD_BYTES) if len(line) < _LEASE_RECORD_BYTES else line
 
 

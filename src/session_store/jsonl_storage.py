@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 from .errors import InvalidInput, InvalidKey, SessionNotFound, StorageError, _log
-from .file_systems import FileSystem, _after_fork_hooks
+from .file_systems import FileSystem, _after_fork_hooks, _checked_line, _decode_lease
 from .key_names import _KeyNames, _link_in_folder
 from .log_format import _CHAIN_MARK, _encode_line, _legacy_branch_event, _parse_lines, _unfinished_tail
 from .real_file_system import RealFileSystem
@@ -1090,7 +1090,9 @@ class JsonlStorage(Storage):
         last there when it was saved (its length and CRC-32): a file cut back (a failed
         write or sync taken back) and grown again to the same size fails that."""
         try:
-            doc = json.loads(self.fs.read(f"{self._dir(session_id)}/stats.json"))
+            doc = _decode_lease(self.fs.read(f"{self._dir(session_id)}/stats.json"))  # (corrupt: no "position")
+            if doc is None:
+                return None
             size, ident = self.fs.stat(self._log(session_id))
             esize, eident = self._stat_events(session_id)
             epos, mpos = doc["position"]
@@ -1125,8 +1127,12 @@ class JsonlStorage(Storage):
                 return
         doc = {"position": list(position), "identity": [_jsonable(i) for i in idents], "tally": dict(tally),
                "last": last}
-        with contextlib.suppress(OSError):  # a cache: a failure only costs a longer read later
-            self.fs.write_atomic(f"{self._dir(session_id)}/stats.json", _encode_line(doc), durable=False)
+        # Written in place, its CRC-32 with it: a cache, which a torn or mixed write only
+        # makes unread (a rename over the old one cost 1.5 ms here, ext4 writing the
+        # new file out at once: 7% of a stateless request that appends). A failure only
+        # costs a longer read later.
+        with contextlib.suppress(OSError):
+            self.fs.write_in_place(f"{self._dir(session_id)}/stats.json", _checked_line(doc))
 
     # -- leases ---------------------------------------------------------------------------
 
