@@ -899,8 +899,8 @@ def _check_title(title: object) -> str | None:
 #       counts, and the current branch's head when every record up to it was sound),
 #       with the length and CRC-32 of each file's last line before that position: a
 #       file cut back and grown again since no longer matches, and the tally is ignored.
-#       Written in place: JSON, a tab, its CRC-32 (a torn write is ignored too; a
-#       tally written before it has no tab and no CRC, and still reads)
+#       JSON, a tab, its CRC-32, replaced whole (one whose bytes changed is ignored
+#       too; a tally written before the CRC has no tab, and still reads)
 #
 # A session is created whole before it is announced: its folder is written as
 # ".new-<id>" (its log flock'ed meanwhile), renamed into place, given its leaf in
@@ -2131,9 +2131,9 @@ _CORRUPT: Any = {"corrupt": True}
 
 
 def _checked_line(record: Mapping[str, Any]) -> bytes:
-    """A record as a JSON line carrying its own CRC-32 (``<json>\t<crc32 hex>\n``), for
-    a small file written in place: a torn write, or two writers' bytes mixed, reads as
-    corrupt (:func:`_decode_lease`). Leases are kept so (padded), and tallies."""
+    """A record as a JSON line carrying its own CRC-32 (``<json>\t<crc32 hex>\n``): a
+    torn write, two writers' bytes mixed or a byte changed on disk reads as corrupt
+    (:func:`_decode_lease`). Leases are kept so (padded, written in place), and tallies."""
     body = _dumps(record if type(record) is dict else dict(record)).encode("utf-8")  # (any Mapping, as written)
     return b"%s\t%08x\n" % (body, zlib.crc32(body))
 
@@ -3008,9 +3008,9 @@ class RealFileSystem(FileSystem):
         """Temp file (``O_EXCL``, a random name, ``flock``'ed while written so that a
         repair can tell it from garbage), (fsync), rename over ``path``, (fsync of the
         directory). The temp file is removed on any failure, ``ENOSPC`` included. Its
-        lock is held until it is renamed into place (a repair never takes it for
-        garbage), then let go of explicitly: a child forked meanwhile shares it, and
-        closing would leave it held, on the file now at ``path``, while the child lives."""
+        lock is let go of explicitly before it is closed: a child forked meanwhile
+        shares it, and closing alone would leave it held, on the file then renamed to
+        ``path``, for as long as the child lives."""
         dfd, name = self._dir_fd(path)
         try:
             tmp = f".{name[:64]}.tmp-{os.urandom(8).hex()}"
@@ -3024,11 +3024,11 @@ class RealFileSystem(FileSystem):
                             view = view[os.write(fd, view):]
                         if durable:
                             os.fsync(fd)
-                        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
                     finally:
                         _flock(fd, "LOCK_UN")
                 finally:
-                    os.close(fd)
+                    os.close(fd)  # (before the rename: an error it reports fails the write, nothing replaced)
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
@@ -4953,12 +4953,10 @@ class JsonlStorage(Storage):
                 return
         doc = {"position": list(position), "identity": [_jsonable(i) for i in idents], "tally": dict(tally),
                "last": last}
-        # Written in place, its CRC-32 with it: a cache, which a torn or mixed write only
-        # makes unread (a rename over the old one cost 1.5 ms here, ext4 writing the
-        # new file out at once: 7% of a stateless request that appends). A failure only
-        # costs a longer read later.
+        # Replaced whole, with its CRC-32: a tally whose bytes changed on disk is not
+        # believed. A failure only costs a longer read later (it is a cache).
         with contextlib.suppress(OSError):
-            self.fs.write_in_place(f"{self._dir(session_id)}/stats.json", _checked_line(doc))
+            self.fs.write_atomic(f"{self._dir(session_id)}/stats.json", _checked_line(doc), durable=False)
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -5182,8 +5180,7 @@ class JsonlStorage(Storage):
                 if left is None:
                     continue
                 if left:
-                    removed = (f"not all removed: {left} is left (a file was made in it meanwhile; the next "
-                               "repair goes on)")
+                    removed = f"not all removed: {left} is left (the next repair goes on)"
             elif path.startswith(f"{self.directory}/keys/"):
                 with self.fs.locked(f"{path.rpartition('/')[0]}/.lock"):
                     target = self.fs.readlink(path)

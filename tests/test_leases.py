@@ -353,14 +353,15 @@ def test_a_link_planted_inside_the_store_is_never_followed(tmp_path: Path, plant
 def test_temp_files_have_unpredictable_names_and_a_planted_one_is_not_used(tmp_path: Path) -> None:
     outside = tmp_path / "victim"
     outside.write_text("precious")
-    (tmp_path / "s").mkdir()
-    for pid_tid in (f"{os.getpid()}-0", f"{os.getpid()}"):  # the old, predictable names
-        os.symlink(outside, tmp_path / "s" / f"session-store.json.tmp-{pid_tid}")
-        os.symlink(outside, tmp_path / "s" / f".session-store.json.tmp-{pid_tid}")
     with SessionStore(storage_dir=tmp_path / "s") as store:
-        store.resolve("k")  # the store's first session writes its marker (an atomic write)
+        sid = store.resolve("k")
+        for pid_tid in (f"{os.getpid()}-0", f"{os.getpid()}"):  # the old, predictable names
+            os.symlink(outside, tmp_path / "s" / sid / f"stats.json.tmp-{pid_tid}")
+        for i in range(300):
+            store.append(sid, role="user", content=str(i))  # saves the tally (an atomic write)
     assert outside.read_text() == "precious"
-    assert json.loads((tmp_path / "s" / "session-store.json").read_text()) == {"format": 2}
+    tally = ss._decode_lease((tmp_path / "s" / sid / "stats.json").read_bytes())
+    assert tally is not None and tally["tally"]["messages"] == 300
 
 
 # -- 6. no fcntl (Windows) ----------------------------------------------------------------------

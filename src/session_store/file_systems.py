@@ -243,9 +243,9 @@ _CORRUPT: Any = {"corrupt": True}
 
 
 def _checked_line(record: Mapping[str, Any]) -> bytes:
-    """A record as a JSON line carrying its own CRC-32 (``<json>\t<crc32 hex>\n``), for
-    a small file written in place: a torn write, or two writers' bytes mixed, reads as
-    corrupt (:func:`_decode_lease`). Leases are kept so (padded), and tallies."""
+    """A record as a JSON line carrying its own CRC-32 (``<json>\t<crc32 hex>\n``): a
+    torn write, two writers' bytes mixed or a byte changed on disk reads as corrupt
+    (:func:`_decode_lease`). Leases are kept so (padded, written in place), and tallies."""
     body = _dumps(record if type(record) is dict else dict(record)).encode("utf-8")  # (any Mapping, as written)
     return b"%s\t%08x\n" % (body, zlib.crc32(body))
 

@@ -1127,12 +1127,10 @@ class JsonlStorage(Storage):
                 return
         doc = {"position": list(position), "identity": [_jsonable(i) for i in idents], "tally": dict(tally),
                "last": last}
-        # Written in place, its CRC-32 with it: a cache, which a torn or mixed write only
-        # makes unread (a rename over the old one cost 1.5 ms here, ext4 writing the
-        # new file out at once: 7% of a stateless request that appends). A failure only
-        # costs a longer read later.
+        # Replaced whole, with its CRC-32: a tally whose bytes changed on disk is not
+        # believed. A failure only costs a longer read later (it is a cache).
         with contextlib.suppress(OSError):
-            self.fs.write_in_place(f"{self._dir(session_id)}/stats.json", _checked_line(doc))
+            self.fs.write_atomic(f"{self._dir(session_id)}/stats.json", _checked_line(doc), durable=False)
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -1356,8 +1354,7 @@ class JsonlStorage(Storage):
                 if left is None:
                     continue
                 if left:
-                    removed = (f"not all removed: {left} is left (a file was made in it meanwhile; the next "
-                               "repair goes on)")
+                    removed = f"not all removed: {left} is left (the next repair goes on)"
             elif path.startswith(f"{self.directory}/keys/"):
                 with self.fs.locked(f"{path.rpartition('/')[0]}/.lock"):
                     target = self.fs.readlink(path)

@@ -73,8 +73,8 @@ from .validation import _check_json_shape, _check_name, _check_time, _is_name
 #       counts, and the current branch's head when every record up to it was sound),
 #       with the length and CRC-32 of each file's last line before that position: a
 #       file cut back and grown again since no longer matches, and the tally is ignored.
-#       Written in place: JSON, a tab, its CRC-32 (a torn write is ignored too; a
-#       tally written before it has no tab and no CRC, and still reads)
+#       JSON, a tab, its CRC-32, replaced whole (one whose bytes changed is ignored
+#       too; a tally written before the CRC has no tab, and still reads)
 #
 # A session is created whole before it is announced: its folder is written as
 # ".new-<id>" (its log flock'ed meanwhile), renamed into place, given its leaf in

@@ -470,9 +470,9 @@ class RealFileSystem(FileSystem):
         """Temp file (``O_EXCL``, a random name, ``flock``'ed while written so that a
         repair can tell it from garbage), (fsync), rename over ``path``, (fsync of the
         directory). The temp file is removed on any failure, ``ENOSPC`` included. Its
-        lock is held until it is renamed into place (a repair never takes it for
-        garbage), then let go of explicitly: a child forked meanwhile shares it, and
-        closing would leave it held, on the file now at ``path``, while the child lives."""
+        lock is let go of explicitly before it is closed: a child forked meanwhile
+        shares it, and closing alone would leave it held, on the file then renamed to
+        ``path``, for as long as the child lives."""
         dfd, name = self._dir_fd(path)
         try:
             tmp = f".{name[:64]}.tmp-{os.urandom(8).hex()}"
@@ -486,11 +486,11 @@ class RealFileSystem(FileSystem):
                             view = view[os.write(fd, view):]
                         if durable:
                             os.fsync(fd)
-                        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
                     finally:
                         _flock(fd, "LOCK_UN")
                 finally:
-                    os.close(fd)
+                    os.close(fd)  # (before the rename: an error it reports fails the write, nothing replaced)
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
