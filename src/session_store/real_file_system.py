@@ -481,9 +481,7 @@ class RealFileSystem(FileSystem):
                 try:
                     _flock(fd, "LOCK_EX")
                     try:
-                        view = memoryview(data)
-                        while view:
-                            view = view[os.write(fd, view):]
+                        _write_fd(fd, data)
                         if durable:
                             os.fsync(fd)
                     finally:
@@ -528,12 +526,11 @@ class RealFileSystem(FileSystem):
         the folder made and opened once, each file created (``O_EXCL``: the folder is
         new), written and (``durable``) synced on its own descriptor, the first one
         ``flock``'ed until the rename; none of them cached (their path changes with the
-        rename). Half the system calls of the primitives one by one, and a creation
-        is mostly system calls. The lock is let go of explicitly (``LOCK_UN``), not by
+        rename). A creation is mostly system calls: it made 74 through the primitives
+        one by one, 57 so (strace, ``durable=False``). The lock is let go of explicitly (``LOCK_UN``), not by
         closing: a child forked meanwhile shares the descriptor's lock, and would hold
         it for as long as it lives. Every descriptor is closed, whatever fails."""
-        directory, _, name = staging.rpartition("/")
-        if final.rpartition("/")[0] != directory:  # (not how a storage calls it)
+        if final.rpartition("/")[0] != staging.rpartition("/")[0]:  # (not how a storage calls it)
             super().publish_folder(staging, final, files, durable=durable)
             return
         dfd, name = self._dir_fd(staging)
@@ -553,9 +550,7 @@ class RealFileSystem(FileSystem):
                             _flock(fd, "LOCK_EX")
                             closing.callback(_flock, fd, "LOCK_UN")
                         fds.append(fd)
-                        view = memoryview(data)
-                        while view:
-                            view = view[os.write(fd, view):]
+                        _write_fd(fd, data)
                     if durable:
                         for fd in fds:
                             _fdatasync(fd)
@@ -935,6 +930,13 @@ def _read_fd(fd: int, offset: int, end: int | None = None) -> bytes:
 
 
 _fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    """Write all of ``data`` at the descriptor's offset (``os.write`` may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _fsync_fd(fd: int) -> None:
