@@ -2036,25 +2036,31 @@ class FileSystem(ABC):
         the directory of ``path`` does not exist.
         """
 
+    @contextlib.contextmanager
     def publish_folder(self, staging: str, final: str, files: Sequence[tuple[str, bytes]], *,
-                       durable: bool) -> None:
-        """Make the new folder ``final`` appear whole, holding ``files`` (name, content).
+                       durable: bool) -> Iterator[None]:
+        """Make the new folder ``final`` appear whole, holding ``files`` (name, content),
+        on entering; its first file stays locked (:meth:`locked`) until the block ends.
 
         It is built under the name ``staging`` (a new name in the same directory)
-        with its first file locked (:meth:`locked`) from its creation until the
-        folder is in place, so that a repair can tell a creation in progress from the
-        remains of a killed one; then (``durable``) every file is synced, and it is
-        renamed to ``final`` (``durable``: its directory synced). A failure before the
-        rename removes the staging folder and is raised. One after it (the directory's
-        sync) is raised and leaves ``final`` in place: complete, it may already have
-        been adopted by a repair and written to, so it is never taken back. Default:
-        those steps, one primitive call each; a file system may do the same with fewer
+        with its first file locked from its creation on, so that a repair can tell a
+        creation in progress from the remains of a killed one; then (``durable``)
+        every file is synced, and it is renamed to ``final`` (``durable``: its
+        directory synced). The lock follows the file through the rename: the block
+        announces the folder (a session's key link) or takes it back, and until it
+        ends nobody else can write to the folder's first file (a session's log), so
+        nothing written by anyone else is lost with a folder taken back. A failure
+        before the rename removes the staging folder and is raised. One after it (the
+        directory's sync) is raised and leaves ``final`` in place: complete, it may be
+        adopted by a repair and written to once the lock is let go of. Default: those
+        steps, one primitive call each; a file system may do the same with fewer
         system calls.
         """
         lock = f"{staging}/{files[0][0]}"
         self.makedirs(staging, durable=False)
-        try:
-            with self.locked(lock):
+        with contextlib.ExitStack() as holding:
+            try:
+                holding.enter_context(self.locked(lock))
                 for name, data in files:
                     if data or f"{staging}/{name}" != lock:  # (the lock made that one)
                         self.append(f"{staging}/{name}", data)
@@ -2062,10 +2068,11 @@ class FileSystem(ABC):
                     for name, _ in files:
                         self.sync(f"{staging}/{name}")
                 self.rename(staging, final, durable=durable)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                self.remove_tree(staging)  # (gone when it was renamed into place)
-            raise
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self.remove_tree(staging)  # (gone when it was renamed into place)
+                raise
+            yield
 
     def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default
         """Mark this process alive on ``path`` until :meth:`release` (counted per path)."""
@@ -2358,9 +2365,11 @@ class InMemoryFileSystem(FileSystem):
             if dst in self._dirs or dst in self._files:
                 raise FileExistsError(errno.EEXIST, "exists", dst)
             for p in [p for p in self._files if p.startswith(src + "/")]:
-                f = self._files[p]
+                f, lock, to = self._files[p], self._locks.get(p), dst + p[len(src):]
+                if lock is not None and lock.locked() and to not in self._locks:
+                    self._locks[to] = self._locks.pop(p)  # a held lock goes with its file, as a flock does
                 self._gone(p)
-                self._files[dst + p[len(src):]] = f
+                self._files[to] = f
             for p in [p for p in self._links if p.startswith(src + "/")]:
                 self._links[dst + p[len(src):]] = self._links.pop(p)
             for p in [p for p in self._dirs if p == src or p.startswith(src + "/")]:
@@ -3058,35 +3067,42 @@ class RealFileSystem(FileSystem):
         if durable:
             self._sync_entry(path)
 
+    @contextlib.contextmanager
     def publish_folder(self, staging: str, final: str, files: Sequence[tuple[str, bytes]], *,
-                       durable: bool) -> None:
+                       durable: bool) -> Iterator[None]:
         """:meth:`FileSystem.publish_folder` on descriptors: one walk to the directory,
         the folder made and opened once, each file created (``O_EXCL``: the folder is
         new), written and (``durable``) synced on its own descriptor, the first one
-        ``flock``'ed until the rename; none of them cached (their path changes with the
-        rename). A creation is mostly system calls: it made 74 through the primitives
-        one by one, 57 so (strace, ``durable=False``). The lock is let go of explicitly (``LOCK_UN``), not by
-        closing: a child forked meanwhile shares the descriptor's lock, and would hold
-        it for as long as it lives. Every descriptor is closed, whatever fails."""
+        ``flock``'ed until the block ends (the lock is the file's, so the rename keeps
+        it); none of them cached (their path changes with the rename). A creation is
+        mostly system calls: it made 74 through the primitives one by one, 57 so
+        (strace, ``durable=False``). The lock is let go of explicitly (``LOCK_UN``),
+        not by closing: a child forked meanwhile shares the descriptor's lock, and
+        would hold it for as long as it lives. Every descriptor is closed, whatever
+        fails."""
         if final.rpartition("/")[0] != staging.rpartition("/")[0]:  # (not how a storage calls it)
-            super().publish_folder(staging, final, files, durable=durable)
+            with super().publish_folder(staging, final, files, durable=durable):
+                yield
             return
         dfd, name = self._dir_fd(staging)
-        renamed = False
-        try:
-            os.mkdir(name, 0o755, dir_fd=dfd)
+        with contextlib.ExitStack() as holding:  # (last in, first out: the lock, then its descriptor)
+            holding.callback(os.close, dfd)
+            renamed = False
             try:
-                with contextlib.ExitStack() as closing:  # (last in, first out: the lock goes after the rename)
+                os.mkdir(name, 0o755, dir_fd=dfd)
+                with contextlib.ExitStack() as closing:
                     sfd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd)
                     closing.callback(os.close, sfd)
                     fds: list[int] = []
                     for file, data in files:
                         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644,
                                      dir_fd=sfd)
-                        closing.callback(os.close, fd)
-                        if not fds:
+                        if fds:
+                            closing.callback(os.close, fd)
+                        else:
+                            holding.callback(os.close, fd)
                             _flock(fd, "LOCK_EX")
-                            closing.callback(_flock, fd, "LOCK_UN")
+                            holding.callback(_flock, fd, "LOCK_UN")
                         fds.append(fd)
                         _write_fd(fd, data)
                     if durable:
@@ -3104,8 +3120,7 @@ class RealFileSystem(FileSystem):
                     with contextlib.suppress(OSError):
                         self.remove_tree(staging)
                 raise
-        finally:
-            os.close(dfd)
+            yield
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the missing directories, one at a time below an anchor (a link where a
@@ -4308,34 +4323,36 @@ class JsonlStorage(Storage):
         # The folder is written whole under a temporary name (its log locked, so that a
         # repair can tell a creation in progress from the remains of a killed one), then
         # renamed into place (FileSystem.publish_folder), then announced: the key link is
-        # the commit.
+        # the commit. The log stays locked until the link is made or taken back, so no
+        # one (a client who found the link, or the folder adopted by a repair) can write
+        # to a session this then takes back.
         meta: dict[str, Any] = {"version": FORMAT_VERSION, "sessionId": session_id, "key": key,
                                 "createdAt": created_at}
         if forked_from is not None:
             meta["forkedFrom"] = list(forked_from)
         final = self._dir(session_id)
-        fs.publish_folder(f"{self.directory}/.new-{session_id}", final,
-                          [("messages.jsonl", b"".join(messages)), ("session.json", _encode_line(meta)),
-                           ("branches.jsonl", b"".join(events))], durable=durable)
-        try:
-            self._names.add(key, session_id, durable=durable)  # before the commit: found by its key, and its prefix
-            while not _link_in_folder(fs, session_id, link, durable=durable):
-                winner = self._live_target(key)
-                if winner == session_id:  # a repair() adopted the folder meanwhile: it is ours, and linked
-                    return winner
-                if winner is not None:  # another store created the key's session first
+        with fs.publish_folder(f"{self.directory}/.new-{session_id}", final,
+                               [("messages.jsonl", b"".join(messages)), ("session.json", _encode_line(meta)),
+                                ("branches.jsonl", b"".join(events))], durable=durable):
+            try:
+                self._names.add(key, session_id, durable=durable)  # before the commit: found by its key, and its prefix
+                while not _link_in_folder(fs, session_id, link, durable=durable):
+                    winner = self._live_target(key)
+                    if winner == session_id:  # a repair() adopted the folder meanwhile: it is ours, and linked
+                        return winner
+                    if winner is not None:  # another store created the key's session first
+                        self._names.remove(key, session_id)
+                        fs.remove_tree(final)
+                        return winner
+                    self._remove_stale_link(key)  # an interrupted deletion left the link
+            except BaseException:
+                # Not acknowledged (the link's sync may have failed after it was made): undo it.
+                with contextlib.suppress(OSError):
+                    if fs.readlink(link) == session_id:
+                        fs.remove(link)
                     self._names.remove(key, session_id)
                     fs.remove_tree(final)
-                    return winner
-                self._remove_stale_link(key)  # an interrupted deletion left the link
-        except BaseException:
-            # Not acknowledged (the link's sync may have failed after it was made): undo it.
-            with contextlib.suppress(OSError):
-                if fs.readlink(link) == session_id:
-                    fs.remove(link)
-                self._names.remove(key, session_id)
-                fs.remove_tree(final)
-            raise
+                raise
         return session_id
 
     def _link_key(self, key: str, session_id: str) -> bool:
@@ -5167,6 +5184,11 @@ class JsonlStorage(Storage):
         except FileNotFoundError:
             return False
 
+    def _still_empty_successor(self, holder: str, entry: IndexEntry) -> None:
+        """:meth:`_empty_successor` checked again, with ``holder`` held for its deletion."""
+        if not self._empty_successor(holder, entry):
+            raise _WrittenMeanwhile
+
     def repair_index(self) -> list[str]:
         """Migrate format 1; adopt unindexed folders; clear garbage (see :meth:`_garbage`)."""
         fixed: list[str] = []
@@ -5195,26 +5217,37 @@ class JsonlStorage(Storage):
         for entry in self._unindexed():
             sid = entry.session_id
             holder = self.lookup(entry.key)
+            if holder == sid:  # its creation linked it since the list was made (or another repair did)
+                continue
             if holder is not None and self._empty_successor(holder, entry):
-                # A lost link let resolve() give the key a new, empty session: the key goes back to this one.
-                self.delete_session(holder, entry.created_at)
-                fixed.append(f"{self._dir(holder)}: an empty session made for key {entry.key!r} after its link to "
-                             f"{sid} was lost; removed")
+                # A lost link let resolve() give the key a new, empty session: the key goes back to this one,
+                # unless a client wrote to it meanwhile (checked again while it is held: then it stays the key's).
+                with contextlib.suppress(_WrittenMeanwhile, SessionNotFound):
+                    self.delete_session(holder, entry.created_at,
+                                        check=functools.partial(self._still_empty_successor, holder, entry))
+                    fixed.append(f"{self._dir(holder)}: an empty session made for key {entry.key!r} after its link "
+                                 f"to {sid} was lost; removed")
             if self.lookup(entry.key) is None:
                 self._ensure_format()
                 if self._link_key(entry.key, sid):
                     fixed.append(f"{self._dir(sid)}: adopted into the index (key {entry.key!r})")
                     continue
+                if self.lookup(entry.key) == sid:  # linked meanwhile, by its creation or another repair
+                    continue
             self._names.remove(entry.key, sid)  # no prefix finds what goes (or goes aside)
-            if self.fs.size(self._log(sid)) == 0:
-                self.fs.remove_tree(self._dir(sid))
-                fixed.append(f"{self._dir(sid)}: an empty session whose key belongs to another; removed")
-            else:
-                aside = f"{self.directory}/.orphan-{sid}"
-                self.fs.rename(self._dir(sid), aside)
-                set_aside.add(aside)
-                fixed.append(f"{self._dir(sid)}: its key {entry.key!r} belongs to another session; "
-                             f"kept aside as {aside}")
+            try:  # held, so that a client writing to it by id meanwhile either wrote first or finds it gone
+                with self.fs.locked(self._log(sid), create=False):
+                    if self.fs.size(self._log(sid)) == 0:
+                        self.fs.remove_tree(self._dir(sid))
+                        fixed.append(f"{self._dir(sid)}: an empty session whose key belongs to another; removed")
+                    else:
+                        aside = f"{self.directory}/.orphan-{sid}"
+                        self.fs.rename(self._dir(sid), aside)
+                        set_aside.add(aside)
+                        fixed.append(f"{self._dir(sid)}: its key {entry.key!r} belongs to another session; "
+                                     f"kept aside as {aside}")
+            except FileNotFoundError:  # removed meanwhile (deleted, or by another repair)
+                continue
         for name in self.fs.listdir(self.directory):
             orphan = f"{self.directory}/{name}"
             if name.startswith(".orphan-") and self.fs.is_dir(orphan) and orphan not in set_aside:
@@ -5248,6 +5281,10 @@ class JsonlStorage(Storage):
             self.fs.remove(path, durable=self._durable)
             fixed.append(f"{path}: {why}; removed")
         return fixed
+
+
+class _WrittenMeanwhile(Exception):
+    """A repair's deletion of an empty session is called off: it is not empty any more."""
 
 
 _LOAD_PART = 4 * 2**20  # bytes of log a part of a load decodes: what a long session's load holds at once

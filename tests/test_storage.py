@@ -1792,7 +1792,8 @@ def test_a_folder_is_published_whole_its_log_locked_and_synced_until_the_rename(
     """``RealFileSystem.publish_folder`` (a session's creation) does on descriptors what
     ``FileSystem.publish_folder`` does with one primitive each: at the rename, the first
     file is locked (a repair leaves the folder alone) and, durable, every file and the
-    folder are synced; after it, the directory. Nothing is synced when not durable."""
+    folder are synced; after it, the directory. The lock lasts until the block ends.
+    Nothing is synced when not durable."""
     fs = RealFileSystem()
     fs.anchor(str(tmp_path))
     staging, final = f"{tmp_path}/.new-x", f"{tmp_path}/x"
@@ -1813,8 +1814,10 @@ def test_a_folder_is_published_whole_its_log_locked_and_synced_until_the_rename(
     monkeypatch.setattr(ss, "_fsync_fd", watched(fsync_fd))
     monkeypatch.setattr(ss, "_fdatasync", watched(fdatasync))
     monkeypatch.setattr(os, "rename", renaming)
-    fs.publish_folder(staging, final, files, durable=durable)
+    with fs.publish_folder(staging, final, files, durable=durable):
+        held_in_block = fs.is_held(f"{final}/messages.jsonl")
     monkeypatch.undo()
+    assert held_in_block is True  # until the block ends (a session's key link is made or taken back)
     in_order = ["messages.jsonl", "session.json", "branches.jsonl", ".new-x", tmp_path.name]
     assert at_rename == [True, sorted(in_order[:4]) if durable else []]
     assert synced == (in_order if durable else [])
@@ -1844,12 +1847,13 @@ def test_a_folder_that_fails_to_publish_leaves_nothing(tmp_path: Path, monkeypat
         return real(*args, **kwargs)
     monkeypatch.setattr(ss if failing == "fdatasync" else os, "_fdatasync" if failing == "fdatasync" else failing,
                         fails)
-    with pytest.raises(OSError) as raised:
-        fs.publish_folder(staging, final, files, durable=True)
+    with pytest.raises(OSError) as raised, fs.publish_folder(staging, final, files, durable=True):
+        pass
     monkeypatch.undo()
     assert raised.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
-    fs.publish_folder(staging, final, files, durable=True)
+    with fs.publish_folder(staging, final, files, durable=True):
+        pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
     fs.close()
 
@@ -1893,8 +1897,10 @@ def test_a_child_forked_during_a_creation_does_not_hold_the_new_sessions_lock(
     fs = RealFileSystem()
     fs.anchor(str(tmp_path))
     with _a_child_forked_at(monkeypatch, ss, "_fdatasync") as child:
-        fs.publish_folder(f"{tmp_path}/.new-x", f"{tmp_path}/x",
-                          [("messages.jsonl", b""), ("session.json", b"{}\n"), ("branches.jsonl", b"")], durable=True)
+        with fs.publish_folder(f"{tmp_path}/.new-x", f"{tmp_path}/x",
+                               [("messages.jsonl", b""), ("session.json", b"{}\n"), ("branches.jsonl", b"")],
+                               durable=True):
+            pass
         assert child, "no child was forked"
         assert fs.is_held(f"{tmp_path}/x/messages.jsonl") is False
     fs.close()
@@ -1937,9 +1943,10 @@ def test_a_folder_whose_descriptor_fails_to_close_leaves_nothing_open_or_locked(
             failed.append(fd)
             raise OSError(errno.EIO, "injected")
     monkeypatch.setattr(os, "close", failing_close)
-    with pytest.raises(OSError):
-        fs.publish_folder(f"{tmp_path}/.new-x", f"{tmp_path}/x",
-                          [("messages.jsonl", b""), ("session.json", b"{}\n"), ("branches.jsonl", b"")], durable=False)
+    with pytest.raises(OSError), fs.publish_folder(
+            f"{tmp_path}/.new-x", f"{tmp_path}/x",
+            [("messages.jsonl", b""), ("session.json", b"{}\n"), ("branches.jsonl", b"")], durable=False):
+        pass
     monkeypatch.undo()
     assert failed and open_here() == []
     assert fs.is_held(f"{tmp_path}/x/messages.jsonl") is False
@@ -1951,26 +1958,32 @@ def test_a_creation_failing_after_its_rename_never_takes_back_a_folder_another_s
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str) -> None:
     """The folder is in place, its directory's sync fails: the creation fails, but
     the folder stays. Complete and unannounced, a repair in another process may
-    have adopted it for its key meanwhile, and a client written to it: taking it
-    back would lose an acknowledged message."""
+    adopt it for its key, and a client write to it (once the creation lets go of the
+    log's lock): taking it back would lose an acknowledged message."""
     other: list[SessionStore] = []
     written: list[str] = []
     armed: list[bool] = []  # once the store's own files and folders are there
+    threads: list[threading.Thread] = []
 
-    def adopt_and_write() -> None:  # what another process does before the sync fails
+    def adopt_and_write() -> None:  # what another process does meanwhile
         report = other[0].repair()
         assert any("adopted" in fixed for fixed in report.fixed), report
         sid = other[0].resolve("key", create=False)
         assert sid is not None
         written.append(other[0].append(sid, role="user", content="acknowledged").id)
 
+    def fail_once() -> None:
+        thread = threading.Thread(target=adopt_and_write)
+        threads.append(thread)
+        thread.start()
+        raise OSError(errno.EIO, "injected")
+
     if files == "real":
         fsync_fd = ss._fsync_fd
 
         def failing(fd: int) -> None:
-            if os.readlink(f"/proc/self/fd/{fd}") == str(tmp_path) and armed and not written:
-                adopt_and_write()
-                raise OSError(errno.EIO, "injected")
+            if os.readlink(f"/proc/self/fd/{fd}") == str(tmp_path) and armed and not threads:
+                fail_once()
             fsync_fd(fd)
         store, other[:] = SessionStore(storage_dir=tmp_path), [SessionStore(storage_dir=tmp_path)]
         store.resolve("first")
@@ -1979,9 +1992,8 @@ def test_a_creation_failing_after_its_rename_never_takes_back_a_folder_another_s
         class AdoptedAtRename(FaultyFileSystem):
             def rename(self, src: str, dst: str, *, durable: bool = True) -> None:
                 super().rename(src, dst, durable=durable)
-                if ".new-" in src and armed and not written:
-                    adopt_and_write()
-                    raise OSError(errno.EIO, "injected")
+                if ".new-" in src and armed and not threads:
+                    fail_once()
         memory = InMemoryFileSystem()
         store = SessionStore(AdoptedAtRename(memory), storage_dir="/s")
         other[:] = [SessionStore(memory, storage_dir="/s")]
@@ -1989,11 +2001,198 @@ def test_a_creation_failing_after_its_rename_never_takes_back_a_folder_another_s
     armed.append(True)
     with pytest.raises(ss.StorageError):
         store.resolve("key")
+    assert threads, "the failure was not injected after the rename"
+    threads[0].join(60)
     monkeypatch.undo()
-    assert written, "the failure was not injected after the rename"
+    assert written, "the other store did not write"
     sid = other[0].resolve("key", create=False)
     assert sid is not None and [m.id for m in other[0].get_messages(sid)] == written
     for s in (store, *other):
+        s.close()
+
+
+@pytest.mark.parametrize("files", ["real", "memory"])
+@pytest.mark.parametrize("empty", [True, False])
+def test_a_repair_leaves_alone_a_session_its_creation_links_while_the_repair_looks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str, empty: bool) -> None:
+    """A repair lists the session folders no key link names, then deals with each.
+    A creation in another process may link its new session in between. The repair
+    took the key's session then for another one (it is, but itself): it removed it
+    when empty and set it aside when not, after its creator had acknowledged it."""
+    if files == "real":
+        store = SessionStore(storage_dir=tmp_path)
+    else:
+        store = SessionStore(InMemoryFileSystem(), storage_dir="/s")
+    sid = store.resolve("key")
+    if not empty:
+        store.append(sid, role="user", content="acknowledged")
+    storage = store._storage
+    assert isinstance(storage, ss.JsonlStorage)
+    fs, link = storage.fs, storage._key_link("key")
+    fs.remove(link)  # as it is while its creation makes the folder, before the link
+    listed = storage._unindexed
+    raced: list[bool] = []
+
+    def racing() -> list[ss.IndexEntry]:
+        found = listed()
+        if not raced:
+            raced.append(fs.symlink(sid, link))  # the creation links it now
+        return found
+    monkeypatch.setattr(storage, "_unindexed", racing)
+    report = store.repair()
+    monkeypatch.undo()
+    assert raced == [True]
+    assert not [f for f in report.fixed if sid in f], report.fixed
+    assert store.resolve("key", create=False) == sid
+    assert [m.content for m in store.get_messages(sid)] == ([] if empty else ["acknowledged"])
+    assert store.check().ok
+    store.close()
+
+
+@pytest.mark.parametrize("files", ["real", "memory"])
+def test_a_creation_taken_back_after_its_link_loses_nothing_another_store_wrote(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str) -> None:
+    """The key link is made, then its sync fails: the creation is taken back (link
+    and folder removed) and fails. Another store may have found the link meanwhile
+    and written to the session. The creation now holds the new log's lock until it is
+    done, so that write waits and then finds no session; it used to be acknowledged,
+    and then removed with the folder."""
+    if files == "real":
+        store, other = SessionStore(storage_dir=tmp_path), SessionStore(storage_dir=tmp_path)
+    else:
+        memory = InMemoryFileSystem()
+        store, other = SessionStore(memory, storage_dir="/s"), SessionStore(memory, storage_dir="/s")
+    store.resolve("first")
+    outcome: list[object] = []
+    found, done = threading.Event(), threading.Event()
+
+    def write() -> None:  # another process: finds the key's new session and writes to it
+        try:
+            sid = other.resolve("key", create=False)
+            found.set()
+            outcome.append(other.append(str(sid), role="user", content="acknowledged?").id)
+        except ss.SessionStoreError as e:
+            outcome.append(e)
+        finally:
+            found.set()
+            done.set()
+    thread = threading.Thread(target=write)
+    link_in_folder = ss._link_in_folder
+    assert isinstance(store._storage, ss.JsonlStorage)
+    key_link = store._storage._key_link("key")
+
+    def failing(fs: Any, target: str, path: str, *, durable: bool) -> bool:
+        linked = link_in_folder(fs, target, path, durable=durable)
+        if path == key_link and not thread.is_alive():
+            thread.start()
+            assert found.wait(60)
+            done.wait(2)  # (it waits for the lock, now: then this only lets it try)
+            raise OSError(errno.EIO, "injected: the link's sync")
+        return linked
+    monkeypatch.setattr(ss, "_link_in_folder", failing)
+    with pytest.raises(ss.StorageError):
+        store.resolve("key")
+    monkeypatch.undo()
+    thread.join(60)
+    assert len(outcome) == 1
+    if isinstance(outcome[0], str):  # acknowledged: then it must be there
+        sid = other.resolve("key", create=False)
+        assert sid is not None and [m.id for m in other.get_messages(sid)] == outcome
+    assert store.check().ok
+    for s in (store, other):
+        s.close()
+
+
+def _two_sessions_of_one_key(store: SessionStore, client: SessionStore, *, older_empty: bool) -> tuple[str, str]:
+    """The older session of ``key`` lost its link, and resolve() gave the key a new,
+    empty one: (the older, unindexed; the new one, the key's). ``client`` read the
+    older one before (it writes to it by its id)."""
+    older = store.resolve("key")
+    if not older_empty:
+        store.append(older, role="user", content="older")
+    client.get_messages(older)
+    storage = store._storage
+    assert isinstance(storage, ss.JsonlStorage)
+    storage.fs.remove(storage._key_link("key"))
+    newer = store.resolve("key")
+    assert newer != older
+    return older, newer
+
+
+@pytest.mark.parametrize("files", ["real", "memory"])
+def test_a_repair_never_deletes_an_empty_successor_a_client_wrote_to_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str) -> None:
+    """A key's session lost its link and resolve() made the key a new, empty one: a
+    repair gives the key back to the older session and deletes the new one, if it is
+    still empty. It found it empty, then deleted it: a client's message written in
+    between, acknowledged, went with it. Emptiness is now checked again while the
+    session is held for its deletion: written to, it stays the key's."""
+    if files == "real":
+        store, client = SessionStore(storage_dir=tmp_path), SessionStore(storage_dir=tmp_path)
+    else:
+        memory = InMemoryFileSystem()
+        store, client = SessionStore(memory, storage_dir="/s"), SessionStore(memory, storage_dir="/s")
+    older, newer = _two_sessions_of_one_key(store, client, older_empty=False)
+    storage = store._storage
+    assert isinstance(storage, ss.JsonlStorage)
+    empty_successor = storage._empty_successor
+    written: list[str] = []
+
+    def then_written(holder: str, entry: ss.IndexEntry) -> bool:
+        found = empty_successor(holder, entry)
+        if not written:
+            written.append(client.append(newer, role="user", content="acknowledged").id)
+        return found
+    monkeypatch.setattr(storage, "_empty_successor", then_written)
+    report = store.repair()
+    monkeypatch.undo()
+    assert written and store.resolve("key", create=False) == newer, report.fixed
+    assert [m.id for m in store.get_messages(newer)] == written
+    assert any(f".orphan-{older}" in f for f in report.fixed), report.fixed  # kept aside, as reported
+    for s in (store, client):
+        s.close()
+
+
+@pytest.mark.parametrize("files", ["real", "memory"])
+def test_a_repair_removing_an_empty_unindexed_session_loses_nothing_written_to_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str) -> None:
+    """An empty session no key link names, whose key another session has, is
+    removed by a repair. A client holding its id may write to it just then: the
+    repair now holds the session while it looks and removes, so that write waits and
+    then finds no session; it used to be acknowledged, then removed."""
+    if files == "real":
+        store, client = SessionStore(storage_dir=tmp_path), SessionStore(storage_dir=tmp_path)
+    else:
+        memory = InMemoryFileSystem()
+        store, client = SessionStore(memory, storage_dir="/s"), SessionStore(memory, storage_dir="/s")
+    older, newer = _two_sessions_of_one_key(store, client, older_empty=True)
+    fs = store._storage.fs  # type: ignore[attr-defined]
+    remove_tree = fs.remove_tree
+    outcome: list[object] = []
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            outcome.append(client.append(older, role="user", content="acknowledged?").id)
+        except ss.SessionStoreError as e:
+            outcome.append(e)
+        finally:
+            done.set()
+    thread = threading.Thread(target=write)
+
+    def writing_first(path: str) -> None:
+        if path.endswith(older) and not outcome and not thread.is_alive():
+            thread.start()
+            done.wait(2)  # (it waits for the lock, now: then this only lets it try)
+        remove_tree(path)
+    monkeypatch.setattr(fs, "remove_tree", writing_first)
+    report = store.repair()
+    monkeypatch.undo()
+    thread.join(60)
+    assert len(outcome) == 1, report.fixed
+    assert isinstance(outcome[0], ss.SessionNotFound), outcome  # not acknowledged: it found no session
+    assert store.resolve("key", create=False) == newer and store.check().ok
+    for s in (store, client):
         s.close()
 
 

@@ -15,7 +15,7 @@ import threading
 import weakref
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .errors import _log
@@ -148,25 +148,31 @@ class FileSystem(ABC):
         the directory of ``path`` does not exist.
         """
 
+    @contextlib.contextmanager
     def publish_folder(self, staging: str, final: str, files: Sequence[tuple[str, bytes]], *,
-                       durable: bool) -> None:
-        """Make the new folder ``final`` appear whole, holding ``files`` (name, content).
+                       durable: bool) -> Iterator[None]:
+        """Make the new folder ``final`` appear whole, holding ``files`` (name, content),
+        on entering; its first file stays locked (:meth:`locked`) until the block ends.
 
         It is built under the name ``staging`` (a new name in the same directory)
-        with its first file locked (:meth:`locked`) from its creation until the
-        folder is in place, so that a repair can tell a creation in progress from the
-        remains of a killed one; then (``durable``) every file is synced, and it is
-        renamed to ``final`` (``durable``: its directory synced). A failure before the
-        rename removes the staging folder and is raised. One after it (the directory's
-        sync) is raised and leaves ``final`` in place: complete, it may already have
-        been adopted by a repair and written to, so it is never taken back. Default:
-        those steps, one primitive call each; a file system may do the same with fewer
+        with its first file locked from its creation on, so that a repair can tell a
+        creation in progress from the remains of a killed one; then (``durable``)
+        every file is synced, and it is renamed to ``final`` (``durable``: its
+        directory synced). The lock follows the file through the rename: the block
+        announces the folder (a session's key link) or takes it back, and until it
+        ends nobody else can write to the folder's first file (a session's log), so
+        nothing written by anyone else is lost with a folder taken back. A failure
+        before the rename removes the staging folder and is raised. One after it (the
+        directory's sync) is raised and leaves ``final`` in place: complete, it may be
+        adopted by a repair and written to once the lock is let go of. Default: those
+        steps, one primitive call each; a file system may do the same with fewer
         system calls.
         """
         lock = f"{staging}/{files[0][0]}"
         self.makedirs(staging, durable=False)
-        try:
-            with self.locked(lock):
+        with contextlib.ExitStack() as holding:
+            try:
+                holding.enter_context(self.locked(lock))
                 for name, data in files:
                     if data or f"{staging}/{name}" != lock:  # (the lock made that one)
                         self.append(f"{staging}/{name}", data)
@@ -174,10 +180,11 @@ class FileSystem(ABC):
                     for name, _ in files:
                         self.sync(f"{staging}/{name}")
                 self.rename(staging, final, durable=durable)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                self.remove_tree(staging)  # (gone when it was renamed into place)
-            raise
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self.remove_tree(staging)  # (gone when it was renamed into place)
+                raise
+            yield
 
     def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default
         """Mark this process alive on ``path`` until :meth:`release` (counted per path)."""
@@ -470,9 +477,11 @@ class InMemoryFileSystem(FileSystem):
             if dst in self._dirs or dst in self._files:
                 raise FileExistsError(errno.EEXIST, "exists", dst)
             for p in [p for p in self._files if p.startswith(src + "/")]:
-                f = self._files[p]
+                f, lock, to = self._files[p], self._locks.get(p), dst + p[len(src):]
+                if lock is not None and lock.locked() and to not in self._locks:
+                    self._locks[to] = self._locks.pop(p)  # a held lock goes with its file, as a flock does
                 self._gone(p)
-                self._files[dst + p[len(src):]] = f
+                self._files[to] = f
             for p in [p for p in self._links if p.startswith(src + "/")]:
                 self._links[dst + p[len(src):]] = self._links.pop(p)
             for p in [p for p in self._dirs if p == src or p.startswith(src + "/")]:

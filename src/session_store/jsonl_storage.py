@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -480,34 +481,36 @@ class JsonlStorage(Storage):
         # The folder is written whole under a temporary name (its log locked, so that a
         # repair can tell a creation in progress from the remains of a killed one), then
         # renamed into place (FileSystem.publish_folder), then announced: the key link is
-        # the commit.
+        # the commit. The log stays locked until the link is made or taken back, so no
+        # one (a client who found the link, or the folder adopted by a repair) can write
+        # to a session this then takes back.
         meta: dict[str, Any] = {"version": FORMAT_VERSION, "sessionId": session_id, "key": key,
                                 "createdAt": created_at}
         if forked_from is not None:
             meta["forkedFrom"] = list(forked_from)
         final = self._dir(session_id)
-        fs.publish_folder(f"{self.directory}/.new-{session_id}", final,
-                          [("messages.jsonl", b"".join(messages)), ("session.json", _encode_line(meta)),
-                           ("branches.jsonl", b"".join(events))], durable=durable)
-        try:
-            self._names.add(key, session_id, durable=durable)  # before the commit: found by its key, and its prefix
-            while not _link_in_folder(fs, session_id, link, durable=durable):
-                winner = self._live_target(key)
-                if winner == session_id:  # a repair() adopted the folder meanwhile: it is ours, and linked
-                    return winner
-                if winner is not None:  # another store created the key's session first
+        with fs.publish_folder(f"{self.directory}/.new-{session_id}", final,
+                               [("messages.jsonl", b"".join(messages)), ("session.json", _encode_line(meta)),
+                                ("branches.jsonl", b"".join(events))], durable=durable):
+            try:
+                self._names.add(key, session_id, durable=durable)  # before the commit: found by its key, and its prefix
+                while not _link_in_folder(fs, session_id, link, durable=durable):
+                    winner = self._live_target(key)
+                    if winner == session_id:  # a repair() adopted the folder meanwhile: it is ours, and linked
+                        return winner
+                    if winner is not None:  # another store created the key's session first
+                        self._names.remove(key, session_id)
+                        fs.remove_tree(final)
+                        return winner
+                    self._remove_stale_link(key)  # an interrupted deletion left the link
+            except BaseException:
+                # Not acknowledged (the link's sync may have failed after it was made): undo it.
+                with contextlib.suppress(OSError):
+                    if fs.readlink(link) == session_id:
+                        fs.remove(link)
                     self._names.remove(key, session_id)
                     fs.remove_tree(final)
-                    return winner
-                self._remove_stale_link(key)  # an interrupted deletion left the link
-        except BaseException:
-            # Not acknowledged (the link's sync may have failed after it was made): undo it.
-            with contextlib.suppress(OSError):
-                if fs.readlink(link) == session_id:
-                    fs.remove(link)
-                self._names.remove(key, session_id)
-                fs.remove_tree(final)
-            raise
+                raise
         return session_id
 
     def _link_key(self, key: str, session_id: str) -> bool:
@@ -1339,6 +1342,11 @@ class JsonlStorage(Storage):
         except FileNotFoundError:
             return False
 
+    def _still_empty_successor(self, holder: str, entry: IndexEntry) -> None:
+        """:meth:`_empty_successor` checked again, with ``holder`` held for its deletion."""
+        if not self._empty_successor(holder, entry):
+            raise _WrittenMeanwhile
+
     def repair_index(self) -> list[str]:
         """Migrate format 1; adopt unindexed folders; clear garbage (see :meth:`_garbage`)."""
         fixed: list[str] = []
@@ -1367,26 +1375,37 @@ class JsonlStorage(Storage):
         for entry in self._unindexed():
             sid = entry.session_id
             holder = self.lookup(entry.key)
+            if holder == sid:  # its creation linked it since the list was made (or another repair did)
+                continue
             if holder is not None and self._empty_successor(holder, entry):
-                # A lost link let resolve() give the key a new, empty session: the key goes back to this one.
-                self.delete_session(holder, entry.created_at)
-                fixed.append(f"{self._dir(holder)}: an empty session made for key {entry.key!r} after its link to "
-                             f"{sid} was lost; removed")
+                # A lost link let resolve() give the key a new, empty session: the key goes back to this one,
+                # unless a client wrote to it meanwhile (checked again while it is held: then it stays the key's).
+                with contextlib.suppress(_WrittenMeanwhile, SessionNotFound):
+                    self.delete_session(holder, entry.created_at,
+                                        check=functools.partial(self._still_empty_successor, holder, entry))
+                    fixed.append(f"{self._dir(holder)}: an empty session made for key {entry.key!r} after its link "
+                                 f"to {sid} was lost; removed")
             if self.lookup(entry.key) is None:
                 self._ensure_format()
                 if self._link_key(entry.key, sid):
                     fixed.append(f"{self._dir(sid)}: adopted into the index (key {entry.key!r})")
                     continue
+                if self.lookup(entry.key) == sid:  # linked meanwhile, by its creation or another repair
+                    continue
             self._names.remove(entry.key, sid)  # no prefix finds what goes (or goes aside)
-            if self.fs.size(self._log(sid)) == 0:
-                self.fs.remove_tree(self._dir(sid))
-                fixed.append(f"{self._dir(sid)}: an empty session whose key belongs to another; removed")
-            else:
-                aside = f"{self.directory}/.orphan-{sid}"
-                self.fs.rename(self._dir(sid), aside)
-                set_aside.add(aside)
-                fixed.append(f"{self._dir(sid)}: its key {entry.key!r} belongs to another session; "
-                             f"kept aside as {aside}")
+            try:  # held, so that a client writing to it by id meanwhile either wrote first or finds it gone
+                with self.fs.locked(self._log(sid), create=False):
+                    if self.fs.size(self._log(sid)) == 0:
+                        self.fs.remove_tree(self._dir(sid))
+                        fixed.append(f"{self._dir(sid)}: an empty session whose key belongs to another; removed")
+                    else:
+                        aside = f"{self.directory}/.orphan-{sid}"
+                        self.fs.rename(self._dir(sid), aside)
+                        set_aside.add(aside)
+                        fixed.append(f"{self._dir(sid)}: its key {entry.key!r} belongs to another session; "
+                                     f"kept aside as {aside}")
+            except FileNotFoundError:  # removed meanwhile (deleted, or by another repair)
+                continue
         for name in self.fs.listdir(self.directory):
             orphan = f"{self.directory}/{name}"
             if name.startswith(".orphan-") and self.fs.is_dir(orphan) and orphan not in set_aside:
@@ -1420,6 +1439,10 @@ class JsonlStorage(Storage):
             self.fs.remove(path, durable=self._durable)
             fixed.append(f"{path}: {why}; removed")
         return fixed
+
+
+class _WrittenMeanwhile(Exception):
+    """A repair's deletion of an empty session is called off: it is not empty any more."""
 
 
 _LOAD_PART = 4 * 2**20  # bytes of log a part of a load decodes: what a long session's load holds at once

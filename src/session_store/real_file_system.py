@@ -520,35 +520,42 @@ class RealFileSystem(FileSystem):
         if durable:
             self._sync_entry(path)
 
+    @contextlib.contextmanager
     def publish_folder(self, staging: str, final: str, files: Sequence[tuple[str, bytes]], *,
-                       durable: bool) -> None:
+                       durable: bool) -> Iterator[None]:
         """:meth:`FileSystem.publish_folder` on descriptors: one walk to the directory,
         the folder made and opened once, each file created (``O_EXCL``: the folder is
         new), written and (``durable``) synced on its own descriptor, the first one
-        ``flock``'ed until the rename; none of them cached (their path changes with the
-        rename). A creation is mostly system calls: it made 74 through the primitives
-        one by one, 57 so (strace, ``durable=False``). The lock is let go of explicitly (``LOCK_UN``), not by
-        closing: a child forked meanwhile shares the descriptor's lock, and would hold
-        it for as long as it lives. Every descriptor is closed, whatever fails."""
+        ``flock``'ed until the block ends (the lock is the file's, so the rename keeps
+        it); none of them cached (their path changes with the rename). A creation is
+        mostly system calls: it made 74 through the primitives one by one, 57 so
+        (strace, ``durable=False``). The lock is let go of explicitly (``LOCK_UN``),
+        not by closing: a child forked meanwhile shares the descriptor's lock, and
+        would hold it for as long as it lives. Every descriptor is closed, whatever
+        fails."""
         if final.rpartition("/")[0] != staging.rpartition("/")[0]:  # (not how a storage calls it)
-            super().publish_folder(staging, final, files, durable=durable)
+            with super().publish_folder(staging, final, files, durable=durable):
+                yield
             return
         dfd, name = self._dir_fd(staging)
-        renamed = False
-        try:
-            os.mkdir(name, 0o755, dir_fd=dfd)
+        with contextlib.ExitStack() as holding:  # (last in, first out: the lock, then its descriptor)
+            holding.callback(os.close, dfd)
+            renamed = False
             try:
-                with contextlib.ExitStack() as closing:  # (last in, first out: the lock goes after the rename)
+                os.mkdir(name, 0o755, dir_fd=dfd)
+                with contextlib.ExitStack() as closing:
                     sfd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd)
                     closing.callback(os.close, sfd)
                     fds: list[int] = []
                     for file, data in files:
                         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644,
                                      dir_fd=sfd)
-                        closing.callback(os.close, fd)
-                        if not fds:
+                        if fds:
+                            closing.callback(os.close, fd)
+                        else:
+                            holding.callback(os.close, fd)
                             _flock(fd, "LOCK_EX")
-                            closing.callback(_flock, fd, "LOCK_UN")
+                            holding.callback(_flock, fd, "LOCK_UN")
                         fds.append(fd)
                         _write_fd(fd, data)
                     if durable:
@@ -566,8 +573,7 @@ class RealFileSystem(FileSystem):
                     with contextlib.suppress(OSError):
                         self.remove_tree(staging)
                 raise
-        finally:
-            os.close(dfd)
+            yield
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the missing directories, one at a time below an anchor (a link where a
