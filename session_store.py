@@ -3085,32 +3085,31 @@ class RealFileSystem(FileSystem):
                 yield
             return
         dfd, name = self._dir_fd(staging)
-        with contextlib.ExitStack() as holding:  # (last in, first out: the lock, then its descriptor)
-            holding.callback(os.close, dfd)
+        held: list[int] = [dfd]  # closed when the block ends: the folder's directory, the locked log
+        try:
             renamed = False
             try:
                 os.mkdir(name, 0o755, dir_fd=dfd)
-                with contextlib.ExitStack() as closing:
-                    sfd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd)
-                    closing.callback(os.close, sfd)
-                    fds: list[int] = []
+                fds: list[int] = []  # closed once the folder is in place: the new folder, its other files
+                try:
+                    fds.append(os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd))
                     for file, data in files:
                         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644,
-                                     dir_fd=sfd)
-                        if fds:
-                            closing.callback(os.close, fd)
-                        else:
-                            holding.callback(os.close, fd)
+                                     dir_fd=fds[0])
+                        if len(held) == 1:
+                            held.append(fd)
                             _flock(fd, "LOCK_EX")
-                            holding.callback(_flock, fd, "LOCK_UN")
-                        fds.append(fd)
+                        else:
+                            fds.append(fd)
                         _write_fd(fd, data)
                     if durable:
-                        for fd in fds:
+                        for fd in (held[1], *fds[1:]):
                             _fdatasync(fd)
-                        _fsync_fd(sfd)  # the files' entries
+                        _fsync_fd(fds[0])  # the files' entries
                     os.rename(name, final.rpartition("/")[2], src_dir_fd=dfd, dst_dir_fd=dfd)
                     renamed = True
+                finally:
+                    _close_all(fds)
                 self._forget(staging)
                 self._forget(final)
                 if durable:
@@ -3121,6 +3120,12 @@ class RealFileSystem(FileSystem):
                         self.remove_tree(staging)
                 raise
             yield
+        finally:
+            try:
+                if len(held) > 1:
+                    _flock(held[1], "LOCK_UN")
+            finally:
+                _close_all(held)
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the missing directories, one at a time below an anchor (a link where a
@@ -3490,6 +3495,18 @@ def _write_fd(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _close_all(fds: list[int]) -> None:
+    """Close every descriptor of ``fds``; the first error, if any, is raised after."""
+    failed: OSError | None = None
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError as e:
+            failed = failed or e
+    if failed is not None:
+        raise failed
 
 
 def _fsync_fd(fd: int) -> None:
