@@ -2052,15 +2052,23 @@ class FileSystem(ABC):
         nothing written by anyone else is lost with a folder taken back. A failure
         before the rename removes the staging folder and is raised. One after it (the
         directory's sync) is raised and leaves ``final`` in place: complete, it may be
-        adopted by a repair and written to once the lock is let go of. Default: those
-        steps, one primitive call each; a file system may do the same with fewer
-        system calls.
+        adopted by a repair and written to once the lock is let go of. Letting go of
+        the lock when the block ends raises nothing (it is logged): by then the block
+        may have announced the folder, and a creation that happened must not report a
+        failure. Default: those steps, one primitive call each; a file system may do
+        the same with fewer system calls (an override is a context manager too).
         """
         lock = f"{staging}/{files[0][0]}"
         self.makedirs(staging, durable=False)
-        with contextlib.ExitStack() as holding:
+        guard = self.locked(lock)
+        try:
+            guard.__enter__()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.remove_tree(staging)
+            raise
+        try:
             try:
-                holding.enter_context(self.locked(lock))
                 for name, data in files:
                     if data or f"{staging}/{name}" != lock:  # (the lock made that one)
                         self.append(f"{staging}/{name}", data)
@@ -2073,6 +2081,8 @@ class FileSystem(ABC):
                     self.remove_tree(staging)  # (gone when it was renamed into place)
                 raise
             yield
+        finally:
+            _let_go(guard.__exit__, None, None, None)
 
     def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default
         """Mark this process alive on ``path`` until :meth:`release` (counted per path)."""
@@ -2212,6 +2222,7 @@ class InMemoryFileSystem(FileSystem):
         self._dirs: set[str] = {""}
         self._mutex = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}  # what locked() holds, per file; goes with its file
+        self._moved: dict[threading.Lock, str] = {}  # a held lock renamed with its file -> the file's path now
         self._holds: dict[str, int] = {}
 
     def __repr__(self) -> str:
@@ -2368,6 +2379,7 @@ class InMemoryFileSystem(FileSystem):
                 f, lock, to = self._files[p], self._locks.get(p), dst + p[len(src):]
                 if lock is not None and lock.locked() and to not in self._locks:
                     self._locks[to] = self._locks.pop(p)  # a held lock goes with its file, as a flock does
+                    self._moved[lock] = to  # (for its holder, who names the path it locked: see _TableGuard)
                 self._gone(p)
                 self._files[to] = f
             for p in [p for p in self._links if p.startswith(src + "/")]:
@@ -2462,6 +2474,7 @@ class InMemoryFileSystem(FileSystem):
         """A child keeps the data (it is a copy) with fresh locks."""
         self._mutex = threading.Lock()
         self._locks = {}
+        self._moved = {}
         self._holds = {}
 
 
@@ -2529,11 +2542,21 @@ class _TableGuard:
         lock, self._held = self._held, None
         if lock is not None:
             fs, path = self._fs, self._path
-            if path not in fs._files:  # its file went while held: its lock goes now
+            if path not in fs._files:  # its file went while held (or was renamed, its lock with it)
                 with fs._mutex:
-                    if path not in fs._files and fs._locks.get(path) is lock:
+                    path = fs._moved.pop(lock, path)
+                    if path not in fs._files and fs._locks.get(path) is lock:  # gone: its lock goes now
                         del fs._locks[path]
             lock.release()
+
+
+def _let_go(release: Callable[..., object], *args: Any) -> None:
+    """Let go of a lock at the end of a block that may have committed what it
+    locked: an error is logged, not raised."""
+    try:
+        release(*args)
+    except OSError as e:
+        _log.warning("letting go of a lock failed (what it guarded is done): %s", e)
 
 
 class _WeakHooks:
@@ -2655,6 +2678,9 @@ class RealFileSystem(FileSystem):
         # that never syncs ever created.
         self._new_files: dict[str, dict[str, object]] = {}
         self._holds: dict[str, list[Any]] = {}  # path -> [its pinned _Descriptor, count]
+        # Descriptors not cached that this process holds a flock on (added before the
+        # flock, discarded before the close): a child forked meanwhile closes its copies.
+        self._locking: set[int] = set()
 
     def __repr__(self) -> str:
         return f"RealFileSystem(max_open_files={self._max_open})"
@@ -2677,8 +2703,11 @@ class RealFileSystem(FileSystem):
 
     def after_fork(self) -> None:
         """Forget the parent's descriptors (closing our copies releases no flock of
-        the parent's) and its thread locks; marks of life were the parent's."""
-        fds = list({d.fd for d in (*self._fds.values(), *(h[0] for h in self._holds.values()))})
+        the parent's) and its thread locks; marks of life were the parent's. The
+        copies of those the parent holds a lock on outside the cache (a folder being
+        created, a file being replaced) are closed too: kept, they would keep the lock
+        for as long as this child lives, if the parent is killed before it lets go."""
+        fds = list({*self._locking, *(d.fd for d in (*self._fds.values(), *(h[0] for h in self._holds.values())))})
         self._reset()
         for fd in fds:
             with contextlib.suppress(OSError):
@@ -3026,6 +3055,7 @@ class RealFileSystem(FileSystem):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644, dir_fd=dfd)
             try:
                 try:
+                    self._locking.add(fd)
                     _flock(fd, "LOCK_EX")
                     try:
                         _write_fd(fd, data)
@@ -3034,6 +3064,7 @@ class RealFileSystem(FileSystem):
                     finally:
                         _flock(fd, "LOCK_UN")
                 finally:
+                    self._locking.discard(fd)
                     os.close(fd)  # (before the rename: an error it reports fails the write, nothing replaced)
                 os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException:
@@ -3078,8 +3109,9 @@ class RealFileSystem(FileSystem):
         mostly system calls: it made 74 through the primitives one by one, 57 so
         (strace, ``durable=False``). The lock is let go of explicitly (``LOCK_UN``),
         not by closing: a child forked meanwhile shares the descriptor's lock, and
-        would hold it for as long as it lives. Every descriptor is closed, whatever
-        fails."""
+        would hold it for as long as it lives (a child closes its copy at once, see
+        :meth:`after_fork`, so that the lock dies with this process if it is killed).
+        Every descriptor is closed, whatever fails."""
         if final.rpartition("/")[0] != staging.rpartition("/")[0]:  # (not how a storage calls it)
             with super().publish_folder(staging, final, files, durable=durable):
                 yield
@@ -3098,6 +3130,7 @@ class RealFileSystem(FileSystem):
                                      dir_fd=fds[0])
                         if len(held) == 1:
                             held.append(fd)
+                            self._locking.add(fd)  # (closed in a child forked from now on: see after_fork)
                             _flock(fd, "LOCK_EX")
                         else:
                             fds.append(fd)
@@ -3121,11 +3154,10 @@ class RealFileSystem(FileSystem):
                 raise
             yield
         finally:
-            try:
-                if len(held) > 1:
-                    _flock(held[1], "LOCK_UN")
-            finally:
-                _close_all(held)
+            if len(held) > 1:
+                _let_go(_flock, held[1], "LOCK_UN")
+                self._locking.discard(held[1])
+            _let_go(_close_all, held)
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the missing directories, one at a time below an anchor (a link where a
@@ -4401,15 +4433,17 @@ class JsonlStorage(Storage):
             raise SessionNotFound(session_id)
         link = self._key_link(entry.key)
         fs = self.fs
-        with fs.locked(f"{link.rpartition('/')[0]}/.lock"):
-            with _JsonlWriting(self, session_id):
-                if check is not None:
-                    check()
-                # The commit: without its log, a folder is no session (lookups check it).
-                fs.remove(self._log(session_id), durable=self._durable)
+        # The session's lock, then the key's shard lock: the order of a creation, which
+        # holds its new log's lock while it links the key (see create_session).
+        with _JsonlWriting(self, session_id):
+            if check is not None:
+                check()
+            # The commit: without its log, a folder is no session (lookups check it).
+            fs.remove(self._log(session_id), durable=self._durable)
             try:  # past the commit the session is gone whatever fails: a dangling link is
-                if fs.readlink(link) == session_id:  # no session (lookups check the log), repair() clears it
-                    fs.remove(link, durable=self._durable)
+                with fs.locked(f"{link.rpartition('/')[0]}/.lock"):  # no session (lookups check the log),
+                    if fs.readlink(link) == session_id:  # repair() clears it
+                        fs.remove(link, durable=self._durable)
             except OSError as exc:
                 _log.warning("session %s deleted; its key link stays until repair(): %s", session_id, exc)
         with contextlib.suppress(OSError):  # a leaf of no session: no walk believes it, repair() clears it
@@ -5206,6 +5240,34 @@ class JsonlStorage(Storage):
         if not self._empty_successor(holder, entry):
             raise _WrittenMeanwhile
 
+    def _place_unindexed(self, entry: IndexEntry, set_aside: set[str]) -> list[str]:
+        """A session folder no key link names, held by the caller: adopted for its
+        key when the key has no session, else removed when empty and set aside when
+        not (its key belongs to another session); what was done."""
+        sid, fs = entry.session_id, self.fs
+        holder = self.lookup(entry.key)
+        if holder == sid:
+            return []
+        if holder is None:
+            self._ensure_format()
+            if self._link_key(entry.key, sid):
+                return [f"{self._dir(sid)}: adopted into the index (key {entry.key!r})"]
+            if self.lookup(entry.key) == sid:  # (an index rebuild linked it meanwhile)
+                return []
+        self._names.remove(entry.key, sid)  # no prefix finds what goes (or goes aside)
+        log = self._log(sid)
+        if fs.size(log) == 0:
+            fs.remove_tree(self._dir(sid))
+            return [f"{self._dir(sid)}: an empty session whose key belongs to another; removed"]
+        aside = f"{self.directory}/.orphan-{sid}"
+        fs.rename(self._dir(sid), aside)
+        # The log is replaced by a copy of itself: a writer of another process that waits
+        # for its lock then finds the file it locked gone (its folder was renamed, the
+        # file lives on), and with it the session, instead of writing into the copy set aside.
+        fs.write_atomic(f"{aside}/messages.jsonl", fs.read(f"{aside}/messages.jsonl"), durable=self._durable)
+        set_aside.add(aside)
+        return [f"{self._dir(sid)}: its key {entry.key!r} belongs to another session; kept aside as {aside}"]
+
     def repair_index(self) -> list[str]:
         """Migrate format 1; adopt unindexed folders; clear garbage (see :meth:`_garbage`)."""
         fixed: list[str] = []
@@ -5244,27 +5306,14 @@ class JsonlStorage(Storage):
                                         check=functools.partial(self._still_empty_successor, holder, entry))
                     fixed.append(f"{self._dir(holder)}: an empty session made for key {entry.key!r} after its link "
                                  f"to {sid} was lost; removed")
-            if self.lookup(entry.key) is None:
-                self._ensure_format()
-                if self._link_key(entry.key, sid):
-                    fixed.append(f"{self._dir(sid)}: adopted into the index (key {entry.key!r})")
+            # The rest with the session held: its creation is over (it links its key with its log locked),
+            # no client writes to it, no other repair adopts it or sets it aside; and looked at again.
+            with contextlib.ExitStack() as held:
+                try:
+                    held.enter_context(self.fs.locked(self._log(sid), create=False))
+                except FileNotFoundError:  # removed meanwhile (deleted, or by another repair)
                     continue
-                if self.lookup(entry.key) == sid:  # linked meanwhile, by its creation or another repair
-                    continue
-            self._names.remove(entry.key, sid)  # no prefix finds what goes (or goes aside)
-            try:  # held, so that a client writing to it by id meanwhile either wrote first or finds it gone
-                with self.fs.locked(self._log(sid), create=False):
-                    if self.fs.size(self._log(sid)) == 0:
-                        self.fs.remove_tree(self._dir(sid))
-                        fixed.append(f"{self._dir(sid)}: an empty session whose key belongs to another; removed")
-                    else:
-                        aside = f"{self.directory}/.orphan-{sid}"
-                        self.fs.rename(self._dir(sid), aside)
-                        set_aside.add(aside)
-                        fixed.append(f"{self._dir(sid)}: its key {entry.key!r} belongs to another session; "
-                                     f"kept aside as {aside}")
-            except FileNotFoundError:  # removed meanwhile (deleted, or by another repair)
-                continue
+                fixed += self._place_unindexed(entry, set_aside)
         for name in self.fs.listdir(self.directory):
             orphan = f"{self.directory}/{name}"
             if name.startswith(".orphan-") and self.fs.is_dir(orphan) and orphan not in set_aside:

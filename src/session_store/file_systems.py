@@ -164,15 +164,23 @@ class FileSystem(ABC):
         nothing written by anyone else is lost with a folder taken back. A failure
         before the rename removes the staging folder and is raised. One after it (the
         directory's sync) is raised and leaves ``final`` in place: complete, it may be
-        adopted by a repair and written to once the lock is let go of. Default: those
-        steps, one primitive call each; a file system may do the same with fewer
-        system calls.
+        adopted by a repair and written to once the lock is let go of. Letting go of
+        the lock when the block ends raises nothing (it is logged): by then the block
+        may have announced the folder, and a creation that happened must not report a
+        failure. Default: those steps, one primitive call each; a file system may do
+        the same with fewer system calls (an override is a context manager too).
         """
         lock = f"{staging}/{files[0][0]}"
         self.makedirs(staging, durable=False)
-        with contextlib.ExitStack() as holding:
+        guard = self.locked(lock)
+        try:
+            guard.__enter__()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.remove_tree(staging)
+            raise
+        try:
             try:
-                holding.enter_context(self.locked(lock))
                 for name, data in files:
                     if data or f"{staging}/{name}" != lock:  # (the lock made that one)
                         self.append(f"{staging}/{name}", data)
@@ -185,6 +193,8 @@ class FileSystem(ABC):
                     self.remove_tree(staging)  # (gone when it was renamed into place)
                 raise
             yield
+        finally:
+            _let_go(guard.__exit__, None, None, None)
 
     def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default
         """Mark this process alive on ``path`` until :meth:`release` (counted per path)."""
@@ -324,6 +334,7 @@ class InMemoryFileSystem(FileSystem):
         self._dirs: set[str] = {""}
         self._mutex = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}  # what locked() holds, per file; goes with its file
+        self._moved: dict[threading.Lock, str] = {}  # a held lock renamed with its file -> the file's path now
         self._holds: dict[str, int] = {}
 
     def __repr__(self) -> str:
@@ -480,6 +491,7 @@ class InMemoryFileSystem(FileSystem):
                 f, lock, to = self._files[p], self._locks.get(p), dst + p[len(src):]
                 if lock is not None and lock.locked() and to not in self._locks:
                     self._locks[to] = self._locks.pop(p)  # a held lock goes with its file, as a flock does
+                    self._moved[lock] = to  # (for its holder, who names the path it locked: see _TableGuard)
                 self._gone(p)
                 self._files[to] = f
             for p in [p for p in self._links if p.startswith(src + "/")]:
@@ -574,6 +586,7 @@ class InMemoryFileSystem(FileSystem):
         """A child keeps the data (it is a copy) with fresh locks."""
         self._mutex = threading.Lock()
         self._locks = {}
+        self._moved = {}
         self._holds = {}
 
 
@@ -641,11 +654,21 @@ class _TableGuard:
         lock, self._held = self._held, None
         if lock is not None:
             fs, path = self._fs, self._path
-            if path not in fs._files:  # its file went while held: its lock goes now
+            if path not in fs._files:  # its file went while held (or was renamed, its lock with it)
                 with fs._mutex:
-                    if path not in fs._files and fs._locks.get(path) is lock:
+                    path = fs._moved.pop(lock, path)
+                    if path not in fs._files and fs._locks.get(path) is lock:  # gone: its lock goes now
                         del fs._locks[path]
             lock.release()
+
+
+def _let_go(release: Callable[..., object], *args: Any) -> None:
+    """Let go of a lock at the end of a block that may have committed what it
+    locked: an error is logged, not raised."""
+    try:
+        release(*args)
+    except OSError as e:
+        _log.warning("letting go of a lock failed (what it guarded is done): %s", e)
 
 
 class _WeakHooks:

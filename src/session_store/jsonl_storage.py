@@ -542,15 +542,17 @@ class JsonlStorage(Storage):
             raise SessionNotFound(session_id)
         link = self._key_link(entry.key)
         fs = self.fs
-        with fs.locked(f"{link.rpartition('/')[0]}/.lock"):
-            with _JsonlWriting(self, session_id):
-                if check is not None:
-                    check()
-                # The commit: without its log, a folder is no session (lookups check it).
-                fs.remove(self._log(session_id), durable=self._durable)
+        # The session's lock, then the key's shard lock: the order of a creation, which
+        # holds its new log's lock while it links the key (see create_session).
+        with _JsonlWriting(self, session_id):
+            if check is not None:
+                check()
+            # The commit: without its log, a folder is no session (lookups check it).
+            fs.remove(self._log(session_id), durable=self._durable)
             try:  # past the commit the session is gone whatever fails: a dangling link is
-                if fs.readlink(link) == session_id:  # no session (lookups check the log), repair() clears it
-                    fs.remove(link, durable=self._durable)
+                with fs.locked(f"{link.rpartition('/')[0]}/.lock"):  # no session (lookups check the log),
+                    if fs.readlink(link) == session_id:  # repair() clears it
+                        fs.remove(link, durable=self._durable)
             except OSError as exc:
                 _log.warning("session %s deleted; its key link stays until repair(): %s", session_id, exc)
         with contextlib.suppress(OSError):  # a leaf of no session: no walk believes it, repair() clears it
@@ -1347,6 +1349,34 @@ class JsonlStorage(Storage):
         if not self._empty_successor(holder, entry):
             raise _WrittenMeanwhile
 
+    def _place_unindexed(self, entry: IndexEntry, set_aside: set[str]) -> list[str]:
+        """A session folder no key link names, held by the caller: adopted for its
+        key when the key has no session, else removed when empty and set aside when
+        not (its key belongs to another session); what was done."""
+        sid, fs = entry.session_id, self.fs
+        holder = self.lookup(entry.key)
+        if holder == sid:
+            return []
+        if holder is None:
+            self._ensure_format()
+            if self._link_key(entry.key, sid):
+                return [f"{self._dir(sid)}: adopted into the index (key {entry.key!r})"]
+            if self.lookup(entry.key) == sid:  # (an index rebuild linked it meanwhile)
+                return []
+        self._names.remove(entry.key, sid)  # no prefix finds what goes (or goes aside)
+        log = self._log(sid)
+        if fs.size(log) == 0:
+            fs.remove_tree(self._dir(sid))
+            return [f"{self._dir(sid)}: an empty session whose key belongs to another; removed"]
+        aside = f"{self.directory}/.orphan-{sid}"
+        fs.rename(self._dir(sid), aside)
+        # The log is replaced by a copy of itself: a writer of another process that waits
+        # for its lock then finds the file it locked gone (its folder was renamed, the
+        # file lives on), and with it the session, instead of writing into the copy set aside.
+        fs.write_atomic(f"{aside}/messages.jsonl", fs.read(f"{aside}/messages.jsonl"), durable=self._durable)
+        set_aside.add(aside)
+        return [f"{self._dir(sid)}: its key {entry.key!r} belongs to another session; kept aside as {aside}"]
+
     def repair_index(self) -> list[str]:
         """Migrate format 1; adopt unindexed folders; clear garbage (see :meth:`_garbage`)."""
         fixed: list[str] = []
@@ -1385,27 +1415,14 @@ class JsonlStorage(Storage):
                                         check=functools.partial(self._still_empty_successor, holder, entry))
                     fixed.append(f"{self._dir(holder)}: an empty session made for key {entry.key!r} after its link "
                                  f"to {sid} was lost; removed")
-            if self.lookup(entry.key) is None:
-                self._ensure_format()
-                if self._link_key(entry.key, sid):
-                    fixed.append(f"{self._dir(sid)}: adopted into the index (key {entry.key!r})")
+            # The rest with the session held: its creation is over (it links its key with its log locked),
+            # no client writes to it, no other repair adopts it or sets it aside; and looked at again.
+            with contextlib.ExitStack() as held:
+                try:
+                    held.enter_context(self.fs.locked(self._log(sid), create=False))
+                except FileNotFoundError:  # removed meanwhile (deleted, or by another repair)
                     continue
-                if self.lookup(entry.key) == sid:  # linked meanwhile, by its creation or another repair
-                    continue
-            self._names.remove(entry.key, sid)  # no prefix finds what goes (or goes aside)
-            try:  # held, so that a client writing to it by id meanwhile either wrote first or finds it gone
-                with self.fs.locked(self._log(sid), create=False):
-                    if self.fs.size(self._log(sid)) == 0:
-                        self.fs.remove_tree(self._dir(sid))
-                        fixed.append(f"{self._dir(sid)}: an empty session whose key belongs to another; removed")
-                    else:
-                        aside = f"{self.directory}/.orphan-{sid}"
-                        self.fs.rename(self._dir(sid), aside)
-                        set_aside.add(aside)
-                        fixed.append(f"{self._dir(sid)}: its key {entry.key!r} belongs to another session; "
-                                     f"kept aside as {aside}")
-            except FileNotFoundError:  # removed meanwhile (deleted, or by another repair)
-                continue
+                fixed += self._place_unindexed(entry, set_aside)
         for name in self.fs.listdir(self.directory):
             orphan = f"{self.directory}/{name}"
             if name.startswith(".orphan-") and self.fs.is_dir(orphan) and orphan not in set_aside:

@@ -28,6 +28,7 @@ from .file_systems import (
     _decode_lease,
     _encode_lease,
     _lease_as_read,
+    _let_go,
 )
 
 
@@ -108,6 +109,9 @@ class RealFileSystem(FileSystem):
         # that never syncs ever created.
         self._new_files: dict[str, dict[str, object]] = {}
         self._holds: dict[str, list[Any]] = {}  # path -> [its pinned _Descriptor, count]
+        # Descriptors not cached that this process holds a flock on (added before the
+        # flock, discarded before the close): a child forked meanwhile closes its copies.
+        self._locking: set[int] = set()
 
     def __repr__(self) -> str:
         return f"RealFileSystem(max_open_files={self._max_open})"
@@ -130,8 +134,11 @@ class RealFileSystem(FileSystem):
 
     def after_fork(self) -> None:
         """Forget the parent's descriptors (closing our copies releases no flock of
-        the parent's) and its thread locks; marks of life were the parent's."""
-        fds = list({d.fd for d in (*self._fds.values(), *(h[0] for h in self._holds.values()))})
+        the parent's) and its thread locks; marks of life were the parent's. The
+        copies of those the parent holds a lock on outside the cache (a folder being
+        created, a file being replaced) are closed too: kept, they would keep the lock
+        for as long as this child lives, if the parent is killed before it lets go."""
+        fds = list({*self._locking, *(d.fd for d in (*self._fds.values(), *(h[0] for h in self._holds.values())))})
         self._reset()
         for fd in fds:
             with contextlib.suppress(OSError):
@@ -479,6 +486,7 @@ class RealFileSystem(FileSystem):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644, dir_fd=dfd)
             try:
                 try:
+                    self._locking.add(fd)
                     _flock(fd, "LOCK_EX")
                     try:
                         _write_fd(fd, data)
@@ -487,6 +495,7 @@ class RealFileSystem(FileSystem):
                     finally:
                         _flock(fd, "LOCK_UN")
                 finally:
+                    self._locking.discard(fd)
                     os.close(fd)  # (before the rename: an error it reports fails the write, nothing replaced)
                 os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException:
@@ -531,8 +540,9 @@ class RealFileSystem(FileSystem):
         mostly system calls: it made 74 through the primitives one by one, 57 so
         (strace, ``durable=False``). The lock is let go of explicitly (``LOCK_UN``),
         not by closing: a child forked meanwhile shares the descriptor's lock, and
-        would hold it for as long as it lives. Every descriptor is closed, whatever
-        fails."""
+        would hold it for as long as it lives (a child closes its copy at once, see
+        :meth:`after_fork`, so that the lock dies with this process if it is killed).
+        Every descriptor is closed, whatever fails."""
         if final.rpartition("/")[0] != staging.rpartition("/")[0]:  # (not how a storage calls it)
             with super().publish_folder(staging, final, files, durable=durable):
                 yield
@@ -551,6 +561,7 @@ class RealFileSystem(FileSystem):
                                      dir_fd=fds[0])
                         if len(held) == 1:
                             held.append(fd)
+                            self._locking.add(fd)  # (closed in a child forked from now on: see after_fork)
                             _flock(fd, "LOCK_EX")
                         else:
                             fds.append(fd)
@@ -574,11 +585,10 @@ class RealFileSystem(FileSystem):
                 raise
             yield
         finally:
-            try:
-                if len(held) > 1:
-                    _flock(held[1], "LOCK_UN")
-            finally:
-                _close_all(held)
+            if len(held) > 1:
+                _let_go(_flock, held[1], "LOCK_UN")
+                self._locking.discard(held[1])
+            _let_go(_close_all, held)
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the missing directories, one at a time below an anchor (a link where a
