@@ -2678,8 +2678,11 @@ class RealFileSystem(FileSystem):
         # that never syncs ever created.
         self._new_files: dict[str, dict[str, object]] = {}
         self._holds: dict[str, list[Any]] = {}  # path -> [its pinned _Descriptor, count]
-        # Descriptors not cached that this process holds a flock on (added before the
-        # flock, discarded before the close): a child forked meanwhile closes its copies.
+        # Descriptors out of the cache that may hold a flock (a creation's log, a temp
+        # file being written, a stale descriptor still in use): a child forked meanwhile
+        # closes its copies, so that a lock dies with this process. Added under
+        # _FORK_GATE with their open (or when they leave the cache), discarded before
+        # their close.
         self._locking: set[int] = set()
 
     def __repr__(self) -> str:
@@ -2817,6 +2820,7 @@ class RealFileSystem(FileSystem):
         with self._mutex:
             d.pins -= 1
             if d.stale and d.pins == 0:
+                self._locking.discard(d.fd)
                 os.close(d.fd)
 
     def _pin_cached(self, path: str) -> _Descriptor | None:
@@ -2893,6 +2897,7 @@ class RealFileSystem(FileSystem):
                 d = self._uncache(path)
                 if d.pins:
                     d.stale = True
+                    self._locking.add(d.fd)  # (out of the cache, maybe locked: a child closes its copy)
                     if d.lock.locked():
                         self._held_gone[path] = d.lock
                 else:
@@ -3042,6 +3047,15 @@ class RealFileSystem(FileSystem):
         with self._open(path) as fd:
             os.ftruncate(fd, size)
 
+    def _open_locking(self, name: str, flags: int, dir_fd: int) -> int:
+        """Open a file this process is about to ``flock`` outside the cache, its
+        descriptor in :attr:`_locking` (closed by a child, see :meth:`after_fork`);
+        no fork comes between the open and that (:data:`_FORK_GATE`)."""
+        with _FORK_GATE[0]:
+            fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+            self._locking.add(fd)
+        return fd
+
     def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
         """Temp file (``O_EXCL``, a random name, ``flock``'ed while written so that a
         repair can tell it from garbage), (fsync), rename over ``path``, (fsync of the
@@ -3052,10 +3066,9 @@ class RealFileSystem(FileSystem):
         dfd, name = self._dir_fd(path)
         try:
             tmp = f".{name[:64]}.tmp-{os.urandom(8).hex()}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644, dir_fd=dfd)
+            fd = self._open_locking(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, dfd)
             try:
                 try:
-                    self._locking.add(fd)
                     _flock(fd, "LOCK_EX")
                     try:
                         _write_fd(fd, data)
@@ -3126,13 +3139,13 @@ class RealFileSystem(FileSystem):
                 try:
                     fds.append(os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd))
                     for file, data in files:
-                        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644,
-                                     dir_fd=fds[0])
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
                         if len(held) == 1:
+                            fd = self._open_locking(file, flags, fds[0])
                             held.append(fd)
-                            self._locking.add(fd)  # (closed in a child forked from now on: see after_fork)
                             _flock(fd, "LOCK_EX")
                         else:
+                            fd = os.open(file, flags, 0o644, dir_fd=fds[0])
                             fds.append(fd)
                         _write_fd(fd, data)
                     if durable:
@@ -3527,6 +3540,21 @@ def _write_fd(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+# A fork waits while a thread opens a file it will lock and notes its descriptor
+# (RealFileSystem._open_locking), so that a child has a copy only of descriptors it
+# knows to close. Held by the forking thread across fork(); a child gets a new one.
+_FORK_GATE = [threading.Lock()]
+
+
+def _new_fork_gate() -> None:
+    _FORK_GATE[0] = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=lambda: _FORK_GATE[0].acquire(), after_in_parent=lambda: _FORK_GATE[0].release(),
+                        after_in_child=_new_fork_gate)
 
 
 def _close_all(fds: list[int]) -> None:
@@ -5255,18 +5283,31 @@ class JsonlStorage(Storage):
             if self.lookup(entry.key) == sid:  # (an index rebuild linked it meanwhile)
                 return []
         self._names.remove(entry.key, sid)  # no prefix finds what goes (or goes aside)
-        log = self._log(sid)
-        if fs.size(log) == 0:
-            fs.remove_tree(self._dir(sid))
-            return [f"{self._dir(sid)}: an empty session whose key belongs to another; removed"]
+        folder, log = self._dir(sid), self._log(sid)
+        if fs.size(log) == 0 and self._stat_events(sid)[0] == 0:  # no message, no branch event
+            fs.remove_tree(folder)
+            return [f"{folder}: an empty session whose key belongs to another; removed"]
+        # Set aside as a copy, then the session removed, its log first (the commit, as a
+        # deletion's): a writer of another process waiting for its lock then finds the
+        # file it locked gone, and with it the session. (The folder renamed, the writer
+        # would have found the file it locked still there, and written into what was
+        # set aside.) Cut short, the session is still there, unindexed, and the next
+        # repair copies it again.
         aside = f"{self.directory}/.orphan-{sid}"
-        fs.rename(self._dir(sid), aside)
-        # The log is replaced by a copy of itself: a writer of another process that waits
-        # for its lock then finds the file it locked gone (its folder was renamed, the
-        # file lives on), and with it the session, instead of writing into the copy set aside.
-        fs.write_atomic(f"{aside}/messages.jsonl", fs.read(f"{aside}/messages.jsonl"), durable=self._durable)
+        fs.makedirs(aside, durable=self._durable)
+        try:
+            for name in fs.listdir(folder):
+                path = f"{folder}/{name}"
+                if name in _SESSION_FILES and not fs.is_dir(path):
+                    fs.write_atomic(f"{aside}/{name}", fs.read(path), durable=self._durable)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fs.remove_tree(aside)
+            raise
+        fs.remove(log, durable=self._durable)
+        fs.remove_tree(folder)
         set_aside.add(aside)
-        return [f"{self._dir(sid)}: its key {entry.key!r} belongs to another session; kept aside as {aside}"]
+        return [f"{folder}: its key {entry.key!r} belongs to another session; kept aside as {aside}"]
 
     def repair_index(self) -> list[str]:
         """Migrate format 1; adopt unindexed folders; clear garbage (see :meth:`_garbage`)."""

@@ -2410,8 +2410,9 @@ def test_a_write_waiting_while_a_repair_sets_its_session_aside_finds_no_session(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str) -> None:
     """A repair sets aside a session whose key another has, holding it. A client
     that knows it by id and waits for its lock got, on files, the lock of the file
-    renamed aside, and its message was acknowledged into the copy set aside. The log
-    set aside is now a copy: the file the client waited for is gone."""
+    renamed aside, and its message was acknowledged into what was set aside. What is
+    set aside is now a copy, and the session removed, its log first: the file the
+    client waited for is gone, and so is the session."""
     if files == "real":
         store, client = SessionStore(storage_dir=tmp_path), SessionStore(storage_dir=tmp_path)
     else:
@@ -2420,7 +2421,7 @@ def test_a_write_waiting_while_a_repair_sets_its_session_aside_finds_no_session(
     older, newer = _two_sessions_of_one_key(store, client, older_empty=False)
     store.append(newer, role="user", content="newer")  # written to: the key stays the newer one's
     fs = store._storage.fs  # type: ignore[attr-defined]
-    rename = fs.rename
+    write_atomic = fs.write_atomic
     outcome: list[object] = []
     done = threading.Event()
 
@@ -2433,12 +2434,12 @@ def test_a_write_waiting_while_a_repair_sets_its_session_aside_finds_no_session(
             done.set()
     thread = threading.Thread(target=write)
 
-    def renaming(src: str, dst: str, **kwargs: Any) -> None:
-        if ".orphan-" in dst and not thread.is_alive() and not outcome:
+    def copying(path: str, data: bytes, **kwargs: Any) -> None:
+        if ".orphan-" in path and not thread.is_alive() and not outcome:
             thread.start()
             done.wait(2)  # (it waits for the lock: then this only lets it try)
-        rename(src, dst, **kwargs)
-    monkeypatch.setattr(fs, "rename", renaming)
+        write_atomic(path, data, **kwargs)
+    monkeypatch.setattr(fs, "write_atomic", copying)
     report = store.repair()
     monkeypatch.undo()
     thread.join(60)
@@ -2448,6 +2449,105 @@ def test_a_write_waiting_while_a_repair_sets_its_session_aside_finds_no_session(
     assert b"acknowledged?" not in fs.read(aside) and b"older" in fs.read(aside)
     for s in (store, client):
         s.close()
+
+
+@pytest.mark.parametrize("files", ["real", "memory"])
+def test_a_repair_keeps_an_unindexed_session_that_holds_only_branch_events(
+        tmp_path: Path, files: str) -> None:
+    """An unindexed session whose key another has was removed when its log was
+    empty, with its branch events (a title set, acknowledged). It is now kept aside
+    like one holding messages."""
+    if files == "real":
+        store = SessionStore(storage_dir=tmp_path)
+    else:
+        store = SessionStore(InMemoryFileSystem(), storage_dir="/s")
+    older, newer = _two_sessions_of_one_key(store, store, older_empty=True)
+    store.set_title(older, "acknowledged title")
+    store.append(newer, role="user", content="newer")
+    report = store.repair()
+    fs = store._storage.fs  # type: ignore[attr-defined]
+    aside = store._storage.directory + f"/.orphan-{older}"  # type: ignore[attr-defined]
+    assert any("kept aside" in f for f in report.fixed), report.fixed
+    assert b"acknowledged title" in fs.read(f"{aside}/branches.jsonl")
+    store.close()
+
+
+@pytest.mark.parametrize("files", ["real", "memory"])
+def test_a_session_that_fails_to_be_set_aside_stays_whole_where_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str) -> None:
+    """Setting a session aside copies it, then removes it. A copy that fails (a full
+    disk) leaves the session where it was, unindexed and whole, and no partial copy;
+    a client may write to it meanwhile, and the next repair sets that aside too."""
+    if files == "real":
+        store, client = SessionStore(storage_dir=tmp_path), SessionStore(storage_dir=tmp_path)
+    else:
+        memory = InMemoryFileSystem()
+        store, client = SessionStore(memory, storage_dir="/s"), SessionStore(memory, storage_dir="/s")
+    older, newer = _two_sessions_of_one_key(store, client, older_empty=False)
+    store.append(newer, role="user", content="newer")
+    fs = store._storage.fs  # type: ignore[attr-defined]
+    write_atomic = fs.write_atomic
+
+    def full(path: str, data: bytes, **kwargs: Any) -> None:
+        if ".orphan-" in path and path.endswith("messages.jsonl"):
+            raise OSError(errno.ENOSPC, "injected")
+        write_atomic(path, data, **kwargs)
+    monkeypatch.setattr(fs, "write_atomic", full)
+    with pytest.raises(ss.StorageError):
+        store.repair()
+    monkeypatch.undo()
+    directory = store._storage.directory  # type: ignore[attr-defined]
+    assert not fs.exists(f"{directory}/.orphan-{older}")
+    written = client.append(older, role="user", content="meanwhile").id
+    report = store.repair()
+    assert any("kept aside" in f for f in report.fixed), report.fixed
+    assert written.encode() in fs.read(f"{directory}/.orphan-{older}/messages.jsonl")
+    assert not fs.exists(f"{directory}/{older}") and store.check().ok
+    for s in (store, client):
+        s.close()
+
+
+def test_a_child_closes_its_copies_of_descriptors_the_parent_locks_outside_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed while it holds such a lock, a parent must not leave it to a child it
+    forked: a file removed while locked (a deletion's commit, a log replaced) keeps
+    its descriptor, out of the cache; the child closes its copy. And a file opened
+    to be locked (a creation's log, a temp file) is opened with forks held off until
+    its descriptor is noted, so no child has a copy it does not know of."""
+    fs = RealFileSystem()
+    fs.anchor(str(tmp_path))
+    path = f"{tmp_path}/log"
+    fs.append(path, b"x\n")
+    with fs.locked(path):
+        fs.remove(path)  # the commit of a deletion, under the lock
+        (fd,) = fs._locking
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.fstat(fd)
+                os.write(w, b"open")
+            except OSError:
+                os.write(w, b"closed")
+            os._exit(0)
+        os.close(w)
+        assert os.read(r, 16) == b"closed"
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert fs._locking == set()
+    gated: list[bool] = []
+    real_open = os.open
+
+    def opening(name: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_EXCL and name == "messages.jsonl":
+            gated.append(ss._FORK_GATE[0].locked())
+        return real_open(name, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", opening)
+    with fs.publish_folder(f"{tmp_path}/.new-x", f"{tmp_path}/x", [("messages.jsonl", b"")], durable=False):
+        assert len(fs._locking) == 1
+    monkeypatch.undo()
+    assert gated == [True] and fs._locking == set()
+    fs.close()
 
 
 def test_a_repair_never_removes_part_of_a_folder_a_creation_then_publishes(tmp_path: Path,

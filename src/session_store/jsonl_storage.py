@@ -1364,18 +1364,31 @@ class JsonlStorage(Storage):
             if self.lookup(entry.key) == sid:  # (an index rebuild linked it meanwhile)
                 return []
         self._names.remove(entry.key, sid)  # no prefix finds what goes (or goes aside)
-        log = self._log(sid)
-        if fs.size(log) == 0:
-            fs.remove_tree(self._dir(sid))
-            return [f"{self._dir(sid)}: an empty session whose key belongs to another; removed"]
+        folder, log = self._dir(sid), self._log(sid)
+        if fs.size(log) == 0 and self._stat_events(sid)[0] == 0:  # no message, no branch event
+            fs.remove_tree(folder)
+            return [f"{folder}: an empty session whose key belongs to another; removed"]
+        # Set aside as a copy, then the session removed, its log first (the commit, as a
+        # deletion's): a writer of another process waiting for its lock then finds the
+        # file it locked gone, and with it the session. (The folder renamed, the writer
+        # would have found the file it locked still there, and written into what was
+        # set aside.) Cut short, the session is still there, unindexed, and the next
+        # repair copies it again.
         aside = f"{self.directory}/.orphan-{sid}"
-        fs.rename(self._dir(sid), aside)
-        # The log is replaced by a copy of itself: a writer of another process that waits
-        # for its lock then finds the file it locked gone (its folder was renamed, the
-        # file lives on), and with it the session, instead of writing into the copy set aside.
-        fs.write_atomic(f"{aside}/messages.jsonl", fs.read(f"{aside}/messages.jsonl"), durable=self._durable)
+        fs.makedirs(aside, durable=self._durable)
+        try:
+            for name in fs.listdir(folder):
+                path = f"{folder}/{name}"
+                if name in _SESSION_FILES and not fs.is_dir(path):
+                    fs.write_atomic(f"{aside}/{name}", fs.read(path), durable=self._durable)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fs.remove_tree(aside)
+            raise
+        fs.remove(log, durable=self._durable)
+        fs.remove_tree(folder)
         set_aside.add(aside)
-        return [f"{self._dir(sid)}: its key {entry.key!r} belongs to another session; kept aside as {aside}"]
+        return [f"{folder}: its key {entry.key!r} belongs to another session; kept aside as {aside}"]
 
     def repair_index(self) -> list[str]:
         """Migrate format 1; adopt unindexed folders; clear garbage (see :meth:`_garbage`)."""

@@ -109,8 +109,11 @@ class RealFileSystem(FileSystem):
         # that never syncs ever created.
         self._new_files: dict[str, dict[str, object]] = {}
         self._holds: dict[str, list[Any]] = {}  # path -> [its pinned _Descriptor, count]
-        # Descriptors not cached that this process holds a flock on (added before the
-        # flock, discarded before the close): a child forked meanwhile closes its copies.
+        # Descriptors out of the cache that may hold a flock (a creation's log, a temp
+        # file being written, a stale descriptor still in use): a child forked meanwhile
+        # closes its copies, so that a lock dies with this process. Added under
+        # _FORK_GATE with their open (or when they leave the cache), discarded before
+        # their close.
         self._locking: set[int] = set()
 
     def __repr__(self) -> str:
@@ -248,6 +251,7 @@ class RealFileSystem(FileSystem):
         with self._mutex:
             d.pins -= 1
             if d.stale and d.pins == 0:
+                self._locking.discard(d.fd)
                 os.close(d.fd)
 
     def _pin_cached(self, path: str) -> _Descriptor | None:
@@ -324,6 +328,7 @@ class RealFileSystem(FileSystem):
                 d = self._uncache(path)
                 if d.pins:
                     d.stale = True
+                    self._locking.add(d.fd)  # (out of the cache, maybe locked: a child closes its copy)
                     if d.lock.locked():
                         self._held_gone[path] = d.lock
                 else:
@@ -473,6 +478,15 @@ class RealFileSystem(FileSystem):
         with self._open(path) as fd:
             os.ftruncate(fd, size)
 
+    def _open_locking(self, name: str, flags: int, dir_fd: int) -> int:
+        """Open a file this process is about to ``flock`` outside the cache, its
+        descriptor in :attr:`_locking` (closed by a child, see :meth:`after_fork`);
+        no fork comes between the open and that (:data:`_FORK_GATE`)."""
+        with _FORK_GATE[0]:
+            fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+            self._locking.add(fd)
+        return fd
+
     def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
         """Temp file (``O_EXCL``, a random name, ``flock``'ed while written so that a
         repair can tell it from garbage), (fsync), rename over ``path``, (fsync of the
@@ -483,10 +497,9 @@ class RealFileSystem(FileSystem):
         dfd, name = self._dir_fd(path)
         try:
             tmp = f".{name[:64]}.tmp-{os.urandom(8).hex()}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644, dir_fd=dfd)
+            fd = self._open_locking(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, dfd)
             try:
                 try:
-                    self._locking.add(fd)
                     _flock(fd, "LOCK_EX")
                     try:
                         _write_fd(fd, data)
@@ -557,13 +570,13 @@ class RealFileSystem(FileSystem):
                 try:
                     fds.append(os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd))
                     for file, data in files:
-                        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644,
-                                     dir_fd=fds[0])
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
                         if len(held) == 1:
+                            fd = self._open_locking(file, flags, fds[0])
                             held.append(fd)
-                            self._locking.add(fd)  # (closed in a child forked from now on: see after_fork)
                             _flock(fd, "LOCK_EX")
                         else:
+                            fd = os.open(file, flags, 0o644, dir_fd=fds[0])
                             fds.append(fd)
                         _write_fd(fd, data)
                     if durable:
@@ -958,6 +971,21 @@ def _write_fd(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+# A fork waits while a thread opens a file it will lock and notes its descriptor
+# (RealFileSystem._open_locking), so that a child has a copy only of descriptors it
+# knows to close. Held by the forking thread across fork(); a child gets a new one.
+_FORK_GATE = [threading.Lock()]
+
+
+def _new_fork_gate() -> None:
+    _FORK_GATE[0] = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=lambda: _FORK_GATE[0].acquire(), after_in_parent=lambda: _FORK_GATE[0].release(),
+                        after_in_child=_new_fork_gate)
 
 
 def _close_all(fds: list[int]) -> None:
