@@ -302,6 +302,10 @@ class StoreClosed(SessionStoreError, RuntimeError):
     """The store was closed; open a new one."""
 
 
+class _WrittenMeanwhile(Exception):
+    """A repair's deletion of an empty session is called off: it is not empty any more."""
+
+
 # ============================================================================
 # Records: the frozen values the store hands out, and the format's constants.
 #   (src/session_store/records.py)
@@ -5287,12 +5291,8 @@ class JsonlStorage(Storage):
         if fs.size(log) == 0 and self._stat_events(sid)[0] == 0:  # no message, no branch event
             fs.remove_tree(folder)
             return [f"{folder}: an empty session whose key belongs to another; removed"]
-        # Set aside as a copy, then the session removed, its log first (the commit, as a
-        # deletion's): a writer of another process waiting for its lock then finds the
-        # file it locked gone, and with it the session. (The folder renamed, the writer
-        # would have found the file it locked still there, and written into what was
-        # set aside.) Cut short, the session is still there, unindexed, and the next
-        # repair copies it again.
+        # Copied aside, then removed, its log first (a deletion's commit): a writer waiting for
+        # its lock finds the file gone (a renamed one it would write into). Cut short, it stays.
         aside = f"{self.directory}/.orphan-{sid}"
         fs.makedirs(aside, durable=self._durable)
         try:
@@ -5347,8 +5347,7 @@ class JsonlStorage(Storage):
                                         check=functools.partial(self._still_empty_successor, holder, entry))
                     fixed.append(f"{self._dir(holder)}: an empty session made for key {entry.key!r} after its link "
                                  f"to {sid} was lost; removed")
-            # The rest with the session held: its creation is over (it links its key with its log locked),
-            # no client writes to it, no other repair adopts it or sets it aside; and looked at again.
+            # The rest with it held (its creation over, no writer, no other repair), looked at again.
             with contextlib.ExitStack() as held:
                 try:
                     held.enter_context(self.fs.locked(self._log(sid), create=False))
@@ -5388,10 +5387,6 @@ class JsonlStorage(Storage):
             self.fs.remove(path, durable=self._durable)
             fixed.append(f"{path}: {why}; removed")
         return fixed
-
-
-class _WrittenMeanwhile(Exception):
-    """A repair's deletion of an empty session is called off: it is not empty any more."""
 
 
 _LOAD_PART = 4 * 2**20  # bytes of log a part of a load decodes: what a long session's load holds at once

@@ -160,3 +160,7 @@ class StorageError(SessionStoreError, OSError):
 
 class StoreClosed(SessionStoreError, RuntimeError):
     """The store was closed; open a new one."""
+
+
+class _WrittenMeanwhile(Exception):
+    """A repair's deletion of an empty session is called off: it is not empty any more."""
