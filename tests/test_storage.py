@@ -2059,11 +2059,7 @@ def test_a_creation_taken_back_after_its_link_loses_nothing_another_store_wrote(
     and written to the session. The creation now holds the new log's lock until it is
     done, so that write waits and then finds no session; it used to be acknowledged,
     and then removed with the folder."""
-    if files == "real":
-        store, other = SessionStore(storage_dir=tmp_path), SessionStore(storage_dir=tmp_path)
-    else:
-        memory = InMemoryFileSystem()
-        store, other = SessionStore(memory, storage_dir="/s"), SessionStore(memory, storage_dir="/s")
+    store, other = _two_stores(tmp_path, files)
     store.resolve("first")
     outcome: list[object] = []
     found, done = threading.Event(), threading.Event()
@@ -2105,6 +2101,46 @@ def test_a_creation_taken_back_after_its_link_loses_nothing_another_store_wrote(
         s.close()
 
 
+def _two_stores(tmp_path: Path, files: str) -> tuple[SessionStore, SessionStore]:
+    """Two stores of one directory, as two processes have: on files (each its own
+    descriptors, so their flocks exclude each other) or on one InMemoryFileSystem."""
+    if files == "real":
+        return SessionStore(storage_dir=tmp_path), SessionStore(storage_dir=tmp_path)
+    memory = InMemoryFileSystem()
+    return SessionStore(memory, storage_dir="/s"), SessionStore(memory, storage_dir="/s")
+
+
+class _WriteMeanwhile:
+    """A client's append to a session, in a thread of its own: :meth:`start` starts it
+    (once) and lets it run for up to 2 s; a write that waits for a lock the caller
+    holds goes on waiting, and then either finds its session or not."""
+
+    def __init__(self, client: SessionStore, session_id: str) -> None:
+        self._client, self._sid = client, session_id
+        self._outcome: list[object] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._write)
+
+    def _write(self) -> None:
+        try:
+            self._outcome.append(self._client.append(self._sid, role="user", content="acknowledged?").id)
+        except ss.SessionStoreError as e:
+            self._outcome.append(e)
+        finally:
+            self._done.set()
+
+    def start(self) -> None:
+        if self._thread.ident is None:
+            self._thread.start()
+            self._done.wait(2)
+
+    def outcome(self) -> list[object]:
+        """What the append returned or raised (empty when it was never started)."""
+        if self._thread.ident is not None:
+            self._thread.join(60)
+        return self._outcome
+
+
 def _two_sessions_of_one_key(store: SessionStore, client: SessionStore, *, older_empty: bool) -> tuple[str, str]:
     """The older session of ``key`` lost its link, and resolve() gave the key a new,
     empty one: (the older, unindexed; the new one, the key's). ``client`` read the
@@ -2129,11 +2165,7 @@ def test_a_repair_never_deletes_an_empty_successor_a_client_wrote_to_meanwhile(
     still empty. It found it empty, then deleted it: a client's message written in
     between, acknowledged, went with it. Emptiness is now checked again while the
     session is held for its deletion: written to, it stays the key's."""
-    if files == "real":
-        store, client = SessionStore(storage_dir=tmp_path), SessionStore(storage_dir=tmp_path)
-    else:
-        memory = InMemoryFileSystem()
-        store, client = SessionStore(memory, storage_dir="/s"), SessionStore(memory, storage_dir="/s")
+    store, client = _two_stores(tmp_path, files)
     older, newer = _two_sessions_of_one_key(store, client, older_empty=False)
     storage = store._storage
     assert isinstance(storage, ss.JsonlStorage)
@@ -2162,35 +2194,20 @@ def test_a_repair_removing_an_empty_unindexed_session_loses_nothing_written_to_i
     removed by a repair. A client holding its id may write to it just then: the
     repair now holds the session while it looks and removes, so that write waits and
     then finds no session; it used to be acknowledged, then removed."""
-    if files == "real":
-        store, client = SessionStore(storage_dir=tmp_path), SessionStore(storage_dir=tmp_path)
-    else:
-        memory = InMemoryFileSystem()
-        store, client = SessionStore(memory, storage_dir="/s"), SessionStore(memory, storage_dir="/s")
+    store, client = _two_stores(tmp_path, files)
     older, newer = _two_sessions_of_one_key(store, client, older_empty=True)
     fs = store._storage.fs  # type: ignore[attr-defined]
     remove_tree = fs.remove_tree
-    outcome: list[object] = []
-    done = threading.Event()
-
-    def write() -> None:
-        try:
-            outcome.append(client.append(older, role="user", content="acknowledged?").id)
-        except ss.SessionStoreError as e:
-            outcome.append(e)
-        finally:
-            done.set()
-    thread = threading.Thread(target=write)
+    meanwhile = _WriteMeanwhile(client, older)
 
     def writing_first(path: str) -> None:
-        if path.endswith(older) and not outcome and not thread.is_alive():
-            thread.start()
-            done.wait(2)  # (it waits for the lock, now: then this only lets it try)
+        if path.endswith(older):
+            meanwhile.start()
         remove_tree(path)
     monkeypatch.setattr(fs, "remove_tree", writing_first)
     report = store.repair()
     monkeypatch.undo()
-    thread.join(60)
+    outcome = meanwhile.outcome()
     assert len(outcome) == 1, report.fixed
     assert isinstance(outcome[0], ss.SessionNotFound), outcome  # not acknowledged: it found no session
     assert store.resolve("key", create=False) == newer and store.check().ok
@@ -2413,36 +2430,21 @@ def test_a_write_waiting_while_a_repair_sets_its_session_aside_finds_no_session(
     renamed aside, and its message was acknowledged into what was set aside. What is
     set aside is now a copy, and the session removed, its log first: the file the
     client waited for is gone, and so is the session."""
-    if files == "real":
-        store, client = SessionStore(storage_dir=tmp_path), SessionStore(storage_dir=tmp_path)
-    else:
-        memory = InMemoryFileSystem()
-        store, client = SessionStore(memory, storage_dir="/s"), SessionStore(memory, storage_dir="/s")
+    store, client = _two_stores(tmp_path, files)
     older, newer = _two_sessions_of_one_key(store, client, older_empty=False)
     store.append(newer, role="user", content="newer")  # written to: the key stays the newer one's
     fs = store._storage.fs  # type: ignore[attr-defined]
     write_atomic = fs.write_atomic
-    outcome: list[object] = []
-    done = threading.Event()
-
-    def write() -> None:
-        try:
-            outcome.append(client.append(older, role="user", content="acknowledged?").id)
-        except ss.SessionStoreError as e:
-            outcome.append(e)
-        finally:
-            done.set()
-    thread = threading.Thread(target=write)
+    meanwhile = _WriteMeanwhile(client, older)
 
     def copying(path: str, data: bytes, **kwargs: Any) -> None:
-        if ".orphan-" in path and not thread.is_alive() and not outcome:
-            thread.start()
-            done.wait(2)  # (it waits for the lock: then this only lets it try)
+        if ".orphan-" in path:
+            meanwhile.start()
         write_atomic(path, data, **kwargs)
     monkeypatch.setattr(fs, "write_atomic", copying)
     report = store.repair()
     monkeypatch.undo()
-    thread.join(60)
+    outcome = meanwhile.outcome()
     assert any(".orphan-" in f for f in report.fixed), report.fixed
     assert len(outcome) == 1 and isinstance(outcome[0], ss.SessionNotFound), outcome
     aside = store._storage.directory + f"/.orphan-{older}/messages.jsonl"  # type: ignore[attr-defined]
@@ -2478,11 +2480,7 @@ def test_a_session_that_fails_to_be_set_aside_stays_whole_where_it_was(
     """Setting a session aside copies it, then removes it. A copy that fails (a full
     disk) leaves the session where it was, unindexed and whole, and no partial copy;
     a client may write to it meanwhile, and the next repair sets that aside too."""
-    if files == "real":
-        store, client = SessionStore(storage_dir=tmp_path), SessionStore(storage_dir=tmp_path)
-    else:
-        memory = InMemoryFileSystem()
-        store, client = SessionStore(memory, storage_dir="/s"), SessionStore(memory, storage_dir="/s")
+    store, client = _two_stores(tmp_path, files)
     older, newer = _two_sessions_of_one_key(store, client, older_empty=False)
     store.append(newer, role="user", content="newer")
     fs = store._storage.fs  # type: ignore[attr-defined]
