@@ -2898,10 +2898,11 @@ class RealFileSystem(FileSystem):
             if prefix in self._fds:  # a file
                 gone.append(prefix)
             for path in gone:
+                if self._fds[path].pins:  # noted before it leaves the cache: a child always knows of it
+                    self._locking.add(self._fds[path].fd)  # (out of the cache, maybe locked: a child closes it)
                 d = self._uncache(path)
                 if d.pins:
                     d.stale = True
-                    self._locking.add(d.fd)  # (out of the cache, maybe locked: a child closes its copy)
                     if d.lock.locked():
                         self._held_gone[path] = d.lock
                 else:
@@ -3549,11 +3550,12 @@ def _write_fd(fd: int, data: bytes) -> None:
 # A fork waits while a thread opens a file it will lock and notes its descriptor
 # (RealFileSystem._open_locking), so that a child has a copy only of descriptors it
 # knows to close. Held by the forking thread across fork(); a child gets a new one.
-_FORK_GATE = [threading.Lock()]
+# Re-entrant: a signal handler that forks in the thread holding it must not wait for itself.
+_FORK_GATE = [threading.RLock()]
 
 
 def _new_fork_gate() -> None:
-    _FORK_GATE[0] = threading.Lock()
+    _FORK_GATE[0] = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -5298,7 +5300,7 @@ class JsonlStorage(Storage):
         try:
             for name in fs.listdir(folder):
                 path = f"{folder}/{name}"
-                if name in _SESSION_FILES and not fs.is_dir(path):
+                if (name in _SESSION_FILES or name == "session.json") and not fs.is_dir(path):
                     fs.write_atomic(f"{aside}/{name}", fs.read(path), durable=self._durable)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -5357,13 +5359,13 @@ class JsonlStorage(Storage):
         for name in self.fs.listdir(self.directory):
             orphan = f"{self.directory}/{name}"
             if name.startswith(".orphan-") and self.fs.is_dir(orphan) and orphan not in set_aside:
-                try:
-                    empty = self.fs.size(f"{orphan}/messages.jsonl") == 0
-                except FileNotFoundError:
-                    empty = True
+                empty = True
+                for name in ("messages.jsonl", "branches.jsonl"):
+                    with contextlib.suppress(FileNotFoundError):
+                        empty = empty and self.fs.size(f"{orphan}/{name}") == 0
                 if empty:
                     self.fs.remove_tree(orphan)
-                    fixed.append(f"{orphan}: set aside earlier and holds no message; removed")
+                    fixed.append(f"{orphan}: set aside earlier and holds no message or branch event; removed")
                 else:
                     fixed.append(f"{orphan}: kept (messages of a session whose key another session has)")
         return fixed + self._repair_names()

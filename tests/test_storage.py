@@ -2471,6 +2471,9 @@ def test_a_repair_keeps_an_unindexed_session_that_holds_only_branch_events(
     aside = store._storage.directory + f"/.orphan-{older}"  # type: ignore[attr-defined]
     assert any("kept aside" in f for f in report.fixed), report.fixed
     assert b"acknowledged title" in fs.read(f"{aside}/branches.jsonl")
+    assert older in fs.read(f"{aside}/session.json").decode()  # its key and creation, with it
+    report = store.repair()  # an earlier orphan with branch events is kept too
+    assert fs.exists(f"{aside}/branches.jsonl") and any(aside in f and "kept" in f for f in report.fixed), report
     store.close()
 
 
@@ -2538,13 +2541,50 @@ def test_a_child_closes_its_copies_of_descriptors_the_parent_locks_outside_the_c
 
     def opening(name: Any, flags: int, *args: Any, **kwargs: Any) -> int:
         if flags & os.O_EXCL and name == "messages.jsonl":
-            gated.append(ss._FORK_GATE[0].locked())
+            gate = ss._FORK_GATE[0]
+            other = threading.Thread(target=lambda: gated.append(gate.acquire(blocking=False)))
+            other.start()
+            other.join()  # a fork in another thread waits: it could not take the gate
+            gated.append(gate.acquire(blocking=False))  # one in this very thread (a signal handler's)
+            gate.release()  # does not wait for itself
         return real_open(name, flags, *args, **kwargs)
     monkeypatch.setattr(os, "open", opening)
     with fs.publish_folder(f"{tmp_path}/.new-x", f"{tmp_path}/x", [("messages.jsonl", b"")], durable=False):
         assert len(fs._locking) == 1
     monkeypatch.undo()
-    assert gated == [True] and fs._locking == set()
+    assert gated == [False, True] and fs._locking == set()
+    fs.close()
+
+
+def test_a_child_forked_as_a_locked_descriptor_leaves_the_cache_closes_its_copy(tmp_path: Path) -> None:
+    """A file removed while locked (a deletion's commit) leaves the cache, its
+    descriptor still locked. It was noted for children only after it left the cache:
+    a fork in between gave the child a locked copy it did not know of."""
+    fs = RealFileSystem()
+    fs.anchor(str(tmp_path))
+    path = f"{tmp_path}/log"
+    fs.append(path, b"x\n")
+    uncache = fs._uncache
+    r, w = os.pipe()
+
+    def uncache_then_fork(p: str) -> Any:  # another thread's fork, landing right after
+        d = uncache(p)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child (the store's at-fork hook has run)
+            try:
+                os.fstat(d.fd)
+                os.write(w, b"open")
+            except OSError:
+                os.write(w, b"closed")
+            os._exit(0)
+        os.waitpid(pid, 0)
+        return d
+    fs._uncache = uncache_then_fork  # type: ignore[method-assign]
+    with fs.locked(path):
+        fs.remove(path)
+    os.close(w)
+    assert os.read(r, 16) == b"closed"
+    os.close(r)
     fs.close()
 
 

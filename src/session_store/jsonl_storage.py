@@ -1375,7 +1375,7 @@ class JsonlStorage(Storage):
         try:
             for name in fs.listdir(folder):
                 path = f"{folder}/{name}"
-                if name in _SESSION_FILES and not fs.is_dir(path):
+                if (name in _SESSION_FILES or name == "session.json") and not fs.is_dir(path):
                     fs.write_atomic(f"{aside}/{name}", fs.read(path), durable=self._durable)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -1434,13 +1434,13 @@ class JsonlStorage(Storage):
         for name in self.fs.listdir(self.directory):
             orphan = f"{self.directory}/{name}"
             if name.startswith(".orphan-") and self.fs.is_dir(orphan) and orphan not in set_aside:
-                try:
-                    empty = self.fs.size(f"{orphan}/messages.jsonl") == 0
-                except FileNotFoundError:
-                    empty = True
+                empty = True
+                for name in ("messages.jsonl", "branches.jsonl"):
+                    with contextlib.suppress(FileNotFoundError):
+                        empty = empty and self.fs.size(f"{orphan}/{name}") == 0
                 if empty:
                     self.fs.remove_tree(orphan)
-                    fixed.append(f"{orphan}: set aside earlier and holds no message; removed")
+                    fixed.append(f"{orphan}: set aside earlier and holds no message or branch event; removed")
                 else:
                     fixed.append(f"{orphan}: kept (messages of a session whose key another session has)")
         return fixed + self._repair_names()

@@ -325,10 +325,11 @@ class RealFileSystem(FileSystem):
             if prefix in self._fds:  # a file
                 gone.append(prefix)
             for path in gone:
+                if self._fds[path].pins:  # noted before it leaves the cache: a child always knows of it
+                    self._locking.add(self._fds[path].fd)  # (out of the cache, maybe locked: a child closes it)
                 d = self._uncache(path)
                 if d.pins:
                     d.stale = True
-                    self._locking.add(d.fd)  # (out of the cache, maybe locked: a child closes its copy)
                     if d.lock.locked():
                         self._held_gone[path] = d.lock
                 else:
@@ -976,11 +977,12 @@ def _write_fd(fd: int, data: bytes) -> None:
 # A fork waits while a thread opens a file it will lock and notes its descriptor
 # (RealFileSystem._open_locking), so that a child has a copy only of descriptors it
 # knows to close. Held by the forking thread across fork(); a child gets a new one.
-_FORK_GATE = [threading.Lock()]
+# Re-entrant: a signal handler that forks in the thread holding it must not wait for itself.
+_FORK_GATE = [threading.RLock()]
 
 
 def _new_fork_gate() -> None:
-    _FORK_GATE[0] = threading.Lock()
+    _FORK_GATE[0] = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
