@@ -2579,7 +2579,7 @@ def test_a_child_forked_as_a_locked_descriptor_leaves_the_cache_closes_its_copy(
             os._exit(0)
         os.waitpid(pid, 0)
         return d
-    fs._uncache = uncache_then_fork  # type: ignore[method-assign]
+    fs._uncache = uncache_then_fork  # type: ignore[method-assign,assignment]
     with fs.locked(path):
         fs.remove(path)
     os.close(w)
