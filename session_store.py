@@ -2064,15 +2064,11 @@ class FileSystem(ABC):
         """
         lock = f"{staging}/{files[0][0]}"
         self.makedirs(staging, durable=False)
-        guard = self.locked(lock)
-        try:
-            guard.__enter__()
-        except BaseException:
-            with contextlib.suppress(OSError):
-                self.remove_tree(staging)
-            raise
+        guard, entered = self.locked(lock), False
         try:
             try:
+                guard.__enter__()
+                entered = True
                 for name, data in files:
                     if data or f"{staging}/{name}" != lock:  # (the lock made that one)
                         self.append(f"{staging}/{name}", data)
@@ -2086,7 +2082,8 @@ class FileSystem(ABC):
                 raise
             yield
         finally:
-            _let_go(guard.__exit__, None, None, None)
+            if entered:
+                _let_go(guard.__exit__, None, None, None)
 
     def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default
         """Mark this process alive on ``path`` until :meth:`release` (counted per path)."""
@@ -2898,9 +2895,10 @@ class RealFileSystem(FileSystem):
             if prefix in self._fds:  # a file
                 gone.append(prefix)
             for path in gone:
-                if self._fds[path].pins:  # noted before it leaves the cache: a child always knows of it
-                    self._locking.add(self._fds[path].fd)  # (out of the cache, maybe locked: a child closes it)
-                d = self._uncache(path)
+                d = self._fds[path]
+                if d.pins:  # noted before it leaves the cache (maybe locked): a child always knows to close it
+                    self._locking.add(d.fd)
+                self._uncache(path)
                 if d.pins:
                     d.stale = True
                     if d.lock.locked():
@@ -3061,6 +3059,16 @@ class RealFileSystem(FileSystem):
             self._locking.add(fd)
         return fd
 
+    def _unlock_and_close(self, fd: int) -> None:
+        """Let go of the lock of a descriptor from :meth:`_open_locking` (``LOCK_UN``:
+        a child forked meanwhile shares it, closing alone would leave it held), then
+        close it, whatever the unlock says."""
+        try:
+            _flock(fd, "LOCK_UN")
+        finally:
+            self._locking.discard(fd)
+            os.close(fd)
+
     def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
         """Temp file (``O_EXCL``, a random name, ``flock``'ed while written so that a
         repair can tell it from garbage), (fsync), rename over ``path``, (fsync of the
@@ -3075,15 +3083,11 @@ class RealFileSystem(FileSystem):
             try:
                 try:
                     _flock(fd, "LOCK_EX")
-                    try:
-                        _write_fd(fd, data)
-                        if durable:
-                            os.fsync(fd)
-                    finally:
-                        _flock(fd, "LOCK_UN")
+                    _write_fd(fd, data)
+                    if durable:
+                        os.fsync(fd)
                 finally:
-                    self._locking.discard(fd)
-                    os.close(fd)  # (before the rename: an error it reports fails the write, nothing replaced)
+                    self._unlock_and_close(fd)  # (before the rename: an error fails the write, nothing replaced)
                 os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -3135,7 +3139,7 @@ class RealFileSystem(FileSystem):
                 yield
             return
         dfd, name = self._dir_fd(staging)
-        held: list[int] = [dfd]  # closed when the block ends: the folder's directory, the locked log
+        log = -1  # the log's descriptor, locked until the block ends (the directory's too is kept)
         try:
             renamed = False
             try:
@@ -3145,16 +3149,15 @@ class RealFileSystem(FileSystem):
                     fds.append(os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd))
                     for file, data in files:
                         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
-                        if len(held) == 1:
-                            fd = self._open_locking(file, flags, fds[0])
-                            held.append(fd)
+                        if log < 0:
+                            fd = log = self._open_locking(file, flags, fds[0])
                             _flock(fd, "LOCK_EX")
                         else:
                             fd = os.open(file, flags, 0o644, dir_fd=fds[0])
                             fds.append(fd)
                         _write_fd(fd, data)
                     if durable:
-                        for fd in (held[1], *fds[1:]):
+                        for fd in (log, *fds[1:]):
                             _fdatasync(fd)
                         _fsync_fd(fds[0])  # the files' entries
                     os.rename(name, final.rpartition("/")[2], src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -3172,10 +3175,9 @@ class RealFileSystem(FileSystem):
                 raise
             yield
         finally:
-            if len(held) > 1:
-                _let_go(_flock, held[1], "LOCK_UN")
-                self._locking.discard(held[1])
-            _let_go(_close_all, held)
+            if log >= 0:
+                _let_go(self._unlock_and_close, log)
+            _let_go(os.close, dfd)
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the missing directories, one at a time below an anchor (a link where a
@@ -5274,10 +5276,17 @@ class JsonlStorage(Storage):
         if not self._empty_successor(holder, entry):
             raise _WrittenMeanwhile
 
+    def _holds_nothing(self, folder: str) -> bool:
+        """Whether a session folder holds no message and no branch event (a missing file: none)."""
+        for name in ("messages.jsonl", "branches.jsonl"):
+            with contextlib.suppress(FileNotFoundError):
+                if self.fs.size(f"{folder}/{name}"):
+                    return False
+        return True
+
     def _place_unindexed(self, entry: IndexEntry, set_aside: set[str]) -> list[str]:
-        """A session folder no key link names, held by the caller: adopted for its
-        key when the key has no session, else removed when empty and set aside when
-        not (its key belongs to another session); what was done."""
+        """An unindexed session folder, held by the caller: adopted when its key has no session,
+        else removed when empty and set aside when not (another has its key); what was done."""
         sid, fs = entry.session_id, self.fs
         holder = self.lookup(entry.key)
         if holder == sid:
@@ -5290,11 +5299,10 @@ class JsonlStorage(Storage):
                 return []
         self._names.remove(entry.key, sid)  # no prefix finds what goes (or goes aside)
         folder, log = self._dir(sid), self._log(sid)
-        if fs.size(log) == 0 and self._stat_events(sid)[0] == 0:  # no message, no branch event
+        if self._holds_nothing(folder):
             fs.remove_tree(folder)
             return [f"{folder}: an empty session whose key belongs to another; removed"]
-        # Copied aside, then removed, its log first (a deletion's commit): a writer waiting for
-        # its lock finds the file gone (a renamed one it would write into). Cut short, it stays.
+        # Copied, then removed log first: a writer waiting for its lock finds it gone. Cut short, it stays.
         aside = f"{self.directory}/.orphan-{sid}"
         fs.makedirs(aside, durable=self._durable)
         try:
@@ -5339,11 +5347,9 @@ class JsonlStorage(Storage):
         for entry in self._unindexed():
             sid = entry.session_id
             holder = self.lookup(entry.key)
-            if holder == sid:  # its creation linked it since the list was made (or another repair did)
-                continue
             if holder is not None and self._empty_successor(holder, entry):
-                # A lost link let resolve() give the key a new, empty session: the key goes back to this one,
-                # unless a client wrote to it meanwhile (checked again while it is held: then it stays the key's).
+                # A lost link let resolve() give the key a new, empty session: the key goes back to this one
+                # unless a client wrote to it meanwhile (checked again, held: then it stays the key's).
                 with contextlib.suppress(_WrittenMeanwhile, SessionNotFound):
                     self.delete_session(holder, entry.created_at,
                                         check=functools.partial(self._still_empty_successor, holder, entry))
@@ -5359,11 +5365,7 @@ class JsonlStorage(Storage):
         for name in self.fs.listdir(self.directory):
             orphan = f"{self.directory}/{name}"
             if name.startswith(".orphan-") and self.fs.is_dir(orphan) and orphan not in set_aside:
-                empty = True
-                for name in ("messages.jsonl", "branches.jsonl"):
-                    with contextlib.suppress(FileNotFoundError):
-                        empty = empty and self.fs.size(f"{orphan}/{name}") == 0
-                if empty:
+                if self._holds_nothing(orphan):
                     self.fs.remove_tree(orphan)
                     fixed.append(f"{orphan}: set aside earlier and holds no message or branch event; removed")
                 else:

@@ -172,15 +172,11 @@ class FileSystem(ABC):
         """
         lock = f"{staging}/{files[0][0]}"
         self.makedirs(staging, durable=False)
-        guard = self.locked(lock)
-        try:
-            guard.__enter__()
-        except BaseException:
-            with contextlib.suppress(OSError):
-                self.remove_tree(staging)
-            raise
+        guard, entered = self.locked(lock), False
         try:
             try:
+                guard.__enter__()
+                entered = True
                 for name, data in files:
                     if data or f"{staging}/{name}" != lock:  # (the lock made that one)
                         self.append(f"{staging}/{name}", data)
@@ -194,7 +190,8 @@ class FileSystem(ABC):
                 raise
             yield
         finally:
-            _let_go(guard.__exit__, None, None, None)
+            if entered:
+                _let_go(guard.__exit__, None, None, None)
 
     def hold(self, path: str) -> None:  # noqa: B027 - optional: no proof of life by default
         """Mark this process alive on ``path`` until :meth:`release` (counted per path)."""

@@ -1349,10 +1349,17 @@ class JsonlStorage(Storage):
         if not self._empty_successor(holder, entry):
             raise _WrittenMeanwhile
 
+    def _holds_nothing(self, folder: str) -> bool:
+        """Whether a session folder holds no message and no branch event (a missing file: none)."""
+        for name in ("messages.jsonl", "branches.jsonl"):
+            with contextlib.suppress(FileNotFoundError):
+                if self.fs.size(f"{folder}/{name}"):
+                    return False
+        return True
+
     def _place_unindexed(self, entry: IndexEntry, set_aside: set[str]) -> list[str]:
-        """A session folder no key link names, held by the caller: adopted for its
-        key when the key has no session, else removed when empty and set aside when
-        not (its key belongs to another session); what was done."""
+        """An unindexed session folder, held by the caller: adopted when its key has no session,
+        else removed when empty and set aside when not (another has its key); what was done."""
         sid, fs = entry.session_id, self.fs
         holder = self.lookup(entry.key)
         if holder == sid:
@@ -1365,11 +1372,10 @@ class JsonlStorage(Storage):
                 return []
         self._names.remove(entry.key, sid)  # no prefix finds what goes (or goes aside)
         folder, log = self._dir(sid), self._log(sid)
-        if fs.size(log) == 0 and self._stat_events(sid)[0] == 0:  # no message, no branch event
+        if self._holds_nothing(folder):
             fs.remove_tree(folder)
             return [f"{folder}: an empty session whose key belongs to another; removed"]
-        # Copied aside, then removed, its log first (a deletion's commit): a writer waiting for
-        # its lock finds the file gone (a renamed one it would write into). Cut short, it stays.
+        # Copied, then removed log first: a writer waiting for its lock finds it gone. Cut short, it stays.
         aside = f"{self.directory}/.orphan-{sid}"
         fs.makedirs(aside, durable=self._durable)
         try:
@@ -1414,11 +1420,9 @@ class JsonlStorage(Storage):
         for entry in self._unindexed():
             sid = entry.session_id
             holder = self.lookup(entry.key)
-            if holder == sid:  # its creation linked it since the list was made (or another repair did)
-                continue
             if holder is not None and self._empty_successor(holder, entry):
-                # A lost link let resolve() give the key a new, empty session: the key goes back to this one,
-                # unless a client wrote to it meanwhile (checked again while it is held: then it stays the key's).
+                # A lost link let resolve() give the key a new, empty session: the key goes back to this one
+                # unless a client wrote to it meanwhile (checked again, held: then it stays the key's).
                 with contextlib.suppress(_WrittenMeanwhile, SessionNotFound):
                     self.delete_session(holder, entry.created_at,
                                         check=functools.partial(self._still_empty_successor, holder, entry))
@@ -1434,11 +1438,7 @@ class JsonlStorage(Storage):
         for name in self.fs.listdir(self.directory):
             orphan = f"{self.directory}/{name}"
             if name.startswith(".orphan-") and self.fs.is_dir(orphan) and orphan not in set_aside:
-                empty = True
-                for name in ("messages.jsonl", "branches.jsonl"):
-                    with contextlib.suppress(FileNotFoundError):
-                        empty = empty and self.fs.size(f"{orphan}/{name}") == 0
-                if empty:
+                if self._holds_nothing(orphan):
                     self.fs.remove_tree(orphan)
                     fixed.append(f"{orphan}: set aside earlier and holds no message or branch event; removed")
                 else:

@@ -325,9 +325,10 @@ class RealFileSystem(FileSystem):
             if prefix in self._fds:  # a file
                 gone.append(prefix)
             for path in gone:
-                if self._fds[path].pins:  # noted before it leaves the cache: a child always knows of it
-                    self._locking.add(self._fds[path].fd)  # (out of the cache, maybe locked: a child closes it)
-                d = self._uncache(path)
+                d = self._fds[path]
+                if d.pins:  # noted before it leaves the cache (maybe locked): a child always knows to close it
+                    self._locking.add(d.fd)
+                self._uncache(path)
                 if d.pins:
                     d.stale = True
                     if d.lock.locked():
@@ -488,6 +489,16 @@ class RealFileSystem(FileSystem):
             self._locking.add(fd)
         return fd
 
+    def _unlock_and_close(self, fd: int) -> None:
+        """Let go of the lock of a descriptor from :meth:`_open_locking` (``LOCK_UN``:
+        a child forked meanwhile shares it, closing alone would leave it held), then
+        close it, whatever the unlock says."""
+        try:
+            _flock(fd, "LOCK_UN")
+        finally:
+            self._locking.discard(fd)
+            os.close(fd)
+
     def write_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
         """Temp file (``O_EXCL``, a random name, ``flock``'ed while written so that a
         repair can tell it from garbage), (fsync), rename over ``path``, (fsync of the
@@ -502,15 +513,11 @@ class RealFileSystem(FileSystem):
             try:
                 try:
                     _flock(fd, "LOCK_EX")
-                    try:
-                        _write_fd(fd, data)
-                        if durable:
-                            os.fsync(fd)
-                    finally:
-                        _flock(fd, "LOCK_UN")
+                    _write_fd(fd, data)
+                    if durable:
+                        os.fsync(fd)
                 finally:
-                    self._locking.discard(fd)
-                    os.close(fd)  # (before the rename: an error it reports fails the write, nothing replaced)
+                    self._unlock_and_close(fd)  # (before the rename: an error fails the write, nothing replaced)
                 os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -562,7 +569,7 @@ class RealFileSystem(FileSystem):
                 yield
             return
         dfd, name = self._dir_fd(staging)
-        held: list[int] = [dfd]  # closed when the block ends: the folder's directory, the locked log
+        log = -1  # the log's descriptor, locked until the block ends (the directory's too is kept)
         try:
             renamed = False
             try:
@@ -572,16 +579,15 @@ class RealFileSystem(FileSystem):
                     fds.append(os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dfd))
                     for file, data in files:
                         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
-                        if len(held) == 1:
-                            fd = self._open_locking(file, flags, fds[0])
-                            held.append(fd)
+                        if log < 0:
+                            fd = log = self._open_locking(file, flags, fds[0])
                             _flock(fd, "LOCK_EX")
                         else:
                             fd = os.open(file, flags, 0o644, dir_fd=fds[0])
                             fds.append(fd)
                         _write_fd(fd, data)
                     if durable:
-                        for fd in (held[1], *fds[1:]):
+                        for fd in (log, *fds[1:]):
                             _fdatasync(fd)
                         _fsync_fd(fds[0])  # the files' entries
                     os.rename(name, final.rpartition("/")[2], src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -599,10 +605,9 @@ class RealFileSystem(FileSystem):
                 raise
             yield
         finally:
-            if len(held) > 1:
-                _let_go(_flock, held[1], "LOCK_UN")
-                self._locking.discard(held[1])
-            _let_go(_close_all, held)
+            if log >= 0:
+                _let_go(self._unlock_and_close, log)
+            _let_go(os.close, dfd)
 
     def makedirs(self, path: str, *, durable: bool = True) -> None:
         """Create the missing directories, one at a time below an anchor (a link where a
